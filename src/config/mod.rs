@@ -1,0 +1,179 @@
+//! The TOML configuration. Doc comments here are the reference for every key;
+//! `config/xmppd.example.toml` shows each with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the sled database, generated development certificates and the
+    /// admin control socket.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing EnvFilter syntax); `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Virtual hosts served; at least one.
+    #[serde(rename = "vhost")]
+    pub vhosts: Vec<VhostConfig>,
+    /// Sockets to listen on.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub limits: Limits,
+    pub c2s: C2sConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VhostConfig {
+    /// The domain, e.g. `example.org`.
+    pub domain: String,
+    /// PEM certificate chain. Without `certificate`/`key` a self-signed development
+    /// certificate is generated into the data dir on first start.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    C2s,
+    S2s,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plain TCP, upgraded with STARTTLS (RFC 6120 §5).
+    Starttls,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub kind: ListenerKind,
+    pub address: SocketAddr,
+    pub tls: TlsMode,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest stanza accepted, in bytes (`policy-violation` beyond).
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Seconds from accept to an authenticated, bound stream.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any received byte before the connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Concurrent connections from one IP address.
+    pub connections_per_ip: usize,
+    /// Concurrent connections in all.
+    pub max_connections: usize,
+    /// Failed SASL attempts before the stream is closed.
+    pub max_auth_attempts: u32,
+    /// Stanzas queued to one session before it is considered stuck and closed.
+    pub session_queue_len: usize,
+    /// Offline messages kept per user (`resource-constraint` bounce beyond).
+    pub offline_quota: usize,
+    /// Resources bound at once per account.
+    pub max_resources: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sConfig {
+    /// Refuse SASL until the stream is encrypted.
+    pub require_tls: bool,
+    /// Offer SASL PLAIN (only ever over TLS).
+    pub allow_plain: bool,
+    /// PBKDF2 iterations for newly set passwords (minimum 4096).
+    pub scram_iterations: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    Sled,
+    Memory,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sled` (persistent, default) or `memory` (lost at exit; for tests).
+    pub backend: StorageBackend,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("xmppd-data"),
+            log_level: "info".into(),
+            vhosts: vec![VhostConfig {
+                domain: "localhost".into(),
+                certificate: None,
+                key: None,
+            }],
+            listeners: vec![
+                ListenerConfig {
+                    kind: ListenerKind::C2s,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5222)),
+                    tls: TlsMode::Starttls,
+                },
+                ListenerConfig {
+                    kind: ListenerKind::C2s,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5223)),
+                    tls: TlsMode::DirectTls,
+                },
+            ],
+            limits: Limits::default(),
+            c2s: C2sConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 262_144,
+            max_depth: 32,
+            max_attributes: 64,
+            handshake_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            connections_per_ip: 64,
+            max_connections: 100_000,
+            max_auth_attempts: 3,
+            session_queue_len: 2048,
+            offline_quota: 1000,
+            max_resources: 32,
+        }
+    }
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            require_tls: true,
+            allow_plain: true,
+            scram_iterations: 10_000,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Sled,
+        }
+    }
+}

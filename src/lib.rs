@@ -1,0 +1,14 @@
+//! xmppd: a federated XMPP server.
+
+pub mod admin;
+pub mod c2s;
+pub mod config;
+pub mod modules;
+pub mod net;
+pub mod router;
+pub mod s2s;
+pub mod sasl;
+pub mod server;
+pub mod storage;
+pub mod stream;
+pub mod xml;
