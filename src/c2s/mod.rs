@@ -1,1 +1,198 @@
-//! c2s
+//! Client-to-server connections (RFC 6120): stream negotiation (STARTTLS or Direct TLS,
+//! SASL, resource binding), then the bound session, one task per connection.
+
+mod negotiate;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use crate::config::TlsMode;
+use crate::context::Context;
+use crate::net::io::MaybeTls;
+use crate::net::tls::TlsContext;
+use crate::stream::{STREAM_CLOSE, StreamError, StreamErrorCondition};
+use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser, XmlError, ns};
+
+/// Why a connection ends.
+#[derive(Debug)]
+pub(crate) enum Ending {
+    /// Send this stream error, then close.
+    Error(StreamError),
+    /// The peer closed its stream; answer with our close.
+    PeerClosed,
+    /// The socket is gone (EOF, reset); nothing more can be sent.
+    Gone,
+}
+
+impl From<StreamErrorCondition> for Ending {
+    fn from(c: StreamErrorCondition) -> Self {
+        Ending::Error(StreamError::new(c))
+    }
+}
+
+const READ_CHUNK: usize = 4096;
+
+/// One client connection's transport and parser.
+pub(crate) struct Connection {
+    pub io: MaybeTls,
+    pub parser: StreamParser,
+    pub out: Vec<u8>,
+    read_buf: Box<[u8]>,
+    /// Our stream header has been sent for the current stream (errors need one first).
+    pub header_sent: bool,
+}
+
+impl Connection {
+    fn new(io: MaybeTls, limits: ParserLimits) -> Self {
+        Connection {
+            io,
+            parser: StreamParser::new(limits),
+            out: Vec::with_capacity(1024),
+            read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            header_sent: false,
+        }
+    }
+
+    /// The next event, reading from the socket as needed.
+    pub async fn next_event(&mut self) -> Result<StreamEvent, Ending> {
+        loop {
+            if let Some(ev) = self.parser.next_event().map_err(xml_ending)? {
+                return Ok(ev);
+            }
+            self.read_some().await?;
+        }
+    }
+
+    /// Reads once and feeds the parser.
+    pub async fn read_some(&mut self) -> Result<(), Ending> {
+        let n = self
+            .io
+            .read(&mut self.read_buf)
+            .await
+            .map_err(|_| Ending::Gone)?;
+        if n == 0 {
+            return Err(Ending::Gone);
+        }
+        self.parser
+            .feed(&self.read_buf[..n])
+            .map_err(xml_ending)
+    }
+
+    pub fn queue(&mut self, el: &Element) {
+        el.write_to(&mut self.out, ns::CLIENT);
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Ending> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let res = self.io.write_all(&self.out).await;
+        self.out.clear();
+        res.map_err(|_| Ending::Gone)?;
+        self.io.flush().await.map_err(|_| Ending::Gone)
+    }
+
+    pub async fn send(&mut self, el: &Element) -> Result<(), Ending> {
+        self.queue(el);
+        self.flush().await
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Ending> {
+        self.out.extend_from_slice(bytes);
+        self.flush().await
+    }
+
+    /// Ends the connection as `ending` says, best effort and bounded in time.
+    async fn finish(&mut self, ending: Ending, domain: &str) {
+        let bytes = match &ending {
+            Ending::Gone => return,
+            Ending::PeerClosed => STREAM_CLOSE.to_vec(),
+            Ending::Error(err) => {
+                debug!(condition = err.condition.name(), "closing with stream error");
+                let mut out = Vec::new();
+                if !self.header_sent {
+                    out.extend(crate::stream::response_header(
+                        ns::CLIENT,
+                        domain,
+                        None,
+                        &crate::stream::random_id(),
+                        &[],
+                    ));
+                }
+                err.to_element().write_to(&mut out, ns::CLIENT);
+                out.extend_from_slice(STREAM_CLOSE);
+                out
+            }
+        };
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            io.write_all(&bytes).await?;
+            io.flush().await?;
+            io.shutdown().await
+        })
+        .await;
+    }
+}
+
+fn xml_ending(e: XmlError) -> Ending {
+    Ending::Error(StreamError::with_text(
+        StreamErrorCondition::from_xml_error(&e),
+        e.to_string(),
+    ))
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve(
+    ctx: Arc<Context>,
+    tls: TlsContext,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mode: TlsMode,
+    conn_id: u64,
+    shutdown: CancellationToken,
+) {
+    let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let limits = ParserLimits {
+            max_stanza_bytes: ctx.config.limits.max_stanza_bytes,
+            max_depth: ctx.config.limits.max_depth,
+            max_attributes: ctx.config.limits.max_attributes,
+        };
+        let mut conn = Connection::new(MaybeTls::Plain(tcp), limits);
+        let default_domain = ctx
+            .config
+            .vhosts
+            .first()
+            .map(|v| v.domain.clone())
+            .unwrap_or_default();
+        let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+        let negotiated = tokio::select! {
+            r = tokio::time::timeout(handshake, negotiate::negotiate(&ctx, &tls, &mut conn, mode, conn_id)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(Ending::from(StreamErrorCondition::ConnectionTimeout)),
+            },
+            _ = shutdown.cancelled() => Err(Ending::from(StreamErrorCondition::SystemShutdown)),
+        };
+        match negotiated {
+            Ok(bound) => {
+                tracing::Span::current().record("jid", bound.full.as_str());
+                debug!("session bound");
+                let domain = bound.domain.clone();
+                let ending = session::run(&ctx, &mut conn, bound, shutdown).await;
+                conn.finish(ending, &domain).await;
+            }
+            Err(ending) => conn.finish(ending, &default_domain).await,
+        }
+        debug!("connection closed");
+    }
+    .instrument(span)
+    .await
+}

@@ -1,1 +1,236 @@
-//! server
+//! Starting and stopping the server: storage, TLS, listeners and their accept loops,
+//! and one cancellation tree from the root to every connection.
+
+mod limits;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ListenerKind, StorageBackend, TlsMode};
+use crate::context::Context;
+use crate::net::tls::TlsContext;
+use crate::storage::Storage;
+use crate::stream::{StreamError, StreamErrorCondition};
+
+pub use limits::ConnectionLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    pub ctx: Arc<Context>,
+    /// Bound listener addresses (useful with port 0), in config order.
+    pub listeners: Vec<(ListenerKind, TlsMode, SocketAddr)>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ServerHandle {
+    /// The first bound address of a listener of this kind and TLS mode.
+    pub fn addr(&self, kind: ListenerKind, tls: TlsMode) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(k, t, _)| *k == kind && *t == tls)
+            .map(|(_, _, a)| *a)
+    }
+
+    /// Stops accepting, tells every session `system-shutdown`, waits (bounded) for the
+    /// connection tasks, then flushes storage.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("connections did not close within 10 s");
+        }
+        if let Err(e) = self.ctx.storage.flush().await {
+            warn!(error = %e, "final storage flush failed");
+        }
+    }
+
+    /// Resolves once the shutdown token is cancelled from elsewhere.
+    pub fn token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+fn open_storage(config: &Config) -> Result<Storage, ServerError> {
+    match config.storage.backend {
+        StorageBackend::Memory => Ok(Storage::memory()),
+        StorageBackend::Sled => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            Ok(Storage::open_sled(&config.data_dir.join("db"))?)
+        }
+    }
+}
+
+/// Starts everything the config describes and returns once listeners are bound.
+pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    let started = std::time::Instant::now();
+    if let Err(errors) = crate::config::validate(&config) {
+        let text = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ServerError::Config(text));
+    }
+    let storage = open_storage(&config)?;
+    let tls = TlsContext::load(&config).map_err(|e| ServerError::Tls(e.to_string()))?;
+    let ctx = Arc::new(Context::new(config, storage));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let limits = Arc::new(ConnectionLimits::new(
+        ctx.config.limits.connections_per_ip,
+        ctx.config.limits.max_connections,
+    ));
+    let conn_ids = Arc::new(AtomicU64::new(1));
+    let mut listeners = Vec::new();
+    for l in &ctx.config.listeners {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: l.address,
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+        info!(%addr, kind = ?l.kind, tls = ?l.tls, "listening");
+        listeners.push((l.kind, l.tls, addr));
+        match l.kind {
+            ListenerKind::C2s => {
+                tracker.spawn(accept_c2s(
+                    listener,
+                    l.tls,
+                    ctx.clone(),
+                    tls.clone(),
+                    limits.clone(),
+                    conn_ids.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+            ListenerKind::S2s => {
+                warn!(%addr, "s2s listener configured but federation is not implemented yet; closing it");
+            }
+        }
+    }
+    if let Some(admin_dir) = control_socket_dir(&ctx.config) {
+        let path = admin_dir.join("control.sock");
+        let token = shutdown.clone();
+        let storage = ctx.storage.clone();
+        let config = ctx.config.clone();
+        tracker.spawn(async move {
+            if let Err(e) = crate::admin::control::serve_control(&path, storage, config, token).await {
+                warn!(error = %e, "admin control socket stopped");
+            }
+        });
+    }
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "server started");
+    Ok(ServerHandle {
+        ctx,
+        listeners,
+        shutdown,
+        tracker,
+    })
+}
+
+fn control_socket_dir(config: &Config) -> Option<std::path::PathBuf> {
+    match config.storage.backend {
+        StorageBackend::Sled => Some(config.data_dir.clone()),
+        StorageBackend::Memory => None,
+    }
+}
+
+/// Runs until `shutdown` is cancelled, then stops gracefully.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let handle = start(config).await?;
+    shutdown.cancelled().await;
+    info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_c2s(
+    listener: TcpListener,
+    mode: TlsMode,
+    ctx: Arc<Context>,
+    tls: TlsContext,
+    limits: Arc<ConnectionLimits>,
+    conn_ids: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limits.try_acquire(peer.ip()) else {
+            warn!(%peer, "connection limit reached; refusing");
+            tracker.spawn(refuse(tcp));
+            continue;
+        };
+        let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        let token = shutdown.child_token();
+        tracker.spawn(async move {
+            crate::c2s::serve(ctx, tls, tcp, peer, mode, conn_id, token).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Tells an over-limit client why, without reading from it.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = crate::stream::response_header(
+        crate::xml::ns::CLIENT,
+        "",
+        None,
+        &crate::stream::random_id(),
+        &[],
+    );
+    StreamError::with_text(
+        StreamErrorCondition::PolicyViolation,
+        "too many connections",
+    )
+    .to_element()
+    .write_to(&mut out, crate::xml::ns::CLIENT);
+    out.extend_from_slice(crate::stream::STREAM_CLOSE);
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&out)).await;
+}

@@ -1,0 +1,484 @@
+//! RFC 6120 §4–§7 for clients: stream headers, STARTTLS, SASL and resource binding.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tracing::{debug, info};
+
+use super::{Connection, Ending};
+use crate::addr::Addr;
+use crate::config::TlsMode;
+use crate::context::Context;
+use crate::net::io::MaybeTls;
+use crate::net::tls::TlsContext;
+use crate::router::{BindOutcome, SessionControl, SessionInfo};
+use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain};
+use crate::stream::{StreamError, StreamErrorCondition, random_id, response_header};
+use crate::xml::{Element, StreamEvent, ns};
+
+/// A bound session, ready for stanzas.
+pub(crate) struct Bound {
+    pub bare: String,
+    pub resource: String,
+    pub full: String,
+    pub domain: String,
+    pub conn_id: u64,
+    pub rx: tokio::sync::mpsc::Receiver<crate::router::SessionCommand>,
+    pub control: Arc<SessionControl>,
+}
+
+struct State {
+    secure: bool,
+    domain: Option<String>,
+    authenticated: Option<String>,
+    bindings: ChannelBindings,
+    failures: u32,
+}
+
+pub(crate) async fn negotiate(
+    ctx: &Arc<Context>,
+    tls: &TlsContext,
+    conn: &mut Connection,
+    mode: TlsMode,
+    conn_id: u64,
+) -> Result<Bound, Ending> {
+    let mut st = State {
+        secure: false,
+        domain: None,
+        authenticated: None,
+        bindings: ChannelBindings::default(),
+        failures: 0,
+    };
+    if mode == TlsMode::DirectTls {
+        upgrade(tls, conn, &mut st, true).await?;
+    }
+    'stream: loop {
+        open_stream(ctx, conn, &mut st).await?;
+        loop {
+            let el = match conn.next_event().await? {
+                StreamEvent::Stanza(el) => el,
+                StreamEvent::Close => return Err(Ending::PeerClosed),
+                StreamEvent::Open(_) => return Err(StreamErrorCondition::NotWellFormed.into()),
+            };
+            if el.is("starttls", ns::TLS) && !st.secure && st.authenticated.is_none() {
+                conn.send(&Element::new("proceed", ns::TLS)).await?;
+                upgrade(tls, conn, &mut st, false).await?;
+                continue 'stream;
+            }
+            if el.is("auth", ns::SASL) && st.authenticated.is_none() {
+                if !st.secure && ctx.config.c2s.require_tls {
+                    sasl_failure(conn, "encryption-required").await?;
+                    continue;
+                }
+                if authenticate(ctx, conn, &mut st, &el).await? {
+                    conn.parser.reset();
+                    continue 'stream;
+                }
+                continue;
+            }
+            if st.authenticated.is_some() && el.name == "iq" && el.has_child("bind", ns::BIND) {
+                if let Some(bound) = bind(ctx, conn, &st, &el, conn_id).await? {
+                    return Ok(bound);
+                }
+                continue;
+            }
+            // Anything else before a bound session is refused (RFC 6120 §6.4.1, §7.1).
+            return Err(StreamErrorCondition::NotAuthorized.into());
+        }
+    }
+}
+
+async fn upgrade(
+    tls: &TlsContext,
+    conn: &mut Connection,
+    st: &mut State,
+    direct: bool,
+) -> Result<(), Ending> {
+    let MaybeTls::Plain(tcp) = std::mem::replace(&mut conn.io, MaybeTls::Upgrading) else {
+        return Err(Ending::Gone);
+    };
+    let acceptor = if direct {
+        tls.direct_c2s_acceptor()
+    } else {
+        tls.starttls_acceptor()
+    };
+    let stream = acceptor.accept(tcp).await.map_err(|e| {
+        debug!(error = %e, "TLS handshake failed");
+        Ending::Gone
+    })?;
+    let b = tls.channel_bindings(stream.get_ref().1);
+    st.bindings = ChannelBindings {
+        tls_exporter: b.tls_exporter,
+        tls_server_end_point: b.tls_server_end_point,
+    };
+    conn.io = MaybeTls::Tls(Box::new(stream));
+    conn.parser.reset();
+    conn.header_sent = false;
+    st.secure = true;
+    Ok(())
+}
+
+/// Reads the client's stream header, answers with ours and the features for this stage.
+async fn open_stream(ctx: &Arc<Context>, conn: &mut Connection, st: &mut State) -> Result<(), Ending> {
+    conn.header_sent = false;
+    let header = match conn.next_event().await? {
+        StreamEvent::Open(h) => h,
+        _ => return Err(StreamErrorCondition::NotWellFormed.into()),
+    };
+    let to = header.to.as_deref().and_then(|t| Addr::parse(t)).map(|a| a.domain);
+    // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
+    let from = to.clone().unwrap_or_else(|| {
+        ctx.config
+            .vhosts
+            .first()
+            .map(|v| v.domain.clone())
+            .unwrap_or_default()
+    });
+    let id = random_id();
+    let client_jid = st.authenticated.clone();
+    conn.send_raw(&response_header(ns::CLIENT, &from, client_jid.as_deref(), &id, &[]))
+        .await?;
+    conn.header_sent = true;
+    if header.ns != ns::STREAM || header.name != "stream" {
+        return Err(StreamErrorCondition::InvalidNamespace.into());
+    }
+    if header.default_ns.as_deref() != Some(ns::CLIENT) {
+        return Err(StreamErrorCondition::InvalidNamespace.into());
+    }
+    match header.version.as_deref() {
+        Some(v) if v.starts_with("1.") => {}
+        _ => return Err(StreamErrorCondition::UnsupportedVersion.into()),
+    }
+    let Some(domain) = to.filter(|d| ctx.is_local_domain(d)) else {
+        return Err(StreamErrorCondition::HostUnknown.into());
+    };
+    if let Some(previous) = &st.domain
+        && previous != &domain
+    {
+        return Err(StreamErrorCondition::HostUnknown.into());
+    }
+    st.domain = Some(domain);
+    let features = features(ctx, st);
+    conn.send(&features).await
+}
+
+fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
+    let mut out = Vec::new();
+    if !st.bindings.is_empty() {
+        out.push(Mechanism::ScramSha256Plus);
+        out.push(Mechanism::ScramSha1Plus);
+    }
+    out.push(Mechanism::ScramSha256);
+    out.push(Mechanism::ScramSha1);
+    if st.secure && ctx.config.c2s.allow_plain {
+        out.push(Mechanism::Plain);
+    }
+    out
+}
+
+fn features(ctx: &Context, st: &State) -> Element {
+    let mut f = Element::new("features", ns::STREAM);
+    if st.authenticated.is_some() {
+        f.push_child(Element::new("bind", ns::BIND));
+        f.push_child(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
+        f.push_child(Element::new("ver", ns::ROSTER_VER));
+        f.push_child(Element::new("sub", ns::PRE_APPROVAL));
+        return f;
+    }
+    if !st.secure {
+        let mut starttls = Element::new("starttls", ns::TLS);
+        if ctx.config.c2s.require_tls {
+            starttls.push_child(Element::new("required", ns::TLS));
+            f.push_child(starttls);
+            return f;
+        }
+        f.push_child(starttls);
+    }
+    let mut mechs = Element::new("mechanisms", ns::SASL);
+    for m in offered_mechanisms(ctx, st) {
+        mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
+    }
+    f.push_child(mechs);
+    if !st.bindings.is_empty() {
+        // XEP-0440: which channel-binding types a -PLUS client may use.
+        let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
+        for t in st.bindings.available() {
+            cb.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", t.name()));
+        }
+        f.push_child(cb);
+    }
+    f
+}
+
+async fn sasl_failure(conn: &mut Connection, condition: &str) -> Result<(), Ending> {
+    conn.send(&Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL)))
+        .await
+}
+
+/// Decodes SASL element text: empty means "no data", "=" means empty data (RFC 6120 §6.4.2).
+fn decode_sasl(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
+    let text: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    match text.as_str() {
+        "" => Ok(None),
+        "=" => Ok(Some(Vec::new())),
+        t => B64.decode(t).map(Some).map_err(|_| SaslError::IncorrectEncoding),
+    }
+}
+
+enum Step {
+    Data(Vec<u8>),
+    Aborted,
+}
+
+/// Sends a challenge and waits for the client's response.
+async fn challenge(conn: &mut Connection, data: &[u8]) -> Result<Result<Step, SaslError>, Ending> {
+    let text = if data.is_empty() { "=".to_string() } else { B64.encode(data) };
+    conn.send(&Element::new("challenge", ns::SASL).with_text(text)).await?;
+    let el = match conn.next_event().await? {
+        StreamEvent::Stanza(el) => el,
+        StreamEvent::Close => return Err(Ending::PeerClosed),
+        StreamEvent::Open(_) => return Err(StreamErrorCondition::NotWellFormed.into()),
+    };
+    if el.is("abort", ns::SASL) {
+        return Ok(Ok(Step::Aborted));
+    }
+    if !el.is("response", ns::SASL) {
+        return Err(StreamErrorCondition::NotAuthorized.into());
+    }
+    Ok(decode_sasl(&el.text()).map(|d| Step::Data(d.unwrap_or_default())))
+}
+
+/// Runs one SASL exchange. `Ok(true)` on success (stream restart follows).
+async fn authenticate(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &mut State,
+    auth: &Element,
+) -> Result<bool, Ending> {
+    let offered = offered_mechanisms(ctx, st);
+    let mechanism = auth
+        .attr("mechanism")
+        .and_then(Mechanism::from_name)
+        .filter(|m| offered.contains(m));
+    let outcome = match mechanism {
+        None => Err(SaslError::InvalidMechanism),
+        Some(m) => match decode_sasl(&auth.text()) {
+            Err(e) => Err(e),
+            Ok(initial) => run_mechanism(ctx, conn, st, m, initial, &offered).await?,
+        },
+    };
+    match outcome {
+        Ok(Some((jid, success_data))) => {
+            let text = match success_data {
+                Some(d) => B64.encode(d),
+                None => String::new(),
+            };
+            let mut success = Element::new("success", ns::SASL);
+            if !text.is_empty() {
+                success = success.with_text(text);
+            }
+            conn.send(&success).await?;
+            info!(jid = %jid, mechanism = mechanism.map(|m| m.name()).unwrap_or(""), "authenticated");
+            st.authenticated = Some(jid);
+            Ok(true)
+        }
+        Ok(None) => {
+            sasl_failure(conn, "aborted").await?;
+            Ok(false)
+        }
+        Err(e) => {
+            st.failures += 1;
+            debug!(condition = e.condition(), failures = st.failures, "SASL failure");
+            sasl_failure(conn, e.condition()).await?;
+            if st.failures >= ctx.config.limits.max_auth_attempts {
+                return Err(Ending::Error(StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many failed authentication attempts",
+                )));
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// `Ok(Ok(Some((jid, success data))))` on success, `Ok(Ok(None))` when aborted.
+type SaslOutcome = Result<Option<(String, Option<Vec<u8>>)>, SaslError>;
+
+fn account_jid(username: &str, domain: &str) -> Result<String, SaslError> {
+    let addr = Addr::parse(&format!("{username}@{domain}")).ok_or(SaslError::NotAuthorized)?;
+    if addr.resource.is_some() || addr.node.is_none() {
+        return Err(SaslError::NotAuthorized);
+    }
+    Ok(addr.bare())
+}
+
+fn check_authzid(authzid: Option<&str>, jid: &str) -> Result<(), SaslError> {
+    match authzid {
+        None => Ok(()),
+        Some(a) if crate::addr::normalize_bare(a).as_deref() == Some(jid) => Ok(()),
+        Some(_) => Err(SaslError::InvalidAuthzid),
+    }
+}
+
+async fn run_mechanism(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &State,
+    mechanism: Mechanism,
+    initial: Option<Vec<u8>>,
+    offered: &[Mechanism],
+) -> Result<SaslOutcome, Ending> {
+    let domain = st.domain.clone().unwrap_or_default();
+    let first = match initial {
+        Some(d) => d,
+        None => match challenge(conn, &[]).await? {
+            Ok(Step::Data(d)) => d,
+            Ok(Step::Aborted) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e)),
+        },
+    };
+    if mechanism == Mechanism::Plain {
+        let creds = match parse_plain(&first) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let jid = match account_jid(&creds.authcid, &domain) {
+            Ok(j) => j,
+            Err(e) => return Ok(Err(e)),
+        };
+        let stored = ctx.storage.accounts.get(&jid).await.map_err(|_| {
+            Ending::from(StreamErrorCondition::InternalServerError)
+        })?;
+        let valid = stored.is_some_and(|s| s.verify_password(&creds.password));
+        if !valid {
+            return Ok(Err(SaslError::NotAuthorized));
+        }
+        if let Err(e) = check_authzid(creds.authzid.as_deref(), &jid) {
+            return Ok(Err(e));
+        }
+        return Ok(Ok(Some((jid, None))));
+    }
+    let Some((hash, plus)) = mechanism.scram() else {
+        return Ok(Err(SaslError::InvalidMechanism));
+    };
+    let plus_offered = offered.iter().any(|m| m.scram().is_some_and(|(_, p)| p));
+    let mut scram = ScramServer::new(hash, plus, plus_offered, st.bindings.clone());
+    let client_first = match scram.client_first(&first) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let jid = account_jid(&client_first.username, &domain);
+    let stored = match &jid {
+        Ok(j) => ctx.storage.accounts.get(j).await.map_err(|_| {
+            Ending::from(StreamErrorCondition::InternalServerError)
+        })?,
+        Err(_) => None,
+    };
+    let server_first = scram.server_first(stored.as_ref().map(|s| s.for_hash(hash)));
+    let client_final = match challenge(conn, &server_first).await? {
+        Ok(Step::Data(d)) => d,
+        Ok(Step::Aborted) => return Ok(Ok(None)),
+        Err(e) => return Ok(Err(e)),
+    };
+    let server_final = match scram.client_final(&client_final) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (Ok(jid), Some(_)) = (jid, stored) else {
+        return Ok(Err(SaslError::NotAuthorized));
+    };
+    if let Err(e) = check_authzid(client_first.authzid.as_deref(), &jid) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(Some((jid, Some(server_final)))))
+}
+
+/// RFC 6120 §7: resource binding; the newest session wins a resource conflict.
+async fn bind(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &State,
+    iq: &Element,
+    conn_id: u64,
+) -> Result<Option<Bound>, Ending> {
+    let Some(bare) = st.authenticated.clone() else {
+        return Err(StreamErrorCondition::NotAuthorized.into());
+    };
+    let reply_error = |condition: &'static str, kind| {
+        crate::stream::error_reply(iq, &crate::stream::StanzaError::new(kind, condition))
+    };
+    if iq.attr("type") != Some("set") || iq.attr("id").is_none() {
+        if let Some(err) = reply_error("bad-request", crate::stream::ErrorType::Modify) {
+            conn.send(&err).await?;
+        }
+        return Ok(None);
+    }
+    let requested = iq
+        .child("bind", ns::BIND)
+        .and_then(|b| b.child_text("resource", ns::BIND))
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let resource = match requested {
+        None => random_id(),
+        Some(r) => match Addr::parse(&format!("{bare}/{r}")).and_then(|a| a.resource) {
+            Some(r) => r,
+            None => {
+                if let Some(err) = reply_error("bad-request", crate::stream::ErrorType::Modify) {
+                    conn.send(&err).await?;
+                }
+                return Ok(None);
+            }
+        },
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(ctx.config.limits.session_queue_len);
+    let control = Arc::new(SessionControl::default());
+    let info = SessionInfo {
+        resource: resource.clone(),
+        conn_id,
+        tx,
+        control: control.clone(),
+        priority: 0,
+        available: false,
+        presence: None,
+        interested: false,
+    };
+    match ctx.sessions.bind(&bare, info, ctx.config.limits.max_resources) {
+        BindOutcome::Bound => {}
+        BindOutcome::Replaced(old) => {
+            old.kick(StreamError::with_text(
+                StreamErrorCondition::Conflict,
+                "replaced by a new session with the same resource",
+            ));
+        }
+        BindOutcome::TooManyResources => {
+            if let Some(err) = reply_error("resource-constraint", crate::stream::ErrorType::Wait) {
+                conn.send(&err).await?;
+            }
+            return Ok(None);
+        }
+    }
+    let full = format!("{bare}/{resource}");
+    let mut result = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_child(
+            Element::new("bind", ns::BIND)
+                .with_child(Element::new("jid", ns::BIND).with_text(full.clone())),
+        );
+    if let Some(id) = iq.attr("id") {
+        result.set_attr("id", id);
+    }
+    if let Err(e) = conn.send(&result).await {
+        ctx.sessions.unbind(&bare, &resource, conn_id);
+        return Err(e);
+    }
+    Ok(Some(Bound {
+        domain: crate::addr::domain_of(&bare).to_string(),
+        bare,
+        resource,
+        full,
+        conn_id,
+        rx,
+        control,
+    }))
+}

@@ -1,0 +1,38 @@
+//! What modules and connection tasks share: configuration, storage, the session table and
+//! the module registry. Handed around as `Arc<Context>`.
+
+use std::collections::HashSet;
+
+use crate::config::Config;
+use crate::modules::Modules;
+use crate::router::Sessions;
+use crate::storage::Storage;
+
+pub struct Context {
+    pub config: Config,
+    pub storage: Storage,
+    pub sessions: Sessions,
+    pub modules: Modules,
+    vhosts: HashSet<String>,
+}
+
+impl Context {
+    pub fn new(config: Config, storage: Storage) -> Self {
+        let vhosts = config
+            .vhosts
+            .iter()
+            .map(|v| v.domain.to_ascii_lowercase())
+            .collect();
+        Context {
+            config,
+            storage,
+            sessions: Sessions::default(),
+            modules: Modules::standard(),
+            vhosts,
+        }
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.vhosts.contains(domain)
+    }
+}

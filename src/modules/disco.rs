@@ -1,0 +1,74 @@
+//! XEP-0030 Service Discovery for the server and for accounts. Only features whose
+//! module is loaded are advertised.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{IqHandler, IqTarget};
+use crate::context::Context;
+use crate::stream::StanzaError;
+use crate::xml::{Element, ns};
+
+pub struct Disco;
+
+fn feature(var: &str) -> Element {
+    Element::new("feature", ns::DISCO_INFO).with_attr("var", var)
+}
+
+fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
+    let mut el = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", category)
+        .with_attr("type", kind);
+    if let Some(name) = name {
+        el.set_attr("name", name);
+    }
+    el
+}
+
+#[async_trait]
+impl IqHandler for Disco {
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        if iq.attr("type") != Some("get") {
+            return Err(StanzaError::bad_request());
+        }
+        let Some(query) = iq.first_element() else {
+            return Err(StanzaError::bad_request());
+        };
+        if query.attr("node").is_some() {
+            return Err(StanzaError::item_not_found());
+        }
+        if query.ns == ns::DISCO_ITEMS {
+            return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
+        }
+        let mut out = Element::new("query", ns::DISCO_INFO);
+        let features = match target {
+            IqTarget::Server(_) => {
+                out.push_child(identity("server", "im", Some("xmppd")));
+                ctx.modules.server_features()
+            }
+            IqTarget::Account(_) => {
+                out.push_child(identity("account", "registered", None));
+                ctx.modules.account_features()
+            }
+        };
+        for var in features {
+            out.push_child(feature(var));
+        }
+        Ok(Some(out))
+    }
+}

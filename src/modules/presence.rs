@@ -1,0 +1,485 @@
+//! RFC 6121 §3–§4: presence subscriptions (the full state machine, including
+//! pre-approval), initial/available/unavailable broadcast, probes and directed presence.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::{offline, roster};
+use crate::addr::{Addr, bare_of};
+use crate::context::Context;
+use crate::router::{deliver_to_session, route, route_reply};
+use crate::storage::{PendingSubscription, RosterItem, Subscription};
+use crate::stream::StanzaError;
+use crate::xml::{Element, ns};
+
+/// Presence state a c2s session keeps for itself.
+#[derive(Debug)]
+pub struct PresenceState {
+    pub full: String,
+    pub bare: String,
+    pub resource: String,
+    pub conn_id: u64,
+    pub available: bool,
+    /// JIDs that got directed presence and must get unavailable at logout (RFC 6121 §4.6).
+    pub directed: HashSet<String>,
+}
+
+impl PresenceState {
+    pub fn new(bare: &str, resource: &str, conn_id: u64) -> Self {
+        PresenceState {
+            full: format!("{bare}/{resource}"),
+            bare: bare.to_string(),
+            resource: resource.to_string(),
+            conn_id,
+            available: false,
+            directed: HashSet::new(),
+        }
+    }
+}
+
+fn kind(stanza: &Element) -> &str {
+    stanza.attr("type").unwrap_or("available")
+}
+
+fn is_subscription(kind: &str) -> bool {
+    matches!(
+        kind,
+        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"
+    )
+}
+
+fn presence(from: &str, to: &str, kind: &str) -> Element {
+    Element::new("presence", ns::CLIENT)
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("type", kind)
+}
+
+fn log_err(e: impl std::fmt::Display) {
+    warn!(error = %e, "presence storage failed");
+}
+
+/// Presence sent by a local session (`from` already stamped with its full JID).
+pub async fn outbound(ctx: &Arc<Context>, st: &mut PresenceState, stanza: Element) {
+    let kind = kind(&stanza).to_string();
+    let Some(to) = stanza.attr("to").map(str::to_string) else {
+        match kind.as_str() {
+            "available" => broadcast_available(ctx, st, stanza).await,
+            "unavailable" => broadcast_unavailable(ctx, st, Some(stanza)).await,
+            // Subscription requests need a target; probes are the server's job.
+            _ => route_reply(ctx, &stanza, StanzaError::bad_request()).await,
+        }
+        return;
+    };
+    let Some(target) = Addr::parse(&to) else {
+        route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
+        return;
+    };
+    match kind.as_str() {
+        k if is_subscription(k) => outbound_subscription(ctx, &st.bare, &target.bare(), k, stanza).await,
+        "probe" => {}
+        "available" => {
+            st.directed.insert(target.full());
+            route(ctx, stanza).await;
+        }
+        "unavailable" => {
+            st.directed.remove(&target.full());
+            route(ctx, stanza).await;
+        }
+        _ => route(ctx, stanza).await,
+    }
+}
+
+async fn broadcast_available(ctx: &Arc<Context>, st: &mut PresenceState, mut stanza: Element) {
+    let priority = match stanza.child_text("priority", ns::CLIENT) {
+        None => 0,
+        Some(p) => match p.trim().parse::<i8>() {
+            Ok(p) => p,
+            Err(_) => {
+                route_reply(ctx, &stanza, StanzaError::bad_request()).await;
+                return;
+            }
+        },
+    };
+    stanza.set_attr("from", st.full.clone());
+    stanza.remove_attr("to");
+    let initial = !st.available;
+    st.available = true;
+    let snapshot = stanza.clone();
+    ctx.sessions
+        .update(&st.bare, &st.resource, st.conn_id, move |s| {
+            s.available = true;
+            s.priority = priority;
+            s.presence = Some(snapshot);
+        });
+
+    let items = match ctx.storage.roster.roster(&st.bare).await {
+        Ok(r) => r.items,
+        Err(e) => {
+            log_err(e);
+            Vec::new()
+        }
+    };
+    for item in items.iter().filter(|i| i.subscription.has_from()) {
+        let mut copy = stanza.clone();
+        copy.set_attr("to", item.jid.clone());
+        route(ctx, copy).await;
+    }
+    to_own_resources(ctx, st, &stanza);
+
+    if initial {
+        for item in items.iter().filter(|i| i.subscription.has_to()) {
+            route(ctx, presence(&st.full, &item.jid, "probe")).await;
+        }
+        if priority >= 0 {
+            offline::deliver(ctx, st).await;
+        }
+        redeliver_pending(ctx, st).await;
+    }
+}
+
+/// Delivers `stanza` to each available resource of the user (including the sender).
+fn to_own_resources(ctx: &Arc<Context>, st: &PresenceState, stanza: &Element) {
+    for s in ctx.sessions.resources(&st.bare) {
+        if !s.available && s.resource != st.resource {
+            continue;
+        }
+        let mut copy = stanza.clone();
+        copy.set_attr("to", format!("{}/{}", st.bare, s.resource));
+        deliver_to_session(&s.tx, &s.control, copy);
+    }
+}
+
+/// Unavailable broadcast: explicit, or at session end (`stanza` None).
+pub async fn broadcast_unavailable(
+    ctx: &Arc<Context>,
+    st: &mut PresenceState,
+    stanza: Option<Element>,
+) {
+    let mut stanza = stanza.unwrap_or_else(|| {
+        Element::new("presence", ns::CLIENT).with_attr("type", "unavailable")
+    });
+    stanza.set_attr("from", st.full.clone());
+    stanza.remove_attr("to");
+    let was_available = st.available;
+    st.available = false;
+    ctx.sessions
+        .update(&st.bare, &st.resource, st.conn_id, |s| {
+            s.available = false;
+            s.presence = None;
+        });
+    let mut sent: HashSet<String> = HashSet::new();
+    if was_available {
+        match ctx.storage.roster.roster(&st.bare).await {
+            Ok(r) => {
+                for item in r.items.iter().filter(|i| i.subscription.has_from()) {
+                    let mut copy = stanza.clone();
+                    copy.set_attr("to", item.jid.clone());
+                    sent.insert(item.jid.clone());
+                    route(ctx, copy).await;
+                }
+            }
+            Err(e) => log_err(e),
+        }
+        to_own_resources(ctx, st, &stanza);
+    }
+    for target in std::mem::take(&mut st.directed) {
+        if sent.contains(&target) {
+            continue;
+        }
+        let mut copy = stanza.clone();
+        copy.set_attr("to", target);
+        route(ctx, copy).await;
+    }
+}
+
+async fn redeliver_pending(ctx: &Arc<Context>, st: &PresenceState) {
+    let pending = match ctx.storage.roster.pending_in(&st.bare).await {
+        Ok(p) => p,
+        Err(e) => {
+            log_err(e);
+            return;
+        }
+    };
+    let Some(session) = ctx.sessions.get(&st.bare, &st.resource) else {
+        return;
+    };
+    for p in pending {
+        let mut stanza = p
+            .stanza
+            .as_deref()
+            .and_then(|s| crate::xml::parse_stanza(s).ok())
+            .unwrap_or_else(|| Element::new("presence", ns::CLIENT));
+        stanza.set_attr("type", "subscribe");
+        stanza.set_attr("from", p.from.clone());
+        stanza.set_attr("to", st.bare.clone());
+        deliver_to_session(&session.tx, &session.control, stanza);
+    }
+}
+
+/// Sends a bare subscription-type presence from `user` to `contact`.
+pub async fn send_subscription(ctx: &Arc<Context>, user: &str, contact: &str, kind: &str) {
+    route(ctx, presence(user, contact, kind)).await;
+}
+
+/// Sends unavailable from each of the user's available resources to `contact`.
+pub async fn send_unavailable_from_all(ctx: &Arc<Context>, user: &str, contact: &str) {
+    for s in ctx.sessions.resources(user) {
+        if s.available {
+            route(
+                ctx,
+                presence(&format!("{user}/{}", s.resource), contact, "unavailable"),
+            )
+            .await;
+        }
+    }
+}
+
+/// Sends the current presence of each of the user's available resources to `to`.
+async fn send_current_presence(ctx: &Arc<Context>, user: &str, to: &str) {
+    for s in ctx.sessions.resources(user) {
+        if let (true, Some(mut p)) = (s.available, s.presence) {
+            p.set_attr("to", to);
+            route(ctx, p).await;
+        }
+    }
+}
+
+async fn load_item(ctx: &Arc<Context>, user: &str, contact: &str) -> Option<RosterItem> {
+    match ctx.storage.roster.item(user, contact).await {
+        Ok(i) => i,
+        Err(e) => {
+            log_err(e);
+            None
+        }
+    }
+}
+
+async fn has_pending(ctx: &Arc<Context>, user: &str, contact: &str) -> bool {
+    match ctx.storage.roster.pending_in(user).await {
+        Ok(list) => list.iter().any(|p| p.from == contact),
+        Err(e) => {
+            log_err(e);
+            false
+        }
+    }
+}
+
+async fn save(ctx: &Arc<Context>, user: &str, item: &RosterItem) {
+    if let Err(e) = roster::save_and_push(ctx, user, item).await {
+        log_err(e);
+    }
+}
+
+async fn clear_pending(ctx: &Arc<Context>, user: &str, contact: &str) {
+    if let Err(e) = ctx.storage.roster.remove_pending_in(user, contact).await {
+        log_err(e);
+    }
+}
+
+/// RFC 6121 §3, the user's server handling the user's own subscription stanzas.
+async fn outbound_subscription(
+    ctx: &Arc<Context>,
+    user: &str,
+    contact: &str,
+    kind: &str,
+    mut stanza: Element,
+) {
+    // Subscription stanzas travel between bare JIDs (RFC 6121 §3.1.2).
+    stanza.set_attr("from", user);
+    stanza.set_attr("to", contact);
+    let existing = load_item(ctx, user, contact).await;
+    let mut item = existing.clone().unwrap_or_else(|| RosterItem {
+        jid: contact.to_string(),
+        ..RosterItem::default()
+    });
+    match kind {
+        "subscribe" => {
+            if !item.subscription.has_to() && (!item.ask || existing.is_none()) {
+                item.ask = true;
+                save(ctx, user, &item).await;
+            }
+            route(ctx, stanza).await;
+        }
+        "subscribed" => {
+            if item.subscription.has_from() {
+                return;
+            }
+            if item.pending_in || has_pending(ctx, user, contact).await {
+                item.subscription = match item.subscription {
+                    Subscription::To => Subscription::Both,
+                    _ => Subscription::From,
+                };
+                item.pending_in = false;
+                item.approved = false;
+                clear_pending(ctx, user, contact).await;
+                save(ctx, user, &item).await;
+                route(ctx, stanza).await;
+                send_current_presence(ctx, user, contact).await;
+            } else if !item.approved {
+                // Pre-approval (RFC 6121 §3.4): remembered, not routed.
+                item.approved = true;
+                save(ctx, user, &item).await;
+            }
+        }
+        "unsubscribe" => {
+            if existing.is_some() && (item.subscription.has_to() || item.ask) {
+                item.subscription = match item.subscription {
+                    Subscription::Both => Subscription::From,
+                    Subscription::To => Subscription::None,
+                    other => other,
+                };
+                item.ask = false;
+                save(ctx, user, &item).await;
+            }
+            route(ctx, stanza).await;
+        }
+        "unsubscribed" => {
+            let pending = item.pending_in || has_pending(ctx, user, contact).await;
+            let had_from = item.subscription.has_from();
+            if had_from || pending || item.approved {
+                clear_pending(ctx, user, contact).await;
+                if existing.is_some() {
+                    item.subscription = match item.subscription {
+                        Subscription::Both => Subscription::To,
+                        Subscription::From => Subscription::None,
+                        other => other,
+                    };
+                    item.pending_in = false;
+                    item.approved = false;
+                    save(ctx, user, &item).await;
+                }
+                if had_from {
+                    send_unavailable_from_all(ctx, user, contact).await;
+                }
+            }
+            route(ctx, stanza).await;
+        }
+        _ => {}
+    }
+}
+
+/// Presence addressed to a local account (bare JID, or a full JID for subscriptions
+/// and probes).
+pub async fn inbound(ctx: &Arc<Context>, user: &str, stanza: Element) {
+    let Some(from) = stanza.attr("from").map(str::to_string) else {
+        return;
+    };
+    let kind = kind(&stanza).to_string();
+    if is_subscription(&kind) {
+        inbound_subscription(ctx, user, bare_of(&from), &kind, stanza).await;
+        return;
+    }
+    match kind.as_str() {
+        "probe" => {
+            let contact = bare_of(&from);
+            let subscribed = contact == user
+                || load_item(ctx, user, contact)
+                    .await
+                    .is_some_and(|i| i.subscription.has_from());
+            if subscribed {
+                send_current_presence(ctx, user, &from).await;
+            }
+        }
+        // Available, unavailable and errors go to every available resource.
+        _ => deliver_to_available(ctx, user, &stanza),
+    }
+}
+
+fn deliver_to_available(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    for (tx, control) in ctx.sessions.senders_where(user, |s| s.available) {
+        deliver_to_session(&tx, &control, stanza.clone());
+    }
+}
+
+async fn inbound_subscription(
+    ctx: &Arc<Context>,
+    user: &str,
+    contact: &str,
+    kind: &str,
+    mut stanza: Element,
+) {
+    stanza.set_attr("from", contact);
+    stanza.set_attr("to", user);
+    let existing = load_item(ctx, user, contact).await;
+    match kind {
+        "subscribe" => {
+            if let Some(mut item) = existing {
+                if item.subscription.has_from() {
+                    send_subscription(ctx, user, contact, "subscribed").await;
+                    return;
+                }
+                if item.approved {
+                    item.subscription = match item.subscription {
+                        Subscription::To => Subscription::Both,
+                        _ => Subscription::From,
+                    };
+                    item.approved = false;
+                    save(ctx, user, &item).await;
+                    send_subscription(ctx, user, contact, "subscribed").await;
+                    send_current_presence(ctx, user, contact).await;
+                    return;
+                }
+                if !item.pending_in {
+                    item.pending_in = true;
+                    // Pending-in is not shown in the roster, so no push.
+                    if let Err(e) = ctx.storage.roster.put_item(user, &item).await {
+                        log_err(e);
+                    }
+                }
+            }
+            let pending = PendingSubscription {
+                from: contact.to_string(),
+                stanza: Some(stanza.to_stanza_string()),
+            };
+            if let Err(e) = ctx.storage.roster.add_pending_in(user, &pending).await {
+                log_err(e);
+            }
+            deliver_to_available(ctx, user, &stanza);
+        }
+        "subscribed" => {
+            let Some(mut item) = existing else { return };
+            if !item.ask {
+                return;
+            }
+            item.subscription = match item.subscription {
+                Subscription::From => Subscription::Both,
+                _ => Subscription::To,
+            };
+            item.ask = false;
+            save(ctx, user, &item).await;
+            deliver_to_available(ctx, user, &stanza);
+        }
+        "unsubscribe" => {
+            let pending = has_pending(ctx, user, contact).await;
+            clear_pending(ctx, user, contact).await;
+            let Some(mut item) = existing else { return };
+            if item.subscription.has_from() || item.pending_in || pending {
+                item.subscription = match item.subscription {
+                    Subscription::Both => Subscription::To,
+                    Subscription::From => Subscription::None,
+                    other => other,
+                };
+                item.pending_in = false;
+                save(ctx, user, &item).await;
+                deliver_to_available(ctx, user, &stanza);
+            }
+        }
+        "unsubscribed" => {
+            let Some(mut item) = existing else { return };
+            if item.subscription.has_to() || item.ask {
+                item.subscription = match item.subscription {
+                    Subscription::Both => Subscription::From,
+                    Subscription::To => Subscription::None,
+                    other => other,
+                };
+                item.ask = false;
+                save(ctx, user, &item).await;
+                deliver_to_available(ctx, user, &stanza);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,219 @@
+//! RFC 6121 §2 roster management with XEP-0237 roster versioning.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tracing::warn;
+
+use super::{IqHandler, IqTarget, presence, requester_bare};
+use crate::addr;
+use crate::context::Context;
+use crate::router::deliver_to_session;
+use crate::storage::{RosterItem, StorageError};
+use crate::stream::{ErrorType, StanzaError, random_id};
+use crate::xml::{Element, ns};
+
+pub struct Roster;
+
+pub fn item_element(item: &RosterItem) -> Element {
+    let mut el = Element::new("item", ns::ROSTER)
+        .with_attr("jid", item.jid.clone())
+        .with_attr("subscription", item.subscription.as_str());
+    if let Some(name) = &item.name {
+        el.set_attr("name", name.clone());
+    }
+    if item.ask {
+        el.set_attr("ask", "subscribe");
+    }
+    if item.approved {
+        el.set_attr("approved", "true");
+    }
+    for g in &item.groups {
+        el.push_child(Element::new("group", ns::ROSTER).with_text(g.clone()));
+    }
+    el
+}
+
+pub fn removed_element(contact: &str) -> Element {
+    Element::new("item", ns::ROSTER)
+        .with_attr("jid", contact)
+        .with_attr("subscription", "remove")
+}
+
+/// Sends a roster push (RFC 6121 §2.1.6) to every interested resource of `user`.
+pub fn push(ctx: &Arc<Context>, user: &str, item: Element, version: u64) {
+    let query = Element::new("query", ns::ROSTER)
+        .with_attr("ver", version.to_string())
+        .with_child(item);
+    for s in ctx.sessions.resources(user) {
+        if !s.interested {
+            continue;
+        }
+        let iq = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", format!("push-{}", random_id()))
+            .with_attr("to", format!("{user}/{}", s.resource))
+            .with_child(query.clone());
+        deliver_to_session(&s.tx, &s.control, iq);
+    }
+}
+
+/// Stores an item and pushes it; storage failures are logged and reported to the caller.
+pub async fn save_and_push(
+    ctx: &Arc<Context>,
+    user: &str,
+    item: &RosterItem,
+) -> Result<(), StorageError> {
+    let version = ctx.storage.roster.put_item(user, item).await?;
+    push(ctx, user, item_element(item), version);
+    Ok(())
+}
+
+fn internal(e: StorageError) -> StanzaError {
+    warn!(error = %e, "roster storage failed");
+    StanzaError::internal_server_error()
+}
+
+#[async_trait]
+impl IqHandler for Roster {
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[ns::ROSTER]
+    }
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        // Only the account itself manages its roster (RFC 6121 §2.1.5: others get an error).
+        let IqTarget::Account(user) = target else {
+            return Err(StanzaError::service_unavailable());
+        };
+        if requester_bare(iq) != Some(user.as_str()) {
+            return Err(StanzaError::forbidden());
+        }
+        let Some(query) = iq.first_element() else {
+            return Err(StanzaError::bad_request());
+        };
+        match iq.attr("type") {
+            Some("get") => get(ctx, user, iq, query).await,
+            Some("set") => set(ctx, user, query).await,
+            _ => Err(StanzaError::bad_request()),
+        }
+    }
+}
+
+async fn get(
+    ctx: &Arc<Context>,
+    user: &str,
+    iq: &Element,
+    query: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    if query.elements().next().is_some() {
+        return Err(StanzaError::bad_request());
+    }
+    if let Some(from) = iq.attr("from")
+        && let Some((_, resource)) = from.split_once('/')
+        && let Some(conn_id) = ctx.sessions.get(user, resource).map(|s| s.conn_id)
+    {
+        ctx.sessions
+            .update(user, resource, conn_id, |s| s.interested = true);
+    }
+    let roster = ctx.storage.roster.roster(user).await.map_err(internal)?;
+    let current = roster.version.to_string();
+    if query.attr("ver") == Some(current.as_str()) {
+        // XEP-0237 §3: up to date; changes will arrive as pushes.
+        return Ok(None);
+    }
+    let mut out = Element::new("query", ns::ROSTER).with_attr("ver", current);
+    for item in &roster.items {
+        out.push_child(item_element(item));
+    }
+    Ok(Some(out))
+}
+
+async fn set(
+    ctx: &Arc<Context>,
+    user: &str,
+    query: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    // RFC 6121 §2.3.3: exactly one item.
+    let mut items = query.elements();
+    let (Some(item_el), None) = (items.next(), items.next()) else {
+        return Err(StanzaError::bad_request());
+    };
+    if !item_el.is("item", ns::ROSTER) {
+        return Err(StanzaError::bad_request());
+    }
+    let Some(contact) = item_el.attr("jid").and_then(addr::normalize_bare) else {
+        return Err(StanzaError::jid_malformed());
+    };
+    if item_el.attr("subscription") == Some("remove") {
+        remove(ctx, user, &contact).await?;
+        return Ok(None);
+    }
+    let mut groups: Vec<String> = Vec::new();
+    for g in item_el.elements().filter(|g| g.is("group", ns::ROSTER)) {
+        let name = g.text();
+        if name.is_empty() {
+            return Err(StanzaError::new(ErrorType::Modify, "not-acceptable"));
+        }
+        if groups.contains(&name) {
+            return Err(StanzaError::bad_request());
+        }
+        groups.push(name);
+    }
+    let existing = ctx
+        .storage
+        .roster
+        .item(user, &contact)
+        .await
+        .map_err(internal)?;
+    // Clients may change only the name and groups; subscription state is the server's.
+    let mut item = existing.unwrap_or_else(|| RosterItem {
+        jid: contact.clone(),
+        ..RosterItem::default()
+    });
+    item.name = item_el
+        .attr("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    item.groups = groups;
+    save_and_push(ctx, user, &item).await.map_err(internal)?;
+    Ok(None)
+}
+
+/// RFC 6121 §2.5: removing an item cancels subscriptions in both directions.
+async fn remove(ctx: &Arc<Context>, user: &str, contact: &str) -> Result<(), StanzaError> {
+    let existing = ctx
+        .storage
+        .roster
+        .item(user, contact)
+        .await
+        .map_err(internal)?;
+    let Some(item) = existing else {
+        return Err(StanzaError::item_not_found());
+    };
+    let version = ctx
+        .storage
+        .roster
+        .remove_item(user, contact)
+        .await
+        .map_err(internal)?;
+    ctx.storage
+        .roster
+        .remove_pending_in(user, contact)
+        .await
+        .map_err(internal)?;
+    if let Some(version) = version {
+        push(ctx, user, removed_element(contact), version);
+    }
+    if item.subscription.has_to() || item.ask {
+        presence::send_subscription(ctx, user, contact, "unsubscribe").await;
+    }
+    if item.subscription.has_from() || item.pending_in {
+        presence::send_unavailable_from_all(ctx, user, contact).await;
+        presence::send_subscription(ctx, user, contact, "unsubscribed").await;
+    }
+    Ok(())
+}

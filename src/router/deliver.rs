@@ -1,0 +1,215 @@
+//! Delivery per RFC 6121 §8.5: to the server, to a bare JID, to a full JID.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::error::TrySendError;
+use tracing::{debug, warn};
+
+use super::{SessionCommand, SessionControl};
+use crate::addr::Addr;
+use crate::context::Context;
+use crate::modules::{self, IqTarget};
+use crate::stream::{StanzaError, StreamError, StreamErrorCondition, error_reply};
+use crate::xml::Element;
+
+/// Puts a stanza on a session's queue. A session whose queue is full is not keeping up:
+/// it is closed rather than letting memory grow.
+pub fn deliver_to_session(
+    tx: &tokio::sync::mpsc::Sender<SessionCommand>,
+    control: &SessionControl,
+    stanza: Element,
+) -> bool {
+    match tx.try_send(SessionCommand::Stanza(stanza)) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            warn!("session queue full; closing the session");
+            control.kick(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many stanzas queued for this session",
+            ));
+            false
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Sends `error` back to the sender of `stanza` (never for an error stanza).
+pub async fn route_reply(ctx: &Arc<Context>, stanza: &Element, error: StanzaError) {
+    if let Some(reply) = error_reply(stanza, &error) {
+        route(ctx, reply).await;
+    }
+}
+
+/// Routes a stanza whose `from` is trusted (stamped by c2s, verified by s2s) and whose
+/// `to` is set.
+///
+/// Boxed because routing recurses (replies, presence fan-out, module answers).
+pub fn route(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
+    Box::pin(route_inner(ctx, stanza))
+}
+
+pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+async fn route_inner(ctx: &Arc<Context>, stanza: Element) {
+    let Some(to) = stanza.attr("to") else {
+        debug!(stanza = %stanza.name, "stanza without 'to' reached the router; dropped");
+        return;
+    };
+    let Some(addr) = Addr::parse(to) else {
+        route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
+        return;
+    };
+    if !ctx.is_local_domain(&addr.domain) {
+        modules::remote::route_remote(ctx, addr, stanza).await;
+        return;
+    }
+    match (&addr.node, &addr.resource) {
+        (None, _) => to_server(ctx, &addr, stanza).await,
+        (Some(_), None) => to_bare(ctx, &addr.bare(), stanza).await,
+        (Some(_), Some(resource)) => to_full(ctx, &addr.bare(), resource, stanza).await,
+    }
+}
+
+fn stanza_type(stanza: &Element) -> &str {
+    stanza.attr("type").unwrap_or(match stanza.name.as_str() {
+        "message" => "normal",
+        "presence" => "available",
+        _ => "",
+    })
+}
+
+async fn to_server(ctx: &Arc<Context>, addr: &Addr, stanza: Element) {
+    match stanza.name.as_str() {
+        "iq" => handle_iq(ctx, IqTarget::Server(addr.domain.clone()), stanza).await,
+        // Messages and presence to the server itself have no handler here; presence
+        // (subscriptions, probes) to a server is ignored, as are messages (RFC 6121 §8.5.1
+        // leaves this to the server).
+        _ => debug!(to = %addr.full(), kind = %stanza.name, "stanza to the server ignored"),
+    }
+}
+
+async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
+    match stanza_type(&iq) {
+        "get" | "set" => {}
+        // Results and errors addressed to the server or an account are the end of a flow.
+        _ => return,
+    }
+    let ns = match iq.elements().count() {
+        1 => iq.first_element().map(|p| p.ns.clone()),
+        _ => None,
+    };
+    let Some(ns) = ns else {
+        route_reply(ctx, &iq, StanzaError::bad_request()).await;
+        return;
+    };
+    match ctx.modules.iq_handler(&ns) {
+        Some(handler) => match handler.handle(ctx, &target, &iq).await {
+            Ok(payload) => {
+                let result = crate::stream::iq_result(&iq, payload);
+                route(ctx, result).await;
+            }
+            Err(err) => route_reply(ctx, &iq, err).await,
+        },
+        None => route_reply(ctx, &iq, StanzaError::service_unavailable()).await,
+    }
+}
+
+async fn account_exists(ctx: &Arc<Context>, bare: &str) -> bool {
+    if !ctx.sessions.resources(bare).is_empty() {
+        return true;
+    }
+    match ctx.storage.accounts.get(bare).await {
+        Ok(found) => found.is_some(),
+        Err(e) => {
+            warn!(error = %e, "account lookup failed");
+            false
+        }
+    }
+}
+
+async fn to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
+    match stanza.name.as_str() {
+        "presence" => modules::presence::inbound(ctx, bare, stanza).await,
+        "iq" => {
+            if matches!(stanza_type(&stanza), "get" | "set") && !account_exists(ctx, bare).await {
+                route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
+                return;
+            }
+            handle_iq(ctx, IqTarget::Account(bare.to_string()), stanza).await;
+        }
+        "message" => message_to_bare(ctx, bare, stanza).await,
+        _ => {}
+    }
+}
+
+/// RFC 6121 §8.5.2: messages to a bare JID.
+async fn message_to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
+    let kind = stanza_type(&stanza).to_string();
+    match kind.as_str() {
+        "groupchat" => {
+            route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
+            return;
+        }
+        "error" => return,
+        _ => {}
+    }
+    let targets = ctx
+        .sessions
+        .senders_where(bare, |s| s.available && s.priority >= 0);
+    if !targets.is_empty() {
+        let last = targets.len() - 1;
+        let mut stanza = Some(stanza);
+        for (i, (tx, control)) in targets.iter().enumerate() {
+            let copy = if i == last {
+                stanza.take()
+            } else {
+                stanza.clone()
+            };
+            if let Some(copy) = copy {
+                deliver_to_session(tx, control, copy);
+            }
+        }
+        return;
+    }
+    if kind == "headline" {
+        return;
+    }
+    if !account_exists(ctx, bare).await {
+        route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
+        return;
+    }
+    modules::offline::store(ctx, bare, stanza).await;
+}
+
+/// RFC 6121 §8.5.3: stanzas to a full JID.
+async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, stanza: Element) {
+    let kind = stanza_type(&stanza).to_string();
+    if stanza.name == "presence"
+        && matches!(
+            kind.as_str(),
+            "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe"
+        )
+    {
+        // Subscription management and probes act on the account (RFC 6121 §3, §4.3).
+        modules::presence::inbound(ctx, bare, stanza).await;
+        return;
+    }
+    if let Some((tx, control)) = ctx.sessions.sender(bare, resource) {
+        deliver_to_session(&tx, &control, stanza);
+        return;
+    }
+    match stanza.name.as_str() {
+        "message" => match kind.as_str() {
+            "groupchat" => route_reply(ctx, &stanza, StanzaError::service_unavailable()).await,
+            "error" => {}
+            _ => message_to_bare(ctx, bare, stanza).await,
+        },
+        "iq" => {
+            if matches!(kind.as_str(), "get" | "set") {
+                route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
+            }
+        }
+        // Presence to an offline resource is dropped (RFC 6121 §8.5.3.2.3).
+        _ => {}
+    }
+}

@@ -1,0 +1,266 @@
+//! Stream negotiation and authentication over real sockets.
+
+mod support;
+
+use support::{CbType, Client, LoginOptions, Mech, TestServer};
+
+async fn login_with(server: &TestServer, opts: LoginOptions) -> Result<Client, String> {
+    let addr = if opts.direct_tls {
+        server.direct_addr()
+    } else {
+        server.starttls_addr()
+    };
+    Client::login_opts(addr, "alice", opts).await
+}
+
+#[tokio::test]
+async fn every_mechanism_logs_in_over_starttls_and_direct_tls() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mechs = [
+        Mech::ScramSha256,
+        Mech::ScramSha1,
+        Mech::Plain,
+        Mech::ScramSha256Plus(CbType::TlsExporter),
+        Mech::ScramSha256Plus(CbType::TlsServerEndPoint),
+        Mech::ScramSha1Plus(CbType::TlsExporter),
+        Mech::ScramSha1Plus(CbType::TlsServerEndPoint),
+    ];
+    for direct_tls in [false, true] {
+        for mech in mechs {
+            let client = login_with(
+                &server,
+                LoginOptions {
+                    mech,
+                    direct_tls,
+                    ..LoginOptions::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{mech:?} direct={direct_tls}: {e}"));
+            assert!(client.jid.starts_with("alice@localhost/"), "{}", client.jid);
+            client.close().await;
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn features_offer_starttls_first_then_mechanisms_with_channel_binding() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    let features = c.open_stream().await;
+    let starttls = features
+        .child("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
+        .expect("starttls offered");
+    assert!(starttls.child("required", "urn:ietf:params:xml:ns:xmpp-tls").is_some());
+    assert!(
+        features.child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl").is_none(),
+        "no SASL before TLS"
+    );
+    c.starttls().await;
+    let features = c.open_stream().await;
+    let mechs: Vec<String> = features
+        .child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+        .unwrap()
+        .elements()
+        .map(|m| m.text())
+        .collect();
+    for m in ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
+        assert!(mechs.iter().any(|x| x == m), "{m} missing from {mechs:?}");
+    }
+    let cb: Vec<&str> = features
+        .child("sasl-channel-binding", "urn:xmpp:sasl-cb:0")
+        .expect("XEP-0440 advertised")
+        .elements()
+        .filter_map(|e| e.attr("type"))
+        .collect();
+    assert!(cb.contains(&"tls-exporter"), "{cb:?}");
+    assert!(!cb.contains(&"tls-unique"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn plain_and_auth_are_refused_before_tls() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHBhc3N3b3Jk</auth>")
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(reply.name, "failure");
+    assert_eq!(reply.first_element().unwrap().name, "encryption-required");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_is_not_authorized_and_attempts_are_limited() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    for mech in [Mech::ScramSha256, Mech::ScramSha1, Mech::Plain] {
+        let err = login_with(
+            &server,
+            LoginOptions {
+                mech,
+                password: "wrong".into(),
+                ..LoginOptions::default()
+            },
+        )
+        .await
+        .err()
+        .expect("login must fail");
+        assert_eq!(err, "not-authorized", "{mech:?}");
+    }
+    // Unknown users fail the same way.
+    let err = Client::login_opts(server.starttls_addr(), "nobody", LoginOptions::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err, "not-authorized");
+
+    // Three failures on one stream close it with a stream error.
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    let opts = LoginOptions {
+        mech: Mech::Plain,
+        password: "bad".into(),
+        ..LoginOptions::default()
+    };
+    for _ in 0..3 {
+        assert_eq!(c.authenticate("alice", &opts).await.unwrap_err(), "not-authorized");
+    }
+    assert_eq!(c.expect_stream_error().await, "policy-violation");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn channel_binding_downgrade_and_mismatch_fail() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    // 'y' says "client supports binding but thinks the server does not": a downgrade, since
+    // the server offered -PLUS.
+    let err = login_with(
+        &server,
+        LoginOptions {
+            mech: Mech::ScramSha256,
+            gs2_override: Some("y,,".into()),
+            ..LoginOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("downgrade must fail");
+    assert_eq!(err, "not-authorized");
+    // An unknown binding type fails.
+    let err = login_with(
+        &server,
+        LoginOptions {
+            mech: Mech::ScramSha256Plus(CbType::TlsExporter),
+            gs2_override: Some("p=tls-unique,,".into()),
+            ..LoginOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("tls-unique must fail");
+    assert_eq!(err, "not-authorized");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn authzid_of_another_user_is_refused() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    for mech in [Mech::Plain, Mech::ScramSha256] {
+        let err = login_with(
+            &server,
+            LoginOptions {
+                mech,
+                authzid: Some("bob@localhost".into()),
+                ..LoginOptions::default()
+            },
+        )
+        .await
+        .err()
+        .expect("foreign authzid must fail");
+        assert_eq!(err, "invalid-authzid", "{mech:?}");
+    }
+    // Its own JID as authzid is fine.
+    let c = login_with(
+        &server,
+        LoginOptions {
+            mech: Mech::Plain,
+            authzid: Some("alice@localhost".into()),
+            ..LoginOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bind_generates_resources_and_newest_session_wins_a_conflict() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let generated = login_with(&server, LoginOptions::default()).await.unwrap();
+    let resource = generated.jid.split_once('/').unwrap().1;
+    assert!(resource.len() >= 8, "generated resource {resource}");
+
+    let mut first = server.login("alice", "phone").await;
+    let second = server.login("alice", "phone").await;
+    assert_eq!(second.jid, "alice@localhost/phone");
+    assert_eq!(first.expect_stream_error().await, "conflict");
+    second.close().await;
+    generated.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stanza_before_authentication_is_not_authorized() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    c.send("<message to='bob@localhost'><body>hi</body></message>").await;
+    assert_eq!(c.expect_stream_error().await, "not-authorized");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_host_and_bad_namespace_are_stream_errors() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.send(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+         to='elsewhere.example' version='1.0'>",
+    )
+    .await;
+    assert_eq!(c.expect_stream_error().await, "host-unknown");
+
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.send(
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+         to='localhost' version='1.0'>",
+    )
+    .await;
+    assert_eq!(c.expect_stream_error().await, "invalid-namespace");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_close_is_answered_with_close() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let c = server.login("alice", "a").await;
+    // close() waits for the server's </stream:stream> or the socket closing.
+    tokio::time::timeout(std::time::Duration::from_secs(5), c.close())
+        .await
+        .expect("server answers the close");
+    server.stop().await;
+}
