@@ -3,6 +3,9 @@
 
 pub mod element;
 pub mod escape;
+mod framer;
 pub mod ns;
+pub mod parser;
 
 pub use element::{Element, Node};
+pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser, XmlError};
