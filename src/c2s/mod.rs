@@ -138,6 +138,19 @@ impl Connection {
             io.shutdown().await
         })
         .await;
+        // Read (and discard) what the peer still sends for a moment, so closing with
+        // unread input does not reset the connection before our error is read.
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut drained = 0usize;
+            while drained < 1 << 20 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
     }
 }
 

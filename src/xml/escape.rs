@@ -8,6 +8,8 @@ pub fn escape_text(s: &str, out: &mut Vec<u8>) {
             b'<' => b"&lt;",
             b'>' => b"&gt;",
             b'&' => b"&amp;",
+            // A literal CR would be normalized to LF by the reader.
+            b'\r' => b"&#xD;",
             _ => continue,
         };
         out.extend_from_slice(&bytes[start..i]);

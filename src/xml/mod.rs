@@ -9,3 +9,24 @@ pub mod parser;
 
 pub use element::{Element, Node};
 pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser, XmlError};
+
+/// Parses one serialized stanza (as kept in storage) in the `jabber:client` namespace.
+pub fn parse_stanza(xml: &str) -> Result<Element, XmlError> {
+    let mut parser = StreamParser::new(ParserLimits {
+        max_stanza_bytes: xml.len() + 1024,
+        max_depth: 64,
+        max_attributes: 256,
+    });
+    parser.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    )?;
+    parser.feed(xml.as_bytes())?;
+    let mut stanza = None;
+    while let Some(ev) = parser.next_event()? {
+        if let StreamEvent::Stanza(el) = ev {
+            stanza = Some(el);
+            break;
+        }
+    }
+    stanza.ok_or_else(|| XmlError::NotWellFormed("no complete stanza".into()))
+}

@@ -319,6 +319,12 @@ impl Client {
         self.io.flush().await.unwrap();
     }
 
+    /// Like `send_raw`, but reports a closed connection instead of panicking.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
     pub async fn send(&mut self, xml: &str) {
         self.send_raw(xml.as_bytes()).await;
     }
@@ -381,6 +387,18 @@ impl Client {
     pub async fn expect_silence(&mut self, dur: Duration) {
         if let Ok(ev) = tokio::time::timeout(dur, self.next_event()).await {
             panic!("expected silence, got {ev:?}");
+        }
+    }
+
+    /// Asserts that no stanza other than presence arrives for `dur`.
+    pub async fn expect_silence_except_presence(&mut self, dur: Duration) {
+        let deadline = tokio::time::Instant::now() + dur;
+        loop {
+            match tokio::time::timeout_at(deadline, self.next_event()).await {
+                Err(_) => return,
+                Ok(Some(StreamEvent::Stanza(e))) if e.name == "presence" => {}
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
         }
     }
 

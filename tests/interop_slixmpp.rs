@@ -1,0 +1,32 @@
+//! A real client library nobody here wrote (Debian's python3-slixmpp) against the server.
+
+mod support;
+
+use support::TestServer;
+
+/// Debian's python3-slixmpp belongs to /usr/bin/python3; the python3 first on PATH may be
+/// another interpreter.
+const PYTHON: &str = "/usr/bin/python3";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_logs_in_subscribes_and_chats() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_chat.py");
+    let port = server.starttls_addr().port().to_string();
+    let output = tokio::process::Command::new(PYTHON)
+        .args([script, "127.0.0.1", &port, "localhost", "password"])
+        .output()
+        .await
+        .expect("run /usr/bin/python3 (install python3-slixmpp: see README)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "slixmpp scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("subscription: both"), "{stdout}");
+    assert!(stdout.contains("messages exchanged"), "{stdout}");
+    server.stop().await;
+}
