@@ -1,3 +1,16 @@
 //! Sans-I/O SASL: SCRAM-SHA-1/256 (+ -PLUS channel binding), PLAIN, and stored credentials.
+//!
+//! Nothing here does I/O or base64 of the SASL payload itself: the caller decodes the
+//! `<auth/>`/`<response/>` text (reporting `incorrect-encoding` itself) and encodes what we return.
 
 pub mod credentials;
+pub mod error;
+pub mod plain;
+pub mod scram;
+
+pub use credentials::{ScramCredentials, StoredCredentials};
+pub use error::SaslError;
+pub use plain::{PlainCredentials, parse_plain};
+pub use scram::{
+    ChannelBindingType, ChannelBindings, ClientFirst, Mechanism, ScramHash, ScramServer,
+};
