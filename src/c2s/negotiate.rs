@@ -364,6 +364,8 @@ async fn run_mechanism(
     };
     let plus_offered = offered.iter().any(|m| m.scram().is_some_and(|(_, p)| p));
     let mut scram = ScramServer::new(hash, plus, plus_offered, st.bindings.clone());
+    // Unknown users must look like real ones (same iteration count).
+    scram.set_unknown_user_iterations(ctx.config.c2s.scram_iterations);
     let client_first = match scram.client_first(&first) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
