@@ -491,8 +491,7 @@ mod tests {
 
     #[test]
     fn vhost_errors() {
-        let mut cfg = Config::default();
-        cfg.vhosts = vec![
+        let vhosts = vec![
             VhostConfig {
                 domain: "example.org".into(),
                 certificate: None,
@@ -514,6 +513,10 @@ mod tests {
                 key: None,
             },
         ];
+        let mut cfg = Config {
+            vhosts,
+            ..Config::default()
+        };
         let m = messages(&cfg);
         assert!(
             m.iter()
