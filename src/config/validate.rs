@@ -308,15 +308,23 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
     if domain.is_empty() {
         return Err("not a valid domain: empty".into());
     }
+    if !domain.is_ascii() {
+        // SNI and certificates carry A-labels, and JIDs must match the vhost exactly.
+        return Err(
+            "not a valid domain: internationalized domains must be written in their ASCII \
+             (xn--) form"
+                .into(),
+        );
+    }
     match jid::DomainPart::new(domain) {
         Err(e) => return Err(format!("not a valid domain: {e}")),
-        Ok(std::borrow::Cow::Owned(norm)) => {
+        Ok(norm) if norm.as_str() != domain => {
             return Err(format!(
                 "not a valid domain: not in normalized form (write {})",
                 quote(norm.as_str())
             ));
         }
-        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        Ok(_) => {}
     }
     if domain.len() > 253 {
         return Err("not a valid domain: longer than 253 bytes".into());
@@ -337,7 +345,6 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
                 quote(label)
             ));
         }
-        // Non-ASCII (IDN) labels are allowed: the domainpart check above normalized them.
         if let Some(c) = label
             .chars()
             .find(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || *c == '-'))
