@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod c2s;
+pub mod cli;
 pub mod config;
 pub mod modules;
 pub mod net;

@@ -6,6 +6,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod validate;
+pub use validate::{
+    ConfigError, MIN_SCRAM_ITERATIONS, MIN_STANZA_BYTES, check_domain, load_and_validate,
+    load_file, parse_str, validate,
+};
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {

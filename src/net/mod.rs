@@ -1,1 +1,6 @@
-//! net
+//! Network plumbing shared by the listeners: TLS contexts and development certificates.
+
+pub mod devcert;
+pub mod tls;
+
+pub use tls::{TlsBindings, TlsContext, TlsError};

@@ -1,0 +1,390 @@
+//! Command line: `xmppd serve | check | user ...`. `src/main.rs` only hands over the server's
+//! entry point, so everything here is testable and the binary stays thin.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::admin::control::{self, Password, Request, Response};
+use crate::admin::{self, AdminError};
+use crate::config::{self, Config, ConfigError};
+use crate::net::tls::{self, TlsError};
+
+#[derive(Debug, Parser)]
+#[command(name = "xmppd", version, about = "A federated XMPP server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (built-in defaults without --config).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file; print every problem found.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Manage accounts (through the running server, or directly when it is stopped).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is prompted for, or read as one line from stdin.
+    Add {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// user@domain
+        jid: String,
+    },
+    /// Set an account's password (prompted for, or one line from stdin).
+    Passwd {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// user@domain
+        jid: String,
+    },
+    /// Remove an account with its roster and offline messages.
+    Remove {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// user@domain
+        jid: String,
+    },
+    /// List accounts, one per line.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only accounts of this domain.
+        domain: Option<String>,
+    },
+}
+
+/// Parses the command line and runs it; `serve` is the server's entry point
+/// (`xmppd::server::run`), passed in by `main.rs`.
+pub fn main<F, Fut, E>(serve: F) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => run_serve(config.as_deref(), serve),
+        Command::Check { config } => run_check(&config),
+        Command::User { action } => run_user(action),
+    }
+}
+
+fn fail(msg: impl Display) -> ExitCode {
+    eprintln!("xmppd: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Loads (or defaults) and validates the configuration, printing every error.
+fn load_config(path: Option<&Path>) -> Option<Config> {
+    let cfg = match path {
+        None => Config::default(),
+        Some(p) => match config::load_file(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("xmppd: {e}");
+                return None;
+            }
+        },
+    };
+    if let Err(errs) = config::validate(&cfg) {
+        print_config_errors(path, &errs);
+        return None;
+    }
+    Some(cfg)
+}
+
+fn print_config_errors(path: Option<&Path>, errs: &[ConfigError]) {
+    for e in errs {
+        match (e, path) {
+            (ConfigError::Invalid { .. }, Some(p)) => eprintln!("{}: {e}", p.display()),
+            _ => eprintln!("{e}"),
+        }
+    }
+}
+
+fn run_serve<F, Fut, E>(path: Option<&Path>, serve: F) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let Some(cfg) = load_config(path) else {
+        return ExitCode::FAILURE;
+    };
+    init_tracing(&cfg.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let result = rt.block_on(async {
+        let token = CancellationToken::new();
+        tokio::spawn(watch_signals(token.clone()));
+        serve(cfg, token).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging is set up by now; a second copy on stderr would only repeat it.
+            tracing::error!(error = %e, "server stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `RUST_LOG` when set (and valid), else the configured level; logs go to stderr.
+fn init_tracing(configured: &str) {
+    use tracing_subscriber::EnvFilter;
+    let from_env = std::env::var_os("RUST_LOG").map(|_| EnvFilter::try_from_default_env());
+    let (filter, env_error) = match from_env {
+        Some(Ok(f)) => (f, None),
+        Some(Err(e)) => (EnvFilter::new(configured), Some(e)),
+        // Validated already; "info" only guards against a caller that skipped validation.
+        None => (
+            EnvFilter::try_new(configured).unwrap_or_else(|_| EnvFilter::new("info")),
+            None,
+        ),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Some(e) = env_error {
+        tracing::warn!(error = %e, "ignoring invalid RUST_LOG");
+    }
+}
+
+/// First Ctrl-C/SIGTERM: graceful shutdown. A second one: exit at once.
+async fn watch_signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            None
+        }
+    };
+    next_signal(&mut term).await;
+    tracing::info!("shutdown requested; signal again to exit immediately");
+    token.cancel();
+    next_signal(&mut term).await;
+    tracing::warn!("second signal: exiting without finishing shutdown");
+    std::process::exit(130);
+}
+
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    let term_recv = async {
+        match term {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term_recv => {}
+    }
+}
+
+fn run_check(path: &Path) -> ExitCode {
+    let cfg = match config::load_file(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let mut count = 0;
+    if let Err(errs) = config::validate(&cfg) {
+        print_config_errors(Some(path), &errs);
+        count += errs.len();
+    }
+    // Unreadable files were reported by validate; this adds bad PEM and key mismatches.
+    for e in tls::check_configured_certs(&cfg) {
+        if !matches!(e, TlsError::Io { .. }) {
+            eprintln!("{}: {e}", path.display());
+            count += 1;
+        }
+    }
+    if count > 0 {
+        eprintln!(
+            "{}: {count} error{}",
+            path.display(),
+            if count == 1 { "" } else { "s" }
+        );
+        ExitCode::FAILURE
+    } else {
+        println!("config OK");
+        ExitCode::SUCCESS
+    }
+}
+
+/// Reads a password: from the terminal (asked twice) or, when stdin is not a terminal, as
+/// its first line. Never from the command line, where other users could see it.
+fn read_password(jid: &str) -> Result<Zeroizing<String>, String> {
+    if std::io::stdin().is_terminal() {
+        let first = Zeroizing::new(
+            rpassword::prompt_password(format!("Password for {jid}: "))
+                .map_err(|e| format!("reading password: {e}"))?,
+        );
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Repeat password: ")
+                .map_err(|e| format!("reading password: {e}"))?,
+        );
+        if *first != *again {
+            return Err("passwords do not match".into());
+        }
+        Ok(first)
+    } else {
+        let mut line = Zeroizing::new(String::new());
+        let n = std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading password from stdin: {e}"))?;
+        if n == 0 {
+            return Err("no password on standard input".into());
+        }
+        let len = line.trim_end_matches(['\n', '\r']).len();
+        line.truncate(len);
+        Ok(line)
+    }
+}
+
+fn run_user(action: UserCommand) -> ExitCode {
+    let path = match &action {
+        UserCommand::Add { config, .. }
+        | UserCommand::Passwd { config, .. }
+        | UserCommand::Remove { config, .. }
+        | UserCommand::List { config, .. } => config.clone(),
+    };
+    let Some(cfg) = load_config(path.as_deref()) else {
+        return ExitCode::FAILURE;
+    };
+    // Check the JID before asking for a password that would be wasted.
+    let request = match &action {
+        UserCommand::Add { jid, .. } | UserCommand::Passwd { jid, .. } => {
+            if let Err(e) = admin::account_jid(&cfg, jid) {
+                return fail(e);
+            }
+            let password = match read_password(jid) {
+                Ok(p) => Password::new(p.as_str()),
+                Err(e) => return fail(e),
+            };
+            if matches!(action, UserCommand::Add { .. }) {
+                Request::Add {
+                    jid: jid.clone(),
+                    password,
+                }
+            } else {
+                Request::Passwd {
+                    jid: jid.clone(),
+                    password,
+                }
+            }
+        }
+        UserCommand::Remove { jid, .. } => Request::Remove { jid: jid.clone() },
+        UserCommand::List { domain, .. } => Request::List {
+            domain: domain.clone(),
+        },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(user_request(&cfg, &request)) {
+        Ok(Response::Done { jid }) => {
+            match request {
+                Request::Add { .. } => println!("user {jid} added"),
+                Request::Passwd { .. } => println!("password of {jid} changed"),
+                _ => println!("user {jid} removed"),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Users { users }) => {
+            for u in users {
+                println!("{u}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(format!("unexpected answer from the server: {other:?}")),
+        Err(e) => fail(e),
+    }
+}
+
+/// Through the running server's control socket if there is one, else on the storage itself.
+async fn user_request(cfg: &Config, req: &Request) -> Result<Response, AdminError> {
+    match control::request(&admin::control_socket_path(cfg), req).await {
+        Err(AdminError::NotRunning { .. }) => {}
+        other => return other,
+    }
+    admin::ensure_data_dir(&cfg.data_dir)
+        .map_err(|e| AdminError::Config(format!("data_dir {}: {e}", cfg.data_dir.display())))?;
+    let storage = admin::open_storage_offline(cfg)?;
+    Ok(match req {
+        Request::Add { jid, password } => Response::Done {
+            jid: admin::add_user(&storage, cfg, jid, password.as_str()).await?,
+        },
+        Request::Passwd { jid, password } => Response::Done {
+            jid: admin::set_password(&storage, cfg, jid, password.as_str()).await?,
+        },
+        Request::Remove { jid } => Response::Done {
+            jid: admin::remove_user(&storage, jid).await?,
+        },
+        Request::List { domain } => Response::Users {
+            users: admin::list_users(&storage, domain.as_deref()).await?,
+        },
+        Request::Ping => Response::Pong,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_user_commands_without_password_argument() {
+        let cli = Cli::try_parse_from(["xmppd", "user", "add", "-c", "x.toml", "a@b"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::User {
+                action: UserCommand::Add { ref jid, config: Some(_) }
+            } if jid == "a@b"
+        ));
+        // There is no way to pass a password on the command line.
+        assert!(Cli::try_parse_from(["xmppd", "user", "add", "a@b", "secret"]).is_err());
+        assert!(Cli::try_parse_from(["xmppd", "check"]).is_err());
+        let cli = Cli::try_parse_from(["xmppd", "serve"]).unwrap();
+        assert!(matches!(cli.command, Command::Serve { config: None }));
+    }
+}

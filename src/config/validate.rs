@@ -1,0 +1,639 @@
+//! Loading the TOML file and checking the values serde cannot check.
+//!
+//! Every error names the key (`vhost[1].domain`, `limits.max_stanza_bytes`), the offending
+//! value and the reason, so `xmppd check` output can be acted on without reading the code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::{Config, ListenerKind};
+
+/// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
+pub const MIN_STANZA_BYTES: usize = 10_000;
+/// RFC 7677 §4 / RFC 5802: fewer PBKDF2 iterations than this are not acceptable.
+pub const MIN_SCRAM_ITERATIONS: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or a value of the wrong type.
+    #[error("{}", DisplayParse(self))]
+    Parse {
+        /// The file, when parsing one.
+        path: Option<PathBuf>,
+        /// 1-based; 0 when toml gave no position.
+        line: usize,
+        /// 1-based, in characters; 0 when toml gave no position.
+        column: usize,
+        /// Dotted key path (`limits.max_depth`, `vhost[0].domain`) when it could be worked out.
+        key: Option<String>,
+        message: String,
+    },
+    /// A well-formed value that is not acceptable.
+    #[error("{}", DisplayInvalid(self))]
+    Invalid {
+        key: String,
+        /// The value as written in TOML; `None` for errors about a whole section.
+        value: Option<String>,
+        reason: String,
+    },
+}
+
+struct DisplayParse<'a>(&'a ConfigError);
+
+impl fmt::Display for DisplayParse<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ConfigError::Parse {
+            path,
+            line,
+            column,
+            key,
+            message,
+        } = self.0
+        else {
+            return Ok(());
+        };
+        match path {
+            Some(p) => write!(f, "{}", p.display())?,
+            None => f.write_str("<config>")?,
+        }
+        if *line > 0 {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(k) = key {
+            write!(f, "{k}: ")?;
+        }
+        f.write_str(message)
+    }
+}
+
+struct DisplayInvalid<'a>(&'a ConfigError);
+
+impl fmt::Display for DisplayInvalid<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ConfigError::Invalid { key, value, reason } = self.0 else {
+            return Ok(());
+        };
+        match value {
+            Some(v) => write!(f, "{key} = {v}: {reason}"),
+            None => write!(f, "{key}: {reason}"),
+        }
+    }
+}
+
+impl ConfigError {
+    fn invalid(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: Some(value.into()),
+            reason: reason.into(),
+        }
+    }
+
+    fn section(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The key the error is about, when known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+/// Reads and parses a configuration file. Keys left out take their defaults; unknown keys
+/// are errors. The values are NOT checked: call [`validate`] (or use [`load_and_validate`]).
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text, Some(path))
+}
+
+/// Parses configuration text; `path` is only used in error messages.
+pub fn parse_str(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+    toml::from_str::<Config>(text).map_err(|e| {
+        let (line, column, key) = match e.span() {
+            Some(span) => {
+                let (line, column, mut key) = locate(text, span.start);
+                // Inside an inline table the line's key is the table's; the unknown
+                // field's own name is the spanned text.
+                if e.message().starts_with("unknown field") {
+                    let field = text
+                        .get(span.clone())
+                        .unwrap_or("")
+                        .trim()
+                        .trim_matches(|c| c == '"' || c == '\'');
+                    if let Some(k) = &key {
+                        let last = k.rsplit('.').next().unwrap_or(k);
+                        if !field.is_empty() && last != field {
+                            key = Some(format!("{k}.{field}"));
+                        }
+                    }
+                }
+                (line, column, key)
+            }
+            None => (0, 0, None),
+        };
+        ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            line,
+            column,
+            key,
+            message: e.message().trim_end().to_string(),
+        }
+    })
+}
+
+/// [`load_file`] then [`validate`], all errors together.
+pub fn load_and_validate(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let cfg = load_file(path).map_err(|e| vec![e])?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+/// Line, column and (best effort) dotted key path of a byte offset in TOML text.
+///
+/// toml's errors carry a span but not the key path, and the path is what a user searches
+/// the file for, so it is rebuilt from the nearest table header and the `key =` on the line.
+fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text
+        .get(line_start..offset)
+        .map_or(1, |s| s.chars().count() + 1);
+
+    // Table context from the headers above (and including) the error line.
+    let mut header: Option<String> = None;
+    let mut array_counts: HashMap<String, usize> = HashMap::new();
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let upto = &text[..line_end];
+    for raw in upto.lines() {
+        let l = raw.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = array_counts.entry(name.clone()).or_insert(0);
+            header = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            header = Some(name.trim().to_string());
+        }
+    }
+
+    let line = text.get(line_start..line_end).unwrap_or("");
+    let trimmed = line.trim_start();
+    let key = if trimmed.starts_with('[') || trimmed.starts_with('#') {
+        None
+    } else {
+        trimmed
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+            .filter(|k| !k.is_empty())
+    };
+    let path = match (header, key) {
+        (Some(h), Some(k)) => Some(format!("{h}.{k}")),
+        (Some(h), None) => Some(h),
+        (None, k) => k,
+    };
+    (line_no, column, path)
+}
+
+/// Checks everything about a parsed configuration that the types cannot express.
+/// Returns every problem found, not just the first.
+pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
+    let mut errs = Vec::new();
+
+    if cfg.data_dir.as_os_str().is_empty() {
+        errs.push(ConfigError::invalid(
+            "data_dir",
+            "\"\"",
+            "must not be empty",
+        ));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&cfg.log_level) {
+        errs.push(ConfigError::invalid(
+            "log_level",
+            quote(&cfg.log_level),
+            format!("not a valid log filter: {e}"),
+        ));
+    }
+
+    validate_vhosts(cfg, &mut errs);
+    validate_listeners(cfg, &mut errs);
+    validate_limits(cfg, &mut errs);
+
+    if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
+        errs.push(ConfigError::invalid(
+            "c2s.scram_iterations",
+            cfg.c2s.scram_iterations.to_string(),
+            format!("must be at least {MIN_SCRAM_ITERATIONS} (RFC 7677)"),
+        ));
+    }
+
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+fn validate_vhosts(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    if cfg.vhosts.is_empty() {
+        errs.push(ConfigError::section(
+            "vhost",
+            "at least one [[vhost]] is required",
+        ));
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, v) in cfg.vhosts.iter().enumerate() {
+        let key = format!("vhost[{i}].domain");
+        if let Err(reason) = check_domain(&v.domain) {
+            errs.push(ConfigError::invalid(&key, quote(&v.domain), reason));
+        } else if let Some(first) = seen.insert(v.domain.as_str(), i) {
+            errs.push(ConfigError::invalid(
+                &key,
+                quote(&v.domain),
+                format!("duplicate of vhost[{first}].domain"),
+            ));
+            // Keep pointing at the first occurrence for later duplicates.
+            seen.insert(v.domain.as_str(), first);
+        }
+        match (&v.certificate, &v.key) {
+            (Some(c), None) => errs.push(ConfigError::invalid(
+                format!("vhost[{i}].certificate"),
+                quote_path(c),
+                format!("vhost[{i}].key is missing; set both or neither"),
+            )),
+            (None, Some(k)) => errs.push(ConfigError::invalid(
+                format!("vhost[{i}].key"),
+                quote_path(k),
+                format!("vhost[{i}].certificate is missing; set both or neither"),
+            )),
+            _ => {}
+        }
+        for (name, p) in [("certificate", &v.certificate), ("key", &v.key)] {
+            let Some(p) = p else { continue };
+            if let Err(reason) = check_readable_file(p) {
+                errs.push(ConfigError::invalid(
+                    format!("vhost[{i}].{name}"),
+                    quote_path(p),
+                    reason,
+                ));
+            }
+        }
+    }
+}
+
+/// A domain usable as an XMPP vhost: a valid, already-normalized domainpart that is also a
+/// DNS name (it appears in certificates and file names).
+pub fn check_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("not a valid domain: empty".into());
+    }
+    if !domain.is_ascii() {
+        // SNI and certificates carry A-labels, and JIDs must match the vhost exactly.
+        return Err(
+            "not a valid domain: internationalized domains must be written in their ASCII \
+             (xn--) form"
+                .into(),
+        );
+    }
+    match jid::DomainPart::new(domain) {
+        Err(e) => return Err(format!("not a valid domain: {e}")),
+        Ok(norm) if norm.as_str() != domain => {
+            return Err(format!(
+                "not a valid domain: not in normalized form (write {})",
+                quote(norm.as_str())
+            ));
+        }
+        Ok(_) => {}
+    }
+    if domain.len() > 253 {
+        return Err("not a valid domain: longer than 253 bytes".into());
+    }
+    for label in domain.split('.') {
+        if label.is_empty() {
+            return Err("not a valid domain: empty label".into());
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "not a valid domain: label {} longer than 63 bytes",
+                quote(label)
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "not a valid domain: label {} starts or ends with '-'",
+                quote(label)
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!("not a valid domain: character {c:?} not allowed"));
+        }
+    }
+    Ok(())
+}
+
+fn check_readable_file(p: &Path) -> Result<(), String> {
+    match std::fs::metadata(p) {
+        Err(e) => Err(format!("cannot read file: {e}")),
+        Ok(m) if !m.is_file() => Err("not a regular file".into()),
+        Ok(_) => std::fs::File::open(p)
+            .map(|_| ())
+            .map_err(|e| format!("cannot read file: {e}")),
+    }
+}
+
+fn validate_listeners(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    if !cfg.listeners.iter().any(|l| l.kind == ListenerKind::C2s) {
+        errs.push(ConfigError::section(
+            "listener",
+            "no listener with kind = \"c2s\"; clients could not connect",
+        ));
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        // Port 0 asks the OS for a free port, so those never collide.
+        if l.address.port() == 0 {
+            continue;
+        }
+        if let Some((j, _)) = cfg.listeners[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, other)| other.address.port() != 0 && overlaps(other.address, l.address))
+        {
+            let why = if cfg.listeners[j].address == l.address {
+                format!("already used by listener[{j}]")
+            } else {
+                format!(
+                    "overlaps listener[{j}].address = \"{}\" (same port, one is a wildcard)",
+                    cfg.listeners[j].address
+                )
+            };
+            errs.push(ConfigError::invalid(
+                format!("listener[{i}].address"),
+                format!("\"{}\"", l.address),
+                why,
+            ));
+        }
+    }
+}
+
+/// Two addresses that cannot both be bound: equal, or same port and family with a wildcard.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    if a.ip() == b.ip() {
+        return true;
+    }
+    a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let l = &cfg.limits;
+    if l.max_stanza_bytes < MIN_STANZA_BYTES {
+        errs.push(ConfigError::invalid(
+            "limits.max_stanza_bytes",
+            l.max_stanza_bytes.to_string(),
+            format!("must be at least {MIN_STANZA_BYTES} (RFC 6120 §13.12)"),
+        ));
+    }
+    // Stanza, its child and a grandchild: anything shallower breaks ordinary stanzas.
+    if l.max_depth < 3 {
+        errs.push(ConfigError::invalid(
+            "limits.max_depth",
+            l.max_depth.to_string(),
+            "must be at least 3",
+        ));
+    }
+    let nonzero: [(&str, u64); 9] = [
+        ("limits.max_attributes", l.max_attributes as u64),
+        ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
+        ("limits.idle_timeout_secs", l.idle_timeout_secs),
+        ("limits.connections_per_ip", l.connections_per_ip as u64),
+        ("limits.max_connections", l.max_connections as u64),
+        ("limits.max_auth_attempts", u64::from(l.max_auth_attempts)),
+        ("limits.session_queue_len", l.session_queue_len as u64),
+        ("limits.offline_quota", l.offline_quota as u64),
+        ("limits.max_resources", l.max_resources as u64),
+    ];
+    for (key, v) in nonzero {
+        if v == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+    if l.connections_per_ip > l.max_connections && l.max_connections > 0 {
+        errs.push(ConfigError::invalid(
+            "limits.connections_per_ip",
+            l.connections_per_ip.to_string(),
+            format!("larger than limits.max_connections = {}", l.max_connections),
+        ));
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn quote_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ListenerConfig, TlsMode, VhostConfig};
+
+    fn messages(cfg: &Config) -> Vec<String> {
+        match validate(cfg) {
+            Ok(()) => Vec::new(),
+            Err(es) => es.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(messages(&Config::default()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn limits_errors_name_key_value_reason() {
+        let mut cfg = Config::default();
+        cfg.limits.max_stanza_bytes = 100;
+        cfg.limits.idle_timeout_secs = 0;
+        cfg.limits.max_resources = 0;
+        cfg.c2s.scram_iterations = 1000;
+        let m = messages(&cfg);
+        assert!(m.contains(
+            &"limits.max_stanza_bytes = 100: must be at least 10000 (RFC 6120 §13.12)".to_string()
+        ));
+        assert!(m.contains(&"limits.idle_timeout_secs = 0: must be at least 1".to_string()));
+        assert!(m.contains(&"limits.max_resources = 0: must be at least 1".to_string()));
+        assert!(m.contains(
+            &"c2s.scram_iterations = 1000: must be at least 4096 (RFC 7677)".to_string()
+        ));
+        assert_eq!(m.len(), 4, "{m:?}");
+    }
+
+    #[test]
+    fn vhost_errors() {
+        let vhosts = vec![
+            VhostConfig {
+                domain: "example.org".into(),
+                certificate: None,
+                key: None,
+            },
+            VhostConfig {
+                domain: "a b".into(),
+                certificate: None,
+                key: None,
+            },
+            VhostConfig {
+                domain: "example.org".into(),
+                certificate: Some("/nonexistent/x.pem".into()),
+                key: None,
+            },
+            VhostConfig {
+                domain: "Example.NET".into(),
+                certificate: None,
+                key: None,
+            },
+        ];
+        let mut cfg = Config {
+            vhosts,
+            ..Config::default()
+        };
+        let m = messages(&cfg);
+        assert!(
+            m.iter()
+                .any(|s| s.starts_with("vhost[1].domain = \"a b\": not a valid domain")),
+            "{m:?}"
+        );
+        assert!(m.contains(
+            &"vhost[2].domain = \"example.org\": duplicate of vhost[0].domain".to_string()
+        ));
+        assert!(m.contains(
+            &"vhost[2].certificate = \"/nonexistent/x.pem\": vhost[2].key is missing; set both or neither"
+                .to_string()
+        ));
+        assert!(
+            m.iter().any(|s| s
+                .starts_with("vhost[2].certificate = \"/nonexistent/x.pem\": cannot read file:")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|s| s.starts_with("vhost[3].domain = \"Example.NET\"")
+                    && s.contains("\"example.net\"")),
+            "{m:?}"
+        );
+        cfg.vhosts.clear();
+        assert!(messages(&cfg).contains(&"vhost: at least one [[vhost]] is required".to_string()));
+    }
+
+    #[test]
+    fn domain_rules() {
+        assert!(check_domain("example.org").is_ok());
+        assert!(check_domain("localhost").is_ok());
+        assert!(check_domain("xn--bcher-kva.example").is_ok());
+        for bad in [
+            "", "a..b", ".a", "a.", "-a.org", "a_b.org", "a/b", "a@b", "a b",
+        ] {
+            assert!(check_domain(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listener_errors() {
+        let mut cfg = Config::default();
+        let l = |kind, addr: &str| ListenerConfig {
+            kind,
+            address: addr.parse().unwrap(),
+            tls: TlsMode::Starttls,
+        };
+        cfg.listeners = vec![
+            l(ListenerKind::S2s, "127.0.0.1:5269"),
+            l(ListenerKind::S2s, "127.0.0.1:5269"),
+            l(ListenerKind::S2s, "0.0.0.0:5269"),
+            l(ListenerKind::S2s, "[::1]:5269"),
+            l(ListenerKind::S2s, "127.0.0.1:0"),
+            l(ListenerKind::S2s, "127.0.0.1:0"),
+        ];
+        let m = messages(&cfg);
+        assert!(m.contains(
+            &"listener: no listener with kind = \"c2s\"; clients could not connect".to_string()
+        ));
+        assert!(m.contains(
+            &"listener[1].address = \"127.0.0.1:5269\": already used by listener[0]".to_string()
+        ));
+        assert!(
+            m.iter()
+                .any(|s| s.starts_with("listener[2].address = \"0.0.0.0:5269\": overlaps")),
+            "{m:?}"
+        );
+        assert_eq!(m.len(), 3, "{m:?}");
+    }
+
+    #[test]
+    fn parse_errors_locate_key() {
+        let text = "data_dir = \"d\"\n\n[limits]\nmax_depth = 5\nbogus = 1\n";
+        let e = parse_str(text, Some(Path::new("x.toml"))).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("x.toml:5:1: limits.bogus: unknown field `bogus`"),
+            "{s}"
+        );
+        assert!(s.contains("expected one of"), "{s}");
+
+        let text = "[[vhost]]\ndomain = \"a.org\"\n[[vhost]]\ndomain = 5\n";
+        let s = parse_str(text, None).unwrap_err().to_string();
+        assert!(s.starts_with("<config>:4:10: vhost[1].domain: "), "{s}");
+
+        let text = "log_level = \"info\"\nsurprise = true\n";
+        let e = parse_str(text, None).unwrap_err();
+        assert_eq!(e.key(), Some("surprise"));
+
+        let text = "[c2s]\nscram_iterations = \"many\"\n";
+        let s = parse_str(text, None).unwrap_err().to_string();
+        assert!(s.contains("c2s.scram_iterations"), "{s}");
+
+        let text = "vhost = [{domain=\"a\", foo=1}]\n";
+        let e = parse_str(text, None).unwrap_err();
+        assert_eq!(e.key(), Some("vhost.foo"), "{e}");
+
+        let text = "[limits\n";
+        let s = parse_str(text, None).unwrap_err().to_string();
+        assert!(s.starts_with("<config>:1:"), "{s}");
+    }
+
+    #[test]
+    fn load_file_reports_missing_file() {
+        let e = load_file(Path::new("/nonexistent/xmppd.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/xmppd.toml: cannot read: "),
+            "{e}"
+        );
+    }
+}
