@@ -1,9 +1,11 @@
 //! xmppd: a federated XMPP server.
 
+pub mod addr;
 pub mod admin;
 pub mod c2s;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod modules;
 pub mod net;
 pub mod router;

@@ -12,7 +12,10 @@ const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' 
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -50,7 +53,8 @@ async fn stanzas_split_at_random_byte_boundaries_still_parse() {
     bob.available().await;
     for seed in 1..20u64 {
         let body = format!("split {seed} — ünïcödé &amp; <![CDATA[<raw>]]>");
-        let xml = format!("<message to='bob@localhost/b' id='s{seed}'><body>{body}</body></message>");
+        let xml =
+            format!("<message to='bob@localhost/b' id='s{seed}'><body>{body}</body></message>");
         send_in_random_chunks(&mut alice, xml.as_bytes(), &mut Lcg(seed)).await;
         let m = bob.recv_until(|e| e.name == "message").await;
         assert_eq!(m.attr("id"), Some(format!("s{seed}").as_str()));
@@ -72,12 +76,30 @@ async fn stream_error_for(server: &TestServer, payload: &[u8]) -> String {
 #[tokio::test]
 async fn malformed_and_restricted_xml_get_their_stream_errors() {
     let server = TestServer::start().await;
-    assert_eq!(stream_error_for(&server, b"<a><b></a>").await, "not-well-formed");
-    assert_eq!(stream_error_for(&server, b"<a x='1' x='2'/>").await, "not-well-formed");
-    assert_eq!(stream_error_for(&server, b"<a>\xff\xfe</a>").await, "not-well-formed");
-    assert_eq!(stream_error_for(&server, b"<!-- hi -->").await, "restricted-xml");
-    assert_eq!(stream_error_for(&server, b"<?evil?>").await, "restricted-xml");
-    assert_eq!(stream_error_for(&server, b"<a>&custom;</a>").await, "restricted-xml");
+    assert_eq!(
+        stream_error_for(&server, b"<a><b></a>").await,
+        "not-well-formed"
+    );
+    assert_eq!(
+        stream_error_for(&server, b"<a x='1' x='2'/>").await,
+        "not-well-formed"
+    );
+    assert_eq!(
+        stream_error_for(&server, b"<a>\xff\xfe</a>").await,
+        "not-well-formed"
+    );
+    assert_eq!(
+        stream_error_for(&server, b"<!-- hi -->").await,
+        "restricted-xml"
+    );
+    assert_eq!(
+        stream_error_for(&server, b"<?evil?>").await,
+        "restricted-xml"
+    );
+    assert_eq!(
+        stream_error_for(&server, b"<a>&custom;</a>").await,
+        "restricted-xml"
+    );
 
     // Billion laughs in the prologue: rejected before any expansion.
     let mut c = Client::connect(server.starttls_addr()).await;
@@ -122,7 +144,10 @@ async fn deep_nesting_is_a_policy_violation() {
     for _ in 0..10_000 {
         payload.extend_from_slice(b"<a>");
     }
-    assert_eq!(stream_error_for(&server, &payload).await, "policy-violation");
+    assert_eq!(
+        stream_error_for(&server, &payload).await,
+        "policy-violation"
+    );
     server.stop().await;
 }
 

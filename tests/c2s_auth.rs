@@ -53,9 +53,15 @@ async fn features_offer_starttls_first_then_mechanisms_with_channel_binding() {
     let starttls = features
         .child("starttls", "urn:ietf:params:xml:ns:xmpp-tls")
         .expect("starttls offered");
-    assert!(starttls.child("required", "urn:ietf:params:xml:ns:xmpp-tls").is_some());
     assert!(
-        features.child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl").is_none(),
+        starttls
+            .child("required", "urn:ietf:params:xml:ns:xmpp-tls")
+            .is_some()
+    );
+    assert!(
+        features
+            .child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+            .is_none(),
         "no SASL before TLS"
     );
     c.starttls().await;
@@ -66,7 +72,13 @@ async fn features_offer_starttls_first_then_mechanisms_with_channel_binding() {
         .elements()
         .map(|m| m.text())
         .collect();
-    for m in ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
+    for m in [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-1-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+    ] {
         assert!(mechs.iter().any(|x| x == m), "{m} missing from {mechs:?}");
     }
     let cb: Vec<&str> = features
@@ -130,7 +142,10 @@ async fn wrong_password_is_not_authorized_and_attempts_are_limited() {
         ..LoginOptions::default()
     };
     for _ in 0..3 {
-        assert_eq!(c.authenticate("alice", &opts).await.unwrap_err(), "not-authorized");
+        assert_eq!(
+            c.authenticate("alice", &opts).await.unwrap_err(),
+            "not-authorized"
+        );
     }
     assert_eq!(c.expect_stream_error().await, "policy-violation");
     server.stop().await;
@@ -227,7 +242,8 @@ async fn stanza_before_authentication_is_not_authorized() {
     c.open_stream().await;
     c.starttls().await;
     c.open_stream().await;
-    c.send("<message to='bob@localhost'><body>hi</body></message>").await;
+    c.send("<message to='bob@localhost'><body>hi</body></message>")
+        .await;
     assert_eq!(c.expect_stream_error().await, "not-authorized");
     server.stop().await;
 }

@@ -20,7 +20,10 @@ async fn chat_message_reaches_the_full_jid_with_stamped_from() {
     let msg = bob.recv_until(|e| e.name == "message").await;
     assert_eq!(msg.attr("from"), Some("alice@localhost/desk"));
     assert_eq!(msg.attr("id"), Some("m1"));
-    assert_eq!(msg.child_text("body", "jabber:client").as_deref(), Some("hello & welcome"));
+    assert_eq!(
+        msg.child_text("body", "jabber:client").as_deref(),
+        Some("hello & welcome")
+    );
     server.stop().await;
 }
 
@@ -45,14 +48,18 @@ async fn bare_jid_messages_go_to_non_negative_priority_resources() {
     let mut bob1 = server.login("bob", "one").await;
     let mut bob2 = server.login("bob", "two").await;
     bob1.available().await;
-    bob2.send("<presence><priority>-1</priority></presence>").await;
+    bob2.send("<presence><priority>-1</priority></presence>")
+        .await;
     bob2.recv_until(|e| e.name == "presence" && e.attr("from") == Some("bob@localhost/two"))
         .await;
     alice
         .send("<message to='bob@localhost' type='chat'><body>to bare</body></message>")
         .await;
     let m = bob1.recv_until(|e| e.name == "message").await;
-    assert_eq!(m.child_text("body", "jabber:client").as_deref(), Some("to bare"));
+    assert_eq!(
+        m.child_text("body", "jabber:client").as_deref(),
+        Some("to bare")
+    );
     // The negative-priority resource gets presence noise but no message.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
     while tokio::time::Instant::now() < deadline {
@@ -76,7 +83,10 @@ async fn iq_to_unknown_namespace_and_unknown_user_get_service_unavailable() {
     assert_eq!(reply.attr("type"), Some("error"));
     let err = reply.child("error", "jabber:client").unwrap();
     assert_eq!(err.attr("type"), Some("cancel"));
-    assert!(err.child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some());
+    assert!(
+        err.child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some()
+    );
 
     // Message to a user that does not exist.
     alice
@@ -121,7 +131,13 @@ async fn messages_to_remote_domains_bounce_until_federation() {
     let bounce = alice.recv_until(|e| e.name == "message").await;
     assert_eq!(bounce.attr("type"), Some("error"));
     let err = bounce.child("error", "jabber:client").unwrap();
-    assert!(err.child("remote-server-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some());
+    assert!(
+        err.child(
+            "remote-server-not-found",
+            "urn:ietf:params:xml:ns:xmpp-stanzas"
+        )
+        .is_some()
+    );
     server.stop().await;
 }
 
@@ -130,23 +146,45 @@ async fn ping_version_time_and_disco() {
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     let mut alice = server.login("alice", "desk").await;
-    let r = alice.iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let r = alice
+        .iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     assert_eq!(r.attr("type"), Some("result"));
-    let r = alice.iq("<iq type='get' to='localhost'><query xmlns='jabber:iq:version'/></iq>").await;
+    let r = alice
+        .iq("<iq type='get' to='localhost'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
     let q = r.child("query", "jabber:iq:version").unwrap();
-    assert_eq!(q.child_text("name", "jabber:iq:version").as_deref(), Some("xmppd"));
-    let r = alice.iq("<iq type='get' to='localhost'><time xmlns='urn:xmpp:time'/></iq>").await;
+    assert_eq!(
+        q.child_text("name", "jabber:iq:version").as_deref(),
+        Some("xmppd")
+    );
+    let r = alice
+        .iq("<iq type='get' to='localhost'><time xmlns='urn:xmpp:time'/></iq>")
+        .await;
     let t = r.child("time", "urn:xmpp:time").unwrap();
     assert!(t.child_text("utc", "urn:xmpp:time").unwrap().ends_with('Z'));
 
     let r = alice
         .iq("<iq type='get' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
-    let q = r.child("query", "http://jabber.org/protocol/disco#info").unwrap();
-    let id = q.child("identity", "http://jabber.org/protocol/disco#info").unwrap();
-    assert_eq!((id.attr("category"), id.attr("type")), (Some("server"), Some("im")));
+    let q = r
+        .child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let id = q
+        .child("identity", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert_eq!(
+        (id.attr("category"), id.attr("type")),
+        (Some("server"), Some("im"))
+    );
     let features: Vec<&str> = q.elements().filter_map(|f| f.attr("var")).collect();
-    for f in ["http://jabber.org/protocol/disco#info", "urn:xmpp:ping", "jabber:iq:version", "urn:xmpp:time", "msgoffline"] {
+    for f in [
+        "http://jabber.org/protocol/disco#info",
+        "urn:xmpp:ping",
+        "jabber:iq:version",
+        "urn:xmpp:time",
+        "msgoffline",
+    ] {
         assert!(features.contains(&f), "{f} missing in {features:?}");
     }
     let r = alice
@@ -156,9 +194,16 @@ async fn ping_version_time_and_disco() {
     let r = alice
         .iq("<iq type='get' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
-    let q = r.child("query", "http://jabber.org/protocol/disco#info").unwrap();
-    let id = q.child("identity", "http://jabber.org/protocol/disco#info").unwrap();
-    assert_eq!((id.attr("category"), id.attr("type")), (Some("account"), Some("registered")));
+    let q = r
+        .child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let id = q
+        .child("identity", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert_eq!(
+        (id.attr("category"), id.attr("type")),
+        (Some("account"), Some("registered"))
+    );
     // Legacy session establishment still works.
     let r = alice
         .iq("<iq type='set'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")

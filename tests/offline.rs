@@ -14,7 +14,9 @@ async fn offline_messages_survive_restart_and_arrive_with_delay() {
     let mut alice = server.login("alice", "a").await;
     for i in 0..3 {
         alice
-            .send(&format!("<message to='bob@localhost' type='chat' id='o{i}'><body>msg {i}</body></message>"))
+            .send(&format!(
+                "<message to='bob@localhost' type='chat' id='o{i}'><body>msg {i}</body></message>"
+            ))
             .await;
     }
     // Chat states alone are not stored.
@@ -22,7 +24,9 @@ async fn offline_messages_survive_restart_and_arrive_with_delay() {
         .send("<message to='bob@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
         .await;
     // A round trip makes sure the server processed everything before the restart.
-    alice.iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    alice
+        .iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     drop(alice);
     server.restart().await;
 
@@ -32,18 +36,23 @@ async fn offline_messages_survive_restart_and_arrive_with_delay() {
         let m = bob.recv_until(|e| e.name == "message").await;
         assert_eq!(m.attr("id"), Some(format!("o{i}").as_str()));
         assert_eq!(m.attr("from"), Some("alice@localhost/a"));
-        assert_eq!(m.child_text("body", "jabber:client"), Some(format!("msg {i}")));
+        assert_eq!(
+            m.child_text("body", "jabber:client"),
+            Some(format!("msg {i}"))
+        );
         let delay = m.child("delay", "urn:xmpp:delay").expect("delay stamp");
         assert_eq!(delay.attr("from"), Some("localhost"));
         assert!(delay.attr("stamp").unwrap().ends_with('Z'));
     }
     // Delivered once: nothing more now, nor at the next login.
-    bob.expect_silence_except_presence(Duration::from_millis(300)).await;
+    bob.expect_silence_except_presence(Duration::from_millis(300))
+        .await;
     drop(bob);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut bob = server.login("bob", "c").await;
     bob.send("<presence/>").await;
-    bob.expect_silence_except_presence(Duration::from_millis(300)).await;
+    bob.expect_silence_except_presence(Duration::from_millis(300))
+        .await;
     server.stop().await;
 }
 
@@ -55,7 +64,9 @@ async fn quota_overflow_bounces_resource_constraint() {
     let mut alice = server.login("alice", "a").await;
     for i in 0..3 {
         alice
-            .send(&format!("<message to='bob@localhost' id='q{i}'><body>{i}</body></message>"))
+            .send(&format!(
+                "<message to='bob@localhost' id='q{i}'><body>{i}</body></message>"
+            ))
             .await;
     }
     let bounce = alice.recv_until(|e| e.name == "message").await;
@@ -63,6 +74,9 @@ async fn quota_overflow_bounces_resource_constraint() {
     assert_eq!(bounce.attr("type"), Some("error"));
     let err = bounce.child("error", "jabber:client").unwrap();
     assert_eq!(err.attr("type"), Some("wait"));
-    assert!(err.child("resource-constraint", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some());
+    assert!(
+        err.child("resource-constraint", "urn:ietf:params:xml:ns:xmpp-stanzas")
+            .is_some()
+    );
     server.stop().await;
 }

@@ -32,7 +32,9 @@ fn roster_push_for(jid: &str) -> impl Fn(&Element) -> bool {
 }
 
 async fn roster_item(c: &mut Client, jid: &str) -> Option<Element> {
-    let r = c.iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>").await;
+    let r = c
+        .iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
     r.child("query", ROSTER)?
         .elements()
         .find(|i| i.attr("jid") == Some(jid))
@@ -44,7 +46,11 @@ async fn next_push(c: &mut Client, jid: &str) -> Element {
     let push = c.recv_until(roster_push_for(jid)).await;
     let id = push.attr("id").unwrap().to_string();
     c.send(&format!("<iq type='result' id='{id}'/>")).await;
-    push.child("query", ROSTER).unwrap().child("item", ROSTER).unwrap().clone()
+    push.child("query", ROSTER)
+        .unwrap()
+        .child("item", ROSTER)
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test]
@@ -61,30 +67,44 @@ async fn full_subscription_handshake_reaches_both() {
     bob.available().await;
 
     // alice → bob: subscribe
-    alice.send("<presence to='bob@localhost' type='subscribe'/>").await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
     let item = next_push(&mut alice, "bob@localhost").await;
     assert_eq!(item.attr("subscription"), Some("none"));
     assert_eq!(item.attr("ask"), Some("subscribe"));
-    let req = bob.recv_until(is_presence_from("alice@localhost", Some("subscribe"))).await;
+    let req = bob
+        .recv_until(is_presence_from("alice@localhost", Some("subscribe")))
+        .await;
     assert_eq!(req.attr("to"), Some("bob@localhost"));
 
     // bob approves
-    bob.send("<presence to='alice@localhost' type='subscribed'/>").await;
+    bob.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
     let item = next_push(&mut bob, "alice@localhost").await;
     assert_eq!(item.attr("subscription"), Some("from"));
     let item = next_push(&mut alice, "bob@localhost").await;
     assert_eq!(item.attr("subscription"), Some("to"));
     assert_eq!(item.attr("ask"), None);
-    alice.recv_until(is_presence_from("bob@localhost", Some("subscribed"))).await;
+    alice
+        .recv_until(is_presence_from("bob@localhost", Some("subscribed")))
+        .await;
     // bob's current presence follows the approval.
-    alice.recv_until(is_presence_from("bob@localhost/b", None)).await;
+    alice
+        .recv_until(is_presence_from("bob@localhost/b", None))
+        .await;
 
     // bob → alice: subscribe, alice approves → both
-    bob.send("<presence to='alice@localhost' type='subscribe'/>").await;
+    bob.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
     let item = next_push(&mut bob, "alice@localhost").await;
     assert_eq!(item.attr("ask"), Some("subscribe"));
-    alice.recv_until(is_presence_from("bob@localhost", Some("subscribe"))).await;
-    alice.send("<presence to='bob@localhost' type='subscribed'/>").await;
+    alice
+        .recv_until(is_presence_from("bob@localhost", Some("subscribe")))
+        .await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribed'/>")
+        .await;
     let item = next_push(&mut alice, "bob@localhost").await;
     assert_eq!(item.attr("subscription"), Some("both"));
     let item = next_push(&mut bob, "alice@localhost").await;
@@ -96,18 +116,27 @@ async fn full_subscription_handshake_reaches_both() {
 
     // Presence broadcast: alice changes status, bob sees it.
     alice.send("<presence><show>away</show></presence>").await;
-    let p = bob.recv_until(is_presence_from("alice@localhost/a", None)).await;
-    assert_eq!(p.child_text("show", "jabber:client").as_deref(), Some("away"));
+    let p = bob
+        .recv_until(is_presence_from("alice@localhost/a", None))
+        .await;
+    assert_eq!(
+        p.child_text("show", "jabber:client").as_deref(),
+        Some("away")
+    );
 
     // Disconnect → unavailable to bob.
     drop(alice);
-    bob.recv_until(is_presence_from("alice@localhost/a", Some("unavailable"))).await;
+    bob.recv_until(is_presence_from("alice@localhost/a", Some("unavailable")))
+        .await;
 
     // Login again: probes answer with bob's presence; bob sees alice's initial presence.
     let mut alice = server.login("alice", "again").await;
     alice.send("<presence/>").await;
-    alice.recv_until(is_presence_from("bob@localhost/b", None)).await;
-    bob.recv_until(is_presence_from("alice@localhost/again", None)).await;
+    alice
+        .recv_until(is_presence_from("bob@localhost/b", None))
+        .await;
+    bob.recv_until(is_presence_from("alice@localhost/again", None))
+        .await;
 
     // Roster remove cancels both directions.
     let r = alice
@@ -130,11 +159,14 @@ async fn subscription_request_to_offline_user_is_delivered_at_login() {
     server.add_user("alice", "password").await;
     server.add_user("bob", "password").await;
     let mut alice = server.login("alice", "a").await;
-    alice.send("<presence to='bob@localhost' type='subscribe'/>").await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
     alice.expect_silence(Duration::from_millis(200)).await;
     let mut bob = server.login("bob", "b").await;
     bob.send("<presence/>").await;
-    bob.recv_until(is_presence_from("alice@localhost", Some("subscribe"))).await;
+    bob.recv_until(is_presence_from("alice@localhost", Some("subscribe")))
+        .await;
     server.stop().await;
 }
 
@@ -147,13 +179,18 @@ async fn pre_approved_subscription_is_accepted_automatically() {
     let mut bob = server.login("bob", "b").await;
     roster_item(&mut bob, "alice@localhost").await;
     // bob pre-approves alice (RFC 6121 §3.4).
-    bob.send("<presence to='alice@localhost' type='subscribed'/>").await;
+    bob.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
     let item = next_push(&mut bob, "alice@localhost").await;
     assert_eq!(item.attr("approved"), Some("true"));
     roster_item(&mut alice, "bob@localhost").await;
-    alice.send("<presence to='bob@localhost' type='subscribe'/>").await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
     next_push(&mut alice, "bob@localhost").await; // ask
-    alice.recv_until(is_presence_from("bob@localhost", Some("subscribed"))).await;
+    alice
+        .recv_until(is_presence_from("bob@localhost", Some("subscribed")))
+        .await;
     let item = next_push(&mut alice, "bob@localhost").await;
     assert_eq!(item.attr("subscription"), Some("to"));
     let item = next_push(&mut bob, "alice@localhost").await;
@@ -166,24 +203,40 @@ async fn roster_versioning_returns_empty_result_when_current() {
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     let mut alice = server.login("alice", "a").await;
-    let r = alice.iq("<iq type='get'><query xmlns='jabber:iq:roster' ver=''/></iq>").await;
-    let v0 = r.child("query", ROSTER).unwrap().attr("ver").unwrap().to_string();
+    let r = alice
+        .iq("<iq type='get'><query xmlns='jabber:iq:roster' ver=''/></iq>")
+        .await;
+    let v0 = r
+        .child("query", ROSTER)
+        .unwrap()
+        .attr("ver")
+        .unwrap()
+        .to_string();
     let r = alice
         .iq("<iq type='set'><query xmlns='jabber:iq:roster'><item jid='carol@localhost' name='Carol'><group>Friends</group></item></query></iq>")
         .await;
     assert_eq!(r.attr("type"), Some("result"));
     let push = alice.recv_until(roster_push_for("carol@localhost")).await;
-    let v1 = push.child("query", ROSTER).unwrap().attr("ver").unwrap().to_string();
+    let v1 = push
+        .child("query", ROSTER)
+        .unwrap()
+        .attr("ver")
+        .unwrap()
+        .to_string();
     assert_ne!(v0, v1);
     // Up to date → empty result.
     let r = alice
-        .iq(&format!("<iq type='get'><query xmlns='jabber:iq:roster' ver='{v1}'/></iq>"))
+        .iq(&format!(
+            "<iq type='get'><query xmlns='jabber:iq:roster' ver='{v1}'/></iq>"
+        ))
         .await;
     assert_eq!(r.attr("type"), Some("result"));
     assert!(r.child("query", ROSTER).is_none(), "{r:?}");
     // Outdated → full roster with the current version.
     let r = alice
-        .iq(&format!("<iq type='get'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"))
+        .iq(&format!(
+            "<iq type='get'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"
+        ))
         .await;
     let q = r.child("query", ROSTER).unwrap();
     assert_eq!(q.attr("ver"), Some(v1.as_str()));
@@ -209,8 +262,10 @@ async fn directed_presence_gets_unavailable_at_logout() {
     let mut alice = alice;
     alice.available().await;
     alice.send("<presence to='bob@localhost/b'/>").await;
-    bob.recv_until(is_presence_from("alice@localhost/a", None)).await;
+    bob.recv_until(is_presence_from("alice@localhost/a", None))
+        .await;
     alice.close().await;
-    bob.recv_until(is_presence_from("alice@localhost/a", Some("unavailable"))).await;
+    bob.recv_until(is_presence_from("alice@localhost/a", Some("unavailable")))
+        .await;
     server.stop().await;
 }

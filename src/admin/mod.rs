@@ -6,7 +6,6 @@
 
 pub mod control;
 // TEMPORARY until merge with the `sasl` and `storage` branches; see the file.
-mod premerge_stub;
 
 use std::path::{Path, PathBuf};
 

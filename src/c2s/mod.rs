@@ -80,9 +80,7 @@ impl Connection {
         if n == 0 {
             return Err(Ending::Gone);
         }
-        self.parser
-            .feed(&self.read_buf[..n])
-            .map_err(xml_ending)
+        self.parser.feed(&self.read_buf[..n]).map_err(xml_ending)
     }
 
     pub fn queue(&mut self, el: &Element) {
@@ -115,7 +113,10 @@ impl Connection {
             Ending::Gone => return,
             Ending::PeerClosed => STREAM_CLOSE.to_vec(),
             Ending::Error(err) => {
-                debug!(condition = err.condition.name(), "closing with stream error");
+                debug!(
+                    condition = err.condition.name(),
+                    "closing with stream error"
+                );
                 let mut out = Vec::new();
                 if !self.header_sent {
                     out.extend(crate::stream::response_header(

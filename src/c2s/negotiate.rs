@@ -120,13 +120,17 @@ async fn upgrade(
 }
 
 /// Reads the client's stream header, answers with ours and the features for this stage.
-async fn open_stream(ctx: &Arc<Context>, conn: &mut Connection, st: &mut State) -> Result<(), Ending> {
+async fn open_stream(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &mut State,
+) -> Result<(), Ending> {
     conn.header_sent = false;
     let header = match conn.next_event().await? {
         StreamEvent::Open(h) => h,
         _ => return Err(StreamErrorCondition::NotWellFormed.into()),
     };
-    let to = header.to.as_deref().and_then(|t| Addr::parse(t)).map(|a| a.domain);
+    let to = header.to.as_deref().and_then(Addr::parse).map(|a| a.domain);
     // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
     let from = to.clone().unwrap_or_else(|| {
         ctx.config
@@ -137,8 +141,14 @@ async fn open_stream(ctx: &Arc<Context>, conn: &mut Connection, st: &mut State) 
     });
     let id = random_id();
     let client_jid = st.authenticated.clone();
-    conn.send_raw(&response_header(ns::CLIENT, &from, client_jid.as_deref(), &id, &[]))
-        .await?;
+    conn.send_raw(&response_header(
+        ns::CLIENT,
+        &from,
+        client_jid.as_deref(),
+        &id,
+        &[],
+    ))
+    .await?;
     conn.header_sent = true;
     if header.ns != ns::STREAM || header.name != "stream" {
         return Err(StreamErrorCondition::InvalidNamespace.into());
@@ -181,7 +191,9 @@ fn features(ctx: &Context, st: &State) -> Element {
     let mut f = Element::new("features", ns::STREAM);
     if st.authenticated.is_some() {
         f.push_child(Element::new("bind", ns::BIND));
-        f.push_child(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
+        f.push_child(
+            Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
+        );
         f.push_child(Element::new("ver", ns::ROSTER_VER));
         f.push_child(Element::new("sub", ns::PRE_APPROVAL));
         return f;
@@ -222,7 +234,10 @@ fn decode_sasl(text: &str) -> Result<Option<Vec<u8>>, SaslError> {
     match text.as_str() {
         "" => Ok(None),
         "=" => Ok(Some(Vec::new())),
-        t => B64.decode(t).map(Some).map_err(|_| SaslError::IncorrectEncoding),
+        t => B64
+            .decode(t)
+            .map(Some)
+            .map_err(|_| SaslError::IncorrectEncoding),
     }
 }
 
@@ -233,8 +248,13 @@ enum Step {
 
 /// Sends a challenge and waits for the client's response.
 async fn challenge(conn: &mut Connection, data: &[u8]) -> Result<Result<Step, SaslError>, Ending> {
-    let text = if data.is_empty() { "=".to_string() } else { B64.encode(data) };
-    conn.send(&Element::new("challenge", ns::SASL).with_text(text)).await?;
+    let text = if data.is_empty() {
+        "=".to_string()
+    } else {
+        B64.encode(data)
+    };
+    conn.send(&Element::new("challenge", ns::SASL).with_text(text))
+        .await?;
     let el = match conn.next_event().await? {
         StreamEvent::Stanza(el) => el,
         StreamEvent::Close => return Err(Ending::PeerClosed),
@@ -289,7 +309,11 @@ async fn authenticate(
         }
         Err(e) => {
             st.failures += 1;
-            debug!(condition = e.condition(), failures = st.failures, "SASL failure");
+            debug!(
+                condition = e.condition(),
+                failures = st.failures,
+                "SASL failure"
+            );
             sasl_failure(conn, e.condition()).await?;
             if st.failures >= ctx.config.limits.max_auth_attempts {
                 return Err(Ending::Error(StreamError::with_text(
@@ -347,9 +371,12 @@ async fn run_mechanism(
             Ok(j) => j,
             Err(e) => return Ok(Err(e)),
         };
-        let stored = ctx.storage.accounts.get(&jid).await.map_err(|_| {
-            Ending::from(StreamErrorCondition::InternalServerError)
-        })?;
+        let stored = ctx
+            .storage
+            .accounts
+            .get(&jid)
+            .await
+            .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
         let valid = stored.is_some_and(|s| s.verify_password(&creds.password));
         if !valid {
             return Ok(Err(SaslError::NotAuthorized));
@@ -372,9 +399,12 @@ async fn run_mechanism(
     };
     let jid = account_jid(&client_first.username, &domain);
     let stored = match &jid {
-        Ok(j) => ctx.storage.accounts.get(j).await.map_err(|_| {
-            Ending::from(StreamErrorCondition::InternalServerError)
-        })?,
+        Ok(j) => ctx
+            .storage
+            .accounts
+            .get(j)
+            .await
+            .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?,
         Err(_) => None,
     };
     let server_first = scram.server_first(stored.as_ref().map(|s| s.for_hash(hash)));
@@ -445,7 +475,10 @@ async fn bind(
         presence: None,
         interested: false,
     };
-    match ctx.sessions.bind(&bare, info, ctx.config.limits.max_resources) {
+    match ctx
+        .sessions
+        .bind(&bare, info, ctx.config.limits.max_resources)
+    {
         BindOutcome::Bound => {}
         BindOutcome::Replaced(old) => {
             old.kick(StreamError::with_text(

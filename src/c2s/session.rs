@@ -122,7 +122,8 @@ async fn handle_stanza(
         return Err(StreamErrorCondition::UnsupportedStanzaType.into());
     }
     if let Some(from) = el.attr("from") {
-        let ok = Addr::parse(from).is_some_and(|a| a.full() == bound.full || a.full() == bound.bare);
+        let ok =
+            Addr::parse(from).is_some_and(|a| a.full() == bound.full || a.full() == bound.bare);
         if !ok {
             return Err(StreamErrorCondition::InvalidFrom.into());
         }

@@ -78,7 +78,9 @@ pub async fn outbound(ctx: &Arc<Context>, st: &mut PresenceState, stanza: Elemen
         return;
     };
     match kind.as_str() {
-        k if is_subscription(k) => outbound_subscription(ctx, &st.bare, &target.bare(), k, stanza).await,
+        k if is_subscription(k) => {
+            outbound_subscription(ctx, &st.bare, &target.bare(), k, stanza).await
+        }
         "probe" => {}
         "available" => {
             st.directed.insert(target.full());
@@ -158,9 +160,8 @@ pub async fn broadcast_unavailable(
     st: &mut PresenceState,
     stanza: Option<Element>,
 ) {
-    let mut stanza = stanza.unwrap_or_else(|| {
-        Element::new("presence", ns::CLIENT).with_attr("type", "unavailable")
-    });
+    let mut stanza = stanza
+        .unwrap_or_else(|| Element::new("presence", ns::CLIENT).with_attr("type", "unavailable"));
     stanza.set_attr("from", st.full.clone());
     stanza.remove_attr("to");
     let was_available = st.available;

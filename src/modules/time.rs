@@ -24,9 +24,8 @@ pub fn now_stamp() -> String {
 pub fn stamp_from_unix(secs: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(secs.min(i64::MAX as u64) as i64)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    );
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     t.format(&format).unwrap_or_default()
 }
 
@@ -63,6 +62,9 @@ mod tests {
     #[test]
     fn formats_xep0082_datetime() {
         assert_eq!(super::stamp_from_unix(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::stamp_from_unix(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            super::stamp_from_unix(1_700_000_000),
+            "2023-11-14T22:13:20Z"
+        );
     }
 }

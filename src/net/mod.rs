@@ -1,6 +1,7 @@
 //! Network plumbing shared by the listeners: TLS contexts and development certificates.
 
 pub mod devcert;
+pub mod io;
 pub mod tls;
 
 pub use tls::{TlsBindings, TlsContext, TlsError};

@@ -82,7 +82,7 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
     match config.storage.backend {
         StorageBackend::Memory => Ok(Storage::memory()),
         StorageBackend::Sled => {
-            std::fs::create_dir_all(&config.data_dir)?;
+            crate::admin::ensure_data_dir(&config.data_dir)?;
             Ok(Storage::open_sled(&config.data_dir.join("db"))?)
         }
     }
@@ -138,31 +138,40 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             }
         }
     }
-    if let Some(admin_dir) = control_socket_dir(&ctx.config) {
-        let path = admin_dir.join("control.sock");
-        let token = shutdown.clone();
-        let storage = ctx.storage.clone();
-        let config = ctx.config.clone();
-        tracker.spawn(async move {
-            if let Err(e) = crate::admin::control::serve_control(&path, storage, config, token).await {
-                warn!(error = %e, "admin control socket stopped");
+    if ctx.config.storage.backend == StorageBackend::Sled {
+        let path = crate::admin::control_socket_path(&ctx.config);
+        let control = crate::admin::control::ControlServer::bind(&path)
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let hook_ctx = Arc::downgrade(&ctx);
+        let control = control.on_event(move |event| {
+            // A removed account or a changed password ends that account's sessions.
+            use crate::admin::control::AdminEvent;
+            let (AdminEvent::Removed(jid) | AdminEvent::PasswordChanged(jid)) = event else {
+                return;
+            };
+            if let Some(ctx) = hook_ctx.upgrade() {
+                for s in ctx.sessions.resources(&jid) {
+                    s.control
+                        .kick(StreamError::new(StreamErrorCondition::NotAuthorized));
+                }
             }
         });
+        tracker.spawn(control.serve(
+            ctx.storage.clone(),
+            Arc::new(ctx.config.clone()),
+            shutdown.clone(),
+        ));
     }
-    info!(elapsed_ms = started.elapsed().as_millis() as u64, "server started");
+    info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "server started"
+    );
     Ok(ServerHandle {
         ctx,
         listeners,
         shutdown,
         tracker,
     })
-}
-
-fn control_socket_dir(config: &Config) -> Option<std::path::PathBuf> {
-    match config.storage.backend {
-        StorageBackend::Sled => Some(config.data_dir.clone()),
-        StorageBackend::Memory => None,
-    }
 }
 
 /// Runs until `shutdown` is cancelled, then stops gracefully.

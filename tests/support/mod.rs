@@ -22,8 +22,10 @@ pub const DOMAIN: &str = "localhost";
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     config.listeners = vec![
         ListenerConfig {
             kind: ListenerKind::C2s,
@@ -82,10 +84,18 @@ impl TestServer {
     }
 
     pub async fn add_user(&self, node: &str, password: &str) {
-        let creds = xmppd::sasl::credentials::StoredCredentials::from_password(password, 4096)
-            .unwrap();
+        let creds =
+            xmppd::sasl::credentials::StoredCredentials::from_password(password, 4096).unwrap();
         let jid = format!("{node}@{DOMAIN}");
-        assert!(self.handle().ctx.storage.accounts.create(&jid, &creds).await.unwrap());
+        assert!(
+            self.handle()
+                .ctx
+                .storage
+                .accounts
+                .create(&jid, &creds)
+                .await
+                .unwrap()
+        );
     }
 
     /// Stops the server and starts a new one on the same data dir (new ports).
@@ -407,7 +417,10 @@ impl Client {
         loop {
             match self.next_event().await {
                 Some(StreamEvent::Stanza(el)) if el.name == "error" => {
-                    let cond = el.first_element().map(|c| c.name.clone()).unwrap_or_default();
+                    let cond = el
+                        .first_element()
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default();
                     // The server must close after a stream error.
                     loop {
                         match self.next_event().await {
@@ -437,7 +450,8 @@ impl Client {
     }
 
     pub async fn starttls(&mut self) {
-        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
         let proceed = self.recv().await;
         assert_eq!(proceed.name, "proceed");
         let ClientIo::Plain(tcp) = std::mem::replace(&mut self.io, ClientIo::Taken) else {
@@ -458,22 +472,48 @@ impl Client {
     pub async fn authenticate(&mut self, node: &str, opts: &LoginOptions) -> Result<(), String> {
         let (name, hash, gs2, cb) = match opts.mech {
             Mech::Plain => ("PLAIN", None, String::new(), Vec::new()),
-            Mech::ScramSha256 => ("SCRAM-SHA-256", Some(scram::Hash::Sha256), "n,".into(), vec![]),
+            Mech::ScramSha256 => (
+                "SCRAM-SHA-256",
+                Some(scram::Hash::Sha256),
+                "n,".into(),
+                vec![],
+            ),
             Mech::ScramSha1 => ("SCRAM-SHA-1", Some(scram::Hash::Sha1), "n,".into(), vec![]),
             Mech::ScramSha256Plus(t) => {
                 let (n, d) = self.cb(t);
-                ("SCRAM-SHA-256-PLUS", Some(scram::Hash::Sha256), format!("p={n},"), d)
+                (
+                    "SCRAM-SHA-256-PLUS",
+                    Some(scram::Hash::Sha256),
+                    format!("p={n},"),
+                    d,
+                )
             }
             Mech::ScramSha1Plus(t) => {
                 let (n, d) = self.cb(t);
-                ("SCRAM-SHA-1-PLUS", Some(scram::Hash::Sha1), format!("p={n},"), d)
+                (
+                    "SCRAM-SHA-1-PLUS",
+                    Some(scram::Hash::Sha1),
+                    format!("p={n},"),
+                    d,
+                )
             }
         };
-        let authz = opts.authzid.clone().map(|a| format!("a={a}")).unwrap_or_default();
-        let gs2 = opts.gs2_override.clone().unwrap_or(format!("{gs2}{authz},"));
+        let authz = opts
+            .authzid
+            .clone()
+            .map(|a| format!("a={a}"))
+            .unwrap_or_default();
+        let gs2 = opts
+            .gs2_override
+            .clone()
+            .unwrap_or(format!("{gs2}{authz},"));
         match hash {
             None => {
-                let msg = format!("{}\0{node}\0{}", opts.authzid.clone().unwrap_or_default(), opts.password);
+                let msg = format!(
+                    "{}\0{node}\0{}",
+                    opts.authzid.clone().unwrap_or_default(),
+                    opts.password
+                );
                 self.send(&format!(
                     "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{name}'>{}</auth>",
                     B64.encode(msg)
@@ -503,7 +543,10 @@ impl Client {
                 sasl_outcome(&success)?;
                 assert_eq!(success.name, "success");
                 let server_final = B64.decode(success.text()).unwrap();
-                assert!(client.verify_server_final(&server_final), "server signature invalid");
+                assert!(
+                    client.verify_server_final(&server_final),
+                    "server signature invalid"
+                );
             }
         }
         self.parser.reset();
@@ -539,7 +582,11 @@ impl Client {
     }
 
     /// Full login; `Err(condition)` if SASL fails.
-    pub async fn login_opts(addr: SocketAddr, node: &str, opts: LoginOptions) -> Result<Client, String> {
+    pub async fn login_opts(
+        addr: SocketAddr,
+        node: &str,
+        opts: LoginOptions,
+    ) -> Result<Client, String> {
         let mut c = if opts.direct_tls {
             Client::connect_direct_tls(addr).await
         } else {
@@ -551,7 +598,9 @@ impl Client {
         c.open_stream().await;
         c.authenticate(node, &opts).await?;
         c.open_stream().await;
-        c.bind(opts.resource.as_deref()).await.map_err(|e| format!("bind failed: {e:?}"))?;
+        c.bind(opts.resource.as_deref())
+            .await
+            .map_err(|e| format!("bind failed: {e:?}"))?;
         Ok(c)
     }
 
@@ -590,7 +639,10 @@ impl Client {
 
 fn sasl_outcome(el: &Element) -> Result<(), String> {
     if el.name == "failure" {
-        return Err(el.first_element().map(|c| c.name.clone()).unwrap_or_default());
+        return Err(el
+            .first_element()
+            .map(|c| c.name.clone())
+            .unwrap_or_default());
     }
     Ok(())
 }

@@ -104,7 +104,11 @@ impl ScramClient {
         let client_key = hmac(self.hash, &self.salted, b"Client Key");
         let stored_key = digest(self.hash, &client_key);
         let signature = hmac(self.hash, &stored_key, self.auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         format!("{without_proof},p={}", B64.encode(proof)).into_bytes()
     }
 
