@@ -77,7 +77,7 @@ async fn stream_error_for(server: &TestServer, payload: &[u8]) -> String {
 async fn malformed_and_restricted_xml_get_their_stream_errors() {
     let server = TestServer::start().await;
     assert_eq!(
-        stream_error_for(&server, b"<a><b></a>").await,
+        stream_error_for(&server, b"<a><b></a></b>").await,
         "not-well-formed"
     );
     assert_eq!(

@@ -116,13 +116,11 @@ async fn full_subscription_handshake_reaches_both() {
 
     // Presence broadcast: alice changes status, bob sees it.
     alice.send("<presence><show>away</show></presence>").await;
-    let p = bob
-        .recv_until(is_presence_from("alice@localhost/a", None))
-        .await;
-    assert_eq!(
-        p.child_text("show", "jabber:client").as_deref(),
-        Some("away")
-    );
+    bob.recv_until(|e| {
+        is_presence_from("alice@localhost/a", None)(e)
+            && e.child_text("show", "jabber:client").as_deref() == Some("away")
+    })
+    .await;
 
     // Disconnect → unavailable to bob.
     drop(alice);
@@ -184,6 +182,8 @@ async fn pre_approved_subscription_is_accepted_automatically() {
     let item = next_push(&mut bob, "alice@localhost").await;
     assert_eq!(item.attr("approved"), Some("true"));
     roster_item(&mut alice, "bob@localhost").await;
+    // Subscription stanzas go to available resources (RFC 6121 §3.1.6).
+    alice.available().await;
     alice
         .send("<presence to='bob@localhost' type='subscribe'/>")
         .await;

@@ -271,6 +271,8 @@ pub struct Client {
     tls_exporter: Option<Vec<u8>>,
     end_point: Option<Vec<u8>>,
     next_id: u64,
+    /// Stanzas skipped by `recv_until`, handed out again before new ones.
+    skipped: std::collections::VecDeque<Element>,
 }
 
 fn limits() -> ParserLimits {
@@ -295,6 +297,7 @@ impl Client {
             tls_exporter: None,
             end_point: None,
             next_id: 1,
+            skipped: Default::default(),
         }
     }
 
@@ -321,6 +324,7 @@ impl Client {
             tls_exporter: None,
             end_point: None,
             next_id: 1,
+            skipped: Default::default(),
         }
     }
 
@@ -360,7 +364,12 @@ impl Client {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             match self.parser.next_event() {
-                Ok(Some(ev)) => return Some(ev),
+                Ok(Some(ev)) => {
+                    if std::env::var_os("XMPP_TRACE").is_some() {
+                        eprintln!("[{}] <- {ev:?}", self.jid);
+                    }
+                    return Some(ev);
+                }
                 Ok(None) => {}
                 Err(e) => panic!("server sent bad XML: {e}"),
             }
@@ -377,19 +386,29 @@ impl Client {
 
     /// The next stanza; panics on timeout, close or stream end.
     pub async fn recv(&mut self) -> Element {
+        if let Some(el) = self.skipped.pop_front() {
+            return el;
+        }
         match self.next_event().await {
             Some(StreamEvent::Stanza(el)) => el,
             other => panic!("expected a stanza, got {other:?}"),
         }
     }
 
-    /// Skips stanzas until one matches.
+    /// The first stanza that matches; others are kept for later `recv` calls.
     pub async fn recv_until(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
+        if let Some(pos) = self.skipped.iter().position(&pred) {
+            return self.skipped.remove(pos).unwrap();
+        }
         loop {
-            let el = self.recv().await;
+            let el = match self.next_event().await {
+                Some(StreamEvent::Stanza(el)) => el,
+                other => panic!("expected a stanza, got {other:?}"),
+            };
             if pred(&el) {
                 return el;
             }
+            self.skipped.push_back(el);
         }
     }
 
