@@ -1,0 +1,252 @@
+//! In-memory backend: the reference implementation of the storage traits (used by tests
+//! and by servers that need no persistence). Nothing survives a restart.
+//!
+//! Semantics shared with the sled backend, which the conformance tests hold both to:
+//! - accounts and roster items are ordered by their JID's bytes;
+//! - a roster's version survives `remove_user` (bumped), so that a client caching a roster
+//!   version (XEP-0237) never sees a version go backwards if the account is re-created;
+//! - offline `seq` values come from one counter for the whole store, so they keep
+//!   increasing for a user even after `remove_user`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use super::{
+    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription, Result,
+    Roster, RosterItem, RosterStore, StorageError,
+};
+use crate::sasl::credentials::StoredCredentials;
+
+#[derive(Default)]
+struct UserRoster {
+    version: u64,
+    /// Keyed by contact JID, so iteration order is the same as the sled backend's.
+    items: BTreeMap<String, RosterItem>,
+}
+
+#[derive(Default)]
+struct Offline {
+    /// Last seq handed out, for all users.
+    last_seq: u64,
+    /// Per user: seq -> (stored_at, stanza).
+    queues: HashMap<String, BTreeMap<u64, (u64, String)>>,
+}
+
+/// The in-memory store; one instance implements all three traits.
+#[derive(Default)]
+pub struct MemoryStore {
+    accounts: Mutex<BTreeMap<String, StoredCredentials>>,
+    rosters: Mutex<HashMap<String, UserRoster>>,
+    pending: Mutex<HashMap<String, BTreeMap<String, PendingSubscription>>>,
+    offline: Mutex<Offline>,
+}
+
+/// A poisoned lock means a panic happened while holding it; report it instead of
+/// propagating the panic into every later caller.
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| StorageError::Backend("memory store lock poisoned".into()))
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl AccountStore for MemoryStore {
+    async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+        let mut accounts = lock(&self.accounts)?;
+        if accounts.contains_key(jid) {
+            return Ok(false);
+        }
+        accounts.insert(jid.to_owned(), creds.clone());
+        Ok(true)
+    }
+
+    async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
+        Ok(lock(&self.accounts)?.get(jid).cloned())
+    }
+
+    async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+        match lock(&self.accounts)?.get_mut(jid) {
+            Some(slot) => {
+                *slot = creds.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn remove(&self, jid: &str) -> Result<bool> {
+        Ok(lock(&self.accounts)?.remove(jid).is_some())
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        Ok(lock(&self.accounts)?.keys().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl RosterStore for MemoryStore {
+    async fn roster(&self, user: &str) -> Result<Roster> {
+        Ok(match lock(&self.rosters)?.get(user) {
+            Some(r) => Roster {
+                version: r.version,
+                items: r.items.values().cloned().collect(),
+            },
+            None => Roster::default(),
+        })
+    }
+
+    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>> {
+        Ok(lock(&self.rosters)?
+            .get(user)
+            .and_then(|r| r.items.get(contact).cloned()))
+    }
+
+    async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64> {
+        let mut rosters = lock(&self.rosters)?;
+        let r = rosters.entry(user.to_owned()).or_default();
+        r.items.insert(item.jid.clone(), item.clone());
+        r.version += 1;
+        Ok(r.version)
+    }
+
+    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>> {
+        let mut rosters = lock(&self.rosters)?;
+        let Some(r) = rosters.get_mut(user) else {
+            return Ok(None);
+        };
+        if r.items.remove(contact).is_none() {
+            return Ok(None);
+        }
+        r.version += 1;
+        Ok(Some(r.version))
+    }
+
+    async fn pending_in(&self, user: &str) -> Result<Vec<PendingSubscription>> {
+        Ok(lock(&self.pending)?
+            .get(user)
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn add_pending_in(&self, user: &str, pending: &PendingSubscription) -> Result<()> {
+        lock(&self.pending)?
+            .entry(user.to_owned())
+            .or_default()
+            .insert(pending.from.clone(), pending.clone());
+        Ok(())
+    }
+
+    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool> {
+        let mut pending = lock(&self.pending)?;
+        let Some(p) = pending.get_mut(user) else {
+            return Ok(false);
+        };
+        let removed = p.remove(contact).is_some();
+        if p.is_empty() {
+            pending.remove(user);
+        }
+        Ok(removed)
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        if let Some(r) = lock(&self.rosters)?.get_mut(user) {
+            // Keep (and bump) the version; see the module comment.
+            r.items.clear();
+            r.version += 1;
+        }
+        lock(&self.pending)?.remove(user);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OfflineStore for MemoryStore {
+    async fn push(&self, user: &str, stanza: &str, quota: usize) -> Result<OfflineStoreOutcome> {
+        let mut off = lock(&self.offline)?;
+        let used = off.queues.get(user).map_or(0, |q| q.len());
+        if used >= quota {
+            return Ok(OfflineStoreOutcome::QuotaExceeded);
+        }
+        off.last_seq += 1;
+        let seq = off.last_seq;
+        off.queues
+            .entry(user.to_owned())
+            .or_default()
+            .insert(seq, (now_secs(), stanza.to_owned()));
+        Ok(OfflineStoreOutcome::Stored)
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<OfflineMessage>> {
+        let off = lock(&self.offline)?;
+        Ok(off
+            .queues
+            .get(user)
+            .map(|q| {
+                q.iter()
+                    .map(|(&seq, (stored_at, stanza))| OfflineMessage {
+                        seq,
+                        stored_at: *stored_at,
+                        stanza: stanza.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()> {
+        let mut off = lock(&self.offline)?;
+        if let Some(q) = off.queues.get_mut(user) {
+            // split_off keeps seq > up_to.
+            let rest = q.split_off(&up_to.saturating_add(1));
+            if up_to == u64::MAX || rest.is_empty() {
+                off.queues.remove(user);
+            } else {
+                *q = rest;
+            }
+        }
+        Ok(())
+    }
+
+    async fn count(&self, user: &str) -> Result<usize> {
+        Ok(lock(&self.offline)?.queues.get(user).map_or(0, |q| q.len()))
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        lock(&self.offline)?.queues.remove(user);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remove_up_to_keeps_later_messages() {
+        let s = MemoryStore::default();
+        for i in 0..3 {
+            s.push("u@x", &format!("m{i}"), 10).await.unwrap();
+        }
+        let seqs: Vec<u64> = OfflineStore::list(&s, "u@x")
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        s.remove_up_to("u@x", seqs[1]).await.unwrap();
+        let left = OfflineStore::list(&s, "u@x").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].seq, seqs[2]);
+        s.remove_up_to("u@x", u64::MAX).await.unwrap();
+        assert_eq!(s.count("u@x").await.unwrap(), 0);
+    }
+}
