@@ -1,49 +1,80 @@
-//! In-memory reference backend (tests, `storage.backend = "memory"`).
+//! In-memory backend: the reference implementation of the storage traits (used by tests
+//! and by servers that need no persistence). Nothing survives a restart.
+//!
+//! Semantics shared with the sled backend, which the conformance tests hold both to:
+//! - accounts and roster items are ordered by their JID's bytes;
+//! - a roster's version survives `remove_user` (bumped), so that a client caching a roster
+//!   version (XEP-0237) never sees a version go backwards if the account is re-created;
+//! - offline `seq` values come from one counter for the whole store, so they keep
+//!   increasing for a user even after `remove_user`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::*;
+use super::{
+    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription, Result,
+    Roster, RosterItem, RosterStore, StorageError,
+};
+use crate::sasl::credentials::StoredCredentials;
 
-/// Per user: roster version and items by contact.
-type Rosters = HashMap<String, (u64, BTreeMap<String, RosterItem>)>;
+#[derive(Default)]
+struct UserRoster {
+    version: u64,
+    /// Keyed by contact JID, so iteration order is the same as the sled backend's.
+    items: BTreeMap<String, RosterItem>,
+}
 
+#[derive(Default)]
+struct Offline {
+    /// Last seq handed out, for all users.
+    last_seq: u64,
+    /// Per user: seq -> (stored_at, stanza).
+    queues: HashMap<String, BTreeMap<u64, (u64, String)>>,
+}
+
+/// The in-memory store; one instance implements all three traits.
 #[derive(Default)]
 pub struct MemoryStore {
     accounts: Mutex<BTreeMap<String, StoredCredentials>>,
-    rosters: Mutex<Rosters>,
+    rosters: Mutex<HashMap<String, UserRoster>>,
     pending: Mutex<HashMap<String, BTreeMap<String, PendingSubscription>>>,
-    offline: Mutex<HashMap<String, (u64, Vec<OfflineMessage>)>>,
+    offline: Mutex<Offline>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// A poisoned lock means a panic happened while holding it; report it instead of
+/// propagating the panic into every later caller.
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| StorageError::Backend("memory store lock poisoned".into()))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[async_trait]
 impl AccountStore for MemoryStore {
     async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
-        let mut a = lock(&self.accounts);
-        if a.contains_key(jid) {
+        let mut accounts = lock(&self.accounts)?;
+        if accounts.contains_key(jid) {
             return Ok(false);
         }
-        a.insert(jid.to_string(), creds.clone());
+        accounts.insert(jid.to_owned(), creds.clone());
         Ok(true)
     }
+
     async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
-        Ok(lock(&self.accounts).get(jid).cloned())
+        Ok(lock(&self.accounts)?.get(jid).cloned())
     }
+
     async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
-        let mut a = lock(&self.accounts);
-        match a.get_mut(jid) {
+        match lock(&self.accounts)?.get_mut(jid) {
             Some(slot) => {
                 *slot = creds.clone();
                 Ok(true)
@@ -51,74 +82,88 @@ impl AccountStore for MemoryStore {
             None => Ok(false),
         }
     }
+
     async fn remove(&self, jid: &str) -> Result<bool> {
-        Ok(lock(&self.accounts).remove(jid).is_some())
+        Ok(lock(&self.accounts)?.remove(jid).is_some())
     }
+
     async fn list(&self) -> Result<Vec<String>> {
-        Ok(lock(&self.accounts).keys().cloned().collect())
+        Ok(lock(&self.accounts)?.keys().cloned().collect())
     }
 }
 
 #[async_trait]
 impl RosterStore for MemoryStore {
     async fn roster(&self, user: &str) -> Result<Roster> {
-        let r = lock(&self.rosters);
-        Ok(match r.get(user) {
-            Some((version, items)) => Roster {
-                version: *version,
-                items: items.values().cloned().collect(),
+        Ok(match lock(&self.rosters)?.get(user) {
+            Some(r) => Roster {
+                version: r.version,
+                items: r.items.values().cloned().collect(),
             },
             None => Roster::default(),
         })
     }
+
     async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>> {
-        Ok(lock(&self.rosters)
+        Ok(lock(&self.rosters)?
             .get(user)
-            .and_then(|(_, items)| items.get(contact).cloned()))
+            .and_then(|r| r.items.get(contact).cloned()))
     }
+
     async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64> {
-        let mut r = lock(&self.rosters);
-        let entry = r.entry(user.to_string()).or_default();
-        entry.0 += 1;
-        entry.1.insert(item.jid.clone(), item.clone());
-        Ok(entry.0)
+        let mut rosters = lock(&self.rosters)?;
+        let r = rosters.entry(user.to_owned()).or_default();
+        r.items.insert(item.jid.clone(), item.clone());
+        r.version += 1;
+        Ok(r.version)
     }
+
     async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>> {
-        let mut r = lock(&self.rosters);
-        let Some(entry) = r.get_mut(user) else {
+        let mut rosters = lock(&self.rosters)?;
+        let Some(r) = rosters.get_mut(user) else {
             return Ok(None);
         };
-        if entry.1.remove(contact).is_none() {
+        if r.items.remove(contact).is_none() {
             return Ok(None);
         }
-        entry.0 += 1;
-        Ok(Some(entry.0))
+        r.version += 1;
+        Ok(Some(r.version))
     }
+
     async fn pending_in(&self, user: &str) -> Result<Vec<PendingSubscription>> {
-        Ok(lock(&self.pending)
+        Ok(lock(&self.pending)?
             .get(user)
             .map(|p| p.values().cloned().collect())
             .unwrap_or_default())
     }
+
     async fn add_pending_in(&self, user: &str, pending: &PendingSubscription) -> Result<()> {
-        lock(&self.pending)
-            .entry(user.to_string())
+        lock(&self.pending)?
+            .entry(user.to_owned())
             .or_default()
             .insert(pending.from.clone(), pending.clone());
         Ok(())
     }
+
     async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool> {
-        Ok(lock(&self.pending)
-            .get_mut(user)
-            .is_some_and(|p| p.remove(contact).is_some()))
-    }
-    async fn remove_user(&self, user: &str) -> Result<()> {
-        // Keep the version counter so a re-created account never reuses old versions.
-        if let Some(entry) = lock(&self.rosters).get_mut(user) {
-            entry.0 += 1;
-            entry.1.clear();
+        let mut pending = lock(&self.pending)?;
+        let Some(p) = pending.get_mut(user) else {
+            return Ok(false);
+        };
+        let removed = p.remove(contact).is_some();
+        if p.is_empty() {
+            pending.remove(user);
         }
-        lock(&self.pending).remove(user);
+        Ok(removed)
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        if let Some(r) = lock(&self.rosters)?.get_mut(user) {
+            // Keep (and bump) the version; see the module comment.
+            r.items.clear();
+            r.version += 1;
+        }
+        lock(&self.pending)?.remove(user);
         Ok(())
     }
 }
@@ -126,39 +171,82 @@ impl RosterStore for MemoryStore {
 #[async_trait]
 impl OfflineStore for MemoryStore {
     async fn push(&self, user: &str, stanza: &str, quota: usize) -> Result<OfflineStoreOutcome> {
-        let mut o = lock(&self.offline);
-        let entry = o.entry(user.to_string()).or_default();
-        if entry.1.len() >= quota {
+        let mut off = lock(&self.offline)?;
+        let used = off.queues.get(user).map_or(0, |q| q.len());
+        if used >= quota {
             return Ok(OfflineStoreOutcome::QuotaExceeded);
         }
-        entry.0 += 1;
-        let seq = entry.0;
-        entry.1.push(OfflineMessage {
-            seq,
-            stored_at: now(),
-            stanza: stanza.to_string(),
-        });
+        off.last_seq += 1;
+        let seq = off.last_seq;
+        off.queues
+            .entry(user.to_owned())
+            .or_default()
+            .insert(seq, (now_secs(), stanza.to_owned()));
         Ok(OfflineStoreOutcome::Stored)
     }
+
     async fn list(&self, user: &str) -> Result<Vec<OfflineMessage>> {
-        Ok(lock(&self.offline)
+        let off = lock(&self.offline)?;
+        Ok(off
+            .queues
             .get(user)
-            .map(|(_, m)| m.clone())
+            .map(|q| {
+                q.iter()
+                    .map(|(&seq, (stored_at, stanza))| OfflineMessage {
+                        seq,
+                        stored_at: *stored_at,
+                        stanza: stanza.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
+
     async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()> {
-        if let Some(entry) = lock(&self.offline).get_mut(user) {
-            entry.1.retain(|m| m.seq > up_to);
+        let mut off = lock(&self.offline)?;
+        if let Some(q) = off.queues.get_mut(user) {
+            // split_off keeps seq > up_to.
+            let rest = q.split_off(&up_to.saturating_add(1));
+            if up_to == u64::MAX || rest.is_empty() {
+                off.queues.remove(user);
+            } else {
+                *q = rest;
+            }
         }
         Ok(())
     }
+
     async fn count(&self, user: &str) -> Result<usize> {
-        Ok(lock(&self.offline).get(user).map_or(0, |(_, m)| m.len()))
+        Ok(lock(&self.offline)?.queues.get(user).map_or(0, |q| q.len()))
     }
+
     async fn remove_user(&self, user: &str) -> Result<()> {
-        if let Some(entry) = lock(&self.offline).get_mut(user) {
-            entry.1.clear();
-        }
+        lock(&self.offline)?.queues.remove(user);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remove_up_to_keeps_later_messages() {
+        let s = MemoryStore::default();
+        for i in 0..3 {
+            s.push("u@x", &format!("m{i}"), 10).await.unwrap();
+        }
+        let seqs: Vec<u64> = OfflineStore::list(&s, "u@x")
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        s.remove_up_to("u@x", seqs[1]).await.unwrap();
+        let left = OfflineStore::list(&s, "u@x").await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].seq, seqs[2]);
+        s.remove_up_to("u@x", u64::MAX).await.unwrap();
+        assert_eq!(s.count("u@x").await.unwrap(), 0);
     }
 }

@@ -1,14 +1,15 @@
 //! Storage behind one trait per concern. Modules see only these traits; the backend
 //! (memory for tests, sled by default, later PostgreSQL) is chosen at start.
 
-pub mod memory;
-
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::sasl::credentials::StoredCredentials;
+
+pub mod memory;
+pub mod sled;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -32,6 +33,11 @@ pub trait AccountStore: Send + Sync {
     async fn remove(&self, jid: &str) -> Result<bool>;
     /// All account JIDs, sorted.
     async fn list(&self) -> Result<Vec<String>>;
+    /// Makes every write so far durable. Provided (no-op) so existing implementors are
+    /// unaffected; durable backends override it.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -108,6 +114,10 @@ pub trait RosterStore: Send + Sync {
     async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool>;
     /// Drops the whole roster and pending requests (account removal).
     async fn remove_user(&self, user: &str) -> Result<()>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +147,10 @@ pub trait OfflineStore: Send + Sync {
     async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()>;
     async fn count(&self, user: &str) -> Result<usize>;
     async fn remove_user(&self, user: &str) -> Result<()>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The set of stores a server runs with.
@@ -148,23 +162,36 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// In-memory stores (tests, throwaway servers): nothing survives a restart.
     pub fn memory() -> Self {
-        let m = Arc::new(memory::MemoryStore::default());
+        Self::from_backend(Arc::new(memory::MemoryStore::default()))
+    }
+
+    /// Opens (or creates) the sled database in directory `path`.
+    pub fn open_sled(path: &std::path::Path) -> Result<Self> {
+        Ok(Self::from_backend(Arc::new(self::sled::SledStore::open(
+            path,
+        )?)))
+    }
+
+    /// One backend object serves all three concerns.
+    fn from_backend<B>(backend: Arc<B>) -> Self
+    where
+        B: AccountStore + RosterStore + OfflineStore + 'static,
+    {
         Storage {
-            accounts: m.clone(),
-            roster: m.clone(),
-            offline: m,
+            accounts: backend.clone(),
+            roster: backend.clone(),
+            offline: backend,
         }
     }
 
-    pub fn open_sled(_path: &std::path::Path) -> Result<Self> {
-        // Replaced by the sled backend at merge.
-        Ok(Self::memory())
-    }
-
-    /// Makes every acknowledged write durable (no-op for memory).
+    /// Makes every write so far durable (call at shutdown). Each store is asked, since they
+    /// may come from different backends; flushing an already clean sled database is cheap.
     pub async fn flush(&self) -> Result<()> {
-        Ok(())
+        self.accounts.flush().await?;
+        self.roster.flush().await?;
+        self.offline.flush().await
     }
 
     /// Removes an account and everything stored for it.

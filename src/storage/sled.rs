@@ -1,0 +1,539 @@
+//! sled backend (the default). Layout (see docs/storage.md, "Storage key layout"):
+//!
+//! | tree           | key                               | value                          |
+//! |----------------|-----------------------------------|--------------------------------|
+//! | `meta`         | `schema_version`                  | u32 big-endian                 |
+//! | `accounts`     | `<jid>`                           | fmt byte + `StoredCredentials` |
+//! | `roster`       | `<user>\0<contact>`               | fmt byte + `RosterItem`        |
+//! | `roster_meta`  | `<user>`                          | fmt byte + u64 roster version  |
+//! | `pending`      | `<user>\0<from>`                  | fmt byte + `PendingSubscription` |
+//! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
+//! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
+//!
+//! "fmt byte" is [`VALUE_FORMAT`], followed by the postcard encoding. User and contact
+//! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
+//! Semantics match the memory backend (see its module comment).
+
+use std::path::Path;
+
+use ::sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+use ::sled::{Db, IVec, Transactional, Tree};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{
+    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription, Result,
+    Roster, RosterItem, RosterStore, StorageError,
+};
+use crate::sasl::credentials::StoredCredentials;
+
+/// On-disk schema this code reads and writes. Opening a database marked with a newer one
+/// fails rather than risk misreading or damaging it.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Key of the schema marker in the `meta` tree. Its value is a plain big-endian u32, not
+/// the versioned value encoding, so the marker stays readable whatever that becomes.
+pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+/// First byte of every stored value: the encoding of the rest (1 = postcard).
+pub const VALUE_FORMAT: u8 = 1;
+
+const SEP: u8 = 0;
+
+/// The sled store; one instance implements all three traits.
+pub struct SledStore {
+    db: Db,
+    accounts: Tree,
+    roster: Tree,
+    roster_meta: Tree,
+    pending: Tree,
+    offline: Tree,
+    offline_meta: Tree,
+}
+
+#[derive(Serialize)]
+struct OfflineRecordRef<'a> {
+    stored_at: u64,
+    stanza: &'a str,
+}
+
+#[derive(Deserialize)]
+struct OfflineRecord {
+    stored_at: u64,
+    stanza: String,
+}
+
+fn backend(e: ::sled::Error) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+fn tx_error(e: TransactionError<StorageError>) -> StorageError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    }
+}
+
+fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_extend(value, vec![VALUE_FORMAT])
+        .map_err(|e| StorageError::Backend(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&VALUE_FORMAT, rest)) => match postcard::take_from_bytes(rest) {
+            Ok((value, [])) => Ok(value),
+            Ok(_) => Err(StorageError::Corrupt(format!("{what}: trailing bytes"))),
+            Err(e) => Err(StorageError::Corrupt(format!("{what}: {e}"))),
+        },
+        Some((format, _)) => Err(StorageError::Corrupt(format!(
+            "{what}: unknown value format {format}"
+        ))),
+        None => Err(StorageError::Corrupt(format!("{what}: empty value"))),
+    }
+}
+
+/// A NUL would let one user's prefix match another user's keys.
+fn check_name(name: &str) -> Result<()> {
+    if name.as_bytes().contains(&SEP) {
+        return Err(StorageError::Backend(format!(
+            "invalid name {name:?}: contains NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// `<user>\0`: the prefix of all of a user's keys in the per-user trees.
+fn user_prefix(user: &str) -> Result<Vec<u8>> {
+    check_name(user)?;
+    let mut key = Vec::with_capacity(user.len() + 9);
+    key.extend_from_slice(user.as_bytes());
+    key.push(SEP);
+    Ok(key)
+}
+
+fn pair_key(user: &str, contact: &str) -> Result<Vec<u8>> {
+    check_name(contact)?;
+    let mut key = user_prefix(user)?;
+    key.extend_from_slice(contact.as_bytes());
+    Ok(key)
+}
+
+fn offline_key(user: &str, seq: u64) -> Result<Vec<u8>> {
+    let mut key = user_prefix(user)?;
+    key.extend_from_slice(&seq.to_be_bytes());
+    Ok(key)
+}
+
+/// Reads a u64 counter (roster version, offline count) inside a transaction; absent = 0.
+fn tx_counter(
+    tree: &TransactionalTree,
+    key: &[u8],
+    what: &str,
+) -> ConflictableTransactionResult<u64, StorageError> {
+    match tree.get(key)? {
+        Some(v) => decode(what, &v).map_err(abort),
+        None => Ok(0),
+    }
+}
+
+fn keys_with_prefix(tree: &Tree, prefix: &[u8]) -> Result<Vec<IVec>> {
+    tree.scan_prefix(prefix)
+        .map(|r| r.map(|(k, _)| k).map_err(backend))
+        .collect()
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in directory `path` and checks its schema version.
+    pub fn open(path: &Path) -> Result<SledStore> {
+        let db = ::sled::open(path).map_err(backend)?;
+        let meta = db.open_tree("meta").map_err(backend)?;
+        match meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
+            None => {
+                meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(backend)?;
+                // Opening is synchronous anyway; make the marker durable right away.
+                db.flush().map_err(backend)?;
+            }
+            Some(v) => {
+                let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| {
+                    StorageError::Corrupt(format!("schema version: {} bytes", v.len()))
+                })?;
+                let found = u32::from_be_bytes(bytes);
+                if found > SCHEMA_VERSION {
+                    return Err(StorageError::Backend(format!(
+                        "database schema version {found} is newer than supported \
+                         ({SCHEMA_VERSION}); refusing to open"
+                    )));
+                }
+                // Versions before 1 never existed; later ones will be migrated here.
+                if found < SCHEMA_VERSION {
+                    return Err(StorageError::Corrupt(format!(
+                        "unknown schema version {found}"
+                    )));
+                }
+            }
+        }
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        Ok(SledStore {
+            accounts: tree("accounts")?,
+            roster: tree("roster")?,
+            roster_meta: tree("roster_meta")?,
+            pending: tree("pending")?,
+            offline: tree("offline")?,
+            offline_meta: tree("offline_meta")?,
+            db,
+        })
+    }
+
+    /// Flushes and fsyncs on sled's thread pool, so the runtime is not blocked.
+    async fn flush_db(&self) -> Result<()> {
+        self.db.flush_async().await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// Removes the given offline keys of `user` and keeps its count in step.
+    fn remove_offline_keys(&self, user: &str, keys: &[IVec]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        (&self.offline, &self.offline_meta)
+            .transaction(|(off, meta)| {
+                let mut removed = 0u64;
+                for key in keys {
+                    if off.remove(key)?.is_some() {
+                        removed += 1;
+                    }
+                }
+                let count = tx_counter(meta, user.as_bytes(), "offline count")?;
+                let left = count.saturating_sub(removed);
+                if left == 0 {
+                    meta.remove(user.as_bytes())?;
+                } else {
+                    meta.insert(user.as_bytes(), encode(&left).map_err(abort)?)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+}
+
+#[async_trait]
+impl AccountStore for SledStore {
+    async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+        let value = encode(creds)?;
+        let swapped = self
+            .accounts
+            .compare_and_swap(jid, None::<&[u8]>, Some(value))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush_db().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
+        match self.accounts.get(jid).map_err(backend)? {
+            Some(v) => decode("account", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+        let value = encode(creds)?;
+        // Replaces only an existing value; an absent key stays absent.
+        let previous = self
+            .accounts
+            .fetch_and_update(jid, |old| old.map(|_| value.clone()))
+            .map_err(backend)?;
+        if previous.is_none() {
+            return Ok(false);
+        }
+        self.flush_db().await?;
+        Ok(true)
+    }
+
+    async fn remove(&self, jid: &str) -> Result<bool> {
+        if self.accounts.remove(jid).map_err(backend)?.is_none() {
+            return Ok(false);
+        }
+        self.flush_db().await?;
+        Ok(true)
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        // Keys iterate in byte order, which for UTF-8 is the order of `String`.
+        self.accounts
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                String::from_utf8(k.to_vec())
+                    .map_err(|_| StorageError::Corrupt("account key is not UTF-8".into()))
+            })
+            .collect()
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+#[async_trait]
+impl RosterStore for SledStore {
+    async fn roster(&self, user: &str) -> Result<Roster> {
+        let prefix = user_prefix(user)?;
+        // Version first: a concurrent change may then show up in the items before the
+        // version, which only makes the client see that change once more in a roster
+        // push; the other order could hand out a version whose change is missing.
+        let version = match self.roster_meta.get(user).map_err(backend)? {
+            Some(v) => decode("roster version", &v)?,
+            None => 0,
+        };
+        let items = self
+            .roster
+            .scan_prefix(&prefix)
+            .map(|r| {
+                let (_, v) = r.map_err(backend)?;
+                decode("roster item", &v)
+            })
+            .collect::<Result<Vec<RosterItem>>>()?;
+        Ok(Roster { version, items })
+    }
+
+    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>> {
+        match self.roster.get(pair_key(user, contact)?).map_err(backend)? {
+            Some(v) => decode("roster item", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64> {
+        let key = pair_key(user, &item.jid)?;
+        let value = encode(item)?;
+        (&self.roster, &self.roster_meta)
+            .transaction(|(roster, meta)| {
+                let version = tx_counter(meta, user.as_bytes(), "roster version")? + 1;
+                roster.insert(key.as_slice(), value.as_slice())?;
+                meta.insert(user.as_bytes(), encode(&version).map_err(abort)?)?;
+                Ok(version)
+            })
+            .map_err(tx_error)
+    }
+
+    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>> {
+        let key = pair_key(user, contact)?;
+        (&self.roster, &self.roster_meta)
+            .transaction(|(roster, meta)| {
+                if roster.remove(key.as_slice())?.is_none() {
+                    return Ok(None);
+                }
+                let version = tx_counter(meta, user.as_bytes(), "roster version")? + 1;
+                meta.insert(user.as_bytes(), encode(&version).map_err(abort)?)?;
+                Ok(Some(version))
+            })
+            .map_err(tx_error)
+    }
+
+    async fn pending_in(&self, user: &str) -> Result<Vec<PendingSubscription>> {
+        self.pending
+            .scan_prefix(user_prefix(user)?)
+            .map(|r| {
+                let (_, v) = r.map_err(backend)?;
+                decode("pending subscription", &v)
+            })
+            .collect()
+    }
+
+    async fn add_pending_in(&self, user: &str, pending: &PendingSubscription) -> Result<()> {
+        let key = pair_key(user, &pending.from)?;
+        self.pending
+            .insert(key, encode(pending)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool> {
+        let key = pair_key(user, contact)?;
+        Ok(self.pending.remove(key).map_err(backend)?.is_some())
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        let prefix = user_prefix(user)?;
+        // sled transactions cannot scan, so the keys are collected first; an item written
+        // concurrently with an account removal may survive it.
+        let items = keys_with_prefix(&self.roster, &prefix)?;
+        let pending = keys_with_prefix(&self.pending, &prefix)?;
+        (&self.roster, &self.roster_meta, &self.pending)
+            .transaction(|(roster, meta, pend)| {
+                for key in &items {
+                    roster.remove(key)?;
+                }
+                for key in &pending {
+                    pend.remove(key)?;
+                }
+                // Keep (and bump) the version so it never goes backwards for this JID.
+                if meta.get(user.as_bytes())?.is_some() {
+                    let version = tx_counter(meta, user.as_bytes(), "roster version")? + 1;
+                    meta.insert(user.as_bytes(), encode(&version).map_err(abort)?)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+#[async_trait]
+impl OfflineStore for SledStore {
+    async fn push(&self, user: &str, stanza: &str, quota: usize) -> Result<OfflineStoreOutcome> {
+        // generate_id is monotonic across restarts (sled persists it ahead of use), so seq
+        // keeps increasing per user; +1 so that seqs start at 1 as in the memory store.
+        let seq = self.db.generate_id().map_err(backend)?.saturating_add(1);
+        let key = offline_key(user, seq)?;
+        let value = encode(&OfflineRecordRef {
+            stored_at: super::memory::now_secs(),
+            stanza,
+        })?;
+        let quota = u64::try_from(quota).unwrap_or(u64::MAX);
+        // The count lives beside the messages and changes in the same transaction, so
+        // concurrent pushes cannot overrun the quota and `count` needs no scan.
+        let outcome = (&self.offline, &self.offline_meta)
+            .transaction(|(off, meta)| {
+                let count = tx_counter(meta, user.as_bytes(), "offline count")?;
+                if count >= quota {
+                    return Ok(OfflineStoreOutcome::QuotaExceeded);
+                }
+                off.insert(key.as_slice(), value.as_slice())?;
+                meta.insert(user.as_bytes(), encode(&(count + 1)).map_err(abort)?)?;
+                Ok(OfflineStoreOutcome::Stored)
+            })
+            .map_err(tx_error)?;
+        if outcome == OfflineStoreOutcome::Stored {
+            self.flush_db().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<OfflineMessage>> {
+        let prefix = user_prefix(user)?;
+        self.offline
+            .scan_prefix(&prefix)
+            .map(|r| {
+                let (k, v) = r.map_err(backend)?;
+                let seq_bytes: [u8; 8] = k[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("offline key length".into()))?;
+                let record: OfflineRecord = decode("offline message", &v)?;
+                Ok(OfflineMessage {
+                    seq: u64::from_be_bytes(seq_bytes),
+                    stored_at: record.stored_at,
+                    stanza: record.stanza,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()> {
+        let start = user_prefix(user)?;
+        let end = offline_key(user, up_to)?;
+        let keys = self
+            .offline
+            .range(start..=end)
+            .map(|r| r.map(|(k, _)| k).map_err(backend))
+            .collect::<Result<Vec<IVec>>>()?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.remove_offline_keys(user, &keys)?;
+        // Durable, so that a crash does not deliver these messages a second time.
+        self.flush_db().await
+    }
+
+    async fn count(&self, user: &str) -> Result<usize> {
+        check_name(user)?;
+        let count: u64 = match self.offline_meta.get(user).map_err(backend)? {
+            Some(v) => decode("offline count", &v)?,
+            None => 0,
+        };
+        usize::try_from(count).map_err(|_| StorageError::Corrupt("offline count".into()))
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        let keys = keys_with_prefix(&self.offline, &user_prefix(user)?)?;
+        self.remove_offline_keys(user, &keys)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejects_bad_values() {
+        assert!(matches!(
+            decode::<u64>("x", &[]),
+            Err(StorageError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode::<u64>("x", &[9, 1]),
+            Err(StorageError::Corrupt(_))
+        ));
+        let mut v = encode(&5u64).unwrap();
+        assert_eq!(decode::<u64>("x", &v).unwrap(), 5);
+        v.push(0);
+        assert!(matches!(
+            decode::<u64>("x", &v),
+            Err(StorageError::Corrupt(_))
+        ));
+        // A truncated string must be an error, not a panic.
+        let s = encode("hello").unwrap();
+        assert!(matches!(
+            decode::<String>("x", &s[..3]),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn offline_keys_sort_by_seq() {
+        let a = offline_key("u@x", 255).unwrap();
+        let b = offline_key("u@x", 256).unwrap();
+        assert!(a < b);
+        assert!(a.starts_with(&user_prefix("u@x").unwrap()));
+    }
+
+    #[test]
+    fn nul_in_names_is_rejected() {
+        assert!(user_prefix("a\0b").is_err());
+        assert!(pair_key("a", "b\0c").is_err());
+    }
+
+    #[tokio::test]
+    async fn corrupt_value_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.roster.insert(b"u@x\0c@y", &[1u8, 0xff][..]).unwrap();
+        store.accounts.insert(b"u@x", &[7u8][..]).unwrap();
+        assert!(matches!(
+            store.roster("u@x").await,
+            Err(StorageError::Corrupt(_))
+        ));
+        assert!(matches!(
+            AccountStore::get(&store, "u@x").await,
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+}
