@@ -280,3 +280,36 @@ async fn client_close_is_answered_with_close() {
         .expect("server answers the close");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn y_flag_is_accepted_after_the_client_showed_no_mutual_binding_type() {
+    // What slixmpp 1.8 does on TLS 1.3: SCRAM-SHA-256-PLUS with tls-unique (refused),
+    // then plain SCRAM-SHA-256 with 'y'. That 'y' is not a downgrade: the client has shown
+    // it supports none of the advertised types (XEP-0440 §3).
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    let tls_unique = LoginOptions {
+        mech: Mech::ScramSha256Plus(CbType::TlsExporter),
+        gs2_override: Some("p=tls-unique,,".into()),
+        ..LoginOptions::default()
+    };
+    assert_eq!(
+        c.authenticate("alice", &tls_unique).await.unwrap_err(),
+        "not-authorized"
+    );
+    let y_flag = LoginOptions {
+        mech: Mech::ScramSha256,
+        gs2_override: Some("y,,".into()),
+        ..LoginOptions::default()
+    };
+    c.authenticate("alice", &y_flag)
+        .await
+        .expect("y accepted after the failed tls-unique attempt");
+    c.open_stream().await;
+    c.bind(None).await.unwrap();
+    server.stop().await;
+}
