@@ -80,7 +80,8 @@ pub struct Limits {
     pub handshake_timeout_secs: u64,
     /// Seconds without any received byte before the connection is closed.
     pub idle_timeout_secs: u64,
-    /// Concurrent connections from one IP address.
+    /// Concurrent connections from one IP address (large enough for users behind
+    /// carrier-grade NAT; small enough that one address cannot exhaust the server).
     pub connections_per_ip: usize,
     /// Concurrent connections in all.
     pub max_connections: usize,
@@ -156,7 +157,7 @@ impl Default for Limits {
             max_attributes: 64,
             handshake_timeout_secs: 30,
             idle_timeout_secs: 600,
-            connections_per_ip: 64,
+            connections_per_ip: 1000,
             max_connections: 100_000,
             max_auth_attempts: 3,
             session_queue_len: 2048,
