@@ -269,3 +269,25 @@ async fn directed_presence_gets_unavailable_at_logout() {
         .await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn roster_set_result_precedes_the_push() {
+    // Clients (and Prosody's scansion scripts) expect the result first (RFC 6121 §2.3.2).
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mut alice = server.login("alice", "a").await;
+    alice
+        .iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    alice
+        .send("<iq type='set' id='set1'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost'/></query></iq>")
+        .await;
+    let first = alice.recv().await;
+    assert_eq!(
+        (first.attr("type"), first.attr("id")),
+        (Some("result"), Some("set1"))
+    );
+    let push = alice.recv().await;
+    assert!(roster_push_for("nurse@localhost")(&push), "{push:?}");
+    server.stop().await;
+}

@@ -50,6 +50,9 @@ pub trait IqHandler: Send + Sync {
         target: &IqTarget,
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError>;
+    /// Work that must reach the wire after the result (e.g. the roster push that follows
+    /// a roster set's result, RFC 6121 §2.3.2). Called only after a successful `handle`.
+    async fn after_result(&self, _ctx: &Arc<Context>, _target: &IqTarget, _iq: &Element) {}
 }
 
 pub struct Modules {

@@ -101,6 +101,34 @@ impl IqHandler for Roster {
             _ => Err(StanzaError::bad_request()),
         }
     }
+
+    async fn after_result(&self, ctx: &Arc<Context>, target: &IqTarget, iq: &Element) {
+        let IqTarget::Account(user) = target else {
+            return;
+        };
+        if iq.attr("type") != Some("set") {
+            return;
+        }
+        let Some(item_el) = iq.first_element().and_then(|q| q.child("item", ns::ROSTER)) else {
+            return;
+        };
+        let Some(contact) = item_el.attr("jid").and_then(addr::normalize_bare) else {
+            return;
+        };
+        // Push what is stored now: the item, or its removal.
+        let roster = match ctx.storage.roster.roster(user).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "roster load for push failed");
+                return;
+            }
+        };
+        let element = match roster.items.iter().find(|i| i.jid == contact) {
+            Some(item) => item_element(item),
+            None => removed_element(&contact),
+        };
+        push(ctx, user, element, roster.version);
+    }
 }
 
 async fn get(
@@ -179,7 +207,12 @@ async fn set(
         .filter(|n| !n.is_empty())
         .map(str::to_string);
     item.groups = groups;
-    save_and_push(ctx, user, &item).await.map_err(internal)?;
+    // The push follows the result (see `after_result`).
+    ctx.storage
+        .roster
+        .put_item(user, &item)
+        .await
+        .map_err(internal)?;
     Ok(None)
 }
 
@@ -194,8 +227,7 @@ async fn remove(ctx: &Arc<Context>, user: &str, contact: &str) -> Result<(), Sta
     let Some(item) = existing else {
         return Err(StanzaError::item_not_found());
     };
-    let version = ctx
-        .storage
+    ctx.storage
         .roster
         .remove_item(user, contact)
         .await
@@ -205,9 +237,6 @@ async fn remove(ctx: &Arc<Context>, user: &str, contact: &str) -> Result<(), Sta
         .remove_pending_in(user, contact)
         .await
         .map_err(internal)?;
-    if let Some(version) = version {
-        push(ctx, user, removed_element(contact), version);
-    }
     if item.subscription.has_to() || item.ask {
         presence::send_subscription(ctx, user, contact, "unsubscribe").await;
     }

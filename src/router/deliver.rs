@@ -107,6 +107,7 @@ async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
             Ok(payload) => {
                 let result = crate::stream::iq_result(&iq, payload);
                 route(ctx, result).await;
+                handler.after_result(ctx, &target, &iq).await;
             }
             Err(err) => route_reply(ctx, &iq, err).await,
         },
