@@ -44,7 +44,7 @@ pub(crate) struct Connection {
     pub io: MaybeTls,
     pub parser: StreamParser,
     pub out: Vec<u8>,
-    read_buf: Box<[u8]>,
+    pub read_buf: Box<[u8]>,
     /// Our stream header has been sent for the current stream (errors need one first).
     pub header_sent: bool,
 }
@@ -54,7 +54,7 @@ impl Connection {
         Connection {
             io,
             parser: StreamParser::new(limits),
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             header_sent: false,
         }
@@ -93,6 +93,10 @@ impl Connection {
         }
         let res = self.io.write_all(&self.out).await;
         self.out.clear();
+        // A burst (offline messages, a big roster) must not pin its buffer forever.
+        if self.out.capacity() > 64 * 1024 {
+            self.out.shrink_to(4096);
+        }
         res.map_err(|_| Ending::Gone)?;
         self.io.flush().await.map_err(|_| Ending::Gone)
     }

@@ -49,7 +49,6 @@ async fn serve_bound(
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     let control = bound.control.clone();
-    let mut read_buf = vec![0u8; super::READ_CHUNK];
     loop {
         tokio::select! {
             biased;
@@ -78,13 +77,13 @@ async fn serve_bound(
                     return e;
                 }
             }
-            read = conn.io.read(&mut read_buf) => {
+            read = conn.io.read(&mut conn.read_buf) => {
                 let n = match read {
                     Ok(0) | Err(_) => return Ending::Gone,
                     Ok(n) => n,
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                if let Err(e) = conn.parser.feed(&read_buf[..n]) {
+                if let Err(e) = conn.parser.feed(&conn.read_buf[..n]) {
                     return super::xml_ending(e);
                 }
                 loop {
