@@ -15,8 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{
-    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription, Result,
-    Roster, RosterItem, RosterStore, StorageError,
+    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription,
+    PushRegistration, PushStore, Result, Roster, RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -35,13 +35,15 @@ struct Offline {
     queues: HashMap<String, BTreeMap<u64, (u64, String)>>,
 }
 
-/// The in-memory store; one instance implements all three traits.
+/// The in-memory store; one instance implements every storage trait.
 #[derive(Default)]
 pub struct MemoryStore {
     accounts: Mutex<BTreeMap<String, StoredCredentials>>,
     rosters: Mutex<HashMap<String, UserRoster>>,
     pending: Mutex<HashMap<String, BTreeMap<String, PendingSubscription>>>,
     offline: Mutex<Offline>,
+    /// Per user: (jid, node) -> registration.
+    push: Mutex<HashMap<String, BTreeMap<(String, String), PushRegistration>>>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of
@@ -222,6 +224,43 @@ impl OfflineStore for MemoryStore {
 
     async fn remove_user(&self, user: &str) -> Result<()> {
         lock(&self.offline)?.queues.remove(user);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PushStore for MemoryStore {
+    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
+        lock(&self.push)?
+            .entry(user.to_owned())
+            .or_default()
+            .insert((reg.jid.clone(), reg.node.clone()), reg.clone());
+        Ok(())
+    }
+
+    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+        let mut push = lock(&self.push)?;
+        let Some(regs) = push.get_mut(user) else {
+            return Ok(0);
+        };
+        let before = regs.len();
+        regs.retain(|(j, n), _| !(j == jid && node.is_none_or(|node| node == n)));
+        let removed = before - regs.len();
+        if regs.is_empty() {
+            push.remove(user);
+        }
+        Ok(removed)
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>> {
+        Ok(lock(&self.push)?
+            .get(user)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        lock(&self.push)?.remove(user);
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! | `pending`      | `<user>\0<from>`                  | fmt byte + `PendingSubscription` |
 //! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
 //! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
+//! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
 //!
 //! "fmt byte" is [`VALUE_FORMAT`], followed by the postcard encoding. User and contact
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
@@ -25,8 +26,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{
-    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription, Result,
-    Roster, RosterItem, RosterStore, StorageError,
+    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription,
+    PushRegistration, PushStore, Result, Roster, RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -41,7 +42,7 @@ pub const VALUE_FORMAT: u8 = 1;
 
 const SEP: u8 = 0;
 
-/// The sled store; one instance implements all three traits.
+/// The sled store; one instance implements every storage trait.
 pub struct SledStore {
     db: Db,
     accounts: Tree,
@@ -50,6 +51,7 @@ pub struct SledStore {
     pending: Tree,
     offline: Tree,
     offline_meta: Tree,
+    push: Tree,
 }
 
 #[derive(Serialize)]
@@ -124,6 +126,13 @@ fn pair_key(user: &str, contact: &str) -> Result<Vec<u8>> {
     Ok(key)
 }
 
+/// `<user>\0<jid>\0`: the prefix of a user's registrations with one push service.
+fn push_prefix(user: &str, jid: &str) -> Result<Vec<u8>> {
+    let mut key = pair_key(user, jid)?;
+    key.push(SEP);
+    Ok(key)
+}
+
 fn offline_key(user: &str, seq: u64) -> Result<Vec<u8>> {
     let mut key = user_prefix(user)?;
     key.extend_from_slice(&seq.to_be_bytes());
@@ -187,6 +196,7 @@ impl SledStore {
             pending: tree("pending")?,
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
+            push: tree("push")?,
             db,
         })
     }
@@ -471,6 +481,66 @@ impl OfflineStore for SledStore {
     async fn remove_user(&self, user: &str) -> Result<()> {
         let keys = keys_with_prefix(&self.offline, &user_prefix(user)?)?;
         self.remove_offline_keys(user, &keys)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+#[async_trait]
+impl PushStore for SledStore {
+    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
+        check_name(&reg.node)?;
+        let mut key = push_prefix(user, &reg.jid)?;
+        key.extend_from_slice(reg.node.as_bytes());
+        self.push.insert(key, encode(reg)?).map_err(backend)?;
+        // Rare and small; a registration lost in a crash would silently stop pushes.
+        self.flush_db().await
+    }
+
+    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+        let mut key = push_prefix(user, jid)?;
+        let keys = match node {
+            Some(node) => {
+                check_name(node)?;
+                key.extend_from_slice(node.as_bytes());
+                match self.push.contains_key(&key).map_err(backend)? {
+                    true => vec![IVec::from(key)],
+                    false => Vec::new(),
+                }
+            }
+            None => keys_with_prefix(&self.push, &key)?,
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = ::sled::Batch::default();
+        for k in &keys {
+            batch.remove(k);
+        }
+        self.push.apply_batch(batch).map_err(backend)?;
+        self.flush_db().await?;
+        Ok(keys.len())
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>> {
+        self.push
+            .scan_prefix(user_prefix(user)?)
+            .map(|r| {
+                let (_, v) = r.map_err(backend)?;
+                decode("push registration", &v)
+            })
+            .collect()
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        let keys = keys_with_prefix(&self.push, &user_prefix(user)?)?;
+        let mut batch = ::sled::Batch::default();
+        for k in &keys {
+            batch.remove(k);
+        }
+        self.push.apply_batch(batch).map_err(backend)
     }
 
     async fn flush(&self) -> Result<()> {
