@@ -3,8 +3,10 @@
 
 use std::collections::HashSet;
 
+use crate::c2s::SmRegistry;
 use crate::config::Config;
 use crate::modules::Modules;
+use crate::modules::push::PushState;
 use crate::router::Sessions;
 use crate::storage::Storage;
 
@@ -13,6 +15,10 @@ pub struct Context {
     pub storage: Storage,
     pub sessions: Sessions,
     pub modules: Modules,
+    /// XEP-0198 resumable and hibernated sessions.
+    pub sm: SmRegistry,
+    /// XEP-0357 publishes awaiting the app server's answer.
+    pub push: PushState,
     vhosts: HashSet<String>,
 }
 
@@ -28,6 +34,8 @@ impl Context {
             storage,
             sessions: Sessions::default(),
             modules: Modules::standard(),
+            sm: SmRegistry::default(),
+            push: PushState::default(),
             vhosts,
         }
     }

@@ -267,6 +267,7 @@ fn memory_storage() -> (Storage, Arc<Accounts>) {
             accounts: accounts.clone(),
             roster: Arc::new(Nothing),
             offline: Arc::new(Nothing),
+            push: Arc::new(xmppd::storage::memory::MemoryStore::default()),
         },
         accounts,
     )

@@ -4,8 +4,8 @@
 use tempfile::TempDir;
 use xmppd::sasl::credentials::{ScramCredentials, StoredCredentials};
 use xmppd::storage::{
-    OfflineStoreOutcome, PendingSubscription, PushRegistration, RosterItem, Storage,
-    StorageError, Subscription,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, RosterItem, Storage, StorageError,
+    Subscription,
 };
 
 fn creds(tag: u8) -> StoredCredentials {
@@ -239,7 +239,9 @@ async fn push(s: Storage) {
     assert!(p.list("u@x").await.unwrap().is_empty());
     assert_eq!(p.disable("u@x", "push.y", None).await.unwrap(), 0);
     p.enable("u@x", &reg("push.y", "n2", None)).await.unwrap();
-    p.enable("u@x", &reg("push.y", "n1", Some("s1"))).await.unwrap();
+    p.enable("u@x", &reg("push.y", "n1", Some("s1")))
+        .await
+        .unwrap();
     p.enable("u@x", &reg("a.push.y", "n9", None)).await.unwrap();
     // A jid that extends another must not be caught by the other's prefix.
     p.enable("u@x", &reg("push.y.z", "n1", None)).await.unwrap();
@@ -254,7 +256,9 @@ async fn push(s: Storage) {
         ]
     );
     // Same jid and node: replaced (the last publish options win).
-    p.enable("u@x", &reg("push.y", "n1", Some("s2"))).await.unwrap();
+    p.enable("u@x", &reg("push.y", "n1", Some("s2")))
+        .await
+        .unwrap();
     let list = p.list("u@x").await.unwrap();
     assert_eq!(list.len(), 4);
     assert_eq!(list[1], reg("push.y", "n1", Some("s2")));
@@ -287,7 +291,10 @@ async fn remove_account(s: Storage) {
         .await
         .unwrap();
     s.offline.push("u@x", "<message/>", 10).await.unwrap();
-    s.push.enable("u@x", &reg("push.y", "n", None)).await.unwrap();
+    s.push
+        .enable("u@x", &reg("push.y", "n", None))
+        .await
+        .unwrap();
     assert!(s.remove_account("u@x").await.unwrap());
     assert!(s.push.list("u@x").await.unwrap().is_empty());
     assert_eq!(s.accounts.get("u@x").await.unwrap(), None);

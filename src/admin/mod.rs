@@ -314,6 +314,7 @@ pub(crate) mod test_storage {
                 accounts: accounts.clone(),
                 roster: Arc::new(Nothing),
                 offline: Arc::new(Nothing),
+                push: Arc::new(crate::storage::memory::MemoryStore::default()),
             },
             accounts,
         )

@@ -93,6 +93,10 @@ pub struct Limits {
     pub offline_quota: usize,
     /// Resources bound at once per account.
     pub max_resources: usize,
+    /// Stanzas sent to a stream-management (XEP-0198) session and not yet acknowledged by
+    /// the client, including those queued while it is hibernated. At this length the
+    /// server stops sending until the client acks (then the session queue fills up).
+    pub sm_max_unacked: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -104,6 +108,9 @@ pub struct C2sConfig {
     pub allow_plain: bool,
     /// PBKDF2 iterations for newly set passwords (minimum 4096).
     pub scram_iterations: u32,
+    /// Seconds a resumable stream-management (XEP-0198) session whose connection was lost
+    /// stays hibernated, waiting for the client to resume it.
+    pub sm_resume_timeout_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -163,6 +170,7 @@ impl Default for Limits {
             session_queue_len: 2048,
             offline_quota: 1000,
             max_resources: 32,
+            sm_max_unacked: 500,
         }
     }
 }
@@ -173,6 +181,7 @@ impl Default for C2sConfig {
             require_tls: true,
             allow_plain: true,
             scram_iterations: 10_000,
+            sm_resume_timeout_secs: 300,
         }
     }
 }

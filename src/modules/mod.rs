@@ -3,10 +3,12 @@
 //! Presence (RFC 6121) and offline storage (XEP-0160) are called by the router at fixed
 //! points of delivery.
 
+pub mod csi;
 pub mod disco;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod push;
 pub mod remote;
 pub mod roster;
 pub mod session;
@@ -70,6 +72,7 @@ impl Modules {
             Arc::new(version::Version),
             Arc::new(time::EntityTime),
             Arc::new(session::LegacySession),
+            Arc::new(push::Push),
         ];
         let mut handlers = HashMap::new();
         let mut server_features = vec![offline::FEATURE];

@@ -217,10 +217,11 @@ async fn accept_c2s(
         let ctx = ctx.clone();
         let tls = tls.clone();
         let token = shutdown.child_token();
-        tracker.spawn(async move {
-            crate::c2s::serve(ctx, tls, tcp, peer, mode, conn_id, token).await;
-            drop(permit);
-        });
+        // The permit is released when the socket closes (a hibernated XEP-0198 session
+        // keeps no connection).
+        tracker.spawn(crate::c2s::serve(
+            ctx, tls, tcp, peer, mode, conn_id, token, permit,
+        ));
     }
 }
 

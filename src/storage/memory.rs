@@ -35,6 +35,9 @@ struct Offline {
     queues: HashMap<String, BTreeMap<u64, (u64, String)>>,
 }
 
+/// One user's push registrations by (jid, node).
+type UserPush = BTreeMap<(String, String), PushRegistration>;
+
 /// The in-memory store; one instance implements every storage trait.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -42,8 +45,7 @@ pub struct MemoryStore {
     rosters: Mutex<HashMap<String, UserRoster>>,
     pending: Mutex<HashMap<String, BTreeMap<String, PendingSubscription>>>,
     offline: Mutex<Offline>,
-    /// Per user: (jid, node) -> registration.
-    push: Mutex<HashMap<String, BTreeMap<(String, String), PushRegistration>>>,
+    push: Mutex<HashMap<String, UserPush>>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of
