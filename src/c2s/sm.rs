@@ -365,7 +365,7 @@ pub(crate) async fn hibernate(
     shutdown: CancellationToken,
 ) {
     let Some(timeout) = state.sm.as_ref().map(|s| s.resume_timeout) else {
-        end_session(ctx, state, false).await;
+        Box::pin(end_session(ctx, state, false)).await;
         return;
     };
     let (full, conn_id) = (state.bound.full.clone(), state.bound.conn_id);
@@ -378,8 +378,14 @@ pub(crate) async fn hibernate(
             .as_ref()
             .map_or(0, StreamManagement::unacked_notable);
         let bound = &state.bound;
-        crate::modules::push::notify_hibernated(ctx, &bound.bare, &bound.resource, count, &last)
-            .await;
+        let notify = crate::modules::push::notify_hibernated(
+            ctx,
+            &bound.bare,
+            &bound.resource,
+            count,
+            &last,
+        );
+        Box::pin(notify).await;
     }
     let max_unacked = ctx.config.limits.sm_max_unacked;
     let deadline = tokio::time::sleep(timeout);
@@ -414,10 +420,11 @@ pub(crate) async fn hibernate(
                 if crate::modules::push::worth_notifying(&el) {
                     let count = state.sm.as_ref().map_or(0, StreamManagement::unacked_notable) + 1;
                     let bound = &state.bound;
-                    crate::modules::push::notify_hibernated(
+                    // Boxed: a rare path should not enlarge every hibernated task.
+                    let notify = crate::modules::push::notify_hibernated(
                         ctx, &bound.bare, &bound.resource, count, &el,
-                    )
-                    .await;
+                    );
+                    Box::pin(notify).await;
                 }
                 state.emit(ctx, None, el);
             }
@@ -429,7 +436,7 @@ pub(crate) async fn hibernate(
     }
     ctx.sm.set_hibernated(&full, conn_id, false);
     // Anything the client never acknowledged was already announced by push.
-    end_session(ctx, state, true).await;
+    Box::pin(end_session(ctx, state, true)).await;
 }
 
 /// Handles stanzas that never reached the client when its session ends (XEP-0198 §4,
@@ -456,11 +463,12 @@ pub(crate) async fn reroute_undelivered(
                     let others = ctx
                         .sessions
                         .senders_where(bare, |s| s.available && s.priority >= 0);
-                    if !others.is_empty() {
-                        for (tx, control) in &others {
-                            deliver_to_session(tx, control, el.clone());
-                        }
-                    } else if kind != "headline" {
+                    let mut delivered = false;
+                    for (tx, control) in &others {
+                        // A session ending at the same time (shutdown) refuses it.
+                        delivered |= deliver_to_session(tx, control, el.clone());
+                    }
+                    if !delivered && kind != "headline" {
                         if pushed {
                             crate::modules::offline::store_quietly(ctx, bare, el).await;
                         } else {
