@@ -98,8 +98,8 @@ impl SessionState {
         self.sm
             .as_ref()?
             .unacked()
-            .filter(|e| crate::modules::push::worth_notifying(e))
-            .last()
+            .rev()
+            .find(|e| crate::modules::push::worth_notifying(e))
     }
 }
 

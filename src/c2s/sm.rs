@@ -136,7 +136,7 @@ impl StreamManagement {
         self.unacked.len()
     }
 
-    pub fn unacked(&self) -> impl Iterator<Item = &Element> {
+    pub fn unacked(&self) -> impl DoubleEndedIterator<Item = &Element> {
         self.unacked.iter()
     }
 
@@ -402,7 +402,7 @@ pub(crate) async fn hibernate(
             _ = control.token().cancelled() => break,
             req = next_takeover(&mut state.sm) => {
                 ctx.sm.set_hibernated(&full, conn_id, false);
-                match hand_over(req, state).await {
+                match Box::pin(hand_over(req, state)).await {
                     Ok(()) => {
                         debug!(jid = %full, "hibernated session handed to a resuming connection");
                         return;
@@ -575,6 +575,87 @@ mod tests {
         assert!(reg.is_hibernated("a@x/r", 7));
         reg.set_hibernated("a@x/r", 7, false);
         assert_eq!(reg.hibernated_count(), 0);
+    }
+
+    fn test_state(bare: &str) -> Box<SessionState> {
+        let (_tx, rx) = mpsc::channel(1);
+        SessionState::new(super::super::negotiate::Bound {
+            bare: bare.into(),
+            resource: "r".into(),
+            full: format!("{bare}/r"),
+            domain: "x".into(),
+            conn_id: 1,
+            rx,
+            control: Default::default(),
+        })
+    }
+
+    fn test_ctx() -> Arc<Context> {
+        Arc::new(Context::new(
+            crate::config::Config::default(),
+            crate::storage::Storage::memory(),
+        ))
+    }
+
+    /// An owner task like a session's: answers takeover requests with `hand_over`,
+    /// after `delay`; reports whether it still has the state afterwards.
+    fn owner(
+        mut rx: mpsc::Receiver<TakeoverRequest>,
+        delay: Duration,
+    ) -> tokio::task::JoinHandle<bool> {
+        tokio::spawn(async move {
+            let req = rx.recv().await.unwrap();
+            tokio::time::sleep(delay).await;
+            hand_over(req, test_state("a@x")).await.is_err()
+        })
+    }
+
+    #[tokio::test]
+    async fn handover_moves_the_state_exactly_once() {
+        let ctx = test_ctx();
+        let (id, rx) = ctx.sm.register("a@x");
+        let kept = owner(rx, Duration::ZERO);
+        let state = take_over(&ctx, "a@x", &id).await.unwrap();
+        assert_eq!(state.bound.full, "a@x/r");
+        assert!(!kept.await.unwrap(), "the owner must let go");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_resumer_leaves_the_state_with_its_owner() {
+        let ctx = test_ctx();
+        let (id, rx) = ctx.sm.register("a@x");
+        let kept = owner(rx, Duration::from_millis(50));
+        // The resuming connection gives up (handshake timeout) before the owner answers.
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(10), take_over(&ctx, "a@x", &id)).await;
+        assert!(cancelled.is_err());
+        assert!(kept.await.unwrap(), "the owner must get its state back");
+    }
+
+    #[tokio::test]
+    async fn a_resumer_that_never_takes_leaves_the_state_with_its_owner() {
+        let (tx, rx) = mpsc::channel(1);
+        let kept = owner(rx, Duration::ZERO);
+        let (ready, ready_rx) = oneshot::channel();
+        let slot = Slot::default();
+        tx.send(TakeoverRequest {
+            slot: slot.clone(),
+            ready,
+        })
+        .await
+        .unwrap();
+        // Told the state is there, the resumer drops the confirm channel untouched.
+        drop(ready_rx.await.unwrap());
+        assert!(kept.await.unwrap());
+        assert!(lock_slot(&slot).is_none());
+    }
+
+    #[tokio::test]
+    async fn resume_needs_the_same_user() {
+        let ctx = test_ctx();
+        let (id, _rx) = ctx.sm.register("a@x");
+        let failed = take_over(&ctx, "b@x", &id).await.err().unwrap();
+        assert!(failed.has_child("item-not-found", ns::STANZA_ERRORS));
     }
 
     #[test]
