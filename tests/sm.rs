@@ -247,7 +247,7 @@ async fn dropped_connection_hibernates_and_resume_delivers_exactly_once() {
     let (c, resumed) = resume(&server, "bob", &id, h).await;
     assert_eq!(resumed.name, "resumed", "{resumed:?}");
     assert_eq!(resumed.attr("previd"), Some(id.as_str()));
-    // Bob's presence and ack request... the server handled one stanza (the presence).
+    // The server handled one stanza of bob's: the presence.
     assert_eq!(resumed.attr("h"), Some("1"));
     assert_eq!(ctx(&server).sm.hibernated_count(), 0);
     let mut bob = SmClient {
