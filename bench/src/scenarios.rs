@@ -116,10 +116,27 @@ async fn join_all(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Reads and handles elements until the phase reaches QUIT.
-async fn hold(conn: &mut Conn, phase: &mut watch::Receiver<u8>, on: &mut OnElement<'_>) -> Res<()> {
+/// Handles buffered and newly read elements until the phase reaches `until`. Frames
+/// already in the buffer are handled before reading again: a read can carry more than
+/// the element its caller was waiting for.
+async fn hold(
+    conn: &mut Conn,
+    phase: &mut watch::Receiver<u8>,
+    until: u8,
+    on: &mut OnElement<'_>,
+) -> Res<()> {
     loop {
-        if *phase.borrow_and_update() >= QUIT {
+        while let Some(f) = conn.rd.next_frame()? {
+            match f {
+                Frame::Element(r) => on(conn.rd.bytes(r), &mut conn.wbuf),
+                Frame::Close => return Err("server closed the stream".into()),
+                Frame::Header(_) => {}
+            }
+        }
+        if !conn.wbuf.is_empty() {
+            conn.flush().await?;
+        }
+        if *phase.borrow_and_update() >= until {
             return Ok(());
         }
         tokio::select! {
@@ -132,16 +149,6 @@ async fn hold(conn: &mut Conn, phase: &mut watch::Receiver<u8>, on: &mut OnEleme
             r = conn.read_more() => {
                 if r? == 0 {
                     return Err("connection closed by the server".into());
-                }
-                while let Some(f) = conn.rd.next_frame()? {
-                    match f {
-                        Frame::Element(r) => on(conn.rd.bytes(r), &mut conn.wbuf),
-                        Frame::Close => return Err("server closed the stream".into()),
-                        Frame::Header(_) => {}
-                    }
-                }
-                if !conn.wbuf.is_empty() {
-                    conn.flush().await?;
                 }
             }
         }
@@ -291,45 +298,29 @@ where
             drop(permit);
             c.ready.fetch_add(1, Ordering::Relaxed);
             // Wait for everyone, then let the handler act (setup-roster subscribes).
-            while *phase.borrow_and_update() == LOGIN {
-                let r = tokio::select! {
-                    r = phase.changed() => r.map_err(|_| conn::Error("controller gone".into())),
-                    r = hold_once(&mut conn, &mut h) => r,
-                };
-                if let Err(e) = r {
-                    return c.fail(&acct.bare(), &e);
-                }
+            if let Err(e) = hold(&mut conn, &mut phase, RUN, &mut |el, out| {
+                h.on_element(el, out)
+            })
+            .await
+            {
+                return c.fail(&acct.bare(), &e);
             }
             h.on_run(&mut conn.wbuf);
             if let Err(e) = conn.flush().await {
                 return c.fail(&acct.bare(), &e.into());
             }
-            if let Err(e) = hold(&mut conn, &mut phase, &mut |el, out| h.on_element(el, out)).await
+            if let Err(e) = hold(&mut conn, &mut phase, QUIT, &mut |el, out| {
+                h.on_element(el, out)
+            })
+            .await
             {
                 return c.fail(&acct.bare(), &e);
             }
+            h.on_quit();
             conn.close().await;
         }));
     }
     handles
-}
-
-/// One read + handle round (used while waiting for the RUN phase).
-async fn hold_once<H: SessionHandler>(conn: &mut Conn, h: &mut H) -> Res<()> {
-    if conn.read_more().await? == 0 {
-        return Err("connection closed by the server".into());
-    }
-    while let Some(f) = conn.rd.next_frame()? {
-        match f {
-            Frame::Element(r) => h.on_element(conn.rd.bytes(r), &mut conn.wbuf),
-            Frame::Close => return Err("server closed the stream".into()),
-            Frame::Header(_) => {}
-        }
-    }
-    if !conn.wbuf.is_empty() {
-        conn.flush().await?;
-    }
-    Ok(())
 }
 
 /// Per-connection behaviour of a held session.
@@ -337,6 +328,8 @@ trait SessionHandler: Send + 'static {
     fn on_element(&mut self, el: &[u8], out: &mut Vec<u8>);
     fn on_roster(&mut self, _result: &[u8]) {}
     fn on_run(&mut self, _out: &mut Vec<u8>) {}
+    /// Called once the session has been told to quit (before closing).
+    fn on_quit(&mut self) {}
 }
 
 struct Quiet;
@@ -488,6 +481,21 @@ async fn sender_loop(
     let pad = vec![b'x'; body_bytes];
     let mut sent = 0u64;
     loop {
+        // Senders receive nothing in normal operation: a message here is a bounce.
+        while let Some(f) = conn.rd.next_frame()? {
+            match f {
+                Frame::Element(r) => {
+                    let el = conn.rd.bytes(r);
+                    if xml::name(el) == b"message" {
+                        sh.errors.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        auto_reply(el, &mut conn.wbuf);
+                    }
+                }
+                Frame::Close => return Err("server closed the stream".into()),
+                Frame::Header(_) => {}
+            }
+        }
         let ph = *phase.borrow_and_update();
         if ph >= QUIT {
             return Ok(());
@@ -510,8 +518,10 @@ async fn sender_loop(
                 }
                 // Published before the write so `received` can never overtake it.
                 pair.sent.store(sent, Ordering::Release);
-                conn.flush().await?;
             }
+        }
+        if !conn.wbuf.is_empty() {
+            conn.flush().await?;
         }
         tokio::select! {
             biased;
@@ -524,23 +534,6 @@ async fn sender_loop(
             r = conn.read_more() => {
                 if r? == 0 {
                     return Err("connection closed by the server".into());
-                }
-                while let Some(f) = conn.rd.next_frame()? {
-                    match f {
-                        Frame::Element(r) => {
-                            let el = conn.rd.bytes(r);
-                            if xml::name(el) == b"message" {
-                                sh.errors.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                auto_reply(el, &mut conn.wbuf);
-                            }
-                        }
-                        Frame::Close => return Err("server closed the stream".into()),
-                        Frame::Header(_) => {}
-                    }
-                }
-                if !conn.wbuf.is_empty() {
-                    conn.flush().await?;
                 }
             }
         }
@@ -555,6 +548,40 @@ async fn receiver_loop(
 ) -> Res<()> {
     let mut next_seq = 1u64;
     loop {
+        // One clock read per batch of elements: they all arrived in the same read.
+        let now = now_ns();
+        let measuring = sh.measuring.load(Ordering::Relaxed);
+        let mut got = 0u64;
+        while let Some(f) = conn.rd.next_frame()? {
+            match f {
+                Frame::Element(r) => {
+                    let el = conn.rd.bytes(r);
+                    if xml::name(el) != b"message" {
+                        auto_reply(el, &mut conn.wbuf);
+                    } else if xml::attr(el, b"type") == Some(b"error") {
+                        sh.errors.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some((seq, ts)) = parse_body(el) {
+                        got += 1;
+                        if seq != next_seq {
+                            pair.reordered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        next_seq = seq + 1;
+                        if measuring {
+                            sh.hist.record(now.saturating_sub(ts));
+                        }
+                    }
+                }
+                Frame::Close => return Err("server closed the stream".into()),
+                Frame::Header(_) => {}
+            }
+        }
+        if got > 0 {
+            pair.received.fetch_add(got, Ordering::Release);
+            pair.notify.notify_one();
+        }
+        if !conn.wbuf.is_empty() {
+            conn.flush().await?;
+        }
         if *phase.borrow_and_update() >= QUIT {
             return Ok(());
         }
@@ -568,39 +595,6 @@ async fn receiver_loop(
             r = conn.read_more() => {
                 if r? == 0 {
                     return Err("connection closed by the server".into());
-                }
-                let now = now_ns();
-                let measuring = sh.measuring.load(Ordering::Relaxed);
-                let mut got = 0u64;
-                while let Some(f) = conn.rd.next_frame()? {
-                    match f {
-                        Frame::Element(r) => {
-                            let el = conn.rd.bytes(r);
-                            if xml::name(el) != b"message" {
-                                auto_reply(el, &mut conn.wbuf);
-                            } else if xml::attr(el, b"type") == Some(b"error") {
-                                sh.errors.fetch_add(1, Ordering::Relaxed);
-                            } else if let Some((seq, ts)) = parse_body(el) {
-                                got += 1;
-                                if seq != next_seq {
-                                    pair.reordered.fetch_add(1, Ordering::Relaxed);
-                                }
-                                next_seq = seq + 1;
-                                if measuring {
-                                    sh.hist.record(now.saturating_sub(ts));
-                                }
-                            }
-                        }
-                        Frame::Close => return Err("server closed the stream".into()),
-                        Frame::Header(_) => {}
-                    }
-                }
-                if got > 0 {
-                    pair.received.fetch_add(got, Ordering::Release);
-                    pair.notify.notify_one();
-                }
-                if !conn.wbuf.is_empty() {
-                    conn.flush().await?;
                 }
             }
         }
@@ -846,6 +840,8 @@ struct RosterShared {
     last_ns: AtomicU64,
     roster_items: AtomicU64,
     complete: AtomicUsize,
+    /// Incomplete users reported so far (to bound the output).
+    reported: AtomicUsize,
 }
 
 struct PresenceCounter {
@@ -886,6 +882,23 @@ impl SessionHandler for PresenceCounter {
         let n = xml::each_tag(result, b"item").count() as u64;
         self.sh.roster_items.fetch_add(n, Ordering::Relaxed);
     }
+
+    fn on_quit(&mut self) {
+        if !self.complete && self.sh.reported.fetch_add(1, Ordering::Relaxed) < 5 {
+            let mut seen: Vec<_> = self
+                .seen
+                .iter()
+                .map(|s| String::from_utf8_lossy(s))
+                .collect();
+            seen.sort();
+            eprintln!(
+                "roster: {} saw presence from {} of {} contacts: {seen:?}",
+                String::from_utf8_lossy(&self.me),
+                self.seen.len(),
+                self.expected
+            );
+        }
+    }
 }
 
 pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Res<Report> {
@@ -894,6 +907,7 @@ pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Re
         last_ns: AtomicU64::new(0),
         roster_items: AtomicU64::new(0),
         complete: AtomicUsize::new(0),
+        reported: AtomicUsize::new(0),
     });
     let c = Arc::new(Counters::default());
     let (tx, rx) = watch::channel(LOGIN);
@@ -1240,6 +1254,7 @@ mod tests {
             last_ns: AtomicU64::new(0),
             roster_items: AtomicU64::new(0),
             complete: AtomicUsize::new(0),
+            reported: AtomicUsize::new(0),
         });
         let mut p = PresenceCounter {
             me: b"me@h".to_vec(),
