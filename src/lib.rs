@@ -5,6 +5,7 @@ pub mod admin;
 pub mod c2s;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod context;
 pub mod modules;
 pub mod net;
