@@ -20,7 +20,18 @@ impl HickoryResolver {
     /// `servers` empty: the system configuration (`/etc/resolv.conf`).
     pub fn new(servers: &[SocketAddr]) -> Result<Self, DnsError> {
         let mut builder = if servers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| DnsError::Failed(e.to_string()))?
+            match TokioResolver::builder_tokio() {
+                Ok(b) => b,
+                Err(e) => {
+                    // No /etc/resolv.conf (minimal containers): start anyway; remote
+                    // domains then bounce as not found unless a static route covers them.
+                    tracing::warn!(error = %e, "cannot read the system DNS configuration");
+                    Resolver::builder_with_config(
+                        ResolverConfig::from_name_servers(Vec::new()),
+                        TokioRuntimeProvider::default(),
+                    )
+                }
+            }
         } else {
             let name_servers = servers
                 .iter()
