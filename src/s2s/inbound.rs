@@ -214,6 +214,10 @@ async fn event(
         return Ok(Flow::Continue);
     }
     if el.ns == ns::CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+        if st.authed.is_empty() {
+            // RFC 6120 §4.9.3.12: stanzas before any domain is authenticated.
+            return Err(StreamErrorCondition::NotAuthorized.into());
+        }
         stanza(ctx, st, el).await?;
         return Ok(Flow::Continue);
     }
