@@ -145,7 +145,7 @@ async fn run(
             _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
             Some(v) = vrx.recv() => {
                 st.pending = st.pending.saturating_sub(1);
-                if let Err(e) = verdict(conn, st, v).await {
+                if let Err(e) = verdict(s2s, conn, st, v).await {
                     return e;
                 }
             }
@@ -344,7 +344,7 @@ async fn sasl_external(
         return sasl_failure(conn, "not-authorized").await;
     }
     conn.send(&Element::new("success", ns::SASL)).await?;
-    info!(remote = %from, local = %to, method = "SASL EXTERNAL", "inbound domain authenticated");
+    s2s.record_inbound(&from, &to, "SASL EXTERNAL");
     st.authed.insert((from, to));
     st.sasl_done = true;
     conn.parser.reset();
@@ -402,7 +402,7 @@ async fn db_result(
         conn.send(&super::dialback::result_element(&local, &remote).with_attr("type", "valid"))
             .await?;
         if st.authed.insert(pair) {
-            info!(%remote, %local, method = "dialback (certificate)", "inbound domain authenticated");
+            s2s.record_inbound(&remote, &local, "dialback (certificate)");
         }
         return Ok(());
     }
@@ -440,10 +440,10 @@ async fn db_result(
     Ok(())
 }
 
-async fn verdict(conn: &mut Conn, st: &mut State, v: Verdict) -> Result<(), Ending> {
+async fn verdict(s2s: &S2s, conn: &mut Conn, st: &mut State, v: Verdict) -> Result<(), Ending> {
     let reply = match &v.outcome {
         Ok(true) => {
-            info!(remote = %v.remote, local = %v.local, method = "dialback", "inbound domain authenticated");
+            s2s.record_inbound(&v.remote, &v.local, "dialback");
             st.authed.insert((v.remote.clone(), v.local.clone()));
             super::dialback::result_element(&v.local, &v.remote).with_attr("type", "valid")
         }

@@ -66,6 +66,15 @@ pub struct Established {
     pub setup: Duration,
 }
 
+/// A remote domain authenticated on an inbound stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundAuth {
+    pub remote: String,
+    pub local: String,
+    /// "SASL EXTERNAL", "dialback" or "dialback (certificate)".
+    pub method: &'static str,
+}
+
 pub struct S2s {
     pub(crate) config: Config,
     pub(crate) resolver: Arc<dyn Resolve>,
@@ -76,6 +85,7 @@ pub struct S2s {
     failures: Mutex<HashMap<Pair, Backoff>>,
     client_configs: Mutex<HashMap<(String, bool), Arc<rustls::ClientConfig>>>,
     established: Mutex<Vec<Established>>,
+    inbound_log: Mutex<Vec<InboundAuth>>,
     next_id: AtomicU64,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -131,6 +141,7 @@ impl S2s {
             failures: Mutex::default(),
             client_configs: Mutex::default(),
             established: Mutex::default(),
+            inbound_log: Mutex::default(),
             next_id: AtomicU64::new(1),
             shutdown,
             tracker,
@@ -243,6 +254,24 @@ impl S2s {
     /// Recently established outbound streams, oldest first (at most 64).
     pub fn established(&self) -> Vec<Established> {
         lock(&self.established).clone()
+    }
+
+    pub(crate) fn record_inbound(&self, remote: &str, local: &str, method: &'static str) {
+        tracing::info!(remote, local, method, "inbound domain authenticated");
+        let mut log = lock(&self.inbound_log);
+        if log.len() >= 64 {
+            log.remove(0);
+        }
+        log.push(InboundAuth {
+            remote: remote.to_string(),
+            local: local.to_string(),
+            method,
+        });
+    }
+
+    /// Recent inbound authentications, oldest first (at most 64).
+    pub fn inbound_authenticated(&self) -> Vec<InboundAuth> {
+        lock(&self.inbound_log).clone()
     }
 
     /// Whether an outbound stream (connecting or established) exists for the pair.
