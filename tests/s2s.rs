@@ -170,10 +170,11 @@ async fn sasl_external_both_ways_with_srv() {
         .recv_until(|e| e.name == "message" && e.attr("id") == Some("x1"))
         .await;
     assert_eq!(err.attr("type"), Some("error"));
-    assert!(err.child("error", "jabber:client").unwrap().has_child(
-        "service-unavailable",
-        "urn:ietf:params:xml:ns:xmpp-stanzas"
-    ));
+    assert!(
+        err.child("error", "jabber:client")
+            .unwrap()
+            .has_child("service-unavailable", "urn:ietf:params:xml:ns:xmpp-stanzas")
+    );
 
     // disco#info of the remote server.
     let info = alice
@@ -215,7 +216,9 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
         .await;
     // Each side sees the other's presence once subscribed.
     bob.recv_until(|e| {
-        e.name == "presence" && e.attr("type").is_none() && e.attr("from") == Some("alice@a.example/r")
+        e.name == "presence"
+            && e.attr("type").is_none()
+            && e.attr("from") == Some("alice@a.example/r")
     })
     .await;
     let roster = alice
@@ -223,7 +226,10 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
         .await;
     let item = roster
         .child("query", "jabber:iq:roster")
-        .and_then(|q| q.elements().find(|i| i.attr("jid") == Some("bob@b.example")))
+        .and_then(|q| {
+            q.elements()
+                .find(|i| i.attr("jid") == Some("bob@b.example"))
+        })
         .cloned()
         .unwrap();
     // Wait for the last subscribed to have arrived on b's side too.
@@ -233,7 +239,10 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
         .await;
     let item_b = roster_b
         .child("query", "jabber:iq:roster")
-        .and_then(|q| q.elements().find(|i| i.attr("jid") == Some("alice@a.example")))
+        .and_then(|q| {
+            q.elements()
+                .find(|i| i.attr("jid") == Some("alice@a.example"))
+        })
         .cloned()
         .unwrap();
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
@@ -265,8 +274,13 @@ async fn srv_first_target_down_then_direct_tls() {
         let l = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    w.dns
-        .add_srv("_xmpp-server._tcp.b.example", 0, 0, closed, "down.b.example");
+    w.dns.add_srv(
+        "_xmpp-server._tcp.b.example",
+        0,
+        0,
+        closed,
+        "down.b.example",
+    );
     w.dns.add_addr("down.b.example", "127.0.0.4");
     let mut alice = online(&a, "alice").await;
     let mut bob = online(&b, "bob").await;
@@ -324,8 +338,13 @@ async fn unreachable_domains_bounce_and_queue_is_bounded() {
         let l = std::net::TcpListener::bind("127.0.0.6:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    w.dns
-        .add_srv("_xmpp-server._tcp.down.example", 0, 0, closed, "h.down.example");
+    w.dns.add_srv(
+        "_xmpp-server._tcp.down.example",
+        0,
+        0,
+        closed,
+        "h.down.example",
+    );
     w.dns.add_addr("h.down.example", "127.0.0.6");
     alice
         .send("<message to='x@down.example' id='d1'><body>1</body></message>")

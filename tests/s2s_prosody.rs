@@ -34,10 +34,11 @@ struct Prosody {
 }
 
 impl Prosody {
-    async fn start(dir: &Path, ca: &TestCa, dns: &TestDns) -> Prosody {
+    /// `trusted_ca`: the CA Prosody trusts for peer certificates.
+    async fn start(dir: &Path, ca: &TestCa, trusted_ca: &TestCa, dns: &TestDns) -> Prosody {
         std::fs::create_dir_all(dir).unwrap();
         let (crt, key) = ca.issue(PROSODY, dir);
-        let cafile = ca.write_ca(dir);
+        let cafile = trusted_ca.write_ca(dir);
         let c2s_port = free_port(PROSODY_IP);
         let s2s_port = free_port(PROSODY_IP);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -97,8 +98,12 @@ VirtualHost "{PROSODY}"
             .arg("--config")
             .arg(&cfg)
             .arg("-F")
-            .stdout(Stdio::from(std::fs::File::create(dir.join("stdout")).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(dir.join("stderr")).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("stdout")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("stderr")).unwrap(),
+            ))
             .kill_on_drop(true)
             .spawn()
             .expect("start prosody");
@@ -155,7 +160,8 @@ async fn recv_presence(c: &mut Client, kind: &str, from_bare: &str) -> Element {
     c.recv_until(move |e| {
         e.name == "presence"
             && e.attr("type") == Some(kind.as_str())
-            && e.attr("from").is_some_and(|f| f.split('/').next() == Some(from_bare.as_str()))
+            && e.attr("from")
+                .is_some_and(|f| f.split('/').next() == Some(from_bare.as_str()))
     })
     .await
 }
@@ -173,7 +179,8 @@ async fn roster_item(c: &mut Client, jid: &str) -> Option<Element> {
 async fn body(c: &mut Client, text: &str) -> Element {
     let text = text.to_string();
     c.recv_until(move |e| {
-        e.name == "message" && e.child_text("body", "jabber:client").as_deref() == Some(text.as_str())
+        e.name == "message"
+            && e.child_text("body", "jabber:client").as_deref() == Some(text.as_str())
     })
     .await
 }
@@ -184,16 +191,41 @@ async fn slow<T>(f: impl std::future::Future<Output = T>) -> T {
     f.await
 }
 
+/// Both sides trust the test CA: SASL EXTERNAL (XEP-0178) in both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn federates_with_prosody_both_ways() {
-    if std::process::Command::new("prosody").arg("--help").output().is_err() {
+async fn federates_with_prosody_using_certificates() {
+    let (outbound, inbound) = federate(true).await;
+    assert_eq!(outbound, vec!["SASL EXTERNAL"]);
+    assert_eq!(inbound, vec!["SASL EXTERNAL"]);
+}
+
+/// Neither side can verify the other's certificate: Server Dialback (XEP-0220) both ways,
+/// each verified over a connection back to the authoritative server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federates_with_prosody_using_dialback() {
+    let (outbound, inbound) = federate(false).await;
+    assert_eq!(outbound, vec!["dialback"]);
+    assert_eq!(inbound, vec!["dialback"]);
+}
+
+/// Runs the scenario; returns the authentication methods used for our outbound and
+/// inbound streams.
+async fn federate(trusted: bool) -> (Vec<&'static str>, Vec<&'static str>) {
+    if std::process::Command::new("prosody")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
         panic!("Debian's prosody is required for this test (scripts/test.sh installs it)");
     }
     let dir = tempfile::tempdir().unwrap();
     let dns = TestDns::start("127.0.0.1").await;
     let ca = TestCa::new("xmppd interop CA");
+    let stranger = TestCa::new("unrelated CA");
+    let trusted_ca = if trusted { &ca } else { &stranger };
     let (crt, key) = ca.issue(OURS, dir.path());
-    let cafile = ca.write_ca(dir.path());
+    std::fs::create_dir_all(dir.path().join("ours")).unwrap();
+    let cafile = trusted_ca.write_ca(&dir.path().join("ours"));
     let dns_addr = dns.addr;
     let ours = TestServer::start_with(|c| {
         c.vhosts = vec![VhostConfig {
@@ -218,7 +250,7 @@ async fn federates_with_prosody_both_ways() {
         "xmpp.xmppd.example",
     );
     dns.add_addr("xmpp.xmppd.example", OUR_IP);
-    let prosody = Prosody::start(&dir.path().join("prosody"), &ca, &dns).await;
+    let prosody = Prosody::start(&dir.path().join("prosody"), &ca, trusted_ca, &dns).await;
     let result = tokio::time::timeout(Duration::from_secs(90), scenario(&ours, &prosody)).await;
     let log = prosody.log();
     let s2s = ours.ctx().s2s.get().unwrap().clone();
@@ -239,8 +271,13 @@ async fn federates_with_prosody_both_ways() {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    assert!(!s2s.established().is_empty());
-    assert!(!s2s.inbound_authenticated().is_empty());
+    let outbound = s2s.established().iter().map(|e| e.method.name()).collect();
+    let inbound = s2s
+        .inbound_authenticated()
+        .iter()
+        .map(|e| e.method)
+        .collect();
+    (outbound, inbound)
 }
 
 async fn scenario(ours: &TestServer, prosody: &Prosody) {
@@ -260,13 +297,20 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
         .await;
     pam.send("<presence to='alice@xmppd.example' type='subscribe'/>")
         .await;
-    slow(recv_presence(&mut alice, "subscribed", "pam@prosody.example")).await;
+    slow(recv_presence(
+        &mut alice,
+        "subscribed",
+        "pam@prosody.example",
+    ))
+    .await;
     recv_presence(&mut alice, "subscribe", "pam@prosody.example").await;
     alice
         .send("<presence to='pam@prosody.example' type='subscribed'/>")
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let item = roster_item(&mut alice, "pam@prosody.example").await.unwrap();
+    let item = roster_item(&mut alice, "pam@prosody.example")
+        .await
+        .unwrap();
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
     let item = roster_item(&mut pam, "alice@xmppd.example").await.unwrap();
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
@@ -318,12 +362,22 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
         .recv_until(|e| e.name == "message" && e.attr("id") == Some("e1"))
         .await;
     assert_eq!(e.attr("type"), Some("error"));
-    assert!(e.child("error", "jabber:client").unwrap().has_child("service-unavailable", STANZAS), "{e:?}");
+    assert!(
+        e.child("error", "jabber:client")
+            .unwrap()
+            .has_child("service-unavailable", STANZAS),
+        "{e:?}"
+    );
     pam.send("<message to='nobody@xmppd.example' type='chat' id='e2'><body>?</body></message>")
         .await;
     let e = pam
         .recv_until(|e| e.name == "message" && e.attr("id") == Some("e2"))
         .await;
     assert_eq!(e.attr("type"), Some("error"));
-    assert!(e.child("error", "jabber:client").unwrap().has_child("service-unavailable", STANZAS), "{e:?}");
+    assert!(
+        e.child("error", "jabber:client")
+            .unwrap()
+            .has_child("service-unavailable", STANZAS),
+        "{e:?}"
+    );
 }

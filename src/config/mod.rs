@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 mod validate;
 pub use validate::{
     ConfigError, MIN_SCRAM_ITERATIONS, MIN_STANZA_BYTES, check_domain, check_host_port,
-    load_and_validate,
-    load_file, parse_str, validate,
+    load_and_validate, load_file, parse_str, validate,
 };
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -531,14 +531,28 @@ mod tests {
     fn s2s_errors() {
         let mut cfg = Config::default();
         cfg.s2s.queue_len = 0;
-        cfg.s2s.routes.insert("Bad Domain".into(), "host:5269".into());
+        cfg.s2s
+            .routes
+            .insert("Bad Domain".into(), "host:5269".into());
         cfg.s2s.routes.insert("ok.example".into(), "host".into());
         cfg.s2s.dialback_secret = Some("short".into());
         let m = messages(&cfg);
-        assert!(m.contains(&"s2s.queue_len = 0: must be at least 1".to_string()), "{m:?}");
-        assert!(m.iter().any(|e| e.starts_with("s2s.routes.Bad Domain")), "{m:?}");
-        assert!(m.contains(&"s2s.routes.ok.example = \"host\": expected host:port".to_string()), "{m:?}");
-        assert!(m.iter().any(|e| e.starts_with("s2s.dialback_secret")), "{m:?}");
+        assert!(
+            m.contains(&"s2s.queue_len = 0: must be at least 1".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|e| e.starts_with("s2s.routes.Bad Domain")),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&"s2s.routes.ok.example = \"host\": expected host:port".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|e| e.starts_with("s2s.dialback_secret")),
+            "{m:?}"
+        );
         assert_eq!(m.len(), 4, "{m:?}");
         assert_eq!(check_host_port("[::1]:5269"), Ok(("::1".into(), 5269)));
         assert!(check_host_port("h:0").is_err());

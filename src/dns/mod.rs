@@ -178,14 +178,20 @@ mod tests {
         let mut f = Fake::default();
         f.srv.insert(
             "_xmpp-server._tcp.a.example".into(),
-            Ok(vec![srv(10, 0, 5269, "b.example."), srv(5, 0, 15269, "c.example")]),
+            Ok(vec![
+                srv(10, 0, 5269, "b.example."),
+                srv(5, 0, 15269, "c.example"),
+            ]),
         );
         f.srv.insert(
             "_xmpps-server._tcp.a.example".into(),
             Ok(vec![srv(7, 0, 5270, "d.example")]),
         );
         let t = targets(&f, &BTreeMap::new(), "a.example").await.unwrap();
-        let got: Vec<_> = t.iter().map(|t| (t.host.as_str(), t.port, t.direct_tls)).collect();
+        let got: Vec<_> = t
+            .iter()
+            .map(|t| (t.host.as_str(), t.port, t.direct_tls))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -209,7 +215,10 @@ mod tests {
             }]
         );
         let mut f = Fake::default();
-        f.srv.insert("_xmpp-server._tcp.a.example".into(), Ok(vec![srv(0, 0, 0, ".")]));
+        f.srv.insert(
+            "_xmpp-server._tcp.a.example".into(),
+            Ok(vec![srv(0, 0, 0, ".")]),
+        );
         assert_eq!(
             targets(&f, &BTreeMap::new(), "a.example").await,
             Err(DnsError::NotFound)
@@ -224,8 +233,12 @@ mod tests {
     #[tokio::test]
     async fn both_lookups_failing_is_an_error() {
         let mut f = Fake::default();
-        for n in ["_xmpp-server._tcp.a.example", "_xmpps-server._tcp.a.example"] {
-            f.srv.insert(n.into(), Err(DnsError::Failed("timeout".into())));
+        for n in [
+            "_xmpp-server._tcp.a.example",
+            "_xmpps-server._tcp.a.example",
+        ] {
+            f.srv
+                .insert(n.into(), Err(DnsError::Failed("timeout".into())));
         }
         assert!(matches!(
             targets(&f, &BTreeMap::new(), "a.example").await,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use rustls::DigitallySignedStruct;
 use rustls::DistinguishedName;
 use rustls::SignatureScheme;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
@@ -73,7 +73,11 @@ impl TrustStore {
     pub fn from_ders(ders: &[CertificateDer<'_>]) -> TrustStore {
         let anchors = ders
             .iter()
-            .filter_map(|d| webpki::anchor_from_trusted_cert(d).ok().map(|a| a.to_owned()))
+            .filter_map(|d| {
+                webpki::anchor_from_trusted_cert(d)
+                    .ok()
+                    .map(|a| a.to_owned())
+            })
             .collect();
         TrustStore {
             anchors: Arc::new(anchors),
@@ -417,7 +421,11 @@ mod tests {
         }
     }
 
-    fn leaf(ca: &Ca, sans: Vec<SanType>, eku: Vec<ExtendedKeyUsagePurpose>) -> CertificateDer<'static> {
+    fn leaf(
+        ca: &Ca,
+        sans: Vec<SanType>,
+        eku: Vec<ExtendedKeyUsagePurpose>,
+    ) -> CertificateDer<'static> {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.subject_alt_names = sans;
@@ -432,16 +440,24 @@ mod tests {
     #[test]
     fn dns_id_with_server_auth_only_is_accepted() {
         let ca = ca();
-        let store = TrustStore::from_ders(&[ca.der.clone()]);
-        let cert = leaf(&ca, vec![dns("a.example")], vec![ExtendedKeyUsagePurpose::ServerAuth]);
-        assert_eq!(store.verify(&[cert.clone()], "a.example"), Ok(()));
+        let store = TrustStore::from_ders(std::slice::from_ref(&ca.der));
+        let cert = leaf(
+            &ca,
+            vec![dns("a.example")],
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+        );
+        assert_eq!(store.verify(std::slice::from_ref(&cert), "a.example"), Ok(()));
         assert_eq!(
             store.verify(&[cert], "b.example"),
             Err(CertError::WrongName("b.example".into()))
         );
         let wild = leaf(&ca, vec![dns("*.w.example")], vec![]);
         assert_eq!(store.verify(&[wild], "c.w.example"), Ok(()));
-        let client_only = leaf(&ca, vec![dns("a.example")], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        let client_only = leaf(
+            &ca,
+            vec![dns("a.example")],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
         assert_eq!(store.verify(&[client_only], "a.example"), Ok(()));
     }
 
@@ -449,16 +465,19 @@ mod tests {
     fn untrusted_and_missing_are_rejected() {
         let ca1 = ca();
         let ca2 = ca();
-        let store = TrustStore::from_ders(&[ca1.der.clone()]);
+        let store = TrustStore::from_ders(std::slice::from_ref(&ca1.der));
         let cert = leaf(&ca2, vec![dns("a.example")], vec![]);
-        assert!(matches!(store.verify(&[cert], "a.example"), Err(CertError::Untrusted(_))));
+        assert!(matches!(
+            store.verify(&[cert], "a.example"),
+            Err(CertError::Untrusted(_))
+        ));
         assert_eq!(store.verify(&[], "a.example"), Err(CertError::Missing));
     }
 
     #[test]
     fn srv_id_and_xmpp_addr_are_matched() {
         let ca = ca();
-        let store = TrustStore::from_ders(&[ca.der.clone()]);
+        let store = TrustStore::from_ders(std::slice::from_ref(&ca.der));
         let other = |oid: &[u64], v: &str| {
             SanType::OtherName((oid.to_vec(), rcgen::OtherNameValue::Utf8String(v.into())))
         };
@@ -478,8 +497,8 @@ mod tests {
                 OtherName::Srv("_xmpp-server.y.example".into())
             ]
         );
-        assert_eq!(store.verify(&[cert.clone()], "x.example"), Ok(()));
-        assert_eq!(store.verify(&[cert.clone()], "y.example"), Ok(()));
+        assert_eq!(store.verify(std::slice::from_ref(&cert), "x.example"), Ok(()));
+        assert_eq!(store.verify(std::slice::from_ref(&cert), "y.example"), Ok(()));
         assert!(store.verify(&[cert], "z.example").is_err());
     }
 }

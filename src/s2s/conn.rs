@@ -125,7 +125,10 @@ impl Conn {
             Ending::Gone => return,
             Ending::PeerClosed | Ending::Close => STREAM_CLOSE.to_vec(),
             Ending::Error(err) => {
-                tracing::debug!(condition = err.condition.name(), "closing with stream error");
+                tracing::debug!(
+                    condition = err.condition.name(),
+                    "closing with stream error"
+                );
                 let mut out = Vec::new();
                 if !self.header_sent {
                     out.extend(response_header(from, None, &crate::stream::random_id()));

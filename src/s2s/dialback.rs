@@ -52,7 +52,11 @@ impl Secret {
             Err(e) => return Err(e),
         }
         crate::admin::ensure_data_dir(data_dir)?;
-        let fresh = format!("{}{}", crate::stream::random_id(), crate::stream::random_id());
+        let fresh = format!(
+            "{}{}",
+            crate::stream::random_id(),
+            crate::stream::random_id()
+        );
         write_private(&path, fresh.as_bytes())?;
         Ok(Secret::new(fresh.as_bytes()))
     }

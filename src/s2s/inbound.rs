@@ -237,13 +237,16 @@ async fn open_stream(
     let to = header.to.as_deref().and_then(domain_only);
     let from = header.from.as_deref().and_then(domain_only);
     st.stream_id = random_id();
-    let our = to.clone().filter(|d| ctx.is_local_domain(d)).unwrap_or_else(|| {
-        ctx.config
-            .vhosts
-            .first()
-            .map(|v| v.domain.clone())
-            .unwrap_or_default()
-    });
+    let our = to
+        .clone()
+        .filter(|d| ctx.is_local_domain(d))
+        .unwrap_or_else(|| {
+            ctx.config
+                .vhosts
+                .first()
+                .map(|v| v.domain.clone())
+                .unwrap_or_default()
+        });
     // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
     conn.send_raw(&response_header(&our, from.as_deref(), &st.stream_id))
         .await?;
@@ -290,7 +293,8 @@ async fn open_stream(
             );
         }
         features.push_child(
-            Element::new("dialback", DIALBACK_FEATURE).with_child(Element::new("errors", DIALBACK_FEATURE)),
+            Element::new("dialback", DIALBACK_FEATURE)
+                .with_child(Element::new("errors", DIALBACK_FEATURE)),
         );
     }
     conn.send(&features).await
@@ -337,7 +341,10 @@ async fn sasl_external(
             None => return sasl_failure(conn, "incorrect-encoding").await,
         },
     };
-    if authzid.as_deref().is_some_and(|a| !a.eq_ignore_ascii_case(&from)) {
+    if authzid
+        .as_deref()
+        .is_some_and(|a| !a.eq_ignore_ascii_case(&from))
+    {
         return sasl_failure(conn, "invalid-authzid").await;
     }
     if !cert_valid_for(s2s, conn, Some(&from)) {
@@ -423,10 +430,9 @@ async fn db_result(
     let stream_id = st.stream_id.clone();
     tokio::spawn(
         async move {
-            let outcome = super::dialback::verify_with_authoritative(
-                &s2s, &local, &remote, &stream_id, &key,
-            )
-            .await;
+            let outcome =
+                super::dialback::verify_with_authoritative(&s2s, &local, &remote, &stream_id, &key)
+                    .await;
             let _ = vtx
                 .send(Verdict {
                     remote,
@@ -479,9 +485,7 @@ async fn db_verify(
     let id = el.attr("id").unwrap_or_default();
     let key = el.text();
     let valid = ctx.is_local_domain(authoritative)
-        && s2s
-            .secret
-            .check(receiving, authoritative, id, key.trim());
+        && s2s.secret.check(receiving, authoritative, id, key.trim());
     debug!(receiving, authoritative, valid, "answering dialback verify");
     let reply = Element::new("verify", DIALBACK)
         .with_attr("from", authoritative)
@@ -509,7 +513,10 @@ async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), E
     if !ctx.is_local_domain(&to.domain) {
         return Err(StreamErrorCondition::HostUnknown.into());
     }
-    if !st.authed.contains(&(from.domain.clone(), to.domain.clone())) {
+    if !st
+        .authed
+        .contains(&(from.domain.clone(), to.domain.clone()))
+    {
         return Err(Ending::Error(StreamError::with_text(
             StreamErrorCondition::InvalidFrom,
             format!("{} is not authenticated on this stream", from.domain),

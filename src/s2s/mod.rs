@@ -157,7 +157,10 @@ impl S2s {
             .filter(|d| ctx.is_local_domain(d))
             .map(str::to_string);
         let Some(local) = local else {
-            debug!(remote, "stanza for a remote domain without a local sender; dropped");
+            debug!(
+                remote,
+                "stanza for a remote domain without a local sender; dropped"
+            );
             return;
         };
         let pair = (local, remote.to_string());
@@ -178,7 +181,12 @@ impl S2s {
 
     /// Puts the stanza on the pair's queue, starting its stream task if there is none;
     /// gives the stanza back when the queue is full.
-    fn enqueue(self: &Arc<Self>, ctx: &Arc<Context>, pair: Pair, stanza: Element) -> Option<Element> {
+    fn enqueue(
+        self: &Arc<Self>,
+        ctx: &Arc<Context>,
+        pair: Pair,
+        stanza: Element,
+    ) -> Option<Element> {
         let mut routes = lock(&self.routes);
         let stanza = match routes.get(&pair) {
             Some(route) => match route.tx.try_send(stanza) {
@@ -280,7 +288,11 @@ impl S2s {
     }
 
     /// TLS client configuration presenting `local`'s certificate, cached.
-    fn client_config(&self, local: &str, direct_tls: bool) -> Result<Arc<rustls::ClientConfig>, Failure> {
+    fn client_config(
+        &self,
+        local: &str,
+        direct_tls: bool,
+    ) -> Result<Arc<rustls::ClientConfig>, Failure> {
         let key = (local.to_string(), direct_tls);
         if let Some(c) = lock(&self.client_configs).get(&key) {
             return Ok(c.clone());

@@ -97,8 +97,7 @@ pub(crate) async fn open(
         for ip in ips {
             any_address = true;
             let addr = std::net::SocketAddr::new(ip, target.port);
-            let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await
-            {
+            let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(e)) => {
                     debug!(%addr, error = %e, "connect failed");
@@ -257,7 +256,10 @@ async fn authenticate(
             return Ok(AuthMethod::SaslExternal);
         }
         if !reply.is("failure", ns::SASL) {
-            return Err(Failure::Refused(format!("unexpected <{}/> during SASL", reply.name)));
+            return Err(Failure::Refused(format!(
+                "unexpected <{}/> during SASL",
+                reply.name
+            )));
         }
         debug!("SASL EXTERNAL refused; trying dialback");
     }
@@ -267,7 +269,9 @@ async fn authenticate(
         .map_err(refused("dialback"))?;
     loop {
         let el = conn.next_element().await.map_err(refused("dialback"))?;
-        if el.is("result", DIALBACK) && el.attr("from") == Some(remote) && el.attr("to") == Some(local)
+        if el.is("result", DIALBACK)
+            && el.attr("from") == Some(remote)
+            && el.attr("to") == Some(local)
         {
             return match el.attr("type") {
                 Some("valid") => Ok(AuthMethod::Dialback),
@@ -278,7 +282,10 @@ async fn authenticate(
             };
         }
         if el.is("error", ns::STREAM) {
-            let condition = el.first_element().map(|c| c.name.clone()).unwrap_or_default();
+            let condition = el
+                .first_element()
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
             return Err(Failure::Refused(format!("stream error {condition}")));
         }
     }
@@ -329,7 +336,10 @@ async fn run_inner(
     let (mut conn, method) = match result {
         Ok(ok) => ok,
         Err(failure) => {
-            warn!(?failure, "remote domain unreachable; bouncing queued stanzas");
+            warn!(
+                ?failure,
+                "remote domain unreachable; bouncing queued stanzas"
+            );
             s2s.record_failure(&pair, failure.clone());
             s2s.remove_route(&pair, id);
             rx.close();
