@@ -40,6 +40,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
             tls: TlsMode::DirectTls,
         },
     ];
+    // Tests never ask the machine's DNS servers: remote domains resolve only through a
+    // test DNS server (tests/support/dns.rs) that a test sets up itself.
+    config.s2s.dns_servers = vec!["127.0.0.1:9".parse().unwrap()];
     // Fast tests: the RFC 7677 minimum.
     config.c2s.scram_iterations = 4096;
     config.storage.backend = StorageBackend::Sled;
