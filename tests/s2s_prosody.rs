@@ -185,12 +185,6 @@ async fn body(c: &mut Client, text: &str) -> Element {
     .await
 }
 
-/// Waits longer than the default client timeout: the first stanza to a domain includes
-/// DNS, TLS and authentication on both sides (and a dialback callback).
-async fn slow<T>(f: impl std::future::Future<Output = T>) -> T {
-    f.await
-}
-
 /// Both sides trust the test CA: SASL EXTERNAL (XEP-0178) in both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federates_with_prosody_using_certificates() {
@@ -292,7 +286,7 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
     alice
         .send("<presence to='pam@prosody.example' type='subscribe'/>")
         .await;
-    slow(recv_presence(&mut pam, "subscribe", "alice@xmppd.example")).await;
+    recv_presence(&mut pam, "subscribe", "alice@xmppd.example").await;
     pam.send("<presence to='alice@xmppd.example' type='subscribed'/>")
         .await;
     pam.send("<presence to='alice@xmppd.example' type='subscribe'/>")
@@ -314,6 +308,39 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
     let item = roster_item(&mut pam, "alice@xmppd.example").await.unwrap();
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
+
+    // Unavailable at logout, probes at login: pam leaves and comes back.
+    pam.close().await;
+    recv_presence(&mut alice, "unavailable", "pam@prosody.example").await;
+    let mut pam = prosody.login("pam").await;
+    pam.send("<presence/>").await;
+    // Prosody probes alice at pam's login; xmppd answers with alice's presence.
+    pam.recv_until(|e| {
+        e.name == "presence"
+            && e.attr("type").is_none()
+            && e.attr("from") == Some("alice@xmppd.example/r")
+    })
+    .await;
+    alice
+        .recv_until(|e| {
+            e.name == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("pam@prosody.example/"))
+        })
+        .await;
+    // And xmppd probes pam when a session of alice's logs in.
+    let mut alice2 = ours.login("alice", "second").await;
+    alice2.send("<presence/>").await;
+    alice2
+        .recv_until(|e| {
+            e.name == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("pam@prosody.example/"))
+        })
+        .await;
+    alice2.close().await;
 
     // A chat message each way.
     alice

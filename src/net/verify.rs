@@ -446,7 +446,10 @@ mod tests {
             vec![dns("a.example")],
             vec![ExtendedKeyUsagePurpose::ServerAuth],
         );
-        assert_eq!(store.verify(std::slice::from_ref(&cert), "a.example"), Ok(()));
+        assert_eq!(
+            store.verify(std::slice::from_ref(&cert), "a.example"),
+            Ok(())
+        );
         assert_eq!(
             store.verify(&[cert], "b.example"),
             Err(CertError::WrongName("b.example".into()))
@@ -497,8 +500,14 @@ mod tests {
                 OtherName::Srv("_xmpp-server.y.example".into())
             ]
         );
-        assert_eq!(store.verify(std::slice::from_ref(&cert), "x.example"), Ok(()));
-        assert_eq!(store.verify(std::slice::from_ref(&cert), "y.example"), Ok(()));
+        assert_eq!(
+            store.verify(std::slice::from_ref(&cert), "x.example"),
+            Ok(())
+        );
+        assert_eq!(
+            store.verify(std::slice::from_ref(&cert), "y.example"),
+            Ok(())
+        );
         assert!(store.verify(&[cert], "z.example").is_err());
     }
 }
