@@ -574,6 +574,12 @@ async fn spoofed_from_and_unknown_host_are_stream_errors() {
         .unwrap();
     assert_eq!(peer.stream_error().await, "not-authorized");
 
+    // Garbage after the stream header.
+    let mut peer = RawPeer::connect(addr).await;
+    peer.open("evil.example", B).await;
+    peer.send("<message><<<&&&").await.unwrap();
+    assert_eq!(peer.stream_error().await, "not-well-formed");
+
     // A stream to a domain we do not host.
     let mut peer = RawPeer::connect(addr).await;
     peer.send(
