@@ -647,3 +647,99 @@ async fn stall_and_flood_leave_other_domains_working() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A receiving server that offers SASL EXTERNAL and then rejects it (as a peer that cannot
+/// verify our certificate might): xmppd falls back to dialback on the same stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_rejected_falls_back_to_dialback_on_the_same_stream() {
+    let w = World::new().await;
+    let a = w.server(A, A_IP, true, |_| {}).await;
+    let mut alice = online(&a, "alice").await;
+
+    let fake_dir = tempfile::tempdir().unwrap();
+    let fake_cfg = Config {
+        data_dir: fake_dir.path().to_path_buf(),
+        vhosts: vec![VhostConfig {
+            domain: "fake.example".into(),
+            certificate: None,
+            key: None,
+        }],
+        ..Config::default()
+    };
+    let tls = xmppd::net::tls::TlsContext::load(&fake_cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.10:0").await.unwrap();
+    w.dns.add_srv(
+        "_xmpp-server._tcp.fake.example",
+        0,
+        0,
+        listener.local_addr().unwrap().port(),
+        "h.fake.example",
+    );
+    w.dns.add_addr("h.fake.example", "127.0.0.10");
+    let fake = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut p = RawPeer {
+            io: MaybeTls::Plain(tcp),
+            parser: StreamParser::new(ParserLimits {
+                max_stanza_bytes: 1 << 20,
+                max_depth: 32,
+                max_attributes: 64,
+            }),
+            buf: vec![0; 8192],
+        };
+        let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+            xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+            from='fake.example' to='a.example' id='ID1' version='1.0'>";
+        assert!(matches!(p.next().await, Some(StreamEvent::Open(_))));
+        p.send(&format!(
+            "{header}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(p.element().await.name, "starttls");
+        p.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .unwrap();
+        let MaybeTls::Plain(tcp) = std::mem::replace(&mut p.io, MaybeTls::Upgrading) else {
+            panic!()
+        };
+        p.io = MaybeTls::Tls(Box::new(
+            tls.s2s_starttls_acceptor().accept(tcp).await.unwrap(),
+        ));
+        p.parser.reset();
+        assert!(matches!(p.next().await, Some(StreamEvent::Open(_))));
+        p.send(&format!(
+            "{}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+             <mechanism>EXTERNAL</mechanism></mechanisms>\
+             <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>",
+            header.replace("ID1", "ID2")
+        ))
+        .await
+        .unwrap();
+        let auth = p.element().await;
+        assert_eq!(auth.name, "auth");
+        p.send("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>")
+            .await
+            .unwrap();
+        let result = p.element().await;
+        assert_eq!(
+            (result.name.as_str(), result.attr("from")),
+            ("result", Some(A))
+        );
+        assert!(!result.text().trim().is_empty());
+        p.send("<db:result from='fake.example' to='a.example' type='valid'/>")
+            .await
+            .unwrap();
+        let m = p.element().await;
+        assert_eq!(m.name, "message");
+        m.child_text("body", "jabber:client").unwrap()
+    });
+    chat(&mut alice, "x@fake.example", "after-fallback").await;
+    let body = tokio::time::timeout(Duration::from_secs(10), fake)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, "after-fallback");
+    assert_eq!(methods(&a), vec![AuthMethod::Dialback]);
+    a.stop().await;
+}
