@@ -2,6 +2,7 @@
 //! the module registry. Handed around as `Arc<Context>`.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::Config;
 use crate::modules::Modules;
@@ -13,6 +14,8 @@ pub struct Context {
     pub storage: Storage,
     pub sessions: Sessions,
     pub modules: Modules,
+    /// Federation, once the server has started it (absent in bare test contexts).
+    pub s2s: OnceLock<Arc<crate::s2s::S2s>>,
     vhosts: HashSet<String>,
 }
 
@@ -28,6 +31,7 @@ impl Context {
             storage,
             sessions: Sessions::default(),
             modules: Modules::standard(),
+            s2s: OnceLock::new(),
             vhosts,
         }
     }

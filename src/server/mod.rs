@@ -104,6 +104,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let ctx = Arc::new(Context::new(config, storage));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let s2s = crate::s2s::S2s::new(&ctx.config, tls.clone(), shutdown.clone(), tracker.clone())
+        .map_err(ServerError::Config)?;
+    let _ = ctx.s2s.set(Arc::new(s2s));
     let limits = Arc::new(ConnectionLimits::new(
         ctx.config.limits.connections_per_ip,
         ctx.config.limits.max_connections,
@@ -120,23 +123,17 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         let addr = listener.local_addr()?;
         info!(%addr, kind = ?l.kind, tls = ?l.tls, "listening");
         listeners.push((l.kind, l.tls, addr));
-        match l.kind {
-            ListenerKind::C2s => {
-                tracker.spawn(accept_c2s(
-                    listener,
-                    l.tls,
-                    ctx.clone(),
-                    tls.clone(),
-                    limits.clone(),
-                    conn_ids.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                ));
-            }
-            ListenerKind::S2s => {
-                warn!(%addr, "s2s listener configured but federation is not implemented yet; closing it");
-            }
-        }
+        tracker.spawn(accept(
+            listener,
+            l.kind,
+            l.tls,
+            ctx.clone(),
+            tls.clone(),
+            limits.clone(),
+            conn_ids.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     if ctx.config.storage.backend == StorageBackend::Sled {
         let path = crate::admin::control_socket_path(&ctx.config);
@@ -184,8 +181,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn accept_c2s(
+async fn accept(
     listener: TcpListener,
+    kind: ListenerKind,
     mode: TlsMode,
     ctx: Arc<Context>,
     tls: TlsContext,
@@ -218,7 +216,14 @@ async fn accept_c2s(
         let tls = tls.clone();
         let token = shutdown.child_token();
         tracker.spawn(async move {
-            crate::c2s::serve(ctx, tls, tcp, peer, mode, conn_id, token).await;
+            match kind {
+                ListenerKind::C2s => {
+                    crate::c2s::serve(ctx, tls, tcp, peer, mode, conn_id, token).await
+                }
+                ListenerKind::S2s => {
+                    crate::s2s::serve_inbound(ctx, tls, tcp, peer, mode, conn_id, token).await
+                }
+            }
             drop(permit);
         });
     }
