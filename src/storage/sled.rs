@@ -191,9 +191,15 @@ impl SledStore {
         })
     }
 
-    /// Flushes and fsyncs on sled's thread pool, so the runtime is not blocked.
+    /// Flushes and fsyncs off the async runtime.
     async fn flush_db(&self) -> Result<()> {
-        self.db.flush_async().await.map_err(backend)?;
+        // sled's own flush_async runs on its private thread pool, whose completion signal
+        // was seen to hang under load; tokio's blocking pool is dependable.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StorageError::Backend(format!("flush task: {e}")))?
+            .map_err(backend)?;
         Ok(())
     }
 
