@@ -92,6 +92,9 @@ enum Cmd {
         /// Also send initial presence (and wait until the server has handled it).
         #[arg(long)]
         presence: bool,
+        /// Server process: CPU time per login.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Hold N authenticated TLS sessions (with presence) for T seconds: server RSS.
     Idle {
@@ -147,6 +150,9 @@ enum Cmd {
         /// Seconds allowed after the last login for all presences to arrive.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Server process: CPU time per login (roster get + presence included).
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Write Prosody internal_hashed account files (no server contact).
     ProsodyAccounts {
@@ -282,7 +288,11 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
         }
     );
     let mut report = match cli.cmd {
-        Cmd::Login { users, presence } => scenarios::login(&run, users, presence).await?,
+        Cmd::Login {
+            users,
+            presence,
+            server_pid,
+        } => scenarios::login(&run, users, presence, server_pid).await?,
         Cmd::Idle {
             users,
             seconds,
@@ -321,7 +331,8 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             users,
             contacts,
             wait,
-        } => scenarios::roster(&run, users, contacts, wait).await?,
+            server_pid,
+        } => scenarios::roster(&run, users, contacts, wait, server_pid).await?,
         Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => {
             return Err("not a network scenario".into());
         }
@@ -362,7 +373,8 @@ fn compare(a: &PathBuf, b: &PathBuf, la: &str, lb: &str) -> Res<Vec<String>> {
         let (Some(x), Some(y)) = (va.as_f64(), ob.get(k).and_then(Value::as_f64)) else {
             continue;
         };
-        if va.is_boolean() {
+        // Process ids and flags are not figures.
+        if va.is_boolean() || k.ends_with("pid") {
             continue;
         }
         let ratio = if x != 0.0 {
