@@ -345,6 +345,16 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
     Ok(report)
 }
 
+/// True when a report shows failed logins, dropped sessions, lost messages or an
+/// incomplete presence exchange: the figures are printed, but the exit status says so.
+fn run_failed(j: &Value) -> bool {
+    let positive = |k: &str| j.get(k).and_then(Value::as_u64).is_some_and(|v| v > 0);
+    ["failed", "dropped", "lost", "session_failures"]
+        .iter()
+        .any(|k| positive(k))
+        || j.get("complete") == Some(&Value::Bool(false))
+}
+
 /// The last `JSON ` line of a file.
 fn json_line(path: &PathBuf) -> Res<Value> {
     let text =
@@ -473,7 +483,12 @@ fn main() -> ExitCode {
                 println!("{l}");
             }
             println!("JSON {}", report.json);
-            ExitCode::SUCCESS
+            if run_failed(&report.json) {
+                eprintln!("xmppd-bench: the run had failures (see above)");
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Ok(Err(e)) => {
             eprintln!("xmppd-bench: {e}");
@@ -486,5 +501,40 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_detection() {
+        assert!(!run_failed(
+            &serde_json::json!({"failed": 0, "lost": 0, "complete": true})
+        ));
+        assert!(run_failed(&serde_json::json!({"failed": 2})));
+        assert!(run_failed(&serde_json::json!({"lost": 1})));
+        assert!(run_failed(&serde_json::json!({"complete": false})));
+    }
+
+    #[test]
+    fn compare_table() {
+        let dir = std::env::temp_dir().join(format!("xmppd-bench-cmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.txt");
+        let b = dir.join("b.txt");
+        std::fs::write(
+            &a,
+            "x\nJSON {\"msgs_per_s\": 100.0, \"server_pid\": 5, \"drained\": true}\n",
+        )
+        .unwrap();
+        std::fs::write(&b, "JSON {\"msgs_per_s\": 250.0, \"server_pid\": 9}\n").unwrap();
+        let lines = compare(&a, &b, "p", "x").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].starts_with("msgs_per_s"));
+        assert!(lines[1].ends_with("2.50"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(compare(&a, &dir.join("missing"), "p", "x").is_err());
     }
 }
