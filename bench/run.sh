@@ -17,7 +17,7 @@
 #   XMPPD_DIR    xmppd state dir       [/tmp/xmppd-bench/xmppd]
 #   XMPPD_PORT   xmppd c2s port        [15232]    (Prosody: see prosody-setup.sh, 15222)
 #   GEN_ARGS     extra generator options placed before the scenario (e.g. "--mech PLAIN")
-# The idle and chat scenarios get --server-pid automatically.
+# Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -210,7 +210,6 @@ run_one() {
 	gen+=(${GEN_ARGS:-})
 	local extra=()
 	case "$SCENARIO" in
-	idle | chat) arg_value --server-pid >/dev/null || extra=(--server-pid "$pid") ;;
 	roster)
 		local contacts
 		contacts=$(arg_value --contacts) || die "roster needs --contacts"
@@ -218,6 +217,7 @@ run_one() {
 		"${gen[@]}" setup-roster --users "$USERS" --contacts "$contacts" >"$RESULTS_DIR/$server-setup-roster.txt"
 		;;
 	esac
+	arg_value --server-pid >/dev/null || extra+=(--server-pid "$pid")
 	log "$server: $SCENARIO ${ARGS[*]} ${extra[*]}"
 	"${gen[@]}" "$SCENARIO" "${ARGS[@]}" "${extra[@]}" | tee "$RESULTS_DIR/$server.txt"
 	case "$server" in

@@ -92,6 +92,9 @@ enum Cmd {
         /// Also send initial presence (and wait until the server has handled it).
         #[arg(long)]
         presence: bool,
+        /// Server process: CPU time per login.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Hold N authenticated TLS sessions (with presence) for T seconds: server RSS.
     Idle {
@@ -147,6 +150,9 @@ enum Cmd {
         /// Seconds allowed after the last login for all presences to arrive.
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Server process: CPU time per login (roster get + presence included).
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Write Prosody internal_hashed account files (no server contact).
     ProsodyAccounts {
@@ -282,7 +288,11 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
         }
     );
     let mut report = match cli.cmd {
-        Cmd::Login { users, presence } => scenarios::login(&run, users, presence).await?,
+        Cmd::Login {
+            users,
+            presence,
+            server_pid,
+        } => scenarios::login(&run, users, presence, server_pid).await?,
         Cmd::Idle {
             users,
             seconds,
@@ -321,7 +331,8 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             users,
             contacts,
             wait,
-        } => scenarios::roster(&run, users, contacts, wait).await?,
+            server_pid,
+        } => scenarios::roster(&run, users, contacts, wait, server_pid).await?,
         Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => {
             return Err("not a network scenario".into());
         }
@@ -332,6 +343,16 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
         o.insert("target".into(), addr.to_string().into());
     }
     Ok(report)
+}
+
+/// True when a report shows failed logins, dropped sessions, lost messages or an
+/// incomplete presence exchange: the figures are printed, but the exit status says so.
+fn run_failed(j: &Value) -> bool {
+    let positive = |k: &str| j.get(k).and_then(Value::as_u64).is_some_and(|v| v > 0);
+    ["failed", "dropped", "lost", "session_failures"]
+        .iter()
+        .any(|k| positive(k))
+        || j.get("complete") == Some(&Value::Bool(false))
 }
 
 /// The last `JSON ` line of a file.
@@ -362,7 +383,8 @@ fn compare(a: &PathBuf, b: &PathBuf, la: &str, lb: &str) -> Res<Vec<String>> {
         let (Some(x), Some(y)) = (va.as_f64(), ob.get(k).and_then(Value::as_f64)) else {
             continue;
         };
-        if va.is_boolean() {
+        // Process ids and flags are not figures.
+        if va.is_boolean() || k.ends_with("pid") {
             continue;
         }
         let ratio = if x != 0.0 {
@@ -461,7 +483,12 @@ fn main() -> ExitCode {
                 println!("{l}");
             }
             println!("JSON {}", report.json);
-            ExitCode::SUCCESS
+            if run_failed(&report.json) {
+                eprintln!("xmppd-bench: the run had failures (see above)");
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Ok(Err(e)) => {
             eprintln!("xmppd-bench: {e}");
@@ -474,5 +501,40 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_detection() {
+        assert!(!run_failed(
+            &serde_json::json!({"failed": 0, "lost": 0, "complete": true})
+        ));
+        assert!(run_failed(&serde_json::json!({"failed": 2})));
+        assert!(run_failed(&serde_json::json!({"lost": 1})));
+        assert!(run_failed(&serde_json::json!({"complete": false})));
+    }
+
+    #[test]
+    fn compare_table() {
+        let dir = std::env::temp_dir().join(format!("xmppd-bench-cmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.txt");
+        let b = dir.join("b.txt");
+        std::fs::write(
+            &a,
+            "x\nJSON {\"msgs_per_s\": 100.0, \"server_pid\": 5, \"drained\": true}\n",
+        )
+        .unwrap();
+        std::fs::write(&b, "JSON {\"msgs_per_s\": 250.0, \"server_pid\": 9}\n").unwrap();
+        let lines = compare(&a, &b, "p", "x").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].starts_with("msgs_per_s"));
+        assert!(lines[1].ends_with("2.50"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(compare(&a, &dir.join("missing"), "p", "x").is_err());
     }
 }

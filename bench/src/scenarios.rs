@@ -162,6 +162,32 @@ fn gen_cpu_json(cpu: Duration, wall: Duration) -> Value {
     })
 }
 
+/// Server CPU over a phase, per unit of work: JSON fields plus a summary line.
+fn server_cpu(
+    pid: Option<u32>,
+    before: Option<Duration>,
+    wall: Duration,
+    units: u64,
+    unit: &str,
+) -> Option<(Value, String)> {
+    let (pid, before) = (pid?, before?);
+    let cpu = stats::proc_cpu(pid)?.saturating_sub(before);
+    let per_unit_us = cpu.as_secs_f64() * 1e6 / units.max(1) as f64;
+    let pct = 100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    let j = json!({
+        "server_pid": pid,
+        "server_cpu_s": cpu.as_secs_f64(),
+        "server_cpu_pct": pct,
+        format!("server_cpu_us_per_{unit}"): per_unit_us,
+        "server_rss_kib": stats::rss_kib(pid),
+    });
+    let line = format!(
+        "  server CPU      {:.2} s ({pct:.0}% of one core), {per_unit_us:.1} µs per {unit}",
+        cpu.as_secs_f64()
+    );
+    Some((j, line))
+}
+
 fn merge(a: &mut Value, b: Value) {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
@@ -170,11 +196,12 @@ fn merge(a: &mut Value, b: Value) {
 
 // ---------------------------------------------------------------------------- login
 
-pub async fn login(run: &Run, users: usize, presence: bool) -> Res<Report> {
+pub async fn login(run: &Run, users: usize, presence: bool, pid: Option<u32>) -> Res<Report> {
     let sem = Arc::new(Semaphore::new(run.concurrency.max(1)));
     let hist = Arc::new(Histogram::new());
     let c = Arc::new(Counters::default());
     let cpu0 = stats::self_cpu();
+    let srv0 = pid.and_then(stats::proc_cpu);
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(users);
     for i in 0..users {
@@ -210,6 +237,7 @@ pub async fn login(run: &Run, users: usize, presence: bool) -> Res<Report> {
     .await;
     let wall = t0.elapsed();
     let cpu = stats::self_cpu() - cpu0;
+    let srv = server_cpu(pid, srv0, wall, users as u64, "login");
     join_all(handles).await;
     let ok = c.ready();
     let rate = ok as f64 / wall.as_secs_f64();
@@ -228,7 +256,7 @@ pub async fn login(run: &Run, users: usize, presence: bool) -> Res<Report> {
         "first_error": c.first_error(),
     });
     merge(&mut j, gen_cpu_json(cpu, wall));
-    let lines = vec![
+    let mut lines = vec![
         format!(
             "login: {ok}/{users} ok ({} failed) in {:.2} s, concurrency {}",
             c.failed(),
@@ -248,6 +276,10 @@ pub async fn login(run: &Run, users: usize, presence: bool) -> Res<Report> {
             100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
         ),
     ];
+    if let Some((sj, line)) = srv {
+        merge(&mut j, sj);
+        lines.push(line);
+    }
     Ok(Report { lines, json: j })
 }
 
@@ -901,7 +933,13 @@ impl SessionHandler for PresenceCounter {
     }
 }
 
-pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Res<Report> {
+pub async fn roster(
+    run: &Run,
+    users: usize,
+    contacts_r: usize,
+    wait: u64,
+    pid: Option<u32>,
+) -> Res<Report> {
     let sh = Arc::new(RosterShared {
         presences: AtomicU64::new(0),
         last_ns: AtomicU64::new(0),
@@ -914,6 +952,8 @@ pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Re
     let expected_total: usize = (0..users)
         .map(|i| contacts(i, users, contacts_r).len())
         .sum();
+    let srv0 = pid.and_then(stats::proc_cpu);
+    let gen0 = stats::self_cpu();
     let start_ns = now_ns();
     let t0 = Instant::now();
     let handles = spawn_sessions(run, users, &c, &rx, true, |i| PresenceCounter {
@@ -963,9 +1003,13 @@ pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Re
     let rate = presences as f64 / (span_ns as f64 / 1e9).max(1e-9);
     let items = sh.roster_items.load(Ordering::Relaxed);
     let complete_users = sh.complete.load(Ordering::Relaxed);
+    // Server CPU for the whole login + presence phase, per login.
+    let srv = server_cpu(pid, srv0, t0.elapsed(), users as u64, "login");
+    let gen_cpu = stats::self_cpu() - gen0;
+    let gen_wall = t0.elapsed();
     let _ = tx.send(QUIT);
     join_all(handles).await;
-    let j = json!({
+    let mut j = json!({
         "scenario": "roster",
         "users": users,
         "contacts": contacts_r,
@@ -983,7 +1027,7 @@ pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Re
         "complete": complete,
         "first_error": c.first_error(),
     });
-    let lines = vec![
+    let mut lines = vec![
         format!(
             "roster: {users} users x {} contacts; {} online ({} failed), roster items {items}/{expected_total}",
             2 * contacts_r,
@@ -1000,6 +1044,16 @@ pub async fn roster(run: &Run, users: usize, contacts_r: usize, wait: u64) -> Re
         ),
         format!("  complete users  {complete_users}/{users}"),
     ];
+    merge(&mut j, gen_cpu_json(gen_cpu, gen_wall));
+    lines.push(format!(
+        "  generator CPU   {:.2} s ({:.0}% of one core)",
+        gen_cpu.as_secs_f64(),
+        100.0 * gen_cpu.as_secs_f64() / gen_wall.as_secs_f64().max(1e-9)
+    ));
+    if let Some((sj, line)) = srv {
+        merge(&mut j, sj);
+        lines.push(line);
+    }
     if items < expected_total as u64 {
         eprintln!(
             "roster: only {items} of {expected_total} roster items present: run setup-roster first"
