@@ -95,7 +95,7 @@ impl SaltCache {
         let v = salted_password(kind, password, salt, iterations);
         if let Ok(mut m) = self.map.lock() {
             // Bounded: per-user salts must not grow the cache without limit.
-            if m.len() >= 4096 {
+            if m.len() >= 65_536 {
                 m.clear();
             }
             m.insert(key, v.clone());
