@@ -83,14 +83,12 @@ mod tests {
 
     #[test]
     fn pages_from_either_end_in_order() {
-        let items: Vec<_> = (0..5)
-            .map(|i| msg(i, if i % 2 == 0 { "a@x/r" } else { "b@x" }))
-            .collect();
+        let items = || (0..5).map(|i| msg(i, if i % 2 == 0 { "a@x/r" } else { "b@x" }));
         let q = ArchiveQuery {
             max: 2,
             ..ArchiveQuery::default()
         };
-        let page = collect_page(items.clone().into_iter(), &q).unwrap();
+        let page = collect_page(items(), &q).unwrap();
         let ids: Vec<_> = page.messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!((ids, page.more), (vec!["id0", "id1"], true));
 
@@ -100,7 +98,7 @@ mod tests {
             with: Some("a@x".into()),
             ..ArchiveQuery::default()
         };
-        let page = collect_page(items.clone().into_iter(), &q).unwrap();
+        let page = collect_page(items(), &q).unwrap();
         let ids: Vec<_> = page.messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!((ids, page.more), (vec!["id2", "id4"], true));
 
@@ -109,7 +107,7 @@ mod tests {
             with: Some("a@x/other".into()),
             ..ArchiveQuery::default()
         };
-        let page = collect_page(items.into_iter(), &q).unwrap();
+        let page = collect_page(items(), &q).unwrap();
         assert!(page.messages.is_empty() && !page.more);
     }
 

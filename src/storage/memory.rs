@@ -449,6 +449,6 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].seq, seqs[2]);
         s.remove_up_to("u@x", u64::MAX).await.unwrap();
-        assert_eq!(s.count("u@x").await.unwrap(), 0);
+        assert_eq!(OfflineStore::count(&s, "u@x").await.unwrap(), 0);
     }
 }
