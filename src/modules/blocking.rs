@@ -152,8 +152,8 @@ pub async fn refuse_if_blocked(ctx: &Arc<Context>, user: &str, to: &str, el: &El
 }
 
 /// The router's filter for every stanza with a `from`: `false` if a block list stops it
-/// (the refusal has been sent). Stanzas between an account and itself and to its own
-/// server are never blocked.
+/// (the refusal has been sent). Stanzas between an account and itself, and between an
+/// account and its own server, are never blocked.
 pub async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
     let Some(from) = stanza.attr("from") else {
         return true;
@@ -166,9 +166,11 @@ pub async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool 
             return false;
         }
     }
+    // The user's own server (its answers, notices) is never blocked.
     if to.node.is_some()
         && ctx.is_local_domain(&to.domain)
         && bare_of(from) != to_bare
+        && bare_of(from) != to.domain
         && is_blocked(ctx, &to_bare, from).await
     {
         refuse_inbound(ctx, stanza).await;
