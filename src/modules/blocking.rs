@@ -144,11 +144,17 @@ async fn refuse_inbound(ctx: &Arc<Context>, stanza: &Element) {
 /// Outbound check for a message a local client sends, before it is archived or copied.
 /// `true`: the recipient is blocked and the sender got the error.
 pub async fn refuse_if_blocked(ctx: &Arc<Context>, user: &str, to: &str, el: &Element) -> bool {
-    if !is_blocked(ctx, user, to).await {
+    if own(user, to) || !is_blocked(ctx, user, to).await {
         return false;
     }
     refuse_outbound(ctx, user, el).await;
     true
+}
+
+/// The account itself and its own server: never blocked for it.
+fn own(user: &str, jid: &str) -> bool {
+    let bare = bare_of(jid);
+    bare == user || bare == crate::addr::domain_of(user)
 }
 
 /// The router's filter for every stanza with a `from`: `false` if a block list stops it
@@ -158,19 +164,18 @@ pub async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool 
     let Some(from) = stanza.attr("from") else {
         return true;
     };
-    let to_bare = to.bare();
-    if let Some(user) = local_account(ctx, from) {
-        let to_server = to.node.is_none() && ctx.is_local_domain(&to.domain);
-        if !to_server && to_bare != user && is_blocked(ctx, user, &to.full()).await {
-            refuse_outbound(ctx, user, stanza).await;
-            return false;
-        }
+    let to_full = to.full();
+    if let Some(user) = local_account(ctx, from)
+        && !own(user, &to_full)
+        && is_blocked(ctx, user, &to_full).await
+    {
+        refuse_outbound(ctx, user, stanza).await;
+        return false;
     }
-    // The user's own server (its answers, notices) is never blocked.
+    let to_bare = to.bare();
     if to.node.is_some()
         && ctx.is_local_domain(&to.domain)
-        && bare_of(from) != to_bare
-        && bare_of(from) != to.domain
+        && !own(&to_bare, from)
         && is_blocked(ctx, &to_bare, from).await
     {
         refuse_inbound(ctx, stanza).await;
