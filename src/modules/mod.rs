@@ -1,7 +1,7 @@
 //! One module per RFC/XEP. Iq modules register the payload namespaces they answer and the
 //! disco features they implement; the router dispatches iq requests by namespace.
 //! Presence (RFC 6121) and offline storage (XEP-0160) are called by the router at fixed
-//! points of delivery.
+//! points of delivery; messages pass through `hooks` (blocking, archive, carbons).
 
 pub mod blocking;
 pub mod carbons;
