@@ -495,6 +495,8 @@ async fn bind(
         available: false,
         presence: None,
         interested: false,
+        carbons: false,
+        blocklist_requested: false,
     };
     match ctx
         .sessions

@@ -164,7 +164,9 @@ async fn handle_stanza(
             if el.attr("to").is_none() {
                 el.set_attr("to", bound.bare.clone());
             }
-            route(ctx, el).await;
+            if crate::modules::hooks::outbound_message(ctx, &mut el).await {
+                route(ctx, el).await;
+            }
         }
     }
     Ok(())

@@ -31,6 +31,7 @@ pub struct Config {
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
     pub storage: StorageConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -153,6 +154,35 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
 }
 
+/// Which messages are archived for a user who never set XEP-0441 preferences.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchivePolicy {
+    Always,
+    /// Only messages with contacts in the user's roster.
+    Roster,
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Days a message stays in a user's archive (XEP-0313); 0 keeps it forever. Older
+    /// messages are never returned and are deleted, oldest first, as new ones arrive.
+    pub retention_days: u32,
+    /// `always`, `roster` or `never`: archiving for users who set no preferences.
+    pub default_policy: ArchivePolicy,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            retention_days: 0,
+            default_policy: ArchivePolicy::Always,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -179,6 +209,7 @@ impl Default for Config {
             c2s: C2sConfig::default(),
             s2s: S2sConfig::default(),
             storage: StorageConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }

@@ -1,9 +1,13 @@
 //! One module per RFC/XEP. Iq modules register the payload namespaces they answer and the
 //! disco features they implement; the router dispatches iq requests by namespace.
 //! Presence (RFC 6121) and offline storage (XEP-0160) are called by the router at fixed
-//! points of delivery.
+//! points of delivery; messages pass through `hooks` (blocking, archive, carbons).
 
+pub mod blocking;
+pub mod carbons;
 pub mod disco;
+pub mod hooks;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -70,6 +74,9 @@ impl Modules {
             Arc::new(version::Version),
             Arc::new(time::EntityTime),
             Arc::new(session::LegacySession),
+            Arc::new(mam::Mam),
+            Arc::new(carbons::Carbons),
+            Arc::new(blocking::Blocking),
         ];
         let mut handlers = HashMap::new();
         let mut server_features = vec![offline::FEATURE];

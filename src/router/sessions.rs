@@ -50,6 +50,10 @@ pub struct SessionInfo {
     pub presence: Option<Element>,
     /// The resource requested the roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: bool,
+    /// XEP-0280 carbons enabled on this session.
+    pub carbons: bool,
+    /// The resource requested its block list, so it gets block/unblock pushes (XEP-0191).
+    pub blocklist_requested: bool,
 }
 
 pub enum BindOutcome {
