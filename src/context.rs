@@ -4,8 +4,10 @@
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
+use crate::c2s::SmRegistry;
 use crate::config::Config;
 use crate::modules::Modules;
+use crate::modules::push::PushState;
 use crate::router::Sessions;
 use crate::storage::Storage;
 
@@ -16,6 +18,10 @@ pub struct Context {
     pub modules: Modules,
     /// Federation, once the server has started it (absent in bare test contexts).
     pub s2s: OnceLock<Arc<crate::s2s::S2s>>,
+    /// XEP-0198 resumable and hibernated sessions.
+    pub sm: SmRegistry,
+    /// XEP-0357 publishes awaiting the app server's answer.
+    pub push: PushState,
     vhosts: HashSet<String>,
 }
 
@@ -32,6 +38,8 @@ impl Context {
             sessions: Sessions::default(),
             modules: Modules::standard(),
             s2s: OnceLock::new(),
+            sm: SmRegistry::default(),
+            push: PushState::default(),
             vhosts,
         }
     }

@@ -269,6 +269,7 @@ fn memory_storage() -> (Storage, Arc<Accounts>) {
             offline: Arc::new(Nothing),
             archive: Arc::new(xmppd::storage::memory::MemoryStore::default()),
             blocklist: Arc::new(xmppd::storage::memory::MemoryStore::default()),
+            push: Arc::new(xmppd::storage::memory::MemoryStore::default()),
         },
         accounts,
     )

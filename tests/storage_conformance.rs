@@ -5,7 +5,7 @@ use tempfile::TempDir;
 use xmppd::sasl::credentials::{ScramCredentials, StoredCredentials};
 use xmppd::storage::{
     ArchiveDefault, ArchivePos, ArchivePrefs, ArchiveQuery, NewArchived, OfflineStoreOutcome,
-    PendingSubscription, RosterItem, Storage, StorageError, Subscription,
+    PendingSubscription, PushRegistration, RosterItem, Storage, StorageError, Subscription,
 };
 
 fn creds(tag: u8) -> StoredCredentials {
@@ -225,6 +225,61 @@ async fn offline(s: Storage) {
     assert_eq!(o.list("u@xx").await.unwrap().len(), 1);
 }
 
+fn reg(jid: &str, node: &str, secret: Option<&str>) -> PushRegistration {
+    PushRegistration {
+        jid: jid.into(),
+        node: node.into(),
+        publish_options: secret.map(|s| format!("<x xmlns='jabber:x:data'>{s}</x>")),
+        include_body: secret.is_some(),
+    }
+}
+
+async fn push(s: Storage) {
+    let p = &s.push;
+    assert!(p.list("u@x").await.unwrap().is_empty());
+    assert_eq!(p.disable("u@x", "push.y", None).await.unwrap(), 0);
+    p.enable("u@x", &reg("push.y", "n2", None)).await.unwrap();
+    p.enable("u@x", &reg("push.y", "n1", Some("s1")))
+        .await
+        .unwrap();
+    p.enable("u@x", &reg("a.push.y", "n9", None)).await.unwrap();
+    // A jid that extends another must not be caught by the other's prefix.
+    p.enable("u@x", &reg("push.y.z", "n1", None)).await.unwrap();
+    p.enable("u@xx", &reg("push.y", "n1", None)).await.unwrap();
+    assert_eq!(
+        p.list("u@x").await.unwrap(),
+        [
+            reg("a.push.y", "n9", None),
+            reg("push.y", "n1", Some("s1")),
+            reg("push.y", "n2", None),
+            reg("push.y.z", "n1", None),
+        ]
+    );
+    // Same jid and node: replaced (the last publish options win).
+    p.enable("u@x", &reg("push.y", "n1", Some("s2")))
+        .await
+        .unwrap();
+    let list = p.list("u@x").await.unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[1], reg("push.y", "n1", Some("s2")));
+
+    assert_eq!(p.disable("u@x", "push.y", Some("n3")).await.unwrap(), 0);
+    assert_eq!(p.disable("u@x", "push.y", Some("n2")).await.unwrap(), 1);
+    assert_eq!(p.list("u@x").await.unwrap().len(), 3);
+    p.enable("u@x", &reg("push.y", "n2", None)).await.unwrap();
+    assert_eq!(p.disable("u@x", "push.y", None).await.unwrap(), 2);
+    assert_eq!(
+        p.list("u@x").await.unwrap(),
+        [reg("a.push.y", "n9", None), reg("push.y.z", "n1", None)]
+    );
+    // The neighbour is untouched.
+    assert_eq!(p.list("u@xx").await.unwrap(), [reg("push.y", "n1", None)]);
+    p.remove_user("u@x").await.unwrap();
+    assert!(p.list("u@x").await.unwrap().is_empty());
+    assert_eq!(p.list("u@xx").await.unwrap().len(), 1);
+    s.flush().await.unwrap();
+}
+
 async fn remove_account(s: Storage) {
     s.accounts.create("u@x", &creds(1)).await.unwrap();
     s.roster
@@ -236,7 +291,12 @@ async fn remove_account(s: Storage) {
         .await
         .unwrap();
     s.offline.push("u@x", "<message/>", 10).await.unwrap();
+    s.push
+        .enable("u@x", &reg("push.y", "n", None))
+        .await
+        .unwrap();
     assert!(s.remove_account("u@x").await.unwrap());
+    assert!(s.push.list("u@x").await.unwrap().is_empty());
     assert_eq!(s.accounts.get("u@x").await.unwrap(), None);
     assert!(s.roster.roster("u@x").await.unwrap().items.is_empty());
     assert!(s.roster.pending_in("u@x").await.unwrap().is_empty());
@@ -559,9 +619,9 @@ macro_rules! conformance {
     };
 }
 
-conformance!(memory: accounts, roster, offline, remove_account, concurrent_pushes_respect_quota,
+conformance!(memory: accounts, roster, offline, push, remove_account, concurrent_pushes_respect_quota,
     archive, archive_large_page_from_end, blocklist);
-conformance!(sled: accounts, roster, offline, remove_account, concurrent_pushes_respect_quota,
+conformance!(sled: accounts, roster, offline, push, remove_account, concurrent_pushes_respect_quota,
     archive, archive_large_page_from_end, blocklist);
 
 #[tokio::test]
@@ -592,12 +652,20 @@ async fn sled_data_survives_reopen() {
             .await
             .unwrap();
         let messages = s.offline.list("u@x").await.unwrap();
+        s.push
+            .enable("u@x", &reg("push.y", "n", Some("s")))
+            .await
+            .unwrap();
         s.flush().await.unwrap();
         (version, messages)
     };
 
     let s = Storage::open_sled(dir.path()).unwrap();
     assert_eq!(s.accounts.get("u@x").await.unwrap(), Some(creds(1)));
+    assert_eq!(
+        s.push.list("u@x").await.unwrap(),
+        [reg("push.y", "n", Some("s"))]
+    );
     assert_eq!(s.accounts.list().await.unwrap(), ["u@x"]);
     let roster = s.roster.roster("u@x").await.unwrap();
     assert_eq!(roster.version, version);

@@ -316,6 +316,7 @@ pub(crate) mod test_storage {
                 offline: Arc::new(Nothing),
                 archive: Arc::new(crate::storage::memory::MemoryStore::default()),
                 blocklist: Arc::new(crate::storage::memory::MemoryStore::default()),
+                push: Arc::new(crate::storage::memory::MemoryStore::default()),
             },
             accounts,
         )

@@ -3,6 +3,9 @@
 
 mod negotiate;
 mod session;
+mod sm;
+
+pub use sm::SmRegistry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::stream::{STREAM_CLOSE, StreamError, StreamErrorCondition};
 use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser, XmlError, ns};
+use negotiate::Negotiated;
+use session::{Outcome, SessionState};
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -29,6 +34,8 @@ pub(crate) enum Ending {
     PeerClosed,
     /// The socket is gone (EOF, reset); nothing more can be sent.
     Gone,
+    /// Send this prepared `<stream:error/>` (one with an application condition), then close.
+    Custom(Element),
 }
 
 impl From<StreamErrorCondition> for Ending {
@@ -113,14 +120,24 @@ impl Connection {
 
     /// Ends the connection as `ending` says, best effort and bounded in time.
     async fn finish(&mut self, ending: Ending, domain: &str) {
-        let bytes = match &ending {
+        let error = match ending {
             Ending::Gone => return,
-            Ending::PeerClosed => STREAM_CLOSE.to_vec(),
+            Ending::PeerClosed => None,
             Ending::Error(err) => {
                 debug!(
                     condition = err.condition.name(),
                     "closing with stream error"
                 );
+                Some(err.to_element())
+            }
+            Ending::Custom(el) => {
+                debug!(error = ?el, "closing with stream error");
+                Some(el)
+            }
+        };
+        let bytes = match error {
+            None => STREAM_CLOSE.to_vec(),
+            Some(error) => {
                 let mut out = Vec::new();
                 if !self.header_sent {
                     out.extend(crate::stream::response_header(
@@ -131,7 +148,7 @@ impl Connection {
                         &[],
                     ));
                 }
-                err.to_element().write_to(&mut out, ns::CLIENT);
+                error.write_to(&mut out, ns::CLIENT);
                 out.extend_from_slice(STREAM_CLOSE);
                 out
             }
@@ -166,7 +183,10 @@ fn xml_ending(e: XmlError) -> Ending {
     ))
 }
 
-/// Serves one accepted client connection until it closes.
+/// Serves one accepted client connection until it closes, then, for a session that
+/// hibernates (XEP-0198), until it is resumed elsewhere or ends. `permit` (the
+/// connection's slot under the connection limits) is dropped with the socket.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     ctx: Arc<Context>,
     tls: TlsContext,
@@ -175,42 +195,72 @@ pub async fn serve(
     mode: TlsMode,
     conn_id: u64,
     shutdown: CancellationToken,
+    permit: impl Send + 'static,
 ) {
     let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
-    async move {
-        let _ = tcp.set_nodelay(true);
-        let limits = ParserLimits {
-            max_stanza_bytes: ctx.config.limits.max_stanza_bytes,
-            max_depth: ctx.config.limits.max_depth,
-            max_attributes: ctx.config.limits.max_attributes,
-        };
-        let mut conn = Connection::new(MaybeTls::Plain(tcp), limits);
-        let default_domain = ctx
-            .config
-            .vhosts
-            .first()
-            .map(|v| v.domain.clone())
-            .unwrap_or_default();
-        let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
-        let negotiated = tokio::select! {
-            r = tokio::time::timeout(handshake, negotiate::negotiate(&ctx, &tls, &mut conn, mode, conn_id)) => match r {
-                Ok(r) => r,
-                Err(_) => Err(Ending::from(StreamErrorCondition::ConnectionTimeout)),
-            },
-            _ = shutdown.cancelled() => Err(Ending::from(StreamErrorCondition::SystemShutdown)),
-        };
-        match negotiated {
-            Ok(bound) => {
-                tracing::Span::current().record("jid", bound.full.as_str());
-                debug!("session bound");
-                let domain = bound.domain.clone();
-                let ending = session::run(&ctx, &mut conn, bound, shutdown).await;
-                conn.finish(ending, &domain).await;
-            }
-            Err(ending) => conn.finish(ending, &default_domain).await,
-        }
-        debug!("connection closed");
+    // Boxed: a task's future is as large as its largest state, and a hibernated session
+    // should not keep the space its connection needed (buffers, negotiation, closing).
+    let connection = serve_connection(&ctx, tls, tcp, mode, conn_id, &shutdown, permit);
+    let hibernating = Box::pin(connection).instrument(span.clone()).await;
+    if let Some(state) = hibernating {
+        sm::hibernate(&ctx, state, shutdown).instrument(span).await;
     }
-    .instrument(span)
-    .await
+}
+
+/// The connection's life; returns the session if it is to hibernate.
+async fn serve_connection(
+    ctx: &Arc<Context>,
+    tls: TlsContext,
+    tcp: TcpStream,
+    mode: TlsMode,
+    conn_id: u64,
+    shutdown: &CancellationToken,
+    _permit: impl Send,
+) -> Option<Box<SessionState>> {
+    let _ = tcp.set_nodelay(true);
+    let limits = ParserLimits {
+        max_stanza_bytes: ctx.config.limits.max_stanza_bytes,
+        max_depth: ctx.config.limits.max_depth,
+        max_attributes: ctx.config.limits.max_attributes,
+    };
+    let mut conn = Connection::new(MaybeTls::Plain(tcp), limits);
+    let default_domain = ctx
+        .config
+        .vhosts
+        .first()
+        .map(|v| v.domain.clone())
+        .unwrap_or_default();
+    let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+    let negotiation = Box::pin(negotiate::negotiate(ctx, &tls, &mut conn, mode, conn_id));
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(handshake, negotiation) => match r {
+            Ok(r) => r,
+            Err(_) => Err(Ending::from(StreamErrorCondition::ConnectionTimeout)),
+        },
+        _ = shutdown.cancelled() => Err(Ending::from(StreamErrorCondition::SystemShutdown)),
+    };
+    let (state, resumed) = match negotiated {
+        Ok(Negotiated::Bound(bound)) => (SessionState::new(bound), None),
+        Ok(Negotiated::Resumed(state, h)) => (state, Some(h)),
+        Err(ending) => {
+            conn.finish(ending, &default_domain).await;
+            debug!("connection closed");
+            return None;
+        }
+    };
+    tracing::Span::current().record("jid", state.bound.full.as_str());
+    debug!(resumed = resumed.is_some(), "session bound");
+    let domain = state.bound.domain.clone();
+    let outcome = Box::pin(session::run(ctx, &mut conn, state, resumed, shutdown)).await;
+    debug!("connection closed");
+    match outcome {
+        Outcome::Closed(ending) => {
+            conn.finish(ending, &domain).await;
+            None
+        }
+        Outcome::Hibernate(state, ending) => {
+            conn.finish(ending, &domain).await;
+            Some(state)
+        }
+    }
 }

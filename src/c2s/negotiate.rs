@@ -6,7 +6,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use tracing::{debug, info};
 
-use super::{Connection, Ending};
+use super::session::SessionState;
+use super::{Connection, Ending, sm};
 use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
@@ -16,6 +17,14 @@ use crate::router::{BindOutcome, SessionControl, SessionInfo};
 use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain};
 use crate::stream::{StreamError, StreamErrorCondition, random_id, response_header};
 use crate::xml::{Element, StreamEvent, ns};
+
+/// What a successful negotiation produced.
+pub(crate) enum Negotiated {
+    /// A newly bound resource.
+    Bound(Bound),
+    /// An existing session taken over by XEP-0198 resumption, with the client's `h`.
+    Resumed(Box<SessionState>, Option<u32>),
+}
 
 /// A bound session, ready for stanzas.
 pub(crate) struct Bound {
@@ -46,7 +55,7 @@ pub(crate) async fn negotiate(
     conn: &mut Connection,
     mode: TlsMode,
     conn_id: u64,
-) -> Result<Bound, Ending> {
+) -> Result<Negotiated, Ending> {
     let mut st = State {
         secure: false,
         domain: None,
@@ -84,8 +93,32 @@ pub(crate) async fn negotiate(
             }
             if st.authenticated.is_some() && el.name == "iq" && el.has_child("bind", ns::BIND) {
                 if let Some(bound) = bind(ctx, conn, &st, &el, conn_id).await? {
-                    return Ok(bound);
+                    return Ok(Negotiated::Bound(bound));
                 }
+                continue;
+            }
+            if let Some(bare) = &st.authenticated
+                && el.ns == sm::NS
+            {
+                match el.name.as_str() {
+                    // XEP-0198 §5: instead of binding, take over a previous session.
+                    "resume" => {
+                        let previd = el.attr("previd").unwrap_or_default();
+                        match sm::take_over(ctx, bare, previd).await {
+                            // Returned at once: the state must not wait at an await point.
+                            Ok(state) => return Ok(Negotiated::Resumed(state, sm::parse_h(&el))),
+                            // The client may bind a new resource instead (XEP-0198 §5).
+                            Err(failed) => conn.send(&failed).await?,
+                        }
+                    }
+                    // Nothing to manage before a resource is bound (XEP-0198 §3).
+                    "enable" => conn.send(&sm::failed("unexpected-request")).await?,
+                    _ => {}
+                }
+                continue;
+            }
+            if st.authenticated.is_some() && el.ns == crate::modules::csi::NS {
+                // The stream starts active; a state before binding has nothing to act on.
                 continue;
             }
             // Anything else before a bound session is refused (RFC 6120 §6.4.1, §7.1).
@@ -201,6 +234,8 @@ fn features(ctx: &Context, st: &State) -> Element {
         );
         f.push_child(Element::new("ver", ns::ROSTER_VER));
         f.push_child(Element::new("sub", ns::PRE_APPROVAL));
+        f.push_child(Element::new("sm", sm::NS));
+        f.push_child(Element::new("csi", crate::modules::csi::NS));
         return f;
     }
     if !st.secure {

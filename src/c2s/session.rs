@@ -1,6 +1,11 @@
 //! A bound client session: stanzas from the client are stamped and routed in order;
-//! stanzas for the client arrive on a bounded queue and are written in batches.
+//! stanzas for the client arrive on a bounded queue and are written in batches, through
+//! the XEP-0352 filter and, with XEP-0198, recorded until the client acknowledges them.
+//!
+//! All of a session's state is one [`SessionState`], so that it can outlive its
+//! connection (hibernation) and move to another one (resumption, see `sm.rs`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,104 +15,415 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::negotiate::Bound;
+use super::sm::{self, StreamManagement, TakeoverRequest};
 use super::{Connection, Ending};
 use crate::addr::Addr;
 use crate::context::Context;
+use crate::modules::csi::{self, CsiState};
 use crate::modules::presence::{self, PresenceState};
 use crate::router::{SessionCommand, route, route_reply};
-use crate::stream::{StanzaError, StreamErrorCondition};
+use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
 
 /// Outbound stanzas written in one go before the socket is flushed.
 const WRITE_BATCH: usize = 64;
 
+/// Everything a bound session owns besides its connection.
+pub(crate) struct SessionState {
+    pub bound: Bound,
+    pub presence: PresenceState,
+    /// XEP-0198, once the client enabled it.
+    pub sm: Option<StreamManagement>,
+    /// XEP-0352.
+    pub csi: CsiState,
+}
+
+impl SessionState {
+    pub fn new(bound: Bound) -> Box<Self> {
+        let presence = PresenceState::new(&bound.bare, &bound.resource, bound.conn_id);
+        Box::new(SessionState {
+            bound,
+            presence,
+            sm: None,
+            csi: CsiState::default(),
+        })
+    }
+
+    fn resumable(&self) -> bool {
+        self.sm.as_ref().is_some_and(|s| s.id.is_some())
+    }
+
+    /// One stanza for the client: through the CSI filter, then written to `conn` (none
+    /// while hibernated) and, with stream management, kept until acknowledged.
+    pub fn emit(&mut self, ctx: &Context, conn: Option<&mut Connection>, el: Element) {
+        let hold = conn.is_none() || self.csi.is_inactive();
+        if !hold && self.csi.held_len() == 0 {
+            self.write(conn, el);
+            return;
+        }
+        let mut out = Vec::new();
+        // One held stanza per contact is expected; the queue length bounds the rest.
+        let cap = ctx.config.limits.session_queue_len;
+        self.csi.filter(el, hold, cap, &mut out);
+        self.write_all(conn, out);
+    }
+
+    fn write_all(&mut self, mut conn: Option<&mut Connection>, out: Vec<Element>) {
+        for el in out {
+            self.write(conn.as_deref_mut(), el);
+        }
+    }
+
+    fn write(&mut self, conn: Option<&mut Connection>, el: Element) {
+        if let Some(conn) = conn {
+            conn.queue(&el);
+        }
+        if let Some(sm) = &mut self.sm {
+            sm.record_sent(el);
+        }
+    }
+
+    /// Queues an `<r/>` if stream management wants an ack for what was written.
+    fn request_ack(&mut self, conn: &mut Connection) {
+        if let Some(sm) = &mut self.sm
+            && sm.should_request()
+        {
+            conn.queue(&sm::request());
+            sm.mark_requested();
+        }
+    }
+
+    /// The newest unacknowledged message worth a push notification.
+    pub fn last_unacked_notable(&self) -> Option<&Element> {
+        self.sm
+            .as_ref()?
+            .unacked()
+            .rev()
+            .find(|e| crate::modules::push::worth_notifying(e))
+    }
+}
+
+/// How a session's time on a connection ended.
+pub(crate) enum Outcome {
+    /// The session is over (or moved to another connection); close like this.
+    Closed(Ending),
+    /// The connection is lost but the session is resumable: close like this, then
+    /// hibernate.
+    Hibernate(Box<SessionState>, Ending),
+}
+
+enum LoopEnd {
+    /// The session ends.
+    Close(Ending),
+    /// The connection vanished or went silent, without a clean close.
+    Lost(Ending),
+    /// A resuming connection wants this session.
+    TakeOver(TakeoverRequest),
+}
+
+/// Serves a session on `conn`. `resumed`: the session was just taken over by this
+/// connection, with the client's `h` from `<resume/>`.
 pub(crate) async fn run(
     ctx: &Arc<Context>,
     conn: &mut Connection,
-    mut bound: Bound,
-    shutdown: CancellationToken,
-) -> Ending {
-    let mut st = PresenceState::new(&bound.bare, &bound.resource, bound.conn_id);
-    let ending = serve_bound(ctx, conn, &mut bound, &mut st, &shutdown).await;
-    // The session is gone for the router before its unavailable presence goes out.
-    ctx.sessions
-        .unbind(&bound.bare, &bound.resource, bound.conn_id);
-    if st.available || !st.directed.is_empty() {
-        presence::broadcast_unavailable(ctx, &mut st, None).await;
+    mut state: Box<SessionState>,
+    mut resumed: Option<Option<u32>>,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    loop {
+        let end = match resumed.take() {
+            Some(h) => match resume_stream(conn, &mut state, h).await {
+                Ok(()) => serve_bound(ctx, conn, &mut state, shutdown).await,
+                Err(end) => end,
+            },
+            None => serve_bound(ctx, conn, &mut state, shutdown).await,
+        };
+        match end {
+            LoopEnd::Close(ending) => {
+                end_session(ctx, state, false).await;
+                return Outcome::Closed(ending);
+            }
+            LoopEnd::Lost(ending) if state.resumable() => {
+                return Outcome::Hibernate(state, ending);
+            }
+            LoopEnd::Lost(ending) => {
+                end_session(ctx, state, false).await;
+                return Outcome::Closed(ending);
+            }
+            LoopEnd::TakeOver(req) => match sm::hand_over(req, state).await {
+                Ok(()) => {
+                    debug!("session taken over by a resuming connection");
+                    return Outcome::Closed(Ending::Error(StreamError::with_text(
+                        StreamErrorCondition::Conflict,
+                        "the session was resumed on another connection",
+                    )));
+                }
+                // The resuming connection is gone already; carry on here.
+                Err(back) => state = back,
+            },
+        }
     }
-    ending
+}
+
+/// Ends a session for good: it leaves the router, its unavailable presence goes out, and
+/// what never reached the client (unacknowledged or still queued) is rerouted.
+/// `pushed`: the user was already notified of those stanzas by push.
+pub(crate) async fn end_session(ctx: &Arc<Context>, state: Box<SessionState>, pushed: bool) {
+    let SessionState {
+        mut bound,
+        mut presence,
+        sm,
+        csi: _,
+    } = *state;
+    let mut undelivered = VecDeque::new();
+    if let Some(mut sm) = sm {
+        if let Some(id) = &sm.id {
+            ctx.sm.remove(id);
+        }
+        undelivered = sm.take_unacked();
+    }
+    // The session is gone for the router before its unavailable presence goes out. A
+    // session replaced by a conflict stays silent: its successor has the same full JID.
+    let removed = ctx
+        .sessions
+        .unbind(&bound.bare, &bound.resource, bound.conn_id);
+    if removed && (presence.available || !presence.directed.is_empty()) {
+        presence::broadcast_unavailable(ctx, &mut presence, None).await;
+    }
+    bound.rx.close();
+    while let Ok(SessionCommand::Stanza(el)) = bound.rx.try_recv() {
+        undelivered.push_back(el);
+    }
+    sm::reroute_undelivered(ctx, &bound.bare, undelivered, pushed).await;
+}
+
+/// The first steps on a connection that resumed a session (XEP-0198 §5): `<resumed/>`,
+/// then everything the client has not acknowledged, then what CSI held back (a new
+/// stream starts active, XEP-0352 §3).
+async fn resume_stream(
+    conn: &mut Connection,
+    state: &mut SessionState,
+    h: Option<u32>,
+) -> Result<(), LoopEnd> {
+    let Some(sm) = state.sm.as_mut() else {
+        return Err(LoopEnd::Close(
+            StreamErrorCondition::InternalServerError.into(),
+        ));
+    };
+    if let Some(h) = h
+        && let Err(e) = sm.ack(h)
+    {
+        return Err(LoopEnd::Close(Ending::Custom(sm::handled_too_high(&e))));
+    }
+    let previd = sm.id.clone().unwrap_or_default();
+    conn.queue(
+        &Element::new("resumed", sm::NS)
+            .with_attr("previd", previd)
+            .with_attr("h", sm.handled().to_string()),
+    );
+    for el in sm.unacked() {
+        conn.queue(el);
+    }
+    let mut out = Vec::new();
+    state.csi.set_active(&mut out);
+    state.write_all(Some(conn), out);
+    // The resent stanzas keep their sequence numbers; ask for an ack of all of them.
+    if let Some(sm) = &mut state.sm {
+        if sm.unacked_len() > 0 {
+            conn.queue(&sm::request());
+            sm.mark_requested();
+        }
+    }
+    debug!(
+        unacked = state.sm.as_ref().map_or(0, StreamManagement::unacked_len),
+        "session resumed"
+    );
+    conn.flush().await.map_err(LoopEnd::Lost)
 }
 
 async fn serve_bound(
     ctx: &Arc<Context>,
     conn: &mut Connection,
-    bound: &mut Bound,
-    st: &mut PresenceState,
+    state: &mut SessionState,
     shutdown: &CancellationToken,
-) -> Ending {
+) -> LoopEnd {
     let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
-    let control = bound.control.clone();
+    let control = state.bound.control.clone();
+    let max_unacked = ctx.config.limits.sm_max_unacked;
+    let has_room =
+        |sm: &Option<StreamManagement>| sm.as_ref().is_none_or(|s| s.unacked_len() < max_unacked);
     loop {
+        // Stream management flow control: with too much unacknowledged, stop sending until
+        // the client acks; stanzas wait in the router's bounded session queue meanwhile.
+        let room = has_room(&state.sm);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                return Ending::from(StreamErrorCondition::SystemShutdown);
+                return LoopEnd::Close(StreamErrorCondition::SystemShutdown.into());
             }
             _ = control.token().cancelled() => {
-                return match control.take_reason() {
+                return LoopEnd::Close(match control.take_reason() {
                     Some(reason) => Ending::Error(reason),
                     None => Ending::from(StreamErrorCondition::PolicyViolation),
-                };
+                });
             }
-            cmd = bound.rx.recv() => {
+            req = sm::next_takeover(&mut state.sm) => return LoopEnd::TakeOver(req),
+            cmd = state.bound.rx.recv(), if room => {
                 let Some(SessionCommand::Stanza(el)) = cmd else {
-                    return Ending::from(StreamErrorCondition::InternalServerError);
+                    return LoopEnd::Close(StreamErrorCondition::InternalServerError.into());
                 };
-                conn.queue(&el);
+                state.emit(ctx, Some(conn), el);
                 // Drain what else is queued so one TLS record and syscall carry many stanzas.
                 for _ in 1..WRITE_BATCH {
-                    match bound.rx.try_recv() {
-                        Ok(SessionCommand::Stanza(el)) => conn.queue(&el),
+                    if !has_room(&state.sm) {
+                        break;
+                    }
+                    match state.bound.rx.try_recv() {
+                        Ok(SessionCommand::Stanza(el)) => state.emit(ctx, Some(conn), el),
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
+                state.request_ack(conn);
                 if let Err(e) = conn.flush().await {
-                    return e;
+                    return LoopEnd::Lost(e);
                 }
             }
             read = conn.io.read(&mut conn.read_buf) => {
                 let n = match read {
-                    Ok(0) | Err(_) => return Ending::Gone,
+                    Ok(0) | Err(_) => return LoopEnd::Lost(Ending::Gone),
                     Ok(n) => n,
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 if let Err(e) = conn.parser.feed(&conn.read_buf[..n]) {
-                    return super::xml_ending(e);
+                    return LoopEnd::Close(super::xml_ending(e));
                 }
                 loop {
                     match conn.parser.next_event() {
                         Ok(None) => break,
                         Ok(Some(StreamEvent::Stanza(el))) => {
-                            if let Err(e) = handle_stanza(ctx, bound, st, el).await {
-                                return e;
+                            if let Err(end) = handle_element(ctx, conn, state, el).await {
+                                return end;
                             }
                         }
-                        Ok(Some(StreamEvent::Close)) => return Ending::PeerClosed,
-                        Ok(Some(StreamEvent::Open(_))) => {
-                            return Ending::from(StreamErrorCondition::NotWellFormed);
+                        Ok(Some(StreamEvent::Close)) => {
+                            return LoopEnd::Close(Ending::PeerClosed);
                         }
-                        Err(e) => return super::xml_ending(e),
+                        Ok(Some(StreamEvent::Open(_))) => {
+                            return LoopEnd::Close(StreamErrorCondition::NotWellFormed.into());
+                        }
+                        Err(e) => return LoopEnd::Close(super::xml_ending(e)),
                     }
+                }
+                // Answers to nonzas (acks, a CSI flush) were queued on the connection.
+                if let Err(e) = conn.flush().await {
+                    return LoopEnd::Lost(e);
                 }
             }
             _ = &mut idle_timer => {
                 debug!("idle timeout");
-                return Ending::from(StreamErrorCondition::ConnectionTimeout);
+                return LoopEnd::Lost(StreamErrorCondition::ConnectionTimeout.into());
             }
         }
     }
+}
+
+/// One top-level element from the client: a stanza, or a SM or CSI nonza.
+async fn handle_element(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    state: &mut SessionState,
+    el: Element,
+) -> Result<(), LoopEnd> {
+    if el.ns == sm::NS {
+        return handle_sm(ctx, conn, state, &el);
+    }
+    if el.ns == csi::NS {
+        match el.name.as_str() {
+            "active" => {
+                let mut out = Vec::new();
+                state.csi.set_active(&mut out);
+                state.write_all(Some(conn), out);
+                state.request_ack(conn);
+            }
+            "inactive" => state.csi.set_inactive(),
+            _ => {
+                return Err(LoopEnd::Close(
+                    StreamErrorCondition::UnsupportedStanzaType.into(),
+                ));
+            }
+        }
+        return Ok(());
+    }
+    handle_stanza(ctx, &state.bound, &mut state.presence, el)
+        .await
+        .map_err(LoopEnd::Close)?;
+    if let Some(sm) = &mut state.sm {
+        sm.count_handled();
+    }
+    Ok(())
+}
+
+/// XEP-0198 nonzas on a bound stream.
+fn handle_sm(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    state: &mut SessionState,
+    el: &Element,
+) -> Result<(), LoopEnd> {
+    match el.name.as_str() {
+        "enable" if state.sm.is_none() => {
+            let mut timeout = ctx.config.c2s.sm_resume_timeout_secs;
+            // The client may prefer a shorter resumption time (XEP-0198 §3).
+            if let Some(max) = el.attr("max").and_then(|m| m.trim().parse::<u64>().ok())
+                && max > 0
+            {
+                timeout = timeout.min(max);
+            }
+            let mut enabled = Element::new("enabled", sm::NS);
+            let (id, takeover) = if sm::parse_bool(el.attr("resume")) {
+                let (id, rx) = ctx.sm.register(&state.bound.bare);
+                enabled.set_attr("id", id.clone());
+                enabled.set_attr("resume", "true");
+                enabled.set_attr("max", timeout.to_string());
+                (Some(id), Some(rx))
+            } else {
+                (None, None)
+            };
+            conn.queue(&enabled);
+            state.sm = Some(StreamManagement::new(
+                id,
+                Duration::from_secs(timeout),
+                takeover,
+            ));
+        }
+        // Enabled twice, or a resumption on a bound stream.
+        "enable" | "resume" => conn.queue(&sm::failed("unexpected-request")),
+        "r" => {
+            if let Some(sm) = &state.sm {
+                conn.queue(&sm::answer(sm.handled()));
+            }
+        }
+        "a" => {
+            let (Some(sm), Some(h)) = (&mut state.sm, sm::parse_h(el)) else {
+                return Ok(());
+            };
+            if let Err(e) = sm.ack(h) {
+                return Err(LoopEnd::Close(Ending::Custom(sm::handled_too_high(&e))));
+            }
+            // Stanzas written after the request this answers still need an ack.
+            if sm.unacked_len() > 0 {
+                conn.queue(&sm::request());
+                sm.mark_requested();
+            }
+        }
+        other => debug!(
+            element = other,
+            "unexpected stream management element ignored"
+        ),
+    }
+    Ok(())
 }
 
 /// Validates addressing, stamps `from` and hands the stanza on (RFC 6120 §8.1).

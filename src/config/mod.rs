@@ -96,6 +96,10 @@ pub struct Limits {
     pub offline_quota: usize,
     /// Resources bound at once per account.
     pub max_resources: usize,
+    /// Stanzas sent to a stream-management (XEP-0198) session and not yet acknowledged by
+    /// the client, including those queued while it is hibernated. At this length the
+    /// server stops sending until the client acks (then the session queue fills up).
+    pub sm_max_unacked: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -107,6 +111,9 @@ pub struct C2sConfig {
     pub allow_plain: bool,
     /// PBKDF2 iterations for newly set passwords (minimum 4096).
     pub scram_iterations: u32,
+    /// Seconds a resumable stream-management (XEP-0198) session whose connection was lost
+    /// stays hibernated, waiting for the client to resume it.
+    pub sm_resume_timeout_secs: u64,
 }
 
 /// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368). Takes effect
@@ -228,6 +235,7 @@ impl Default for Limits {
             session_queue_len: 2048,
             offline_quota: 1000,
             max_resources: 32,
+            sm_max_unacked: 500,
         }
     }
 }
@@ -238,6 +246,7 @@ impl Default for C2sConfig {
             require_tls: true,
             allow_plain: true,
             scram_iterations: 10_000,
+            sm_resume_timeout_secs: 300,
         }
     }
 }

@@ -253,8 +253,20 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    let resume = cfg.c2s.sm_resume_timeout_secs;
+    if !(1..=MAX_RESUME_TIMEOUT_SECS).contains(&resume) {
+        errs.push(ConfigError::invalid(
+            "c2s.sm_resume_timeout_secs",
+            resume.to_string(),
+            format!("must be between 1 and {MAX_RESUME_TIMEOUT_SECS} (one day)"),
+        ));
+    }
+
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
+
+/// A hibernated session holds memory and keeps its presence online; a day is plenty.
+const MAX_RESUME_TIMEOUT_SECS: u64 = 86_400;
 
 fn validate_vhosts(cfg: &Config, errs: &mut Vec<ConfigError>) {
     if cfg.vhosts.is_empty() {
@@ -428,7 +440,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 9] = [
+    let nonzero: [(&str, u64); 10] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -438,6 +450,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.session_queue_len", l.session_queue_len as u64),
         ("limits.offline_quota", l.offline_quota as u64),
         ("limits.max_resources", l.max_resources as u64),
+        ("limits.sm_max_unacked", l.sm_max_unacked as u64),
     ];
     for (key, v) in nonzero {
         if v == 0 {
@@ -569,17 +582,23 @@ mod tests {
         cfg.limits.max_stanza_bytes = 100;
         cfg.limits.idle_timeout_secs = 0;
         cfg.limits.max_resources = 0;
+        cfg.limits.sm_max_unacked = 0;
         cfg.c2s.scram_iterations = 1000;
+        cfg.c2s.sm_resume_timeout_secs = 0;
         let m = messages(&cfg);
         assert!(m.contains(
             &"limits.max_stanza_bytes = 100: must be at least 10000 (RFC 6120 §13.12)".to_string()
         ));
         assert!(m.contains(&"limits.idle_timeout_secs = 0: must be at least 1".to_string()));
         assert!(m.contains(&"limits.max_resources = 0: must be at least 1".to_string()));
+        assert!(m.contains(&"limits.sm_max_unacked = 0: must be at least 1".to_string()));
+        assert!(m.contains(
+            &"c2s.sm_resume_timeout_secs = 0: must be between 1 and 86400 (one day)".to_string()
+        ));
         assert!(m.contains(
             &"c2s.scram_iterations = 1000: must be at least 4096 (RFC 7677)".to_string()
         ));
-        assert_eq!(m.len(), 4, "{m:?}");
+        assert_eq!(m.len(), 6, "{m:?}");
     }
 
     #[test]

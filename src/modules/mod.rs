@@ -5,12 +5,14 @@
 
 pub mod blocking;
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod hooks;
 pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod push;
 pub mod remote;
 pub mod roster;
 pub mod session;
@@ -77,6 +79,7 @@ impl Modules {
             Arc::new(mam::Mam),
             Arc::new(carbons::Carbons),
             Arc::new(blocking::Blocking),
+            Arc::new(push::Push),
         ];
         let mut handlers = HashMap::new();
         let mut server_features = vec![offline::FEATURE];

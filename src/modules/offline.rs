@@ -25,10 +25,22 @@ fn storable(stanza: &Element) -> bool {
         .any(|c| c.ns != ns::CHATSTATES && c.ns != ns::CLIENT && c.name != "thread")
 }
 
-/// Stores a message for an offline user, bouncing it when the quota is full.
+/// Stores a message for an offline user, bouncing it when the quota is full, and tells
+/// the user's push services (XEP-0357).
 pub async fn store(ctx: &Arc<Context>, user: &str, stanza: Element) {
+    let notice = super::push::Notice::of(&stanza);
+    if store_quietly(ctx, user, stanza).await
+        && let Some(notice) = notice
+    {
+        super::push::notify_offline(ctx, user, notice).await;
+    }
+}
+
+/// Stores a message without a push notification (the user was notified already);
+/// returns whether it was stored.
+pub async fn store_quietly(ctx: &Arc<Context>, user: &str, stanza: Element) -> bool {
     if !storable(&stanza) {
-        return;
+        return false;
     }
     let quota = ctx.config.limits.offline_quota;
     match ctx
@@ -37,7 +49,7 @@ pub async fn store(ctx: &Arc<Context>, user: &str, stanza: Element) {
         .push(user, &stanza.to_stanza_string(), quota)
         .await
     {
-        Ok(OfflineStoreOutcome::Stored) => {}
+        Ok(OfflineStoreOutcome::Stored) => return true,
         Ok(OfflineStoreOutcome::QuotaExceeded) => {
             route_reply(
                 ctx,
@@ -51,6 +63,7 @@ pub async fn store(ctx: &Arc<Context>, user: &str, stanza: Element) {
             route_reply(ctx, &stanza, StanzaError::internal_server_error()).await;
         }
     }
+    false
 }
 
 /// Sends stored messages to the session that just became available, then deletes them.

@@ -100,8 +100,12 @@ async fn to_server(ctx: &Arc<Context>, addr: &Addr, stanza: Element) {
 async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
     match stanza_type(&iq) {
         "get" | "set" => {}
-        // Results and errors addressed to the server or an account are the end of a flow.
-        _ => return,
+        // Results and errors addressed to the server or an account are the end of a flow;
+        // those answering the server's own requests (push publishes) are looked at first.
+        _ => {
+            modules::push::response(ctx, &iq).await;
+            return;
+        }
     }
     let ns = match iq.elements().count() {
         1 => iq.first_element().map(|p| p.ns.clone()),

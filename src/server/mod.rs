@@ -215,17 +215,21 @@ async fn accept(
         let ctx = ctx.clone();
         let tls = tls.clone();
         let token = shutdown.child_token();
-        tracker.spawn(async move {
-            match kind {
-                ListenerKind::C2s => {
-                    crate::c2s::serve(ctx, tls, tcp, peer, mode, conn_id, token).await
-                }
-                ListenerKind::S2s => {
-                    crate::s2s::serve_inbound(ctx, tls, tcp, peer, mode, conn_id, token).await
-                }
+        match kind {
+            // The permit is released when the socket closes (a hibernated XEP-0198 session
+            // keeps no connection).
+            ListenerKind::C2s => {
+                tracker.spawn(crate::c2s::serve(
+                    ctx, tls, tcp, peer, mode, conn_id, token, permit,
+                ));
             }
-            drop(permit);
-        });
+            ListenerKind::S2s => {
+                tracker.spawn(async move {
+                    crate::s2s::serve_inbound(ctx, tls, tcp, peer, mode, conn_id, token).await;
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 

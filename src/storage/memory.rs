@@ -21,8 +21,8 @@ use super::archive::{collect_page, new_id};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
-    OfflineStoreOutcome, PendingSubscription, Result, Roster, RosterItem, RosterStore,
-    StorageError,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
+    RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -63,6 +63,9 @@ struct Archives {
 }
 
 /// The in-memory store; one instance implements every storage trait.
+/// One user's push registrations by (jid, node).
+type UserPush = BTreeMap<(String, String), PushRegistration>;
+
 #[derive(Default)]
 pub struct MemoryStore {
     accounts: Mutex<BTreeMap<String, StoredCredentials>>,
@@ -71,6 +74,7 @@ pub struct MemoryStore {
     offline: Mutex<Offline>,
     archives: Mutex<Archives>,
     blocklists: Mutex<HashMap<String, BTreeSet<String>>>,
+    push: Mutex<HashMap<String, UserPush>>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of
@@ -424,6 +428,43 @@ impl BlockListStore for MemoryStore {
 
     async fn remove_user(&self, user: &str) -> Result<()> {
         lock(&self.blocklists)?.remove(user);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PushStore for MemoryStore {
+    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
+        lock(&self.push)?
+            .entry(user.to_owned())
+            .or_default()
+            .insert((reg.jid.clone(), reg.node.clone()), reg.clone());
+        Ok(())
+    }
+
+    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+        let mut push = lock(&self.push)?;
+        let Some(regs) = push.get_mut(user) else {
+            return Ok(0);
+        };
+        let before = regs.len();
+        regs.retain(|(j, n), _| !(j == jid && node.is_none_or(|node| node == n)));
+        let removed = before - regs.len();
+        if regs.is_empty() {
+            push.remove(user);
+        }
+        Ok(removed)
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>> {
+        Ok(lock(&self.push)?
+            .get(user)
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        lock(&self.push)?.remove(user);
         Ok(())
     }
 }

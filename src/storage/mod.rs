@@ -345,6 +345,35 @@ pub trait BlockListStore: Send + Sync {
     }
 }
 
+/// A XEP-0357 push registration: where to publish notifications for a user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    /// The app server's XMPP Push Service.
+    pub jid: String,
+    /// The node on that service (one per device/app installation).
+    pub node: String,
+    /// The client's `publish-options` data form, serialized, sent with every publish.
+    pub publish_options: Option<String>,
+    /// The client asked for message bodies in notifications.
+    pub include_body: bool,
+}
+
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    /// Adds a registration, replacing one with the same `jid` and `node`.
+    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()>;
+    /// Removes the user's registrations for `jid` (only the one with `node` if given);
+    /// returns how many were removed.
+    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize>;
+    /// The user's registrations, ordered by (`jid`, `node`).
+    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>>;
+    async fn remove_user(&self, user: &str) -> Result<()>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The set of stores a server runs with.
 #[derive(Clone)]
 pub struct Storage {
@@ -353,6 +382,7 @@ pub struct Storage {
     pub offline: Arc<dyn OfflineStore>,
     pub archive: Arc<dyn ArchiveStore>,
     pub blocklist: Arc<dyn BlockListStore>,
+    pub push: Arc<dyn PushStore>,
 }
 
 impl Storage {
@@ -371,14 +401,21 @@ impl Storage {
     /// One backend object serves every concern.
     fn from_backend<B>(backend: Arc<B>) -> Self
     where
-        B: AccountStore + RosterStore + OfflineStore + ArchiveStore + BlockListStore + 'static,
+        B: AccountStore
+            + RosterStore
+            + OfflineStore
+            + ArchiveStore
+            + BlockListStore
+            + PushStore
+            + 'static,
     {
         Storage {
             accounts: backend.clone(),
             roster: backend.clone(),
             offline: backend.clone(),
             archive: backend.clone(),
-            blocklist: backend,
+            blocklist: backend.clone(),
+            push: backend,
         }
     }
 
@@ -389,7 +426,8 @@ impl Storage {
         self.roster.flush().await?;
         self.offline.flush().await?;
         self.archive.flush().await?;
-        self.blocklist.flush().await
+        self.blocklist.flush().await?;
+        self.push.flush().await
     }
 
     /// Removes an account and everything stored for it.
@@ -399,6 +437,7 @@ impl Storage {
         self.offline.remove_user(jid).await?;
         self.archive.remove_user(jid).await?;
         self.blocklist.remove_user(jid).await?;
+        self.push.remove_user(jid).await?;
         Ok(existed)
     }
 }

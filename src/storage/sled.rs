@@ -15,6 +15,7 @@
 //! | `archive_meta` | `<user>`                          | fmt byte + u64 message count   |
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
+//! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -39,8 +40,8 @@ use super::archive::{bare, collect_page, new_id};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
-    OfflineStoreOutcome, PendingSubscription, Result, Roster, RosterItem, RosterStore,
-    StorageError,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
+    RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -70,6 +71,7 @@ pub struct SledStore {
     archive_meta: Tree,
     archive_prefs: Tree,
     blocklist: Tree,
+    push: Tree,
 }
 
 #[derive(Serialize)]
@@ -224,6 +226,7 @@ impl SledStore {
             pending: tree("pending")?,
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
+            push: tree("push")?,
             archive: tree("archive")?,
             archive_ids: tree("archive_ids")?,
             archive_with: tree("archive_with")?,
@@ -473,6 +476,13 @@ fn clear_prefix(tree: &Tree, prefix: &[u8]) -> Result<()> {
         batch.remove(key);
     }
     tree.apply_batch(batch).map_err(backend)
+}
+
+/// `<user>\0<jid>\0`: the prefix of a user's registrations with one push service.
+fn push_prefix(user: &str, jid: &str) -> Result<Vec<u8>> {
+    let mut key = pair_key(user, jid)?;
+    key.push(SEP);
+    Ok(key)
 }
 
 #[async_trait]
@@ -942,6 +952,66 @@ impl OfflineStore for SledStore {
     async fn remove_user(&self, user: &str) -> Result<()> {
         let keys = keys_with_prefix(&self.offline, &user_prefix(user)?)?;
         self.remove_offline_keys(user, &keys)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+#[async_trait]
+impl PushStore for SledStore {
+    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
+        check_name(&reg.node)?;
+        let mut key = push_prefix(user, &reg.jid)?;
+        key.extend_from_slice(reg.node.as_bytes());
+        self.push.insert(key, encode(reg)?).map_err(backend)?;
+        // Rare and small; a registration lost in a crash would silently stop pushes.
+        self.flush_db().await
+    }
+
+    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+        let mut key = push_prefix(user, jid)?;
+        let keys = match node {
+            Some(node) => {
+                check_name(node)?;
+                key.extend_from_slice(node.as_bytes());
+                match self.push.contains_key(&key).map_err(backend)? {
+                    true => vec![IVec::from(key)],
+                    false => Vec::new(),
+                }
+            }
+            None => keys_with_prefix(&self.push, &key)?,
+        };
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = ::sled::Batch::default();
+        for k in &keys {
+            batch.remove(k);
+        }
+        self.push.apply_batch(batch).map_err(backend)?;
+        self.flush_db().await?;
+        Ok(keys.len())
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>> {
+        self.push
+            .scan_prefix(user_prefix(user)?)
+            .map(|r| {
+                let (_, v) = r.map_err(backend)?;
+                decode("push registration", &v)
+            })
+            .collect()
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        let keys = keys_with_prefix(&self.push, &user_prefix(user)?)?;
+        let mut batch = ::sled::Batch::default();
+        for k in &keys {
+            batch.remove(k);
+        }
+        self.push.apply_batch(batch).map_err(backend)
     }
 
     async fn flush(&self) -> Result<()> {

@@ -685,6 +685,33 @@ impl Client {
             .await;
     }
 
+    /// Logs in up to SASL success and the restarted stream, without binding a resource
+    /// (for XEP-0198 resumption).
+    pub async fn authenticated(addr: SocketAddr, node: &str) -> Client {
+        let mut c = Client::connect(addr).await;
+        c.open_stream().await;
+        c.starttls().await;
+        c.open_stream().await;
+        c.authenticate(node, &LoginOptions::default())
+            .await
+            .unwrap();
+        c.open_stream().await;
+        c
+    }
+
+    /// Drops the connection abruptly: a TCP reset, no TLS close, no stream close (a phone
+    /// losing its network).
+    pub fn drop_connection(self) {
+        let tcp = match &self.io {
+            ClientIo::Plain(tcp) => Some(tcp),
+            ClientIo::Tls(tls) => Some(tls.get_ref().0),
+            ClientIo::Taken => None,
+        };
+        if let Some(tcp) = tcp {
+            tcp.set_zero_linger().unwrap();
+        }
+    }
+
     pub async fn close(mut self) {
         self.send("</stream:stream>").await;
         loop {

@@ -1,0 +1,670 @@
+//! XEP-0198 Stream Management: stanza counters and acks, the queue of unacknowledged
+//! stanzas, hibernation of a session whose connection vanished, and resumption on a new
+//! connection.
+//!
+//! The counting state ([`StreamManagement`]) is sans-I/O and lives in the session's
+//! [`SessionState`]. A resumable session registers its SM-ID in the [`SmRegistry`] (in the
+//! [`Context`]) together with a channel on which a resuming connection asks for the state.
+//! Whichever task owns the session then (the live connection or the hibernating task)
+//! hands the whole state over and stops; the router keeps delivering to the same queue
+//! throughout, so nothing is lost in the handover.
+//!
+//! The handover must survive either side being cancelled (a handshake timeout, shutdown)
+//! at any await point. The owner puts the state into a shared slot and says so; the
+//! resuming connection takes it out and confirms in one synchronous step. If the confirm
+//! never comes (the resumer is gone), the owner takes the state back from the slot and
+//! carries on. Exactly one of them ends up with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::session::{SessionState, end_session};
+use crate::context::Context;
+use crate::router::{SessionCommand, deliver_to_session, route_reply};
+use crate::stream::StanzaError;
+use crate::xml::{Element, ns};
+
+/// The stream management namespace (version 3).
+pub const NS: &str = "urn:xmpp:sm:3";
+
+/// Ask for an ack after this many stanzas even while an earlier request is outstanding.
+const REQUEST_EVERY: u32 = 32;
+/// How long a resuming connection waits for the old owner to hand the session over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
+
+type Slot = Arc<Mutex<Option<Box<SessionState>>>>;
+
+/// A resuming connection asking for a session's state.
+pub(crate) struct TakeoverRequest {
+    /// Where the owner puts the state for the resumer to take.
+    slot: Slot,
+    /// Tells the resumer the state is in the slot; carries the channel of its confirm.
+    ready: oneshot::Sender<oneshot::Sender<()>>,
+}
+
+fn lock_slot(slot: &Slot) -> MutexGuard<'_, Option<Box<SessionState>>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The owner's side of a resumption: gives `state` to the resuming connection, or gets
+/// it back if that connection is gone.
+pub(crate) async fn hand_over(
+    req: TakeoverRequest,
+    state: Box<SessionState>,
+) -> Result<(), Box<SessionState>> {
+    *lock_slot(&req.slot) = Some(state);
+    let (confirm_tx, confirm_rx) = oneshot::channel();
+    if req.ready.send(confirm_tx).is_ok() {
+        // Confirmed, refused (the resumer is gone) or timed out: the slot tells which.
+        let _ = tokio::time::timeout(HANDOVER_WAIT, confirm_rx).await;
+    }
+    // Whoever takes the state out of the slot owns it.
+    match lock_slot(&req.slot).take() {
+        Some(back) => Err(back),
+        None => Ok(()),
+    }
+}
+
+/// Counters and the unacknowledged queue of one stream-managed session.
+#[derive(Debug)]
+pub(crate) struct StreamManagement {
+    /// SM-ID of a resumable session.
+    pub id: Option<String>,
+    /// How long the session may stay hibernated.
+    pub resume_timeout: Duration,
+    /// Takeover requests from resuming connections (resumable sessions only).
+    pub takeover: Option<mpsc::Receiver<TakeoverRequest>>,
+    /// Stanzas received from the client and handled (mod 2^32): our `h`.
+    handled: u32,
+    /// The client's last `h`: how many of our stanzas it has handled (mod 2^32).
+    acked: u32,
+    /// Stanzas sent (or queued while hibernated) and not yet acknowledged, oldest first.
+    unacked: VecDeque<Element>,
+    /// An `<r/>` is outstanding.
+    requested: bool,
+    /// Stanzas recorded since the last `<r/>`.
+    since_request: u32,
+}
+
+/// The client acknowledged more stanzas than were sent (XEP-0198 §4).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct HandledTooHigh {
+    pub h: u32,
+    pub sent: u32,
+}
+
+impl StreamManagement {
+    pub fn new(
+        id: Option<String>,
+        resume_timeout: Duration,
+        takeover: Option<mpsc::Receiver<TakeoverRequest>>,
+    ) -> Self {
+        StreamManagement {
+            id,
+            resume_timeout,
+            takeover,
+            handled: 0,
+            acked: 0,
+            unacked: VecDeque::new(),
+            requested: false,
+            since_request: 0,
+        }
+    }
+
+    /// Our `h`: stanzas handled from the client.
+    pub fn handled(&self) -> u32 {
+        self.handled
+    }
+
+    /// One more client stanza handled; wraps from 2^32-1 to 0 (XEP-0198 §4).
+    pub fn count_handled(&mut self) {
+        self.handled = self.handled.wrapping_add(1);
+    }
+
+    /// Sequence number of the last stanza sent (mod 2^32).
+    pub fn sent_count(&self) -> u32 {
+        // The queue is bounded far below 2^32, so the truncation cannot happen.
+        self.acked.wrapping_add(self.unacked.len() as u32)
+    }
+
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn unacked(&self) -> impl DoubleEndedIterator<Item = &Element> {
+        self.unacked.iter()
+    }
+
+    /// A stanza was written to the client (or queued for it while hibernated).
+    pub fn record_sent(&mut self, el: Element) {
+        self.unacked.push_back(el);
+        self.since_request = self.since_request.saturating_add(1);
+    }
+
+    /// Applies the client's `h`; returns how many stanzas it acknowledged. An `h` behind
+    /// the last one (a stale ack) acknowledges nothing; one beyond what was sent is an
+    /// error.
+    pub fn ack(&mut self, h: u32) -> Result<usize, HandledTooHigh> {
+        let newly = h.wrapping_sub(self.acked) as usize;
+        if newly <= self.unacked.len() {
+            self.unacked.drain(..newly);
+            self.acked = h;
+            self.requested = false;
+            return Ok(newly);
+        }
+        // Within half the sequence space behind: an old ack, arriving late.
+        if self.acked.wrapping_sub(h) < 1 << 31 {
+            return Ok(0);
+        }
+        Err(HandledTooHigh {
+            h,
+            sent: self.sent_count(),
+        })
+    }
+
+    /// Whether an `<r/>` should follow what was just written.
+    pub fn should_request(&self) -> bool {
+        !self.unacked.is_empty() && (!self.requested || self.since_request >= REQUEST_EVERY)
+    }
+
+    pub fn mark_requested(&mut self) {
+        self.requested = true;
+        self.since_request = 0;
+    }
+
+    /// Everything still unacknowledged, for rerouting when the session ends.
+    pub fn take_unacked(&mut self) -> VecDeque<Element> {
+        std::mem::take(&mut self.unacked)
+    }
+
+    /// The number of unacknowledged messages worth a push notification.
+    pub fn unacked_notable(&self) -> usize {
+        self.unacked
+            .iter()
+            .filter(|e| crate::modules::push::worth_notifying(e))
+            .count()
+    }
+}
+
+pub(crate) fn request() -> Element {
+    Element::new("r", NS)
+}
+
+pub(crate) fn answer(h: u32) -> Element {
+    Element::new("a", NS).with_attr("h", h.to_string())
+}
+
+pub(crate) fn failed(condition: &'static str) -> Element {
+    Element::new("failed", NS).with_child(Element::new(condition, ns::STANZA_ERRORS))
+}
+
+/// The stream error for an ack beyond what was sent (XEP-0198 §4).
+pub(crate) fn handled_too_high(e: &HandledTooHigh) -> Element {
+    Element::new("error", ns::STREAM)
+        .with_child(Element::new("undefined-condition", ns::STREAM_ERRORS))
+        .with_child(
+            Element::new("text", ns::STREAM_ERRORS)
+                .with_attr("xml:lang", "en")
+                .with_text("acknowledged more stanzas than were sent"),
+        )
+        .with_child(
+            Element::new("handled-count-too-high", NS)
+                .with_attr("h", e.h.to_string())
+                .with_attr("send-count", e.sent.to_string()),
+        )
+}
+
+/// Parses an `h` attribute (xs:unsignedInt).
+pub(crate) fn parse_h(el: &Element) -> Option<u32> {
+    el.attr("h")?.trim().parse().ok()
+}
+
+/// XEP-0198 booleans: "true" or "1".
+pub(crate) fn parse_bool(value: Option<&str>) -> bool {
+    matches!(value.map(str::trim), Some("true" | "1"))
+}
+
+struct Entry {
+    bare: String,
+    takeover: mpsc::Sender<TakeoverRequest>,
+}
+
+#[derive(Default)]
+struct Registered {
+    by_id: HashMap<String, Entry>,
+    /// Hibernated sessions: full JID → the binding's connection id.
+    hibernated: HashMap<String, u64>,
+}
+
+/// Resumable sessions by SM-ID, and which sessions are hibernated.
+#[derive(Default)]
+pub struct SmRegistry {
+    inner: Mutex<Registered>,
+}
+
+impl SmRegistry {
+    fn lock(&self) -> MutexGuard<'_, Registered> {
+        // Every critical section is a single insert/remove; a poisoned map is consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a resumable session; returns its SM-ID and takeover receiver.
+    pub(crate) fn register(&self, bare: &str) -> (String, mpsc::Receiver<TakeoverRequest>) {
+        let (tx, rx) = mpsc::channel(4);
+        let mut inner = self.lock();
+        // 96 random bits; a collision is as good as impossible, but never reuse an id.
+        let mut id = crate::stream::random_id();
+        while inner.by_id.contains_key(&id) {
+            id = crate::stream::random_id();
+        }
+        inner.by_id.insert(
+            id.clone(),
+            Entry {
+                bare: bare.to_string(),
+                takeover: tx,
+            },
+        );
+        (id, rx)
+    }
+
+    pub(crate) fn remove(&self, id: &str) {
+        self.lock().by_id.remove(id);
+    }
+
+    /// The takeover channel of `id`, if it exists and belongs to `bare`.
+    fn lookup(&self, id: &str, bare: &str) -> Option<mpsc::Sender<TakeoverRequest>> {
+        self.lock()
+            .by_id
+            .get(id)
+            .filter(|e| e.bare == bare)
+            .map(|e| e.takeover.clone())
+    }
+
+    pub(crate) fn set_hibernated(&self, full: &str, conn_id: u64, hibernated: bool) {
+        let mut inner = self.lock();
+        if hibernated {
+            inner.hibernated.insert(full.to_string(), conn_id);
+        } else if inner.hibernated.get(full) == Some(&conn_id) {
+            inner.hibernated.remove(full);
+        }
+    }
+
+    /// Whether the session bound as `full` by connection `conn_id` is hibernated.
+    pub fn is_hibernated(&self, full: &str, conn_id: u64) -> bool {
+        self.lock().hibernated.get(full) == Some(&conn_id)
+    }
+
+    /// How many sessions are hibernated now.
+    pub fn hibernated_count(&self) -> usize {
+        self.lock().hibernated.len()
+    }
+
+    /// How many resumable sessions exist (live or hibernated).
+    pub fn resumable_count(&self) -> usize {
+        self.lock().by_id.len()
+    }
+}
+
+/// Asks the owner of SM session `previd` (which must belong to `bare`) for its state.
+/// `Err` is the `<failed/>` to send; the client may then bind a new resource.
+pub(crate) async fn take_over(
+    ctx: &Arc<Context>,
+    bare: &str,
+    previd: &str,
+) -> Result<Box<SessionState>, Element> {
+    let not_found = || failed("item-not-found");
+    let Some(owner) = ctx.sm.lookup(previd, bare) else {
+        debug!(previd, "resume: unknown or foreign SM-ID");
+        return Err(not_found());
+    };
+    let slot = Slot::default();
+    let (ready, ready_rx) = oneshot::channel();
+    let req = TakeoverRequest {
+        slot: slot.clone(),
+        ready,
+    };
+    if owner.try_send(req).is_err() {
+        return Err(not_found());
+    }
+    // The session ended meanwhile, or its owner is stuck.
+    let Ok(Ok(confirm)) = tokio::time::timeout(HANDOVER_WAIT, ready_rx).await else {
+        return Err(not_found());
+    };
+    // No await between taking and returning: a cancelled resumer cannot lose the state.
+    let state = lock_slot(&slot).take();
+    match state {
+        Some(state) => {
+            let _ = confirm.send(());
+            Ok(state)
+        }
+        // The owner gave up waiting and took it back.
+        None => Err(not_found()),
+    }
+}
+
+/// Waits for a takeover request; never resolves for a session that is not resumable.
+pub(crate) async fn next_takeover(sm: &mut Option<StreamManagement>) -> TakeoverRequest {
+    if let Some(rx) = sm.as_mut().and_then(|s| s.takeover.as_mut())
+        && let Some(req) = rx.recv().await
+    {
+        return req;
+    }
+    std::future::pending().await
+}
+
+/// Keeps a session whose connection vanished: still bound and available, queueing what
+/// arrives for it (bounded), until it is resumed, replaced, shut down or times out.
+pub(crate) async fn hibernate(
+    ctx: &Arc<Context>,
+    mut state: Box<SessionState>,
+    shutdown: CancellationToken,
+) {
+    let Some(timeout) = state.sm.as_ref().map(|s| s.resume_timeout) else {
+        Box::pin(end_session(ctx, state, false)).await;
+        return;
+    };
+    let (full, conn_id) = (state.bound.full.clone(), state.bound.conn_id);
+    ctx.sm.set_hibernated(&full, conn_id, true);
+    info!(jid = %full, timeout_secs = timeout.as_secs(), "session hibernated");
+    // What the client never acknowledged may be news it has not seen.
+    if let Some(last) = state.last_unacked_notable().cloned() {
+        let count = state
+            .sm
+            .as_ref()
+            .map_or(0, StreamManagement::unacked_notable);
+        let bound = &state.bound;
+        let notify = crate::modules::push::notify_hibernated(
+            ctx,
+            &bound.bare,
+            &bound.resource,
+            count,
+            &last,
+        );
+        Box::pin(notify).await;
+    }
+    let max_unacked = ctx.config.limits.sm_max_unacked;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let control = state.bound.control.clone();
+    loop {
+        let room = state
+            .sm
+            .as_ref()
+            .is_some_and(|s| s.unacked_len() < max_unacked);
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = control.token().cancelled() => break,
+            req = next_takeover(&mut state.sm) => {
+                ctx.sm.set_hibernated(&full, conn_id, false);
+                match Box::pin(hand_over(req, state)).await {
+                    Ok(()) => {
+                        debug!(jid = %full, "hibernated session handed to a resuming connection");
+                        return;
+                    }
+                    Err(back) => {
+                        state = back;
+                        ctx.sm.set_hibernated(&full, conn_id, true);
+                    }
+                }
+            }
+            // When the queue is full, stanzas wait in the router's session queue, which
+            // closes the session once that is full too.
+            cmd = state.bound.rx.recv(), if room => {
+                let Some(SessionCommand::Stanza(el)) = cmd else { break };
+                if crate::modules::push::worth_notifying(&el) {
+                    let count = state.sm.as_ref().map_or(0, StreamManagement::unacked_notable) + 1;
+                    let bound = &state.bound;
+                    // Boxed: a rare path should not enlarge every hibernated task.
+                    let notify = crate::modules::push::notify_hibernated(
+                        ctx, &bound.bare, &bound.resource, count, &el,
+                    );
+                    Box::pin(notify).await;
+                }
+                state.emit(ctx, None, el);
+            }
+            _ = &mut deadline => {
+                info!(jid = %full, "hibernated session timed out");
+                break;
+            }
+        }
+    }
+    ctx.sm.set_hibernated(&full, conn_id, false);
+    // Anything the client never acknowledged was already announced by push.
+    Box::pin(end_session(ctx, state, true)).await;
+}
+
+/// Handles stanzas that never reached the client when its session ends (XEP-0198 §4,
+/// RFC 6121 §8.5.3.2): messages go to the user's other available resources or to offline
+/// storage, requests are answered with `service-unavailable`, the rest is dropped.
+/// `pushed`: the user was already notified of them (no second push notification).
+pub(crate) async fn reroute_undelivered(
+    ctx: &Arc<Context>,
+    bare: &str,
+    stanzas: VecDeque<Element>,
+    pushed: bool,
+) {
+    if stanzas.is_empty() {
+        return;
+    }
+    debug!(count = stanzas.len(), "rerouting undelivered stanzas");
+    for el in stanzas {
+        let kind = el.attr("type").unwrap_or("");
+        match el.name.as_str() {
+            "message" => match kind {
+                "error" => {}
+                "groupchat" => route_reply(ctx, &el, StanzaError::service_unavailable()).await,
+                _ => {
+                    let others = ctx
+                        .sessions
+                        .senders_where(bare, |s| s.available && s.priority >= 0);
+                    let mut delivered = false;
+                    for (tx, control) in &others {
+                        // A session ending at the same time (shutdown) refuses it.
+                        delivered |= deliver_to_session(tx, control, el.clone());
+                    }
+                    if !delivered && kind != "headline" {
+                        if pushed {
+                            crate::modules::offline::store_quietly(ctx, bare, el).await;
+                        } else {
+                            crate::modules::offline::store(ctx, bare, el).await;
+                        }
+                    }
+                }
+            },
+            "iq" if matches!(kind, "get" | "set") => {
+                route_reply(ctx, &el, StanzaError::service_unavailable()).await
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u32) -> Element {
+        Element::new("message", ns::CLIENT).with_attr("id", i.to_string())
+    }
+
+    #[test]
+    fn acks_drop_from_the_front() {
+        let mut sm = StreamManagement::new(None, Duration::from_secs(1), None);
+        for i in 0..5 {
+            sm.record_sent(msg(i));
+        }
+        assert_eq!(sm.sent_count(), 5);
+        assert!(sm.should_request());
+        sm.mark_requested();
+        assert!(!sm.should_request());
+        assert_eq!(sm.ack(2), Ok(2));
+        assert_eq!(sm.unacked().next().and_then(|e| e.attr("id")), Some("2"));
+        // Stale and repeated acks change nothing.
+        assert_eq!(sm.ack(1), Ok(0));
+        assert_eq!(sm.ack(2), Ok(0));
+        assert_eq!(sm.unacked_len(), 3);
+        assert_eq!(sm.ack(6), Err(HandledTooHigh { h: 6, sent: 5 }));
+        assert_eq!(sm.ack(5), Ok(3));
+        assert_eq!(sm.unacked_len(), 0);
+        assert!(!sm.should_request());
+    }
+
+    #[test]
+    fn counters_wrap_at_2_pow_32() {
+        let mut sm = StreamManagement::new(None, Duration::from_secs(1), None);
+        sm.handled = u32::MAX - 1;
+        sm.count_handled();
+        assert_eq!(sm.handled(), u32::MAX);
+        sm.count_handled();
+        assert_eq!(sm.handled(), 0);
+        sm.count_handled();
+        assert_eq!(sm.handled(), 1);
+
+        sm.acked = u32::MAX - 1;
+        for i in 0..4 {
+            sm.record_sent(msg(i));
+        }
+        assert_eq!(sm.sent_count(), 2);
+        // MAX-1 → MAX → 0 → 1: three stanzas across the wrap.
+        assert_eq!(sm.ack(1), Ok(3));
+        assert_eq!(sm.unacked_len(), 1);
+        assert_eq!(sm.unacked().next().and_then(|e| e.attr("id")), Some("3"));
+        // u32::MAX is behind 1 now: stale, not too high.
+        assert_eq!(sm.ack(u32::MAX), Ok(0));
+        assert_eq!(sm.ack(3), Err(HandledTooHigh { h: 3, sent: 2 }));
+        assert_eq!(sm.ack(2), Ok(1));
+    }
+
+    #[test]
+    fn requests_again_after_many_stanzas() {
+        let mut sm = StreamManagement::new(None, Duration::from_secs(1), None);
+        sm.record_sent(msg(0));
+        sm.mark_requested();
+        for i in 1..REQUEST_EVERY {
+            sm.record_sent(msg(i));
+        }
+        assert!(!sm.should_request());
+        sm.record_sent(msg(REQUEST_EVERY));
+        assert!(sm.should_request());
+    }
+
+    #[test]
+    fn registry_checks_the_owner_and_tracks_hibernation() {
+        let reg = SmRegistry::default();
+        let (id, _rx) = reg.register("a@x");
+        let (id2, _rx2) = reg.register("a@x");
+        assert_ne!(id, id2);
+        assert!(reg.lookup(&id, "a@x").is_some());
+        assert!(reg.lookup(&id, "b@x").is_none());
+        assert!(reg.lookup("nope", "a@x").is_none());
+        reg.remove(&id);
+        assert!(reg.lookup(&id, "a@x").is_none());
+        assert_eq!(reg.resumable_count(), 1);
+
+        reg.set_hibernated("a@x/r", 7, true);
+        assert!(reg.is_hibernated("a@x/r", 7));
+        assert!(!reg.is_hibernated("a@x/r", 8));
+        // A replaced session's cleanup must not clear its successor's state.
+        reg.set_hibernated("a@x/r", 8, false);
+        assert!(reg.is_hibernated("a@x/r", 7));
+        reg.set_hibernated("a@x/r", 7, false);
+        assert_eq!(reg.hibernated_count(), 0);
+    }
+
+    fn test_state(bare: &str) -> Box<SessionState> {
+        let (_tx, rx) = mpsc::channel(1);
+        SessionState::new(super::super::negotiate::Bound {
+            bare: bare.into(),
+            resource: "r".into(),
+            full: format!("{bare}/r"),
+            domain: "x".into(),
+            conn_id: 1,
+            rx,
+            control: Default::default(),
+        })
+    }
+
+    fn test_ctx() -> Arc<Context> {
+        Arc::new(Context::new(
+            crate::config::Config::default(),
+            crate::storage::Storage::memory(),
+        ))
+    }
+
+    /// An owner task like a session's: answers takeover requests with `hand_over`,
+    /// after `delay`; reports whether it still has the state afterwards.
+    fn owner(
+        mut rx: mpsc::Receiver<TakeoverRequest>,
+        delay: Duration,
+    ) -> tokio::task::JoinHandle<bool> {
+        tokio::spawn(async move {
+            let req = rx.recv().await.unwrap();
+            tokio::time::sleep(delay).await;
+            hand_over(req, test_state("a@x")).await.is_err()
+        })
+    }
+
+    #[tokio::test]
+    async fn handover_moves_the_state_exactly_once() {
+        let ctx = test_ctx();
+        let (id, rx) = ctx.sm.register("a@x");
+        let kept = owner(rx, Duration::ZERO);
+        let state = take_over(&ctx, "a@x", &id).await.unwrap();
+        assert_eq!(state.bound.full, "a@x/r");
+        assert!(!kept.await.unwrap(), "the owner must let go");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_resumer_leaves_the_state_with_its_owner() {
+        let ctx = test_ctx();
+        let (id, rx) = ctx.sm.register("a@x");
+        let kept = owner(rx, Duration::from_millis(50));
+        // The resuming connection gives up (handshake timeout) before the owner answers.
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(10), take_over(&ctx, "a@x", &id)).await;
+        assert!(cancelled.is_err());
+        assert!(kept.await.unwrap(), "the owner must get its state back");
+    }
+
+    #[tokio::test]
+    async fn a_resumer_that_never_takes_leaves_the_state_with_its_owner() {
+        let (tx, rx) = mpsc::channel(1);
+        let kept = owner(rx, Duration::ZERO);
+        let (ready, ready_rx) = oneshot::channel();
+        let slot = Slot::default();
+        tx.send(TakeoverRequest {
+            slot: slot.clone(),
+            ready,
+        })
+        .await
+        .unwrap();
+        // Told the state is there, the resumer drops the confirm channel untouched.
+        drop(ready_rx.await.unwrap());
+        assert!(kept.await.unwrap());
+        assert!(lock_slot(&slot).is_none());
+    }
+
+    #[tokio::test]
+    async fn resume_needs_the_same_user() {
+        let ctx = test_ctx();
+        let (id, _rx) = ctx.sm.register("a@x");
+        let failed = take_over(&ctx, "b@x", &id).await.err().unwrap();
+        assert!(failed.has_child("item-not-found", ns::STANZA_ERRORS));
+    }
+
+    #[test]
+    fn parses_attributes() {
+        let a = Element::new("a", NS).with_attr("h", "4294967295");
+        assert_eq!(parse_h(&a), Some(u32::MAX));
+        assert_eq!(parse_h(&Element::new("a", NS).with_attr("h", "-1")), None);
+        assert_eq!(parse_h(&Element::new("a", NS)), None);
+        assert!(parse_bool(Some("1")) && parse_bool(Some("true")));
+        assert!(!parse_bool(Some("false")) && !parse_bool(None));
+    }
+}
