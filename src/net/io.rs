@@ -87,3 +87,40 @@ impl AsyncWrite for MaybeTls {
         }
     }
 }
+
+thread_local! {
+    /// One read buffer per worker thread instead of one per connection: it is borrowed only
+    /// for the duration of a poll, so an idle connection holds no read buffer at all.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
+/// Reads once and hands the bytes to `sink` (e.g. the XML parser's `feed`). `Ok(None)` at
+/// end of stream. Cancel-safe: no data is held between polls.
+pub fn read_with<'a, T>(
+    io: &'a mut (impl AsyncRead + Unpin),
+    mut sink: impl FnMut(&[u8]) -> T + 'a,
+) -> impl std::future::Future<Output = io::Result<Option<T>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        READ_SCRATCH.with(|cell| {
+            let mut fallback;
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut [u8] = match guard.as_mut() {
+                Ok(b) => &mut b[..],
+                // Only reachable through reentrancy, which tokio's I/O never does; stay
+                // correct anyway.
+                Err(_) => {
+                    fallback = vec![0u8; 4096];
+                    &mut fallback[..]
+                }
+            };
+            let mut read_buf = ReadBuf::new(buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) if read_buf.filled().is_empty() => Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(sink(read_buf.filled())))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+}

@@ -19,7 +19,7 @@ pub fn deliver_to_session(
     control: &SessionControl,
     stanza: Element,
 ) -> bool {
-    match tx.try_send(SessionCommand::Stanza(stanza)) {
+    match tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
             warn!("session queue full; closing the session");

@@ -12,7 +12,9 @@ use crate::xml::Element;
 /// What a session task receives besides socket input.
 #[derive(Debug)]
 pub enum SessionCommand {
-    Stanza(Element),
+    // Boxed: the channel preallocates slots, and an idle session should not pay
+    // for 32 inline elements.
+    Stanza(Box<Element>),
 }
 
 /// Lets the router stop a session from outside (conflict, stuck queue, shutdown).
