@@ -105,11 +105,6 @@ impl Connection {
         self.flush().await
     }
 
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Ending> {
-        self.out.extend_from_slice(bytes);
-        self.flush().await
-    }
-
     /// Ends the connection as `ending` says, best effort and bounded in time.
     async fn finish(&mut self, ending: Ending, domain: &str) {
         let error = match ending {
@@ -128,9 +123,14 @@ impl Connection {
             }
         };
         let bytes = match error {
-            None => STREAM_CLOSE.to_vec(),
+            None => {
+                let mut out = std::mem::take(&mut self.out);
+                out.extend_from_slice(STREAM_CLOSE);
+                out
+            }
             Some(error) => {
-                let mut out = Vec::new();
+                // Anything still queued (a stream header) goes first.
+                let mut out = std::mem::take(&mut self.out);
                 if !self.header_sent {
                     out.extend(crate::stream::response_header(
                         ns::CLIENT,
