@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 missing=()
 /usr/bin/python3 -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
+# tests/s2s_prosody.rs federates with a real Prosody; lua-unbound lets it use the test's
+# DNS server (a Recommends of prosody, which --no-install-recommends would skip).
+command -v prosody >/dev/null 2>&1 || missing+=(prosody)
+dpkg -s lua-unbound >/dev/null 2>&1 || missing+=(lua-unbound)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo

@@ -2,6 +2,7 @@
 //! the module registry. Handed around as `Arc<Context>`.
 
 use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 
 use crate::c2s::SmRegistry;
 use crate::config::Config;
@@ -15,6 +16,8 @@ pub struct Context {
     pub storage: Storage,
     pub sessions: Sessions,
     pub modules: Modules,
+    /// Federation, once the server has started it (absent in bare test contexts).
+    pub s2s: OnceLock<Arc<crate::s2s::S2s>>,
     /// XEP-0198 resumable and hibernated sessions.
     pub sm: SmRegistry,
     /// XEP-0357 publishes awaiting the app server's answer.
@@ -34,6 +37,7 @@ impl Context {
             storage,
             sessions: Sessions::default(),
             modules: Modules::standard(),
+            s2s: OnceLock::new(),
             sm: SmRegistry::default(),
             push: PushState::default(),
             vhosts,

@@ -6,6 +6,7 @@ pub mod c2s;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod dns;
 pub mod modules;
 pub mod net;
 pub mod router;

@@ -267,6 +267,8 @@ fn memory_storage() -> (Storage, Arc<Accounts>) {
             accounts: accounts.clone(),
             roster: Arc::new(Nothing),
             offline: Arc::new(Nothing),
+            archive: Arc::new(xmppd::storage::memory::MemoryStore::default()),
+            blocklist: Arc::new(xmppd::storage::memory::MemoryStore::default()),
             push: Arc::new(xmppd::storage::memory::MemoryStore::default()),
         },
         accounts,

@@ -121,8 +121,10 @@ async fn errors_are_never_answered_with_errors() {
 }
 
 #[tokio::test]
-async fn messages_to_remote_domains_bounce_until_federation() {
-    let server = TestServer::start().await;
+async fn messages_to_unknown_remote_domains_bounce() {
+    // An empty zone on loopback: remote.example does not exist.
+    let dns = support::dns::TestDns::start("127.0.0.1").await;
+    let server = TestServer::start_with(|c| c.s2s.dns_servers = vec![dns.addr]).await;
     server.add_user("alice", "password").await;
     let mut alice = server.login("alice", "desk").await;
     alice

@@ -291,3 +291,34 @@ async fn roster_set_result_precedes_the_push() {
     assert!(roster_push_for("nurse@localhost")(&push), "{push:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn approval_presence_precedes_the_roster_push() {
+    // RFC 6121 §3.1.6: deliver the approval, then push the roster change.
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let mut alice = server.login("alice", "a").await;
+    let mut bob = server.login("bob", "b").await;
+    roster_item(&mut alice, "bob@localhost").await;
+    roster_item(&mut bob, "alice@localhost").await;
+    alice.available().await;
+    bob.available().await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    let ask = alice.recv().await;
+    assert!(roster_push_for("bob@localhost")(&ask), "{ask:?}");
+    bob.recv_until(is_presence_from("alice@localhost", Some("subscribe")))
+        .await;
+    bob.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    let first = alice.recv().await;
+    assert!(
+        is_presence_from("bob@localhost", Some("subscribed"))(&first),
+        "{first:?}"
+    );
+    let second = alice.recv().await;
+    assert!(roster_push_for("bob@localhost")(&second), "{second:?}");
+    server.stop().await;
+}

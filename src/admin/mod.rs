@@ -314,6 +314,8 @@ pub(crate) mod test_storage {
                 accounts: accounts.clone(),
                 roster: Arc::new(Nothing),
                 offline: Arc::new(Nothing),
+                archive: Arc::new(crate::storage::memory::MemoryStore::default()),
+                blocklist: Arc::new(crate::storage::memory::MemoryStore::default()),
                 push: Arc::new(crate::storage::memory::MemoryStore::default()),
             },
             accounts,

@@ -44,14 +44,11 @@ impl From<StreamErrorCondition> for Ending {
     }
 }
 
-const READ_CHUNK: usize = 4096;
-
 /// One client connection's transport and parser.
 pub(crate) struct Connection {
     pub io: MaybeTls,
     pub parser: StreamParser,
     pub out: Vec<u8>,
-    pub read_buf: Box<[u8]>,
     /// Our stream header has been sent for the current stream (errors need one first).
     pub header_sent: bool,
 }
@@ -62,7 +59,6 @@ impl Connection {
             io,
             parser: StreamParser::new(limits),
             out: Vec::new(),
-            read_buf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             header_sent: false,
         }
     }
@@ -79,15 +75,11 @@ impl Connection {
 
     /// Reads once and feeds the parser.
     pub async fn read_some(&mut self) -> Result<(), Ending> {
-        let n = self
-            .io
-            .read(&mut self.read_buf)
-            .await
-            .map_err(|_| Ending::Gone)?;
-        if n == 0 {
-            return Err(Ending::Gone);
+        let parser = &mut self.parser;
+        match crate::net::io::read_with(&mut self.io, |bytes| parser.feed(bytes)).await {
+            Ok(Some(fed)) => fed.map_err(xml_ending),
+            Ok(None) | Err(_) => Err(Ending::Gone),
         }
-        self.parser.feed(&self.read_buf[..n]).map_err(xml_ending)
     }
 
     pub fn queue(&mut self, el: &Element) {
@@ -113,11 +105,6 @@ impl Connection {
         self.flush().await
     }
 
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Ending> {
-        self.out.extend_from_slice(bytes);
-        self.flush().await
-    }
-
     /// Ends the connection as `ending` says, best effort and bounded in time.
     async fn finish(&mut self, ending: Ending, domain: &str) {
         let error = match ending {
@@ -136,9 +123,14 @@ impl Connection {
             }
         };
         let bytes = match error {
-            None => STREAM_CLOSE.to_vec(),
+            None => {
+                let mut out = std::mem::take(&mut self.out);
+                out.extend_from_slice(STREAM_CLOSE);
+                out
+            }
             Some(error) => {
-                let mut out = Vec::new();
+                // Anything still queued (a stream header) goes first.
+                let mut out = std::mem::take(&mut self.out);
                 if !self.header_sent {
                     out.extend(crate::stream::response_header(
                         ns::CLIENT,
@@ -162,7 +154,8 @@ impl Connection {
         .await;
         // Read (and discard) what the peer still sends for a moment, so closing with
         // unread input does not reset the connection before our error is read.
-        let mut sink = [0u8; 4096];
+        // On the heap: only a closing connection needs it (a future holds its locals).
+        let mut sink = vec![0u8; 4096];
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let mut drained = 0usize;
             while drained < 1 << 20 {
@@ -203,7 +196,9 @@ pub async fn serve(
     let connection = serve_connection(&ctx, tls, tcp, mode, conn_id, &shutdown, permit);
     let hibernating = Box::pin(connection).instrument(span.clone()).await;
     if let Some(state) = hibernating {
-        sm::hibernate(&ctx, state, shutdown).instrument(span).await;
+        Box::pin(sm::hibernate(&ctx, state, shutdown))
+            .instrument(span)
+            .await;
     }
 }
 

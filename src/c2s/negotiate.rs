@@ -179,14 +179,14 @@ async fn open_stream(
     });
     let id = random_id();
     let client_jid = st.authenticated.clone();
-    conn.send_raw(&response_header(
+    // Queued, not flushed: it leaves in one write with the features (or the error).
+    conn.out.extend_from_slice(&response_header(
         ns::CLIENT,
         &from,
         client_jid.as_deref(),
         &id,
         &[],
-    ))
-    .await?;
+    ));
     conn.header_sent = true;
     if header.ns != ns::STREAM || header.name != "stream" {
         return Err(StreamErrorCondition::InvalidNamespace.into());
@@ -530,6 +530,8 @@ async fn bind(
         available: false,
         presence: None,
         interested: false,
+        carbons: false,
+        blocklist_requested: false,
     };
     match ctx
         .sessions

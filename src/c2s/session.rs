@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -192,7 +191,7 @@ pub(crate) async fn end_session(ctx: &Arc<Context>, state: Box<SessionState>, pu
     }
     bound.rx.close();
     while let Ok(SessionCommand::Stanza(el)) = bound.rx.try_recv() {
-        undelivered.push_back(el);
+        undelivered.push_back(*el);
     }
     sm::reroute_undelivered(ctx, &bound.bare, undelivered, pushed).await;
 }
@@ -274,14 +273,14 @@ async fn serve_bound(
                 let Some(SessionCommand::Stanza(el)) = cmd else {
                     return LoopEnd::Close(StreamErrorCondition::InternalServerError.into());
                 };
-                state.emit(ctx, Some(conn), el);
+                state.emit(ctx, Some(conn), *el);
                 // Drain what else is queued so one TLS record and syscall carry many stanzas.
                 for _ in 1..WRITE_BATCH {
                     if !has_room(&state.sm) {
                         break;
                     }
                     match state.bound.rx.try_recv() {
-                        Ok(SessionCommand::Stanza(el)) => state.emit(ctx, Some(conn), el),
+                        Ok(SessionCommand::Stanza(el)) => state.emit(ctx, Some(conn), *el),
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
@@ -290,20 +289,23 @@ async fn serve_bound(
                     return LoopEnd::Lost(e);
                 }
             }
-            read = conn.io.read(&mut conn.read_buf) => {
-                let n = match read {
-                    Ok(0) | Err(_) => return LoopEnd::Lost(Ending::Gone),
-                    Ok(n) => n,
+            read = crate::net::io::read_with(&mut conn.io, |bytes| conn.parser.feed(bytes)) => {
+                let fed = match read {
+                    Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),
+                    Ok(Some(fed)) => fed,
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                if let Err(e) = conn.parser.feed(&conn.read_buf[..n]) {
+                if let Err(e) = fed {
                     return LoopEnd::Close(super::xml_ending(e));
                 }
                 loop {
                     match conn.parser.next_event() {
                         Ok(None) => break,
                         Ok(Some(StreamEvent::Stanza(el))) => {
-                            if let Err(end) = handle_element(ctx, conn, state, el).await {
+                            // Boxed: the stanza pipeline's state would otherwise be part
+                            // of every idle session's future.
+                            let handled = Box::pin(handle_element(ctx, conn, state, el));
+                            if let Err(end) = handled.await {
                                 return end;
                             }
                         }
@@ -480,7 +482,9 @@ async fn handle_stanza(
             if el.attr("to").is_none() {
                 el.set_attr("to", bound.bare.clone());
             }
-            route(ctx, el).await;
+            if crate::modules::hooks::outbound_message(ctx, &mut el).await {
+                route(ctx, el).await;
+            }
         }
     }
     Ok(())

@@ -426,7 +426,7 @@ pub(crate) async fn hibernate(
                     );
                     Box::pin(notify).await;
                 }
-                state.emit(ctx, None, el);
+                state.emit(ctx, None, *el);
             }
             _ = &mut deadline => {
                 info!(jid = %full, "hibernated session timed out");

@@ -1,6 +1,7 @@
 //! The TOML configuration. Doc comments here are the reference for every key;
 //! `config/xmppd.example.toml` shows each with its default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -8,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 pub use validate::{
-    ConfigError, MIN_SCRAM_ITERATIONS, MIN_STANZA_BYTES, check_domain, load_and_validate,
-    load_file, parse_str, validate,
+    ConfigError, MIN_SCRAM_ITERATIONS, MIN_STANZA_BYTES, check_domain, check_host_port,
+    load_and_validate, load_file, parse_str, validate,
 };
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -28,7 +29,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub limits: Limits,
     pub c2s: C2sConfig,
+    pub s2s: S2sConfig,
     pub storage: StorageConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -113,6 +116,37 @@ pub struct C2sConfig {
     pub sm_resume_timeout_secs: u64,
 }
 
+/// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368). Takes effect
+/// when at least one listener of kind `s2s` exists; outbound streams work without one.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Secret from which dialback keys are derived (XEP-0185). Unset: a random secret is
+    /// generated once into `<data_dir>/dialback.secret` and reused.
+    pub dialback_secret: Option<String>,
+    /// Accept a peer only when its certificate is valid for its domain (then dialback alone
+    /// is not enough). Off by default, as in Prosody and ejabberd.
+    pub require_valid_certificates: bool,
+    /// Refuse s2s streams (both directions) that are not TLS-protected.
+    pub require_encryption: bool,
+    /// Extra PEM file of CA certificates trusted for peer certificates, on top of the
+    /// system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// DNS servers (`IP:port`) for SRV and address lookups; empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub dns_servers: Vec<SocketAddr>,
+    /// Static routes that bypass DNS: remote domain -> `host:port` (STARTTLS), for split
+    /// DNS and tests.
+    pub routes: BTreeMap<String, String>,
+    /// Seconds allowed for one TCP connect attempt.
+    pub connect_timeout_secs: u64,
+    /// Seconds an outbound stream may stay unused before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Stanzas queued per remote domain while its stream connects (`resource-constraint`
+    /// bounce beyond).
+    pub queue_len: usize,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageBackend {
@@ -125,6 +159,35 @@ pub enum StorageBackend {
 pub struct StorageConfig {
     /// `sled` (persistent, default) or `memory` (lost at exit; for tests).
     pub backend: StorageBackend,
+}
+
+/// Which messages are archived for a user who never set XEP-0441 preferences.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchivePolicy {
+    Always,
+    /// Only messages with contacts in the user's roster.
+    Roster,
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Days a message stays in a user's archive (XEP-0313); 0 keeps it forever. Older
+    /// messages are never returned and are deleted, oldest first, as new ones arrive.
+    pub retention_days: u32,
+    /// `always`, `roster` or `never`: archiving for users who set no preferences.
+    pub default_policy: ArchivePolicy,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            retention_days: 0,
+            default_policy: ArchivePolicy::Always,
+        }
+    }
 }
 
 impl Default for Config {
@@ -151,7 +214,9 @@ impl Default for Config {
             ],
             limits: Limits::default(),
             c2s: C2sConfig::default(),
+            s2s: S2sConfig::default(),
             storage: StorageConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -182,6 +247,22 @@ impl Default for C2sConfig {
             allow_plain: true,
             scram_iterations: 10_000,
             sm_resume_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            dialback_secret: None,
+            require_valid_certificates: false,
+            require_encryption: true,
+            ca_file: None,
+            dns_servers: Vec::new(),
+            routes: BTreeMap::new(),
+            connect_timeout_secs: 10,
+            idle_timeout_secs: 600,
+            queue_len: 1000,
         }
     }
 }

@@ -243,6 +243,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     validate_vhosts(cfg, &mut errs);
     validate_listeners(cfg, &mut errs);
     validate_limits(cfg, &mut errs);
+    validate_s2s(cfg, &mut errs);
 
     if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
         errs.push(ConfigError::invalid(
@@ -465,6 +466,60 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
     }
 }
 
+fn validate_s2s(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let s = &cfg.s2s;
+    for (key, v) in [
+        ("s2s.connect_timeout_secs", s.connect_timeout_secs),
+        ("s2s.idle_timeout_secs", s.idle_timeout_secs),
+        ("s2s.queue_len", s.queue_len as u64),
+    ] {
+        if v == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+    if let Some(secret) = &s.dialback_secret
+        && secret.len() < 16
+    {
+        errs.push(ConfigError::invalid(
+            "s2s.dialback_secret",
+            "\"…\"",
+            "must be at least 16 characters",
+        ));
+    }
+    if let Some(p) = &s.ca_file
+        && let Err(reason) = check_readable_file(p)
+    {
+        errs.push(ConfigError::invalid("s2s.ca_file", quote_path(p), reason));
+    }
+    for (domain, target) in &s.routes {
+        let key = format!("s2s.routes.{domain}");
+        if let Err(reason) = check_domain(domain) {
+            errs.push(ConfigError::invalid(&key, quote(domain), reason));
+        }
+        if let Err(reason) = check_host_port(target) {
+            errs.push(ConfigError::invalid(&key, quote(target), reason));
+        }
+    }
+}
+
+/// `host:port` or `[v6]:port`, with a non-zero port.
+pub fn check_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected host:port".to_string())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port {port:?} is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err("port must not be 0".into());
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("expected host:port".into());
+    }
+    Ok((host.to_string(), port))
+}
+
 fn quote(s: &str) -> String {
     format!("{s:?}")
 }
@@ -483,6 +538,37 @@ mod tests {
             Ok(()) => Vec::new(),
             Err(es) => es.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn s2s_errors() {
+        let mut cfg = Config::default();
+        cfg.s2s.queue_len = 0;
+        cfg.s2s
+            .routes
+            .insert("Bad Domain".into(), "host:5269".into());
+        cfg.s2s.routes.insert("ok.example".into(), "host".into());
+        cfg.s2s.dialback_secret = Some("short".into());
+        let m = messages(&cfg);
+        assert!(
+            m.contains(&"s2s.queue_len = 0: must be at least 1".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|e| e.starts_with("s2s.routes.Bad Domain")),
+            "{m:?}"
+        );
+        assert!(
+            m.contains(&"s2s.routes.ok.example = \"host\": expected host:port".to_string()),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|e| e.starts_with("s2s.dialback_secret")),
+            "{m:?}"
+        );
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert_eq!(check_host_port("[::1]:5269"), Ok(("::1".into(), 5269)));
+        assert!(check_host_port("h:0").is_err());
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! One module per RFC/XEP. Iq modules register the payload namespaces they answer and the
 //! disco features they implement; the router dispatches iq requests by namespace.
 //! Presence (RFC 6121) and offline storage (XEP-0160) are called by the router at fixed
-//! points of delivery.
+//! points of delivery; messages pass through `hooks` (blocking, archive, carbons).
 
+pub mod blocking;
+pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod hooks;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -72,6 +76,9 @@ impl Modules {
             Arc::new(version::Version),
             Arc::new(time::EntityTime),
             Arc::new(session::LegacySession),
+            Arc::new(mam::Mam),
+            Arc::new(carbons::Carbons),
+            Arc::new(blocking::Blocking),
             Arc::new(push::Push),
         ];
         let mut handlers = HashMap::new();

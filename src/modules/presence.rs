@@ -395,6 +395,17 @@ fn deliver_to_available(ctx: &Arc<Context>, user: &str, stanza: &Element) {
     }
 }
 
+/// Subscription state changes go to resources that fetched the roster (RFC 6121 §3.1.6,
+/// §3.2.3, §3.3.3), and always before the roster push that records the change.
+fn deliver_to_interested(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    for (tx, control) in ctx
+        .sessions
+        .senders_where(user, |s| s.interested || s.available)
+    {
+        deliver_to_session(&tx, &control, stanza.clone());
+    }
+}
+
 async fn inbound_subscription(
     ctx: &Arc<Context>,
     user: &str,
@@ -450,8 +461,8 @@ async fn inbound_subscription(
                 _ => Subscription::To,
             };
             item.ask = false;
+            deliver_to_interested(ctx, user, &stanza);
             save(ctx, user, &item).await;
-            deliver_to_available(ctx, user, &stanza);
         }
         "unsubscribe" => {
             let pending = has_pending(ctx, user, contact).await;
@@ -464,8 +475,8 @@ async fn inbound_subscription(
                     other => other,
                 };
                 item.pending_in = false;
+                deliver_to_interested(ctx, user, &stanza);
                 save(ctx, user, &item).await;
-                deliver_to_available(ctx, user, &stanza);
             }
         }
         "unsubscribed" => {
@@ -477,8 +488,8 @@ async fn inbound_subscription(
                     other => other,
                 };
                 item.ask = false;
+                deliver_to_interested(ctx, user, &stanza);
                 save(ctx, user, &item).await;
-                deliver_to_available(ctx, user, &stanza);
             }
         }
         _ => {}

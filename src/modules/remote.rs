@@ -1,5 +1,6 @@
-//! Stanzas for domains this server does not host. Until server-to-server streams exist
-//! they are bounced with `remote-server-not-found` (RFC 6120 §8.3.3.15), never dropped.
+//! Stanzas for domains this server does not host go to the s2s outbound streams; without
+//! federation (bare contexts) they bounce with `remote-server-not-found` (RFC 6120
+//! §8.3.3.15), never dropped.
 
 use std::sync::Arc;
 
@@ -10,6 +11,11 @@ use crate::stream::StanzaError;
 use crate::xml::Element;
 
 pub async fn route_remote(ctx: &Arc<Context>, to: Addr, stanza: Element) {
-    tracing::debug!(domain = %to.domain, "no route to remote domain");
-    route_reply(ctx, &stanza, StanzaError::remote_server_not_found()).await;
+    match ctx.s2s.get() {
+        Some(s2s) => s2s.clone().send(ctx, &to.domain, stanza).await,
+        None => {
+            tracing::debug!(domain = %to.domain, "no route to remote domain");
+            route_reply(ctx, &stanza, StanzaError::remote_server_not_found()).await;
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! A connection that starts as plain TCP and may be upgraded to TLS in place.
+//! A connection that starts as plain TCP and may be upgraded to TLS in place, as the
+//! server (accepted connections) or as the client (outbound s2s).
 
 use std::io;
 use std::pin::Pin;
@@ -11,13 +12,27 @@ use tokio_rustls::server::TlsStream;
 pub enum MaybeTls {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS where this side is the client (outbound server-to-server).
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Transient state while the TLS handshake owns the socket.
     Upgrading,
 }
 
 impl MaybeTls {
     pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
+        matches!(self, MaybeTls::Tls(_) | MaybeTls::ClientTls(_))
+    }
+
+    /// The certificate chain the peer presented over TLS (leaf first), if any.
+    pub fn peer_certificates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let certs = match self {
+            MaybeTls::Tls(s) => s.get_ref().1.peer_certificates(),
+            MaybeTls::ClientTls(s) => s.get_ref().1.peer_certificates(),
+            _ => None,
+        };
+        certs
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -34,6 +49,7 @@ impl AsyncRead for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -48,6 +64,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -56,6 +73,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
@@ -64,7 +82,45 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MaybeTls::Upgrading => Poll::Ready(Ok(())),
         }
     }
+}
+
+thread_local! {
+    /// One read buffer per worker thread instead of one per connection: it is borrowed only
+    /// for the duration of a poll, so an idle connection holds no read buffer at all.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
+/// Reads once and hands the bytes to `sink` (e.g. the XML parser's `feed`). `Ok(None)` at
+/// end of stream. Cancel-safe: no data is held between polls.
+pub fn read_with<'a, T>(
+    io: &'a mut (impl AsyncRead + Unpin),
+    mut sink: impl FnMut(&[u8]) -> T + 'a,
+) -> impl std::future::Future<Output = io::Result<Option<T>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        READ_SCRATCH.with(|cell| {
+            let mut fallback;
+            let mut guard = cell.try_borrow_mut();
+            let buf: &mut [u8] = match guard.as_mut() {
+                Ok(b) => &mut b[..],
+                // Only reachable through reentrancy, which tokio's I/O never does; stay
+                // correct anyway.
+                Err(_) => {
+                    fallback = vec![0u8; 4096];
+                    &mut fallback[..]
+                }
+            };
+            let mut read_buf = ReadBuf::new(buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) if read_buf.filled().is_empty() => Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(sink(read_buf.filled())))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
 }

@@ -3,5 +3,6 @@
 pub mod devcert;
 pub mod io;
 pub mod tls;
+pub mod verify;
 
 pub use tls::{TlsBindings, TlsContext, TlsError};

@@ -58,6 +58,8 @@ pub struct TlsContext {
     starttls: Arc<ServerConfig>,
     direct_c2s: Arc<ServerConfig>,
     direct_s2s: Arc<ServerConfig>,
+    /// STARTTLS for s2s: like `starttls` but asks for a client certificate (XEP-0178).
+    s2s_starttls: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for TlsContext {
@@ -146,11 +148,18 @@ impl TlsContext {
         });
 
         let build = |alpn: Option<&[u8]>| -> Result<Arc<ServerConfig>, TlsError> {
-            let mut sc = ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(resolver.clone());
-            if let Some(a) = alpn {
+            let builder = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?;
+            // Server-to-server streams ask for the peer's certificate (SASL EXTERNAL).
+            let builder = if alpn == Some(ALPN_XMPP_SERVER) || alpn == Some(b"") {
+                builder.with_client_cert_verifier(Arc::new(
+                    super::verify::DeferredClientVerifier::new(),
+                ))
+            } else {
+                builder.with_no_client_auth()
+            };
+            let mut sc = builder.with_cert_resolver(resolver.clone());
+            if let Some(a) = alpn.filter(|a| !a.is_empty()) {
                 sc.alpn_protocols = vec![a.to_vec()];
             }
             Ok(Arc::new(sc))
@@ -159,6 +168,8 @@ impl TlsContext {
             starttls: build(None)?,
             direct_c2s: build(Some(ALPN_XMPP_CLIENT))?,
             direct_s2s: build(Some(ALPN_XMPP_SERVER))?,
+            // Empty ALPN marks "s2s, no ALPN" for `build`.
+            s2s_starttls: build(Some(b""))?,
             resolver,
         })
     }
@@ -177,6 +188,20 @@ impl TlsContext {
     /// Acceptor for Direct TLS s2s (XEP-0368): ALPN `xmpp-server`, otherwise as c2s.
     pub fn direct_s2s_acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.direct_s2s.clone())
+    }
+
+    /// Acceptor for s2s STARTTLS upgrades: asks for (without requiring) a client certificate.
+    pub fn s2s_starttls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.s2s_starttls.clone())
+    }
+
+    /// The certificate and key served for `domain` (a vhost), for use as a TLS client
+    /// certificate on outbound s2s streams.
+    pub fn certified_key(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        self.resolver
+            .by_domain
+            .get(&domain.to_ascii_lowercase())
+            .map(|c| c.key.clone())
     }
 
     /// Channel-binding data of an accepted connection; both `None` while still handshaking.

@@ -19,7 +19,7 @@ pub fn deliver_to_session(
     control: &SessionControl,
     stanza: Element,
 ) -> bool {
-    match tx.try_send(SessionCommand::Stanza(stanza)) {
+    match tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
         Ok(()) => true,
         Err(TrySendError::Full(_)) => {
             warn!("session queue full; closing the session");
@@ -45,12 +45,18 @@ pub async fn route_reply(ctx: &Arc<Context>, stanza: &Element, error: StanzaErro
 ///
 /// Boxed because routing recurses (replies, presence fan-out, module answers).
 pub fn route(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
-    Box::pin(route_inner(ctx, stanza))
+    Box::pin(route_inner(ctx, stanza, true))
+}
+
+/// Like [`route`], without the modules' filter: for the answers a filter itself sends
+/// (e.g. the error bounced to a blocked contact, which the block would otherwise stop).
+pub fn route_unfiltered(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
+    Box::pin(route_inner(ctx, stanza, false))
 }
 
 pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
-async fn route_inner(ctx: &Arc<Context>, stanza: Element) {
+async fn route_inner(ctx: &Arc<Context>, stanza: Element, filter: bool) {
     let Some(to) = stanza.attr("to") else {
         debug!(stanza = %stanza.name, "stanza without 'to' reached the router; dropped");
         return;
@@ -59,6 +65,9 @@ async fn route_inner(ctx: &Arc<Context>, stanza: Element) {
         route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
         return;
     };
+    if filter && !modules::hooks::may_route(ctx, &addr, &stanza).await {
+        return;
+    }
     if !ctx.is_local_domain(&addr.domain) {
         modules::remote::route_remote(ctx, addr, stanza).await;
         return;
@@ -148,7 +157,7 @@ async fn to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
 }
 
 /// RFC 6121 §8.5.2: messages to a bare JID.
-async fn message_to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
+async fn message_to_bare(ctx: &Arc<Context>, bare: &str, mut stanza: Element) {
     let kind = stanza_type(&stanza).to_string();
     match kind.as_str() {
         "groupchat" => {
@@ -161,6 +170,17 @@ async fn message_to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
     let targets = ctx
         .sessions
         .senders_where(bare, |s| s.available && s.priority >= 0);
+    if targets.is_empty() {
+        if kind == "headline" {
+            return;
+        }
+        if !account_exists(ctx, bare).await {
+            route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
+            return;
+        }
+    }
+    // Accepted for delivery from here on (archive, carbons).
+    modules::hooks::inbound_message(ctx, bare, None, &mut stanza).await;
     if !targets.is_empty() {
         let last = targets.len() - 1;
         let mut stanza = Some(stanza);
@@ -176,18 +196,11 @@ async fn message_to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
         }
         return;
     }
-    if kind == "headline" {
-        return;
-    }
-    if !account_exists(ctx, bare).await {
-        route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
-        return;
-    }
     modules::offline::store(ctx, bare, stanza).await;
 }
 
 /// RFC 6121 §8.5.3: stanzas to a full JID.
-async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, stanza: Element) {
+async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, mut stanza: Element) {
     let kind = stanza_type(&stanza).to_string();
     if stanza.name == "presence"
         && matches!(
@@ -200,6 +213,9 @@ async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, stanza: Element
         return;
     }
     if let Some((tx, control)) = ctx.sessions.sender(bare, resource) {
+        if stanza.name == "message" {
+            modules::hooks::inbound_message(ctx, bare, Some(resource), &mut stanza).await;
+        }
         deliver_to_session(&tx, &control, stanza);
         return;
     }

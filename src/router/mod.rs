@@ -5,5 +5,5 @@
 mod deliver;
 mod sessions;
 
-pub use deliver::{deliver_to_session, route, route_reply};
+pub use deliver::{deliver_to_session, route, route_reply, route_unfiltered};
 pub use sessions::{BindOutcome, SessionCommand, SessionControl, SessionInfo, Sessions};

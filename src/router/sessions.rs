@@ -12,7 +12,9 @@ use crate::xml::Element;
 /// What a session task receives besides socket input.
 #[derive(Debug)]
 pub enum SessionCommand {
-    Stanza(Element),
+    // Boxed: the channel preallocates slots, and an idle session should not pay
+    // for 32 inline elements.
+    Stanza(Box<Element>),
 }
 
 /// Lets the router stop a session from outside (conflict, stuck queue, shutdown).
@@ -50,6 +52,10 @@ pub struct SessionInfo {
     pub presence: Option<Element>,
     /// The resource requested the roster (RFC 6121 §2.1.6 "interested resource").
     pub interested: bool,
+    /// XEP-0280 carbons enabled on this session.
+    pub carbons: bool,
+    /// The resource requested its block list, so it gets block/unblock pushes (XEP-0191).
+    pub blocklist_requested: bool,
 }
 
 pub enum BindOutcome {

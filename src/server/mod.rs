@@ -104,6 +104,9 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     let ctx = Arc::new(Context::new(config, storage));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let s2s = crate::s2s::S2s::new(&ctx.config, tls.clone(), shutdown.clone(), tracker.clone())
+        .map_err(ServerError::Config)?;
+    let _ = ctx.s2s.set(Arc::new(s2s));
     let limits = Arc::new(ConnectionLimits::new(
         ctx.config.limits.connections_per_ip,
         ctx.config.limits.max_connections,
@@ -120,23 +123,17 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
         let addr = listener.local_addr()?;
         info!(%addr, kind = ?l.kind, tls = ?l.tls, "listening");
         listeners.push((l.kind, l.tls, addr));
-        match l.kind {
-            ListenerKind::C2s => {
-                tracker.spawn(accept_c2s(
-                    listener,
-                    l.tls,
-                    ctx.clone(),
-                    tls.clone(),
-                    limits.clone(),
-                    conn_ids.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                ));
-            }
-            ListenerKind::S2s => {
-                warn!(%addr, "s2s listener configured but federation is not implemented yet; closing it");
-            }
-        }
+        tracker.spawn(accept(
+            listener,
+            l.kind,
+            l.tls,
+            ctx.clone(),
+            tls.clone(),
+            limits.clone(),
+            conn_ids.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     if ctx.config.storage.backend == StorageBackend::Sled {
         let path = crate::admin::control_socket_path(&ctx.config);
@@ -184,8 +181,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn accept_c2s(
+async fn accept(
     listener: TcpListener,
+    kind: ListenerKind,
     mode: TlsMode,
     ctx: Arc<Context>,
     tls: TlsContext,
@@ -217,11 +215,21 @@ async fn accept_c2s(
         let ctx = ctx.clone();
         let tls = tls.clone();
         let token = shutdown.child_token();
-        // The permit is released when the socket closes (a hibernated XEP-0198 session
-        // keeps no connection).
-        tracker.spawn(crate::c2s::serve(
-            ctx, tls, tcp, peer, mode, conn_id, token, permit,
-        ));
+        match kind {
+            // The permit is released when the socket closes (a hibernated XEP-0198 session
+            // keeps no connection).
+            ListenerKind::C2s => {
+                tracker.spawn(crate::c2s::serve(
+                    ctx, tls, tcp, peer, mode, conn_id, token, permit,
+                ));
+            }
+            ListenerKind::S2s => {
+                tracker.spawn(async move {
+                    crate::s2s::serve_inbound(ctx, tls, tcp, peer, mode, conn_id, token).await;
+                    drop(permit);
+                });
+            }
+        }
     }
 }
 

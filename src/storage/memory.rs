@@ -6,17 +6,23 @@
 //! - a roster's version survives `remove_user` (bumped), so that a client caching a roster
 //!   version (XEP-0237) never sees a version go backwards if the account is re-created;
 //! - offline `seq` values come from one counter for the whole store, so they keep
-//!   increasing for a user even after `remove_user`.
+//!   increasing for a user even after `remove_user`;
+//! - archive positions never go backwards for a user (a message stamped earlier than the
+//!   newest stored one is moved up to it), and their `seq` comes from one store-wide
+//!   counter, so messages stored in the same microsecond keep arrival order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use super::archive::{collect_page, new_id};
 use super::{
-    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription,
-    PushRegistration, PushStore, Result, Roster, RosterItem, RosterStore, StorageError,
+    AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
+    ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
+    RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -35,16 +41,39 @@ struct Offline {
     queues: HashMap<String, BTreeMap<u64, (u64, String)>>,
 }
 
+#[derive(Clone)]
+struct ArchiveRecord {
+    id: String,
+    with: String,
+    stanza: String,
+}
+
+#[derive(Default)]
+struct UserArchive {
+    messages: BTreeMap<ArchivePos, ArchiveRecord>,
+    ids: HashMap<String, ArchivePos>,
+}
+
+#[derive(Default)]
+struct Archives {
+    /// Last archive seq handed out, for all users.
+    last_seq: u64,
+    users: HashMap<String, UserArchive>,
+    prefs: HashMap<String, ArchivePrefs>,
+}
+
+/// The in-memory store; one instance implements every storage trait.
 /// One user's push registrations by (jid, node).
 type UserPush = BTreeMap<(String, String), PushRegistration>;
 
-/// The in-memory store; one instance implements every storage trait.
 #[derive(Default)]
 pub struct MemoryStore {
     accounts: Mutex<BTreeMap<String, StoredCredentials>>,
     rosters: Mutex<HashMap<String, UserRoster>>,
     pending: Mutex<HashMap<String, BTreeMap<String, PendingSubscription>>>,
     offline: Mutex<Offline>,
+    archives: Mutex<Archives>,
+    blocklists: Mutex<HashMap<String, BTreeSet<String>>>,
     push: Mutex<HashMap<String, UserPush>>,
 }
 
@@ -230,6 +259,179 @@ impl OfflineStore for MemoryStore {
     }
 }
 
+fn archived(pos: ArchivePos, r: &ArchiveRecord) -> ArchivedMessage {
+    ArchivedMessage {
+        id: r.id.clone(),
+        pos,
+        with: r.with.clone(),
+        stanza: r.stanza.clone(),
+    }
+}
+
+impl Archives {
+    fn append(&mut self, user: &str, msg: &NewArchived<'_>) -> ArchiveStamp {
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        let archive = self.users.entry(user.to_owned()).or_default();
+        let newest = archive.messages.keys().next_back().map_or(0, |p| p.micros);
+        let pos = ArchivePos {
+            micros: msg.micros.max(newest),
+            seq,
+        };
+        let mut id = new_id();
+        while archive.ids.contains_key(&id) {
+            id = new_id();
+        }
+        archive.ids.insert(id.clone(), pos);
+        archive.messages.insert(
+            pos,
+            ArchiveRecord {
+                id: id.clone(),
+                with: msg.with.to_owned(),
+                stanza: msg.stanza.to_owned(),
+            },
+        );
+        ArchiveStamp { id, pos }
+    }
+}
+
+#[async_trait]
+impl ArchiveStore for MemoryStore {
+    async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+        Ok(lock(&self.archives)?.append(user, &msg))
+    }
+
+    async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
+        let mut archives = lock(&self.archives)?;
+        Ok(msgs.iter().map(|m| archives.append(user, m)).collect())
+    }
+
+    async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>> {
+        Ok(lock(&self.archives)?
+            .users
+            .get(user)
+            .and_then(|a| a.ids.get(id).copied()))
+    }
+
+    async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>> {
+        let archives = lock(&self.archives)?;
+        Ok(archives.users.get(user).and_then(|a| {
+            let pos = *a.ids.get(id)?;
+            a.messages.get(&pos).map(|r| archived(pos, r))
+        }))
+    }
+
+    async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage> {
+        let archives = lock(&self.archives)?;
+        let Some(archive) = archives.users.get(user) else {
+            return Ok(ArchivePage::default());
+        };
+        if q.from > q.to {
+            return Ok(ArchivePage::default());
+        }
+        let scan = archive
+            .messages
+            .range(q.from..=q.to)
+            .map(|(pos, r)| Ok(archived(*pos, r)));
+        collect_page(scan, q)
+    }
+
+    async fn count(&self, user: &str) -> Result<u64> {
+        Ok(lock(&self.archives)?
+            .users
+            .get(user)
+            .map_or(0, |a| a.messages.len() as u64))
+    }
+
+    async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
+        let mut archives = lock(&self.archives)?;
+        let Some(archive) = archives.users.get_mut(user) else {
+            return Ok(0);
+        };
+        let old: Vec<ArchivePos> = archive
+            .messages
+            .keys()
+            .take_while(|p| p.micros < micros)
+            .take(limit)
+            .copied()
+            .collect();
+        for pos in &old {
+            if let Some(r) = archive.messages.remove(pos) {
+                archive.ids.remove(&r.id);
+            }
+        }
+        Ok(old.len())
+    }
+
+    async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>> {
+        Ok(lock(&self.archives)?.prefs.get(user).cloned())
+    }
+
+    async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()> {
+        lock(&self.archives)?
+            .prefs
+            .insert(user.to_owned(), prefs.clone());
+        Ok(())
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        let mut archives = lock(&self.archives)?;
+        archives.users.remove(user);
+        archives.prefs.remove(user);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockListStore for MemoryStore {
+    async fn blocklist(&self, user: &str) -> Result<Vec<String>> {
+        Ok(lock(&self.blocklists)?
+            .get(user)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+        let mut lists = lock(&self.blocklists)?;
+        let list = lists.entry(user.to_owned()).or_default();
+        Ok(jids
+            .iter()
+            .filter(|j| list.insert((*j).clone()))
+            .cloned()
+            .collect())
+    }
+
+    async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+        let mut lists = lock(&self.blocklists)?;
+        let Some(list) = lists.get_mut(user) else {
+            return Ok(Vec::new());
+        };
+        let removed = jids.iter().filter(|j| list.remove(*j)).cloned().collect();
+        if list.is_empty() {
+            lists.remove(user);
+        }
+        Ok(removed)
+    }
+
+    async fn unblock_all(&self, user: &str) -> Result<Vec<String>> {
+        Ok(lock(&self.blocklists)?
+            .remove(user)
+            .map(|l| l.into_iter().collect())
+            .unwrap_or_default())
+    }
+
+    async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool> {
+        Ok(lock(&self.blocklists)?
+            .get(user)
+            .is_some_and(|l| jids.iter().any(|j| l.contains(*j))))
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        lock(&self.blocklists)?.remove(user);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl PushStore for MemoryStore {
     async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
@@ -288,6 +490,6 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].seq, seqs[2]);
         s.remove_up_to("u@x", u64::MAX).await.unwrap();
-        assert_eq!(s.count("u@x").await.unwrap(), 0);
+        assert_eq!(OfflineStore::count(&s, "u@x").await.unwrap(), 0);
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sasl::credentials::StoredCredentials;
 
+mod archive;
 pub mod memory;
 pub mod sled;
 
@@ -153,6 +154,197 @@ pub trait OfflineStore: Send + Sync {
     }
 }
 
+/// Where a message sits in an archive: microseconds since the Unix epoch, then a
+/// store-wide sequence number, so two messages stored in the same microsecond keep their
+/// arrival order. Archives are ordered by this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ArchivePos {
+    pub micros: u64,
+    pub seq: u64,
+}
+
+impl ArchivePos {
+    pub const MIN: ArchivePos = ArchivePos { micros: 0, seq: 0 };
+    pub const MAX: ArchivePos = ArchivePos {
+        micros: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// The smallest position after this one (saturating at `MAX`).
+    pub fn next(self) -> ArchivePos {
+        match self.seq.checked_add(1) {
+            Some(seq) => ArchivePos { seq, ..self },
+            None => match self.micros.checked_add(1) {
+                Some(micros) => ArchivePos { micros, seq: 0 },
+                None => ArchivePos::MAX,
+            },
+        }
+    }
+
+    /// The largest position before this one (saturating at `MIN`).
+    pub fn prev(self) -> ArchivePos {
+        match self.seq.checked_sub(1) {
+            Some(seq) => ArchivePos { seq, ..self },
+            None => match self.micros.checked_sub(1) {
+                Some(micros) => ArchivePos {
+                    micros,
+                    seq: u64::MAX,
+                },
+                None => ArchivePos::MIN,
+            },
+        }
+    }
+
+    /// 16 bytes, big-endian, so byte order is position order (sled keys).
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.micros.to_be_bytes());
+        out[8..].copy_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<ArchivePos> {
+        let micros = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let seq = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+        (bytes.len() == 16).then_some(ArchivePos { micros, seq })
+    }
+}
+
+/// A message to store in a user's archive (XEP-0313).
+#[derive(Clone, Copy, Debug)]
+pub struct NewArchived<'a> {
+    /// The other party: `to` of an outgoing message, `from` of an incoming one (a
+    /// normalized JID, usually full). Must not contain NUL.
+    pub with: &'a str,
+    /// The message stanza, serialized.
+    pub stanza: &'a str,
+    /// When it was sent or received, µs since the epoch. The store never lets a user's
+    /// archive go backwards in time: an earlier value (a clock step back) is raised to the
+    /// newest stored one.
+    pub micros: u64,
+}
+
+/// One stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// The archive UID (XEP-0313 §2.1, XEP-0359 stanza-id): unpredictable, never reused.
+    pub id: String,
+    pub pos: ArchivePos,
+    pub with: String,
+    pub stanza: String,
+}
+
+/// What a store hands back for a new archive entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveStamp {
+    pub id: String,
+    pub pos: ArchivePos,
+}
+
+/// A range query over one archive. Bounds are inclusive positions; callers turn form
+/// fields and RSM ids into them (an exclusive `after` is `pos.next()`).
+#[derive(Clone, Debug)]
+pub struct ArchiveQuery {
+    /// Only messages with this party: a bare JID matches every resource of it, a full JID
+    /// only itself.
+    pub with: Option<String>,
+    pub from: ArchivePos,
+    pub to: ArchivePos,
+    /// Page size; 0 asks only whether anything matches (`more`).
+    pub max: usize,
+    /// The last `max` matches instead of the first (RSM `<before/>`).
+    pub from_end: bool,
+}
+
+impl Default for ArchiveQuery {
+    fn default() -> Self {
+        ArchiveQuery {
+            with: None,
+            from: ArchivePos::MIN,
+            to: ArchivePos::MAX,
+            max: 50,
+            from_end: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchivePage {
+    /// In archive (chronological) order, whichever end the page came from.
+    pub messages: Vec<ArchivedMessage>,
+    /// More matches lie beyond the page in the paging direction (after it, or before it
+    /// when `from_end`).
+    pub more: bool,
+}
+
+/// XEP-0441 default archiving policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ArchiveDefault {
+    #[default]
+    Always,
+    Never,
+    /// Only contacts in the roster.
+    Roster,
+}
+
+/// XEP-0441 archiving preferences of one user. JIDs are normalized, bare or full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ArchivePrefs {
+    pub default: ArchiveDefault,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+/// Per-user message archives (XEP-0313). Users are bare JIDs without NUL.
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    /// Stores a message and returns its UID and position. Durable before returning.
+    async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp>;
+    /// Stores many messages at once with one flush (import, benchmarks); in order.
+    async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>>;
+    /// The position of a UID, if it is in the archive.
+    async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>>;
+    /// The message with this UID, if any.
+    async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>>;
+    /// One page of matching messages.
+    async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage>;
+    /// Number of messages in the archive.
+    async fn count(&self, user: &str) -> Result<u64>;
+    /// Removes up to `limit` of the oldest messages stored before `micros` (retention);
+    /// returns how many went. Oldest first, so the archive never gets holes.
+    async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize>;
+    async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>>;
+    async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()>;
+    /// Drops the archive and preferences (account removal).
+    async fn remove_user(&self, user: &str) -> Result<()>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// XEP-0191 block lists. Entries are normalized JIDs of any form (domain, bare, full,
+/// domain/resource).
+#[async_trait]
+pub trait BlockListStore: Send + Sync {
+    /// The whole list, in byte order.
+    async fn blocklist(&self, user: &str) -> Result<Vec<String>>;
+    /// Adds entries; returns those that were not there before.
+    async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>>;
+    /// Removes entries; returns those that were there.
+    async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>>;
+    /// Empties the list; returns what was in it.
+    async fn unblock_all(&self, user: &str) -> Result<Vec<String>>;
+    /// Whether any of `jids` is on the list (the caller expands one address into the
+    /// entries that would match it). Cheap when the list is empty.
+    async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool>;
+    async fn remove_user(&self, user: &str) -> Result<()>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// A XEP-0357 push registration: where to publish notifications for a user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRegistration {
@@ -188,6 +380,8 @@ pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
     pub roster: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
+    pub archive: Arc<dyn ArchiveStore>,
+    pub blocklist: Arc<dyn BlockListStore>,
     pub push: Arc<dyn PushStore>,
 }
 
@@ -207,12 +401,20 @@ impl Storage {
     /// One backend object serves every concern.
     fn from_backend<B>(backend: Arc<B>) -> Self
     where
-        B: AccountStore + RosterStore + OfflineStore + PushStore + 'static,
+        B: AccountStore
+            + RosterStore
+            + OfflineStore
+            + ArchiveStore
+            + BlockListStore
+            + PushStore
+            + 'static,
     {
         Storage {
             accounts: backend.clone(),
             roster: backend.clone(),
             offline: backend.clone(),
+            archive: backend.clone(),
+            blocklist: backend.clone(),
             push: backend,
         }
     }
@@ -223,6 +425,8 @@ impl Storage {
         self.accounts.flush().await?;
         self.roster.flush().await?;
         self.offline.flush().await?;
+        self.archive.flush().await?;
+        self.blocklist.flush().await?;
         self.push.flush().await
     }
 
@@ -231,6 +435,8 @@ impl Storage {
         let existed = self.accounts.remove(jid).await?;
         self.roster.remove_user(jid).await?;
         self.offline.remove_user(jid).await?;
+        self.archive.remove_user(jid).await?;
+        self.blocklist.remove_user(jid).await?;
         self.push.remove_user(jid).await?;
         Ok(existed)
     }

@@ -9,7 +9,18 @@
 //! | `pending`      | `<user>\0<from>`                  | fmt byte + `PendingSubscription` |
 //! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
 //! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
+//! | `archive`      | `<user>\0` + pos (16 bytes)       | fmt byte + (id, with, stanza)  |
+//! | `archive_ids`  | `<user>\0<id>`                    | pos (16 bytes)                 |
+//! | `archive_with` | `<user>\0<with bare>\0` + pos     | empty                          |
+//! | `archive_meta` | `<user>`                          | fmt byte + u64 message count   |
+//! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
+//! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
+//!
+//! An archive position is µs since the epoch then a store-wide sequence number, both
+//! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
+//! messages are a reverse range scan of 50 keys, a time window is a range, and `with`
+//! queries scan the per-contact index range instead of the whole archive.
 //!
 //! "fmt byte" is [`VALUE_FORMAT`], followed by the postcard encoding. User and contact
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
@@ -25,9 +36,12 @@ use ::sled::{Db, IVec, Transactional, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use super::archive::{bare, collect_page, new_id};
 use super::{
-    AccountStore, OfflineMessage, OfflineStore, OfflineStoreOutcome, PendingSubscription,
-    PushRegistration, PushStore, Result, Roster, RosterItem, RosterStore, StorageError,
+    AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
+    ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
+    RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -51,8 +65,31 @@ pub struct SledStore {
     pending: Tree,
     offline: Tree,
     offline_meta: Tree,
+    archive: Tree,
+    archive_ids: Tree,
+    archive_with: Tree,
+    archive_meta: Tree,
+    archive_prefs: Tree,
+    blocklist: Tree,
     push: Tree,
 }
+
+#[derive(Serialize)]
+struct ArchiveRecordRef<'a> {
+    id: &'a str,
+    with: &'a str,
+    stanza: &'a str,
+}
+
+#[derive(Deserialize)]
+struct ArchiveRecord {
+    id: String,
+    with: String,
+    stanza: String,
+}
+
+/// Messages written per transaction by `append_many`.
+const ARCHIVE_CHUNK: usize = 256;
 
 #[derive(Serialize)]
 struct OfflineRecordRef<'a> {
@@ -126,13 +163,6 @@ fn pair_key(user: &str, contact: &str) -> Result<Vec<u8>> {
     Ok(key)
 }
 
-/// `<user>\0<jid>\0`: the prefix of a user's registrations with one push service.
-fn push_prefix(user: &str, jid: &str) -> Result<Vec<u8>> {
-    let mut key = pair_key(user, jid)?;
-    key.push(SEP);
-    Ok(key)
-}
-
 fn offline_key(user: &str, seq: u64) -> Result<Vec<u8>> {
     let mut key = user_prefix(user)?;
     key.extend_from_slice(&seq.to_be_bytes());
@@ -197,17 +227,20 @@ impl SledStore {
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
             push: tree("push")?,
+            archive: tree("archive")?,
+            archive_ids: tree("archive_ids")?,
+            archive_with: tree("archive_with")?,
+            archive_meta: tree("archive_meta")?,
+            archive_prefs: tree("archive_prefs")?,
+            blocklist: tree("blocklist")?,
             db,
         })
     }
 
-    /// Flushes and fsyncs on a tokio blocking thread, so the runtime is not blocked.
-    ///
-    /// Not `flush_async`: that waits on sled's own small thread pool, and enough concurrent
-    /// flushes (a burst of offline messages, several databases in one process) occupy every
-    /// pool thread waiting for log writes that only a pool thread can perform, a deadlock
-    /// seen in the conformance tests.
+    /// Flushes and fsyncs off the async runtime.
     async fn flush_db(&self) -> Result<()> {
+        // sled's own flush_async runs on its private thread pool, whose completion signal
+        // was seen to hang under load; tokio's blocking pool is dependable.
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -239,6 +272,434 @@ impl SledStore {
                 Ok(())
             })
             .map_err(tx_error)
+    }
+}
+
+fn pos_key(prefix: &[u8], pos: ArchivePos) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 16);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&pos.to_bytes());
+    key
+}
+
+/// `<user>\0<with bare>\0`: the prefix of one contact's entries in `archive_with`.
+fn with_prefix(prefix: &[u8], with: &str) -> Result<Vec<u8>> {
+    let with = bare(with);
+    check_name(with)?;
+    let mut key = Vec::with_capacity(prefix.len() + with.len() + 17);
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(with.as_bytes());
+    key.push(SEP);
+    Ok(key)
+}
+
+fn id_key(prefix: &[u8], id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + id.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The position at the end of an archive or index key.
+fn key_pos(key: &[u8]) -> Result<ArchivePos> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|at| ArchivePos::from_bytes(&key[at..]))
+        .ok_or_else(|| StorageError::Corrupt("archive key length".into()))
+}
+
+/// One archive entry about to be written.
+struct PendingEntry<'a> {
+    pos: ArchivePos,
+    id: String,
+    msg: &'a NewArchived<'a>,
+}
+
+impl SledStore {
+    fn decode_archived(&self, key: &[u8], value: &[u8]) -> Result<ArchivedMessage> {
+        let r: ArchiveRecord = decode("archived message", value)?;
+        Ok(ArchivedMessage {
+            id: r.id,
+            pos: key_pos(key)?,
+            with: r.with,
+            stanza: r.stanza,
+        })
+    }
+
+    /// The newest micros stored for a user (0 if none): new entries never go below it.
+    fn newest_micros(&self, prefix: &[u8]) -> Result<u64> {
+        match self.archive.scan_prefix(prefix).next_back() {
+            Some(r) => {
+                let (k, _) = r.map_err(backend)?;
+                Ok(key_pos(&k)?.micros)
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Assigns positions and UIDs and writes the entries (with both indexes and the count)
+    /// in one transaction per chunk. Not flushed.
+    fn append_unflushed(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
+        let prefix = user_prefix(user)?;
+        let mut newest = self.newest_micros(&prefix)?;
+        let mut stamps = Vec::with_capacity(msgs.len());
+        for chunk in msgs.chunks(ARCHIVE_CHUNK) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for msg in chunk {
+                check_name(msg.with)?;
+                // generate_id is monotonic across restarts (see the offline store).
+                let seq = self.db.generate_id().map_err(backend)?;
+                newest = newest.max(msg.micros);
+                entries.push(PendingEntry {
+                    pos: ArchivePos {
+                        micros: newest,
+                        seq,
+                    },
+                    id: new_id(),
+                    msg,
+                });
+            }
+            // A UID collision (96 random bits) is next to impossible; if it happens the
+            // transaction aborts and the chunk is retried with fresh UIDs.
+            let mut tries = 0;
+            loop {
+                match self.write_entries(user, &prefix, &entries) {
+                    Err(StorageError::Backend(e)) if e == DUPLICATE_ID && tries < 3 => {
+                        tries += 1;
+                        for e in &mut entries {
+                            e.id = new_id();
+                        }
+                    }
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+            stamps.extend(entries.into_iter().map(|e| ArchiveStamp {
+                id: e.id,
+                pos: e.pos,
+            }));
+        }
+        Ok(stamps)
+    }
+
+    fn write_entries(&self, user: &str, prefix: &[u8], entries: &[PendingEntry<'_>]) -> Result<()> {
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            let value = encode(&ArchiveRecordRef {
+                id: &e.id,
+                with: e.msg.with,
+                stanza: e.msg.stanza,
+            })?;
+            rows.push((
+                pos_key(prefix, e.pos),
+                id_key(prefix, &e.id),
+                pos_key(&with_prefix(prefix, e.msg.with)?, e.pos),
+                value,
+            ));
+        }
+        (
+            &self.archive,
+            &self.archive_ids,
+            &self.archive_with,
+            &self.archive_meta,
+        )
+            .transaction(|(archive, ids, with, meta)| {
+                for (key, id_key, with_key, value) in &rows {
+                    let pos = &key[prefix.len()..];
+                    if ids.insert(id_key.as_slice(), pos)?.is_some() {
+                        return Err(abort(StorageError::Backend(DUPLICATE_ID.into())));
+                    }
+                    archive.insert(key.as_slice(), value.as_slice())?;
+                    with.insert(with_key.as_slice(), &[][..])?;
+                }
+                let count = tx_counter(meta, user.as_bytes(), "archive count")?;
+                let count = count + rows.len() as u64;
+                meta.insert(user.as_bytes(), encode(&count).map_err(abort)?)?;
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// Removes archive entries (main tree, both indexes, count) in one transaction.
+    fn remove_archived(
+        &self,
+        user: &str,
+        prefix: &[u8],
+        gone: &[(IVec, String, String)],
+    ) -> Result<()> {
+        let mut rows = Vec::with_capacity(gone.len());
+        for (key, id, with) in gone {
+            let pos = key_pos(key)?;
+            rows.push((
+                key.clone(),
+                id_key(prefix, id),
+                pos_key(&with_prefix(prefix, with)?, pos),
+            ));
+        }
+        (
+            &self.archive,
+            &self.archive_ids,
+            &self.archive_with,
+            &self.archive_meta,
+        )
+            .transaction(|(archive, ids, with, meta)| {
+                let mut removed = 0u64;
+                for (key, id_key, with_key) in &rows {
+                    if archive.remove(key)?.is_some() {
+                        removed += 1;
+                    }
+                    ids.remove(id_key.as_slice())?;
+                    with.remove(with_key.as_slice())?;
+                }
+                let left =
+                    tx_counter(meta, user.as_bytes(), "archive count")?.saturating_sub(removed);
+                if left == 0 {
+                    meta.remove(user.as_bytes())?;
+                } else {
+                    meta.insert(user.as_bytes(), encode(&left).map_err(abort)?)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+}
+
+/// Abort reason of an archive write whose fresh UID already exists.
+const DUPLICATE_ID: &str = "duplicate archive id";
+
+/// Removes every key with `prefix` from `tree` in one atomic batch.
+fn clear_prefix(tree: &Tree, prefix: &[u8]) -> Result<()> {
+    let mut batch = ::sled::Batch::default();
+    for key in keys_with_prefix(tree, prefix)? {
+        batch.remove(key);
+    }
+    tree.apply_batch(batch).map_err(backend)
+}
+
+/// `<user>\0<jid>\0`: the prefix of a user's registrations with one push service.
+fn push_prefix(user: &str, jid: &str) -> Result<Vec<u8>> {
+    let mut key = pair_key(user, jid)?;
+    key.push(SEP);
+    Ok(key)
+}
+
+#[async_trait]
+impl ArchiveStore for SledStore {
+    // Archive appends are not fsynced one by one: an fsync per message costs ~0.2 ms and
+    // capped chat at ~2,000 msgs/s. The archive is a second copy of a message that was
+    // delivered live (or durably stored offline, which is flushed), so sled's periodic
+    // flush (500 ms) and the flush at shutdown bound what a crash can take from it.
+    async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+        self.append_unflushed(user, std::slice::from_ref(&msg))?
+            .pop()
+            .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+    }
+
+    async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
+        self.append_unflushed(user, msgs)
+    }
+
+    async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>> {
+        let key = id_key(&user_prefix(user)?, id);
+        match self.archive_ids.get(key).map_err(backend)? {
+            Some(v) => ArchivePos::from_bytes(&v)
+                .map(Some)
+                .ok_or_else(|| StorageError::Corrupt("archive id index value".into())),
+            None => Ok(None),
+        }
+    }
+
+    async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>> {
+        let Some(pos) = self.position(user, id).await? else {
+            return Ok(None);
+        };
+        let key = pos_key(&user_prefix(user)?, pos);
+        match self.archive.get(&key).map_err(backend)? {
+            Some(v) => self.decode_archived(&key, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage> {
+        let prefix = user_prefix(user)?;
+        if q.from > q.to {
+            return Ok(ArchivePage::default());
+        }
+        match &q.with {
+            // The per-contact index yields positions in order; each match is then one
+            // point lookup, so a `with` page costs O(page), not O(archive).
+            Some(with) => {
+                let wp = with_prefix(&prefix, with)?;
+                let scan = self
+                    .archive_with
+                    .range(pos_key(&wp, q.from)..=pos_key(&wp, q.to))
+                    .map(|r| {
+                        let (k, _) = r.map_err(backend)?;
+                        let key = pos_key(&prefix, key_pos(&k)?);
+                        match self.archive.get(&key).map_err(backend)? {
+                            Some(v) => self.decode_archived(&key, &v),
+                            None => Err(StorageError::Corrupt(
+                                "archive index points at a missing message".into(),
+                            )),
+                        }
+                    });
+                collect_page(scan, q)
+            }
+            None => {
+                let scan = self
+                    .archive
+                    .range(pos_key(&prefix, q.from)..=pos_key(&prefix, q.to))
+                    .map(|r| {
+                        let (k, v) = r.map_err(backend)?;
+                        self.decode_archived(&k, &v)
+                    });
+                collect_page(scan, q)
+            }
+        }
+    }
+
+    async fn count(&self, user: &str) -> Result<u64> {
+        check_name(user)?;
+        match self.archive_meta.get(user).map_err(backend)? {
+            Some(v) => decode("archive count", &v),
+            None => Ok(0),
+        }
+    }
+
+    async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
+        let prefix = user_prefix(user)?;
+        let end = pos_key(&prefix, ArchivePos { micros, seq: 0 });
+        let gone = self
+            .archive
+            .range(prefix.clone()..end)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r.map_err(backend)?;
+                let m = self.decode_archived(&k, &v)?;
+                Ok((k, m.id, m.with))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        self.remove_archived(user, &prefix, &gone)?;
+        Ok(gone.len())
+    }
+
+    async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>> {
+        check_name(user)?;
+        match self.archive_prefs.get(user).map_err(backend)? {
+            Some(v) => decode("archive prefs", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()> {
+        check_name(user)?;
+        self.archive_prefs
+            .insert(user, encode(prefs)?)
+            .map_err(backend)?;
+        self.flush_db().await
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        let prefix = user_prefix(user)?;
+        // Large archives do not fit one transaction; each tree is cleared atomically on
+        // its own, the count last so it never claims messages that are gone.
+        clear_prefix(&self.archive_with, &prefix)?;
+        clear_prefix(&self.archive_ids, &prefix)?;
+        clear_prefix(&self.archive, &prefix)?;
+        self.archive_meta.remove(user).map_err(backend)?;
+        self.archive_prefs.remove(user).map_err(backend)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+#[async_trait]
+impl BlockListStore for SledStore {
+    async fn blocklist(&self, user: &str) -> Result<Vec<String>> {
+        let prefix = user_prefix(user)?;
+        self.blocklist
+            .scan_prefix(&prefix)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(backend)?;
+                String::from_utf8(k[prefix.len()..].to_vec())
+                    .map_err(|_| StorageError::Corrupt("blocklist entry is not UTF-8".into()))
+            })
+            .collect()
+    }
+
+    async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+        let mut added = Vec::new();
+        for jid in jids {
+            let key = pair_key(user, jid)?;
+            if self
+                .blocklist
+                .insert(key, &[][..])
+                .map_err(backend)?
+                .is_none()
+            {
+                added.push(jid.clone());
+            }
+        }
+        // A block that a crash forgets would silently let the contact through again.
+        self.flush_db().await?;
+        Ok(added)
+    }
+
+    async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for jid in jids {
+            let key = pair_key(user, jid)?;
+            if self.blocklist.remove(key).map_err(backend)?.is_some() {
+                removed.push(jid.clone());
+            }
+        }
+        self.flush_db().await?;
+        Ok(removed)
+    }
+
+    async fn unblock_all(&self, user: &str) -> Result<Vec<String>> {
+        let all = self.blocklist(user).await?;
+        clear_prefix(&self.blocklist, &user_prefix(user)?)?;
+        self.flush_db().await?;
+        Ok(all)
+    }
+
+    async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool> {
+        let prefix = user_prefix(user)?;
+        // Most users block nobody: one seek answers for them.
+        if self.blocklist.scan_prefix(&prefix).next().is_none() {
+            return Ok(false);
+        }
+        for jid in jids {
+            if jid.as_bytes().contains(&SEP) {
+                continue;
+            }
+            if self
+                .blocklist
+                .contains_key(id_key(&prefix, jid))
+                .map_err(backend)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn remove_user(&self, user: &str) -> Result<()> {
+        clear_prefix(&self.blocklist, &user_prefix(user)?)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
     }
 }
 
@@ -504,9 +965,8 @@ impl PushStore for SledStore {
         let mut key = push_prefix(user, &reg.jid)?;
         key.extend_from_slice(reg.node.as_bytes());
         self.push.insert(key, encode(reg)?).map_err(backend)?;
-        // Durable within sled's flush interval, like roster writes: every extra flush
-        // widens sled 0.34's flush/transaction lock contention.
-        Ok(())
+        // Rare and small; a registration lost in a crash would silently stop pushes.
+        self.flush_db().await
     }
 
     async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
@@ -530,6 +990,7 @@ impl PushStore for SledStore {
             batch.remove(k);
         }
         self.push.apply_batch(batch).map_err(backend)?;
+        self.flush_db().await?;
         Ok(keys.len())
     }
 

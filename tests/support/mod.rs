@@ -2,6 +2,8 @@
 //! and a small XMPP client that speaks over real sockets.
 #![allow(dead_code)]
 
+pub mod ca;
+pub mod dns;
 pub mod scram;
 
 use std::net::SocketAddr;
@@ -38,6 +40,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
             tls: TlsMode::DirectTls,
         },
     ];
+    // Tests never ask the machine's DNS servers: remote domains resolve only through a
+    // test DNS server (tests/support/dns.rs) that a test sets up itself.
+    config.s2s.dns_servers = vec!["127.0.0.1:9".parse().unwrap()];
     // Fast tests: the RFC 7677 minimum.
     config.c2s.scram_iterations = 4096;
     config.storage.backend = StorageBackend::Sled;
@@ -83,10 +88,23 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The first vhost's domain.
+    pub fn domain(&self) -> String {
+        self.config.vhosts[0].domain.clone()
+    }
+
+    pub fn ctx(&self) -> &std::sync::Arc<xmppd::context::Context> {
+        &self.handle().ctx
+    }
+
+    pub fn s2s_addr(&self, tls: TlsMode) -> SocketAddr {
+        self.handle().addr(ListenerKind::S2s, tls).unwrap()
+    }
+
     pub async fn add_user(&self, node: &str, password: &str) {
         let creds =
             xmppd::sasl::credentials::StoredCredentials::from_password(password, 4096).unwrap();
-        let jid = format!("{node}@{DOMAIN}");
+        let jid = format!("{node}@{}", self.domain());
         assert!(
             self.handle()
                 .ctx
@@ -115,7 +133,17 @@ impl TestServer {
 
     /// Logs in `node` with SCRAM-SHA-256 over STARTTLS and the given resource.
     pub async fn login(&self, node: &str, resource: &str) -> Client {
-        Client::login(self.starttls_addr(), node, "password", resource).await
+        Client::login_opts(
+            self.starttls_addr(),
+            node,
+            LoginOptions {
+                resource: Some(resource.into()),
+                domain: Some(self.domain()),
+                ..LoginOptions::default()
+            },
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -210,7 +238,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-fn tls_connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
+pub fn tls_connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -247,6 +275,8 @@ pub struct LoginOptions {
     /// Override the gs2 header (to test downgrade rules).
     pub gs2_override: Option<String>,
     pub authzid: Option<String>,
+    /// The server's domain; `DOMAIN` when unset.
+    pub domain: Option<String>,
 }
 
 impl Default for LoginOptions {
@@ -258,6 +288,7 @@ impl Default for LoginOptions {
             resource: None,
             gs2_override: None,
             authzid: None,
+            domain: None,
         }
     }
 }
@@ -267,6 +298,8 @@ pub struct Client {
     parser: StreamParser,
     buf: Vec<u8>,
     pub jid: String,
+    /// The domain put in our stream headers.
+    pub domain: String,
     pub features: Option<Element>,
     tls_exporter: Option<Vec<u8>>,
     end_point: Option<Vec<u8>>,
@@ -293,6 +326,7 @@ impl Client {
             parser: StreamParser::new(limits()),
             buf: vec![0; 8192],
             jid: String::new(),
+            domain: DOMAIN.to_string(),
             features: None,
             tls_exporter: None,
             end_point: None,
@@ -320,6 +354,7 @@ impl Client {
             parser: StreamParser::new(limits()),
             buf: vec![0; 8192],
             jid: String::new(),
+            domain: DOMAIN.to_string(),
             features: None,
             tls_exporter: None,
             end_point: None,
@@ -346,7 +381,8 @@ impl Client {
     pub async fn open_stream(&mut self) -> Element {
         self.send(&format!(
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{DOMAIN}' version='1.0'>"
+             xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
+            self.domain
         ))
         .await;
         match self.next_event().await {
@@ -606,10 +642,14 @@ impl Client {
         node: &str,
         opts: LoginOptions,
     ) -> Result<Client, String> {
+        let domain = opts.domain.clone().unwrap_or_else(|| DOMAIN.to_string());
         let mut c = if opts.direct_tls {
-            Client::connect_direct_tls(addr).await
+            let mut c = Client::connect_direct_tls(addr).await;
+            c.domain = domain;
+            c
         } else {
             let mut c = Client::connect(addr).await;
+            c.domain = domain;
             c.open_stream().await;
             c.starttls().await;
             c

@@ -1,0 +1,180 @@
+//! How long a XEP-0313 query for the newest 50 messages takes on a 100,000-message sled
+//! archive (the question is whether it is a range read or a scan).
+//!
+//! Run: `cargo run --release --example mam_bench [-- MESSAGES]`
+//!
+//! It fills one user's archive in a temporary directory (10 contacts taking turns), then
+//! times, over many runs: the last page (RSM `<before/>`), the last page with one contact
+//! (`with`), a page after a known id (RSM `<after/>`), decoding a page into stanzas, one
+//! durable append, and the first query after reopening the database (cold).
+
+use std::time::{Duration, Instant};
+
+use xmppd::storage::{ArchivePos, ArchiveQuery, NewArchived, Storage};
+
+const USER: &str = "alice@example.org";
+const PAGE: usize = 50;
+const RUNS: usize = 200;
+
+fn stats(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "{name:<42} median {:>9.3} ms   p99 {:>9.3} ms   min {:>9.3} ms",
+        pick(0.5).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3,
+        samples[0].as_secs_f64() * 1e3,
+    );
+}
+
+async fn time_runs<F, Fut>(name: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let mut samples = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let n = f().await;
+        samples.push(t.elapsed());
+        assert_eq!(n, PAGE, "{name}: wrong page size");
+    }
+    stats(name, samples);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let total: usize = match std::env::args().nth(1) {
+        Some(n) => n.parse()?,
+        None => 100_000,
+    };
+    let dir = tempfile::tempdir()?;
+    let storage = Storage::open_sled(dir.path())?;
+
+    let contacts: Vec<String> = (0..10)
+        .map(|i| format!("contact{i}@example.net/phone"))
+        .collect();
+    let stanzas: Vec<String> = (0..total)
+        .map(|i| {
+            format!(
+                "<message from='{}' to='{USER}/laptop' type='chat' id='msg-{i}'>\
+                 <body>message number {i}, about as long as a typical chat line</body>\
+                 <origin-id xmlns='urn:xmpp:sid:0' id='origin-{i}'/></message>",
+                contacts[i % contacts.len()]
+            )
+        })
+        .collect();
+    let start_micros = 1_700_000_000_000_000u64;
+    let t = Instant::now();
+    for (c, chunk) in stanzas.chunks(10_000).enumerate() {
+        let msgs: Vec<NewArchived> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, s)| NewArchived {
+                with: &contacts[(c * 10_000 + i) % contacts.len()],
+                stanza: s,
+                micros: start_micros + ((c * 10_000 + i) as u64) * 1_000_000,
+            })
+            .collect();
+        storage.archive.append_many(USER, &msgs).await?;
+    }
+    let fill = t.elapsed();
+    println!(
+        "filled {total} messages in {:.2} s ({:.0} msg/s, batched, one flush per 10,000)",
+        fill.as_secs_f64(),
+        total as f64 / fill.as_secs_f64()
+    );
+    assert_eq!(storage.archive.count(USER).await?, total as u64);
+
+    let last_page = ArchiveQuery {
+        max: PAGE,
+        from_end: true,
+        ..ArchiveQuery::default()
+    };
+    let a = &storage.archive;
+    time_runs("last 50 (RSM <before/>)", || async {
+        a.query(USER, &last_page)
+            .await
+            .map_or(0, |p| p.messages.len())
+    })
+    .await;
+
+    let with_one = ArchiveQuery {
+        with: Some("contact3@example.net".into()),
+        ..last_page.clone()
+    };
+    time_runs("last 50 with one of 10 contacts (with)", || async {
+        a.query(USER, &with_one)
+            .await
+            .map_or(0, |p| p.messages.len())
+    })
+    .await;
+
+    let middle = a
+        .query(
+            USER,
+            &ArchiveQuery {
+                from: ArchivePos {
+                    micros: start_micros + (total as u64 / 2) * 1_000_000,
+                    seq: 0,
+                },
+                max: 1,
+                ..ArchiveQuery::default()
+            },
+        )
+        .await?;
+    let mid_id = middle.messages[0].id.clone();
+    time_runs("50 after an id in the middle (RSM <after/>)", || async {
+        let Ok(Some(pos)) = a.position(USER, &mid_id).await else {
+            return 0;
+        };
+        let q = ArchiveQuery {
+            from: pos.next(),
+            max: PAGE,
+            ..ArchiveQuery::default()
+        };
+        a.query(USER, &q).await.map_or(0, |p| p.messages.len())
+    })
+    .await;
+
+    time_runs("last 50 + parse each stanza (results)", || async {
+        let Ok(page) = a.query(USER, &last_page).await else {
+            return 0;
+        };
+        page.messages
+            .iter()
+            .filter(|m| xmppd::xml::parse_stanza(&m.stanza).is_ok())
+            .count()
+    })
+    .await;
+
+    // A live message: one append, durable (flushed) before it returns.
+    let mut samples = Vec::with_capacity(RUNS);
+    for i in 0..RUNS {
+        let stanza = format!("<message type='chat' id='live-{i}'><body>live</body></message>");
+        let msg = NewArchived {
+            with: &contacts[i % contacts.len()],
+            stanza: &stanza,
+            micros: start_micros + (total as u64 + i as u64) * 1_000_000,
+        };
+        let t = Instant::now();
+        a.append(USER, msg).await?;
+        samples.push(t.elapsed());
+    }
+    stats("append one message, flushed", samples);
+
+    drop(storage);
+    let t = Instant::now();
+    let storage = Storage::open_sled(dir.path())?;
+    let open = t.elapsed();
+    let t = Instant::now();
+    let page = storage.archive.query(USER, &last_page).await?;
+    let cold = t.elapsed();
+    assert_eq!(page.messages.len(), PAGE);
+    println!(
+        "reopen {:.1} ms; first last-50 query after reopen (cold) {:.3} ms",
+        open.as_secs_f64() * 1e3,
+        cold.as_secs_f64() * 1e3
+    );
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! XEP-0191 Simple Communications Blocking: the block list, its pushes, and the filter the
+//! router applies to every stanza between a local account and a JID it blocked.
+
+// Request parsers return the stanza error to answer with; it is built once per request,
+// so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tracing::warn;
+
+use super::{IqHandler, IqTarget, requester_bare};
+use crate::addr::{Addr, bare_of};
+use crate::context::Context;
+use crate::router::{deliver_to_session, route, route_unfiltered};
+use crate::storage::StorageError;
+use crate::stream::{ErrorType, StanzaError, error_reply, random_id};
+use crate::xml::{Element, ns};
+
+pub const NS: &str = "urn:xmpp:blocking";
+pub const NS_ERRORS: &str = "urn:xmpp:blocking:errors";
+/// Entries accepted in one block or unblock request.
+const MAX_ITEMS: usize = 1000;
+
+pub struct Blocking;
+
+/// The parts of a normalized JID string.
+struct Parts<'a> {
+    node: Option<&'a str>,
+    domain: &'a str,
+    resource: Option<&'a str>,
+}
+
+fn parts(jid: &str) -> Parts<'_> {
+    let (bare, resource) = match jid.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (jid, None),
+    };
+    let (node, domain) = match bare.split_once('@') {
+        Some((n, d)) => (Some(n), d),
+        None => (None, bare),
+    };
+    Parts {
+        node,
+        domain,
+        resource,
+    }
+}
+
+/// The block-list entries that match `jid` (§3, in XEP-0016 order): the full JID, the bare
+/// JID, domain/resource, then the domain and every domain it is a subdomain of.
+pub fn candidates(jid: &str) -> Vec<String> {
+    let p = parts(jid);
+    let mut out = Vec::with_capacity(6);
+    if p.resource.is_some() && p.node.is_some() {
+        out.push(jid.to_string());
+    }
+    if p.node.is_some() {
+        out.push(bare_of(jid).to_string());
+    }
+    if let Some(r) = p.resource {
+        out.push(format!("{}/{r}", p.domain));
+    }
+    let mut domain = p.domain;
+    loop {
+        out.push(domain.to_string());
+        match domain.split_once('.') {
+            Some((_, parent)) if !parent.is_empty() => domain = parent,
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Whether `user` blocked `jid` (normalized). A storage failure lets the stanza through
+/// (logged): blocking is a filter, not an authorization check.
+pub async fn is_blocked(ctx: &Arc<Context>, user: &str, jid: &str) -> bool {
+    let c = candidates(jid);
+    let refs: Vec<&str> = c.iter().map(String::as_str).collect();
+    match ctx.storage.blocklist.is_blocked(user, &refs).await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "block list lookup failed");
+            false
+        }
+    }
+}
+
+/// A local account, if `jid` is one (`node@vhost`, any resource).
+fn local_account<'a>(ctx: &Context, jid: &'a str) -> Option<&'a str> {
+    let p = parts(jid);
+    (p.node.is_some() && ctx.is_local_domain(p.domain)).then(|| bare_of(jid))
+}
+
+fn blocked_error() -> StanzaError {
+    StanzaError {
+        app: Some(Element::new("blocked", NS_ERRORS)),
+        ..StanzaError::new(ErrorType::Cancel, "not-acceptable")
+    }
+}
+
+/// §3.3: what the user sends to a blocked JID is not routed. Messages and iq requests get
+/// `<not-acceptable/>` + `<blocked/>`, delivered straight to the sending session (routing
+/// it would meet the block itself); everything else is dropped.
+async fn refuse_outbound(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    let kind = stanza.attr("type").unwrap_or("");
+    let answer = match stanza.name.as_str() {
+        "message" => kind != "error",
+        "iq" => matches!(kind, "get" | "set"),
+        _ => false,
+    };
+    if !answer {
+        return;
+    }
+    let Some(from) = stanza.attr("from") else {
+        return;
+    };
+    let Some(resource) = from.split_once('/').map(|(_, r)| r) else {
+        return;
+    };
+    if let (Some(reply), Some((tx, control))) = (
+        error_reply(stanza, &blocked_error()),
+        ctx.sessions.sender(user, resource),
+    ) {
+        deliver_to_session(&tx, &control, reply);
+    }
+}
+
+/// §3.3: stanzas from a blocked JID. Presence vanishes; messages and iq requests are
+/// answered `<service-unavailable/>`, as if the user did not exist.
+async fn refuse_inbound(ctx: &Arc<Context>, stanza: &Element) {
+    let kind = stanza.attr("type").unwrap_or("");
+    let answer = match stanza.name.as_str() {
+        "message" => kind != "error" && kind != "groupchat",
+        "iq" => matches!(kind, "get" | "set"),
+        _ => false,
+    };
+    if answer && let Some(reply) = error_reply(stanza, &StanzaError::service_unavailable()) {
+        route_unfiltered(ctx, reply).await;
+    }
+}
+
+/// Outbound check for a message a local client sends, before it is archived or copied.
+/// `true`: the recipient is blocked and the sender got the error.
+pub async fn refuse_if_blocked(ctx: &Arc<Context>, user: &str, to: &str, el: &Element) -> bool {
+    if own(user, to) || !is_blocked(ctx, user, to).await {
+        return false;
+    }
+    refuse_outbound(ctx, user, el).await;
+    true
+}
+
+/// The account itself and its own server: never blocked for it.
+fn own(user: &str, jid: &str) -> bool {
+    let bare = bare_of(jid);
+    bare == user || bare == crate::addr::domain_of(user)
+}
+
+/// The router's filter for every stanza with a `from`: `false` if a block list stops it
+/// (the refusal has been sent). Stanzas between an account and itself, and between an
+/// account and its own server, are never blocked.
+pub async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+    let Some(from) = stanza.attr("from") else {
+        return true;
+    };
+    let to_full = to.full();
+    if let Some(user) = local_account(ctx, from)
+        && !own(user, &to_full)
+        && is_blocked(ctx, user, &to_full).await
+    {
+        refuse_outbound(ctx, user, stanza).await;
+        return false;
+    }
+    let to_bare = to.bare();
+    if to.node.is_some()
+        && ctx.is_local_domain(&to.domain)
+        && !own(&to_bare, from)
+        && is_blocked(ctx, &to_bare, from).await
+    {
+        refuse_inbound(ctx, stanza).await;
+        return false;
+    }
+    true
+}
+
+fn internal(e: StorageError) -> StanzaError {
+    warn!(error = %e, "block list storage failed");
+    StanzaError::internal_server_error()
+}
+
+fn items(name: &str, jids: &[String]) -> Element {
+    let mut el = Element::new(name, NS);
+    for j in jids {
+        el.push_child(Element::new("item", NS).with_attr("jid", j.clone()));
+    }
+    el
+}
+
+/// The normalized `jid` of each `<item/>`.
+fn parse_items(payload: &Element) -> Result<Vec<String>, StanzaError> {
+    let mut out: Vec<String> = Vec::new();
+    for item in payload.elements() {
+        if !item.is("item", NS) {
+            return Err(StanzaError::bad_request());
+        }
+        let jid = item
+            .attr("jid")
+            .and_then(Addr::parse)
+            .ok_or_else(StanzaError::jid_malformed)?
+            .full();
+        if !out.contains(&jid) {
+            out.push(jid);
+        }
+    }
+    if out.len() > MAX_ITEMS {
+        return Err(StanzaError::resource_constraint().with_text("too many items"));
+    }
+    Ok(out)
+}
+
+/// Block/unblock pushes to the resources that asked for the block list (§3.3, §3.4).
+fn push(ctx: &Arc<Context>, user: &str, payload: &Element) {
+    for s in ctx.sessions.resources(user) {
+        if s.blocklist_requested {
+            let iq = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_attr("id", format!("block-{}", random_id()))
+                .with_attr("to", format!("{user}/{}", s.resource))
+                .with_child(payload.clone());
+            deliver_to_session(&s.tx, &s.control, iq);
+        }
+    }
+}
+
+/// The contacts entitled to the user's presence (subscription from/both) whom `entry`
+/// covers, as the addresses to send presence to.
+async fn subscribed_covered(ctx: &Arc<Context>, user: &str, entry: &str) -> Vec<String> {
+    let roster = match ctx.storage.roster.roster(user).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "roster lookup failed");
+            return Vec::new();
+        }
+    };
+    let e = parts(entry);
+    roster
+        .items
+        .iter()
+        .filter(|i| i.subscription.has_from())
+        .filter_map(|i| {
+            let c = parts(&i.jid);
+            let covers = match (e.node, e.resource) {
+                // A bare or full entry for this contact; a full one only hides the
+                // presence sent to that resource.
+                (Some(_), _) => bare_of(entry) == i.jid,
+                (None, None) => {
+                    c.domain == e.domain
+                        || c.domain
+                            .strip_suffix(e.domain)
+                            .is_some_and(|rest| rest.ends_with('.'))
+                }
+                (None, Some(_)) => false,
+            };
+            covers.then(|| {
+                if e.node.is_some() && e.resource.is_some() {
+                    entry.to_string()
+                } else {
+                    i.jid.clone()
+                }
+            })
+        })
+        .collect()
+}
+
+/// §3.3: newly blocked contacts see the user go offline.
+async fn send_unavailable(ctx: &Arc<Context>, user: &str, entries: &[String]) {
+    let available: Vec<String> = ctx
+        .sessions
+        .resources(user)
+        .into_iter()
+        .filter(|s| s.available)
+        .map(|s| format!("{user}/{}", s.resource))
+        .collect();
+    if available.is_empty() {
+        return;
+    }
+    for entry in entries {
+        for to in subscribed_covered(ctx, user, entry).await {
+            for from in &available {
+                let p = Element::new("presence", ns::CLIENT)
+                    .with_attr("from", from.clone())
+                    .with_attr("to", to.clone())
+                    .with_attr("type", "unavailable");
+                // The filter would now stop it: this one is the block's own doing.
+                route_unfiltered(ctx, p).await;
+            }
+        }
+    }
+}
+
+/// §3.4: unblocked contacts get the user's current presence again.
+async fn send_current_presence(ctx: &Arc<Context>, user: &str, entries: &[String]) {
+    for entry in entries {
+        for to in subscribed_covered(ctx, user, entry).await {
+            if is_blocked(ctx, user, &to).await {
+                continue;
+            }
+            for s in ctx.sessions.resources(user) {
+                if let (true, Some(mut p)) = (s.available, s.presence) {
+                    p.set_attr("to", to.clone());
+                    route(ctx, p).await;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl IqHandler for Blocking {
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        let IqTarget::Account(user) = target else {
+            return Err(StanzaError::service_unavailable());
+        };
+        if requester_bare(iq) != Some(user.as_str()) {
+            return Err(StanzaError::forbidden());
+        }
+        let Some(payload) = iq.first_element() else {
+            return Err(StanzaError::bad_request());
+        };
+        let store = &ctx.storage.blocklist;
+        match (iq.attr("type"), payload.name.as_str()) {
+            (Some("get"), "blocklist") => {
+                if let Some(resource) = iq
+                    .attr("from")
+                    .and_then(|f| f.split_once('/'))
+                    .map(|(_, r)| r)
+                    && let Some(s) = ctx.sessions.get(user, resource)
+                {
+                    ctx.sessions
+                        .update(user, resource, s.conn_id, |s| s.blocklist_requested = true);
+                }
+                let list = store.blocklist(user).await.map_err(internal)?;
+                Ok(Some(items("blocklist", &list)))
+            }
+            (Some("set"), "block") => {
+                let jids = parse_items(payload)?;
+                if jids.is_empty() {
+                    return Err(StanzaError::bad_request().with_text("nothing to block"));
+                }
+                let added = store.block(user, &jids).await.map_err(internal)?;
+                push(ctx, user, &items("block", &jids));
+                send_unavailable(ctx, user, &added).await;
+                Ok(None)
+            }
+            (Some("set"), "unblock") => {
+                let jids = parse_items(payload)?;
+                let removed = if jids.is_empty() {
+                    store.unblock_all(user).await.map_err(internal)?
+                } else {
+                    store.unblock(user, &jids).await.map_err(internal)?
+                };
+                push(ctx, user, &items("unblock", &jids));
+                send_current_presence(ctx, user, &removed).await;
+                Ok(None)
+            }
+            _ => Err(StanzaError::bad_request()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_in_matching_order() {
+        assert_eq!(
+            candidates("romeo@chat.montague.net/orchard"),
+            [
+                "romeo@chat.montague.net/orchard",
+                "romeo@chat.montague.net",
+                "chat.montague.net/orchard",
+                "chat.montague.net",
+                "montague.net",
+                "net"
+            ]
+        );
+        assert_eq!(candidates("example.org"), ["example.org", "org"]);
+        // A resource may hold '@' and '/'.
+        assert_eq!(
+            candidates("a@b/c@d/e"),
+            ["a@b/c@d/e", "a@b", "b/c@d/e", "b"]
+        );
+    }
+
+    #[test]
+    fn blocked_error_carries_the_application_condition() {
+        let el = blocked_error().to_element();
+        assert_eq!(el.attr("type"), Some("cancel"));
+        assert!(el.has_child("not-acceptable", ns::STANZA_ERRORS));
+        assert!(el.has_child("blocked", NS_ERRORS));
+    }
+
+    #[test]
+    fn items_are_normalized_and_checked() {
+        let el = crate::xml::parse_stanza(
+            "<block xmlns='urn:xmpp:blocking'><item jid='Romeo@Montague.NET'/><item jid='romeo@montague.net'/><item jid='evil.example/x'/></block>",
+        )
+        .unwrap();
+        assert_eq!(
+            parse_items(&el).unwrap(),
+            ["romeo@montague.net", "evil.example/x"]
+        );
+        let bad =
+            crate::xml::parse_stanza("<block xmlns='urn:xmpp:blocking'><item jid='@x'/></block>")
+                .unwrap();
+        assert_eq!(parse_items(&bad).unwrap_err().condition, "jid-malformed");
+        let no_jid =
+            crate::xml::parse_stanza("<block xmlns='urn:xmpp:blocking'><item/></block>").unwrap();
+        assert!(parse_items(&no_jid).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! XEP-0280 Message Carbons: copies of a user's one-to-one messages for the user's other
+//! carbons-enabled resources, so every device sees the whole conversation.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::mam::{FORWARD, HINTS, add_stanza_id};
+use super::{IqHandler, IqTarget};
+use crate::addr::{bare_of, domain_of};
+use crate::context::Context;
+use crate::router::deliver_to_session;
+use crate::storage::ArchiveStamp;
+use crate::stream::StanzaError;
+use crate::xml::{Element, ns};
+
+pub const NS: &str = "urn:xmpp:carbons:2";
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+pub struct Carbons;
+
+fn resource_of(jid: &str) -> Option<&str> {
+    jid.split_once('/').map(|(_, r)| r)
+}
+
+#[async_trait]
+impl IqHandler for Carbons {
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        let from = iq.attr("from").unwrap_or("");
+        let user = bare_of(from);
+        // Clients send this without 'to' (their account) or to their server; only a local
+        // session can switch its own carbons (§3.2: not-allowed otherwise).
+        let own = match target {
+            IqTarget::Account(bare) => bare == user,
+            IqTarget::Server(domain) => user.contains('@') && domain_of(user) == domain,
+        };
+        let session = resource_of(from).and_then(|r| ctx.sessions.get(user, r));
+        let (true, Some(session)) = (own, session) else {
+            return Err(StanzaError::not_allowed());
+        };
+        if iq.attr("type") != Some("set") {
+            return Err(StanzaError::bad_request());
+        }
+        let enable = match iq.first_element().map(|p| p.name.as_str()) {
+            Some("enable") => true,
+            Some("disable") => false,
+            _ => return Err(StanzaError::bad_request()),
+        };
+        // Enabling twice is not an error (§8.1).
+        ctx.sessions
+            .update(user, &session.resource, session.conn_id, |s| {
+                s.carbons = enable
+            });
+        Ok(None)
+    }
+}
+
+/// §6: chat messages, and normal ones with a body; never MUC traffic (including private
+/// messages through a room), errors, or messages the sender marked private / no-copy.
+pub fn eligible(el: &Element) -> bool {
+    let kind_ok = match el.attr("type").unwrap_or("normal") {
+        "chat" => true,
+        "normal" => el.has_child("body", ns::CLIENT),
+        _ => false,
+    };
+    kind_ok
+        && !el.has_child("x", MUC_USER)
+        && !el.has_child("private", NS)
+        && !el.has_child("no-copy", HINTS)
+}
+
+fn copy(user: &str, resource: &str, kind: &str, original: &Element) -> Element {
+    let mut wrapper = Element::new("message", ns::CLIENT)
+        .with_attr("from", user)
+        .with_attr("to", format!("{user}/{resource}"));
+    if let Some(t) = original.attr("type") {
+        wrapper.set_attr("type", t);
+    }
+    wrapper.with_child(
+        Element::new(kind, NS)
+            .with_child(Element::new("forwarded", FORWARD).with_child(original.clone())),
+    )
+}
+
+fn send_copies(
+    ctx: &Arc<Context>,
+    user: &str,
+    kind: &str,
+    original: &Element,
+    skip: impl Fn(&crate::router::SessionInfo) -> bool,
+) {
+    for s in ctx.sessions.resources(user) {
+        if s.carbons && !skip(&s) {
+            deliver_to_session(&s.tx, &s.control, copy(user, &s.resource, kind, original));
+        }
+    }
+}
+
+/// §5: a message a local client sent goes as `<sent/>` to the sender's other
+/// carbons-enabled resources, carrying the sender's archive id (XEP-0313 §3).
+pub fn sent(
+    ctx: &Arc<Context>,
+    from: &str,
+    to: &str,
+    el: &Element,
+    archived: Option<&ArchiveStamp>,
+) {
+    if !eligible(el) {
+        return;
+    }
+    let user = bare_of(from);
+    let sender = resource_of(from);
+    // A message to another resource of the same account reaches it directly.
+    let target = (bare_of(to) == user).then(|| resource_of(to)).flatten();
+    let mut original = el.clone();
+    if let Some(a) = archived {
+        add_stanza_id(&mut original, user, &a.id);
+    }
+    send_copies(ctx, user, "sent", &original, |s| {
+        Some(s.resource.as_str()) == sender || Some(s.resource.as_str()) == target
+    });
+}
+
+/// §4: a message delivered to `user` goes as `<received/>` to the carbons-enabled
+/// resources that did not get the original: all but the addressed one for a full JID,
+/// those outside the RFC 6121 bare-JID delivery set otherwise.
+pub fn received(ctx: &Arc<Context>, user: &str, resource: Option<&str>, el: &Element) {
+    if !eligible(el) {
+        return;
+    }
+    match resource {
+        Some(r) => send_copies(ctx, user, "received", el, |s| s.resource == r),
+        None => send_copies(ctx, user, "received", el, |s| {
+            s.available && s.priority >= 0
+        }),
+    }
+}
+
+/// §7: the recipient's server removes the sender's `<private/>` marker.
+pub fn strip_private(el: &mut Element) {
+    el.remove_children("private", NS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(xml: &str) -> Element {
+        crate::xml::parse_stanza(xml).unwrap()
+    }
+
+    #[test]
+    fn eligibility_follows_section_6() {
+        assert!(eligible(&parse(
+            "<message type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )));
+        assert!(eligible(&parse("<message><body>x</body></message>")));
+        assert!(!eligible(&parse(
+            "<message type='normal'><x xmlns='urn:x'/></message>"
+        )));
+        assert!(!eligible(&parse(
+            "<message type='groupchat'><body>x</body></message>"
+        )));
+        assert!(!eligible(&parse(
+            "<message type='error'><body>x</body></message>"
+        )));
+        assert!(!eligible(&parse(
+            "<message type='headline'><body>x</body></message>"
+        )));
+        assert!(!eligible(&parse(
+            "<message type='chat'><body>x</body><private xmlns='urn:xmpp:carbons:2'/></message>"
+        )));
+        assert!(!eligible(&parse(
+            "<message type='chat'><body>x</body><no-copy xmlns='urn:xmpp:hints'/></message>"
+        )));
+        assert!(!eligible(&parse(
+            "<message type='chat'><body>x</body><x xmlns='http://jabber.org/protocol/muc#user'/></message>"
+        )));
+    }
+
+    #[test]
+    fn copy_wraps_the_original_from_the_bare_jid() {
+        let original =
+            parse("<message from='a@x/one' to='b@y' type='chat'><body>x</body></message>");
+        let c = copy("a@x", "two", "sent", &original);
+        assert_eq!(c.attr("from"), Some("a@x"));
+        assert_eq!(c.attr("to"), Some("a@x/two"));
+        assert_eq!(c.attr("type"), Some("chat"));
+        let inner = c
+            .child("sent", NS)
+            .and_then(|s| s.child("forwarded", FORWARD))
+            .and_then(|f| f.child("message", ns::CLIENT))
+            .unwrap();
+        assert_eq!(inner, &original);
+    }
+}

@@ -1,0 +1,866 @@
+//! XEP-0313 Message Archive Management for accounts, with XEP-0059 paging, XEP-0359
+//! stanza ids and XEP-0441 preferences.
+//!
+//! Messages are archived at the two points where the server accepts them: when a local
+//! client sends one ([`archive_outbound`]) and when one is accepted for delivery to a local
+//! account ([`archive_inbound`], before live delivery or offline storage). A message between
+//! two resources of one account is archived once, on the way out.
+
+// Request parsers return the stanza error to answer with; it is built once per request,
+// so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tracing::warn;
+
+use super::{IqHandler, IqTarget, requester_bare};
+use crate::addr::{Addr, bare_of};
+use crate::config::ArchivePolicy;
+use crate::context::Context;
+use crate::router::deliver_to_session;
+use crate::storage::{
+    ArchiveDefault, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp,
+    ArchivedMessage, NewArchived, StorageError,
+};
+use crate::stream::{StanzaError, random_id};
+use crate::xml::{Element, Node, ns};
+
+pub const NS: &str = "urn:xmpp:mam:2";
+/// before-id/after-id/ids, flipped pages, metadata (XEP-0313 §7).
+pub const NS_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+pub const SID: &str = "urn:xmpp:sid:0";
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+pub const DATA: &str = "jabber:x:data";
+pub const HINTS: &str = "urn:xmpp:hints";
+const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+
+/// Page size when the client gives no RSM `<max/>`.
+pub const DEFAULT_PAGE: usize = 50;
+/// Largest page sent for one query, whatever the client asks.
+pub const MAX_PAGE: usize = 250;
+/// Old messages deleted per append when a retention period is set.
+const PRUNE_BATCH: usize = 64;
+
+/// Payloads of end-to-end encrypted messages that carry no body but are conversation.
+const ENCRYPTED: &[(&str, &str)] = &[
+    ("encrypted", "eu.siacs.conversations.axolotl"),
+    ("encrypted", "urn:xmpp:omemo:2"),
+    ("openpgp", "urn:xmpp:openpgp:0"),
+    ("encryption", "urn:xmpp:eme:0"),
+];
+
+pub struct Mam;
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// XEP-0082 DateTime with microseconds, UTC.
+pub fn stamp(micros: u64) -> String {
+    let nanos = i128::from(micros) * 1000;
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    t.format(&format).unwrap_or_default()
+}
+
+/// Parses an XEP-0082 DateTime into µs since the epoch (earlier instants clamp to 0).
+pub fn parse_stamp(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(u64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(0))
+}
+
+/// XEP-0313 §6.1.1 and XEP-0334: messages that hold conversation, not state.
+pub fn archivable(el: &Element) -> bool {
+    if matches!(el.attr("type"), Some("groupchat" | "error" | "headline")) {
+        return false;
+    }
+    if el.has_child("no-store", HINTS) || el.has_child("no-permanent-store", HINTS) {
+        return false;
+    }
+    el.has_child("body", ns::CLIENT)
+        || el.has_child("store", HINTS)
+        || ENCRYPTED.iter().any(|(name, ns)| el.has_child(name, ns))
+}
+
+/// Removes `<stanza-id/>` elements claiming to come from `user`'s archive: only this
+/// server may set them (XEP-0359 §4).
+pub fn strip_own_stanza_ids(user: &str, el: &mut Element) {
+    el.children.retain(|n| match n {
+        Node::Element(e) if e.is("stanza-id", SID) => {
+            let by = e.attr("by").and_then(Addr::parse).map(|a| a.full());
+            by.as_deref() != Some(user)
+        }
+        _ => true,
+    });
+}
+
+pub fn stanza_id(user: &str, id: &str) -> Element {
+    Element::new("stanza-id", SID)
+        .with_attr("by", user)
+        .with_attr("id", id)
+}
+
+fn has_stanza_id(el: &Element, user: &str) -> bool {
+    el.elements()
+        .any(|e| e.is("stanza-id", SID) && e.attr("by") == Some(user))
+}
+
+/// Adds this archive's stanza-id unless the message already carries it.
+pub fn add_stanza_id(el: &mut Element, user: &str, id: &str) {
+    if !has_stanza_id(el, user) {
+        el.push_child(stanza_id(user, id));
+    }
+}
+
+fn default_prefs(ctx: &Context) -> ArchivePrefs {
+    ArchivePrefs {
+        default: match ctx.config.archive.default_policy {
+            ArchivePolicy::Always => ArchiveDefault::Always,
+            ArchivePolicy::Roster => ArchiveDefault::Roster,
+            ArchivePolicy::Never => ArchiveDefault::Never,
+        },
+        always: Vec::new(),
+        never: Vec::new(),
+    }
+}
+
+async fn load_prefs(ctx: &Arc<Context>, user: &str) -> Result<ArchivePrefs, StorageError> {
+    Ok(ctx
+        .storage
+        .archive
+        .prefs(user)
+        .await?
+        .unwrap_or_else(|| default_prefs(ctx)))
+}
+
+/// XEP-0441: whether the user's preferences let a message with `with` be archived.
+async fn allowed(ctx: &Arc<Context>, user: &str, with: &str) -> bool {
+    let prefs = match load_prefs(ctx, user).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "loading archive preferences failed");
+            default_prefs(ctx)
+        }
+    };
+    let bare = bare_of(with);
+    let listed = |list: &[String]| list.iter().any(|j| j == with || j == bare);
+    if listed(&prefs.never) {
+        return false;
+    }
+    if listed(&prefs.always) {
+        return true;
+    }
+    match prefs.default {
+        ArchiveDefault::Always => true,
+        ArchiveDefault::Never => false,
+        ArchiveDefault::Roster => matches!(ctx.storage.roster.item(user, bare).await, Ok(Some(_))),
+    }
+}
+
+/// The first position queries may see: messages older than the retention period are gone
+/// for the protocol even before they are deleted.
+fn retention_floor(ctx: &Context) -> ArchivePos {
+    match ctx.config.archive.retention_days {
+        0 => ArchivePos::MIN,
+        days => ArchivePos {
+            micros: now_micros().saturating_sub(u64::from(days) * 86_400 * 1_000_000),
+            seq: 0,
+        },
+    }
+}
+
+async fn archive(ctx: &Arc<Context>, user: &str, with: &str, el: &Element) -> Option<ArchiveStamp> {
+    if !archivable(el) || !allowed(ctx, user, with).await {
+        return None;
+    }
+    let stanza = el.to_stanza_string();
+    let msg = NewArchived {
+        with,
+        stanza: &stanza,
+        micros: now_micros(),
+    };
+    let stamp = match ctx.storage.archive.append(user, msg).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "archiving a message failed");
+            return None;
+        }
+    };
+    let floor = retention_floor(ctx);
+    if floor > ArchivePos::MIN
+        && let Err(e) = ctx
+            .storage
+            .archive
+            .remove_before(user, floor.micros, PRUNE_BATCH)
+            .await
+    {
+        warn!(error = %e, "pruning the archive failed");
+    }
+    Some(stamp)
+}
+
+/// Archives a message a local client of `user` sends (in the sender's archive, with the
+/// recipient as `with`).
+pub async fn archive_outbound(
+    ctx: &Arc<Context>,
+    user: &str,
+    to: &str,
+    el: &Element,
+) -> Option<ArchiveStamp> {
+    archive(ctx, user, to, el).await
+}
+
+/// Archives a message accepted for delivery to `user` and stamps it with its stanza-id.
+pub async fn archive_inbound(ctx: &Arc<Context>, user: &str, el: &mut Element) {
+    let Some(from) = el.attr("from").map(str::to_string) else {
+        return;
+    };
+    if let Some(stamp) = archive(ctx, user, &from, el).await {
+        el.push_child(stanza_id(user, &stamp.id));
+    }
+}
+
+#[async_trait]
+impl IqHandler for Mam {
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS, NS_EXTENDED]
+    }
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        let IqTarget::Account(user) = target else {
+            return Err(StanzaError::service_unavailable());
+        };
+        // XEP-0313 §9.1: an archive is its owner's only.
+        if requester_bare(iq) != Some(user.as_str()) {
+            return Err(StanzaError::forbidden());
+        }
+        let Some(payload) = iq.first_element() else {
+            return Err(StanzaError::bad_request());
+        };
+        match (iq.attr("type"), payload.name.as_str()) {
+            (Some("get"), "query") => Ok(Some(form())),
+            (Some("set"), "query") => query(ctx, user, iq, payload).await,
+            (Some("get"), "prefs") => {
+                let prefs = load_prefs(ctx, user).await.map_err(internal)?;
+                Ok(Some(prefs_element(&prefs)))
+            }
+            (Some("set"), "prefs") => {
+                let prefs = parse_prefs(payload, load_prefs(ctx, user).await.map_err(internal)?)?;
+                ctx.storage
+                    .archive
+                    .set_prefs(user, &prefs)
+                    .await
+                    .map_err(internal)?;
+                Ok(Some(prefs_element(&prefs)))
+            }
+            (Some("get"), "metadata") => metadata(ctx, user).await.map(Some),
+            _ => Err(StanzaError::bad_request()),
+        }
+    }
+}
+
+fn internal(e: StorageError) -> StanzaError {
+    warn!(error = %e, "archive storage failed");
+    StanzaError::internal_server_error()
+}
+
+fn field(var: &str, kind: &str) -> Element {
+    Element::new("field", DATA)
+        .with_attr("type", kind)
+        .with_attr("var", var)
+}
+
+/// XEP-0313 §4.1.5: the query form.
+fn form() -> Element {
+    let x = Element::new("x", DATA)
+        .with_attr("type", "form")
+        .with_child(
+            field("FORM_TYPE", "hidden").with_child(Element::new("value", DATA).with_text(NS)),
+        )
+        .with_child(field("with", "jid-single"))
+        .with_child(field("start", "text-single"))
+        .with_child(field("end", "text-single"))
+        .with_child(field("before-id", "text-single"))
+        .with_child(field("after-id", "text-single"))
+        .with_child(
+            field("ids", "list-multi").with_child(
+                Element::new("validate", XDATA_VALIDATE)
+                    .with_attr("datatype", "xs:string")
+                    .with_child(Element::new("open", XDATA_VALIDATE)),
+            ),
+        );
+    Element::new("query", NS).with_child(x)
+}
+
+/// A parsed query: form fields and RSM, before any id is looked up.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Request {
+    query_id: Option<String>,
+    with: Option<String>,
+    start: Option<u64>,
+    end: Option<u64>,
+    after_id: Option<String>,
+    before_id: Option<String>,
+    ids: Option<Vec<String>>,
+    max: Option<usize>,
+    rsm_after: Option<String>,
+    /// `Some(None)`: an empty `<before/>`, the last page.
+    rsm_before: Option<Option<String>>,
+    flip: bool,
+}
+
+impl Request {
+    /// Whether the result set is the whole archive (RSM count and index are then cheap).
+    fn unfiltered(&self) -> bool {
+        self.with.is_none()
+            && self.start.is_none()
+            && self.end.is_none()
+            && self.after_id.is_none()
+            && self.before_id.is_none()
+            && self.ids.is_none()
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+fn parse_request(query: &Element) -> Result<Request, StanzaError> {
+    let mut req = Request {
+        query_id: query.attr("queryid").map(str::to_string),
+        ..Request::default()
+    };
+    for child in query.elements() {
+        match (child.name.as_str(), child.ns.as_str()) {
+            ("x", DATA) => parse_form(child, &mut req)?,
+            ("set", RSM) => parse_rsm(child, &mut req)?,
+            ("flip-page", NS) => req.flip = true,
+            _ => return Err(StanzaError::bad_request().with_text("unexpected query element")),
+        }
+    }
+    Ok(req)
+}
+
+fn parse_form(x: &Element, req: &mut Request) -> Result<(), StanzaError> {
+    if x.attr("type").is_some_and(|t| t != "submit") {
+        return Err(StanzaError::bad_request().with_text("the form must be submitted"));
+    }
+    for f in x.elements().filter(|e| e.is("field", DATA)) {
+        let values: Vec<String> = f
+            .elements()
+            .filter(|v| v.is("value", DATA))
+            .map(Element::text)
+            .collect();
+        let single = || values.first().cloned().and_then(non_empty);
+        let bad = |what: &str| StanzaError::bad_request().with_text(format!("invalid {what}"));
+        match f.attr("var").unwrap_or("") {
+            "FORM_TYPE" => {
+                if single().as_deref() != Some(NS) {
+                    return Err(bad("FORM_TYPE"));
+                }
+            }
+            "with" => {
+                req.with = match single() {
+                    Some(j) => Some(
+                        Addr::parse(&j)
+                            .ok_or_else(StanzaError::jid_malformed)?
+                            .full(),
+                    ),
+                    None => None,
+                }
+            }
+            "start" => {
+                req.start = match single() {
+                    Some(s) => Some(parse_stamp(&s).ok_or_else(|| bad("start"))?),
+                    None => None,
+                }
+            }
+            "end" => {
+                req.end = match single() {
+                    Some(s) => Some(parse_stamp(&s).ok_or_else(|| bad("end"))?),
+                    None => None,
+                }
+            }
+            "after-id" => req.after_id = single(),
+            "before-id" => req.before_id = single(),
+            "ids" => {
+                let ids: Vec<String> = values.into_iter().filter_map(non_empty).collect();
+                if ids.len() > MAX_PAGE {
+                    return Err(StanzaError::bad_request().with_text("too many ids"));
+                }
+                req.ids = Some(ids);
+            }
+            // §4.1.5: unknown fields are an error, not silently ignored.
+            other => {
+                return Err(StanzaError::feature_not_implemented()
+                    .with_text(format!("unsupported field '{other}'")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_rsm(set: &Element, req: &mut Request) -> Result<(), StanzaError> {
+    for e in set.elements() {
+        match e.name.as_str() {
+            "max" => {
+                let max = e
+                    .text()
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| StanzaError::bad_request().with_text("invalid RSM max"))?;
+                req.max = Some(max);
+            }
+            "after" => {
+                req.rsm_after = Some(
+                    non_empty(e.text())
+                        .ok_or_else(|| StanzaError::bad_request().with_text("empty RSM after"))?,
+                )
+            }
+            "before" => req.rsm_before = Some(non_empty(e.text())),
+            "index" => {
+                return Err(StanzaError::feature_not_implemented()
+                    .with_text("paging by index is not supported; use after/before"));
+            }
+            _ => return Err(StanzaError::bad_request().with_text("unexpected RSM element")),
+        }
+    }
+    Ok(())
+}
+
+async fn position(ctx: &Arc<Context>, user: &str, id: &str) -> Result<ArchivePos, StanzaError> {
+    ctx.storage
+        .archive
+        .position(user, id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            StanzaError::item_not_found().with_text(format!("no message '{id}' in the archive"))
+        })
+}
+
+async fn query(
+    ctx: &Arc<Context>,
+    user: &str,
+    iq: &Element,
+    payload: &Element,
+) -> Result<Option<Element>, StanzaError> {
+    let req = parse_request(payload)?;
+    // The results go to the querying resource, ahead of the iq result.
+    let Some(to) = iq.attr("from").filter(|f| f.contains('/')) else {
+        return Err(StanzaError::bad_request());
+    };
+    let resource = to.split_once('/').map_or("", |(_, r)| r);
+    let Some((tx, control)) = ctx.sessions.sender(user, resource) else {
+        return Err(StanzaError::service_unavailable());
+    };
+
+    let mut q = ArchiveQuery {
+        with: req.with.clone(),
+        from: retention_floor(ctx),
+        to: ArchivePos::MAX,
+        max: req.max.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE),
+        from_end: req.rsm_before.is_some(),
+    };
+    if let Some(start) = req.start {
+        q.from = q.from.max(ArchivePos {
+            micros: start,
+            seq: 0,
+        });
+    }
+    if let Some(end) = req.end {
+        q.to = q.to.min(ArchivePos {
+            micros: end,
+            seq: u64::MAX,
+        });
+    }
+    for id in [&req.after_id, &req.rsm_after].into_iter().flatten() {
+        q.from = q.from.max(position(ctx, user, id).await?.next());
+    }
+    for id in [&req.before_id, &req.rsm_before.clone().flatten()]
+        .into_iter()
+        .flatten()
+    {
+        q.to = q.to.min(position(ctx, user, id).await?.prev());
+    }
+    let page = match &req.ids {
+        Some(ids) => by_ids(ctx, user, ids, &q).await?,
+        None => ctx
+            .storage
+            .archive
+            .query(user, &q)
+            .await
+            .map_err(internal)?,
+    };
+
+    let domain = crate::addr::domain_of(user).to_string();
+    let mut sent = page.messages.iter().collect::<Vec<_>>();
+    if req.flip {
+        sent.reverse();
+    }
+    for m in sent {
+        let Some(result) = result_message(user, to, &domain, req.query_id.as_deref(), m) else {
+            continue;
+        };
+        if !deliver_to_session(&tx, &control, result) {
+            return Err(StanzaError::resource_constraint());
+        }
+    }
+
+    let mut set = Element::new("set", RSM);
+    let count = if req.unfiltered() && ctx.config.archive.retention_days == 0 {
+        Some(ctx.storage.archive.count(user).await.map_err(internal)?)
+    } else {
+        None
+    };
+    if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
+        let mut first_el = Element::new("first", RSM).with_text(first.id.clone());
+        let index = match (count, &req.rsm_after, &req.rsm_before) {
+            (Some(_), None, None) => Some(0),
+            (Some(c), None, Some(None)) => c.checked_sub(page.messages.len() as u64),
+            _ => None,
+        };
+        if let Some(index) = index {
+            first_el.set_attr("index", index.to_string());
+        }
+        set.push_child(first_el);
+        set.push_child(Element::new("last", RSM).with_text(last.id.clone()));
+    }
+    if let Some(count) = count {
+        set.push_child(Element::new("count", RSM).with_text(count.to_string()));
+    }
+    let mut fin = Element::new("fin", NS).with_child(set);
+    if !page.more {
+        fin.set_attr("complete", "true");
+    }
+    Ok(Some(fin))
+}
+
+/// The `ids` field: those messages, if they also match the rest of the query, in archive
+/// order. Every id must exist (§4.1.3).
+async fn by_ids(
+    ctx: &Arc<Context>,
+    user: &str,
+    ids: &[String],
+    q: &ArchiveQuery,
+) -> Result<ArchivePage, StanzaError> {
+    let mut found: Vec<ArchivedMessage> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let m = ctx
+            .storage
+            .archive
+            .get(user, id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(StanzaError::item_not_found)?;
+        let with_ok = q.with.as_deref().is_none_or(|w| {
+            if w.contains('/') {
+                w == m.with
+            } else {
+                w == bare_of(&m.with)
+            }
+        });
+        if with_ok && m.pos >= q.from && m.pos <= q.to {
+            found.push(m);
+        }
+    }
+    found.sort_by_key(|m| m.pos);
+    found.dedup_by_key(|m| m.pos);
+    let more = found.len() > q.max;
+    if q.from_end {
+        found.drain(..found.len().saturating_sub(q.max));
+    } else {
+        found.truncate(q.max);
+    }
+    Ok(ArchivePage {
+        messages: found,
+        more,
+    })
+}
+
+/// `<message><result><forwarded><delay/><message/></forwarded></result></message>`.
+fn result_message(
+    user: &str,
+    to: &str,
+    domain: &str,
+    query_id: Option<&str>,
+    m: &ArchivedMessage,
+) -> Option<Element> {
+    let original = match crate::xml::parse_stanza(&m.stanza) {
+        Ok(el) => el,
+        Err(e) => {
+            warn!(error = %e, id = %m.id, "archived message unreadable; skipped");
+            return None;
+        }
+    };
+    let forwarded = Element::new("forwarded", FORWARD)
+        .with_child(
+            Element::new("delay", ns::DELAY)
+                .with_attr("from", domain)
+                .with_attr("stamp", stamp(m.pos.micros)),
+        )
+        .with_child(original);
+    let mut result = Element::new("result", NS).with_attr("id", m.id.clone());
+    if let Some(qid) = query_id {
+        result.set_attr("queryid", qid);
+    }
+    result.push_child(forwarded);
+    Some(
+        Element::new("message", ns::CLIENT)
+            .with_attr("from", user)
+            .with_attr("to", to)
+            .with_attr("id", random_id())
+            .with_child(result),
+    )
+}
+
+/// Archive metadata (§5): first and last message.
+async fn metadata(ctx: &Arc<Context>, user: &str) -> Result<Element, StanzaError> {
+    let mut out = Element::new("metadata", NS);
+    let mut q = ArchiveQuery {
+        from: retention_floor(ctx),
+        max: 1,
+        ..ArchiveQuery::default()
+    };
+    let first = ctx
+        .storage
+        .archive
+        .query(user, &q)
+        .await
+        .map_err(internal)?;
+    q.from_end = true;
+    let last = ctx
+        .storage
+        .archive
+        .query(user, &q)
+        .await
+        .map_err(internal)?;
+    if let (Some(f), Some(l)) = (first.messages.first(), last.messages.first()) {
+        for (name, m) in [("start", f), ("end", l)] {
+            out.push_child(
+                Element::new(name, NS)
+                    .with_attr("id", m.id.clone())
+                    .with_attr("timestamp", stamp(m.pos.micros)),
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn prefs_element(prefs: &ArchivePrefs) -> Element {
+    let default = match prefs.default {
+        ArchiveDefault::Always => "always",
+        ArchiveDefault::Never => "never",
+        ArchiveDefault::Roster => "roster",
+    };
+    let list = |name: &str, jids: &[String]| {
+        let mut el = Element::new(name, NS);
+        for j in jids {
+            el.push_child(Element::new("jid", NS).with_text(j.clone()));
+        }
+        el
+    };
+    Element::new("prefs", NS)
+        .with_attr("default", default)
+        .with_child(list("always", &prefs.always))
+        .with_child(list("never", &prefs.never))
+}
+
+/// XEP-0441 §4: new preferences; lists that are absent keep their current value.
+fn parse_prefs(el: &Element, current: ArchivePrefs) -> Result<ArchivePrefs, StanzaError> {
+    let default = match el.attr("default") {
+        Some("always") => ArchiveDefault::Always,
+        Some("never") => ArchiveDefault::Never,
+        Some("roster") => ArchiveDefault::Roster,
+        None => current.default,
+        Some(_) => return Err(StanzaError::bad_request().with_text("invalid default")),
+    };
+    let list = |name: &str, current: Vec<String>| -> Result<Vec<String>, StanzaError> {
+        let Some(l) = el.child(name, NS) else {
+            return Ok(current);
+        };
+        let mut out = Vec::new();
+        for j in l.elements().filter(|j| j.is("jid", NS)) {
+            let jid = Addr::parse(j.text().trim())
+                .ok_or_else(StanzaError::jid_malformed)?
+                .full();
+            if !out.contains(&jid) {
+                out.push(jid);
+            }
+        }
+        if out.len() > 1000 {
+            return Err(StanzaError::resource_constraint().with_text("too many JIDs"));
+        }
+        Ok(out)
+    };
+    Ok(ArchivePrefs {
+        default,
+        always: list("always", current.always)?,
+        never: list("never", current.never)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(xml: &str) -> Element {
+        crate::xml::parse_stanza(xml).unwrap()
+    }
+
+    #[test]
+    fn archive_rules() {
+        let yes = [
+            "<message type='chat'><body>hi</body></message>",
+            "<message><body>normal</body></message>",
+            "<message type='chat'><encrypted xmlns='eu.siacs.conversations.axolotl'/></message>",
+            "<message type='chat'><store xmlns='urn:xmpp:hints'/><x xmlns='urn:x'/></message>",
+        ];
+        let no = [
+            "<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<message type='chat'><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+            "<message type='error'><body>x</body></message>",
+            "<message type='headline'><body>x</body></message>",
+            "<message type='groupchat'><body>x</body></message>",
+            "<message type='chat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>",
+            "<message><body>x</body><no-permanent-store xmlns='urn:xmpp:hints'/></message>",
+        ];
+        for x in yes {
+            assert!(archivable(&parse(x)), "{x}");
+        }
+        for x in no {
+            assert!(!archivable(&parse(x)), "{x}");
+        }
+    }
+
+    #[test]
+    fn forged_stanza_ids_are_stripped_others_kept() {
+        let mut el = parse(
+            "<message><stanza-id xmlns='urn:xmpp:sid:0' by='Alice@Localhost' id='f'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.example' id='k'/><body>x</body></message>",
+        );
+        strip_own_stanza_ids("alice@localhost", &mut el);
+        let left: Vec<_> = el
+            .elements()
+            .filter(|e| e.is("stanza-id", SID))
+            .map(|e| e.attr("id").unwrap().to_string())
+            .collect();
+        assert_eq!(left, ["k"]);
+        add_stanza_id(&mut el, "alice@localhost", "n");
+        add_stanza_id(&mut el, "alice@localhost", "n");
+        assert_eq!(el.elements().filter(|e| e.is("stanza-id", SID)).count(), 2);
+    }
+
+    #[test]
+    fn stamps_round_trip() {
+        let t = 1_700_000_000_123_456;
+        assert_eq!(stamp(t), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(parse_stamp(&stamp(t)), Some(t));
+        assert_eq!(
+            parse_stamp("2023-11-14T23:13:20+01:00"),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(parse_stamp("1969-12-31T23:59:59Z"), Some(0));
+        assert_eq!(parse_stamp("yesterday"), None);
+    }
+
+    #[test]
+    fn parses_form_rsm_and_flip() {
+        let q = parse(
+            "<query xmlns='urn:xmpp:mam:2' queryid='q1'>\
+               <x xmlns='jabber:x:data' type='submit'>\
+                 <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+                 <field var='with'><value>Bob@Localhost</value></field>\
+                 <field var='start'><value>1970-01-01T00:00:01Z</value></field>\
+                 <field var='after-id'><value>a1</value></field>\
+                 <field var='ids'><value>x</value><value>y</value></field>\
+               </x>\
+               <set xmlns='http://jabber.org/protocol/rsm'><max>10</max><before/></set>\
+               <flip-page/>\
+             </query>",
+        );
+        let req = parse_request(&q).unwrap();
+        assert_eq!(
+            req,
+            Request {
+                query_id: Some("q1".into()),
+                with: Some("bob@localhost".into()),
+                start: Some(1_000_000),
+                after_id: Some("a1".into()),
+                ids: Some(vec!["x".into(), "y".into()]),
+                max: Some(10),
+                rsm_before: Some(None),
+                flip: true,
+                ..Request::default()
+            }
+        );
+        assert!(!req.unfiltered());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_index_and_bad_values() {
+        let wrap = |inner: &str| parse(&format!("<query xmlns='urn:xmpp:mam:2'>{inner}</query>"));
+        let field = |var: &str, value: &str| {
+            wrap(&format!(
+                "<x xmlns='jabber:x:data' type='submit'><field var='{var}'><value>{value}</value></field></x>"
+            ))
+        };
+        let cond = |q: Element| parse_request(&q).unwrap_err().condition;
+        assert_eq!(cond(field("fulltext", "x")), "feature-not-implemented");
+        assert_eq!(cond(field("start", "noon")), "bad-request");
+        assert_eq!(cond(field("with", "@bad")), "jid-malformed");
+        assert_eq!(cond(field("FORM_TYPE", "urn:other")), "bad-request");
+        assert_eq!(
+            cond(wrap(
+                "<set xmlns='http://jabber.org/protocol/rsm'><index>3</index></set>"
+            )),
+            "feature-not-implemented"
+        );
+        assert_eq!(
+            cond(wrap(
+                "<set xmlns='http://jabber.org/protocol/rsm'><max>-1</max></set>"
+            )),
+            "bad-request"
+        );
+        // Empty values count as absent.
+        let q = field("with", "");
+        assert!(parse_request(&q).unwrap().unfiltered());
+    }
+
+    #[test]
+    fn prefs_parse_and_keep_absent_lists() {
+        let current = ArchivePrefs {
+            default: ArchiveDefault::Always,
+            always: vec!["a@x".into()],
+            never: vec!["n@x".into()],
+        };
+        let el = parse(
+            "<prefs xmlns='urn:xmpp:mam:2' default='roster'><never><jid>B@X</jid><jid>b@x</jid></never></prefs>",
+        );
+        let p = parse_prefs(&el, current.clone()).unwrap();
+        assert_eq!(p.default, ArchiveDefault::Roster);
+        assert_eq!(p.always, ["a@x"]);
+        assert_eq!(p.never, ["b@x"]);
+        let back = prefs_element(&p);
+        assert_eq!(back.attr("default"), Some("roster"));
+        let bad = parse("<prefs xmlns='urn:xmpp:mam:2' default='sometimes'/>");
+        assert!(parse_prefs(&bad, current).is_err());
+    }
+}

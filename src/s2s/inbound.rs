@@ -1,0 +1,529 @@
+//! The receiving side: streams other servers open to us. The sending domain is
+//! authenticated with SASL EXTERNAL (its certificate) or dialback (asking its
+//! authoritative server); only then are its stanzas routed, and only with a `from` of an
+//! authenticated domain and a `to` of one of our vhosts.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span};
+
+use super::conn::{Conn, DIALBACK, DIALBACK_FEATURE, Ending, limits, response_header};
+use super::outbound::Failure;
+use super::{Pair, S2s};
+use crate::addr::Addr;
+use crate::config::TlsMode;
+use crate::context::Context;
+use crate::net::io::MaybeTls;
+use crate::net::tls::TlsContext;
+use crate::router::route;
+use crate::stream::{StreamError, StreamErrorCondition, random_id};
+use crate::xml::{Element, StreamEvent, ns};
+
+/// Dialback verifications one stream may have in flight; more is a flood.
+const MAX_PENDING_VERIFICATIONS: usize = 8;
+
+struct Verdict {
+    remote: String,
+    local: String,
+    outcome: Result<bool, Failure>,
+}
+
+struct State {
+    secure: bool,
+    stream_id: String,
+    /// `from` and `to` of the current stream header.
+    from: Option<String>,
+    to: Option<String>,
+    sasl_done: bool,
+    /// (remote domain, local domain) pairs authenticated on this stream.
+    authed: HashSet<Pair>,
+    pending: usize,
+}
+
+enum Flow {
+    Continue,
+    /// The stream restarts (TLS, SASL): bytes still buffered belong to the old one.
+    Restarted,
+}
+
+/// Serves one accepted server-to-server connection until it closes.
+pub async fn serve(
+    ctx: Arc<Context>,
+    tls: TlsContext,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mode: TlsMode,
+    conn_id: u64,
+    shutdown: CancellationToken,
+) {
+    let span = info_span!("s2s_in", conn = conn_id, %peer, from = tracing::field::Empty);
+    async move {
+        let Some(s2s) = ctx.s2s.get().cloned() else {
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn::new(MaybeTls::Plain(tcp), limits(&ctx.config));
+        let mut st = State {
+            secure: false,
+            stream_id: String::new(),
+            from: None,
+            to: None,
+            sasl_done: false,
+            authed: HashSet::new(),
+            pending: 0,
+        };
+        if mode == TlsMode::DirectTls && upgrade(&tls, &mut conn, &mut st, true).await.is_err() {
+            return;
+        }
+        let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, &shutdown).await;
+        let from = st.to.clone().unwrap_or_else(|| {
+            ctx.config
+                .vhosts
+                .first()
+                .map(|v| v.domain.clone())
+                .unwrap_or_default()
+        });
+        conn.finish(ending, &from).await;
+        debug!("inbound connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn upgrade(
+    tls: &TlsContext,
+    conn: &mut Conn,
+    st: &mut State,
+    direct: bool,
+) -> Result<(), Ending> {
+    let MaybeTls::Plain(tcp) = std::mem::replace(&mut conn.io, MaybeTls::Upgrading) else {
+        return Err(Ending::Gone);
+    };
+    let acceptor = if direct {
+        tls.direct_s2s_acceptor()
+    } else {
+        tls.s2s_starttls_acceptor()
+    };
+    let stream = acceptor.accept(tcp).await.map_err(|e| {
+        debug!(error = %e, "TLS handshake failed");
+        Ending::Gone
+    })?;
+    conn.io = MaybeTls::Tls(Box::new(stream));
+    conn.parser.reset();
+    conn.header_sent = false;
+    st.secure = true;
+    Ok(())
+}
+
+async fn run(
+    ctx: &Arc<Context>,
+    s2s: &Arc<S2s>,
+    tls: &TlsContext,
+    conn: &mut Conn,
+    st: &mut State,
+    shutdown: &CancellationToken,
+) -> Ending {
+    let (vtx, mut vrx) = mpsc::channel::<Verdict>(MAX_PENDING_VERIFICATIONS);
+    let handshake = tokio::time::sleep(Duration::from_secs(
+        ctx.config.limits.handshake_timeout_secs,
+    ));
+    tokio::pin!(handshake);
+    let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
+            Some(v) = vrx.recv() => {
+                st.pending = st.pending.saturating_sub(1);
+                if let Err(e) = verdict(s2s, conn, st, v).await {
+                    return e;
+                }
+            }
+            read = conn.read_some() => {
+                if let Err(e) = read {
+                    return e;
+                }
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                loop {
+                    let ev = match conn.parser.next_event() {
+                        Ok(Some(ev)) => ev,
+                        Ok(None) => break,
+                        Err(e) => return super::conn::xml_ending(e),
+                    };
+                    match event(ctx, s2s, tls, conn, st, &vtx, ev).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Restarted) => break,
+                        Err(e) => return e,
+                    }
+                }
+            }
+            _ = &mut handshake, if st.authed.is_empty() => {
+                return StreamErrorCondition::ConnectionTimeout.into();
+            }
+            _ = &mut idle_timer => return StreamErrorCondition::ConnectionTimeout.into(),
+        }
+    }
+}
+
+fn domain_only(s: &str) -> Option<String> {
+    let a = Addr::parse(s)?;
+    (a.node.is_none() && a.resource.is_none()).then_some(a.domain)
+}
+
+async fn event(
+    ctx: &Arc<Context>,
+    s2s: &Arc<S2s>,
+    tls: &TlsContext,
+    conn: &mut Conn,
+    st: &mut State,
+    vtx: &mpsc::Sender<Verdict>,
+    ev: StreamEvent,
+) -> Result<Flow, Ending> {
+    let el = match ev {
+        StreamEvent::Open(header) => {
+            open_stream(ctx, s2s, conn, st, header).await?;
+            return Ok(Flow::Continue);
+        }
+        StreamEvent::Close => return Err(Ending::PeerClosed),
+        StreamEvent::Stanza(el) => el,
+    };
+    if el.is("starttls", ns::TLS) && !st.secure {
+        conn.send(&Element::new("proceed", ns::TLS)).await?;
+        upgrade(tls, conn, st, false).await?;
+        return Ok(Flow::Restarted);
+    }
+    if el.is("auth", ns::SASL) {
+        return sasl_external(s2s, conn, st, &el).await;
+    }
+    if el.is("result", DIALBACK) {
+        db_result(s2s, conn, st, vtx, &el).await?;
+        return Ok(Flow::Continue);
+    }
+    if el.is("verify", DIALBACK) {
+        db_verify(ctx, s2s, conn, st, &el).await?;
+        return Ok(Flow::Continue);
+    }
+    if el.ns == ns::CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
+        if st.authed.is_empty() {
+            // RFC 6120 §4.9.3.12: stanzas before any domain is authenticated.
+            return Err(StreamErrorCondition::NotAuthorized.into());
+        }
+        stanza(ctx, st, el).await?;
+        return Ok(Flow::Continue);
+    }
+    if st.authed.is_empty() {
+        return Err(StreamErrorCondition::NotAuthorized.into());
+    }
+    Err(StreamErrorCondition::UnsupportedStanzaType.into())
+}
+
+async fn open_stream(
+    ctx: &Arc<Context>,
+    s2s: &Arc<S2s>,
+    conn: &mut Conn,
+    st: &mut State,
+    header: crate::xml::StreamHeader,
+) -> Result<(), Ending> {
+    let to = header.to.as_deref().and_then(domain_only);
+    let from = header.from.as_deref().and_then(domain_only);
+    st.stream_id = random_id();
+    let our = to
+        .clone()
+        .filter(|d| ctx.is_local_domain(d))
+        .unwrap_or_else(|| {
+            ctx.config
+                .vhosts
+                .first()
+                .map(|v| v.domain.clone())
+                .unwrap_or_default()
+        });
+    // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
+    conn.send_raw(&response_header(&our, from.as_deref(), &st.stream_id))
+        .await?;
+    conn.header_sent = true;
+    if header.ns != ns::STREAM || header.name != "stream" {
+        return Err(StreamErrorCondition::InvalidNamespace.into());
+    }
+    if header.default_ns.as_deref() != Some(ns::SERVER) {
+        return Err(StreamErrorCondition::InvalidNamespace.into());
+    }
+    match header.version.as_deref() {
+        Some(v) if v.starts_with("1.") => {}
+        _ => return Err(StreamErrorCondition::UnsupportedVersion.into()),
+    }
+    let Some(to) = to.filter(|d| ctx.is_local_domain(d)) else {
+        return Err(StreamErrorCondition::HostUnknown.into());
+    };
+    if st.to.as_ref().is_some_and(|prev| *prev != to) {
+        return Err(StreamErrorCondition::HostUnknown.into());
+    }
+    if header.from.is_some() && from.is_none() {
+        return Err(StreamErrorCondition::InvalidFrom.into());
+    }
+    if let Some(f) = &from {
+        tracing::Span::current().record("from", f.as_str());
+    }
+    st.to = Some(to);
+    st.from = from;
+
+    let require_tls = s2s.config.s2s.require_encryption;
+    let mut features = Element::new("features", ns::STREAM);
+    if !st.secure {
+        let mut starttls = Element::new("starttls", ns::TLS);
+        if require_tls {
+            starttls.push_child(Element::new("required", ns::TLS));
+        }
+        features.push_child(starttls);
+    }
+    if st.secure || !require_tls {
+        if st.secure && !st.sasl_done && cert_valid_for(s2s, conn, st.from.as_deref()) {
+            features.push_child(
+                Element::new("mechanisms", ns::SASL)
+                    .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
+            );
+        }
+        features.push_child(
+            Element::new("dialback", DIALBACK_FEATURE)
+                .with_child(Element::new("errors", DIALBACK_FEATURE)),
+        );
+    }
+    conn.send(&features).await
+}
+
+fn cert_valid_for(s2s: &S2s, conn: &Conn, domain: Option<&str>) -> bool {
+    let Some(domain) = domain else { return false };
+    match s2s.trust.verify(&conn.io.peer_certificates(), domain) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(domain, error = %e, "peer certificate not valid for the domain");
+            false
+        }
+    }
+}
+
+async fn sasl_failure(conn: &mut Conn, condition: &str) -> Result<Flow, Ending> {
+    conn.send(&Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL)))
+        .await?;
+    Ok(Flow::Continue)
+}
+
+/// XEP-0178: the stream's `from` domain, proven by its certificate.
+async fn sasl_external(
+    s2s: &Arc<S2s>,
+    conn: &mut Conn,
+    st: &mut State,
+    auth: &Element,
+) -> Result<Flow, Ending> {
+    if !st.secure || st.sasl_done {
+        return sasl_failure(conn, "not-authorized").await;
+    }
+    if auth.attr("mechanism") != Some("EXTERNAL") {
+        return sasl_failure(conn, "invalid-mechanism").await;
+    }
+    let (Some(from), Some(to)) = (st.from.clone(), st.to.clone()) else {
+        return sasl_failure(conn, "not-authorized").await;
+    };
+    let text: String = auth.text().chars().filter(|c| !c.is_whitespace()).collect();
+    let authzid = match text.as_str() {
+        "" | "=" => None,
+        t => match B64.decode(t).ok().and_then(|b| String::from_utf8(b).ok()) {
+            Some(a) => Some(a),
+            None => return sasl_failure(conn, "incorrect-encoding").await,
+        },
+    };
+    if authzid
+        .as_deref()
+        .is_some_and(|a| !a.eq_ignore_ascii_case(&from))
+    {
+        return sasl_failure(conn, "invalid-authzid").await;
+    }
+    if !cert_valid_for(s2s, conn, Some(&from)) {
+        return sasl_failure(conn, "not-authorized").await;
+    }
+    conn.send(&Element::new("success", ns::SASL)).await?;
+    s2s.record_inbound(&from, &to, "SASL EXTERNAL");
+    st.authed.insert((from, to));
+    st.sasl_done = true;
+    conn.parser.reset();
+    conn.header_sent = false;
+    Ok(Flow::Restarted)
+}
+
+fn db_error(from: &str, to: &str, kind: &str, condition: &str) -> Element {
+    super::dialback::result_element(from, to)
+        .with_attr("type", "error")
+        .with_child(
+            Element::new("error", ns::CLIENT)
+                .with_attr("type", kind)
+                .with_child(Element::new(condition, ns::STANZA_ERRORS)),
+        )
+}
+
+/// XEP-0220 §2.2: the originating server claims `from` with a key; we ask its
+/// authoritative server unless the certificate already proves it.
+async fn db_result(
+    s2s: &Arc<S2s>,
+    conn: &mut Conn,
+    st: &mut State,
+    vtx: &mpsc::Sender<Verdict>,
+    el: &Element,
+) -> Result<(), Ending> {
+    if !st.secure && s2s.config.s2s.require_encryption {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "TLS is required before dialback",
+        )));
+    }
+    let (Some(remote), Some(local)) = (
+        el.attr("from").and_then(domain_only),
+        el.attr("to").and_then(domain_only),
+    ) else {
+        return Err(StreamErrorCondition::InvalidFrom.into());
+    };
+    if Some(&local) != st.to.as_ref() {
+        // Dialback for another of our vhosts on this stream (piggybacking) is fine only
+        // if we host it.
+        if !s2s.config.vhosts.iter().any(|v| v.domain == local) {
+            conn.send(&db_error(&local, &remote, "cancel", "item-not-found"))
+                .await?;
+            return Ok(());
+        }
+    }
+    let key = el.text().trim().to_string();
+    if key.is_empty() {
+        return Err(StreamErrorCondition::BadFormat.into());
+    }
+    let pair = (remote.clone(), local.clone());
+    if st.authed.contains(&pair) || cert_valid_for(s2s, conn, Some(&remote)) {
+        // Already proven, or proven by the certificate (XEP-0344): no callback needed.
+        conn.send(&super::dialback::result_element(&local, &remote).with_attr("type", "valid"))
+            .await?;
+        if st.authed.insert(pair) {
+            s2s.record_inbound(&remote, &local, "dialback (certificate)");
+        }
+        return Ok(());
+    }
+    if s2s.config.s2s.require_valid_certificates {
+        conn.send(&db_error(&local, &remote, "auth", "not-authorized"))
+            .await?;
+        return Ok(());
+    }
+    if st.pending >= MAX_PENDING_VERIFICATIONS {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many dialback requests in flight",
+        )));
+    }
+    st.pending += 1;
+    let s2s = s2s.clone();
+    let vtx = vtx.clone();
+    let stream_id = st.stream_id.clone();
+    tokio::spawn(
+        async move {
+            let outcome =
+                super::dialback::verify_with_authoritative(&s2s, &local, &remote, &stream_id, &key)
+                    .await;
+            let _ = vtx
+                .send(Verdict {
+                    remote,
+                    local,
+                    outcome,
+                })
+                .await;
+        }
+        .in_current_span(),
+    );
+    Ok(())
+}
+
+async fn verdict(s2s: &S2s, conn: &mut Conn, st: &mut State, v: Verdict) -> Result<(), Ending> {
+    let reply = match &v.outcome {
+        Ok(true) => {
+            s2s.record_inbound(&v.remote, &v.local, "dialback");
+            st.authed.insert((v.remote.clone(), v.local.clone()));
+            super::dialback::result_element(&v.local, &v.remote).with_attr("type", "valid")
+        }
+        Ok(false) => {
+            info!(remote = %v.remote, "dialback key invalid");
+            super::dialback::result_element(&v.local, &v.remote).with_attr("type", "invalid")
+        }
+        Err(f) => {
+            info!(remote = %v.remote, failure = ?f, "authoritative server unreachable");
+            db_error(&v.local, &v.remote, "cancel", "remote-connection-failed")
+        }
+    };
+    conn.send(&reply).await
+}
+
+/// XEP-0220 §2.3: we are the authoritative server; check a key we (or a sibling node with
+/// the same secret) generated.
+async fn db_verify(
+    ctx: &Arc<Context>,
+    s2s: &Arc<S2s>,
+    conn: &mut Conn,
+    st: &State,
+    el: &Element,
+) -> Result<(), Ending> {
+    if !st.secure && s2s.config.s2s.require_encryption {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "TLS is required before dialback",
+        )));
+    }
+    let receiving = el.attr("from").unwrap_or_default();
+    let authoritative = el.attr("to").unwrap_or_default();
+    let id = el.attr("id").unwrap_or_default();
+    let key = el.text();
+    let valid = ctx.is_local_domain(authoritative)
+        && s2s.secret.check(receiving, authoritative, id, key.trim());
+    debug!(receiving, authoritative, valid, "answering dialback verify");
+    let reply = Element::new("verify", DIALBACK)
+        .with_attr("from", authoritative)
+        .with_attr("to", receiving)
+        .with_attr("id", id)
+        .with_attr("type", if valid { "valid" } else { "invalid" });
+    conn.send(&reply).await
+}
+
+/// RFC 6120 §8.1.1.2, §13.9.3: `from` must be an authenticated domain and `to` one of our
+/// vhosts; then the stanza is routed like a local one.
+async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), Ending> {
+    let Some(to) = el.attr("to").and_then(Addr::parse) else {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::HostUnknown,
+            "stanza without a valid 'to'",
+        )));
+    };
+    let Some(from) = el.attr("from").and_then(Addr::parse) else {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::InvalidFrom,
+            "stanza without a valid 'from'",
+        )));
+    };
+    if !ctx.is_local_domain(&to.domain) {
+        return Err(StreamErrorCondition::HostUnknown.into());
+    }
+    if !st
+        .authed
+        .contains(&(from.domain.clone(), to.domain.clone()))
+    {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::InvalidFrom,
+            format!("{} is not authenticated on this stream", from.domain),
+        )));
+    }
+    el.set_attr("from", from.full());
+    el.set_attr("to", to.full());
+    route(ctx, el).await;
+    Ok(())
+}

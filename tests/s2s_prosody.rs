@@ -1,0 +1,405 @@
+//! Federation with a real peer: Debian's Prosody, started on loopback with its own domain,
+//! a certificate from the test CA and our test DNS server as its resolver.
+//!
+//! Domains are under `.example`: Prosody's resolver (libunbound) answers NXDOMAIN for
+//! `.test` without asking any server.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::ca::TestCa;
+use support::dns::TestDns;
+use support::{Client, LoginOptions, Mech, TestServer};
+use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
+use xmppd::xml::Element;
+
+const OURS: &str = "xmppd.example";
+const OUR_IP: &str = "127.0.0.9";
+const PROSODY: &str = "prosody.example";
+const PROSODY_IP: &str = "127.0.0.8";
+const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+fn free_port(ip: &str) -> u16 {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+struct Prosody {
+    child: tokio::process::Child,
+    dir: PathBuf,
+    c2s: std::net::SocketAddr,
+}
+
+impl Prosody {
+    /// `trusted_ca`: the CA Prosody trusts for peer certificates.
+    async fn start(dir: &Path, ca: &TestCa, trusted_ca: &TestCa, dns: &TestDns) -> Prosody {
+        std::fs::create_dir_all(dir).unwrap();
+        let (crt, key) = ca.issue(PROSODY, dir);
+        let cafile = trusted_ca.write_ca(dir);
+        let c2s_port = free_port(PROSODY_IP);
+        let s2s_port = free_port(PROSODY_IP);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let d = dir.display();
+        let config = format!(
+            r#"
+run_as_root = true
+daemonize = false
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+interfaces = {{ "{PROSODY_IP}" }}
+local_interfaces = {{ "{PROSODY_IP}" }}
+c2s_ports = {{ {c2s_port} }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ {s2s_port} }}
+s2s_direct_tls_ports = {{ }}
+s2s_interfaces = {{ "{PROSODY_IP}" }}
+log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{d}/prosody.log" }} }}
+modules_enabled = {{
+  "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "time"; "version";
+}}
+modules_disabled = {{ "s2s_bidi" }}
+authentication = "internal_hashed"
+storage = "internal"
+allow_registration = false
+c2s_require_encryption = false
+s2s_require_encryption = true
+s2s_secure_auth = false
+ssl = {{ certificate = "{crt}"; key = "{key}"; cafile = "{cafile}"; }}
+unbound = {{ forward = {{ "{dns_ip}@{dns_port}" }}, resolvconf = false, hoststxt = false }}
+VirtualHost "{PROSODY}"
+"#,
+            crt = crt.display(),
+            key = key.display(),
+            cafile = cafile.display(),
+            dns_ip = dns.addr.ip(),
+            dns_port = dns.addr.port(),
+        );
+        let cfg = dir.join("prosody.cfg.lua");
+        std::fs::write(&cfg, config).unwrap();
+        for user in ["pam", "olga"] {
+            let out = tokio::process::Command::new("prosodyctl")
+                .arg("--config")
+                .arg(&cfg)
+                .args(["register", user, PROSODY, "password"])
+                .output()
+                .await
+                .expect("prosodyctl not found: install Debian's prosody (scripts/test.sh does)");
+            assert!(
+                out.status.success(),
+                "prosodyctl register failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let child = tokio::process::Command::new("prosody")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("-F")
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("stdout")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("stderr")).unwrap(),
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start prosody");
+        let c2s: std::net::SocketAddr = format!("{PROSODY_IP}:{c2s_port}").parse().unwrap();
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(c2s).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{PROSODY}"),
+            0,
+            0,
+            s2s_port,
+            "xmpp.prosody.example",
+        );
+        dns.add_addr("xmpp.prosody.example", PROSODY_IP);
+        Prosody {
+            child,
+            dir: dir.to_path_buf(),
+            c2s,
+        }
+    }
+
+    async fn login(&self, node: &str) -> Client {
+        Client::login_opts(
+            self.c2s,
+            node,
+            LoginOptions {
+                mech: Mech::ScramSha1,
+                resource: Some("r".into()),
+                domain: Some(PROSODY.into()),
+                ..LoginOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prosody.log")).unwrap_or_default()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+async fn recv_presence(c: &mut Client, kind: &str, from_bare: &str) -> Element {
+    let from_bare = from_bare.to_string();
+    let kind = kind.to_string();
+    c.recv_until(move |e| {
+        e.name == "presence"
+            && e.attr("type") == Some(kind.as_str())
+            && e.attr("from")
+                .is_some_and(|f| f.split('/').next() == Some(from_bare.as_str()))
+    })
+    .await
+}
+
+async fn roster_item(c: &mut Client, jid: &str) -> Option<Element> {
+    let roster = c
+        .iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    roster
+        .child("query", "jabber:iq:roster")
+        .and_then(|q| q.elements().find(|i| i.attr("jid") == Some(jid)))
+        .cloned()
+}
+
+async fn body(c: &mut Client, text: &str) -> Element {
+    let text = text.to_string();
+    c.recv_until(move |e| {
+        e.name == "message"
+            && e.child_text("body", "jabber:client").as_deref() == Some(text.as_str())
+    })
+    .await
+}
+
+/// Both sides trust the test CA: SASL EXTERNAL (XEP-0178) in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federates_with_prosody_using_certificates() {
+    let (outbound, inbound) = federate(true).await;
+    assert_eq!(outbound, vec!["SASL EXTERNAL"]);
+    assert_eq!(inbound, vec!["SASL EXTERNAL"]);
+}
+
+/// Neither side can verify the other's certificate: Server Dialback (XEP-0220) both ways,
+/// each verified over a connection back to the authoritative server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federates_with_prosody_using_dialback() {
+    let (outbound, inbound) = federate(false).await;
+    assert_eq!(outbound, vec!["dialback"]);
+    assert_eq!(inbound, vec!["dialback"]);
+}
+
+/// Runs the scenario; returns the authentication methods used for our outbound and
+/// inbound streams.
+async fn federate(trusted: bool) -> (Vec<&'static str>, Vec<&'static str>) {
+    if std::process::Command::new("prosody")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        panic!("Debian's prosody is required for this test (scripts/test.sh installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dns = TestDns::start("127.0.0.1").await;
+    let ca = TestCa::new("xmppd interop CA");
+    let stranger = TestCa::new("unrelated CA");
+    let trusted_ca = if trusted { &ca } else { &stranger };
+    let (crt, key) = ca.issue(OURS, dir.path());
+    std::fs::create_dir_all(dir.path().join("ours")).unwrap();
+    let cafile = trusted_ca.write_ca(&dir.path().join("ours"));
+    let dns_addr = dns.addr;
+    let ours = TestServer::start_with(|c| {
+        c.vhosts = vec![VhostConfig {
+            domain: OURS.into(),
+            certificate: Some(crt),
+            key: Some(key),
+        }];
+        c.listeners.push(ListenerConfig {
+            kind: ListenerKind::S2s,
+            address: format!("{OUR_IP}:0").parse().unwrap(),
+            tls: TlsMode::Starttls,
+        });
+        c.s2s.dns_servers = vec![dns_addr];
+        c.s2s.ca_file = Some(cafile);
+    })
+    .await;
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.{OURS}"),
+        0,
+        0,
+        ours.s2s_addr(TlsMode::Starttls).port(),
+        "xmpp.xmppd.example",
+    );
+    dns.add_addr("xmpp.xmppd.example", OUR_IP);
+    let prosody = Prosody::start(&dir.path().join("prosody"), &ca, trusted_ca, &dns).await;
+    let result = tokio::time::timeout(Duration::from_secs(90), scenario(&ours, &prosody)).await;
+    let log = prosody.log();
+    let s2s = ours.ctx().s2s.get().unwrap().clone();
+    eprintln!(
+        "outbound (xmppd -> prosody): {:?}\ninbound (prosody -> xmppd): {:?}",
+        s2s.established()
+            .iter()
+            .map(|e| (e.remote.clone(), e.method.name(), e.setup))
+            .collect::<Vec<_>>(),
+        s2s.inbound_authenticated()
+    );
+    prosody.stop().await;
+    ours.stop().await;
+    if result.is_err() {
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        panic!(
+            "scenario timed out; prosody log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let outbound = s2s.established().iter().map(|e| e.method.name()).collect();
+    let inbound = s2s
+        .inbound_authenticated()
+        .iter()
+        .map(|e| e.method)
+        .collect();
+    (outbound, inbound)
+}
+
+async fn scenario(ours: &TestServer, prosody: &Prosody) {
+    ours.add_user("alice", "password").await;
+    ours.add_user("oscar", "password").await;
+    let mut alice = ours.login("alice", "r").await;
+    alice.available().await;
+    let mut pam = prosody.login("pam").await;
+    pam.send("<presence/>").await;
+
+    // Subscription handshake to 'both'.
+    alice
+        .send("<presence to='pam@prosody.example' type='subscribe'/>")
+        .await;
+    recv_presence(&mut pam, "subscribe", "alice@xmppd.example").await;
+    pam.send("<presence to='alice@xmppd.example' type='subscribed'/>")
+        .await;
+    pam.send("<presence to='alice@xmppd.example' type='subscribe'/>")
+        .await;
+    recv_presence(&mut alice, "subscribed", "pam@prosody.example").await;
+    recv_presence(&mut alice, "subscribe", "pam@prosody.example").await;
+    alice
+        .send("<presence to='pam@prosody.example' type='subscribed'/>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let item = roster_item(&mut alice, "pam@prosody.example")
+        .await
+        .unwrap();
+    assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
+    let item = roster_item(&mut pam, "alice@xmppd.example").await.unwrap();
+    assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
+
+    // Unavailable at logout, probes at login: pam leaves and comes back.
+    pam.close().await;
+    recv_presence(&mut alice, "unavailable", "pam@prosody.example").await;
+    let mut pam = prosody.login("pam").await;
+    pam.send("<presence/>").await;
+    // Prosody probes alice at pam's login; xmppd answers with alice's presence.
+    pam.recv_until(|e| {
+        e.name == "presence"
+            && e.attr("type").is_none()
+            && e.attr("from") == Some("alice@xmppd.example/r")
+    })
+    .await;
+    alice
+        .recv_until(|e| {
+            e.name == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("pam@prosody.example/"))
+        })
+        .await;
+    // And xmppd probes pam when a session of alice's logs in.
+    let mut alice2 = ours.login("alice", "second").await;
+    alice2.send("<presence/>").await;
+    alice2
+        .recv_until(|e| {
+            e.name == "presence"
+                && e.attr("type").is_none()
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with("pam@prosody.example/"))
+        })
+        .await;
+    alice2.close().await;
+
+    // A chat message each way.
+    alice
+        .send("<message to='pam@prosody.example' type='chat'><body>hello prosody</body></message>")
+        .await;
+    let m = body(&mut pam, "hello prosody").await;
+    assert_eq!(m.attr("from"), Some("alice@xmppd.example/r"));
+    pam.send("<message to='alice@xmppd.example' type='chat'><body>hello xmppd</body></message>")
+        .await;
+    let m = body(&mut alice, "hello xmppd").await;
+    assert_eq!(m.attr("from"), Some("pam@prosody.example/r"));
+
+    // Messages to users offline on the other side arrive at their login.
+    alice
+        .send("<message to='olga@prosody.example' type='chat'><body>for olga</body></message>")
+        .await;
+    pam.send("<message to='oscar@xmppd.example' type='chat'><body>for oscar</body></message>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut olga = prosody.login("olga").await;
+    olga.send("<presence/>").await;
+    body(&mut olga, "for olga").await;
+    let mut oscar = ours.login("oscar", "r").await;
+    oscar.send("<presence/>").await;
+    body(&mut oscar, "for oscar").await;
+
+    // disco#info of the remote server, both ways.
+    let info = alice
+        .iq("<iq type='get' to='prosody.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    assert_eq!(info.attr("type"), Some("result"), "{info:?}");
+    let info = pam
+        .iq("<iq type='get' to='xmppd.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    assert_eq!(info.attr("type"), Some("result"), "{info:?}");
+    let query = info
+        .child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    assert!(query.elements().any(|e| e.name == "identity"));
+
+    // Messages to nonexistent remote users come back as errors, id kept.
+    alice
+        .send("<message to='nobody@prosody.example' type='chat' id='e1'><body>?</body></message>")
+        .await;
+    let e = alice
+        .recv_until(|e| e.name == "message" && e.attr("id") == Some("e1"))
+        .await;
+    assert_eq!(e.attr("type"), Some("error"));
+    assert!(
+        e.child("error", "jabber:client")
+            .unwrap()
+            .has_child("service-unavailable", STANZAS),
+        "{e:?}"
+    );
+    pam.send("<message to='nobody@xmppd.example' type='chat' id='e2'><body>?</body></message>")
+        .await;
+    let e = pam
+        .recv_until(|e| e.name == "message" && e.attr("id") == Some("e2"))
+        .await;
+    assert_eq!(e.attr("type"), Some("error"));
+    assert!(
+        e.child("error", "jabber:client")
+            .unwrap()
+            .has_child("service-unavailable", STANZAS),
+        "{e:?}"
+    );
+}
