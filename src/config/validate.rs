@@ -612,7 +612,7 @@ mod tests {
         assert!(m.contains(
             &"c2s.scram_iterations = 1000: must be at least 4096 (RFC 7677)".to_string()
         ));
-        assert_eq!(m.len(), 6, "{m:?}");
+        assert_eq!(m.len(), 7, "{m:?}");
     }
 
     #[test]
