@@ -207,6 +207,7 @@ impl SledStore {
         let db = ::sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            .mode(::sled::Mode::HighThroughput)
             .open()
             .map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
@@ -373,6 +374,8 @@ enum WriterOp {
 
 /// Operations queued for the writer; a full queue makes appenders wait (never drops).
 const WRITER_QUEUE: usize = 1024;
+/// How long the writer lets appends gather before writing them.
+const WRITER_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Most messages written in one batch.
 const WRITER_BATCH: usize = 4096;
 
@@ -508,6 +511,12 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
     let mut failed = None;
     while let Some(first) = rx.blocking_recv() {
+        if matches!(first, WriterOp::Append(_)) {
+            // Let appends gather for a moment: waking for every message costs a context
+            // switch each, and bigger batches are cheaper per message. Reads and flushes
+            // (barriers) arriving on an idle writer are answered at once.
+            std::thread::sleep(WRITER_LINGER);
+        }
         let mut next = Some(first);
         while let Some(op) = next {
             match op {
