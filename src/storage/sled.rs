@@ -207,7 +207,6 @@ impl SledStore {
         let db = ::sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            .mode(::sled::Mode::HighThroughput)
             .open()
             .map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
