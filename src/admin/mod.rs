@@ -196,7 +196,10 @@ pub async fn list_users(
 /// Opens the configured storage for use while the server is stopped.
 pub fn open_storage_offline(config: &Config) -> Result<Storage, AdminError> {
     match config.storage.backend {
-        StorageBackend::Sled => Ok(Storage::open_sled(&config.data_dir.join("db"))?),
+        StorageBackend::Sled => Ok(Storage::open_sled_with_cache(
+            &config.data_dir.join("db"),
+            config.storage.cache_mb,
+        )?),
         StorageBackend::Memory => Err(AdminError::Config(
             "storage.backend = \"memory\": accounts exist only inside a running server, \
              and none is listening on the control socket"

@@ -159,6 +159,8 @@ pub enum StorageBackend {
 pub struct StorageConfig {
     /// `sled` (persistent, default) or `memory` (lost at exit; for tests).
     pub backend: StorageBackend,
+    /// sled page cache in MiB: the database's share of memory (1 to 65536).
+    pub cache_mb: u64,
 }
 
 /// Which messages are archived for a user who never set XEP-0441 preferences.
@@ -271,6 +273,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             backend: StorageBackend::Sled,
+            cache_mb: 64,
         }
     }
 }

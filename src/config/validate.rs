@@ -253,6 +253,15 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    let cache = cfg.storage.cache_mb;
+    if !(1..=MAX_CACHE_MB).contains(&cache) {
+        errs.push(ConfigError::invalid(
+            "storage.cache_mb",
+            cache.to_string(),
+            format!("must be between 1 and {MAX_CACHE_MB}"),
+        ));
+    }
+
     let resume = cfg.c2s.sm_resume_timeout_secs;
     if !(1..=MAX_RESUME_TIMEOUT_SECS).contains(&resume) {
         errs.push(ConfigError::invalid(
@@ -264,6 +273,9 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
 
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
+
+/// 64 GiB: anything larger is a typo (the unit is MiB).
+const MAX_CACHE_MB: u64 = 65_536;
 
 /// A hibernated session holds memory and keeps its presence online; a day is plenty.
 const MAX_RESUME_TIMEOUT_SECS: u64 = 86_400;
@@ -585,7 +597,9 @@ mod tests {
         cfg.limits.sm_max_unacked = 0;
         cfg.c2s.scram_iterations = 1000;
         cfg.c2s.sm_resume_timeout_secs = 0;
+        cfg.storage.cache_mb = 0;
         let m = messages(&cfg);
+        assert!(m.contains(&"storage.cache_mb = 0: must be between 1 and 65536".to_string()));
         assert!(m.contains(
             &"limits.max_stanza_bytes = 100: must be at least 10000 (RFC 6120 §13.12)".to_string()
         ));
@@ -598,7 +612,7 @@ mod tests {
         assert!(m.contains(
             &"c2s.scram_iterations = 1000: must be at least 4096 (RFC 7677)".to_string()
         ));
-        assert_eq!(m.len(), 6, "{m:?}");
+        assert_eq!(m.len(), 7, "{m:?}");
     }
 
     #[test]

@@ -83,7 +83,10 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
         StorageBackend::Memory => Ok(Storage::memory()),
         StorageBackend::Sled => {
             crate::admin::ensure_data_dir(&config.data_dir)?;
-            Ok(Storage::open_sled(&config.data_dir.join("db"))?)
+            Ok(Storage::open_sled_with_cache(
+                &config.data_dir.join("db"),
+                config.storage.cache_mb,
+            )?)
         }
     }
 }

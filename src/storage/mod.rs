@@ -398,6 +398,13 @@ impl Storage {
         )?)))
     }
 
+    /// Opens the sled database with a page cache of `cache_mb` MiB (`storage.cache_mb`).
+    pub fn open_sled_with_cache(path: &std::path::Path, cache_mb: u64) -> Result<Self> {
+        Ok(Self::from_backend(Arc::new(
+            self::sled::SledStore::open_with_cache(path, cache_mb)?,
+        )))
+    }
+
     /// One backend object serves every concern.
     fn from_backend<B>(backend: Arc<B>) -> Self
     where

@@ -26,7 +26,9 @@
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
 //! Semantics match the memory backend (see its module comment).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 
 use ::sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
@@ -35,6 +37,7 @@ use ::sled::transaction::{
 use ::sled::{Db, IVec, Transactional, Tree};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, oneshot};
 
 use super::archive::{bare, collect_page, new_id};
 use super::{
@@ -56,8 +59,15 @@ pub const VALUE_FORMAT: u8 = 1;
 
 const SEP: u8 = 0;
 
+/// Page cache size when none is configured (`storage.cache_mb`).
+pub const DEFAULT_CACHE_MB: u64 = 64;
+
 /// The sled store; one instance implements every storage trait.
 pub struct SledStore {
+    /// First, so that dropping the store first lets the writer finish.
+    writer: ArchiveWriter,
+    /// Newest archive micros per user, so positions are assigned without a disk read.
+    newest: Mutex<HashMap<String, u64>>,
     db: Db,
     accounts: Tree,
     roster: Tree,
@@ -87,9 +97,6 @@ struct ArchiveRecord {
     with: String,
     stanza: String,
 }
-
-/// Messages written per transaction by `append_many`.
-const ARCHIVE_CHUNK: usize = 256;
 
 #[derive(Serialize)]
 struct OfflineRecordRef<'a> {
@@ -188,9 +195,20 @@ fn keys_with_prefix(tree: &Tree, prefix: &[u8]) -> Result<Vec<IVec>> {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in directory `path` and checks its schema version.
+    /// Opens (or creates) the database in directory `path` and checks its schema version,
+    /// with the default page cache ([`DEFAULT_CACHE_MB`]).
     pub fn open(path: &Path) -> Result<SledStore> {
-        let db = ::sled::open(path).map_err(backend)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_MB)
+    }
+
+    /// Like [`SledStore::open`] with a page cache of `cache_mb` MiB (sled's own default,
+    /// 1 GiB, lets a busy server's memory grow far beyond what it needs).
+    pub fn open_with_cache(path: &Path, cache_mb: u64) -> Result<SledStore> {
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            .open()
+            .map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
         match meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
             None => {
@@ -219,7 +237,15 @@ impl SledStore {
             }
         }
         let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let trees = ArchiveTrees {
+            archive: tree("archive")?,
+            ids: tree("archive_ids")?,
+            with: tree("archive_with")?,
+            meta: tree("archive_meta")?,
+        };
         Ok(SledStore {
+            writer: ArchiveWriter::start(trees.clone())?,
+            newest: Mutex::new(HashMap::new()),
             accounts: tree("accounts")?,
             roster: tree("roster")?,
             roster_meta: tree("roster_meta")?,
@@ -227,10 +253,10 @@ impl SledStore {
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
             push: tree("push")?,
-            archive: tree("archive")?,
-            archive_ids: tree("archive_ids")?,
-            archive_with: tree("archive_with")?,
-            archive_meta: tree("archive_meta")?,
+            archive: trees.archive,
+            archive_ids: trees.ids,
+            archive_with: trees.with,
+            archive_meta: trees.meta,
             archive_prefs: tree("archive_prefs")?,
             blocklist: tree("blocklist")?,
             db,
@@ -308,27 +334,274 @@ fn key_pos(key: &[u8]) -> Result<ArchivePos> {
         .ok_or_else(|| StorageError::Corrupt("archive key length".into()))
 }
 
-/// One archive entry about to be written.
-struct PendingEntry<'a> {
-    pos: ArchivePos,
-    id: String,
-    msg: &'a NewArchived<'a>,
+/// The archive trees. Reads go to them directly; every archive write goes through the
+/// store's single writer thread, which is why counts need no transaction.
+#[derive(Clone)]
+struct ArchiveTrees {
+    archive: Tree,
+    ids: Tree,
+    with: Tree,
+    meta: Tree,
 }
 
-impl SledStore {
-    fn decode_archived(&self, key: &[u8], value: &[u8]) -> Result<ArchivedMessage> {
-        let r: ArchiveRecord = decode("archived message", value)?;
-        Ok(ArchivedMessage {
-            id: r.id,
-            pos: key_pos(key)?,
-            with: r.with,
-            stanza: r.stanza,
+/// One message on its way to the writer, keys and value already encoded.
+struct ArchiveRow {
+    /// Length of `<user>` at the start of `key` (the per-user count's key).
+    user_len: usize,
+    key: Vec<u8>,
+    id_key: Vec<u8>,
+    with_key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+enum WriterOp {
+    Append(ArchiveRow),
+    /// Answered once everything queued before it is written: reads send one first so
+    /// they see every message archived before them.
+    Barrier(oneshot::Sender<Result<()>>),
+    RemoveBefore {
+        user: String,
+        micros: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize>>,
+    },
+    RemoveUser {
+        user: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Operations queued for the writer; a full queue makes appenders wait (never drops).
+const WRITER_QUEUE: usize = 1024;
+/// How long the writer lets appends gather before writing them.
+const WRITER_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+/// Most messages written in one batch.
+const WRITER_BATCH: usize = 4096;
+
+/// Messages collected for one write: one sled batch per tree.
+#[derive(Default)]
+struct PendingBatch {
+    ids: ::sled::Batch,
+    with: ::sled::Batch,
+    archive: ::sled::Batch,
+    /// New messages per user (`<user>` bytes).
+    counts: HashMap<Vec<u8>, u64>,
+    len: usize,
+}
+
+impl PendingBatch {
+    fn push(&mut self, row: ArchiveRow) {
+        let pos = row.key[row.key.len() - 16..].to_vec();
+        *self
+            .counts
+            .entry(row.key[..row.user_len].to_vec())
+            .or_insert(0) += 1;
+        self.ids.insert(row.id_key, pos);
+        self.with.insert(row.with_key, IVec::default());
+        self.archive.insert(row.key, row.value);
+        self.len += 1;
+    }
+}
+
+impl ArchiveTrees {
+    /// Writes a batch: indexes first, records next, counts last. Trees are not updated
+    /// together, so a crash in between can only leave index entries whose record is
+    /// missing (readers skip them), or a count short by the last batch.
+    fn write(&self, batch: PendingBatch) -> Result<()> {
+        if batch.len == 0 {
+            return Ok(());
+        }
+        self.ids.apply_batch(batch.ids).map_err(backend)?;
+        self.with.apply_batch(batch.with).map_err(backend)?;
+        self.archive.apply_batch(batch.archive).map_err(backend)?;
+        let mut meta = ::sled::Batch::default();
+        for (user, n) in batch.counts {
+            let count: u64 = match self.meta.get(&user).map_err(backend)? {
+                Some(v) => decode("archive count", &v)?,
+                None => 0,
+            };
+            meta.insert(user, encode(&(count + n))?);
+        }
+        self.meta.apply_batch(meta).map_err(backend)
+    }
+
+    fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
+        let prefix = user_prefix(user)?;
+        let start = pos_key(&prefix, ArchivePos::MIN);
+        let end = pos_key(&prefix, ArchivePos { micros, seq: 0 });
+        let mut archive = ::sled::Batch::default();
+        let mut ids = ::sled::Batch::default();
+        let mut with = ::sled::Batch::default();
+        let mut removed = 0u64;
+        for r in self.archive.range(start..end).take(limit) {
+            let (k, v) = r.map_err(backend)?;
+            let m = decode_archived(&k, &v)?;
+            ids.remove(id_key(&prefix, &m.id));
+            with.remove(pos_key(&with_prefix(&prefix, &m.with)?, m.pos));
+            archive.remove(k);
+            removed += 1;
+        }
+        if removed == 0 {
+            return Ok(0);
+        }
+        // Records first: a crash in between leaves only index entries readers skip.
+        self.archive.apply_batch(archive).map_err(backend)?;
+        self.ids.apply_batch(ids).map_err(backend)?;
+        self.with.apply_batch(with).map_err(backend)?;
+        let count: u64 = match self.meta.get(user).map_err(backend)? {
+            Some(v) => decode("archive count", &v)?,
+            None => 0,
+        };
+        match count.saturating_sub(removed) {
+            0 => self.meta.remove(user).map(drop),
+            left => self.meta.insert(user, encode(&left)?).map(drop),
+        }
+        .map_err(backend)?;
+        Ok(removed as usize)
+    }
+
+    fn remove_user(&self, user: &str) -> Result<()> {
+        let prefix = user_prefix(user)?;
+        // Large archives do not fit one batch in memory comfortably, but each tree is
+        // cleared atomically on its own: records first, then indexes, the count last.
+        clear_prefix(&self.archive, &prefix)?;
+        clear_prefix(&self.ids, &prefix)?;
+        clear_prefix(&self.with, &prefix)?;
+        self.meta.remove(user).map_err(backend)?;
+        Ok(())
+    }
+
+    fn handle(&self, op: WriterOp, failed: &mut Option<String>) {
+        // A receiver that went away (its task was cancelled) needs no answer.
+        match op {
+            WriterOp::Append(_) => {}
+            WriterOp::Barrier(reply) => {
+                let _ = reply.send(match failed.take() {
+                    Some(e) => Err(StorageError::Backend(e)),
+                    None => Ok(()),
+                });
+            }
+            WriterOp::RemoveBefore {
+                user,
+                micros,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.remove_before(&user, micros, limit));
+            }
+            WriterOp::RemoveUser { user, reply } => {
+                let _ = reply.send(self.remove_user(&user));
+            }
+        }
+    }
+
+    fn flush_pending(&self, batch: &mut PendingBatch, failed: &mut Option<String>) {
+        if let Err(e) = self.write(std::mem::take(batch)) {
+            // Appenders already have their stamps; the next barrier (read or flush)
+            // reports the failure.
+            tracing::error!(error = %e, "writing archived messages failed");
+            *failed = Some(format!("archive write failed: {e}"));
+        }
+    }
+}
+
+/// The writer thread: takes whatever is queued, writes it as one batch, repeats.
+fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
+    let mut batch = PendingBatch::default();
+    let mut failed = None;
+    while let Some(first) = rx.blocking_recv() {
+        if matches!(first, WriterOp::Append(_)) {
+            // Let appends gather for a moment: waking for every message costs a context
+            // switch each, and bigger batches are cheaper per message. Reads and flushes
+            // (barriers) arriving on an idle writer are answered at once.
+            std::thread::sleep(WRITER_LINGER);
+        }
+        let mut next = Some(first);
+        while let Some(op) = next {
+            match op {
+                WriterOp::Append(row) => {
+                    batch.push(row);
+                    if batch.len >= WRITER_BATCH {
+                        trees.flush_pending(&mut batch, &mut failed);
+                    }
+                }
+                other => {
+                    trees.flush_pending(&mut batch, &mut failed);
+                    trees.handle(other, &mut failed);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        trees.flush_pending(&mut batch, &mut failed);
+    }
+}
+
+/// The handle on the writer thread, owned by the store.
+struct ArchiveWriter {
+    tx: Option<mpsc::Sender<WriterOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn writer_stopped() -> StorageError {
+    StorageError::Backend("archive writer stopped".into())
+}
+
+impl ArchiveWriter {
+    fn start(trees: ArchiveTrees) -> Result<ArchiveWriter> {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("archive-writer".into())
+            .spawn(move || run_writer(&trees, rx))
+            .map_err(|e| StorageError::Backend(format!("archive writer thread: {e}")))?;
+        Ok(ArchiveWriter {
+            tx: Some(tx),
+            thread: Some(thread),
         })
     }
 
+    async fn send(&self, op: WriterOp) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(writer_stopped)?;
+        tx.send(op).await.map_err(|_| writer_stopped())
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterOp) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.send(op(reply)).await?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Waits until everything queued so far is written.
+    async fn barrier(&self) -> Result<()> {
+        self.call(WriterOp::Barrier).await
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread write what is left and end; waiting for it
+        // releases its handles on the database, so the directory can be reopened at once.
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn decode_archived(key: &[u8], value: &[u8]) -> Result<ArchivedMessage> {
+    let r: ArchiveRecord = decode("archived message", value)?;
+    Ok(ArchivedMessage {
+        id: r.id,
+        pos: key_pos(key)?,
+        with: r.with,
+        stanza: r.stanza,
+    })
+}
+
+impl SledStore {
     /// The newest micros stored for a user (0 if none): new entries never go below it.
     fn newest_micros(&self, prefix: &[u8]) -> Result<u64> {
-        match self.archive.scan_prefix(prefix).next_back() {
+        let range = pos_key(prefix, ArchivePos::MIN)..=pos_key(prefix, ArchivePos::MAX);
+        match self.archive.range(range).next_back() {
             Some(r) => {
                 let (k, _) = r.map_err(backend)?;
                 Ok(key_pos(&k)?.micros)
@@ -337,137 +610,79 @@ impl SledStore {
         }
     }
 
-    /// Assigns positions and UIDs and writes the entries (with both indexes and the count)
-    /// in one transaction per chunk. Not flushed.
-    fn append_unflushed(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
-        let prefix = user_prefix(user)?;
-        let mut newest = self.newest_micros(&prefix)?;
-        let mut stamps = Vec::with_capacity(msgs.len());
-        for chunk in msgs.chunks(ARCHIVE_CHUNK) {
-            let mut entries = Vec::with_capacity(chunk.len());
-            for msg in chunk {
-                check_name(msg.with)?;
-                // generate_id is monotonic across restarts (see the offline store).
-                let seq = self.db.generate_id().map_err(backend)?;
-                newest = newest.max(msg.micros);
-                entries.push(PendingEntry {
-                    pos: ArchivePos {
-                        micros: newest,
-                        seq,
-                    },
-                    id: new_id(),
-                    msg,
-                });
-            }
-            // A UID collision (96 random bits) is next to impossible; if it happens the
-            // transaction aborts and the chunk is retried with fresh UIDs.
-            let mut tries = 0;
-            loop {
-                match self.write_entries(user, &prefix, &entries) {
-                    Err(StorageError::Backend(e)) if e == DUPLICATE_ID && tries < 3 => {
-                        tries += 1;
-                        for e in &mut entries {
-                            e.id = new_id();
-                        }
-                    }
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            }
-            stamps.extend(entries.into_iter().map(|e| ArchiveStamp {
-                id: e.id,
-                pos: e.pos,
-            }));
-        }
-        Ok(stamps)
-    }
-
-    fn write_entries(&self, user: &str, prefix: &[u8], entries: &[PendingEntry<'_>]) -> Result<()> {
-        let mut rows = Vec::with_capacity(entries.len());
-        for e in entries {
-            let value = encode(&ArchiveRecordRef {
-                id: &e.id,
-                with: e.msg.with,
-                stanza: e.msg.stanza,
-            })?;
-            rows.push((
-                pos_key(prefix, e.pos),
-                id_key(prefix, &e.id),
-                pos_key(&with_prefix(prefix, e.msg.with)?, e.pos),
-                value,
-            ));
-        }
-        (
-            &self.archive,
-            &self.archive_ids,
-            &self.archive_with,
-            &self.archive_meta,
-        )
-            .transaction(|(archive, ids, with, meta)| {
-                for (key, id_key, with_key, value) in &rows {
-                    let pos = &key[prefix.len()..];
-                    if ids.insert(id_key.as_slice(), pos)?.is_some() {
-                        return Err(abort(StorageError::Backend(DUPLICATE_ID.into())));
-                    }
-                    archive.insert(key.as_slice(), value.as_slice())?;
-                    with.insert(with_key.as_slice(), &[][..])?;
-                }
-                let count = tx_counter(meta, user.as_bytes(), "archive count")?;
-                let count = count + rows.len() as u64;
-                meta.insert(user.as_bytes(), encode(&count).map_err(abort)?)?;
-                Ok(())
-            })
-            .map_err(tx_error)
-    }
-
-    /// Removes archive entries (main tree, both indexes, count) in one transaction.
-    fn remove_archived(
+    /// Assigns positions in memory: each user's archive never goes back in time, and the
+    /// sequence (sled's `generate_id`, monotonic across restarts) orders equal micros.
+    fn positions(
         &self,
         user: &str,
         prefix: &[u8],
-        gone: &[(IVec, String, String)],
-    ) -> Result<()> {
-        let mut rows = Vec::with_capacity(gone.len());
-        for (key, id, with) in gone {
-            let pos = key_pos(key)?;
-            rows.push((
-                key.clone(),
-                id_key(prefix, id),
-                pos_key(&with_prefix(prefix, with)?, pos),
-            ));
-        }
-        (
-            &self.archive,
-            &self.archive_ids,
-            &self.archive_with,
-            &self.archive_meta,
-        )
-            .transaction(|(archive, ids, with, meta)| {
-                let mut removed = 0u64;
-                for (key, id_key, with_key) in &rows {
-                    if archive.remove(key)?.is_some() {
-                        removed += 1;
-                    }
-                    ids.remove(id_key.as_slice())?;
-                    with.remove(with_key.as_slice())?;
-                }
-                let left =
-                    tx_counter(meta, user.as_bytes(), "archive count")?.saturating_sub(removed);
-                if left == 0 {
-                    meta.remove(user.as_bytes())?;
-                } else {
-                    meta.insert(user.as_bytes(), encode(&left).map_err(abort)?)?;
-                }
-                Ok(())
+        msgs: &[NewArchived<'_>],
+    ) -> Result<Vec<ArchivePos>> {
+        let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = match newest.get_mut(user) {
+            Some(last) => last,
+            // Only here is the user's newest read from disk: afterwards every append of
+            // the user passes this map, so queued writes never make it stale.
+            None => {
+                let stored = self.newest_micros(prefix)?;
+                newest.entry(user.to_string()).or_insert(stored)
+            }
+        };
+        msgs.iter()
+            .map(|m| {
+                *last = (*last).max(m.micros);
+                let seq = self.db.generate_id().map_err(backend)?;
+                Ok(ArchivePos { micros: *last, seq })
             })
-            .map_err(tx_error)
+            .collect()
+    }
+
+    /// Stamps messages (UID, position) and queues them for the writer. Returns once they
+    /// are queued: reads of this store see them; disk sees them at the writer's pace.
+    async fn append_queued(
+        &self,
+        user: &str,
+        msgs: &[NewArchived<'_>],
+    ) -> Result<Vec<ArchiveStamp>> {
+        let prefix = user_prefix(user)?;
+        for m in msgs {
+            check_name(m.with)?;
+        }
+        let positions = self.positions(user, &prefix, msgs)?;
+        let mut stamps = Vec::with_capacity(msgs.len());
+        for (msg, pos) in msgs.iter().zip(positions) {
+            // 96 random bits practically never collide; a stored UID is still never
+            // overwritten.
+            let mut id = new_id();
+            let mut tries = 0;
+            while self
+                .archive_ids
+                .contains_key(id_key(&prefix, &id))
+                .map_err(backend)?
+            {
+                tries += 1;
+                if tries > 3 {
+                    return Err(StorageError::Backend("duplicate archive id".into()));
+                }
+                id = new_id();
+            }
+            let row = ArchiveRow {
+                user_len: prefix.len() - 1,
+                key: pos_key(&prefix, pos),
+                id_key: id_key(&prefix, &id),
+                with_key: pos_key(&with_prefix(&prefix, msg.with)?, pos),
+                value: encode(&ArchiveRecordRef {
+                    id: &id,
+                    with: msg.with,
+                    stanza: msg.stanza,
+                })?,
+            };
+            self.writer.send(WriterOp::Append(row)).await?;
+            stamps.push(ArchiveStamp { id, pos });
+        }
+        Ok(stamps)
     }
 }
-
-/// Abort reason of an archive write whose fresh UID already exists.
-const DUPLICATE_ID: &str = "duplicate archive id";
 
 /// Removes every key with `prefix` from `tree` in one atomic batch.
 fn clear_prefix(tree: &Tree, prefix: &[u8]) -> Result<()> {
@@ -487,28 +702,35 @@ fn push_prefix(user: &str, jid: &str) -> Result<Vec<u8>> {
 
 #[async_trait]
 impl ArchiveStore for SledStore {
-    // Archive appends are not fsynced one by one: an fsync per message costs ~0.2 ms and
-    // capped chat at ~2,000 msgs/s. The archive is a second copy of a message that was
-    // delivered live (or durably stored offline, which is flushed), so sled's periodic
-    // flush (500 ms) and the flush at shutdown bound what a crash can take from it.
+    // Appends are stamped in memory and written by the writer thread in batches, not
+    // fsynced one by one: the archive is a second copy of a message that was delivered
+    // live (or durably stored offline, which is flushed), so sled's periodic flush
+    // (500 ms) and the flush at shutdown bound what a crash can take from it.
     async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
-        self.append_unflushed(user, std::slice::from_ref(&msg))?
+        self.append_queued(user, std::slice::from_ref(&msg))
+            .await?
             .pop()
             .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
     }
 
     async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
-        self.append_unflushed(user, msgs)
+        self.append_queued(user, msgs).await
     }
 
     async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>> {
-        let key = id_key(&user_prefix(user)?, id);
-        match self.archive_ids.get(key).map_err(backend)? {
-            Some(v) => ArchivePos::from_bytes(&v)
-                .map(Some)
-                .ok_or_else(|| StorageError::Corrupt("archive id index value".into())),
-            None => Ok(None),
-        }
+        let prefix = user_prefix(user)?;
+        self.writer.barrier().await?;
+        let Some(v) = self.archive_ids.get(id_key(&prefix, id)).map_err(backend)? else {
+            return Ok(None);
+        };
+        let pos = ArchivePos::from_bytes(&v)
+            .ok_or_else(|| StorageError::Corrupt("archive id index value".into()))?;
+        // An index entry whose record a crash took is not a message.
+        let present = self
+            .archive
+            .contains_key(pos_key(&prefix, pos))
+            .map_err(backend)?;
+        Ok(present.then_some(pos))
     }
 
     async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>> {
@@ -517,7 +739,7 @@ impl ArchiveStore for SledStore {
         };
         let key = pos_key(&user_prefix(user)?, pos);
         match self.archive.get(&key).map_err(backend)? {
-            Some(v) => self.decode_archived(&key, &v).map(Some),
+            Some(v) => decode_archived(&key, &v).map(Some),
             None => Ok(None),
         }
     }
@@ -527,6 +749,7 @@ impl ArchiveStore for SledStore {
         if q.from > q.to {
             return Ok(ArchivePage::default());
         }
+        self.writer.barrier().await?;
         match &q.with {
             // The per-contact index yields positions in order; each match is then one
             // point lookup, so a `with` page costs O(page), not O(archive).
@@ -535,15 +758,17 @@ impl ArchiveStore for SledStore {
                 let scan = self
                     .archive_with
                     .range(pos_key(&wp, q.from)..=pos_key(&wp, q.to))
-                    .map(|r| {
-                        let (k, _) = r.map_err(backend)?;
-                        let key = pos_key(&prefix, key_pos(&k)?);
-                        match self.archive.get(&key).map_err(backend)? {
-                            Some(v) => self.decode_archived(&key, &v),
-                            None => Err(StorageError::Corrupt(
-                                "archive index points at a missing message".into(),
-                            )),
-                        }
+                    .filter_map(|r| {
+                        let lookup = || {
+                            let (k, _) = r.map_err(backend)?;
+                            let key = pos_key(&prefix, key_pos(&k)?);
+                            // A missing record (crash between tree writes) is skipped.
+                            match self.archive.get(&key).map_err(backend)? {
+                                Some(v) => decode_archived(&key, &v).map(Some),
+                                None => Ok(None),
+                            }
+                        };
+                        lookup().transpose()
                     });
                 collect_page(scan, q)
             }
@@ -553,7 +778,7 @@ impl ArchiveStore for SledStore {
                     .range(pos_key(&prefix, q.from)..=pos_key(&prefix, q.to))
                     .map(|r| {
                         let (k, v) = r.map_err(backend)?;
-                        self.decode_archived(&k, &v)
+                        decode_archived(&k, &v)
                     });
                 collect_page(scan, q)
             }
@@ -562,6 +787,7 @@ impl ArchiveStore for SledStore {
 
     async fn count(&self, user: &str) -> Result<u64> {
         check_name(user)?;
+        self.writer.barrier().await?;
         match self.archive_meta.get(user).map_err(backend)? {
             Some(v) => decode("archive count", &v),
             None => Ok(0),
@@ -569,23 +795,16 @@ impl ArchiveStore for SledStore {
     }
 
     async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
-        let prefix = user_prefix(user)?;
-        let end = pos_key(&prefix, ArchivePos { micros, seq: 0 });
-        let gone = self
-            .archive
-            .range(prefix.clone()..end)
-            .take(limit)
-            .map(|r| {
-                let (k, v) = r.map_err(backend)?;
-                let m = self.decode_archived(&k, &v)?;
-                Ok((k, m.id, m.with))
+        check_name(user)?;
+        let user = user.to_string();
+        self.writer
+            .call(|reply| WriterOp::RemoveBefore {
+                user,
+                micros,
+                limit,
+                reply,
             })
-            .collect::<Result<Vec<_>>>()?;
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        self.remove_archived(user, &prefix, &gone)?;
-        Ok(gone.len())
+            .await
     }
 
     async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>> {
@@ -605,18 +824,21 @@ impl ArchiveStore for SledStore {
     }
 
     async fn remove_user(&self, user: &str) -> Result<()> {
-        let prefix = user_prefix(user)?;
-        // Large archives do not fit one transaction; each tree is cleared atomically on
-        // its own, the count last so it never claims messages that are gone.
-        clear_prefix(&self.archive_with, &prefix)?;
-        clear_prefix(&self.archive_ids, &prefix)?;
-        clear_prefix(&self.archive, &prefix)?;
-        self.archive_meta.remove(user).map_err(backend)?;
+        check_name(user)?;
+        let name = user.to_string();
+        self.writer
+            .call(|reply| WriterOp::RemoveUser { user: name, reply })
+            .await?;
+        self.newest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(user);
         self.archive_prefs.remove(user).map_err(backend)?;
         Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
+        self.writer.barrier().await?;
         self.flush_db().await
     }
 }
