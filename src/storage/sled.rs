@@ -204,11 +204,27 @@ impl SledStore {
     /// Like [`SledStore::open`] with a page cache of `cache_mb` MiB (sled's own default,
     /// 1 GiB, lets a busy server's memory grow far beyond what it needs).
     pub fn open_with_cache(path: &Path, cache_mb: u64) -> Result<SledStore> {
-        let db = ::sled::Config::new()
+        let config = ::sled::Config::new()
             .path(path)
-            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            .open()
-            .map_err(backend)?;
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024));
+        // A store that was just dropped (a restart in the same process, or a previous
+        // process still exiting) releases its file lock only when sled's background IO
+        // finishes: wait briefly for it instead of failing.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports it only as text (ErrorKind::Other); 0.34 is frozen, so the
+                // wording is stable.
+                Err(::sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 150 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
         let meta = db.open_tree("meta").map_err(backend)?;
         match meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
             None => {
