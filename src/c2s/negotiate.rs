@@ -35,6 +35,9 @@ pub(crate) struct Bound {
     pub conn_id: u64,
     pub rx: tokio::sync::mpsc::Receiver<crate::router::SessionCommand>,
     pub control: Arc<SessionControl>,
+    /// The stream's `xml:lang`, stamped on the client's stanzas that carry none
+    /// (RFC 6120 §4.7.4), so recipients know their language.
+    pub lang: Option<String>,
 }
 
 struct State {
@@ -47,6 +50,8 @@ struct State {
     /// (e.g. `tls-unique`, undefined for TLS 1.3). Its later `y` flag then means "no
     /// mutual binding type" (XEP-0440 §3), not a stripped mechanism list.
     client_lacks_cb_types: bool,
+    /// `xml:lang` of the client's current stream header.
+    lang: Option<String>,
 }
 
 pub(crate) async fn negotiate(
@@ -63,6 +68,7 @@ pub(crate) async fn negotiate(
         bindings: ChannelBindings::default(),
         failures: 0,
         client_lacks_cb_types: false,
+        lang: None,
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
@@ -168,6 +174,10 @@ async fn open_stream(
         StreamEvent::Open(h) => h,
         _ => return Err(StreamErrorCondition::NotWellFormed.into()),
     };
+    st.lang = header
+        .lang
+        .clone()
+        .filter(|l| !l.is_empty() && l.len() <= 35 && !l.contains(['\'', '"', '<', '&']));
     let to = header.to.as_deref().and_then(Addr::parse).map(|a| a.domain);
     // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
     let from = to.clone().unwrap_or_else(|| {
@@ -573,5 +583,6 @@ async fn bind(
         conn_id,
         rx,
         control,
+        lang: st.lang.clone(),
     }))
 }

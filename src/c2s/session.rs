@@ -446,6 +446,11 @@ async fn handle_stanza(
         }
     }
     el.set_attr("from", bound.full.clone());
+    if let Some(lang) = &bound.lang
+        && el.attr("xml:lang").is_none()
+    {
+        el.set_attr("xml:lang", lang.clone());
+    }
     if let Some(to) = el.attr("to") {
         match Addr::parse(to) {
             Some(addr) => el.set_attr("to", addr.full()),

@@ -587,6 +587,7 @@ mod tests {
             conn_id: 1,
             rx,
             control: Default::default(),
+            lang: None,
         })
     }
 

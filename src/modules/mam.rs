@@ -510,13 +510,12 @@ async fn query(
             .map_err(internal)?,
     };
 
-    let domain = crate::addr::domain_of(user).to_string();
     let mut sent = page.messages.iter().collect::<Vec<_>>();
     if req.flip {
         sent.reverse();
     }
     for m in sent {
-        let Some(result) = result_message(user, to, &domain, req.query_id.as_deref(), m) else {
+        let Some(result) = result_message(user, to, req.query_id.as_deref(), m) else {
             continue;
         };
         if !deliver_to_session(&tx, &control, result) {
@@ -599,7 +598,6 @@ async fn by_ids(
 fn result_message(
     user: &str,
     to: &str,
-    domain: &str,
     query_id: Option<&str>,
     m: &ArchivedMessage,
 ) -> Option<Element> {
@@ -612,9 +610,8 @@ fn result_message(
     };
     let forwarded = Element::new("forwarded", FORWARD)
         .with_child(
-            Element::new("delay", ns::DELAY)
-                .with_attr("from", domain)
-                .with_attr("stamp", stamp(m.pos.micros)),
+            // XEP-0313 §4.1.2: the stamp alone (Prosody's scansion scripts match it strictly).
+            Element::new("delay", ns::DELAY).with_attr("stamp", stamp(m.pos.micros)),
         )
         .with_child(original);
     let mut result = Element::new("result", NS).with_attr("id", m.id.clone());
