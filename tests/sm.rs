@@ -297,15 +297,22 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
     })
     .await;
     assert_eq!(ctx(&server).sm.hibernated_count(), 0);
-    assert_eq!(
-        ctx(&server)
+    // The session leaves the router first, then its unacked and queued messages are
+    // rerouted: give that a moment rather than racing it.
+    let mut stored = 0;
+    for _ in 0..200 {
+        stored = ctx(&server)
             .storage
             .offline
             .count("bob@localhost")
             .await
-            .unwrap(),
-        2
-    );
+            .unwrap();
+        if stored >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(stored, 2);
     let (_c, failed) = resume(&server, "bob", &id, 0).await;
     assert_eq!(failed.name, "failed");
     assert!(failed.has_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas"));
@@ -340,6 +347,19 @@ async fn clean_close_with_unacked_messages_keeps_them() {
         ctx(&server).sessions.resources("bob@localhost").is_empty()
     })
     .await;
+    // Rerouting follows the unbind; let it reach offline storage before the next login.
+    for _ in 0..200 {
+        let stored = ctx(&server)
+            .storage
+            .offline
+            .count("bob@localhost")
+            .await
+            .unwrap();
+        if stored >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let mut bob = server.login("bob", "phone2").await;
     bob.send("<presence/>").await;
     let m = bob.recv_until(is_message).await;
