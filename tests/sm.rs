@@ -121,6 +121,19 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Polls the user's offline count until it reaches `at_least` (or 5 s pass); returns it.
+async fn offline_count_reaching(server: &TestServer, user: &str, at_least: usize) -> usize {
+    let mut stored = 0;
+    for _ in 0..200 {
+        stored = ctx(server).storage.offline.count(user).await.unwrap();
+        if stored >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stored
+}
+
 fn ctx(server: &TestServer) -> &xmppd::context::Context {
     &server.handle.as_ref().unwrap().ctx
 }
@@ -299,20 +312,7 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
     assert_eq!(ctx(&server).sm.hibernated_count(), 0);
     // The session leaves the router first, then its unacked and queued messages are
     // rerouted: give that a moment rather than racing it.
-    let mut stored = 0;
-    for _ in 0..200 {
-        stored = ctx(&server)
-            .storage
-            .offline
-            .count("bob@localhost")
-            .await
-            .unwrap();
-        if stored >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(stored, 2);
+    assert_eq!(offline_count_reaching(&server, "bob@localhost", 2).await, 2);
     let (_c, failed) = resume(&server, "bob", &id, 0).await;
     assert_eq!(failed.name, "failed");
     assert!(failed.has_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas"));
@@ -348,18 +348,7 @@ async fn clean_close_with_unacked_messages_keeps_them() {
     })
     .await;
     // Rerouting follows the unbind; let it reach offline storage before the next login.
-    for _ in 0..200 {
-        let stored = ctx(&server)
-            .storage
-            .offline
-            .count("bob@localhost")
-            .await
-            .unwrap();
-        if stored >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    offline_count_reaching(&server, "bob@localhost", 1).await;
     let mut bob = server.login("bob", "phone2").await;
     bob.send("<presence/>").await;
     let m = bob.recv_until(is_message).await;
