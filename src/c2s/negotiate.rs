@@ -11,7 +11,6 @@ use super::{Connection, Ending, sm};
 use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
-use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
 use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain};
@@ -139,24 +138,20 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let MaybeTls::Plain(tcp) = std::mem::replace(&mut conn.io, MaybeTls::Upgrading) else {
-        return Err(Ending::Gone);
-    };
     let acceptor = if direct {
         tls.direct_c2s_acceptor()
     } else {
         tls.starttls_acceptor()
     };
-    let stream = acceptor.accept(tcp).await.map_err(|e| {
+    let session = conn.io.accept_tls(acceptor).await.map_err(|e| {
         debug!(error = %e, "TLS handshake failed");
         Ending::Gone
     })?;
-    let b = tls.channel_bindings(stream.get_ref().1);
+    let b = tls.channel_bindings(session);
     st.bindings = ChannelBindings {
         tls_exporter: b.tls_exporter,
         tls_server_end_point: b.tls_server_end_point,
     };
-    conn.io = MaybeTls::Tls(Box::new(stream));
     conn.parser.reset();
     conn.header_sent = false;
     st.secure = true;

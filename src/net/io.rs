@@ -19,6 +19,25 @@ pub enum MaybeTls {
 }
 
 impl MaybeTls {
+    /// Runs the server side of a TLS handshake on a plain connection (STARTTLS or Direct
+    /// TLS) and returns the established session. Any failure leaves the connection unusable.
+    pub async fn accept_tls(
+        &mut self,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> io::Result<&rustls::ServerConnection> {
+        let MaybeTls::Plain(tcp) = std::mem::replace(self, MaybeTls::Upgrading) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS is only started on a plain connection",
+            ));
+        };
+        *self = MaybeTls::Tls(Box::new(acceptor.accept(tcp).await?));
+        match self {
+            MaybeTls::Tls(s) => Ok(s.get_ref().1),
+            _ => Err(upgrading()),
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, MaybeTls::Tls(_) | MaybeTls::ClientTls(_))
     }

@@ -104,19 +104,15 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let MaybeTls::Plain(tcp) = std::mem::replace(&mut conn.io, MaybeTls::Upgrading) else {
-        return Err(Ending::Gone);
-    };
     let acceptor = if direct {
         tls.direct_s2s_acceptor()
     } else {
         tls.s2s_starttls_acceptor()
     };
-    let stream = acceptor.accept(tcp).await.map_err(|e| {
+    conn.io.accept_tls(acceptor).await.map_err(|e| {
         debug!(error = %e, "TLS handshake failed");
         Ending::Gone
     })?;
-    conn.io = MaybeTls::Tls(Box::new(stream));
     conn.parser.reset();
     conn.header_sent = false;
     st.secure = true;
