@@ -715,16 +715,39 @@ async fn sled_archive_and_blocklist_survive_reopen() {
             never: vec![],
         };
         s.archive.set_prefs("u@x", &prefs).await.unwrap();
+        s.archive.set_prefs("u@xx", &prefs).await.unwrap();
         s.blocklist
             .block("u@x", &["c@y".to_string()])
             .await
             .unwrap();
+        let several = ["a@y", "b@y", "y"].map(String::from);
+        s.blocklist.block("t@x", &several).await.unwrap();
+        s.blocklist.block("u@xx", &several).await.unwrap();
+        s.blocklist.block("v@x", &several).await.unwrap();
+        s.blocklist.unblock_all("v@x").await.unwrap();
         (stamps, prefs)
     };
     let s = Storage::open_sled(dir.path()).unwrap();
     assert_eq!(s.archive.count("u@x").await.unwrap(), 5);
-    assert_eq!(s.archive.prefs("u@x").await.unwrap(), Some(prefs));
+    assert_eq!(s.archive.prefs("u@x").await.unwrap(), Some(prefs.clone()));
+    assert_eq!(s.archive.prefs("u@xx").await.unwrap(), Some(prefs));
+    assert_eq!(s.archive.prefs("t@x").await.unwrap(), None);
     assert_eq!(s.blocklist.blocklist("u@x").await.unwrap(), ["c@y"]);
+    // The in-memory index of users with block lists is rebuilt from disk.
+    for (user, jid, blocked) in [
+        ("u@x", "c@y", true),
+        ("u@x", "a@y", false),
+        ("t@x", "b@y", true),
+        ("u@xx", "y", true),
+        ("v@x", "a@y", false),
+        ("w@x", "a@y", false),
+    ] {
+        assert_eq!(
+            s.blocklist.is_blocked(user, &[jid]).await.unwrap(),
+            blocked,
+            "{user} {jid}"
+        );
+    }
     let q = ArchiveQuery {
         with: Some("a@y".into()),
         ..ArchiveQuery::default()

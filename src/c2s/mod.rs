@@ -202,6 +202,26 @@ pub async fn serve(
     }
 }
 
+/// Stream negotiation up to a bound or resumed session, within the handshake timeout.
+async fn negotiate_in_time(
+    ctx: &Arc<Context>,
+    tls: &TlsContext,
+    conn: &mut Connection,
+    mode: TlsMode,
+    conn_id: u64,
+    shutdown: &CancellationToken,
+) -> Result<Negotiated, Ending> {
+    let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+    let negotiation = negotiate::negotiate(ctx, tls, conn, mode, conn_id);
+    tokio::select! {
+        r = tokio::time::timeout(handshake, negotiation) => match r {
+            Ok(r) => r,
+            Err(_) => Err(Ending::from(StreamErrorCondition::ConnectionTimeout)),
+        },
+        _ = shutdown.cancelled() => Err(Ending::from(StreamErrorCondition::SystemShutdown)),
+    }
+}
+
 /// The connection's life; returns the session if it is to hibernate.
 async fn serve_connection(
     ctx: &Arc<Context>,
@@ -225,20 +245,15 @@ async fn serve_connection(
         .first()
         .map(|v| v.domain.clone())
         .unwrap_or_default();
-    let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
-    let negotiation = Box::pin(negotiate::negotiate(ctx, &tls, &mut conn, mode, conn_id));
-    let negotiated = tokio::select! {
-        r = tokio::time::timeout(handshake, negotiation) => match r {
-            Ok(r) => r,
-            Err(_) => Err(Ending::from(StreamErrorCondition::ConnectionTimeout)),
-        },
-        _ = shutdown.cancelled() => Err(Ending::from(StreamErrorCondition::SystemShutdown)),
-    };
+    let negotiation = Box::pin(negotiate_in_time(
+        ctx, &tls, &mut conn, mode, conn_id, shutdown,
+    ));
+    let negotiated = negotiation.await;
     let (state, resumed) = match negotiated {
         Ok(Negotiated::Bound(bound)) => (SessionState::new(bound), None),
         Ok(Negotiated::Resumed(state, h)) => (state, Some(h)),
         Err(ending) => {
-            conn.finish(ending, &default_domain).await;
+            Box::pin(conn.finish(ending, &default_domain)).await;
             debug!("connection closed");
             return None;
         }
@@ -246,15 +261,16 @@ async fn serve_connection(
     tracing::Span::current().record("jid", state.bound.full.as_str());
     debug!(resumed = resumed.is_some(), "session bound");
     let domain = state.bound.domain.clone();
-    let outcome = Box::pin(session::run(ctx, &mut conn, state, resumed, shutdown)).await;
+    let session = Box::pin(session::run(ctx, &mut conn, state, resumed, shutdown));
+    let outcome = session.await;
     debug!("connection closed");
     match outcome {
         Outcome::Closed(ending) => {
-            conn.finish(ending, &domain).await;
+            Box::pin(conn.finish(ending, &domain)).await;
             None
         }
         Outcome::Hibernate(state, ending) => {
-            conn.finish(ending, &domain).await;
+            Box::pin(conn.finish(ending, &domain)).await;
             Some(state)
         }
     }

@@ -129,9 +129,11 @@ pub(crate) async fn run(
     mut resumed: Option<Option<u32>>,
     shutdown: &CancellationToken,
 ) -> Outcome {
+    // The rarely-live steps (resumption, hand-over, the end) are boxed: a future is as
+    // large as its largest state, and this one lives as long as the session.
     loop {
         let end = match resumed.take() {
-            Some(h) => match resume_stream(conn, &mut state, h).await {
+            Some(h) => match Box::pin(resume_stream(conn, &mut state, h)).await {
                 Ok(()) => serve_bound(ctx, conn, &mut state, shutdown).await,
                 Err(end) => end,
             },
@@ -139,17 +141,17 @@ pub(crate) async fn run(
         };
         match end {
             LoopEnd::Close(ending) => {
-                end_session(ctx, state, false).await;
+                Box::pin(end_session(ctx, state, false)).await;
                 return Outcome::Closed(ending);
             }
             LoopEnd::Lost(ending) if state.resumable() => {
                 return Outcome::Hibernate(state, ending);
             }
             LoopEnd::Lost(ending) => {
-                end_session(ctx, state, false).await;
+                Box::pin(end_session(ctx, state, false)).await;
                 return Outcome::Closed(ending);
             }
-            LoopEnd::TakeOver(req) => match sm::hand_over(req, state).await {
+            LoopEnd::TakeOver(req) => match Box::pin(sm::hand_over(req, state)).await {
                 Ok(()) => {
                     debug!("session taken over by a resuming connection");
                     return Outcome::Closed(Ending::Error(StreamError::with_text(

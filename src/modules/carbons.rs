@@ -93,22 +93,36 @@ fn copy(user: &str, resource: &str, kind: &str, original: &Element) -> Element {
     )
 }
 
+/// Copies go to the resources with carbons enabled that `skip` does not exclude; the
+/// original is cloned only when there is one (most messages have no carbon target).
 fn send_copies(
     ctx: &Arc<Context>,
     user: &str,
     kind: &str,
     original: &Element,
+    stamp: Option<&ArchiveStamp>,
     skip: impl Fn(&crate::router::SessionInfo) -> bool,
 ) {
-    for s in ctx.sessions.resources(user) {
-        if s.carbons && !skip(&s) {
-            deliver_to_session(&s.tx, &s.control, copy(user, &s.resource, kind, original));
+    let targets = ctx.sessions.select(user, |s| {
+        (s.carbons && !skip(s)).then(|| (s.resource.clone(), s.tx.clone(), s.control.clone()))
+    });
+    if targets.is_empty() {
+        return;
+    }
+    let mut stamped;
+    let original = match stamp {
+        Some(a) => {
+            stamped = original.clone();
+            add_stanza_id(&mut stamped, user, &a.id);
+            &stamped
         }
+        None => original,
+    };
+    for (resource, tx, control) in targets {
+        deliver_to_session(&tx, &control, copy(user, &resource, kind, original));
     }
 }
 
-/// §5: a message a local client sent goes as `<sent/>` to the sender's other
-/// carbons-enabled resources, carrying the sender's archive id (XEP-0313 §3).
 pub fn sent(
     ctx: &Arc<Context>,
     from: &str,
@@ -121,33 +135,24 @@ pub fn sent(
     }
     let user = bare_of(from);
     let sender = resource_of(from);
-    // A message to another resource of the same account reaches it directly.
     let target = (bare_of(to) == user).then(|| resource_of(to)).flatten();
-    let mut original = el.clone();
-    if let Some(a) = archived {
-        add_stanza_id(&mut original, user, &a.id);
-    }
-    send_copies(ctx, user, "sent", &original, |s| {
+    send_copies(ctx, user, "sent", el, archived, |s| {
         Some(s.resource.as_str()) == sender || Some(s.resource.as_str()) == target
     });
 }
 
-/// §4: a message delivered to `user` goes as `<received/>` to the carbons-enabled
-/// resources that did not get the original: all but the addressed one for a full JID,
-/// those outside the RFC 6121 bare-JID delivery set otherwise.
 pub fn received(ctx: &Arc<Context>, user: &str, resource: Option<&str>, el: &Element) {
     if !eligible(el) {
         return;
     }
     match resource {
-        Some(r) => send_copies(ctx, user, "received", el, |s| s.resource == r),
-        None => send_copies(ctx, user, "received", el, |s| {
+        Some(r) => send_copies(ctx, user, "received", el, None, |s| s.resource == r),
+        None => send_copies(ctx, user, "received", el, None, |s| {
             s.available && s.priority >= 0
         }),
     }
 }
 
-/// §7: the recipient's server removes the sender's `<private/>` marker.
 pub fn strip_private(el: &mut Element) {
     el.remove_children("private", NS);
 }

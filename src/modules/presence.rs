@@ -144,13 +144,14 @@ async fn broadcast_available(ctx: &Arc<Context>, st: &mut PresenceState, mut sta
 
 /// Delivers `stanza` to each available resource of the user (including the sender).
 fn to_own_resources(ctx: &Arc<Context>, st: &PresenceState, stanza: &Element) {
-    for s in ctx.sessions.resources(&st.bare) {
-        if !s.available && s.resource != st.resource {
-            continue;
-        }
+    let targets = ctx.sessions.select(&st.bare, |s| {
+        (s.available || s.resource == st.resource)
+            .then(|| (s.resource.clone(), s.tx.clone(), s.control.clone()))
+    });
+    for (resource, tx, control) in targets {
         let mut copy = stanza.clone();
-        copy.set_attr("to", format!("{}/{}", st.bare, s.resource));
-        deliver_to_session(&s.tx, &s.control, copy);
+        copy.set_attr("to", format!("{}/{resource}", st.bare));
+        deliver_to_session(&tx, &control, copy);
     }
 }
 

@@ -129,7 +129,7 @@ async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
 }
 
 async fn account_exists(ctx: &Arc<Context>, bare: &str) -> bool {
-    if !ctx.sessions.resources(bare).is_empty() {
+    if ctx.sessions.is_online(bare) {
         return true;
     }
     match ctx.storage.accounts.get(bare).await {

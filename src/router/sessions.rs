@@ -141,20 +141,27 @@ impl Sessions {
             .cloned()
     }
 
-    /// Senders of the resources matching `pred`, without cloning whole session infos.
+    /// Whether the account has any bound resource.
+    pub fn is_online(&self, bare: &str) -> bool {
+        self.read().contains_key(bare)
+    }
+
+    /// What `pick` returns for each of an account's sessions, taken under the lock so that
+    /// hot paths copy only the fields they need (not presence elements).
+    pub fn select<T>(&self, bare: &str, pick: impl FnMut(&SessionInfo) -> Option<T>) -> Vec<T> {
+        match self.read().get(bare) {
+            Some(list) => list.iter().filter_map(pick).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Senders of the resources matching `pred`.
     pub fn senders_where(
         &self,
         bare: &str,
         pred: impl Fn(&SessionInfo) -> bool,
     ) -> Vec<(mpsc::Sender<SessionCommand>, Arc<SessionControl>)> {
-        match self.read().get(bare) {
-            Some(list) => list
-                .iter()
-                .filter(|s| pred(s))
-                .map(|s| (s.tx.clone(), s.control.clone()))
-                .collect(),
-            None => Vec::new(),
-        }
+        self.select(bare, |s| pred(s).then(|| (s.tx.clone(), s.control.clone())))
     }
 
     pub fn sender(

@@ -26,9 +26,9 @@
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
 //! Semantics match the memory backend (see its module comment).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use ::sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
@@ -80,8 +80,52 @@ pub struct SledStore {
     archive_with: Tree,
     archive_meta: Tree,
     archive_prefs: Tree,
+    /// Users with stored archive preferences; everyone else has the defaults.
+    with_prefs: UsersWithEntries,
     blocklist: Tree,
+    /// Users whose block list is not empty.
+    blocking: UsersWithEntries,
     push: Tree,
+}
+
+/// The users with at least one entry in a tree that most users leave empty (block lists,
+/// archive preferences), kept in memory because every routed message checks both: for
+/// everyone else the check costs no sled lookup. Built at open; writers change the tree
+/// and the set under the set's write lock, so no reader sees a user missing whose entries
+/// are already in the tree.
+#[derive(Default)]
+struct UsersWithEntries(RwLock<HashSet<Box<str>>>);
+
+impl UsersWithEntries {
+    /// The distinct users of a tree keyed `<user>` or `<user>\0...`, skipping each
+    /// user's other keys with one seek.
+    fn load(tree: &Tree) -> Result<Self> {
+        let mut users = HashSet::new();
+        let mut next = tree.iter();
+        while let Some(entry) = next.next() {
+            let (key, _) = entry.map_err(backend)?;
+            let user = key.split(|b| *b == SEP).next().unwrap_or(&key);
+            let user = std::str::from_utf8(user)
+                .map_err(|_| StorageError::Corrupt("user name is not UTF-8".into()))?;
+            // `<user>\x01` sorts after every `<user>\0...` key and after `<user>` itself.
+            let mut after = user.as_bytes().to_vec();
+            after.push(SEP + 1);
+            users.insert(user.into());
+            next = tree.range(after..);
+        }
+        Ok(Self(RwLock::new(users)))
+    }
+
+    fn contains(&self, user: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(user)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<Box<str>>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[derive(Serialize)]
@@ -259,6 +303,10 @@ impl SledStore {
             with: tree("archive_with")?,
             meta: tree("archive_meta")?,
         };
+        let archive_prefs = tree("archive_prefs")?;
+        let with_prefs = UsersWithEntries::load(&archive_prefs)?;
+        let blocklist = tree("blocklist")?;
+        let blocking = UsersWithEntries::load(&blocklist)?;
         Ok(SledStore {
             writer: ArchiveWriter::start(trees.clone())?,
             newest: Mutex::new(HashMap::new()),
@@ -273,8 +321,10 @@ impl SledStore {
             archive_ids: trees.ids,
             archive_with: trees.with,
             archive_meta: trees.meta,
-            archive_prefs: tree("archive_prefs")?,
-            blocklist: tree("blocklist")?,
+            archive_prefs,
+            with_prefs,
+            blocklist,
+            blocking,
             db,
         })
     }
@@ -825,6 +875,9 @@ impl ArchiveStore for SledStore {
 
     async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>> {
         check_name(user)?;
+        if !self.with_prefs.contains(user) {
+            return Ok(None);
+        }
         match self.archive_prefs.get(user).map_err(backend)? {
             Some(v) => decode("archive prefs", &v).map(Some),
             None => Ok(None),
@@ -833,9 +886,12 @@ impl ArchiveStore for SledStore {
 
     async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()> {
         check_name(user)?;
-        self.archive_prefs
-            .insert(user, encode(prefs)?)
-            .map_err(backend)?;
+        let value = encode(prefs)?;
+        {
+            let mut with_prefs = self.with_prefs.write();
+            self.archive_prefs.insert(user, value).map_err(backend)?;
+            with_prefs.insert(user.into());
+        }
         self.flush_db().await
     }
 
@@ -849,7 +905,9 @@ impl ArchiveStore for SledStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(user);
+        let mut with_prefs = self.with_prefs.write();
         self.archive_prefs.remove(user).map_err(backend)?;
+        with_prefs.remove(user);
         Ok(())
     }
 
@@ -876,15 +934,21 @@ impl BlockListStore for SledStore {
 
     async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
         let mut added = Vec::new();
-        for jid in jids {
-            let key = pair_key(user, jid)?;
-            if self
-                .blocklist
-                .insert(key, &[][..])
-                .map_err(backend)?
-                .is_none()
-            {
-                added.push(jid.clone());
+        {
+            let mut blocking = self.blocking.write();
+            // Listed before the first insert: a user listed with no entries only costs a
+            // lookup.
+            blocking.insert(user.into());
+            for jid in jids {
+                let key = pair_key(user, jid)?;
+                if self
+                    .blocklist
+                    .insert(key, &[][..])
+                    .map_err(backend)?
+                    .is_none()
+                {
+                    added.push(jid.clone());
+                }
             }
         }
         // A block that a crash forgets would silently let the contact through again.
@@ -894,10 +958,21 @@ impl BlockListStore for SledStore {
 
     async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
         let mut removed = Vec::new();
-        for jid in jids {
-            let key = pair_key(user, jid)?;
-            if self.blocklist.remove(key).map_err(backend)?.is_some() {
-                removed.push(jid.clone());
+        {
+            let mut blocking = self.blocking.write();
+            for jid in jids {
+                let key = pair_key(user, jid)?;
+                if self.blocklist.remove(key).map_err(backend)?.is_some() {
+                    removed.push(jid.clone());
+                }
+            }
+            if self
+                .blocklist
+                .scan_prefix(user_prefix(user)?)
+                .next()
+                .is_none()
+            {
+                blocking.remove(user);
             }
         }
         self.flush_db().await?;
@@ -906,15 +981,15 @@ impl BlockListStore for SledStore {
 
     async fn unblock_all(&self, user: &str) -> Result<Vec<String>> {
         let all = self.blocklist(user).await?;
-        clear_prefix(&self.blocklist, &user_prefix(user)?)?;
+        BlockListStore::remove_user(self, user).await?;
         self.flush_db().await?;
         Ok(all)
     }
 
     async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool> {
         let prefix = user_prefix(user)?;
-        // Most users block nobody: one seek answers for them.
-        if self.blocklist.scan_prefix(&prefix).next().is_none() {
+        // Most users block nobody.
+        if !self.blocking.contains(user) {
             return Ok(false);
         }
         for jid in jids {
@@ -933,7 +1008,10 @@ impl BlockListStore for SledStore {
     }
 
     async fn remove_user(&self, user: &str) -> Result<()> {
-        clear_prefix(&self.blocklist, &user_prefix(user)?)
+        let mut blocking = self.blocking.write();
+        clear_prefix(&self.blocklist, &user_prefix(user)?)?;
+        blocking.remove(user);
+        Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
