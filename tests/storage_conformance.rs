@@ -557,6 +557,7 @@ async fn blocklist(s: Storage) {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert!(b.blocklist("u@x").await.unwrap().is_empty());
     assert!(!b.is_blocked("u@x", &["c@y"]).await.unwrap());
+    assert!(!b.may_block_anyone("u@x"));
     let added = b
         .block("u@x", &v(&["c@y", "a@y/r", "evil.example"]))
         .await
@@ -564,6 +565,7 @@ async fn blocklist(s: Storage) {
     assert_eq!(added, v(&["c@y", "a@y/r", "evil.example"]));
     let added = b.block("u@x", &v(&["c@y", "d@y"])).await.unwrap();
     assert_eq!(added, v(&["d@y"]));
+    assert!(b.may_block_anyone("u@x"));
     assert_eq!(
         b.blocklist("u@x").await.unwrap(),
         v(&["a@y/r", "c@y", "d@y", "evil.example"])
@@ -585,8 +587,15 @@ async fn blocklist(s: Storage) {
     let all = b.unblock_all("u@x").await.unwrap();
     assert_eq!(all, v(&["a@y/r", "d@y", "evil.example"]));
     assert!(b.blocklist("u@x").await.unwrap().is_empty());
+    assert!(!b.may_block_anyone("u@x"));
     assert!(b.unblock_all("u@x").await.unwrap().is_empty());
     assert_eq!(b.blocklist("u@xx").await.unwrap(), v(&["z@y"]));
+    assert!(b.may_block_anyone("u@xx"));
+    // Unblocking the last entry one by one empties the list as well.
+    b.block("u@x", &v(&["c@y"])).await.unwrap();
+    assert!(b.is_blocked("u@x", &["c@y"]).await.unwrap());
+    b.unblock("u@x", &v(&["c@y"])).await.unwrap();
+    assert!(!b.may_block_anyone("u@x"));
 
     b.block("u@x", &v(&["c@y"])).await.unwrap();
     s.remove_account("u@x").await.unwrap();

@@ -76,6 +76,9 @@ pub fn candidates(jid: &str) -> Vec<String> {
 /// Whether `user` blocked `jid` (normalized). A storage failure lets the stanza through
 /// (logged): blocking is a filter, not an authorization check.
 pub async fn is_blocked(ctx: &Arc<Context>, user: &str, jid: &str) -> bool {
+    if !ctx.storage.blocklist.may_block_anyone(user) {
+        return false;
+    }
     let c = candidates(jid);
     let refs: Vec<&str> = c.iter().map(String::as_str).collect();
     match ctx.storage.blocklist.is_blocked(user, &refs).await {
@@ -164,22 +167,25 @@ pub async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool 
     let Some(from) = stanza.attr("from") else {
         return true;
     };
-    let to_full = to.full();
+    let blocklist = &ctx.storage.blocklist;
     if let Some(user) = local_account(ctx, from)
-        && !own(user, &to_full)
-        && is_blocked(ctx, user, &to_full).await
+        && blocklist.may_block_anyone(user)
     {
-        refuse_outbound(ctx, user, stanza).await;
-        return false;
+        let to_full = to.full();
+        if !own(user, &to_full) && is_blocked(ctx, user, &to_full).await {
+            refuse_outbound(ctx, user, stanza).await;
+            return false;
+        }
     }
-    let to_bare = to.bare();
-    if to.node.is_some()
-        && ctx.is_local_domain(&to.domain)
-        && !own(&to_bare, from)
-        && is_blocked(ctx, &to_bare, from).await
-    {
-        refuse_inbound(ctx, stanza).await;
-        return false;
+    if to.node.is_some() && ctx.is_local_domain(&to.domain) {
+        let to_bare = to.bare();
+        if blocklist.may_block_anyone(&to_bare)
+            && !own(&to_bare, from)
+            && is_blocked(ctx, &to_bare, from).await
+        {
+            refuse_inbound(ctx, stanza).await;
+            return false;
+        }
     }
     true
 }

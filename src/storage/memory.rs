@@ -430,6 +430,10 @@ impl BlockListStore for MemoryStore {
         lock(&self.blocklists)?.remove(user);
         Ok(())
     }
+
+    fn may_block_anyone(&self, user: &str) -> bool {
+        lock(&self.blocklists).map_or(true, |lists| lists.contains_key(user))
+    }
 }
 
 #[async_trait]

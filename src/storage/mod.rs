@@ -338,6 +338,11 @@ pub trait BlockListStore: Send + Sync {
     /// Whether any of `jids` is on the list (the caller expands one address into the
     /// entries that would match it). Cheap when the list is empty.
     async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool>;
+    /// `false` only if the user's list is certainly empty: lets the per-stanza check skip
+    /// building the candidate entries. Must not block (no disk access).
+    fn may_block_anyone(&self, _user: &str) -> bool {
+        true
+    }
     async fn remove_user(&self, user: &str) -> Result<()>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {

@@ -987,11 +987,11 @@ impl BlockListStore for SledStore {
     }
 
     async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool> {
-        let prefix = user_prefix(user)?;
         // Most users block nobody.
         if !self.blocking.contains(user) {
             return Ok(false);
         }
+        let prefix = user_prefix(user)?;
         for jid in jids {
             if jid.as_bytes().contains(&SEP) {
                 continue;
@@ -1012,6 +1012,10 @@ impl BlockListStore for SledStore {
         clear_prefix(&self.blocklist, &user_prefix(user)?)?;
         blocking.remove(user);
         Ok(())
+    }
+
+    fn may_block_anyone(&self, user: &str) -> bool {
+        self.blocking.contains(user)
     }
 
     async fn flush(&self) -> Result<()> {
