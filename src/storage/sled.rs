@@ -10,7 +10,7 @@
 //! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
 //! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
 //! | `archive`      | `<user>\0` + pos (16 bytes)       | fmt byte + (id, with, stanza)  |
-//! | `archive_ids`  | `<user>\0<id>`                    | pos (16 bytes)                 |
+//! | `archive_ids`  | `<user>\0<id>` (older UIDs only)  | pos (16 bytes)                 |
 //! | `archive_with` | `<user>\0<with bare>\0` + pos     | empty                          |
 //! | `archive_meta` | `<user>`                          | fmt byte + u64 message count   |
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
@@ -21,6 +21,10 @@
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
 //! messages are a reverse range scan of 50 keys, a time window is a range, and `with`
 //! queries scan the per-contact index range instead of the whole archive.
+//!
+//! A message's UID is its position encrypted under the store's `archive_id_key` (in
+//! `meta`), so no index maps UIDs to positions; `archive_ids` only holds the random UIDs
+//! that databases written before that scheme gave out.
 //!
 //! "fmt byte" is [`VALUE_FORMAT`], followed by the postcard encoding. User and contact
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
@@ -39,7 +43,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
-use super::archive::{bare, collect_page, new_id};
+use super::archive::{bare, collect_page};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
@@ -76,7 +80,9 @@ pub struct SledStore {
     offline: Tree,
     offline_meta: Tree,
     archive: Tree,
+    /// UIDs written before UIDs were encrypted positions (read, never written).
     archive_ids: Tree,
+    id_cipher: ArchiveIdCipher,
     archive_with: Tree,
     archive_meta: Tree,
     archive_prefs: Tree,
@@ -86,6 +92,83 @@ pub struct SledStore {
     /// Users whose block list is not empty.
     blocking: UsersWithEntries,
     push: Tree,
+}
+
+/// Archive UIDs are the message's position encrypted with the store's AES-128 key (a
+/// keyed permutation of the 16 position bytes), in hex: unpredictable and revealing
+/// nothing about the archive (XEP-0359 §6), yet turned back into the position without an
+/// index. An index entry per message, at a random key, was a third of archiving's cost.
+struct ArchiveIdCipher(aes::Aes128);
+
+/// Key of the UID cipher's key in the `meta` tree.
+const ARCHIVE_ID_KEY: &[u8] = b"archive_id_key";
+
+impl ArchiveIdCipher {
+    /// The store's key, created on first open.
+    fn load_or_create(meta: &Tree) -> Result<Self> {
+        use aes::cipher::KeyInit;
+        let stored = match meta.get(ARCHIVE_ID_KEY).map_err(backend)? {
+            Some(key) => key,
+            None => {
+                let fresh: [u8; 16] = rand::random();
+                // Another opener cannot race us (sled locks the directory), but keep
+                // whatever is there if it did.
+                let _ = meta
+                    .compare_and_swap(ARCHIVE_ID_KEY, None::<&[u8]>, Some(&fresh[..]))
+                    .map_err(backend)?;
+                meta.get(ARCHIVE_ID_KEY)
+                    .map_err(backend)?
+                    .ok_or_else(|| StorageError::Backend("archive id key vanished".into()))?
+            }
+        };
+        let key: [u8; 16] = stored
+            .as_ref()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("archive id key length".into()))?;
+        Ok(Self(aes::Aes128::new(&key.into())))
+    }
+
+    fn id(&self, pos: ArchivePos) -> String {
+        use aes::cipher::BlockEncrypt;
+        let mut block = aes::Block::from(pos.to_bytes());
+        self.0.encrypt_block(&mut block);
+        let mut id = String::with_capacity(32);
+        for b in block {
+            id.push(hex_digit(b >> 4));
+            id.push(hex_digit(b & 0xf));
+        }
+        id
+    }
+
+    /// The position a UID of this scheme stands for; `None` for anything else (older
+    /// random UIDs are 24 digits). Whether a message is there is the caller's check.
+    fn pos(&self, id: &str) -> Option<ArchivePos> {
+        use aes::cipher::BlockDecrypt;
+        let digits = id.as_bytes();
+        if digits.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+        }
+        let mut block = aes::Block::from(bytes);
+        self.0.decrypt_block(&mut block);
+        ArchivePos::from_bytes(&block)
+    }
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from(b"0123456789abcdef"[usize::from(nibble & 0xf)])
+}
+
+/// Lowercase only: UIDs are compared as strings, so each has one spelling.
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
 }
 
 /// The users with at least one entry in a tree that most users leave empty (block lists,
@@ -303,6 +386,7 @@ impl SledStore {
             with: tree("archive_with")?,
             meta: tree("archive_meta")?,
         };
+        let id_cipher = ArchiveIdCipher::load_or_create(&meta)?;
         let archive_prefs = tree("archive_prefs")?;
         let with_prefs = UsersWithEntries::load(&archive_prefs)?;
         let blocklist = tree("blocklist")?;
@@ -319,6 +403,7 @@ impl SledStore {
             push: tree("push")?,
             archive: trees.archive,
             archive_ids: trees.ids,
+            id_cipher,
             archive_with: trees.with,
             archive_meta: trees.meta,
             archive_prefs,
@@ -415,7 +500,6 @@ struct ArchiveRow {
     /// Length of `<user>` at the start of `key` (the per-user count's key).
     user_len: usize,
     key: Vec<u8>,
-    id_key: Vec<u8>,
     with_key: Vec<u8>,
     value: Vec<u8>,
 }
@@ -447,7 +531,6 @@ const WRITER_BATCH: usize = 4096;
 /// Messages collected for one write: one sled batch per tree.
 #[derive(Default)]
 struct PendingBatch {
-    ids: ::sled::Batch,
     with: ::sled::Batch,
     archive: ::sled::Batch,
     /// New messages per user (`<user>` bytes).
@@ -457,12 +540,10 @@ struct PendingBatch {
 
 impl PendingBatch {
     fn push(&mut self, row: ArchiveRow) {
-        let pos = row.key[row.key.len() - 16..].to_vec();
         *self
             .counts
             .entry(row.key[..row.user_len].to_vec())
             .or_insert(0) += 1;
-        self.ids.insert(row.id_key, pos);
         self.with.insert(row.with_key, IVec::default());
         self.archive.insert(row.key, row.value);
         self.len += 1;
@@ -477,7 +558,6 @@ impl ArchiveTrees {
         if batch.len == 0 {
             return Ok(());
         }
-        self.ids.apply_batch(batch.ids).map_err(backend)?;
         self.with.apply_batch(batch.with).map_err(backend)?;
         self.archive.apply_batch(batch.archive).map_err(backend)?;
         let mut meta = ::sled::Batch::default();
@@ -717,25 +797,11 @@ impl SledStore {
         let positions = self.positions(user, &prefix, msgs)?;
         let mut stamps = Vec::with_capacity(msgs.len());
         for (msg, pos) in msgs.iter().zip(positions) {
-            // 96 random bits practically never collide; a stored UID is still never
-            // overwritten.
-            let mut id = new_id();
-            let mut tries = 0;
-            while self
-                .archive_ids
-                .contains_key(id_key(&prefix, &id))
-                .map_err(backend)?
-            {
-                tries += 1;
-                if tries > 3 {
-                    return Err(StorageError::Backend("duplicate archive id".into()));
-                }
-                id = new_id();
-            }
+            // Positions are unique store-wide, so their encryptions are too.
+            let id = self.id_cipher.id(pos);
             let row = ArchiveRow {
                 user_len: prefix.len() - 1,
                 key: pos_key(&prefix, pos),
-                id_key: id_key(&prefix, &id),
                 with_key: pos_key(&with_prefix(&prefix, msg.with)?, pos),
                 value: encode(&ArchiveRecordRef {
                     id: &id,
@@ -786,12 +852,18 @@ impl ArchiveStore for SledStore {
     async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>> {
         let prefix = user_prefix(user)?;
         self.writer.barrier().await?;
-        let Some(v) = self.archive_ids.get(id_key(&prefix, id)).map_err(backend)? else {
-            return Ok(None);
+        let pos = match self.id_cipher.pos(id) {
+            Some(pos) => pos,
+            None => {
+                let Some(v) = self.archive_ids.get(id_key(&prefix, id)).map_err(backend)? else {
+                    return Ok(None);
+                };
+                ArchivePos::from_bytes(&v)
+                    .ok_or_else(|| StorageError::Corrupt("archive id index value".into()))?
+            }
         };
-        let pos = ArchivePos::from_bytes(&v)
-            .ok_or_else(|| StorageError::Corrupt("archive id index value".into()))?;
-        // An index entry whose record a crash took is not a message.
+        // A UID decrypts to some position whatever it is, and an index entry may have
+        // lost its record in a crash: only a stored record makes it a message.
         let present = self
             .archive
             .contains_key(pos_key(&prefix, pos))
@@ -1365,6 +1437,86 @@ mod tests {
             decode::<String>("x", &s[..3]),
             Err(StorageError::Corrupt(_))
         ));
+    }
+
+    fn archived<'a>(with: &'a str, stanza: &'a str, micros: u64) -> NewArchived<'a> {
+        NewArchived {
+            with,
+            stanza,
+            micros,
+        }
+    }
+
+    #[tokio::test]
+    async fn archive_uids_are_encrypted_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let a = ArchiveStore::append(&store, "u@x", archived("c@y", "m1", 7))
+                .await
+                .unwrap();
+            let b = ArchiveStore::append(&store, "u@x", archived("c@y", "m2", 7))
+                .await
+                .unwrap();
+            (a, b)
+        };
+        for stamp in [&a, &b] {
+            assert_eq!(stamp.id.len(), 32, "{stamp:?}");
+            assert!(
+                stamp
+                    .id
+                    .bytes()
+                    .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            );
+        }
+        // Neighbouring positions give unrelated UIDs: nothing about the archive shows.
+        assert_eq!(a.pos.micros, b.pos.micros);
+        let common = a.id.bytes().zip(b.id.bytes()).take_while(|(x, y)| x == y);
+        assert!(common.count() < 8, "{a:?} {b:?}");
+        // The key survives a restart, so old UIDs still resolve.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.position("u@x", &a.id).await.unwrap(), Some(a.pos));
+        let got = ArchiveStore::get(&store, "u@x", &b.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.id.as_str(), got.stanza.as_str()),
+            (b.id.as_str(), "m2")
+        );
+        // Another user's UID, a made-up one, and other spellings are no message.
+        assert_eq!(store.position("v@x", &a.id).await.unwrap(), None);
+        assert_eq!(store.position("u@x", &"0".repeat(32)).await.unwrap(), None);
+        let upper = a.id.to_ascii_uppercase();
+        assert_eq!(store.position("u@x", &upper).await.unwrap(), None);
+        assert_eq!(store.position("u@x", &a.id[..31]).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn older_random_uids_still_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let stamp = ArchiveStore::append(&store, "u@x", archived("c@y", "m1", 7))
+            .await
+            .unwrap();
+        // What a database from before encrypted UIDs holds for a message.
+        let legacy = "0123456789abcdef01234567";
+        let prefix = user_prefix("u@x").unwrap();
+        store
+            .archive_ids
+            .insert(id_key(&prefix, legacy), &stamp.pos.to_bytes()[..])
+            .unwrap();
+        assert_eq!(
+            store.position("u@x", legacy).await.unwrap(),
+            Some(stamp.pos)
+        );
+        assert_eq!(
+            store
+                .position("u@x", "0123456789abcdef0123456f")
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
