@@ -17,6 +17,8 @@
 #   XMPPD_DIR    xmppd state dir       [/tmp/xmppd-bench/xmppd]
 #   XMPPD_PORT   xmppd c2s port        [15232]    (Prosody: see prosody-setup.sh, 15222)
 #   GEN_ARGS     extra generator options placed before the scenario (e.g. "--mech PLAIN")
+#   ARCHIVE      xmppd's [archive] default_policy: always (xmppd's default, MAM on) or
+#                never (MAM off, like the Prosody configuration here)       [always]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
@@ -144,6 +146,9 @@ scram_iterations = 10000
 
 [storage]
 backend = "sled"
+
+[archive]
+default_policy = "${ARCHIVE:-always}"
 EOF
 	"$XMPPD" check --config "$cfg" >/dev/null
 	# One `xmppd user add` per account: correct but slow for thousands of accounts
