@@ -1,17 +1,14 @@
 //! The `xmppd` binary's `check` and `user` commands, with and without a running control
 //! socket.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
-use xmppd::sasl::credentials::StoredCredentials;
-use xmppd::storage::*;
+use xmppd::storage::Storage;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -208,7 +205,8 @@ async fn user_commands_go_through_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg_path, data) = write_config(dir.path());
     let cfg = xmppd::config::load_file(&cfg_path).unwrap();
-    let (storage, accounts) = memory_storage();
+    let storage = Storage::memory();
+    let accounts = storage.accounts.clone();
     let token = CancellationToken::new();
     let server = xmppd::admin::control::ControlServer::bind(&data.join("control.sock")).unwrap();
     let task = tokio::spawn(server.serve(storage, Arc::new(cfg), token.clone()));
@@ -228,13 +226,7 @@ async fn user_commands_go_through_a_running_server() {
     .await
     .unwrap();
     assert_eq!(ok(&out), "user carol@example.test added\n");
-    assert!(
-        accounts
-            .0
-            .lock()
-            .unwrap()
-            .contains_key("carol@example.test")
-    );
+    assert!(accounts.get("carol@example.test").await.unwrap().is_some());
     // The server's storage was used, not the database on disk.
     assert!(!data.join("db").exists());
     let out = run(args(&["user", "list", "-c", &c]), String::new())
@@ -252,97 +244,4 @@ async fn user_commands_go_through_a_running_server() {
     token.cancel();
     task.await.unwrap();
     assert!(!data.join("control.sock").exists());
-}
-
-// A minimal in-memory storage for the test's control server.
-
-#[derive(Default)]
-struct Accounts(Mutex<BTreeMap<String, StoredCredentials>>);
-struct Nothing;
-
-fn memory_storage() -> (Storage, Arc<Accounts>) {
-    let accounts = Arc::new(Accounts::default());
-    (
-        Storage {
-            accounts: accounts.clone(),
-            roster: Arc::new(Nothing),
-            offline: Arc::new(Nothing),
-            archive: Arc::new(xmppd::storage::memory::MemoryStore::default()),
-            blocklist: Arc::new(xmppd::storage::memory::MemoryStore::default()),
-            push: Arc::new(xmppd::storage::memory::MemoryStore::default()),
-        },
-        accounts,
-    )
-}
-
-#[async_trait]
-impl AccountStore for Accounts {
-    async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
-        let mut m = self.0.lock().unwrap();
-        if m.contains_key(jid) {
-            return Ok(false);
-        }
-        m.insert(jid.into(), creds.clone());
-        Ok(true)
-    }
-    async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
-        Ok(self.0.lock().unwrap().get(jid).cloned())
-    }
-    async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
-        let mut m = self.0.lock().unwrap();
-        Ok(m.get_mut(jid).map(|c| *c = creds.clone()).is_some())
-    }
-    async fn remove(&self, jid: &str) -> Result<bool> {
-        Ok(self.0.lock().unwrap().remove(jid).is_some())
-    }
-    async fn list(&self) -> Result<Vec<String>> {
-        Ok(self.0.lock().unwrap().keys().cloned().collect())
-    }
-}
-
-#[async_trait]
-impl RosterStore for Nothing {
-    async fn roster(&self, _: &str) -> Result<Roster> {
-        Ok(Roster::default())
-    }
-    async fn item(&self, _: &str, _: &str) -> Result<Option<RosterItem>> {
-        Ok(None)
-    }
-    async fn put_item(&self, _: &str, _: &RosterItem) -> Result<u64> {
-        Ok(0)
-    }
-    async fn remove_item(&self, _: &str, _: &str) -> Result<Option<u64>> {
-        Ok(None)
-    }
-    async fn pending_in(&self, _: &str) -> Result<Vec<PendingSubscription>> {
-        Ok(Vec::new())
-    }
-    async fn add_pending_in(&self, _: &str, _: &PendingSubscription) -> Result<()> {
-        Ok(())
-    }
-    async fn remove_pending_in(&self, _: &str, _: &str) -> Result<bool> {
-        Ok(false)
-    }
-    async fn remove_user(&self, _: &str) -> Result<()> {
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl OfflineStore for Nothing {
-    async fn push(&self, _: &str, _: &str, _: usize) -> Result<OfflineStoreOutcome> {
-        Ok(OfflineStoreOutcome::QuotaExceeded)
-    }
-    async fn list(&self, _: &str) -> Result<Vec<OfflineMessage>> {
-        Ok(Vec::new())
-    }
-    async fn remove_up_to(&self, _: &str, _: u64) -> Result<()> {
-        Ok(())
-    }
-    async fn count(&self, _: &str) -> Result<usize> {
-        Ok(0)
-    }
-    async fn remove_user(&self, _: &str) -> Result<()> {
-        Ok(())
-    }
 }

@@ -417,8 +417,8 @@ pub async fn request(path: &Path, req: &Request) -> Result<Response, AdminError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::test_storage;
     use crate::config::VhostConfig;
+    use crate::storage::Storage;
     use std::sync::Mutex;
 
     fn config(dir: &Path) -> Arc<Config> {
@@ -441,7 +441,8 @@ mod tests {
         let data = dir.path().join("data");
         let cfg = config(&data);
         let path = crate::admin::control_socket_path(&cfg);
-        let (storage, accounts) = test_storage::storage();
+        let storage = Storage::memory();
+        let accounts = storage.accounts.clone();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
         let server = ControlServer::bind(&path)
@@ -472,13 +473,7 @@ mod tests {
                 jid: "alice@example.test".into()
             }
         );
-        assert!(
-            accounts
-                .0
-                .lock()
-                .unwrap()
-                .contains_key("alice@example.test")
-        );
+        assert!(accounts.get("alice@example.test").await.unwrap().is_some());
         let e = request(&path, &add).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UserExists);
         assert_eq!(e.to_string(), "user alice@example.test already exists");
@@ -551,7 +546,7 @@ mod tests {
         let server = ControlServer::bind(&path).unwrap();
         let token = CancellationToken::new();
         let cfg = config(dir.path());
-        let task = tokio::spawn(server.serve(test_storage::storage().0, cfg, token.clone()));
+        let task = tokio::spawn(server.serve(Storage::memory(), cfg, token.clone()));
         assert_eq!(
             request(&path, &Request::Ping).await.unwrap(),
             Response::Pong

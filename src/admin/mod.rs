@@ -219,114 +219,6 @@ pub fn ensure_data_dir(path: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-pub(crate) mod test_storage {
-    //! A minimal in-memory storage for these tests, independent of the real backends.
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-
-    use async_trait::async_trait;
-
-    use crate::sasl::credentials::StoredCredentials;
-    use crate::storage::*;
-
-    #[derive(Default)]
-    pub struct Accounts(pub Mutex<BTreeMap<String, StoredCredentials>>);
-    pub struct Nothing;
-
-    #[async_trait]
-    impl AccountStore for Accounts {
-        async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
-            let mut m = self.0.lock().unwrap();
-            if m.contains_key(jid) {
-                return Ok(false);
-            }
-            m.insert(jid.into(), creds.clone());
-            Ok(true)
-        }
-        async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
-            Ok(self.0.lock().unwrap().get(jid).cloned())
-        }
-        async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
-            Ok(self
-                .0
-                .lock()
-                .unwrap()
-                .get_mut(jid)
-                .map(|c| *c = creds.clone())
-                .is_some())
-        }
-        async fn remove(&self, jid: &str) -> Result<bool> {
-            Ok(self.0.lock().unwrap().remove(jid).is_some())
-        }
-        async fn list(&self) -> Result<Vec<String>> {
-            Ok(self.0.lock().unwrap().keys().cloned().collect())
-        }
-    }
-
-    #[async_trait]
-    impl RosterStore for Nothing {
-        async fn roster(&self, _: &str) -> Result<Roster> {
-            Ok(Roster::default())
-        }
-        async fn item(&self, _: &str, _: &str) -> Result<Option<RosterItem>> {
-            Ok(None)
-        }
-        async fn put_item(&self, _: &str, _: &RosterItem) -> Result<u64> {
-            Ok(0)
-        }
-        async fn remove_item(&self, _: &str, _: &str) -> Result<Option<u64>> {
-            Ok(None)
-        }
-        async fn pending_in(&self, _: &str) -> Result<Vec<PendingSubscription>> {
-            Ok(Vec::new())
-        }
-        async fn add_pending_in(&self, _: &str, _: &PendingSubscription) -> Result<()> {
-            Ok(())
-        }
-        async fn remove_pending_in(&self, _: &str, _: &str) -> Result<bool> {
-            Ok(false)
-        }
-        async fn remove_user(&self, _: &str) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl OfflineStore for Nothing {
-        async fn push(&self, _: &str, _: &str, _: usize) -> Result<OfflineStoreOutcome> {
-            Ok(OfflineStoreOutcome::QuotaExceeded)
-        }
-        async fn list(&self, _: &str) -> Result<Vec<OfflineMessage>> {
-            Ok(Vec::new())
-        }
-        async fn remove_up_to(&self, _: &str, _: u64) -> Result<()> {
-            Ok(())
-        }
-        async fn count(&self, _: &str) -> Result<usize> {
-            Ok(0)
-        }
-        async fn remove_user(&self, _: &str) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    pub fn storage() -> (Storage, Arc<Accounts>) {
-        let accounts = Arc::new(Accounts::default());
-        (
-            Storage {
-                accounts: accounts.clone(),
-                roster: Arc::new(Nothing),
-                offline: Arc::new(Nothing),
-                archive: Arc::new(crate::storage::memory::MemoryStore::default()),
-                blocklist: Arc::new(crate::storage::memory::MemoryStore::default()),
-                push: Arc::new(crate::storage::memory::MemoryStore::default()),
-            },
-            accounts,
-        )
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::VhostConfig;
@@ -346,13 +238,17 @@ mod tests {
 
     #[tokio::test]
     async fn add_passwd_remove_list() {
-        let (storage, accounts) = test_storage::storage();
+        let storage = Storage::memory();
         let cfg = config();
         let jid = add_user(&storage, &cfg, "Alice@Example.Test", "pw1")
             .await
             .unwrap();
         assert_eq!(jid, "alice@example.test");
-        let first = accounts.0.lock().unwrap()["alice@example.test"].clone();
+        let stored = |jid: &'static str| {
+            let accounts = storage.accounts.clone();
+            async move { accounts.get(jid).await.unwrap().unwrap() }
+        };
+        let first = stored("alice@example.test").await;
         assert_eq!(first.sha256.iterations, 4096);
 
         let e = add_user(&storage, &cfg, "alice@example.test", "x")
@@ -363,7 +259,7 @@ mod tests {
         set_password(&storage, &cfg, "alice@example.test", "pw2")
             .await
             .unwrap();
-        assert_ne!(accounts.0.lock().unwrap()["alice@example.test"], first);
+        assert_ne!(stored("alice@example.test").await, first);
 
         add_user(&storage, &cfg, "bob@example.test", "pw")
             .await
@@ -395,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_bad_input() {
-        let (storage, accounts) = test_storage::storage();
+        let storage = Storage::memory();
         let cfg = config();
         for (jid, kind) in [
             ("example.test", ErrorKind::InvalidJid),
@@ -411,7 +307,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidPassword);
-        assert!(accounts.0.lock().unwrap().is_empty());
+        assert!(storage.accounts.list().await.unwrap().is_empty());
         let e = add_user(&storage, &cfg, "a@other.test", "pw")
             .await
             .unwrap_err();
