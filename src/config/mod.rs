@@ -177,8 +177,10 @@ pub enum ArchivePolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
     /// Days a message stays in a user's archive (XEP-0313); 0 keeps it forever. Older
-    /// messages are never returned and are deleted, oldest first, as new ones arrive.
+    /// messages are never returned, and a background pass deletes them.
     pub retention_days: u32,
+    /// Seconds between two passes that delete expired messages (with `retention_days`).
+    pub prune_interval_secs: u64,
     /// `always`, `roster` or `never`: archiving for users who set no preferences.
     pub default_policy: ArchivePolicy,
 }
@@ -187,6 +189,7 @@ impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig {
             retention_days: 0,
+            prune_interval_secs: 3600,
             default_policy: ArchivePolicy::Always,
         }
     }

@@ -262,6 +262,15 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    let prune = cfg.archive.prune_interval_secs;
+    if !(1..=MAX_PRUNE_INTERVAL_SECS).contains(&prune) {
+        errs.push(ConfigError::invalid(
+            "archive.prune_interval_secs",
+            prune.to_string(),
+            format!("must be between 1 and {MAX_PRUNE_INTERVAL_SECS} (a week)"),
+        ));
+    }
+
     let resume = cfg.c2s.sm_resume_timeout_secs;
     if !(1..=MAX_RESUME_TIMEOUT_SECS).contains(&resume) {
         errs.push(ConfigError::invalid(
@@ -276,6 +285,8 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
 
 /// 64 GiB: anything larger is a typo (the unit is MiB).
 const MAX_CACHE_MB: u64 = 65_536;
+/// A week: expired messages are hidden at once anyway; this only bounds disk growth.
+const MAX_PRUNE_INTERVAL_SECS: u64 = 7 * 86_400;
 
 /// A hibernated session holds memory and keeps its presence online; a day is plenty.
 const MAX_RESUME_TIMEOUT_SECS: u64 = 86_400;
@@ -598,8 +609,12 @@ mod tests {
         cfg.c2s.scram_iterations = 1000;
         cfg.c2s.sm_resume_timeout_secs = 0;
         cfg.storage.cache_mb = 0;
+        cfg.archive.prune_interval_secs = 0;
         let m = messages(&cfg);
         assert!(m.contains(&"storage.cache_mb = 0: must be between 1 and 65536".to_string()));
+        assert!(m.contains(
+            &"archive.prune_interval_secs = 0: must be between 1 and 604800 (a week)".to_string()
+        ));
         assert!(m.contains(
             &"limits.max_stanza_bytes = 100: must be at least 10000 (RFC 6120 §13.12)".to_string()
         ));
@@ -612,7 +627,7 @@ mod tests {
         assert!(m.contains(
             &"c2s.scram_iterations = 1000: must be at least 4096 (RFC 7677)".to_string()
         ));
-        assert_eq!(m.len(), 7, "{m:?}");
+        assert_eq!(m.len(), 8, "{m:?}");
     }
 
     #[test]

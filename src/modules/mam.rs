@@ -11,9 +11,11 @@
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tracing::warn;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use super::{IqHandler, IqTarget, requester_bare};
 use crate::addr::{Addr, bare_of};
@@ -41,8 +43,8 @@ const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
 pub const DEFAULT_PAGE: usize = 50;
 /// Largest page sent for one query, whatever the client asks.
 pub const MAX_PAGE: usize = 250;
-/// Old messages deleted per append when a retention period is set.
-const PRUNE_BATCH: usize = 64;
+/// Expired messages deleted per storage call while pruning (one user at a time).
+const PRUNE_BATCH: usize = 256;
 
 /// Payloads of end-to-end encrypted messages that carry no body but are conversation.
 const ENCRYPTED: &[(&str, &str)] = &[
@@ -188,24 +190,71 @@ async fn archive(ctx: &Arc<Context>, user: &str, with: &str, el: &Element) -> Op
         stanza: &stanza,
         micros: now_micros(),
     };
-    let stamp = match ctx.storage.archive.append(user, msg).await {
-        Ok(s) => s,
+    match ctx.storage.archive.append(user, msg).await {
+        Ok(s) => Some(s),
         Err(e) => {
             warn!(error = %e, "archiving a message failed");
-            return None;
+            None
+        }
+    }
+}
+
+/// With a retention period, deletes expired messages from every account's archive every
+/// `archive.prune_interval_secs`, until `shutdown`. Queries hide expired messages at once
+/// (`retention_floor`); this only gives the space back, away from the message path.
+pub async fn run_pruner(ctx: Arc<Context>, shutdown: CancellationToken) {
+    if ctx.config.archive.retention_days == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(ctx.config.archive.prune_interval_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let removed = prune_expired(&ctx, &shutdown).await;
+        debug!(removed, "archive pruning pass done");
+    }
+}
+
+/// One pruning pass over all accounts; returns how many messages went.
+async fn prune_expired(ctx: &Arc<Context>, shutdown: &CancellationToken) -> usize {
+    let users = match ctx.storage.accounts.list().await {
+        Ok(users) => users,
+        Err(e) => {
+            warn!(error = %e, "listing accounts for archive pruning failed");
+            return 0;
         }
     };
-    let floor = retention_floor(ctx);
-    if floor > ArchivePos::MIN
-        && let Err(e) = ctx
-            .storage
-            .archive
-            .remove_before(user, floor.micros, PRUNE_BATCH)
-            .await
-    {
-        warn!(error = %e, "pruning the archive failed");
+    let mut removed = 0;
+    for user in users {
+        loop {
+            if shutdown.is_cancelled() {
+                return removed;
+            }
+            let floor = retention_floor(ctx);
+            match ctx
+                .storage
+                .archive
+                .remove_before(&user, floor.micros, PRUNE_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    removed += n;
+                    if n < PRUNE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, %user, "pruning the archive failed");
+                    break;
+                }
+            }
+            // Other work (routing) goes first between batches.
+            tokio::task::yield_now().await;
+        }
     }
-    Some(stamp)
+    removed
 }
 
 /// Archives a message a local client of `user` sends (in the sender's archive, with the

@@ -162,6 +162,10 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             shutdown.clone(),
         ));
     }
+    tracker.spawn(crate::modules::mam::run_pruner(
+        ctx.clone(),
+        shutdown.clone(),
+    ));
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "server started"
