@@ -116,6 +116,8 @@ impl ArchiveIdCipher {
                 let _ = meta
                     .compare_and_swap(ARCHIVE_ID_KEY, None::<&[u8]>, Some(&fresh[..]))
                     .map_err(backend)?;
+                // Durable before any UID is handed out with it (once per database).
+                meta.flush().map_err(backend)?;
                 meta.get(ARCHIVE_ID_KEY)
                     .map_err(backend)?
                     .ok_or_else(|| StorageError::Backend("archive id key vanished".into()))?
