@@ -20,6 +20,7 @@ use crate::config::TlsMode;
 use crate::context::Context;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
+use crate::net::websocket::{self, WsDecoder, WsError};
 use crate::stream::{STREAM_CLOSE, StreamError, StreamErrorCondition};
 use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser, XmlError, ns};
 use negotiate::Negotiated;
@@ -51,6 +52,28 @@ pub(crate) struct Connection {
     pub out: Vec<u8>,
     /// Our stream header has been sent for the current stream (errors need one first).
     pub header_sent: bool,
+    /// XMPP over WebSocket (RFC 7395): frames are translated to and from stream syntax.
+    pub ws: Option<Box<WsDecoder>>,
+}
+
+/// Feeds received bytes to the parser, through the WebSocket decoder when there is one.
+pub(crate) fn feed_input(
+    parser: &mut StreamParser,
+    ws: &mut Option<Box<WsDecoder>>,
+    bytes: &[u8],
+) -> Result<(), XmlError> {
+    let Some(ws) = ws else {
+        return parser.feed(bytes);
+    };
+    match ws.feed(bytes, |message| parser.feed(message)) {
+        Ok(fed) => fed,
+        // The close handshake ends the stream like `<close/>` would (RFC 7395 §3.6).
+        Err(WsError::Closed) => parser.feed(STREAM_CLOSE),
+        Err(WsError::TooBig) => Err(XmlError::PolicyViolation(
+            "WebSocket message larger than the stanza size limit".into(),
+        )),
+        Err(WsError::Protocol(why)) => Err(XmlError::NotWellFormed(format!("WebSocket: {why}"))),
+    }
 }
 
 impl Connection {
@@ -60,7 +83,24 @@ impl Connection {
             parser: StreamParser::new(limits),
             out: Vec::new(),
             header_sent: false,
+            ws: None,
         }
+    }
+
+    /// Queues our stream header (or, over WebSocket, `<open/>`).
+    pub fn queue_header(&mut self, from: &str, to: Option<&str>, id: &str) {
+        if self.ws.is_some() {
+            websocket::text_frame(&websocket::open_element(from, to, id), &mut self.out);
+        } else {
+            self.out.extend_from_slice(&crate::stream::response_header(
+                ns::CLIENT,
+                from,
+                to,
+                id,
+                &[],
+            ));
+        }
+        self.header_sent = true;
     }
 
     /// The next event, reading from the socket as needed.
@@ -75,18 +115,35 @@ impl Connection {
 
     /// Reads once and feeds the parser.
     pub async fn read_some(&mut self) -> Result<(), Ending> {
-        let parser = &mut self.parser;
-        match crate::net::io::read_with(&mut self.io, |bytes| parser.feed(bytes)).await {
+        let (parser, ws) = (&mut self.parser, &mut self.ws);
+        let read = crate::net::io::read_with(&mut self.io, |bytes| feed_input(parser, ws, bytes));
+        match read.await {
             Ok(Some(fed)) => fed.map_err(xml_ending),
             Ok(None) | Err(_) => Err(Ending::Gone),
         }
     }
 
     pub fn queue(&mut self, el: &Element) {
-        el.write_to(&mut self.out, ns::CLIENT);
+        match &self.ws {
+            // Every message is a complete element that declares its namespaces.
+            Some(_) => {
+                let mut xml = Vec::new();
+                el.write_standalone(&mut xml);
+                websocket::text_frame(&xml, &mut self.out);
+            }
+            None => el.write_to(&mut self.out, ns::CLIENT),
+        }
     }
 
     pub async fn flush(&mut self) -> Result<(), Ending> {
+        if let Some(ws) = &mut self.ws
+            && !ws.replies.is_empty()
+        {
+            // Pongs go before what was queued after the ping arrived.
+            let mut out = std::mem::take(&mut ws.replies);
+            out.append(&mut self.out);
+            self.out = out;
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -122,29 +179,25 @@ impl Connection {
                 Some(el)
             }
         };
-        let bytes = match error {
-            None => {
-                let mut out = std::mem::take(&mut self.out);
-                out.extend_from_slice(STREAM_CLOSE);
-                out
+        // Anything still queued (a stream header) goes first.
+        if let Some(error) = error {
+            if !self.header_sent {
+                self.queue_header(domain, None, &crate::stream::random_id());
             }
-            Some(error) => {
-                // Anything still queued (a stream header) goes first.
-                let mut out = std::mem::take(&mut self.out);
-                if !self.header_sent {
-                    out.extend(crate::stream::response_header(
-                        ns::CLIENT,
-                        domain,
-                        None,
-                        &crate::stream::random_id(),
-                        &[],
-                    ));
+            self.queue(&error);
+        }
+        let mut bytes = std::mem::take(&mut self.out);
+        match &mut self.ws {
+            Some(ws) => {
+                websocket::text_frame(&websocket::close_element(), &mut bytes);
+                // One close frame: the answer to the client's (among the replies), or ours.
+                bytes.append(&mut ws.replies);
+                if !ws.saw_close {
+                    websocket::close_frame(&mut bytes);
                 }
-                error.write_to(&mut out, ns::CLIENT);
-                out.extend_from_slice(STREAM_CLOSE);
-                out
             }
-        };
+            None => bytes.extend_from_slice(STREAM_CLOSE),
+        }
         let io = &mut self.io;
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             io.write_all(&bytes).await?;
@@ -186,6 +239,7 @@ pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     mode: TlsMode,
+    websocket: bool,
     conn_id: u64,
     shutdown: CancellationToken,
     permit: impl Send + 'static,
@@ -193,7 +247,7 @@ pub async fn serve(
     let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
     // Boxed: a task's future is as large as its largest state, and a hibernated session
     // should not keep the space its connection needed (buffers, negotiation, closing).
-    let connection = serve_connection(&ctx, tls, tcp, mode, conn_id, &shutdown, permit);
+    let connection = serve_connection(&ctx, tls, tcp, mode, websocket, conn_id, &shutdown, permit);
     let hibernating = Box::pin(connection).instrument(span.clone()).await;
     if let Some(state) = hibernating {
         Box::pin(sm::hibernate(&ctx, state, shutdown))
@@ -223,11 +277,13 @@ async fn negotiate_in_time(
 }
 
 /// The connection's life; returns the session if it is to hibernate.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     ctx: &Arc<Context>,
     tls: TlsContext,
     tcp: TcpStream,
     mode: TlsMode,
+    websocket: bool,
     conn_id: u64,
     shutdown: &CancellationToken,
     _permit: impl Send,
@@ -239,6 +295,9 @@ async fn serve_connection(
         max_attributes: ctx.config.limits.max_attributes,
     };
     let mut conn = Connection::new(MaybeTls::Plain(tcp), limits);
+    if websocket {
+        conn.ws = Some(Box::new(WsDecoder::new(limits.max_stanza_bytes)));
+    }
     let default_domain = ctx
         .config
         .vhosts

@@ -14,7 +14,7 @@ use crate::context::Context;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
 use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain};
-use crate::stream::{StreamError, StreamErrorCondition, random_id, response_header};
+use crate::stream::{StreamError, StreamErrorCondition, random_id};
 use crate::xml::{Element, StreamEvent, ns};
 
 /// What a successful negotiation produced.
@@ -71,6 +71,17 @@ pub(crate) async fn negotiate(
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
+    }
+    if conn.ws.is_some() {
+        crate::net::websocket::accept_upgrade(&mut conn.io)
+            .await
+            .map_err(|e| {
+                debug!(error = %e, "WebSocket upgrade failed");
+                Ending::Gone
+            })?;
+        // wss://, or a loopback-only listener (checked by the configuration): no STARTTLS
+        // exists over WebSocket, and the transport is as private as TLS.
+        st.secure = true;
     }
     'stream: loop {
         open_stream(ctx, conn, &mut st).await?;
@@ -138,7 +149,9 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if direct {
+    let acceptor = if conn.ws.is_some() {
+        tls.websocket_acceptor()
+    } else if direct {
         tls.direct_c2s_acceptor()
     } else {
         tls.starttls_acceptor()
@@ -185,14 +198,7 @@ async fn open_stream(
     let id = random_id();
     let client_jid = st.authenticated.clone();
     // Queued, not flushed: it leaves in one write with the features (or the error).
-    conn.out.extend_from_slice(&response_header(
-        ns::CLIENT,
-        &from,
-        client_jid.as_deref(),
-        &id,
-        &[],
-    ));
-    conn.header_sent = true;
+    conn.queue_header(&from, client_jid.as_deref(), &id);
     if header.ns != ns::STREAM || header.name != "stream" {
         return Err(StreamErrorCondition::InvalidNamespace.into());
     }

@@ -291,7 +291,10 @@ async fn serve_bound(
                     return LoopEnd::Lost(e);
                 }
             }
-            read = crate::net::io::read_with(&mut conn.io, |bytes| conn.parser.feed(bytes)) => {
+            read = crate::net::io::read_with(
+                &mut conn.io,
+                |bytes| super::feed_input(&mut conn.parser, &mut conn.ws, bytes),
+            ) => {
                 let fed = match read {
                     Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),
                     Ok(Some(fed)) => fed,

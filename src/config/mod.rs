@@ -51,6 +51,8 @@ pub struct VhostConfig {
 pub enum ListenerKind {
     C2s,
     S2s,
+    /// Clients over WebSocket (RFC 7395), for web clients; any URL path.
+    Websocket,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -58,8 +60,11 @@ pub enum ListenerKind {
 pub enum TlsMode {
     /// Plain TCP, upgraded with STARTTLS (RFC 6120 §5).
     Starttls,
-    /// TLS from the first byte (XEP-0368).
+    /// TLS from the first byte (XEP-0368; `wss://` for WebSocket listeners).
     DirectTls,
+    /// No TLS at all: only for a WebSocket listener on a loopback address, behind a
+    /// reverse proxy that terminates TLS or for a browser on the same machine.
+    None,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -214,6 +219,18 @@ impl Default for Config {
                 ListenerConfig {
                     kind: ListenerKind::C2s,
                     address: SocketAddr::from(([127, 0, 0, 1], 5223)),
+                    tls: TlsMode::DirectTls,
+                },
+                // Web clients: ws:// on loopback, wss:// with the vhost's certificate
+                // (the ports and `/xmpp-websocket` URLs web clients are usually set up with).
+                ListenerConfig {
+                    kind: ListenerKind::Websocket,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5280)),
+                    tls: TlsMode::None,
+                },
+                ListenerConfig {
+                    kind: ListenerKind::Websocket,
+                    address: SocketAddr::from(([127, 0, 0, 1], 5281)),
                     tls: TlsMode::DirectTls,
                 },
             ],

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::{Config, ListenerKind};
+use super::{Config, ListenerKind, TlsMode};
 
 /// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
 pub const MIN_STANZA_BYTES: usize = 10_000;
@@ -409,6 +409,26 @@ fn validate_listeners(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ));
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
+        let tls_problem = match (l.kind, l.tls) {
+            (ListenerKind::Websocket, TlsMode::Starttls) => {
+                Some("WebSocket has no STARTTLS: use \"direct_tls\" (wss://) or \"none\"")
+            }
+            (ListenerKind::Websocket, TlsMode::None) if !l.address.ip().is_loopback() => Some(
+                "\"none\" only on a loopback address (e.g. behind a TLS-terminating proxy): \
+                 clients would send passwords in the clear",
+            ),
+            (ListenerKind::C2s | ListenerKind::S2s, TlsMode::None) => {
+                Some("\"none\" is only for kind = \"websocket\"")
+            }
+            _ => None,
+        };
+        if let Some(why) = tls_problem {
+            errs.push(ConfigError::invalid(
+                format!("listener[{i}].tls"),
+                format!("{:?}", l.tls).to_ascii_lowercase(),
+                why,
+            ));
+        }
         // Port 0 asks the OS for a free port, so those never collide.
         if l.address.port() == 0 {
             continue;
@@ -696,6 +716,29 @@ mod tests {
         ] {
             assert!(check_domain(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn websocket_listener_tls_rules() {
+        let mut cfg = Config::default();
+        let l = |kind, addr: &str, tls| ListenerConfig {
+            kind,
+            address: addr.parse().unwrap(),
+            tls,
+        };
+        cfg.listeners = vec![
+            l(ListenerKind::C2s, "127.0.0.1:5222", TlsMode::Starttls),
+            l(ListenerKind::Websocket, "127.0.0.1:5280", TlsMode::None),
+            l(ListenerKind::Websocket, "0.0.0.0:5281", TlsMode::DirectTls),
+            l(ListenerKind::Websocket, "0.0.0.0:5282", TlsMode::None),
+            l(ListenerKind::Websocket, "127.0.0.1:5283", TlsMode::Starttls),
+            l(ListenerKind::C2s, "127.0.0.1:5284", TlsMode::None),
+        ];
+        let m = messages(&cfg);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert!(m[0].starts_with("listener[3].tls = none: \"none\" only on a loopback"));
+        assert!(m[1].starts_with("listener[4].tls = starttls: WebSocket has no STARTTLS"));
+        assert!(m[2].starts_with("listener[5].tls = none: \"none\" is only for kind"));
     }
 
     #[test]

@@ -4,5 +4,6 @@ pub mod devcert;
 pub mod io;
 pub mod tls;
 pub mod verify;
+pub mod websocket;
 
 pub use tls::{TlsBindings, TlsContext, TlsError};

@@ -57,6 +57,8 @@ pub struct TlsContext {
     resolver: Arc<SniResolver>,
     starttls: Arc<ServerConfig>,
     direct_c2s: Arc<ServerConfig>,
+    /// wss:// (RFC 7395): browsers negotiate HTTP/1.1 by ALPN before the upgrade.
+    websocket: Arc<ServerConfig>,
     direct_s2s: Arc<ServerConfig>,
     /// STARTTLS for s2s: like `starttls` but asks for a client certificate (XEP-0178).
     s2s_starttls: Arc<ServerConfig>,
@@ -181,6 +183,7 @@ impl TlsContext {
         Ok(TlsContext {
             starttls: build(None)?,
             direct_c2s: build(Some(ALPN_XMPP_CLIENT))?,
+            websocket: build(Some(b"http/1.1"))?,
             direct_s2s: build(Some(ALPN_XMPP_SERVER))?,
             // Empty ALPN marks "s2s, no ALPN" for `build`.
             s2s_starttls: build(Some(b""))?,
@@ -197,6 +200,11 @@ impl TlsContext {
     /// no ALPN are accepted, clients offering only other protocols are refused (RFC 7301).
     pub fn direct_c2s_acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.direct_c2s.clone())
+    }
+
+    /// Acceptor for wss:// listeners.
+    pub fn websocket_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.websocket.clone())
     }
 
     /// Acceptor for Direct TLS s2s (XEP-0368): ALPN `xmpp-server`, otherwise as c2s.

@@ -225,9 +225,10 @@ async fn accept(
         match kind {
             // The permit is released when the socket closes (a hibernated XEP-0198 session
             // keeps no connection).
-            ListenerKind::C2s => {
+            ListenerKind::C2s | ListenerKind::Websocket => {
+                let websocket = kind == ListenerKind::Websocket;
                 tracker.spawn(crate::c2s::serve(
-                    ctx, tls, tcp, peer, mode, conn_id, token, permit,
+                    ctx, tls, tcp, peer, mode, websocket, conn_id, token, permit,
                 ));
             }
             ListenerKind::S2s => {

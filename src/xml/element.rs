@@ -151,6 +151,23 @@ impl Element {
     }
 
     /// Serializes this element; `parent_ns` is the default namespace in scope.
+    /// Serializes as a document of its own (RFC 7395 messages): the default namespace is
+    /// always declared, and the `stream` prefix too when it is used.
+    pub fn write_standalone(&self, out: &mut Vec<u8>) {
+        if self.ns != ns::STREAM {
+            return self.write_to(out, "");
+        }
+        let mut inner = Vec::new();
+        self.write_to(&mut inner, "");
+        // `<stream:NAME` then the declaration the prefix needs.
+        let split = "<stream:".len() + self.name.len();
+        out.extend_from_slice(&inner[..split]);
+        out.extend_from_slice(b" xmlns:stream='");
+        out.extend_from_slice(ns::STREAM.as_bytes());
+        out.push(b'\'');
+        out.extend_from_slice(&inner[split..]);
+    }
+
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
         let stream_prefixed = self.ns == ns::STREAM;
         out.push(b'<');

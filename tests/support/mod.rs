@@ -72,7 +72,7 @@ impl TestServer {
         }
     }
 
-    fn handle(&self) -> &ServerHandle {
+    pub fn handle(&self) -> &ServerHandle {
         self.handle.as_ref().unwrap()
     }
 
