@@ -10,12 +10,23 @@ missing=()
 # DNS server (a Recommends of prosody, which --no-install-recommends would skip).
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 dpkg -s lua-unbound >/dev/null 2>&1 || missing+=(lua-unbound)
+# tests/interop_browser.rs runs Strophe.js in Debian's headless Chromium over WebSocket.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Strophe.js (the XMPP library of many web clients) from the npm registry, pinned, into
+# target/ (not committed); tests/interop_browser.rs loads it into the browser.
+strophe=target/interop/node_modules/strophe.js/dist/strophe.umd.min.js
+if [ ! -f "$strophe" ]; then
+  mkdir -p target/interop
+  npm install --prefix target/interop --no-audit --no-fund --loglevel=error strophe.js@5.0.0
 fi
 
 cargo fmt --all -- --check
