@@ -5,6 +5,7 @@
 //! messages are complete elements carrying their namespaces). Outbound, each element goes
 //! in a text frame of its own, with its namespaces declared (see `Connection::queue`).
 
+use std::borrow::Cow;
 use std::io;
 
 use base64::Engine;
@@ -329,14 +330,18 @@ pub fn close_frame(out: &mut Vec<u8>) {
 }
 
 /// RFC 7395 framing elements into classic stream syntax; anything else is unchanged.
-fn translate(message: &[u8]) -> Vec<u8> {
+fn translate(message: &[u8]) -> Cow<'_, [u8]> {
     let trimmed = message.trim_ascii();
+    // Only the framing elements need a look; stanzas go to the parser untouched.
+    if !(trimmed.starts_with(b"<open") || trimmed.starts_with(b"<close")) {
+        return Cow::Borrowed(message);
+    }
     let Ok(el) = crate::xml::parse_stanza(&String::from_utf8_lossy(trimmed)) else {
         // Not one well-formed element: the stream parser reports it properly.
-        return message.to_vec();
+        return Cow::Borrowed(message);
     };
     if el.ns != NS_FRAMING {
-        return message.to_vec();
+        return Cow::Borrowed(message);
     }
     match el.name.as_str() {
         "open" => {
@@ -351,10 +356,10 @@ fn translate(message: &[u8]) -> Vec<u8> {
                 }
             }
             header.push(b'>');
-            header
+            Cow::Owned(header)
         }
-        "close" => b"</stream:stream>".to_vec(),
-        _ => message.to_vec(),
+        "close" => Cow::Borrowed(b"</stream:stream>"),
+        _ => Cow::Borrowed(message),
     }
 }
 
