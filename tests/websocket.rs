@@ -116,6 +116,16 @@ async fn login(ws: &mut impl WsIo, user: &str, password: &str, resource: &str) -
     let features = open(ws).await;
     // No STARTTLS over WebSocket (RFC 7395 §3.8).
     assert!(!features.has_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls"));
+    login_after_open(ws, user, password, resource).await
+}
+
+/// `login` for a stream whose first `<open/>` was already exchanged.
+async fn login_after_open(
+    ws: &mut impl WsIo,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> String {
     let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
     send(
         ws,
@@ -259,37 +269,9 @@ async fn secure_websocket_offers_channel_binding() {
         mechanisms.iter().any(|m| m == "SCRAM-SHA-256-PLUS"),
         "{mechanisms:?}"
     );
-    let jid = login_after_open(&mut ws).await;
+    let jid = login_after_open(&mut ws, "bob", "password", "tab").await;
     assert_eq!(jid, "bob@localhost/tab");
     server.stop().await;
-}
-
-/// `login` for a stream whose first `<open/>` was already exchanged.
-async fn login_after_open(ws: &mut impl WsIo) -> String {
-    let creds = base64::engine::general_purpose::STANDARD.encode("\0bob\0password");
-    send(
-        ws,
-        &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"),
-    )
-    .await;
-    assert!(
-        recv(ws)
-            .await
-            .is("success", "urn:ietf:params:xml:ns:xmpp-sasl")
-    );
-    open(ws).await;
-    send(
-        ws,
-        "<iq xmlns='jabber:client' type='set' id='b1'>\
-         <bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>tab</resource></bind></iq>",
-    )
-    .await;
-    let bound = recv(ws).await;
-    bound
-        .first_element()
-        .and_then(|b| b.first_element())
-        .map(|j| j.text())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
