@@ -113,10 +113,10 @@ async fn main() {
             c.available().await;
             c
         });
-        if tasks.len() >= 8 {
-            if let Some(c) = tasks.join_next().await {
-                clients.push(c.unwrap());
-            }
+        if tasks.len() >= 8
+            && let Some(c) = tasks.join_next().await
+        {
+            clients.push(c.unwrap());
         }
     }
     while let Some(c) = tasks.join_next().await {

@@ -26,7 +26,7 @@ async fn send_in_random_chunks(c: &mut Client, bytes: &[u8], rng: &mut Lcg) {
         let n = (1 + rng.next() as usize % 7).min(bytes.len() - pos);
         c.send_raw(&bytes[pos..pos + n]).await;
         pos += n;
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             tokio::task::yield_now().await;
         }
     }

@@ -229,11 +229,11 @@ async fn resume_stream(
     state.csi.set_active(&mut out);
     state.write_all(Some(conn), out);
     // The resent stanzas keep their sequence numbers; ask for an ack of all of them.
-    if let Some(sm) = &mut state.sm {
-        if sm.unacked_len() > 0 {
-            conn.queue(&sm::request());
-            sm.mark_requested();
-        }
+    if let Some(sm) = &mut state.sm
+        && sm.unacked_len() > 0
+    {
+        conn.queue(&sm::request());
+        sm.mark_requested();
     }
     debug!(
         unacked = state.sm.as_ref().map_or(0, StreamManagement::unacked_len),
