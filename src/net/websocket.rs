@@ -21,6 +21,8 @@ pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 /// Largest upgrade request read (headers included); browsers send well under 2 KiB.
 const MAX_REQUEST: usize = 8 * 1024;
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// Control-frame answers held until the next write.
+const MAX_PENDING_REPLIES: usize = 16 * 1024;
 
 /// Answers the client's HTTP upgrade request on `io`: `101 Switching Protocols` with the
 /// `xmpp` subprotocol, or an HTTP error (then `Err`).
@@ -236,6 +238,11 @@ impl WsDecoder {
                 Err(WsError::Closed)
             }
             0x9 => {
+                // Pongs wait for the next write; a client that only pings must not make
+                // them pile up (during negotiation nothing else may be written for a while).
+                if self.replies.len() > MAX_PENDING_REPLIES {
+                    return Err(WsError::Protocol("ping flood"));
+                }
                 frame_into(0xA, &payload, &mut self.replies);
                 Ok(Ok(()))
             }
@@ -473,10 +480,48 @@ mod tests {
         let mut parts = client_frame(0x1, false, &[b'a'; 60]);
         parts.extend(client_frame(0x0, true, &[b'a'; 60]));
         assert_eq!(decode_all(&mut d, &parts), Err(WsError::TooBig));
+        // Unanswered pings are bounded.
+        let mut d = WsDecoder::new(100);
+        let pings: Vec<u8> = (0..1000)
+            .flat_map(|_| client_frame(0x9, true, &[b'p'; 100]))
+            .collect();
+        assert_eq!(
+            decode_all(&mut d, &pings),
+            Err(WsError::Protocol("ping flood"))
+        );
+        assert!(d.replies.len() <= MAX_PENDING_REPLIES + 200);
         let mut d = WsDecoder::new(100);
         let close = client_frame(0x8, true, &1000u16.to_be_bytes());
         assert_eq!(decode_all(&mut d, &close), Err(WsError::Closed));
         assert_eq!(d.replies, [0x88, 2, 0x03, 0xE8]);
+    }
+
+    #[test]
+    fn random_input_never_panics_and_stays_bounded() {
+        // xorshift: deterministic, no dependency.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut d = WsDecoder::new(1000);
+            for _ in 0..8 {
+                let len = (next() % 64) as usize;
+                let mut chunk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                // Mostly masked text frames, so decoding gets past the first checks.
+                if let Some(b) = chunk.get_mut(1) {
+                    *b |= 0x80;
+                }
+                if d.feed::<()>(&chunk, |_| Ok(())).is_err() {
+                    break;
+                }
+                assert!(d.pending.len() <= 1000 + 14);
+                assert!(d.message.len() <= 1000);
+            }
+        }
     }
 
     #[test]
