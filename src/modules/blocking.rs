@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::warn;
 
-use super::{IqHandler, IqTarget, requester_bare};
+use super::{IqHandler, IqTarget, own_account};
 use crate::addr::{Addr, bare_of};
 use crate::context::Context;
 use crate::router::{deliver_to_session, route, route_unfiltered};
@@ -336,12 +336,7 @@ impl IqHandler for Blocking {
         target: &IqTarget,
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError> {
-        let IqTarget::Account(user) = target else {
-            return Err(StanzaError::service_unavailable());
-        };
-        if requester_bare(iq) != Some(user.as_str()) {
-            return Err(StanzaError::forbidden());
-        }
+        let user = own_account(target, iq)?;
         let Some(payload) = iq.first_element() else {
             return Err(StanzaError::bad_request());
         };

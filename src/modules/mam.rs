@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{IqHandler, IqTarget, requester_bare};
+use super::{IqHandler, IqTarget, own_account};
 use crate::addr::{Addr, bare_of};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
@@ -292,13 +292,8 @@ impl IqHandler for Mam {
         target: &IqTarget,
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError> {
-        let IqTarget::Account(user) = target else {
-            return Err(StanzaError::service_unavailable());
-        };
         // XEP-0313 §9.1: an archive is its owner's only.
-        if requester_bare(iq) != Some(user.as_str()) {
-            return Err(StanzaError::forbidden());
-        }
+        let user = own_account(target, iq)?;
         let Some(payload) = iq.first_element() else {
             return Err(StanzaError::bad_request());
         };

@@ -119,3 +119,18 @@ impl Modules {
 pub(crate) fn requester_bare(iq: &Element) -> Option<&str> {
     iq.attr("from").map(crate::addr::bare_of)
 }
+
+/// The account an iq targets, when the request comes from that account itself: the
+/// guard of every per-account store (roster, archive, block list, push registrations),
+/// which only their owner may read or change. Server targets get service-unavailable.
+// Same error type as `IqHandler::handle`, which returns it as is.
+#[allow(clippy::result_large_err)]
+pub(crate) fn own_account<'a>(target: &'a IqTarget, iq: &Element) -> Result<&'a str, StanzaError> {
+    let IqTarget::Account(user) = target else {
+        return Err(StanzaError::service_unavailable());
+    };
+    if requester_bare(iq) != Some(user.as_str()) {
+        return Err(StanzaError::forbidden());
+    }
+    Ok(user)
+}

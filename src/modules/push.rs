@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tracing::{debug, warn};
 
-use super::{IqHandler, IqTarget, requester_bare};
+use super::{IqHandler, IqTarget, own_account};
 use crate::addr::Addr;
 use crate::context::Context;
 use crate::router::route;
@@ -370,13 +370,8 @@ impl IqHandler for Push {
         target: &IqTarget,
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError> {
-        let IqTarget::Account(user) = target else {
-            return Err(StanzaError::service_unavailable());
-        };
         // Only the account's own resources manage its registrations.
-        if requester_bare(iq) != Some(user.as_str()) {
-            return Err(StanzaError::forbidden());
-        }
+        let user = own_account(target, iq)?;
         if iq.attr("type") != Some("set") {
             return Err(StanzaError::bad_request());
         }

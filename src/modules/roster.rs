@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::warn;
 
-use super::{IqHandler, IqTarget, presence, requester_bare};
+use super::{IqHandler, IqTarget, own_account, presence};
 use crate::addr;
 use crate::context::Context;
 use crate::router::deliver_to_session;
@@ -86,12 +86,7 @@ impl IqHandler for Roster {
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError> {
         // Only the account itself manages its roster (RFC 6121 §2.1.5: others get an error).
-        let IqTarget::Account(user) = target else {
-            return Err(StanzaError::service_unavailable());
-        };
-        if requester_bare(iq) != Some(user.as_str()) {
-            return Err(StanzaError::forbidden());
-        }
+        let user = own_account(target, iq)?;
         let Some(query) = iq.first_element() else {
             return Err(StanzaError::bad_request());
         };
