@@ -6,8 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::c2s::SmRegistry;
 use crate::config::Config;
-use crate::modules::Modules;
-use crate::modules::push::PushState;
+use crate::registry::{Module, Registry};
 use crate::router::Sessions;
 use crate::storage::Storage;
 
@@ -15,33 +14,40 @@ pub struct Context {
     pub config: Config,
     pub storage: Storage,
     pub sessions: Sessions,
-    pub modules: Modules,
+    pub registry: Registry,
     /// Federation, once the server has started it (absent in bare test contexts).
     pub s2s: OnceLock<Arc<crate::s2s::S2s>>,
-    /// XEP-0198 resumable and hibernated sessions.
+    /// XEP-0198 resumable and hibernated sessions (stream-level, owned by c2s).
     pub sm: SmRegistry,
-    /// XEP-0357 publishes awaiting the app server's answer.
-    pub push: PushState,
     vhosts: HashSet<String>,
 }
 
 impl Context {
-    pub fn new(config: Config, storage: Storage) -> Self {
+    /// A context with the standard modules.
+    pub fn new(config: Config, storage: Storage) -> Result<Self, String> {
+        Self::with_modules(config, storage, crate::modules::standard())
+    }
+
+    pub fn with_modules(
+        config: Config,
+        storage: Storage,
+        modules: Vec<Box<dyn Module>>,
+    ) -> Result<Self, String> {
+        let registry = Registry::build(&config, modules)?;
         let vhosts = config
             .vhosts
             .iter()
             .map(|v| v.domain.to_ascii_lowercase())
             .collect();
-        Context {
+        Ok(Context {
             config,
             storage,
             sessions: Sessions::default(),
-            modules: Modules::standard(),
+            registry,
             s2s: OnceLock::new(),
             sm: SmRegistry::default(),
-            push: PushState::default(),
             vhosts,
-        }
+        })
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {

@@ -9,6 +9,7 @@ pub mod context;
 pub mod dns;
 pub mod modules;
 pub mod net;
+pub mod registry;
 pub mod router;
 pub mod s2s;
 pub mod sasl;

@@ -163,7 +163,10 @@ async fn publishes_for_offline_and_hibernated_users_until_disabled() {
     assert_eq!(p.field("last-message-body"), None);
     assert_eq!(p.secret.as_deref(), Some("s3cr3t"));
     answer(&mut app, &p, false).await;
-    wait_for("the answer", || ctx(&server).push.pending_count() == 0).await;
+    wait_for("the answer", || {
+        ctx(&server).registry.pending_responses() == 0
+    })
+    .await;
     chat(&mut alice, "bob@localhost", "hello?").await;
     assert_eq!(
         next_publish(&mut app).await.field("message-count"),

@@ -133,8 +133,9 @@ pub(crate) async fn negotiate(
                 }
                 continue;
             }
-            if st.authenticated.is_some() && el.ns == crate::modules::csi::NS {
-                // The stream starts active; a state before binding has nothing to act on.
+            if st.authenticated.is_some() && ctx.registry.has_nonza(&el.ns) {
+                // Module nonzas (e.g. XEP-0352 client state) act on a bound session;
+                // before binding there is nothing to act on.
                 continue;
             }
             // Anything else before a bound session is refused (RFC 6120 §6.4.1, §7.1).
@@ -246,7 +247,9 @@ fn features(ctx: &Context, st: &State) -> Element {
         f.push_child(Element::new("ver", ns::ROSTER_VER));
         f.push_child(Element::new("sub", ns::PRE_APPROVAL));
         f.push_child(Element::new("sm", sm::NS));
-        f.push_child(Element::new("csi", crate::modules::csi::NS));
+        for feature in ctx.registry.bound_stream_features() {
+            f.push_child(feature.clone());
+        }
         return f;
     }
     if !st.secure {
@@ -540,9 +543,7 @@ async fn bind(
         priority: 0,
         available: false,
         presence: None,
-        interested: false,
-        carbons: false,
-        blocklist_requested: false,
+        flags: Default::default(),
     };
     match ctx
         .sessions

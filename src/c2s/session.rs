@@ -18,9 +18,8 @@ use super::sm::{self, StreamManagement, TakeoverRequest};
 use super::{Connection, Ending};
 use crate::addr::Addr;
 use crate::context::Context;
-use crate::modules::csi::{self, CsiState};
-use crate::modules::presence::{self, PresenceState};
-use crate::router::{SessionCommand, route, route_reply};
+use crate::registry::{Extensions, SessionCtx, SessionEvent};
+use crate::router::{SessionCommand, route, route_reply, serve_own_session};
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
 
@@ -30,21 +29,22 @@ const WRITE_BATCH: usize = 64;
 /// Everything a bound session owns besides its connection.
 pub(crate) struct SessionState {
     pub bound: Bound,
-    pub presence: PresenceState,
+    /// Modules' per-session state (presence, CSI, …).
+    pub ext: Extensions,
     /// XEP-0198, once the client enabled it.
     pub sm: Option<StreamManagement>,
-    /// XEP-0352.
-    pub csi: CsiState,
+    /// What the session's own work sent to it (see `router::serve_own_session`), written
+    /// before its queue, in steps, with stream management's flow control.
+    pub backlog: VecDeque<Element>,
 }
 
 impl SessionState {
     pub fn new(bound: Bound) -> Box<Self> {
-        let presence = PresenceState::new(&bound.bare, &bound.resource, bound.conn_id);
         Box::new(SessionState {
             bound,
-            presence,
+            ext: Extensions::default(),
             sm: None,
-            csi: CsiState::default(),
+            backlog: VecDeque::new(),
         })
     }
 
@@ -52,24 +52,51 @@ impl SessionState {
         self.sm.as_ref().is_some_and(|s| s.id.is_some())
     }
 
-    /// One stanza for the client: through the CSI filter, then written to `conn` (none
-    /// while hibernated) and, with stream management, kept until acknowledged.
+    /// The session as modules see it; `out` collects what they send to its client.
+    pub fn module_view<'a>(&'a mut self, out: &'a mut Vec<Element>) -> SessionCtx<'a> {
+        module_view(&self.bound, &mut self.ext, out)
+    }
+
+    /// Tells the modules about `event`, then sends what they produced for the client.
+    pub async fn event(
+        &mut self,
+        ctx: &Arc<Context>,
+        conn: Option<&mut Connection>,
+        event: &SessionEvent<'_>,
+    ) {
+        let mut out = Vec::new();
+        ctx.registry
+            .session_event(ctx, &mut self.module_view(&mut out), event)
+            .await;
+        self.emit_all(ctx, conn, out);
+    }
+
+    /// One stanza for the client: through the outbound filters (CSI), then written to
+    /// `conn` (none while hibernated) and, with stream management, kept until
+    /// acknowledged.
     pub fn emit(&mut self, ctx: &Context, conn: Option<&mut Connection>, el: Element) {
-        let hold = conn.is_none() || self.csi.is_inactive();
-        if !hold && self.csi.held_len() == 0 {
+        let hibernated = conn.is_none();
+        if !hibernated && ctx.registry.passes_through(&self.ext) {
             self.write(conn, el);
             return;
         }
         let mut out = Vec::new();
-        // One held stanza per contact is expected; the queue length bounds the rest.
-        let cap = ctx.config.limits.session_queue_len;
-        self.csi.filter(el, hold, cap, &mut out);
-        self.write_all(conn, out);
-    }
-
-    fn write_all(&mut self, mut conn: Option<&mut Connection>, out: Vec<Element>) {
+        ctx.registry
+            .filter_outbound(ctx, &mut self.ext, el, hibernated, &mut out);
+        let mut conn = conn;
         for el in out {
             self.write(conn.as_deref_mut(), el);
+        }
+    }
+
+    pub fn emit_all(
+        &mut self,
+        ctx: &Context,
+        mut conn: Option<&mut Connection>,
+        out: impl IntoIterator<Item = Element>,
+    ) {
+        for el in out {
+            self.emit(ctx, conn.as_deref_mut(), el);
         }
     }
 
@@ -91,14 +118,21 @@ impl SessionState {
             sm.mark_requested();
         }
     }
+}
 
-    /// The newest unacknowledged message worth a push notification.
-    pub fn last_unacked_notable(&self) -> Option<&Element> {
-        self.sm
-            .as_ref()?
-            .unacked()
-            .rev()
-            .find(|e| crate::modules::push::worth_notifying(e))
+/// A session as modules see it, from its parts (for callers that hold other fields).
+pub(crate) fn module_view<'a>(
+    bound: &'a Bound,
+    ext: &'a mut Extensions,
+    out: &'a mut Vec<Element>,
+) -> SessionCtx<'a> {
+    SessionCtx {
+        bare: &bound.bare,
+        resource: &bound.resource,
+        full: &bound.full,
+        conn_id: bound.conn_id,
+        ext,
+        out,
     }
 }
 
@@ -131,9 +165,12 @@ pub(crate) async fn run(
 ) -> Outcome {
     // The rarely-live steps (resumption, hand-over, the end) are boxed: a future is as
     // large as its largest state, and this one lives as long as the session.
+    if resumed.is_none() {
+        Box::pin(state.event(ctx, Some(conn), &SessionEvent::Bound)).await;
+    }
     loop {
         let end = match resumed.take() {
-            Some(h) => match Box::pin(resume_stream(conn, &mut state, h)).await {
+            Some(h) => match Box::pin(resume_stream(ctx, conn, &mut state, h)).await {
                 Ok(()) => serve_bound(ctx, conn, &mut state, shutdown).await,
                 Err(end) => end,
             },
@@ -166,42 +203,43 @@ pub(crate) async fn run(
     }
 }
 
-/// Ends a session for good: it leaves the router, its unavailable presence goes out, and
-/// what never reached the client (unacknowledged or still queued) is rerouted.
-/// `pushed`: the user was already notified of those stanzas by push.
-pub(crate) async fn end_session(ctx: &Arc<Context>, state: Box<SessionState>, pushed: bool) {
-    let SessionState {
-        mut bound,
-        mut presence,
-        sm,
-        csi: _,
-    } = *state;
+/// Ends a session for good: it leaves the router, the modules are told (presence sends
+/// unavailable), and what never reached the client (unacknowledged or still queued) is
+/// rerouted. `pushed`: the user was already notified of those stanzas by push.
+pub(crate) async fn end_session(ctx: &Arc<Context>, mut state: Box<SessionState>, pushed: bool) {
     let mut undelivered = VecDeque::new();
-    if let Some(mut sm) = sm {
+    if let Some(mut sm) = state.sm.take() {
         if let Some(id) = &sm.id {
             ctx.sm.remove(id);
         }
         undelivered = sm.take_unacked();
     }
+    undelivered.append(&mut state.backlog);
     // The session is gone for the router before its unavailable presence goes out. A
     // session replaced by a conflict stays silent: its successor has the same full JID.
+    let bound = &state.bound;
     let removed = ctx
         .sessions
         .unbind(&bound.bare, &bound.resource, bound.conn_id);
-    if removed && (presence.available || !presence.directed.is_empty()) {
-        presence::broadcast_unavailable(ctx, &mut presence, None).await;
-    }
-    bound.rx.close();
-    while let Ok(SessionCommand::Stanza(el)) = bound.rx.try_recv() {
+    let mut out = Vec::new();
+    let event = SessionEvent::Ended { replaced: !removed };
+    ctx.registry
+        .session_event(ctx, &mut state.module_view(&mut out), &event)
+        .await;
+    // Nothing can reach the client any more.
+    undelivered.extend(out);
+    state.bound.rx.close();
+    while let Ok(SessionCommand::Stanza(el)) = state.bound.rx.try_recv() {
         undelivered.push_back(*el);
     }
-    sm::reroute_undelivered(ctx, &bound.bare, undelivered, pushed).await;
+    sm::reroute_undelivered(ctx, &state.bound.bare, undelivered, pushed).await;
 }
 
 /// The first steps on a connection that resumed a session (XEP-0198 §5): `<resumed/>`,
 /// then everything the client has not acknowledged, then what CSI held back (a new
 /// stream starts active, XEP-0352 §3).
 async fn resume_stream(
+    ctx: &Arc<Context>,
     conn: &mut Connection,
     state: &mut SessionState,
     h: Option<u32>,
@@ -225,9 +263,7 @@ async fn resume_stream(
     for el in sm.unacked() {
         conn.queue(el);
     }
-    let mut out = Vec::new();
-    state.csi.set_active(&mut out);
-    state.write_all(Some(conn), out);
+    Box::pin(state.event(ctx, Some(conn), &SessionEvent::Resumed)).await;
     // The resent stanzas keep their sequence numbers; ask for an ack of all of them.
     if let Some(sm) = &mut state.sm
         && sm.unacked_len() > 0
@@ -255,10 +291,12 @@ async fn serve_bound(
     let max_unacked = ctx.config.limits.sm_max_unacked;
     let has_room =
         |sm: &Option<StreamManagement>| sm.as_ref().is_none_or(|s| s.unacked_len() < max_unacked);
+    let own_limit = ctx.config.limits.session_backlog_len;
     loop {
         // Stream management flow control: with too much unacknowledged, stop sending until
         // the client acks; stanzas wait in the router's bounded session queue meanwhile.
         let room = has_room(&state.sm);
+        let backlog = room && !state.backlog.is_empty();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -271,6 +309,20 @@ async fn serve_bound(
                 });
             }
             req = sm::next_takeover(&mut state.sm) => return LoopEnd::TakeOver(req),
+            // What the session's own work produced goes first, a batch at a time.
+            _ = std::future::ready(()), if backlog => {
+                for _ in 0..WRITE_BATCH {
+                    if !has_room(&state.sm) {
+                        break;
+                    }
+                    let Some(el) = state.backlog.pop_front() else { break };
+                    state.emit(ctx, Some(conn), el);
+                }
+                state.request_ack(conn);
+                if let Err(e) = conn.flush().await {
+                    return LoopEnd::Lost(e);
+                }
+            }
             cmd = state.bound.rx.recv(), if room => {
                 let Some(SessionCommand::Stanza(el)) = cmd else {
                     return LoopEnd::Close(StreamErrorCondition::InternalServerError.into());
@@ -309,8 +361,14 @@ async fn serve_bound(
                         Ok(Some(StreamEvent::Stanza(el))) => {
                             // Boxed: the stanza pipeline's state would otherwise be part
                             // of every idle session's future.
-                            let handled = Box::pin(handle_element(ctx, conn, state, el));
-                            if let Err(end) = handled.await {
+                            let handled = Box::pin(serve_own_session(
+                                control.clone(),
+                                own_limit,
+                                handle_element(ctx, conn, state, el),
+                            ));
+                            let (handled, mut kept) = handled.await;
+                            state.backlog.append(&mut kept);
+                            if let Err(end) = handled {
                                 return end;
                             }
                         }
@@ -336,7 +394,7 @@ async fn serve_bound(
     }
 }
 
-/// One top-level element from the client: a stanza, or a SM or CSI nonza.
+/// One top-level element from the client: a stanza, a SM nonza or one a module handles.
 async fn handle_element(
     ctx: &Arc<Context>,
     conn: &mut Connection,
@@ -346,26 +404,17 @@ async fn handle_element(
     if el.ns == sm::NS {
         return handle_sm(ctx, conn, state, &el);
     }
-    if el.ns == csi::NS {
-        match el.name.as_str() {
-            "active" => {
-                let mut out = Vec::new();
-                state.csi.set_active(&mut out);
-                state.write_all(Some(conn), out);
-                state.request_ack(conn);
-            }
-            "inactive" => state.csi.set_inactive(),
-            _ => {
-                return Err(LoopEnd::Close(
-                    StreamErrorCondition::UnsupportedStanzaType.into(),
-                ));
-            }
-        }
+    let mut out = Vec::new();
+    if let Some(handled) = ctx.registry.nonza(ctx, &mut state.ext, &el, &mut out) {
+        handled.map_err(|c| LoopEnd::Close(c.into()))?;
+        state.emit_all(ctx, Some(conn), out);
+        state.request_ack(conn);
         return Ok(());
     }
-    handle_stanza(ctx, &state.bound, &mut state.presence, el)
-        .await
-        .map_err(LoopEnd::Close)?;
+    let handled = handle_stanza(ctx, state, &mut out, el).await;
+    // Possibly many (offline messages at login): written in steps by the session loop.
+    state.backlog.extend(out);
+    handled.map_err(LoopEnd::Close)?;
     if let Some(sm) = &mut state.sm {
         sm.count_handled();
     }
@@ -436,10 +485,11 @@ fn handle_sm(
 /// Validates addressing, stamps `from` and hands the stanza on (RFC 6120 §8.1).
 async fn handle_stanza(
     ctx: &Arc<Context>,
-    bound: &Bound,
-    st: &mut PresenceState,
+    state: &mut SessionState,
+    out: &mut Vec<Element>,
     mut el: Element,
 ) -> Result<(), Ending> {
+    let bound = &state.bound;
     if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
         return Err(StreamErrorCondition::UnsupportedStanzaType.into());
     }
@@ -466,7 +516,11 @@ async fn handle_stanza(
         }
     }
     match el.name.as_str() {
-        "presence" => presence::outbound(ctx, st, el).await,
+        "presence" => {
+            ctx.registry
+                .presence_outbound(ctx, &mut state.module_view(out), el)
+                .await
+        }
         "iq" => {
             let kind = el.attr("type").unwrap_or("");
             let valid = el.attr("id").is_some()
@@ -492,7 +546,7 @@ async fn handle_stanza(
             if el.attr("to").is_none() {
                 el.set_attr("to", bound.bare.clone());
             }
-            if crate::modules::hooks::outbound_message(ctx, &mut el).await {
+            if ctx.registry.outbound_message(ctx, &mut el).await {
                 route(ctx, el).await;
             }
         }

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::session::{SessionState, end_session};
+use super::session::{SessionState, end_session, module_view};
 use crate::context::Context;
-use crate::router::{SessionCommand, deliver_to_session, route_reply};
+use crate::registry::SessionEvent;
+use crate::router::{SessionCommand, redeliver, route_reply};
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
@@ -180,14 +181,6 @@ impl StreamManagement {
     /// Everything still unacknowledged, for rerouting when the session ends.
     pub fn take_unacked(&mut self) -> VecDeque<Element> {
         std::mem::take(&mut self.unacked)
-    }
-
-    /// The number of unacknowledged messages worth a push notification.
-    pub fn unacked_notable(&self) -> usize {
-        self.unacked
-            .iter()
-            .filter(|e| crate::modules::push::worth_notifying(e))
-            .count()
     }
 }
 
@@ -371,22 +364,20 @@ pub(crate) async fn hibernate(
     let (full, conn_id) = (state.bound.full.clone(), state.bound.conn_id);
     ctx.sm.set_hibernated(&full, conn_id, true);
     info!(jid = %full, timeout_secs = timeout.as_secs(), "session hibernated");
-    // What the client never acknowledged may be news it has not seen.
-    if let Some(last) = state.last_unacked_notable().cloned() {
-        let count = state
-            .sm
-            .as_ref()
-            .map_or(0, StreamManagement::unacked_notable);
-        let bound = &state.bound;
-        let notify = crate::modules::push::notify_hibernated(
-            ctx,
-            &bound.bare,
-            &bound.resource,
-            count,
-            &last,
-        );
-        Box::pin(notify).await;
+    // What the session's own work left for it waits with the rest.
+    while let Some(el) = state.backlog.pop_front() {
+        state.emit(ctx, None, el);
     }
+    // What the client never acknowledged may be news it has not seen (push).
+    let mut out = Vec::new();
+    {
+        let SessionState { bound, ext, sm, .. } = &mut *state;
+        let unacked: Vec<&Element> = sm.iter().flat_map(StreamManagement::unacked).collect();
+        let event = SessionEvent::Hibernated { unacked: &unacked };
+        let view = &mut module_view(bound, ext, &mut out);
+        Box::pin(ctx.registry.session_event(ctx, view, &event)).await;
+    }
+    state.emit_all(ctx, None, out);
     let max_unacked = ctx.config.limits.sm_max_unacked;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
@@ -417,15 +408,9 @@ pub(crate) async fn hibernate(
             // closes the session once that is full too.
             cmd = state.bound.rx.recv(), if room => {
                 let Some(SessionCommand::Stanza(el)) = cmd else { break };
-                if crate::modules::push::worth_notifying(&el) {
-                    let count = state.sm.as_ref().map_or(0, StreamManagement::unacked_notable) + 1;
-                    let bound = &state.bound;
-                    // Boxed: a rare path should not enlarge every hibernated task.
-                    let notify = crate::modules::push::notify_hibernated(
-                        ctx, &bound.bare, &bound.resource, count, &el,
-                    );
-                    Box::pin(notify).await;
-                }
+                let event = SessionEvent::QueuedWhileHibernated { stanza: &el };
+                // Boxed: a rare path should not enlarge every hibernated task.
+                Box::pin(state.event(ctx, None, &event)).await;
                 state.emit(ctx, None, *el);
             }
             _ = &mut deadline => {
@@ -459,23 +444,7 @@ pub(crate) async fn reroute_undelivered(
             "message" => match kind {
                 "error" => {}
                 "groupchat" => route_reply(ctx, &el, StanzaError::service_unavailable()).await,
-                _ => {
-                    let others = ctx
-                        .sessions
-                        .senders_where(bare, |s| s.available && s.priority >= 0);
-                    let mut delivered = false;
-                    for (tx, control) in &others {
-                        // A session ending at the same time (shutdown) refuses it.
-                        delivered |= deliver_to_session(tx, control, el.clone());
-                    }
-                    if !delivered && kind != "headline" {
-                        if pushed {
-                            crate::modules::offline::store_quietly(ctx, bare, el).await;
-                        } else {
-                            crate::modules::offline::store(ctx, bare, el).await;
-                        }
-                    }
-                }
+                _ => redeliver(ctx, bare, el, pushed).await,
             },
             "iq" if matches!(kind, "get" | "set") => {
                 route_reply(ctx, &el, StanzaError::service_unavailable()).await
@@ -592,10 +561,11 @@ mod tests {
     }
 
     fn test_ctx() -> Arc<Context> {
-        Arc::new(Context::new(
+        let ctx = Context::new(
             crate::config::Config::default(),
             crate::storage::Storage::memory(),
-        ))
+        );
+        Arc::new(ctx.expect("the standard modules register without conflicts"))
     }
 
     /// An owner task like a session's: answers takeover requests with `hand_over`,

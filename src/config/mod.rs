@@ -99,6 +99,14 @@ pub struct Limits {
     pub session_queue_len: usize,
     /// Offline messages kept per user (`resource-constraint` bounce beyond).
     pub offline_quota: usize,
+    /// Stanzas a session's own work may send to itself while handling one stanza of its
+    /// client (offline messages, pending subscription requests and contacts' presence at
+    /// login), written to the client in steps outside the session queue. Beyond it the
+    /// session is closed; must hold the offline quota and the pending subscriptions.
+    pub session_backlog_len: usize,
+    /// Subscription requests kept per user awaiting an answer (RFC 6121 §3.1.3); further
+    /// requests from new contacts are refused with `resource-constraint`.
+    pub max_pending_subscriptions: usize,
     /// Resources bound at once per account.
     pub max_resources: usize,
     /// Stanzas sent to a stream-management (XEP-0198) session and not yet acknowledged by
@@ -256,6 +264,8 @@ impl Default for Limits {
             max_auth_attempts: 3,
             session_queue_len: 2048,
             offline_quota: 1000,
+            session_backlog_len: 20_000,
+            max_pending_subscriptions: 500,
             max_resources: 32,
             sm_max_unacked: 500,
         }

@@ -483,7 +483,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 10] = [
+    let nonzero: [(&str, u64); 12] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -494,11 +494,28 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.offline_quota", l.offline_quota as u64),
         ("limits.max_resources", l.max_resources as u64),
         ("limits.sm_max_unacked", l.sm_max_unacked as u64),
+        ("limits.session_backlog_len", l.session_backlog_len as u64),
+        (
+            "limits.max_pending_subscriptions",
+            l.max_pending_subscriptions as u64,
+        ),
     ];
     for (key, v) in nonzero {
         if v == 0 {
             errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
         }
+    }
+    // At login one session gets every offline message and pending request at once.
+    let login_backlog = l.offline_quota.saturating_add(l.max_pending_subscriptions);
+    if l.session_backlog_len < login_backlog {
+        errs.push(ConfigError::invalid(
+            "limits.session_backlog_len",
+            l.session_backlog_len.to_string(),
+            format!(
+                "smaller than limits.offline_quota + limits.max_pending_subscriptions = {login_backlog}: \
+                 a login could never receive them"
+            ),
+        ));
     }
     if l.connections_per_ip > l.max_connections && l.max_connections > 0 {
         errs.push(ConfigError::invalid(

@@ -13,6 +13,7 @@ use tracing::warn;
 use super::{IqHandler, IqTarget, own_account};
 use crate::addr::{Addr, bare_of};
 use crate::context::Context;
+use crate::registry::{Extensions, Flow, Module, OutboundMessageHook, Registrar, RouteFilter};
 use crate::router::{deliver_to_session, route, route_unfiltered};
 use crate::storage::StorageError;
 use crate::stream::{ErrorType, StanzaError, error_reply, random_id};
@@ -144,14 +145,48 @@ async fn refuse_inbound(ctx: &Arc<Context>, stanza: &Element) {
     }
 }
 
-/// Outbound check for a message a local client sends, before it is archived or copied.
-/// `true`: the recipient is blocked and the sender got the error.
-pub async fn refuse_if_blocked(ctx: &Arc<Context>, user: &str, to: &str, el: &Element) -> bool {
-    if own(user, to) || !is_blocked(ctx, user, to).await {
-        return false;
+/// Session flag: the resource requested its block list, so it gets block/unblock pushes.
+pub struct Requested;
+
+/// Blocking acts first among the message hooks: a refused message is neither archived
+/// nor copied.
+const HOOK_ORDER: i32 = 10;
+
+impl Module for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
     }
-    refuse_outbound(ctx, user, el).await;
-    true
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        r.session_flag::<Requested>();
+        let me = Arc::new(*self);
+        r.iq(me.clone());
+        r.outbound_message(HOOK_ORDER, me.clone());
+        r.route_filter(me);
+    }
+}
+
+#[async_trait]
+impl OutboundMessageHook for Blocking {
+    /// A message a local client sends to a JID it blocked is refused (the sender gets
+    /// the error).
+    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, _: &mut Extensions) -> Flow {
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return Flow::Continue;
+        };
+        let user = bare_of(from);
+        if own(user, to) || !is_blocked(ctx, user, to).await {
+            return Flow::Continue;
+        }
+        refuse_outbound(ctx, user, el).await;
+        Flow::Stop
+    }
+}
+
+#[async_trait]
+impl RouteFilter for Blocking {
+    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+        may_route(ctx, to, stanza).await
+    }
 }
 
 /// The account itself and its own server: never blocked for it.
@@ -163,7 +198,7 @@ fn own(user: &str, jid: &str) -> bool {
 /// The router's filter for every stanza with a `from`: `false` if a block list stops it
 /// (the refusal has been sent). Stanzas between an account and itself, and between an
 /// account and its own server, are never blocked.
-pub async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
     let Some(from) = stanza.attr("from") else {
         return true;
     };
@@ -227,8 +262,9 @@ fn parse_items(payload: &Element) -> Result<Vec<String>, StanzaError> {
 
 /// Block/unblock pushes to the resources that asked for the block list (§3.3, §3.4).
 fn push(ctx: &Arc<Context>, user: &str, payload: &Element) {
+    let requested = ctx.registry.flag::<Requested>();
     for s in ctx.sessions.resources(user) {
-        if s.blocklist_requested {
+        if s.flags.has(requested) {
             let iq = Element::new("iq", ns::CLIENT)
                 .with_attr("type", "set")
                 .with_attr("id", format!("block-{}", random_id()))
@@ -349,8 +385,9 @@ impl IqHandler for Blocking {
                     .map(|(_, r)| r)
                     && let Some(s) = ctx.sessions.get(user, resource)
                 {
+                    let flag = ctx.registry.flag::<Requested>();
                     ctx.sessions
-                        .update(user, resource, s.conn_id, |s| s.blocklist_requested = true);
+                        .update(user, resource, s.conn_id, |s| s.flags.set(flag, true));
                 }
                 let list = store.blocklist(user).await.map_err(internal)?;
                 Ok(Some(items("blocklist", &list)))

@@ -9,6 +9,9 @@ use super::mam::{FORWARD, HINTS, add_stanza_id};
 use super::{IqHandler, IqTarget};
 use crate::addr::{bare_of, domain_of};
 use crate::context::Context;
+use crate::registry::{
+    Extensions, Flow, InboundMessageHook, Module, OutboundMessageHook, Registrar,
+};
 use crate::router::deliver_to_session;
 use crate::storage::ArchiveStamp;
 use crate::stream::StanzaError;
@@ -18,6 +21,52 @@ pub const NS: &str = "urn:xmpp:carbons:2";
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 pub struct Carbons;
+
+/// Session flag: carbons enabled on the session.
+pub struct Enabled;
+
+/// Where carbons act among the message hooks: after blocking and archiving, so copies
+/// carry the archive's stanza-id.
+const HOOK_ORDER: i32 = 30;
+
+impl Module for Carbons {
+    fn name(&self) -> &'static str {
+        "carbons"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        r.session_flag::<Enabled>();
+        let me = Arc::new(*self);
+        r.iq(me.clone());
+        r.outbound_message(HOOK_ORDER, me.clone());
+        r.inbound_message(HOOK_ORDER, me);
+    }
+}
+
+#[async_trait]
+impl OutboundMessageHook for Carbons {
+    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow {
+        if let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) {
+            sent(ctx, from, to, el, notes.get::<ArchiveStamp>());
+        }
+        Flow::Continue
+    }
+}
+
+#[async_trait]
+impl InboundMessageHook for Carbons {
+    async fn inbound(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        resource: Option<&str>,
+        el: &mut Element,
+    ) {
+        if el.attr("from").map(bare_of) != Some(user) {
+            received(ctx, user, resource, el);
+        }
+        strip_private(el);
+    }
+}
 
 fn resource_of(jid: &str) -> Option<&str> {
     jid.split_once('/').map(|(_, r)| r)
@@ -58,9 +107,10 @@ impl IqHandler for Carbons {
             _ => return Err(StanzaError::bad_request()),
         };
         // Enabling twice is not an error (§8.1).
+        let flag = ctx.registry.flag::<Enabled>();
         ctx.sessions
             .update(user, &session.resource, session.conn_id, |s| {
-                s.carbons = enable
+                s.flags.set(flag, enable)
             });
         Ok(None)
     }
@@ -103,8 +153,10 @@ fn send_copies(
     stamp: Option<&ArchiveStamp>,
     skip: impl Fn(&crate::router::SessionInfo) -> bool,
 ) {
+    let enabled = ctx.registry.flag::<Enabled>();
     let targets = ctx.sessions.select(user, |s| {
-        (s.carbons && !skip(s)).then(|| (s.resource.clone(), s.tx.clone(), s.control.clone()))
+        (s.flags.has(enabled) && !skip(s))
+            .then(|| (s.resource.clone(), s.tx.clone(), s.control.clone()))
     });
     if targets.is_empty() {
         return;
@@ -123,13 +175,7 @@ fn send_copies(
     }
 }
 
-pub fn sent(
-    ctx: &Arc<Context>,
-    from: &str,
-    to: &str,
-    el: &Element,
-    archived: Option<&ArchiveStamp>,
-) {
+fn sent(ctx: &Arc<Context>, from: &str, to: &str, el: &Element, archived: Option<&ArchiveStamp>) {
     if !eligible(el) {
         return;
     }
@@ -141,7 +187,7 @@ pub fn sent(
     });
 }
 
-pub fn received(ctx: &Arc<Context>, user: &str, resource: Option<&str>, el: &Element) {
+fn received(ctx: &Arc<Context>, user: &str, resource: Option<&str>, el: &Element) {
     if !eligible(el) {
         return;
     }
@@ -153,7 +199,7 @@ pub fn received(ctx: &Arc<Context>, user: &str, resource: Option<&str>, el: &Ele
     }
 }
 
-pub fn strip_private(el: &mut Element) {
+fn strip_private(el: &mut Element) {
     el.remove_children("private", NS);
 }
 

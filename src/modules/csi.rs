@@ -6,16 +6,105 @@
 //! `<active/>` flushes too. Memory stays bounded: one held stanza per (kind, sender) and at
 //! most `cap` of them, beyond which everything is flushed.
 //!
-//! The session writer calls [`CsiState::filter`] for every outbound stanza. A hibernated
-//! XEP-0198 session uses the same filter (hold = true), so a presence flood does not fill
-//! its queue of unacknowledged stanzas.
+//! The module registers an outbound filter that the session writer runs on every stanza
+//! for the client. A hibernated XEP-0198 session uses the same filter (hold = true), so a
+//! presence flood does not fill its queue of unacknowledged stanzas.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use async_trait::async_trait;
+
+use crate::context::Context;
+use crate::registry::{
+    Extensions, Module, NonzaHandler, OutboundFilter, Registrar, SessionCtx, SessionEvent,
+    SessionEvents,
+};
+use crate::stream::StreamErrorCondition;
 use crate::xml::{Element, ns};
 
 /// The stream feature and nonza namespace.
 pub const NS: &str = "urn:xmpp:csi:0";
+
+pub struct Csi;
+
+impl Module for Csi {
+    fn name(&self) -> &'static str {
+        "csi"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        let me = Arc::new(*self);
+        r.bound_stream_feature(Element::new("csi", NS));
+        r.nonza(NS, me.clone());
+        r.outbound_filter(me.clone());
+        r.session_events(me);
+    }
+}
+
+impl NonzaHandler for Csi {
+    fn handle(
+        &self,
+        _ctx: &Context,
+        ext: &mut Extensions,
+        el: &Element,
+        out: &mut Vec<Element>,
+    ) -> Result<(), StreamErrorCondition> {
+        let state = ext.get_or_insert_with(CsiState::default);
+        match el.name.as_str() {
+            "active" => state.set_active(out),
+            "inactive" => state.set_inactive(),
+            _ => return Err(StreamErrorCondition::UnsupportedStanzaType),
+        }
+        Ok(())
+    }
+}
+
+impl OutboundFilter for Csi {
+    fn filter(
+        &self,
+        ctx: &Context,
+        ext: &mut Extensions,
+        el: Element,
+        hold: bool,
+        out: &mut Vec<Element>,
+    ) {
+        let Some(state) = ext.get_mut::<CsiState>() else {
+            // Never told anything: active, nothing held; a hibernated session still holds.
+            if !hold {
+                out.push(el);
+                return;
+            }
+            let state = ext.get_or_insert_with(CsiState::default);
+            state.filter(el, true, ctx.config.limits.session_queue_len, out);
+            return;
+        };
+        let hold = hold || state.is_inactive();
+        // One held stanza per contact is expected; the queue length bounds the rest.
+        state.filter(el, hold, ctx.config.limits.session_queue_len, out);
+    }
+
+    fn passes_through(&self, ext: &Extensions) -> bool {
+        ext.get::<CsiState>()
+            .is_none_or(|s| !s.is_inactive() && s.held_len() == 0)
+    }
+}
+
+#[async_trait]
+impl SessionEvents for Csi {
+    /// A new stream starts active (XEP-0352 §3): what was held goes out.
+    async fn session_event(
+        &self,
+        _ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        event: &SessionEvent<'_>,
+    ) {
+        if let SessionEvent::Resumed = event
+            && let Some(state) = session.ext.get_mut::<CsiState>()
+        {
+            state.set_active(session.out);
+        }
+    }
+}
 
 /// What a held stanza replaces: the previous one of the same kind from the same sender.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

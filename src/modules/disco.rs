@@ -53,17 +53,26 @@ impl IqHandler for Disco {
             return Err(StanzaError::item_not_found());
         }
         if query.ns == ns::DISCO_ITEMS {
-            return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
+            let mut items = Element::new("query", ns::DISCO_ITEMS);
+            if let IqTarget::Server(_) = target {
+                for jid in ctx.registry.server_items() {
+                    items.push_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid));
+                }
+            }
+            return Ok(Some(items));
         }
         let mut out = Element::new("query", ns::DISCO_INFO);
         let features = match target {
             IqTarget::Server(_) => {
                 out.push_child(identity("server", "im", Some("xmppd")));
-                ctx.modules.server_features()
+                for i in ctx.registry.server_identities() {
+                    out.push_child(identity(i.category, i.kind, i.name.as_deref()));
+                }
+                ctx.registry.server_features()
             }
             IqTarget::Account(_) => {
                 out.push_child(identity("account", "registered", None));
-                ctx.modules.account_features()
+                ctx.registry.account_features()
             }
         };
         for var in features {

@@ -1,9 +1,9 @@
 //! XEP-0313 Message Archive Management for accounts, with XEP-0059 paging, XEP-0359
 //! stanza ids and XEP-0441 preferences.
 //!
-//! Messages are archived at the two points where the server accepts them: when a local
-//! client sends one ([`archive_outbound`]) and when one is accepted for delivery to a local
-//! account ([`archive_inbound`], before live delivery or offline storage). A message between
+//! Messages are archived by the message hooks, at the two points where the server accepts
+//! them: when a local client sends one (outbound) and when one is accepted for delivery to
+//! a local account (inbound, before live delivery or offline storage). A message between
 //! two resources of one account is archived once, on the way out.
 
 // Request parsers return the stanza error to answer with; it is built once per request,
@@ -21,6 +21,9 @@ use super::{IqHandler, IqTarget, own_account};
 use crate::addr::{Addr, bare_of};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
+use crate::registry::{
+    Extensions, Flow, InboundMessageHook, Module, OutboundMessageHook, Registrar,
+};
 use crate::router::deliver_to_session;
 use crate::storage::{
     ArchiveDefault, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp,
@@ -202,7 +205,7 @@ async fn archive(ctx: &Arc<Context>, user: &str, with: &str, el: &Element) -> Op
 /// With a retention period, deletes expired messages from every account's archive every
 /// `archive.prune_interval_secs`, until `shutdown`. Queries hide expired messages at once
 /// (`retention_floor`); this only gives the space back, away from the message path.
-pub async fn run_pruner(ctx: Arc<Context>, shutdown: CancellationToken) {
+async fn run_pruner(ctx: Arc<Context>, shutdown: CancellationToken) {
     if ctx.config.archive.retention_days == 0 {
         return;
     }
@@ -257,24 +260,68 @@ async fn prune_expired(ctx: &Arc<Context>, shutdown: &CancellationToken) -> usiz
     removed
 }
 
-/// Archives a message a local client of `user` sends (in the sender's archive, with the
-/// recipient as `with`).
-pub async fn archive_outbound(
-    ctx: &Arc<Context>,
-    user: &str,
-    to: &str,
-    el: &Element,
-) -> Option<ArchiveStamp> {
-    archive(ctx, user, to, el).await
+/// Where archiving acts among the message hooks: after blocking, before carbons.
+const HOOK_ORDER: i32 = 20;
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        let me = Arc::new(*self);
+        r.iq(me.clone());
+        r.outbound_message(HOOK_ORDER, me.clone());
+        r.inbound_message(HOOK_ORDER, me);
+        r.task(Box::new(|ctx, shutdown| {
+            Box::pin(run_pruner(ctx, shutdown))
+        }));
+    }
 }
 
-/// Archives a message accepted for delivery to `user` and stamps it with its stanza-id.
-pub async fn archive_inbound(ctx: &Arc<Context>, user: &str, el: &mut Element) {
-    let Some(from) = el.attr("from").map(str::to_string) else {
-        return;
-    };
-    if let Some(stamp) = archive(ctx, user, &from, el).await {
-        el.push_child(stanza_id(user, &stamp.id));
+#[async_trait]
+impl OutboundMessageHook for Mam {
+    /// Archives a message a local client sends, in the sender's archive with the
+    /// recipient as `with`; the position goes into `notes` for carbons.
+    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow {
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return Flow::Continue;
+        };
+        let user = bare_of(from).to_string();
+        let to = to.to_string();
+        // Only this server may say where a message sits in the user's archive.
+        strip_own_stanza_ids(&user, el);
+        if let Some(archived) = archive(ctx, &user, &to, el).await {
+            if bare_of(&to) == user {
+                // To another resource of the same account: archived once, and that
+                // resource may see where (the inbound side skips archiving for it).
+                add_stanza_id(el, &user, &archived.id);
+            }
+            notes.insert(archived);
+        }
+        Flow::Continue
+    }
+}
+
+#[async_trait]
+impl InboundMessageHook for Mam {
+    /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
+    async fn inbound(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        _resource: Option<&str>,
+        el: &mut Element,
+    ) {
+        let Some(from) = el.attr("from").map(str::to_string) else {
+            return;
+        };
+        if bare_of(&from) == user {
+            return;
+        }
+        strip_own_stanza_ids(user, el);
+        if let Some(stamp) = archive(ctx, user, &from, el).await {
+            el.push_child(stanza_id(user, &stamp.id));
+        }
     }
 }
 

@@ -3,20 +3,44 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use tracing::warn;
 
-use super::presence::PresenceState;
 use crate::context::Context;
-use crate::router::{deliver_to_session, route_reply};
+use crate::registry::{Module, OfflineHandler, Registrar, SessionCtx, SessionEvent, SessionEvents};
+use crate::router::route_reply;
 use crate::storage::OfflineStoreOutcome;
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
 /// Advertised in the server's disco#info (XEP-0160 §6).
 pub const FEATURE: &str = "msgoffline";
+/// XEP-0334 message processing hints.
+const HINTS: &str = "urn:xmpp:hints";
 
-/// Whether a message is worth keeping: not a bare chat-state notification and not empty.
+pub struct Offline;
+
+impl Module for Offline {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        let me = Arc::new(*self);
+        r.offline(me.clone());
+        r.session_events(me);
+        r.server_feature(FEATURE);
+    }
+}
+
+/// Whether a message is worth keeping: not a bare chat-state notification, not empty,
+/// and not marked by its sender as not to be stored (XEP-0334).
 fn storable(stanza: &Element) -> bool {
+    let no_store = stanza
+        .elements()
+        .any(|c| c.ns == HINTS && (c.name == "no-store" || c.name == "no-permanent-store"));
+    if no_store {
+        return false;
+    }
     if stanza.has_child("body", ns::CLIENT) {
         return true;
     }
@@ -25,50 +49,68 @@ fn storable(stanza: &Element) -> bool {
         .any(|c| c.ns != ns::CHATSTATES && c.ns != ns::CLIENT && c.name != "thread")
 }
 
-/// Stores a message for an offline user, bouncing it when the quota is full, and tells
-/// the user's push services (XEP-0357).
-pub async fn store(ctx: &Arc<Context>, user: &str, stanza: Element) {
-    let notice = super::push::Notice::of(&stanza);
-    if store_quietly(ctx, user, stanza).await
-        && let Some(notice) = notice
-    {
-        super::push::notify_offline(ctx, user, notice).await;
+#[async_trait]
+impl OfflineHandler for Offline {
+    /// Stores a message for an offline user, bouncing it when the quota is full; other
+    /// modules (push) are told unless the user was notified already.
+    async fn store(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        stanza: Element,
+        already_notified: bool,
+    ) -> bool {
+        if !storable(&stanza) {
+            return false;
+        }
+        let quota = ctx.config.limits.offline_quota;
+        match ctx
+            .storage
+            .offline
+            .push(user, &stanza.to_stanza_string(), quota)
+            .await
+        {
+            Ok(OfflineStoreOutcome::Stored) => {
+                if !already_notified {
+                    ctx.registry.offline_stored(ctx, user, &stanza).await;
+                }
+                return true;
+            }
+            Ok(OfflineStoreOutcome::QuotaExceeded) => {
+                let error = StanzaError::resource_constraint().with_text("offline storage is full");
+                route_reply(ctx, &stanza, error).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "storing offline message failed");
+                route_reply(ctx, &stanza, StanzaError::internal_server_error()).await;
+            }
+        }
+        false
     }
 }
 
-/// Stores a message without a push notification (the user was notified already);
-/// returns whether it was stored.
-pub async fn store_quietly(ctx: &Arc<Context>, user: &str, stanza: Element) -> bool {
-    if !storable(&stanza) {
-        return false;
-    }
-    let quota = ctx.config.limits.offline_quota;
-    match ctx
-        .storage
-        .offline
-        .push(user, &stanza.to_stanza_string(), quota)
-        .await
-    {
-        Ok(OfflineStoreOutcome::Stored) => return true,
-        Ok(OfflineStoreOutcome::QuotaExceeded) => {
-            route_reply(
-                ctx,
-                &stanza,
-                StanzaError::resource_constraint().with_text("offline storage is full"),
-            )
-            .await;
-        }
-        Err(e) => {
-            warn!(error = %e, "storing offline message failed");
-            route_reply(ctx, &stanza, StanzaError::internal_server_error()).await;
+#[async_trait]
+impl SessionEvents for Offline {
+    /// Stored messages go to the first available session with non-negative priority.
+    async fn session_event(
+        &self,
+        ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        event: &SessionEvent<'_>,
+    ) {
+        if let SessionEvent::Available {
+            initial: true,
+            priority: 0..,
+        } = event
+        {
+            deliver(ctx, session).await;
         }
     }
-    false
 }
 
 /// Sends stored messages to the session that just became available, then deletes them.
-pub async fn deliver(ctx: &Arc<Context>, st: &PresenceState) {
-    let messages = match ctx.storage.offline.list(&st.bare).await {
+async fn deliver(ctx: &Arc<Context>, session: &mut SessionCtx<'_>) {
+    let messages = match ctx.storage.offline.list(session.bare).await {
         Ok(m) => m,
         Err(e) => {
             warn!(error = %e, "loading offline messages failed");
@@ -78,10 +120,7 @@ pub async fn deliver(ctx: &Arc<Context>, st: &PresenceState) {
     let Some(last) = messages.last().map(|m| m.seq) else {
         return;
     };
-    let Some(session) = ctx.sessions.get(&st.bare, &st.resource) else {
-        return;
-    };
-    let domain = crate::addr::domain_of(&st.bare).to_string();
+    let domain = crate::addr::domain_of(session.bare).to_string();
     for m in messages {
         let mut stanza = match crate::xml::parse_stanza(&m.stanza) {
             Ok(s) => s,
@@ -95,12 +134,9 @@ pub async fn deliver(ctx: &Arc<Context>, st: &PresenceState) {
                 .with_attr("from", domain.clone())
                 .with_attr("stamp", super::time::stamp_from_unix(m.stored_at)),
         );
-        if !deliver_to_session(&session.tx, &session.control, stanza) {
-            // Keep the rest (and this one) for the next login.
-            return;
-        }
+        session.out.push(stanza);
     }
-    if let Err(e) = ctx.storage.offline.remove_up_to(&st.bare, last).await {
+    if let Err(e) = ctx.storage.offline.remove_up_to(session.bare, last).await {
         warn!(error = %e, "deleting delivered offline messages failed");
     }
 }
@@ -121,5 +157,9 @@ mod tests {
         let encrypted = Element::new("message", ns::CLIENT)
             .with_child(Element::new("encrypted", "eu.siacs.conversations.axolotl"));
         assert!(storable(&encrypted));
+        let hinted = Element::new("message", ns::CLIENT)
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi"))
+            .with_child(Element::new("no-store", HINTS));
+        assert!(!storable(&hinted));
     }
 }

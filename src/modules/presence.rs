@@ -4,15 +4,74 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use tracing::warn;
 
-use super::{offline, roster};
+use super::roster;
 use crate::addr::{Addr, bare_of};
 use crate::context::Context;
+use crate::registry::{
+    Module, PresenceHandler, Registrar, SessionCtx, SessionEvent, SessionEvents,
+};
 use crate::router::{deliver_to_session, route, route_reply};
 use crate::storage::{PendingSubscription, RosterItem, Subscription};
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
+
+/// RFC 6121 presence: the registry hands it presence to local accounts and from local
+/// sessions; it keeps each session's [`PresenceState`] in the session's extensions.
+pub struct Presence;
+
+impl Module for Presence {
+    fn name(&self) -> &'static str {
+        "presence"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        let me = Arc::new(*self);
+        r.presence(me.clone());
+        r.session_events(me);
+    }
+}
+
+fn state<'a>(session: &'a mut SessionCtx<'_>) -> &'a mut PresenceState {
+    let (bare, resource, conn_id) = (session.bare, session.resource, session.conn_id);
+    session
+        .ext
+        .get_or_insert_with(|| PresenceState::new(bare, resource, conn_id))
+}
+
+#[async_trait]
+impl PresenceHandler for Presence {
+    async fn inbound(&self, ctx: &Arc<Context>, user: &str, stanza: Element) {
+        inbound(ctx, user, stanza).await;
+    }
+
+    async fn outbound(&self, ctx: &Arc<Context>, session: &mut SessionCtx<'_>, stanza: Element) {
+        let event = outbound(ctx, state(session), stanza).await;
+        if let Some(event) = event {
+            ctx.registry.session_event(ctx, session, &event).await;
+        }
+    }
+}
+
+#[async_trait]
+impl SessionEvents for Presence {
+    async fn session_event(
+        &self,
+        ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        event: &SessionEvent<'_>,
+    ) {
+        // A session replaced by a conflict stays silent: its successor has the same
+        // full JID.
+        if let SessionEvent::Ended { replaced: false } = event
+            && let Some(st) = session.ext.get_mut::<PresenceState>()
+            && (st.available || !st.directed.is_empty())
+        {
+            broadcast_unavailable(ctx, st, None).await;
+        }
+    }
+}
 
 /// Presence state a c2s session keeps for itself.
 #[derive(Debug)]
@@ -61,21 +120,31 @@ fn log_err(e: impl std::fmt::Display) {
     warn!(error = %e, "presence storage failed");
 }
 
-/// Presence sent by a local session (`from` already stamped with its full JID).
-pub async fn outbound(ctx: &Arc<Context>, st: &mut PresenceState, stanza: Element) {
+/// Presence sent by a local session (`from` already stamped with its full JID). Returns
+/// the session event that a broadcast amounts to.
+async fn outbound(
+    ctx: &Arc<Context>,
+    st: &mut PresenceState,
+    stanza: Element,
+) -> Option<SessionEvent<'static>> {
     let kind = kind(&stanza).to_string();
     let Some(to) = stanza.attr("to").map(str::to_string) else {
-        match kind.as_str() {
+        return match kind.as_str() {
             "available" => broadcast_available(ctx, st, stanza).await,
-            "unavailable" => broadcast_unavailable(ctx, st, Some(stanza)).await,
+            "unavailable" => {
+                broadcast_unavailable(ctx, st, Some(stanza)).await;
+                Some(SessionEvent::Unavailable)
+            }
             // Subscription requests need a target; probes are the server's job.
-            _ => route_reply(ctx, &stanza, StanzaError::bad_request()).await,
-        }
-        return;
+            _ => {
+                route_reply(ctx, &stanza, StanzaError::bad_request()).await;
+                None
+            }
+        };
     };
     let Some(target) = Addr::parse(&to) else {
         route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
-        return;
+        return None;
     };
     match kind.as_str() {
         k if is_subscription(k) => {
@@ -92,16 +161,21 @@ pub async fn outbound(ctx: &Arc<Context>, st: &mut PresenceState, stanza: Elemen
         }
         _ => route(ctx, stanza).await,
     }
+    None
 }
 
-async fn broadcast_available(ctx: &Arc<Context>, st: &mut PresenceState, mut stanza: Element) {
+async fn broadcast_available(
+    ctx: &Arc<Context>,
+    st: &mut PresenceState,
+    mut stanza: Element,
+) -> Option<SessionEvent<'static>> {
     let priority = match stanza.child_text("priority", ns::CLIENT) {
         None => 0,
         Some(p) => match p.trim().parse::<i8>() {
             Ok(p) => p,
             Err(_) => {
                 route_reply(ctx, &stanza, StanzaError::bad_request()).await;
-                return;
+                return None;
             }
         },
     };
@@ -135,11 +209,9 @@ async fn broadcast_available(ctx: &Arc<Context>, st: &mut PresenceState, mut sta
         for item in items.iter().filter(|i| i.subscription.has_to()) {
             route(ctx, presence(&st.full, &item.jid, "probe")).await;
         }
-        if priority >= 0 {
-            offline::deliver(ctx, st).await;
-        }
         redeliver_pending(ctx, st).await;
     }
+    Some(SessionEvent::Available { initial, priority })
 }
 
 /// Delivers `stanza` to each available resource of the user (including the sender).
@@ -399,13 +471,61 @@ fn deliver_to_available(ctx: &Arc<Context>, user: &str, stanza: &Element) {
 /// Subscription state changes go to resources that fetched the roster (RFC 6121 §3.1.6,
 /// §3.2.3, §3.3.3), and always before the roster push that records the change.
 fn deliver_to_interested(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    let interested = ctx.registry.flag::<roster::Interested>();
     for (tx, control) in ctx
         .sessions
-        .senders_where(user, |s| s.interested || s.available)
+        .senders_where(user, |s| s.flags.has(interested) || s.available)
     {
         deliver_to_session(&tx, &control, stanza.clone());
     }
 }
+
+/// Whether a subscription request from `contact` may be kept for `user`: a known one
+/// may, a new one while `limits.max_pending_subscriptions` wait already is refused with
+/// `resource-constraint` (any server can mint requesters without end).
+async fn room_for_request(
+    ctx: &Arc<Context>,
+    user: &str,
+    contact: &str,
+    request: &Element,
+) -> bool {
+    let pending = match ctx.storage.roster.pending_in(user).await {
+        Ok(p) => p,
+        Err(e) => {
+            log_err(e);
+            return true;
+        }
+    };
+    if pending.len() < ctx.config.limits.max_pending_subscriptions
+        || pending.iter().any(|p| p.from == contact)
+    {
+        return true;
+    }
+    let error =
+        StanzaError::resource_constraint().with_text("too many subscription requests pending");
+    route_reply(ctx, request, error).await;
+    false
+}
+
+/// What of a subscription request is kept for redelivery: its status text and the
+/// requester's nickname (XEP-0172), not arbitrary payloads.
+fn kept_request(request: &Element) -> Element {
+    let mut kept = Element::new("presence", ns::CLIENT);
+    if let Some(lang) = request.attr("xml:lang") {
+        kept.set_attr("xml:lang", lang);
+    }
+    for child in request.elements() {
+        let wanted = (child.ns == ns::CLIENT && child.name == "status")
+            || (child.ns == NICK && child.name == "nick");
+        if wanted {
+            kept.push_child(child.clone());
+        }
+    }
+    kept
+}
+
+/// XEP-0172 user nickname, which a subscription request may carry.
+const NICK: &str = "http://jabber.org/protocol/nick";
 
 async fn inbound_subscription(
     ctx: &Arc<Context>,
@@ -419,12 +539,13 @@ async fn inbound_subscription(
     let existing = load_item(ctx, user, contact).await;
     match kind {
         "subscribe" => {
-            if let Some(mut item) = existing {
+            if let Some(item) = &existing {
                 if item.subscription.has_from() {
                     send_subscription(ctx, user, contact, "subscribed").await;
                     return;
                 }
                 if item.approved {
+                    let mut item = item.clone();
                     item.subscription = match item.subscription {
                         Subscription::To => Subscription::Both,
                         _ => Subscription::From,
@@ -435,17 +556,22 @@ async fn inbound_subscription(
                     send_current_presence(ctx, user, contact).await;
                     return;
                 }
-                if !item.pending_in {
-                    item.pending_in = true;
-                    // Pending-in is not shown in the roster, so no push.
-                    if let Err(e) = ctx.storage.roster.put_item(user, &item).await {
-                        log_err(e);
-                    }
+            }
+            if !room_for_request(ctx, user, contact, &stanza).await {
+                return;
+            }
+            if let Some(mut item) = existing
+                && !item.pending_in
+            {
+                item.pending_in = true;
+                // Pending-in is not shown in the roster, so no push.
+                if let Err(e) = ctx.storage.roster.put_item(user, &item).await {
+                    log_err(e);
                 }
             }
             let pending = PendingSubscription {
                 from: contact.to_string(),
-                stanza: Some(stanza.to_stanza_string()),
+                stanza: Some(kept_request(&stanza).to_stanza_string()),
             };
             if let Err(e) = ctx.storage.roster.add_pending_in(user, &pending).await {
                 log_err(e);

@@ -10,9 +10,9 @@
 //! client asked for it by adding the field `include-body` (true/1) to its publish-options
 //! form. That field is xmppd's own and is not forwarded to the app server.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tracing::{debug, warn};
@@ -20,6 +20,9 @@ use tracing::{debug, warn};
 use super::{IqHandler, IqTarget, own_account};
 use crate::addr::Addr;
 use crate::context::Context;
+use crate::registry::{
+    Module, OfflineStoredHook, Registrar, ResponseHandler, SessionCtx, SessionEvent, SessionEvents,
+};
 use crate::router::route;
 use crate::storage::PushRegistration;
 use crate::stream::StanzaError;
@@ -35,11 +38,12 @@ const SUMMARY: &str = "urn:xmpp:push:summary";
 const INCLUDE_BODY: &str = "include-body";
 /// Registrations per account: one per app installation, so a handful is normal.
 const MAX_REGISTRATIONS: usize = 20;
-/// Publishes awaiting an answer are remembered this long, and at most this many.
-const PENDING_TTL: Duration = Duration::from_secs(120);
-const MAX_PENDING: usize = 10_000;
 
-pub struct Push;
+/// The module; it knows which sessions are hibernated from their session events.
+#[derive(Default)]
+pub struct Push {
+    hibernated: Mutex<HashSet<(String, u64)>>,
+}
 
 /// What a notification says about a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,47 +76,100 @@ pub fn worth_notifying(el: &Element) -> bool {
     })
 }
 
+/// A publish awaiting the app server's answer.
 struct Pending {
     user: String,
     jid: String,
     node: String,
-    sent: Instant,
 }
 
-/// Publishes sent and not yet answered, by iq id.
-#[derive(Default)]
-pub struct PushState {
-    pending: Mutex<HashMap<String, Pending>>,
+/// Stanzas held by each hibernated session that were worth a notification.
+struct HeldNotable(usize);
+
+impl Module for Push {
+    fn name(&self) -> &'static str {
+        "push"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        let me = Arc::new(*self);
+        r.iq(me.clone());
+        r.offline_stored(me.clone());
+        r.session_events(me);
+    }
 }
 
-impl PushState {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn track(&self, id: String, pending: Pending) {
-        let mut map = self.lock();
-        if map.len() >= MAX_PENDING {
-            map.retain(|_, p| p.sent.elapsed() < PENDING_TTL);
-        }
-        // App servers that never answer must not grow this without bound.
-        if map.len() < MAX_PENDING {
-            map.insert(id, pending);
+#[async_trait]
+impl OfflineStoredHook for Push {
+    async fn stored(&self, ctx: &Arc<Context>, user: &str, el: &Element) {
+        if let Some(notice) = Notice::of(el) {
+            notify_offline(ctx, user, notice).await;
         }
     }
+}
 
-    /// The publish `id` answered by `from`, if it is one of ours to that service.
-    fn take(&self, id: &str, from: &str) -> Option<Pending> {
-        let mut map = self.lock();
-        if map.get(id)?.jid != from {
-            return None;
+#[async_trait]
+impl SessionEvents for Push {
+    async fn session_event(
+        &self,
+        ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        event: &SessionEvent<'_>,
+    ) {
+        let (user, resource) = (session.bare, session.resource);
+        match event {
+            SessionEvent::Hibernated { unacked } => {
+                self.set_hibernated(session, true);
+                // What the client never acknowledged may be news it has not seen.
+                let count = unacked.iter().filter(|e| worth_notifying(e)).count();
+                session.ext.insert(HeldNotable(count));
+                if let Some(last) = unacked.iter().rev().find(|e| worth_notifying(e)) {
+                    self.notify_hibernated(ctx, user, resource, count, last)
+                        .await;
+                }
+            }
+            SessionEvent::QueuedWhileHibernated { stanza } if worth_notifying(stanza) => {
+                let held = session.ext.get_or_insert_with(|| HeldNotable(0));
+                held.0 += 1;
+                let count = held.0;
+                self.notify_hibernated(ctx, user, resource, count, stanza)
+                    .await;
+            }
+            SessionEvent::Resumed | SessionEvent::Ended { .. } => {
+                session.ext.remove::<HeldNotable>();
+                self.set_hibernated(session, false);
+            }
+            _ => {}
         }
-        map.remove(id)
     }
+}
 
-    /// Publishes awaiting an answer.
-    pub fn pending_count(&self) -> usize {
-        self.lock().len()
+/// Answers to publishes: an error disables that registration (XEP-0357 §7.1).
+struct PublishAnswer;
+
+#[async_trait]
+impl ResponseHandler for PublishAnswer {
+    async fn response(&self, ctx: &Arc<Context>, iq: &Element, context: Box<dyn Any + Send>) {
+        let Ok(p) = context.downcast::<Pending>() else {
+            return;
+        };
+        if iq.attr("type") != Some("error") {
+            return;
+        }
+        let condition = iq
+            .child("error", ns::CLIENT)
+            .and_then(Element::first_element)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        warn!(user = %p.user, service = %p.jid, node = %p.node, %condition,
+            "push service refused a notification; registration disabled");
+        if let Err(e) = ctx
+            .storage
+            .push
+            .disable(&p.user, &p.jid, Some(&p.node))
+            .await
+        {
+            warn!(error = %e, "disabling push registration failed");
+        }
     }
 }
 
@@ -186,21 +243,20 @@ async fn publish_all(
         let id = format!("push-{}", crate::stream::random_id());
         let iq = publish(user, &reg, count, notice, &id);
         debug!(user, service = %reg.jid, node = %reg.node, count, "push notification");
-        ctx.push.track(
-            id,
-            Pending {
-                user: user.to_string(),
-                jid: reg.jid,
-                node: reg.node,
-                sent: Instant::now(),
-            },
-        );
+        let to = reg.jid.clone();
+        let pending = Pending {
+            user: user.to_string(),
+            jid: reg.jid,
+            node: reg.node,
+        };
+        ctx.registry
+            .expect_response(id, to, Arc::new(PublishAnswer), Box::new(pending));
         route(ctx, iq).await;
     }
 }
 
 /// A message was stored offline for `user`.
-pub async fn notify_offline(ctx: &Arc<Context>, user: &str, notice: Notice) {
+async fn notify_offline(ctx: &Arc<Context>, user: &str, notice: Notice) {
     let regs = registrations(ctx, user).await;
     if regs.is_empty() {
         return;
@@ -209,76 +265,63 @@ pub async fn notify_offline(ctx: &Arc<Context>, user: &str, notice: Notice) {
     publish_all(ctx, user, regs, count, &notice).await;
 }
 
-/// A message reached (or waits in) the hibernated session `user/resource`; `count` is how
-/// many such messages that session holds unacknowledged. Notifies only when every session
-/// of the user is hibernated, and once per message even when it went to several of them.
-pub async fn notify_hibernated(
-    ctx: &Arc<Context>,
-    user: &str,
-    resource: &str,
-    count: usize,
-    message: &Element,
-) {
-    let Some(notice) = Notice::of(message) else {
-        return;
-    };
-    let sessions = ctx.sessions.resources(user);
-    if sessions.iter().any(|s| {
-        !ctx.sm
-            .is_hibernated(&format!("{user}/{}", s.resource), s.conn_id)
-    }) {
-        return;
-    }
-    let to_bare = message
-        .attr("to")
-        .and_then(Addr::parse)
-        .is_none_or(|a| a.resource.is_none());
-    if to_bare {
-        // The copy to the first resource that received it speaks for all of them.
-        let first = sessions
-            .iter()
-            .filter(|s| s.available && s.priority >= 0)
-            .map(|s| s.resource.as_str())
-            .min();
-        if first.is_some_and(|r| r != resource) {
-            return;
+impl Push {
+    fn set_hibernated(&self, session: &SessionCtx<'_>, on: bool) {
+        let mut set = self.hibernated.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (session.full.to_string(), session.conn_id);
+        if on {
+            set.insert(key);
+        } else {
+            set.remove(&key);
         }
     }
-    let regs = registrations(ctx, user).await;
-    if !regs.is_empty() {
-        publish_all(ctx, user, regs, count.max(1), &notice).await;
-    }
-}
 
-/// An iq result or error addressed to an account or the server: if it answers one of our
-/// publishes, an error disables that registration (XEP-0357 §7.1).
-pub async fn response(ctx: &Arc<Context>, iq: &Element) {
-    let (Some(id), Some(from)) = (iq.attr("id"), iq.attr("from")) else {
-        return;
-    };
-    if !id.starts_with("push-") {
-        return;
+    fn is_hibernated(&self, full: &str, conn_id: u64) -> bool {
+        let set = self.hibernated.lock().unwrap_or_else(|e| e.into_inner());
+        set.contains(&(full.to_string(), conn_id))
     }
-    let Some(p) = ctx.push.take(id, from) else {
-        return;
-    };
-    if iq.attr("type") != Some("error") {
-        return;
-    }
-    let condition = iq
-        .child("error", ns::CLIENT)
-        .and_then(Element::first_element)
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    warn!(user = %p.user, service = %p.jid, node = %p.node, %condition,
-        "push service refused a notification; registration disabled");
-    if let Err(e) = ctx
-        .storage
-        .push
-        .disable(&p.user, &p.jid, Some(&p.node))
-        .await
-    {
-        warn!(error = %e, "disabling push registration failed");
+
+    /// A message reached (or waits in) the hibernated session `user/resource`; `count`
+    /// is how many such messages that session holds unacknowledged. Notifies only when
+    /// every session of the user is hibernated, and once per message even when it went
+    /// to several of them.
+    async fn notify_hibernated(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        resource: &str,
+        count: usize,
+        message: &Element,
+    ) {
+        let Some(notice) = Notice::of(message) else {
+            return;
+        };
+        let sessions = ctx.sessions.resources(user);
+        if sessions
+            .iter()
+            .any(|s| !self.is_hibernated(&format!("{user}/{}", s.resource), s.conn_id))
+        {
+            return;
+        }
+        let to_bare = message
+            .attr("to")
+            .and_then(Addr::parse)
+            .is_none_or(|a| a.resource.is_none());
+        if to_bare {
+            // The copy to the first resource that received it speaks for all of them.
+            let first = sessions
+                .iter()
+                .filter(|s| s.available && s.priority >= 0)
+                .map(|s| s.resource.as_str())
+                .min();
+            if first.is_some_and(|r| r != resource) {
+                return;
+            }
+        }
+        let regs = registrations(ctx, user).await;
+        if !regs.is_empty() {
+            publish_all(ctx, user, regs, count.max(1), &notice).await;
+        }
     }
 }
 
@@ -465,25 +508,5 @@ mod tests {
         let iq = publish("u@x", &reg, 1, &notice, "push-2");
         assert!(!iq.to_stanza_string().contains("publish-options"));
         assert!(iq.to_stanza_string().contains("secret text"));
-    }
-
-    #[test]
-    fn pending_answers_must_come_from_the_service() {
-        let state = PushState::default();
-        let pending = || Pending {
-            user: "u@x".into(),
-            jid: "push.example".into(),
-            node: "n".into(),
-            sent: Instant::now(),
-        };
-        state.track("push-1".into(), pending());
-        assert!(state.take("push-1", "evil.example").is_none());
-        assert_eq!(state.pending_count(), 1);
-        assert!(state.take("push-1", "push.example").is_some());
-        assert!(state.take("push-1", "push.example").is_none());
-        for i in 0..MAX_PENDING + 5 {
-            state.track(format!("push-x{i}"), pending());
-        }
-        assert_eq!(state.pending_count(), MAX_PENDING);
     }
 }

@@ -8,12 +8,27 @@ use tracing::warn;
 use super::{IqHandler, IqTarget, own_account, presence};
 use crate::addr;
 use crate::context::Context;
+use crate::registry::{Module, Registrar};
 use crate::router::deliver_to_session;
 use crate::storage::{RosterItem, StorageError};
 use crate::stream::{ErrorType, StanzaError, random_id};
 use crate::xml::{Element, ns};
 
 pub struct Roster;
+
+/// Session flag: the resource requested the roster (RFC 6121 §2.1.6 "interested
+/// resource"), so it gets roster pushes and subscription state changes.
+pub struct Interested;
+
+impl Module for Roster {
+    fn name(&self) -> &'static str {
+        "roster"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        r.session_flag::<Interested>();
+        r.iq(Arc::new(*self));
+    }
+}
 
 pub fn item_element(item: &RosterItem) -> Element {
     let mut el = Element::new("item", ns::ROSTER)
@@ -45,8 +60,9 @@ pub fn push(ctx: &Arc<Context>, user: &str, item: Element, version: u64) {
     let query = Element::new("query", ns::ROSTER)
         .with_attr("ver", version.to_string())
         .with_child(item);
+    let interested = ctx.registry.flag::<Interested>();
     for s in ctx.sessions.resources(user) {
-        if !s.interested {
+        if !s.flags.has(interested) {
             continue;
         }
         let iq = Element::new("iq", ns::CLIENT)
@@ -139,8 +155,9 @@ async fn get(
         && let Some((_, resource)) = from.split_once('/')
         && let Some(conn_id) = ctx.sessions.get(user, resource).map(|s| s.conn_id)
     {
-        ctx.sessions
-            .update(user, resource, conn_id, |s| s.interested = true);
+        ctx.sessions.update(user, resource, conn_id, |s| {
+            s.flags.set(ctx.registry.flag::<Interested>(), true)
+        });
     }
     let roster = ctx.storage.roster.roster(user).await.map_err(internal)?;
     let current = roster.version.to_string();

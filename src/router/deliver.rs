@@ -5,31 +5,48 @@ use std::sync::Arc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
+use super::sessions::{OwnDelivery, keep_for_own_session};
 use super::{SessionCommand, SessionControl};
 use crate::addr::Addr;
 use crate::context::Context;
-use crate::modules::{self, IqTarget};
+use crate::registry::IqTarget;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition, error_reply};
 use crate::xml::Element;
 
 /// Puts a stanza on a session's queue. A session whose queue is full is not keeping up:
-/// it is closed rather than letting memory grow.
+/// it is closed rather than letting memory grow. What a session's own task sends to that
+/// session (offline messages, probe answers at login) is kept aside for it instead: the
+/// task cannot drain its queue while it is busy filling it.
 pub fn deliver_to_session(
     tx: &tokio::sync::mpsc::Sender<SessionCommand>,
-    control: &SessionControl,
+    control: &Arc<SessionControl>,
     stanza: Element,
 ) -> bool {
+    offer(tx, control, stanza).is_ok()
+}
+
+/// Like [`deliver_to_session`]; a refused stanza comes back.
+fn offer(
+    tx: &tokio::sync::mpsc::Sender<SessionCommand>,
+    control: &Arc<SessionControl>,
+    stanza: Element,
+) -> Result<(), Element> {
+    let stanza = match keep_for_own_session(control, stanza) {
+        OwnDelivery::Kept => return Ok(()),
+        OwnDelivery::Refused(stanza) => return Err(stanza),
+        OwnDelivery::NotOwn(stanza) => stanza,
+    };
     match tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
-        Ok(()) => true,
-        Err(TrySendError::Full(_)) => {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(SessionCommand::Stanza(el))) => {
             warn!("session queue full; closing the session");
             control.kick(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
                 "too many stanzas queued for this session",
             ));
-            false
+            Err(*el)
         }
-        Err(TrySendError::Closed(_)) => false,
+        Err(TrySendError::Closed(SessionCommand::Stanza(el))) => Err(*el),
     }
 }
 
@@ -65,17 +82,34 @@ async fn route_inner(ctx: &Arc<Context>, stanza: Element, filter: bool) {
         route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
         return;
     };
-    if filter && !modules::hooks::may_route(ctx, &addr, &stanza).await {
+    if filter && !ctx.registry.may_route(ctx, &addr, &stanza).await {
+        return;
+    }
+    if let Some(service) = ctx.registry.service(&addr.domain) {
+        service.handle(ctx, stanza).await;
         return;
     }
     if !ctx.is_local_domain(&addr.domain) {
-        modules::remote::route_remote(ctx, addr, stanza).await;
+        to_remote(ctx, addr, stanza).await;
         return;
     }
     match (&addr.node, &addr.resource) {
         (None, _) => to_server(ctx, &addr, stanza).await,
         (Some(_), None) => to_bare(ctx, &addr.bare(), stanza).await,
         (Some(_), Some(resource)) => to_full(ctx, &addr.bare(), resource, stanza).await,
+    }
+}
+
+/// Stanzas for domains this server does not host go to the s2s outbound streams; without
+/// federation (bare contexts) they bounce with `remote-server-not-found` (RFC 6120
+/// §8.3.3.15), never dropped.
+async fn to_remote(ctx: &Arc<Context>, to: Addr, stanza: Element) {
+    match ctx.s2s.get() {
+        Some(s2s) => s2s.clone().send(ctx, &to.domain, stanza).await,
+        None => {
+            debug!(domain = %to.domain, "no route to remote domain");
+            route_reply(ctx, &stanza, StanzaError::remote_server_not_found()).await;
+        }
     }
 }
 
@@ -101,9 +135,9 @@ async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
     match stanza_type(&iq) {
         "get" | "set" => {}
         // Results and errors addressed to the server or an account are the end of a flow;
-        // those answering the server's own requests (push publishes) are looked at first.
+        // those answering a module's own requests go to that module.
         _ => {
-            modules::push::response(ctx, &iq).await;
+            ctx.registry.iq_response(ctx, &iq).await;
             return;
         }
     }
@@ -115,7 +149,7 @@ async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
         route_reply(ctx, &iq, StanzaError::bad_request()).await;
         return;
     };
-    match ctx.modules.iq_handler(&ns) {
+    match ctx.registry.iq_handler(&ns) {
         Some(handler) => match handler.handle(ctx, &target, &iq).await {
             Ok(payload) => {
                 let result = crate::stream::iq_result(&iq, payload);
@@ -143,7 +177,7 @@ async fn account_exists(ctx: &Arc<Context>, bare: &str) -> bool {
 
 async fn to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
     match stanza.name.as_str() {
-        "presence" => modules::presence::inbound(ctx, bare, stanza).await,
+        "presence" => ctx.registry.presence_inbound(ctx, bare, stanza).await,
         "iq" => {
             if matches!(stanza_type(&stanza), "get" | "set") && !account_exists(ctx, bare).await {
                 route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
@@ -180,23 +214,53 @@ async fn message_to_bare(ctx: &Arc<Context>, bare: &str, mut stanza: Element) {
         }
     }
     // Accepted for delivery from here on (archive, carbons).
-    modules::hooks::inbound_message(ctx, bare, None, &mut stanza).await;
-    if !targets.is_empty() {
-        let last = targets.len() - 1;
-        let mut stanza = Some(stanza);
-        for (i, (tx, control)) in targets.iter().enumerate() {
-            let copy = if i == last {
-                stanza.take()
-            } else {
-                stanza.clone()
-            };
-            if let Some(copy) = copy {
-                deliver_to_session(tx, control, copy);
-            }
+    ctx.registry
+        .inbound_message(ctx, bare, None, &mut stanza)
+        .await;
+    to_resources_or_offline(ctx, bare, targets, stanza, kind == "headline", false).await;
+}
+
+/// A message accepted for the local account `bare` (its hooks ran) that never reached
+/// the session it was for: to the account's other available resources, else to offline
+/// storage (RFC 6121 §8.5.3.2.1, XEP-0198 §4). `already_notified`: the user's devices were
+/// told about it (no second push).
+pub async fn redeliver(ctx: &Arc<Context>, bare: &str, stanza: Element, already_notified: bool) {
+    let targets = ctx
+        .sessions
+        .senders_where(bare, |s| s.available && s.priority >= 0);
+    let headline = stanza_type(&stanza) == "headline";
+    to_resources_or_offline(ctx, bare, targets, stanza, headline, already_notified).await;
+}
+
+async fn to_resources_or_offline(
+    ctx: &Arc<Context>,
+    bare: &str,
+    targets: Vec<(
+        tokio::sync::mpsc::Sender<SessionCommand>,
+        Arc<SessionControl>,
+    )>,
+    stanza: Element,
+    headline: bool,
+    already_notified: bool,
+) {
+    let mut delivered = false;
+    let mut stanza = stanza;
+    if let Some(((last_tx, last_control), rest)) = targets.split_last() {
+        for (tx, control) in rest {
+            delivered |= deliver_to_session(tx, control, stanza.clone());
         }
-        return;
+        // A session ending at the same time (shutdown) refuses it.
+        match offer(last_tx, last_control, stanza) {
+            Ok(()) => return,
+            Err(_) if delivered => return,
+            Err(back) => stanza = back,
+        }
     }
-    modules::offline::store(ctx, bare, stanza).await;
+    if !headline {
+        ctx.registry
+            .store_offline(ctx, bare, stanza, already_notified)
+            .await;
+    }
 }
 
 /// RFC 6121 §8.5.3: stanzas to a full JID.
@@ -209,12 +273,14 @@ async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, mut stanza: Ele
         )
     {
         // Subscription management and probes act on the account (RFC 6121 §3, §4.3).
-        modules::presence::inbound(ctx, bare, stanza).await;
+        ctx.registry.presence_inbound(ctx, bare, stanza).await;
         return;
     }
     if let Some((tx, control)) = ctx.sessions.sender(bare, resource) {
         if stanza.name == "message" {
-            modules::hooks::inbound_message(ctx, bare, Some(resource), &mut stanza).await;
+            ctx.registry
+                .inbound_message(ctx, bare, Some(resource), &mut stanza)
+                .await;
         }
         deliver_to_session(&tx, &control, stanza);
         return;

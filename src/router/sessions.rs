@@ -1,12 +1,14 @@
 //! Bound resources per account: who is online, with which priority and presence.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::StreamError;
+use crate::registry::SessionFlags;
+use crate::stream::{StreamError, StreamErrorCondition};
 use crate::xml::Element;
 
 /// What a session task receives besides socket input.
@@ -50,12 +52,9 @@ pub struct SessionInfo {
     pub available: bool,
     /// The last available presence broadcast (from stamped), for probes.
     pub presence: Option<Element>,
-    /// The resource requested the roster (RFC 6121 §2.1.6 "interested resource").
-    pub interested: bool,
-    /// XEP-0280 carbons enabled on this session.
-    pub carbons: bool,
-    /// The resource requested its block list, so it gets block/unblock pushes (XEP-0191).
-    pub blocklist_requested: bool,
+    /// Modules' per-session flags that routing reads (carbons enabled, roster
+    /// requested, …), allocated by the registry.
+    pub flags: SessionFlags,
 }
 
 pub enum BindOutcome {
@@ -186,5 +185,78 @@ impl Sessions {
             .values()
             .flat_map(|l| l.iter().map(|s| s.control.clone()))
             .collect()
+    }
+}
+
+tokio::task_local! {
+    /// The session whose own task is running, with what it sent to itself meanwhile.
+    static OWN_SESSION: OwnSession;
+}
+
+struct OwnSession {
+    control: Arc<SessionControl>,
+    kept: RefCell<VecDeque<Element>>,
+    limit: usize,
+}
+
+/// Runs `work` (the handling of one element of the session's client) as the session
+/// `control`'s own work: stanzas it delivers to that same session are returned in order
+/// instead of queued. At login one presence can bring back an answer from every online
+/// contact and every offline message; the session's own bounded queue cannot take those
+/// while its only reader is busy writing them. At most `limit` are kept; past that the
+/// session is closed as it would be for a full queue.
+pub async fn serve_own_session<T>(
+    control: Arc<SessionControl>,
+    limit: usize,
+    work: impl Future<Output = T>,
+) -> (T, VecDeque<Element>) {
+    let own = OwnSession {
+        control,
+        kept: RefCell::new(VecDeque::new()),
+        limit,
+    };
+    OWN_SESSION
+        .scope(own, async move {
+            let out = work.await;
+            let kept = OWN_SESSION.try_with(|o| o.kept.take()).unwrap_or_default();
+            (out, kept)
+        })
+        .await
+}
+
+/// What [`keep_for_own_session`] did with a stanza.
+pub(super) enum OwnDelivery {
+    /// Kept for the running session.
+    Kept,
+    /// For the running session, over its limit (the session is being closed).
+    Refused(Element),
+    /// Not for the running session.
+    NotOwn(Element),
+}
+
+/// Keeps `stanza` when it is for the session whose own task is running (see
+/// [`serve_own_session`]).
+pub(super) fn keep_for_own_session(control: &Arc<SessionControl>, stanza: Element) -> OwnDelivery {
+    let own = OWN_SESSION
+        .try_with(|own| Arc::ptr_eq(&own.control, control))
+        .unwrap_or(false);
+    if !own {
+        return OwnDelivery::NotOwn(stanza);
+    }
+    let mut slot = Some(stanza);
+    let _ = OWN_SESSION.try_with(|own| {
+        let mut kept = own.kept.borrow_mut();
+        if kept.len() < own.limit {
+            kept.extend(slot.take());
+        } else {
+            control.kick(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many stanzas queued for this session",
+            ));
+        }
+    });
+    match slot {
+        None => OwnDelivery::Kept,
+        Some(stanza) => OwnDelivery::Refused(stanza),
     }
 }

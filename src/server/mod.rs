@@ -91,8 +91,17 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
     }
 }
 
-/// Starts everything the config describes and returns once listeners are bound.
+/// Starts everything the config describes, with the standard modules, and returns once
+/// listeners are bound.
 pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
+    start_with_modules(config, crate::modules::standard()).await
+}
+
+/// Like [`start`], with the given modules (e.g. the standard ones and one of a test's).
+pub async fn start_with_modules(
+    config: Config,
+    modules: Vec<Box<dyn crate::registry::Module>>,
+) -> Result<ServerHandle, ServerError> {
     let started = std::time::Instant::now();
     if let Err(errors) = crate::config::validate(&config) {
         let text = errors
@@ -104,7 +113,8 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
     }
     let storage = open_storage(&config)?;
     let tls = TlsContext::load(&config).map_err(|e| ServerError::Tls(e.to_string()))?;
-    let ctx = Arc::new(Context::new(config, storage));
+    let ctx =
+        Arc::new(Context::with_modules(config, storage, modules).map_err(ServerError::Config)?);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let s2s = crate::s2s::S2s::new(&ctx.config, tls.clone(), shutdown.clone(), tracker.clone())
@@ -162,10 +172,7 @@ pub async fn start(config: Config) -> Result<ServerHandle, ServerError> {
             shutdown.clone(),
         ));
     }
-    tracker.spawn(crate::modules::mam::run_pruner(
-        ctx.clone(),
-        shutdown.clone(),
-    ));
+    ctx.registry.start_tasks(&ctx, &shutdown, &tracker);
     info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "server started"

@@ -1,0 +1,644 @@
+//! The module registry: what every XEP module plugs into, built once at start.
+//!
+//! A module (`src/modules/*.rs`) implements [`Module`] and, in `register`, tells the
+//! [`Registrar`] what it handles: iq payload namespaces, services addressed by domain,
+//! message hooks, route filters, presence, offline storage, session events, outbound
+//! filters and nonzas, stream features, disco entries, background tasks, per-session
+//! flags and shared state. The router and the c2s/s2s layers call the [`Registry`] at
+//! fixed points and import no module: a new XEP needs its own file and one line in
+//! `modules::standard()`.
+
+mod extensions;
+mod responses;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::Addr;
+use crate::config::Config;
+use crate::context::Context;
+use crate::stream::{StanzaError, StreamErrorCondition};
+use crate::xml::Element;
+
+use extensions::FlagTable;
+pub use extensions::{Extensions, SessionFlag, SessionFlags, SharedState};
+pub use responses::ResponseHandler;
+use responses::Responses;
+
+/// Whom an iq request is addressed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IqTarget {
+    /// The server (a vhost domain).
+    Server(String),
+    /// An account, answered by the server on the account's behalf (bare JID).
+    Account(String),
+}
+
+/// Answers iq get/set requests for payload namespaces, addressed to the server and/or to
+/// accounts.
+#[async_trait]
+pub trait IqHandler: Send + Sync {
+    /// Payload namespaces this handler answers.
+    fn namespaces(&self) -> &'static [&'static str];
+    /// Features for the server's disco#info.
+    fn server_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Features for an account's disco#info.
+    fn account_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Answers a get/set. `Ok(payload)` becomes the result; `Err` an error reply.
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError>;
+    /// Work that must reach the wire after the result (e.g. the roster push that follows
+    /// a roster set's result, RFC 6121 §2.3.2). Called only after a successful `handle`.
+    async fn after_result(&self, _ctx: &Arc<Context>, _target: &IqTarget, _iq: &Element) {}
+}
+
+/// A service owns a domain (e.g. `conference.example.org`): every stanza to that domain
+/// or to a JID under it is handed over whole.
+#[async_trait]
+pub trait Service: Send + Sync {
+    async fn handle(&self, ctx: &Arc<Context>, stanza: Element);
+}
+
+/// Whether a message goes on after a hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Refused (the hook told the sender where the XEPs say so).
+    Stop,
+}
+
+/// Sees a local client's message before it is routed (`from` stamped, `to` set).
+/// `notes` carries what one hook tells a later one about this message (e.g. the archive
+/// position for carbons).
+#[async_trait]
+pub trait OutboundMessageHook: Send + Sync {
+    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow;
+}
+
+/// Sees a message accepted for delivery to the local account `user`: to its full JID
+/// (`resource`), to its available resources, or to offline storage.
+#[async_trait]
+pub trait InboundMessageHook: Send + Sync {
+    async fn inbound(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        resource: Option<&str>,
+        el: &mut Element,
+    );
+}
+
+/// Told when a message was stored for an offline user (and the user was not notified of
+/// it already).
+#[async_trait]
+pub trait OfflineStoredHook: Send + Sync {
+    async fn stored(&self, ctx: &Arc<Context>, user: &str, el: &Element);
+}
+
+/// Every routed stanza with a `from` passes route filters first. `false`: dropped (and
+/// answered where the XEPs say so).
+#[async_trait]
+pub trait RouteFilter: Send + Sync {
+    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool;
+}
+
+/// A bound local session as modules see it: who it is, its extensions and stanzas to
+/// write to its own client once the call returns.
+pub struct SessionCtx<'a> {
+    pub bare: &'a str,
+    pub resource: &'a str,
+    pub full: &'a str,
+    pub conn_id: u64,
+    pub ext: &'a mut Extensions,
+    /// For this session's client, written (through the outbound filters) after the call.
+    pub out: &'a mut Vec<Element>,
+}
+
+/// Presence (RFC 6121): what local sessions send and what arrives for local accounts.
+#[async_trait]
+pub trait PresenceHandler: Send + Sync {
+    /// Presence addressed to the local account `user` (bare JID, or a full JID for
+    /// subscriptions and probes).
+    async fn inbound(&self, ctx: &Arc<Context>, user: &str, stanza: Element);
+    /// Presence sent by a local session (`from` stamped with its full JID).
+    async fn outbound(&self, ctx: &Arc<Context>, session: &mut SessionCtx<'_>, stanza: Element);
+}
+
+/// Keeps messages for accounts with no available resource (XEP-0160).
+#[async_trait]
+pub trait OfflineHandler: Send + Sync {
+    /// Stores `el` for `user`, or bounces it. `already_notified`: the user's devices were
+    /// told about it already (no second notification). Returns whether it was stored.
+    async fn store(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        el: Element,
+        already_notified: bool,
+    ) -> bool;
+}
+
+/// A moment in a local session's life.
+pub enum SessionEvent<'a> {
+    /// The resource was bound.
+    Bound,
+    /// The session sent available presence; `initial` the first since it was
+    /// unavailable.
+    Available { initial: bool, priority: i8 },
+    /// The session sent unavailable presence.
+    Unavailable,
+    /// The connection vanished and the session waits for resumption (XEP-0198), holding
+    /// what the client never acknowledged.
+    Hibernated { unacked: &'a [&'a Element] },
+    /// A stanza arrived for the hibernated session (and is kept for it).
+    QueuedWhileHibernated { stanza: &'a Element },
+    /// A new stream took the session over (XEP-0198 resumption).
+    Resumed,
+    /// The session is over and has left the session table; `replaced`: a newer session
+    /// took its full JID (conflict), so it must stay silent.
+    Ended { replaced: bool },
+}
+
+#[async_trait]
+pub trait SessionEvents: Send + Sync {
+    async fn session_event(
+        &self,
+        ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        event: &SessionEvent<'_>,
+    );
+}
+
+/// Sees every stanza on its way to a local client. `hold`: the client cannot or would
+/// rather not receive unimportant stanzas now (hibernated or inactive); a filter may keep
+/// stanzas in the session's extensions and release them later. Whatever goes on is
+/// pushed to `out`.
+pub trait OutboundFilter: Send + Sync {
+    fn filter(
+        &self,
+        ctx: &Context,
+        ext: &mut Extensions,
+        el: Element,
+        hold: bool,
+        out: &mut Vec<Element>,
+    );
+    /// Whether every stanza would pass unchanged right now (nothing held, nothing to
+    /// hold): lets the writer skip the filter on its hot path.
+    fn passes_through(&self, ext: &Extensions) -> bool;
+}
+
+/// Top-level elements other than stanzas on a bound client stream (e.g. XEP-0352's
+/// `<active/>`), by namespace. Before binding they are ignored.
+pub trait NonzaHandler: Send + Sync {
+    fn handle(
+        &self,
+        ctx: &Context,
+        ext: &mut Extensions,
+        el: &Element,
+        out: &mut Vec<Element>,
+    ) -> Result<(), StreamErrorCondition>;
+}
+
+/// A long-running task started with the server (e.g. archive expiry).
+pub type Task = Box<
+    dyn FnOnce(
+            Arc<Context>,
+            CancellationToken,
+        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// One RFC/XEP implementation.
+pub trait Module: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Registers everything the module handles.
+    fn register(self: Box<Self>, r: &mut Registrar<'_>);
+}
+
+/// A disco#info identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub category: &'static str,
+    pub kind: &'static str,
+    pub name: Option<String>,
+}
+
+/// What modules register; becomes the [`Registry`].
+pub struct Registrar<'a> {
+    config: &'a Config,
+    module: &'static str,
+    reg: Registry,
+    errors: Vec<String>,
+}
+
+impl Registrar<'_> {
+    pub fn config(&self) -> &Config {
+        self.config
+    }
+
+    /// Dispatches iq requests for the handler's namespaces (to the server and to
+    /// accounts) and advertises its disco features.
+    pub fn iq(&mut self, handler: Arc<dyn IqHandler>) {
+        for ns in handler.namespaces() {
+            if self.reg.iq.insert(ns, handler.clone()).is_some() {
+                self.errors
+                    .push(format!("{}: namespace {ns} registered twice", self.module));
+            }
+        }
+        self.reg
+            .server_features
+            .extend_from_slice(handler.server_features());
+        self.reg
+            .account_features
+            .extend_from_slice(handler.account_features());
+    }
+
+    /// A disco feature of the server not tied to an iq namespace.
+    pub fn server_feature(&mut self, var: &'static str) {
+        self.reg.server_features.push(var);
+    }
+
+    pub fn server_identity(&mut self, identity: Identity) {
+        self.reg.server_identities.push(identity);
+    }
+
+    /// A JID listed in the server's disco#items (its services).
+    pub fn server_item(&mut self, jid: String) {
+        self.reg.server_items.push(jid);
+    }
+
+    /// Every stanza to `domain` (and JIDs under it) goes to `service`.
+    pub fn service(&mut self, domain: &str, service: Arc<dyn Service>) {
+        let domain = domain.to_ascii_lowercase();
+        if self.reg.services.insert(domain.clone(), service).is_some() {
+            self.errors.push(format!(
+                "{}: service {domain} registered twice",
+                self.module
+            ));
+        }
+    }
+
+    /// Hooks run in ascending `order`, then registration order.
+    pub fn outbound_message(&mut self, order: i32, hook: Arc<dyn OutboundMessageHook>) {
+        self.reg.outbound_messages.push((order, hook));
+    }
+
+    pub fn inbound_message(&mut self, order: i32, hook: Arc<dyn InboundMessageHook>) {
+        self.reg.inbound_messages.push((order, hook));
+    }
+
+    pub fn offline_stored(&mut self, hook: Arc<dyn OfflineStoredHook>) {
+        self.reg.offline_stored.push(hook);
+    }
+
+    pub fn route_filter(&mut self, filter: Arc<dyn RouteFilter>) {
+        self.reg.route_filters.push(filter);
+    }
+
+    pub fn presence(&mut self, handler: Arc<dyn PresenceHandler>) {
+        if self.reg.presence.replace(handler).is_some() {
+            self.errors
+                .push(format!("{}: a second presence handler", self.module));
+        }
+    }
+
+    pub fn offline(&mut self, handler: Arc<dyn OfflineHandler>) {
+        if self.reg.offline.replace(handler).is_some() {
+            self.errors
+                .push(format!("{}: a second offline handler", self.module));
+        }
+    }
+
+    pub fn session_events(&mut self, handler: Arc<dyn SessionEvents>) {
+        self.reg.session_events.push(handler);
+    }
+
+    pub fn outbound_filter(&mut self, filter: Arc<dyn OutboundFilter>) {
+        self.reg.outbound_filters.push(filter);
+    }
+
+    pub fn nonza(&mut self, ns: &'static str, handler: Arc<dyn NonzaHandler>) {
+        if self.reg.nonzas.insert(ns, handler).is_some() {
+            self.errors.push(format!(
+                "{}: nonza namespace {ns} registered twice",
+                self.module
+            ));
+        }
+    }
+
+    /// A stream feature offered to clients once they are authenticated.
+    pub fn bound_stream_feature(&mut self, feature: Element) {
+        self.reg.bound_stream_features.push(feature);
+    }
+
+    pub fn task(&mut self, task: Task) {
+        self.reg
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    /// A per-session flag for marker type `T`, readable on every session of an account
+    /// (see [`Registry::flag`]).
+    pub fn session_flag<T: Any>(&mut self) -> SessionFlag {
+        match self.reg.flags.allocate::<T>() {
+            Some(f) => f,
+            None => {
+                self.errors
+                    .push(format!("{}: more than 32 session flags", self.module));
+                SessionFlag::NONE
+            }
+        }
+    }
+
+    /// State the module shares between tasks, found later with [`Registry::state`].
+    pub fn shared<T: Any + Send + Sync>(&mut self, value: Arc<T>) {
+        self.reg.shared.insert(value);
+    }
+}
+
+/// Everything the modules registered, read-only after start.
+#[derive(Default)]
+pub struct Registry {
+    iq: HashMap<&'static str, Arc<dyn IqHandler>>,
+    services: HashMap<String, Arc<dyn Service>>,
+    outbound_messages: Vec<(i32, Arc<dyn OutboundMessageHook>)>,
+    inbound_messages: Vec<(i32, Arc<dyn InboundMessageHook>)>,
+    offline_stored: Vec<Arc<dyn OfflineStoredHook>>,
+    route_filters: Vec<Arc<dyn RouteFilter>>,
+    presence: Option<Arc<dyn PresenceHandler>>,
+    offline: Option<Arc<dyn OfflineHandler>>,
+    session_events: Vec<Arc<dyn SessionEvents>>,
+    outbound_filters: Vec<Arc<dyn OutboundFilter>>,
+    nonzas: HashMap<&'static str, Arc<dyn NonzaHandler>>,
+    bound_stream_features: Vec<Element>,
+    server_features: Vec<&'static str>,
+    account_features: Vec<&'static str>,
+    server_identities: Vec<Identity>,
+    server_items: Vec<String>,
+    tasks: std::sync::Mutex<Vec<Task>>,
+    flags: FlagTable,
+    shared: SharedState,
+    responses: Responses,
+}
+
+impl Registry {
+    /// Lets each module register; fails on conflicting registrations.
+    pub fn build(config: &Config, modules: Vec<Box<dyn Module>>) -> Result<Registry, String> {
+        let mut r = Registrar {
+            config,
+            module: "",
+            reg: Registry::default(),
+            errors: Vec::new(),
+        };
+        for m in modules {
+            r.module = m.name();
+            m.register(&mut r);
+        }
+        if !r.errors.is_empty() {
+            return Err(r.errors.join("; "));
+        }
+        let mut reg = r.reg;
+        // Stable sorts: equal orders keep registration order.
+        reg.outbound_messages.sort_by_key(|(o, _)| *o);
+        reg.inbound_messages.sort_by_key(|(o, _)| *o);
+        for list in [&mut reg.server_features, &mut reg.account_features] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        Ok(reg)
+    }
+
+    pub fn iq_handler(&self, ns: &str) -> Option<&Arc<dyn IqHandler>> {
+        self.iq.get(ns)
+    }
+
+    /// The service owning `domain`, if any.
+    pub fn service(&self, domain: &str) -> Option<&Arc<dyn Service>> {
+        if self.services.is_empty() {
+            return None;
+        }
+        self.services.get(domain)
+    }
+
+    pub fn has_services(&self) -> bool {
+        !self.services.is_empty()
+    }
+
+    pub fn server_features(&self) -> &[&'static str] {
+        &self.server_features
+    }
+
+    pub fn account_features(&self) -> &[&'static str] {
+        &self.account_features
+    }
+
+    pub fn server_identities(&self) -> &[Identity] {
+        &self.server_identities
+    }
+
+    pub fn server_items(&self) -> &[String] {
+        &self.server_items
+    }
+
+    pub fn bound_stream_features(&self) -> &[Element] {
+        &self.bound_stream_features
+    }
+
+    pub fn has_nonza(&self, ns: &str) -> bool {
+        self.nonzas.contains_key(ns)
+    }
+
+    /// The flag of marker type `T` (never set if no module registered it).
+    pub fn flag<T: Any>(&self) -> SessionFlag {
+        self.flags.get::<T>().unwrap_or(SessionFlag::NONE)
+    }
+
+    /// A module's shared state.
+    pub fn state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.shared.get::<T>()
+    }
+
+    /// Starts the registered background tasks (once; later calls start nothing).
+    pub fn start_tasks(
+        &self,
+        ctx: &Arc<Context>,
+        shutdown: &CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            tracker.spawn(task(ctx.clone(), shutdown.clone()));
+        }
+    }
+
+    /// Runs the outbound hooks on a local client's message. `false`: not to be routed.
+    pub async fn outbound_message(&self, ctx: &Arc<Context>, el: &mut Element) -> bool {
+        let mut notes = Extensions::default();
+        for (_, hook) in &self.outbound_messages {
+            if hook.outbound(ctx, el, &mut notes).await == Flow::Stop {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub async fn inbound_message(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        resource: Option<&str>,
+        el: &mut Element,
+    ) {
+        for (_, hook) in &self.inbound_messages {
+            hook.inbound(ctx, user, resource, el).await;
+        }
+    }
+
+    pub async fn offline_stored(&self, ctx: &Arc<Context>, user: &str, el: &Element) {
+        for hook in &self.offline_stored {
+            hook.stored(ctx, user, el).await;
+        }
+    }
+
+    pub async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+        for f in &self.route_filters {
+            if !f.may_route(ctx, to, stanza).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub async fn presence_inbound(&self, ctx: &Arc<Context>, user: &str, stanza: Element) {
+        if let Some(p) = &self.presence {
+            p.inbound(ctx, user, stanza).await;
+        }
+    }
+
+    pub async fn presence_outbound(
+        &self,
+        ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        stanza: Element,
+    ) {
+        if let Some(p) = &self.presence {
+            p.outbound(ctx, session, stanza).await;
+        }
+    }
+
+    /// Stores a message for an offline user; without an offline module it bounces with
+    /// `service-unavailable` (RFC 6121 §8.5.2.2.1).
+    pub async fn store_offline(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        el: Element,
+        already_notified: bool,
+    ) -> bool {
+        match &self.offline {
+            Some(o) => o.store(ctx, user, el, already_notified).await,
+            None => {
+                crate::router::route_reply(ctx, &el, StanzaError::service_unavailable()).await;
+                false
+            }
+        }
+    }
+
+    pub async fn session_event(
+        &self,
+        ctx: &Arc<Context>,
+        session: &mut SessionCtx<'_>,
+        event: &SessionEvent<'_>,
+    ) {
+        for h in &self.session_events {
+            h.session_event(ctx, session, event).await;
+        }
+    }
+
+    /// Whether every outbound filter would pass any stanza unchanged right now.
+    pub fn passes_through(&self, ext: &Extensions) -> bool {
+        self.outbound_filters.iter().all(|f| f.passes_through(ext))
+    }
+
+    /// Passes one stanza for a local client through the outbound filters into `out`.
+    pub fn filter_outbound(
+        &self,
+        ctx: &Context,
+        ext: &mut Extensions,
+        el: Element,
+        hold: bool,
+        out: &mut Vec<Element>,
+    ) {
+        let Some((first, rest)) = self.outbound_filters.split_first() else {
+            out.push(el);
+            return;
+        };
+        if rest.is_empty() {
+            first.filter(ctx, ext, el, hold, out);
+            return;
+        }
+        let mut stage = Vec::new();
+        first.filter(ctx, ext, el, hold, &mut stage);
+        for f in rest {
+            let mut next = Vec::new();
+            for el in stage {
+                f.filter(ctx, ext, el, hold, &mut next);
+            }
+            stage = next;
+        }
+        out.append(&mut stage);
+    }
+
+    /// A nonza on a bound stream; `None` if no module handles its namespace.
+    pub fn nonza(
+        &self,
+        ctx: &Context,
+        ext: &mut Extensions,
+        el: &Element,
+        out: &mut Vec<Element>,
+    ) -> Option<Result<(), StreamErrorCondition>> {
+        let h = self.nonzas.get(el.ns.as_str())?;
+        Some(h.handle(ctx, ext, el, out))
+    }
+
+    /// Remembers that a module sent the iq `id` to `to` and wants the answer.
+    pub fn expect_response(
+        &self,
+        id: String,
+        to: String,
+        handler: Arc<dyn ResponseHandler>,
+        context: Box<dyn Any + Send>,
+    ) {
+        self.responses.expect(id, to, handler, context);
+    }
+
+    /// An iq result or error addressed to the server or an account: handed to the module
+    /// that sent the request, if one waits for it.
+    pub async fn iq_response(&self, ctx: &Arc<Context>, iq: &Element) {
+        let (Some(id), Some(from)) = (iq.attr("id"), iq.attr("from")) else {
+            return;
+        };
+        if let Some((handler, context)) = self.responses.take(id, from) {
+            handler.response(ctx, iq, context).await;
+        }
+    }
+
+    /// Requests still waiting for an answer.
+    pub fn pending_responses(&self) -> usize {
+        self.responses.len()
+    }
+}
