@@ -61,10 +61,20 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_with_modules(tweak, xmppd::modules::standard()).await
+    }
+
+    /// A server with these modules instead of the standard ones.
+    pub async fn start_with_modules(
+        tweak: impl FnOnce(&mut Config),
+        modules: Vec<Box<dyn xmppd::registry::Module>>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        let handle = xmppd::server::start(config.clone()).await.unwrap();
+        let handle = xmppd::server::start_with_modules(config.clone(), modules)
+            .await
+            .unwrap();
         TestServer {
             handle: Some(handle),
             dir,
