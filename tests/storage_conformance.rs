@@ -5,7 +5,8 @@ use tempfile::TempDir;
 use xmppd::sasl::credentials::{ScramCredentials, StoredCredentials};
 use xmppd::storage::{
     ArchiveDefault, ArchivePos, ArchivePrefs, ArchiveQuery, NewArchived, OfflineStoreOutcome,
-    PendingSubscription, PushRegistration, RosterItem, Storage, StorageError, Subscription,
+    PendingSubscription, PresenceContacts, PushRegistration, RosterItem, Storage, StorageError,
+    Subscription,
 };
 
 fn creds(tag: u8) -> StoredCredentials {
@@ -603,6 +604,56 @@ async fn blocklist(s: Storage) {
     assert_eq!(b.blocklist("u@xx").await.unwrap(), v(&["z@y"]));
 }
 
+async fn presence_contacts(s: Storage) {
+    let r = &s.roster;
+    let contacts = |from: &[&str], to: &[&str]| PresenceContacts {
+        subscribers: from.iter().map(|s| s.to_string()).collect(),
+        subscriptions: to.iter().map(|s| s.to_string()).collect(),
+    };
+    let sorted = |mut c: PresenceContacts| {
+        c.subscribers.sort();
+        c.subscriptions.sort();
+        c
+    };
+    assert_eq!(
+        *r.presence_contacts("u@x").await.unwrap(),
+        contacts(&[], &[])
+    );
+    r.put_item("u@x", &item("both@y", Subscription::Both))
+        .await
+        .unwrap();
+    r.put_item("u@x", &item("from@y", Subscription::From))
+        .await
+        .unwrap();
+    r.put_item("u@x", &item("to@y", Subscription::To))
+        .await
+        .unwrap();
+    r.put_item("u@x", &item("none@y", Subscription::None))
+        .await
+        .unwrap();
+    let got = sorted((*r.presence_contacts("u@x").await.unwrap()).clone());
+    assert_eq!(got, contacts(&["both@y", "from@y"], &["both@y", "to@y"]));
+    // Every roster change shows at once.
+    r.put_item("u@x", &item("from@y", Subscription::None))
+        .await
+        .unwrap();
+    r.remove_item("u@x", "both@y").await.unwrap();
+    let got = sorted((*r.presence_contacts("u@x").await.unwrap()).clone());
+    assert_eq!(got, contacts(&[], &["to@y"]));
+    s.remove_account("u@x").await.unwrap();
+    assert_eq!(
+        *r.presence_contacts("u@x").await.unwrap(),
+        contacts(&[], &[])
+    );
+    r.put_item("u@x", &item("new@y", Subscription::From))
+        .await
+        .unwrap();
+    assert_eq!(
+        *r.presence_contacts("u@x").await.unwrap(),
+        contacts(&["new@y"], &[])
+    );
+}
+
 fn memory() -> (Storage, Option<TempDir>) {
     (Storage::memory(), None)
 }
@@ -628,9 +679,9 @@ macro_rules! conformance {
     };
 }
 
-conformance!(memory: accounts, roster, offline, push, remove_account, concurrent_pushes_respect_quota,
+conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
     archive, archive_large_page_from_end, blocklist);
-conformance!(sled: accounts, roster, offline, push, remove_account, concurrent_pushes_respect_quota,
+conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
     archive, archive_large_page_from_end, blocklist);
 
 #[tokio::test]

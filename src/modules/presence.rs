@@ -14,7 +14,7 @@ use crate::registry::{
     Module, PresenceHandler, Registrar, SessionCtx, SessionEvent, SessionEvents,
 };
 use crate::router::{deliver_to_session, route, route_reply};
-use crate::storage::{PendingSubscription, RosterItem, Subscription};
+use crate::storage::{PendingSubscription, PresenceContacts, RosterItem, Subscription};
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
@@ -116,6 +116,17 @@ fn presence(from: &str, to: &str, kind: &str) -> Element {
         .with_attr("type", kind)
 }
 
+/// The user's presence subscribers and subscriptions (none if storage fails).
+async fn presence_contacts(ctx: &Arc<Context>, user: &str) -> Arc<PresenceContacts> {
+    match ctx.storage.roster.presence_contacts(user).await {
+        Ok(c) => c,
+        Err(e) => {
+            log_err(e);
+            Arc::default()
+        }
+    }
+}
+
 fn log_err(e: impl std::fmt::Display) {
     warn!(error = %e, "presence storage failed");
 }
@@ -191,23 +202,17 @@ async fn broadcast_available(
             s.presence = Some(snapshot);
         });
 
-    let items = match ctx.storage.roster.roster(&st.bare).await {
-        Ok(r) => r.items,
-        Err(e) => {
-            log_err(e);
-            Vec::new()
-        }
-    };
-    for item in items.iter().filter(|i| i.subscription.has_from()) {
+    let contacts = presence_contacts(ctx, &st.bare).await;
+    for jid in &contacts.subscribers {
         let mut copy = stanza.clone();
-        copy.set_attr("to", item.jid.clone());
+        copy.set_attr("to", jid.clone());
         route(ctx, copy).await;
     }
     to_own_resources(ctx, st, &stanza);
 
     if initial {
-        for item in items.iter().filter(|i| i.subscription.has_to()) {
-            route(ctx, presence(&st.full, &item.jid, "probe")).await;
+        for jid in &contacts.subscriptions {
+            route(ctx, presence(&st.full, jid, "probe")).await;
         }
         redeliver_pending(ctx, st).await;
     }
@@ -246,16 +251,11 @@ pub async fn broadcast_unavailable(
         });
     let mut sent: HashSet<String> = HashSet::new();
     if was_available {
-        match ctx.storage.roster.roster(&st.bare).await {
-            Ok(r) => {
-                for item in r.items.iter().filter(|i| i.subscription.has_from()) {
-                    let mut copy = stanza.clone();
-                    copy.set_attr("to", item.jid.clone());
-                    sent.insert(item.jid.clone());
-                    route(ctx, copy).await;
-                }
-            }
-            Err(e) => log_err(e),
+        for jid in &presence_contacts(ctx, &st.bare).await.subscribers {
+            let mut copy = stanza.clone();
+            copy.set_attr("to", jid.clone());
+            sent.insert(jid.clone());
+            route(ctx, copy).await;
         }
         to_own_resources(ctx, st, &stanza);
     }

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -64,25 +65,58 @@ pub enum BindOutcome {
     TooManyResources,
 }
 
-/// bare JID → that account's bound resources.
-#[derive(Default)]
+type Shard = RwLock<HashMap<String, Vec<SessionInfo>>>;
+
+/// Shards of the session table: presence fan-out and delivery touch many accounts from
+/// many tasks at once, so one lock for all would be contended.
+const SHARDS: usize = 64;
+
+/// bare JID → that account's bound resources, sharded by bare JID.
 pub struct Sessions {
-    map: RwLock<HashMap<String, Vec<SessionInfo>>>,
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
 }
 
 impl Sessions {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<SessionInfo>>> {
+    fn shard(&self, bare: &str) -> &Shard {
+        let i = self.hasher.hash_one(bare) as usize % self.shards.len();
+        &self.shards[i]
+    }
+    fn read(
+        &self,
+        bare: &str,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<SessionInfo>>> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent
         // because every critical section is a single insert/remove/update.
-        self.map.read().unwrap_or_else(|e| e.into_inner())
+        self.shard(bare).read().unwrap_or_else(|e| e.into_inner())
     }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<SessionInfo>>> {
-        self.map.write().unwrap_or_else(|e| e.into_inner())
+    fn write(
+        &self,
+        bare: &str,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<SessionInfo>>> {
+        self.shard(bare).write().unwrap_or_else(|e| e.into_inner())
+    }
+    fn read_all(
+        &self,
+    ) -> impl Iterator<Item = std::sync::RwLockReadGuard<'_, HashMap<String, Vec<SessionInfo>>>>
+    {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Binds `info.resource` for `bare`; newest wins on conflict.
     pub fn bind(&self, bare: &str, info: SessionInfo, max_resources: usize) -> BindOutcome {
-        let mut map = self.write();
+        let mut map = self.write(bare);
         let list = map.entry(bare.to_string()).or_default();
         if let Some(pos) = list.iter().position(|s| s.resource == info.resource) {
             let old = std::mem::replace(&mut list[pos], info);
@@ -98,7 +132,7 @@ impl Sessions {
     /// Removes the binding if it still belongs to `conn_id` (a replaced session must not
     /// remove its successor). Returns whether it was removed.
     pub fn unbind(&self, bare: &str, resource: &str, conn_id: u64) -> bool {
-        let mut map = self.write();
+        let mut map = self.write(bare);
         let Some(list) = map.get_mut(bare) else {
             return false;
         };
@@ -119,7 +153,7 @@ impl Sessions {
         conn_id: u64,
         f: impl FnOnce(&mut SessionInfo) -> R,
     ) -> Option<R> {
-        let mut map = self.write();
+        let mut map = self.write(bare);
         let s = map
             .get_mut(bare)?
             .iter_mut()
@@ -129,11 +163,11 @@ impl Sessions {
 
     /// A snapshot of an account's sessions.
     pub fn resources(&self, bare: &str) -> Vec<SessionInfo> {
-        self.read().get(bare).cloned().unwrap_or_default()
+        self.read(bare).get(bare).cloned().unwrap_or_default()
     }
 
     pub fn get(&self, bare: &str, resource: &str) -> Option<SessionInfo> {
-        self.read()
+        self.read(bare)
             .get(bare)?
             .iter()
             .find(|s| s.resource == resource)
@@ -142,13 +176,13 @@ impl Sessions {
 
     /// Whether the account has any bound resource.
     pub fn is_online(&self, bare: &str) -> bool {
-        self.read().contains_key(bare)
+        self.read(bare).contains_key(bare)
     }
 
     /// What `pick` returns for each of an account's sessions, taken under the lock so that
     /// hot paths copy only the fields they need (not presence elements).
     pub fn select<T>(&self, bare: &str, pick: impl FnMut(&SessionInfo) -> Option<T>) -> Vec<T> {
-        match self.read().get(bare) {
+        match self.read(bare).get(bare) {
             Some(list) => list.iter().filter_map(pick).collect(),
             None => Vec::new(),
         }
@@ -168,7 +202,7 @@ impl Sessions {
         bare: &str,
         resource: &str,
     ) -> Option<(mpsc::Sender<SessionCommand>, Arc<SessionControl>)> {
-        self.read()
+        self.read(bare)
             .get(bare)?
             .iter()
             .find(|s| s.resource == resource)
@@ -176,15 +210,18 @@ impl Sessions {
     }
 
     pub fn count(&self) -> usize {
-        self.read().values().map(Vec::len).sum()
+        self.read_all()
+            .map(|m| m.values().map(Vec::len).sum::<usize>())
+            .sum()
     }
 
     /// Every session's control, for shutdown.
     pub fn all_controls(&self) -> Vec<Arc<SessionControl>> {
-        self.read()
-            .values()
-            .flat_map(|l| l.iter().map(|s| s.control.clone()))
-            .collect()
+        let mut out = Vec::new();
+        for m in self.read_all() {
+            out.extend(m.values().flat_map(|l| l.iter().map(|s| s.control.clone())));
+        }
+        out
     }
 }
 

@@ -101,9 +101,40 @@ pub struct PendingSubscription {
     pub stanza: Option<String>,
 }
 
+/// Whom a user's presence concerns (RFC 6121 §4), from the roster: what every presence
+/// change needs, without decoding the whole roster each time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PresenceContacts {
+    /// Contacts entitled to the user's presence (subscription `from` or `both`).
+    pub subscribers: Vec<String>,
+    /// Contacts whose presence the user has (subscription `to` or `both`): probed at login.
+    pub subscriptions: Vec<String>,
+}
+
+impl PresenceContacts {
+    pub fn of(items: &[RosterItem]) -> Self {
+        let pick = |f: fn(Subscription) -> bool| {
+            items
+                .iter()
+                .filter(|i| f(i.subscription))
+                .map(|i| i.jid.clone())
+                .collect()
+        };
+        PresenceContacts {
+            subscribers: pick(Subscription::has_from),
+            subscriptions: pick(Subscription::has_to),
+        }
+    }
+}
+
 #[async_trait]
 pub trait RosterStore: Send + Sync {
     async fn roster(&self, user: &str) -> Result<Roster>;
+    /// The presence-relevant part of the roster (backends may keep it ready).
+    async fn presence_contacts(&self, user: &str) -> Result<std::sync::Arc<PresenceContacts>> {
+        let roster = self.roster(user).await?;
+        Ok(std::sync::Arc::new(PresenceContacts::of(&roster.items)))
+    }
     async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>>;
     /// Inserts or replaces an item; returns the new roster version.
     async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64>;

@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ::sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
@@ -47,8 +47,8 @@ use super::archive::{bare, collect_page};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
-    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
-    RosterItem, RosterStore, StorageError,
+    OfflineStoreOutcome, PendingSubscription, PresenceContacts, PushRegistration, PushStore,
+    Result, Roster, RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -92,7 +92,13 @@ pub struct SledStore {
     /// Users whose block list is not empty.
     blocking: UsersWithEntries,
     push: Tree,
+    /// Presence contacts per user with the roster version they were read at: presence
+    /// changes reuse them until the roster changes.
+    presence_contacts: Mutex<HashMap<String, (u64, Arc<PresenceContacts>)>>,
 }
+
+/// Users whose presence contacts are kept ready at most (about the online users).
+const PRESENCE_CONTACTS_CACHED: usize = 100_000;
 
 /// Archive UIDs are the message's position encrypted with the store's AES-128 key (a
 /// keyed permutation of the 16 position bytes), in hex: unpredictable and revealing
@@ -394,6 +400,7 @@ impl SledStore {
         let blocklist = tree("blocklist")?;
         let blocking = UsersWithEntries::load(&blocklist)?;
         Ok(SledStore {
+            presence_contacts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
             newest: Mutex::new(HashMap::new()),
             accounts: tree("accounts")?,
@@ -1159,17 +1166,46 @@ impl AccountStore for SledStore {
     }
 }
 
+impl SledStore {
+    fn roster_version(&self, user: &str) -> Result<u64> {
+        match self.roster_meta.get(user).map_err(backend)? {
+            Some(v) => decode("roster version", &v),
+            None => Ok(0),
+        }
+    }
+}
+
 #[async_trait]
 impl RosterStore for SledStore {
+    async fn presence_contacts(&self, user: &str) -> Result<Arc<PresenceContacts>> {
+        let version = self.roster_version(user)?;
+        let lock = || {
+            self.presence_contacts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some((v, contacts)) = lock().get(user)
+            && *v == version
+        {
+            return Ok(contacts.clone());
+        }
+        // Read at `version` or later: a later change only makes the entry miss next time.
+        let roster = self.roster(user).await?;
+        let contacts = Arc::new(PresenceContacts::of(&roster.items));
+        let mut cache = lock();
+        if cache.len() >= PRESENCE_CONTACTS_CACHED {
+            cache.clear();
+        }
+        cache.insert(user.to_string(), (roster.version, contacts.clone()));
+        Ok(contacts)
+    }
+
     async fn roster(&self, user: &str) -> Result<Roster> {
         let prefix = user_prefix(user)?;
         // Version first: a concurrent change may then show up in the items before the
         // version, which only makes the client see that change once more in a roster
         // push; the other order could hand out a version whose change is missing.
-        let version = match self.roster_meta.get(user).map_err(backend)? {
-            Some(v) => decode("roster version", &v)?,
-            None => 0,
-        };
+        let version = self.roster_version(user)?;
         let items = self
             .roster
             .scan_prefix(&prefix)
@@ -1239,6 +1275,11 @@ impl RosterStore for SledStore {
     }
 
     async fn remove_user(&self, user: &str) -> Result<()> {
+        // A new account of the same name starts at version 0 again.
+        self.presence_contacts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(user);
         let prefix = user_prefix(user)?;
         // sled transactions cannot scan, so the keys are collected first; an item written
         // concurrently with an account removal may survive it.
