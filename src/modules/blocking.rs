@@ -10,12 +10,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::warn;
 
-use super::{IqHandler, IqTarget, own_account};
+use super::{IqHandler, IqTarget, internal, own_account};
 use crate::addr::{Addr, bare_of};
 use crate::context::Context;
 use crate::registry::{Extensions, Flow, Module, OutboundMessageHook, Registrar, RouteFilter};
 use crate::router::{deliver_to_session, route, route_unfiltered};
-use crate::storage::StorageError;
 use crate::stream::{ErrorType, StanzaError, error_reply, random_id};
 use crate::xml::{Element, ns};
 
@@ -223,11 +222,6 @@ async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
         }
     }
     true
-}
-
-fn internal(e: StorageError) -> StanzaError {
-    warn!(error = %e, "block list storage failed");
-    StanzaError::internal_server_error()
 }
 
 fn items(name: &str, jids: &[String]) -> Element {

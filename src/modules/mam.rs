@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{IqHandler, IqTarget, own_account};
+use super::{IqHandler, IqTarget, internal, own_account};
 use crate::addr::{Addr, bare_of};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
@@ -364,11 +364,6 @@ impl IqHandler for Mam {
             _ => Err(StanzaError::bad_request()),
         }
     }
-}
-
-fn internal(e: StorageError) -> StanzaError {
-    warn!(error = %e, "archive storage failed");
-    StanzaError::internal_server_error()
 }
 
 fn field(var: &str, kind: &str) -> Element {

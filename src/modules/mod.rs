@@ -6,13 +6,13 @@ pub mod blocking;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod legacy_session;
 pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod push;
 pub mod roster;
-pub mod session;
 pub mod time;
 pub mod version;
 
@@ -35,7 +35,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(IqOnly("ping", ping::Ping)),
         Box::new(IqOnly("version", version::Version)),
         Box::new(IqOnly("time", time::EntityTime)),
-        Box::new(IqOnly("session", session::LegacySession)),
+        Box::new(IqOnly("legacy_session", legacy_session::LegacySession)),
         Box::new(mam::Mam),
         Box::new(carbons::Carbons),
         Box::new(blocking::Blocking),
@@ -54,6 +54,12 @@ impl<H: IqHandler + 'static> Module for IqOnly<H> {
     fn register(self: Box<Self>, r: &mut Registrar<'_>) {
         r.iq(Arc::new(self.1));
     }
+}
+
+/// The stanza error for a storage failure behind a request (logged here, once).
+pub(crate) fn internal(e: crate::storage::StorageError) -> StanzaError {
+    tracing::warn!(error = %e, "storage failed while answering a request");
+    StanzaError::internal_server_error()
 }
 
 /// The requesting entity's bare JID (the c2s/s2s layers always stamp `from`).

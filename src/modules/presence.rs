@@ -14,7 +14,7 @@ use crate::registry::{
     Module, PresenceHandler, Registrar, SessionCtx, SessionEvent, SessionEvents,
 };
 use crate::router::{deliver_to_session, route, route_reply};
-use crate::storage::{PendingSubscription, PresenceContacts, RosterItem, Subscription};
+use crate::storage::{PendingSubscription, PresenceContacts, RosterItem};
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
@@ -382,10 +382,7 @@ async fn outbound_subscription(
                 return;
             }
             if item.pending_in || has_pending(ctx, user, contact).await {
-                item.subscription = match item.subscription {
-                    Subscription::To => Subscription::Both,
-                    _ => Subscription::From,
-                };
+                item.subscription = item.subscription.with_from();
                 item.pending_in = false;
                 item.approved = false;
                 clear_pending(ctx, user, contact).await;
@@ -400,11 +397,7 @@ async fn outbound_subscription(
         }
         "unsubscribe" => {
             if existing.is_some() && (item.subscription.has_to() || item.ask) {
-                item.subscription = match item.subscription {
-                    Subscription::Both => Subscription::From,
-                    Subscription::To => Subscription::None,
-                    other => other,
-                };
+                item.subscription = item.subscription.without_to();
                 item.ask = false;
                 save(ctx, user, &item).await;
             }
@@ -416,11 +409,7 @@ async fn outbound_subscription(
             if had_from || pending || item.approved {
                 clear_pending(ctx, user, contact).await;
                 if existing.is_some() {
-                    item.subscription = match item.subscription {
-                        Subscription::Both => Subscription::To,
-                        Subscription::From => Subscription::None,
-                        other => other,
-                    };
+                    item.subscription = item.subscription.without_from();
                     item.pending_in = false;
                     item.approved = false;
                     save(ctx, user, &item).await;
@@ -546,10 +535,7 @@ async fn inbound_subscription(
                 }
                 if item.approved {
                     let mut item = item.clone();
-                    item.subscription = match item.subscription {
-                        Subscription::To => Subscription::Both,
-                        _ => Subscription::From,
-                    };
+                    item.subscription = item.subscription.with_from();
                     item.approved = false;
                     save(ctx, user, &item).await;
                     send_subscription(ctx, user, contact, "subscribed").await;
@@ -583,10 +569,7 @@ async fn inbound_subscription(
             if !item.ask {
                 return;
             }
-            item.subscription = match item.subscription {
-                Subscription::From => Subscription::Both,
-                _ => Subscription::To,
-            };
+            item.subscription = item.subscription.with_to();
             item.ask = false;
             deliver_to_interested(ctx, user, &stanza);
             save(ctx, user, &item).await;
@@ -596,11 +579,7 @@ async fn inbound_subscription(
             clear_pending(ctx, user, contact).await;
             let Some(mut item) = existing else { return };
             if item.subscription.has_from() || item.pending_in || pending {
-                item.subscription = match item.subscription {
-                    Subscription::Both => Subscription::To,
-                    Subscription::From => Subscription::None,
-                    other => other,
-                };
+                item.subscription = item.subscription.without_from();
                 item.pending_in = false;
                 deliver_to_interested(ctx, user, &stanza);
                 save(ctx, user, &item).await;
@@ -609,11 +588,7 @@ async fn inbound_subscription(
         "unsubscribed" => {
             let Some(mut item) = existing else { return };
             if item.subscription.has_to() || item.ask {
-                item.subscription = match item.subscription {
-                    Subscription::Both => Subscription::From,
-                    Subscription::To => Subscription::None,
-                    other => other,
-                };
+                item.subscription = item.subscription.without_to();
                 item.ask = false;
                 deliver_to_interested(ctx, user, &stanza);
                 save(ctx, user, &item).await;

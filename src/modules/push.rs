@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tracing::{debug, warn};
 
-use super::{IqHandler, IqTarget, own_account};
+use super::{IqHandler, IqTarget, internal, own_account};
 use crate::addr::Addr;
 use crate::context::Context;
 use crate::registry::{
@@ -392,11 +392,6 @@ async fn disable(ctx: &Arc<Context>, user: &str, req: &Element) -> Result<(), St
         .map_err(internal)?;
     debug!(user, service = %jid, "push disabled");
     Ok(())
-}
-
-fn internal(e: crate::storage::StorageError) -> StanzaError {
-    warn!(error = %e, "push registration storage failed");
-    StanzaError::internal_server_error()
 }
 
 #[async_trait]

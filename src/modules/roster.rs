@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tracing::warn;
 
-use super::{IqHandler, IqTarget, own_account, presence};
+use super::{IqHandler, IqTarget, internal, own_account, presence};
 use crate::addr;
 use crate::context::Context;
 use crate::registry::{Module, Registrar};
@@ -83,11 +83,6 @@ pub async fn save_and_push(
     let version = ctx.storage.roster.put_item(user, item).await?;
     push(ctx, user, item_element(item), version);
     Ok(())
-}
-
-fn internal(e: StorageError) -> StanzaError {
-    warn!(error = %e, "roster storage failed");
-    StanzaError::internal_server_error()
 }
 
 #[async_trait]

@@ -67,6 +67,38 @@ impl Subscription {
     pub fn has_to(self) -> bool {
         matches!(self, Subscription::To | Subscription::Both)
     }
+    /// After the user approved the contact's subscription.
+    pub fn with_from(self) -> Self {
+        if self.has_to() {
+            Subscription::Both
+        } else {
+            Subscription::From
+        }
+    }
+    /// After the contact approved the user's subscription.
+    pub fn with_to(self) -> Self {
+        if self.has_from() {
+            Subscription::Both
+        } else {
+            Subscription::To
+        }
+    }
+    /// After the contact's subscription was cancelled.
+    pub fn without_from(self) -> Self {
+        match self {
+            Subscription::Both => Subscription::To,
+            Subscription::From => Subscription::None,
+            other => other,
+        }
+    }
+    /// After the user's subscription was cancelled.
+    pub fn without_to(self) -> Self {
+        match self {
+            Subscription::Both => Subscription::From,
+            Subscription::To => Subscription::None,
+            other => other,
+        }
+    }
 }
 
 /// One roster entry (RFC 6121 §2.1.2).
