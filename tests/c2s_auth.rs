@@ -282,10 +282,11 @@ async fn client_close_is_answered_with_close() {
 }
 
 #[tokio::test]
-async fn y_flag_is_accepted_after_the_client_showed_no_mutual_binding_type() {
-    // What slixmpp 1.8 does on TLS 1.3: SCRAM-SHA-256-PLUS with tls-unique (refused),
-    // then plain SCRAM-SHA-256 with 'y'. That 'y' is not a downgrade: the client has shown
-    // it supports none of the advertised types (XEP-0440 §3).
+async fn y_flag_is_refused_even_after_a_failed_plus_attempt() {
+    // A man in the middle can send a -PLUS attempt with a binding type the server lacks
+    // (tls-unique) itself, then strip the client's -PLUS choice so that it sends 'y'. The
+    // server advertised -PLUS on this stream, so 'y' is a downgrade whatever came before
+    // (RFC 5802 §6), and the stream must stay usable for a proper attempt.
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     let mut c = Client::connect(server.starttls_addr()).await;
@@ -306,9 +307,16 @@ async fn y_flag_is_accepted_after_the_client_showed_no_mutual_binding_type() {
         gs2_override: Some("y,,".into()),
         ..LoginOptions::default()
     };
-    c.authenticate("alice", &y_flag)
-        .await
-        .expect("y accepted after the failed tls-unique attempt");
+    assert_eq!(
+        c.authenticate("alice", &y_flag).await.unwrap_err(),
+        "not-authorized",
+        "'y' after a failed -PLUS attempt is a downgrade"
+    );
+    let bound = LoginOptions {
+        mech: Mech::ScramSha256Plus(CbType::TlsExporter),
+        ..LoginOptions::default()
+    };
+    c.authenticate("alice", &bound).await.unwrap();
     c.open_stream().await;
     c.bind(None).await.unwrap();
     server.stop().await;

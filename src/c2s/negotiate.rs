@@ -45,10 +45,6 @@ struct State {
     authenticated: Option<String>,
     bindings: ChannelBindings,
     failures: u32,
-    /// The client tried a -PLUS mechanism with a channel-binding type we do not offer
-    /// (e.g. `tls-unique`, undefined for TLS 1.3). Its later `y` flag then means "no
-    /// mutual binding type" (XEP-0440 §3), not a stripped mechanism list.
-    client_lacks_cb_types: bool,
     /// `xml:lang` of the client's current stream header.
     lang: Option<String>,
 }
@@ -66,7 +62,6 @@ pub(crate) async fn negotiate(
         authenticated: None,
         bindings: ChannelBindings::default(),
         failures: 0,
-        client_lacks_cb_types: false,
         lang: None,
     };
     if mode == TlsMode::DirectTls {
@@ -399,7 +394,7 @@ fn check_authzid(authzid: Option<&str>, jid: &str) -> Result<(), SaslError> {
 async fn run_mechanism(
     ctx: &Arc<Context>,
     conn: &mut Connection,
-    st: &mut State,
+    st: &State,
     mechanism: Mechanism,
     initial: Option<Vec<u8>>,
     offered: &[Mechanism],
@@ -440,11 +435,10 @@ async fn run_mechanism(
     let Some((hash, plus)) = mechanism.scram() else {
         return Ok(Err(SaslError::InvalidMechanism));
     };
-    if plus && !offers_binding_type(&st.bindings, &first) {
-        st.client_lacks_cb_types = true;
-    }
-    let plus_offered =
-        offered.iter().any(|m| m.scram().is_some_and(|(_, p)| p)) && !st.client_lacks_cb_types;
+    // Fixed by what this stream advertised, never by what the client sent earlier: a
+    // failed -PLUS attempt may come from a man in the middle, who could then downgrade
+    // the next exchange with `y` (RFC 5802 §6).
+    let plus_offered = offered.iter().any(|m| m.scram().is_some_and(|(_, p)| p));
     let mut scram = ScramServer::new(hash, plus, plus_offered, st.bindings.clone());
     // Unknown users must look like real ones (same iteration count).
     scram.set_unknown_user_iterations(ctx.config.c2s.scram_iterations);
@@ -479,18 +473,6 @@ async fn run_mechanism(
         return Ok(Err(e));
     }
     Ok(Ok(Some((jid, Some(server_final)))))
-}
-
-/// Whether a -PLUS client-first-message names a binding type this connection offers.
-fn offers_binding_type(bindings: &ChannelBindings, client_first: &[u8]) -> bool {
-    let Some(rest) = client_first.strip_prefix(b"p=") else {
-        return true;
-    };
-    let name = rest.split(|&b| b == b',').next().unwrap_or_default();
-    bindings
-        .available()
-        .iter()
-        .any(|t| t.name().as_bytes() == name)
 }
 
 /// RFC 6120 §7: resource binding; the newest session wins a resource conflict.

@@ -23,6 +23,8 @@ import sys
 import slixmpp
 from slixmpp import JID
 
+from slixmpp_no_cb import use_scram_without_channel_binding
+
 TIMEOUT = 30
 COUNT = 25
 
@@ -30,6 +32,7 @@ COUNT = 25
 class Peer(slixmpp.ClientXMPP):
     def __init__(self, jid, password, carbons=False):
         super().__init__(jid, password)
+        use_scram_without_channel_binding(self)
         self.ssl_context.check_hostname = False
         self.ssl_context.verify_mode = ssl.CERT_NONE
         for plugin in ("xep_0030", "xep_0059", "xep_0191", "xep_0280", "xep_0297", "xep_0313"):

@@ -19,12 +19,15 @@ import sys
 
 import slixmpp
 
+from slixmpp_no_cb import use_scram_without_channel_binding
+
 TIMEOUT = 30
 
 
 class Peer(slixmpp.ClientXMPP):
     def __init__(self, jid, password):
         super().__init__(jid, password)
+        use_scram_without_channel_binding(self)
         self.ssl_context.check_hostname = False
         self.ssl_context.verify_mode = ssl.CERT_NONE
         self.register_plugin("xep_0198")
