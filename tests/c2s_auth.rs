@@ -2,6 +2,8 @@
 
 mod support;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use support::{CbType, Client, LoginOptions, Mech, TestServer};
 
 async fn login_with(server: &TestServer, opts: LoginOptions) -> Result<Client, String> {
@@ -319,5 +321,48 @@ async fn y_flag_is_refused_even_after_a_failed_plus_attempt() {
     c.authenticate("alice", &bound).await.unwrap();
     c.open_stream().await;
     c.bind(None).await.unwrap();
+    server.stop().await;
+}
+
+/// Starts SCRAM-SHA-256 for `user` on a secured stream and aborts after the challenge;
+/// returns the salt the server showed.
+async fn scram_salt(c: &mut Client, user: &str) -> String {
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+        B64.encode(format!("n,,n={user},r=0123456789abcdef"))
+    ))
+    .await;
+    let challenge = c.recv().await;
+    assert_eq!(challenge.name, "challenge", "{challenge:?}");
+    let server_first = String::from_utf8(B64.decode(challenge.text()).unwrap()).unwrap();
+    c.send("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        .await;
+    let aborted = c.recv().await;
+    assert_eq!(aborted.first_element().unwrap().name, "aborted");
+    server_first
+        .split(',')
+        .find_map(|a| a.strip_prefix("s="))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn unknown_user_salt_is_the_same_for_every_spelling_like_a_real_one() {
+    // Spellings that name one account (nodeprep folds case) see one salt for a real
+    // account; if an unknown name's fake salt varied with the spelling, comparing two
+    // spellings would tell which names exist.
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    let real = scram_salt(&mut c, "alice").await;
+    assert_eq!(scram_salt(&mut c, "ALICE").await, real);
+    let fake = scram_salt(&mut c, "nobody").await;
+    assert_ne!(fake, real);
+    for spelling in ["NoBody", "NOBODY"] {
+        assert_eq!(scram_salt(&mut c, spelling).await, fake, "{spelling}");
+    }
     server.stop().await;
 }

@@ -13,7 +13,7 @@ use crate::config::TlsMode;
 use crate::context::Context;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
-use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain};
+use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain, verify_plain};
 use crate::stream::{StreamError, StreamErrorCondition, random_id};
 use crate::xml::{Element, StreamEvent, ns};
 
@@ -413,20 +413,30 @@ async fn run_mechanism(
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        let jid = match account_jid(&creds.authcid, &domain) {
-            Ok(j) => j,
-            Err(e) => return Ok(Err(e)),
+        let jid = account_jid(&creds.authcid, &domain);
+        let stored = match &jid {
+            Ok(j) => ctx
+                .storage
+                .accounts
+                .get(j)
+                .await
+                .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?,
+            Err(_) => None,
         };
-        let stored = ctx
-            .storage
-            .accounts
-            .get(&jid)
-            .await
-            .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
-        let valid = stored.is_some_and(|s| s.verify_password(&creds.password));
-        if !valid {
+        // An unknown account costs the same PBKDF2 as a real one (no timing oracle), keyed
+        // by the normalised name as SCRAM's fake salt is.
+        let account = jid.as_deref().unwrap_or(&creds.authcid).to_owned();
+        let iterations = ctx.config.c2s.scram_iterations;
+        let password = creds.password;
+        // PBKDF2 is milliseconds of CPU: off the runtime's workers, which serve other streams.
+        let valid = tokio::task::spawn_blocking(move || {
+            verify_plain(stored.as_ref(), &account, &password, iterations)
+        })
+        .await
+        .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
+        let (true, Ok(jid)) = (valid, jid) else {
             return Ok(Err(SaslError::NotAuthorized));
-        }
+        };
         if let Err(e) = check_authzid(creds.authzid.as_deref(), &jid) {
             return Ok(Err(e));
         }
@@ -448,12 +458,15 @@ async fn run_mechanism(
     };
     let jid = account_jid(&client_first.username, &domain);
     let stored = match &jid {
-        Ok(j) => ctx
-            .storage
-            .accounts
-            .get(j)
-            .await
-            .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?,
+        Ok(j) => {
+            // An unknown name's fake salt must not depend on how the client spelled it.
+            scram.set_account_name(j);
+            ctx.storage
+                .accounts
+                .get(j)
+                .await
+                .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?
+        }
         Err(_) => None,
     };
     let server_first = scram.server_first(stored.as_ref().map(|s| s.for_hash(hash)));

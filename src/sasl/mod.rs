@@ -8,7 +8,7 @@ pub mod error;
 pub mod plain;
 pub mod scram;
 
-pub use credentials::{ScramCredentials, StoredCredentials};
+pub use credentials::{ScramCredentials, StoredCredentials, verify_plain};
 pub use error::SaslError;
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{
