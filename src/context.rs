@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::modules::Modules;
 use crate::modules::push::PushState;
 use crate::router::Sessions;
+use crate::sasl::throttle::{AuthThrottle, ThrottleConfig};
 use crate::storage::Storage;
 
 pub struct Context {
@@ -22,6 +23,8 @@ pub struct Context {
     pub sm: SmRegistry,
     /// XEP-0357 publishes awaiting the app server's answer.
     pub push: PushState,
+    /// Failed authentications per client address, over all connections.
+    pub auth_throttle: AuthThrottle,
     vhosts: HashSet<String>,
 }
 
@@ -32,6 +35,7 @@ impl Context {
             .iter()
             .map(|v| v.domain.to_ascii_lowercase())
             .collect();
+        let auth_throttle = AuthThrottle::new(ThrottleConfig::from_limits(&config.limits));
         Context {
             config,
             storage,
@@ -40,6 +44,7 @@ impl Context {
             s2s: OnceLock::new(),
             sm: SmRegistry::default(),
             push: PushState::default(),
+            auth_throttle,
             vhosts,
         }
     }

@@ -366,3 +366,73 @@ async fn unknown_user_salt_is_the_same_for_every_spelling_like_a_real_one() {
     }
     server.stop().await;
 }
+
+/// A fresh secured stream, ready for SASL.
+async fn secured_stream(server: &TestServer) -> Client {
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    c
+}
+
+#[tokio::test]
+async fn failures_from_one_address_are_delayed_then_closed_across_connections() {
+    // Small numbers so the test is quick: 2 failures free, then 100 ms, 200 ms (the cap),
+    // and from the 5th failure on the stream is closed. Per stream 3 failures are allowed.
+    let server = TestServer::start_with(|c| {
+        c.limits.ip_auth_failures_before_delay = 2;
+        c.limits.ip_auth_failure_delay_ms = 100;
+        c.limits.ip_auth_failure_max_delay_ms = 200;
+        c.limits.ip_auth_failures_max = 4;
+    })
+    .await;
+    server.add_user("alice", "password").await;
+    let bad = LoginOptions {
+        mech: Mech::Plain,
+        password: "bad".into(),
+        ..LoginOptions::default()
+    };
+    // Times one failed attempt: from sending <auth/> to the <failure/>.
+    async fn fail(c: &mut Client, opts: &LoginOptions) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        assert_eq!(
+            c.authenticate("alice", opts).await.unwrap_err(),
+            "not-authorized"
+        );
+        start.elapsed()
+    }
+
+    let mut first = secured_stream(&server).await;
+    fail(&mut first, &bad).await;
+    fail(&mut first, &bad).await;
+    first.close().await;
+
+    // A new connection does not start from zero: its failures are delayed.
+    let mut second = secured_stream(&server).await;
+    let d3 = fail(&mut second, &bad).await;
+    assert!(d3 >= std::time::Duration::from_millis(100), "{d3:?}");
+    let d4 = fail(&mut second, &bad).await;
+    assert!(d4 >= std::time::Duration::from_millis(200), "{d4:?}");
+    second.close().await;
+
+    // Beyond the hard cap even a connection's first failure closes it.
+    let mut third = secured_stream(&server).await;
+    let d5 = fail(&mut third, &bad).await;
+    assert!(d5 >= std::time::Duration::from_millis(200), "{d5:?}");
+    assert_eq!(third.expect_stream_error().await, "policy-violation");
+
+    // Only failures are throttled: the right password still gets in.
+    let c = Client::login_opts(
+        server.starttls_addr(),
+        "alice",
+        LoginOptions {
+            mech: Mech::Plain,
+            ..LoginOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.close().await;
+    server.stop().await;
+}

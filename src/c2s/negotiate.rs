@@ -1,5 +1,6 @@
 //! RFC 6120 §4–§7 for clients: stream headers, STARTTLS, SASL and resource binding.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -11,6 +12,7 @@ use super::{Connection, Ending, sm};
 use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
+use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
 use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain, verify_plain};
@@ -45,6 +47,9 @@ struct State {
     authenticated: Option<String>,
     bindings: ChannelBindings,
     failures: u32,
+    /// The client's address, under which failed authentications are also counted across
+    /// connections (`Context::auth_throttle`); `None` if the socket could not tell.
+    peer_ip: Option<IpAddr>,
     /// `xml:lang` of the client's current stream header.
     lang: Option<String>,
 }
@@ -62,6 +67,10 @@ pub(crate) async fn negotiate(
         authenticated: None,
         bindings: ChannelBindings::default(),
         failures: 0,
+        peer_ip: match &conn.io {
+            MaybeTls::Plain(tcp) => tcp.peer_addr().ok().map(|a| a.ip()),
+            _ => None,
+        },
         lang: None,
     };
     if mode == TlsMode::DirectTls {
@@ -355,12 +364,34 @@ async fn authenticate(
         }
         Err(e) => {
             st.failures += 1;
+            let verdict = st
+                .peer_ip
+                .map(|ip| ctx.auth_throttle.failure(ip, tokio::time::Instant::now()));
             debug!(
                 condition = e.condition(),
                 failures = st.failures,
+                address_failures = verdict.map(|v| v.failures),
                 "SASL failure"
             );
+            if let Some(v) = verdict
+                && !v.delay.is_zero()
+            {
+                // Slows down guessing from this address, over all its connections.
+                tokio::time::sleep(v.delay).await;
+            }
             sasl_failure(conn, e.condition()).await?;
+            if let Some(v) = verdict
+                && v.close
+            {
+                info!(
+                    failures = v.failures,
+                    "too many failed authentication attempts from this address; closing"
+                );
+                return Err(Ending::Error(StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many failed authentication attempts from this address",
+                )));
+            }
             if st.failures >= ctx.config.limits.max_auth_attempts {
                 return Err(Ending::Error(StreamError::with_text(
                     StreamErrorCondition::PolicyViolation,
