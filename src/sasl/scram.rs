@@ -415,9 +415,9 @@ impl ScramServer {
     }
 
     /// Produces server-first-message. With `None` (unknown user) it still produces a plausible
-    /// challenge: a salt derived from the username and a per-process secret (stable across
-    /// attempts, so repeated probes see the same salt) and the unknown-user iteration count; the
-    /// exchange then fails at `client_final` with `NotAuthorized`. Stored credentials that are
+    /// challenge: a salt derived from the account name (see `set_account_name`; else the
+    /// username) and a per-process secret (stable across attempts, so repeated probes see the
+    /// same salt) and the unknown-user iteration count; the exchange then fails at `client_final` with `NotAuthorized`. Stored credentials that are
     /// unusable (zero iterations, empty salt) are treated like an unknown user.
     ///
     /// Called out of order it returns an empty message and fails the exchange.
