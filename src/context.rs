@@ -8,6 +8,7 @@ use crate::c2s::SmRegistry;
 use crate::config::Config;
 use crate::registry::{Module, Registry};
 use crate::router::Sessions;
+use crate::sasl::throttle::{AuthThrottle, ThrottleConfig};
 use crate::storage::Storage;
 
 pub struct Context {
@@ -19,6 +20,8 @@ pub struct Context {
     pub s2s: OnceLock<Arc<crate::s2s::S2s>>,
     /// XEP-0198 resumable and hibernated sessions (stream-level, owned by c2s).
     pub sm: SmRegistry,
+    /// Failed authentications per client address, over all connections.
+    pub auth_throttle: AuthThrottle,
     vhosts: HashSet<String>,
 }
 
@@ -39,6 +42,7 @@ impl Context {
             .iter()
             .map(|v| v.domain.to_ascii_lowercase())
             .collect();
+        let auth_throttle = AuthThrottle::new(ThrottleConfig::from_limits(&config.limits));
         Ok(Context {
             config,
             storage,
@@ -46,6 +50,7 @@ impl Context {
             registry,
             s2s: OnceLock::new(),
             sm: SmRegistry::default(),
+            auth_throttle,
             vhosts,
         })
     }

@@ -2,6 +2,8 @@
 
 mod support;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use support::{CbType, Client, LoginOptions, Mech, TestServer};
 
 async fn login_with(server: &TestServer, opts: LoginOptions) -> Result<Client, String> {
@@ -282,10 +284,74 @@ async fn client_close_is_answered_with_close() {
 }
 
 #[tokio::test]
-async fn y_flag_is_accepted_after_the_client_showed_no_mutual_binding_type() {
+async fn strict_channel_binding_refuses_y_even_after_a_failed_plus_attempt() {
+    // A man in the middle can send a -PLUS attempt with a binding type the server lacks
+    // (tls-unique) itself, then strip the client's -PLUS choice so that it sends 'y'. The
+    // server advertised -PLUS on this stream, so 'y' is a downgrade whatever came before
+    // (RFC 5802 §6), and the stream must stay usable for a proper attempt. Strict mode
+    // closes this; the default tolerates it for slixmpp 1.8 (see the next test).
+    let server = TestServer::start_with(|c| c.c2s.strict_channel_binding = true).await;
+    server.add_user("alice", "password").await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    let tls_unique = LoginOptions {
+        mech: Mech::ScramSha256Plus(CbType::TlsExporter),
+        gs2_override: Some("p=tls-unique,,".into()),
+        ..LoginOptions::default()
+    };
+    assert_eq!(
+        c.authenticate("alice", &tls_unique).await.unwrap_err(),
+        "not-authorized"
+    );
+    let y_flag = LoginOptions {
+        mech: Mech::ScramSha256,
+        gs2_override: Some("y,,".into()),
+        ..LoginOptions::default()
+    };
+    assert_eq!(
+        c.authenticate("alice", &y_flag).await.unwrap_err(),
+        "not-authorized",
+        "'y' after a failed -PLUS attempt is a downgrade"
+    );
+    let bound = LoginOptions {
+        mech: Mech::ScramSha256Plus(CbType::TlsExporter),
+        ..LoginOptions::default()
+    };
+    c.authenticate("alice", &bound).await.unwrap();
+    c.open_stream().await;
+    c.bind(None).await.unwrap();
+    server.stop().await;
+}
+
+/// Starts SCRAM-SHA-256 for `user` on a secured stream and aborts after the challenge;
+/// returns the salt the server showed.
+async fn scram_salt(c: &mut Client, user: &str) -> String {
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+        B64.encode(format!("n,,n={user},r=0123456789abcdef"))
+    ))
+    .await;
+    let challenge = c.recv().await;
+    assert_eq!(challenge.name, "challenge", "{challenge:?}");
+    let server_first = String::from_utf8(B64.decode(challenge.text()).unwrap()).unwrap();
+    c.send("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        .await;
+    let aborted = c.recv().await;
+    assert_eq!(aborted.first_element().unwrap().name, "aborted");
+    server_first
+        .split(',')
+        .find_map(|a| a.strip_prefix("s="))
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn y_flag_is_accepted_after_the_clients_own_failed_plus_attempt_by_default() {
     // What slixmpp 1.8 does on TLS 1.3: SCRAM-SHA-256-PLUS with tls-unique (refused),
-    // then plain SCRAM-SHA-256 with 'y'. That 'y' is not a downgrade: the client has shown
-    // it supports none of the advertised types (XEP-0440 §3).
+    // then plain SCRAM-SHA-256 with 'y'. Without strict_channel_binding that 'y' is
+    // accepted, or such clients could not log in at all.
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     let mut c = Client::connect(server.starttls_addr()).await;
@@ -311,5 +377,96 @@ async fn y_flag_is_accepted_after_the_client_showed_no_mutual_binding_type() {
         .expect("y accepted after the failed tls-unique attempt");
     c.open_stream().await;
     c.bind(None).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_user_salt_is_the_same_for_every_spelling_like_a_real_one() {
+    // Spellings that name one account (nodeprep folds case) see one salt for a real
+    // account; if an unknown name's fake salt varied with the spelling, comparing two
+    // spellings would tell which names exist.
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    let real = scram_salt(&mut c, "alice").await;
+    assert_eq!(scram_salt(&mut c, "ALICE").await, real);
+    let fake = scram_salt(&mut c, "nobody").await;
+    assert_ne!(fake, real);
+    for spelling in ["NoBody", "NOBODY"] {
+        assert_eq!(scram_salt(&mut c, spelling).await, fake, "{spelling}");
+    }
+    server.stop().await;
+}
+
+/// A fresh secured stream, ready for SASL.
+async fn secured_stream(server: &TestServer) -> Client {
+    let mut c = Client::connect(server.starttls_addr()).await;
+    c.open_stream().await;
+    c.starttls().await;
+    c.open_stream().await;
+    c
+}
+
+#[tokio::test]
+async fn failures_from_one_address_are_delayed_then_closed_across_connections() {
+    // Small numbers so the test is quick: 2 failures free, then 100 ms, 200 ms (the cap),
+    // and from the 5th failure on the stream is closed. Per stream 3 failures are allowed.
+    let server = TestServer::start_with(|c| {
+        c.limits.ip_auth_failures_before_delay = 2;
+        c.limits.ip_auth_failure_delay_ms = 100;
+        c.limits.ip_auth_failure_max_delay_ms = 200;
+        c.limits.ip_auth_failures_max = 4;
+    })
+    .await;
+    server.add_user("alice", "password").await;
+    let bad = LoginOptions {
+        mech: Mech::Plain,
+        password: "bad".into(),
+        ..LoginOptions::default()
+    };
+    // Times one failed attempt: from sending <auth/> to the <failure/>.
+    async fn fail(c: &mut Client, opts: &LoginOptions) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        assert_eq!(
+            c.authenticate("alice", opts).await.unwrap_err(),
+            "not-authorized"
+        );
+        start.elapsed()
+    }
+
+    let mut first = secured_stream(&server).await;
+    fail(&mut first, &bad).await;
+    fail(&mut first, &bad).await;
+    first.close().await;
+
+    // A new connection does not start from zero: its failures are delayed.
+    let mut second = secured_stream(&server).await;
+    let d3 = fail(&mut second, &bad).await;
+    assert!(d3 >= std::time::Duration::from_millis(100), "{d3:?}");
+    let d4 = fail(&mut second, &bad).await;
+    assert!(d4 >= std::time::Duration::from_millis(200), "{d4:?}");
+    second.close().await;
+
+    // Beyond the hard cap even a connection's first failure closes it.
+    let mut third = secured_stream(&server).await;
+    let d5 = fail(&mut third, &bad).await;
+    assert!(d5 >= std::time::Duration::from_millis(200), "{d5:?}");
+    assert_eq!(third.expect_stream_error().await, "policy-violation");
+
+    // Only failures are throttled: the right password still gets in.
+    let c = Client::login_opts(
+        server.starttls_addr(),
+        "alice",
+        LoginOptions {
+            mech: Mech::Plain,
+            ..LoginOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.close().await;
     server.stop().await;
 }

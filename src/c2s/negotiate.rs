@@ -1,5 +1,6 @@
 //! RFC 6120 §4–§7 for clients: stream headers, STARTTLS, SASL and resource binding.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -11,9 +12,10 @@ use super::{Connection, Ending, sm};
 use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
+use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
-use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain};
+use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain, verify_plain};
 use crate::stream::{StreamError, StreamErrorCondition, random_id};
 use crate::xml::{Element, StreamEvent, ns};
 
@@ -46,9 +48,11 @@ struct State {
     bindings: ChannelBindings,
     failures: u32,
     /// The client tried a -PLUS mechanism with a channel-binding type we do not offer
-    /// (e.g. `tls-unique`, undefined for TLS 1.3). Its later `y` flag then means "no
-    /// mutual binding type" (XEP-0440 §3), not a stripped mechanism list.
+    /// (e.g. `tls-unique`, undefined for TLS 1.3); see `c2s.strict_channel_binding`.
     client_lacks_cb_types: bool,
+    /// The client's address, under which failed authentications are also counted across
+    /// connections (`Context::auth_throttle`); `None` if the socket could not tell.
+    peer_ip: Option<IpAddr>,
     /// `xml:lang` of the client's current stream header.
     lang: Option<String>,
 }
@@ -67,6 +71,10 @@ pub(crate) async fn negotiate(
         bindings: ChannelBindings::default(),
         failures: 0,
         client_lacks_cb_types: false,
+        peer_ip: match &conn.io {
+            MaybeTls::Plain(tcp) => tcp.peer_addr().ok().map(|a| a.ip()),
+            _ => None,
+        },
         lang: None,
     };
     if mode == TlsMode::DirectTls {
@@ -339,7 +347,7 @@ async fn authenticate(
         None => Err(SaslError::InvalidMechanism),
         Some(m) => match decode_sasl(&auth.text()) {
             Err(e) => Err(e),
-            Ok(initial) => run_mechanism(ctx, conn, st, m, initial, &offered).await?,
+            Ok(initial) => run_mechanism(ctx, conn, &mut *st, m, initial, &offered).await?,
         },
     };
     match outcome {
@@ -363,12 +371,34 @@ async fn authenticate(
         }
         Err(e) => {
             st.failures += 1;
+            let verdict = st
+                .peer_ip
+                .map(|ip| ctx.auth_throttle.failure(ip, tokio::time::Instant::now()));
             debug!(
                 condition = e.condition(),
                 failures = st.failures,
+                address_failures = verdict.map(|v| v.failures),
                 "SASL failure"
             );
+            if let Some(v) = verdict
+                && !v.delay.is_zero()
+            {
+                // Slows down guessing from this address, over all its connections.
+                tokio::time::sleep(v.delay).await;
+            }
             sasl_failure(conn, e.condition()).await?;
+            if let Some(v) = verdict
+                && v.close
+            {
+                info!(
+                    failures = v.failures,
+                    "too many failed authentication attempts from this address; closing"
+                );
+                return Err(Ending::Error(StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "too many failed authentication attempts from this address",
+                )));
+            }
             if st.failures >= ctx.config.limits.max_auth_attempts {
                 return Err(Ending::Error(StreamError::with_text(
                     StreamErrorCondition::PolicyViolation,
@@ -421,20 +451,30 @@ async fn run_mechanism(
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        let jid = match account_jid(&creds.authcid, &domain) {
-            Ok(j) => j,
-            Err(e) => return Ok(Err(e)),
+        let jid = account_jid(&creds.authcid, &domain);
+        let stored = match &jid {
+            Ok(j) => ctx
+                .storage
+                .accounts
+                .get(j)
+                .await
+                .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?,
+            Err(_) => None,
         };
-        let stored = ctx
-            .storage
-            .accounts
-            .get(&jid)
-            .await
-            .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
-        let valid = stored.is_some_and(|s| s.verify_password(&creds.password));
-        if !valid {
+        // An unknown account costs the same PBKDF2 as a real one (no timing oracle), keyed
+        // by the normalised name as SCRAM's fake salt is.
+        let account = jid.as_deref().unwrap_or(&creds.authcid).to_owned();
+        let iterations = ctx.config.c2s.scram_iterations;
+        let password = creds.password;
+        // PBKDF2 is milliseconds of CPU: off the runtime's workers, which serve other streams.
+        let valid = tokio::task::spawn_blocking(move || {
+            verify_plain(stored.as_ref(), &account, &password, iterations)
+        })
+        .await
+        .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
+        let (true, Ok(jid)) = (valid, jid) else {
             return Ok(Err(SaslError::NotAuthorized));
-        }
+        };
         if let Err(e) = check_authzid(creds.authzid.as_deref(), &jid) {
             return Ok(Err(e));
         }
@@ -446,8 +486,11 @@ async fn run_mechanism(
     if plus && !offers_binding_type(&st.bindings, &first) {
         st.client_lacks_cb_types = true;
     }
-    let plus_offered =
-        offered.iter().any(|m| m.scram().is_some_and(|(_, p)| p)) && !st.client_lacks_cb_types;
+    // What this stream advertised decides whether `y` is a downgrade (RFC 5802 §6);
+    // unless strict, a client that showed it has no binding type in common with us may
+    // say `y` (slixmpp 1.8 on TLS 1.3).
+    let tolerated = st.client_lacks_cb_types && !ctx.config.c2s.strict_channel_binding;
+    let plus_offered = offered.iter().any(|m| m.scram().is_some_and(|(_, p)| p)) && !tolerated;
     let mut scram = ScramServer::new(hash, plus, plus_offered, st.bindings.clone());
     // Unknown users must look like real ones (same iteration count).
     scram.set_unknown_user_iterations(ctx.config.c2s.scram_iterations);
@@ -457,12 +500,15 @@ async fn run_mechanism(
     };
     let jid = account_jid(&client_first.username, &domain);
     let stored = match &jid {
-        Ok(j) => ctx
-            .storage
-            .accounts
-            .get(j)
-            .await
-            .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?,
+        Ok(j) => {
+            // An unknown name's fake salt must not depend on how the client spelled it.
+            scram.set_account_name(j);
+            ctx.storage
+                .accounts
+                .get(j)
+                .await
+                .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?
+        }
         Err(_) => None,
     };
     let server_first = scram.server_first(stored.as_ref().map(|s| s.for_hash(hash)));

@@ -95,6 +95,23 @@ pub struct Limits {
     pub max_connections: usize,
     /// Failed SASL attempts before the stream is closed.
     pub max_auth_attempts: u32,
+    /// Failed SASL attempts from one address (IPv4 address or IPv6 /64), over all its
+    /// connections, answered without delay. Each further one is delayed.
+    pub ip_auth_failures_before_delay: u32,
+    /// Milliseconds the first delayed failure waits; each further one waits twice as long
+    /// as the one before, up to `ip_auth_failure_max_delay_ms`. 0: no delays.
+    pub ip_auth_failure_delay_ms: u64,
+    /// Longest delay of a failure, in milliseconds. One that outlasts the handshake timeout
+    /// ends that connection with `connection-timeout` instead.
+    pub ip_auth_failure_max_delay_ms: u64,
+    /// Failed attempts from one address after which each further failure also closes its
+    /// stream with `policy-violation`.
+    pub ip_auth_failures_max: u32,
+    /// Seconds without a failure after which an address's count starts again.
+    pub ip_auth_failure_window_secs: u64,
+    /// Most addresses whose failures are tracked at once (about 100 bytes each); when full,
+    /// those that failed least recently are forgotten first.
+    pub ip_auth_tracked_max: usize,
     /// Stanzas queued to one session before it is considered stuck and closed.
     pub session_queue_len: usize,
     /// Offline messages kept per user (`resource-constraint` bounce beyond).
@@ -127,6 +144,12 @@ pub struct C2sConfig {
     /// Seconds a resumable stream-management (XEP-0198) session whose connection was lost
     /// stays hibernated, waiting for the client to resume it.
     pub sm_resume_timeout_secs: u64,
+    /// Refuse every SCRAM exchange flagged `y` on a stream that advertised -PLUS
+    /// mechanisms (RFC 5802 §6). Off: a `y` is still accepted after the same stream's own
+    /// -PLUS attempt named a binding type this server does not offer, which is what
+    /// slixmpp 1.8 does on TLS 1.3 (it knows only `tls-unique`); a man in the middle who
+    /// can also break the client's TLS could send such an attempt himself.
+    pub strict_channel_binding: bool,
 }
 
 /// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368). Takes effect
@@ -262,6 +285,12 @@ impl Default for Limits {
             connections_per_ip: 1000,
             max_connections: 100_000,
             max_auth_attempts: 3,
+            ip_auth_failures_before_delay: 10,
+            ip_auth_failure_delay_ms: 500,
+            ip_auth_failure_max_delay_ms: 10_000,
+            ip_auth_failures_max: 100,
+            ip_auth_failure_window_secs: 900,
+            ip_auth_tracked_max: 100_000,
             session_queue_len: 2048,
             offline_quota: 1000,
             session_backlog_len: 20_000,
@@ -279,6 +308,7 @@ impl Default for C2sConfig {
             allow_plain: true,
             scram_iterations: 10_000,
             sm_resume_timeout_secs: 300,
+            strict_channel_binding: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::{Config, ListenerKind, TlsMode};
+use super::{Config, Limits, ListenerKind, TlsMode};
 
 /// RFC 6120 §13.12: a server must accept stanzas of at least 10000 bytes.
 pub const MIN_STANZA_BYTES: usize = 10_000;
@@ -483,7 +483,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 12] = [
+    let nonzero: [(&str, u64); 15] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -499,6 +499,15 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "limits.max_pending_subscriptions",
             l.max_pending_subscriptions as u64,
         ),
+        (
+            "limits.ip_auth_failures_max",
+            u64::from(l.ip_auth_failures_max),
+        ),
+        (
+            "limits.ip_auth_failure_window_secs",
+            l.ip_auth_failure_window_secs,
+        ),
+        ("limits.ip_auth_tracked_max", l.ip_auth_tracked_max as u64),
     ];
     for (key, v) in nonzero {
         if v == 0 {
@@ -522,6 +531,33 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "limits.connections_per_ip",
             l.connections_per_ip.to_string(),
             format!("larger than limits.max_connections = {}", l.max_connections),
+        ));
+    }
+    validate_auth_throttle(l, errs);
+}
+
+/// The per-address failed-authentication throttle: the first delay is no longer than the
+/// longest, and the hard cap does not come before the delays. (A delay longer than the
+/// handshake timeout is allowed: that client then gets `connection-timeout` instead.)
+fn validate_auth_throttle(l: &Limits, errs: &mut Vec<ConfigError>) {
+    if l.ip_auth_failures_before_delay > l.ip_auth_failures_max {
+        errs.push(ConfigError::invalid(
+            "limits.ip_auth_failures_before_delay",
+            l.ip_auth_failures_before_delay.to_string(),
+            format!(
+                "larger than limits.ip_auth_failures_max = {}",
+                l.ip_auth_failures_max
+            ),
+        ));
+    }
+    if l.ip_auth_failure_delay_ms > l.ip_auth_failure_max_delay_ms {
+        errs.push(ConfigError::invalid(
+            "limits.ip_auth_failure_delay_ms",
+            l.ip_auth_failure_delay_ms.to_string(),
+            format!(
+                "larger than limits.ip_auth_failure_max_delay_ms = {}",
+                l.ip_auth_failure_max_delay_ms
+            ),
         ));
     }
 }
@@ -665,6 +701,38 @@ mod tests {
             &"c2s.scram_iterations = 1000: must be at least 4096 (RFC 7677)".to_string()
         ));
         assert_eq!(m.len(), 8, "{m:?}");
+    }
+
+    #[test]
+    fn auth_throttle_errors() {
+        let mut cfg = Config::default();
+        cfg.limits.ip_auth_failures_before_delay = 20;
+        cfg.limits.ip_auth_failures_max = 10;
+        cfg.limits.ip_auth_failure_delay_ms = 2000;
+        cfg.limits.ip_auth_failure_max_delay_ms = 1000;
+        cfg.limits.ip_auth_failure_window_secs = 0;
+        cfg.limits.ip_auth_tracked_max = 0;
+        let m = messages(&cfg);
+        assert!(m.contains(
+            &"limits.ip_auth_failures_before_delay = 20: larger than limits.ip_auth_failures_max = 10"
+                .to_string()
+        ), "{m:?}");
+        assert!(m.contains(
+            &"limits.ip_auth_failure_delay_ms = 2000: larger than limits.ip_auth_failure_max_delay_ms = 1000"
+                .to_string()
+        ), "{m:?}");
+        assert!(
+            m.contains(&"limits.ip_auth_failure_window_secs = 0: must be at least 1".to_string())
+        );
+        assert!(m.contains(&"limits.ip_auth_tracked_max = 0: must be at least 1".to_string()));
+        assert_eq!(m.len(), 4, "{m:?}");
+
+        // No delays at all is fine.
+        let mut cfg = Config::default();
+        cfg.limits.ip_auth_failure_delay_ms = 0;
+        cfg.limits.ip_auth_failure_max_delay_ms = 0;
+        cfg.limits.ip_auth_failures_before_delay = 0;
+        assert_eq!(messages(&cfg), Vec::<String>::new());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::error::SaslError;
-use super::scram::{SALT_LEN, ScramHash};
+use super::scram::{SALT_LEN, ScramHash, fake_credentials};
 
 /// One hash's SCRAM verifier set (RFC 5802 §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,45 @@ impl ScramCredentials {
             server_key: hash.hmac(&salted, b"Server Key"),
         }
     }
+
+    /// Whether `password` derives these verifiers (one PBKDF2 run), compared in constant time.
+    fn matches(&self, hash: ScramHash, password: &str) -> bool {
+        let Some(prepped) = prep_password(password) else {
+            return false;
+        };
+        if self.iterations == 0 || self.salt.is_empty() {
+            return false;
+        }
+        let derived =
+            ScramCredentials::derive_prepped(hash, prepped.as_bytes(), &self.salt, self.iterations);
+        let ok =
+            derived.stored_key.ct_eq(&self.stored_key) & derived.server_key.ct_eq(&self.server_key);
+        ok.into()
+    }
+}
+
+/// PLAIN verification that costs the same whether the account exists or not, so neither the
+/// answer nor its timing tells which (`stored` is `None` for an unknown account).
+///
+/// For an unknown account the password is checked against the verifiers SCRAM would show for
+/// it (a salt derived from `account`, the normalised account name, and
+/// `unknown_user_iterations`, the configured iteration count); the result is ignored and the
+/// answer is false. CPU-bound (one PBKDF2): callers on an async runtime run it off its workers.
+pub fn verify_plain(
+    stored: Option<&StoredCredentials>,
+    account: &str,
+    password: &str,
+    unknown_user_iterations: u32,
+) -> bool {
+    match stored {
+        Some(s) => s.verify_password(password),
+        None => {
+            let fake = fake_credentials(ScramHash::Sha256, account, unknown_user_iterations);
+            // black_box: the comparison must not be optimised away with its unused result.
+            std::hint::black_box(fake.matches(ScramHash::Sha256, password));
+            false
+        }
+    }
 }
 
 impl StoredCredentials {
@@ -102,22 +141,7 @@ impl StoredCredentials {
     /// For PLAIN: re-derives the SHA-256 verifiers with the stored salt/iterations and compares
     /// them in constant time. False for a password failing SASLprep or for unusable stored data.
     pub fn verify_password(&self, password: &str) -> bool {
-        let stored = &self.sha256;
-        let Some(prepped) = prep_password(password) else {
-            return false;
-        };
-        if stored.iterations == 0 || stored.salt.is_empty() {
-            return false;
-        }
-        let derived = ScramCredentials::derive_prepped(
-            ScramHash::Sha256,
-            prepped.as_bytes(),
-            &stored.salt,
-            stored.iterations,
-        );
-        let ok = derived.stored_key.ct_eq(&stored.stored_key)
-            & derived.server_key.ct_eq(&stored.server_key);
-        ok.into()
+        self.sha256.matches(ScramHash::Sha256, password)
     }
 
     /// The verifiers for one hash.
@@ -227,5 +251,46 @@ mod tests {
         let mut c = StoredCredentials::from_password("pw", 4096).unwrap();
         c.sha256.iterations = 0;
         assert!(!c.verify_password("pw"));
+    }
+
+    fn pbkdf2_runs() -> (u32, u64) {
+        crate::sasl::scram::PBKDF2_RUNS.with(|r| r.get())
+    }
+
+    #[test]
+    fn plain_does_the_same_pbkdf2_for_an_unknown_account() {
+        let real = StoredCredentials::from_password("pw", 4096).unwrap();
+        let start = pbkdf2_runs();
+        assert!(verify_plain(Some(&real), "juliet@example.org", "pw", 4096));
+        let after_real = pbkdf2_runs();
+        assert!(!verify_plain(None, "romeo@example.org", "pw", 4096));
+        let after_unknown = pbkdf2_runs();
+        // One PBKDF2 with the same iteration count on either path.
+        assert_eq!((after_real.0 - start.0, after_real.1 - start.1), (1, 4096));
+        assert_eq!(
+            (
+                after_unknown.0 - after_real.0,
+                after_unknown.1 - after_real.1
+            ),
+            (1, 4096)
+        );
+        // And with the configured count for unknown accounts, whatever the real ones use.
+        assert!(!verify_plain(None, "romeo@example.org", "pw", 10_000));
+        assert_eq!(pbkdf2_runs().1 - after_unknown.1, 10_000);
+    }
+
+    #[test]
+    fn plain_unknown_account_uses_the_salt_scram_would_show() {
+        // The fake verifiers depend on the normalised name only, so two spellings of one
+        // unknown name cost and look the same.
+        let a = fake_credentials(ScramHash::Sha256, "romeo@example.org", 4096);
+        let b = fake_credentials(ScramHash::Sha256, "romeo@example.org", 4096);
+        let c = fake_credentials(ScramHash::Sha256, "juliet@example.org", 4096);
+        assert_eq!(a, b);
+        assert_ne!(a.salt, c.salt);
+        assert_eq!(a.salt.len(), SALT_LEN);
+        for pw in ["pw", "romeo@example.org", ""] {
+            assert!(!verify_plain(None, "romeo@example.org", pw, 4096));
+        }
     }
 }

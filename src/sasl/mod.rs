@@ -1,5 +1,7 @@
 //! Sans-I/O SASL: SCRAM-SHA-1/256 (+ -PLUS channel binding), PLAIN, and stored credentials.
 //!
+//! `throttle` is the one piece of shared state: failed attempts per client address.
+//!
 //! Nothing here does I/O or base64 of the SASL payload itself: the caller decodes the
 //! `<auth/>`/`<response/>` text (reporting `incorrect-encoding` itself) and encodes what we return.
 
@@ -7,8 +9,9 @@ pub mod credentials;
 pub mod error;
 pub mod plain;
 pub mod scram;
+pub mod throttle;
 
-pub use credentials::{ScramCredentials, StoredCredentials};
+pub use credentials::{ScramCredentials, StoredCredentials, verify_plain};
 pub use error::SaslError;
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{

@@ -69,6 +69,11 @@ impl ScramHash {
 
     /// Hi(password, salt, i) = PBKDF2 with HMAC-H, output one hash length.
     pub(crate) fn hi(self, password: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<Vec<u8>> {
+        #[cfg(test)]
+        PBKDF2_RUNS.with(|r| {
+            let (runs, total) = r.get();
+            r.set((runs + 1, total + u64::from(iterations)));
+        });
         let mut out = Zeroizing::new(vec![0u8; self.output_len()]);
         match self {
             ScramHash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, &mut out),
@@ -85,6 +90,13 @@ impl ScramHash {
             ScramHash::Sha256 => b"SHA-256",
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// PBKDF2 runs on this thread and their iterations in all: lets tests check that a code
+    /// path does the expensive work, without measuring time.
+    pub(crate) static PBKDF2_RUNS: std::cell::Cell<(u32, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 /// SASL mechanisms we implement, in order of preference (strongest first).
@@ -233,6 +245,8 @@ pub struct ScramServer {
     client_first_bare: String,
     client_nonce: String,
     username: String,
+    /// Normalised account name, when the caller set one (for fake salts).
+    account: Option<String>,
     // Set by server_first.
     nonce: String,
     server_first: String,
@@ -256,6 +270,7 @@ impl ScramServer {
             client_first_bare: String::new(),
             client_nonce: String::new(),
             username: String::new(),
+            account: None,
             nonce: String::new(),
             server_first: String::new(),
             creds: None,
@@ -267,6 +282,13 @@ impl ScramServer {
     /// `c2s.scram_iterations` so fake challenges look like real ones.
     pub fn set_unknown_user_iterations(&mut self, iterations: u32) {
         self.unknown_user_iterations = iterations.max(1);
+    }
+
+    /// The normalised name the account is looked up under (the bare JID). A fake salt for an
+    /// unknown user is derived from it, so every spelling of one name (`Juliet`, `juliet`)
+    /// gets the same salt, as it would for a real account. Unset: the SASLprep'd username.
+    pub fn set_account_name(&mut self, name: &str) {
+        self.account = Some(name.to_owned());
     }
 
     /// The channel-binding type the client used (after a successful `client_first` with `p=`).
@@ -393,9 +415,9 @@ impl ScramServer {
     }
 
     /// Produces server-first-message. With `None` (unknown user) it still produces a plausible
-    /// challenge: a salt derived from the username and a per-process secret (stable across
-    /// attempts, so repeated probes see the same salt) and the unknown-user iteration count; the
-    /// exchange then fails at `client_final` with `NotAuthorized`. Stored credentials that are
+    /// challenge: a salt derived from the account name (see `set_account_name`; else the
+    /// username) and a per-process secret (stable across attempts, so repeated probes see the
+    /// same salt) and the unknown-user iteration count; the exchange then fails at `client_final` with `NotAuthorized`. Stored credentials that are
     /// unusable (zero iterations, empty salt) are treated like an unknown user.
     ///
     /// Called out of order it returns an empty message and fails the exchange.
@@ -433,24 +455,8 @@ impl ScramServer {
 
     /// Credentials for a user that does not exist: deterministic salt, keys nobody can match.
     fn fake_credentials(&self) -> ScramCredentials {
-        let secret = process_secret();
-        let mut input = Vec::with_capacity(self.username.len() + 16);
-        input.extend_from_slice(self.hash.label());
-        input.push(0);
-        input.extend_from_slice(self.username.as_bytes());
-        let mut salt = ScramHash::Sha256.hmac(secret, &[b"salt\0".as_slice(), &input].concat());
-        salt.truncate(SALT_LEN);
-        // Keys are derived from the secret too so that verification takes the same path; they
-        // are never accepted regardless (`known_user` is false).
-        let key = self
-            .hash
-            .hmac(secret, &[b"key\0".as_slice(), &input].concat());
-        ScramCredentials {
-            salt,
-            iterations: self.unknown_user_iterations,
-            stored_key: self.hash.hash(&key),
-            server_key: key,
-        }
+        let name = self.account.as_deref().unwrap_or(&self.username);
+        fake_credentials(self.hash, name, self.unknown_user_iterations)
     }
 
     /// Verifies client-final-message and returns server-final-message (`v=...`).
@@ -533,6 +539,29 @@ impl ScramServer {
         }
         let server_signature = self.hash.hmac(&creds.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
+    }
+}
+
+/// Verifiers for an account that does not exist, as plausible as a real one: a salt derived
+/// from `name` (the normalised account name) and a per-process secret, stable across
+/// attempts so repeated probes see the same salt, and keys nobody can match. Both SCRAM's
+/// challenge and PLAIN's verification use them, so either costs what a real account does.
+pub(crate) fn fake_credentials(hash: ScramHash, name: &str, iterations: u32) -> ScramCredentials {
+    let secret = process_secret();
+    let mut input = Vec::with_capacity(name.len() + 16);
+    input.extend_from_slice(hash.label());
+    input.push(0);
+    input.extend_from_slice(name.as_bytes());
+    let mut salt = ScramHash::Sha256.hmac(secret, &[b"salt\0".as_slice(), &input].concat());
+    salt.truncate(SALT_LEN);
+    // Keys are derived from the secret too so that verification takes the same path; they
+    // are never accepted regardless (callers know the account is unknown).
+    let key = hash.hmac(secret, &[b"key\0".as_slice(), &input].concat());
+    ScramCredentials {
+        salt,
+        iterations: iterations.max(1),
+        stored_key: hash.hash(&key),
+        server_key: key,
     }
 }
 
@@ -1049,6 +1078,30 @@ mod tests {
             assert_ne!(text3.split(',').nth(1), text.split(',').nth(1));
             assert!(text3.ends_with(&format!(",i={DEFAULT_UNKNOWN_USER_ITERATIONS}")));
         }
+    }
+
+    #[test]
+    fn unknown_user_salt_follows_the_normalised_account_name() {
+        let salt_for = |user: &str, account: Option<&str>| {
+            let mut s =
+                ScramServer::new(ScramHash::Sha256, false, false, ChannelBindings::default());
+            s.client_first(format!("n,,n={user},r=abc").as_bytes())
+                .unwrap();
+            if let Some(a) = account {
+                s.set_account_name(a);
+            }
+            let sf = String::from_utf8(s.server_first(None)).unwrap();
+            sf.split(',').nth(1).unwrap().to_owned()
+        };
+        let account = Some("nobody@example.org");
+        assert_eq!(salt_for("NoBody", account), salt_for("nobody", account));
+        let shared = fake_credentials(ScramHash::Sha256, "nobody@example.org", 1);
+        assert_eq!(
+            salt_for("NOBODY", account),
+            format!("s={}", B64.encode(shared.salt))
+        );
+        // Without a normalised name the SASLprep'd username is all there is.
+        assert_ne!(salt_for("NoBody", None), salt_for("nobody", None));
     }
 
     #[test]
