@@ -201,6 +201,9 @@ async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
     let Some(from) = stanza.attr("from") else {
         return true;
     };
+    if super::refuse_forged_push(ctx, to, stanza, NS).await {
+        return false;
+    }
     let blocklist = &ctx.storage.blocklist;
     if let Some(user) = local_account(ctx, from)
         && blocklist.may_block_anyone(user)

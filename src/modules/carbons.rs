@@ -61,6 +61,12 @@ impl InboundMessageHook for Carbons {
         resource: Option<&str>,
         el: &mut Element,
     ) {
+        // Only the user's own account sends carbons (§11): a forged one could put words
+        // in the user's mouth.
+        if el.attr("from") != Some(user) {
+            el.remove_children("sent", NS);
+            el.remove_children("received", NS);
+        }
         if el.attr("from").map(bare_of) != Some(user) {
             received(ctx, user, resource, el);
         }

@@ -10,8 +10,9 @@
 // so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,7 @@ use crate::addr::{Addr, bare_of};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Module, OutboundMessageHook, Registrar,
+    Extensions, Flow, InboundMessageHook, Module, OutboundMessageHook, Registrar, RouteFilter,
 };
 use crate::router::deliver_to_session;
 use crate::storage::{
@@ -57,7 +58,70 @@ const ENCRYPTED: &[(&str, &str)] = &[
     ("encryption", "urn:xmpp:eme:0"),
 ];
 
-pub struct Mam;
+/// The module. It also remembers the archive queries local clients send to other
+/// archives (a chat room's, another server's), so that only their answers may carry
+/// `<result/>` wrappers: a forged one would put words in someone's mouth.
+#[derive(Default)]
+pub struct Mam {
+    queries: RemoteQueries,
+}
+
+/// Outstanding queries: (client full JID, archive bare JID) → (queryid, iq id, sent).
+#[derive(Default)]
+struct RemoteQueries {
+    map: std::sync::Mutex<HashMap<(String, String), Vec<(String, String, Instant)>>>,
+}
+
+/// A query's results are accepted this long, and this many queries are remembered.
+const QUERY_TTL: Duration = Duration::from_secs(300);
+const MAX_QUERIES: usize = 10_000;
+
+impl RemoteQueries {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vec<(String, String, Instant)>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sent(&self, client: &str, archive: &str, queryid: &str, iq_id: &str) {
+        let mut map = self.lock();
+        if map.len() >= MAX_QUERIES {
+            map.retain(|_, list| {
+                list.retain(|(_, _, t)| t.elapsed() < QUERY_TTL);
+                !list.is_empty()
+            });
+        }
+        if map.len() >= MAX_QUERIES {
+            return;
+        }
+        let list = map
+            .entry((client.to_string(), archive.to_string()))
+            .or_default();
+        if list.len() < 16 {
+            list.push((queryid.to_string(), iq_id.to_string(), Instant::now()));
+        }
+    }
+
+    fn expects(&self, client: &str, archive: &str, queryid: &str) -> bool {
+        let map = self.lock();
+        map.get(&(client.to_string(), archive.to_string()))
+            .is_some_and(|l| {
+                l.iter()
+                    .any(|(q, _, t)| q == queryid && t.elapsed() < QUERY_TTL)
+            })
+    }
+
+    fn answered(&self, client: &str, archive: &str, iq_id: &str) {
+        let mut map = self.lock();
+        let key = (client.to_string(), archive.to_string());
+        if let Some(list) = map.get_mut(&key) {
+            list.retain(|(_, id, _)| id != iq_id);
+            if list.is_empty() {
+                map.remove(&key);
+            }
+        }
+    }
+}
 
 fn now_micros() -> u64 {
     std::time::SystemTime::now()
@@ -271,7 +335,8 @@ impl Module for Mam {
         let me = Arc::new(*self);
         r.iq(me.clone());
         r.outbound_message(HOOK_ORDER, me.clone());
-        r.inbound_message(HOOK_ORDER, me);
+        r.inbound_message(HOOK_ORDER, me.clone());
+        r.route_filter(me);
         r.task(Box::new(|ctx, shutdown| {
             Box::pin(run_pruner(ctx, shutdown))
         }));
@@ -302,6 +367,68 @@ impl OutboundMessageHook for Mam {
     }
 }
 
+impl Mam {
+    /// Keeps `<result/>` wrappers only in answers to a query the addressed client sent to
+    /// the sender's archive; the user's own archive answers straight to the session.
+    fn strip_forged_results(
+        &self,
+        user: &str,
+        resource: Option<&str>,
+        from: &str,
+        el: &mut Element,
+    ) {
+        let results: Vec<String> = el
+            .elements()
+            .filter(|c| c.is("result", NS))
+            .map(|c| c.attr("queryid").unwrap_or_default().to_string())
+            .collect();
+        if results.is_empty() {
+            return;
+        }
+        let client = resource.map(|r| format!("{user}/{r}"));
+        let expected = client.is_some_and(|client| {
+            results
+                .iter()
+                .all(|q| self.queries.expects(&client, bare_of(from), q))
+        });
+        if !expected {
+            debug!(user, from, "unsolicited archive results removed");
+            el.remove_children("result", NS);
+        }
+    }
+}
+
+#[async_trait]
+impl RouteFilter for Mam {
+    /// Notes queries local clients send to other archives, and their final answers.
+    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+        if stanza.name != "iq" {
+            return true;
+        }
+        let (Some(from), Some(id)) = (stanza.attr("from"), stanza.attr("id")) else {
+            return true;
+        };
+        match stanza.attr("type") {
+            Some("set") => {
+                let query = stanza.first_element().filter(|q| q.is("query", NS));
+                if let Some(query) = query
+                    && from.contains('/')
+                    && ctx.is_local_domain(crate::addr::domain_of(from))
+                    && to.bare() != bare_of(from)
+                {
+                    let queryid = query.attr("queryid").unwrap_or_default();
+                    self.queries.sent(from, &to.bare(), queryid, id);
+                }
+            }
+            Some("result" | "error") if to.resource.is_some() => {
+                self.queries.answered(&to.full(), bare_of(from), id);
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
 #[async_trait]
 impl InboundMessageHook for Mam {
     /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
@@ -309,12 +436,13 @@ impl InboundMessageHook for Mam {
         &self,
         ctx: &Arc<Context>,
         user: &str,
-        _resource: Option<&str>,
+        resource: Option<&str>,
         el: &mut Element,
     ) {
         let Some(from) = el.attr("from").map(str::to_string) else {
             return;
         };
+        self.strip_forged_results(user, resource, &from, el);
         if bare_of(&from) == user {
             return;
         }

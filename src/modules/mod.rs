@@ -36,7 +36,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(IqOnly("version", version::Version)),
         Box::new(IqOnly("time", time::EntityTime)),
         Box::new(IqOnly("legacy_session", legacy_session::LegacySession)),
-        Box::new(mam::Mam),
+        Box::new(mam::Mam::default()),
         Box::new(carbons::Carbons),
         Box::new(blocking::Blocking),
         Box::new(push::Push::default()),
@@ -60,6 +60,30 @@ impl<H: IqHandler + 'static> Module for IqOnly<H> {
 pub(crate) fn internal(e: crate::storage::StorageError) -> StanzaError {
     tracing::warn!(error = %e, "storage failed while answering a request");
     StanzaError::internal_server_error()
+}
+
+/// Refuses a forged push: an iq set with a `ns` payload routed to a local client's full
+/// JID from anyone but the client's own account. Real pushes (roster, block list) come
+/// from the server, which delivers them straight to the session; clients may trust a
+/// push from their account (RFC 6121 §2.1.6), so a forged one must not reach them.
+/// Returns whether the stanza was refused (and the sender told).
+pub(crate) async fn refuse_forged_push(
+    ctx: &Arc<crate::context::Context>,
+    to: &crate::addr::Addr,
+    stanza: &Element,
+    ns: &str,
+) -> bool {
+    let is_push = stanza.name == "iq"
+        && stanza.attr("type") == Some("set")
+        && to.resource.is_some()
+        && to.node.is_some()
+        && stanza.first_element().is_some_and(|p| p.ns == ns);
+    if !is_push || !ctx.is_local_domain(&to.domain) || stanza.attr("from") == Some(&to.bare()) {
+        return false;
+    }
+    tracing::debug!(to = %to.full(), ns, "forged push refused");
+    crate::router::route_reply(ctx, stanza, StanzaError::service_unavailable()).await;
+    true
 }
 
 /// The requesting entity's bare JID (the c2s/s2s layers always stamp `from`).

@@ -7,8 +7,9 @@ use tracing::warn;
 
 use super::{IqHandler, IqTarget, internal, own_account, presence};
 use crate::addr;
+use crate::addr::Addr;
 use crate::context::Context;
-use crate::registry::{Module, Registrar};
+use crate::registry::{Module, Registrar, RouteFilter};
 use crate::router::deliver_to_session;
 use crate::storage::{RosterItem, StorageError};
 use crate::stream::{ErrorType, StanzaError, random_id};
@@ -26,7 +27,16 @@ impl Module for Roster {
     }
     fn register(self: Box<Self>, r: &mut Registrar<'_>) {
         r.session_flag::<Interested>();
-        r.iq(Arc::new(*self));
+        let me = Arc::new(*self);
+        r.iq(me.clone());
+        r.route_filter(me);
+    }
+}
+
+#[async_trait]
+impl RouteFilter for Roster {
+    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+        !super::refuse_forged_push(ctx, to, stanza, ns::ROSTER).await
     }
 }
 
