@@ -66,10 +66,16 @@ pub struct Mam {
     queries: RemoteQueries,
 }
 
-/// Outstanding queries: (client full JID, archive bare JID) → (queryid, iq id, sent).
+/// Outstanding queries by (client full JID, archive bare JID).
 #[derive(Default)]
 struct RemoteQueries {
-    map: std::sync::Mutex<HashMap<(String, String), Vec<(String, String, Instant)>>>,
+    map: std::sync::Mutex<HashMap<(String, String), Vec<SentQuery>>>,
+}
+
+struct SentQuery {
+    queryid: String,
+    iq_id: String,
+    sent: Instant,
 }
 
 /// A query's results are accepted this long, and this many queries are remembered.
@@ -77,9 +83,7 @@ const QUERY_TTL: Duration = Duration::from_secs(300);
 const MAX_QUERIES: usize = 10_000;
 
 impl RemoteQueries {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vec<(String, String, Instant)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vec<SentQuery>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -87,7 +91,7 @@ impl RemoteQueries {
         let mut map = self.lock();
         if map.len() >= MAX_QUERIES {
             map.retain(|_, list| {
-                list.retain(|(_, _, t)| t.elapsed() < QUERY_TTL);
+                list.retain(|q| q.sent.elapsed() < QUERY_TTL);
                 !list.is_empty()
             });
         }
@@ -98,7 +102,11 @@ impl RemoteQueries {
             .entry((client.to_string(), archive.to_string()))
             .or_default();
         if list.len() < 16 {
-            list.push((queryid.to_string(), iq_id.to_string(), Instant::now()));
+            list.push(SentQuery {
+                queryid: queryid.to_string(),
+                iq_id: iq_id.to_string(),
+                sent: Instant::now(),
+            });
         }
     }
 
@@ -107,7 +115,7 @@ impl RemoteQueries {
         map.get(&(client.to_string(), archive.to_string()))
             .is_some_and(|l| {
                 l.iter()
-                    .any(|(q, _, t)| q == queryid && t.elapsed() < QUERY_TTL)
+                    .any(|q| q.queryid == queryid && q.sent.elapsed() < QUERY_TTL)
             })
     }
 
@@ -115,7 +123,7 @@ impl RemoteQueries {
         let mut map = self.lock();
         let key = (client.to_string(), archive.to_string());
         if let Some(list) = map.get_mut(&key) {
-            list.retain(|(_, id, _)| id != iq_id);
+            list.retain(|q| q.iq_id != iq_id);
             if list.is_empty() {
                 map.remove(&key);
             }
