@@ -275,6 +275,11 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<(usize, FrameHeader)>, 
         return Err(WsError::Protocol("unmasked client frame"));
     }
     let opcode = buf[0] & 0x0f;
+    let fin = buf[0] & 0x80 != 0;
+    // RFC 6455 §5.5: control frames (close, ping, pong) are never fragmented.
+    if opcode >= 0x8 && !fin {
+        return Err(WsError::Protocol("fragmented control frame"));
+    }
     let (len, mut at) = match buf[1] & 0x7f {
         126 => match buf.get(2..4) {
             Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
@@ -301,7 +306,7 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<(usize, FrameHeader)>, 
     Ok(Some((
         at,
         FrameHeader {
-            fin: buf[0] & 0x80 != 0,
+            fin,
             opcode,
             len,
             mask,
@@ -494,6 +499,41 @@ mod tests {
         let close = client_frame(0x8, true, &1000u16.to_be_bytes());
         assert_eq!(decode_all(&mut d, &close), Err(WsError::Closed));
         assert_eq!(d.replies, [0x88, 2, 0x03, 0xE8]);
+    }
+
+    #[test]
+    fn control_frames_are_never_fragmented_nor_long() {
+        // RFC 6455 §5.5: control frames carry FIN and at most 125 bytes of payload.
+        for opcode in [0x8, 0x9, 0xA] {
+            let mut d = WsDecoder::new(1000);
+            let fragmented = client_frame(opcode, false, b"hi");
+            assert_eq!(
+                decode_all(&mut d, &fragmented),
+                Err(WsError::Protocol("fragmented control frame")),
+                "opcode {opcode:#x}"
+            );
+            assert!(d.replies.is_empty(), "nothing answered for {opcode:#x}");
+            // Also in the middle of a fragmented text message.
+            let mut d = WsDecoder::new(1000);
+            let mut wire = client_frame(0x1, false, b"<a/");
+            wire.extend(client_frame(opcode, false, b""));
+            assert_eq!(
+                decode_all(&mut d, &wire),
+                Err(WsError::Protocol("fragmented control frame"))
+            );
+            let mut d = WsDecoder::new(1000);
+            let long = client_frame(opcode, true, &[b'p'; 126]);
+            assert_eq!(
+                decode_all(&mut d, &long[..4]),
+                Err(WsError::Protocol("control frame too long"))
+            );
+            let mut d = WsDecoder::new(1000);
+            let longest = client_frame(opcode, true, &[0x03; 125]);
+            assert_ne!(
+                decode_all(&mut d, &longest),
+                Err(WsError::Protocol("control frame too long"))
+            );
+        }
     }
 
     #[test]
