@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: Limits,
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
+    pub websocket: WebsocketConfig,
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
 }
@@ -152,6 +153,17 @@ pub struct S2sConfig {
     pub queue_len: usize,
 }
 
+/// Listeners of kind `websocket` (RFC 7395).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebsocketConfig {
+    /// Origins (`scheme://host[:port]`, or `null` for pages without one, such as `file://`
+    /// pages) whose pages may open a WebSocket, besides pages of the server's own host.
+    /// Requests without an `Origin` header (non-browser clients) are always accepted;
+    /// others get HTTP 403.
+    pub allowed_origins: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageBackend {
@@ -237,6 +249,7 @@ impl Default for Config {
             limits: Limits::default(),
             c2s: C2sConfig::default(),
             s2s: S2sConfig::default(),
+            websocket: WebsocketConfig::default(),
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
         }
