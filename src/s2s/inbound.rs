@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::conn::{Conn, DIALBACK, DIALBACK_FEATURE, Ending, limits, response_header};
 use super::outbound::Failure;
@@ -199,10 +199,10 @@ async fn event(
         return Ok(Flow::Restarted);
     }
     if el.is("auth", ns::SASL) {
-        return sasl_external(s2s, conn, st, &el).await;
+        return sasl_external(ctx, s2s, conn, st, &el).await;
     }
     if el.is("result", DIALBACK) {
-        db_result(s2s, conn, st, vtx, &el).await?;
+        db_result(ctx, s2s, conn, st, vtx, &el).await?;
         return Ok(Flow::Continue);
     }
     if el.is("verify", DIALBACK) {
@@ -282,7 +282,8 @@ async fn open_stream(
         features.push_child(starttls);
     }
     if st.secure || !require_tls {
-        if st.secure && !st.sasl_done && cert_valid_for(s2s, conn, st.from.as_deref()) {
+        let foreign_from = st.from.as_deref().filter(|f| !ctx.is_local_domain(f));
+        if st.secure && !st.sasl_done && cert_valid_for(s2s, conn, foreign_from) {
             features.push_child(
                 Element::new("mechanisms", ns::SASL)
                     .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
@@ -315,6 +316,7 @@ async fn sasl_failure(conn: &mut Conn, condition: &str) -> Result<Flow, Ending> 
 
 /// XEP-0178: the stream's `from` domain, proven by its certificate.
 async fn sasl_external(
+    ctx: &Context,
     s2s: &Arc<S2s>,
     conn: &mut Conn,
     st: &mut State,
@@ -329,6 +331,12 @@ async fn sasl_external(
     let (Some(from), Some(to)) = (st.from.clone(), st.to.clone()) else {
         return sasl_failure(conn, "not-authorized").await;
     };
+    if ctx.is_local_domain(&from) {
+        // A certificate that also covers our domain (a shared wildcard one) must not let
+        // a peer speak for our users.
+        info!(from, "SASL EXTERNAL for a domain we host refused");
+        return sasl_failure(conn, "not-authorized").await;
+    }
     let text: String = auth.text().chars().filter(|c| !c.is_whitespace()).collect();
     let authzid = match text.as_str() {
         "" | "=" => None,
@@ -368,6 +376,7 @@ fn db_error(from: &str, to: &str, kind: &str, condition: &str) -> Element {
 /// XEP-0220 §2.2: the originating server claims `from` with a key; we ask its
 /// authoritative server unless the certificate already proves it.
 async fn db_result(
+    ctx: &Context,
     s2s: &Arc<S2s>,
     conn: &mut Conn,
     st: &mut State,
@@ -394,6 +403,13 @@ async fn db_result(
                 .await?;
             return Ok(());
         }
+    }
+    if ctx.is_local_domain(&remote) {
+        // Only we speak for our domains: no certificate or callback can prove otherwise.
+        info!(remote, "dialback for a domain we host refused");
+        conn.send(&db_error(&local, &remote, "cancel", "forbidden"))
+            .await?;
+        return Ok(());
     }
     let key = el.text().trim().to_string();
     if key.is_empty() {
@@ -508,6 +524,11 @@ async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), E
     };
     if !ctx.is_local_domain(&to.domain) {
         return Err(StreamErrorCondition::HostUnknown.into());
+    }
+    if ctx.is_local_domain(&from.domain) {
+        // Our users' stanzas never arrive from another server; never route one that claims to.
+        warn!(from = %from.full(), "stanza from a local domain on an inbound s2s stream; dropped");
+        return Ok(());
     }
     if !st
         .authed
