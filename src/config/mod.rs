@@ -89,6 +89,9 @@ pub struct Limits {
     pub handshake_timeout_secs: u64,
     /// Seconds without any received byte before the connection is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds a write to a client may make no progress (the client stopped reading)
+    /// before the connection is treated as lost.
+    pub write_timeout_secs: u64,
     /// Concurrent connections from one IP address (large enough for users behind
     /// carrier-grade NAT; small enough that one address cannot exhaust the server).
     pub connections_per_ip: usize,
@@ -264,6 +267,7 @@ impl Default for Limits {
             max_attributes: 64,
             handshake_timeout_secs: 30,
             idle_timeout_secs: 600,
+            write_timeout_secs: 30,
             connections_per_ip: 1000,
             max_connections: 100_000,
             max_auth_attempts: 3,

@@ -484,10 +484,11 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 10] = [
+    let nonzero: [(&str, u64); 11] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
+        ("limits.write_timeout_secs", l.write_timeout_secs),
         ("limits.connections_per_ip", l.connections_per_ip as u64),
         ("limits.max_connections", l.max_connections as u64),
         ("limits.max_auth_attempts", u64::from(l.max_auth_attempts)),
