@@ -818,3 +818,42 @@ async fn own_domain_is_never_authenticated_inbound() {
     assert_eq!(next_body(&mut bob).await.as_deref(), Some("ok"));
     b.stop().await;
 }
+
+/// Unauthenticated connections that stall inside the TLS handshake (Direct TLS, or after
+/// `<proceed/>`) are closed after the handshake timeout like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_handshakes_are_bounded_by_the_handshake_timeout() {
+    let w = World::new().await;
+    let b = w
+        .server(B, B_IP, true, |c| c.limits.handshake_timeout_secs = 1)
+        .await;
+    let closed_within = |mut tcp: TcpStream| async move {
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink));
+        read.await.is_ok()
+    };
+
+    // Direct TLS: connects and never sends a ClientHello.
+    let silent = TcpStream::connect(b.s2s_addr(TlsMode::DirectTls))
+        .await
+        .unwrap();
+    // STARTTLS: asks for TLS, then never starts it.
+    let mut peer = RawPeer::connect(b.s2s_addr(TlsMode::Starttls)).await;
+    peer.open("evil.example", B).await;
+    peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    assert_eq!(peer.element().await.name, "proceed");
+    let MaybeTls::Plain(after_proceed) = peer.io else {
+        panic!("not plain TCP")
+    };
+    assert!(
+        closed_within(silent).await,
+        "silent Direct TLS connection was not closed"
+    );
+    assert!(
+        closed_within(after_proceed).await,
+        "connection silent after <proceed/> was not closed"
+    );
+    b.stop().await;
+}

@@ -80,10 +80,18 @@ pub async fn serve(
             authed: HashSet::new(),
             pending: 0,
         };
-        if mode == TlsMode::DirectTls && upgrade(&tls, &mut conn, &mut st, true).await.is_err() {
-            return;
+        // Everything before the first authenticated domain, TLS handshakes included, must
+        // fit in the handshake timeout: silent peers must not keep connection slots.
+        let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+        let deadline = tokio::time::Instant::now() + handshake;
+        if mode == TlsMode::DirectTls {
+            let direct = tokio::time::timeout_at(deadline, upgrade(&tls, &mut conn, &mut st, true));
+            if !matches!(direct.await, Ok(Ok(()))) {
+                debug!("Direct TLS handshake failed or timed out");
+                return;
+            }
         }
-        let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, &shutdown).await;
+        let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, deadline, &shutdown).await;
         let from = st.to.clone().unwrap_or_else(|| {
             ctx.config
                 .vhosts
@@ -125,12 +133,11 @@ async fn run(
     tls: &TlsContext,
     conn: &mut Conn,
     st: &mut State,
+    deadline: tokio::time::Instant,
     shutdown: &CancellationToken,
 ) -> Ending {
     let (vtx, mut vrx) = mpsc::channel::<Verdict>(MAX_PENDING_VERIFICATIONS);
-    let handshake = tokio::time::sleep(Duration::from_secs(
-        ctx.config.limits.handshake_timeout_secs,
-    ));
+    let handshake = tokio::time::sleep_until(deadline);
     tokio::pin!(handshake);
     let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
     let idle_timer = tokio::time::sleep(idle);
@@ -141,7 +148,9 @@ async fn run(
             _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
             Some(v) = vrx.recv() => {
                 st.pending = st.pending.saturating_sub(1);
-                if let Err(e) = verdict(s2s, conn, st, v).await {
+                let unauthenticated = st.authed.is_empty();
+                let answered = verdict(s2s, conn, st, v);
+                if let Err(e) = within(unauthenticated, deadline, answered).await {
                     return e;
                 }
             }
@@ -156,7 +165,9 @@ async fn run(
                         Ok(None) => break,
                         Err(e) => return super::conn::xml_ending(e),
                     };
-                    match event(ctx, s2s, tls, conn, st, &vtx, ev).await {
+                    let unauthenticated = st.authed.is_empty();
+                    let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
+                    match within(unauthenticated, deadline, handled).await {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Restarted) => break,
                         Err(e) => return e,
@@ -169,6 +180,22 @@ async fn run(
             _ = &mut idle_timer => return StreamErrorCondition::ConnectionTimeout.into(),
         }
     }
+}
+
+/// Runs `step` (which may write, or run a STARTTLS handshake) within the handshake
+/// deadline while no domain is authenticated: the deadline arm of the loop in `run` is not
+/// polled meanwhile.
+async fn within<T>(
+    unauthenticated: bool,
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, Ending>>,
+) -> Result<T, Ending> {
+    if !unauthenticated {
+        return step.await;
+    }
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or_else(|_| Err(StreamErrorCondition::ConnectionTimeout.into()))
 }
 
 fn domain_only(s: &str) -> Option<String> {
