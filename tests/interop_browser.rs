@@ -40,6 +40,9 @@ async fn strophe_in_chromium_logs_in_and_chats_over_websocket() {
             address: "127.0.0.1:0".parse().unwrap(),
             tls: TlsMode::None,
         });
+        // The page is a file:// page; browsers send `Origin: null` for those (older
+        // Chromium sent "file://"), which only an explicit allow-list admits.
+        c.websocket.allowed_origins = vec!["null".into(), "file://".into()];
     })
     .await;
     server.add_user("web", "password").await;

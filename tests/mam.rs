@@ -451,11 +451,15 @@ async fn form_metadata_and_disco() {
     let account = features(&account);
     assert!(account.contains(&MAM.to_string()), "{account:?}");
     assert!(account.contains(&"urn:xmpp:mam:2#extended".to_string()));
+    // XEP-0359 §4: the account's archive stamps <stanza-id by='the account'/>.
+    assert!(account.contains(&SID.to_string()), "{account:?}");
     let host = alice
         .iq("<iq type='get' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         .await;
     let host = features(&host);
     assert!(!host.contains(&MAM.to_string()), "{host:?}");
+    // Nothing is stamped by the server itself.
+    assert!(!host.contains(&SID.to_string()), "{host:?}");
     assert!(host.contains(&"urn:xmpp:carbons:2".to_string()));
     assert!(host.contains(&"urn:xmpp:blocking".to_string()));
     server.stop().await;

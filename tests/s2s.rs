@@ -490,6 +490,23 @@ impl RawPeer {
 
     /// STARTTLS presenting `cert`/`key` as client certificate, then SASL EXTERNAL.
     async fn authenticate(&mut self, from: &str, to: &str, cert: &PathBuf, key: &PathBuf) {
+        let features = self.starttls(from, to, cert, key).await;
+        assert!(
+            features
+                .child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+                .is_some(),
+            "EXTERNAL not offered: {features:?}"
+        );
+        self.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+            .await
+            .unwrap();
+        assert_eq!(self.element().await.name, "success");
+        self.open(from, to).await;
+    }
+
+    /// Opens a stream, STARTTLS presenting `cert`/`key` as client certificate; returns the
+    /// features of the stream opened over TLS.
+    async fn starttls(&mut self, from: &str, to: &str, cert: &PathBuf, key: &PathBuf) -> Element {
         self.open(from, to).await;
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await
@@ -516,18 +533,7 @@ impl RawPeer {
             .await
             .unwrap();
         self.io = MaybeTls::ClientTls(Box::new(tls));
-        let features = self.open(from, to).await;
-        assert!(
-            features
-                .child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
-                .is_some(),
-            "EXTERNAL not offered: {features:?}"
-        );
-        self.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
-            .await
-            .unwrap();
-        assert_eq!(self.element().await.name, "success");
-        self.open(from, to).await;
+        self.open(from, to).await
     }
 
     async fn stream_error(&mut self) -> String {
@@ -742,4 +748,112 @@ async fn external_rejected_falls_back_to_dialback_on_the_same_stream() {
     assert_eq!(body, "after-fallback");
     assert_eq!(methods(&a), vec![AuthMethod::Dialback]);
     a.stop().await;
+}
+
+async fn next_body(c: &mut Client) -> Option<String> {
+    c.recv_until(|e| e.name == "message")
+        .await
+        .child_text("body", "jabber:client")
+}
+
+/// A peer holding a certificate that is also valid for one of our domains (a shared
+/// wildcard certificate, say) must not become that domain: no SASL EXTERNAL, no dialback,
+/// and stanzas "from" our own users arriving over s2s are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_domain_is_never_authenticated_inbound() {
+    let w = World::new().await;
+    let b = w.server(B, B_IP, true, |_| {}).await;
+    let mut bob = online(&b, "bob").await;
+    b.add_user("carol", "password").await;
+    let mut carol = b.login("carol", "r").await;
+    let addr = b.s2s_addr(TlsMode::Starttls);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (b_cert, b_key) = w.ca.issue(B, elsewhere.path());
+
+    let mut peer = RawPeer::connect(addr).await;
+    let features = peer.starttls(B, B, &b_cert, &b_key).await;
+    assert!(
+        features
+            .child("mechanisms", "urn:ietf:params:xml:ns:xmpp-sasl")
+            .is_none(),
+        "EXTERNAL offered for our own domain: {features:?}"
+    );
+    peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await
+        .unwrap();
+    let failure = peer.element().await;
+    assert_eq!(failure.name, "failure", "{failure:?}");
+    assert!(
+        failure.has_child("not-authorized", "urn:ietf:params:xml:ns:xmpp-sasl"),
+        "{failure:?}"
+    );
+    peer.send("<db:result from='b.example' to='b.example'>0123456789abcdef</db:result>")
+        .await
+        .unwrap();
+    let result = peer.element().await;
+    assert_eq!(result.name, "result", "{result:?}");
+    assert_eq!(result.attr("type"), Some("error"), "{result:?}");
+    let error = result.child("error", "jabber:client").unwrap();
+    assert_eq!(error.attr("type"), Some("cancel"));
+    assert!(error.has_child("forbidden", "urn:ietf:params:xml:ns:xmpp-stanzas"));
+    peer.send("<message from='carol@b.example/r' to='bob@b.example' type='chat'><body>forged</body></message>")
+        .await
+        .unwrap();
+    assert_eq!(peer.stream_error().await, "not-authorized");
+    // Nothing reached bob before this real message from carol.
+    chat(&mut carol, "bob@b.example/r", "real").await;
+    assert_eq!(next_body(&mut bob).await.as_deref(), Some("real"));
+
+    // A peer authenticated for its own domain: a stanza from one of ours is dropped, the
+    // stream goes on.
+    let (cert, key) = w.ca.issue("evil.example", w.dir.path());
+    let mut peer = RawPeer::connect(addr).await;
+    peer.authenticate("evil.example", B, &cert, &key).await;
+    peer.send("<message from='carol@b.example/r' to='bob@b.example' type='chat'><body>forged</body></message>")
+        .await
+        .unwrap();
+    peer.send("<message from='eve@evil.example/x' to='bob@b.example' type='chat'><body>ok</body></message>")
+        .await
+        .unwrap();
+    assert_eq!(next_body(&mut bob).await.as_deref(), Some("ok"));
+    b.stop().await;
+}
+
+/// Unauthenticated connections that stall inside the TLS handshake (Direct TLS, or after
+/// `<proceed/>`) are closed after the handshake timeout like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_handshakes_are_bounded_by_the_handshake_timeout() {
+    let w = World::new().await;
+    let b = w
+        .server(B, B_IP, true, |c| c.limits.handshake_timeout_secs = 1)
+        .await;
+    let closed_within = |mut tcp: TcpStream| async move {
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink));
+        read.await.is_ok()
+    };
+
+    // Direct TLS: connects and never sends a ClientHello.
+    let silent = TcpStream::connect(b.s2s_addr(TlsMode::DirectTls))
+        .await
+        .unwrap();
+    // STARTTLS: asks for TLS, then never starts it.
+    let mut peer = RawPeer::connect(b.s2s_addr(TlsMode::Starttls)).await;
+    peer.open("evil.example", B).await;
+    peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    assert_eq!(peer.element().await.name, "proceed");
+    let MaybeTls::Plain(after_proceed) = peer.io else {
+        panic!("not plain TCP")
+    };
+    assert!(
+        closed_within(silent).await,
+        "silent Direct TLS connection was not closed"
+    );
+    assert!(
+        closed_within(after_proceed).await,
+        "connection silent after <proceed/> was not closed"
+    );
+    b.stop().await;
 }

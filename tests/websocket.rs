@@ -312,3 +312,86 @@ async fn refuses_upgrades_without_the_xmpp_subprotocol_and_bad_frames() {
     );
     server.stop().await;
 }
+
+/// Upgrades `addr` as a browser page at `origin` would (to `url`), returning the HTTP
+/// status the server answered with.
+async fn upgrade_status(addr: SocketAddr, url: &str, origin: Option<&str>) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = request(url, Some("xmpp"));
+    if let Some(origin) = origin {
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_pages_are_refused_with_403() {
+    let server = start().await;
+    let addr = ws_addr(&server, TlsMode::None);
+    let port = addr.port();
+    let by_ip = format!("ws://{addr}/xmpp-websocket");
+    let by_name = format!("ws://localhost:{port}/xmpp-websocket");
+    // Not a browser: no Origin at all.
+    assert_eq!(upgrade_status(addr, &by_ip, None).await, 101);
+    // A page served by this host, on another port (a local web client).
+    assert_eq!(
+        upgrade_status(addr, &by_ip, Some("http://127.0.0.1:8000")).await,
+        101
+    );
+    assert_eq!(
+        upgrade_status(addr, &by_name, Some("http://localhost:8000")).await,
+        101
+    );
+    // Any other site's page in the user's browser.
+    assert_eq!(
+        upgrade_status(addr, &by_ip, Some("https://evil.example")).await,
+        403
+    );
+    assert_eq!(upgrade_status(addr, &by_name, Some("null")).await, 403);
+    // DNS rebinding: evil.example resolved to this address, so the page and the upgrade
+    // request name the same host, which is not ours.
+    assert_eq!(
+        upgrade_status(
+            addr,
+            &format!("ws://evil.example:{port}/xmpp-websocket"),
+            Some(&format!("http://evil.example:{port}"))
+        )
+        .await,
+        403
+    );
+    // After a refusal the listener still serves good clients.
+    let mut ws = connect_ws(addr).await;
+    login(&mut ws, "alice", "password", "after").await;
+    server.stop().await;
+
+    // A web client hosted elsewhere, allowed by configuration (exactly that origin).
+    let server = TestServer::start_with(|c| {
+        c.listeners.push(ListenerConfig {
+            kind: ListenerKind::Websocket,
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: TlsMode::None,
+        });
+        c.websocket.allowed_origins = vec!["https://chat.example.net".into()];
+    })
+    .await;
+    let addr = ws_addr(&server, TlsMode::None);
+    let url = format!("ws://{addr}/xmpp-websocket");
+    let cases = [
+        ("https://chat.example.net", 101),
+        ("http://chat.example.net", 403),
+        ("https://evil.example", 403),
+        ("http://127.0.0.1:8000", 101),
+    ];
+    for (origin, status) in cases {
+        assert_eq!(
+            upgrade_status(addr, &url, Some(origin)).await,
+            status,
+            "{origin}"
+        );
+    }
+    server.stop().await;
+}

@@ -54,6 +54,8 @@ pub(crate) struct Connection {
     pub header_sent: bool,
     /// XMPP over WebSocket (RFC 7395): frames are translated to and from stream syntax.
     pub ws: Option<Box<WsDecoder>>,
+    /// How long a write may make no progress before the client counts as gone.
+    write_timeout: Duration,
 }
 
 /// Feeds received bytes to the parser, through the WebSocket decoder when there is one.
@@ -77,13 +79,14 @@ pub(crate) fn feed_input(
 }
 
 impl Connection {
-    fn new(io: MaybeTls, limits: ParserLimits) -> Self {
+    fn new(io: MaybeTls, limits: ParserLimits, write_timeout: Duration) -> Self {
         Connection {
             io,
             parser: StreamParser::new(limits),
             out: Vec::new(),
             header_sent: false,
             ws: None,
+            write_timeout,
         }
     }
 
@@ -147,14 +150,17 @@ impl Connection {
         if self.out.is_empty() {
             return Ok(());
         }
-        let res = self.io.write_all(&self.out).await;
+        let res =
+            crate::net::io::write_all_within(&mut self.io, &self.out, self.write_timeout).await;
         self.out.clear();
         // A burst (offline messages, a big roster) must not pin its buffer forever.
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);
         }
-        res.map_err(|_| Ending::Gone)?;
-        self.io.flush().await.map_err(|_| Ending::Gone)
+        res.map_err(|e| {
+            debug!(error = %e, "write failed; connection lost");
+            Ending::Gone
+        })
     }
 
     pub async fn send(&mut self, el: &Element) -> Result<(), Ending> {
@@ -294,7 +300,8 @@ async fn serve_connection(
         max_depth: ctx.config.limits.max_depth,
         max_attributes: ctx.config.limits.max_attributes,
     };
-    let mut conn = Connection::new(MaybeTls::Plain(tcp), limits);
+    let write_timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
+    let mut conn = Connection::new(MaybeTls::Plain(tcp), limits, write_timeout);
     if websocket {
         conn.ws = Some(Box::new(WsDecoder::new(limits.max_stanza_bytes)));
     }

@@ -81,7 +81,8 @@ pub(crate) async fn negotiate(
         upgrade(tls, conn, &mut st, true).await?;
     }
     if conn.ws.is_some() {
-        crate::net::websocket::accept_upgrade(&mut conn.io)
+        let origins = &ctx.config.websocket.allowed_origins;
+        crate::net::websocket::accept_upgrade(&mut conn.io, origins, |d| ctx.is_local_domain(d))
             .await
             .map_err(|e| {
                 debug!(error = %e, "WebSocket upgrade failed");

@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: Limits,
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
+    pub websocket: WebsocketConfig,
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
 }
@@ -88,6 +89,9 @@ pub struct Limits {
     pub handshake_timeout_secs: u64,
     /// Seconds without any received byte before the connection is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds a write to a client may make no progress (the client stopped reading)
+    /// before the connection is treated as lost.
+    pub write_timeout_secs: u64,
     /// Concurrent connections from one IP address (large enough for users behind
     /// carrier-grade NAT; small enough that one address cannot exhaust the server).
     pub connections_per_ip: usize,
@@ -183,6 +187,17 @@ pub struct S2sConfig {
     pub queue_len: usize,
 }
 
+/// Listeners of kind `websocket` (RFC 7395).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebsocketConfig {
+    /// Origins (`scheme://host[:port]`, or `null` for pages without one, such as `file://`
+    /// pages) whose pages may open a WebSocket, besides pages of the server's own host.
+    /// Requests without an `Origin` header (non-browser clients) are always accepted;
+    /// others get HTTP 403.
+    pub allowed_origins: Vec<String>,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageBackend {
@@ -268,6 +283,7 @@ impl Default for Config {
             limits: Limits::default(),
             c2s: C2sConfig::default(),
             s2s: S2sConfig::default(),
+            websocket: WebsocketConfig::default(),
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
         }
@@ -282,6 +298,7 @@ impl Default for Limits {
             max_attributes: 64,
             handshake_timeout_secs: 30,
             idle_timeout_secs: 600,
+            write_timeout_secs: 30,
             connections_per_ip: 1000,
             max_connections: 100_000,
             max_auth_attempts: 3,

@@ -244,6 +244,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     validate_listeners(cfg, &mut errs);
     validate_limits(cfg, &mut errs);
     validate_s2s(cfg, &mut errs);
+    validate_websocket(cfg, &mut errs);
 
     if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
         errs.push(ConfigError::invalid(
@@ -483,10 +484,11 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 15] = [
+    let nonzero: [(&str, u64); 16] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
+        ("limits.write_timeout_secs", l.write_timeout_secs),
         ("limits.connections_per_ip", l.connections_per_ip as u64),
         ("limits.max_connections", l.max_connections as u64),
         ("limits.max_auth_attempts", u64::from(l.max_auth_attempts)),
@@ -596,6 +598,43 @@ fn validate_s2s(cfg: &Config, errs: &mut Vec<ConfigError>) {
             errs.push(ConfigError::invalid(&key, quote(target), reason));
         }
     }
+}
+
+fn validate_websocket(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    for (i, origin) in cfg.websocket.allowed_origins.iter().enumerate() {
+        if let Err(reason) = check_origin(origin) {
+            errs.push(ConfigError::invalid(
+                format!("websocket.allowed_origins[{i}]"),
+                quote(origin),
+                reason,
+            ));
+        }
+    }
+}
+
+/// An origin as browsers serialize it (RFC 6454 §6.2): `scheme://host[:port]` or `null`.
+/// Matching is exact, so anything a browser never sends is a mistake worth reporting.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin == "null" {
+        return Ok(());
+    }
+    if origin == "*" {
+        return Err("wildcards are not supported: list each origin".into());
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err("expected scheme://host[:port], e.g. \"https://chat.example.org\"".into());
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(format!("not a URL scheme: {}", quote(scheme)));
+    }
+    if authority.contains(['/', '?', '#', '@']) || authority.contains(char::is_whitespace) {
+        return Err("an origin has no path (not even a trailing '/'), query or user".into());
+    }
+    Ok(())
 }
 
 /// `host:port` or `[v6]:port`, with a non-zero port.
@@ -789,6 +828,27 @@ mod tests {
         );
         cfg.vhosts.clear();
         assert!(messages(&cfg).contains(&"vhost: at least one [[vhost]] is required".to_string()));
+    }
+
+    #[test]
+    fn websocket_origins() {
+        let mut cfg = Config::default();
+        cfg.websocket.allowed_origins = [
+            "https://chat.example.org",
+            "http://localhost:8080",
+            "null",
+            "file://",
+            "https://chat.example.org/",
+            "*",
+            "chat.example.org",
+        ]
+        .map(String::from)
+        .to_vec();
+        let m = messages(&cfg);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert!(m[0].starts_with("websocket.allowed_origins[4] = \"https://chat.example.org/\""));
+        assert!(m[1].contains("wildcards are not supported"), "{m:?}");
+        assert!(m[2].contains("expected scheme://host"), "{m:?}");
     }
 
     #[test]

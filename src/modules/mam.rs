@@ -467,7 +467,8 @@ impl IqHandler for Mam {
         &[NS]
     }
     fn account_features(&self) -> &'static [&'static str] {
-        &[NS, NS_EXTENDED]
+        // SID: archived messages carry <stanza-id by='the account'/> (XEP-0359 §4).
+        &[NS, NS_EXTENDED, SID]
     }
     async fn handle(
         &self,

@@ -5,7 +5,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -142,4 +142,60 @@ pub fn read_with<'a, T>(
             }
         })
     })
+}
+
+/// Writes and flushes all of `buf`, failing with `TimedOut` when the peer accepts nothing
+/// for `stall`: a peer that stops reading must not hold the writer (and everything queued
+/// behind it) forever. Slow but moving peers are fine, as each write that makes progress
+/// restarts the clock.
+pub async fn write_all_within(
+    io: &mut (impl AsyncWrite + Unpin),
+    mut buf: &[u8],
+    stall: std::time::Duration,
+) -> io::Result<()> {
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading");
+    while !buf.is_empty() {
+        match tokio::time::timeout(stall, io.write(buf)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(timed_out()),
+        }
+    }
+    tokio::time::timeout(stall, io.flush())
+        .await
+        .map_err(|_| timed_out())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_to_a_peer_that_stopped_reading_time_out() {
+        let (mut ours, mut theirs) = tokio::io::duplex(64);
+        let stall = std::time::Duration::from_secs(3);
+        // Fits the pipe: done at once.
+        write_all_within(&mut ours, &[1; 64], stall).await.unwrap();
+        // Nobody reads the rest.
+        let err = write_all_within(&mut ours, &[2; 100], stall)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // A reader that keeps taking some bytes is not cut off.
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut chunk = [0u8; 16];
+            while got < 64 + 1000 {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                got += tokio::io::AsyncReadExt::read(&mut theirs, &mut chunk)
+                    .await
+                    .unwrap();
+            }
+        });
+        write_all_within(&mut ours, &[3; 1000], stall)
+            .await
+            .unwrap();
+        reader.await.unwrap();
+    }
 }

@@ -25,8 +25,13 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_PENDING_REPLIES: usize = 16 * 1024;
 
 /// Answers the client's HTTP upgrade request on `io`: `101 Switching Protocols` with the
-/// `xmpp` subprotocol, or an HTTP error (then `Err`).
-pub async fn accept_upgrade(io: &mut MaybeTls) -> io::Result<()> {
+/// `xmpp` subprotocol, or an HTTP error (then `Err`). Pages of other sites are refused
+/// with 403 (see [`origin_allowed`]).
+pub async fn accept_upgrade(
+    io: &mut MaybeTls,
+    allowed_origins: &[String],
+    is_local_domain: impl Fn(&str) -> bool,
+) -> io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head_len = loop {
@@ -46,7 +51,10 @@ pub async fn accept_upgrade(io: &mut MaybeTls) -> io::Result<()> {
     if request.len() > head_len {
         return refuse(io, "400 Bad Request").await;
     }
-    let key = match upgrade_key(&request[..head_len]) {
+    let origin_ok = |origin: &str, host: Option<&str>| {
+        origin_allowed(origin, host, allowed_origins, &is_local_domain)
+    };
+    let key = match upgrade_key(&request[..head_len], origin_ok) {
         Ok(key) => key,
         Err(status) => return refuse(io, status).await,
     };
@@ -68,7 +76,11 @@ fn accept_key(key: &str) -> String {
 }
 
 /// The `Sec-WebSocket-Key` of a valid XMPP upgrade request, or the HTTP status to refuse it.
-fn upgrade_key(head: &[u8]) -> Result<String, &'static str> {
+/// `origin_ok` judges the `Origin` header, if any, given the `Host` header.
+fn upgrade_key(
+    head: &[u8],
+    origin_ok: impl Fn(&str, Option<&str>) -> bool,
+) -> Result<String, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -97,10 +109,59 @@ fn upgrade_key(head: &[u8]) -> Result<String, &'static str> {
     if !has_token("sec-websocket-protocol", "xmpp") {
         return Err("400 Bad Request");
     }
+    // Browsers always send Origin (RFC 6455 §4.1), so a page of another site cannot use
+    // the user's browser (and its network position) to talk to this server.
+    if let Some(origin) = header("origin").map(str::trim)
+        && !origin_ok(origin, header("host").map(str::trim))
+    {
+        tracing::info!(
+            origin,
+            "WebSocket upgrade from a page of another site refused"
+        );
+        return Err("403 Forbidden");
+    }
     let key = header("sec-websocket-key").map(str::trim).unwrap_or("");
     match B64.decode(key) {
         Ok(nonce) if nonce.len() == 16 => Ok(key.to_string()),
         _ => Err("400 Bad Request"),
+    }
+}
+
+/// Whether a page at `origin` may open a WebSocket to this server, reached as `host` (the
+/// request's `Host`): when `allowed` lists it, or when it was served by that same host and
+/// the host is one of ours (`is_local_domain`, `localhost` or an IP address). Another name
+/// could be an attacker's domain pointed at this server (DNS rebinding).
+pub fn origin_allowed(
+    origin: &str,
+    host: Option<&str>,
+    allowed: &[String],
+    is_local_domain: impl Fn(&str) -> bool,
+) -> bool {
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let page_host = origin.split_once("://").and_then(|(scheme, authority)| {
+        let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+        (web && !authority.contains(['/', '@', '?', '#'])).then(|| host_only(authority))
+    });
+    let (Some(page_host), Some(host)) = (page_host, host.map(host_only)) else {
+        return false;
+    };
+    if page_host.is_empty() || !page_host.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    let host = host.to_ascii_lowercase();
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok() || is_local_domain(&host)
+}
+
+/// `host[:port]` or `[v6]:port` without the port (and brackets).
+fn host_only(authority: &str) -> &str {
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split_once(']').map_or(authority, |(ip, _)| ip);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
     }
 }
 
@@ -275,6 +336,11 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<(usize, FrameHeader)>, 
         return Err(WsError::Protocol("unmasked client frame"));
     }
     let opcode = buf[0] & 0x0f;
+    let fin = buf[0] & 0x80 != 0;
+    // RFC 6455 §5.5: control frames (close, ping, pong) are never fragmented.
+    if opcode >= 0x8 && !fin {
+        return Err(WsError::Protocol("fragmented control frame"));
+    }
     let (len, mut at) = match buf[1] & 0x7f {
         126 => match buf.get(2..4) {
             Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
@@ -301,7 +367,7 @@ fn parse_header(buf: &[u8], max: usize) -> Result<Option<(usize, FrameHeader)>, 
     Ok(Some((
         at,
         FrameHeader {
-            fin: buf[0] & 0x80 != 0,
+            fin,
             opcode,
             len,
             mask,
@@ -497,6 +563,41 @@ mod tests {
     }
 
     #[test]
+    fn control_frames_are_never_fragmented_nor_long() {
+        // RFC 6455 §5.5: control frames carry FIN and at most 125 bytes of payload.
+        for opcode in [0x8, 0x9, 0xA] {
+            let mut d = WsDecoder::new(1000);
+            let fragmented = client_frame(opcode, false, b"hi");
+            assert_eq!(
+                decode_all(&mut d, &fragmented),
+                Err(WsError::Protocol("fragmented control frame")),
+                "opcode {opcode:#x}"
+            );
+            assert!(d.replies.is_empty(), "nothing answered for {opcode:#x}");
+            // Also in the middle of a fragmented text message.
+            let mut d = WsDecoder::new(1000);
+            let mut wire = client_frame(0x1, false, b"<a/");
+            wire.extend(client_frame(opcode, false, b""));
+            assert_eq!(
+                decode_all(&mut d, &wire),
+                Err(WsError::Protocol("fragmented control frame"))
+            );
+            let mut d = WsDecoder::new(1000);
+            let long = client_frame(opcode, true, &[b'p'; 126]);
+            assert_eq!(
+                decode_all(&mut d, &long[..4]),
+                Err(WsError::Protocol("control frame too long"))
+            );
+            let mut d = WsDecoder::new(1000);
+            let longest = client_frame(opcode, true, &[0x03; 125]);
+            assert_ne!(
+                decode_all(&mut d, &longest),
+                Err(WsError::Protocol("control frame too long"))
+            );
+        }
+    }
+
+    #[test]
     fn random_input_never_panics_and_stays_bounded() {
         // xorshift: deterministic, no dependency.
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -529,8 +630,9 @@ mod tests {
         let ok = "GET /xmpp-websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
                   Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n";
+        let any = |_: &str, _: Option<&str>| true;
         assert_eq!(
-            upgrade_key(ok.as_bytes()).unwrap(),
+            upgrade_key(ok.as_bytes(), any).unwrap(),
             "dGhlIHNhbXBsZSBub25jZQ=="
         );
         // The example of RFC 6455 §1.3.
@@ -539,14 +641,64 @@ mod tests {
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         let no_xmpp = ok.replace("Sec-WebSocket-Protocol: xmpp\r\n", "");
-        assert_eq!(upgrade_key(no_xmpp.as_bytes()), Err("400 Bad Request"));
+        assert_eq!(upgrade_key(no_xmpp.as_bytes(), any), Err("400 Bad Request"));
         let post = ok.replace("GET", "POST");
-        assert_eq!(upgrade_key(post.as_bytes()), Err("405 Method Not Allowed"));
+        assert_eq!(
+            upgrade_key(post.as_bytes(), any),
+            Err("405 Method Not Allowed")
+        );
         let plain_http = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
         assert_eq!(
-            upgrade_key(plain_http.as_bytes()),
+            upgrade_key(plain_http.as_bytes(), any),
             Err("426 Upgrade Required")
         );
+        let none = |_: &str, _: Option<&str>| false;
+        assert!(
+            upgrade_key(ok.as_bytes(), none).is_ok(),
+            "no Origin: not a page"
+        );
+        let cross = ok.replace("Host:", "Origin: https://evil.example\r\nHost:");
+        assert_eq!(upgrade_key(cross.as_bytes(), none), Err("403 Forbidden"));
+        let seen = std::cell::RefCell::new(None);
+        let record = |o: &str, h: Option<&str>| {
+            *seen.borrow_mut() = Some((o.to_string(), h.map(str::to_string)));
+            true
+        };
+        assert!(upgrade_key(cross.as_bytes(), record).is_ok());
+        assert_eq!(
+            seen.take(),
+            Some(("https://evil.example".into(), Some("localhost".into())))
+        );
+    }
+
+    #[test]
+    fn origins() {
+        let ours = |d: &str| d == "example.org";
+        let ok = |origin: &str, host: &str, allowed: &[&str]| {
+            let allowed: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
+            origin_allowed(origin, Some(host), &allowed, ours)
+        };
+        // Same host, any port or scheme, when the host is ours.
+        assert!(ok("http://localhost:8080", "localhost:5280", &[]));
+        assert!(ok("https://Example.org", "example.org:5281", &[]));
+        assert!(ok("http://127.0.0.1", "127.0.0.1:5280", &[]));
+        assert!(ok("http://[::1]:3000", "[::1]:5280", &[]));
+        // Other hosts, and names that are not ours (DNS rebinding).
+        assert!(!ok("https://evil.example", "example.org", &[]));
+        assert!(!ok("http://evil.example:5280", "evil.example:5280", &[]));
+        assert!(!ok("http://127.0.0.2", "127.0.0.1:5280", &[]));
+        assert!(!ok("null", "localhost:5280", &[]));
+        assert!(!ok("file://", "localhost:5280", &[]));
+        assert!(!ok("http://localhost@evil.example", "localhost", &[]));
+        assert!(!ok("http://", "localhost", &[]));
+        assert!(!origin_allowed("http://localhost", None, &[], ours));
+        // Listed origins, exactly (scheme and port included).
+        let listed = ["https://chat.example.net", "null"];
+        assert!(ok("https://chat.example.net", "example.org", &listed));
+        assert!(ok("HTTPS://CHAT.example.net", "example.org", &listed));
+        assert!(ok("null", "example.org", &listed));
+        assert!(!ok("http://chat.example.net", "example.org", &listed));
+        assert!(!ok("https://chat.example.net:8443", "example.org", &listed));
     }
 
     #[test]

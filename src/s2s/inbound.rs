@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::conn::{Conn, DIALBACK, DIALBACK_FEATURE, Ending, limits, response_header};
 use super::outbound::Failure;
@@ -80,10 +80,18 @@ pub async fn serve(
             authed: HashSet::new(),
             pending: 0,
         };
-        if mode == TlsMode::DirectTls && upgrade(&tls, &mut conn, &mut st, true).await.is_err() {
-            return;
+        // Everything before the first authenticated domain, TLS handshakes included, must
+        // fit in the handshake timeout: silent peers must not keep connection slots.
+        let handshake = Duration::from_secs(ctx.config.limits.handshake_timeout_secs);
+        let deadline = tokio::time::Instant::now() + handshake;
+        if mode == TlsMode::DirectTls {
+            let direct = tokio::time::timeout_at(deadline, upgrade(&tls, &mut conn, &mut st, true));
+            if !matches!(direct.await, Ok(Ok(()))) {
+                debug!("Direct TLS handshake failed or timed out");
+                return;
+            }
         }
-        let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, &shutdown).await;
+        let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, deadline, &shutdown).await;
         let from = st.to.clone().unwrap_or_else(|| {
             ctx.config
                 .vhosts
@@ -125,12 +133,11 @@ async fn run(
     tls: &TlsContext,
     conn: &mut Conn,
     st: &mut State,
+    deadline: tokio::time::Instant,
     shutdown: &CancellationToken,
 ) -> Ending {
     let (vtx, mut vrx) = mpsc::channel::<Verdict>(MAX_PENDING_VERIFICATIONS);
-    let handshake = tokio::time::sleep(Duration::from_secs(
-        ctx.config.limits.handshake_timeout_secs,
-    ));
+    let handshake = tokio::time::sleep_until(deadline);
     tokio::pin!(handshake);
     let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
     let idle_timer = tokio::time::sleep(idle);
@@ -141,7 +148,9 @@ async fn run(
             _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
             Some(v) = vrx.recv() => {
                 st.pending = st.pending.saturating_sub(1);
-                if let Err(e) = verdict(s2s, conn, st, v).await {
+                let unauthenticated = st.authed.is_empty();
+                let answered = verdict(s2s, conn, st, v);
+                if let Err(e) = within(unauthenticated, deadline, answered).await {
                     return e;
                 }
             }
@@ -156,7 +165,9 @@ async fn run(
                         Ok(None) => break,
                         Err(e) => return super::conn::xml_ending(e),
                     };
-                    match event(ctx, s2s, tls, conn, st, &vtx, ev).await {
+                    let unauthenticated = st.authed.is_empty();
+                    let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
+                    match within(unauthenticated, deadline, handled).await {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Restarted) => break,
                         Err(e) => return e,
@@ -169,6 +180,22 @@ async fn run(
             _ = &mut idle_timer => return StreamErrorCondition::ConnectionTimeout.into(),
         }
     }
+}
+
+/// Runs `step` (which may write, or run a STARTTLS handshake) within the handshake
+/// deadline while no domain is authenticated: the deadline arm of the loop in `run` is not
+/// polled meanwhile.
+async fn within<T>(
+    unauthenticated: bool,
+    deadline: tokio::time::Instant,
+    step: impl std::future::Future<Output = Result<T, Ending>>,
+) -> Result<T, Ending> {
+    if !unauthenticated {
+        return step.await;
+    }
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or_else(|_| Err(StreamErrorCondition::ConnectionTimeout.into()))
 }
 
 fn domain_only(s: &str) -> Option<String> {
@@ -199,10 +226,10 @@ async fn event(
         return Ok(Flow::Restarted);
     }
     if el.is("auth", ns::SASL) {
-        return sasl_external(s2s, conn, st, &el).await;
+        return sasl_external(ctx, s2s, conn, st, &el).await;
     }
     if el.is("result", DIALBACK) {
-        db_result(s2s, conn, st, vtx, &el).await?;
+        db_result(ctx, s2s, conn, st, vtx, &el).await?;
         return Ok(Flow::Continue);
     }
     if el.is("verify", DIALBACK) {
@@ -282,7 +309,8 @@ async fn open_stream(
         features.push_child(starttls);
     }
     if st.secure || !require_tls {
-        if st.secure && !st.sasl_done && cert_valid_for(s2s, conn, st.from.as_deref()) {
+        let foreign_from = st.from.as_deref().filter(|f| !ctx.is_local_domain(f));
+        if st.secure && !st.sasl_done && cert_valid_for(s2s, conn, foreign_from) {
             features.push_child(
                 Element::new("mechanisms", ns::SASL)
                     .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
@@ -315,6 +343,7 @@ async fn sasl_failure(conn: &mut Conn, condition: &str) -> Result<Flow, Ending> 
 
 /// XEP-0178: the stream's `from` domain, proven by its certificate.
 async fn sasl_external(
+    ctx: &Context,
     s2s: &Arc<S2s>,
     conn: &mut Conn,
     st: &mut State,
@@ -329,6 +358,12 @@ async fn sasl_external(
     let (Some(from), Some(to)) = (st.from.clone(), st.to.clone()) else {
         return sasl_failure(conn, "not-authorized").await;
     };
+    if ctx.is_local_domain(&from) {
+        // A certificate that also covers our domain (a shared wildcard one) must not let
+        // a peer speak for our users.
+        info!(from, "SASL EXTERNAL for a domain we host refused");
+        return sasl_failure(conn, "not-authorized").await;
+    }
     let text: String = auth.text().chars().filter(|c| !c.is_whitespace()).collect();
     let authzid = match text.as_str() {
         "" | "=" => None,
@@ -368,6 +403,7 @@ fn db_error(from: &str, to: &str, kind: &str, condition: &str) -> Element {
 /// XEP-0220 §2.2: the originating server claims `from` with a key; we ask its
 /// authoritative server unless the certificate already proves it.
 async fn db_result(
+    ctx: &Context,
     s2s: &Arc<S2s>,
     conn: &mut Conn,
     st: &mut State,
@@ -394,6 +430,13 @@ async fn db_result(
                 .await?;
             return Ok(());
         }
+    }
+    if ctx.is_local_domain(&remote) {
+        // Only we speak for our domains: no certificate or callback can prove otherwise.
+        info!(remote, "dialback for a domain we host refused");
+        conn.send(&db_error(&local, &remote, "cancel", "forbidden"))
+            .await?;
+        return Ok(());
     }
     let key = el.text().trim().to_string();
     if key.is_empty() {
@@ -508,6 +551,11 @@ async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), E
     };
     if !ctx.is_local_domain(&to.domain) {
         return Err(StreamErrorCondition::HostUnknown.into());
+    }
+    if ctx.is_local_domain(&from.domain) {
+        // Our users' stanzas never arrive from another server; never route one that claims to.
+        warn!(from = %from.full(), "stanza from a local domain on an inbound s2s stream; dropped");
+        return Ok(());
     }
     if !st
         .authed

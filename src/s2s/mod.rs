@@ -54,8 +54,20 @@ struct Backoff {
     count: u32,
 }
 
+impl Backoff {
+    fn forgotten(&self, now: Instant) -> bool {
+        now >= self.until + FAILURE_MEMORY
+    }
+}
+
 /// Longest wait before a failed domain is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a failure is remembered after its backoff ended (to lengthen the next
+/// backoff if the domain fails again); then it is forgotten.
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+/// Remote domains with a remembered failure, at most: stanzas to ever new unreachable
+/// domains must not grow the map without bound.
+const MAX_FAILURES: usize = 10_000;
 
 /// How an outbound stream was set up (for logs, tests and the report).
 #[derive(Clone, Debug)]
@@ -224,22 +236,47 @@ impl S2s {
 
     /// The failure to bounce with while the pair is backing off.
     fn backing_off(&self, pair: &Pair) -> Option<Failure> {
-        let failures = lock(&self.failures);
-        failures
-            .get(pair)
-            .filter(|b| Instant::now() < b.until)
-            .map(|b| b.failure.clone())
+        let now = Instant::now();
+        let mut failures = lock(&self.failures);
+        let backoff = failures.get(pair)?;
+        if now < backoff.until {
+            return Some(backoff.failure.clone());
+        }
+        if backoff.forgotten(now) {
+            failures.remove(pair);
+        }
+        None
     }
 
     fn record_failure(&self, pair: &Pair, failure: Failure) {
+        self.record_failure_at(pair, failure, Instant::now());
+    }
+
+    fn record_failure_at(&self, pair: &Pair, failure: Failure, now: Instant) {
         let mut failures = lock(&self.failures);
-        let count = failures.get(pair).map_or(0, |b| b.count) + 1;
+        let count = failures
+            .get(pair)
+            .filter(|b| !b.forgotten(now))
+            .map_or(0, |b| b.count)
+            + 1;
+        if !failures.contains_key(pair) && failures.len() >= MAX_FAILURES {
+            failures.retain(|_, b| !b.forgotten(now));
+            // Still full of recent failures: the one whose backoff ends first goes.
+            if failures.len() >= MAX_FAILURES
+                && let Some(oldest) = failures
+                    .iter()
+                    .min_by_key(|(_, b)| b.until)
+                    .map(|(p, _)| p.clone())
+            {
+                failures.remove(&oldest);
+            }
+        }
         let wait = Duration::from_secs(1u64 << (count - 1).min(6)).min(MAX_BACKOFF);
         failures.insert(
             pair.clone(),
             Backoff {
                 failure,
-                until: Instant::now() + wait,
+                until: now + wait,
                 count,
             },
         );
@@ -308,4 +345,66 @@ impl S2s {
 /// Sends the error for `failure` back to the sender of `stanza` (RFC 6120 §8.3.3).
 async fn bounce(ctx: &Arc<Context>, stanza: &Element, failure: &Failure) {
     route_reply(ctx, stanza, failure.stanza_error()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn service(dir: &std::path::Path) -> S2s {
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        config.s2s.dialback_secret = Some("a test secret of some length".into());
+        config.s2s.dns_servers = vec![SocketAddr::from(([127, 0, 0, 1], 9))];
+        let tls = TlsContext::load(&config).unwrap();
+        S2s::new(&config, tls, CancellationToken::new(), TaskTracker::new()).unwrap()
+    }
+
+    fn pair(i: usize) -> Pair {
+        ("localhost".into(), format!("d{i}.example"))
+    }
+
+    #[test]
+    fn failures_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s2s = service(dir.path());
+        for i in 0..MAX_FAILURES + 50 {
+            s2s.record_failure(&pair(i), Failure::NotFound);
+        }
+        assert_eq!(lock(&s2s.failures).len(), MAX_FAILURES);
+        // The newest failures are the ones remembered.
+        assert_eq!(
+            s2s.backing_off(&pair(MAX_FAILURES + 49)),
+            Some(Failure::NotFound)
+        );
+        assert_eq!(s2s.backing_off(&pair(0)), None);
+    }
+
+    #[test]
+    fn failures_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s2s = service(dir.path());
+        let timeout = Failure::Timeout;
+        let t0 = Instant::now();
+        s2s.record_failure_at(&pair(1), timeout.clone(), t0);
+        s2s.record_failure_at(&pair(1), timeout.clone(), t0);
+        assert_eq!(lock(&s2s.failures)[&pair(1)].count, 2);
+        // Once forgotten, a new failure starts the backoff over...
+        let later = t0 + MAX_BACKOFF + FAILURE_MEMORY;
+        s2s.record_failure_at(&pair(1), timeout.clone(), later);
+        assert_eq!(lock(&s2s.failures)[&pair(1)].count, 1);
+        // ... and a full map first drops what is forgotten, not what is recent.
+        for i in 2..MAX_FAILURES + 1 {
+            s2s.record_failure_at(&pair(i), timeout.clone(), t0);
+        }
+        assert_eq!(lock(&s2s.failures).len(), MAX_FAILURES);
+        s2s.record_failure_at(&pair(0), timeout.clone(), later);
+        let failures = lock(&s2s.failures);
+        assert_eq!(failures.len(), 2, "the stale ones were dropped");
+        assert!(failures.contains_key(&pair(0)) && failures.contains_key(&pair(1)));
+    }
 }
