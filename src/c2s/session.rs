@@ -20,6 +20,7 @@ use crate::addr::Addr;
 use crate::context::Context;
 use crate::registry::{Extensions, SessionCtx, SessionEvent};
 use crate::router::{SessionCommand, route, route_reply, serve_own_session};
+use crate::server::Shaper;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
 
@@ -292,6 +293,9 @@ async fn serve_bound(
     let has_room =
         |sm: &Option<StreamManagement>| sm.as_ref().is_none_or(|s| s.unacked_len() < max_unacked);
     let own_limit = ctx.config.limits.session_backlog_len;
+    let mut shaper = Shaper::new(ctx.config.limits.c2s_shaper(), std::time::Instant::now());
+    // While the client is over its rate, its input is left unread (TCP pushes back).
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         // Stream management flow control: with too much unacknowledged, stop sending until
         // the client acks; stanzas wait in the router's bounded session queue meanwhile.
@@ -343,53 +347,98 @@ async fn serve_bound(
                     return LoopEnd::Lost(e);
                 }
             }
+            _ = tokio::time::sleep_until(
+                paused_until.unwrap_or_else(tokio::time::Instant::now)
+            ), if paused_until.is_some() => {
+                // What was read before the pause is handled first.
+                let handled = handle_input(ctx, conn, state, &control, own_limit, &mut shaper);
+                let wait = match handled.await {
+                    Ok(wait) => wait,
+                    Err(end) => return end,
+                };
+                if let Err(e) = conn.flush().await {
+                    return LoopEnd::Lost(e);
+                }
+                paused_until = pause(wait);
+            }
             read = crate::net::io::read_with(
                 &mut conn.io,
-                |bytes| super::feed_input(&mut conn.parser, &mut conn.ws, bytes),
-            ) => {
-                let fed = match read {
+                |bytes| (bytes.len(), super::feed_input(&mut conn.parser, &mut conn.ws, bytes)),
+            ), if paused_until.is_none() => {
+                let (read_bytes, fed) = match read {
                     Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),
-                    Ok(Some(fed)) => fed,
+                    Ok(Some(read)) => read,
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 if let Err(e) = fed {
                     return LoopEnd::Close(super::xml_ending(e));
                 }
-                loop {
-                    match conn.parser.next_event() {
-                        Ok(None) => break,
-                        Ok(Some(StreamEvent::Stanza(el))) => {
-                            // Boxed: the stanza pipeline's state would otherwise be part
-                            // of every idle session's future.
-                            let handled = Box::pin(serve_own_session(
-                                control.clone(),
-                                own_limit,
-                                handle_element(ctx, conn, state, el),
-                            ));
-                            let (handled, mut kept) = handled.await;
-                            state.backlog.append(&mut kept);
-                            if let Err(end) = handled {
-                                return end;
-                            }
-                        }
-                        Ok(Some(StreamEvent::Close)) => {
-                            return LoopEnd::Close(Ending::PeerClosed);
-                        }
-                        Ok(Some(StreamEvent::Open(_))) => {
-                            return LoopEnd::Close(StreamErrorCondition::NotWellFormed.into());
-                        }
-                        Err(e) => return LoopEnd::Close(super::xml_ending(e)),
-                    }
-                }
+                let by_bytes = shaper.charge(read_bytes, 0, std::time::Instant::now());
+                let handled = handle_input(ctx, conn, state, &control, own_limit, &mut shaper);
+                let by_stanzas = match handled.await {
+                    Ok(wait) => wait,
+                    Err(end) => return end,
+                };
                 // Answers to nonzas (acks, a CSI flush) were queued on the connection.
                 if let Err(e) = conn.flush().await {
                     return LoopEnd::Lost(e);
                 }
+                paused_until = pause(by_bytes.max(by_stanzas));
             }
             _ = &mut idle_timer => {
                 debug!("idle timeout");
                 return LoopEnd::Lost(StreamErrorCondition::ConnectionTimeout.into());
             }
+        }
+    }
+}
+
+/// When to read again after a shaper's `wait` (none: now).
+fn pause(wait: Duration) -> Option<tokio::time::Instant> {
+    if wait.is_zero() {
+        return None;
+    }
+    debug!(
+        wait_ms = wait.as_millis() as u64,
+        "over the input rate; reading paused"
+    );
+    Some(tokio::time::Instant::now() + wait)
+}
+
+/// Handles what the parser holds, element by element, until it is empty or the client is
+/// over its stanza rate; the rest then waits in the parser. Returns how long to pause.
+async fn handle_input(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    state: &mut SessionState,
+    control: &Arc<crate::router::SessionControl>,
+    own_limit: usize,
+    shaper: &mut Shaper,
+) -> Result<Duration, LoopEnd> {
+    loop {
+        match conn.parser.next_event() {
+            Ok(None) => return Ok(Duration::ZERO),
+            Ok(Some(StreamEvent::Stanza(el))) => {
+                // Boxed: the stanza pipeline's state would otherwise be part of every
+                // idle session's future.
+                let handled = Box::pin(serve_own_session(
+                    control.clone(),
+                    own_limit,
+                    handle_element(ctx, conn, state, el),
+                ));
+                let (handled, mut kept) = handled.await;
+                state.backlog.append(&mut kept);
+                handled?;
+                let wait = shaper.charge(0, 1, std::time::Instant::now());
+                if !wait.is_zero() {
+                    return Ok(wait);
+                }
+            }
+            Ok(Some(StreamEvent::Close)) => return Err(LoopEnd::Close(Ending::PeerClosed)),
+            Ok(Some(StreamEvent::Open(_))) => {
+                return Err(LoopEnd::Close(StreamErrorCondition::NotWellFormed.into()));
+            }
+            Err(e) => return Err(LoopEnd::Close(super::xml_ending(e))),
         }
     }
 }

@@ -292,6 +292,15 @@ impl SmRegistry {
         self.lock().hibernated.get(full) == Some(&conn_id)
     }
 
+    /// How many sessions of the account `bare` are hibernated now.
+    fn hibernated_of(&self, bare: &str) -> usize {
+        self.lock()
+            .hibernated
+            .keys()
+            .filter(|full| full.strip_prefix(bare).is_some_and(|r| r.starts_with('/')))
+            .count()
+    }
+
     /// How many sessions are hibernated now.
     pub fn hibernated_count(&self) -> usize {
         self.lock().hibernated.len()
@@ -361,6 +370,12 @@ pub(crate) async fn hibernate(
         Box::pin(end_session(ctx, state, false)).await;
         return;
     };
+    // Each hibernated session holds its queues: an account cannot pile them up.
+    if ctx.sm.hibernated_of(&state.bound.bare) >= ctx.config.limits.max_hibernated_per_account {
+        info!(jid = %state.bound.full, "too many hibernated sessions for the account; ended");
+        Box::pin(end_session(ctx, state, false)).await;
+        return;
+    }
     let (full, conn_id) = (state.bound.full.clone(), state.bound.conn_id);
     ctx.sm.set_hibernated(&full, conn_id, true);
     info!(jid = %full, timeout_secs = timeout.as_secs(), "session hibernated");

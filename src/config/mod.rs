@@ -125,6 +125,24 @@ pub struct Limits {
     /// login), written to the client in steps outside the session queue. Beyond it the
     /// session is closed; must hold the offline quota and the pending subscriptions.
     pub session_backlog_len: usize,
+    /// Bytes per second a client's stream may send, on average (`c2s_burst_bytes` at once);
+    /// above it the connection is read more slowly, not closed.
+    pub c2s_bytes_per_sec: u64,
+    /// Bytes a client may send at once before its rate applies (at least the largest
+    /// stanza, or every large stanza would pause its stream).
+    pub c2s_burst_bytes: u64,
+    /// Stanzas per second a client's stream may send, on average.
+    pub c2s_stanzas_per_sec: u64,
+    /// Stanzas a client may send at once before its rate applies.
+    pub c2s_burst_stanzas: u64,
+    /// Contacts in one roster; adding more is refused with `resource-constraint`.
+    pub max_roster_items: usize,
+    /// JIDs on one block list (XEP-0191); blocking more is refused with
+    /// `resource-constraint`.
+    pub max_blocklist_items: usize,
+    /// Hibernated (XEP-0198, awaiting resumption) sessions per account; a further lost
+    /// connection ends its session at once.
+    pub max_hibernated_per_account: usize,
     /// Subscription requests kept per user awaiting an answer (RFC 6121 §3.1.3); further
     /// requests from new contacts are refused with `resource-constraint`.
     pub max_pending_subscriptions: usize,
@@ -290,6 +308,18 @@ impl Default for Config {
     }
 }
 
+impl Limits {
+    /// The input shaping of one client stream.
+    pub fn c2s_shaper(&self) -> crate::server::ShaperConfig {
+        crate::server::ShaperConfig {
+            bytes_per_sec: self.c2s_bytes_per_sec,
+            burst_bytes: self.c2s_burst_bytes,
+            stanzas_per_sec: self.c2s_stanzas_per_sec,
+            burst_stanzas: self.c2s_burst_stanzas,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -312,6 +342,13 @@ impl Default for Limits {
             offline_quota: 1000,
             session_backlog_len: 20_000,
             max_pending_subscriptions: 500,
+            c2s_bytes_per_sec: 1024 * 1024,
+            c2s_burst_bytes: 1024 * 1024,
+            c2s_stanzas_per_sec: 5000,
+            c2s_burst_stanzas: 10_000,
+            max_roster_items: 5000,
+            max_blocklist_items: 5000,
+            max_hibernated_per_account: 8,
             max_resources: 32,
             sm_max_unacked: 500,
         }

@@ -484,7 +484,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 16] = [
+    let nonzero: [(&str, u64); 23] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -497,6 +497,16 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.max_resources", l.max_resources as u64),
         ("limits.sm_max_unacked", l.sm_max_unacked as u64),
         ("limits.session_backlog_len", l.session_backlog_len as u64),
+        ("limits.c2s_bytes_per_sec", l.c2s_bytes_per_sec),
+        ("limits.c2s_burst_bytes", l.c2s_burst_bytes),
+        ("limits.c2s_stanzas_per_sec", l.c2s_stanzas_per_sec),
+        ("limits.c2s_burst_stanzas", l.c2s_burst_stanzas),
+        ("limits.max_roster_items", l.max_roster_items as u64),
+        ("limits.max_blocklist_items", l.max_blocklist_items as u64),
+        (
+            "limits.max_hibernated_per_account",
+            l.max_hibernated_per_account as u64,
+        ),
         (
             "limits.max_pending_subscriptions",
             l.max_pending_subscriptions as u64,
@@ -515,6 +525,16 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         if v == 0 {
             errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
         }
+    }
+    if l.c2s_burst_bytes < l.max_stanza_bytes as u64 {
+        errs.push(ConfigError::invalid(
+            "limits.c2s_burst_bytes",
+            l.c2s_burst_bytes.to_string(),
+            format!(
+                "smaller than limits.max_stanza_bytes = {}: every large stanza would pause its stream",
+                l.max_stanza_bytes
+            ),
+        ));
     }
     // At login one session gets every offline message and pending request at once.
     let login_backlog = l.offline_quota.saturating_add(l.max_pending_subscriptions);

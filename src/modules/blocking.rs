@@ -394,6 +394,13 @@ impl IqHandler for Blocking {
                 if jids.is_empty() {
                     return Err(StanzaError::bad_request().with_text("nothing to block"));
                 }
+                let listed = store.blocklist(user).await.map_err(internal)?;
+                let new = jids.iter().filter(|j| !listed.contains(j)).count();
+                if listed.len() + new > ctx.config.limits.max_blocklist_items {
+                    return Err(
+                        StanzaError::resource_constraint().with_text("the block list is full")
+                    );
+                }
                 let added = store.block(user, &jids).await.map_err(internal)?;
                 push(ctx, user, &items("block", &jids));
                 send_unavailable(ctx, user, &added).await;

@@ -361,10 +361,18 @@ async fn outbound_subscription(
     kind: &str,
     mut stanza: Element,
 ) {
+    let existing = load_item(ctx, user, contact).await;
+    // A request would add the contact to the roster (answered to the sending resource).
+    if kind == "subscribe"
+        && existing.is_none()
+        && roster::roster_full(ctx, user).await.unwrap_or(false)
+    {
+        route_reply(ctx, &stanza, roster::roster_full_error()).await;
+        return;
+    }
     // Subscription stanzas travel between bare JIDs (RFC 6121 §3.1.2).
     stanza.set_attr("from", user);
     stanza.set_attr("to", contact);
-    let existing = load_item(ctx, user, contact).await;
     let mut item = existing.clone().unwrap_or_else(|| RosterItem {
         jid: contact.to_string(),
         ..RosterItem::default()

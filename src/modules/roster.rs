@@ -214,6 +214,9 @@ async fn set(
         .item(user, &contact)
         .await
         .map_err(internal)?;
+    if existing.is_none() && roster_full(ctx, user).await.map_err(internal)? {
+        return Err(roster_full_error());
+    }
     // Clients may change only the name and groups; subscription state is the server's.
     let mut item = existing.unwrap_or_else(|| RosterItem {
         jid: contact.clone(),
@@ -231,6 +234,16 @@ async fn set(
         .await
         .map_err(internal)?;
     Ok(None)
+}
+
+/// Whether `user`'s roster holds `limits.max_roster_items` contacts already.
+pub(crate) async fn roster_full(ctx: &Arc<Context>, user: &str) -> Result<bool, StorageError> {
+    let roster = ctx.storage.roster.roster(user).await?;
+    Ok(roster.items.len() >= ctx.config.limits.max_roster_items)
+}
+
+pub(crate) fn roster_full_error() -> StanzaError {
+    StanzaError::resource_constraint().with_text("the roster is full")
 }
 
 /// RFC 6121 §2.5: removing an item cancels subscriptions in both directions.

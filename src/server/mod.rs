@@ -2,6 +2,7 @@
 //! and one cancellation tree from the root to every connection.
 
 mod limits;
+mod shaper;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::storage::Storage;
 use crate::stream::{StreamError, StreamErrorCondition};
 
 pub use limits::ConnectionLimits;
+pub use shaper::{Shaper, ShaperConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -23,6 +23,17 @@ use xmppd::xml::{Element, ParserLimits, StreamEvent, StreamParser};
 pub const DOMAIN: &str = "localhost";
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Polls `cond` until it holds (for state that no stanza announces); panics after 5 s.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config {
         data_dir: dir.to_path_buf(),
