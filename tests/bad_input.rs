@@ -177,10 +177,11 @@ async fn a_stuck_handshake_times_out() {
 #[tokio::test]
 async fn connections_per_ip_are_limited() {
     let server = TestServer::start_with(|c| c.limits.connections_per_ip = 2).await;
-    let _a = Client::connect(server.starttls_addr()).await;
-    let _b = Client::connect(server.starttls_addr()).await;
-    // Give the accept loop a moment to register both.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut a = Client::connect(server.starttls_addr()).await;
+    let mut b = Client::connect(server.starttls_addr()).await;
+    // Answered streams hold their slots.
+    a.open_stream().await;
+    b.open_stream().await;
     let mut c = Client::connect(server.starttls_addr()).await;
     assert_eq!(c.expect_stream_error().await, "policy-violation");
     server.stop().await;

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::{Client, TestServer};
 use xmppd::modules::mam::stamp;
 use xmppd::storage::NewArchived;
@@ -510,7 +508,10 @@ async fn live_messages_are_archived_on_both_sides_and_survive_a_restart() {
     assert!(stanza_id(&m, "bob@localhost").is_none());
     // To the bare JID while bob is offline: archived, then stored offline.
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::wait_until("bob's session to end", || {
+        server.ctx().sessions.resources("bob@localhost").is_empty()
+    })
+    .await;
     alice
         .send("<message to='bob@localhost' type='chat' id='off1'><body>later</body></message>")
         .await;

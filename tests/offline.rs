@@ -48,7 +48,10 @@ async fn offline_messages_survive_restart_and_arrive_with_delay() {
     bob.expect_silence_except_presence(Duration::from_millis(300))
         .await;
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::wait_until("bob's session to end", || {
+        server.ctx().sessions.resources("bob@localhost").is_empty()
+    })
+    .await;
     let mut bob = server.login("bob", "c").await;
     bob.send("<presence/>").await;
     bob.expect_silence_except_presence(Duration::from_millis(300))

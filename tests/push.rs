@@ -103,16 +103,6 @@ async fn chat(from: &mut Client, to: &str, text: &str) {
     .await;
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn publishes_for_offline_and_hibernated_users_until_disabled() {
     let server = TestServer::start().await;
@@ -150,7 +140,7 @@ async fn publishes_for_offline_and_hibernated_users_until_disabled() {
 
     // Offline: the message is stored and the service told (no body by default).
     bob.close().await;
-    wait_for("bob to go offline", || {
+    support::wait_until("bob to go offline", || {
         ctx(&server).sessions.resources("bob@localhost").is_empty()
     })
     .await;
@@ -163,7 +153,7 @@ async fn publishes_for_offline_and_hibernated_users_until_disabled() {
     assert_eq!(p.field("last-message-body"), None);
     assert_eq!(p.secret.as_deref(), Some("s3cr3t"));
     answer(&mut app, &p, false).await;
-    wait_for("the answer", || {
+    support::wait_until("the answer", || {
         ctx(&server).registry.pending_responses() == 0
     })
     .await;
@@ -234,7 +224,7 @@ async fn disable_stops_notifications() {
         .await;
     assert_eq!(reply.attr("type"), Some("result"));
     bob.close().await;
-    wait_for("bob to go offline", || {
+    support::wait_until("bob to go offline", || {
         ctx(&server).sessions.resources("bob@localhost").is_empty()
     })
     .await;
@@ -253,7 +243,7 @@ async fn disable_stops_notifications() {
         .await;
     assert_eq!(reply.attr("type"), Some("result"));
     bob.close().await;
-    wait_for("bob to go offline", || {
+    support::wait_until("bob to go offline", || {
         ctx(&server).sessions.resources("bob@localhost").is_empty()
     })
     .await;

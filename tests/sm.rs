@@ -111,16 +111,6 @@ async fn sync(c: &mut Client) {
         .await;
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// Polls the user's offline count until it reaches `at_least` (or 5 s pass); returns it.
 async fn offline_count_reaching(server: &TestServer, user: &str, at_least: usize) -> usize {
     let mut stored = 0;
@@ -246,11 +236,13 @@ async fn dropped_connection_hibernates_and_resume_delivers_exactly_once() {
 
     // "two" reaches bob's socket, but bob never reads it: in flight when the link dies.
     chat(&mut alice, "bob@localhost/phone", "two").await;
-    sync(&mut alice).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Read off the socket but never counted: the server sees it unacknowledged.
+    bob.c
+        .recv_until(|e| e.child_text("body", "jabber:client").as_deref() == Some("two"))
+        .await;
     let (id, h) = (bob.id.clone(), bob.h);
     bob.c.drop_connection();
-    wait_for("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
+    support::wait_until("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
     // Still bound and available while hibernated; more arrives meanwhile.
     assert_eq!(ctx(&server).sessions.resources("bob@localhost").len(), 1);
     chat(&mut alice, "bob@localhost", "three").await;
@@ -294,18 +286,20 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
     bob.until(|e| e.name == "presence").await;
     // In flight: written to bob's socket, never acknowledged.
     chat(&mut alice, "bob@localhost/phone", "in flight").await;
-    sync(&mut alice).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Read off the socket but never counted: the server sees it unacknowledged.
+    bob.c
+        .recv_until(|e| e.child_text("body", "jabber:client").as_deref() == Some("in flight"))
+        .await;
     let id = bob.id.clone();
     bob.c.drop_connection();
-    wait_for("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
+    support::wait_until("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
     chat(&mut alice, "bob@localhost", "while away").await;
     // A chat state alone is not worth storing.
     alice
         .send("<message to='bob@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
         .await;
     sync(&mut alice).await;
-    wait_for("the session to end", || {
+    support::wait_until("the session to end", || {
         ctx(&server).sessions.resources("bob@localhost").is_empty()
     })
     .await;
@@ -343,7 +337,7 @@ async fn clean_close_with_unacked_messages_keeps_them() {
     bob.until(is_message).await;
     // Closed cleanly without acknowledging: the server cannot know it arrived.
     bob.c.close().await;
-    wait_for("the session to end", || {
+    support::wait_until("the session to end", || {
         ctx(&server).sessions.resources("bob@localhost").is_empty()
     })
     .await;
@@ -424,13 +418,13 @@ async fn conflict_ends_a_hibernated_session_without_loss() {
     bob.until(|e| e.name == "presence").await;
     let id = bob.id.clone();
     bob.c.drop_connection();
-    wait_for("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
+    support::wait_until("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
     chat(&mut alice, "bob@localhost/phone", "queued").await;
     sync(&mut alice).await;
 
     // A fresh login with the same resource replaces the hibernated session.
     let mut bob = server.login("bob", "phone").await;
-    wait_for("the old session to end", || {
+    support::wait_until("the old session to end", || {
         ctx(&server).sm.hibernated_count() == 0 && ctx(&server).sm.resumable_count() == 0
     })
     .await;
