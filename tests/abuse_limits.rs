@@ -117,3 +117,21 @@ async fn an_account_keeps_a_bounded_number_of_hibernated_sessions() {
     assert_eq!(ctx.sessions.resources("bob@localhost")[0].resource, "one");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn directed_presence_targets_are_bounded() {
+    let server = TestServer::start_with(|c| c.limits.max_roster_items = 2).await;
+    server.add_user("alice", "password").await;
+    let mut alice = server.login("alice", "pc").await;
+    alice.available().await;
+    for to in ["a@localhost", "b@localhost", "a@localhost"] {
+        alice.send(&format!("<presence to='{to}'/>")).await;
+    }
+    alice.send("<presence to='c@localhost'/>").await;
+    let refused = alice
+        .recv_until(|e| e.name == "presence" && e.attr("type") == Some("error"))
+        .await;
+    assert_eq!(refused.attr("from"), Some("c@localhost"));
+    assert!(refused.to_stanza_string().contains("resource-constraint"));
+    server.stop().await;
+}

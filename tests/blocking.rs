@@ -273,3 +273,31 @@ async fn full_jid_and_domain_entries_unblock_all_and_persistence() {
     assert_eq!(a1.recv_until(is_message).await.attr("id"), Some("g4"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_domain_entry_blocks_that_domain_only() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    let mut alice = server.login("alice", "pc").await;
+    alice.available().await;
+    let blocked = alice
+        .iq("<iq type='set'><block xmlns='urn:xmpp:blocking'><item jid='remote.example'/></block></iq>")
+        .await;
+    assert_eq!(blocked.attr("type"), Some("result"));
+    // As if they came over federation: one from the blocked domain, one from a domain
+    // under it, which XEP-0016 matching does not cover.
+    for from in ["spam@remote.example/x", "friend@sub.remote.example/x"] {
+        let msg = xmppd::xml::Element::new("message", "jabber:client")
+            .with_attr("from", from)
+            .with_attr("to", "alice@localhost")
+            .with_attr("type", "chat")
+            .with_child(xmppd::xml::Element::new("body", "jabber:client").with_text(from));
+        xmppd::router::route(server.ctx(), msg).await;
+    }
+    let m = alice.recv_until(|e| e.name == "message").await;
+    assert_eq!(m.attr("from"), Some("friend@sub.remote.example/x"));
+    alice
+        .expect_silence_except_presence(std::time::Duration::from_millis(200))
+        .await;
+    server.stop().await;
+}

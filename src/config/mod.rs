@@ -135,7 +135,8 @@ pub struct Limits {
     pub c2s_stanzas_per_sec: u64,
     /// Stanzas a client may send at once before its rate applies.
     pub c2s_burst_stanzas: u64,
-    /// Contacts in one roster; adding more is refused with `resource-constraint`.
+    /// Contacts in one roster, and JIDs one session sent directed presence to; more are
+    /// refused with `resource-constraint`.
     pub max_roster_items: usize,
     /// JIDs on one block list (XEP-0191); blocking more is refused with
     /// `resource-constraint`.

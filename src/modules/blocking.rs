@@ -48,11 +48,12 @@ fn parts(jid: &str) -> Parts<'_> {
     }
 }
 
-/// The block-list entries that match `jid` (§3, in XEP-0016 order): the full JID, the bare
-/// JID, domain/resource, then the domain and every domain it is a subdomain of.
+/// The block-list entries that match `jid` (§3, in XEP-0016 §2.1 order): the full JID, the
+/// bare JID, domain/resource, then the domain. A domain entry does not cover other domains
+/// under it: blocking `net` must not block every server there.
 pub fn candidates(jid: &str) -> Vec<String> {
     let p = parts(jid);
-    let mut out = Vec::with_capacity(6);
+    let mut out = Vec::with_capacity(4);
     if p.resource.is_some() && p.node.is_some() {
         out.push(jid.to_string());
     }
@@ -62,14 +63,7 @@ pub fn candidates(jid: &str) -> Vec<String> {
     if let Some(r) = p.resource {
         out.push(format!("{}/{r}", p.domain));
     }
-    let mut domain = p.domain;
-    loop {
-        out.push(domain.to_string());
-        match domain.split_once('.') {
-            Some((_, parent)) if !parent.is_empty() => domain = parent,
-            _ => break,
-        }
-    }
+    out.push(p.domain.to_string());
     out
 }
 
@@ -293,12 +287,7 @@ async fn subscribed_covered(ctx: &Arc<Context>, user: &str, entry: &str) -> Vec<
                 // A bare or full entry for this contact; a full one only hides the
                 // presence sent to that resource.
                 (Some(_), _) => bare_of(entry) == i.jid,
-                (None, None) => {
-                    c.domain == e.domain
-                        || c.domain
-                            .strip_suffix(e.domain)
-                            .is_some_and(|rest| rest.ends_with('.'))
-                }
+                (None, None) => c.domain == e.domain,
                 (None, Some(_)) => false,
             };
             covers.then(|| {
@@ -435,11 +424,9 @@ mod tests {
                 "romeo@chat.montague.net",
                 "chat.montague.net/orchard",
                 "chat.montague.net",
-                "montague.net",
-                "net"
             ]
         );
-        assert_eq!(candidates("example.org"), ["example.org", "org"]);
+        assert_eq!(candidates("example.org"), ["example.org"]);
         // A resource may hold '@' and '/'.
         assert_eq!(
             candidates("a@b/c@d/e"),

@@ -163,7 +163,16 @@ async fn outbound(
         }
         "probe" => {}
         "available" => {
-            st.directed.insert(target.full());
+            let target = target.full();
+            // Each needs an unavailable at logout: bounded like the roster.
+            let limit = ctx.config.limits.max_roster_items;
+            if !st.directed.contains(&target) && st.directed.len() >= limit {
+                let error =
+                    StanzaError::resource_constraint().with_text("too many directed presences");
+                route_reply(ctx, &stanza, error).await;
+                return None;
+            }
+            st.directed.insert(target);
             route(ctx, stanza).await;
         }
         "unavailable" => {
