@@ -283,14 +283,11 @@ async fn client_close_is_answered_with_close() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn strict_channel_binding_refuses_y_even_after_a_failed_plus_attempt() {
-    // A man in the middle can send a -PLUS attempt with a binding type the server lacks
-    // (tls-unique) itself, then strip the client's -PLUS choice so that it sends 'y'. The
-    // server advertised -PLUS on this stream, so 'y' is a downgrade whatever came before
-    // (RFC 5802 §6), and the stream must stay usable for a proper attempt. Strict mode
-    // closes this; the default tolerates it for slixmpp 1.8 (see the next test).
-    let server = TestServer::start_with(|c| c.c2s.strict_channel_binding = true).await;
+/// On a STARTTLS stream that offers -PLUS: a -PLUS attempt naming `tls-unique` (which
+/// the server lacks), then plain SCRAM-SHA-256 with the gs2 flag 'y'; returns the outcome
+/// of the second attempt with the stream, still open.
+async fn y_after_failed_tls_unique(strict: bool) -> (TestServer, Client, Result<(), String>) {
+    let server = TestServer::start_with(|c| c.c2s.strict_channel_binding = strict).await;
     server.add_user("alice", "password").await;
     let mut c = Client::connect(server.starttls_addr()).await;
     c.open_stream().await;
@@ -310,8 +307,20 @@ async fn strict_channel_binding_refuses_y_even_after_a_failed_plus_attempt() {
         gs2_override: Some("y,,".into()),
         ..LoginOptions::default()
     };
+    let outcome = c.authenticate("alice", &y_flag).await;
+    (server, c, outcome)
+}
+
+#[tokio::test]
+async fn strict_channel_binding_refuses_y_even_after_a_failed_plus_attempt() {
+    // A man in the middle can send a -PLUS attempt with a binding type the server lacks
+    // (tls-unique) itself, then strip the client's -PLUS choice so that it sends 'y'. The
+    // server advertised -PLUS on this stream, so 'y' is a downgrade whatever came before
+    // (RFC 5802 §6), and the stream must stay usable for a proper attempt. Strict mode
+    // closes this; the default tolerates it for slixmpp 1.8 (see the next test).
+    let (server, mut c, outcome) = y_after_failed_tls_unique(true).await;
     assert_eq!(
-        c.authenticate("alice", &y_flag).await.unwrap_err(),
+        outcome.unwrap_err(),
         "not-authorized",
         "'y' after a failed -PLUS attempt is a downgrade"
     );
@@ -320,6 +329,18 @@ async fn strict_channel_binding_refuses_y_even_after_a_failed_plus_attempt() {
         ..LoginOptions::default()
     };
     c.authenticate("alice", &bound).await.unwrap();
+    c.open_stream().await;
+    c.bind(None).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn y_flag_is_accepted_after_the_clients_own_failed_plus_attempt_by_default() {
+    // What slixmpp 1.8 does on TLS 1.3: SCRAM-SHA-256-PLUS with tls-unique (refused),
+    // then plain SCRAM-SHA-256 with 'y'. Without strict_channel_binding that 'y' is
+    // accepted, or such clients could not log in at all.
+    let (server, mut c, outcome) = y_after_failed_tls_unique(false).await;
+    outcome.expect("y accepted after the failed tls-unique attempt");
     c.open_stream().await;
     c.bind(None).await.unwrap();
     server.stop().await;
@@ -345,39 +366,6 @@ async fn scram_salt(c: &mut Client, user: &str) -> String {
         .find_map(|a| a.strip_prefix("s="))
         .unwrap()
         .to_owned()
-}
-
-#[tokio::test]
-async fn y_flag_is_accepted_after_the_clients_own_failed_plus_attempt_by_default() {
-    // What slixmpp 1.8 does on TLS 1.3: SCRAM-SHA-256-PLUS with tls-unique (refused),
-    // then plain SCRAM-SHA-256 with 'y'. Without strict_channel_binding that 'y' is
-    // accepted, or such clients could not log in at all.
-    let server = TestServer::start().await;
-    server.add_user("alice", "password").await;
-    let mut c = Client::connect(server.starttls_addr()).await;
-    c.open_stream().await;
-    c.starttls().await;
-    c.open_stream().await;
-    let tls_unique = LoginOptions {
-        mech: Mech::ScramSha256Plus(CbType::TlsExporter),
-        gs2_override: Some("p=tls-unique,,".into()),
-        ..LoginOptions::default()
-    };
-    assert_eq!(
-        c.authenticate("alice", &tls_unique).await.unwrap_err(),
-        "not-authorized"
-    );
-    let y_flag = LoginOptions {
-        mech: Mech::ScramSha256,
-        gs2_override: Some("y,,".into()),
-        ..LoginOptions::default()
-    };
-    c.authenticate("alice", &y_flag)
-        .await
-        .expect("y accepted after the failed tls-unique attempt");
-    c.open_stream().await;
-    c.bind(None).await.unwrap();
-    server.stop().await;
 }
 
 #[tokio::test]
