@@ -763,6 +763,29 @@ mod tests {
     }
 
     #[test]
+    fn limits_that_cannot_work_together_are_refused() {
+        let mut cfg = Config::default();
+        cfg.limits.offline_quota = 1000;
+        cfg.limits.max_pending_subscriptions = 500;
+        cfg.limits.session_backlog_len = 1499;
+        cfg.limits.c2s_burst_bytes = 1000;
+        let m = messages(&cfg);
+        assert!(
+            m.iter()
+                .any(|e| e.starts_with("limits.session_backlog_len = 1499: smaller than")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|e| e.starts_with("limits.c2s_burst_bytes = 1000: smaller than")),
+            "{m:?}"
+        );
+        cfg.limits.session_backlog_len = 1500;
+        cfg.limits.c2s_burst_bytes = cfg.limits.max_stanza_bytes as u64;
+        assert!(messages(&cfg).is_empty(), "{:?}", messages(&cfg));
+    }
+
+    #[test]
     fn auth_throttle_errors() {
         let mut cfg = Config::default();
         cfg.limits.ip_auth_failures_before_delay = 20;
