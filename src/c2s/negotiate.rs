@@ -80,7 +80,7 @@ pub(crate) async fn negotiate(
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
     }
-    if conn.ws.is_some() {
+    if conn.framing.is_websocket() {
         let origins = &ctx.config.websocket.allowed_origins;
         crate::net::websocket::accept_upgrade(&mut conn.io, origins, |d| ctx.is_local_domain(d))
             .await
@@ -159,7 +159,7 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if conn.ws.is_some() {
+    let acceptor = if conn.framing.is_websocket() {
         tls.websocket_acceptor()
     } else if direct {
         tls.direct_c2s_acceptor()
@@ -175,8 +175,7 @@ async fn upgrade(
         tls_exporter: b.tls_exporter,
         tls_server_end_point: b.tls_server_end_point,
     };
-    conn.parser.reset();
-    conn.header_sent = false;
+    conn.restart();
     st.secure = true;
     Ok(())
 }
@@ -208,7 +207,7 @@ async fn open_stream(
     let id = random_id();
     let client_jid = st.authenticated.clone();
     // Queued, not flushed: it leaves in one write with the features (or the error).
-    conn.queue_header(&from, client_jid.as_deref(), &id);
+    conn.queue_header(&from, client_jid.as_deref(), Some(&id));
     if header.ns != ns::STREAM || header.name != "stream" {
         return Err(StreamErrorCondition::InvalidNamespace.into());
     }

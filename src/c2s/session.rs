@@ -345,7 +345,7 @@ async fn serve_bound(
             }
             read = crate::net::io::read_with(
                 &mut conn.io,
-                |bytes| super::feed_input(&mut conn.parser, &mut conn.ws, bytes),
+                |bytes| conn.framing.feed(&mut conn.parser, bytes),
             ) => {
                 let fed = match read {
                     Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::S2s;
-use super::conn::DIALBACK;
 use super::outbound::{Failure, open};
 use crate::xml::Element;
+use crate::xml::ns::DIALBACK;
 
 /// The dialback secret. Keys are `HMAC-SHA256(hex(SHA256(secret)), "receiving originating
 /// id")` in hex (XEP-0185 §3; its example uses the hex form of the hashed secret as key).
@@ -133,7 +133,7 @@ pub async fn verify_with_authoritative(
                 let valid = el.attr("type") == Some("valid")
                     && el.attr("from") == Some(remote)
                     && el.attr("to") == Some(local);
-                conn.finish(super::conn::Ending::Close, local).await;
+                conn.finish(crate::stream::Ending::Close, local).await;
                 return Ok(valid);
             }
             if el.is("error", crate::xml::ns::STREAM) {

@@ -15,16 +15,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::conn::{Conn, DIALBACK, DIALBACK_FEATURE, Ending, limits, response_header};
 use super::outbound::Failure;
 use super::{Pair, S2s};
 use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
+use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::route;
-use crate::stream::{StreamError, StreamErrorCondition, random_id};
+use crate::stream::{Ending, StreamError, StreamErrorCondition, StreamKind, random_id};
+use crate::xml::ns::{DIALBACK, DIALBACK_FEATURE};
 use crate::xml::{Element, StreamEvent, ns};
 
 /// Dialback verifications one stream may have in flight; more is a flood.
@@ -70,7 +71,7 @@ pub async fn serve(
             return;
         };
         let _ = tcp.set_nodelay(true);
-        let mut conn = Conn::new(MaybeTls::Plain(tcp), limits(&ctx.config));
+        let mut conn = Conn::new(MaybeTls::Plain(tcp), StreamKind::Server, &ctx.config);
         let mut st = State {
             secure: false,
             stream_id: String::new(),
@@ -121,8 +122,7 @@ async fn upgrade(
         debug!(error = %e, "TLS handshake failed");
         Ending::Gone
     })?;
-    conn.parser.reset();
-    conn.header_sent = false;
+    conn.restart();
     st.secure = true;
     Ok(())
 }
@@ -163,7 +163,7 @@ async fn run(
                     let ev = match conn.parser.next_event() {
                         Ok(Some(ev)) => ev,
                         Ok(None) => break,
-                        Err(e) => return super::conn::xml_ending(e),
+                        Err(e) => return crate::stream::xml_ending(e),
                     };
                     let unauthenticated = st.authed.is_empty();
                     let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
@@ -271,9 +271,7 @@ async fn open_stream(
                 .unwrap_or_default()
         });
     // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
-    conn.send_raw(&response_header(&our, from.as_deref(), &st.stream_id))
-        .await?;
-    conn.header_sent = true;
+    conn.queue_header(&our, from.as_deref(), Some(&st.stream_id));
     if header.ns != ns::STREAM || header.name != "stream" {
         return Err(StreamErrorCondition::InvalidNamespace.into());
     }
@@ -385,8 +383,7 @@ async fn sasl_external(
     s2s.record_inbound(&from, &to, "SASL EXTERNAL");
     st.authed.insert((from, to));
     st.sasl_done = true;
-    conn.parser.reset();
-    conn.header_sent = false;
+    conn.restart();
     Ok(Flow::Restarted)
 }
 

@@ -12,11 +12,12 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::conn::{Conn, DIALBACK, Ending, initial_header, limits};
 use super::{Pair, S2s, bounce};
 use crate::context::Context;
+use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
-use crate::stream::{ErrorType, StanzaError};
+use crate::stream::{Ending, ErrorType, StanzaError, StreamKind};
+use crate::xml::ns::DIALBACK;
 use crate::xml::{Element, StreamEvent, ns};
 
 /// Stanzas written in one go before the socket is flushed.
@@ -142,7 +143,7 @@ async fn secure(
     tcp: TcpStream,
     direct_tls: bool,
 ) -> Result<(Conn, Opened), Failure> {
-    let mut conn = Conn::new(MaybeTls::Plain(tcp), limits(&s2s.config));
+    let mut conn = Conn::new(MaybeTls::Plain(tcp), StreamKind::Server, &s2s.config);
     if direct_tls {
         tls_connect(s2s, &mut conn, local, remote, true).await?;
     }
@@ -193,17 +194,15 @@ async fn tls_connect(
         .await
         .map_err(|e| Failure::Refused(format!("TLS handshake: {e}")))?;
     conn.io = MaybeTls::ClientTls(Box::new(tls));
-    conn.parser.reset();
+    conn.restart();
     Ok(())
 }
 
 /// Sends our header and reads the peer's header and features.
 async fn open_stream(conn: &mut Conn, local: &str, remote: &str) -> Result<Opened, Failure> {
-    conn.parser.reset();
-    conn.send_raw(&initial_header(local, remote))
-        .await
-        .map_err(refused("stream"))?;
-    conn.header_sent = true;
+    conn.restart();
+    conn.queue_header(local, Some(remote), None);
+    conn.flush().await.map_err(refused("stream"))?;
     let header = match conn.next_event().await.map_err(refused("stream"))? {
         StreamEvent::Open(h) => h,
         _ => return Err(Failure::Refused("no stream header".into())),
@@ -425,7 +424,7 @@ async fn established(
                         Ok(Some(StreamEvent::Open(_))) => {
                             return Ending::from(crate::stream::StreamErrorCondition::NotWellFormed);
                         }
-                        Err(e) => return super::conn::xml_ending(e),
+                        Err(e) => return crate::stream::xml_ending(e),
                     }
                 }
             }
