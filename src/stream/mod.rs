@@ -1,6 +1,8 @@
 //! RFC 6120 stream pieces shared by c2s and s2s: stream headers, stream errors and
 //! stanza errors.
 
+pub mod negotiate;
+
 use crate::xml::escape::escape_attr;
 use crate::xml::{Element, ns};
 
@@ -89,6 +91,12 @@ impl StreamError {
             );
         }
         el
+    }
+}
+
+impl From<StreamErrorCondition> for StreamError {
+    fn from(c: StreamErrorCondition) -> Self {
+        StreamError::new(c)
     }
 }
 
