@@ -16,6 +16,7 @@ use super::{Pair, S2s, bounce};
 use crate::context::Context;
 use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
+use crate::stream::negotiate::{Action, Negotiator};
 use crate::stream::{Ending, ErrorType, StanzaError, StreamKind};
 use crate::xml::ns::DIALBACK;
 use crate::xml::{Element, StreamEvent, ns};
@@ -67,7 +68,8 @@ impl AuthMethod {
 
 /// A connected stream after TLS, with the features of the current stream.
 pub(crate) struct Opened {
-    pub stream_id: String,
+    /// The stream-level rules of our stream; this module performs its actions.
+    pub neg: Negotiator,
     pub features: Element,
 }
 
@@ -144,21 +146,28 @@ async fn secure(
     direct_tls: bool,
 ) -> Result<(Conn, Opened), Failure> {
     let mut conn = Conn::new(MaybeTls::Plain(tcp), StreamKind::Server, &s2s.config);
-    if direct_tls {
+    let mut neg = Negotiator::initiating(local, remote, s2s.config.s2s.require_encryption);
+    let mut start = if direct_tls {
         tls_connect(s2s, &mut conn, local, remote, true).await?;
-    }
+        neg.tls_established()
+    } else {
+        neg.restart()
+    };
     loop {
-        let opened = open_stream(&mut conn, local, remote).await?;
+        let features = open_stream(&mut conn, &mut neg, start).await?;
+        let opened = Opened { neg, features };
         if !conn.io.is_tls() {
             if opened.features.has_child("starttls", ns::TLS) {
+                neg = opened.neg;
                 conn.send(&Element::new("starttls", ns::TLS))
                     .await
                     .map_err(refused("starttls"))?;
-                let reply = conn.next_element().await.map_err(refused("starttls"))?;
+                let reply = next_element(&mut conn, &mut neg, "starttls").await?;
                 if !reply.is("proceed", ns::TLS) {
                     return Err(Failure::Refused("STARTTLS refused".into()));
                 }
                 tls_connect(s2s, &mut conn, local, remote, false).await?;
+                start = neg.tls_established();
                 continue;
             }
             if s2s.config.s2s.require_encryption {
@@ -198,33 +207,54 @@ async fn tls_connect(
     Ok(())
 }
 
-/// Sends our header and reads the peer's header and features.
-async fn open_stream(conn: &mut Conn, local: &str, remote: &str) -> Result<Opened, Failure> {
+/// Performs `start` (our header) and reads the peer's header and features.
+async fn open_stream(
+    conn: &mut Conn,
+    neg: &mut Negotiator,
+    start: Vec<Action>,
+) -> Result<Element, Failure> {
     conn.restart();
-    conn.queue_header(local, Some(remote), None);
+    for action in start {
+        if let Action::SendHeader(h) = action {
+            conn.queue_header(&h.from, h.to.as_deref(), h.id.as_deref());
+        }
+    }
     conn.flush().await.map_err(refused("stream"))?;
-    let header = match conn.next_event().await.map_err(refused("stream"))? {
-        StreamEvent::Open(h) => h,
-        _ => return Err(Failure::Refused("no stream header".into())),
-    };
-    if header.default_ns.as_deref() != Some(ns::SERVER) || header.ns != ns::STREAM {
-        return Err(Failure::Refused("not a server-to-server stream".into()));
+    loop {
+        let event = conn.next_event().await.map_err(refused("stream"))?;
+        if let Some(action) = neg.handle(event).into_iter().next() {
+            return match action {
+                Action::Features(features) => Ok(features),
+                other => Err(refusal(other, "features")),
+            };
+        }
     }
-    let features = conn.next_element().await.map_err(refused("features"))?;
-    if features.is("error", ns::STREAM) {
-        let condition = features
-            .first_element()
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        return Err(Failure::Refused(format!("stream error {condition}")));
+}
+
+/// The next element the peer sends on our stream, for `why`.
+pub(crate) async fn next_element(
+    conn: &mut Conn,
+    neg: &mut Negotiator,
+    why: &str,
+) -> Result<Element, Failure> {
+    loop {
+        let event = conn.next_event().await.map_err(refused(why))?;
+        if let Some(action) = neg.handle(event).into_iter().next() {
+            return match action {
+                Action::Element(el) => Ok(el),
+                other => Err(refusal(other, why)),
+            };
+        }
     }
-    if !features.is("features", ns::STREAM) {
-        return Err(Failure::Refused("no stream features".into()));
+}
+
+/// Why the stream cannot go on, from a negotiator action other than the expected one.
+fn refusal(action: Action, why: &str) -> Failure {
+    match action {
+        Action::Refuse(reason) => Failure::Refused(reason),
+        Action::End(ending) => refused(why)(ending),
+        other => Failure::Refused(format!("{why}: unexpected {other:?}")),
     }
-    Ok(Opened {
-        stream_id: header.id.unwrap_or_default(),
-        features,
-    })
 }
 
 fn offers_external(features: &Element) -> bool {
@@ -239,19 +269,21 @@ fn offers_external(features: &Element) -> bool {
 async fn authenticate(
     s2s: &Arc<S2s>,
     conn: &mut Conn,
-    opened: Opened,
+    mut opened: Opened,
     local: &str,
     remote: &str,
 ) -> Result<AuthMethod, Failure> {
+    let neg = &mut opened.neg;
     if conn.io.is_tls() && offers_external(&opened.features) {
         let auth = Element::new("auth", ns::SASL)
             .with_attr("mechanism", "EXTERNAL")
             .with_text(B64.encode(local));
         conn.send(&auth).await.map_err(refused("SASL"))?;
-        let reply = conn.next_element().await.map_err(refused("SASL"))?;
+        let reply = next_element(conn, neg, "SASL").await?;
         if reply.is("success", ns::SASL) {
-            let restarted = open_stream(conn, local, remote).await?;
-            debug!(features = ?restarted.features.elements().map(|e| e.name.as_str()).collect::<Vec<_>>(), "SASL EXTERNAL succeeded");
+            let start = neg.sasl_succeeded(local.to_string());
+            let restarted = open_stream(conn, neg, start).await?;
+            debug!(features = ?restarted.elements().map(|e| e.name.as_str()).collect::<Vec<_>>(), "SASL EXTERNAL succeeded");
             return Ok(AuthMethod::SaslExternal);
         }
         if !reply.is("failure", ns::SASL) {
@@ -262,12 +294,13 @@ async fn authenticate(
         }
         debug!("SASL EXTERNAL refused; trying dialback");
     }
-    let key = s2s.secret.key(remote, local, &opened.stream_id);
+    let key = s2s.secret.key(remote, local, neg.stream_id());
     conn.send(&super::dialback::result_element(local, remote).with_text(key))
         .await
         .map_err(refused("dialback"))?;
     loop {
-        let el = conn.next_element().await.map_err(refused("dialback"))?;
+        // A stream error ends this with the negotiator's refusal.
+        let el = next_element(conn, neg, "dialback").await?;
         if el.is("result", DIALBACK)
             && el.attr("from") == Some(remote)
             && el.attr("to") == Some(local)
@@ -279,13 +312,6 @@ async fn authenticate(
                     other.unwrap_or("nothing")
                 ))),
             };
-        }
-        if el.is("error", ns::STREAM) {
-            let condition = el
-                .first_element()
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            return Err(Failure::Refused(format!("stream error {condition}")));
         }
     }
 }
