@@ -106,3 +106,116 @@ impl Framing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::{ParserLimits, StreamEvent};
+
+    fn parser() -> StreamParser {
+        StreamParser::new(ParserLimits {
+            max_stanza_bytes: 4096,
+            max_depth: 16,
+            max_attributes: 32,
+        })
+    }
+
+    /// A masked client frame (RFC 6455 §5.3), short payloads only.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn stream_framing_writes_stream_syntax() {
+        let f = Framing::Stream;
+        let mut out = Vec::new();
+        f.header(
+            StreamKind::Client,
+            "example.org",
+            None,
+            Some("i1"),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            crate::stream::response_header(ns::CLIENT, "example.org", None, "i1", &[])
+        );
+        let mut out = Vec::new();
+        f.header(
+            StreamKind::Server,
+            "a.example",
+            Some("b.example"),
+            None,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:server'"));
+        assert!(text.contains("xmlns:db='jabber:server:dialback'"));
+        assert!(!text.contains(" id="));
+        let mut f = Framing::Stream;
+        let mut out = Vec::new();
+        f.close(&mut out);
+        assert_eq!(out, STREAM_CLOSE);
+    }
+
+    #[test]
+    fn websocket_framing_translates_open_and_answers_pings_first() {
+        let mut f = Framing::websocket(4096);
+        let mut p = parser();
+        let open =
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.org' version='1.0'/>";
+        let mut input = client_frame(0x1, open);
+        input.extend(client_frame(0x9, b"hi"));
+        f.feed(&mut p, &input).unwrap();
+        let Ok(Some(StreamEvent::Open(h))) = p.next_event() else {
+            panic!("no stream header from <open/>");
+        };
+        assert_eq!(h.default_ns.as_deref(), Some(ns::CLIENT));
+        assert_eq!(h.to.as_deref(), Some("example.org"));
+        // Our <open/>, then the pong goes out ahead of it.
+        let mut out = Vec::new();
+        f.header(
+            StreamKind::Client,
+            "example.org",
+            None,
+            Some("i1"),
+            &mut out,
+        );
+        f.before_write(&mut out);
+        assert_eq!(&out[..4], &[0x8A, 2, b'h', b'i']);
+        assert_eq!(out[4], 0x81);
+        let text = String::from_utf8_lossy(&out[6..]);
+        assert!(text.starts_with("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'"));
+        // Elements are whole messages declaring their namespace.
+        let mut out = Vec::new();
+        f.element(&Element::new("features", ns::STREAM), &mut out);
+        assert_eq!(out[0], 0x81);
+        assert!(String::from_utf8_lossy(&out[2..]).contains(ns::STREAM));
+    }
+
+    #[test]
+    fn websocket_close_answers_the_clients_close_frame_once() {
+        let mut f = Framing::websocket(4096);
+        let mut p = parser();
+        let open =
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.org' version='1.0'/>";
+        f.feed(&mut p, &client_frame(0x1, open)).unwrap();
+        f.feed(&mut p, &client_frame(0x8, &1000u16.to_be_bytes()))
+            .unwrap();
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Open(_)))));
+        assert!(matches!(p.next_event(), Ok(Some(StreamEvent::Close))));
+        let mut out = Vec::new();
+        f.close(&mut out);
+        let close_frames = out.windows(2).filter(|w| w == &[0x88, 2]).count();
+        assert_eq!(close_frames, 1);
+        // Without the client's close, ours is sent.
+        let mut f = Framing::websocket(4096);
+        let mut out = Vec::new();
+        f.close(&mut out);
+        assert!(out.ends_with(&[0x88, 2, 0x03, 0xE8]));
+    }
+}
