@@ -19,7 +19,7 @@ use crate::net::io::MaybeTls;
 use crate::stream::negotiate::{Action, Negotiator};
 use crate::stream::{Ending, ErrorType, StanzaError, StreamKind};
 use crate::xml::ns::DIALBACK;
-use crate::xml::{Element, StreamEvent, ns};
+use crate::xml::{Element, ns};
 
 /// Stanzas written in one go before the socket is flushed.
 const WRITE_BATCH: usize = 64;
@@ -269,7 +269,7 @@ fn offers_external(features: &Element) -> bool {
 async fn authenticate(
     s2s: &Arc<S2s>,
     conn: &mut Conn,
-    mut opened: Opened,
+    opened: &mut Opened,
     local: &str,
     remote: &str,
 ) -> Result<AuthMethod, Failure> {
@@ -320,10 +320,10 @@ async fn connect_and_auth(
     s2s: &Arc<S2s>,
     local: &str,
     remote: &str,
-) -> Result<(Conn, AuthMethod), Failure> {
-    let (mut conn, opened) = open(s2s, local, remote).await?;
-    let method = authenticate(s2s, &mut conn, opened, local, remote).await?;
-    Ok((conn, method))
+) -> Result<(Conn, Negotiator, AuthMethod), Failure> {
+    let (mut conn, mut opened) = open(s2s, local, remote).await?;
+    let method = authenticate(s2s, &mut conn, &mut opened, local, remote).await?;
+    Ok((conn, opened.neg, method))
 }
 
 /// The task of one outbound pair; see the module docs.
@@ -358,7 +358,7 @@ async fn run_inner(
         }
         _ = shutdown.cancelled() => Err(Failure::Timeout),
     };
-    let (mut conn, method) = match result {
+    let (mut conn, mut neg, method) = match result {
         Ok(ok) => ok,
         Err(failure) => {
             warn!(
@@ -382,7 +382,7 @@ async fn run_inner(
     );
     s2s.record_success(&pair, method, setup);
     let mut unsent = Vec::new();
-    let ending = established(&s2s, &mut conn, &mut rx, &mut unsent).await;
+    let ending = established(&s2s, &mut conn, &mut neg, &mut rx, &mut unsent).await;
     debug!(?ending, "outbound stream ending");
     s2s.remove_route(&pair, id);
     rx.close();
@@ -402,6 +402,7 @@ async fn run_inner(
 async fn established(
     s2s: &Arc<S2s>,
     conn: &mut Conn,
+    neg: &mut Negotiator,
     rx: &mut mpsc::Receiver<Element>,
     unsent: &mut Vec<Element>,
 ) -> Ending {
@@ -438,19 +439,23 @@ async fn established(
                     return e;
                 }
                 loop {
-                    match conn.parser.next_event() {
+                    let event = match conn.parser.next_event() {
                         Ok(None) => break,
-                        Ok(Some(StreamEvent::Close)) => return Ending::PeerClosed,
-                        Ok(Some(StreamEvent::Stanza(el))) if el.is("error", ns::STREAM) => {
-                            warn!(condition = ?el.first_element().map(|c| c.name.clone()), "stream error from the remote server");
-                            return Ending::Gone;
-                        }
-                        // Nothing else is expected on our outgoing stream.
-                        Ok(Some(StreamEvent::Stanza(el))) => debug!(name = %el.name, "ignored element on outbound stream"),
-                        Ok(Some(StreamEvent::Open(_))) => {
-                            return Ending::from(crate::stream::StreamErrorCondition::NotWellFormed);
-                        }
+                        Ok(Some(event)) => event,
                         Err(e) => return crate::stream::xml_ending(e),
+                    };
+                    for action in neg.handle(event) {
+                        match action {
+                            // Nothing else is expected on our outgoing stream.
+                            Action::Element(el) => debug!(name = %el.name, "ignored element on outbound stream"),
+                            Action::Refuse(why) => {
+                                // Their stream error: the stream is over, nothing to answer.
+                                warn!(%why, "the remote server ended the stream");
+                                return Ending::Gone;
+                            }
+                            Action::End(ending) => return ending,
+                            other => debug!(action = ?other, "ignored on outbound stream"),
+                        }
                     }
                 }
             }
