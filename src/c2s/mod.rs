@@ -89,12 +89,7 @@ async fn serve_connection(
     if websocket {
         conn.framing = Framing::websocket(ctx.config.limits.max_stanza_bytes);
     }
-    let default_domain = ctx
-        .config
-        .vhosts
-        .first()
-        .map(|v| v.domain.clone())
-        .unwrap_or_default();
+    let default_domain = ctx.default_domain();
     let negotiation = Box::pin(negotiate_in_time(
         ctx, &tls, &mut conn, mode, conn_id, shutdown,
     ));

@@ -65,7 +65,7 @@ pub(crate) async fn negotiate(
     let hosts = ctx.clone();
     let policy = Policy {
         role: Role::Client,
-        default_domain: default_domain(ctx),
+        default_domain: ctx.default_domain(),
         tls_required: ctx.config.c2s.require_tls,
     };
     let mut st = State {
@@ -135,14 +135,6 @@ pub(crate) async fn negotiate(
             }
         }
     }
-}
-
-fn default_domain(ctx: &Context) -> String {
-    ctx.config
-        .vhosts
-        .first()
-        .map(|v| v.domain.clone())
-        .unwrap_or_default()
 }
 
 /// An element after authentication other than a bind request: XEP-0198 or a module's

@@ -73,7 +73,7 @@ pub async fn serve(
         let hosts = ctx.clone();
         let policy = Policy {
             role: Role::ServerIn,
-            default_domain: default_domain(&ctx),
+            default_domain: ctx.default_domain(),
             tls_required: s2s.config.s2s.require_encryption,
         };
         let mut st = State {
@@ -98,7 +98,7 @@ pub async fn serve(
             .neg
             .domain()
             .map(str::to_string)
-            .unwrap_or_else(|| default_domain(&ctx));
+            .unwrap_or_else(|| ctx.default_domain());
         conn.finish(ending, &from).await;
         debug!("inbound connection closed");
     }
@@ -124,14 +124,6 @@ async fn upgrade(
     conn.restart();
     st.neg.tls_established();
     Ok(())
-}
-
-fn default_domain(ctx: &Context) -> String {
-    ctx.config
-        .vhosts
-        .first()
-        .map(|v| v.domain.clone())
-        .unwrap_or_default()
 }
 
 async fn run(
