@@ -58,4 +58,14 @@ impl Context {
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.vhosts.contains(domain)
     }
+
+    /// The domain we speak as when a stream names none we host (for its header and
+    /// errors): the first vhost.
+    pub fn default_domain(&self) -> String {
+        self.config
+            .vhosts
+            .first()
+            .map(|v| v.domain.clone())
+            .unwrap_or_default()
+    }
 }

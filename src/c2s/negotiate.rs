@@ -16,8 +16,9 @@ use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
 use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain, verify_plain};
+use crate::stream::negotiate::{Action, Negotiator, Policy, Role};
 use crate::stream::{StreamError, StreamErrorCondition, random_id};
-use crate::xml::{Element, StreamEvent, ns};
+use crate::xml::{Element, ns};
 
 /// What a successful negotiation produced.
 pub(crate) enum Negotiated {
@@ -42,9 +43,8 @@ pub(crate) struct Bound {
 }
 
 struct State {
-    secure: bool,
-    domain: Option<String>,
-    authenticated: Option<String>,
+    /// The stream-level rules; this driver performs its actions.
+    neg: Negotiator,
     bindings: ChannelBindings,
     failures: u32,
     /// The client tried a -PLUS mechanism with a channel-binding type we do not offer
@@ -53,8 +53,6 @@ struct State {
     /// The client's address, under which failed authentications are also counted across
     /// connections (`Context::auth_throttle`); `None` if the socket could not tell.
     peer_ip: Option<IpAddr>,
-    /// `xml:lang` of the client's current stream header.
-    lang: Option<String>,
 }
 
 pub(crate) async fn negotiate(
@@ -64,10 +62,14 @@ pub(crate) async fn negotiate(
     mode: TlsMode,
     conn_id: u64,
 ) -> Result<Negotiated, Ending> {
+    let hosts = ctx.clone();
+    let policy = Policy {
+        role: Role::Client,
+        default_domain: ctx.default_domain(),
+        tls_required: ctx.config.c2s.require_tls,
+    };
     let mut st = State {
-        secure: false,
-        domain: None,
-        authenticated: None,
+        neg: Negotiator::new(policy, move |d| hosts.is_local_domain(d)),
         bindings: ChannelBindings::default(),
         failures: 0,
         client_lacks_cb_types: false,
@@ -75,12 +77,11 @@ pub(crate) async fn negotiate(
             MaybeTls::Plain(tcp) => tcp.peer_addr().ok().map(|a| a.ip()),
             _ => None,
         },
-        lang: None,
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
     }
-    if conn.ws.is_some() {
+    if conn.framing.is_websocket() {
         let origins = &ctx.config.websocket.allowed_origins;
         crate::net::websocket::accept_upgrade(&mut conn.io, origins, |d| ctx.is_local_domain(d))
             .await
@@ -90,67 +91,88 @@ pub(crate) async fn negotiate(
             })?;
         // wss://, or a loopback-only listener (checked by the configuration): no STARTTLS
         // exists over WebSocket, and the transport is as private as TLS.
-        st.secure = true;
+        st.neg.set_secure();
     }
-    'stream: loop {
-        open_stream(ctx, conn, &mut st).await?;
-        loop {
-            let el = match conn.next_event().await? {
-                StreamEvent::Stanza(el) => el,
-                StreamEvent::Close => return Err(Ending::PeerClosed),
-                StreamEvent::Open(_) => return Err(StreamErrorCondition::NotWellFormed.into()),
-            };
-            if el.is("starttls", ns::TLS) && !st.secure && st.authenticated.is_none() {
-                conn.send(&Element::new("proceed", ns::TLS)).await?;
-                upgrade(tls, conn, &mut st, false).await?;
-                continue 'stream;
-            }
-            if el.is("auth", ns::SASL) && st.authenticated.is_none() {
-                if !st.secure && ctx.config.c2s.require_tls {
-                    sasl_failure(conn, "encryption-required").await?;
-                    continue;
+    loop {
+        let event = conn.next_event().await?;
+        for action in st.neg.handle(event) {
+            match action {
+                // Queued, not flushed: it leaves in one write with the features (or the error).
+                Action::SendHeader(h) => {
+                    conn.queue_header(&h.from, h.to.as_deref(), h.id.as_deref())
                 }
-                if authenticate(ctx, conn, &mut st, &el).await? {
-                    conn.parser.reset();
-                    continue 'stream;
+                Action::SendFeatures => conn.send(&features(ctx, &st)).await?,
+                Action::StartTls => {
+                    conn.send(&Element::new("proceed", ns::TLS)).await?;
+                    upgrade(tls, conn, &mut st, false).await?;
                 }
-                continue;
-            }
-            if st.authenticated.is_some() && el.name == "iq" && el.has_child("bind", ns::BIND) {
-                if let Some(bound) = bind(ctx, conn, &st, &el, conn_id).await? {
-                    return Ok(Negotiated::Bound(bound));
-                }
-                continue;
-            }
-            if let Some(bare) = &st.authenticated
-                && el.ns == sm::NS
-            {
-                match el.name.as_str() {
-                    // XEP-0198 §5: instead of binding, take over a previous session.
-                    "resume" => {
-                        let previd = el.attr("previd").unwrap_or_default();
-                        match sm::take_over(ctx, bare, previd).await {
-                            // Returned at once: the state must not wait at an await point.
-                            Ok(state) => return Ok(Negotiated::Resumed(state, sm::parse_h(&el))),
-                            // The client may bind a new resource instead (XEP-0198 §5).
-                            Err(failed) => conn.send(&failed).await?,
-                        }
+                Action::SaslFailure(condition) => sasl_failure(conn, condition).await?,
+                Action::Auth(auth) => match authenticate(ctx, conn, &mut st, &auth).await? {
+                    Some(jid) => {
+                        conn.restart();
+                        st.neg.sasl_succeeded(jid);
                     }
-                    // Nothing to manage before a resource is bound (XEP-0198 §3).
-                    "enable" => conn.send(&sm::failed("unexpected-request")).await?,
-                    _ => {}
+                    None => st.neg.sasl_failed(),
+                },
+                Action::Bind(iq) => {
+                    if let Some(bound) = bind(ctx, conn, &st, &iq, conn_id).await? {
+                        return Ok(Negotiated::Bound(bound));
+                    }
                 }
-                continue;
+                Action::Element(el) => {
+                    if let Some(resumed) = authenticated_element(ctx, conn, &st, el).await? {
+                        return Ok(resumed);
+                    }
+                }
+                Action::End(ending) => return Err(ending),
+                // Not produced for client streams.
+                Action::Features(_)
+                | Action::SaslResponse(_)
+                | Action::SaslAbort
+                | Action::Dialback(_)
+                | Action::Stanza(_)
+                | Action::Refuse(_) => return Err(StreamErrorCondition::NotAuthorized.into()),
             }
-            if st.authenticated.is_some() && ctx.registry.has_nonza(&el.ns) {
-                // Module nonzas (e.g. XEP-0352 client state) act on a bound session;
-                // before binding there is nothing to act on.
-                continue;
-            }
-            // Anything else before a bound session is refused (RFC 6120 §6.4.1, §7.1).
-            return Err(StreamErrorCondition::NotAuthorized.into());
         }
     }
+}
+
+/// An element after authentication other than a bind request: XEP-0198 or a module's
+/// nonza. `Some` when a previous session was resumed.
+async fn authenticated_element(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &State,
+    el: Element,
+) -> Result<Option<Negotiated>, Ending> {
+    let Some(bare) = st.neg.authenticated() else {
+        return Err(StreamErrorCondition::NotAuthorized.into());
+    };
+    if el.ns == sm::NS {
+        match el.name.as_str() {
+            // XEP-0198 §5: instead of binding, take over a previous session.
+            "resume" => {
+                let previd = el.attr("previd").unwrap_or_default();
+                match sm::take_over(ctx, bare, previd).await {
+                    // Returned at once: the state must not wait at an await point.
+                    Ok(state) => return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el)))),
+                    // The client may bind a new resource instead (XEP-0198 §5).
+                    Err(failed) => conn.send(&failed).await?,
+                }
+            }
+            // Nothing to manage before a resource is bound (XEP-0198 §3).
+            "enable" => conn.send(&sm::failed("unexpected-request")).await?,
+            _ => {}
+        }
+        return Ok(None);
+    }
+    if ctx.registry.has_nonza(&el.ns) {
+        // Module nonzas (e.g. XEP-0352 client state) act on a bound session;
+        // before binding there is nothing to act on.
+        return Ok(None);
+    }
+    // Anything else before a bound session is refused (RFC 6120 §7.1).
+    Err(StreamErrorCondition::NotAuthorized.into())
 }
 
 async fn upgrade(
@@ -159,7 +181,7 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if conn.ws.is_some() {
+    let acceptor = if conn.framing.is_websocket() {
         tls.websocket_acceptor()
     } else if direct {
         tls.direct_c2s_acceptor()
@@ -175,61 +197,9 @@ async fn upgrade(
         tls_exporter: b.tls_exporter,
         tls_server_end_point: b.tls_server_end_point,
     };
-    conn.parser.reset();
-    conn.header_sent = false;
-    st.secure = true;
+    conn.restart();
+    st.neg.tls_established();
     Ok(())
-}
-
-/// Reads the client's stream header, answers with ours and the features for this stage.
-async fn open_stream(
-    ctx: &Arc<Context>,
-    conn: &mut Connection,
-    st: &mut State,
-) -> Result<(), Ending> {
-    conn.header_sent = false;
-    let header = match conn.next_event().await? {
-        StreamEvent::Open(h) => h,
-        _ => return Err(StreamErrorCondition::NotWellFormed.into()),
-    };
-    st.lang = header
-        .lang
-        .clone()
-        .filter(|l| !l.is_empty() && l.len() <= 35 && !l.contains(['\'', '"', '<', '&']));
-    let to = header.to.as_deref().and_then(Addr::parse).map(|a| a.domain);
-    // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
-    let from = to.clone().unwrap_or_else(|| {
-        ctx.config
-            .vhosts
-            .first()
-            .map(|v| v.domain.clone())
-            .unwrap_or_default()
-    });
-    let id = random_id();
-    let client_jid = st.authenticated.clone();
-    // Queued, not flushed: it leaves in one write with the features (or the error).
-    conn.queue_header(&from, client_jid.as_deref(), &id);
-    if header.ns != ns::STREAM || header.name != "stream" {
-        return Err(StreamErrorCondition::InvalidNamespace.into());
-    }
-    if header.default_ns.as_deref() != Some(ns::CLIENT) {
-        return Err(StreamErrorCondition::InvalidNamespace.into());
-    }
-    match header.version.as_deref() {
-        Some(v) if v.starts_with("1.") => {}
-        _ => return Err(StreamErrorCondition::UnsupportedVersion.into()),
-    }
-    let Some(domain) = to.filter(|d| ctx.is_local_domain(d)) else {
-        return Err(StreamErrorCondition::HostUnknown.into());
-    };
-    if let Some(previous) = &st.domain
-        && previous != &domain
-    {
-        return Err(StreamErrorCondition::HostUnknown.into());
-    }
-    st.domain = Some(domain);
-    let features = features(ctx, st);
-    conn.send(&features).await
 }
 
 fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
@@ -240,7 +210,7 @@ fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
     }
     out.push(Mechanism::ScramSha256);
     out.push(Mechanism::ScramSha1);
-    if st.secure && ctx.config.c2s.allow_plain {
+    if st.neg.is_secure() && ctx.config.c2s.allow_plain {
         out.push(Mechanism::Plain);
     }
     out
@@ -248,7 +218,7 @@ fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
 
 fn features(ctx: &Context, st: &State) -> Element {
     let mut f = Element::new("features", ns::STREAM);
-    if st.authenticated.is_some() {
+    if st.neg.is_authenticated() {
         f.push_child(Element::new("bind", ns::BIND));
         f.push_child(
             Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
@@ -261,7 +231,7 @@ fn features(ctx: &Context, st: &State) -> Element {
         }
         return f;
     }
-    if !st.secure {
+    if !st.neg.is_secure() {
         let mut starttls = Element::new("starttls", ns::TLS);
         if ctx.config.c2s.require_tls {
             starttls.push_child(Element::new("required", ns::TLS));
@@ -310,7 +280,11 @@ enum Step {
 }
 
 /// Sends a challenge and waits for the client's response.
-async fn challenge(conn: &mut Connection, data: &[u8]) -> Result<Result<Step, SaslError>, Ending> {
+async fn challenge(
+    conn: &mut Connection,
+    neg: &mut Negotiator,
+    data: &[u8],
+) -> Result<Result<Step, SaslError>, Ending> {
     let text = if data.is_empty() {
         "=".to_string()
     } else {
@@ -318,27 +292,25 @@ async fn challenge(conn: &mut Connection, data: &[u8]) -> Result<Result<Step, Sa
     };
     conn.send(&Element::new("challenge", ns::SASL).with_text(text))
         .await?;
-    let el = match conn.next_event().await? {
-        StreamEvent::Stanza(el) => el,
-        StreamEvent::Close => return Err(Ending::PeerClosed),
-        StreamEvent::Open(_) => return Err(StreamErrorCondition::NotWellFormed.into()),
-    };
-    if el.is("abort", ns::SASL) {
-        return Ok(Ok(Step::Aborted));
+    let event = conn.next_event().await?;
+    // The negotiator allows a response or an abort here, and ends the stream otherwise.
+    match neg.handle(event).into_iter().next() {
+        Some(Action::SaslAbort) => Ok(Ok(Step::Aborted)),
+        Some(Action::SaslResponse(el)) => {
+            Ok(decode_sasl(&el.text()).map(|d| Step::Data(d.unwrap_or_default())))
+        }
+        Some(Action::End(ending)) => Err(ending),
+        _ => Err(StreamErrorCondition::NotAuthorized.into()),
     }
-    if !el.is("response", ns::SASL) {
-        return Err(StreamErrorCondition::NotAuthorized.into());
-    }
-    Ok(decode_sasl(&el.text()).map(|d| Step::Data(d.unwrap_or_default())))
 }
 
-/// Runs one SASL exchange. `Ok(true)` on success (stream restart follows).
+/// Runs one SASL exchange. `Ok(Some(jid))` on success (stream restart follows).
 async fn authenticate(
     ctx: &Arc<Context>,
     conn: &mut Connection,
     st: &mut State,
     auth: &Element,
-) -> Result<bool, Ending> {
+) -> Result<Option<String>, Ending> {
     let offered = offered_mechanisms(ctx, st);
     let mechanism = auth
         .attr("mechanism")
@@ -363,12 +335,11 @@ async fn authenticate(
             }
             conn.send(&success).await?;
             info!(jid = %jid, mechanism = mechanism.map(|m| m.name()).unwrap_or(""), "authenticated");
-            st.authenticated = Some(jid);
-            Ok(true)
+            Ok(Some(jid))
         }
         Ok(None) => {
             sasl_failure(conn, "aborted").await?;
-            Ok(false)
+            Ok(None)
         }
         Err(e) => {
             st.failures += 1;
@@ -406,7 +377,7 @@ async fn authenticate(
                     "too many failed authentication attempts",
                 )));
             }
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -438,10 +409,10 @@ async fn run_mechanism(
     initial: Option<Vec<u8>>,
     offered: &[Mechanism],
 ) -> Result<SaslOutcome, Ending> {
-    let domain = st.domain.clone().unwrap_or_default();
+    let domain = st.neg.domain().unwrap_or_default().to_string();
     let first = match initial {
         Some(d) => d,
-        None => match challenge(conn, &[]).await? {
+        None => match challenge(conn, &mut st.neg, &[]).await? {
             Ok(Step::Data(d)) => d,
             Ok(Step::Aborted) => return Ok(Ok(None)),
             Err(e) => return Ok(Err(e)),
@@ -513,7 +484,7 @@ async fn run_mechanism(
         Err(_) => None,
     };
     let server_first = scram.server_first(stored.as_ref().map(|s| s.for_hash(hash)));
-    let client_final = match challenge(conn, &server_first).await? {
+    let client_final = match challenge(conn, &mut st.neg, &server_first).await? {
         Ok(Step::Data(d)) => d,
         Ok(Step::Aborted) => return Ok(Ok(None)),
         Err(e) => return Ok(Err(e)),
@@ -551,7 +522,7 @@ async fn bind(
     iq: &Element,
     conn_id: u64,
 ) -> Result<Option<Bound>, Ending> {
-    let Some(bare) = st.authenticated.clone() else {
+    let Some(bare) = st.neg.authenticated().map(str::to_string) else {
         return Err(StreamErrorCondition::NotAuthorized.into());
     };
     let reply_error = |condition: &'static str, kind| {
@@ -632,6 +603,6 @@ async fn bind(
         conn_id,
         rx,
         control,
-        lang: st.lang.clone(),
+        lang: st.neg.lang().map(str::to_string),
     }))
 }

@@ -363,7 +363,7 @@ async fn serve_bound(
             }
             read = crate::net::io::read_with(
                 &mut conn.io,
-                |bytes| (bytes.len(), super::feed_input(&mut conn.parser, &mut conn.ws, bytes)),
+                |bytes| (bytes.len(), conn.framing.feed(&mut conn.parser, bytes)),
             ), if paused_until.is_none() => {
                 let (read_bytes, fed) = match read {
                     Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),

@@ -3,7 +3,7 @@
 //! sessions run unchanged. Inbound, `<open/>` becomes a stream header and `<close/>` the
 //! stream's end tag, and every other message is fed to the stream parser as is (RFC 7395
 //! messages are complete elements carrying their namespaces). Outbound, each element goes
-//! in a text frame of its own, with its namespaces declared (see `Connection::queue`).
+//! in a text frame of its own, with its namespaces declared (see `net::Framing`).
 
 use std::borrow::Cow;
 use std::io;

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::S2s;
-use super::conn::DIALBACK;
-use super::outbound::{Failure, open};
+use super::outbound::{Failure, next_element, open};
 use crate::xml::Element;
+use crate::xml::ns::DIALBACK;
 
 /// The dialback secret. Keys are `HMAC-SHA256(hex(SHA256(secret)), "receiving originating
 /// id")` in hex (XEP-0185 §3; its example uses the hex form of the hashed secret as key).
@@ -120,7 +120,7 @@ pub async fn verify_with_authoritative(
 ) -> Result<bool, Failure> {
     let timeout = Duration::from_secs(s2s.config.limits.handshake_timeout_secs);
     let work = async {
-        let (mut conn, _) = open(s2s, local, remote).await?;
+        let (mut conn, mut opened) = open(s2s, local, remote).await?;
         let verify = Element::new("verify", DIALBACK)
             .with_attr("from", local)
             .with_attr("to", remote)
@@ -128,16 +128,15 @@ pub async fn verify_with_authoritative(
             .with_text(key);
         conn.send(&verify).await.map_err(|_| Failure::Timeout)?;
         loop {
-            let el = conn.next_element().await.map_err(|_| Failure::Timeout)?;
+            let el = next_element(&mut conn, &mut opened.neg, "verify")
+                .await
+                .map_err(|_| Failure::Timeout)?;
             if el.is("verify", DIALBACK) && el.attr("id") == Some(stream_id) {
                 let valid = el.attr("type") == Some("valid")
                     && el.attr("from") == Some(remote)
                     && el.attr("to") == Some(local);
-                conn.finish(super::conn::Ending::Close, local).await;
+                conn.finish(crate::stream::Ending::Close, local).await;
                 return Ok(valid);
-            }
-            if el.is("error", crate::xml::ns::STREAM) {
-                return Err(Failure::Timeout);
             }
         }
     };

@@ -15,16 +15,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::conn::{Conn, DIALBACK, DIALBACK_FEATURE, Ending, limits, response_header};
 use super::outbound::Failure;
 use super::{Pair, S2s};
 use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
+use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::route;
-use crate::stream::{StreamError, StreamErrorCondition, random_id};
+use crate::stream::negotiate::{Action, Negotiator, Policy, Role, domain_only};
+use crate::stream::{Ending, StreamError, StreamErrorCondition, StreamKind};
+use crate::xml::ns::{DIALBACK, DIALBACK_FEATURE};
 use crate::xml::{Element, StreamEvent, ns};
 
 /// Dialback verifications one stream may have in flight; more is a flood.
@@ -37,11 +39,8 @@ struct Verdict {
 }
 
 struct State {
-    secure: bool,
-    stream_id: String,
-    /// `from` and `to` of the current stream header.
-    from: Option<String>,
-    to: Option<String>,
+    /// The stream-level rules; this driver performs its actions.
+    neg: Negotiator,
     sasl_done: bool,
     /// (remote domain, local domain) pairs authenticated on this stream.
     authed: HashSet<Pair>,
@@ -70,12 +69,15 @@ pub async fn serve(
             return;
         };
         let _ = tcp.set_nodelay(true);
-        let mut conn = Conn::new(MaybeTls::Plain(tcp), limits(&ctx.config));
+        let mut conn = Conn::new(MaybeTls::Plain(tcp), StreamKind::Server, &ctx.config);
+        let hosts = ctx.clone();
+        let policy = Policy {
+            role: Role::ServerIn,
+            default_domain: ctx.default_domain(),
+            tls_required: s2s.config.s2s.require_encryption,
+        };
         let mut st = State {
-            secure: false,
-            stream_id: String::new(),
-            from: None,
-            to: None,
+            neg: Negotiator::new(policy, move |d| hosts.is_local_domain(d)),
             sasl_done: false,
             authed: HashSet::new(),
             pending: 0,
@@ -92,13 +94,11 @@ pub async fn serve(
             }
         }
         let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, deadline, &shutdown).await;
-        let from = st.to.clone().unwrap_or_else(|| {
-            ctx.config
-                .vhosts
-                .first()
-                .map(|v| v.domain.clone())
-                .unwrap_or_default()
-        });
+        let from = st
+            .neg
+            .domain()
+            .map(str::to_string)
+            .unwrap_or_else(|| ctx.default_domain());
         conn.finish(ending, &from).await;
         debug!("inbound connection closed");
     }
@@ -121,9 +121,8 @@ async fn upgrade(
         debug!(error = %e, "TLS handshake failed");
         Ending::Gone
     })?;
-    conn.parser.reset();
-    conn.header_sent = false;
-    st.secure = true;
+    conn.restart();
+    st.neg.tls_established();
     Ok(())
 }
 
@@ -163,7 +162,7 @@ async fn run(
                     let ev = match conn.parser.next_event() {
                         Ok(Some(ev)) => ev,
                         Ok(None) => break,
-                        Err(e) => return super::conn::xml_ending(e),
+                        Err(e) => return crate::stream::xml_ending(e),
                     };
                     let unauthenticated = st.authed.is_empty();
                     let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
@@ -198,11 +197,6 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(StreamErrorCondition::ConnectionTimeout.into()))
 }
 
-fn domain_only(s: &str) -> Option<String> {
-    let a = Addr::parse(s)?;
-    (a.node.is_none() && a.resource.is_none()).then_some(a.domain)
-}
-
 async fn event(
     ctx: &Arc<Context>,
     s2s: &Arc<S2s>,
@@ -212,105 +206,58 @@ async fn event(
     vtx: &mpsc::Sender<Verdict>,
     ev: StreamEvent,
 ) -> Result<Flow, Ending> {
-    let el = match ev {
-        StreamEvent::Open(header) => {
-            open_stream(ctx, s2s, conn, st, header).await?;
-            return Ok(Flow::Continue);
+    for action in st.neg.handle(ev) {
+        match action {
+            // Queued: it leaves in one write with the features (or the error).
+            Action::SendHeader(h) => conn.queue_header(&h.from, h.to.as_deref(), h.id.as_deref()),
+            Action::SendFeatures => {
+                if let Some(f) = st.neg.peer() {
+                    tracing::Span::current().record("from", f);
+                }
+                let features = features(ctx, s2s, conn, st);
+                conn.send(&features).await?;
+            }
+            Action::StartTls => {
+                conn.send(&Element::new("proceed", ns::TLS)).await?;
+                upgrade(tls, conn, st, false).await?;
+                return Ok(Flow::Restarted);
+            }
+            Action::Auth(auth) => return sasl_external(ctx, s2s, conn, st, &auth).await,
+            Action::Dialback(el) if el.name == "result" => {
+                db_result(ctx, s2s, conn, st, vtx, &el).await?
+            }
+            Action::Dialback(el) => db_verify(ctx, s2s, conn, &el).await?,
+            Action::Stanza(el) => stanza(ctx, st, el).await?,
+            Action::End(ending) => return Err(ending),
+            // Not produced for server streams to us.
+            Action::Features(_)
+            | Action::SaslFailure(_)
+            | Action::SaslResponse(_)
+            | Action::SaslAbort
+            | Action::Bind(_)
+            | Action::Element(_)
+            | Action::Refuse(_) => return Err(StreamErrorCondition::UnsupportedStanzaType.into()),
         }
-        StreamEvent::Close => return Err(Ending::PeerClosed),
-        StreamEvent::Stanza(el) => el,
-    };
-    if el.is("starttls", ns::TLS) && !st.secure {
-        conn.send(&Element::new("proceed", ns::TLS)).await?;
-        upgrade(tls, conn, st, false).await?;
-        return Ok(Flow::Restarted);
     }
-    if el.is("auth", ns::SASL) {
-        return sasl_external(ctx, s2s, conn, st, &el).await;
-    }
-    if el.is("result", DIALBACK) {
-        db_result(ctx, s2s, conn, st, vtx, &el).await?;
-        return Ok(Flow::Continue);
-    }
-    if el.is("verify", DIALBACK) {
-        db_verify(ctx, s2s, conn, st, &el).await?;
-        return Ok(Flow::Continue);
-    }
-    if el.ns == ns::CLIENT && matches!(el.name.as_str(), "message" | "presence" | "iq") {
-        if st.authed.is_empty() {
-            // RFC 6120 §4.9.3.12: stanzas before any domain is authenticated.
-            return Err(StreamErrorCondition::NotAuthorized.into());
-        }
-        stanza(ctx, st, el).await?;
-        return Ok(Flow::Continue);
-    }
-    if st.authed.is_empty() {
-        return Err(StreamErrorCondition::NotAuthorized.into());
-    }
-    Err(StreamErrorCondition::UnsupportedStanzaType.into())
+    Ok(Flow::Continue)
 }
 
-async fn open_stream(
-    ctx: &Arc<Context>,
-    s2s: &Arc<S2s>,
-    conn: &mut Conn,
-    st: &mut State,
-    header: crate::xml::StreamHeader,
-) -> Result<(), Ending> {
-    let to = header.to.as_deref().and_then(domain_only);
-    let from = header.from.as_deref().and_then(domain_only);
-    st.stream_id = random_id();
-    let our = to
-        .clone()
-        .filter(|d| ctx.is_local_domain(d))
-        .unwrap_or_else(|| {
-            ctx.config
-                .vhosts
-                .first()
-                .map(|v| v.domain.clone())
-                .unwrap_or_default()
-        });
-    // Answer first so that any error is inside a stream (RFC 6120 §4.9.1.3).
-    conn.send_raw(&response_header(&our, from.as_deref(), &st.stream_id))
-        .await?;
-    conn.header_sent = true;
-    if header.ns != ns::STREAM || header.name != "stream" {
-        return Err(StreamErrorCondition::InvalidNamespace.into());
-    }
-    if header.default_ns.as_deref() != Some(ns::SERVER) {
-        return Err(StreamErrorCondition::InvalidNamespace.into());
-    }
-    match header.version.as_deref() {
-        Some(v) if v.starts_with("1.") => {}
-        _ => return Err(StreamErrorCondition::UnsupportedVersion.into()),
-    }
-    let Some(to) = to.filter(|d| ctx.is_local_domain(d)) else {
-        return Err(StreamErrorCondition::HostUnknown.into());
-    };
-    if st.to.as_ref().is_some_and(|prev| *prev != to) {
-        return Err(StreamErrorCondition::HostUnknown.into());
-    }
-    if header.from.is_some() && from.is_none() {
-        return Err(StreamErrorCondition::InvalidFrom.into());
-    }
-    if let Some(f) = &from {
-        tracing::Span::current().record("from", f.as_str());
-    }
-    st.to = Some(to);
-    st.from = from;
-
+/// The features of this stage: STARTTLS, then SASL EXTERNAL (when the certificate
+/// proves the `from` domain) and dialback.
+fn features(ctx: &Context, s2s: &S2s, conn: &Conn, st: &State) -> Element {
+    let secure = st.neg.is_secure();
     let require_tls = s2s.config.s2s.require_encryption;
     let mut features = Element::new("features", ns::STREAM);
-    if !st.secure {
+    if !secure {
         let mut starttls = Element::new("starttls", ns::TLS);
         if require_tls {
             starttls.push_child(Element::new("required", ns::TLS));
         }
         features.push_child(starttls);
     }
-    if st.secure || !require_tls {
-        let foreign_from = st.from.as_deref().filter(|f| !ctx.is_local_domain(f));
-        if st.secure && !st.sasl_done && cert_valid_for(s2s, conn, foreign_from) {
+    if secure || !require_tls {
+        let foreign_from = st.neg.peer().filter(|f| !ctx.is_local_domain(f));
+        if secure && !st.sasl_done && cert_valid_for(s2s, conn, foreign_from) {
             features.push_child(
                 Element::new("mechanisms", ns::SASL)
                     .with_child(Element::new("mechanism", ns::SASL).with_text("EXTERNAL")),
@@ -321,7 +268,7 @@ async fn open_stream(
                 .with_child(Element::new("errors", DIALBACK_FEATURE)),
         );
     }
-    conn.send(&features).await
+    features
 }
 
 fn cert_valid_for(s2s: &S2s, conn: &Conn, domain: Option<&str>) -> bool {
@@ -349,13 +296,16 @@ async fn sasl_external(
     st: &mut State,
     auth: &Element,
 ) -> Result<Flow, Ending> {
-    if !st.secure || st.sasl_done {
+    if !st.neg.is_secure() || st.sasl_done {
         return sasl_failure(conn, "not-authorized").await;
     }
     if auth.attr("mechanism") != Some("EXTERNAL") {
         return sasl_failure(conn, "invalid-mechanism").await;
     }
-    let (Some(from), Some(to)) = (st.from.clone(), st.to.clone()) else {
+    let (Some(from), Some(to)) = (
+        st.neg.peer().map(str::to_string),
+        st.neg.domain().map(str::to_string),
+    ) else {
         return sasl_failure(conn, "not-authorized").await;
     };
     if ctx.is_local_domain(&from) {
@@ -383,10 +333,10 @@ async fn sasl_external(
     }
     conn.send(&Element::new("success", ns::SASL)).await?;
     s2s.record_inbound(&from, &to, "SASL EXTERNAL");
-    st.authed.insert((from, to));
+    st.authed.insert((from.clone(), to));
     st.sasl_done = true;
-    conn.parser.reset();
-    conn.header_sent = false;
+    conn.restart();
+    st.neg.sasl_succeeded(from);
     Ok(Flow::Restarted)
 }
 
@@ -410,19 +360,13 @@ async fn db_result(
     vtx: &mpsc::Sender<Verdict>,
     el: &Element,
 ) -> Result<(), Ending> {
-    if !st.secure && s2s.config.s2s.require_encryption {
-        return Err(Ending::Error(StreamError::with_text(
-            StreamErrorCondition::PolicyViolation,
-            "TLS is required before dialback",
-        )));
-    }
     let (Some(remote), Some(local)) = (
         el.attr("from").and_then(domain_only),
         el.attr("to").and_then(domain_only),
     ) else {
         return Err(StreamErrorCondition::InvalidFrom.into());
     };
-    if Some(&local) != st.to.as_ref() {
+    if Some(local.as_str()) != st.neg.domain() {
         // Dialback for another of our vhosts on this stream (piggybacking) is fine only
         // if we host it.
         if !s2s.config.vhosts.iter().any(|v| v.domain == local) {
@@ -449,6 +393,7 @@ async fn db_result(
             .await?;
         if st.authed.insert(pair) {
             s2s.record_inbound(&remote, &local, "dialback (certificate)");
+            st.neg.domain_authenticated(&remote);
         }
         return Ok(());
     }
@@ -466,7 +411,7 @@ async fn db_result(
     st.pending += 1;
     let s2s = s2s.clone();
     let vtx = vtx.clone();
-    let stream_id = st.stream_id.clone();
+    let stream_id = st.neg.stream_id().to_string();
     tokio::spawn(
         async move {
             let outcome =
@@ -490,6 +435,7 @@ async fn verdict(s2s: &S2s, conn: &mut Conn, st: &mut State, v: Verdict) -> Resu
         Ok(true) => {
             s2s.record_inbound(&v.remote, &v.local, "dialback");
             st.authed.insert((v.remote.clone(), v.local.clone()));
+            st.neg.domain_authenticated(&v.remote);
             super::dialback::result_element(&v.local, &v.remote).with_attr("type", "valid")
         }
         Ok(false) => {
@@ -510,15 +456,8 @@ async fn db_verify(
     ctx: &Arc<Context>,
     s2s: &Arc<S2s>,
     conn: &mut Conn,
-    st: &State,
     el: &Element,
 ) -> Result<(), Ending> {
-    if !st.secure && s2s.config.s2s.require_encryption {
-        return Err(Ending::Error(StreamError::with_text(
-            StreamErrorCondition::PolicyViolation,
-            "TLS is required before dialback",
-        )));
-    }
     let receiving = el.attr("from").unwrap_or_default();
     let authoritative = el.attr("to").unwrap_or_default();
     let id = el.attr("id").unwrap_or_default();

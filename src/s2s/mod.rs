@@ -12,7 +12,6 @@
 //! when its certificate is valid, or with dialback (verified over a connection of our own
 //! to the authoritative server), then route its stanzas like local ones.
 
-mod conn;
 pub mod dialback;
 mod inbound;
 mod outbound;

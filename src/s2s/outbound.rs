@@ -12,12 +12,14 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::conn::{Conn, DIALBACK, Ending, initial_header, limits};
 use super::{Pair, S2s, bounce};
 use crate::context::Context;
+use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
-use crate::stream::{ErrorType, StanzaError};
-use crate::xml::{Element, StreamEvent, ns};
+use crate::stream::negotiate::{Action, Negotiator};
+use crate::stream::{Ending, ErrorType, StanzaError, StreamKind};
+use crate::xml::ns::DIALBACK;
+use crate::xml::{Element, ns};
 
 /// Stanzas written in one go before the socket is flushed.
 const WRITE_BATCH: usize = 64;
@@ -66,7 +68,8 @@ impl AuthMethod {
 
 /// A connected stream after TLS, with the features of the current stream.
 pub(crate) struct Opened {
-    pub stream_id: String,
+    /// The stream-level rules of our stream; this module performs its actions.
+    pub neg: Negotiator,
     pub features: Element,
 }
 
@@ -142,22 +145,29 @@ async fn secure(
     tcp: TcpStream,
     direct_tls: bool,
 ) -> Result<(Conn, Opened), Failure> {
-    let mut conn = Conn::new(MaybeTls::Plain(tcp), limits(&s2s.config));
-    if direct_tls {
+    let mut conn = Conn::new(MaybeTls::Plain(tcp), StreamKind::Server, &s2s.config);
+    let mut neg = Negotiator::initiating(local, remote, s2s.config.s2s.require_encryption);
+    let mut start = if direct_tls {
         tls_connect(s2s, &mut conn, local, remote, true).await?;
-    }
+        neg.tls_established()
+    } else {
+        neg.restart()
+    };
     loop {
-        let opened = open_stream(&mut conn, local, remote).await?;
+        let features = open_stream(&mut conn, &mut neg, start).await?;
+        let opened = Opened { neg, features };
         if !conn.io.is_tls() {
             if opened.features.has_child("starttls", ns::TLS) {
+                neg = opened.neg;
                 conn.send(&Element::new("starttls", ns::TLS))
                     .await
                     .map_err(refused("starttls"))?;
-                let reply = conn.next_element().await.map_err(refused("starttls"))?;
+                let reply = next_element(&mut conn, &mut neg, "starttls").await?;
                 if !reply.is("proceed", ns::TLS) {
                     return Err(Failure::Refused("STARTTLS refused".into()));
                 }
                 tls_connect(s2s, &mut conn, local, remote, false).await?;
+                start = neg.tls_established();
                 continue;
             }
             if s2s.config.s2s.require_encryption {
@@ -193,39 +203,58 @@ async fn tls_connect(
         .await
         .map_err(|e| Failure::Refused(format!("TLS handshake: {e}")))?;
     conn.io = MaybeTls::ClientTls(Box::new(tls));
-    conn.parser.reset();
+    conn.restart();
     Ok(())
 }
 
-/// Sends our header and reads the peer's header and features.
-async fn open_stream(conn: &mut Conn, local: &str, remote: &str) -> Result<Opened, Failure> {
-    conn.parser.reset();
-    conn.send_raw(&initial_header(local, remote))
-        .await
-        .map_err(refused("stream"))?;
-    conn.header_sent = true;
-    let header = match conn.next_event().await.map_err(refused("stream"))? {
-        StreamEvent::Open(h) => h,
-        _ => return Err(Failure::Refused("no stream header".into())),
-    };
-    if header.default_ns.as_deref() != Some(ns::SERVER) || header.ns != ns::STREAM {
-        return Err(Failure::Refused("not a server-to-server stream".into()));
+/// Performs `start` (our header) and reads the peer's header and features.
+async fn open_stream(
+    conn: &mut Conn,
+    neg: &mut Negotiator,
+    start: Vec<Action>,
+) -> Result<Element, Failure> {
+    conn.restart();
+    for action in start {
+        if let Action::SendHeader(h) = action {
+            conn.queue_header(&h.from, h.to.as_deref(), h.id.as_deref());
+        }
     }
-    let features = conn.next_element().await.map_err(refused("features"))?;
-    if features.is("error", ns::STREAM) {
-        let condition = features
-            .first_element()
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        return Err(Failure::Refused(format!("stream error {condition}")));
+    conn.flush().await.map_err(refused("stream"))?;
+    loop {
+        let event = conn.next_event().await.map_err(refused("stream"))?;
+        if let Some(action) = neg.handle(event).into_iter().next() {
+            return match action {
+                Action::Features(features) => Ok(features),
+                other => Err(refusal(other, "features")),
+            };
+        }
     }
-    if !features.is("features", ns::STREAM) {
-        return Err(Failure::Refused("no stream features".into()));
+}
+
+/// The next element the peer sends on our stream, for `why`.
+pub(crate) async fn next_element(
+    conn: &mut Conn,
+    neg: &mut Negotiator,
+    why: &str,
+) -> Result<Element, Failure> {
+    loop {
+        let event = conn.next_event().await.map_err(refused(why))?;
+        if let Some(action) = neg.handle(event).into_iter().next() {
+            return match action {
+                Action::Element(el) => Ok(el),
+                other => Err(refusal(other, why)),
+            };
+        }
     }
-    Ok(Opened {
-        stream_id: header.id.unwrap_or_default(),
-        features,
-    })
+}
+
+/// Why the stream cannot go on, from a negotiator action other than the expected one.
+fn refusal(action: Action, why: &str) -> Failure {
+    match action {
+        Action::Refuse(reason) => Failure::Refused(reason),
+        Action::End(ending) => refused(why)(ending),
+        other => Failure::Refused(format!("{why}: unexpected {other:?}")),
+    }
 }
 
 fn offers_external(features: &Element) -> bool {
@@ -240,19 +269,21 @@ fn offers_external(features: &Element) -> bool {
 async fn authenticate(
     s2s: &Arc<S2s>,
     conn: &mut Conn,
-    opened: Opened,
+    opened: &mut Opened,
     local: &str,
     remote: &str,
 ) -> Result<AuthMethod, Failure> {
+    let neg = &mut opened.neg;
     if conn.io.is_tls() && offers_external(&opened.features) {
         let auth = Element::new("auth", ns::SASL)
             .with_attr("mechanism", "EXTERNAL")
             .with_text(B64.encode(local));
         conn.send(&auth).await.map_err(refused("SASL"))?;
-        let reply = conn.next_element().await.map_err(refused("SASL"))?;
+        let reply = next_element(conn, neg, "SASL").await?;
         if reply.is("success", ns::SASL) {
-            let restarted = open_stream(conn, local, remote).await?;
-            debug!(features = ?restarted.features.elements().map(|e| e.name.as_str()).collect::<Vec<_>>(), "SASL EXTERNAL succeeded");
+            let start = neg.sasl_succeeded(local.to_string());
+            let restarted = open_stream(conn, neg, start).await?;
+            debug!(features = ?restarted.elements().map(|e| e.name.as_str()).collect::<Vec<_>>(), "SASL EXTERNAL succeeded");
             return Ok(AuthMethod::SaslExternal);
         }
         if !reply.is("failure", ns::SASL) {
@@ -263,12 +294,13 @@ async fn authenticate(
         }
         debug!("SASL EXTERNAL refused; trying dialback");
     }
-    let key = s2s.secret.key(remote, local, &opened.stream_id);
+    let key = s2s.secret.key(remote, local, neg.stream_id());
     conn.send(&super::dialback::result_element(local, remote).with_text(key))
         .await
         .map_err(refused("dialback"))?;
     loop {
-        let el = conn.next_element().await.map_err(refused("dialback"))?;
+        // A stream error ends this with the negotiator's refusal.
+        let el = next_element(conn, neg, "dialback").await?;
         if el.is("result", DIALBACK)
             && el.attr("from") == Some(remote)
             && el.attr("to") == Some(local)
@@ -281,13 +313,6 @@ async fn authenticate(
                 ))),
             };
         }
-        if el.is("error", ns::STREAM) {
-            let condition = el
-                .first_element()
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            return Err(Failure::Refused(format!("stream error {condition}")));
-        }
     }
 }
 
@@ -295,10 +320,10 @@ async fn connect_and_auth(
     s2s: &Arc<S2s>,
     local: &str,
     remote: &str,
-) -> Result<(Conn, AuthMethod), Failure> {
-    let (mut conn, opened) = open(s2s, local, remote).await?;
-    let method = authenticate(s2s, &mut conn, opened, local, remote).await?;
-    Ok((conn, method))
+) -> Result<(Conn, Negotiator, AuthMethod), Failure> {
+    let (mut conn, mut opened) = open(s2s, local, remote).await?;
+    let method = authenticate(s2s, &mut conn, &mut opened, local, remote).await?;
+    Ok((conn, opened.neg, method))
 }
 
 /// The task of one outbound pair; see the module docs.
@@ -333,7 +358,7 @@ async fn run_inner(
         }
         _ = shutdown.cancelled() => Err(Failure::Timeout),
     };
-    let (mut conn, method) = match result {
+    let (mut conn, mut neg, method) = match result {
         Ok(ok) => ok,
         Err(failure) => {
             warn!(
@@ -357,7 +382,7 @@ async fn run_inner(
     );
     s2s.record_success(&pair, method, setup);
     let mut unsent = Vec::new();
-    let ending = established(&s2s, &mut conn, &mut rx, &mut unsent).await;
+    let ending = established(&s2s, &mut conn, &mut neg, &mut rx, &mut unsent).await;
     debug!(?ending, "outbound stream ending");
     s2s.remove_route(&pair, id);
     rx.close();
@@ -377,6 +402,7 @@ async fn run_inner(
 async fn established(
     s2s: &Arc<S2s>,
     conn: &mut Conn,
+    neg: &mut Negotiator,
     rx: &mut mpsc::Receiver<Element>,
     unsent: &mut Vec<Element>,
 ) -> Ending {
@@ -413,19 +439,23 @@ async fn established(
                     return e;
                 }
                 loop {
-                    match conn.parser.next_event() {
+                    let event = match conn.parser.next_event() {
                         Ok(None) => break,
-                        Ok(Some(StreamEvent::Close)) => return Ending::PeerClosed,
-                        Ok(Some(StreamEvent::Stanza(el))) if el.is("error", ns::STREAM) => {
-                            warn!(condition = ?el.first_element().map(|c| c.name.clone()), "stream error from the remote server");
-                            return Ending::Gone;
+                        Ok(Some(event)) => event,
+                        Err(e) => return crate::stream::xml_ending(e),
+                    };
+                    for action in neg.handle(event) {
+                        match action {
+                            // Nothing else is expected on our outgoing stream.
+                            Action::Element(el) => debug!(name = %el.name, "ignored element on outbound stream"),
+                            Action::Refuse(why) => {
+                                // Their stream error: the stream is over, nothing to answer.
+                                warn!(%why, "the remote server ended the stream");
+                                return Ending::Gone;
+                            }
+                            Action::End(ending) => return ending,
+                            other => debug!(action = ?other, "ignored on outbound stream"),
                         }
-                        // Nothing else is expected on our outgoing stream.
-                        Ok(Some(StreamEvent::Stanza(el))) => debug!(name = %el.name, "ignored element on outbound stream"),
-                        Ok(Some(StreamEvent::Open(_))) => {
-                            return Ending::from(crate::stream::StreamErrorCondition::NotWellFormed);
-                        }
-                        Err(e) => return super::conn::xml_ending(e),
                     }
                 }
             }

@@ -1,6 +1,8 @@
 //! RFC 6120 stream pieces shared by c2s and s2s: stream headers, stream errors and
 //! stanza errors.
 
+pub mod negotiate;
+
 use crate::xml::escape::escape_attr;
 use crate::xml::{Element, ns};
 
@@ -92,6 +94,12 @@ impl StreamError {
     }
 }
 
+impl From<StreamErrorCondition> for StreamError {
+    fn from(c: StreamErrorCondition) -> Self {
+        StreamError::new(c)
+    }
+}
+
 /// Our stream header (response side). `content_ns` is `jabber:client` or `jabber:server`.
 pub fn response_header(
     content_ns: &str,
@@ -128,6 +136,104 @@ pub fn response_header(
 }
 
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
+
+/// Which kind of stream a connection carries: what its headers declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// `jabber:client` (RFC 6120 §4.8.2).
+    Client,
+    /// `jabber:server` with the dialback prefix (XEP-0220).
+    Server,
+}
+
+impl StreamKind {
+    pub fn content_ns(self) -> &'static str {
+        match self {
+            StreamKind::Client => ns::CLIENT,
+            StreamKind::Server => ns::SERVER,
+        }
+    }
+
+    /// Our stream header: the answering side's (with `id`) or the initiating side's
+    /// (no `id`, RFC 6120 §4.7.3).
+    pub fn header(self, from: &str, to: Option<&str>, id: Option<&str>) -> Vec<u8> {
+        let extra: &[(&str, &str)] = match self {
+            StreamKind::Client => &[],
+            StreamKind::Server => &[("db", ns::DIALBACK)],
+        };
+        match id {
+            Some(id) => response_header(self.content_ns(), from, to, id, extra),
+            None => initial_header(self.content_ns(), from, to, extra),
+        }
+    }
+}
+
+/// The initiating side's stream header (no id; RFC 6120 §4.7).
+fn initial_header(
+    content_ns: &str,
+    from: &str,
+    to: Option<&str>,
+    extra_ns: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
+    escape_attr(content_ns, &mut out);
+    out.extend_from_slice(b"' xmlns:stream='");
+    out.extend_from_slice(ns::STREAM.as_bytes());
+    out.push(b'\'');
+    for (prefix, uri) in extra_ns {
+        out.extend_from_slice(b" xmlns:");
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(b"='");
+        escape_attr(uri, &mut out);
+        out.push(b'\'');
+    }
+    out.extend_from_slice(b" version='1.0' from='");
+    escape_attr(from, &mut out);
+    out.push(b'\'');
+    if let Some(to) = to {
+        out.extend_from_slice(b" to='");
+        escape_attr(to, &mut out);
+        out.push(b'\'');
+    }
+    out.push(b'>');
+    out
+}
+
+/// Why a connection ends: what, if anything, is still said before closing.
+#[derive(Debug)]
+pub enum Ending {
+    /// Send this stream error, then close.
+    Error(StreamError),
+    /// The peer closed its stream; answer with our close.
+    PeerClosed,
+    /// We close normally (idle, done).
+    Close,
+    /// The socket is gone (EOF, reset); nothing more can be sent.
+    Gone,
+    /// Send this prepared `<stream:error/>` (one with an application condition), then close.
+    Custom(Element),
+}
+
+impl From<StreamErrorCondition> for Ending {
+    fn from(c: StreamErrorCondition) -> Self {
+        Ending::Error(StreamError::new(c))
+    }
+}
+
+impl From<StreamError> for Ending {
+    fn from(e: StreamError) -> Self {
+        Ending::Error(e)
+    }
+}
+
+/// The stream error for input the parser refused.
+pub fn xml_ending(e: crate::xml::XmlError) -> Ending {
+    Ending::Error(StreamError::with_text(
+        StreamErrorCondition::from_xml_error(&e),
+        e.to_string(),
+    ))
+}
 
 /// A random identifier for stream ids, generated resources and stanza ids.
 pub fn random_id() -> String {

@@ -21,3 +21,5 @@ pub const DELAY: &str = "urn:xmpp:delay";
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+pub const DIALBACK: &str = "jabber:server:dialback";
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";

@@ -1,0 +1,178 @@
+//! One connection, whatever it carries (c2s, s2s inbound or outbound) and however it is
+//! framed (see [`Framing`]): socket, parser, output buffer, the write deadline and the
+//! bounded close.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::debug;
+
+use crate::config::Config;
+use crate::net::framing::Framing;
+use crate::net::io::MaybeTls;
+pub use crate::stream::{Ending, xml_ending};
+use crate::stream::{StreamErrorCondition, StreamKind};
+use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+
+/// The parser limits of every stream, from the configuration.
+pub fn parser_limits(cfg: &Config) -> ParserLimits {
+    ParserLimits {
+        max_stanza_bytes: cfg.limits.max_stanza_bytes,
+        max_depth: cfg.limits.max_depth,
+        max_attributes: cfg.limits.max_attributes,
+    }
+}
+
+pub struct Connection {
+    pub io: MaybeTls,
+    pub parser: StreamParser,
+    /// The wire format (plain stream syntax or WebSocket frames).
+    pub framing: Framing,
+    kind: StreamKind,
+    out: Vec<u8>,
+    /// Our stream header has been sent for the current stream (errors need one first).
+    pub header_sent: bool,
+    /// How long a write may make no progress before the peer counts as gone.
+    write_timeout: Duration,
+}
+
+impl Connection {
+    /// A connection with plain stream framing and the configured limits.
+    pub fn new(io: MaybeTls, kind: StreamKind, cfg: &Config) -> Self {
+        Connection {
+            io,
+            parser: StreamParser::new(parser_limits(cfg)),
+            framing: Framing::Stream,
+            kind,
+            out: Vec::with_capacity(1024),
+            header_sent: false,
+            write_timeout: Duration::from_secs(cfg.limits.write_timeout_secs),
+        }
+    }
+
+    /// A new stream on the same transport (after TLS or SASL): bytes still buffered
+    /// belong to the old one, and our next header opens the new one.
+    pub fn restart(&mut self) {
+        self.parser.reset();
+        self.header_sent = false;
+    }
+
+    /// Queues our stream header; `id` is `None` on the initiating side.
+    pub fn queue_header(&mut self, from: &str, to: Option<&str>, id: Option<&str>) {
+        self.framing.header(self.kind, from, to, id, &mut self.out);
+        self.header_sent = true;
+    }
+
+    /// The next event, reading from the socket as needed.
+    pub async fn next_event(&mut self) -> Result<StreamEvent, Ending> {
+        loop {
+            if let Some(ev) = self.parser.next_event().map_err(xml_ending)? {
+                return Ok(ev);
+            }
+            self.read_some().await?;
+        }
+    }
+
+    /// The next element (stanza or stream-level), refusing a close or a new header.
+    pub async fn next_element(&mut self) -> Result<Element, Ending> {
+        match self.next_event().await? {
+            StreamEvent::Stanza(el) => Ok(el),
+            StreamEvent::Close => Err(Ending::PeerClosed),
+            StreamEvent::Open(_) => Err(StreamErrorCondition::NotWellFormed.into()),
+        }
+    }
+
+    /// Reads once and feeds the parser. Cancel-safe.
+    pub async fn read_some(&mut self) -> Result<(), Ending> {
+        let (parser, framing) = (&mut self.parser, &mut self.framing);
+        let read = crate::net::io::read_with(&mut self.io, |bytes| framing.feed(parser, bytes));
+        match read.await {
+            Ok(Some(fed)) => fed.map_err(xml_ending),
+            Ok(None) | Err(_) => Err(Ending::Gone),
+        }
+    }
+
+    pub fn queue(&mut self, el: &Element) {
+        self.framing.element(el, &mut self.out);
+    }
+
+    /// Writes what is queued, within the write deadline.
+    pub async fn flush(&mut self) -> Result<(), Ending> {
+        self.framing.before_write(&mut self.out);
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let res =
+            crate::net::io::write_all_within(&mut self.io, &self.out, self.write_timeout).await;
+        self.out.clear();
+        // A burst (offline messages, a big roster) must not pin its buffer forever.
+        if self.out.capacity() > 64 * 1024 {
+            self.out.shrink_to(4096);
+        }
+        res.map_err(|e| {
+            debug!(error = %e, "write failed; connection lost");
+            Ending::Gone
+        })
+    }
+
+    pub async fn send(&mut self, el: &Element) -> Result<(), Ending> {
+        self.queue(el);
+        self.flush().await
+    }
+
+    /// Ends the connection as `ending` says, best effort and bounded in time. `domain`
+    /// is ours, for a header still owed before an error.
+    pub async fn finish(&mut self, ending: Ending, domain: &str) {
+        let error = match ending {
+            Ending::Gone => return,
+            Ending::PeerClosed | Ending::Close => None,
+            Ending::Error(err) => {
+                debug!(
+                    condition = err.condition.name(),
+                    "closing with stream error"
+                );
+                Some(err.to_element())
+            }
+            Ending::Custom(el) => {
+                debug!(error = ?el, "closing with stream error");
+                Some(el)
+            }
+        };
+        // Anything still queued (a stream header) goes first.
+        if let Some(error) = error {
+            if !self.header_sent {
+                self.queue_header(domain, None, Some(&crate::stream::random_id()));
+            }
+            self.queue(&error);
+        }
+        let mut bytes = std::mem::take(&mut self.out);
+        self.framing.close(&mut bytes);
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            io.write_all(&bytes).await?;
+            io.flush().await?;
+            io.shutdown().await
+        })
+        .await;
+        // Read (and discard) what the peer still sends for a moment, so closing with
+        // unread input does not reset the connection before our last bytes are read.
+        // Servers get less time than clients: our own dialback checks and outbound
+        // restarts wait for it. On the heap: only a closing connection needs it (a
+        // future holds its locals).
+        let linger = match self.kind {
+            StreamKind::Client => Duration::from_secs(1),
+            StreamKind::Server => Duration::from_millis(500),
+        };
+        let mut sink = vec![0u8; 4096];
+        let _ = tokio::time::timeout(linger, async {
+            let mut drained = 0usize;
+            while drained < 1 << 20 {
+                match io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+    }
+}
