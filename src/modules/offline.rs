@@ -87,6 +87,24 @@ impl OfflineHandler for Offline {
         }
         false
     }
+
+    /// Refuses (bouncing `resource-constraint`) when the quota is full already. A message
+    /// that fills the last place concurrently is still refused by `store`, after the
+    /// hooks: the store's count is the exact check, this one keeps the common case clean.
+    async fn admits(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) -> bool {
+        if !storable(stanza) {
+            return true;
+        }
+        match ctx.storage.offline.count(user).await {
+            Ok(n) if n >= ctx.config.limits.offline_quota => {
+                let error = StanzaError::resource_constraint().with_text("offline storage is full");
+                route_reply(ctx, stanza, error).await;
+                false
+            }
+            // A failing count is reported by the store itself.
+            _ => true,
+        }
+    }
 }
 
 #[async_trait]

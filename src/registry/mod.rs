@@ -148,6 +148,13 @@ pub trait OfflineHandler: Send + Sync {
         el: Element,
         already_notified: bool,
     ) -> bool;
+    /// Whether `store` would take `el` for `user` now; if not, the sender is told (the
+    /// bounce `store` would send). Asked before a message is accepted for an account with
+    /// no available resource, so that a message bounced for the quota is not archived
+    /// either.
+    async fn admits(&self, _ctx: &Arc<Context>, _user: &str, _el: &Element) -> bool {
+        true
+    }
 }
 
 /// A moment in a local session's life.
@@ -553,6 +560,18 @@ impl Registry {
             Some(o) => o.store(ctx, user, el, already_notified).await,
             None => {
                 crate::router::route_reply(ctx, &el, StanzaError::service_unavailable()).await;
+                false
+            }
+        }
+    }
+
+    /// See [`OfflineHandler::admits`]; without an offline module nothing is admitted
+    /// (`service-unavailable`, as [`Registry::store_offline`] would answer).
+    pub async fn offline_admits(&self, ctx: &Arc<Context>, user: &str, el: &Element) -> bool {
+        match &self.offline {
+            Some(o) => o.admits(ctx, user, el).await,
+            None => {
+                crate::router::route_reply(ctx, el, StanzaError::service_unavailable()).await;
                 false
             }
         }
