@@ -1,9 +1,9 @@
 //! Graceful shutdown: every stream hears `<system-shutdown/>`, what hibernated XEP-0198
 //! sessions hold goes to offline storage, and the real binary exits on SIGTERM in time.
 
-mod support;
 #[path = "support/process.rs"]
 mod process;
+mod support;
 
 use std::time::Duration;
 

@@ -29,6 +29,16 @@ pub enum ServerError {
     Tls(String),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {source}")]
+    OpenDatabase {
+        path: std::path::PathBuf,
+        source: crate::storage::StorageError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -95,11 +105,15 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
     match config.storage.backend {
         StorageBackend::Memory => Ok(Storage::memory()),
         StorageBackend::Sled => {
-            crate::admin::ensure_data_dir(&config.data_dir)?;
-            Ok(Storage::open_sled_with_cache(
-                &config.data_dir.join("db"),
-                config.storage.cache_mb,
-            )?)
+            crate::admin::ensure_data_dir(&config.data_dir).map_err(|source| {
+                ServerError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                }
+            })?;
+            let path = config.data_dir.join("db");
+            Storage::open_sled_with_cache(&path, config.storage.cache_mb)
+                .map_err(|source| ServerError::OpenDatabase { path, source })
         }
     }
 }

@@ -345,6 +345,9 @@ impl SledStore {
         // A store that was just dropped (a restart in the same process, or a previous
         // process still exiting) releases its file lock only when sled's background IO
         // finishes: wait briefly for it instead of failing.
+        // Whether a database was there before: one without the schema marker then is not
+        // a new database but one whose contents sled could not recover (see below).
+        let existed = std::fs::metadata(path.join("db")).is_ok_and(|m| m.len() > 0);
         let mut attempts = 0;
         let db = loop {
             match config.open() {
@@ -357,11 +360,29 @@ impl SledStore {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    return Err(StorageError::Backend(format!(
+                        "the database {} is in use by another process (is another xmppd \
+                         running with this data_dir?)",
+                        path.display()
+                    )));
+                }
                 Err(e) => return Err(backend(e)),
             }
         };
         let meta = db.open_tree("meta").map_err(backend)?;
         match meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
+            // sled recovers a damaged log by dropping what it cannot read, which for a
+            // badly damaged file is everything: starting afresh on it would silently lose
+            // every account and message.
+            None if existed => {
+                return Err(StorageError::Corrupt(format!(
+                    "{} holds database files but no xmppd data (no schema marker): the \
+                     database is damaged or not an xmppd database; refusing to start on it \
+                     (move it away to start with an empty one)",
+                    path.display()
+                )));
+            }
             None => {
                 meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
                     .map_err(backend)?;
