@@ -558,8 +558,6 @@ enum WriterOp {
 
 /// Operations queued for the writer; a full queue makes appenders wait (never drops).
 const WRITER_QUEUE: usize = 1024;
-/// How long the writer lets appends gather before writing them.
-const WRITER_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 /// Most messages written in one batch.
 const WRITER_BATCH: usize = 4096;
 
@@ -726,13 +724,10 @@ struct Round {
 fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
     let mut round = Round::default();
+    // No lingering for appends to gather: appenders wait for the fsync now, so what
+    // arrives during one fsync is the next batch (a 2 ms linger measured 5x the latency
+    // of one append and half the throughput of 100 concurrent ones).
     while let Some(first) = rx.blocking_recv() {
-        if matches!(first, WriterOp::Append(..)) {
-            // Let appends gather for a moment: waking for every message costs a context
-            // switch each, and bigger batches (one fsync each) are cheaper per message.
-            // Reads and flushes (barriers) arriving on an idle writer are answered at once.
-            std::thread::sleep(WRITER_LINGER);
-        }
         let mut next = Some(first);
         while let Some(op) = next {
             match op {
