@@ -147,6 +147,9 @@ where
         tokio::spawn(watch_signals(token.clone()));
         serve(cfg, token).await
     });
+    // The server bounded its own shutdown; what it abandoned (a stuck blocking call) must
+    // not hold the exit: dropping the runtime would wait for it without limit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -83,3 +83,36 @@ async fn quota_overflow_bounces_resource_constraint() {
     );
     server.stop().await;
 }
+
+/// A message bounced for the offline quota was never accepted: it is not in the
+/// recipient's archive either (only the sender's own copy of what it sent is).
+#[tokio::test]
+async fn quota_bounce_leaves_no_archive_entry() {
+    let server = TestServer::start_with(|c| c.limits.offline_quota = 2).await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let mut alice = server.login("alice", "a").await;
+    for i in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost' id='q{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+    let bounce = alice.recv_until(|e| e.name == "message").await;
+    assert_eq!(bounce.attr("id"), Some("q2"));
+    assert_eq!(bounce.attr("type"), Some("error"));
+    let archive = &server.ctx().storage.archive;
+    assert_eq!(archive.count("bob@localhost").await.unwrap(), 2);
+    assert_eq!(
+        server
+            .ctx()
+            .storage
+            .offline
+            .count("bob@localhost")
+            .await
+            .unwrap(),
+        2
+    );
+    server.stop().await;
+}

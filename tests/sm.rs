@@ -459,3 +459,77 @@ async fn unacked_limit_holds_back_until_the_client_acks() {
     }
     server.stop().await;
 }
+
+/// Offline messages leave storage only once the client acknowledged them: a session that
+/// ends before leaves them stored, once (they are not rerouted into storage again), and
+/// the next session gets them; its ack deletes them.
+#[tokio::test]
+async fn offline_messages_are_deleted_only_once_acknowledged() {
+    let server = TestServer::start_with(|c| c.c2s.sm_resume_timeout_secs = 1).await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let mut alice = server.login("alice", "pc").await;
+    for i in 0..3 {
+        chat(&mut alice, "bob@localhost", &format!("stored {i}")).await;
+    }
+    sync(&mut alice).await;
+    assert_eq!(offline_count_reaching(&server, "bob@localhost", 3).await, 3);
+
+    let mut bob = SmClient::enable(server.login("bob", "phone").await).await;
+    bob.auto_ack = false;
+    bob.c.send("<presence/>").await;
+    for i in 0..3 {
+        let m = bob.until(is_message).await;
+        assert_eq!(body(&m), Some(format!("stored {i}")));
+    }
+    // Received but not acknowledged: still stored.
+    assert_eq!(
+        ctx(&server)
+            .storage
+            .offline
+            .count("bob@localhost")
+            .await
+            .unwrap(),
+        3
+    );
+    bob.c.drop_connection();
+    support::wait_until("the hibernated session to end", || {
+        ctx(&server).sessions.resources("bob@localhost").is_empty()
+            && ctx(&server).sm.resumable_count() == 0
+    })
+    .await;
+    assert_eq!(
+        ctx(&server)
+            .storage
+            .offline
+            .count("bob@localhost")
+            .await
+            .unwrap(),
+        3
+    );
+
+    let mut bob = SmClient::enable(server.login("bob", "phone2").await).await;
+    bob.auto_ack = false;
+    bob.c.send("<presence/>").await;
+    for i in 0..3 {
+        let m = bob.until(is_message).await;
+        assert_eq!(body(&m), Some(format!("stored {i}")));
+    }
+    let h = bob.h;
+    bob.c.send(&format!("<a xmlns='{SM}' h='{h}'/>")).await;
+    let mut left = usize::MAX;
+    for _ in 0..200 {
+        left = ctx(&server)
+            .storage
+            .offline
+            .count("bob@localhost")
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(left, 0);
+    server.stop().await;
+}

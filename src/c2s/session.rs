@@ -37,6 +37,9 @@ pub(crate) struct SessionState {
     /// What the session's own work sent to it (see `router::serve_own_session`), written
     /// before its queue, in steps, with stream management's flow control.
     pub backlog: VecDeque<Element>,
+    /// Receipts of stanzas written on a stream without XEP-0198, reported once the
+    /// write is flushed.
+    written_receipts: Vec<String>,
 }
 
 impl SessionState {
@@ -46,6 +49,7 @@ impl SessionState {
             ext: Extensions::default(),
             sm: None,
             backlog: VecDeque::new(),
+            written_receipts: Vec::new(),
         })
     }
 
@@ -101,13 +105,54 @@ impl SessionState {
         }
     }
 
-    fn write(&mut self, conn: Option<&mut Connection>, el: Element) {
+    fn write(&mut self, conn: Option<&mut Connection>, mut el: Element) {
+        let receipt = crate::registry::take_receipt(&mut el);
+        let written = conn.is_some();
         if let Some(conn) = conn {
             conn.queue(&el);
         }
-        if let Some(sm) = &mut self.sm {
-            sm.record_sent(el);
+        match (&mut self.sm, receipt) {
+            (Some(sm), Some(receipt)) => sm.record_sent_with_receipt(el, receipt),
+            (Some(sm), None) => sm.record_sent(el),
+            (None, Some(receipt)) if written => self.written_receipts.push(receipt),
+            (None, _) => {}
         }
+    }
+
+    /// Tells the modules which of their tracked stanzas the client has: acknowledged
+    /// (XEP-0198) or, without stream management, written and flushed. Call after a
+    /// successful flush.
+    async fn report_delivered(&mut self, ctx: &Arc<Context>, conn: &mut Connection) {
+        let mut receipts = std::mem::take(&mut self.written_receipts);
+        if let Some(sm) = &mut self.sm {
+            receipts.append(&mut sm.take_delivered());
+        }
+        if receipts.is_empty() {
+            return;
+        }
+        let event = SessionEvent::Delivered {
+            receipts: &receipts,
+        };
+        Box::pin(self.event(ctx, Some(conn), &event)).await;
+    }
+
+    /// [`report_delivered`](Self::report_delivered), then flushes what the modules
+    /// answered. Cheap when nothing tracked was delivered.
+    async fn flush_receipts(
+        &mut self,
+        ctx: &Arc<Context>,
+        conn: &mut Connection,
+    ) -> Result<(), Ending> {
+        let pending = !self.written_receipts.is_empty()
+            || self
+                .sm
+                .as_ref()
+                .is_some_and(StreamManagement::has_delivered);
+        if !pending {
+            return Ok(());
+        }
+        self.report_delivered(ctx, conn).await;
+        conn.flush().await
     }
 
     /// Queues an `<r/>` if stream management wants an ack for what was written.
@@ -216,6 +261,8 @@ pub(crate) async fn end_session(ctx: &Arc<Context>, mut state: Box<SessionState>
         undelivered = sm.take_unacked();
     }
     undelivered.append(&mut state.backlog);
+    // Stanzas with a receipt request are still held by their module (offline storage).
+    undelivered.retain(|el| !crate::registry::has_receipt(el));
     // The session is gone for the router before its unavailable presence goes out. A
     // session replaced by a conflict stays silent: its successor has the same full JID.
     let bound = &state.bound;
@@ -276,7 +323,9 @@ async fn resume_stream(
         unacked = state.sm.as_ref().map_or(0, StreamManagement::unacked_len),
         "session resumed"
     );
-    conn.flush().await.map_err(LoopEnd::Lost)
+    conn.flush().await.map_err(LoopEnd::Lost)?;
+    // The `h` of `<resume/>` may have acknowledged tracked stanzas.
+    state.flush_receipts(ctx, conn).await.map_err(LoopEnd::Lost)
 }
 
 async fn serve_bound(
@@ -326,6 +375,9 @@ async fn serve_bound(
                 if let Err(e) = conn.flush().await {
                     return LoopEnd::Lost(e);
                 }
+                if let Err(e) = state.flush_receipts(ctx, conn).await {
+                    return LoopEnd::Lost(e);
+                }
             }
             cmd = state.bound.rx.recv(), if room => {
                 let Some(SessionCommand::Stanza(el)) = cmd else {
@@ -346,6 +398,9 @@ async fn serve_bound(
                 if let Err(e) = conn.flush().await {
                     return LoopEnd::Lost(e);
                 }
+                if let Err(e) = state.flush_receipts(ctx, conn).await {
+                    return LoopEnd::Lost(e);
+                }
             }
             _ = tokio::time::sleep_until(
                 paused_until.unwrap_or_else(tokio::time::Instant::now)
@@ -357,6 +412,9 @@ async fn serve_bound(
                     Err(end) => return end,
                 };
                 if let Err(e) = conn.flush().await {
+                    return LoopEnd::Lost(e);
+                }
+                if let Err(e) = state.flush_receipts(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
                 paused_until = pause(wait);
@@ -381,6 +439,9 @@ async fn serve_bound(
                 };
                 // Answers to nonzas (acks, a CSI flush) were queued on the connection.
                 if let Err(e) = conn.flush().await {
+                    return LoopEnd::Lost(e);
+                }
+                if let Err(e) = state.flush_receipts(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
                 paused_until = pause(by_bytes.max(by_stanzas));

@@ -90,6 +90,11 @@ pub(crate) struct StreamManagement {
     requested: bool,
     /// Stanzas recorded since the last `<r/>`.
     since_request: u32,
+    /// Receipts requested for unacknowledged stanzas, with each stanza's sequence
+    /// number, oldest first.
+    receipts: VecDeque<(u32, String)>,
+    /// Receipts of stanzas the client acknowledged, not yet reported to the modules.
+    delivered: Vec<String>,
 }
 
 /// The client acknowledged more stanzas than were sent (XEP-0198 §4).
@@ -114,6 +119,8 @@ impl StreamManagement {
             unacked: VecDeque::new(),
             requested: false,
             since_request: 0,
+            receipts: VecDeque::new(),
+            delivered: Vec::new(),
         }
     }
 
@@ -147,6 +154,22 @@ impl StreamManagement {
         self.since_request = self.since_request.saturating_add(1);
     }
 
+    /// Like [`record_sent`](Self::record_sent), for a stanza whose module wants a receipt
+    /// once the client acknowledged it.
+    pub fn record_sent_with_receipt(&mut self, el: Element, receipt: String) {
+        self.record_sent(el);
+        self.receipts.push_back((self.sent_count(), receipt));
+    }
+
+    pub fn has_delivered(&self) -> bool {
+        !self.delivered.is_empty()
+    }
+
+    /// Receipts of stanzas acknowledged since the last call.
+    pub fn take_delivered(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.delivered)
+    }
+
     /// Applies the client's `h`; returns how many stanzas it acknowledged. An `h` behind
     /// the last one (a stale ack) acknowledges nothing; one beyond what was sent is an
     /// error.
@@ -154,6 +177,15 @@ impl StreamManagement {
         let newly = h.wrapping_sub(self.acked) as usize;
         if newly <= self.unacked.len() {
             self.unacked.drain(..newly);
+            // Sequence numbers wrap: a receipt is covered when its distance from the
+            // previous ack is within what this one acknowledged.
+            while let Some((seq, _)) = self.receipts.front()
+                && seq.wrapping_sub(self.acked) as usize <= newly
+            {
+                if let Some((_, tag)) = self.receipts.pop_front() {
+                    self.delivered.push(tag);
+                }
+            }
             self.acked = h;
             self.requested = false;
             return Ok(newly);
@@ -178,9 +210,26 @@ impl StreamManagement {
         self.since_request = 0;
     }
 
-    /// Everything still unacknowledged, for rerouting when the session ends.
+    /// Everything still unacknowledged, for rerouting when the session ends, except the
+    /// stanzas with a receipt request: their modules still hold them (offline storage),
+    /// and rerouting would store them a second time.
     pub fn take_unacked(&mut self) -> VecDeque<Element> {
-        std::mem::take(&mut self.unacked)
+        let unacked = std::mem::take(&mut self.unacked);
+        let receipts = std::mem::take(&mut self.receipts);
+        if receipts.is_empty() {
+            return unacked;
+        }
+        // Position in the queue of each tracked stanza (its sequence number - 1 - acked).
+        let tracked: std::collections::HashSet<usize> = receipts
+            .iter()
+            .map(|(seq, _)| seq.wrapping_sub(self.acked).wrapping_sub(1) as usize)
+            .collect();
+        unacked
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !tracked.contains(i))
+            .map(|(_, el)| el)
+            .collect()
     }
 }
 
@@ -497,6 +546,31 @@ mod tests {
         assert_eq!(sm.ack(5), Ok(3));
         assert_eq!(sm.unacked_len(), 0);
         assert!(!sm.should_request());
+    }
+
+    #[test]
+    fn receipts_follow_acks_and_tracked_stanzas_are_not_rerouted() {
+        let mut sm = StreamManagement::new(None, Duration::from_secs(1), None);
+        sm.acked = u32::MAX - 1;
+        sm.record_sent(msg(0));
+        sm.record_sent_with_receipt(msg(1), "one".into());
+        sm.record_sent(msg(2));
+        sm.record_sent_with_receipt(msg(3), "three".into());
+        sm.record_sent_with_receipt(msg(4), "four".into());
+        assert_eq!(sm.ack(u32::MAX), Ok(1));
+        assert!(sm.take_delivered().is_empty());
+        // Across the wrap: stanzas 1 and 2.
+        assert_eq!(sm.ack(1), Ok(2));
+        assert_eq!(sm.take_delivered(), vec!["one".to_string()]);
+        assert_eq!(sm.ack(2), Ok(1));
+        assert_eq!(sm.take_delivered(), vec!["three".to_string()]);
+        sm.record_sent(msg(5));
+        let left: Vec<_> = sm
+            .take_unacked()
+            .iter()
+            .map(|e| e.attr("id").unwrap_or("").to_string())
+            .collect();
+        assert_eq!(left, ["5"]);
     }
 
     #[test]

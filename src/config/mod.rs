@@ -33,6 +33,25 @@ pub struct Config {
     pub websocket: WebsocketConfig,
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
+    pub server: ServerConfig,
+}
+
+/// The server process itself.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Seconds a graceful shutdown may take (streams closed with `system-shutdown`,
+    /// hibernated sessions' queues moved to offline storage, queued s2s stanzas bounced,
+    /// storage flushed) before the process exits anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_timeout_secs: 10,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -305,6 +324,7 @@ impl Default for Config {
             websocket: WebsocketConfig::default(),
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }

@@ -281,6 +281,15 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    let shutdown = cfg.server.shutdown_timeout_secs;
+    if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {
+        errs.push(ConfigError::invalid(
+            "server.shutdown_timeout_secs",
+            shutdown.to_string(),
+            format!("must be between 1 and {MAX_SHUTDOWN_TIMEOUT_SECS} (an hour)"),
+        ));
+    }
+
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
@@ -291,6 +300,8 @@ const MAX_PRUNE_INTERVAL_SECS: u64 = 7 * 86_400;
 
 /// A hibernated session holds memory and keeps its presence online; a day is plenty.
 const MAX_RESUME_TIMEOUT_SECS: u64 = 86_400;
+/// Longest graceful shutdown: beyond that an operator's supervisor gives up anyway.
+const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
 
 fn validate_vhosts(cfg: &Config, errs: &mut Vec<ConfigError>) {
     if cfg.vhosts.is_empty() {
@@ -693,6 +704,20 @@ mod tests {
             Ok(()) => Vec::new(),
             Err(es) => es.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn shutdown_timeout_is_bounded() {
+        let mut cfg = Config::default();
+        for (secs, ok) in [(0, false), (1, true), (3600, true), (3601, false)] {
+            cfg.server.shutdown_timeout_secs = secs;
+            assert_eq!(messages(&cfg).is_empty(), ok, "{secs}");
+        }
+        cfg.server.shutdown_timeout_secs = 0;
+        assert_eq!(
+            messages(&cfg),
+            ["server.shutdown_timeout_secs = 0: must be between 1 and 3600 (an hour)"]
+        );
     }
 
     #[test]

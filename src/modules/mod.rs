@@ -31,7 +31,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(IqOnly("disco", disco::Disco)),
         Box::new(roster::Roster),
         Box::new(presence::Presence),
-        Box::new(offline::Offline),
+        Box::new(offline::Offline::default()),
         Box::new(IqOnly("ping", ping::Ping)),
         Box::new(IqOnly("version", version::Version)),
         Box::new(IqOnly("time", time::EntityTime)),

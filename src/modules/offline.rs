@@ -1,13 +1,16 @@
 //! XEP-0160 offline message storage: kept durably in storage, delivered with a XEP-0203
 //! delay stamp at the next initial presence with non-negative priority.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tracing::warn;
 
 use crate::context::Context;
-use crate::registry::{Module, OfflineHandler, Registrar, SessionCtx, SessionEvent, SessionEvents};
+use crate::registry::{
+    Module, OfflineHandler, Registrar, SessionCtx, SessionEvent, SessionEvents, request_receipt,
+};
 use crate::router::route_reply;
 use crate::storage::OfflineStoreOutcome;
 use crate::stream::StanzaError;
@@ -18,7 +21,23 @@ pub const FEATURE: &str = "msgoffline";
 /// XEP-0334 message processing hints.
 const HINTS: &str = "urn:xmpp:hints";
 
-pub struct Offline;
+/// Receipt tags of delivered offline messages: this prefix, then the message's seq.
+const RECEIPT_PREFIX: &str = "offline:";
+
+#[derive(Default)]
+pub struct Offline {
+    /// Users whose stored messages are on their way to a session (bare JID → that
+    /// session's connection id, the last seq sent): no other session gets them meanwhile,
+    /// so that two resources coming online together do not both receive them.
+    delivering: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl Offline {
+    fn delivering(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        // Each critical section is one map operation; a poisoned map is consistent.
+        self.delivering.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Module for Offline {
     fn name(&self) -> &'static str {
@@ -87,57 +106,141 @@ impl OfflineHandler for Offline {
         }
         false
     }
+
+    /// Refuses (bouncing `resource-constraint`) when the quota is full already. A message
+    /// that fills the last place concurrently is still refused by `store`, after the
+    /// hooks: the store's count is the exact check, this one keeps the common case clean.
+    async fn admits(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) -> bool {
+        if !storable(stanza) {
+            return true;
+        }
+        match ctx.storage.offline.count(user).await {
+            Ok(n) if n >= ctx.config.limits.offline_quota => {
+                let error = StanzaError::resource_constraint().with_text("offline storage is full");
+                route_reply(ctx, stanza, error).await;
+                false
+            }
+            // A failing count is reported by the store itself.
+            _ => true,
+        }
+    }
 }
 
 #[async_trait]
 impl SessionEvents for Offline {
-    /// Stored messages go to the first available session with non-negative priority.
+    /// Stored messages go to the first available session with non-negative priority, and
+    /// are deleted once that session's client has them.
     async fn session_event(
         &self,
         ctx: &Arc<Context>,
         session: &mut SessionCtx<'_>,
         event: &SessionEvent<'_>,
     ) {
-        if let SessionEvent::Available {
-            initial: true,
-            priority: 0..,
-        } = event
-        {
-            deliver(ctx, session).await;
+        match event {
+            SessionEvent::Available {
+                initial: true,
+                priority: 0..,
+            } => self.deliver(ctx, session).await,
+            SessionEvent::Delivered { receipts } => {
+                self.delivered(ctx, session.bare, session.conn_id, receipts)
+                    .await
+            }
+            // What it did not get stays stored, for the next session.
+            SessionEvent::Ended { .. } => self.release(session),
+            _ => {}
         }
     }
 }
 
-/// Sends stored messages to the session that just became available, then deletes them.
-async fn deliver(ctx: &Arc<Context>, session: &mut SessionCtx<'_>) {
-    let messages = match ctx.storage.offline.list(session.bare).await {
-        Ok(m) => m,
-        Err(e) => {
-            warn!(error = %e, "loading offline messages failed");
+impl Offline {
+    /// Sends stored messages to the session that just became available, each with a
+    /// receipt request: they are deleted only once the client has them.
+    async fn deliver(&self, ctx: &Arc<Context>, session: &mut SessionCtx<'_>) {
+        if self.delivering().contains_key(session.bare) {
             return;
         }
-    };
-    let Some(last) = messages.last().map(|m| m.seq) else {
-        return;
-    };
-    let domain = crate::addr::domain_of(session.bare).to_string();
-    for m in messages {
-        let mut stanza = match crate::xml::parse_stanza(&m.stanza) {
-            Ok(s) => s,
+        let messages = match ctx.storage.offline.list(session.bare).await {
+            Ok(m) => m,
             Err(e) => {
-                warn!(error = %e, seq = m.seq, "stored offline message unreadable; skipped");
-                continue;
+                warn!(error = %e, "loading offline messages failed");
+                return;
             }
         };
-        stanza.push_child(
-            Element::new("delay", ns::DELAY)
-                .with_attr("from", domain.clone())
-                .with_attr("stamp", super::time::stamp_from_unix(m.stored_at)),
-        );
-        session.out.push(stanza);
+        let Some(last) = messages.last().map(|m| m.seq) else {
+            return;
+        };
+        {
+            let mut delivering = self.delivering();
+            // Another session of the user got there first while the list was read.
+            if delivering.contains_key(session.bare) {
+                return;
+            }
+            delivering.insert(session.bare.to_string(), (session.conn_id, last));
+        }
+        let domain = crate::addr::domain_of(session.bare).to_string();
+        let mut sent = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut stanza = match crate::xml::parse_stanza(&m.stanza) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, seq = m.seq, "stored offline message unreadable; skipped");
+                    continue;
+                }
+            };
+            stanza.push_child(
+                Element::new("delay", ns::DELAY)
+                    .with_attr("from", domain.clone())
+                    .with_attr("stamp", super::time::stamp_from_unix(m.stored_at)),
+            );
+            sent.push((m.seq, stanza));
+        }
+        if sent.is_empty() {
+            // Nothing readable: nothing to wait for.
+            self.delivering().remove(session.bare);
+            if let Err(e) = ctx.storage.offline.remove_up_to(session.bare, last).await {
+                warn!(error = %e, "deleting unreadable offline messages failed");
+            }
+            return;
+        }
+        let count = sent.len();
+        for (i, (seq, mut stanza)) in sent.into_iter().enumerate() {
+            // Deletion is by "seq and below", so the last one's receipt also covers the
+            // unreadable messages stored after it.
+            let seq = if i + 1 == count { last } else { seq };
+            request_receipt(&mut stanza, format!("{RECEIPT_PREFIX}{seq}"));
+            session.out.push(stanza);
+        }
     }
-    if let Err(e) = ctx.storage.offline.remove_up_to(session.bare, last).await {
-        warn!(error = %e, "deleting delivered offline messages failed");
+
+    /// Deletes the messages the client has now.
+    async fn delivered(&self, ctx: &Arc<Context>, bare: &str, conn_id: u64, receipts: &[String]) {
+        let Some(up_to) = receipts
+            .iter()
+            .filter_map(|r| r.strip_prefix(RECEIPT_PREFIX)?.parse::<u64>().ok())
+            .max()
+        else {
+            return;
+        };
+        if let Err(e) = ctx.storage.offline.remove_up_to(bare, up_to).await {
+            warn!(error = %e, "deleting delivered offline messages failed");
+        }
+        let mut delivering = self.delivering();
+        if delivering
+            .get(bare)
+            .is_some_and(|&(conn, last)| conn == conn_id && up_to >= last)
+        {
+            delivering.remove(bare);
+        }
+    }
+
+    fn release(&self, session: &SessionCtx<'_>) {
+        let mut delivering = self.delivering();
+        if delivering
+            .get(session.bare)
+            .is_some_and(|&(conn, _)| conn == session.conn_id)
+        {
+            delivering.remove(session.bare);
+        }
     }
 }
 

@@ -148,6 +148,36 @@ pub trait OfflineHandler: Send + Sync {
         el: Element,
         already_notified: bool,
     ) -> bool;
+    /// Whether `store` would take `el` for `user` now; if not, the sender is told (the
+    /// bounce `store` would send). Asked before a message is accepted for an account with
+    /// no available resource, so that a message bounced for the quota is not archived
+    /// either.
+    async fn admits(&self, _ctx: &Arc<Context>, _user: &str, _el: &Element) -> bool {
+        true
+    }
+}
+
+/// The attribute that carries a receipt request on a stanza until the session writes it.
+/// A NUL cannot be in a parsed XML name, so no stanza from the wire has it; the session
+/// removes it before the stanza is written, recorded or rerouted.
+const RECEIPT_ATTR: &str = "\0receipt";
+
+/// Asks the session that writes `el` to report it back in [`SessionEvent::Delivered`]
+/// with `tag` once the client has it: acknowledged with XEP-0198, else written and
+/// flushed to the socket. A tagged stanza that never got there is dropped when the session
+/// ends (not rerouted): the module that sent it still holds it (offline storage).
+pub fn request_receipt(el: &mut Element, tag: String) {
+    el.set_attr(RECEIPT_ATTR, tag);
+}
+
+/// The receipt requested for `el`, removed from it.
+pub fn take_receipt(el: &mut Element) -> Option<String> {
+    el.remove_attr(RECEIPT_ATTR)
+}
+
+/// Whether `el` carries a receipt request.
+pub fn has_receipt(el: &Element) -> bool {
+    el.attr(RECEIPT_ATTR).is_some()
 }
 
 /// A moment in a local session's life.
@@ -166,6 +196,9 @@ pub enum SessionEvent<'a> {
     QueuedWhileHibernated { stanza: &'a Element },
     /// A new stream took the session over (XEP-0198 resumption).
     Resumed,
+    /// The client has these stanzas: the tags of their [`request_receipt`]s, in the
+    /// order the stanzas were written.
+    Delivered { receipts: &'a [String] },
     /// The session is over and has left the session table; `replaced`: a newer session
     /// took its full JID (conflict), so it must stay silent.
     Ended { replaced: bool },
@@ -553,6 +586,18 @@ impl Registry {
             Some(o) => o.store(ctx, user, el, already_notified).await,
             None => {
                 crate::router::route_reply(ctx, &el, StanzaError::service_unavailable()).await;
+                false
+            }
+        }
+    }
+
+    /// See [`OfflineHandler::admits`]; without an offline module nothing is admitted
+    /// (`service-unavailable`, as [`Registry::store_offline`] would answer).
+    pub async fn offline_admits(&self, ctx: &Arc<Context>, user: &str, el: &Element) -> bool {
+        match &self.offline {
+            Some(o) => o.admits(ctx, user, el).await,
+            None => {
+                crate::router::route_reply(ctx, el, StanzaError::service_unavailable()).await;
                 false
             }
         }

@@ -212,6 +212,11 @@ async fn message_to_bare(ctx: &Arc<Context>, bare: &str, mut stanza: Element) {
             route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
             return;
         }
+        // Bounced before the hooks: a message refused by offline storage (quota) must
+        // not sit in the recipient's archive as if it had been accepted.
+        if !ctx.registry.offline_admits(ctx, bare, &stanza).await {
+            return;
+        }
     }
     // Accepted for delivery from here on (archive, carbons).
     ctx.registry

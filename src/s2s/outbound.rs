@@ -391,6 +391,10 @@ async fn run_inner(
     }
     conn.finish(ending, local).await;
     if shutdown.is_cancelled() {
+        // Never to be sent: their senders hear so rather than losing them silently.
+        for stanza in &unsent {
+            bounce(&ctx, stanza, &Failure::Timeout).await;
+        }
         return;
     }
     // Stanzas that were queued as the stream ended go out on a new one.

@@ -31,6 +31,16 @@ pub enum ServerError {
     Tls(String),
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {source}")]
+    OpenDatabase {
+        path: std::path::PathBuf,
+        source: crate::storage::StorageError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -58,19 +68,32 @@ impl ServerHandle {
             .map(|(_, _, a)| *a)
     }
 
-    /// Stops accepting, tells every session `system-shutdown`, waits (bounded) for the
-    /// connection tasks, then flushes storage.
+    /// Stops accepting, tells every session `system-shutdown` (hibernated sessions move
+    /// what they hold to offline storage, s2s queues are bounced), waits for the
+    /// connection tasks, then flushes storage; all within `server.shutdown_timeout_secs`
+    /// (the flush gets at least a second even when the tasks used up the time).
     pub async fn shutdown(self) {
+        let limit = Duration::from_secs(self.ctx.config.server.shutdown_timeout_secs);
+        let deadline = tokio::time::Instant::now() + limit;
         self.shutdown.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_err()
         {
-            warn!("connections did not close within 10 s");
+            warn!(
+                left = self.tracker.len(),
+                "connections did not close within {} s; abandoning them",
+                limit.as_secs()
+            );
         }
-        if let Err(e) = self.ctx.storage.flush().await {
-            warn!(error = %e, "final storage flush failed");
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        match tokio::time::timeout(left, self.ctx.storage.flush()).await {
+            Ok(Ok(())) => info!("storage flushed"),
+            Ok(Err(e)) => warn!(error = %e, "final storage flush failed"),
+            Err(_) => warn!("final storage flush did not finish in time"),
         }
     }
 
@@ -84,11 +107,15 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
     match config.storage.backend {
         StorageBackend::Memory => Ok(Storage::memory()),
         StorageBackend::Sled => {
-            crate::admin::ensure_data_dir(&config.data_dir)?;
-            Ok(Storage::open_sled_with_cache(
-                &config.data_dir.join("db"),
-                config.storage.cache_mb,
-            )?)
+            crate::admin::ensure_data_dir(&config.data_dir).map_err(|source| {
+                ServerError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                }
+            })?;
+            let path = config.data_dir.join("db");
+            Storage::open_sled_with_cache(&path, config.storage.cache_mb)
+                .map_err(|source| ServerError::OpenDatabase { path, source })
         }
     }
 }
