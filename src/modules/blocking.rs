@@ -160,6 +160,11 @@ impl Module for Blocking {
 
 #[async_trait]
 impl OutboundMessageHook for Blocking {
+    fn concerns(&self, ctx: &Context, el: &Element) -> bool {
+        el.attr("from")
+            .is_some_and(|from| ctx.storage.blocklist.may_block_anyone(bare_of(from)))
+    }
+
     /// A message a local client sends to a JID it blocked is refused (the sender gets
     /// the error).
     async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, _: &mut Extensions) -> Flow {
@@ -177,6 +182,21 @@ impl OutboundMessageHook for Blocking {
 
 #[async_trait]
 impl RouteFilter for Blocking {
+    /// Pushes to clients (forgery check), or someone with a block list on either end.
+    fn concerns(&self, ctx: &Context, to: &Addr, stanza: &Element) -> bool {
+        let Some(from) = stanza.attr("from") else {
+            return false;
+        };
+        if stanza.name == "iq" && to.resource.is_some() {
+            return true;
+        }
+        let lists = &ctx.storage.blocklist;
+        local_account(ctx, from).is_some_and(|user| lists.may_block_anyone(user))
+            || (to.node.is_some()
+                && ctx.is_local_domain(&to.domain)
+                && lists.may_block_anyone(&to.bare()))
+    }
+
     async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
         may_route(ctx, to, stanza).await
     }

@@ -408,6 +408,9 @@ impl Mam {
 
 #[async_trait]
 impl RouteFilter for Mam {
+    fn concerns(&self, _: &Context, _: &Addr, stanza: &Element) -> bool {
+        stanza.name == "iq"
+    }
     /// Notes queries local clients send to other archives, and their final answers.
     async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
         if stanza.name != "iq" {

@@ -35,6 +35,9 @@ impl Module for Roster {
 
 #[async_trait]
 impl RouteFilter for Roster {
+    fn concerns(&self, _: &Context, to: &Addr, stanza: &Element) -> bool {
+        stanza.name == "iq" && to.resource.is_some()
+    }
     async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
         !super::refuse_forged_push(ctx, to, stanza, ns::ROSTER).await
     }

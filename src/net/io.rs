@@ -155,16 +155,36 @@ pub async fn write_all_within(
 ) -> io::Result<()> {
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading");
     while !buf.is_empty() {
-        match tokio::time::timeout(stall, io.write(buf)).await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => buf = &buf[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(timed_out()),
+        // Nearly every write completes at once: no clock reading or timer for those.
+        let written = match ready_now(io.write(buf)).await {
+            Some(written) => written,
+            None => tokio::time::timeout(stall, io.write(buf))
+                .await
+                .map_err(|_| timed_out())?,
+        };
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) => return Err(e),
         }
     }
-    tokio::time::timeout(stall, io.flush())
-        .await
-        .map_err(|_| timed_out())?
+    match ready_now(io.flush()).await {
+        Some(flushed) => flushed,
+        None => tokio::time::timeout(stall, io.flush())
+            .await
+            .map_err(|_| timed_out())?,
+    }
+}
+
+/// Polls `f` once: its output if it is ready, else `None` (`f` is dropped; writes and
+/// flushes consume nothing when they are not ready).
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let polled = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await;
+    match polled {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]

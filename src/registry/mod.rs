@@ -84,6 +84,10 @@ pub enum Flow {
 /// position for carbons).
 #[async_trait]
 pub trait OutboundMessageHook: Send + Sync {
+    /// A cheap check: `false` skips `outbound` for this message (saving its allocation).
+    fn concerns(&self, _ctx: &Context, _el: &Element) -> bool {
+        true
+    }
     async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow;
 }
 
@@ -91,6 +95,10 @@ pub trait OutboundMessageHook: Send + Sync {
 /// (`resource`), to its available resources, or to offline storage.
 #[async_trait]
 pub trait InboundMessageHook: Send + Sync {
+    /// A cheap check: `false` skips `inbound` for this message (saving its allocation).
+    fn concerns(&self, _ctx: &Context, _user: &str, _el: &Element) -> bool {
+        true
+    }
     async fn inbound(
         &self,
         ctx: &Arc<Context>,
@@ -111,6 +119,11 @@ pub trait OfflineStoredHook: Send + Sync {
 /// answered where the XEPs say so).
 #[async_trait]
 pub trait RouteFilter: Send + Sync {
+    /// A cheap check on every routed stanza: `false` lets it pass without `may_route`
+    /// (which costs an allocation per call).
+    fn concerns(&self, _ctx: &Context, _to: &Addr, _stanza: &Element) -> bool {
+        true
+    }
     async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool;
 }
 
@@ -522,7 +535,7 @@ impl Registry {
     pub async fn outbound_message(&self, ctx: &Arc<Context>, el: &mut Element) -> bool {
         let mut notes = Extensions::default();
         for (_, hook) in &self.outbound_messages {
-            if hook.outbound(ctx, el, &mut notes).await == Flow::Stop {
+            if hook.concerns(ctx, el) && hook.outbound(ctx, el, &mut notes).await == Flow::Stop {
                 return false;
             }
         }
@@ -537,7 +550,9 @@ impl Registry {
         el: &mut Element,
     ) {
         for (_, hook) in &self.inbound_messages {
-            hook.inbound(ctx, user, resource, el).await;
+            if hook.concerns(ctx, user, el) {
+                hook.inbound(ctx, user, resource, el).await;
+            }
         }
     }
 
@@ -549,7 +564,7 @@ impl Registry {
 
     pub async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
         for f in &self.route_filters {
-            if !f.may_route(ctx, to, stanza).await {
+            if f.concerns(ctx, to, stanza) && !f.may_route(ctx, to, stanza).await {
                 return false;
             }
         }

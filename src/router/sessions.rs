@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -74,22 +73,25 @@ const SHARDS: usize = 64;
 /// bare JID → that account's bound resources, sharded by bare JID.
 pub struct Sessions {
     shards: Box<[Shard]>,
-    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            hasher: Default::default(),
         }
     }
 }
 
 impl Sessions {
     fn shard(&self, bare: &str) -> &Shard {
-        let i = self.hasher.hash_one(bare) as usize % self.shards.len();
-        &self.shards[i]
+        // FNV-1a: the shard only spreads lock contention (each shard's map keeps its
+        // own keyed hash against flooding), so a cheap hash will do.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bare.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.shards[(h % self.shards.len() as u64) as usize]
     }
     fn read(
         &self,
