@@ -114,7 +114,8 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
                 }
             })?;
             let path = config.data_dir.join("db");
-            Storage::open_sled_with_cache(&path, config.storage.cache_mb)
+            let storage = &config.storage;
+            Storage::open_sled_configured(&path, storage.cache_mb, storage.sync_writes)
                 .map_err(|source| ServerError::OpenDatabase { path, source })
         }
     }

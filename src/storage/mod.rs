@@ -468,9 +468,18 @@ impl Storage {
 
     /// Opens the sled database with a page cache of `cache_mb` MiB (`storage.cache_mb`).
     pub fn open_sled_with_cache(path: &std::path::Path, cache_mb: u64) -> Result<Self> {
-        Ok(Self::from_backend(Arc::new(
-            self::sled::SledStore::open_with_cache(path, cache_mb)?,
-        )))
+        Self::open_sled_configured(path, cache_mb, true)
+    }
+
+    /// Like [`Storage::open_sled_with_cache`]; `sync_writes` is `storage.sync_writes`.
+    pub fn open_sled_configured(
+        path: &std::path::Path,
+        cache_mb: u64,
+        sync_writes: bool,
+    ) -> Result<Self> {
+        let store = self::sled::SledStore::open_with_cache(path, cache_mb)?;
+        store.set_sync_writes(sync_writes);
+        Ok(Self::from_backend(Arc::new(store)))
     }
 
     /// One backend object serves every concern.

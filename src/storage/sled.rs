@@ -92,6 +92,8 @@ pub struct SledStore {
     /// Users whose block list is not empty.
     blocking: UsersWithEntries,
     push: Tree,
+    /// See `ArchiveTrees::sync_writes`.
+    sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Presence contacts per user with the roster version they were read at: presence
     /// changes reuse them until the roster changes.
     presence_contacts: Mutex<HashMap<String, (u64, Arc<PresenceContacts>)>>,
@@ -330,6 +332,12 @@ fn keys_with_prefix(tree: &Tree, prefix: &[u8]) -> Result<Vec<IVec>> {
 }
 
 impl SledStore {
+    /// Whether archive appends and offline pushes wait for an fsync (on by default).
+    pub fn set_sync_writes(&self, on: bool) {
+        self.sync_writes
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens (or creates) the database in directory `path` and checks its schema version,
     /// with the default page cache ([`DEFAULT_CACHE_MB`]).
     pub fn open(path: &Path) -> Result<SledStore> {
@@ -414,6 +422,7 @@ impl SledStore {
             ids: tree("archive_ids")?,
             with: tree("archive_with")?,
             meta: tree("archive_meta")?,
+            sync_writes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let id_cipher = ArchiveIdCipher::load_or_create(&meta)?;
         let archive_prefs = tree("archive_prefs")?;
@@ -421,6 +430,7 @@ impl SledStore {
         let blocklist = tree("blocklist")?;
         let blocking = UsersWithEntries::load(&blocklist)?;
         Ok(SledStore {
+            sync_writes: trees.sync_writes.clone(),
             presence_contacts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
             newest: Mutex::new(HashMap::new()),
@@ -523,6 +533,10 @@ struct ArchiveTrees {
     ids: Tree,
     with: Tree,
     meta: Tree,
+    /// fsync each writer batch before its waiters are answered (`storage.sync_writes`);
+    /// otherwise they are answered once the batch is written into the database, which
+    /// survives a crash of the process, and sled syncs in the background.
+    sync_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One message on its way to the writer, keys and value already encoded.
@@ -693,9 +707,11 @@ impl ArchiveTrees {
         }
         // sled flushes the whole database from any of its trees, so this also covers
         // the offline pushes whose `Sync` is in the round.
+        let sync = self.sync_writes.load(std::sync::atomic::Ordering::Relaxed);
         let result = match round.error.take() {
             Some(e) => Err(StorageError::Backend(e)),
-            None => self.archive.flush().map(drop).map_err(backend),
+            None if sync => self.archive.flush().map(drop).map_err(backend),
+            None => Ok(()),
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "flushing the database failed");
