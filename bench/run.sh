@@ -19,6 +19,8 @@
 #   GEN_ARGS     extra generator options placed before the scenario (e.g. "--mech PLAIN")
 #   ARCHIVE      xmppd's [archive] default_policy: always (xmppd's default, MAM on) or
 #                never (MAM off, like the Prosody configuration here)       [always]
+#   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
+#                false                                                        [true]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
@@ -146,6 +148,7 @@ scram_iterations = 10000
 
 [storage]
 backend = "sled"
+sync_writes = ${SYNC_WRITES:-true}
 
 [archive]
 default_policy = "${ARCHIVE:-always}"
