@@ -422,7 +422,10 @@ fn digest(hash: xmppd::sasl::ScramHash, data: &[u8]) -> Vec<u8> {
 pub fn c2s(data: &[u8]) {
     C2S.with(|harness| {
         let harness = harness.get_or_init(C2sHarness::start);
+        let panics = PANICS.get();
         harness.rt.block_on(harness.connection(data));
+        // tokio catches a panicking task; the hook saw it all the same.
+        assert_eq!(PANICS.get(), panics, "a server task panicked");
     });
 }
 
@@ -430,6 +433,8 @@ thread_local! {
     // Per thread: the runtime is single-threaded, and its server's tasks run only
     // while that thread drives it.
     static C2S: std::cell::OnceCell<C2sHarness> = const { std::cell::OnceCell::new() };
+    /// Panics on this thread so far, counted by the hook `C2sHarness::start` installs.
+    static PANICS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 struct C2sHarness {
@@ -442,6 +447,12 @@ struct C2sHarness {
 impl C2sHarness {
     fn start() -> C2sHarness {
         use xmppd::config::{Config, ListenerConfig, ListenerKind, StorageBackend, TlsMode};
+        // Counts, then does what was done before (AFL's hook aborts, libtest's prints).
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.set(PANICS.get() + 1);
+            previous(info);
+        }));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
