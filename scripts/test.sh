@@ -31,4 +31,12 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+# --- Fuzz corpora -------------------------------------------------------------------
+# Replays every saved fuzz input (fuzz/corpus seeds and fuzz/regressions crashes) through
+# the fuzz targets with plain cargo: no AFL++ install, a few seconds. Fuzzing itself is
+# fuzz/run.sh (fuzz/README.md).
+cargo test --test fuzz_corpus
+# -------------------------------------------------------------------------------------
+
 cargo test --workspace

@@ -11,6 +11,18 @@ pub struct Addr {
 impl Addr {
     /// Parses and normalizes; `None` if the JID is malformed.
     pub fn parse(s: &str) -> Option<Addr> {
+        let addr = Self::parse_once(s)?;
+        // The `jid` crate's normalization is not always idempotent on non-ASCII input: in
+        // a domain, U+03F9 (Ϲ) becomes Σ, which a second pass lowercases to σ. Such a JID
+        // would have two normal forms that compare unequal (one account or domain under
+        // two keys), so it is refused. ASCII input is always stable.
+        if !s.is_ascii() && Self::parse_once(&addr.full()).as_ref() != Some(&addr) {
+            return None;
+        }
+        Some(addr)
+    }
+
+    fn parse_once(s: &str) -> Option<Addr> {
         let jid = jid::Jid::new(s).ok()?;
         Some(Addr {
             node: jid.node().map(|n| n.as_str().to_string()),
@@ -71,6 +83,21 @@ mod tests {
         assert!(Addr::parse("@example.com").is_none());
         assert!(Addr::parse("a@b@c").is_none());
         assert!(Addr::parse("").is_none());
+    }
+
+    #[test]
+    fn refuses_jids_whose_normal_form_is_not_stable() {
+        // Found by fuzz/ (jid target): "Ϲ" normalizes to "Σ", and that to "σ".
+        assert!(Addr::parse("eeeeeep\u{159}\u{3f9}\u{1d8}").is_none());
+        assert!(Addr::parse("juliet@\u{3f9}.example/r").is_none());
+        assert!(normalize_bare("\u{3f9}.example").is_none());
+        // Non-ASCII JIDs that are stable stay accepted.
+        let a = Addr::parse("\u{158}ekni@\u{17d}lu\u{165}.cz/\u{2603}").unwrap();
+        assert_eq!(a.full(), "\u{159}ekni@\u{17e}lu\u{165}.cz/\u{2603}");
+        assert_eq!(
+            Addr::parse("x@\u{3c3}.example").unwrap().domain,
+            "\u{3c3}.example"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use super::parser::XmlError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FrameKind {
+pub enum FrameKind {
     /// Everything from the start of the stream through the `>` of the root start tag
     /// (optional XML declaration and whitespace included).
     Header,
@@ -25,7 +25,7 @@ pub(crate) enum FrameKind {
 /// A complete unit, as a byte range of the framer's buffer. The range stays valid until
 /// the next [`Framer::feed`] or [`Framer::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Frame {
+pub struct Frame {
     pub kind: FrameKind,
     pub start: usize,
     pub end: usize,
@@ -78,7 +78,7 @@ enum BangKind {
 const SHRINK_ABOVE: usize = 16 * 1024;
 const SHRINK_TO: usize = 4 * 1024;
 
-pub(crate) struct Framer {
+pub struct Framer {
     buf: Vec<u8>,
     /// Bytes before this offset have been handed out or skipped.
     start: usize,
@@ -112,7 +112,7 @@ fn control_error() -> XmlError {
 }
 
 impl Framer {
-    pub(crate) fn new(max_bytes: usize, max_depth: usize) -> Self {
+    pub fn new(max_bytes: usize, max_depth: usize) -> Self {
         Framer {
             buf: Vec::new(),
             start: 0,
@@ -128,7 +128,7 @@ impl Framer {
     }
 
     /// Back to the state of a fresh stream; buffered bytes are discarded.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.buf.clear();
         if self.buf.capacity() > SHRINK_ABOVE {
             self.buf.shrink_to(SHRINK_TO);
@@ -140,20 +140,20 @@ impl Framer {
     }
 
     /// Bytes received and not yet handed out or skipped.
-    pub(crate) fn buffered(&self) -> usize {
+    pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
 
-    pub(crate) fn bytes(&self, frame: &Frame) -> &[u8] {
+    pub fn bytes(&self, frame: &Frame) -> &[u8] {
         &self.buf[frame.start..frame.end]
     }
 
     /// Appends input, first dropping what earlier frames consumed.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<(), XmlError> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), XmlError> {
         if self.state == State::Closed {
             return Ok(());
         }
@@ -203,7 +203,7 @@ impl Framer {
 
     /// Scans buffered bytes up to the next complete unit. `Ok(None)` means more input is
     /// needed.
-    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, XmlError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, XmlError> {
         let len = self.buf.len();
         while self.pos < len {
             match self.state {

@@ -10,6 +10,13 @@ pub mod parser;
 pub use element::{Element, Node};
 pub use parser::{ParserLimits, StreamEvent, StreamHeader, StreamParser, XmlError};
 
+/// The framer on its own, for the fuzz targets in `fuzz/` (which compare it with the
+/// parser); not part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::framer::{Frame, FrameKind, Framer};
+}
+
 /// Parses one serialized stanza (as kept in storage) in the `jabber:client` namespace.
 pub fn parse_stanza(xml: &str) -> Result<Element, XmlError> {
     let mut parser = StreamParser::new(ParserLimits {

@@ -287,6 +287,13 @@ fn namespace_of(result: ResolveResult<'_>) -> Result<String, XmlError> {
             if uri.contains('&') {
                 let uri = quick_xml::escape::unescape(uri)
                     .map_err(|e| XmlError::from(quick_xml::Error::Escape(e)))?;
+                // As in attribute values: a reference must not smuggle in a character
+                // that no XML can carry, which every stanza written with it would repeat.
+                if !uri.chars().all(is_xml_char) {
+                    return Err(not_well_formed(
+                        "character reference to a non-XML character",
+                    ));
+                }
                 Ok(uri.into_owned())
             } else {
                 Ok(uri.to_owned())
@@ -879,6 +886,32 @@ mod tests {
         let mut input = HEADER.as_bytes().to_vec();
         input.extend_from_slice(b"</stream:other>");
         assert!(matches!(parse_all(&input), Err(XmlError::NotWellFormed(_))));
+    }
+
+    #[test]
+    fn namespace_with_reference_to_non_xml_character() {
+        // Found by fuzz/ (stanza target): the namespace came out with a raw control
+        // character, so the stanza as written back could not be parsed again.
+        for bad in [
+            &b"<message><x xmlns='urn:a&#3;b'/></message>"[..],
+            b"<message xmlns:p='urn:&#x1;'><p:x/></message>",
+            b"<message><x xmlns='urn:&#xFFFE;'/></message>",
+        ] {
+            let err = stanza_error(bad);
+            assert!(
+                matches!(err, XmlError::NotWellFormed(_)),
+                "{}: {err:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // References to XML characters stay fine.
+        let mut input = HEADER.as_bytes().to_vec();
+        input.extend_from_slice(b"<message><x xmlns='urn:a&#x9;&amp;b'/></message>");
+        let events = parse_all(&input).unwrap();
+        let StreamEvent::Stanza(message) = &events[1] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(message.first_element().unwrap().ns, "urn:a\t&b");
     }
 
     #[test]
