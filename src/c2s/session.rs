@@ -155,6 +155,12 @@ impl SessionState {
         conn.flush().await
     }
 
+    /// Flushes the connection, then reports what was delivered by it.
+    async fn flush(&mut self, ctx: &Arc<Context>, conn: &mut Connection) -> Result<(), Ending> {
+        conn.flush().await?;
+        self.flush_receipts(ctx, conn).await
+    }
+
     /// Queues an `<r/>` if stream management wants an ack for what was written.
     fn request_ack(&mut self, conn: &mut Connection) {
         if let Some(sm) = &mut self.sm
@@ -323,9 +329,8 @@ async fn resume_stream(
         unacked = state.sm.as_ref().map_or(0, StreamManagement::unacked_len),
         "session resumed"
     );
-    conn.flush().await.map_err(LoopEnd::Lost)?;
     // The `h` of `<resume/>` may have acknowledged tracked stanzas.
-    state.flush_receipts(ctx, conn).await.map_err(LoopEnd::Lost)
+    state.flush(ctx, conn).await.map_err(LoopEnd::Lost)
 }
 
 async fn serve_bound(
@@ -372,10 +377,7 @@ async fn serve_bound(
                     state.emit(ctx, Some(conn), el);
                 }
                 state.request_ack(conn);
-                if let Err(e) = conn.flush().await {
-                    return LoopEnd::Lost(e);
-                }
-                if let Err(e) = state.flush_receipts(ctx, conn).await {
+                if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
             }
@@ -395,10 +397,7 @@ async fn serve_bound(
                     }
                 }
                 state.request_ack(conn);
-                if let Err(e) = conn.flush().await {
-                    return LoopEnd::Lost(e);
-                }
-                if let Err(e) = state.flush_receipts(ctx, conn).await {
+                if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
             }
@@ -411,10 +410,7 @@ async fn serve_bound(
                     Ok(wait) => wait,
                     Err(end) => return end,
                 };
-                if let Err(e) = conn.flush().await {
-                    return LoopEnd::Lost(e);
-                }
-                if let Err(e) = state.flush_receipts(ctx, conn).await {
+                if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
                 paused_until = pause(wait);
@@ -438,10 +434,7 @@ async fn serve_bound(
                     Err(end) => return end,
                 };
                 // Answers to nonzas (acks, a CSI flush) were queued on the connection.
-                if let Err(e) = conn.flush().await {
-                    return LoopEnd::Lost(e);
-                }
-                if let Err(e) = state.flush_receipts(ctx, conn).await {
+                if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
                 paused_until = pause(by_bytes.max(by_stanzas));

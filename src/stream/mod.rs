@@ -108,31 +108,7 @@ pub fn response_header(
     id: &str,
     extra_ns: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
-    escape_attr(content_ns, &mut out);
-    out.extend_from_slice(b"' xmlns:stream='");
-    out.extend_from_slice(ns::STREAM.as_bytes());
-    out.push(b'\'');
-    for (prefix, uri) in extra_ns {
-        out.extend_from_slice(b" xmlns:");
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(b"='");
-        escape_attr(uri, &mut out);
-        out.push(b'\'');
-    }
-    out.extend_from_slice(b" version='1.0' xml:lang='en' id='");
-    escape_attr(id, &mut out);
-    out.extend_from_slice(b"' from='");
-    escape_attr(from, &mut out);
-    out.push(b'\'');
-    if let Some(to) = to {
-        out.extend_from_slice(b" to='");
-        escape_attr(to, &mut out);
-        out.push(b'\'');
-    }
-    out.push(b'>');
-    out
+    header(content_ns, from, to, Some(id), extra_ns)
 }
 
 pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
@@ -175,6 +151,17 @@ fn initial_header(
     to: Option<&str>,
     extra_ns: &[(&str, &str)],
 ) -> Vec<u8> {
+    header(content_ns, from, to, None, extra_ns)
+}
+
+/// A stream header; the responding side's carries the stream id and its language.
+fn header(
+    content_ns: &str,
+    from: &str,
+    to: Option<&str>,
+    id: Option<&str>,
+    extra_ns: &[(&str, &str)],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
     escape_attr(content_ns, &mut out);
@@ -188,7 +175,13 @@ fn initial_header(
         escape_attr(uri, &mut out);
         out.push(b'\'');
     }
-    out.extend_from_slice(b" version='1.0' from='");
+    out.extend_from_slice(b" version='1.0'");
+    if let Some(id) = id {
+        out.extend_from_slice(b" xml:lang='en' id='");
+        escape_attr(id, &mut out);
+        out.push(b'\'');
+    }
+    out.extend_from_slice(b" from='");
     escape_attr(from, &mut out);
     out.push(b'\'');
     if let Some(to) = to {
