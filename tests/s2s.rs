@@ -233,7 +233,16 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
         .cloned()
         .unwrap();
     // Wait for the last subscribed to have arrived on b's side too.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_row("bob's subscription to alice", || async {
+        b.ctx()
+            .storage
+            .roster
+            .item("bob@b.example", "alice@a.example")
+            .await
+            .unwrap()
+            .is_some_and(|i| i.subscription.as_str() == "both")
+    })
+    .await;
     let roster_b = bob
         .iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
         .await;
@@ -251,7 +260,16 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
     // Offline storage for a remote sender: carol logs in later and gets it.
     b.add_user("carol", "password").await;
     chat(&mut alice, "carol@b.example", "stored").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_row("the offline message", || async {
+        b.ctx()
+            .storage
+            .offline
+            .count("carol@b.example")
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
     let mut carol = b.login("carol", "r").await;
     carol.send("<presence/>").await;
     let m = expect_body(&mut carol, "stored").await;
@@ -417,8 +435,7 @@ async fn idle_stream_closes_and_reconnects() {
     expect_body(&mut bob, "one").await;
     let s2s = a.ctx().s2s.get().unwrap().clone();
     assert!(s2s.has_route(A, B));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!s2s.has_route(A, B), "idle stream was not closed");
+    support::wait_until("the idle stream to close", || !s2s.has_route(A, B)).await;
     chat(&mut alice, "bob@b.example", "two").await;
     expect_body(&mut bob, "two").await;
     assert_eq!(s2s.established().len(), 2);
@@ -856,4 +873,20 @@ async fn silent_tls_handshakes_are_bounded_by_the_handshake_timeout() {
         "connection silent after <proceed/> was not closed"
     );
     b.stop().await;
+}
+
+/// Polls a stored row until `cond` holds (5 s at most).
+async fn wait_for_row<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
