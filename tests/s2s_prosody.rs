@@ -166,6 +166,22 @@ async fn recv_presence(c: &mut Client, kind: &str, from_bare: &str) -> Element {
     .await
 }
 
+/// The roster item for `jid` once its subscription is `both` (polled, 5 s at most), or
+/// the last one seen.
+async fn subscription_settles(c: &mut Client, jid: &str) -> Element {
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let item = roster_item(c, jid).await;
+        let settled = item
+            .as_ref()
+            .is_some_and(|i| i.attr("subscription") == Some("both"));
+        if settled || tokio::time::Instant::now() > deadline {
+            return item.unwrap_or_else(|| panic!("{jid} not in the roster"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn roster_item(c: &mut Client, jid: &str) -> Option<Element> {
     let roster = c
         .iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>")
@@ -296,12 +312,10 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
     alice
         .send("<presence to='pam@prosody.example' type='subscribed'/>")
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let item = roster_item(&mut alice, "pam@prosody.example")
-        .await
-        .unwrap();
+    // Both sides see the subscription once the last `subscribed` crossed over.
+    let item = subscription_settles(&mut alice, "pam@prosody.example").await;
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
-    let item = roster_item(&mut pam, "alice@xmppd.example").await.unwrap();
+    let item = subscription_settles(&mut pam, "alice@xmppd.example").await;
     assert_eq!(item.attr("subscription"), Some("both"), "{item:?}");
 
     // Unavailable at logout, probes at login: pam leaves and comes back.
@@ -354,7 +368,23 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
         .await;
     pam.send("<message to='oscar@xmppd.example' type='chat'><body>for oscar</body></message>")
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Olga's arrives live if she is quicker than it; oscar's must be stored first.
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while ours
+        .ctx()
+        .storage
+        .offline
+        .count("oscar@xmppd.example")
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "oscar's message not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut olga = prosody.login("olga").await;
     olga.send("<presence/>").await;
     body(&mut olga, "for olga").await;
