@@ -74,3 +74,13 @@ fn websocket() {
 fn config() {
     replay("config");
 }
+
+#[test]
+fn negotiate_c2s() {
+    replay("negotiate_c2s");
+}
+
+#[test]
+fn negotiate_s2s() {
+    replay("negotiate_s2s");
+}

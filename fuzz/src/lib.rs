@@ -19,7 +19,7 @@ use xmppd::xml::{ParserLimits, StreamEvent, StreamParser, XmlError};
 pub type Target = fn(&[u8]);
 
 /// Every target by name, as `fuzz/corpus/<name>/` and `fuzz/regressions/<name>/` are named.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("framer", framer),
     ("stanza", stanza),
     ("c2s", c2s),
@@ -27,7 +27,21 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("jid", jid),
     ("websocket", websocket),
     ("config", config),
+    ("negotiate_c2s", negotiate_c2s),
+    ("negotiate_s2s", negotiate_s2s),
 ];
+
+/// The sans-I/O stream negotiator as a client's server sees it: bytes → parser →
+/// negotiator, with TLS and SASL outcomes simulated so restarts are reached. No sockets,
+/// so it runs far faster than `c2s`.
+pub fn negotiate_c2s(data: &[u8]) {
+    xmppd::stream::negotiate::fuzz_c2s(data);
+}
+
+/// The same for a peer server's inbound stream.
+pub fn negotiate_s2s(data: &[u8]) {
+    xmppd::stream::negotiate::fuzz_s2s(data);
+}
 
 /// Small limits, so that inputs of a few hundred bytes reach the limit checks too.
 const LIMITS: ParserLimits = ParserLimits {
