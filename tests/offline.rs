@@ -59,8 +59,8 @@ async fn offline_messages_survive_restart_and_arrive_with_delay() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn quota_overflow_bounces_resource_constraint() {
+/// Three messages to offline bob with a quota of two: returns the bounce of the third.
+async fn overflow_quota_of_two() -> (TestServer, xmppd::xml::Element) {
     let server = TestServer::start_with(|c| c.limits.offline_quota = 2).await;
     server.add_user("alice", "password").await;
     server.add_user("bob", "password").await;
@@ -75,6 +75,12 @@ async fn quota_overflow_bounces_resource_constraint() {
     let bounce = alice.recv_until(|e| e.name == "message").await;
     assert_eq!(bounce.attr("id"), Some("q2"));
     assert_eq!(bounce.attr("type"), Some("error"));
+    (server, bounce)
+}
+
+#[tokio::test]
+async fn quota_overflow_bounces_resource_constraint() {
+    let (server, bounce) = overflow_quota_of_two().await;
     let err = bounce.child("error", "jabber:client").unwrap();
     assert_eq!(err.attr("type"), Some("wait"));
     assert!(
@@ -88,20 +94,7 @@ async fn quota_overflow_bounces_resource_constraint() {
 /// recipient's archive either (only the sender's own copy of what it sent is).
 #[tokio::test]
 async fn quota_bounce_leaves_no_archive_entry() {
-    let server = TestServer::start_with(|c| c.limits.offline_quota = 2).await;
-    server.add_user("alice", "password").await;
-    server.add_user("bob", "password").await;
-    let mut alice = server.login("alice", "a").await;
-    for i in 0..3 {
-        alice
-            .send(&format!(
-                "<message to='bob@localhost' id='q{i}'><body>{i}</body></message>"
-            ))
-            .await;
-    }
-    let bounce = alice.recv_until(|e| e.name == "message").await;
-    assert_eq!(bounce.attr("id"), Some("q2"));
-    assert_eq!(bounce.attr("type"), Some("error"));
+    let (server, _bounce) = overflow_quota_of_two().await;
     let archive = &server.ctx().storage.archive;
     assert_eq!(archive.count("bob@localhost").await.unwrap(), 2);
     assert_eq!(
