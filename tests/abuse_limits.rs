@@ -110,11 +110,19 @@ async fn an_account_keeps_a_bounded_number_of_hibernated_sessions() {
     devices.next().unwrap().drop_connection();
     // The second one cannot hibernate too: its session ends.
     wait_until("the second session to end", || {
-        ctx.sessions.resources("bob@localhost").len() == 1
+        ctx.sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .len()
+            == 1
     })
     .await;
     assert_eq!(ctx.sm.hibernated_count(), 1);
-    assert_eq!(ctx.sessions.resources("bob@localhost")[0].resource, "one");
+    assert_eq!(
+        ctx.sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())[0]
+            .resource,
+        "one"
+    );
     server.stop().await;
 }
 

@@ -16,9 +16,9 @@ use tracing::debug;
 use super::negotiate::Bound;
 use super::sm::{self, StreamManagement, TakeoverRequest};
 use super::{Connection, Ending};
-use crate::addr::Addr;
+use crate::addr::{self, Jid};
 use crate::context::Context;
-use crate::registry::{Extensions, SessionCtx, SessionEvent};
+use crate::registry::{Extensions, Outgoing, SessionCtx, SessionEvent};
 use crate::router::{SessionCommand, route, route_reply, serve_own_session};
 use crate::server::Shaper;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
@@ -605,27 +605,28 @@ async fn handle_stanza(
         return Err(StreamErrorCondition::UnsupportedStanzaType.into());
     }
     if let Some(from) = el.attr("from") {
-        let ok =
-            Addr::parse(from).is_some_and(|a| a.full() == bound.full || a.full() == bound.bare);
+        let ok = addr::parse(from).is_some_and(|a| a == bound.full || a == bound.bare);
         if !ok {
             return Err(StreamErrorCondition::InvalidFrom.into());
         }
     }
-    el.set_attr("from", bound.full.clone());
+    el.set_attr("from", bound.full.as_str());
     if let Some(lang) = &bound.lang
         && el.attr("xml:lang").is_none()
     {
         el.set_attr("xml:lang", lang.clone());
     }
-    if let Some(to) = el.attr("to") {
-        match Addr::parse(to) {
-            Some(addr) => el.set_attr("to", addr.full()),
-            None => {
-                route_reply(ctx, &el, StanzaError::jid_malformed()).await;
-                return Ok(());
-            }
+    let to = match el.attr("to").map(addr::parse) {
+        Some(Some(to)) => {
+            el.set_attr("to", to.as_str());
+            Some(to)
         }
-    }
+        Some(None) => {
+            route_reply(ctx, &el, StanzaError::jid_malformed()).await;
+            return Ok(());
+        }
+        None => None,
+    };
     match el.name.as_str() {
         "presence" => {
             ctx.registry
@@ -649,15 +650,24 @@ async fn handle_stanza(
             }
             if el.attr("to").is_none() {
                 // Addressed to the user's own account (RFC 6120 §10.3.3).
-                el.set_attr("to", bound.bare.clone());
+                el.set_attr("to", bound.bare.as_str());
             }
             route(ctx, el).await;
         }
         _ => {
-            if el.attr("to").is_none() {
-                el.set_attr("to", bound.bare.clone());
-            }
-            if ctx.registry.outbound_message(ctx, &mut el).await {
+            let to = match to {
+                Some(to) => to,
+                None => {
+                    el.set_attr("to", bound.bare.as_str());
+                    Jid::from(bound.bare.clone())
+                }
+            };
+            let msg = Outgoing {
+                user: &bound.bare,
+                from: &bound.full,
+                to: &to,
+            };
+            if ctx.registry.outbound_message(ctx, &msg, &mut el).await {
                 route(ctx, el).await;
             }
         }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::session::{SessionState, end_session, module_view};
+use crate::addr::{BareJid, FullJid};
 use crate::context::Context;
 use crate::registry::SessionEvent;
 use crate::router::{SessionCommand, redeliver, route_reply};
@@ -272,7 +273,7 @@ pub(crate) fn parse_bool(value: Option<&str>) -> bool {
 }
 
 struct Entry {
-    bare: String,
+    bare: BareJid,
     takeover: mpsc::Sender<TakeoverRequest>,
 }
 
@@ -280,7 +281,7 @@ struct Entry {
 struct Registered {
     by_id: HashMap<String, Entry>,
     /// Hibernated sessions: full JID → the binding's connection id.
-    hibernated: HashMap<String, u64>,
+    hibernated: HashMap<FullJid, u64>,
 }
 
 /// Resumable sessions by SM-ID, and which sessions are hibernated.
@@ -296,7 +297,7 @@ impl SmRegistry {
     }
 
     /// Registers a resumable session; returns its SM-ID and takeover receiver.
-    pub(crate) fn register(&self, bare: &str) -> (String, mpsc::Receiver<TakeoverRequest>) {
+    pub(crate) fn register(&self, bare: &BareJid) -> (String, mpsc::Receiver<TakeoverRequest>) {
         let (tx, rx) = mpsc::channel(4);
         let mut inner = self.lock();
         // 96 random bits; a collision is as good as impossible, but never reuse an id.
@@ -307,7 +308,7 @@ impl SmRegistry {
         inner.by_id.insert(
             id.clone(),
             Entry {
-                bare: bare.to_string(),
+                bare: bare.clone(),
                 takeover: tx,
             },
         );
@@ -319,34 +320,34 @@ impl SmRegistry {
     }
 
     /// The takeover channel of `id`, if it exists and belongs to `bare`.
-    fn lookup(&self, id: &str, bare: &str) -> Option<mpsc::Sender<TakeoverRequest>> {
+    fn lookup(&self, id: &str, bare: &BareJid) -> Option<mpsc::Sender<TakeoverRequest>> {
         self.lock()
             .by_id
             .get(id)
-            .filter(|e| e.bare == bare)
+            .filter(|e| e.bare == *bare)
             .map(|e| e.takeover.clone())
     }
 
-    pub(crate) fn set_hibernated(&self, full: &str, conn_id: u64, hibernated: bool) {
+    pub(crate) fn set_hibernated(&self, full: &FullJid, conn_id: u64, hibernated: bool) {
         let mut inner = self.lock();
         if hibernated {
-            inner.hibernated.insert(full.to_string(), conn_id);
+            inner.hibernated.insert(full.clone(), conn_id);
         } else if inner.hibernated.get(full) == Some(&conn_id) {
             inner.hibernated.remove(full);
         }
     }
 
     /// Whether the session bound as `full` by connection `conn_id` is hibernated.
-    pub fn is_hibernated(&self, full: &str, conn_id: u64) -> bool {
+    pub fn is_hibernated(&self, full: &FullJid, conn_id: u64) -> bool {
         self.lock().hibernated.get(full) == Some(&conn_id)
     }
 
     /// How many sessions of the account `bare` are hibernated now.
-    fn hibernated_of(&self, bare: &str) -> usize {
+    fn hibernated_of(&self, bare: &BareJid) -> usize {
         self.lock()
             .hibernated
             .keys()
-            .filter(|full| full.strip_prefix(bare).is_some_and(|r| r.starts_with('/')))
+            .filter(|full| full.node() == bare.node() && full.domain() == bare.domain())
             .count()
     }
 
@@ -365,7 +366,7 @@ impl SmRegistry {
 /// `Err` is the `<failed/>` to send; the client may then bind a new resource.
 pub(crate) async fn take_over(
     ctx: &Arc<Context>,
-    bare: &str,
+    bare: &BareJid,
     previd: &str,
 ) -> Result<Box<SessionState>, Element> {
     let not_found = || failed("item-not-found");
@@ -494,7 +495,7 @@ pub(crate) async fn hibernate(
 /// `pushed`: the user was already notified of them (no second push notification).
 pub(crate) async fn reroute_undelivered(
     ctx: &Arc<Context>,
-    bare: &str,
+    bare: &BareJid,
     stanzas: VecDeque<Element>,
     pushed: bool,
 ) {
@@ -612,35 +613,43 @@ mod tests {
         assert!(sm.should_request());
     }
 
+    fn b(s: &str) -> BareJid {
+        crate::addr::parse_bare(s).unwrap()
+    }
+
+    fn f(s: &str) -> FullJid {
+        crate::addr::parse_full(s).unwrap()
+    }
+
     #[test]
     fn registry_checks_the_owner_and_tracks_hibernation() {
         let reg = SmRegistry::default();
-        let (id, _rx) = reg.register("a@x");
-        let (id2, _rx2) = reg.register("a@x");
+        let (id, _rx) = reg.register(&b("a@x"));
+        let (id2, _rx2) = reg.register(&b("a@x"));
         assert_ne!(id, id2);
-        assert!(reg.lookup(&id, "a@x").is_some());
-        assert!(reg.lookup(&id, "b@x").is_none());
-        assert!(reg.lookup("nope", "a@x").is_none());
+        assert!(reg.lookup(&id, &b("a@x")).is_some());
+        assert!(reg.lookup(&id, &b("b@x")).is_none());
+        assert!(reg.lookup("nope", &b("a@x")).is_none());
         reg.remove(&id);
-        assert!(reg.lookup(&id, "a@x").is_none());
+        assert!(reg.lookup(&id, &b("a@x")).is_none());
         assert_eq!(reg.resumable_count(), 1);
 
-        reg.set_hibernated("a@x/r", 7, true);
-        assert!(reg.is_hibernated("a@x/r", 7));
-        assert!(!reg.is_hibernated("a@x/r", 8));
+        reg.set_hibernated(&f("a@x/r"), 7, true);
+        assert!(reg.is_hibernated(&f("a@x/r"), 7));
+        assert!(!reg.is_hibernated(&f("a@x/r"), 8));
         // A replaced session's cleanup must not clear its successor's state.
-        reg.set_hibernated("a@x/r", 8, false);
-        assert!(reg.is_hibernated("a@x/r", 7));
-        reg.set_hibernated("a@x/r", 7, false);
+        reg.set_hibernated(&f("a@x/r"), 8, false);
+        assert!(reg.is_hibernated(&f("a@x/r"), 7));
+        reg.set_hibernated(&f("a@x/r"), 7, false);
         assert_eq!(reg.hibernated_count(), 0);
     }
 
     fn test_state(bare: &str) -> Box<SessionState> {
         let (_tx, rx) = mpsc::channel(1);
         SessionState::new(super::super::negotiate::Bound {
-            bare: bare.into(),
+            bare: b(bare),
             resource: "r".into(),
-            full: format!("{bare}/r"),
+            full: f(&format!("{bare}/r")),
             domain: "x".into(),
             conn_id: 1,
             rx,
@@ -673,21 +682,21 @@ mod tests {
     #[tokio::test]
     async fn handover_moves_the_state_exactly_once() {
         let ctx = test_ctx();
-        let (id, rx) = ctx.sm.register("a@x");
+        let (id, rx) = ctx.sm.register(&b("a@x"));
         let kept = owner(rx, Duration::ZERO);
-        let state = take_over(&ctx, "a@x", &id).await.unwrap();
-        assert_eq!(state.bound.full, "a@x/r");
+        let state = take_over(&ctx, &b("a@x"), &id).await.unwrap();
+        assert_eq!(state.bound.full.as_str(), "a@x/r");
         assert!(!kept.await.unwrap(), "the owner must let go");
     }
 
     #[tokio::test]
     async fn a_cancelled_resumer_leaves_the_state_with_its_owner() {
         let ctx = test_ctx();
-        let (id, rx) = ctx.sm.register("a@x");
+        let (id, rx) = ctx.sm.register(&b("a@x"));
         let kept = owner(rx, Duration::from_millis(50));
         // The resuming connection gives up (handshake timeout) before the owner answers.
         let cancelled =
-            tokio::time::timeout(Duration::from_millis(10), take_over(&ctx, "a@x", &id)).await;
+            tokio::time::timeout(Duration::from_millis(10), take_over(&ctx, &b("a@x"), &id)).await;
         assert!(cancelled.is_err());
         assert!(kept.await.unwrap(), "the owner must get its state back");
     }
@@ -713,8 +722,8 @@ mod tests {
     #[tokio::test]
     async fn resume_needs_the_same_user() {
         let ctx = test_ctx();
-        let (id, _rx) = ctx.sm.register("a@x");
-        let failed = take_over(&ctx, "b@x", &id).await.err().unwrap();
+        let (id, _rx) = ctx.sm.register(&b("a@x"));
+        let failed = take_over(&ctx, &b("b@x"), &id).await.err().unwrap();
         assert!(failed.has_child("item-not-found", ns::STANZA_ERRORS));
     }
 
