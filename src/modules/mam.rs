@@ -698,11 +698,10 @@ async fn query(
 ) -> Result<Option<Element>, StanzaError> {
     let req = parse_request(payload)?;
     // The results go to the querying resource, ahead of the iq result.
-    let Some(to) = iq.attr("from").filter(|f| f.contains('/')) else {
+    let Some(to) = iq.attr("from").and_then(addr::parse_full) else {
         return Err(StanzaError::bad_request());
     };
-    let resource = to.split_once('/').map_or("", |(_, r)| r);
-    let Some((tx, control)) = ctx.sessions.sender(user, resource) else {
+    let Some((tx, control)) = ctx.sessions.sender(user, to.resource().as_str()) else {
         return Err(StanzaError::service_unavailable());
     };
 
@@ -749,7 +748,7 @@ async fn query(
         sent.reverse();
     }
     for m in sent {
-        let Some(result) = result_message(user, to, req.query_id.as_deref(), m) else {
+        let Some(result) = result_message(user, to.as_str(), req.query_id.as_deref(), m) else {
             continue;
         };
         if !deliver_to_session(&tx, &control, result) {
@@ -806,11 +805,7 @@ async fn by_ids(
         let with_ok = q
             .with
             .as_deref()
-            .and_then(addr::parse)
-            .is_none_or(|w| match w.is_full() {
-                true => w.as_str() == m.with,
-                false => addr::parse(&m.with).is_some_and(|with| with.to_bare() == w),
-            });
+            .is_none_or(|w| crate::storage::with_matches(w, &m.with));
         if with_ok && m.pos >= q.from && m.pos <= q.to {
             found.push(m);
         }

@@ -10,6 +10,9 @@ use crate::addr::{BareJid, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
+
+/// XEP-0313 `with` matching on stored (normalized) JIDs, as the backends page with it.
+pub use archive::with_matches;
 pub mod memory;
 pub mod sled;
 
