@@ -19,7 +19,7 @@ use super::{Connection, Ending};
 use crate::addr::{self, Jid};
 use crate::context::Context;
 use crate::registry::{Extensions, Outgoing, SessionCtx, SessionEvent};
-use crate::router::{SessionCommand, route, route_reply, serve_own_session};
+use crate::router::{SessionCommand, route_addressed, route_reply, serve_own_session};
 use crate::server::Shaper;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
@@ -648,29 +648,27 @@ async fn handle_stanza(
                 }
                 return Ok(());
             }
-            if el.attr("to").is_none() {
-                // Addressed to the user's own account (RFC 6120 §10.3.3).
-                el.set_attr("to", bound.bare.as_str());
-            }
-            route(ctx, el).await;
+            // Without 'to', addressed to the user's own account (RFC 6120 §10.3.3).
+            let to = to.unwrap_or_else(|| own_account(&mut el, bound));
+            route_addressed(ctx, Jid::from(bound.full.clone()), to, el).await;
         }
         _ => {
-            let to = match to {
-                Some(to) => to,
-                None => {
-                    el.set_attr("to", bound.bare.as_str());
-                    Jid::from(bound.bare.clone())
-                }
-            };
+            let to = to.unwrap_or_else(|| own_account(&mut el, bound));
             let msg = Outgoing {
                 user: &bound.bare,
                 from: &bound.full,
                 to: &to,
             };
             if ctx.registry.outbound_message(ctx, &msg, &mut el).await {
-                route(ctx, el).await;
+                route_addressed(ctx, Jid::from(bound.full.clone()), to, el).await;
             }
         }
     }
     Ok(())
+}
+
+/// Addresses `el` to the session's own account, for stanzas sent without 'to'.
+fn own_account(el: &mut Element, bound: &Bound) -> Jid {
+    el.set_attr("to", bound.bare.as_str());
+    Jid::from(bound.bare.clone())
 }

@@ -62,18 +62,24 @@ pub async fn route_reply(ctx: &Arc<Context>, stanza: &Element, error: StanzaErro
 ///
 /// Boxed because routing recurses (replies, presence fan-out, module answers).
 pub fn route(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
-    Box::pin(route_inner(ctx, stanza, true))
+    Box::pin(parse_and_route(ctx, stanza, true))
 }
 
 /// Like [`route`], without the modules' filter: for the answers a filter itself sends
 /// (e.g. the error bounced to a blocked contact, which the block would otherwise stop).
 pub fn route_unfiltered(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
-    Box::pin(route_inner(ctx, stanza, false))
+    Box::pin(parse_and_route(ctx, stanza, false))
+}
+
+/// Like [`route`], for a stanza whose `from` and `to` attributes the caller has parsed
+/// already (c2s and s2s check them on arrival): they are not parsed a second time.
+pub fn route_addressed(ctx: &Arc<Context>, from: Jid, to: Jid, stanza: Element) -> BoxFuture<'_> {
+    Box::pin(route_inner(ctx, Some(from), to, stanza, true))
 }
 
 pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
-async fn route_inner(ctx: &Arc<Context>, stanza: Element, filter: bool) {
+async fn parse_and_route(ctx: &Arc<Context>, stanza: Element, filter: bool) {
     let Some(to) = stanza.attr("to") else {
         debug!(stanza = %stanza.name, "stanza without 'to' reached the router; dropped");
         return;
@@ -84,6 +90,16 @@ async fn route_inner(ctx: &Arc<Context>, stanza: Element, filter: bool) {
     };
     // Trusted (stamped by c2s, checked by s2s): parsed once here for the filters and hooks.
     let from = stanza.attr("from").and_then(addr::parse);
+    route_inner(ctx, from, to, stanza, filter).await;
+}
+
+async fn route_inner(
+    ctx: &Arc<Context>,
+    from: Option<Jid>,
+    to: Jid,
+    stanza: Element,
+    filter: bool,
+) {
     if filter
         && let Some(from) = &from
         && !ctx.registry.may_route(ctx, from, &to, &stanza).await

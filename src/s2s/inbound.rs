@@ -22,7 +22,7 @@ use crate::context::Context;
 use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
-use crate::router::route;
+use crate::router::route_addressed;
 use crate::stream::negotiate::{Action, Negotiator, Policy, Role, domain_only};
 use crate::stream::{Ending, StreamError, StreamErrorCondition, StreamKind};
 use crate::xml::ns::{DIALBACK, DIALBACK_FEATURE};
@@ -504,8 +504,8 @@ async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), E
             format!("{} is not authenticated on this stream", from.domain()),
         )));
     }
-    el.set_attr("from", from.into_inner());
-    el.set_attr("to", to.into_inner());
-    route(ctx, el).await;
+    el.set_attr("from", from.as_str());
+    el.set_attr("to", to.as_str());
+    route_addressed(ctx, from, to, el).await;
     Ok(())
 }
