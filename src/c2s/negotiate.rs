@@ -561,7 +561,9 @@ async fn bind(
     };
     let resource = full.resource().as_str().to_string();
     let (tx, rx) = tokio::sync::mpsc::channel(ctx.config.limits.session_queue_len);
-    let control = Arc::new(SessionControl::default());
+    // Half the session's byte budget for its queue; SM's unacked stanzas and CSI's held
+    // ones share the other half.
+    let control = Arc::new(SessionControl::new(ctx.config.limits.session_max_bytes / 2));
     let info = SessionInfo {
         resource: resource.clone(),
         conn_id,

@@ -27,7 +27,7 @@ use super::session::{SessionState, end_session, module_view};
 use crate::addr::{BareJid, FullJid};
 use crate::context::Context;
 use crate::registry::SessionEvent;
-use crate::router::{SessionCommand, redeliver, route_reply};
+use crate::router::{redeliver, route_reply};
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
@@ -87,6 +87,8 @@ pub(crate) struct StreamManagement {
     acked: u32,
     /// Stanzas sent (or queued while hibernated) and not yet acknowledged, oldest first.
     unacked: VecDeque<Element>,
+    /// Their `Element::approx_bytes`, summed.
+    unacked_bytes: usize,
     /// An `<r/>` is outstanding.
     requested: bool,
     /// Stanzas recorded since the last `<r/>`.
@@ -118,6 +120,7 @@ impl StreamManagement {
             handled: 0,
             acked: 0,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             requested: false,
             since_request: 0,
             receipts: VecDeque::new(),
@@ -145,12 +148,26 @@ impl StreamManagement {
         self.unacked.len()
     }
 
+    /// Whether more may be sent before the client acknowledges: fewer unacknowledged
+    /// stanzas than `limits.sm_max_unacked`, holding less than a quarter of
+    /// `limits.session_max_bytes`.
+    pub fn has_room(&self, limits: &crate::config::Limits) -> bool {
+        self.unacked.len() < limits.sm_max_unacked
+            && self.unacked_bytes < limits.session_max_bytes / 4
+    }
+
+    /// Memory the unacknowledged stanzas hold (`Element::approx_bytes`).
+    pub fn unacked_bytes(&self) -> usize {
+        self.unacked_bytes
+    }
+
     pub fn unacked(&self) -> impl DoubleEndedIterator<Item = &Element> {
         self.unacked.iter()
     }
 
     /// A stanza was written to the client (or queued for it while hibernated).
     pub fn record_sent(&mut self, el: Element) {
+        self.unacked_bytes = self.unacked_bytes.saturating_add(el.approx_bytes());
         self.unacked.push_back(el);
         self.since_request = self.since_request.saturating_add(1);
     }
@@ -177,7 +194,8 @@ impl StreamManagement {
     pub fn ack(&mut self, h: u32) -> Result<usize, HandledTooHigh> {
         let newly = h.wrapping_sub(self.acked) as usize;
         if newly <= self.unacked.len() {
-            self.unacked.drain(..newly);
+            let freed: usize = self.unacked.drain(..newly).map(|e| e.approx_bytes()).sum();
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(freed);
             // Sequence numbers wrap: a receipt is covered when its distance from the
             // previous ack is within what this one acknowledged.
             while let Some((seq, _)) = self.receipts.front()
@@ -216,6 +234,7 @@ impl StreamManagement {
     /// and rerouting would store them a second time.
     pub fn take_unacked(&mut self) -> VecDeque<Element> {
         let unacked = std::mem::take(&mut self.unacked);
+        self.unacked_bytes = 0;
         let receipts = std::mem::take(&mut self.receipts);
         if receipts.is_empty() {
             return unacked;
@@ -443,15 +462,12 @@ pub(crate) async fn hibernate(
         Box::pin(ctx.registry.session_event(ctx, view, &event)).await;
     }
     state.emit_all(ctx, None, out);
-    let max_unacked = ctx.config.limits.sm_max_unacked;
+    let limits = &ctx.config.limits;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let control = state.bound.control.clone();
     loop {
-        let room = state
-            .sm
-            .as_ref()
-            .is_some_and(|s| s.unacked_len() < max_unacked);
+        let room = state.sm.as_ref().is_some_and(|s| s.has_room(limits));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -472,11 +488,12 @@ pub(crate) async fn hibernate(
             // When the queue is full, stanzas wait in the router's session queue, which
             // closes the session once that is full too.
             cmd = state.bound.rx.recv(), if room => {
-                let Some(SessionCommand::Stanza(el)) = cmd else { break };
+                let Some(cmd) = cmd else { break };
+                let el = cmd.take(&state.bound.control);
                 let event = SessionEvent::QueuedWhileHibernated { stanza: &el };
                 // Boxed: a rare path should not enlarge every hibernated task.
                 Box::pin(state.event(ctx, None, &event)).await;
-                state.emit(ctx, None, *el);
+                state.emit(ctx, None, el);
             }
             _ = &mut deadline => {
                 info!(jid = %full, "hibernated session timed out");
@@ -547,6 +564,26 @@ mod tests {
         assert_eq!(sm.ack(5), Ok(3));
         assert_eq!(sm.unacked_len(), 0);
         assert!(!sm.should_request());
+    }
+
+    #[test]
+    fn unacked_bytes_bound_what_is_sent() {
+        let mut limits = crate::config::Limits::default();
+        let big = Element::new("message", ns::CLIENT).with_text("x".repeat(1000));
+        let per = big.approx_bytes();
+        limits.session_max_bytes = 4 * 3 * per;
+        let mut sm = StreamManagement::new(None, Duration::from_secs(1), None);
+        for _ in 0..3 {
+            assert!(sm.has_room(&limits));
+            sm.record_sent(big.clone());
+        }
+        assert_eq!(sm.unacked_bytes(), 3 * per);
+        assert!(!sm.has_room(&limits), "a quarter of the budget is held");
+        assert_eq!(sm.ack(1), Ok(1));
+        assert_eq!(sm.unacked_bytes(), 2 * per);
+        assert!(sm.has_room(&limits));
+        sm.take_unacked();
+        assert_eq!(sm.unacked_bytes(), 0);
     }
 
     #[test]

@@ -36,9 +36,22 @@ fn offer(
         OwnDelivery::Refused(stanza) => return Err(stanza),
         OwnDelivery::NotOwn(stanza) => stanza,
     };
-    match tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
+    let bytes = stanza.approx_bytes();
+    if !control.reserve(bytes) {
+        warn!(
+            queued_bytes = control.queued_bytes(),
+            "session queue over its byte budget; closing the session"
+        );
+        control.kick(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too much data queued for this session",
+        ));
+        return Err(stanza);
+    }
+    match tx.try_send(SessionCommand::Stanza(Box::new(stanza), bytes)) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Full(SessionCommand::Stanza(el))) => {
+        Err(TrySendError::Full(SessionCommand::Stanza(el, bytes))) => {
+            control.release(bytes);
             warn!("session queue full; closing the session");
             control.kick(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
@@ -46,7 +59,10 @@ fn offer(
             ));
             Err(*el)
         }
-        Err(TrySendError::Closed(SessionCommand::Stanza(el))) => Err(*el),
+        Err(TrySendError::Closed(SessionCommand::Stanza(el, bytes))) => {
+            control.release(bytes);
+            Err(*el)
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
@@ -16,18 +17,72 @@ use crate::xml::Element;
 #[derive(Debug)]
 pub enum SessionCommand {
     // Boxed: the channel preallocates slots, and an idle session should not pay
-    // for 32 inline elements.
-    Stanza(Box<Element>),
+    // for 32 inline elements. With its weight, released from the queue's byte count when
+    // taken out.
+    Stanza(Box<Element>, usize),
 }
 
-/// Lets the router stop a session from outside (conflict, stuck queue, shutdown).
-#[derive(Debug, Default)]
+impl SessionCommand {
+    /// The stanza, its bytes released from `control`'s queue count.
+    pub fn take(self, control: &SessionControl) -> Element {
+        let SessionCommand::Stanza(el, bytes) = self;
+        control.release(bytes);
+        *el
+    }
+}
+
+/// Lets the router stop a session from outside (conflict, stuck queue, shutdown), and
+/// counts the bytes waiting in its queue against the session's budget.
+#[derive(Debug)]
 pub struct SessionControl {
     token: CancellationToken,
     reason: Mutex<Option<StreamError>>,
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+}
+
+impl Default for SessionControl {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 impl SessionControl {
+    /// A session whose queue may hold at most `max_queued_bytes` (`Element::approx_bytes`).
+    pub fn new(max_queued_bytes: usize) -> Self {
+        SessionControl {
+            token: CancellationToken::new(),
+            reason: Mutex::new(None),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
+        }
+    }
+
+    /// Counts `bytes` more as queued; `false` (nothing counted) if that would exceed the
+    /// budget.
+    pub(crate) fn reserve(&self, bytes: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|&n| n <= self.max_queued_bytes)
+            })
+            .is_ok()
+    }
+
+    /// `bytes` left the queue.
+    pub(crate) fn release(&self, bytes: usize) {
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
+    /// Bytes waiting in the queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
     pub fn kick(&self, reason: StreamError) {
         if let Ok(mut slot) = self.reason.lock() {
             slot.get_or_insert(reason);
