@@ -21,8 +21,8 @@ use super::archive::{collect_page, new_id};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
-    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
-    RosterItem, RosterStore, StorageError,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, RoomStore,
+    Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
 use crate::sasl::credentials::StoredCredentials;
 
@@ -75,6 +75,8 @@ pub struct MemoryStore {
     archives: Mutex<Archives>,
     blocklists: Mutex<HashMap<String, BTreeSet<String>>>,
     push: Mutex<HashMap<String, UserPush>>,
+    /// Keyed by (service domain, room JID), so listing a service is a range.
+    rooms: Mutex<BTreeMap<(String, String), StoredRoom>>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of
@@ -470,6 +472,37 @@ impl PushStore for MemoryStore {
     async fn remove_user(&self, user: &str) -> Result<()> {
         lock(&self.push)?.remove(user);
         Ok(())
+    }
+}
+
+/// The service domain of a room JID (`room@service`).
+fn room_key(jid: &str) -> (String, String) {
+    let service = jid.split_once('@').map_or(jid, |(_, d)| d);
+    (service.to_string(), jid.to_string())
+}
+
+#[async_trait]
+impl RoomStore for MemoryStore {
+    async fn put_room(&self, room: &StoredRoom) -> Result<()> {
+        lock(&self.rooms)?.insert(room_key(&room.jid), room.clone());
+        Ok(())
+    }
+
+    async fn room(&self, jid: &str) -> Result<Option<StoredRoom>> {
+        Ok(lock(&self.rooms)?.get(&room_key(jid)).cloned())
+    }
+
+    async fn remove_room(&self, jid: &str) -> Result<bool> {
+        Ok(lock(&self.rooms)?.remove(&room_key(jid)).is_some())
+    }
+
+    async fn rooms(&self, service: &str, limit: usize) -> Result<Vec<StoredRoom>> {
+        Ok(lock(&self.rooms)?
+            .range((service.to_string(), String::new())..)
+            .take_while(|((s, _), _)| s == service)
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 }
 

@@ -442,6 +442,98 @@ pub trait PushStore: Send + Sync {
     }
 }
 
+/// A room member's standing (XEP-0045 §5.2), kept by bare JID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+pub enum RoomAffiliation {
+    Outcast,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl RoomAffiliation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomAffiliation::Owner => "owner",
+            RoomAffiliation::Admin => "admin",
+            RoomAffiliation::Member => "member",
+            RoomAffiliation::Outcast => "outcast",
+        }
+    }
+}
+
+/// Who may send private messages through occupant JIDs (`muc#roomconfig_allowpm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RoomPmPolicy {
+    #[default]
+    Anyone,
+    Participants,
+    Moderators,
+    Nobody,
+}
+
+/// A room's configuration (XEP-0045 §10.2, the `muc#roomconfig` form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomConfig {
+    pub name: String,
+    pub description: String,
+    pub persistent: bool,
+    pub public: bool,
+    pub members_only: bool,
+    pub moderated: bool,
+    /// The room secret; `None`: no password.
+    pub password: Option<String>,
+    pub max_users: u32,
+    /// Real JIDs are shown to everyone (non-anonymous), else to moderators only.
+    pub whois_anyone: bool,
+    pub allow_pm: RoomPmPolicy,
+    /// Participants may change the subject, not only moderators.
+    pub change_subject: bool,
+    /// Members may invite others to a members-only room, not only admins.
+    pub allow_invites: bool,
+    pub history_length: u32,
+}
+
+/// One affiliation on a room's lists, with the nickname registered with it (§7.10).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomAffiliationEntry {
+    /// Bare JID (or a domain, for whole servers).
+    pub jid: String,
+    pub affiliation: RoomAffiliation,
+    pub nick: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What a persistent room keeps across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRoom {
+    /// The room's bare JID (`room@service`).
+    pub jid: String,
+    pub config: RoomConfig,
+    /// Sorted by JID.
+    pub affiliations: Vec<RoomAffiliationEntry>,
+    /// The subject and the nickname that set it.
+    pub subject: Option<(String, String)>,
+    /// The room's key for XEP-0421 occupant ids: stable across restarts, unguessable.
+    pub occupant_id_key: Vec<u8>,
+}
+
+/// Persistent chat rooms (XEP-0045), keyed by room bare JID (`node@service`).
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Inserts or replaces the room; durable before returning.
+    async fn put_room(&self, room: &StoredRoom) -> Result<()>;
+    async fn room(&self, jid: &str) -> Result<Option<StoredRoom>>;
+    /// `Ok(false)` if there was no such room.
+    async fn remove_room(&self, jid: &str) -> Result<bool>;
+    /// The rooms of one service domain, ordered by JID, at most `limit`.
+    async fn rooms(&self, service: &str, limit: usize) -> Result<Vec<StoredRoom>>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The set of stores a server runs with.
 #[derive(Clone)]
 pub struct Storage {
@@ -451,6 +543,7 @@ pub struct Storage {
     pub archive: Arc<dyn ArchiveStore>,
     pub blocklist: Arc<dyn BlockListStore>,
     pub push: Arc<dyn PushStore>,
+    pub rooms: Arc<dyn RoomStore>,
 }
 
 impl Storage {
@@ -491,6 +584,7 @@ impl Storage {
             + ArchiveStore
             + BlockListStore
             + PushStore
+            + RoomStore
             + 'static,
     {
         Storage {
@@ -499,7 +593,8 @@ impl Storage {
             offline: backend.clone(),
             archive: backend.clone(),
             blocklist: backend.clone(),
-            push: backend,
+            push: backend.clone(),
+            rooms: backend,
         }
     }
 
@@ -511,7 +606,8 @@ impl Storage {
         self.offline.flush().await?;
         self.archive.flush().await?;
         self.blocklist.flush().await?;
-        self.push.flush().await
+        self.push.flush().await?;
+        self.rooms.flush().await
     }
 
     /// Removes an account and everything stored for it.
