@@ -1008,3 +1008,135 @@ async fn limits_answer_with_the_xep_errors() {
     assert_eq!(condition(&recv_body(b, "f2").await), "resource-constraint");
     server.stop().await;
 }
+
+const RETRACT: &str = "urn:xmpp:message-retract:1";
+const MODERATE: &str = "urn:xmpp:message-moderate:1";
+
+/// The archive ids and forwarded messages of a MAM query at the room, in order.
+async fn room_archive(c: &mut Client, room: &str) -> Vec<(String, Element)> {
+    let id = c.new_id();
+    c.send(&format!(
+        "<iq type='set' id='{id}' to='{room}'><query xmlns='{MAM}' queryid='{id}'/></iq>"
+    ))
+    .await;
+    let mut out = Vec::new();
+    loop {
+        let e = c
+            .recv_until(|e| {
+                e.attr("id") == Some(id.as_str())
+                    || e.child("result", MAM).and_then(|r| r.attr("queryid")) == Some(id.as_str())
+            })
+            .await;
+        if e.name == "iq" {
+            assert_eq!(e.attr("type"), Some("result"), "{e:?}");
+            return out;
+        }
+        let result = e.child("result", MAM).unwrap();
+        let fwd = result
+            .child("forwarded", "urn:xmpp:forward:0")
+            .and_then(|f| f.child("message", CLIENT))
+            .unwrap()
+            .clone();
+        out.push((result.attr("id").unwrap().to_string(), fwd));
+    }
+}
+
+#[tokio::test]
+async fn moderation_and_retraction_leave_tombstones() {
+    let (server, mut cs) = users(&["alice", "bob", "carol"]).await;
+    let [a, b, c] = &mut cs[..] else {
+        unreachable!()
+    };
+    let r = room("forum");
+    create_instant(a, &r, "al").await;
+    join(b, &r, "bo").await;
+    join(c, &r, "ca").await;
+    let mut sids = Vec::new();
+    for (i, text) in ["rude words", "a typo", "fine"].iter().enumerate() {
+        say(b, &r, &format!("b{i}"), text).await;
+        let m = recv_body(c, &format!("b{i}")).await;
+        sids.push(
+            m.child("stanza-id", SID)
+                .unwrap()
+                .attr("id")
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    // XEP-0425: a participant may not moderate; a moderator may.
+    let moderate = |id: &str| {
+        format!(
+            "<iq type='set' to='{r}'><moderate xmlns='{MODERATE}' id='{id}'>\
+             <retract xmlns='{RETRACT}'/><reason>not here</reason></moderate></iq>"
+        )
+    };
+    let e = c.iq(&moderate(&sids[0])).await;
+    assert_eq!(condition(&e), "forbidden");
+    let e = a.iq(&moderate("no-such-id")).await;
+    assert_eq!(condition(&e), "item-not-found");
+    let ok = a.iq(&moderate(&sids[0])).await;
+    assert_eq!(ok.attr("type"), Some("result"), "{ok:?}");
+    for cl in [&mut *a, &mut *b, &mut *c] {
+        let m = cl
+            .recv_until(|e| e.name == "message" && e.has_child("retract", RETRACT))
+            .await;
+        assert_eq!(m.attr("from"), Some(r.as_str()));
+        let retract = m.child("retract", RETRACT).unwrap();
+        assert_eq!(retract.attr("id"), Some(sids[0].as_str()));
+        let by = retract.child("moderated", MODERATE).unwrap();
+        assert_eq!(by.attr("by"), Some(format!("{r}/al").as_str()));
+        assert_eq!(
+            retract.child_text("reason", MODERATE).as_deref(),
+            Some("not here")
+        );
+    }
+
+    // XEP-0424: only the author retracts a message.
+    let retract = |id: &str, mid: &str| {
+        format!(
+            "<message to='{r}' type='groupchat' id='{mid}'><retract xmlns='{RETRACT}' id='{id}'/>\
+             <body>retracted</body></message>"
+        )
+    };
+    c.send(&retract(&sids[1], "x1")).await;
+    assert_eq!(condition(&recv_body(c, "x1").await), "forbidden");
+    b.send(&retract(&sids[1], "x2")).await;
+    let m = recv_body(c, "x2").await;
+    assert_eq!(
+        m.child("retract", RETRACT).and_then(|x| x.attr("id")),
+        Some(sids[1].as_str())
+    );
+
+    // The archive keeps tombstones in place of both, and the untouched message.
+    let archived = room_archive(c, &r).await;
+    let find = |sid: &str| {
+        archived
+            .iter()
+            .find(|(id, _)| id == sid)
+            .map(|(_, m)| m)
+            .unwrap_or_else(|| panic!("{sid} not in the archive: {archived:?}"))
+    };
+    let t0 = find(&sids[0]);
+    assert!(!t0.has_child("body", CLIENT));
+    let r0 = t0.child("retracted", RETRACT).expect("tombstone");
+    assert!(r0.has_child("moderated", MODERATE));
+    let t1 = find(&sids[1]);
+    assert!(!t1.has_child("body", CLIENT) && t1.has_child("retracted", RETRACT));
+    assert_eq!(
+        find(&sids[2]).child_text("body", CLIENT).as_deref(),
+        Some("fine")
+    );
+
+    // Newcomers' history shows the tombstones too.
+    let mut late = server.login("carol", "late").await;
+    late.send(&format!(
+        "<presence to='{r}/late'><x xmlns='{MUC}'/></presence>"
+    ))
+    .await;
+    let first = late
+        .recv_until(|e| e.name == "message" && e.child("delay", DELAY).is_some())
+        .await;
+    assert!(first.has_child("retracted", RETRACT), "{first:?}");
+    server.stop().await;
+}

@@ -691,6 +691,30 @@ fn stored_room(jid: &str, name: &str) -> StoredRoom {
     }
 }
 
+async fn archive_replace(s: Storage) {
+    let a = &s.archive;
+    let st = a
+        .append(
+            "room@muc.x",
+            msg("room@muc.x/n", "<message>one</message>", 5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        a.replace("room@muc.x", &st.id, "<message>tomb</message>")
+            .await
+            .unwrap()
+    );
+    let m = a.get("room@muc.x", &st.id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.stanza.as_str(), m.with.as_str(), m.pos),
+        ("<message>tomb</message>", "room@muc.x/n", st.pos)
+    );
+    assert!(!a.replace("room@muc.x", "nope", "x").await.unwrap());
+    assert!(!a.replace("other@muc.x", &st.id, "x").await.unwrap());
+    assert_eq!(a.count("room@muc.x").await.unwrap(), 1);
+}
+
 async fn rooms(s: Storage) {
     let r = &s.rooms;
     assert_eq!(r.room("cave@muc.x").await.unwrap(), None);
@@ -758,9 +782,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {

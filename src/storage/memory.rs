@@ -345,6 +345,23 @@ impl ArchiveStore for MemoryStore {
             .map_or(0, |a| a.messages.len() as u64))
     }
 
+    async fn replace(&self, user: &str, id: &str, stanza: &str) -> Result<bool> {
+        let mut archives = lock(&self.archives)?;
+        let Some(a) = archives.users.get_mut(user) else {
+            return Ok(false);
+        };
+        let Some(pos) = a.ids.get(id).copied() else {
+            return Ok(false);
+        };
+        match a.messages.get_mut(&pos) {
+            Some(r) => {
+                r.stanza = stanza.to_string();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
         let mut archives = lock(&self.archives)?;
         let Some(archive) = archives.users.get_mut(user) else {

@@ -373,6 +373,10 @@ pub trait ArchiveStore: Send + Sync {
     async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage>;
     /// Number of messages in the archive.
     async fn count(&self, user: &str) -> Result<u64>;
+    /// Replaces the stanza stored under `id` (a retraction's tombstone, XEP-0424/0425),
+    /// keeping its UID, position and `with`. `Ok(false)`: no such message. Durable before
+    /// returning.
+    async fn replace(&self, user: &str, id: &str, stanza: &str) -> Result<bool>;
     /// Removes up to `limit` of the oldest messages stored before `micros` (retention);
     /// returns how many went. Oldest first, so the archive never gets holes.
     async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize>;

@@ -995,6 +995,32 @@ impl ArchiveStore for SledStore {
         }
     }
 
+    async fn replace(&self, user: &str, id: &str, stanza: &str) -> Result<bool> {
+        let Some(pos) = self.position(user, id).await? else {
+            return Ok(false);
+        };
+        let key = pos_key(&user_prefix(user)?, pos);
+        let Some(raw) = self.archive.get(&key).map_err(backend)? else {
+            return Ok(false);
+        };
+        let old = decode_archived(&key, &raw)?;
+        let value = encode(&ArchiveRecordRef {
+            id: &old.id,
+            with: &old.with,
+            stanza,
+        })?;
+        // Only if the record is still the one read: a concurrent prune or removal wins.
+        let swapped = self
+            .archive
+            .compare_and_swap(&key, Some(&raw[..]), Some(value))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush_db().await?;
+        Ok(true)
+    }
+
     async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage> {
         let prefix = user_prefix(user)?;
         if q.from > q.to {

@@ -17,6 +17,7 @@ mod admin;
 mod archive;
 pub mod form;
 pub mod history;
+mod moderation;
 pub mod room;
 
 use std::collections::HashMap;
@@ -683,6 +684,14 @@ impl MucService {
                 StanzaError::resource_constraint().with_text("too many messages; slow down"),
             );
         }
+        if stanza.has_child("retract", moderation::RETRACT) {
+            if !self.cfg.archive {
+                return reply_error(out, stanza, StanzaError::feature_not_implemented());
+            }
+            if let Err(e) = moderation::check_retraction(ctx, room, idx, stanza).await {
+                return reply_error(out, stanza, e);
+            }
+        }
         let nick = room.occupants[idx].nick.clone();
         let mut msg = stanza.clone();
         msg.set_attr("from", room.nick_jid(&nick));
@@ -830,6 +839,9 @@ impl MucService {
             ("get", "query", crate::modules::mam::NS) if self.cfg.archive => {
                 archive::form(room, from)
             }
+            ("set", "moderate", moderation::MODERATE) => {
+                moderation::moderate(self, ctx, room, from, payload, out).await
+            }
             _ => Err(StanzaError::service_unavailable()),
         };
         match answer {
@@ -887,7 +899,12 @@ impl MucService {
             },
         ];
         if self.cfg.archive {
-            features.extend([crate::modules::mam::NS, SID]);
+            features.extend([
+                crate::modules::mam::NS,
+                SID,
+                moderation::RETRACT,
+                moderation::MODERATE,
+            ]);
         }
         for f in features {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
