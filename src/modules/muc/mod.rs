@@ -575,10 +575,8 @@ impl MucService {
             room.broadcast_presence(idx, false, &[], &codes, None, out);
         }
         debug!(room = %room.jid, nick, "occupant joined");
-        if room.locked {
-            // Nothing else until the owner configured the room (§10.1.1).
-            return;
-        }
+        // The subject ends every join, even into a room still locked for configuration:
+        // clients (slixmpp's join_muc_wait, Conversations) take it as "joined".
         let req = history::request(stanza, now_micros());
         out.extend(history::select(&room.history, &req, &room.jid, from));
         out.push(room.subject_message(from));
