@@ -165,7 +165,7 @@ impl S2s {
         let local = stanza
             .attr("from")
             .map(crate::addr::domain_of)
-            .filter(|d| ctx.is_local_domain(d))
+            .filter(|d| ctx.is_hosted_domain(d))
             .map(str::to_string);
         let Some(local) = local else {
             debug!(
