@@ -1140,3 +1140,100 @@ async fn moderation_and_retraction_leave_tombstones() {
     assert!(first.has_child("retracted", RETRACT), "{first:?}");
     server.stop().await;
 }
+
+const REGISTER: &str = "jabber:iq:register";
+
+#[tokio::test]
+async fn registration_reserves_a_nick_and_a_repeated_join_gets_the_room_again() {
+    let (server, mut cs) = users(&["alice", "bob", "carol"]).await;
+    let [a, b, c] = &mut cs[..] else {
+        unreachable!()
+    };
+    let r = room("club");
+    create_instant(a, &r, "al").await;
+
+    // §7.10: the form, then the submitted nick.
+    let form = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{REGISTER}'/></iq>"
+        ))
+        .await;
+    let x = form
+        .child("query", REGISTER)
+        .and_then(|q| q.child("x", DATA))
+        .unwrap();
+    assert!(
+        x.elements()
+            .any(|f| f.attr("var") == Some("muc#register_roomnick"))
+    );
+    let submit = |nick: &str| {
+        format!(
+            "<iq type='set' to='{r}'><query xmlns='{REGISTER}'><x xmlns='{DATA}' type='submit'>{}{}</x></query></iq>",
+            field("FORM_TYPE", "http://jabber.org/protocol/muc#register"),
+            field("muc#register_roomnick", nick)
+        )
+    };
+    let ok = b.iq(&submit("bobby")).await;
+    assert_eq!(ok.attr("type"), Some("result"), "{ok:?}");
+    let again = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{REGISTER}'/></iq>"
+        ))
+        .await;
+    let q = again.child("query", REGISTER).unwrap();
+    assert!(q.has_child("registered", REGISTER));
+    assert_eq!(q.child_text("username", REGISTER).as_deref(), Some("bobby"));
+    // §7.12: the reserved nick by disco.
+    let info = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{DISCO_INFO}' node='x-roomuser-item'/></iq>"
+        ))
+        .await;
+    let id = info
+        .child("query", DISCO_INFO)
+        .and_then(|q| q.child("identity", DISCO_INFO))
+        .unwrap();
+    assert_eq!(id.attr("name"), Some("bobby"));
+    // Bob is a member with that nick; nobody else may use or register it.
+    let list = a
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{MUC_ADMIN}'><item affiliation='member'/></query></iq>"
+        ))
+        .await;
+    let member = list
+        .child("query", MUC_ADMIN)
+        .and_then(|q| q.child("item", MUC_ADMIN))
+        .unwrap();
+    assert_eq!(
+        (member.attr("jid"), member.attr("nick")),
+        (Some("bob@localhost"), Some("bobby"))
+    );
+    let e = try_join(c, &r, "bobby", "").await;
+    assert_eq!(condition(&e), "conflict");
+    let e = c.iq(&submit("bobby")).await;
+    assert_eq!(condition(&e), "conflict");
+
+    // A join repeated by a session still in the room (a client that reconnected with
+    // the same resource) gets the occupants, its own presence and the subject again.
+    join(b, &r, "bobby").await;
+    let p = try_join(b, &r, "bobby", "").await;
+    assert!(codes(&p).contains(&110));
+    b.recv_until(|e| e.name == "message" && e.has_child("subject", CLIENT))
+        .await;
+
+    // Unregistering frees the nick.
+    let ok = b
+        .iq(&format!(
+            "<iq type='set' to='{r}'><query xmlns='{REGISTER}'><remove/></query></iq>"
+        ))
+        .await;
+    assert_eq!(ok.attr("type"), Some("result"));
+    b.send(&format!("<presence to='{r}/bobby' type='unavailable'/>"))
+        .await;
+    b.recv_until(|e| {
+        is_from(e, "presence", &format!("{r}/bobby")) && e.attr("type") == Some("unavailable")
+    })
+    .await;
+    join(c, &r, "bobby").await;
+    server.stop().await;
+}

@@ -18,6 +18,7 @@ mod archive;
 pub mod form;
 pub mod history;
 mod moderation;
+mod register;
 pub mod room;
 
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ pub const STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 pub const CONFERENCE: &str = "jabber:x:conference";
 pub const SID: &str = "urn:xmpp:sid:0";
 
+/// Sessions of one user under one nick (a remote server could claim any number).
+const MAX_SESSIONS: usize = 32;
 /// Invitations one message may carry.
 const MAX_INVITES: usize = 10;
 
@@ -452,6 +455,17 @@ impl MucService {
         match stanza.attr("type") {
             None => match existing {
                 None => self.join(ctx, room, nick, from, stanza, out).await,
+                // A join from a session the room still counts in (its client reconnected
+                // with the same resource and never left): the whole join again, so the
+                // client gets what it waits for.
+                Some(idx) if stanza.has_child("x", MUC) => {
+                    if room.occupants[idx].nick == nick {
+                        self.rejoin(room, idx, from, stanza, out);
+                    } else {
+                        self.leave(ctx, room, idx, from, &[], out).await;
+                        self.join(ctx, room, nick, from, stanza, out).await;
+                    }
+                }
                 Some(idx) if room.occupants[idx].nick == nick => {
                     update_presence(room, idx, from, stanza, out)
                 }
@@ -529,6 +543,11 @@ impl MucService {
         if same_nick.is_none() && room.occupants.len() >= room.max_users(&self.cfg) && !privileged {
             return refuse(out, err(ErrorType::Wait, "service-unavailable"));
         }
+        if let Some(idx) = same_nick
+            && room.occupants[idx].sessions.len() >= MAX_SESSIONS
+        {
+            return refuse(out, StanzaError::resource_constraint());
+        }
         let session = OccupantSession {
             jid: from.to_string(),
             presence: stanza.clone(),
@@ -547,13 +566,20 @@ impl MucService {
                 room.occupants.len() - 1
             }
         };
-        // The others' presence first, then the newcomer's own (§7.2.3).
-        let viewer = room.occupants[idx].role;
-        for (i, o) in room.occupants.iter().enumerate() {
-            if i != idx {
-                out.push(room.presence_of(o, from, viewer, false, &[], None));
-            }
+        let mut codes = self.join_codes(room);
+        if created || fresh_instant {
+            codes.push(201);
         }
+        if raw_nick(stanza).is_some_and(|raw| raw != nick) {
+            codes.push(210);
+        }
+        debug!(room = %room.jid, nick, "occupant joined");
+        // A second session of an occupant: the others know it already.
+        send_join(room, idx, from, stanza, &codes, same_nick.is_none(), out);
+    }
+
+    /// Status codes of every self-presence on joining (§7.2.3–§7.2.5).
+    fn join_codes(&self, room: &Room) -> Vec<u16> {
         let mut codes: Vec<u16> = vec![110];
         if room.config.whois_anyone {
             codes.push(100);
@@ -561,25 +587,26 @@ impl MucService {
         if self.cfg.archive {
             codes.push(170);
         }
-        if created || fresh_instant {
-            codes.push(201);
+        codes
+    }
+
+    fn rejoin(
+        &self,
+        room: &mut Room,
+        idx: usize,
+        from: &str,
+        stanza: &Element,
+        out: &mut Vec<Element>,
+    ) {
+        if let Some(s) = room.occupants[idx]
+            .sessions
+            .iter_mut()
+            .find(|s| s.jid == from)
+        {
+            s.presence = stanza.clone();
         }
-        if raw_nick(stanza).is_some_and(|raw| raw != nick) {
-            codes.push(210);
-        }
-        if same_nick.is_some() {
-            // The others know this occupant already; only the new session is told.
-            let o = &room.occupants[idx];
-            out.push(room.presence_of(o, from, o.role, false, &codes, None));
-        } else {
-            room.broadcast_presence(idx, false, &[], &codes, None, out);
-        }
-        debug!(room = %room.jid, nick, "occupant joined");
-        // The subject ends every join, even into a room still locked for configuration:
-        // clients (slixmpp's join_muc_wait, Conversations) take it as "joined".
-        let req = history::request(stanza, now_micros());
-        out.extend(history::select(&room.history, &req, &room.jid, from));
-        out.push(room.subject_message(from));
+        let codes = self.join_codes(room);
+        send_join(room, idx, from, stanza, &codes, true, out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -822,6 +849,15 @@ impl MucService {
             ("get", "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
                 Ok(Some(self.room_info(room)))
             }
+            ("get", "query", ns::DISCO_INFO)
+                if payload.attr("node") == Some(register::ROOMUSER_NODE) =>
+            {
+                Ok(Some(register::reserved_nick(room, from)))
+            }
+            ("get", "query", register::REGISTER) => register::get(room, from),
+            ("set", "query", register::REGISTER) => {
+                register::set(self, ctx, room, from, payload, out).await
+            }
             ("get", "query", ns::DISCO_ITEMS) if payload.attr("node").is_none() => {
                 Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
             }
@@ -866,6 +902,7 @@ impl MucService {
         let mut features = vec![
             MUC,
             ns::DISCO_INFO,
+            register::REGISTER,
             SELF_PING,
             STABLE_ID,
             OCCUPANT_ID,
@@ -929,6 +966,36 @@ fn raw_nick(stanza: &Element) -> Option<&str> {
 
 fn node_of(jid: &str) -> &str {
     jid.split_once('@').map_or(jid, |(n, _)| n)
+}
+
+/// What a (re)joining session `from` of occupant `idx` gets (§7.2.3): the others'
+/// presence, its own (to everyone when `broadcast`, else to itself), the history it asked
+/// for, then the subject. The subject ends every join, even into a room still locked for
+/// configuration: clients (slixmpp's join_muc_wait, Conversations) take it as "joined".
+fn send_join(
+    room: &Room,
+    idx: usize,
+    from: &str,
+    stanza: &Element,
+    codes: &[u16],
+    broadcast: bool,
+    out: &mut Vec<Element>,
+) {
+    let viewer = room.occupants[idx].role;
+    for (i, o) in room.occupants.iter().enumerate() {
+        if i != idx {
+            out.push(room.presence_of(o, from, viewer, false, &[], None));
+        }
+    }
+    if broadcast {
+        room.broadcast_presence(idx, false, &[], codes, None, out);
+    } else {
+        let o = &room.occupants[idx];
+        out.push(room.presence_of(o, from, o.role, false, codes, None));
+    }
+    let req = history::request(stanza, now_micros());
+    out.extend(history::select(&room.history, &req, &room.jid, from));
+    out.push(room.subject_message(from));
 }
 
 /// A presence change of an occupant session (same nick): to everyone.
