@@ -8,13 +8,17 @@ fn j(s: &str) -> xmppd::addr::BareJid {
     xmppd::addr::parse_bare(s).unwrap()
 }
 
+fn dom(s: &str) -> xmppd::addr::DomainPart {
+    xmppd::addr::parse_domain(s).unwrap()
+}
+
 fn jids(l: &[&str]) -> Vec<xmppd::addr::BareJid> {
     l.iter().map(|s| j(s)).collect()
 }
 use xmppd::storage::{
     ArchiveDefault, ArchivePos, ArchivePrefs, ArchiveQuery, NewArchived, OfflineStoreOutcome,
-    PendingSubscription, PresenceContacts, PushRegistration, RosterItem, Storage, StorageError,
-    Subscription,
+    PendingSubscription, PresenceContacts, PushRegistration, RoomAffiliation, RoomAffiliationEntry,
+    RoomConfig, RoomPmPolicy, RosterItem, Storage, StorageError, StoredRoom, Subscription,
 };
 
 fn creds(tag: u8) -> StoredCredentials {
@@ -745,6 +749,118 @@ async fn presence_contacts(s: Storage) {
     );
 }
 
+fn stored_room(jid: &str, name: &str) -> StoredRoom {
+    StoredRoom {
+        jid: j(jid),
+        config: RoomConfig {
+            name: name.into(),
+            description: "d".into(),
+            persistent: true,
+            public: false,
+            members_only: true,
+            moderated: false,
+            password: Some("pw".into()),
+            max_users: 30,
+            whois_anyone: true,
+            allow_pm: RoomPmPolicy::Moderators,
+            change_subject: false,
+            allow_invites: true,
+            history_length: 10,
+        },
+        affiliations: vec![
+            RoomAffiliationEntry {
+                jid: j("a@x"),
+                affiliation: RoomAffiliation::Owner,
+                nick: Some("al".into()),
+                reason: None,
+            },
+            RoomAffiliationEntry {
+                jid: j("b@y"),
+                affiliation: RoomAffiliation::Outcast,
+                nick: None,
+                reason: Some("spam".into()),
+            },
+        ],
+        subject: Some(("topic".into(), "al".into())),
+        occupant_id_key: vec![7; 16],
+    }
+}
+
+async fn archive_replace(s: Storage) {
+    let a = &s.archive;
+    let st = a
+        .append(
+            &j("room@muc.x"),
+            msg("room@muc.x/n", "<message>one</message>", 5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        a.replace(&j("room@muc.x"), &st.id, "<message>tomb</message>")
+            .await
+            .unwrap()
+    );
+    let m = a.get(&j("room@muc.x"), &st.id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.stanza.as_str(), m.with.as_str(), m.pos),
+        ("<message>tomb</message>", "room@muc.x/n", st.pos)
+    );
+    assert!(!a.replace(&j("room@muc.x"), "nope", "x").await.unwrap());
+    assert!(!a.replace(&j("other@muc.x"), &st.id, "x").await.unwrap());
+    assert_eq!(a.count(&j("room@muc.x")).await.unwrap(), 1);
+}
+
+async fn rooms(s: Storage) {
+    let r = &s.rooms;
+    assert_eq!(r.room(&j("cave@muc.x")).await.unwrap(), None);
+    r.put_room(&stored_room("cave@muc.x", "Cave"))
+        .await
+        .unwrap();
+    r.put_room(&stored_room("attic@muc.x", "Attic"))
+        .await
+        .unwrap();
+    r.put_room(&stored_room("other@muc.y", "Other"))
+        .await
+        .unwrap();
+    r.put_room(&stored_room("muc.xx-room@muc.xx", "Prefix"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.room(&j("cave@muc.x")).await.unwrap(),
+        Some(stored_room("cave@muc.x", "Cave"))
+    );
+    // Replaced whole.
+    r.put_room(&stored_room("cave@muc.x", "Cave 2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.room(&j("cave@muc.x")).await.unwrap().unwrap().config.name,
+        "Cave 2"
+    );
+    // One service's rooms, ordered by JID, bounded; a longer domain is another service.
+    let names = |v: Vec<StoredRoom>| {
+        v.into_iter()
+            .map(|r| r.jid.into_inner())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(r.rooms(&dom("muc.x"), 10).await.unwrap()),
+        ["attic@muc.x", "cave@muc.x"]
+    );
+    assert_eq!(
+        names(r.rooms(&dom("muc.x"), 1).await.unwrap()),
+        ["attic@muc.x"]
+    );
+    assert!(r.rooms(&dom("muc.z"), 10).await.unwrap().is_empty());
+    assert!(r.remove_room(&j("cave@muc.x")).await.unwrap());
+    assert!(!r.remove_room(&j("cave@muc.x")).await.unwrap());
+    assert_eq!(r.room(&j("cave@muc.x")).await.unwrap(), None);
+    assert_eq!(
+        names(r.rooms(&dom("muc.x"), 10).await.unwrap()),
+        ["attic@muc.x"]
+    );
+}
+
 fn memory() -> (Storage, Option<TempDir>) {
     (Storage::memory(), None)
 }
@@ -771,9 +887,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {

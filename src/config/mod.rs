@@ -33,6 +33,7 @@ pub struct Config {
     pub websocket: WebsocketConfig,
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
+    pub muc: MucConfig,
     pub server: ServerConfig,
 }
 
@@ -295,6 +296,53 @@ impl Default for ArchiveConfig {
     }
 }
 
+/// Multi-user chat (XEP-0045): one service per vhost at `<subdomain>.<vhost>`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    /// Whether the chat room service runs.
+    pub enabled: bool,
+    /// The service's label before each vhost: `conference` serves `conference.<vhost>`.
+    pub subdomain: String,
+    /// Rooms one service holds at most (persistent and temporary); creating one more is
+    /// refused with `not-allowed`.
+    pub max_rooms: usize,
+    /// Rooms one user may own at most; creating one more is refused with `not-allowed`.
+    pub max_rooms_per_user: usize,
+    /// Occupants of one room at most: the default and the ceiling of a room's
+    /// `muc#roomconfig_maxusers`. A full room refuses newcomers with
+    /// `service-unavailable`.
+    pub max_occupants: usize,
+    /// Messages a new room keeps for the history sent on join.
+    pub history_length: usize,
+    /// The ceiling of a room's `muc#roomconfig_historylength`.
+    pub max_history_length: usize,
+    /// Messages per second one occupant may send to a room (sustained); beyond the
+    /// burst they are refused with `resource-constraint`.
+    pub messages_per_sec: u32,
+    /// Messages one occupant may send at once before `messages_per_sec` applies.
+    pub message_burst: u32,
+    /// Archive every room's messages for XEP-0313 queries at the room JID.
+    pub archive: bool,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            subdomain: "conference".into(),
+            max_rooms: 10_000,
+            max_rooms_per_user: 100,
+            max_occupants: 200,
+            history_length: 20,
+            max_history_length: 200,
+            messages_per_sec: 5,
+            message_burst: 20,
+            archive: true,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -335,6 +383,7 @@ impl Default for Config {
             websocket: WebsocketConfig::default(),
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
+            muc: MucConfig::default(),
             server: ServerConfig::default(),
         }
     }

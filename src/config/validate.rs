@@ -281,6 +281,8 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    validate_muc(&cfg.muc, &mut errs);
+
     let shutdown = cfg.server.shutdown_timeout_secs;
     if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {
         errs.push(ConfigError::invalid(
@@ -291,6 +293,44 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     }
 
     if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// The `[muc]` section: a service name that makes a domain under every vhost, and
+/// limits that leave rooms usable.
+fn validate_muc(m: &super::MucConfig, errs: &mut Vec<ConfigError>) {
+    let label_ok = !m.subdomain.is_empty()
+        && !m.subdomain.contains('.')
+        && check_domain(&format!("{}.example", m.subdomain)).is_ok();
+    if !label_ok {
+        errs.push(ConfigError::invalid(
+            "muc.subdomain",
+            quote(&m.subdomain),
+            "must be one lowercase DNS label (e.g. \"conference\")",
+        ));
+    }
+    let nonzero: [(&str, u64); 6] = [
+        ("muc.max_rooms", m.max_rooms as u64),
+        ("muc.max_rooms_per_user", m.max_rooms_per_user as u64),
+        ("muc.max_occupants", m.max_occupants as u64),
+        ("muc.max_history_length", m.max_history_length as u64),
+        ("muc.messages_per_sec", u64::from(m.messages_per_sec)),
+        ("muc.message_burst", u64::from(m.message_burst)),
+    ];
+    for (key, value) in nonzero {
+        if value == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+    if m.history_length > m.max_history_length {
+        errs.push(ConfigError::invalid(
+            "muc.history_length",
+            m.history_length.to_string(),
+            format!(
+                "must not exceed muc.max_history_length ({})",
+                m.max_history_length
+            ),
+        ));
+    }
 }
 
 /// 64 GiB: anything larger is a typo (the unit is MiB).

@@ -130,7 +130,7 @@ impl RemoteQueries {
     }
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -159,6 +159,17 @@ pub fn archivable(el: &Element) -> bool {
     if matches!(el.attr("type"), Some("groupchat" | "error" | "headline")) {
         return false;
     }
+    if el.has_child("no-store", HINTS) || el.has_child("no-permanent-store", HINTS) {
+        return false;
+    }
+    el.has_child("body", ns::CLIENT)
+        || el.has_child("store", HINTS)
+        || ENCRYPTED.iter().any(|(name, ns)| el.has_child(name, ns))
+}
+
+/// The same rule for a chat room's archive, where groupchat messages are the
+/// conversation.
+pub fn archivable_groupchat(el: &Element) -> bool {
     if el.has_child("no-store", HINTS) || el.has_child("no-permanent-store", HINTS) {
         return false;
     }
@@ -521,7 +532,7 @@ fn field(var: &str, kind: &str) -> Element {
 }
 
 /// XEP-0313 §4.1.5: the query form.
-fn form() -> Element {
+pub(crate) fn form() -> Element {
     let x = Element::new("x", DATA)
         .with_attr("type", "form")
         .with_child(
@@ -696,7 +707,6 @@ async fn query(
     iq: &Element,
     payload: &Element,
 ) -> Result<Option<Element>, StanzaError> {
-    let req = parse_request(payload)?;
     // The results go to the querying resource, ahead of the iq result.
     let Some(to) = iq.attr("from").and_then(addr::parse_full) else {
         return Err(StanzaError::bad_request());
@@ -704,7 +714,24 @@ async fn query(
     let Some((tx, control)) = ctx.sessions.sender(user, to.resource().as_str()) else {
         return Err(StanzaError::service_unavailable());
     };
+    let (results, fin) = answer_query(ctx, user, &to, payload).await?;
+    for result in results {
+        if !deliver_to_session(&tx, &control, result) {
+            return Err(StanzaError::resource_constraint());
+        }
+    }
+    Ok(Some(fin))
+}
 
+/// Answers a query on the archive `user` (an account, or a chat room) for `to`: the
+/// result messages, in the order to send them, and the `<fin/>` for the iq result.
+pub(crate) async fn answer_query(
+    ctx: &Arc<Context>,
+    user: &BareJid,
+    to: &Jid,
+    payload: &Element,
+) -> Result<(Vec<Element>, Element), StanzaError> {
+    let req = parse_request(payload)?;
     let mut q = ArchiveQuery {
         with: req.with.clone(),
         from: retention_floor(ctx),
@@ -747,14 +774,10 @@ async fn query(
     if req.flip {
         sent.reverse();
     }
-    for m in sent {
-        let Some(result) = result_message(user, to.as_str(), req.query_id.as_deref(), m) else {
-            continue;
-        };
-        if !deliver_to_session(&tx, &control, result) {
-            return Err(StanzaError::resource_constraint());
-        }
-    }
+    let results = sent
+        .into_iter()
+        .filter_map(|m| result_message(user, to.as_str(), req.query_id.as_deref(), m))
+        .collect();
 
     let mut set = Element::new("set", RSM);
     let count = if req.unfiltered() && ctx.config.archive.retention_days == 0 {
@@ -782,7 +805,7 @@ async fn query(
     if !page.more {
         fin.set_attr("complete", "true");
     }
-    Ok(Some(fin))
+    Ok((results, fin))
 }
 
 /// The `ids` field: those messages, if they also match the rest of the query, in archive

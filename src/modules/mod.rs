@@ -8,6 +8,7 @@ pub mod csi;
 pub mod disco;
 pub mod legacy_session;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -41,6 +42,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(blocking::Blocking),
         Box::new(push::Push::default()),
         Box::new(csi::Csi),
+        Box::new(muc::Muc),
     ]
 }
 

@@ -76,7 +76,7 @@ pub async fn serve(
             tls_required: s2s.config.s2s.require_encryption,
         };
         let mut st = State {
-            neg: Negotiator::new(policy, move |d| hosts.is_local_domain(d)),
+            neg: Negotiator::new(policy, move |d| hosts.is_hosted_domain(d)),
             sasl_done: false,
             authed: HashSet::new(),
             pending: 0,
@@ -255,7 +255,7 @@ fn features(ctx: &Context, s2s: &S2s, conn: &Conn, st: &State) -> Element {
         features.push_child(starttls);
     }
     if secure || !require_tls {
-        let foreign_from = st.neg.peer().filter(|f| !ctx.is_local_domain(f));
+        let foreign_from = st.neg.peer().filter(|f| !ctx.is_hosted_domain(f));
         if secure && !st.sasl_done && cert_valid_for(s2s, conn, foreign_from) {
             features.push_child(
                 Element::new("mechanisms", ns::SASL)
@@ -307,7 +307,7 @@ async fn sasl_external(
     ) else {
         return sasl_failure(conn, "not-authorized").await;
     };
-    if ctx.is_local_domain(&from) {
+    if ctx.is_hosted_domain(&from) {
         // A certificate that also covers our domain (a shared wildcard one) must not let
         // a peer speak for our users.
         info!(from, "SASL EXTERNAL for a domain we host refused");
@@ -374,7 +374,7 @@ async fn db_result(
             return Ok(());
         }
     }
-    if ctx.is_local_domain(&remote) {
+    if ctx.is_hosted_domain(&remote) {
         // Only we speak for our domains: no certificate or callback can prove otherwise.
         info!(remote, "dialback for a domain we host refused");
         conn.send(&db_error(&local, &remote, "cancel", "forbidden"))
@@ -461,7 +461,7 @@ async fn db_verify(
     let authoritative = el.attr("to").unwrap_or_default();
     let id = el.attr("id").unwrap_or_default();
     let key = el.text();
-    let valid = ctx.is_local_domain(authoritative)
+    let valid = ctx.is_hosted_domain(authoritative)
         && s2s.secret.check(receiving, authoritative, id, key.trim());
     debug!(receiving, authoritative, valid, "answering dialback verify");
     let reply = Element::new("verify", DIALBACK)
@@ -487,10 +487,10 @@ async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), E
             "stanza without a valid 'from'",
         )));
     };
-    if !ctx.is_local_domain(to.domain().as_str()) {
+    if !ctx.is_hosted_domain(to.domain().as_str()) {
         return Err(StreamErrorCondition::HostUnknown.into());
     }
-    if ctx.is_local_domain(from.domain().as_str()) {
+    if ctx.is_hosted_domain(from.domain().as_str()) {
         // Our users' stanzas never arrive from another server; never route one that claims to.
         warn!(from = %from, "stanza from a local domain on an inbound s2s stream; dropped");
         return Ok(());

@@ -166,7 +166,7 @@ impl S2s {
             .attr("from")
             .and_then(crate::addr::parse)
             .map(|from| from.domain().as_str().to_string())
-            .filter(|d| ctx.is_local_domain(d));
+            .filter(|d| ctx.is_hosted_domain(d));
         let Some(local) = local else {
             debug!(
                 remote,

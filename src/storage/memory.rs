@@ -21,10 +21,10 @@ use super::archive::{collect_page, new_id};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
-    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
-    RosterItem, RosterStore, StorageError,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, RoomStore,
+    Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
-use crate::addr::{BareJid, Jid};
+use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 #[derive(Default)]
@@ -76,6 +76,8 @@ pub struct MemoryStore {
     archives: Mutex<Archives>,
     blocklists: Mutex<HashMap<BareJid, BTreeSet<String>>>,
     push: Mutex<HashMap<BareJid, UserPush>>,
+    /// Keyed by (service domain, room JID), so listing a service is a range.
+    rooms: Mutex<BTreeMap<(String, String), StoredRoom>>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of
@@ -353,6 +355,23 @@ impl ArchiveStore for MemoryStore {
             .map_or(0, |a| a.messages.len() as u64))
     }
 
+    async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool> {
+        let mut archives = lock(&self.archives)?;
+        let Some(a) = archives.users.get_mut(user) else {
+            return Ok(false);
+        };
+        let Some(pos) = a.ids.get(id).copied() else {
+            return Ok(false);
+        };
+        match a.messages.get_mut(&pos) {
+            Some(r) => {
+                r.stanza = stanza.to_string();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
         let mut archives = lock(&self.archives)?;
         let Some(archive) = archives.users.get_mut(user) else {
@@ -484,6 +503,36 @@ impl PushStore for MemoryStore {
     async fn remove_user(&self, user: &BareJid) -> Result<()> {
         lock(&self.push)?.remove(user);
         Ok(())
+    }
+}
+
+/// The service domain of a room JID (`room@service`).
+fn room_key(jid: &BareJid) -> (String, String) {
+    (jid.domain().as_str().to_string(), jid.to_string())
+}
+
+#[async_trait]
+impl RoomStore for MemoryStore {
+    async fn put_room(&self, room: &StoredRoom) -> Result<()> {
+        lock(&self.rooms)?.insert(room_key(&room.jid), room.clone());
+        Ok(())
+    }
+
+    async fn room(&self, jid: &BareJid) -> Result<Option<StoredRoom>> {
+        Ok(lock(&self.rooms)?.get(&room_key(jid)).cloned())
+    }
+
+    async fn remove_room(&self, jid: &BareJid) -> Result<bool> {
+        Ok(lock(&self.rooms)?.remove(&room_key(jid)).is_some())
+    }
+
+    async fn rooms(&self, service: &DomainRef, limit: usize) -> Result<Vec<StoredRoom>> {
+        Ok(lock(&self.rooms)?
+            .range((service.to_string(), String::new())..)
+            .take_while(|((s, _), _)| s == service.as_str())
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{BareJid, Jid};
+use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
@@ -397,6 +397,10 @@ pub trait ArchiveStore: Send + Sync {
     async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage>;
     /// Number of messages in the archive.
     async fn count(&self, user: &BareJid) -> Result<u64>;
+    /// Replaces the stanza stored under `id` (a retraction's tombstone, XEP-0424/0425),
+    /// keeping its UID, position and `with`. `Ok(false)`: no such message. Durable before
+    /// returning.
+    async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool>;
     /// Removes up to `limit` of the oldest messages stored before `micros` (retention);
     /// returns how many went. Oldest first, so the archive never gets holes.
     async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize>;
@@ -466,6 +470,98 @@ pub trait PushStore: Send + Sync {
     }
 }
 
+/// A room member's standing (XEP-0045 §5.2), kept by bare JID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+pub enum RoomAffiliation {
+    Outcast,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl RoomAffiliation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomAffiliation::Owner => "owner",
+            RoomAffiliation::Admin => "admin",
+            RoomAffiliation::Member => "member",
+            RoomAffiliation::Outcast => "outcast",
+        }
+    }
+}
+
+/// Who may send private messages through occupant JIDs (`muc#roomconfig_allowpm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RoomPmPolicy {
+    #[default]
+    Anyone,
+    Participants,
+    Moderators,
+    Nobody,
+}
+
+/// A room's configuration (XEP-0045 §10.2, the `muc#roomconfig` form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomConfig {
+    pub name: String,
+    pub description: String,
+    pub persistent: bool,
+    pub public: bool,
+    pub members_only: bool,
+    pub moderated: bool,
+    /// The room secret; `None`: no password.
+    pub password: Option<String>,
+    pub max_users: u32,
+    /// Real JIDs are shown to everyone (non-anonymous), else to moderators only.
+    pub whois_anyone: bool,
+    pub allow_pm: RoomPmPolicy,
+    /// Participants may change the subject, not only moderators.
+    pub change_subject: bool,
+    /// Members may invite others to a members-only room, not only admins.
+    pub allow_invites: bool,
+    pub history_length: u32,
+}
+
+/// One affiliation on a room's lists, with the nickname registered with it (§7.10).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomAffiliationEntry {
+    /// Bare JID (or a domain, for whole servers).
+    pub jid: BareJid,
+    pub affiliation: RoomAffiliation,
+    pub nick: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What a persistent room keeps across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRoom {
+    /// The room's bare JID (`room@service`).
+    pub jid: BareJid,
+    pub config: RoomConfig,
+    /// Sorted by JID.
+    pub affiliations: Vec<RoomAffiliationEntry>,
+    /// The subject and the nickname that set it.
+    pub subject: Option<(String, String)>,
+    /// The room's key for XEP-0421 occupant ids: stable across restarts, unguessable.
+    pub occupant_id_key: Vec<u8>,
+}
+
+/// Persistent chat rooms (XEP-0045), keyed by room bare JID (`node@service`).
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Inserts or replaces the room; durable before returning.
+    async fn put_room(&self, room: &StoredRoom) -> Result<()>;
+    async fn room(&self, jid: &BareJid) -> Result<Option<StoredRoom>>;
+    /// `Ok(false)` if there was no such room.
+    async fn remove_room(&self, jid: &BareJid) -> Result<bool>;
+    /// The rooms of one service domain, ordered by JID, at most `limit`.
+    async fn rooms(&self, service: &DomainRef, limit: usize) -> Result<Vec<StoredRoom>>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// The set of stores a server runs with.
 #[derive(Clone)]
 pub struct Storage {
@@ -475,6 +571,7 @@ pub struct Storage {
     pub archive: Arc<dyn ArchiveStore>,
     pub blocklist: Arc<dyn BlockListStore>,
     pub push: Arc<dyn PushStore>,
+    pub rooms: Arc<dyn RoomStore>,
 }
 
 impl Storage {
@@ -515,6 +612,7 @@ impl Storage {
             + ArchiveStore
             + BlockListStore
             + PushStore
+            + RoomStore
             + 'static,
     {
         Storage {
@@ -523,7 +621,8 @@ impl Storage {
             offline: backend.clone(),
             archive: backend.clone(),
             blocklist: backend.clone(),
-            push: backend,
+            push: backend.clone(),
+            rooms: backend,
         }
     }
 
@@ -535,7 +634,8 @@ impl Storage {
         self.offline.flush().await?;
         self.archive.flush().await?;
         self.blocklist.flush().await?;
-        self.push.flush().await
+        self.push.flush().await?;
+        self.rooms.flush().await
     }
 
     /// Removes an account and everything stored for it.

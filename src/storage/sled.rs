@@ -16,6 +16,7 @@
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
+//! | `muc_rooms`    | `<service>\0<room jid>`           | fmt byte + `StoredRoom`        |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -48,9 +49,9 @@ use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
     OfflineStoreOutcome, PendingSubscription, PresenceContacts, PushRegistration, PushStore,
-    Result, Roster, RosterItem, RosterStore, StorageError,
+    Result, RoomStore, Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
-use crate::addr::{BareJid, Jid};
+use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
@@ -93,6 +94,7 @@ pub struct SledStore {
     /// Users whose block list is not empty.
     blocking: UsersWithEntries,
     push: Tree,
+    muc_rooms: Tree,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Presence contacts per user with the roster version they were read at: presence
@@ -443,6 +445,7 @@ impl SledStore {
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
             push: tree("push")?,
+            muc_rooms: tree("muc_rooms")?,
             archive: trees.archive,
             archive_ids: trees.ids,
             id_cipher,
@@ -996,6 +999,32 @@ impl ArchiveStore for SledStore {
             Some(v) => decode_archived(&key, &v).map(Some),
             None => Ok(None),
         }
+    }
+
+    async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool> {
+        let Some(pos) = self.position(user, id).await? else {
+            return Ok(false);
+        };
+        let key = pos_key(&user_prefix(user)?, pos);
+        let Some(raw) = self.archive.get(&key).map_err(backend)? else {
+            return Ok(false);
+        };
+        let old = decode_archived(&key, &raw)?;
+        let value = encode(&ArchiveRecordRef {
+            id: &old.id,
+            with: &old.with,
+            stanza,
+        })?;
+        // Only if the record is still the one read: a concurrent prune or removal wins.
+        let swapped = self
+            .archive
+            .compare_and_swap(&key, Some(&raw[..]), Some(value))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush_db().await?;
+        Ok(true)
     }
 
     async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage> {
@@ -1577,6 +1606,56 @@ impl PushStore for SledStore {
             batch.remove(k);
         }
         self.push.apply_batch(batch).map_err(backend)
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
+/// `<service>\0<room jid>`: a service's rooms are one prefix.
+fn room_key(jid: &BareJid) -> Result<Vec<u8>> {
+    pair_key(&BareJid::from(jid.domain()), jid.as_str())
+}
+
+#[async_trait]
+impl RoomStore for SledStore {
+    async fn put_room(&self, room: &StoredRoom) -> Result<()> {
+        self.muc_rooms
+            .insert(room_key(&room.jid)?, encode(room)?)
+            .map_err(backend)?;
+        // Rare and small; a room configuration lost in a crash would reopen it to anyone.
+        self.flush_db().await
+    }
+
+    async fn room(&self, jid: &BareJid) -> Result<Option<StoredRoom>> {
+        match self.muc_rooms.get(room_key(jid)?).map_err(backend)? {
+            Some(v) => Ok(Some(decode("room", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn remove_room(&self, jid: &BareJid) -> Result<bool> {
+        let removed = self
+            .muc_rooms
+            .remove(room_key(jid)?)
+            .map_err(backend)?
+            .is_some();
+        if removed {
+            self.flush_db().await?;
+        }
+        Ok(removed)
+    }
+
+    async fn rooms(&self, service: &DomainRef, limit: usize) -> Result<Vec<StoredRoom>> {
+        self.muc_rooms
+            .scan_prefix(user_prefix(&BareJid::from(service))?)
+            .take(limit)
+            .map(|r| {
+                let (_, v) = r.map_err(backend)?;
+                decode("room", &v)
+            })
+            .collect()
     }
 
     async fn flush(&self) -> Result<()> {
