@@ -26,6 +26,8 @@ use super::{
 };
 use crate::sasl::credentials::StoredCredentials;
 
+mod pubsub;
+
 #[derive(Default)]
 struct UserRoster {
     version: u64,
@@ -75,6 +77,8 @@ pub struct MemoryStore {
     archives: Mutex<Archives>,
     blocklists: Mutex<HashMap<String, BTreeSet<String>>>,
     push: Mutex<HashMap<String, UserPush>>,
+    pubsub: Mutex<pubsub::MemoryPubsub>,
+    profiles: Mutex<pubsub::MemoryProfiles>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of

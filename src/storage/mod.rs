@@ -10,7 +10,10 @@ use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
 pub mod memory;
+pub mod pubsub;
 pub mod sled;
+
+pub use pubsub::{CreateOutcome, NodeRecord, ProfileStore, PubsubStore, StoredItem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -451,6 +454,8 @@ pub struct Storage {
     pub archive: Arc<dyn ArchiveStore>,
     pub blocklist: Arc<dyn BlockListStore>,
     pub push: Arc<dyn PushStore>,
+    pub pubsub: Arc<dyn PubsubStore>,
+    pub profiles: Arc<dyn ProfileStore>,
 }
 
 impl Storage {
@@ -491,6 +496,8 @@ impl Storage {
             + ArchiveStore
             + BlockListStore
             + PushStore
+            + PubsubStore
+            + ProfileStore
             + 'static,
     {
         Storage {
@@ -499,7 +506,9 @@ impl Storage {
             offline: backend.clone(),
             archive: backend.clone(),
             blocklist: backend.clone(),
-            push: backend,
+            push: backend.clone(),
+            pubsub: backend.clone(),
+            profiles: backend,
         }
     }
 
@@ -511,7 +520,9 @@ impl Storage {
         self.offline.flush().await?;
         self.archive.flush().await?;
         self.blocklist.flush().await?;
-        self.push.flush().await
+        self.push.flush().await?;
+        self.pubsub.flush().await?;
+        self.profiles.flush().await
     }
 
     /// Removes an account and everything stored for it.
@@ -522,6 +533,9 @@ impl Storage {
         self.archive.remove_user(jid).await?;
         self.blocklist.remove_user(jid).await?;
         self.push.remove_user(jid).await?;
+        // The account's PEP service is keyed by its bare JID.
+        self.pubsub.remove_service(jid).await?;
+        self.profiles.remove_user(jid).await?;
         Ok(existed)
     }
 }

@@ -16,6 +16,7 @@
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
+//! | `pubsub_*`, `vcards`, `private_xml` | see `sled/pubsub.rs` |                     |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -51,6 +52,8 @@ use super::{
     Result, Roster, RosterItem, RosterStore, StorageError,
 };
 use crate::sasl::credentials::StoredCredentials;
+
+mod pubsub;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
 /// fails rather than risk misreading or damaging it.
@@ -92,6 +95,8 @@ pub struct SledStore {
     /// Users whose block list is not empty.
     blocking: UsersWithEntries,
     push: Tree,
+    /// Pubsub nodes and items, vCards, private XML.
+    pubsub: pubsub::SledPubsub,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Presence contacts per user with the roster version they were read at: presence
@@ -441,6 +446,7 @@ impl SledStore {
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
             push: tree("push")?,
+            pubsub: pubsub::SledPubsub::open(&db)?,
             archive: trees.archive,
             archive_ids: trees.ids,
             id_cipher,
