@@ -34,6 +34,47 @@ pub struct Config {
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
     pub server: ServerConfig,
+    pub pep: PepConfig,
+}
+
+/// Personal eventing (XEP-0163 PEP on every account), profiles (vCard) and private
+/// XML storage: what each account may keep on the server.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// PEP nodes one account may have (OMEMO uses one per device, plus the device list).
+    /// A publish that would create one more is refused (`not-allowed`,
+    /// `max-nodes-exceeded`).
+    pub max_nodes_per_account: usize,
+    /// Items a node keeps at most; a node's `pubsub#max_items` (also `max`) is capped to
+    /// it, and the oldest items go first.
+    pub max_items_per_node: usize,
+    /// Bytes of one item's payload, serialized; larger ones are refused
+    /// (`not-acceptable`, `payload-too-big`). Avatars (XEP-0084 data) are the largest.
+    pub max_item_bytes: usize,
+    /// Bytes of one vCard (XEP-0054), serialized, photo included.
+    pub max_vcard_bytes: usize,
+    /// Bytes of one private XML element (XEP-0049).
+    pub max_private_bytes: usize,
+    /// Private XML elements (distinct name and namespace) one account may store.
+    pub max_private_entries: usize,
+    /// Entity capabilities (XEP-0115) remembered, by verification string: the features
+    /// that decide who gets which PEP notifications. Oldest forgotten first.
+    pub caps_cache_entries: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            max_nodes_per_account: 200,
+            max_items_per_node: 256,
+            max_item_bytes: 131_072,
+            max_vcard_bytes: 131_072,
+            max_private_bytes: 65_536,
+            max_private_entries: 64,
+            caps_cache_entries: 10_000,
+        }
+    }
 }
 
 /// The server process itself.
@@ -331,6 +372,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
             server: ServerConfig::default(),
+            pep: PepConfig::default(),
         }
     }
 }

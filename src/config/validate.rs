@@ -281,6 +281,20 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    for (key, value) in [
+        ("pep.max_nodes_per_account", cfg.pep.max_nodes_per_account),
+        ("pep.max_items_per_node", cfg.pep.max_items_per_node),
+        ("pep.max_item_bytes", cfg.pep.max_item_bytes),
+        ("pep.max_vcard_bytes", cfg.pep.max_vcard_bytes),
+        ("pep.max_private_bytes", cfg.pep.max_private_bytes),
+        ("pep.max_private_entries", cfg.pep.max_private_entries),
+        ("pep.caps_cache_entries", cfg.pep.caps_cache_entries),
+    ] {
+        if value == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+
     let shutdown = cfg.server.shutdown_timeout_secs;
     if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {
         errs.push(ConfigError::invalid(

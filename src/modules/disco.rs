@@ -72,6 +72,9 @@ impl IqHandler for Disco {
             }
             IqTarget::Account(_) => {
                 out.push_child(identity("account", "registered", None));
+                for i in ctx.registry.account_identities() {
+                    out.push_child(identity(i.category, i.kind, i.name.as_deref()));
+                }
                 ctx.registry.account_features()
             }
         };

@@ -11,9 +11,12 @@ pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod private;
+pub mod pubsub;
 pub mod push;
 pub mod roster;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use std::sync::Arc;
@@ -41,6 +44,9 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(blocking::Blocking),
         Box::new(push::Push::default()),
         Box::new(csi::Csi),
+        Box::new(pubsub::pep::Pep),
+        Box::new(vcard::Vcard),
+        Box::new(private::Private),
     ]
 }
 

@@ -79,6 +79,19 @@ pub enum Flow {
     Stop,
 }
 
+/// Told after a local account's roster item was saved (a roster set, or a subscription
+/// state change), with the item as it was before, if any.
+#[async_trait]
+pub trait RosterObserver: Send + Sync {
+    async fn roster_changed(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        before: Option<&crate::storage::RosterItem>,
+        after: &crate::storage::RosterItem,
+    );
+}
+
 /// Sees a local client's message before it is routed (`from` stamped, `to` set).
 /// `notes` carries what one hook tells a later one about this message (e.g. the archive
 /// position for carbons).
@@ -320,6 +333,16 @@ impl Registrar<'_> {
         self.reg.server_identities.push(identity);
     }
 
+    /// An identity of every account's disco#info, besides `account/registered`.
+    pub fn account_identity(&mut self, identity: Identity) {
+        self.reg.account_identities.push(identity);
+    }
+
+    /// Told of every saved roster item change of a local account.
+    pub fn roster_observer(&mut self, observer: Arc<dyn RosterObserver>) {
+        self.reg.roster_observers.push(observer);
+    }
+
     /// A JID listed in the server's disco#items (its services).
     pub fn server_item(&mut self, jid: String) {
         self.reg.server_items.push(jid);
@@ -434,6 +457,8 @@ pub struct Registry {
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
     server_identities: Vec<Identity>,
+    account_identities: Vec<Identity>,
+    roster_observers: Vec<Arc<dyn RosterObserver>>,
     server_items: Vec<String>,
     tasks: std::sync::Mutex<Vec<Task>>,
     flags: FlagTable,
@@ -494,6 +519,28 @@ impl Registry {
 
     pub fn server_identities(&self) -> &[Identity] {
         &self.server_identities
+    }
+
+    pub fn account_identities(&self) -> &[Identity] {
+        &self.account_identities
+    }
+
+    /// Whether any module observes roster changes (else the item before a change need
+    /// not be read).
+    pub fn has_roster_observers(&self) -> bool {
+        !self.roster_observers.is_empty()
+    }
+
+    pub async fn roster_changed(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        before: Option<&crate::storage::RosterItem>,
+        after: &crate::storage::RosterItem,
+    ) {
+        for o in &self.roster_observers {
+            o.roster_changed(ctx, user, before, after).await;
+        }
     }
 
     pub fn server_items(&self) -> &[String] {

@@ -1,0 +1,275 @@
+//! XEP-0054 vcard-temp (one vCard per account, readable by anyone, size-limited) and the
+//! XEP-0398 conversion of its photo to and from XEP-0084 avatars in PEP.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use sha1::{Digest, Sha1};
+use tracing::{debug, warn};
+
+use super::pubsub::pep;
+use super::{IqHandler, IqTarget, internal, requester_bare};
+use crate::context::Context;
+use crate::registry::{Module, Registrar};
+use crate::stream::StanzaError;
+use crate::xml::Element;
+
+pub const NS: &str = "vcard-temp";
+/// XEP-0398: the server converts avatars between PEP and the vCard.
+pub const CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
+pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+
+pub struct Vcard;
+
+impl Module for Vcard {
+    fn name(&self) -> &'static str {
+        "vcard"
+    }
+    fn register(self: Box<Self>, r: &mut Registrar<'_>) {
+        r.iq(Arc::new(VcardIq));
+        r.server_feature(CONVERSION);
+    }
+}
+
+struct VcardIq;
+
+fn empty_vcard() -> Element {
+    Element::new("vCard", NS)
+}
+
+async fn stored(ctx: &Arc<Context>, user: &str) -> Result<Option<Element>, StanzaError> {
+    let xml = ctx.storage.profiles.vcard(user).await.map_err(internal)?;
+    Ok(xml.and_then(|x| match crate::xml::parse_stanza(&x) {
+        Ok(el) => Some(el),
+        Err(e) => {
+            warn!(error = %e, "stored vCard unreadable");
+            None
+        }
+    }))
+}
+
+async fn store(ctx: &Arc<Context>, user: &str, vcard: &Element) -> Result<(), StanzaError> {
+    let xml = vcard.to_stanza_string();
+    if xml.len() > ctx.config.pep.max_vcard_bytes {
+        return Err(
+            StanzaError::new(crate::stream::ErrorType::Modify, "not-acceptable")
+                .with_text("the vCard is too large"),
+        );
+    }
+    ctx.storage
+        .profiles
+        .set_vcard(user, Some(&xml))
+        .await
+        .map_err(internal)
+}
+
+/// The photo of a vCard: (MIME type, image bytes).
+fn photo(vcard: &Element) -> Option<(String, Vec<u8>)> {
+    let photo = vcard.child("PHOTO", NS)?;
+    let b64: String = photo
+        .child_text("BINVAL", NS)?
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()?;
+    let kind = photo
+        .child_text("TYPE", NS)
+        .unwrap_or_else(|| "image/png".into());
+    (!bytes.is_empty()).then_some((kind.trim().to_string(), bytes))
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[async_trait]
+impl IqHandler for VcardIq {
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        target: &IqTarget,
+        iq: &Element,
+    ) -> Result<Option<Element>, StanzaError> {
+        let IqTarget::Account(user) = target else {
+            // The server has no vCard of its own.
+            return Err(StanzaError::item_not_found());
+        };
+        let payload = iq.first_element().ok_or_else(StanzaError::bad_request)?;
+        if payload.name != "vCard" {
+            return Err(StanzaError::bad_request());
+        }
+        let own = requester_bare(iq) == Some(user.as_str());
+        match iq.attr("type") {
+            Some("get") => match stored(ctx, user).await? {
+                Some(v) => Ok(Some(v)),
+                None if own => Ok(Some(empty_vcard())),
+                None => Err(StanzaError::item_not_found()),
+            },
+            Some("set") if own => {
+                store(ctx, user, payload).await?;
+                vcard_set(ctx, user, payload).await;
+                Ok(None)
+            }
+            Some("set") => Err(StanzaError::forbidden()),
+            _ => Err(StanzaError::bad_request()),
+        }
+    }
+}
+
+/// XEP-0398 §4: a vCard photo set by a client becomes the PEP avatar (data, then
+/// metadata); a vCard without one disables a PEP avatar that was converted before.
+async fn vcard_set(ctx: &Arc<Context>, user: &str, vcard: &Element) {
+    match photo(vcard) {
+        Some((kind, bytes)) => {
+            let id = sha1_hex(&bytes);
+            let current = pep::last_item(ctx, user, AVATAR_METADATA, None).await;
+            let same = current.ok().flatten().is_some_and(|m| {
+                m.child("info", AVATAR_METADATA)
+                    .is_some_and(|i| i.attr("id") == Some(id.as_str()))
+            });
+            if same {
+                return;
+            }
+            let data = Element::new("data", AVATAR_DATA)
+                .with_text(base64::engine::general_purpose::STANDARD.encode(&bytes));
+            if let Err(e) = pep::publish(ctx, user, AVATAR_DATA, Some(&id), data, None).await {
+                debug!(
+                    user,
+                    condition = e.condition,
+                    "vCard photo not converted to PEP"
+                );
+                return;
+            }
+            let metadata = Element::new("metadata", AVATAR_METADATA).with_child(
+                Element::new("info", AVATAR_METADATA)
+                    .with_attr("id", id.clone())
+                    .with_attr("bytes", bytes.len().to_string())
+                    .with_attr("type", kind),
+            );
+            if let Err(e) =
+                pep::publish(ctx, user, AVATAR_METADATA, Some(&id), metadata, None).await
+            {
+                debug!(
+                    user,
+                    condition = e.condition,
+                    "vCard photo metadata not published"
+                );
+            }
+        }
+        None => {
+            let current = pep::last_item(ctx, user, AVATAR_METADATA, None).await;
+            let had = current
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.child("info", AVATAR_METADATA).is_some());
+            if had {
+                let empty = Element::new("metadata", AVATAR_METADATA);
+                if let Err(e) =
+                    pep::publish(ctx, user, AVATAR_METADATA, Some("current"), empty, None).await
+                {
+                    debug!(
+                        user,
+                        condition = e.condition,
+                        "avatar removal not published"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// XEP-0398 §3: an avatar published by a client in PEP becomes the vCard photo (the
+/// metadata names the data item; an empty metadata removes the photo).
+pub async fn pep_published(
+    ctx: &Arc<Context>,
+    user: &str,
+    node: &str,
+    _id: &str,
+    payload: &Element,
+) {
+    if node != AVATAR_METADATA {
+        return;
+    }
+    let mut vcard = match stored(ctx, user).await {
+        Ok(v) => v.unwrap_or_else(empty_vcard),
+        Err(_) => return,
+    };
+    // The image this server can hold: the info without a url (XEP-0084 §4.2.1).
+    let info = payload
+        .elements()
+        .filter(|i| i.is("info", AVATAR_METADATA))
+        .find(|i| i.attr("url").is_none());
+    vcard.remove_children("PHOTO", NS);
+    if let Some(info) = info {
+        let (Some(id), kind) = (info.attr("id"), info.attr("type").unwrap_or("image/png")) else {
+            return;
+        };
+        let Ok(Some(data)) = pep::last_item(ctx, user, AVATAR_DATA, Some(id)).await else {
+            debug!(
+                user,
+                id, "avatar metadata names no stored data; vCard left as is"
+            );
+            return;
+        };
+        let b64: String = data
+            .text()
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        vcard.push_child(
+            Element::new("PHOTO", NS)
+                .with_child(Element::new("TYPE", NS).with_text(kind))
+                .with_child(Element::new("BINVAL", NS).with_text(b64)),
+        );
+    }
+    if let Err(e) = store(ctx, user, &vcard).await {
+        debug!(
+            user,
+            condition = e.condition,
+            "PEP avatar not converted to the vCard"
+        );
+    }
+}
+
+/// The SHA-1 of the vCard photo (XEP-0153), `Some("")` for a vCard without one.
+pub async fn photo_hash(ctx: &Arc<Context>, user: &str) -> Option<String> {
+    let vcard = stored(ctx, user).await.ok()??;
+    Some(photo(&vcard).map(|(_, b)| sha1_hex(&b)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn photo_is_read_from_the_vcard() {
+        let v = crate::xml::parse_stanza(
+            "<vCard xmlns='vcard-temp'><PHOTO><TYPE>image/gif</TYPE><BINVAL>aGVs\n bG8=</BINVAL></PHOTO></vCard>",
+        )
+        .unwrap();
+        let (kind, bytes) = photo(&v).unwrap();
+        assert_eq!(kind, "image/gif");
+        assert_eq!(bytes, b"hello");
+        assert_eq!(
+            sha1_hex(b"hello"),
+            "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"
+        );
+        assert!(photo(&empty_vcard()).is_none());
+    }
+}
