@@ -840,7 +840,9 @@ async fn handle_owner(
             let node = bounded_name(action.attr("node"))?;
             let state = load_existing(ctx, owner, node).await?;
             store.purge(owner, node).await.map_err(internal)?;
-            if state.cfg.notify_retract {
+            // No option governs purge notifications (XEP-0060 §8.5.3); subscribers
+            // must learn their copies are stale.
+            if state.cfg.deliver_notifications {
                 let event = Element::new("purge", NS_EVENT).with_attr("node", node);
                 notify(ctx, owner, node, &state, event).await;
             }
