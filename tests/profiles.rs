@@ -332,3 +332,61 @@ async fn bookmarks_convert_between_xep_0402_and_xep_0048() {
     );
     server.stop().await;
 }
+
+fn photo_in(p: &Element) -> Option<String> {
+    p.child("x", "vcard-temp:x:update")
+        .and_then(|x| x.child("photo", "vcard-temp:x:update"))
+        .map(|ph| ph.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photo_hash_is_kept_right_in_presence() {
+    let (server, mut alice, mut bob) = start().await;
+    let storage = &server.ctx().storage;
+    for (user, contact) in [("alice", "bob"), ("bob", "alice")] {
+        let item = xmppd::storage::RosterItem {
+            jid: format!("{contact}@localhost"),
+            subscription: xmppd::storage::Subscription::Both,
+            ..Default::default()
+        };
+        storage
+            .roster
+            .put_item(&format!("{user}@localhost"), &item)
+            .await
+            .unwrap();
+    }
+    alice.available().await;
+    bob.available().await;
+    let from_alice =
+        |e: &Element| e.name == "presence" && e.attr("from") == Some("alice@localhost/a");
+    // No vCard yet: presence goes as the client sent it.
+    let p = bob.recv_until(from_alice).await;
+    assert_eq!(photo_in(&p), None);
+
+    // A vCard photo set: alice's presence goes out again with its hash.
+    let image = b"an image".to_vec();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&image);
+    let r = alice
+        .iq(&format!(
+            "<iq type='set'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>{b64}</BINVAL></PHOTO></vCard></iq>"
+        ))
+        .await;
+    assert_result(&r);
+    let p = bob.recv_until(from_alice).await;
+    assert_eq!(photo_in(&p), Some(sha1_hex(&image)));
+
+    // A client announcing a stale hash is corrected.
+    alice
+        .send("<presence><x xmlns='vcard-temp:x:update'><photo>0000</photo></x></presence>")
+        .await;
+    let p = bob.recv_until(from_alice).await;
+    assert_eq!(photo_in(&p), Some(sha1_hex(&image)));
+    // A vCard without a photo: the empty hash (no avatar).
+    let r = alice
+        .iq("<iq type='set'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>")
+        .await;
+    assert_result(&r);
+    let p = bob.recv_until(from_alice).await;
+    assert_eq!(photo_in(&p), Some(String::new()));
+    server.stop().await;
+}

@@ -201,6 +201,9 @@ async fn broadcast_available(
     };
     stanza.set_attr("from", st.full.clone());
     stanza.remove_attr("to");
+    ctx.registry
+        .presence_outbound_available(ctx, &st.bare, &mut stanza)
+        .await;
     let initial = !st.available;
     st.available = true;
     let snapshot = stanza.clone();
@@ -464,7 +467,12 @@ pub async fn inbound(ctx: &Arc<Context>, user: &str, stanza: Element) {
             }
         }
         // Available, unavailable and errors go to every available resource.
-        _ => deliver_to_available(ctx, user, &stanza),
+        _ => {
+            if kind != "error" {
+                ctx.registry.presence_inbound_seen(ctx, user, &stanza).await;
+            }
+            deliver_to_available(ctx, user, &stanza)
+        }
     }
 }
 

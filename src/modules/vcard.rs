@@ -1,7 +1,9 @@
-//! XEP-0054 vcard-temp (one vCard per account, readable by anyone, size-limited) and the
-//! XEP-0398 conversion of its photo to and from XEP-0084 avatars in PEP.
+//! XEP-0054 vcard-temp (one vCard per account, readable by anyone, size-limited), the
+//! XEP-0398 conversion of its photo to and from XEP-0084 avatars in PEP, and the XEP-0153
+//! photo hash that the server keeps right in its users' presence.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -11,7 +13,8 @@ use tracing::{debug, warn};
 use super::pubsub::pep;
 use super::{IqHandler, IqTarget, internal, requester_bare};
 use crate::context::Context;
-use crate::registry::{Module, Registrar};
+use crate::registry::{Module, PresenceObserver, Registrar};
+use crate::router::route;
 use crate::stream::StanzaError;
 use crate::xml::Element;
 
@@ -20,6 +23,8 @@ pub const NS: &str = "vcard-temp";
 pub const CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
 pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
 pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+/// XEP-0153: the photo hash in presence.
+pub const NS_UPDATE: &str = "vcard-temp:x:update";
 
 pub struct Vcard;
 
@@ -30,6 +35,106 @@ impl Module for Vcard {
     fn register(self: Box<Self>, r: &mut Registrar<'_>) {
         r.iq(Arc::new(VcardIq));
         r.server_feature(CONVERSION);
+        r.shared(Arc::new(PhotoHashes::default()));
+        r.presence_observer(Arc::new(VcardPresence));
+    }
+}
+
+/// Users' photo hashes (`None`: no vCard, so presence is left as the client sent it),
+/// so that stamping presence needs no vCard read. Bounded: emptied when full.
+#[derive(Default)]
+struct PhotoHashes(Mutex<HashMap<String, Option<String>>>);
+
+const HASHES_CACHED: usize = 100_000;
+
+impl PhotoHashes {
+    fn get(&self, user: &str) -> Option<Option<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(user)
+            .cloned()
+    }
+    fn set(&self, user: &str, hash: Option<String>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= HASHES_CACHED && !map.contains_key(user) {
+            map.clear();
+        }
+        map.insert(user.to_string(), hash);
+    }
+}
+
+/// The user's photo hash: `Some("")` for a vCard without a photo, `None` without a vCard.
+async fn photo_hash(ctx: &Arc<Context>, user: &str) -> Option<String> {
+    let cache = ctx.registry.state::<PhotoHashes>()?;
+    if let Some(known) = cache.get(user) {
+        return known;
+    }
+    let vcard = stored(ctx, user).await.ok()?;
+    let hash = vcard.map(|v| photo(&v).map(|(_, b)| sha1_hex(&b)).unwrap_or_default());
+    cache.set(user, hash.clone());
+    hash
+}
+
+/// Puts the hash into a presence, replacing what the client said (XEP-0398 §4).
+fn stamp(presence: &mut Element, hash: &str) {
+    presence.remove_children("x", NS_UPDATE);
+    let mut photo = Element::new("photo", NS_UPDATE);
+    if !hash.is_empty() {
+        photo = photo.with_text(hash);
+    }
+    presence.push_child(Element::new("x", NS_UPDATE).with_child(photo));
+}
+
+struct VcardPresence;
+
+#[async_trait]
+impl PresenceObserver for VcardPresence {
+    async fn outbound_available(&self, ctx: &Arc<Context>, user: &str, stanza: &mut Element) {
+        if let Some(hash) = photo_hash(ctx, user).await {
+            stamp(stanza, &hash);
+        }
+    }
+}
+
+/// The photo changed: each available resource's presence goes out again with the new
+/// hash, to the contacts entitled to it and to the user's own resources.
+async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
+    let resources: Vec<_> = ctx
+        .sessions
+        .resources(user)
+        .into_iter()
+        .filter(|s| s.available)
+        .collect();
+    if resources.is_empty() {
+        return;
+    }
+    let subscribers = match ctx.storage.roster.presence_contacts(user).await {
+        Ok(c) => c.subscribers.clone(),
+        Err(e) => {
+            warn!(error = %e, "roster lookup for the photo hash failed");
+            Vec::new()
+        }
+    };
+    let own: Vec<String> = resources
+        .iter()
+        .map(|s| format!("{user}/{}", s.resource))
+        .collect();
+    for s in resources {
+        let Some(mut presence) = s.presence else {
+            continue;
+        };
+        stamp(&mut presence, hash);
+        let snapshot = presence.clone();
+        ctx.sessions
+            .update(user, &s.resource, s.conn_id, move |info| {
+                info.presence = Some(snapshot)
+            });
+        for to in subscribers.iter().chain(own.iter()) {
+            let mut copy = presence.clone();
+            copy.set_attr("to", to.clone());
+            route(ctx, copy).await;
+        }
     }
 }
 
@@ -58,11 +163,21 @@ async fn store(ctx: &Arc<Context>, user: &str, vcard: &Element) -> Result<(), St
                 .with_text("the vCard is too large"),
         );
     }
+    // Read before the write: a cache miss would otherwise read the new vCard.
+    let before = photo_hash(ctx, user).await;
     ctx.storage
         .profiles
         .set_vcard(user, Some(&xml))
         .await
-        .map_err(internal)
+        .map_err(internal)?;
+    let hash = photo(vcard).map(|(_, b)| sha1_hex(&b)).unwrap_or_default();
+    if let Some(cache) = ctx.registry.state::<PhotoHashes>() {
+        cache.set(user, Some(hash.clone()));
+    }
+    if before.as_deref() != Some(hash.as_str()) {
+        rebroadcast(ctx, user, &hash).await;
+    }
+    Ok(())
 }
 
 /// The photo of a vCard: (MIME type, image bytes).
@@ -245,12 +360,6 @@ pub async fn pep_published(
             "PEP avatar not converted to the vCard"
         );
     }
-}
-
-/// The SHA-1 of the vCard photo (XEP-0153), `Some("")` for a vCard without one.
-pub async fn photo_hash(ctx: &Arc<Context>, user: &str) -> Option<String> {
-    let vcard = stored(ctx, user).await.ok()??;
-    Some(photo(&vcard).map(|(_, b)| sha1_hex(&b)).unwrap_or_default())
 }
 
 #[cfg(test)]

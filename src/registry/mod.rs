@@ -92,6 +92,16 @@ pub trait RosterObserver: Send + Sync {
     );
 }
 
+/// Sees presence as the presence module handles it: a local session's available
+/// presence before it is broadcast (and may amend it, e.g. XEP-0153's photo hash), and
+/// available or unavailable presence that arrived for a local account (e.g. a remote
+/// contact's capabilities).
+#[async_trait]
+pub trait PresenceObserver: Send + Sync {
+    async fn outbound_available(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &mut Element) {}
+    async fn inbound(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &Element) {}
+}
+
 /// Sees a local client's message before it is routed (`from` stamped, `to` set).
 /// `notes` carries what one hook tells a later one about this message (e.g. the archive
 /// position for carbons).
@@ -338,6 +348,10 @@ impl Registrar<'_> {
         self.reg.account_identities.push(identity);
     }
 
+    pub fn presence_observer(&mut self, observer: Arc<dyn PresenceObserver>) {
+        self.reg.presence_observers.push(observer);
+    }
+
     /// Told of every saved roster item change of a local account.
     pub fn roster_observer(&mut self, observer: Arc<dyn RosterObserver>) {
         self.reg.roster_observers.push(observer);
@@ -459,6 +473,7 @@ pub struct Registry {
     server_identities: Vec<Identity>,
     account_identities: Vec<Identity>,
     roster_observers: Vec<Arc<dyn RosterObserver>>,
+    presence_observers: Vec<Arc<dyn PresenceObserver>>,
     server_items: Vec<String>,
     tasks: std::sync::Mutex<Vec<Task>>,
     flags: FlagTable,
@@ -540,6 +555,26 @@ impl Registry {
     ) {
         for o in &self.roster_observers {
             o.roster_changed(ctx, user, before, after).await;
+        }
+    }
+
+    /// A local session of `user` broadcasts this available presence (observers may
+    /// amend it).
+    pub async fn presence_outbound_available(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        stanza: &mut Element,
+    ) {
+        for o in &self.presence_observers {
+            o.outbound_available(ctx, user, stanza).await;
+        }
+    }
+
+    /// Available or unavailable presence arrived for the local account `user`.
+    pub async fn presence_inbound_seen(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) {
+        for o in &self.presence_observers {
+            o.inbound(ctx, user, stanza).await;
         }
     }
 
