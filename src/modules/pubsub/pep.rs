@@ -4,14 +4,15 @@
 //! capabilities (XEP-0115) include `NODE+notify`, and the last item when such a resource
 //! comes online or when the owner approves their subscription.
 //!
-//! Only local contacts' resources are notified: remote contacts' capabilities would need
-//! their presence, which this module does not see yet.
+//! Local contacts' resources are found in the session table; remote contacts' resources
+//! are learnt from the presence they send to the owner (bounded).
 
 // Helpers return the error type of `IqHandler::handle`, which passes it on as is.
 #![allow(clippy::result_large_err)]
 
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use tracing::{debug, warn};
@@ -26,8 +27,8 @@ use super::{
 use crate::context::Context;
 use crate::modules::{internal, requester_bare};
 use crate::registry::{
-    IqHandler, IqTarget, Module, Registrar, ResponseHandler, RosterObserver, SessionCtx,
-    SessionEvent, SessionEvents,
+    IqHandler, IqTarget, Module, PresenceObserver, Registrar, ResponseHandler, RosterObserver,
+    SessionCtx, SessionEvent, SessionEvents,
 };
 use crate::router::route;
 use crate::storage::{CreateOutcome, NodeRecord, RosterItem, StoredItem};
@@ -75,6 +76,7 @@ impl Module for Pep {
     fn register(self: Box<Self>, r: &mut Registrar<'_>) {
         let caps = Arc::new(CapsCache::new(r.config().pep.caps_cache_entries));
         r.shared(caps);
+        r.shared(Arc::new(RemoteResources::default()));
         let me = Arc::new(PepModule);
         r.iq(me.clone());
         r.account_identity(crate::registry::Identity {
@@ -83,6 +85,7 @@ impl Module for Pep {
             name: None,
         });
         r.session_events(me.clone());
+        r.presence_observer(me.clone());
         r.roster_observer(me);
     }
 }
@@ -95,6 +98,75 @@ struct SeenCaps(Option<String>);
 
 fn caps_cache(ctx: &Context) -> Option<Arc<CapsCache>> {
     ctx.registry.state::<CapsCache>()
+}
+
+/// Remote contacts' available resources and their capabilities, per local account whose
+/// presence they send: where that account's notifications go beyond this server.
+#[derive(Default)]
+struct RemoteResources(Mutex<RemoteInner>);
+
+#[derive(Default)]
+struct RemoteInner {
+    /// owner → remote full JID → caps.
+    by_owner: HashMap<String, HashMap<String, Caps>>,
+    count: usize,
+}
+
+/// Remote resources remembered at most, over all accounts (stale ones, of streams that
+/// died without unavailable presence, only cost a notification nobody reads).
+const MAX_REMOTE_RESOURCES: usize = 100_000;
+
+impl RemoteResources {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RemoteInner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records (or with `None` forgets) a resource; `true` if its caps are new.
+    fn set(&self, owner: &str, full: &str, caps: Option<Caps>) -> bool {
+        let mut inner = self.lock();
+        let RemoteInner { by_owner, count } = &mut *inner;
+        match caps {
+            None => {
+                if let Some(map) = by_owner.get_mut(owner) {
+                    if map.remove(full).is_some() {
+                        *count -= 1;
+                    }
+                    if map.is_empty() {
+                        by_owner.remove(owner);
+                    }
+                }
+                false
+            }
+            Some(caps) => {
+                let map = by_owner.entry(owner.to_string()).or_default();
+                match map.get_mut(full) {
+                    Some(old) if *old == caps => false,
+                    Some(old) => {
+                        *old = caps;
+                        true
+                    }
+                    None if *count >= MAX_REMOTE_RESOURCES => false,
+                    None => {
+                        map.insert(full.to_string(), caps);
+                        *count += 1;
+                        true
+                    }
+                }
+            }
+        }
+    }
+
+    /// The known resources of the remote `bare` that send presence to `owner`.
+    fn resources(&self, owner: &str, bare: &str) -> Vec<(String, Caps)> {
+        let inner = self.lock();
+        let Some(map) = inner.by_owner.get(owner) else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(full, _)| crate::addr::bare_of(full) == bare)
+            .map(|(f, c)| (f.clone(), c.clone()))
+            .collect()
+    }
 }
 
 fn now_secs() -> u64 {
@@ -312,13 +384,11 @@ pub async fn retract(
     Ok(true)
 }
 
-/// The bare JIDs (the owner first) who may get the owner's notifications of a node,
-/// local accounts only.
+/// The bare JIDs (the owner first) who may get the owner's notifications of a node.
 async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
     let mut out = vec![owner.to_string()];
-    let local = |jid: &str| ctx.is_local_domain(crate::addr::domain_of(jid));
     for (jid, aff) in &node.affiliations {
-        if matches!(aff.as_str(), "member" | "publisher" | "owner") && jid != owner && local(jid) {
+        if matches!(aff.as_str(), "member" | "publisher" | "owner") && jid != owner {
             out.push(jid.clone());
         }
     }
@@ -326,14 +396,14 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
     match node.cfg.access_model {
         Whitelist => {}
         Open | Presence => match ctx.storage.roster.presence_contacts(owner).await {
-            Ok(c) => out.extend(c.subscribers.iter().filter(|j| local(j)).cloned()),
+            Ok(c) => out.extend(c.subscribers.iter().cloned()),
             Err(e) => warn!(error = %e, "roster lookup for PEP notifications failed"),
         },
         Roster => match ctx.storage.roster.roster(owner).await {
             Ok(r) => out.extend(
                 r.items
                     .iter()
-                    .filter(|i| i.subscription.has_from() && local(&i.jid))
+                    .filter(|i| i.subscription.has_from())
                     .filter(|i| {
                         i.groups
                             .iter()
@@ -374,8 +444,22 @@ async fn notify(ctx: &Arc<Context>, owner: &str, node: &str, state: &Node, event
     let Some(caps) = caps_cache(ctx) else {
         return;
     };
+    let remote = ctx.registry.state::<RemoteResources>();
+    let want = format!("{node}+notify");
     for bare in entitled(ctx, owner, state).await {
-        for full in interested_resources(ctx, &caps, &bare, node) {
+        let targets = if ctx.is_local_domain(crate::addr::domain_of(&bare)) {
+            interested_resources(ctx, &caps, &bare, node)
+        } else {
+            remote
+                .as_ref()
+                .map(|r| r.resources(owner, &bare))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(full, c)| caps.features(c, full).is_some_and(|f| f.contains(&want)))
+                .map(|(full, _)| full)
+                .collect()
+        };
+        for full in targets {
             route(ctx, event_message(owner, &full, event.clone())).await;
         }
     }
@@ -471,20 +555,18 @@ fn resource_of(full: &str) -> &str {
 struct CapsQuery {
     caps: Caps,
     full: String,
+    /// For a remote contact's resource: the local account whose presence it gets.
+    owner: Option<String>,
 }
 
-async fn query_caps(
-    ctx: &Arc<Context>,
-    bare: &str,
-    full: &str,
-    caps: Caps,
-    handler: Arc<PepModule>,
-) {
+/// Asks `full` for its features, from the account `from` (its own, or for a remote
+/// contact the local account it sends presence to).
+async fn query_caps(ctx: &Arc<Context>, from: &str, full: &str, caps: Caps, owner: Option<String>) {
     let id = format!("caps-{}", crate::stream::random_id());
     let iq = Element::new("iq", ns::CLIENT)
         .with_attr("type", "get")
         .with_attr("id", id.clone())
-        .with_attr("from", bare)
+        .with_attr("from", from)
         .with_attr("to", full)
         .with_child(
             Element::new("query", ns::DISCO_INFO)
@@ -493,10 +575,11 @@ async fn query_caps(
     ctx.registry.expect_response(
         id,
         full.to_string(),
-        handler,
+        Arc::new(PepModule),
         Box::new(CapsQuery {
             caps,
             full: full.to_string(),
+            owner,
         }),
     );
     route(ctx, iq).await;
@@ -517,7 +600,10 @@ impl ResponseHandler for PepModule {
         };
         let features = cache.insert(&q.caps, &q.full, query);
         let bare = crate::addr::bare_of(&q.full).to_string();
-        resource_ready(ctx, &bare, &q.full, &features).await;
+        match &q.owner {
+            Some(owner) => send_last_items(ctx, owner, &q.full, &bare, &features, true).await,
+            None => resource_ready(ctx, &bare, &q.full, &features).await,
+        }
     }
 }
 
@@ -555,7 +641,39 @@ impl SessionEvents for PepModule {
         let (bare, full) = (session.bare.to_string(), session.full.to_string());
         match cache.features(&caps, &full) {
             Some(features) => resource_ready(ctx, &bare, &full, &features).await,
-            None => query_caps(ctx, &bare, &full, caps, Arc::new(PepModule)).await,
+            None => query_caps(ctx, &bare, &full, caps, None).await,
+        }
+    }
+}
+
+#[async_trait]
+impl PresenceObserver for PepModule {
+    /// A remote contact's resource announced itself to `user` (or left): remembered for
+    /// `user`'s notifications, and given `user`'s last items (XEP-0163 §4.3.2).
+    async fn inbound(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) {
+        let Some(from) = stanza.attr("from") else {
+            return;
+        };
+        if !from.contains('/') || ctx.is_local_domain(crate::addr::domain_of(from)) {
+            return;
+        }
+        let (Some(remote), Some(cache)) =
+            (ctx.registry.state::<RemoteResources>(), caps_cache(ctx))
+        else {
+            return;
+        };
+        let caps = match stanza.attr("type") {
+            Some("unavailable") => None,
+            _ => Caps::of_presence(stanza),
+        };
+        if !remote.set(user, from, caps.clone()) {
+            return;
+        }
+        let Some(caps) = caps else { return };
+        let bare = crate::addr::bare_of(from);
+        match cache.features(&caps, from) {
+            Some(features) => send_last_items(ctx, user, from, bare, &features, true).await,
+            None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
         }
     }
 }
@@ -573,20 +691,32 @@ impl RosterObserver for PepModule {
     ) {
         let gained =
             after.subscription.has_from() && !before.is_some_and(|b| b.subscription.has_from());
-        if !gained || !ctx.is_local_domain(crate::addr::domain_of(&after.jid)) {
+        if !gained {
             return;
         }
         let Some(cache) = caps_cache(ctx) else { return };
         let contact = after.jid.as_str();
-        let ready: Vec<(String, Features)> = ctx.sessions.select(contact, |s| {
-            if !s.available {
-                return None;
-            }
-            let full = format!("{contact}/{}", s.resource);
-            let c = Caps::of_presence(s.presence.as_ref()?)?;
-            let features = cache.features(&c, &full)?;
-            Some((full, features))
-        });
+        let ready: Vec<(String, Features)> = if ctx.is_local_domain(crate::addr::domain_of(contact))
+        {
+            ctx.sessions.select(contact, |s| {
+                if !s.available {
+                    return None;
+                }
+                let full = format!("{contact}/{}", s.resource);
+                let c = Caps::of_presence(s.presence.as_ref()?)?;
+                let features = cache.features(&c, &full)?;
+                Some((full, features))
+            })
+        } else {
+            // Known only if the contact sends the user its presence.
+            ctx.registry
+                .state::<RemoteResources>()
+                .map(|r| r.resources(user, contact))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(full, c)| Some((full.clone(), cache.features(&c, &full)?)))
+                .collect()
+        };
         for (full, features) in ready {
             send_last_items(ctx, user, &full, contact, &features, false).await;
         }
