@@ -676,6 +676,7 @@ fn node_rec(access: &str) -> NodeRecord {
     NodeRecord {
         config: vec![("pubsub#access_model".into(), access.into())],
         affiliations: vec![("u@x".into(), "owner".into())],
+        subscriptions: vec![("s@y/r".into(), "subscribed".into())],
     }
 }
 

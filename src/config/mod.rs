@@ -35,6 +35,7 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub server: ServerConfig,
     pub pep: PepConfig,
+    pub pubsub: PubsubConfig,
 }
 
 /// Personal eventing (XEP-0163 PEP on every account), profiles (vCard) and private
@@ -73,6 +74,45 @@ impl Default for PepConfig {
             max_private_bytes: 65_536,
             max_private_entries: 64,
             caps_cache_entries: 10_000,
+        }
+    }
+}
+
+/// Who may create nodes on the generic pubsub service.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeCreation {
+    /// Only the JIDs in `pubsub.admins`.
+    Admins,
+    /// Any account of this server.
+    Local,
+}
+
+/// The generic XEP-0060 publish-subscribe service on `pubsub.<vhost>`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubConfig {
+    /// Run the service, as `pubsub.<domain>` for every vhost (listed in the vhost's disco
+    /// items). Remote users reach it only if DNS points that name at this server.
+    pub enabled: bool,
+    /// `admins` (only the JIDs in `admins`) or `local` (any account of this server).
+    pub node_creation: NodeCreation,
+    /// Bare JIDs allowed to create nodes (with `node_creation = "admins"`).
+    pub admins: Vec<String>,
+    /// Nodes one service holds at most.
+    pub max_nodes: usize,
+    /// Subscriptions one node holds at most.
+    pub max_subscriptions_per_node: usize,
+}
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        PubsubConfig {
+            enabled: true,
+            node_creation: NodeCreation::Admins,
+            admins: Vec::new(),
+            max_nodes: 1000,
+            max_subscriptions_per_node: 1000,
         }
     }
 }
@@ -373,6 +413,7 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             server: ServerConfig::default(),
             pep: PepConfig::default(),
+            pubsub: PubsubConfig::default(),
         }
     }
 }

@@ -289,9 +289,24 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ("pep.max_private_bytes", cfg.pep.max_private_bytes),
         ("pep.max_private_entries", cfg.pep.max_private_entries),
         ("pep.caps_cache_entries", cfg.pep.caps_cache_entries),
+        ("pubsub.max_nodes", cfg.pubsub.max_nodes),
+        (
+            "pubsub.max_subscriptions_per_node",
+            cfg.pubsub.max_subscriptions_per_node,
+        ),
     ] {
         if value == 0 {
             errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+
+    for admin in &cfg.pubsub.admins {
+        if crate::addr::normalize_bare(admin).is_none_or(|b| !b.contains('@')) {
+            errs.push(ConfigError::invalid(
+                "pubsub.admins",
+                admin.clone(),
+                "must be a bare JID (user@domain)",
+            ));
         }
     }
 

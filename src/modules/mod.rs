@@ -45,6 +45,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(push::Push::default()),
         Box::new(csi::Csi),
         Box::new(pubsub::pep::Pep),
+        Box::new(pubsub::service::PubsubService),
         Box::new(vcard::Vcard),
         Box::new(private::Private),
     ]

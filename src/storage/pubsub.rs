@@ -19,6 +19,9 @@ pub struct NodeRecord {
     pub config: Vec<(String, String)>,
     /// Bare JID → affiliation (`owner`, `publisher`, `member`, `outcast`, …).
     pub affiliations: Vec<(String, String)>,
+    /// Subscribed JID (bare or full) → subscription state (`subscribed`); explicit
+    /// subscriptions of a generic service (PEP subscribes contacts implicitly).
+    pub subscriptions: Vec<(String, String)>,
 }
 
 /// One published item.

@@ -6,6 +6,7 @@
 pub mod caps;
 mod form;
 pub mod pep;
+pub mod service;
 
 use std::sync::Arc;
 
@@ -306,6 +307,7 @@ impl NodeConfig {
 
     pub fn to_record(&self, affiliations: Vec<(String, String)>) -> NodeRecord {
         NodeRecord {
+            subscriptions: Vec::new(),
             config: self
                 .fields()
                 .into_iter()

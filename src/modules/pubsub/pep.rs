@@ -65,7 +65,7 @@ const FEATURES: &[&str] = &[
 ];
 
 /// Node names and item ids longer than this are refused (they become storage keys).
-const MAX_NAME: usize = 1024;
+pub(super) const MAX_NAME: usize = 1024;
 
 pub struct Pep;
 
@@ -169,14 +169,14 @@ impl RemoteResources {
     }
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn bounded_name(s: Option<&str>) -> Result<&str, StanzaError> {
+pub(super) fn bounded_name(s: Option<&str>) -> Result<&str, StanzaError> {
     match s {
         None | Some("") => Err(nodeid_required()),
         Some(n) if n.len() > MAX_NAME => Err(not_acceptable().with_text("node name too long")),
