@@ -845,7 +845,15 @@ async fn profiles(s: Storage) {
     assert!(p.set_private("u@x", "b", None, 2).await.unwrap());
     assert!(p.set_private("u@x", "c", Some("<c/>"), 2).await.unwrap());
     p.set_vcard("u@x", Some("<v/>")).await.unwrap();
+    assert_eq!(p.last_activity("u@x").await.unwrap(), None);
+    p.set_last_activity("u@x", 5, "gone").await.unwrap();
+    p.set_last_activity("u@x", 9, "away").await.unwrap();
+    assert_eq!(
+        p.last_activity("u@x").await.unwrap(),
+        Some((9, "away".to_string()))
+    );
     p.remove_user("u@x").await.unwrap();
+    assert_eq!(p.last_activity("u@x").await.unwrap(), None);
     assert_eq!(p.vcard("u@x").await.unwrap(), None);
     assert_eq!(p.private("u@x", "a").await.unwrap(), None);
     s.flush().await.unwrap();

@@ -36,6 +36,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub pep: PepConfig,
     pub pubsub: PubsubConfig,
+    /// XEP-0157 contact addresses in the server's disco#info.
+    pub contact: ContactConfig,
+    /// XEP-0215 STUN/TURN servers offered to clients (audio/video calls).
+    #[serde(rename = "external_service")]
+    pub external_services: Vec<ExternalServiceConfig>,
 }
 
 /// Personal eventing (XEP-0163 PEP on every account), profiles (vCard) and private
@@ -76,6 +81,48 @@ impl Default for PepConfig {
             caps_cache_entries: 10_000,
         }
     }
+}
+
+/// XEP-0157 addresses (URIs such as `mailto:abuse@example.org` or
+/// `xmpp:admin@example.org`), listed in the server's disco#info for each vhost.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactConfig {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+/// One STUN or TURN server (XEP-0215).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalServiceConfig {
+    /// `stun`, `stuns`, `turn` or `turns`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// `udp` or `tcp`; omitted: both.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// coturn's `static-auth-secret` (`use-auth-secret`): clients get a username
+    /// `EXPIRY:JID` and the password base64(HMAC-SHA1(secret, username)), valid `ttl_secs`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Seconds the credentials are valid. Default: 86400.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_secs: u64,
+    /// A name shown to users.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_turn_ttl() -> u64 {
+    86_400
 }
 
 /// Who may create nodes on the generic pubsub service.
@@ -414,6 +461,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             pep: PepConfig::default(),
             pubsub: PubsubConfig::default(),
+            contact: ContactConfig::default(),
+            external_services: Vec::new(),
         }
     }
 }

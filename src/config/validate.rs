@@ -310,6 +310,47 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         }
     }
 
+    for (i, svc) in cfg.external_services.iter().enumerate() {
+        let key = |field: &str| format!("external_service[{i}].{field}");
+        if !matches!(svc.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
+            errs.push(ConfigError::invalid(
+                key("type"),
+                svc.kind.clone(),
+                "must be stun, stuns, turn or turns",
+            ));
+        }
+        if svc.host.is_empty() || svc.host.contains(char::is_whitespace) {
+            errs.push(ConfigError::invalid(
+                key("host"),
+                svc.host.clone(),
+                "must be a host name",
+            ));
+        }
+        if svc.port == 0 {
+            errs.push(ConfigError::invalid(
+                key("port"),
+                "0",
+                "must be a port number",
+            ));
+        }
+        if let Some(t) = &svc.transport
+            && !matches!(t.as_str(), "udp" | "tcp")
+        {
+            errs.push(ConfigError::invalid(
+                key("transport"),
+                t.clone(),
+                "must be udp or tcp",
+            ));
+        }
+        if svc.ttl_secs == 0 {
+            errs.push(ConfigError::invalid(
+                key("ttl_secs"),
+                "0",
+                "must be at least 1",
+            ));
+        }
+    }
+
     let shutdown = cfg.server.shutdown_timeout_secs;
     if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {
         errs.push(ConfigError::invalid(

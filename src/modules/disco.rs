@@ -81,6 +81,11 @@ impl IqHandler for Disco {
         for var in features {
             out.push_child(feature(var));
         }
+        if let IqTarget::Server(_) = target {
+            for form in ctx.registry.server_forms() {
+                out.push_child(form.clone());
+            }
+        }
         Ok(Some(out))
     }
 }

@@ -4,8 +4,11 @@
 
 pub mod blocking;
 pub mod carbons;
+pub mod contact;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
+pub mod last;
 pub mod legacy_session;
 pub mod mam;
 pub mod offline;
@@ -48,6 +51,9 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(pubsub::service::PubsubService),
         Box::new(vcard::Vcard),
         Box::new(private::Private),
+        Box::new(last::LastActivity::default()),
+        Box::new(contact::ContactAddresses),
+        Box::new(extdisco::ExternalServices),
     ]
 }
 

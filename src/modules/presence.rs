@@ -263,6 +263,9 @@ pub async fn broadcast_unavailable(
         });
     let mut sent: HashSet<String> = HashSet::new();
     if was_available {
+        ctx.registry
+            .presence_outbound_unavailable(ctx, &st.bare, &stanza)
+            .await;
         for jid in &presence_contacts(ctx, &st.bare).await.subscribers {
             let mut copy = stanza.clone();
             copy.set_attr("to", jid.clone());

@@ -99,6 +99,9 @@ pub trait RosterObserver: Send + Sync {
 #[async_trait]
 pub trait PresenceObserver: Send + Sync {
     async fn outbound_available(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &mut Element) {}
+    /// A local session of `user` became unavailable (its presence, or one made at the
+    /// end of the session).
+    async fn outbound_unavailable(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &Element) {}
     async fn inbound(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &Element) {}
 }
 
@@ -343,6 +346,11 @@ impl Registrar<'_> {
         self.reg.server_identities.push(identity);
     }
 
+    /// An extended-information data form (XEP-0128) in the server's disco#info.
+    pub fn server_info_form(&mut self, form: Element) {
+        self.reg.server_forms.push(form);
+    }
+
     /// An identity of every account's disco#info, besides `account/registered`.
     pub fn account_identity(&mut self, identity: Identity) {
         self.reg.account_identities.push(identity);
@@ -472,6 +480,7 @@ pub struct Registry {
     account_features: Vec<&'static str>,
     server_identities: Vec<Identity>,
     account_identities: Vec<Identity>,
+    server_forms: Vec<Element>,
     roster_observers: Vec<Arc<dyn RosterObserver>>,
     presence_observers: Vec<Arc<dyn PresenceObserver>>,
     server_items: Vec<String>,
@@ -536,6 +545,10 @@ impl Registry {
         &self.server_identities
     }
 
+    pub fn server_forms(&self) -> &[Element] {
+        &self.server_forms
+    }
+
     pub fn account_identities(&self) -> &[Identity] {
         &self.account_identities
     }
@@ -568,6 +581,17 @@ impl Registry {
     ) {
         for o in &self.presence_observers {
             o.outbound_available(ctx, user, stanza).await;
+        }
+    }
+
+    pub async fn presence_outbound_unavailable(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        stanza: &Element,
+    ) {
+        for o in &self.presence_observers {
+            o.outbound_unavailable(ctx, user, stanza).await;
         }
     }
 

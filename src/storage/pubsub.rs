@@ -108,7 +108,11 @@ pub trait ProfileStore: Send + Sync {
         xml: Option<&str>,
         max_entries: usize,
     ) -> Result<bool>;
-    /// Removes the vCard and every private element (account removal).
+    /// When the account's last session went offline (seconds since the epoch) and the
+    /// status it left with (XEP-0012).
+    async fn last_activity(&self, user: &str) -> Result<Option<(u64, String)>>;
+    async fn set_last_activity(&self, user: &str, secs: u64, status: &str) -> Result<()>;
+    /// Removes the vCard, every private element and the last activity (account removal).
     async fn remove_user(&self, user: &str) -> Result<()>;
     /// Makes every write so far durable (see [`super::AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {

@@ -41,6 +41,7 @@ impl Node {
 pub(super) struct MemoryProfiles {
     vcards: HashMap<String, String>,
     private: HashMap<String, BTreeMap<String, String>>,
+    last: HashMap<String, (u64, String)>,
 }
 
 fn key(service: &str, node: &str) -> (String, String) {
@@ -236,10 +237,22 @@ impl ProfileStore for MemoryStore {
         Ok(true)
     }
 
+    async fn last_activity(&self, user: &str) -> Result<Option<(u64, String)>> {
+        Ok(lock(&self.profiles)?.last.get(user).cloned())
+    }
+
+    async fn set_last_activity(&self, user: &str, secs: u64, status: &str) -> Result<()> {
+        lock(&self.profiles)?
+            .last
+            .insert(user.to_owned(), (secs, status.to_owned()));
+        Ok(())
+    }
+
     async fn remove_user(&self, user: &str) -> Result<()> {
         let mut p = lock(&self.profiles)?;
         p.vcards.remove(user);
         p.private.remove(user);
+        p.last.remove(user);
         Ok(())
     }
 }

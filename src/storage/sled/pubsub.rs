@@ -7,6 +7,7 @@
 //! | `pubsub_item_ids` | `<service>\0<node>\0<id>`             | seq (u64 BE)            |
 //! | `vcards`          | `<user>`                              | fmt byte + XML string   |
 //! | `private_xml`     | `<user>\0<key>`                       | fmt byte + XML string   |
+//! | `last_activity`   | `<user>`                              | fmt byte + (secs, status) |
 //!
 //! Item sequence numbers come from sled's monotonic id generator, so a node's items are
 //! one key range in publication order. Writes are serialized by one lock (pubsub writes
@@ -30,6 +31,7 @@ pub(super) struct SledPubsub {
     item_ids: Tree,
     vcards: Tree,
     private: Tree,
+    last: Tree,
     write: Mutex<()>,
 }
 
@@ -42,6 +44,7 @@ impl SledPubsub {
             item_ids: tree("pubsub_item_ids")?,
             vcards: tree("vcards")?,
             private: tree("private_xml")?,
+            last: tree("last_activity")?,
             write: Mutex::new(()),
         })
     }
@@ -356,8 +359,27 @@ impl ProfileStore for SledStore {
         Ok(true)
     }
 
+    async fn last_activity(&self, user: &str) -> Result<Option<(u64, String)>> {
+        check_name(user)?;
+        match self.pubsub.last.get(user).map_err(backend)? {
+            Some(v) => Ok(Some(decode("last activity", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Not flushed: a logout time lost in a crash is harmless, and every logout writes one.
+    async fn set_last_activity(&self, user: &str, secs: u64, status: &str) -> Result<()> {
+        check_name(user)?;
+        self.pubsub
+            .last
+            .insert(user, encode(&(secs, status))?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn remove_user(&self, user: &str) -> Result<()> {
         check_name(user)?;
+        self.pubsub.last.remove(user).map_err(backend)?;
         self.pubsub.vcards.remove(user).map_err(backend)?;
         clear_prefix(&self.pubsub.private, &user_prefix(user)?)
     }
