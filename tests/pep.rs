@@ -657,5 +657,21 @@ async fn whitelist_and_roster_access_models() {
         item_ids(&items(&mut bob, "alice@localhost", "family").await),
         ["1"]
     );
+
+    // Node discovery lists what each may read.
+    let nodes = |r: Element| -> Vec<String> {
+        let mut n: Vec<String> = r
+            .child("query", "http://jabber.org/protocol/disco#items")
+            .expect("disco#items")
+            .elements()
+            .filter_map(|i| i.attr("node").map(str::to_string))
+            .collect();
+        n.sort();
+        n
+    };
+    let disco_items = "<iq type='get' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>";
+    assert_eq!(nodes(bob.iq(disco_items).await), ["family"]);
+    assert_eq!(nodes(carol.iq(disco_items).await), ["secret"]);
+    assert_eq!(nodes(alice.iq(disco_items).await), ["family", "secret"]);
     server.stop().await;
 }

@@ -54,9 +54,19 @@ impl IqHandler for Disco {
         }
         if query.ns == ns::DISCO_ITEMS {
             let mut items = Element::new("query", ns::DISCO_ITEMS);
-            if let IqTarget::Server(_) = target {
-                for jid in ctx.registry.server_items() {
-                    items.push_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid));
+            match target {
+                IqTarget::Server(_) => {
+                    for jid in ctx.registry.server_items() {
+                        items.push_child(
+                            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid),
+                        );
+                    }
+                }
+                IqTarget::Account(user) => {
+                    let requester = super::requester_bare(iq).unwrap_or("");
+                    for item in ctx.registry.account_items(ctx, user, requester).await {
+                        items.push_child(item);
+                    }
                 }
             }
             return Ok(Some(items));

@@ -326,10 +326,15 @@ pub async fn pep_published(
         Err(_) => return,
     };
     // The image this server can hold: the info without a url (XEP-0084 §4.2.1).
-    let info = payload
+    let infos: Vec<&Element> = payload
         .elements()
         .filter(|i| i.is("info", AVATAR_METADATA))
-        .find(|i| i.attr("url").is_none());
+        .collect();
+    let info = infos.iter().find(|i| i.attr("url").is_none());
+    // Only images hosted elsewhere: nothing a vCard could hold; left as it is.
+    if info.is_none() && !infos.is_empty() {
+        return;
+    }
     vcard.remove_children("PHOTO", NS);
     if let Some(info) = info {
         let (Some(id), kind) = (info.attr("id"), info.attr("type").unwrap_or("image/png")) else {

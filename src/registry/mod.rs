@@ -92,6 +92,13 @@ pub trait RosterObserver: Send + Sync {
     );
 }
 
+/// Lists disco#items of an account (e.g. its PEP nodes) for a requester.
+#[async_trait]
+pub trait AccountItems: Send + Sync {
+    /// `<item/>` elements (disco#items namespace) that `requester` (a bare JID) may see.
+    async fn items(&self, ctx: &Arc<Context>, user: &str, requester: &str) -> Vec<Element>;
+}
+
 /// Sees presence as the presence module handles it: a local session's available
 /// presence before it is broadcast (and may amend it, e.g. XEP-0153's photo hash), and
 /// available or unavailable presence that arrived for a local account (e.g. a remote
@@ -360,6 +367,11 @@ impl Registrar<'_> {
         self.reg.presence_observers.push(observer);
     }
 
+    /// Contributes to every account's disco#items.
+    pub fn account_items(&mut self, provider: Arc<dyn AccountItems>) {
+        self.reg.account_items.push(provider);
+    }
+
     /// Told of every saved roster item change of a local account.
     pub fn roster_observer(&mut self, observer: Arc<dyn RosterObserver>) {
         self.reg.roster_observers.push(observer);
@@ -481,6 +493,7 @@ pub struct Registry {
     server_identities: Vec<Identity>,
     account_identities: Vec<Identity>,
     server_forms: Vec<Element>,
+    account_items: Vec<Arc<dyn AccountItems>>,
     roster_observers: Vec<Arc<dyn RosterObserver>>,
     presence_observers: Vec<Arc<dyn PresenceObserver>>,
     server_items: Vec<String>,
@@ -543,6 +556,20 @@ impl Registry {
 
     pub fn server_identities(&self) -> &[Identity] {
         &self.server_identities
+    }
+
+    /// The disco#items of the account `user` that `requester` may see.
+    pub async fn account_items(
+        &self,
+        ctx: &Arc<Context>,
+        user: &str,
+        requester: &str,
+    ) -> Vec<Element> {
+        let mut out = Vec::new();
+        for p in &self.account_items {
+            out.extend(p.items(ctx, user, requester).await);
+        }
+        out
     }
 
     pub fn server_forms(&self) -> &[Element] {

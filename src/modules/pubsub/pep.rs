@@ -27,8 +27,8 @@ use super::{
 use crate::context::Context;
 use crate::modules::{internal, requester_bare};
 use crate::registry::{
-    IqHandler, IqTarget, Module, PresenceObserver, Registrar, ResponseHandler, RosterObserver,
-    SessionCtx, SessionEvent, SessionEvents,
+    AccountItems, IqHandler, IqTarget, Module, PresenceObserver, Registrar, ResponseHandler,
+    RosterObserver, SessionCtx, SessionEvent, SessionEvents,
 };
 use crate::router::route;
 use crate::storage::{CreateOutcome, NodeRecord, RosterItem, StoredItem};
@@ -86,6 +86,7 @@ impl Module for Pep {
         });
         r.session_events(me.clone());
         r.presence_observer(me.clone());
+        r.account_items(me.clone());
         r.roster_observer(me);
     }
 }
@@ -675,6 +676,35 @@ impl PresenceObserver for PepModule {
             Some(features) => send_last_items(ctx, user, from, bare, &features, true).await,
             None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
         }
+    }
+}
+
+#[async_trait]
+impl AccountItems for PepModule {
+    /// The account's nodes that the requester may read (XEP-0060 §5.2).
+    async fn items(&self, ctx: &Arc<Context>, user: &str, requester: &str) -> Vec<Element> {
+        let nodes = match ctx.storage.pubsub.nodes(user).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "PEP nodes lookup failed");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for (name, record) in nodes {
+            let state = Node::of(&record);
+            if check_access(ctx, user, &state.cfg, &state.affiliations, requester)
+                .await
+                .is_ok()
+            {
+                out.push(
+                    Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", user)
+                        .with_attr("node", name),
+                );
+            }
+        }
+        out
     }
 }
 
