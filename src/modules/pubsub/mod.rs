@@ -441,6 +441,23 @@ pub async fn check_access(
     }
 }
 
+/// Of items given newest first, the newest whose payloads fit in `budget` bytes (at
+/// least one), oldest first: an items result stays about the size of a stanza the server
+/// accepts instead of every stored item at once (XEP-0060 §6.5.7 lets a service truncate).
+pub fn newest_within(newest_first: Vec<StoredItem>, budget: usize) -> Vec<StoredItem> {
+    let mut used = 0usize;
+    let mut out: Vec<StoredItem> = Vec::new();
+    for item in newest_first {
+        used = used.saturating_add(item.payload.len());
+        if used > budget && !out.is_empty() {
+            break;
+        }
+        out.push(item);
+    }
+    out.reverse();
+    out
+}
+
 /// An `<item/>` as notifications and item lists carry it.
 pub fn item_element(ns: &str, item: &StoredItem, with_payload: bool) -> Element {
     let mut el = Element::new("item", ns).with_attr("id", item.id.clone());
@@ -522,6 +539,25 @@ mod tests {
         assert_eq!(cfg.access_model, AccessModel::Whitelist);
         assert_eq!(MaxItems::Max.effective(10), 10);
         assert_eq!(MaxItems::Count(100).effective(10), 10);
+    }
+
+    #[test]
+    fn item_lists_are_bounded_by_size() {
+        let item = |id: &str, len: usize| StoredItem {
+            id: id.into(),
+            publisher: "a@b".into(),
+            payload: "x".repeat(len),
+            published_at: 0,
+        };
+        let ids = |v: Vec<StoredItem>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        let newest_first = vec![item("3", 40), item("2", 40), item("1", 40)];
+        assert_eq!(ids(newest_within(newest_first.clone(), 100)), ["2", "3"]);
+        assert_eq!(
+            ids(newest_within(newest_first.clone(), 1000)),
+            ["1", "2", "3"]
+        );
+        // One item always goes, whatever its size.
+        assert_eq!(ids(newest_within(newest_first, 10)), ["3"]);
     }
 
     #[test]

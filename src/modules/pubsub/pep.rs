@@ -869,9 +869,8 @@ async fn handle_items(
                 .map_err(|_| StanzaError::bad_request().with_text("bad max_items"))?
                 .min(cap),
         };
-        let mut items = store.items(owner, node, max).await.map_err(internal)?;
-        items.reverse();
-        items
+        let items = store.items(owner, node, max).await.map_err(internal)?;
+        super::newest_within(items, ctx.config.limits.max_stanza_bytes)
     } else {
         let mut found = Vec::new();
         for id in ids {

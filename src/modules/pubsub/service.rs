@@ -456,8 +456,8 @@ async fn user_op(
                 .collect();
             let mut items = Vec::new();
             if ids.is_empty() {
-                items = store.items(service, name, max).await.map_err(internal)?;
-                items.reverse();
+                let newest = store.items(service, name, max).await.map_err(internal)?;
+                items = super::newest_within(newest, ctx.config.limits.max_stanza_bytes);
             } else {
                 for id in ids {
                     if let Some(i) = store.item(service, name, id).await.map_err(internal)? {
