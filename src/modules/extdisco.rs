@@ -96,7 +96,7 @@ impl IqHandler for ExtDisco {
         };
         let user = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
         // Relays cost bandwidth: only this server's accounts get them.
-        if !user.contains('@') || !ctx.is_local_domain(crate::addr::domain_of(user)) {
+        if !user.contains('@') || !super::pubsub::is_local(ctx, user) {
             return Err(StanzaError::forbidden());
         }
         let query = iq.first_element().ok_or_else(StanzaError::bad_request)?;

@@ -118,7 +118,7 @@ async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
     };
     let own: Vec<String> = resources
         .iter()
-        .map(|s| format!("{user}/{}", s.resource))
+        .map(|s| super::pubsub::full_jid(user, &s.resource))
         .collect();
     for s in resources {
         let Some(mut presence) = s.presence else {

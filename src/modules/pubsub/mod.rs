@@ -338,6 +338,24 @@ fn bounded_text(s: &str) -> Option<String> {
     (s.len() <= 1024).then(|| s.to_string())
 }
 
+// JID helpers: the one place this module family builds or inspects JID strings (for the
+// move to typed JIDs).
+
+/// `bare/resource`.
+pub(crate) fn full_jid(bare: &str, resource: &str) -> String {
+    format!("{bare}/{resource}")
+}
+
+/// Whether a (normalized) JID belongs to a domain this server hosts.
+pub(crate) fn is_local(ctx: &Context, jid: &str) -> bool {
+    ctx.is_local_domain(crate::addr::domain_of(jid))
+}
+
+/// Whether a (normalized) JID carries a resource.
+pub(crate) fn has_resource(jid: &str) -> bool {
+    jid.contains('/')
+}
+
 /// A stanza error with a `pubsub#errors` application condition (XEP-0060 §7, §6).
 pub fn error(kind: ErrorType, condition: &'static str, app: &str) -> StanzaError {
     let mut e = StanzaError::new(kind, condition);

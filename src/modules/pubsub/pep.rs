@@ -433,7 +433,7 @@ fn interested_resources(ctx: &Context, caps: &CapsCache, bare: &str, node: &str)
         if !s.available {
             return None;
         }
-        let full = format!("{bare}/{}", s.resource);
+        let full = super::full_jid(bare, &s.resource);
         let c = Caps::of_presence(s.presence.as_ref()?)?;
         caps.features(&c, &full)?.contains(&want).then_some(full)
     })
@@ -448,7 +448,7 @@ async fn notify(ctx: &Arc<Context>, owner: &str, node: &str, state: &Node, event
     let remote = ctx.registry.state::<RemoteResources>();
     let want = format!("{node}+notify");
     for bare in entitled(ctx, owner, state).await {
-        let targets = if ctx.is_local_domain(crate::addr::domain_of(&bare)) {
+        let targets = if super::is_local(ctx, &bare) {
             interested_resources(ctx, &caps, &bare, node)
         } else {
             remote
@@ -467,7 +467,8 @@ async fn notify(ctx: &Arc<Context>, owner: &str, node: &str, state: &Node, event
 }
 
 /// Sends the owner's last published items to one resource of `bare` (with these
-/// features), for each node it is interested in and may see. `trigger`: what happened.
+/// features), for each node it is interested in and may see. `on_presence`: the resource
+/// came online (nodes sending the last item only on subscription are skipped).
 async fn send_last_items(
     ctx: &Arc<Context>,
     owner: &str,
@@ -538,7 +539,7 @@ async fn resource_ready(ctx: &Arc<Context>, bare: &str, full: &str, features: &F
         Ok(c) => owners.extend(
             c.subscriptions
                 .iter()
-                .filter(|j| ctx.is_local_domain(crate::addr::domain_of(j)))
+                .filter(|j| super::is_local(ctx, j))
                 .cloned(),
         ),
         Err(e) => warn!(error = %e, "roster lookup for PEP last items failed"),
@@ -655,7 +656,7 @@ impl PresenceObserver for PepModule {
         let Some(from) = stanza.attr("from") else {
             return;
         };
-        if !from.contains('/') || ctx.is_local_domain(crate::addr::domain_of(from)) {
+        if !super::has_resource(from) || super::is_local(ctx, from) {
             return;
         }
         let (Some(remote), Some(cache)) =
@@ -726,13 +727,12 @@ impl RosterObserver for PepModule {
         }
         let Some(cache) = caps_cache(ctx) else { return };
         let contact = after.jid.as_str();
-        let ready: Vec<(String, Features)> = if ctx.is_local_domain(crate::addr::domain_of(contact))
-        {
+        let ready: Vec<(String, Features)> = if super::is_local(ctx, contact) {
             ctx.sessions.select(contact, |s| {
                 if !s.available {
                     return None;
                 }
-                let full = format!("{contact}/{}", s.resource);
+                let full = super::full_jid(contact, &s.resource);
                 let c = Caps::of_presence(s.presence.as_ref()?)?;
                 let features = cache.features(&c, &full)?;
                 Some((full, features))

@@ -290,7 +290,7 @@ async fn disco_items(
 fn may_create(ctx: &Context, requester: &str) -> bool {
     let cfg = &ctx.config.pubsub;
     match cfg.node_creation {
-        NodeCreation::Local => ctx.is_local_domain(crate::addr::domain_of(requester)),
+        NodeCreation::Local => super::is_local(ctx, requester),
         NodeCreation::Admins => cfg
             .admins
             .iter()
