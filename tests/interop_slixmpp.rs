@@ -56,3 +56,35 @@ async fn slixmpp_muc_joins_chats_and_reads_history() {
     assert!(stdout.contains("history ['line 1', 'line 2']"), "{stdout}");
     server.stop().await;
 }
+
+/// PEP (XEP-0163 nickname notifications through XEP-0115 caps, items, publish-options)
+/// and vCards, as slixmpp's own plugins do them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_publishes_and_reads_pep_items_and_vcards() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_pep.py");
+    let port = server.starttls_addr().port().to_string();
+    let output = tokio::process::Command::new(PYTHON)
+        .args([script, "127.0.0.1", &port, "localhost", "password"])
+        .output()
+        .await
+        .expect("run /usr/bin/python3 (install python3-slixmpp: see README)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "slixmpp PEP scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for step in [
+        "pep advertised",
+        "nick notified",
+        "nick read",
+        "publish-options node read",
+        "vcard read",
+    ] {
+        assert!(stdout.contains(step), "{step} missing:\n{stdout}");
+    }
+    server.stop().await;
+}

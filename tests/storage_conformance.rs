@@ -20,6 +20,7 @@ use xmppd::storage::{
     PendingSubscription, PresenceContacts, PushRegistration, RoomAffiliation, RoomAffiliationEntry,
     RoomConfig, RoomPmPolicy, RosterItem, Storage, StorageError, StoredRoom, Subscription,
 };
+use xmppd::storage::{CreateOutcome, NodeRecord, StoredItem};
 
 fn creds(tag: u8) -> StoredCredentials {
     let scram = |len: usize| ScramCredentials {
@@ -359,7 +360,24 @@ async fn remove_account(s: Storage) {
         .enable(&j("u@x"), &reg("push.y", "n", None))
         .await
         .unwrap();
+    s.pubsub
+        .create_node("u@x", "n", &node_rec("open"), 5)
+        .await
+        .unwrap();
+    s.pubsub
+        .publish("u@x", "n", &pitem("i", "<x/>"), 5)
+        .await
+        .unwrap();
+    s.profiles.set_vcard("u@x", Some("<v/>")).await.unwrap();
+    s.profiles
+        .set_private("u@x", "k", Some("<k/>"), 5)
+        .await
+        .unwrap();
     assert!(s.remove_account(&j("u@x")).await.unwrap());
+    assert!(s.pubsub.nodes("u@x").await.unwrap().is_empty());
+    assert!(s.pubsub.items("u@x", "n", 5).await.unwrap().is_empty());
+    assert_eq!(s.profiles.vcard("u@x").await.unwrap(), None);
+    assert_eq!(s.profiles.private("u@x", "k").await.unwrap(), None);
     assert!(s.push.list(&j("u@x")).await.unwrap().is_empty());
     assert_eq!(s.accounts.get(&j("u@x")).await.unwrap(), None);
     assert!(s.roster.roster(&j("u@x")).await.unwrap().items.is_empty());
@@ -861,6 +879,193 @@ async fn rooms(s: Storage) {
     );
 }
 
+fn node_rec(access: &str) -> NodeRecord {
+    NodeRecord {
+        config: vec![("pubsub#access_model".into(), access.into())],
+        affiliations: vec![("u@x".into(), "owner".into())],
+        subscriptions: vec![("s@y/r".into(), "subscribed".into())],
+    }
+}
+
+fn pitem(id: &str, payload: &str) -> StoredItem {
+    StoredItem {
+        id: id.into(),
+        publisher: "u@x".into(),
+        payload: payload.into(),
+        published_at: 7,
+    }
+}
+
+fn item_ids(items: &[StoredItem]) -> Vec<&str> {
+    items.iter().map(|i| i.id.as_str()).collect()
+}
+
+async fn pubsub(s: Storage) {
+    let p = &s.pubsub;
+    assert_eq!(p.node("u@x", "n").await.unwrap(), None);
+    assert_eq!(
+        p.create_node("u@x", "n", &node_rec("presence"), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        p.create_node("u@x", "n", &node_rec("open"), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::Exists
+    );
+    assert_eq!(
+        p.node("u@x", "n").await.unwrap(),
+        Some(node_rec("presence"))
+    );
+    assert_eq!(
+        p.create_node("u@x", "m", &node_rec("open"), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(
+        p.create_node("u@x", "o", &node_rec("open"), 2)
+            .await
+            .unwrap(),
+        CreateOutcome::TooManyNodes
+    );
+    // Another service (a user whose name extends this one's) is separate.
+    assert_eq!(
+        p.create_node("u@xy", "n", &node_rec("open"), 1)
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    let names: Vec<String> = p
+        .nodes("u@x")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["m", "n"]);
+    assert!(p.set_node("u@x", "n", &node_rec("open")).await.unwrap());
+    assert!(!p.set_node("u@x", "zz", &node_rec("open")).await.unwrap());
+    assert_eq!(p.node("u@x", "n").await.unwrap(), Some(node_rec("open")));
+
+    for id in ["a", "b", "c"] {
+        let dropped = p.publish("u@x", "n", &pitem(id, "<x/>"), 3).await.unwrap();
+        assert!(dropped.is_empty());
+    }
+    assert_eq!(
+        item_ids(&p.items("u@x", "n", 10).await.unwrap()),
+        ["c", "b", "a"]
+    );
+    // Republishing an id replaces it and makes it the newest.
+    assert!(
+        p.publish("u@x", "n", &pitem("a", "<y/>"), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        item_ids(&p.items("u@x", "n", 10).await.unwrap()),
+        ["a", "c", "b"]
+    );
+    assert_eq!(
+        p.item("u@x", "n", "a").await.unwrap().unwrap().payload,
+        "<y/>"
+    );
+    // Over the limit, the oldest go.
+    assert_eq!(
+        p.publish("u@x", "n", &pitem("d", "<z/>"), 3).await.unwrap(),
+        ["b"]
+    );
+    assert_eq!(item_ids(&p.items("u@x", "n", 2).await.unwrap()), ["d", "a"]);
+    assert_eq!(p.item("u@x", "n", "b").await.unwrap(), None);
+    assert_eq!(p.trim("u@x", "n", 1).await.unwrap(), ["c", "a"]);
+    assert_eq!(item_ids(&p.items("u@x", "n", 10).await.unwrap()), ["d"]);
+    assert!(p.retract("u@x", "n", "d").await.unwrap());
+    assert!(!p.retract("u@x", "n", "d").await.unwrap());
+    assert!(p.items("u@x", "n", 10).await.unwrap().is_empty());
+    // Publishing to a missing node stores nothing.
+    assert!(
+        p.publish("u@x", "zz", &pitem("a", "<x/>"), 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(p.items("u@x", "zz", 10).await.unwrap().is_empty());
+
+    p.publish("u@x", "m", &pitem("1", "<x/>"), 5).await.unwrap();
+    p.publish("u@x", "m", &pitem("2", "<x/>"), 5).await.unwrap();
+    p.purge("u@x", "m").await.unwrap();
+    assert!(p.items("u@x", "m", 10).await.unwrap().is_empty());
+    assert!(
+        p.node("u@x", "m").await.unwrap().is_some(),
+        "purge keeps the node"
+    );
+    p.publish("u@x", "m", &pitem("3", "<x/>"), 5).await.unwrap();
+    assert!(p.delete_node("u@x", "m").await.unwrap());
+    assert!(!p.delete_node("u@x", "m").await.unwrap());
+    // A node created again under the same name starts empty.
+    p.create_node("u@x", "m", &node_rec("open"), 5)
+        .await
+        .unwrap();
+    assert!(p.items("u@x", "m", 10).await.unwrap().is_empty());
+
+    p.publish("u@xy", "n", &pitem("keep", "<x/>"), 5)
+        .await
+        .unwrap();
+    p.remove_service("u@x").await.unwrap();
+    assert!(p.nodes("u@x").await.unwrap().is_empty());
+    assert_eq!(item_ids(&p.items("u@xy", "n", 10).await.unwrap()), ["keep"]);
+    s.flush().await.unwrap();
+}
+
+async fn profiles(s: Storage) {
+    let p = &s.profiles;
+    assert_eq!(p.vcard("u@x").await.unwrap(), None);
+    p.set_vcard("u@x", Some("<vCard xmlns='vcard-temp'/>"))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.vcard("u@x").await.unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'/>")
+    );
+    p.set_vcard("u@x", None).await.unwrap();
+    assert_eq!(p.vcard("u@x").await.unwrap(), None);
+
+    assert!(p.set_private("u@x", "a", Some("<a/>"), 2).await.unwrap());
+    assert!(p.set_private("u@x", "b", Some("<b/>"), 2).await.unwrap());
+    assert!(
+        !p.set_private("u@x", "c", Some("<c/>"), 2).await.unwrap(),
+        "full"
+    );
+    assert!(
+        p.set_private("u@x", "a", Some("<a2/>"), 2).await.unwrap(),
+        "replace"
+    );
+    assert_eq!(
+        p.private("u@x", "a").await.unwrap().as_deref(),
+        Some("<a2/>")
+    );
+    assert_eq!(p.private("u@x", "c").await.unwrap(), None);
+    assert_eq!(p.private("u@xy", "a").await.unwrap(), None);
+    assert!(p.set_private("u@x", "b", None, 2).await.unwrap());
+    assert!(p.set_private("u@x", "c", Some("<c/>"), 2).await.unwrap());
+    p.set_vcard("u@x", Some("<v/>")).await.unwrap();
+    assert_eq!(p.last_activity("u@x").await.unwrap(), None);
+    p.set_last_activity("u@x", 5, "gone").await.unwrap();
+    p.set_last_activity("u@x", 9, "away").await.unwrap();
+    assert_eq!(
+        p.last_activity("u@x").await.unwrap(),
+        Some((9, "away".to_string()))
+    );
+    p.remove_user("u@x").await.unwrap();
+    assert_eq!(p.last_activity("u@x").await.unwrap(), None);
+    assert_eq!(p.vcard("u@x").await.unwrap(), None);
+    assert_eq!(p.private("u@x", "a").await.unwrap(), None);
+    s.flush().await.unwrap();
+}
+
 fn memory() -> (Storage, Option<TempDir>) {
     (Storage::memory(), None)
 }
@@ -887,9 +1092,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {

@@ -35,6 +35,134 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub muc: MucConfig,
     pub server: ServerConfig,
+    pub pep: PepConfig,
+    pub pubsub: PubsubConfig,
+    /// XEP-0157 contact addresses in the server's disco#info.
+    pub contact: ContactConfig,
+    /// XEP-0215 STUN/TURN servers offered to clients (audio/video calls).
+    #[serde(rename = "external_service")]
+    pub external_services: Vec<ExternalServiceConfig>,
+}
+
+/// Personal eventing (XEP-0163 PEP on every account), profiles (vCard) and private
+/// XML storage: what each account may keep on the server.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// PEP nodes one account may have (OMEMO uses one per device, plus the device list).
+    /// A publish that would create one more is refused (`not-allowed`,
+    /// `max-nodes-exceeded`).
+    pub max_nodes_per_account: usize,
+    /// Items a node keeps at most; a node's `pubsub#max_items` (also `max`) is capped to
+    /// it, and the oldest items go first.
+    pub max_items_per_node: usize,
+    /// Bytes of one item's payload, serialized; larger ones are refused
+    /// (`not-acceptable`, `payload-too-big`). Avatars (XEP-0084 data) are the largest.
+    pub max_item_bytes: usize,
+    /// Bytes of one vCard (XEP-0054), serialized, photo included.
+    pub max_vcard_bytes: usize,
+    /// Bytes of one private XML element (XEP-0049).
+    pub max_private_bytes: usize,
+    /// Private XML elements (distinct name and namespace) one account may store.
+    pub max_private_entries: usize,
+    /// Entity capabilities (XEP-0115) remembered, by verification string: the features
+    /// that decide who gets which PEP notifications. Oldest forgotten first.
+    pub caps_cache_entries: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            max_nodes_per_account: 200,
+            max_items_per_node: 256,
+            max_item_bytes: 131_072,
+            max_vcard_bytes: 131_072,
+            max_private_bytes: 65_536,
+            max_private_entries: 64,
+            caps_cache_entries: 10_000,
+        }
+    }
+}
+
+/// XEP-0157 addresses (URIs such as `mailto:abuse@example.org` or
+/// `xmpp:admin@example.org`), listed in the server's disco#info for each vhost.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactConfig {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+/// One STUN or TURN server (XEP-0215).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalServiceConfig {
+    /// `stun`, `stuns`, `turn` or `turns`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// `udp` or `tcp`; omitted: both.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// coturn's `static-auth-secret` (`use-auth-secret`): clients get a username
+    /// `EXPIRY:JID` and the password base64(HMAC-SHA1(secret, username)), valid `ttl_secs`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Seconds the credentials are valid. Default: 86400.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl_secs: u64,
+    /// A name shown to users.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn default_turn_ttl() -> u64 {
+    86_400
+}
+
+/// Who may create nodes on the generic pubsub service.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeCreation {
+    /// Only the JIDs in `pubsub.admins`.
+    Admins,
+    /// Any account of this server.
+    Local,
+}
+
+/// The generic XEP-0060 publish-subscribe service on `pubsub.<vhost>`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubConfig {
+    /// Run the service, as `pubsub.<domain>` for every vhost (listed in the vhost's disco
+    /// items). Remote users reach it only if DNS points that name at this server.
+    pub enabled: bool,
+    /// `admins` (only the JIDs in `admins`) or `local` (any account of this server).
+    pub node_creation: NodeCreation,
+    /// Bare JIDs allowed to create nodes (with `node_creation = "admins"`).
+    pub admins: Vec<String>,
+    /// Nodes one service holds at most.
+    pub max_nodes: usize,
+    /// Subscriptions one node holds at most.
+    pub max_subscriptions_per_node: usize,
+}
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        PubsubConfig {
+            enabled: true,
+            node_creation: NodeCreation::Admins,
+            admins: Vec::new(),
+            max_nodes: 1000,
+            max_subscriptions_per_node: 1000,
+        }
+    }
 }
 
 /// The server process itself.
@@ -385,6 +513,10 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             muc: MucConfig::default(),
             server: ServerConfig::default(),
+            pep: PepConfig::default(),
+            pubsub: PubsubConfig::default(),
+            contact: ContactConfig::default(),
+            external_services: Vec::new(),
         }
     }
 }

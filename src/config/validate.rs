@@ -282,6 +282,75 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     }
 
     validate_muc(&cfg.muc, &mut errs);
+    for (key, value) in [
+        ("pep.max_nodes_per_account", cfg.pep.max_nodes_per_account),
+        ("pep.max_items_per_node", cfg.pep.max_items_per_node),
+        ("pep.max_item_bytes", cfg.pep.max_item_bytes),
+        ("pep.max_vcard_bytes", cfg.pep.max_vcard_bytes),
+        ("pep.max_private_bytes", cfg.pep.max_private_bytes),
+        ("pep.max_private_entries", cfg.pep.max_private_entries),
+        ("pep.caps_cache_entries", cfg.pep.caps_cache_entries),
+        ("pubsub.max_nodes", cfg.pubsub.max_nodes),
+        (
+            "pubsub.max_subscriptions_per_node",
+            cfg.pubsub.max_subscriptions_per_node,
+        ),
+    ] {
+        if value == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+
+    for admin in &cfg.pubsub.admins {
+        if crate::addr::parse_bare(admin).is_none_or(|b| b.node().is_none()) {
+            errs.push(ConfigError::invalid(
+                "pubsub.admins",
+                admin.clone(),
+                "must be a bare JID (user@domain)",
+            ));
+        }
+    }
+
+    for (i, svc) in cfg.external_services.iter().enumerate() {
+        let key = |field: &str| format!("external_service[{i}].{field}");
+        if !matches!(svc.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
+            errs.push(ConfigError::invalid(
+                key("type"),
+                svc.kind.clone(),
+                "must be stun, stuns, turn or turns",
+            ));
+        }
+        if svc.host.is_empty() || svc.host.contains(char::is_whitespace) {
+            errs.push(ConfigError::invalid(
+                key("host"),
+                svc.host.clone(),
+                "must be a host name",
+            ));
+        }
+        if svc.port == 0 {
+            errs.push(ConfigError::invalid(
+                key("port"),
+                "0",
+                "must be a port number",
+            ));
+        }
+        if let Some(t) = &svc.transport
+            && !matches!(t.as_str(), "udp" | "tcp")
+        {
+            errs.push(ConfigError::invalid(
+                key("transport"),
+                t.clone(),
+                "must be udp or tcp",
+            ));
+        }
+        if svc.ttl_secs == 0 {
+            errs.push(ConfigError::invalid(
+                key("ttl_secs"),
+                "0",
+                "must be at least 1",
+            ));
+        }
+    }
 
     let shutdown = cfg.server.shutdown_timeout_secs;
     if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {

@@ -54,11 +54,23 @@ impl IqHandler for Disco {
         }
         if query.ns == ns::DISCO_ITEMS {
             let mut items = Element::new("query", ns::DISCO_ITEMS);
-            if let IqTarget::Server(_) = target {
-                for jid in ctx.registry.server_items() {
-                    items.push_child(
-                        Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.as_str()),
-                    );
+            match target {
+                IqTarget::Server(_) => {
+                    for jid in ctx.registry.server_items() {
+                        items.push_child(
+                            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.as_str()),
+                        );
+                    }
+                }
+                IqTarget::Account(user) => {
+                    let requester = super::requester_bare(iq);
+                    for item in ctx
+                        .registry
+                        .account_items(ctx, user, requester.as_ref())
+                        .await
+                    {
+                        items.push_child(item);
+                    }
                 }
             }
             return Ok(Some(items));
@@ -74,11 +86,19 @@ impl IqHandler for Disco {
             }
             IqTarget::Account(_) => {
                 out.push_child(identity("account", "registered", None));
+                for i in ctx.registry.account_identities() {
+                    out.push_child(identity(i.category, i.kind, i.name.as_deref()));
+                }
                 ctx.registry.account_features()
             }
         };
         for var in features {
             out.push_child(feature(var));
+        }
+        if let IqTarget::Server(_) = target {
+            for form in ctx.registry.server_forms() {
+                out.push_child(form.clone());
+            }
         }
         Ok(Some(out))
     }

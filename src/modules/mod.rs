@@ -4,17 +4,23 @@
 
 pub mod blocking;
 pub mod carbons;
+pub mod contact;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
+pub mod last;
 pub mod legacy_session;
 pub mod mam;
 pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod private;
+pub mod pubsub;
 pub mod push;
 pub mod roster;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use std::sync::Arc;
@@ -43,6 +49,13 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(push::Push::default()),
         Box::new(csi::Csi),
         Box::new(muc::Muc),
+        Box::new(pubsub::pep::Pep),
+        Box::new(pubsub::service::PubsubService),
+        Box::new(vcard::Vcard),
+        Box::new(private::Private),
+        Box::new(last::LastActivity::default()),
+        Box::new(contact::ContactAddresses),
+        Box::new(extdisco::ExternalServices),
     ]
 }
 

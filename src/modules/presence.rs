@@ -200,6 +200,9 @@ async fn broadcast_available(
     };
     stanza.set_attr("from", st.full.as_str());
     stanza.remove_attr("to");
+    ctx.registry
+        .presence_outbound_available(ctx, &st.bare, &mut stanza)
+        .await;
     let initial = !st.available;
     st.available = true;
     let snapshot = stanza.clone();
@@ -259,6 +262,9 @@ pub async fn broadcast_unavailable(
         });
     let mut sent: HashSet<Jid> = HashSet::new();
     if was_available {
+        ctx.registry
+            .presence_outbound_unavailable(ctx, &st.bare, &stanza)
+            .await;
         for jid in &presence_contacts(ctx, &st.bare).await.subscribers {
             let mut copy = stanza.clone();
             copy.set_attr("to", jid.as_str());
@@ -466,7 +472,12 @@ pub async fn inbound(ctx: &Arc<Context>, user: &BareJid, stanza: Element) {
             }
         }
         // Available, unavailable and errors go to every available resource.
-        _ => deliver_to_available(ctx, user, &stanza),
+        _ => {
+            if kind != "error" {
+                ctx.registry.presence_inbound_seen(ctx, user, &stanza).await;
+            }
+            deliver_to_available(ctx, user, &stanza)
+        }
     }
 }
 

@@ -92,8 +92,15 @@ pub async fn save_and_push(
     user: &BareJid,
     item: &RosterItem,
 ) -> Result<(), StorageError> {
+    let before = match ctx.registry.has_roster_observers() {
+        true => ctx.storage.roster.item(user, &item.jid).await?,
+        false => None,
+    };
     let version = ctx.storage.roster.put_item(user, item).await?;
     push(ctx, user, item_element(item), version);
+    ctx.registry
+        .roster_changed(ctx, user, before.as_ref(), item)
+        .await;
     Ok(())
 }
 

@@ -87,6 +87,50 @@ pub struct Outgoing<'a> {
     pub to: &'a Jid,
 }
 
+/// Told after a local account's roster item was saved (a roster set, or a subscription
+/// state change), with the item as it was before, if any.
+#[async_trait]
+pub trait RosterObserver: Send + Sync {
+    async fn roster_changed(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        before: Option<&crate::storage::RosterItem>,
+        after: &crate::storage::RosterItem,
+    );
+}
+
+/// Lists disco#items of an account (e.g. its PEP nodes) for a requester.
+#[async_trait]
+pub trait AccountItems: Send + Sync {
+    /// `<item/>` elements (disco#items namespace) that `requester` (a bare JID; none for an anonymous one) may see.
+    async fn items(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        requester: Option<&BareJid>,
+    ) -> Vec<Element>;
+}
+
+/// Sees presence as the presence module handles it: a local session's available
+/// presence before it is broadcast (and may amend it, e.g. XEP-0153's photo hash), and
+/// available or unavailable presence that arrived for a local account (e.g. a remote
+/// contact's capabilities).
+#[async_trait]
+pub trait PresenceObserver: Send + Sync {
+    async fn outbound_available(
+        &self,
+        _ctx: &Arc<Context>,
+        _user: &BareJid,
+        _stanza: &mut Element,
+    ) {
+    }
+    /// A local session of `user` became unavailable (its presence, or one made at the
+    /// end of the session).
+    async fn outbound_unavailable(&self, _ctx: &Arc<Context>, _user: &BareJid, _stanza: &Element) {}
+    async fn inbound(&self, _ctx: &Arc<Context>, _user: &BareJid, _stanza: &Element) {}
+}
+
 /// Sees a local client's message before it is routed (`from` stamped, `to` set).
 /// `notes` carries what one hook tells a later one about this message (e.g. the archive
 /// position for carbons).
@@ -337,6 +381,30 @@ impl Registrar<'_> {
         self.reg.server_identities.push(identity);
     }
 
+    /// An extended-information data form (XEP-0128) in the server's disco#info.
+    pub fn server_info_form(&mut self, form: Element) {
+        self.reg.server_forms.push(form);
+    }
+
+    /// An identity of every account's disco#info, besides `account/registered`.
+    pub fn account_identity(&mut self, identity: Identity) {
+        self.reg.account_identities.push(identity);
+    }
+
+    pub fn presence_observer(&mut self, observer: Arc<dyn PresenceObserver>) {
+        self.reg.presence_observers.push(observer);
+    }
+
+    /// Contributes to every account's disco#items.
+    pub fn account_items(&mut self, provider: Arc<dyn AccountItems>) {
+        self.reg.account_items.push(provider);
+    }
+
+    /// Told of every saved roster item change of a local account.
+    pub fn roster_observer(&mut self, observer: Arc<dyn RosterObserver>) {
+        self.reg.roster_observers.push(observer);
+    }
+
     /// A JID listed in the server's disco#items (its services).
     pub fn server_item(&mut self, jid: &str) {
         match crate::addr::parse_bare(jid) {
@@ -462,6 +530,11 @@ pub struct Registry {
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
     server_identities: Vec<Identity>,
+    account_identities: Vec<Identity>,
+    server_forms: Vec<Element>,
+    account_items: Vec<Arc<dyn AccountItems>>,
+    roster_observers: Vec<Arc<dyn RosterObserver>>,
+    presence_observers: Vec<Arc<dyn PresenceObserver>>,
     server_items: Vec<BareJid>,
     tasks: std::sync::Mutex<Vec<Task>>,
     flags: FlagTable,
@@ -522,6 +595,82 @@ impl Registry {
 
     pub fn server_identities(&self) -> &[Identity] {
         &self.server_identities
+    }
+
+    /// The disco#items of the account `user` that `requester` may see.
+    pub async fn account_items(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        requester: Option<&BareJid>,
+    ) -> Vec<Element> {
+        let mut out = Vec::new();
+        for p in &self.account_items {
+            out.extend(p.items(ctx, user, requester).await);
+        }
+        out
+    }
+
+    pub fn server_forms(&self) -> &[Element] {
+        &self.server_forms
+    }
+
+    pub fn account_identities(&self) -> &[Identity] {
+        &self.account_identities
+    }
+
+    /// Whether any module observes roster changes (else the item before a change need
+    /// not be read).
+    pub fn has_roster_observers(&self) -> bool {
+        !self.roster_observers.is_empty()
+    }
+
+    pub async fn roster_changed(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        before: Option<&crate::storage::RosterItem>,
+        after: &crate::storage::RosterItem,
+    ) {
+        for o in &self.roster_observers {
+            o.roster_changed(ctx, user, before, after).await;
+        }
+    }
+
+    /// A local session of `user` broadcasts this available presence (observers may
+    /// amend it).
+    pub async fn presence_outbound_available(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        stanza: &mut Element,
+    ) {
+        for o in &self.presence_observers {
+            o.outbound_available(ctx, user, stanza).await;
+        }
+    }
+
+    pub async fn presence_outbound_unavailable(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        stanza: &Element,
+    ) {
+        for o in &self.presence_observers {
+            o.outbound_unavailable(ctx, user, stanza).await;
+        }
+    }
+
+    /// Available or unavailable presence arrived for the local account `user`.
+    pub async fn presence_inbound_seen(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        stanza: &Element,
+    ) {
+        for o in &self.presence_observers {
+            o.inbound(ctx, user, stanza).await;
+        }
     }
 
     pub fn server_items(&self) -> &[BareJid] {

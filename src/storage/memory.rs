@@ -27,6 +27,8 @@ use super::{
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
+mod pubsub;
+
 #[derive(Default)]
 struct UserRoster {
     version: u64,
@@ -78,6 +80,8 @@ pub struct MemoryStore {
     push: Mutex<HashMap<BareJid, UserPush>>,
     /// Keyed by (service domain, room JID), so listing a service is a range.
     rooms: Mutex<BTreeMap<(String, String), StoredRoom>>,
+    pubsub: Mutex<pubsub::MemoryPubsub>,
+    profiles: Mutex<pubsub::MemoryProfiles>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of

@@ -14,7 +14,10 @@ mod archive;
 /// XEP-0313 `with` matching on stored (normalized) JIDs, as the backends page with it.
 pub use archive::with_matches;
 pub mod memory;
+pub mod pubsub;
 pub mod sled;
+
+pub use pubsub::{CreateOutcome, NodeRecord, ProfileStore, PubsubStore, StoredItem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -572,6 +575,8 @@ pub struct Storage {
     pub blocklist: Arc<dyn BlockListStore>,
     pub push: Arc<dyn PushStore>,
     pub rooms: Arc<dyn RoomStore>,
+    pub pubsub: Arc<dyn PubsubStore>,
+    pub profiles: Arc<dyn ProfileStore>,
 }
 
 impl Storage {
@@ -613,6 +618,8 @@ impl Storage {
             + BlockListStore
             + PushStore
             + RoomStore
+            + PubsubStore
+            + ProfileStore
             + 'static,
     {
         Storage {
@@ -622,7 +629,9 @@ impl Storage {
             archive: backend.clone(),
             blocklist: backend.clone(),
             push: backend.clone(),
-            rooms: backend,
+            rooms: backend.clone(),
+            pubsub: backend.clone(),
+            profiles: backend,
         }
     }
 
@@ -635,7 +644,9 @@ impl Storage {
         self.archive.flush().await?;
         self.blocklist.flush().await?;
         self.push.flush().await?;
-        self.rooms.flush().await
+        self.rooms.flush().await?;
+        self.pubsub.flush().await?;
+        self.profiles.flush().await
     }
 
     /// Removes an account and everything stored for it.
@@ -646,6 +657,9 @@ impl Storage {
         self.archive.remove_user(jid).await?;
         self.blocklist.remove_user(jid).await?;
         self.push.remove_user(jid).await?;
+        // The account's PEP service is keyed by its bare JID.
+        self.pubsub.remove_service(jid.as_str()).await?;
+        self.profiles.remove_user(jid.as_str()).await?;
         Ok(existed)
     }
 }

@@ -17,6 +17,7 @@
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
 //! | `muc_rooms`    | `<service>\0<room jid>`           | fmt byte + `StoredRoom`        |
+//! | `pubsub_*`, `vcards`, `private_xml` | see `sled/pubsub.rs` |                     |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -53,6 +54,8 @@ use super::{
 };
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
+
+mod pubsub;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
 /// fails rather than risk misreading or damaging it.
@@ -95,6 +98,8 @@ pub struct SledStore {
     blocking: UsersWithEntries,
     push: Tree,
     muc_rooms: Tree,
+    /// Pubsub nodes and items, vCards, private XML.
+    pubsub: pubsub::SledPubsub,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Presence contacts per user with the roster version they were read at: presence
@@ -296,17 +301,26 @@ fn check_name(name: &str) -> Result<()> {
 
 /// `<user>\0`: the prefix of all of a user's keys in the per-user trees.
 fn user_prefix(user: &BareJid) -> Result<Vec<u8>> {
-    let user = user.as_str();
-    check_name(user)?;
-    let mut key = Vec::with_capacity(user.len() + 9);
-    key.extend_from_slice(user.as_bytes());
+    name_prefix(user.as_str())
+}
+
+/// `<name>\0`, for trees keyed by a name that is not (only) an account's JID, such as a
+/// pubsub service.
+fn name_prefix(name: &str) -> Result<Vec<u8>> {
+    check_name(name)?;
+    let mut key = Vec::with_capacity(name.len() + 9);
+    key.extend_from_slice(name.as_bytes());
     key.push(SEP);
     Ok(key)
 }
 
 fn pair_key(user: &BareJid, other: &str) -> Result<Vec<u8>> {
+    name_pair_key(user.as_str(), other)
+}
+
+fn name_pair_key(name: &str, other: &str) -> Result<Vec<u8>> {
     check_name(other)?;
-    let mut key = user_prefix(user)?;
+    let mut key = name_prefix(name)?;
     key.extend_from_slice(other.as_bytes());
     Ok(key)
 }
@@ -446,6 +460,7 @@ impl SledStore {
             offline_meta: tree("offline_meta")?,
             push: tree("push")?,
             muc_rooms: tree("muc_rooms")?,
+            pubsub: pubsub::SledPubsub::open(&db)?,
             archive: trees.archive,
             archive_ids: trees.ids,
             id_cipher,
