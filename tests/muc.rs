@@ -1240,3 +1240,35 @@ async fn registration_reserves_a_nick_and_a_repeated_join_gets_the_room_again() 
     join(c, &r, "bobby").await;
     server.stop().await;
 }
+
+/// An occupant whose session is gone without a word (a race with its departure): the
+/// router bounces the room's next message back to the room at once, while the room is
+/// still delivering; the room must take that error (dropping the occupant, 333) instead
+/// of waiting on itself.
+#[tokio::test]
+async fn a_vanished_occupant_is_dropped_on_the_bounce() {
+    let (server, mut cs) = users(&["alice"]).await;
+    let a = &mut cs[0];
+    let r = room("ghosts");
+    create_instant(a, &r, "al").await;
+    // A join from a session that does not exist, as if it ended right after joining.
+    let join = xmppd::xml::parse_stanza(&format!(
+        "<presence xmlns='jabber:client' from='ghost@localhost/gone' to='{r}/ghost'>\
+         <x xmlns='{MUC}'/></presence>"
+    ))
+    .unwrap();
+    xmppd::router::route(server.ctx(), join).await;
+    seen(a, &r, "ghost").await;
+    say(a, &r, "g1", "anyone there?").await;
+    recv_body(a, "g1").await;
+    let gone = a
+        .recv_until(|e| {
+            is_from(e, "presence", &format!("{r}/ghost")) && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert!(codes(&gone).contains(&333), "{gone:?}");
+    // The room still answers.
+    say(a, &r, "g2", "still here").await;
+    recv_body(a, "g2").await;
+    server.stop().await;
+}

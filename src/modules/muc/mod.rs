@@ -21,7 +21,7 @@ mod moderation;
 mod register;
 pub mod room;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -85,7 +85,7 @@ impl Module for Muc {
 /// The rooms of every MUC domain of this server (room JIDs include the domain).
 pub struct MucService {
     cfg: MucConfig,
-    rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Room>>>>,
+    rooms: Mutex<HashMap<String, Arc<RoomSlot>>>,
     /// Rooms created per user in this run (the per-user limit).
     created: Mutex<HashMap<String, usize>>,
 }
@@ -129,6 +129,29 @@ fn reply_error(out: &mut Vec<Element>, stanza: &Element, error: StanzaError) {
     }
 }
 
+/// A room behind its lock, and the errors that arrived for it while it was held.
+///
+/// The router answers a delivery to a vanished session at once, on the delivering task:
+/// the bounce comes back to the room while the room is still delivering under its lock.
+/// Errors therefore wait here for whoever holds the room instead of waiting for the lock
+/// (that is, for themselves).
+pub(crate) struct RoomSlot {
+    room: tokio::sync::Mutex<Room>,
+    pending: Mutex<VecDeque<Element>>,
+}
+
+impl RoomSlot {
+    fn new(room: Room) -> Arc<RoomSlot> {
+        Arc::new(RoomSlot {
+            room: tokio::sync::Mutex::new(room),
+            pending: Mutex::new(VecDeque::new()),
+        })
+    }
+}
+
+/// Errors queued for one room at most; more are dropped (they only report departures).
+const MAX_PENDING: usize = 1024;
+
 /// Where a stanza to the service goes.
 enum Target {
     Service,
@@ -154,7 +177,7 @@ impl MucService {
         &self,
         ctx: &Arc<Context>,
         jid: &str,
-    ) -> Result<Option<Arc<tokio::sync::Mutex<Room>>>, StanzaError> {
+    ) -> Result<Option<Arc<RoomSlot>>, StanzaError> {
         if let Some(r) = lock(&self.rooms).get(jid) {
             return Ok(Some(r.clone()));
         }
@@ -171,18 +194,13 @@ impl MucService {
         // Another task may have loaded it meanwhile: keep that one.
         let room = rooms
             .entry(jid.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Room::from_stored(stored))))
+            .or_insert_with(|| RoomSlot::new(Room::from_stored(stored)))
             .clone();
         Ok(Some(room))
     }
 
     /// Creates the room for `creator`, unless a limit forbids it; `Ok(None)` if it exists.
-    fn create(
-        &self,
-        jid: &str,
-        creator: &str,
-        locked: bool,
-    ) -> Result<Arc<tokio::sync::Mutex<Room>>, StanzaError> {
+    fn create(&self, jid: &str, creator: &str, locked: bool) -> Result<Arc<RoomSlot>, StanzaError> {
         let mut rooms = lock(&self.rooms);
         if let Some(r) = rooms.get(jid) {
             return Ok(r.clone());
@@ -198,12 +216,7 @@ impl MucService {
             );
         }
         *count += 1;
-        let room = Arc::new(tokio::sync::Mutex::new(Room::new(
-            jid.to_string(),
-            &self.cfg,
-            creator,
-            locked,
-        )));
+        let room = RoomSlot::new(Room::new(jid.to_string(), &self.cfg, creator, locked));
         rooms.insert(jid.to_string(), room.clone());
         Ok(room)
     }
@@ -323,13 +336,13 @@ impl MucService {
     /// disco#items of the service: public, unlocked rooms, loaded or stored.
     async fn public_rooms(&self, ctx: &Arc<Context>, domain: &str) -> Result<Element, StanzaError> {
         let mut found: std::collections::BTreeMap<String, String> = Default::default();
-        let loaded: Vec<Arc<tokio::sync::Mutex<Room>>> = lock(&self.rooms)
+        let loaded: Vec<Arc<RoomSlot>> = lock(&self.rooms)
             .iter()
             .filter(|(jid, _)| domain_of(jid) == domain)
             .map(|(_, r)| r.clone())
             .collect();
         for r in loaded {
-            let r = r.lock().await;
+            let r = r.room.lock().await;
             if r.config.public && !r.locked && !r.gone {
                 found.insert(r.jid.clone(), r.config.name.clone());
             }
@@ -409,27 +422,94 @@ impl MucService {
                 }
             }
         };
-        let mut room = room.lock().await;
+        if stanza.attr("type") == Some("error") {
+            {
+                let mut pending = lock(&room.pending);
+                if pending.len() < MAX_PENDING {
+                    pending.push_back(stanza.clone());
+                }
+            }
+            self.drain(ctx, &room).await;
+            return Ok(());
+        }
+        let slot = room;
+        let mut room = slot.room.lock().await;
         if room.gone {
             return Err(Retry);
         }
+        self.dispatch(ctx, &mut room, nick, from, stanza, out).await;
+        // Routed while the room is held: occupants see one order of events.
+        send_all(ctx, std::mem::take(out)).await;
+        self.drain_locked(ctx, &slot, &mut room).await;
+        drop(room);
+        // An error queued after the last look, while the room was being let go.
+        self.drain(ctx, &slot).await;
+        Ok(())
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &Arc<Context>,
+        room: &mut Room,
+        nick: Option<&str>,
+        from: &str,
+        stanza: &Element,
+        out: &mut Vec<Element>,
+    ) {
         match (stanza.name.as_str(), nick) {
-            ("presence", Some(nick)) => {
-                self.presence(ctx, &mut room, nick, from, stanza, out).await
+            // A message from the room that could not be delivered (whatever occupant JID
+            // it came from): that session is gone (333).
+            ("message", _) if stanza.attr("type") == Some("error") => {
+                if let Some(idx) = room.by_session(from) {
+                    self.leave(ctx, room, idx, from, &[333], out).await;
+                }
             }
+            ("presence", Some(nick)) => self.presence(ctx, room, nick, from, stanza, out).await,
             // §7.2.1: a join needs a nickname.
             ("presence", None) if stanza.attr("type").is_none() => {
                 reply_error(out, stanza, StanzaError::jid_malformed());
             }
-            ("message", None) => self.room_message(ctx, &mut room, from, stanza, out).await,
-            ("message", Some(nick)) => private_message(&room, nick, from, stanza, out),
-            ("iq", None) => self.room_iq(ctx, &mut room, from, stanza, out).await,
-            ("iq", Some(nick)) => occupant_iq(&room, nick, from, stanza, out),
+            ("message", None) => self.room_message(ctx, room, from, stanza, out).await,
+            ("message", Some(nick)) => private_message(room, nick, from, stanza, out),
+            ("iq", None) => self.room_iq(ctx, room, from, stanza, out).await,
+            ("iq", Some(nick)) => occupant_iq(room, nick, from, stanza, out),
             _ => {}
         }
-        // Routed while the room is held: occupants see one order of events.
-        send_all(ctx, std::mem::take(out)).await;
-        Ok(())
+    }
+
+    /// Handles the queued errors if nobody holds the room; whoever holds it looks at the
+    /// queue before and after letting it go.
+    async fn drain(&self, ctx: &Arc<Context>, slot: &Arc<RoomSlot>) {
+        while !lock(&slot.pending).is_empty() {
+            let Ok(mut room) = slot.room.try_lock() else {
+                return;
+            };
+            self.drain_locked(ctx, slot, &mut room).await;
+        }
+    }
+
+    /// Handles the queued errors with the room held. It ends: an error is never
+    /// answered, so what these produce can only queue errors for other deliveries.
+    async fn drain_locked(&self, ctx: &Arc<Context>, slot: &RoomSlot, room: &mut Room) {
+        loop {
+            let next = lock(&slot.pending).pop_front();
+            let Some(stanza) = next else {
+                return;
+            };
+            if room.gone {
+                continue;
+            }
+            let (Some(from), Some(to)) = (
+                stanza.attr("from").map(str::to_string),
+                stanza.attr("to").and_then(Addr::parse),
+            ) else {
+                continue;
+            };
+            let mut out = Vec::new();
+            self.dispatch(ctx, room, to.resource.as_deref(), &from, &stanza, &mut out)
+                .await;
+            send_all(ctx, out).await;
+        }
     }
 
     /// Who may create rooms: users of this server's vhosts.
@@ -676,13 +756,6 @@ impl MucService {
         out: &mut Vec<Element>,
     ) {
         let kind = stanza.attr("type").unwrap_or("normal");
-        if kind == "error" {
-            // A delivery error from an occupant's server: that session is gone.
-            if let Some(idx) = room.by_session(from) {
-                self.leave(ctx, room, idx, from, &[333], out).await;
-            }
-            return;
-        }
         if kind != "groupchat" {
             if let Some(x) = stanza.child("x", MUC_USER) {
                 return self.invites(ctx, room, from, stanza, x, out).await;
