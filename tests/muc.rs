@@ -1272,3 +1272,49 @@ async fn a_vanished_occupant_is_dropped_on_the_bounce() {
     recv_body(a, "g2").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn retention_prunes_persistent_room_archives() {
+    let (server, mut cs) = users_with(&["alice"], |c| {
+        c.archive.retention_days = 1;
+        c.archive.prune_interval_secs = 1;
+    })
+    .await;
+    let a = &mut cs[0];
+    let r = room("annals");
+    create_instant(a, &r, "al").await;
+    configure(a, &r, &[("muc#roomconfig_persistentroom", "1")]).await;
+    // Two days old: expired (stored first: an archive's positions never go back).
+    let archive = &server.ctx().storage.archive;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let old = now - 2 * 86_400 * 1_000_000;
+    let stanza = format!(
+        "<message xmlns='jabber:client' from='{r}/al' type='groupchat'><body>old</body></message>"
+    );
+    archive
+        .append(
+            &r,
+            xmppd::storage::NewArchived {
+                with: &format!("{r}/al"),
+                stanza: &stanza,
+                micros: old,
+            },
+        )
+        .await
+        .unwrap();
+    say(a, &r, "new", "fresh").await;
+    recv_body(a, "new").await;
+    assert_eq!(archive.count(&r).await.unwrap(), 2);
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while archive.count(&r).await.unwrap() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old message was not pruned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}

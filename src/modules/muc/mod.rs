@@ -73,12 +73,18 @@ impl Module for Muc {
             .iter()
             .map(|v| format!("{}.{}", cfg.subdomain, v.domain.to_ascii_lowercase()))
             .collect();
+        let (archive, max_rooms) = (cfg.archive, cfg.max_rooms);
         let service = Arc::new(MucService::new(cfg));
-        for d in domains {
-            r.service(&d, service.clone());
-            r.server_item(d);
+        for d in &domains {
+            r.service(d, service.clone());
+            r.server_item(d.clone());
         }
         r.shared(service);
+        if archive {
+            r.task(Box::new(move |ctx, shutdown| {
+                Box::pin(archive::run_pruner(ctx, domains, max_rooms, shutdown))
+            }));
+        }
     }
 }
 
