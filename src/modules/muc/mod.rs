@@ -656,9 +656,6 @@ impl MucService {
         if created || fresh_instant {
             codes.push(201);
         }
-        if raw_nick(stanza).is_some_and(|raw| raw != nick) {
-            codes.push(210);
-        }
         debug!(room = %room.jid, nick, "occupant joined");
         // A second session of an occupant: the others know it already.
         send_join(room, idx, from, stanza, &codes, same_nick.is_none(), out);
@@ -721,12 +718,7 @@ impl MucService {
         if let Some(s) = o.sessions.iter_mut().find(|s| s.jid == from) {
             s.presence = stanza.clone();
         }
-        let own: Vec<u16> = if raw_nick(stanza).is_some_and(|raw| raw != nick) {
-            vec![210]
-        } else {
-            vec![]
-        };
-        room.broadcast_presence(idx, false, &[], &own, None, out);
+        room.broadcast_presence(idx, false, &[], &[], None, out);
     }
 
     /// One session leaves; the occupant leaves with its last session.
@@ -1034,14 +1026,6 @@ impl MucService {
 
 /// The handler found the room gone after waiting for it.
 struct Retry;
-
-/// The nickname as the client wrote it (before normalization), for status 210.
-fn raw_nick(stanza: &Element) -> Option<&str> {
-    stanza
-        .attr("to")
-        .and_then(|t| t.split_once('/'))
-        .map(|(_, r)| r)
-}
 
 fn node_of(jid: &str) -> &str {
     jid.split_once('@').map_or(jid, |(n, _)| n)
