@@ -395,6 +395,17 @@ async fn nick_change_taken_nick_and_messages_from_strangers() {
         .await;
     assert_eq!(condition(&e), "conflict");
 
+    // A presence the room would have to keep and repeat to everyone: too large.
+    let big = "x".repeat(20_000);
+    let e = try_join(
+        c,
+        &r,
+        "huge",
+        &format!("</x><status>{big}</status><x xmlns='{MUC}'>"),
+    )
+    .await;
+    assert_eq!(condition(&e), "not-acceptable");
+
     // A join without a nickname.
     c.send(&format!("<presence to='{r}'><x xmlns='{MUC}'/></presence>"))
         .await;

@@ -50,6 +50,8 @@ pub const STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 pub const CONFERENCE: &str = "jabber:x:conference";
 pub const SID: &str = "urn:xmpp:sid:0";
 
+/// The largest available presence a room keeps for an occupant session.
+const MAX_PRESENCE_BYTES: usize = 16 * 1024;
 /// Sessions of one user under one nick (a remote server could claim any number).
 const MAX_SESSIONS: usize = 32;
 /// Invitations one message may carry.
@@ -538,6 +540,14 @@ impl MucService {
         out: &mut Vec<Element>,
     ) {
         let existing = room.by_session(from);
+        if stanza.attr("type").is_none() && stanza.to_stanza_string().len() > MAX_PRESENCE_BYTES {
+            // The room keeps it and shows it to everyone, again to each newcomer.
+            return reply_error(
+                out,
+                stanza,
+                not_acceptable().with_text("presence too large for a room"),
+            );
+        }
         match stanza.attr("type") {
             None => match existing {
                 None => self.join(ctx, room, nick, from, stanza, out).await,
