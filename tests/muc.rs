@@ -579,6 +579,25 @@ async fn reserved_room_members_only_and_password() {
     assert_eq!(condition(&e), "not-authorized");
     let p = try_join(b, &r, "bo", "<password>open sesame</password>").await;
     assert_eq!(item(&p).attr("affiliation"), Some("member"));
+    // Members of a members-only room see who belongs, not who is banned.
+    let owners = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{MUC_ADMIN}'><item affiliation='owner'/></query></iq>"
+        ))
+        .await;
+    let jids: Vec<_> = owners
+        .child("query", MUC_ADMIN)
+        .unwrap()
+        .elements()
+        .filter_map(|i| i.attr("jid"))
+        .collect();
+    assert_eq!(jids, ["alice@localhost"]);
+    let e = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{MUC_ADMIN}'><item affiliation='outcast'/></query></iq>"
+        ))
+        .await;
+    assert_eq!(condition(&e), "forbidden");
     let e = try_join(c, &r, "ca", "<password>open sesame</password>").await;
     assert_eq!(condition(&e), "registration-required");
     // Removing bob's membership removes him (321).
