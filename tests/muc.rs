@@ -923,6 +923,14 @@ async fn private_messages_self_ping_and_invites() {
     .await;
     assert_eq!(condition(&recv_body(b, "p5").await), "forbidden");
 
+    // The room itself answers pings.
+    let pong = c
+        .iq(&format!(
+            "<iq type='get' to='{r}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+
     // XEP-0410: a self-ping is answered by the room while joined.
     let pong = b
         .iq(&format!(

@@ -935,6 +935,7 @@ impl MucService {
             {
                 Ok(Some(register::reserved_nick(room, from)))
             }
+            ("get", "ping", ns::PING) => Ok(None),
             ("get", "query", register::REGISTER) => register::get(room, from),
             ("set", "query", register::REGISTER) => {
                 register::set(self, ctx, room, from, payload, out).await
@@ -984,6 +985,7 @@ impl MucService {
             MUC,
             ns::DISCO_INFO,
             register::REGISTER,
+            ns::PING,
             SELF_PING,
             STABLE_ID,
             OCCUPANT_ID,
