@@ -550,7 +550,7 @@ impl MucService {
         }
         match stanza.attr("type") {
             None => match existing {
-                None => self.join(ctx, room, nick, from, stanza, out).await,
+                None => self.join(room, nick, from, stanza, out),
                 // A join from a session the room still counts in (its client reconnected
                 // with the same resource and never left): the whole join again, so the
                 // client gets what it waits for.
@@ -559,13 +559,13 @@ impl MucService {
                         self.rejoin(room, idx, from, stanza, out);
                     } else {
                         self.leave(ctx, room, idx, from, &[], out).await;
-                        self.join(ctx, room, nick, from, stanza, out).await;
+                        self.join(room, nick, from, stanza, out);
                     }
                 }
                 Some(idx) if room.occupants[idx].nick == nick => {
                     update_presence(room, idx, from, stanza, out)
                 }
-                Some(idx) => self.change_nick(ctx, room, idx, nick, from, stanza, out),
+                Some(idx) => self.change_nick(room, idx, nick, from, stanza, out),
             },
             Some("unavailable") => {
                 if let Some(idx) = existing {
@@ -583,9 +583,8 @@ impl MucService {
         }
     }
 
-    async fn join(
+    fn join(
         &self,
-        _ctx: &Arc<Context>,
         room: &mut Room,
         nick: &str,
         from: &str,
@@ -705,7 +704,6 @@ impl MucService {
     #[allow(clippy::too_many_arguments)]
     fn change_nick(
         &self,
-        _ctx: &Arc<Context>,
         room: &mut Room,
         idx: usize,
         nick: &str,
