@@ -512,6 +512,50 @@ async fn moderated_room_refuses_visitors_until_voiced() {
     say(b, &r, "v2", "thanks").await;
     let m = recv_body(a, "v2").await;
     assert_eq!(m.child_text("body", CLIENT).as_deref(), Some("thanks"));
+
+    // Voice revoked, then asked for (§7.13) and granted by the moderator (§8.6).
+    let ok = admin_set(a, &r, "<item nick='bo' role='visitor'/>").await;
+    assert_eq!(ok.attr("type"), Some("result"));
+    b.recv_until(|e| {
+        is_from(e, "presence", &format!("{r}/bo")) && item(e).attr("role") == Some("visitor")
+    })
+    .await;
+    say(b, &r, "v3", "again?").await;
+    assert_eq!(condition(&recv_body(b, "v3").await), "forbidden");
+    let request = format!(
+        "<x xmlns='{DATA}' type='submit'>{}{}</x>",
+        field("FORM_TYPE", "http://jabber.org/protocol/muc#request"),
+        field("muc#role", "participant")
+    );
+    b.send(&format!("<message to='{r}'>{request}</message>"))
+        .await;
+    let form = a
+        .recv_until(|e| {
+            e.name == "message" && e.attr("from") == Some(r.as_str()) && e.has_child("x", DATA)
+        })
+        .await;
+    let x = form.child("x", DATA).unwrap();
+    let value = |var: &str| {
+        x.elements()
+            .find(|f| f.attr("var") == Some(var))
+            .and_then(|f| f.child_text("value", DATA))
+    };
+    assert_eq!(value("muc#roomnick").as_deref(), Some("bo"));
+    assert_eq!(value("muc#jid").as_deref(), Some("bob@localhost/r"));
+    let approval = format!(
+        "<x xmlns='{DATA}' type='submit'>{}{}{}</x>",
+        field("FORM_TYPE", "http://jabber.org/protocol/muc#request"),
+        field("muc#roomnick", "bo"),
+        field("muc#request_allow", "true")
+    );
+    a.send(&format!("<message to='{r}'>{approval}</message>"))
+        .await;
+    b.recv_until(|e| {
+        is_from(e, "presence", &format!("{r}/bo")) && item(e).attr("role") == Some("participant")
+    })
+    .await;
+    say(b, &r, "v4", "thanks again").await;
+    assert_eq!(recv_body(a, "v4").await.attr("type"), Some("groupchat"));
     server.stop().await;
 }
 

@@ -20,6 +20,7 @@ pub mod history;
 mod moderation;
 mod register;
 pub mod room;
+mod voice;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -766,6 +767,9 @@ impl MucService {
             if let Some(x) = stanza.child("x", MUC_USER) {
                 return self.invites(ctx, room, from, stanza, x, out).await;
             }
+            if let Some(form) = voice::request_form(stanza) {
+                return voice::handle(self, room, from, stanza, form, out);
+            }
             return reply_error(out, stanza, not_acceptable());
         }
         let Some(idx) = room.by_session(from) else {
@@ -983,6 +987,7 @@ impl MucService {
             MUC,
             ns::DISCO_INFO,
             register::REGISTER,
+            voice::REQUEST,
             ns::PING,
             SELF_PING,
             STABLE_ID,
