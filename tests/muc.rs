@@ -195,6 +195,18 @@ async fn service_in_disco_with_public_rooms_and_room_info() {
             .any(|f| f.name == "feature" && f.attr("var") == Some(MUC))
     );
 
+    // §10.1.4: a unique room name.
+    let unique = a
+        .iq(&format!(
+            "<iq type='get' to='{SERVICE}'><unique xmlns='http://jabber.org/protocol/muc#unique'/></iq>"
+        ))
+        .await;
+    let name = unique
+        .child("unique", "http://jabber.org/protocol/muc#unique")
+        .map(Element::text)
+        .unwrap_or_default();
+    assert!(name.len() >= 16, "{unique:?}");
+
     let cave = room("cave");
     create_instant(a, &cave, "al").await;
     let r = configure(a, &cave, &[("muc#roomconfig_roomname", "The Cave")]).await;

@@ -46,6 +46,7 @@ pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 /// XEP-0410 §3.2: the service answers self-pings itself.
 pub const SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+pub const UNIQUE: &str = "http://jabber.org/protocol/muc#unique";
 pub const STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 /// XEP-0249 direct invitations (client to client; passed through like any message).
 pub const CONFERENCE: &str = "jabber:x:conference";
@@ -321,23 +322,22 @@ impl MucService {
         let payload = stanza.first_element();
         let answer = match (stanza.attr("type"), payload) {
             (Some("get"), Some(q)) if q.is("query", ns::DISCO_INFO) && q.attr("node").is_none() => {
-                Ok(service_info())
+                Ok(Some(service_info()))
             }
             (Some("get"), Some(q))
                 if q.is("query", ns::DISCO_ITEMS) && q.attr("node").is_none() =>
             {
-                self.public_rooms(ctx, domain).await
+                self.public_rooms(ctx, domain).await.map(Some)
             }
-            (Some("get"), Some(q)) if q.is("ping", crate::xml::ns::PING) => {
-                Ok(Element::new("ping", ns::PING))
-            }
+            (Some("get"), Some(q)) if q.is("ping", ns::PING) => Ok(None),
+            // §10.1.4: a room name nobody uses (random, so never taken in practice).
+            (Some("get"), Some(q)) if q.is("unique", UNIQUE) => Ok(Some(
+                Element::new("unique", UNIQUE).with_text(crate::stream::random_id()),
+            )),
             _ => Err(StanzaError::service_unavailable()),
         };
         match answer {
-            Ok(payload) => {
-                let payload = (payload.name != "ping").then_some(payload);
-                out.push(iq_result(stanza, payload));
-            }
+            Ok(payload) => out.push(iq_result(stanza, payload)),
             Err(e) => reply_error(out, stanza, e),
         }
     }
@@ -1185,6 +1185,7 @@ fn service_info() -> Element {
     );
     for f in [
         MUC,
+        UNIQUE,
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
         ns::PING,
