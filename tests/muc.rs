@@ -1380,6 +1380,7 @@ async fn retention_prunes_persistent_room_archives() {
     configure(a, &r, &[("muc#roomconfig_persistentroom", "1")]).await;
     // Two days old: expired (stored first: an archive's positions never go back).
     let archive = &server.ctx().storage.archive;
+    let room_jid = xmppd::addr::parse_bare(&r).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1390,7 +1391,7 @@ async fn retention_prunes_persistent_room_archives() {
     );
     archive
         .append(
-            &r,
+            &room_jid,
             xmppd::storage::NewArchived {
                 with: &format!("{r}/al"),
                 stanza: &stanza,
@@ -1401,9 +1402,9 @@ async fn retention_prunes_persistent_room_archives() {
         .unwrap();
     say(a, &r, "new", "fresh").await;
     recv_body(a, "new").await;
-    assert_eq!(archive.count(&r).await.unwrap(), 2);
+    assert_eq!(archive.count(&room_jid).await.unwrap(), 2);
     let deadline = tokio::time::Instant::now() + support::TIMEOUT;
-    while archive.count(&r).await.unwrap() != 1 {
+    while archive.count(&room_jid).await.unwrap() != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the old message was not pruned"

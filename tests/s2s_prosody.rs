@@ -16,6 +16,10 @@ use support::{Client, LoginOptions, Mech, TestServer};
 use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
 use xmppd::xml::Element;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const OURS: &str = "xmppd.example";
 const OUR_IP: &str = "127.0.0.9";
 const PROSODY: &str = "prosody.example";
@@ -405,7 +409,7 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
         .ctx()
         .storage
         .offline
-        .count("oscar@xmppd.example")
+        .count(&j("oscar@xmppd.example"))
         .await
         .unwrap()
         == 0

@@ -138,6 +138,11 @@ pub struct Limits {
     pub ip_auth_tracked_max: usize,
     /// Stanzas queued to one session before it is considered stuck and closed.
     pub session_queue_len: usize,
+    /// Memory one session may hold for its client, in bytes: half for its queue (beyond
+    /// it the session is closed as stuck), a quarter for stanzas sent and not acknowledged
+    /// (XEP-0198; sending pauses there), a quarter for stanzas held back while the client
+    /// is inactive (XEP-0352; flushed there). At least 4 × `max_stanza_bytes`.
+    pub session_max_bytes: usize,
     /// Offline messages kept per user (`resource-constraint` bounce beyond).
     pub offline_quota: usize,
     /// Stanzas a session's own work may send to itself while handling one stanza of its
@@ -415,6 +420,7 @@ impl Default for Limits {
             ip_auth_failure_window_secs: 900,
             ip_auth_tracked_max: 100_000,
             session_queue_len: 2048,
+            session_max_bytes: 8 * 1024 * 1024,
             offline_quota: 1000,
             session_backlog_len: 20_000,
             max_pending_subscriptions: 500,

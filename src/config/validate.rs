@@ -535,7 +535,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 23] = [
+    let nonzero: [(&str, u64); 24] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -544,6 +544,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.max_connections", l.max_connections as u64),
         ("limits.max_auth_attempts", u64::from(l.max_auth_attempts)),
         ("limits.session_queue_len", l.session_queue_len as u64),
+        ("limits.session_max_bytes", l.session_max_bytes as u64),
         ("limits.offline_quota", l.offline_quota as u64),
         ("limits.max_resources", l.max_resources as u64),
         ("limits.sm_max_unacked", l.sm_max_unacked as u64),
@@ -584,6 +585,16 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             format!(
                 "smaller than limits.max_stanza_bytes = {}: every large stanza would pause its stream",
                 l.max_stanza_bytes
+            ),
+        ));
+    }
+    if l.session_max_bytes / 4 < l.max_stanza_bytes {
+        errs.push(ConfigError::invalid(
+            "limits.session_max_bytes",
+            l.session_max_bytes.to_string(),
+            format!(
+                "less than 4 × limits.max_stanza_bytes = {}: one large stanza must fit each part of it",
+                l.max_stanza_bytes.saturating_mul(4)
             ),
         ));
     }

@@ -56,7 +56,9 @@ impl IqHandler for Disco {
             let mut items = Element::new("query", ns::DISCO_ITEMS);
             if let IqTarget::Server(_) = target {
                 for jid in ctx.registry.server_items() {
-                    items.push_child(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid));
+                    items.push_child(
+                        Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.as_str()),
+                    );
                 }
             }
             return Ok(Some(items));

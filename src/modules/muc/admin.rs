@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::form::{self, DATA};
 use super::room::{self, Role, Room, affiliation_str, parse_affiliation};
 use super::{MUC_ADMIN, MUC_OWNER, MUC_USER, MucService, err};
-use crate::addr::Addr;
+use crate::addr::{self, BareJid, Jid};
 use crate::context::Context;
 use crate::storage::RoomAffiliation;
 use crate::stream::{ErrorType, StanzaError};
@@ -22,18 +22,18 @@ enum Change {
         reason: Option<Element>,
     },
     Affiliation {
-        jid: String,
+        jid: BareJid,
         affiliation: Option<RoomAffiliation>,
         reason: Option<Element>,
     },
 }
 
-fn requester_role(room: &Room, from: &str) -> Role {
+fn requester_role(room: &Room, from: &Jid) -> Role {
     room.by_session(from)
         .map_or(Role::None, |i| room.occupants[i].role)
 }
 
-fn requester_nick(room: &Room, from: &str) -> Option<String> {
+fn requester_nick(room: &Room, from: &Jid) -> Option<String> {
     room.by_session(from)
         .map(|i| room.occupants[i].nick.clone())
 }
@@ -46,7 +46,7 @@ pub(super) async fn admin(
     svc: &MucService,
     ctx: &Arc<Context>,
     room: &mut Room,
-    from: &str,
+    from: &Jid,
     stanza: &Element,
     query: &Element,
     out: &mut Vec<Element>,
@@ -83,7 +83,7 @@ pub(super) async fn admin(
             {
                 let mut it = Element::new("item", MUC_ADMIN)
                     .with_attr("affiliation", wanted.as_str())
-                    .with_attr("jid", e.jid.clone());
+                    .with_attr("jid", e.jid.as_str());
                 if let Some(nick) = &e.nick {
                     it.set_attr("nick", nick.clone());
                 }
@@ -107,7 +107,7 @@ pub(super) async fn admin(
                         .with_attr("role", wanted.as_str())
                         .with_attr("nick", o.nick.clone())
                         .with_attr("affiliation", affiliation_str(room.affiliation(&o.bare)))
-                        .with_attr("jid", o.bare.clone()),
+                        .with_attr("jid", o.bare.as_str()),
                 );
             }
             return Ok(Some(q));
@@ -149,9 +149,9 @@ pub(super) async fn admin(
             (None, Some(a)) => {
                 let affiliation = parse_affiliation(a).ok_or_else(StanzaError::bad_request)?;
                 let jid = match (item.attr("jid"), item.attr("nick")) {
-                    (Some(j), _) => Addr::parse(j)
+                    (Some(j), _) => addr::parse(j)
                         .ok_or_else(StanzaError::jid_malformed)?
-                        .bare(),
+                        .into_bare(),
                     (None, Some(n)) => {
                         let i = room.by_nick(n).ok_or_else(StanzaError::item_not_found)?;
                         room.occupants[i].bare.clone()
@@ -268,7 +268,7 @@ pub(super) async fn owner(
     svc: &MucService,
     ctx: &Arc<Context>,
     room: &mut Room,
-    from: &str,
+    from: &Jid,
     stanza: &Element,
     query: &Element,
     out: &mut Vec<Element>,
@@ -338,8 +338,8 @@ async fn destroy_room(
     out: &mut Vec<Element>,
 ) {
     let mut notice = Element::new("destroy", MUC_USER);
-    if let Some(alt) = destroy.attr("jid").and_then(Addr::parse) {
-        notice.set_attr("jid", alt.full());
+    if let Some(alt) = destroy.attr("jid").and_then(addr::parse) {
+        notice.set_attr("jid", alt.into_inner());
     }
     if let Some(reason) = destroy.child_text("reason", MUC_OWNER) {
         notice.push_child(Element::new("reason", MUC_USER).with_text(reason));

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::room::Room;
+use crate::addr::{BareJid, Jid};
 use crate::context::Context;
 use crate::modules::mam;
 use crate::storage::{NewArchived, RoomAffiliation};
@@ -16,12 +17,17 @@ use crate::stream::StanzaError;
 use crate::xml::Element;
 
 /// Archives a message as the room broadcasts it; returns its stanza-id.
-pub async fn append(ctx: &Arc<Context>, room: &str, msg: &Element, micros: u64) -> Option<String> {
+pub async fn append(
+    ctx: &Arc<Context>,
+    room: &BareJid,
+    msg: &Element,
+    micros: u64,
+) -> Option<String> {
     if !mam::archivable_groupchat(msg) {
         return None;
     }
     let stanza = msg.to_stanza_string();
-    let with = msg.attr("from").unwrap_or(room);
+    let with = msg.attr("from").unwrap_or(room.as_str());
     let entry = NewArchived {
         with,
         stanza: &stanza,
@@ -30,14 +36,14 @@ pub async fn append(ctx: &Arc<Context>, room: &str, msg: &Element, micros: u64) 
     match ctx.storage.archive.append(room, entry).await {
         Ok(stamp) => Some(stamp.id),
         Err(e) => {
-            warn!(error = %e, room, "archiving a room message failed");
+            warn!(error = %e, %room, "archiving a room message failed");
             None
         }
     }
 }
 
 /// Who may read a room's archive: whoever may enter it.
-fn may_read(room: &Room, from: &str) -> Result<(), StanzaError> {
+fn may_read(room: &Room, from: &Jid) -> Result<(), StanzaError> {
     let aff = room.affiliation(from);
     if aff == Some(RoomAffiliation::Outcast) {
         return Err(StanzaError::forbidden());
@@ -48,7 +54,7 @@ fn may_read(room: &Room, from: &str) -> Result<(), StanzaError> {
     Ok(())
 }
 
-pub fn form(room: &Room, from: &str) -> Result<Option<Element>, StanzaError> {
+pub fn form(room: &Room, from: &Jid) -> Result<Option<Element>, StanzaError> {
     may_read(room, from)?;
     Ok(Some(mam::form()))
 }
@@ -56,7 +62,7 @@ pub fn form(room: &Room, from: &str) -> Result<Option<Element>, StanzaError> {
 pub async fn query(
     ctx: &Arc<Context>,
     room: &Room,
-    from: &str,
+    from: &Jid,
     _iq: &Element,
     payload: &Element,
     out: &mut Vec<Element>,
@@ -75,7 +81,7 @@ const PRUNE_BATCH: usize = 256;
 /// at once; this gives the space back). Temporary rooms' archives go with the room.
 pub async fn run_pruner(
     ctx: Arc<Context>,
-    domains: Vec<String>,
+    domains: Vec<crate::addr::DomainPart>,
     max_rooms: usize,
     shutdown: CancellationToken,
 ) {
@@ -95,7 +101,7 @@ pub async fn run_pruner(
             let rooms = match ctx.storage.rooms.rooms(domain, max_rooms).await {
                 Ok(rooms) => rooms,
                 Err(e) => {
-                    warn!(error = %e, domain, "listing rooms for archive pruning failed");
+                    warn!(error = %e, %domain, "listing rooms for archive pruning failed");
                     continue;
                 }
             };

@@ -4,6 +4,7 @@
 // Parsers return the stanza error to answer with.
 #![allow(clippy::result_large_err)]
 
+use crate::addr::BareJid;
 use crate::config::MucConfig;
 use crate::storage::{RoomConfig, RoomPmPolicy};
 use crate::stream::StanzaError;
@@ -51,7 +52,7 @@ fn pm_str(p: RoomPmPolicy) -> &'static str {
 }
 
 /// The form an owner fills in, with the current values.
-pub fn config_form(c: &RoomConfig, room: &str) -> Element {
+pub fn config_form(c: &RoomConfig, room: &BareJid) -> Element {
     let hidden = field("FORM_TYPE", "hidden", "").with_child(value(ROOMCONFIG));
     let text =
         |var: &str, label: &str, v: &str| field(var, "text-single", label).with_child(value(v));

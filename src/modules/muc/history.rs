@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use super::MUC;
+use crate::addr::{BareJid, Jid};
 use crate::modules::mam::{parse_stamp, stamp};
 use crate::xml::{Element, ns};
 
@@ -78,8 +79,8 @@ pub fn request(join: &Element, now_micros: u64) -> Request {
 pub fn select(
     history: &VecDeque<HistoryItem>,
     req: &Request,
-    room: &str,
-    to: &str,
+    room: &BareJid,
+    to: &Jid,
 ) -> Vec<Element> {
     let mut picked: Vec<&HistoryItem> = Vec::new();
     let mut chars = 0usize;
@@ -103,10 +104,10 @@ pub fn select(
         .rev()
         .map(|item| {
             let mut m = item.stanza.clone();
-            m.set_attr("to", to);
+            m.set_attr("to", to.as_str());
             m.push_child(
                 Element::new("delay", ns::DELAY)
-                    .with_attr("from", room)
+                    .with_attr("from", room.as_str())
                     .with_attr("stamp", stamp(item.micros)),
             );
             m
@@ -141,23 +142,52 @@ mod tests {
     fn keeps_the_last_messages_and_cuts_by_request() {
         let h = history(8);
         assert_eq!(h.len(), 5);
-        let all = select(&h, &Request::default(), "r@c", "u@x/r");
+        let all = select(
+            &h,
+            &Request::default(),
+            &crate::addr::parse_bare("r@c").unwrap(),
+            &crate::addr::parse("u@x/r").unwrap(),
+        );
         assert_eq!(bodies(&all), ["m3", "m4", "m5", "m6", "m7"]);
         let two = Request {
             max_stanzas: Some(2),
             ..Request::default()
         };
-        assert_eq!(bodies(&select(&h, &two, "r@c", "u@x/r")), ["m6", "m7"]);
+        assert_eq!(
+            bodies(&select(
+                &h,
+                &two,
+                &crate::addr::parse_bare("r@c").unwrap(),
+                &crate::addr::parse("u@x/r").unwrap()
+            )),
+            ["m6", "m7"]
+        );
         let none = Request {
             max_chars: Some(0),
             ..Request::default()
         };
-        assert!(select(&h, &none, "r@c", "u@x/r").is_empty());
+        assert!(
+            select(
+                &h,
+                &none,
+                &crate::addr::parse_bare("r@c").unwrap(),
+                &crate::addr::parse("u@x/r").unwrap()
+            )
+            .is_empty()
+        );
         let since = Request {
             since: Some(7_000_000),
             ..Request::default()
         };
-        assert_eq!(bodies(&select(&h, &since, "r@c", "u@x/r")), ["m6", "m7"]);
+        assert_eq!(
+            bodies(&select(
+                &h,
+                &since,
+                &crate::addr::parse_bare("r@c").unwrap(),
+                &crate::addr::parse("u@x/r").unwrap()
+            )),
+            ["m6", "m7"]
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tracing::{debug, warn};
 
-use crate::addr::{Addr, bare_of, domain_of};
+use crate::addr::{self, BareJid, DomainRef, Jid};
 use crate::config::MucConfig;
 use crate::context::Context;
 use crate::registry::{Module, Registrar, Service};
@@ -81,10 +81,14 @@ impl Module for Muc {
         let service = Arc::new(MucService::new(cfg));
         for d in &domains {
             r.service(d, service.clone());
-            r.server_item(d.clone());
+            r.server_item(d);
         }
         r.shared(service);
         if archive {
+            let domains: Vec<addr::DomainPart> = domains
+                .iter()
+                .filter_map(|d| addr::parse_domain(d))
+                .collect();
             r.task(Box::new(move |ctx, shutdown| {
                 Box::pin(archive::run_pruner(ctx, domains, max_rooms, shutdown))
             }));
@@ -95,9 +99,9 @@ impl Module for Muc {
 /// The rooms of every MUC domain of this server (room JIDs include the domain).
 pub struct MucService {
     cfg: MucConfig,
-    rooms: Mutex<HashMap<String, Arc<RoomSlot>>>,
+    rooms: Mutex<HashMap<BareJid, Arc<RoomSlot>>>,
     /// Rooms created per user in this run (the per-user limit).
-    created: Mutex<HashMap<String, usize>>,
+    created: Mutex<HashMap<BareJid, usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,7 +128,8 @@ async fn send_all(ctx: &Arc<Context>, out: Vec<Element>) {
     for el in out {
         let to_service = el
             .attr("to")
-            .is_some_and(|to| ctx.registry.service(domain_of(to)).is_some());
+            .and_then(addr::parse)
+            .is_some_and(|to| ctx.registry.service(to.domain().as_str()).is_some());
         if to_service {
             debug!(to = ?el.attr("to"), "room stanza to a service dropped");
             continue;
@@ -165,7 +170,7 @@ const MAX_PENDING: usize = 1024;
 /// Where a stanza to the service goes.
 enum Target {
     Service,
-    Room { jid: String, nick: Option<String> },
+    Room { jid: BareJid, nick: Option<String> },
 }
 
 impl MucService {
@@ -186,7 +191,7 @@ impl MucService {
     async fn find(
         &self,
         ctx: &Arc<Context>,
-        jid: &str,
+        jid: &BareJid,
     ) -> Result<Option<Arc<RoomSlot>>, StanzaError> {
         if let Some(r) = lock(&self.rooms).get(jid) {
             return Ok(Some(r.clone()));
@@ -203,14 +208,19 @@ impl MucService {
         let mut rooms = lock(&self.rooms);
         // Another task may have loaded it meanwhile: keep that one.
         let room = rooms
-            .entry(jid.to_string())
+            .entry(jid.clone())
             .or_insert_with(|| RoomSlot::new(Room::from_stored(stored)))
             .clone();
         Ok(Some(room))
     }
 
     /// Creates the room for `creator`, unless a limit forbids it; `Ok(None)` if it exists.
-    fn create(&self, jid: &str, creator: &str, locked: bool) -> Result<Arc<RoomSlot>, StanzaError> {
+    fn create(
+        &self,
+        jid: &BareJid,
+        creator: &BareJid,
+        locked: bool,
+    ) -> Result<Arc<RoomSlot>, StanzaError> {
         let mut rooms = lock(&self.rooms);
         if let Some(r) = rooms.get(jid) {
             return Ok(r.clone());
@@ -219,15 +229,15 @@ impl MucService {
             return Err(err(ErrorType::Cancel, "not-allowed").with_text("too many rooms"));
         }
         let mut created = lock(&self.created);
-        let count = created.entry(creator.to_string()).or_default();
+        let count = created.entry(creator.clone()).or_default();
         if *count >= self.cfg.max_rooms_per_user {
             return Err(
                 err(ErrorType::Cancel, "not-allowed").with_text("you created too many rooms")
             );
         }
         *count += 1;
-        let room = RoomSlot::new(Room::new(jid.to_string(), &self.cfg, creator, locked));
-        rooms.insert(jid.to_string(), room.clone());
+        let room = RoomSlot::new(Room::new(jid.clone(), &self.cfg, creator, locked));
+        rooms.insert(jid.clone(), room.clone());
         Ok(room)
     }
 
@@ -277,22 +287,22 @@ impl MucService {
     }
 
     async fn handle_stanza(&self, ctx: &Arc<Context>, stanza: Element) {
-        let Some(from) = stanza.attr("from").map(str::to_string) else {
+        let Some(from) = stanza.attr("from").and_then(addr::parse) else {
             return;
         };
-        let Some(to) = stanza.attr("to").and_then(Addr::parse) else {
+        let Some(to) = stanza.attr("to").and_then(addr::parse) else {
             return;
         };
-        let target = match to.node {
+        let target = match to.node() {
             None => Target::Service,
             Some(_) => Target::Room {
-                jid: to.bare(),
-                nick: to.resource.clone(),
+                jid: to.to_bare(),
+                nick: to.resource().map(|r| r.as_str().to_string()),
             },
         };
         let mut out = Vec::new();
         match target {
-            Target::Service => self.to_service(ctx, &to.domain, &stanza, &mut out).await,
+            Target::Service => self.to_service(ctx, to.domain(), &stanza, &mut out).await,
             Target::Room { jid, nick } => {
                 // A room removed while we waited for its lock is looked up again.
                 for _ in 0..3 {
@@ -312,7 +322,7 @@ impl MucService {
     async fn to_service(
         &self,
         ctx: &Arc<Context>,
-        domain: &str,
+        domain: &DomainRef,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
@@ -343,11 +353,15 @@ impl MucService {
     }
 
     /// disco#items of the service: public, unlocked rooms, loaded or stored.
-    async fn public_rooms(&self, ctx: &Arc<Context>, domain: &str) -> Result<Element, StanzaError> {
-        let mut found: std::collections::BTreeMap<String, String> = Default::default();
+    async fn public_rooms(
+        &self,
+        ctx: &Arc<Context>,
+        domain: &DomainRef,
+    ) -> Result<Element, StanzaError> {
+        let mut found: std::collections::BTreeMap<BareJid, String> = Default::default();
         let loaded: Vec<Arc<RoomSlot>> = lock(&self.rooms)
             .iter()
-            .filter(|(jid, _)| domain_of(jid) == domain)
+            .filter(|(jid, _)| jid.domain() == domain)
             .map(|(_, r)| r.clone())
             .collect();
         for r in loaded {
@@ -369,7 +383,7 @@ impl MucService {
         }
         let mut q = Element::new("query", ns::DISCO_ITEMS);
         for (jid, name) in found {
-            let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.clone());
+            let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.as_str());
             item.set_attr(
                 "name",
                 if name.is_empty() {
@@ -386,9 +400,9 @@ impl MucService {
     async fn to_room(
         &self,
         ctx: &Arc<Context>,
-        jid: &str,
+        jid: &BareJid,
         nick: Option<&str>,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) -> Result<(), Retry> {
@@ -421,7 +435,7 @@ impl MucService {
                 // A client that speaks MUC gets a locked room to configure (§10.1.1);
                 // an old groupchat-1.0 client an instant room.
                 let locked = stanza.has_child("x", MUC);
-                match self.create(jid, bare_of(from), locked) {
+                match self.create(jid, &from.to_bare(), locked) {
                     Ok(r) => r,
                     Err(e) => {
                         reply_error(out, stanza, e);
@@ -461,7 +475,7 @@ impl MucService {
         ctx: &Arc<Context>,
         room: &mut Room,
         nick: Option<&str>,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
@@ -509,22 +523,22 @@ impl MucService {
                 continue;
             }
             let (Some(from), Some(to)) = (
-                stanza.attr("from").map(str::to_string),
-                stanza.attr("to").and_then(Addr::parse),
+                stanza.attr("from").and_then(addr::parse),
+                stanza.attr("to").and_then(addr::parse),
             ) else {
                 continue;
             };
+            let nick = to.resource().map(|r| r.as_str().to_string());
             let mut out = Vec::new();
-            self.dispatch(ctx, room, to.resource.as_deref(), &from, &stanza, &mut out)
+            self.dispatch(ctx, room, nick.as_deref(), &from, &stanza, &mut out)
                 .await;
             send_all(ctx, out).await;
         }
     }
 
     /// Who may create rooms: users of this server's vhosts.
-    fn may_create(&self, ctx: &Context, from: &str) -> Result<(), StanzaError> {
-        let from_domain = domain_of(from);
-        if !ctx.is_local_domain(from_domain) || !bare_of(from).contains('@') {
+    fn may_create(&self, ctx: &Context, from: &Jid) -> Result<(), StanzaError> {
+        if !ctx.is_local_domain(from.domain().as_str()) || from.node().is_none() {
             return Err(err(ErrorType::Cancel, "not-allowed")
                 .with_text("only users of this server may create rooms"));
         }
@@ -536,7 +550,7 @@ impl MucService {
         ctx: &Arc<Context>,
         room: &mut Room,
         nick: &str,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
@@ -588,13 +602,13 @@ impl MucService {
         &self,
         room: &mut Room,
         nick: &str,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
-        let bare = bare_of(from).to_string();
-        let affiliation = room.affiliation(&bare);
-        let created = room.locked && room.is_empty() && room.creator.as_deref() == Some(&bare);
+        let bare = from.to_bare();
+        let affiliation = room.affiliation(from);
+        let created = room.locked && room.is_empty() && room.creator.as_ref() == Some(&bare);
         let fresh_instant = !room.locked
             && room.is_empty()
             && room.creator.as_deref() == Some(&bare)
@@ -618,7 +632,7 @@ impl MucService {
         {
             return refuse(out, err(ErrorType::Cancel, "conflict"));
         }
-        if room.nick_owner(nick).is_some_and(|owner| owner != bare) {
+        if room.nick_owner(nick).is_some_and(|owner| *owner != bare) {
             return refuse(out, err(ErrorType::Cancel, "conflict"));
         }
         let affiliated = affiliation.is_some_and(|a| a >= RoomAffiliation::Member);
@@ -645,7 +659,7 @@ impl MucService {
             return refuse(out, StanzaError::resource_constraint());
         }
         let session = OccupantSession {
-            jid: from.to_string(),
+            jid: from.clone(),
             presence: stanza.clone(),
         };
         let idx = match same_nick {
@@ -687,14 +701,14 @@ impl MucService {
         &self,
         room: &mut Room,
         idx: usize,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
         if let Some(s) = room.occupants[idx]
             .sessions
             .iter_mut()
-            .find(|s| s.jid == from)
+            .find(|s| s.jid == *from)
         {
             s.presence = stanza.clone();
         }
@@ -708,7 +722,7 @@ impl MucService {
         room: &mut Room,
         idx: usize,
         nick: &str,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
@@ -716,7 +730,7 @@ impl MucService {
         if nick.is_empty() || nick.len() > MAX_NICK_BYTES {
             return reply_error(out, stanza, not_acceptable().with_text("nickname too long"));
         }
-        if room.by_nick(nick).is_some() || room.nick_owner(nick).is_some_and(|o| o != bare) {
+        if room.by_nick(nick).is_some() || room.nick_owner(nick).is_some_and(|o| *o != bare) {
             return reply_error(out, stanza, err(ErrorType::Cancel, "conflict"));
         }
         // §7.6: unavailable for the old nick with 303 and the new one, then available.
@@ -724,7 +738,7 @@ impl MucService {
         room.broadcast_presence(idx, true, &[303], &[], Some(&item), out);
         let o = &mut room.occupants[idx];
         o.nick = nick.to_string();
-        if let Some(s) = o.sessions.iter_mut().find(|s| s.jid == from) {
+        if let Some(s) = o.sessions.iter_mut().find(|s| s.jid == *from) {
             s.presence = stanza.clone();
         }
         room.broadcast_presence(idx, false, &[], &[], None, out);
@@ -736,13 +750,13 @@ impl MucService {
         ctx: &Arc<Context>,
         room: &mut Room,
         idx: usize,
-        from: &str,
+        from: &Jid,
         codes: &[u16],
         out: &mut Vec<Element>,
     ) {
         let o = &mut room.occupants[idx];
         if o.sessions.len() > 1 {
-            o.sessions.retain(|s| s.jid != from);
+            o.sessions.retain(|s| s.jid != *from);
             let o = &room.occupants[idx];
             let mut mine = codes.to_vec();
             mine.push(110);
@@ -758,7 +772,7 @@ impl MucService {
         &self,
         ctx: &Arc<Context>,
         room: &mut Room,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
@@ -830,7 +844,7 @@ impl MucService {
         }
         for (jid, _) in room.audience() {
             let mut copy = msg.clone();
-            copy.set_attr("to", jid);
+            copy.set_attr("to", jid.as_str());
             out.push(copy);
         }
     }
@@ -840,24 +854,25 @@ impl MucService {
         &self,
         ctx: &Arc<Context>,
         room: &mut Room,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         x: &Element,
         out: &mut Vec<Element>,
     ) {
         let invites: Vec<&Element> = x.elements().filter(|e| e.is("invite", MUC_USER)).collect();
         if let Some(decline) = x.child("decline", MUC_USER) {
-            let Some(to) = decline.attr("to").and_then(Addr::parse) else {
+            let Some(to) = decline.attr("to").and_then(addr::parse) else {
                 return reply_error(out, stanza, StanzaError::jid_malformed());
             };
-            let mut d = Element::new("decline", MUC_USER).with_attr("from", bare_of(from));
+            let mut d =
+                Element::new("decline", MUC_USER).with_attr("from", from.to_bare().as_str());
             if let Some(reason) = decline.child("reason", MUC_USER) {
                 d.push_child(reason.clone());
             }
             out.push(
                 Element::new("message", ns::CLIENT)
-                    .with_attr("from", room.jid.clone())
-                    .with_attr("to", to.full())
+                    .with_attr("from", room.jid.as_str())
+                    .with_attr("to", to.as_str())
                     .with_child(Element::new("x", MUC_USER).with_child(d)),
             );
             return;
@@ -877,18 +892,18 @@ impl MucService {
         }
         let mut changed = false;
         for invite in invites {
-            let Some(to) = invite.attr("to").and_then(Addr::parse) else {
+            let Some(to) = invite.attr("to").and_then(addr::parse) else {
                 return reply_error(out, stanza, StanzaError::jid_malformed());
             };
             // An invitation into a members-only room makes the invitee a member (§7.8.2).
             if room.config.members_only
-                && room.affiliation(&to.bare()).is_none()
+                && room.affiliation(&to.to_bare()).is_none()
                 && room.affiliations.len() < room::MAX_AFFILIATIONS
             {
-                room.set_affiliation(&to.bare(), Some(RoomAffiliation::Member), None);
+                room.set_affiliation(&to.to_bare(), Some(RoomAffiliation::Member), None);
                 changed = true;
             }
-            let mut inv = Element::new("invite", MUC_USER).with_attr("from", from);
+            let mut inv = Element::new("invite", MUC_USER).with_attr("from", from.as_str());
             if let Some(reason) = invite.child("reason", MUC_USER) {
                 inv.push_child(reason.clone());
             }
@@ -898,8 +913,8 @@ impl MucService {
             }
             out.push(
                 Element::new("message", ns::CLIENT)
-                    .with_attr("from", room.jid.clone())
-                    .with_attr("to", to.full())
+                    .with_attr("from", room.jid.as_str())
+                    .with_attr("to", to.as_str())
                     .with_attr("id", crate::stream::random_id())
                     .with_child(ux)
                     .with_child(
@@ -917,7 +932,7 @@ impl MucService {
         &self,
         ctx: &Arc<Context>,
         room: &mut Room,
-        from: &str,
+        from: &Jid,
         stanza: &Element,
         out: &mut Vec<Element>,
     ) {
@@ -1042,8 +1057,8 @@ impl MucService {
 /// The handler found the room gone after waiting for it.
 struct Retry;
 
-fn node_of(jid: &str) -> &str {
-    jid.split_once('@').map_or(jid, |(n, _)| n)
+fn node_of(jid: &BareJid) -> &str {
+    jid.node().map_or("", |n| n.as_str())
 }
 
 /// What a (re)joining session `from` of occupant `idx` gets (§7.2.3): the others'
@@ -1053,7 +1068,7 @@ fn node_of(jid: &str) -> &str {
 fn send_join(
     room: &Room,
     idx: usize,
-    from: &str,
+    from: &Jid,
     stanza: &Element,
     codes: &[u16],
     broadcast: bool,
@@ -1080,21 +1095,21 @@ fn send_join(
 fn update_presence(
     room: &mut Room,
     idx: usize,
-    from: &str,
+    from: &Jid,
     stanza: &Element,
     out: &mut Vec<Element>,
 ) {
     if let Some(s) = room.occupants[idx]
         .sessions
         .iter_mut()
-        .find(|s| s.jid == from)
+        .find(|s| s.jid == *from)
     {
         s.presence = stanza.clone();
     }
     // The session that changed goes last among the occupant's sessions: its presence is
     // the one shown.
     let o = &mut room.occupants[idx];
-    if let Some(pos) = o.sessions.iter().position(|s| s.jid == from) {
+    if let Some(pos) = o.sessions.iter().position(|s| s.jid == *from) {
         let s = o.sessions.remove(pos);
         o.sessions.push(s);
     }
@@ -1102,7 +1117,7 @@ fn update_presence(
 }
 
 /// §7.5: a private message through an occupant JID.
-fn private_message(room: &Room, nick: &str, from: &str, stanza: &Element, out: &mut Vec<Element>) {
+fn private_message(room: &Room, nick: &str, from: &Jid, stanza: &Element, out: &mut Vec<Element>) {
     let kind = stanza.attr("type").unwrap_or("normal");
     if kind == "error" {
         return;
@@ -1129,14 +1144,14 @@ fn private_message(room: &Room, nick: &str, from: &str, stanza: &Element, out: &
     }
     for s in &room.occupants[target].sessions {
         let mut copy = msg.clone();
-        copy.set_attr("to", s.jid.clone());
+        copy.set_attr("to", s.jid.as_str());
         out.push(copy);
     }
 }
 
 /// An iq to an occupant JID: a self-ping is answered here (XEP-0410); other requests
 /// between occupants are passed on with the sender's occupant JID, and answers back.
-fn occupant_iq(room: &Room, nick: &str, from: &str, stanza: &Element, out: &mut Vec<Element>) {
+fn occupant_iq(room: &Room, nick: &str, from: &Jid, stanza: &Element, out: &mut Vec<Element>) {
     let kind = stanza.attr("type").unwrap_or("");
     let sender = room.by_session(from);
     if matches!(kind, "result" | "error") {
@@ -1149,7 +1164,7 @@ fn occupant_iq(room: &Room, nick: &str, from: &str, stanza: &Element, out: &mut 
         };
         let mut a = stanza.clone();
         a.set_attr("from", room.nick_jid(&room.occupants[answerer].nick));
-        a.set_attr("to", s.jid.clone());
+        a.set_attr("to", s.jid.as_str());
         out.push(a);
         return;
     }
@@ -1172,7 +1187,7 @@ fn occupant_iq(room: &Room, nick: &str, from: &str, stanza: &Element, out: &mut 
     };
     let mut fwd = stanza.clone();
     fwd.set_attr("from", room.nick_jid(&room.occupants[sender].nick));
-    fwd.set_attr("to", s.jid.clone());
+    fwd.set_attr("to", s.jid.as_str());
     out.push(fwd);
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::room::{Role, Room};
 use super::{MucService, OCCUPANT_ID, archive, err, now_micros};
+use crate::addr::Jid;
 use crate::context::Context;
 use crate::modules::mam::stamp;
 use crate::stream::{ErrorType, StanzaError};
@@ -109,7 +110,7 @@ pub async fn moderate(
     svc: &MucService,
     ctx: &Arc<Context>,
     room: &mut Room,
-    from: &str,
+    from: &Jid,
     payload: &Element,
     out: &mut Vec<Element>,
 ) -> Result<Option<Element>, StanzaError> {
@@ -149,7 +150,7 @@ pub async fn moderate(
     bury(ctx, room, &id, &tombstone(&orig, retracted)).await?;
     // The announcement is archived too, so that clients catching up by MAM learn of it.
     let mut msg = Element::new("message", ns::CLIENT)
-        .with_attr("from", room.jid.clone())
+        .with_attr("from", room.jid.as_str())
         .with_attr("type", "groupchat")
         .with_attr("id", crate::stream::random_id())
         .with_child(retract)
@@ -162,7 +163,7 @@ pub async fn moderate(
     }
     for (jid, _) in room.audience() {
         let mut copy = msg.clone();
-        copy.set_attr("to", jid);
+        copy.set_attr("to", jid.as_str());
         out.push(copy);
     }
     Ok(None)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::room::{MAX_AFFILIATIONS, MAX_NICK_BYTES, Room};
 use super::{MucService, err};
-use crate::addr::bare_of;
+use crate::addr::Jid;
 use crate::context::Context;
 use crate::storage::RoomAffiliation;
 use crate::stream::{ErrorType, StanzaError};
@@ -18,15 +18,15 @@ const NICK_FIELD: &str = "muc#register_roomnick";
 /// The disco node of §7.12.
 pub const ROOMUSER_NODE: &str = "x-roomuser-item";
 
-fn registered_nick<'a>(room: &'a Room, from: &str) -> Option<&'a str> {
+fn registered_nick<'a>(room: &'a Room, from: &Jid) -> Option<&'a str> {
     room.affiliations
-        .get(bare_of(from))
+        .get(&from.to_bare())
         .and_then(|e| e.nick.as_deref())
 }
 
 /// Outcasts may not register; in a members-only room only those already affiliated may
 /// (reserving a nick, not gaining entry).
-fn may_register(room: &Room, from: &str) -> Result<(), StanzaError> {
+fn may_register(room: &Room, from: &Jid) -> Result<(), StanzaError> {
     match room.affiliation(from) {
         Some(RoomAffiliation::Outcast) => Err(StanzaError::forbidden()),
         None if room.config.members_only => Err(err(ErrorType::Auth, "registration-required")),
@@ -34,7 +34,7 @@ fn may_register(room: &Room, from: &str) -> Result<(), StanzaError> {
     }
 }
 
-pub fn get(room: &Room, from: &str) -> Result<Option<Element>, StanzaError> {
+pub fn get(room: &Room, from: &Jid) -> Result<Option<Element>, StanzaError> {
     may_register(room, from)?;
     let mut q = Element::new("query", REGISTER);
     if let Some(nick) = registered_nick(room, from) {
@@ -69,12 +69,12 @@ pub async fn set(
     svc: &MucService,
     ctx: &Arc<Context>,
     room: &mut Room,
-    from: &str,
+    from: &Jid,
     query: &Element,
     out: &mut Vec<Element>,
 ) -> Result<Option<Element>, StanzaError> {
     may_register(room, from)?;
-    let bare = bare_of(from).to_string();
+    let bare = from.to_bare();
     if query.has_child("remove", REGISTER) {
         // Unregistering gives up the nick, and the membership it brought.
         if let Some(e) = room.affiliations.get_mut(&bare) {
@@ -105,13 +105,13 @@ pub async fn set(
     }
     let raw = value(NICK_FIELD).unwrap_or_default();
     // The nick as a resource part, normalized like the occupant JIDs it will be used in.
-    let nick = crate::addr::Addr::parse(&format!("{}/{}", room.jid, raw.trim()))
-        .and_then(|a| a.resource)
+    let nick = crate::addr::parse(&format!("{}/{}", room.jid, raw.trim()))
+        .and_then(|a| a.resource().map(|r| r.as_str().to_string()))
         .filter(|n| !n.is_empty() && n.len() <= MAX_NICK_BYTES)
         .ok_or_else(|| {
             StanzaError::new(ErrorType::Modify, "not-acceptable").with_text("invalid nickname")
         })?;
-    let taken_by_other = room.nick_owner(&nick).is_some_and(|o| o != bare)
+    let taken_by_other = room.nick_owner(&nick).is_some_and(|o| *o != bare)
         || room
             .occupants
             .iter()
@@ -141,7 +141,7 @@ pub async fn set(
 }
 
 /// §7.12: the nick `from` reserved, as an identity of the `x-roomuser-item` node.
-pub fn reserved_nick(room: &Room, from: &str) -> Element {
+pub fn reserved_nick(room: &Room, from: &Jid) -> Element {
     let mut q = Element::new("query", ns::DISCO_INFO).with_attr("node", ROOMUSER_NODE);
     if let Some(nick) = registered_nick(room, from) {
         q.push_child(

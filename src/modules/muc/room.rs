@@ -9,6 +9,7 @@ use sha2::Digest;
 
 use super::history::HistoryItem;
 use super::{MUC_USER, OCCUPANT_ID};
+use crate::addr::{BareJid, Jid};
 use crate::config::MucConfig;
 use crate::storage::{RoomAffiliation, RoomAffiliationEntry, RoomConfig, RoomPmPolicy, StoredRoom};
 use crate::xml::{Element, Node, ns};
@@ -61,7 +62,7 @@ pub fn affiliation_str(a: Option<RoomAffiliation>) -> &'static str {
 /// One client session of an occupant (several sessions of one user may share a nick).
 pub struct OccupantSession {
     /// The real full JID.
-    pub jid: String,
+    pub jid: Jid,
     /// The last presence it sent to the room (payload only).
     pub presence: Element,
 }
@@ -69,7 +70,7 @@ pub struct OccupantSession {
 pub struct Occupant {
     pub nick: String,
     /// The real bare JID.
-    pub bare: String,
+    pub bare: BareJid,
     pub sessions: Vec<OccupantSession>,
     pub role: Role,
     /// XEP-0421.
@@ -95,16 +96,16 @@ impl Occupant {
         }
     }
 
-    pub fn has_session(&self, full: &str) -> bool {
-        self.sessions.iter().any(|s| s.jid == full)
+    pub fn has_session(&self, full: &Jid) -> bool {
+        self.sessions.iter().any(|s| s.jid == *full)
     }
 }
 
 pub struct Room {
-    pub jid: String,
+    pub jid: BareJid,
     pub config: RoomConfig,
     /// By bare JID (or domain).
-    pub affiliations: BTreeMap<String, RoomAffiliationEntry>,
+    pub affiliations: BTreeMap<BareJid, RoomAffiliationEntry>,
     pub occupants: Vec<Occupant>,
     /// Text and the nick that set it.
     pub subject: Option<(String, String)>,
@@ -114,7 +115,7 @@ pub struct Room {
     /// Removed from the service: a handler that still holds it must look again.
     pub gone: bool,
     /// Who created it in this run (for the per-user room limit).
-    pub creator: Option<String>,
+    pub creator: Option<BareJid>,
     occupant_id_key: Vec<u8>,
 }
 
@@ -142,7 +143,7 @@ pub fn default_config(cfg: &MucConfig) -> RoomConfig {
 }
 
 impl Room {
-    pub fn new(jid: String, cfg: &MucConfig, creator: &str, locked: bool) -> Room {
+    pub fn new(jid: BareJid, cfg: &MucConfig, creator: &BareJid, locked: bool) -> Room {
         let mut room = Room {
             jid,
             config: default_config(cfg),
@@ -152,7 +153,7 @@ impl Room {
             history: VecDeque::new(),
             locked,
             gone: false,
-            creator: Some(creator.to_string()),
+            creator: Some(creator.clone()),
             occupant_id_key: rand::random::<[u8; 16]>().to_vec(),
         };
         room.set_affiliation(creator, Some(RoomAffiliation::Owner), None);
@@ -189,17 +190,16 @@ impl Room {
     }
 
     /// The affiliation of a real JID: its bare JID's entry, else its domain's.
-    pub fn affiliation(&self, jid: &str) -> Option<RoomAffiliation> {
-        let bare = crate::addr::bare_of(jid);
+    pub fn affiliation(&self, jid: &Jid) -> Option<RoomAffiliation> {
         self.affiliations
-            .get(bare)
-            .or_else(|| self.affiliations.get(crate::addr::domain_of(jid)))
+            .get(&jid.to_bare())
+            .or_else(|| self.affiliations.get(&BareJid::from(jid.domain())))
             .map(|e| e.affiliation)
     }
 
     pub fn set_affiliation(
         &mut self,
-        jid: &str,
+        jid: &BareJid,
         affiliation: Option<RoomAffiliation>,
         reason: Option<String>,
     ) {
@@ -209,14 +209,15 @@ impl Room {
                 self.affiliations.remove(jid);
             }
             Some(a) => {
-                let entry = self.affiliations.entry(jid.to_string()).or_insert_with(|| {
-                    RoomAffiliationEntry {
-                        jid: jid.to_string(),
-                        affiliation: a,
-                        nick: None,
-                        reason: None,
-                    }
-                });
+                let entry =
+                    self.affiliations
+                        .entry(jid.clone())
+                        .or_insert_with(|| RoomAffiliationEntry {
+                            jid: jid.clone(),
+                            affiliation: a,
+                            nick: None,
+                            reason: None,
+                        });
                 entry.affiliation = a;
                 entry.reason = reason;
             }
@@ -245,19 +246,19 @@ impl Room {
         (self.config.max_users as usize).min(cfg.max_occupants)
     }
 
-    pub fn occupant_id(&self, bare: &str) -> String {
+    pub fn occupant_id(&self, bare: &BareJid) -> String {
         let mut h = sha2::Sha256::new();
         h.update(&self.occupant_id_key);
-        h.update(self.jid.as_bytes());
+        h.update(self.jid.as_str().as_bytes());
         h.update([0]);
-        h.update(bare.as_bytes());
+        h.update(bare.as_str().as_bytes());
         base64::engine::general_purpose::STANDARD.encode(&h.finalize()[..18])
     }
 
     pub fn new_occupant(
         &self,
         nick: String,
-        bare: String,
+        bare: BareJid,
         role: Role,
         cfg: &MucConfig,
     ) -> Occupant {
@@ -278,16 +279,16 @@ impl Room {
     }
 
     /// The occupant one of whose sessions is the real full JID `full`.
-    pub fn by_session(&self, full: &str) -> Option<usize> {
+    pub fn by_session(&self, full: &Jid) -> Option<usize> {
         self.occupants.iter().position(|o| o.has_session(full))
     }
 
     /// The bare JID that registered `nick` (§7.10), if someone did.
-    pub fn nick_owner(&self, nick: &str) -> Option<&str> {
+    pub fn nick_owner(&self, nick: &str) -> Option<&BareJid> {
         self.affiliations
             .values()
             .find(|a| a.nick.as_deref() == Some(nick))
-            .map(|a| a.jid.as_str())
+            .map(|a| &a.jid)
     }
 
     pub fn nick_jid(&self, nick: &str) -> String {
@@ -300,7 +301,7 @@ impl Room {
     }
 
     /// Every session of every occupant: (real full JID, role of its occupant).
-    pub fn audience(&self) -> Vec<(String, Role)> {
+    pub fn audience(&self) -> Vec<(Jid, Role)> {
         self.occupants
             .iter()
             .flat_map(|o| o.sessions.iter().map(move |s| (s.jid.clone(), o.role)))
@@ -312,7 +313,7 @@ impl Room {
     pub fn presence_of(
         &self,
         o: &Occupant,
-        to: &str,
+        to: &Jid,
         viewer: Role,
         unavailable: bool,
         codes: &[u16],
@@ -320,7 +321,7 @@ impl Room {
     ) -> Element {
         let mut p = Element::new("presence", ns::CLIENT)
             .with_attr("from", self.nick_jid(&o.nick))
-            .with_attr("to", to);
+            .with_attr("to", to.as_str());
         if unavailable {
             p.set_attr("type", "unavailable");
         } else if let Some(s) = o.sessions.last() {
@@ -338,9 +339,9 @@ impl Room {
             .with_attr("role", if unavailable { "none" } else { o.role.as_str() });
         if self.shows_jids_to(viewer) {
             let jid = if o.sessions.len() == 1 {
-                o.sessions[0].jid.clone()
+                o.sessions[0].jid.as_str()
             } else {
-                o.bare.clone()
+                o.bare.as_str()
             };
             item.set_attr("jid", jid);
         }
@@ -424,8 +425,8 @@ impl Room {
         for (jid, _) in self.audience() {
             out.push(
                 Element::new("message", ns::CLIENT)
-                    .with_attr("from", self.jid.clone())
-                    .with_attr("to", jid)
+                    .with_attr("from", self.jid.as_str())
+                    .with_attr("to", jid.as_str())
                     .with_attr("type", "groupchat")
                     .with_attr("id", crate::stream::random_id())
                     .with_child(x.clone()),
@@ -434,15 +435,15 @@ impl Room {
     }
 
     /// The subject message sent on join (an empty `<subject/>` when none is set).
-    pub fn subject_message(&self, to: &str) -> Element {
+    pub fn subject_message(&self, to: &Jid) -> Element {
         let (text, from) = match &self.subject {
             Some((text, nick)) if !nick.is_empty() => (text.clone(), self.nick_jid(nick)),
-            Some((text, _)) => (text.clone(), self.jid.clone()),
-            None => (String::new(), self.jid.clone()),
+            Some((text, _)) => (text.clone(), self.jid.to_string()),
+            None => (String::new(), self.jid.to_string()),
         };
         Element::new("message", ns::CLIENT)
-            .with_attr("from", from)
-            .with_attr("to", to)
+            .with_attr("from", from.as_str())
+            .with_attr("to", to.as_str())
             .with_attr("type", "groupchat")
             .with_attr("id", crate::stream::random_id())
             .with_child(Element::new("subject", ns::CLIENT).with_text(text))

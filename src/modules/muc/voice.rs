@@ -2,6 +2,7 @@
 
 use super::room::{Role, Room};
 use super::{MucService, not_acceptable, reply_error};
+use crate::addr::Jid;
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
@@ -39,7 +40,7 @@ fn field(var: &str, kind: &str, label: &str, v: &str) -> Element {
 pub fn handle(
     svc: &MucService,
     room: &mut Room,
-    from: &str,
+    from: &Jid,
     stanza: &Element,
     form: &Element,
     out: &mut Vec<Element>,
@@ -90,7 +91,7 @@ pub fn handle(
             "Requested role",
             "participant",
         ))
-        .with_child(field("muc#jid", "jid-single", "User ID", from))
+        .with_child(field("muc#jid", "jid-single", "User ID", from.as_str()))
         .with_child(field("muc#roomnick", "text-single", "Room nickname", &nick))
         .with_child(field(
             "muc#request_allow",
@@ -102,8 +103,8 @@ pub fn handle(
         for s in &o.sessions {
             out.push(
                 Element::new("message", ns::CLIENT)
-                    .with_attr("from", room.jid.clone())
-                    .with_attr("to", s.jid.clone())
+                    .with_attr("from", room.jid.as_str())
+                    .with_attr("to", s.jid.as_str())
                     .with_attr("id", crate::stream::random_id())
                     .with_child(x.clone()),
             );
