@@ -306,6 +306,9 @@ pub struct Limits {
     /// the client, including those queued while it is hibernated. At this length the
     /// server stops sending until the client acks (then the session queue fills up).
     pub sm_max_unacked: usize,
+    /// Failed XEP-0198 resumption attempts on one connection; one more closes the stream
+    /// with `policy-violation` (a client guessing session ids, or looping on a stale one).
+    pub sm_max_resume_failures: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -565,6 +568,7 @@ impl Default for Limits {
             max_hibernated_per_account: 8,
             max_resources: 32,
             sm_max_unacked: 500,
+            sm_max_resume_failures: 3,
         }
     }
 }

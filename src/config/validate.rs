@@ -604,7 +604,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 24] = [
+    let nonzero: [(&str, u64); 25] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -617,6 +617,10 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.offline_quota", l.offline_quota as u64),
         ("limits.max_resources", l.max_resources as u64),
         ("limits.sm_max_unacked", l.sm_max_unacked as u64),
+        (
+            "limits.sm_max_resume_failures",
+            u64::from(l.sm_max_resume_failures),
+        ),
         ("limits.session_backlog_len", l.session_backlog_len as u64),
         ("limits.c2s_bytes_per_sec", l.c2s_bytes_per_sec),
         ("limits.c2s_burst_bytes", l.c2s_burst_bytes),
