@@ -894,3 +894,37 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// One inbound stream carries a whole remote domain: over its stanza rate it is read more
+/// slowly (the sending server's TCP is pushed back), nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_domain_over_its_rate_is_slowed_not_dropped() {
+    let w = World::new().await;
+    let a = w.server(A, A_IP, true, |_| {}).await;
+    let b = w
+        .server(B, B_IP, true, |c| {
+            c.limits.s2s_stanzas_per_sec = 20;
+            c.limits.s2s_burst_stanzas = 5;
+        })
+        .await;
+    let mut alice = online(&a, "alice").await;
+    let mut bob = online(&b, "bob").await;
+    chat(&mut alice, "bob@b.example", "hello").await;
+    expect_body(&mut bob, "hello").await;
+    let flood: String = (0..25)
+        .map(|i| format!("<message to='bob@b.example' type='chat'><body>f{i}</body></message>"))
+        .collect();
+    let started = Instant::now();
+    alice.send(&flood).await;
+    for i in 0..25 {
+        expect_body(&mut bob, &format!("f{i}")).await;
+    }
+    // 20 stanzas over the burst at 20 per second: about a second.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "all 25 arrived in {took:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

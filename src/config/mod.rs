@@ -288,6 +288,12 @@ pub struct Limits {
     pub c2s_stanzas_per_sec: u64,
     /// Stanzas a client may send at once before its rate applies.
     pub c2s_burst_stanzas: u64,
+    /// The same for each inbound server-to-server stream, which carries all of one remote
+    /// domain's traffic to this server: above it the stream is read more slowly.
+    pub s2s_bytes_per_sec: u64,
+    pub s2s_burst_bytes: u64,
+    pub s2s_stanzas_per_sec: u64,
+    pub s2s_burst_stanzas: u64,
     /// Contacts in one roster, and JIDs one session sent directed presence to; more are
     /// refused with `resource-constraint`.
     pub max_roster_items: usize,
@@ -534,6 +540,15 @@ impl Limits {
             burst_stanzas: self.c2s_burst_stanzas,
         }
     }
+
+    pub fn s2s_shaper(&self) -> crate::server::ShaperConfig {
+        crate::server::ShaperConfig {
+            bytes_per_sec: self.s2s_bytes_per_sec,
+            burst_bytes: self.s2s_burst_bytes,
+            stanzas_per_sec: self.s2s_stanzas_per_sec,
+            burst_stanzas: self.s2s_burst_stanzas,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -563,6 +578,10 @@ impl Default for Limits {
             c2s_burst_bytes: 1024 * 1024,
             c2s_stanzas_per_sec: 5000,
             c2s_burst_stanzas: 10_000,
+            s2s_bytes_per_sec: 10 * 1024 * 1024,
+            s2s_burst_bytes: 10 * 1024 * 1024,
+            s2s_stanzas_per_sec: 20_000,
+            s2s_burst_stanzas: 40_000,
             max_roster_items: 5000,
             max_blocklist_items: 5000,
             max_hibernated_per_account: 8,

@@ -604,7 +604,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 25] = [
+    let nonzero: [(&str, u64); 29] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -626,6 +626,10 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.c2s_burst_bytes", l.c2s_burst_bytes),
         ("limits.c2s_stanzas_per_sec", l.c2s_stanzas_per_sec),
         ("limits.c2s_burst_stanzas", l.c2s_burst_stanzas),
+        ("limits.s2s_bytes_per_sec", l.s2s_bytes_per_sec),
+        ("limits.s2s_burst_bytes", l.s2s_burst_bytes),
+        ("limits.s2s_stanzas_per_sec", l.s2s_stanzas_per_sec),
+        ("limits.s2s_burst_stanzas", l.s2s_burst_stanzas),
         ("limits.max_roster_items", l.max_roster_items as u64),
         ("limits.max_blocklist_items", l.max_blocklist_items as u64),
         (

@@ -23,6 +23,7 @@ use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::route_addressed;
+use crate::server::Shaper;
 use crate::stream::negotiate::{Action, Negotiator, Policy, Role, domain_only};
 use crate::stream::{Ending, StreamError, StreamErrorCondition, StreamKind};
 use crate::xml::ns::{DIALBACK, DIALBACK_FEATURE};
@@ -140,6 +141,7 @@ async fn run(
     let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    let mut shaper = Shaper::new(ctx.config.limits.s2s_shaper(), std::time::Instant::now());
     loop {
         tokio::select! {
             biased;
@@ -153,22 +155,33 @@ async fn run(
                 }
             }
             read = conn.read_some() => {
-                if let Err(e) = read {
-                    return e;
-                }
+                let read_bytes = match read {
+                    Ok(n) => n,
+                    Err(e) => return e,
+                };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                let mut stanzas = 0;
                 loop {
                     let ev = match conn.parser.next_event() {
                         Ok(Some(ev)) => ev,
                         Ok(None) => break,
                         Err(e) => return crate::stream::xml_ending(e),
                     };
+                    stanzas += usize::from(matches!(ev, StreamEvent::Stanza(_)));
                     let unauthenticated = st.authed.is_empty();
                     let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
                     match within(unauthenticated, deadline, handled).await {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Restarted) => break,
                         Err(e) => return e,
+                    }
+                }
+                // A remote domain over its rate is read more slowly (TCP pushes back).
+                let wait = shaper.charge(read_bytes, stanzas, std::time::Instant::now());
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }
