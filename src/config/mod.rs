@@ -366,6 +366,9 @@ pub struct S2sConfig {
     /// Stanzas queued per remote domain while its stream connects (`resource-constraint`
     /// bounce beyond).
     pub queue_len: usize,
+    /// Inbound streams one remote domain may have authenticated at once; a further one is
+    /// closed with `policy-violation` (a server normally needs one).
+    pub max_inbound_streams_per_domain: usize,
 }
 
 /// Listeners of kind `websocket` (RFC 7395).
@@ -616,6 +619,7 @@ impl Default for S2sConfig {
             connect_timeout_secs: 10,
             idle_timeout_secs: 600,
             queue_len: 1000,
+            max_inbound_streams_per_domain: 10,
         }
     }
 }

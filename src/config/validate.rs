@@ -729,6 +729,10 @@ fn validate_s2s(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("s2s.connect_timeout_secs", s.connect_timeout_secs),
         ("s2s.idle_timeout_secs", s.idle_timeout_secs),
         ("s2s.queue_len", s.queue_len as u64),
+        (
+            "s2s.max_inbound_streams_per_domain",
+            s.max_inbound_streams_per_domain as u64,
+        ),
     ] {
         if v == 0 {
             errs.push(ConfigError::invalid(key, "0", "must be at least 1"));

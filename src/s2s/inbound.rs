@@ -44,6 +44,8 @@ struct State {
     sasl_done: bool,
     /// (remote domain, local domain) pairs authenticated on this stream.
     authed: HashSet<Pair>,
+    /// Remote domains this stream counts against their limit of inbound streams.
+    counted: Vec<String>,
     pending: usize,
 }
 
@@ -80,6 +82,7 @@ pub async fn serve(
             neg: Negotiator::new(policy, move |d| hosts.is_hosted_domain(d)),
             sasl_done: false,
             authed: HashSet::new(),
+            counted: Vec::new(),
             pending: 0,
         };
         // Everything before the first authenticated domain, TLS handshakes included, must
@@ -94,6 +97,9 @@ pub async fn serve(
             }
         }
         let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, deadline, &shutdown).await;
+        for remote in &st.counted {
+            s2s.inbound_stream_closed(remote);
+        }
         let from = st
             .neg
             .domain()
@@ -343,6 +349,7 @@ async fn sasl_external(
     if !cert_valid_for(s2s, conn, Some(&from)) {
         return sasl_failure(conn, "not-authorized").await;
     }
+    admit(s2s, st, &from)?;
     conn.send(&Element::new("success", ns::SASL)).await?;
     s2s.record_inbound(&from, &to, "SASL EXTERNAL");
     st.authed.insert((from.clone(), to));
@@ -400,6 +407,7 @@ async fn db_result(
     }
     let pair = (remote.clone(), local.clone());
     if st.authed.contains(&pair) || cert_valid_for(s2s, conn, Some(&remote)) {
+        admit(s2s, st, &remote)?;
         // Already proven, or proven by the certificate (XEP-0344): no callback needed.
         conn.send(&super::dialback::result_element(&local, &remote).with_attr("type", "valid"))
             .await?;
@@ -442,9 +450,26 @@ async fn db_result(
     Ok(())
 }
 
+/// Counts this stream against `remote`'s limit of inbound streams, once per stream.
+fn admit(s2s: &S2s, st: &mut State, remote: &str) -> Result<(), Ending> {
+    if st.counted.iter().any(|r| r == remote) {
+        return Ok(());
+    }
+    if !s2s.inbound_stream_opened(remote) {
+        info!(remote, "too many inbound streams from this domain; closed");
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            format!("too many streams from {remote}"),
+        )));
+    }
+    st.counted.push(remote.to_string());
+    Ok(())
+}
+
 async fn verdict(s2s: &S2s, conn: &mut Conn, st: &mut State, v: Verdict) -> Result<(), Ending> {
     let reply = match &v.outcome {
         Ok(true) => {
+            admit(s2s, st, &v.remote)?;
             s2s.record_inbound(&v.remote, &v.local, "dialback");
             st.authed.insert((v.remote.clone(), v.local.clone()));
             st.neg.domain_authenticated(&v.remote);
