@@ -166,28 +166,29 @@ async fn run(
                     Err(e) => return e,
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                let mut stanzas = 0;
+                // A remote domain over its rate is read more slowly (TCP pushes back):
+                // bytes are charged per read, stanzas one by one, pausing between them.
+                let mut wait = shaper.charge(read_bytes, 0, std::time::Instant::now());
                 loop {
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
                     let ev = match conn.parser.next_event() {
                         Ok(Some(ev)) => ev,
                         Ok(None) => break,
                         Err(e) => return crate::stream::xml_ending(e),
                     };
-                    stanzas += usize::from(matches!(ev, StreamEvent::Stanza(_)));
+                    let stanzas = usize::from(matches!(ev, StreamEvent::Stanza(_)));
+                    wait = shaper.charge(0, stanzas, std::time::Instant::now());
                     let unauthenticated = st.authed.is_empty();
                     let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
                     match within(unauthenticated, deadline, handled).await {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Restarted) => break,
                         Err(e) => return e,
-                    }
-                }
-                // A remote domain over its rate is read more slowly (TCP pushes back).
-                let wait = shaper.charge(read_bytes, stanzas, std::time::Instant::now());
-                if !wait.is_zero() {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
-                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }
