@@ -831,14 +831,31 @@ async fn handle_retract(
 ) -> Result<Option<Element>, StanzaError> {
     only_owner(owner, requester)?;
     let node = bounded_name(action.attr("node"))?;
-    let id = action
-        .child("item", NS)
-        .and_then(|i| i.attr("id"))
+    // Several items may go at once (XEP-0060 §7.2.1); each must exist.
+    let ids: Vec<&str> = action
+        .elements()
+        .filter(|i| i.is("item", NS))
+        .filter_map(|i| i.attr("id"))
         .filter(|id| !id.is_empty())
-        .ok_or_else(item_required)?;
+        .take(ctx.config.pep.max_items_per_node)
+        .collect();
+    if ids.is_empty() {
+        return Err(item_required());
+    }
+    for id in &ids {
+        let found = ctx
+            .storage
+            .pubsub
+            .item(owner, node, id)
+            .await
+            .map_err(internal)?;
+        if found.is_none() {
+            return Err(StanzaError::item_not_found());
+        }
+    }
     let notify = matches!(action.attr("notify"), Some("1" | "true"));
-    if !retract(ctx, owner, node, id, notify).await? {
-        return Err(StanzaError::item_not_found());
+    for id in ids {
+        retract(ctx, owner, node, id, notify).await?;
     }
     Ok(None)
 }
@@ -850,6 +867,10 @@ async fn handle_items(
     action: &Element,
 ) -> Result<Option<Element>, StanzaError> {
     let node = bounded_name(action.attr("node"))?;
+    if owner == requester && node == crate::modules::private::BOOKMARKS {
+        // Bookmarks kept only the XEP-0048 way so far move over on first read.
+        crate::modules::private::migrate_legacy(ctx, owner).await;
+    }
     let state = load_existing(ctx, owner, node).await?;
     check_access(ctx, owner, &state.cfg, &state.affiliations, requester).await?;
     let store = &ctx.storage.pubsub;
