@@ -140,7 +140,7 @@ pub enum NodeCreation {
 #[serde(deny_unknown_fields, default)]
 pub struct PubsubConfig {
     /// Run the service, as `pubsub.<domain>` for every vhost (listed in the vhost's disco
-    /// items). Remote users reach it only if DNS points that name at this server.
+    /// items). For this server's accounts: federation does not carry service subdomains yet.
     pub enabled: bool,
     /// `admins` (only the JIDs in `admins`) or `local` (any account of this server).
     pub node_creation: NodeCreation,
