@@ -916,11 +916,11 @@ async fn handle_create(
     action: &Element,
 ) -> Result<Option<Element>, StanzaError> {
     only_owner(owner, requester)?;
-    // Instant nodes (no name) are not offered on PEP.
+    // Instant nodes (no name) are not offered (XEP-0060 §8.1.2 error).
     let node = action
         .attr("node")
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| unsupported("instant-nodes"))?;
+        .ok_or_else(|| super::error(ErrorType::Modify, "not-acceptable", "nodeid-required"))?;
     let node = bounded_name(Some(node))?;
     let mut cfg = NodeConfig::default();
     if let Some(x) = pubsub

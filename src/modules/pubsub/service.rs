@@ -329,7 +329,9 @@ async fn user_op(
             let name = action
                 .attr("node")
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| unsupported("instant-nodes"))?;
+                .ok_or_else(|| {
+                    super::error(ErrorType::Modify, "not-acceptable", "nodeid-required")
+                })?;
             let name = bounded_name(Some(name))?;
             let mut cfg = default_config();
             if let Some(form) = form_of(pubsub.child("configure", NS))? {
