@@ -555,7 +555,9 @@ async fn bad_input_gets_the_xep_errors() {
     );
     // Instant nodes are not offered.
     let r = alice
-        .iq(&format!("<iq type='set'><pubsub xmlns='{PUBSUB}'><create/></pubsub></iq>"))
+        .iq(&format!(
+            "<iq type='set'><pubsub xmlns='{PUBSUB}'><create/></pubsub></iq>"
+        ))
         .await;
     assert_eq!(
         conditions(&r),

@@ -274,7 +274,7 @@ pub async fn publish(
         None => {
             let mut cfg = NodeConfig::default();
             if let Some(form) = options
-                && cfg.apply(form).is_err()
+                && cfg.apply(form, true).is_err()
             {
                 return Err(precondition_not_met());
             }
@@ -928,7 +928,7 @@ async fn handle_create(
         .and_then(|c| c.child("x", super::form::NS))
     {
         let form = DataForm::parse(x).ok_or_else(StanzaError::bad_request)?;
-        cfg.apply(&form).map_err(|_| not_acceptable())?;
+        cfg.apply(&form, false).map_err(|_| not_acceptable())?;
     }
     let state = Node {
         cfg,
@@ -991,7 +991,10 @@ async fn handle_owner(
             if form.form_type.as_deref().is_some_and(|t| t != NODE_CONFIG) {
                 return Err(StanzaError::bad_request().with_text("not a node_config form"));
             }
-            state.cfg.apply(&form).map_err(|_| not_acceptable())?;
+            state
+                .cfg
+                .apply(&form, false)
+                .map_err(|_| not_acceptable())?;
             store
                 .set_node(owner, node, &state.record())
                 .await
