@@ -28,7 +28,7 @@ use crate::context::Context;
 use crate::modules::{internal, requester_bare};
 use crate::registry::{
     AccountItems, IqHandler, IqTarget, Module, PresenceObserver, Registrar, ResponseHandler,
-    RosterObserver, SessionCtx, SessionEvent, SessionEvents,
+    RosterObserver, RouteFilter, SessionCtx, SessionEvent, SessionEvents,
 };
 use crate::router::route;
 use crate::storage::{CreateOutcome, NodeRecord, RosterItem, StoredItem};
@@ -87,6 +87,7 @@ impl Module for Pep {
         r.session_events(me.clone());
         r.presence_observer(me.clone());
         r.account_items(me.clone());
+        r.route_filter(me.clone());
         r.roster_observer(me);
     }
 }
@@ -677,6 +678,33 @@ impl PresenceObserver for PepModule {
             Some(features) => send_last_items(ctx, user, from, bare, &features, true).await,
             None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
         }
+    }
+}
+
+#[async_trait]
+impl RouteFilter for PepModule {
+    /// Presence a remote contact sends to one of the owner's resources (answers to the
+    /// owner's probes, directed presence) bypasses the presence module: it is seen here.
+    fn concerns(&self, ctx: &Context, to: &crate::addr::Addr, stanza: &Element) -> bool {
+        stanza.name == "presence"
+            && to.node.is_some()
+            && to.resource.is_some()
+            && matches!(stanza.attr("type"), None | Some("unavailable"))
+            && ctx.is_local_domain(&to.domain)
+            && stanza
+                .attr("from")
+                .is_some_and(|f| !super::is_local(ctx, f))
+    }
+
+    /// Never stops anything.
+    async fn may_route(
+        &self,
+        ctx: &Arc<Context>,
+        to: &crate::addr::Addr,
+        stanza: &Element,
+    ) -> bool {
+        PresenceObserver::inbound(self, ctx, &to.bare(), stanza).await;
+        true
     }
 }
 
