@@ -122,6 +122,9 @@ password_hash = "$HASH"
 default_storage = "internal"
 
 VirtualHost "$DOMAIN"
+
+-- Chat rooms for the muc scenario (no MAM, no history beyond Prosody's default).
+Component "conference.$DOMAIN" "muc"
 EOF
 }
 

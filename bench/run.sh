@@ -8,6 +8,7 @@
 #   bench/run.sh idle  --users 1000 --seconds 10
 #   bench/run.sh chat  --pairs 100 --window 10 --body-bytes 100 --seconds 10
 #   bench/run.sh roster --users 1000 --contacts 5      (runs setup-roster first)
+#   bench/run.sh muc   --occupants 100 --senders 10 --seconds 10  (one chat room)
 #   bench/run.sh --server both chat --pairs 100        (then prints a ratio table)
 #
 # Settings (environment):
@@ -21,6 +22,7 @@
 #                never (MAM off, like the Prosody configuration here)       [always]
 #   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
 #                false                                                        [true]
+#   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
@@ -65,8 +67,8 @@ both) LIST=(prosody xmppd) ;;
 *) die "--server must be prosody, xmppd or both" ;;
 esac
 case "$SCENARIO" in
-login | idle | chat | roster) ;;
-*) die "scenario must be login, idle, chat or roster" ;;
+login | idle | chat | roster | muc) ;;
+*) die "scenario must be login, idle, chat, roster or muc" ;;
 esac
 
 # Value of option $1 in the scenario arguments, if present.
@@ -86,6 +88,8 @@ if [ -z "${USERS:-}" ]; then
 		USERS=$u
 	elif p=$(arg_value --pairs); then
 		USERS=$((2 * p))
+	elif o=$(arg_value --occupants); then
+		USERS=$o
 	else
 		USERS=1000
 	fi
@@ -152,6 +156,13 @@ sync_writes = ${SYNC_WRITES:-true}
 
 [archive]
 default_policy = "${ARCHIVE:-always}"
+
+[muc]
+# The room of the muc scenario: everyone may send as fast as the server goes.
+max_occupants = 100000
+messages_per_sec = 1000000
+message_burst = 1000000
+archive = ${MUC_ARCHIVE:-true}
 EOF
 	"$XMPPD" check --config "$cfg" >/dev/null
 	# One `xmppd user add` per account: correct but slow for thousands of accounts

@@ -50,6 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dir = tempfile::tempdir()?;
     let storage = Storage::open_sled(dir.path())?;
+    let user = xmppd::addr::parse_bare(USER).ok_or("USER is not a JID")?;
 
     let contacts: Vec<String> = (0..10)
         .map(|i| format!("contact{i}@example.net/phone"))
@@ -76,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 micros: start_micros + ((c * 10_000 + i) as u64) * 1_000_000,
             })
             .collect();
-        storage.archive.append_many(USER, &msgs).await?;
+        storage.archive.append_many(&user, &msgs).await?;
     }
     let fill = t.elapsed();
     println!(
@@ -84,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fill.as_secs_f64(),
         total as f64 / fill.as_secs_f64()
     );
-    assert_eq!(storage.archive.count(USER).await?, total as u64);
+    assert_eq!(storage.archive.count(&user).await?, total as u64);
 
     let last_page = ArchiveQuery {
         max: PAGE,
@@ -93,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let a = &storage.archive;
     time_runs("last 50 (RSM <before/>)", || async {
-        a.query(USER, &last_page)
+        a.query(&user, &last_page)
             .await
             .map_or(0, |p| p.messages.len())
     })
@@ -104,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..last_page.clone()
     };
     time_runs("last 50 with one of 10 contacts (with)", || async {
-        a.query(USER, &with_one)
+        a.query(&user, &with_one)
             .await
             .map_or(0, |p| p.messages.len())
     })
@@ -112,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let middle = a
         .query(
-            USER,
+            &user,
             &ArchiveQuery {
                 from: ArchivePos {
                     micros: start_micros + (total as u64 / 2) * 1_000_000,
@@ -125,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let mid_id = middle.messages[0].id.clone();
     time_runs("50 after an id in the middle (RSM <after/>)", || async {
-        let Ok(Some(pos)) = a.position(USER, &mid_id).await else {
+        let Ok(Some(pos)) = a.position(&user, &mid_id).await else {
             return 0;
         };
         let q = ArchiveQuery {
@@ -133,12 +134,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             max: PAGE,
             ..ArchiveQuery::default()
         };
-        a.query(USER, &q).await.map_or(0, |p| p.messages.len())
+        a.query(&user, &q).await.map_or(0, |p| p.messages.len())
     })
     .await;
 
     time_runs("last 50 + parse each stanza (results)", || async {
-        let Ok(page) = a.query(USER, &last_page).await else {
+        let Ok(page) = a.query(&user, &last_page).await else {
             return 0;
         };
         page.messages
@@ -158,7 +159,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             micros: start_micros + (total as u64 + i as u64) * 1_000_000,
         };
         let t = Instant::now();
-        a.append(USER, msg).await?;
+        a.append(&user, msg).await?;
         samples.push(t.elapsed());
     }
     stats("append one message, flushed", samples);
@@ -168,7 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let storage = Storage::open_sled(dir.path())?;
     let open = t.elapsed();
     let t = Instant::now();
-    let page = storage.archive.query(USER, &last_page).await?;
+    let page = storage.archive.query(&user, &last_page).await?;
     let cold = t.elapsed();
     assert_eq!(page.messages.len(), PAGE);
     println!(

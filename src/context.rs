@@ -59,6 +59,12 @@ impl Context {
         self.vhosts.contains(domain)
     }
 
+    /// A domain this server speaks for on the network: a vhost or a service's domain
+    /// (`conference.<vhost>`). Federation accepts stanzas to it and sends stanzas from it.
+    pub fn is_hosted_domain(&self, domain: &str) -> bool {
+        self.is_local_domain(domain) || self.registry.service(domain).is_some()
+    }
+
     /// The domain we speak as when a stream names none we host (for its header and
     /// errors): the first vhost.
     pub fn default_domain(&self) -> String {

@@ -110,11 +110,19 @@ async fn an_account_keeps_a_bounded_number_of_hibernated_sessions() {
     devices.next().unwrap().drop_connection();
     // The second one cannot hibernate too: its session ends.
     wait_until("the second session to end", || {
-        ctx.sessions.resources("bob@localhost").len() == 1
+        ctx.sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .len()
+            == 1
     })
     .await;
     assert_eq!(ctx.sm.hibernated_count(), 1);
-    assert_eq!(ctx.sessions.resources("bob@localhost")[0].resource, "one");
+    assert_eq!(
+        ctx.sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())[0]
+            .resource,
+        "one"
+    );
     server.stop().await;
 }
 
@@ -133,5 +141,51 @@ async fn directed_presence_targets_are_bounded() {
         .await;
     assert_eq!(refused.attr("from"), Some("c@localhost"));
     assert!(refused.to_stanza_string().contains("resource-constraint"));
+    server.stop().await;
+}
+
+/// A session's memory is bounded in bytes, not only in stanzas: a client that enables
+/// stream management and never acknowledges gets a quarter of the budget sent, then its
+/// queue fills to half the budget and the session is closed. Counted in stanzas alone
+/// (500 unacknowledged, 2048 queued, each up to the stanza limit), forty large messages
+/// would all have been kept.
+#[tokio::test]
+async fn a_session_that_never_acks_is_closed_at_its_byte_budget() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_stanza_bytes = 64 * 1024;
+        c.limits.session_max_bytes = 256 * 1024;
+    })
+    .await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let mut alice = server.login("alice", "pc").await;
+    let mut bob = server.login("bob", "phone").await;
+    bob.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    bob.recv_until(|e| e.name == "enabled").await;
+    let body = "x".repeat(30 * 1024);
+    for i in 0..40 {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost/phone' type='chat' id='m{i}'><body>{body}</body></message>"
+            ))
+            .await;
+    }
+    // Bob reads (but never acks): some messages, then the stream error.
+    let mut received = 0;
+    let condition = loop {
+        match bob.next_event().await {
+            Some(xmppd::xml::StreamEvent::Stanza(el)) if el.name == "message" => received += 1,
+            Some(xmppd::xml::StreamEvent::Stanza(el)) if el.name == "error" => {
+                break el
+                    .first_element()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+            }
+            Some(_) => {}
+            None => panic!("stream ended without an error after {received} messages"),
+        }
+    };
+    assert_eq!(condition, "policy-violation");
+    assert!(received < 40, "all {received} messages were kept for bob");
     server.stop().await;
 }

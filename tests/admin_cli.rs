@@ -10,6 +10,10 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use xmppd::storage::Storage;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const PASSWORD: &str = "correct horse battery";
 
 fn xmppd(args: &[&str], stdin: &str) -> Output {
@@ -226,7 +230,13 @@ async fn user_commands_go_through_a_running_server() {
     .await
     .unwrap();
     assert_eq!(ok(&out), "user carol@example.test added\n");
-    assert!(accounts.get("carol@example.test").await.unwrap().is_some());
+    assert!(
+        accounts
+            .get(&j("carol@example.test"))
+            .await
+            .unwrap()
+            .is_some()
+    );
     // The server's storage was used, not the database on disk.
     assert!(!data.join("db").exists());
     let out = run(args(&["user", "list", "-c", &c]), String::new())

@@ -9,6 +9,10 @@ use support::{Client, TestServer};
 use xmppd::storage::{RosterItem, Subscription};
 use xmppd::xml::Element;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const BLOCKING: &str = "urn:xmpp:blocking";
 const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 const CLIENT: &str = "jabber:client";
@@ -84,11 +88,10 @@ async fn setup() -> (TestServer, Client, Client, Client) {
         ("bob@localhost", "alice@localhost"),
     ] {
         let item = RosterItem {
-            jid: contact.into(),
             subscription: Subscription::Both,
-            ..RosterItem::default()
+            ..RosterItem::new(j(contact))
         };
-        storage.roster.put_item(user, &item).await.unwrap();
+        storage.roster.put_item(&j(user), &item).await.unwrap();
     }
     let mut a1 = server.login("alice", "one").await;
     let mut a2 = server.login("alice", "two").await;
@@ -169,7 +172,10 @@ async fn block_and_unblock_with_pushes_and_presence() {
     // Refused messages are not in alice's archive, whichever way they went (bob's own
     // archive keeps what he sent).
     let storage = &server.handle.as_ref().unwrap().ctx.storage;
-    assert_eq!(storage.archive.count("alice@localhost").await.unwrap(), 0);
+    assert_eq!(
+        storage.archive.count(&j("alice@localhost")).await.unwrap(),
+        0
+    );
 
     // Unblock: push, then bob gets alice's current presence again.
     let r = set(

@@ -29,7 +29,11 @@ async fn client_that_stops_reading_is_dropped_after_the_write_timeout() {
     // Stanzas keep coming until the socket buffers are full and a write stalls; the
     // session must end about write_timeout_secs later.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctx.sessions.resources("stuck@localhost").is_empty() {
+    while !ctx
+        .sessions
+        .resources(&xmppd::addr::parse_bare("stuck@localhost").unwrap())
+        .is_empty()
+    {
         assert!(
             Instant::now() < deadline,
             "the session of a client that stopped reading was never closed"

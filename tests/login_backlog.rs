@@ -12,6 +12,10 @@ use xmppd::router::{BindOutcome, SessionCommand, SessionControl, SessionInfo};
 use xmppd::storage::{PendingSubscription, RosterItem, Subscription};
 use xmppd::xml::{Element, ns};
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const CONTACTS: usize = 1000;
 const RESOURCES_PER_CONTACT: usize = 2;
 
@@ -38,7 +42,7 @@ fn fake_online(
         presence: Some(presence),
         flags: Default::default(),
     };
-    let bound = server.ctx().sessions.bind(bare, info, 10);
+    let bound = server.ctx().sessions.bind(&j(bare), info, 10);
     assert!(matches!(bound, BindOutcome::Bound));
     rx
 }
@@ -52,26 +56,29 @@ async fn a_login_with_a_thousand_offline_messages_and_online_contacts_stays_conn
     assert_eq!(quota, 1000, "the default quota");
     let mut queues = Vec::new();
     for i in 0..CONTACTS {
-        let contact = format!("c{i}@localhost");
+        let contact = j(&format!("c{i}@localhost"));
         let item = RosterItem {
-            jid: contact.clone(),
             subscription: Subscription::Both,
-            ..RosterItem::default()
+            ..RosterItem::new(contact.clone())
         };
         ctx.storage
             .roster
-            .put_item("bob@localhost", &item)
+            .put_item(&j("bob@localhost"), &item)
             .await
             .unwrap();
         let bob = RosterItem {
-            jid: "bob@localhost".into(),
             subscription: Subscription::Both,
-            ..RosterItem::default()
+            ..RosterItem::new(j("bob@localhost"))
         };
         ctx.storage.roster.put_item(&contact, &bob).await.unwrap();
         for r in 0..RESOURCES_PER_CONTACT {
             let conn_id = 1_000_000 + (i * RESOURCES_PER_CONTACT + r) as u64;
-            queues.push(fake_online(&server, &contact, &format!("r{r}"), conn_id));
+            queues.push(fake_online(
+                &server,
+                contact.as_str(),
+                &format!("r{r}"),
+                conn_id,
+            ));
         }
     }
     for i in 0..quota {
@@ -81,7 +88,7 @@ async fn a_login_with_a_thousand_offline_messages_and_online_contacts_stays_conn
         );
         ctx.storage
             .offline
-            .push("bob@localhost", &stanza, quota)
+            .push(&j("bob@localhost"), &stanza, quota)
             .await
             .unwrap();
     }
@@ -115,7 +122,14 @@ async fn a_login_with_a_thousand_offline_messages_and_online_contacts_stays_conn
         .iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     assert_eq!(pong.attr("type"), Some("result"));
-    assert_eq!(ctx.storage.offline.count("bob@localhost").await.unwrap(), 0);
+    assert_eq!(
+        ctx.storage
+            .offline
+            .count(&j("bob@localhost"))
+            .await
+            .unwrap(),
+        0
+    );
     drop(queues);
     server.stop().await;
 }
@@ -138,7 +152,7 @@ async fn pending_subscription_requests_are_capped_and_redelivered_at_login() {
     let pending = ctx
         .storage
         .roster
-        .pending_in("bob@localhost")
+        .pending_in(&j("bob@localhost"))
         .await
         .unwrap();
     assert_eq!(pending.len(), 20);
@@ -160,7 +174,7 @@ async fn pending_subscription_requests_are_capped_and_redelivered_at_login() {
     assert_eq!(
         ctx.storage
             .roster
-            .pending_in("bob@localhost")
+            .pending_in(&j("bob@localhost"))
             .await
             .unwrap()
             .len(),

@@ -8,6 +8,10 @@ use xmppd::modules::mam::stamp;
 use xmppd::storage::NewArchived;
 use xmppd::xml::Element;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const MAM: &str = "urn:xmpp:mam:2";
 const RSM: &str = "http://jabber.org/protocol/rsm";
 const SID: &str = "urn:xmpp:sid:0";
@@ -151,7 +155,7 @@ async fn prefill(server: &TestServer) {
     let storage = &server.handle.as_ref().unwrap().ctx.storage;
     storage
         .archive
-        .append_many("alice@localhost", &msgs)
+        .append_many(&j("alice@localhost"), &msgs)
         .await
         .unwrap();
 }
@@ -509,7 +513,11 @@ async fn live_messages_are_archived_on_both_sides_and_survive_a_restart() {
     // To the bare JID while bob is offline: archived, then stored offline.
     drop(bob);
     support::wait_until("bob's session to end", || {
-        server.ctx().sessions.resources("bob@localhost").is_empty()
+        server
+            .ctx()
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     alice
@@ -644,7 +652,7 @@ async fn retention_hides_and_prunes_old_messages() {
     storage
         .archive
         .append_many(
-            "alice@localhost",
+            &j("alice@localhost"),
             &[
                 NewArchived {
                     with: "bob@localhost",
@@ -665,7 +673,7 @@ async fn retention_hides_and_prunes_old_messages() {
     assert_eq!(query(&mut alice, None, "").await.ids(), ["new"]);
     // The background pass deletes it, and only it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while storage.archive.count("alice@localhost").await.unwrap() != 1 {
+    while storage.archive.count(&j("alice@localhost")).await.unwrap() != 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "expired message not pruned"
@@ -677,7 +685,10 @@ async fn retention_hides_and_prunes_old_messages() {
     bob.send("<message to='alice@localhost' type='chat' id='x'><body>x</body></message>")
         .await;
     alice.recv_until(|e| e.attr("id") == Some("x")).await;
-    assert_eq!(storage.archive.count("alice@localhost").await.unwrap(), 2);
+    assert_eq!(
+        storage.archive.count(&j("alice@localhost")).await.unwrap(),
+        2
+    );
     assert_eq!(query(&mut alice, None, "").await.ids(), ["new", "x"]);
     server.stop().await;
 }

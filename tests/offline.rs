@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use support::TestServer;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 #[tokio::test]
 async fn offline_messages_survive_restart_and_arrive_with_delay() {
     let mut server = TestServer::start().await;
@@ -49,7 +53,11 @@ async fn offline_messages_survive_restart_and_arrive_with_delay() {
         .await;
     drop(bob);
     support::wait_until("bob's session to end", || {
-        server.ctx().sessions.resources("bob@localhost").is_empty()
+        server
+            .ctx()
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     let mut bob = server.login("bob", "c").await;
@@ -96,13 +104,13 @@ async fn quota_overflow_bounces_resource_constraint() {
 async fn quota_bounce_leaves_no_archive_entry() {
     let (server, _bounce) = overflow_quota_of_two().await;
     let archive = &server.ctx().storage.archive;
-    assert_eq!(archive.count("bob@localhost").await.unwrap(), 2);
+    assert_eq!(archive.count(&j("bob@localhost")).await.unwrap(), 2);
     assert_eq!(
         server
             .ctx()
             .storage
             .offline
-            .count("bob@localhost")
+            .count(&j("bob@localhost"))
             .await
             .unwrap(),
         2

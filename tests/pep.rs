@@ -5,6 +5,11 @@
 
 mod support;
 
+/// A bare JID for the storage API.
+fn bj(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 use std::time::Duration;
 
 use support::{Client, TestServer};
@@ -97,13 +102,12 @@ async fn befriend(server: &TestServer, a: &str, b: &str) {
     let storage = &server.ctx().storage;
     for (user, contact) in [(a, b), (b, a)] {
         let item = RosterItem {
-            jid: format!("{contact}@localhost"),
             subscription: Subscription::Both,
-            ..RosterItem::default()
+            ..xmppd::storage::RosterItem::new(bj(&format!("{contact}@localhost")))
         };
         storage
             .roster
-            .put_item(&format!("{user}@localhost"), &item)
+            .put_item(&bj(&format!("{user}@localhost")), &item)
             .await
             .unwrap();
     }
@@ -588,7 +592,7 @@ async fn bad_input_gets_the_xep_errors() {
         server
             .ctx()
             .storage
-            .remove_account("alice@localhost")
+            .remove_account(&bj("alice@localhost"))
             .await
             .unwrap()
     );
@@ -651,16 +655,15 @@ async fn whitelist_and_roster_access_models() {
         ("not-authorized".into(), Some("not-in-roster-group".into()))
     );
     let item = RosterItem {
-        jid: "bob@localhost".into(),
         subscription: Subscription::Both,
         groups: vec!["Family".into()],
-        ..RosterItem::default()
+        ..xmppd::storage::RosterItem::new(bj("bob@localhost"))
     };
     server
         .ctx()
         .storage
         .roster
-        .put_item("alice@localhost", &item)
+        .put_item(&bj("alice@localhost"), &item)
         .await
         .unwrap();
     assert_eq!(

@@ -3,6 +3,11 @@
 
 mod support;
 
+/// A bare JID for the storage API.
+fn bj(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 use support::ca::TestCa;
 use support::dns::TestDns;
 use support::{Client, TestServer, wait_until};
@@ -69,15 +74,14 @@ impl World {
 
 async fn contact(server: &TestServer, user: &str, contact: &str) {
     let item = RosterItem {
-        jid: contact.into(),
         subscription: Subscription::Both,
-        ..RosterItem::default()
+        ..xmppd::storage::RosterItem::new(bj(contact))
     };
     server
         .ctx()
         .storage
         .roster
-        .put_item(user, &item)
+        .put_item(&bj(user), &item)
         .await
         .unwrap();
 }

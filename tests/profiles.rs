@@ -4,6 +4,11 @@
 
 mod support;
 
+/// A bare JID for the storage API.
+fn bj(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 use base64::Engine;
 use sha1::{Digest, Sha1};
 use support::{Client, TestServer};
@@ -131,7 +136,7 @@ async fn vcards_are_set_read_and_bounded() {
         server
             .ctx()
             .storage
-            .remove_account("alice@localhost")
+            .remove_account(&bj("alice@localhost"))
             .await
             .unwrap()
     );
@@ -345,13 +350,12 @@ async fn photo_hash_is_kept_right_in_presence() {
     let storage = &server.ctx().storage;
     for (user, contact) in [("alice", "bob"), ("bob", "alice")] {
         let item = xmppd::storage::RosterItem {
-            jid: format!("{contact}@localhost"),
             subscription: xmppd::storage::Subscription::Both,
-            ..Default::default()
+            ..xmppd::storage::RosterItem::new(bj(&format!("{contact}@localhost")))
         };
         storage
             .roster
-            .put_item(&format!("{user}@localhost"), &item)
+            .put_item(&bj(&format!("{user}@localhost")), &item)
             .await
             .unwrap();
     }

@@ -141,7 +141,10 @@ async fn publishes_for_offline_and_hibernated_users_until_disabled() {
     // Offline: the message is stored and the service told (no body by default).
     bob.close().await;
     support::wait_until("bob to go offline", || {
-        ctx(&server).sessions.resources("bob@localhost").is_empty()
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     chat(&mut alice, "bob@localhost", "are you there?").await;
@@ -225,7 +228,10 @@ async fn disable_stops_notifications() {
     assert_eq!(reply.attr("type"), Some("result"));
     bob.close().await;
     support::wait_until("bob to go offline", || {
-        ctx(&server).sessions.resources("bob@localhost").is_empty()
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     chat(&mut alice, "bob@localhost", "one").await;
@@ -244,7 +250,10 @@ async fn disable_stops_notifications() {
     assert_eq!(reply.attr("type"), Some("result"));
     bob.close().await;
     support::wait_until("bob to go offline", || {
-        ctx(&server).sessions.resources("bob@localhost").is_empty()
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     chat(&mut alice, "bob@localhost", "two").await;
@@ -258,7 +267,7 @@ async fn wait_for_no_registrations(server: &TestServer, user: &str) {
         if ctx(server)
             .storage
             .push
-            .list(user)
+            .list(&xmppd::addr::parse_bare(user).unwrap())
             .await
             .unwrap()
             .is_empty()

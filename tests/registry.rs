@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use support::TestServer;
 use xmppd::context::Context;
 use xmppd::registry::{
-    Extensions, Flow, IqHandler, IqTarget, Module, OutboundMessageHook, Registrar, Service,
+    Extensions, Flow, IqHandler, IqTarget, Module, OutboundMessageHook, Outgoing, Registrar,
+    Service,
 };
 use xmppd::stream::StanzaError;
 use xmppd::xml::{Element, ns};
@@ -29,7 +30,7 @@ impl Module for Echo {
         r.iq(me.clone());
         r.outbound_message(15, me.clone());
         r.service(SERVICE, me);
-        r.server_item(SERVICE.to_string());
+        r.server_item(SERVICE);
     }
 }
 
@@ -59,7 +60,13 @@ impl IqHandler for Echo {
 
 #[async_trait]
 impl OutboundMessageHook for Echo {
-    async fn outbound(&self, _ctx: &Arc<Context>, el: &mut Element, _: &mut Extensions) -> Flow {
+    async fn outbound(
+        &self,
+        _ctx: &Arc<Context>,
+        _msg: &Outgoing<'_>,
+        el: &mut Element,
+        _: &mut Extensions,
+    ) -> Flow {
         match el.child_text("body", ns::CLIENT).as_deref() {
             Some("drop me") => Flow::Stop,
             Some("tag me") => {

@@ -18,6 +18,10 @@ use xmppd::net::io::MaybeTls;
 use xmppd::s2s::AuthMethod;
 use xmppd::xml::{Element, ParserLimits, StreamEvent, StreamParser};
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const A: &str = "a.example";
 const B: &str = "b.example";
 const A_IP: &str = "127.0.0.2";
@@ -237,7 +241,7 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
         b.ctx()
             .storage
             .roster
-            .item("bob@b.example", "alice@a.example")
+            .item(&j("bob@b.example"), &j("alice@a.example"))
             .await
             .unwrap()
             .is_some_and(|i| i.subscription.as_str() == "both")
@@ -264,7 +268,7 @@ async fn dialback_when_certificates_are_not_trusted_and_subscriptions() {
         b.ctx()
             .storage
             .offline
-            .count("carol@b.example")
+            .count(&j("carol@b.example"))
             .await
             .unwrap()
             == 1

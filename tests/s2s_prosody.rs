@@ -16,6 +16,10 @@ use support::{Client, LoginOptions, Mech, TestServer};
 use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
 use xmppd::xml::Element;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const OURS: &str = "xmppd.example";
 const OUR_IP: &str = "127.0.0.9";
 const PROSODY: &str = "prosody.example";
@@ -70,6 +74,7 @@ s2s_secure_auth = false
 ssl = {{ certificate = "{crt}"; key = "{key}"; cafile = "{cafile}"; }}
 unbound = {{ forward = {{ "{dns_ip}@{dns_port}" }}, resolvconf = false, hoststxt = false }}
 VirtualHost "{PROSODY}"
+Component "conference.{PROSODY}" "muc"
 "#,
             crt = crt.display(),
             key = key.display(),
@@ -122,6 +127,13 @@ VirtualHost "{PROSODY}"
             "xmpp.prosody.example",
         );
         dns.add_addr("xmpp.prosody.example", PROSODY_IP);
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.conference.{PROSODY}"),
+            0,
+            0,
+            s2s_port,
+            "xmpp.prosody.example",
+        );
         Prosody {
             child,
             dir: dir.to_path_buf(),
@@ -204,7 +216,7 @@ async fn body(c: &mut Client, text: &str) -> Element {
 /// Both sides trust the test CA: SASL EXTERNAL (XEP-0178) in both directions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federates_with_prosody_using_certificates() {
-    let (outbound, inbound) = federate(true).await;
+    let (outbound, inbound) = federate(true, false).await;
     assert_eq!(outbound, vec!["SASL EXTERNAL"]);
     assert_eq!(inbound, vec!["SASL EXTERNAL"]);
 }
@@ -213,14 +225,23 @@ async fn federates_with_prosody_using_certificates() {
 /// each verified over a connection back to the authoritative server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federates_with_prosody_using_dialback() {
-    let (outbound, inbound) = federate(false).await;
+    let (outbound, inbound) = federate(false, false).await;
     assert_eq!(outbound, vec!["dialback"]);
     assert_eq!(inbound, vec!["dialback"]);
 }
 
-/// Runs the scenario; returns the authentication methods used for our outbound and
-/// inbound streams.
-async fn federate(trusted: bool) -> (Vec<&'static str>, Vec<&'static str>) {
+/// Chat rooms across servers (XEP-0045): a Prosody user in a room on xmppd and an xmppd
+/// user in a room on Prosody's MUC component, messages both ways. The services' domains
+/// federate like the vhosts (dialback: the certificates name only the vhosts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_rooms_federate_with_prosody() {
+    let (outbound, _inbound) = federate(false, true).await;
+    assert!(outbound.contains(&"dialback"), "{outbound:?}");
+}
+
+/// Runs the scenario (or the chat room one); returns the authentication methods used for
+/// our outbound and inbound streams.
+async fn federate(trusted: bool, muc: bool) -> (Vec<&'static str>, Vec<&'static str>) {
     if std::process::Command::new("prosody")
         .arg("--help")
         .output()
@@ -260,8 +281,22 @@ async fn federate(trusted: bool) -> (Vec<&'static str>, Vec<&'static str>) {
         "xmpp.xmppd.example",
     );
     dns.add_addr("xmpp.xmppd.example", OUR_IP);
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.conference.{OURS}"),
+        0,
+        0,
+        ours.s2s_addr(TlsMode::Starttls).port(),
+        "xmpp.xmppd.example",
+    );
     let prosody = Prosody::start(&dir.path().join("prosody"), &ca, trusted_ca, &dns).await;
-    let result = tokio::time::timeout(Duration::from_secs(90), scenario(&ours, &prosody)).await;
+    let run = async {
+        if muc {
+            muc_scenario(&ours, &prosody).await;
+        } else {
+            scenario(&ours, &prosody).await;
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(90), run).await;
     let log = prosody.log();
     let s2s = ours.ctx().s2s.get().unwrap().clone();
     eprintln!(
@@ -374,7 +409,7 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
         .ctx()
         .storage
         .offline
-        .count("oscar@xmppd.example")
+        .count(&j("oscar@xmppd.example"))
         .await
         .unwrap()
         == 0
@@ -432,4 +467,98 @@ async fn scenario(ours: &TestServer, prosody: &Prosody) {
             .has_child("service-unavailable", STANZAS),
         "{e:?}"
     );
+}
+
+const MUC: &str = "http://jabber.org/protocol/muc";
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+
+fn self_presence(e: &Element, occupant: &str) -> bool {
+    e.name == "presence"
+        && e.attr("from") == Some(occupant)
+        && (e.attr("type") == Some("error")
+            || e.child("x", MUC_USER).is_some_and(|x| {
+                x.elements()
+                    .any(|s| s.name == "status" && s.attr("code") == Some("110"))
+            }))
+}
+
+/// Joins `room` as `nick` and, if the room was created by it, accepts the default
+/// configuration (an instant room). Panics on a refused join.
+async fn join_room(c: &mut Client, room: &str, nick: &str) {
+    let occupant = format!("{room}/{nick}");
+    c.send(&format!(
+        "<presence to='{occupant}'><x xmlns='{MUC}'/></presence>"
+    ))
+    .await;
+    let p = c.recv_until(|e| self_presence(e, &occupant)).await;
+    assert_ne!(p.attr("type"), Some("error"), "join refused: {p:?}");
+    let created = p.child("x", MUC_USER).is_some_and(|x| {
+        x.elements()
+            .any(|s| s.name == "status" && s.attr("code") == Some("201"))
+    });
+    if created {
+        let r = c
+            .iq(&format!(
+                "<iq type='set' to='{room}'><query xmlns='{MUC_OWNER}'>\
+                 <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    }
+}
+
+async fn groupchat(c: &mut Client, text: &str, from: &str) {
+    let (text, from) = (text.to_string(), from.to_string());
+    c.recv_until(move |e| {
+        e.name == "message"
+            && e.attr("type") == Some("groupchat")
+            && e.attr("from") == Some(from.as_str())
+            && e.child_text("body", "jabber:client").as_deref() == Some(text.as_str())
+    })
+    .await;
+}
+
+async fn muc_scenario(ours: &TestServer, prosody: &Prosody) {
+    ours.add_user("alice", "password").await;
+    let mut alice = ours.login("alice", "r").await;
+    alice.available().await;
+    let mut pam = prosody.login("pam").await;
+    pam.send("<presence/>").await;
+
+    // A room on xmppd: alice creates it, pam (on Prosody) joins over s2s.
+    let hall = format!("hall@conference.{OURS}");
+    join_room(&mut alice, &hall, "alice").await;
+    join_room(&mut pam, &hall, "pam").await;
+    alice
+        .recv_until(|e| e.name == "presence" && e.attr("from") == Some(&*format!("{hall}/pam")))
+        .await;
+    pam.send(&format!(
+        "<message to='{hall}' type='groupchat'><body>pam in the hall</body></message>"
+    ))
+    .await;
+    groupchat(&mut alice, "pam in the hall", &format!("{hall}/pam")).await;
+    groupchat(&mut pam, "pam in the hall", &format!("{hall}/pam")).await;
+    alice
+        .send(&format!(
+            "<message to='{hall}' type='groupchat'><body>alice in the hall</body></message>"
+        ))
+        .await;
+    groupchat(&mut pam, "alice in the hall", &format!("{hall}/alice")).await;
+
+    // A room on Prosody: pam creates it, alice joins from xmppd.
+    let lounge = format!("lounge@conference.{PROSODY}");
+    join_room(&mut pam, &lounge, "pam").await;
+    join_room(&mut alice, &lounge, "alice").await;
+    alice
+        .send(&format!(
+            "<message to='{lounge}' type='groupchat'><body>alice in the lounge</body></message>"
+        ))
+        .await;
+    groupchat(&mut pam, "alice in the lounge", &format!("{lounge}/alice")).await;
+    pam.send(&format!(
+        "<message to='{lounge}' type='groupchat'><body>pam in the lounge</body></message>"
+    ))
+    .await;
+    groupchat(&mut alice, "pam in the lounge", &format!("{lounge}/pam")).await;
 }

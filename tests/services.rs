@@ -3,6 +3,11 @@
 
 mod support;
 
+/// A bare JID for the storage API.
+fn bj(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -39,15 +44,14 @@ async fn last_activity_of_the_server_and_of_contacts() {
     }
     for (user, contact) in [("alice", "bob"), ("bob", "alice")] {
         let item = RosterItem {
-            jid: format!("{contact}@localhost"),
             subscription: Subscription::Both,
-            ..RosterItem::default()
+            ..xmppd::storage::RosterItem::new(bj(&format!("{contact}@localhost")))
         };
         server
             .ctx()
             .storage
             .roster
-            .put_item(&format!("{user}@localhost"), &item)
+            .put_item(&bj(&format!("{user}@localhost")), &item)
             .await
             .unwrap();
     }

@@ -11,6 +11,10 @@ use process::{Xmppd, add_user, write_config};
 use support::{Client, TestServer};
 use xmppd::xml::Element;
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const SM: &str = "urn:xmpp:sm:3";
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -53,14 +57,21 @@ async fn shutdown_moves_hibernated_queues_to_offline_storage() {
     alice
         .iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
-    assert_eq!(ctx.storage.offline.count("bob@localhost").await.unwrap(), 0);
+    assert_eq!(
+        ctx.storage
+            .offline
+            .count(&j("bob@localhost"))
+            .await
+            .unwrap(),
+        0
+    );
 
     let (_, condition) = tokio::join!(server.stop(), alice.expect_stream_error());
     assert_eq!(condition, "system-shutdown");
     let stored: Vec<String> = ctx
         .storage
         .offline
-        .list("bob@localhost")
+        .list(&j("bob@localhost"))
         .await
         .unwrap()
         .iter()

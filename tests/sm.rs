@@ -9,6 +9,10 @@ use std::time::Duration;
 use support::{Client, TestServer};
 use xmppd::xml::{Element, StreamEvent};
 
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
 const SM: &str = "urn:xmpp:sm:3";
 
 /// A client that counts the stanzas it handles, as XEP-0198 wants.
@@ -115,7 +119,7 @@ async fn sync(c: &mut Client) {
 async fn offline_count_reaching(server: &TestServer, user: &str, at_least: usize) -> usize {
     let mut stored = 0;
     for _ in 0..200 {
-        stored = ctx(server).storage.offline.count(user).await.unwrap();
+        stored = ctx(server).storage.offline.count(&j(user)).await.unwrap();
         if stored >= at_least {
             break;
         }
@@ -244,7 +248,13 @@ async fn dropped_connection_hibernates_and_resume_delivers_exactly_once() {
     bob.c.drop_connection();
     support::wait_until("hibernation", || ctx(&server).sm.hibernated_count() == 1).await;
     // Still bound and available while hibernated; more arrives meanwhile.
-    assert_eq!(ctx(&server).sessions.resources("bob@localhost").len(), 1);
+    assert_eq!(
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .len(),
+        1
+    );
     chat(&mut alice, "bob@localhost", "three").await;
     chat(&mut alice, "bob@localhost/phone", "four").await;
     sync(&mut alice).await;
@@ -300,7 +310,10 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
         .await;
     sync(&mut alice).await;
     support::wait_until("the session to end", || {
-        ctx(&server).sessions.resources("bob@localhost").is_empty()
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     assert_eq!(ctx(&server).sm.hibernated_count(), 0);
@@ -338,7 +351,10 @@ async fn clean_close_with_unacked_messages_keeps_them() {
     // Closed cleanly without acknowledging: the server cannot know it arrived.
     bob.c.close().await;
     support::wait_until("the session to end", || {
-        ctx(&server).sessions.resources("bob@localhost").is_empty()
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
     })
     .await;
     // Rerouting follows the unbind; let it reach offline storage before the next login.
@@ -402,7 +418,13 @@ async fn resume_takes_over_live_session_and_duplicates_are_safe() {
     chat(&mut alice, "bob@localhost/phone", "m3").await;
     assert_eq!(body(&two.until(is_message).await).as_deref(), Some("m3"));
     two.expect_no_stanza(Duration::from_millis(300)).await;
-    assert_eq!(ctx(&server).sessions.resources("bob@localhost").len(), 1);
+    assert_eq!(
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .len(),
+        1
+    );
     assert_eq!(ctx(&server).sm.resumable_count(), 1);
     server.stop().await;
 }
@@ -487,14 +509,17 @@ async fn offline_messages_are_deleted_only_once_acknowledged() {
         ctx(&server)
             .storage
             .offline
-            .count("bob@localhost")
+            .count(&j("bob@localhost"))
             .await
             .unwrap(),
         3
     );
     bob.c.drop_connection();
     support::wait_until("the hibernated session to end", || {
-        ctx(&server).sessions.resources("bob@localhost").is_empty()
+        ctx(&server)
+            .sessions
+            .resources(&xmppd::addr::parse_bare("bob@localhost").unwrap())
+            .is_empty()
             && ctx(&server).sm.resumable_count() == 0
     })
     .await;
@@ -502,7 +527,7 @@ async fn offline_messages_are_deleted_only_once_acknowledged() {
         ctx(&server)
             .storage
             .offline
-            .count("bob@localhost")
+            .count(&j("bob@localhost"))
             .await
             .unwrap(),
         3
@@ -522,7 +547,7 @@ async fn offline_messages_are_deleted_only_once_acknowledged() {
         left = ctx(&server)
             .storage
             .offline
-            .count("bob@localhost")
+            .count(&j("bob@localhost"))
             .await
             .unwrap();
         if left == 0 {

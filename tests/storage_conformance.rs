@@ -3,10 +3,22 @@
 
 use tempfile::TempDir;
 use xmppd::sasl::credentials::{ScramCredentials, StoredCredentials};
+
+fn j(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
+fn dom(s: &str) -> xmppd::addr::DomainPart {
+    xmppd::addr::parse_domain(s).unwrap()
+}
+
+fn jids(l: &[&str]) -> Vec<xmppd::addr::BareJid> {
+    l.iter().map(|s| j(s)).collect()
+}
 use xmppd::storage::{
     ArchiveDefault, ArchivePos, ArchivePrefs, ArchiveQuery, NewArchived, OfflineStoreOutcome,
-    PendingSubscription, PresenceContacts, PushRegistration, RosterItem, Storage, StorageError,
-    Subscription,
+    PendingSubscription, PresenceContacts, PushRegistration, RoomAffiliation, RoomAffiliationEntry,
+    RoomConfig, RoomPmPolicy, RosterItem, Storage, StorageError, StoredRoom, Subscription,
 };
 use xmppd::storage::{CreateOutcome, NodeRecord, StoredItem};
 
@@ -25,7 +37,7 @@ fn creds(tag: u8) -> StoredCredentials {
 
 fn item(jid: &str, sub: Subscription) -> RosterItem {
     RosterItem {
-        jid: jid.into(),
+        jid: j(jid),
         name: Some(format!("name of {jid}")),
         subscription: sub,
         ask: false,
@@ -37,66 +49,69 @@ fn item(jid: &str, sub: Subscription) -> RosterItem {
 
 fn pending(from: &str) -> PendingSubscription {
     PendingSubscription {
-        from: from.into(),
+        from: j(from),
         stanza: Some(format!("<presence from='{from}' type='subscribe'/>")),
     }
 }
 
 async fn accounts(s: Storage) {
     let a = &s.accounts;
-    assert!(a.create("b@x", &creds(1)).await.unwrap());
-    assert!(!a.create("b@x", &creds(2)).await.unwrap(), "second create");
+    assert!(a.create(&j("b@x"), &creds(1)).await.unwrap());
+    assert!(
+        !a.create(&j("b@x"), &creds(2)).await.unwrap(),
+        "second create"
+    );
     assert_eq!(
-        a.get("b@x").await.unwrap(),
+        a.get(&j("b@x")).await.unwrap(),
         Some(creds(1)),
         "create twice kept first"
     );
-    assert_eq!(a.get("nobody@x").await.unwrap(), None);
+    assert_eq!(a.get(&j("nobody@x")).await.unwrap(), None);
 
-    assert!(a.set_credentials("b@x", &creds(3)).await.unwrap());
-    assert_eq!(a.get("b@x").await.unwrap(), Some(creds(3)));
-    assert!(!a.set_credentials("nobody@x", &creds(3)).await.unwrap());
+    assert!(a.set_credentials(&j("b@x"), &creds(3)).await.unwrap());
+    assert_eq!(a.get(&j("b@x")).await.unwrap(), Some(creds(3)));
+    assert!(!a.set_credentials(&j("nobody@x"), &creds(3)).await.unwrap());
     assert_eq!(
-        a.get("nobody@x").await.unwrap(),
+        a.get(&j("nobody@x")).await.unwrap(),
         None,
         "set must not create"
     );
 
-    assert!(a.create("c@x", &creds(4)).await.unwrap());
-    assert!(a.create("a@x", &creds(5)).await.unwrap());
-    assert!(a.create("a@w", &creds(6)).await.unwrap());
-    assert_eq!(a.list().await.unwrap(), ["a@w", "a@x", "b@x", "c@x"]);
+    assert!(a.create(&j("c@x"), &creds(4)).await.unwrap());
+    assert!(a.create(&j("a@x"), &creds(5)).await.unwrap());
+    assert!(a.create(&j("a@w"), &creds(6)).await.unwrap());
+    assert_eq!(a.list().await.unwrap(), jids(&["a@w", "a@x", "b@x", "c@x"]));
 
-    assert!(a.remove("b@x").await.unwrap());
-    assert!(!a.remove("b@x").await.unwrap());
-    assert_eq!(a.get("b@x").await.unwrap(), None);
-    assert_eq!(a.list().await.unwrap(), ["a@w", "a@x", "c@x"]);
+    assert!(a.remove(&j("b@x")).await.unwrap());
+    assert!(!a.remove(&j("b@x")).await.unwrap());
+    assert_eq!(a.get(&j("b@x")).await.unwrap(), None);
+    assert_eq!(a.list().await.unwrap(), jids(&["a@w", "a@x", "c@x"]));
     s.flush().await.unwrap();
 }
 
 async fn roster(s: Storage) {
     let r = &s.roster;
-    let empty = r.roster("u@x").await.unwrap();
+    let empty = r.roster(&j("u@x")).await.unwrap();
     assert_eq!(empty.version, 0);
     assert!(empty.items.is_empty());
 
     let v1 = r
-        .put_item("u@x", &item("c@y", Subscription::None))
+        .put_item(&j("u@x"), &item("c@y", Subscription::None))
         .await
         .unwrap();
     let v2 = r
-        .put_item("u@x", &item("a@y", Subscription::To))
+        .put_item(&j("u@x"), &item("a@y", Subscription::To))
         .await
         .unwrap();
     assert!(v1 > 0 && v2 > v1, "{v1} {v2}");
     // Replacing an item is a change too.
     let v3 = r
-        .put_item("u@x", &item("c@y", Subscription::Both))
+        .put_item(&j("u@x"), &item("c@y", Subscription::Both))
         .await
         .unwrap();
     assert!(v3 > v2);
 
-    let got = r.roster("u@x").await.unwrap();
+    let got = r.roster(&j("u@x")).await.unwrap();
     assert_eq!(got.version, v3);
     assert_eq!(
         got.items,
@@ -106,88 +121,95 @@ async fn roster(s: Storage) {
         ]
     );
     assert_eq!(
-        r.item("u@x", "c@y").await.unwrap(),
+        r.item(&j("u@x"), &j("c@y")).await.unwrap(),
         Some(item("c@y", Subscription::Both))
     );
-    assert_eq!(r.item("u@x", "zz@y").await.unwrap(), None);
+    assert_eq!(r.item(&j("u@x"), &j("zz@y")).await.unwrap(), None);
     // Another user's roster is separate, including one whose JID extends this one.
-    assert_eq!(r.roster("u@xx").await.unwrap().items, []);
-    r.put_item("u@xx", &item("q@y", Subscription::None))
+    assert_eq!(r.roster(&j("u@xx")).await.unwrap().items, []);
+    r.put_item(&j("u@xx"), &item("q@y", Subscription::None))
         .await
         .unwrap();
-    assert_eq!(r.roster("u@x").await.unwrap().items.len(), 2);
+    assert_eq!(r.roster(&j("u@x")).await.unwrap().items.len(), 2);
 
-    assert_eq!(r.remove_item("u@x", "nobody@y").await.unwrap(), None);
     assert_eq!(
-        r.roster("u@x").await.unwrap().version,
+        r.remove_item(&j("u@x"), &j("nobody@y")).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        r.roster(&j("u@x")).await.unwrap().version,
         v3,
         "no-op must not bump"
     );
-    let v4 = r.remove_item("u@x", "a@y").await.unwrap().unwrap();
+    let v4 = r.remove_item(&j("u@x"), &j("a@y")).await.unwrap().unwrap();
     assert!(v4 > v3);
-    assert_eq!(r.remove_item("u@x", "a@y").await.unwrap(), None);
-    let got = r.roster("u@x").await.unwrap();
+    assert_eq!(r.remove_item(&j("u@x"), &j("a@y")).await.unwrap(), None);
+    let got = r.roster(&j("u@x")).await.unwrap();
     assert_eq!((got.version, got.items.len()), (v4, 1));
 
     // Pending subscriptions.
-    assert!(r.pending_in("u@x").await.unwrap().is_empty());
-    r.add_pending_in("u@x", &pending("p2@y")).await.unwrap();
-    r.add_pending_in("u@x", &pending("p1@y")).await.unwrap();
-    r.add_pending_in("u@x", &pending("p1@y")).await.unwrap();
-    r.add_pending_in("u@xx", &pending("p3@y")).await.unwrap();
+    assert!(r.pending_in(&j("u@x")).await.unwrap().is_empty());
+    r.add_pending_in(&j("u@x"), &pending("p2@y")).await.unwrap();
+    r.add_pending_in(&j("u@x"), &pending("p1@y")).await.unwrap();
+    r.add_pending_in(&j("u@x"), &pending("p1@y")).await.unwrap();
+    r.add_pending_in(&j("u@xx"), &pending("p3@y"))
+        .await
+        .unwrap();
     assert_eq!(
-        r.pending_in("u@x").await.unwrap(),
+        r.pending_in(&j("u@x")).await.unwrap(),
         [pending("p1@y"), pending("p2@y")]
     );
-    assert!(r.remove_pending_in("u@x", "p1@y").await.unwrap());
-    assert!(!r.remove_pending_in("u@x", "p1@y").await.unwrap());
-    assert_eq!(r.pending_in("u@x").await.unwrap(), [pending("p2@y")]);
+    assert!(r.remove_pending_in(&j("u@x"), &j("p1@y")).await.unwrap());
+    assert!(!r.remove_pending_in(&j("u@x"), &j("p1@y")).await.unwrap());
+    assert_eq!(r.pending_in(&j("u@x")).await.unwrap(), [pending("p2@y")]);
     assert_eq!(
-        r.roster("u@x").await.unwrap().version,
+        r.roster(&j("u@x")).await.unwrap().version,
         v4,
         "pending is not roster"
     );
 
     // remove_user drops items and pending, and the version never goes backwards.
-    r.remove_user("u@x").await.unwrap();
-    let got = r.roster("u@x").await.unwrap();
+    r.remove_user(&j("u@x")).await.unwrap();
+    let got = r.roster(&j("u@x")).await.unwrap();
     assert!(got.items.is_empty());
     assert!(got.version >= v4);
-    assert!(r.pending_in("u@x").await.unwrap().is_empty());
+    assert!(r.pending_in(&j("u@x")).await.unwrap().is_empty());
     let v5 = r
-        .put_item("u@x", &item("c@y", Subscription::None))
+        .put_item(&j("u@x"), &item("c@y", Subscription::None))
         .await
         .unwrap();
     assert!(v5 > got.version);
     // The neighbour is untouched.
-    assert_eq!(r.roster("u@xx").await.unwrap().items.len(), 1);
-    assert_eq!(r.pending_in("u@xx").await.unwrap(), [pending("p3@y")]);
+    assert_eq!(r.roster(&j("u@xx")).await.unwrap().items.len(), 1);
+    assert_eq!(r.pending_in(&j("u@xx")).await.unwrap(), [pending("p3@y")]);
 }
 
 async fn offline(s: Storage) {
     let o = &s.offline;
-    assert_eq!(o.count("u@x").await.unwrap(), 0);
-    assert!(o.list("u@x").await.unwrap().is_empty());
+    assert_eq!(o.count(&j("u@x")).await.unwrap(), 0);
+    assert!(o.list(&j("u@x")).await.unwrap().is_empty());
     for i in 0..3 {
         let out = o
-            .push("u@x", &format!("<message id='{i}'/>"), 3)
+            .push(&j("u@x"), &format!("<message id='{i}'/>"), 3)
             .await
             .unwrap();
         assert_eq!(out, OfflineStoreOutcome::Stored);
     }
     assert_eq!(
-        o.push("u@x", "<message id='over'/>", 3).await.unwrap(),
+        o.push(&j("u@x"), "<message id='over'/>", 3).await.unwrap(),
         OfflineStoreOutcome::QuotaExceeded
     );
     assert_eq!(
-        o.push("v@x", "<message/>", 0).await.unwrap(),
+        o.push(&j("v@x"), "<message/>", 0).await.unwrap(),
         OfflineStoreOutcome::QuotaExceeded
     );
-    assert_eq!(o.count("v@x").await.unwrap(), 0);
-    o.push("u@xx", "<message id='other'/>", 3).await.unwrap();
+    assert_eq!(o.count(&j("v@x")).await.unwrap(), 0);
+    o.push(&j("u@xx"), "<message id='other'/>", 3)
+        .await
+        .unwrap();
 
-    let list = o.list("u@x").await.unwrap();
-    assert_eq!(o.count("u@x").await.unwrap(), 3);
+    let list = o.list(&j("u@x")).await.unwrap();
+    assert_eq!(o.count(&j("u@x")).await.unwrap(), 3);
     let stanzas: Vec<&str> = list.iter().map(|m| m.stanza.as_str()).collect();
     assert_eq!(
         stanzas,
@@ -200,36 +222,36 @@ async fn offline(s: Storage) {
     assert!(list.windows(2).all(|w| w[0].seq < w[1].seq), "{list:?}");
     assert!(list.iter().all(|m| m.stored_at > 1_600_000_000));
     // list does not remove.
-    assert_eq!(o.list("u@x").await.unwrap(), list);
+    assert_eq!(o.list(&j("u@x")).await.unwrap(), list);
 
-    o.remove_up_to("u@x", list[1].seq).await.unwrap();
-    assert_eq!(o.list("u@x").await.unwrap(), [list[2].clone()]);
-    assert_eq!(o.count("u@x").await.unwrap(), 1);
+    o.remove_up_to(&j("u@x"), list[1].seq).await.unwrap();
+    assert_eq!(o.list(&j("u@x")).await.unwrap(), [list[2].clone()]);
+    assert_eq!(o.count(&j("u@x")).await.unwrap(), 1);
     // Room again under the quota; the new seq is above everything before.
     assert_eq!(
-        o.push("u@x", "<message id='3'/>", 3).await.unwrap(),
+        o.push(&j("u@x"), "<message id='3'/>", 3).await.unwrap(),
         OfflineStoreOutcome::Stored
     );
-    let list2 = o.list("u@x").await.unwrap();
+    let list2 = o.list(&j("u@x")).await.unwrap();
     assert_eq!(list2.len(), 2);
     assert!(list2[1].seq > list[2].seq);
-    o.remove_up_to("u@x", 0).await.unwrap();
-    assert_eq!(o.count("u@x").await.unwrap(), 2);
+    o.remove_up_to(&j("u@x"), 0).await.unwrap();
+    assert_eq!(o.count(&j("u@x")).await.unwrap(), 2);
 
-    o.remove_user("u@x").await.unwrap();
-    assert_eq!(o.count("u@x").await.unwrap(), 0);
-    assert!(o.list("u@x").await.unwrap().is_empty());
-    o.push("u@x", "<message id='4'/>", 3).await.unwrap();
-    let after = o.list("u@x").await.unwrap();
+    o.remove_user(&j("u@x")).await.unwrap();
+    assert_eq!(o.count(&j("u@x")).await.unwrap(), 0);
+    assert!(o.list(&j("u@x")).await.unwrap().is_empty());
+    o.push(&j("u@x"), "<message id='4'/>", 3).await.unwrap();
+    let after = o.list(&j("u@x")).await.unwrap();
     assert!(after[0].seq > list2[1].seq, "seq must keep increasing");
     // The neighbour is untouched.
-    assert_eq!(o.count("u@xx").await.unwrap(), 1);
-    assert_eq!(o.list("u@xx").await.unwrap().len(), 1);
+    assert_eq!(o.count(&j("u@xx")).await.unwrap(), 1);
+    assert_eq!(o.list(&j("u@xx")).await.unwrap().len(), 1);
 }
 
 fn reg(jid: &str, node: &str, secret: Option<&str>) -> PushRegistration {
     PushRegistration {
-        jid: jid.into(),
+        jid: xmppd::addr::parse(jid).unwrap(),
         node: node.into(),
         publish_options: secret.map(|s| format!("<x xmlns='jabber:x:data'>{s}</x>")),
         include_body: secret.is_some(),
@@ -238,18 +260,31 @@ fn reg(jid: &str, node: &str, secret: Option<&str>) -> PushRegistration {
 
 async fn push(s: Storage) {
     let p = &s.push;
-    assert!(p.list("u@x").await.unwrap().is_empty());
-    assert_eq!(p.disable("u@x", "push.y", None).await.unwrap(), 0);
-    p.enable("u@x", &reg("push.y", "n2", None)).await.unwrap();
-    p.enable("u@x", &reg("push.y", "n1", Some("s1")))
+    assert!(p.list(&j("u@x")).await.unwrap().is_empty());
+    assert_eq!(
+        p.disable(&j("u@x"), &xmppd::addr::parse("push.y").unwrap(), None)
+            .await
+            .unwrap(),
+        0
+    );
+    p.enable(&j("u@x"), &reg("push.y", "n2", None))
         .await
         .unwrap();
-    p.enable("u@x", &reg("a.push.y", "n9", None)).await.unwrap();
+    p.enable(&j("u@x"), &reg("push.y", "n1", Some("s1")))
+        .await
+        .unwrap();
+    p.enable(&j("u@x"), &reg("a.push.y", "n9", None))
+        .await
+        .unwrap();
     // A jid that extends another must not be caught by the other's prefix.
-    p.enable("u@x", &reg("push.y.z", "n1", None)).await.unwrap();
-    p.enable("u@xx", &reg("push.y", "n1", None)).await.unwrap();
+    p.enable(&j("u@x"), &reg("push.y.z", "n1", None))
+        .await
+        .unwrap();
+    p.enable(&j("u@xx"), &reg("push.y", "n1", None))
+        .await
+        .unwrap();
     assert_eq!(
-        p.list("u@x").await.unwrap(),
+        p.list(&j("u@x")).await.unwrap(),
         [
             reg("a.push.y", "n9", None),
             reg("push.y", "n1", Some("s1")),
@@ -258,43 +293,71 @@ async fn push(s: Storage) {
         ]
     );
     // Same jid and node: replaced (the last publish options win).
-    p.enable("u@x", &reg("push.y", "n1", Some("s2")))
+    p.enable(&j("u@x"), &reg("push.y", "n1", Some("s2")))
         .await
         .unwrap();
-    let list = p.list("u@x").await.unwrap();
+    let list = p.list(&j("u@x")).await.unwrap();
     assert_eq!(list.len(), 4);
     assert_eq!(list[1], reg("push.y", "n1", Some("s2")));
 
-    assert_eq!(p.disable("u@x", "push.y", Some("n3")).await.unwrap(), 0);
-    assert_eq!(p.disable("u@x", "push.y", Some("n2")).await.unwrap(), 1);
-    assert_eq!(p.list("u@x").await.unwrap().len(), 3);
-    p.enable("u@x", &reg("push.y", "n2", None)).await.unwrap();
-    assert_eq!(p.disable("u@x", "push.y", None).await.unwrap(), 2);
     assert_eq!(
-        p.list("u@x").await.unwrap(),
+        p.disable(
+            &j("u@x"),
+            &xmppd::addr::parse("push.y").unwrap(),
+            Some("n3")
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(
+        p.disable(
+            &j("u@x"),
+            &xmppd::addr::parse("push.y").unwrap(),
+            Some("n2")
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(p.list(&j("u@x")).await.unwrap().len(), 3);
+    p.enable(&j("u@x"), &reg("push.y", "n2", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.disable(&j("u@x"), &xmppd::addr::parse("push.y").unwrap(), None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        p.list(&j("u@x")).await.unwrap(),
         [reg("a.push.y", "n9", None), reg("push.y.z", "n1", None)]
     );
     // The neighbour is untouched.
-    assert_eq!(p.list("u@xx").await.unwrap(), [reg("push.y", "n1", None)]);
-    p.remove_user("u@x").await.unwrap();
-    assert!(p.list("u@x").await.unwrap().is_empty());
-    assert_eq!(p.list("u@xx").await.unwrap().len(), 1);
+    assert_eq!(
+        p.list(&j("u@xx")).await.unwrap(),
+        [reg("push.y", "n1", None)]
+    );
+    p.remove_user(&j("u@x")).await.unwrap();
+    assert!(p.list(&j("u@x")).await.unwrap().is_empty());
+    assert_eq!(p.list(&j("u@xx")).await.unwrap().len(), 1);
     s.flush().await.unwrap();
 }
 
 async fn remove_account(s: Storage) {
-    s.accounts.create("u@x", &creds(1)).await.unwrap();
+    s.accounts.create(&j("u@x"), &creds(1)).await.unwrap();
     s.roster
-        .put_item("u@x", &item("c@y", Subscription::Both))
+        .put_item(&j("u@x"), &item("c@y", Subscription::Both))
         .await
         .unwrap();
     s.roster
-        .add_pending_in("u@x", &pending("p@y"))
+        .add_pending_in(&j("u@x"), &pending("p@y"))
         .await
         .unwrap();
-    s.offline.push("u@x", "<message/>", 10).await.unwrap();
+    s.offline.push(&j("u@x"), "<message/>", 10).await.unwrap();
     s.push
-        .enable("u@x", &reg("push.y", "n", None))
+        .enable(&j("u@x"), &reg("push.y", "n", None))
         .await
         .unwrap();
     s.pubsub
@@ -310,24 +373,24 @@ async fn remove_account(s: Storage) {
         .set_private("u@x", "k", Some("<k/>"), 5)
         .await
         .unwrap();
-    assert!(s.remove_account("u@x").await.unwrap());
+    assert!(s.remove_account(&j("u@x")).await.unwrap());
     assert!(s.pubsub.nodes("u@x").await.unwrap().is_empty());
     assert!(s.pubsub.items("u@x", "n", 5).await.unwrap().is_empty());
     assert_eq!(s.profiles.vcard("u@x").await.unwrap(), None);
     assert_eq!(s.profiles.private("u@x", "k").await.unwrap(), None);
-    assert!(s.push.list("u@x").await.unwrap().is_empty());
-    assert_eq!(s.accounts.get("u@x").await.unwrap(), None);
-    assert!(s.roster.roster("u@x").await.unwrap().items.is_empty());
-    assert!(s.roster.pending_in("u@x").await.unwrap().is_empty());
-    assert_eq!(s.offline.count("u@x").await.unwrap(), 0);
-    assert!(!s.remove_account("u@x").await.unwrap());
+    assert!(s.push.list(&j("u@x")).await.unwrap().is_empty());
+    assert_eq!(s.accounts.get(&j("u@x")).await.unwrap(), None);
+    assert!(s.roster.roster(&j("u@x")).await.unwrap().items.is_empty());
+    assert!(s.roster.pending_in(&j("u@x")).await.unwrap().is_empty());
+    assert_eq!(s.offline.count(&j("u@x")).await.unwrap(), 0);
+    assert!(!s.remove_account(&j("u@x")).await.unwrap());
 }
 
 async fn concurrent_pushes_respect_quota(s: Storage) {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.offline.push("u@x", &format!("m{i}"), 7).await })
+            tokio::spawn(async move { s.offline.push(&j("u@x"), &format!("m{i}"), 7).await })
         })
         .collect();
     let mut stored = 0;
@@ -337,8 +400,8 @@ async fn concurrent_pushes_respect_quota(s: Storage) {
         }
     }
     assert_eq!(stored, 7);
-    assert_eq!(s.offline.count("u@x").await.unwrap(), 7);
-    assert_eq!(s.offline.list("u@x").await.unwrap().len(), 7);
+    assert_eq!(s.offline.count(&j("u@x")).await.unwrap(), 7);
+    assert_eq!(s.offline.list(&j("u@x")).await.unwrap().len(), 7);
 }
 
 fn msg<'a>(with: &'a str, stanza: &'a str, micros: u64) -> NewArchived<'a> {
@@ -359,10 +422,10 @@ fn names(range: std::ops::Range<usize>) -> Vec<String> {
 
 async fn archive(s: Storage) {
     let a = &s.archive;
-    assert_eq!(a.count("u@x").await.unwrap(), 0);
-    let page = a.query("u@x", &ArchiveQuery::default()).await.unwrap();
+    assert_eq!(a.count(&j("u@x")).await.unwrap(), 0);
+    let page = a.query(&j("u@x"), &ArchiveQuery::default()).await.unwrap();
     assert!(page.messages.is_empty() && !page.more);
-    assert_eq!(a.position("u@x", "nope").await.unwrap(), None);
+    assert_eq!(a.position(&j("u@x"), "nope").await.unwrap(), None);
 
     // m0..m9 at 1000, 1010, …; with cycles a@y/r1, b@y, a@y/r2.
     let withs = ["a@y/r1", "b@y", "a@y/r2"];
@@ -370,17 +433,19 @@ async fn archive(s: Storage) {
     let mut stamps = Vec::new();
     for (i, st) in stanzas.iter().enumerate() {
         let m = msg(withs[i % 3], st, 1000 + 10 * i as u64);
-        stamps.push(a.append("u@x", m).await.unwrap());
+        stamps.push(a.append(&j("u@x"), m).await.unwrap());
     }
     assert!(stamps.windows(2).all(|w| w[0].pos < w[1].pos));
     let unique: std::collections::HashSet<_> = stamps.iter().map(|s| &s.id).collect();
     assert_eq!(unique.len(), 10);
     assert_eq!(stamps[3].pos.micros, 1030);
-    assert_eq!(a.count("u@x").await.unwrap(), 10);
+    assert_eq!(a.count(&j("u@x")).await.unwrap(), 10);
     // The neighbour whose name extends this one is a different archive.
-    a.append("u@xx", msg("a@y", "other", 1005)).await.unwrap();
+    a.append(&j("u@xx"), msg("a@y", "other", 1005))
+        .await
+        .unwrap();
 
-    let all = a.query("u@x", &ArchiveQuery::default()).await.unwrap();
+    let all = a.query(&j("u@x"), &ArchiveQuery::default()).await.unwrap();
     assert_eq!((ids(&all), all.more), (names(0..10), false));
     assert_eq!(all.messages[4].id, stamps[4].id);
     assert_eq!(all.messages[4].pos, stamps[4].pos);
@@ -391,13 +456,13 @@ async fn archive(s: Storage) {
         from_end,
         ..ArchiveQuery::default()
     };
-    let first = a.query("u@x", &q(3, false)).await.unwrap();
+    let first = a.query(&j("u@x"), &q(3, false)).await.unwrap();
     assert_eq!((ids(&first), first.more), (names(0..3), true));
-    let last = a.query("u@x", &q(3, true)).await.unwrap();
+    let last = a.query(&j("u@x"), &q(3, true)).await.unwrap();
     assert_eq!((ids(&last), last.more), (names(7..10), true));
-    let exact = a.query("u@x", &q(10, true)).await.unwrap();
+    let exact = a.query(&j("u@x"), &q(10, true)).await.unwrap();
     assert_eq!((ids(&exact), exact.more), (names(0..10), false));
-    let probe = a.query("u@x", &q(0, false)).await.unwrap();
+    let probe = a.query(&j("u@x"), &q(0, false)).await.unwrap();
     assert!(
         probe.messages.is_empty() && probe.more,
         "max 0 still says more"
@@ -409,21 +474,27 @@ async fn archive(s: Storage) {
         to: stamps[8].pos.prev(),
         ..ArchiveQuery::default()
     };
-    assert_eq!(ids(&a.query("u@x", &mid).await.unwrap()), names(4..8));
+    assert_eq!(ids(&a.query(&j("u@x"), &mid).await.unwrap()), names(4..8));
     let backwards = ArchiveQuery {
         to: stamps[5].pos.prev(),
         max: 2,
         from_end: true,
         ..ArchiveQuery::default()
     };
-    let page = a.query("u@x", &backwards).await.unwrap();
+    let page = a.query(&j("u@x"), &backwards).await.unwrap();
     assert_eq!((ids(&page), page.more), (names(3..5), true));
     let empty = ArchiveQuery {
         from: stamps[5].pos,
         to: stamps[4].pos,
         ..ArchiveQuery::default()
     };
-    assert!(a.query("u@x", &empty).await.unwrap().messages.is_empty());
+    assert!(
+        a.query(&j("u@x"), &empty)
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
 
     // Time window, inclusive at both ends.
     let window = ArchiveQuery {
@@ -437,7 +508,10 @@ async fn archive(s: Storage) {
         },
         ..ArchiveQuery::default()
     };
-    assert_eq!(ids(&a.query("u@x", &window).await.unwrap()), names(2..6));
+    assert_eq!(
+        ids(&a.query(&j("u@x"), &window).await.unwrap()),
+        names(2..6)
+    );
 
     // with: bare matches every resource, full only itself, no prefix matches.
     let with = |w: &str, max, from_end| ArchiveQuery {
@@ -446,17 +520,20 @@ async fn archive(s: Storage) {
         from_end,
         ..ArchiveQuery::default()
     };
-    let a_all = a.query("u@x", &with("a@y", 50, false)).await.unwrap();
+    let a_all = a.query(&j("u@x"), &with("a@y", 50, false)).await.unwrap();
     assert_eq!(ids(&a_all), ["m0", "m2", "m3", "m5", "m6", "m8", "m9"]);
-    let r1 = a.query("u@x", &with("a@y/r1", 50, false)).await.unwrap();
+    let r1 = a
+        .query(&j("u@x"), &with("a@y/r1", 50, false))
+        .await
+        .unwrap();
     assert_eq!(ids(&r1), ["m0", "m3", "m6", "m9"]);
-    let b_last = a.query("u@x", &with("b@y", 2, true)).await.unwrap();
+    let b_last = a.query(&j("u@x"), &with("b@y", 2, true)).await.unwrap();
     assert_eq!(
         (ids(&b_last), b_last.more),
         (vec!["m4".into(), "m7".into()], true)
     );
     assert!(
-        a.query("u@x", &with("a@yy", 50, false))
+        a.query(&j("u@x"), &with("a@yy", 50, false))
             .await
             .unwrap()
             .messages
@@ -466,76 +543,79 @@ async fn archive(s: Storage) {
         with: Some("a@y/r1".into()),
         ..window.clone()
     };
-    assert_eq!(ids(&a.query("u@x", &r1_window).await.unwrap()), ["m3"]);
+    assert_eq!(ids(&a.query(&j("u@x"), &r1_window).await.unwrap()), ["m3"]);
 
     // Lookups by UID.
     assert_eq!(
-        a.position("u@x", &stamps[6].id).await.unwrap(),
+        a.position(&j("u@x"), &stamps[6].id).await.unwrap(),
         Some(stamps[6].pos)
     );
-    let got = a.get("u@x", &stamps[6].id).await.unwrap().unwrap();
+    let got = a.get(&j("u@x"), &stamps[6].id).await.unwrap().unwrap();
     assert_eq!((got.stanza.as_str(), got.with.as_str()), ("m6", "a@y/r1"));
-    assert_eq!(a.position("u@xx", &stamps[6].id).await.unwrap(), None);
+    assert_eq!(a.position(&j("u@xx"), &stamps[6].id).await.unwrap(), None);
 
     // A clock that steps back, and two messages in one microsecond, keep arrival order.
-    let back = a.append("u@x", msg("c@y", "m10", 5)).await.unwrap();
+    let back = a.append(&j("u@x"), msg("c@y", "m10", 5)).await.unwrap();
     assert_eq!(back.pos.micros, 1090);
-    let same = a.append("u@x", msg("c@y", "m11", 1090)).await.unwrap();
+    let same = a.append(&j("u@x"), msg("c@y", "m11", 1090)).await.unwrap();
     assert!(same.pos > back.pos);
     let batch = a
-        .append_many("u@x", &[msg("c@y", "m12", 2000), msg("c@y", "m13", 1500)])
+        .append_many(
+            &j("u@x"),
+            &[msg("c@y", "m12", 2000), msg("c@y", "m13", 1500)],
+        )
         .await
         .unwrap();
     assert!(batch[0].pos > same.pos && batch[1].pos > batch[0].pos);
     assert_eq!(batch[1].pos.micros, 2000);
-    let tail = a.query("u@x", &q(4, true)).await.unwrap();
+    let tail = a.query(&j("u@x"), &q(4, true)).await.unwrap();
     assert_eq!(ids(&tail), names(10..14));
-    assert_eq!(a.count("u@x").await.unwrap(), 14);
+    assert_eq!(a.count(&j("u@x")).await.unwrap(), 14);
 
     // Retention: oldest first, bounded per call.
-    assert_eq!(a.remove_before("u@x", 1030, 2).await.unwrap(), 2);
-    assert_eq!(a.remove_before("u@x", 1030, 100).await.unwrap(), 1);
-    assert_eq!(a.remove_before("u@x", 1030, 100).await.unwrap(), 0);
-    assert_eq!(a.count("u@x").await.unwrap(), 11);
-    assert_eq!(a.position("u@x", &stamps[0].id).await.unwrap(), None);
-    let a_all = a.query("u@x", &with("a@y", 50, false)).await.unwrap();
+    assert_eq!(a.remove_before(&j("u@x"), 1030, 2).await.unwrap(), 2);
+    assert_eq!(a.remove_before(&j("u@x"), 1030, 100).await.unwrap(), 1);
+    assert_eq!(a.remove_before(&j("u@x"), 1030, 100).await.unwrap(), 0);
+    assert_eq!(a.count(&j("u@x")).await.unwrap(), 11);
+    assert_eq!(a.position(&j("u@x"), &stamps[0].id).await.unwrap(), None);
+    let a_all = a.query(&j("u@x"), &with("a@y", 50, false)).await.unwrap();
     assert_eq!(ids(&a_all), ["m3", "m5", "m6", "m8", "m9"]);
-    assert_eq!(a.count("u@xx").await.unwrap(), 1);
+    assert_eq!(a.count(&j("u@xx")).await.unwrap(), 1);
 
     // Preferences.
-    assert_eq!(a.prefs("u@x").await.unwrap(), None);
+    assert_eq!(a.prefs(&j("u@x")).await.unwrap(), None);
     let prefs = ArchivePrefs {
         default: ArchiveDefault::Roster,
         always: vec!["a@y".into()],
         never: vec!["b@y".into(), "c@y/r".into()],
     };
-    a.set_prefs("u@x", &prefs).await.unwrap();
-    assert_eq!(a.prefs("u@x").await.unwrap(), Some(prefs));
-    assert_eq!(a.prefs("u@xx").await.unwrap(), None);
+    a.set_prefs(&j("u@x"), &prefs).await.unwrap();
+    assert_eq!(a.prefs(&j("u@x")).await.unwrap(), Some(prefs));
+    assert_eq!(a.prefs(&j("u@xx")).await.unwrap(), None);
 
     // Account removal drops everything; UIDs and positions are never reused.
-    a.remove_user("u@x").await.unwrap();
-    assert_eq!(a.count("u@x").await.unwrap(), 0);
+    a.remove_user(&j("u@x")).await.unwrap();
+    assert_eq!(a.count(&j("u@x")).await.unwrap(), 0);
     assert!(
-        a.query("u@x", &ArchiveQuery::default())
+        a.query(&j("u@x"), &ArchiveQuery::default())
             .await
             .unwrap()
             .messages
             .is_empty()
     );
     assert!(
-        a.query("u@x", &with("a@y", 50, false))
+        a.query(&j("u@x"), &with("a@y", 50, false))
             .await
             .unwrap()
             .messages
             .is_empty()
     );
-    assert_eq!(a.prefs("u@x").await.unwrap(), None);
-    assert_eq!(a.position("u@x", &stamps[5].id).await.unwrap(), None);
-    let again = a.append("u@x", msg("a@y", "new", 3000)).await.unwrap();
+    assert_eq!(a.prefs(&j("u@x")).await.unwrap(), None);
+    assert_eq!(a.position(&j("u@x"), &stamps[5].id).await.unwrap(), None);
+    let again = a.append(&j("u@x"), msg("a@y", "new", 3000)).await.unwrap();
     assert!(stamps.iter().all(|s| s.id != again.id));
     assert!(again.pos.seq > batch[1].pos.seq);
-    assert_eq!(a.count("u@xx").await.unwrap(), 1);
+    assert_eq!(a.count(&j("u@xx")).await.unwrap(), 1);
 }
 
 async fn archive_large_page_from_end(s: Storage) {
@@ -551,21 +631,21 @@ async fn archive_large_page_from_end(s: Storage) {
             )
         })
         .collect();
-    let stamps = s.archive.append_many("u@x", &msgs).await.unwrap();
+    let stamps = s.archive.append_many(&j("u@x"), &msgs).await.unwrap();
     assert_eq!(stamps.len(), 1000);
-    assert_eq!(s.archive.count("u@x").await.unwrap(), 1000);
+    assert_eq!(s.archive.count(&j("u@x")).await.unwrap(), 1000);
     let q = ArchiveQuery {
         max: 50,
         from_end: true,
         ..ArchiveQuery::default()
     };
-    let page = s.archive.query("u@x", &q).await.unwrap();
+    let page = s.archive.query(&j("u@x"), &q).await.unwrap();
     assert_eq!((ids(&page), page.more), (names(950..1000), true));
     let q = ArchiveQuery {
         with: Some("b@y".into()),
         ..q
     };
-    let page = s.archive.query("u@x", &q).await.unwrap();
+    let page = s.archive.query(&j("u@x"), &q).await.unwrap();
     assert_eq!(page.messages.len(), 50);
     assert_eq!(page.messages[0].stanza, "m901");
     assert_eq!(page.messages[49].stanza, "m999");
@@ -573,60 +653,75 @@ async fn archive_large_page_from_end(s: Storage) {
 
 async fn blocklist(s: Storage) {
     let b = &s.blocklist;
-    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(b.blocklist("u@x").await.unwrap().is_empty());
-    assert!(!b.is_blocked("u@x", &["c@y"]).await.unwrap());
-    assert!(!b.may_block_anyone("u@x"));
+    let v = |l: &[&str]| {
+        l.iter()
+            .map(|s| xmppd::addr::parse(s).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(b.blocklist(&j("u@x")).await.unwrap().is_empty());
+    assert!(!b.is_blocked(&j("u@x"), &["c@y"]).await.unwrap());
+    assert!(!b.may_block_anyone(&j("u@x")));
     let added = b
-        .block("u@x", &v(&["c@y", "a@y/r", "evil.example"]))
+        .block(&j("u@x"), &v(&["c@y", "a@y/r", "evil.example"]))
         .await
         .unwrap();
     assert_eq!(added, v(&["c@y", "a@y/r", "evil.example"]));
-    let added = b.block("u@x", &v(&["c@y", "d@y"])).await.unwrap();
+    let added = b.block(&j("u@x"), &v(&["c@y", "d@y"])).await.unwrap();
     assert_eq!(added, v(&["d@y"]));
-    assert!(b.may_block_anyone("u@x"));
+    assert!(b.may_block_anyone(&j("u@x")));
     assert_eq!(
-        b.blocklist("u@x").await.unwrap(),
+        b.blocklist(&j("u@x")).await.unwrap(),
         v(&["a@y/r", "c@y", "d@y", "evil.example"])
     );
-    b.block("u@xx", &v(&["z@y"])).await.unwrap();
+    b.block(&j("u@xx"), &v(&["z@y"])).await.unwrap();
     assert!(
-        b.is_blocked("u@x", &["q@y/r", "q@y", "evil.example"])
+        b.is_blocked(&j("u@x"), &["q@y/r", "q@y", "evil.example"])
             .await
             .unwrap()
     );
-    assert!(b.is_blocked("u@x", &["a@y/r", "a@y", "y"]).await.unwrap());
-    assert!(!b.is_blocked("u@x", &["a@y/s", "a@y", "y"]).await.unwrap());
-    assert!(!b.is_blocked("u@x", &["z@y"]).await.unwrap());
-    assert!(!b.is_blocked("u@x", &[]).await.unwrap());
+    assert!(
+        b.is_blocked(&j("u@x"), &["a@y/r", "a@y", "y"])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.is_blocked(&j("u@x"), &["a@y/s", "a@y", "y"])
+            .await
+            .unwrap()
+    );
+    assert!(!b.is_blocked(&j("u@x"), &["z@y"]).await.unwrap());
+    assert!(!b.is_blocked(&j("u@x"), &[]).await.unwrap());
 
-    let removed = b.unblock("u@x", &v(&["c@y", "nobody@y"])).await.unwrap();
+    let removed = b
+        .unblock(&j("u@x"), &v(&["c@y", "nobody@y"]))
+        .await
+        .unwrap();
     assert_eq!(removed, v(&["c@y"]));
-    assert!(!b.is_blocked("u@x", &["c@y"]).await.unwrap());
-    let all = b.unblock_all("u@x").await.unwrap();
+    assert!(!b.is_blocked(&j("u@x"), &["c@y"]).await.unwrap());
+    let all = b.unblock_all(&j("u@x")).await.unwrap();
     assert_eq!(all, v(&["a@y/r", "d@y", "evil.example"]));
-    assert!(b.blocklist("u@x").await.unwrap().is_empty());
-    assert!(!b.may_block_anyone("u@x"));
-    assert!(b.unblock_all("u@x").await.unwrap().is_empty());
-    assert_eq!(b.blocklist("u@xx").await.unwrap(), v(&["z@y"]));
-    assert!(b.may_block_anyone("u@xx"));
+    assert!(b.blocklist(&j("u@x")).await.unwrap().is_empty());
+    assert!(!b.may_block_anyone(&j("u@x")));
+    assert!(b.unblock_all(&j("u@x")).await.unwrap().is_empty());
+    assert_eq!(b.blocklist(&j("u@xx")).await.unwrap(), v(&["z@y"]));
+    assert!(b.may_block_anyone(&j("u@xx")));
     // Unblocking the last entry one by one empties the list as well.
-    b.block("u@x", &v(&["c@y"])).await.unwrap();
-    assert!(b.is_blocked("u@x", &["c@y"]).await.unwrap());
-    b.unblock("u@x", &v(&["c@y"])).await.unwrap();
-    assert!(!b.may_block_anyone("u@x"));
+    b.block(&j("u@x"), &v(&["c@y"])).await.unwrap();
+    assert!(b.is_blocked(&j("u@x"), &["c@y"]).await.unwrap());
+    b.unblock(&j("u@x"), &v(&["c@y"])).await.unwrap();
+    assert!(!b.may_block_anyone(&j("u@x")));
 
-    b.block("u@x", &v(&["c@y"])).await.unwrap();
-    s.remove_account("u@x").await.unwrap();
-    assert!(b.blocklist("u@x").await.unwrap().is_empty());
-    assert_eq!(b.blocklist("u@xx").await.unwrap(), v(&["z@y"]));
+    b.block(&j("u@x"), &v(&["c@y"])).await.unwrap();
+    s.remove_account(&j("u@x")).await.unwrap();
+    assert!(b.blocklist(&j("u@x")).await.unwrap().is_empty());
+    assert_eq!(b.blocklist(&j("u@xx")).await.unwrap(), v(&["z@y"]));
 }
 
 async fn presence_contacts(s: Storage) {
     let r = &s.roster;
     let contacts = |from: &[&str], to: &[&str]| PresenceContacts {
-        subscribers: from.iter().map(|s| s.to_string()).collect(),
-        subscriptions: to.iter().map(|s| s.to_string()).collect(),
+        subscribers: jids(from),
+        subscriptions: jids(to),
     };
     let sorted = |mut c: PresenceContacts| {
         c.subscribers.sort();
@@ -634,41 +729,153 @@ async fn presence_contacts(s: Storage) {
         c
     };
     assert_eq!(
-        *r.presence_contacts("u@x").await.unwrap(),
+        *r.presence_contacts(&j("u@x")).await.unwrap(),
         contacts(&[], &[])
     );
-    r.put_item("u@x", &item("both@y", Subscription::Both))
+    r.put_item(&j("u@x"), &item("both@y", Subscription::Both))
         .await
         .unwrap();
-    r.put_item("u@x", &item("from@y", Subscription::From))
+    r.put_item(&j("u@x"), &item("from@y", Subscription::From))
         .await
         .unwrap();
-    r.put_item("u@x", &item("to@y", Subscription::To))
+    r.put_item(&j("u@x"), &item("to@y", Subscription::To))
         .await
         .unwrap();
-    r.put_item("u@x", &item("none@y", Subscription::None))
+    r.put_item(&j("u@x"), &item("none@y", Subscription::None))
         .await
         .unwrap();
-    let got = sorted((*r.presence_contacts("u@x").await.unwrap()).clone());
+    let got = sorted((*r.presence_contacts(&j("u@x")).await.unwrap()).clone());
     assert_eq!(got, contacts(&["both@y", "from@y"], &["both@y", "to@y"]));
     // Every roster change shows at once.
-    r.put_item("u@x", &item("from@y", Subscription::None))
+    r.put_item(&j("u@x"), &item("from@y", Subscription::None))
         .await
         .unwrap();
-    r.remove_item("u@x", "both@y").await.unwrap();
-    let got = sorted((*r.presence_contacts("u@x").await.unwrap()).clone());
+    r.remove_item(&j("u@x"), &j("both@y")).await.unwrap();
+    let got = sorted((*r.presence_contacts(&j("u@x")).await.unwrap()).clone());
     assert_eq!(got, contacts(&[], &["to@y"]));
-    s.remove_account("u@x").await.unwrap();
+    s.remove_account(&j("u@x")).await.unwrap();
     assert_eq!(
-        *r.presence_contacts("u@x").await.unwrap(),
+        *r.presence_contacts(&j("u@x")).await.unwrap(),
         contacts(&[], &[])
     );
-    r.put_item("u@x", &item("new@y", Subscription::From))
+    r.put_item(&j("u@x"), &item("new@y", Subscription::From))
         .await
         .unwrap();
     assert_eq!(
-        *r.presence_contacts("u@x").await.unwrap(),
+        *r.presence_contacts(&j("u@x")).await.unwrap(),
         contacts(&["new@y"], &[])
+    );
+}
+
+fn stored_room(jid: &str, name: &str) -> StoredRoom {
+    StoredRoom {
+        jid: j(jid),
+        config: RoomConfig {
+            name: name.into(),
+            description: "d".into(),
+            persistent: true,
+            public: false,
+            members_only: true,
+            moderated: false,
+            password: Some("pw".into()),
+            max_users: 30,
+            whois_anyone: true,
+            allow_pm: RoomPmPolicy::Moderators,
+            change_subject: false,
+            allow_invites: true,
+            history_length: 10,
+        },
+        affiliations: vec![
+            RoomAffiliationEntry {
+                jid: j("a@x"),
+                affiliation: RoomAffiliation::Owner,
+                nick: Some("al".into()),
+                reason: None,
+            },
+            RoomAffiliationEntry {
+                jid: j("b@y"),
+                affiliation: RoomAffiliation::Outcast,
+                nick: None,
+                reason: Some("spam".into()),
+            },
+        ],
+        subject: Some(("topic".into(), "al".into())),
+        occupant_id_key: vec![7; 16],
+    }
+}
+
+async fn archive_replace(s: Storage) {
+    let a = &s.archive;
+    let st = a
+        .append(
+            &j("room@muc.x"),
+            msg("room@muc.x/n", "<message>one</message>", 5),
+        )
+        .await
+        .unwrap();
+    assert!(
+        a.replace(&j("room@muc.x"), &st.id, "<message>tomb</message>")
+            .await
+            .unwrap()
+    );
+    let m = a.get(&j("room@muc.x"), &st.id).await.unwrap().unwrap();
+    assert_eq!(
+        (m.stanza.as_str(), m.with.as_str(), m.pos),
+        ("<message>tomb</message>", "room@muc.x/n", st.pos)
+    );
+    assert!(!a.replace(&j("room@muc.x"), "nope", "x").await.unwrap());
+    assert!(!a.replace(&j("other@muc.x"), &st.id, "x").await.unwrap());
+    assert_eq!(a.count(&j("room@muc.x")).await.unwrap(), 1);
+}
+
+async fn rooms(s: Storage) {
+    let r = &s.rooms;
+    assert_eq!(r.room(&j("cave@muc.x")).await.unwrap(), None);
+    r.put_room(&stored_room("cave@muc.x", "Cave"))
+        .await
+        .unwrap();
+    r.put_room(&stored_room("attic@muc.x", "Attic"))
+        .await
+        .unwrap();
+    r.put_room(&stored_room("other@muc.y", "Other"))
+        .await
+        .unwrap();
+    r.put_room(&stored_room("muc.xx-room@muc.xx", "Prefix"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.room(&j("cave@muc.x")).await.unwrap(),
+        Some(stored_room("cave@muc.x", "Cave"))
+    );
+    // Replaced whole.
+    r.put_room(&stored_room("cave@muc.x", "Cave 2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.room(&j("cave@muc.x")).await.unwrap().unwrap().config.name,
+        "Cave 2"
+    );
+    // One service's rooms, ordered by JID, bounded; a longer domain is another service.
+    let names = |v: Vec<StoredRoom>| {
+        v.into_iter()
+            .map(|r| r.jid.into_inner())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(r.rooms(&dom("muc.x"), 10).await.unwrap()),
+        ["attic@muc.x", "cave@muc.x"]
+    );
+    assert_eq!(
+        names(r.rooms(&dom("muc.x"), 1).await.unwrap()),
+        ["attic@muc.x"]
+    );
+    assert!(r.rooms(&dom("muc.z"), 10).await.unwrap().is_empty());
+    assert!(r.remove_room(&j("cave@muc.x")).await.unwrap());
+    assert!(!r.remove_room(&j("cave@muc.x")).await.unwrap());
+    assert_eq!(r.room(&j("cave@muc.x")).await.unwrap(), None);
+    assert_eq!(
+        names(r.rooms(&dom("muc.x"), 10).await.unwrap()),
+        ["attic@muc.x"]
     );
 }
 
@@ -885,40 +1092,40 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, pubsub, profiles);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, pubsub, profiles);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (version, messages) = {
         let s = Storage::open_sled(dir.path()).unwrap();
-        s.accounts.create("u@x", &creds(1)).await.unwrap();
+        s.accounts.create(&j("u@x"), &creds(1)).await.unwrap();
         s.roster
-            .put_item("u@x", &item("c@y", Subscription::To))
+            .put_item(&j("u@x"), &item("c@y", Subscription::To))
             .await
             .unwrap();
         let version = s
             .roster
-            .put_item("u@x", &item("d@y", Subscription::From))
+            .put_item(&j("u@x"), &item("d@y", Subscription::From))
             .await
             .unwrap();
         s.roster
-            .add_pending_in("u@x", &pending("p@y"))
+            .add_pending_in(&j("u@x"), &pending("p@y"))
             .await
             .unwrap();
         s.offline
-            .push("u@x", "<message id='a'/>", 10)
+            .push(&j("u@x"), "<message id='a'/>", 10)
             .await
             .unwrap();
         s.offline
-            .push("u@x", "<message id='b'/>", 10)
+            .push(&j("u@x"), "<message id='b'/>", 10)
             .await
             .unwrap();
-        let messages = s.offline.list("u@x").await.unwrap();
+        let messages = s.offline.list(&j("u@x")).await.unwrap();
         s.push
-            .enable("u@x", &reg("push.y", "n", Some("s")))
+            .enable(&j("u@x"), &reg("push.y", "n", Some("s")))
             .await
             .unwrap();
         s.flush().await.unwrap();
@@ -926,13 +1133,13 @@ async fn sled_data_survives_reopen() {
     };
 
     let s = Storage::open_sled(dir.path()).unwrap();
-    assert_eq!(s.accounts.get("u@x").await.unwrap(), Some(creds(1)));
+    assert_eq!(s.accounts.get(&j("u@x")).await.unwrap(), Some(creds(1)));
     assert_eq!(
-        s.push.list("u@x").await.unwrap(),
+        s.push.list(&j("u@x")).await.unwrap(),
         [reg("push.y", "n", Some("s"))]
     );
-    assert_eq!(s.accounts.list().await.unwrap(), ["u@x"]);
-    let roster = s.roster.roster("u@x").await.unwrap();
+    assert_eq!(s.accounts.list().await.unwrap(), jids(&["u@x"]));
+    let roster = s.roster.roster(&j("u@x")).await.unwrap();
     assert_eq!(roster.version, version);
     assert_eq!(
         roster.items,
@@ -941,21 +1148,24 @@ async fn sled_data_survives_reopen() {
             item("d@y", Subscription::From)
         ]
     );
-    assert_eq!(s.roster.pending_in("u@x").await.unwrap(), [pending("p@y")]);
-    assert_eq!(s.offline.list("u@x").await.unwrap(), messages);
-    assert_eq!(s.offline.count("u@x").await.unwrap(), 2);
+    assert_eq!(
+        s.roster.pending_in(&j("u@x")).await.unwrap(),
+        [pending("p@y")]
+    );
+    assert_eq!(s.offline.list(&j("u@x")).await.unwrap(), messages);
+    assert_eq!(s.offline.count(&j("u@x")).await.unwrap(), 2);
     // Versions and seqs continue upwards after the restart.
     let v = s
         .roster
-        .put_item("u@x", &item("e@y", Subscription::None))
+        .put_item(&j("u@x"), &item("e@y", Subscription::None))
         .await
         .unwrap();
     assert!(v > version);
     s.offline
-        .push("u@x", "<message id='c'/>", 10)
+        .push(&j("u@x"), "<message id='c'/>", 10)
         .await
         .unwrap();
-    let list = s.offline.list("u@x").await.unwrap();
+    let list = s.offline.list(&j("u@x")).await.unwrap();
     assert!(list[2].seq > messages[1].seq, "{list:?}");
 }
 
@@ -969,7 +1179,7 @@ async fn sled_archive_and_blocklist_survive_reopen() {
             let st = format!("m{i}");
             stamps.push(
                 s.archive
-                    .append("u@x", msg("a@y/r", &st, 100 + i))
+                    .append(&j("u@x"), msg("a@y/r", &st, 100 + i))
                     .await
                     .unwrap(),
             );
@@ -979,25 +1189,31 @@ async fn sled_archive_and_blocklist_survive_reopen() {
             always: vec!["a@y".into()],
             never: vec![],
         };
-        s.archive.set_prefs("u@x", &prefs).await.unwrap();
-        s.archive.set_prefs("u@xx", &prefs).await.unwrap();
+        s.archive.set_prefs(&j("u@x"), &prefs).await.unwrap();
+        s.archive.set_prefs(&j("u@xx"), &prefs).await.unwrap();
         s.blocklist
-            .block("u@x", &["c@y".to_string()])
+            .block(&j("u@x"), &[xmppd::addr::parse("c@y").unwrap()])
             .await
             .unwrap();
-        let several = ["a@y", "b@y", "y"].map(String::from);
-        s.blocklist.block("t@x", &several).await.unwrap();
-        s.blocklist.block("u@xx", &several).await.unwrap();
-        s.blocklist.block("v@x", &several).await.unwrap();
-        s.blocklist.unblock_all("v@x").await.unwrap();
+        let several = ["a@y", "b@y", "y"].map(|s| xmppd::addr::parse(s).unwrap());
+        s.blocklist.block(&j("t@x"), &several).await.unwrap();
+        s.blocklist.block(&j("u@xx"), &several).await.unwrap();
+        s.blocklist.block(&j("v@x"), &several).await.unwrap();
+        s.blocklist.unblock_all(&j("v@x")).await.unwrap();
         (stamps, prefs)
     };
     let s = Storage::open_sled(dir.path()).unwrap();
-    assert_eq!(s.archive.count("u@x").await.unwrap(), 5);
-    assert_eq!(s.archive.prefs("u@x").await.unwrap(), Some(prefs.clone()));
-    assert_eq!(s.archive.prefs("u@xx").await.unwrap(), Some(prefs));
-    assert_eq!(s.archive.prefs("t@x").await.unwrap(), None);
-    assert_eq!(s.blocklist.blocklist("u@x").await.unwrap(), ["c@y"]);
+    assert_eq!(s.archive.count(&j("u@x")).await.unwrap(), 5);
+    assert_eq!(
+        s.archive.prefs(&j("u@x")).await.unwrap(),
+        Some(prefs.clone())
+    );
+    assert_eq!(s.archive.prefs(&j("u@xx")).await.unwrap(), Some(prefs));
+    assert_eq!(s.archive.prefs(&j("t@x")).await.unwrap(), None);
+    assert_eq!(
+        s.blocklist.blocklist(&j("u@x")).await.unwrap(),
+        [xmppd::addr::parse("c@y").unwrap()]
+    );
     // The in-memory index of users with block lists is rebuilt from disk.
     for (user, jid, blocked) in [
         ("u@x", "c@y", true),
@@ -1008,7 +1224,7 @@ async fn sled_archive_and_blocklist_survive_reopen() {
         ("w@x", "a@y", false),
     ] {
         assert_eq!(
-            s.blocklist.is_blocked(user, &[jid]).await.unwrap(),
+            s.blocklist.is_blocked(&j(user), &[jid]).await.unwrap(),
             blocked,
             "{user} {jid}"
         );
@@ -1017,7 +1233,7 @@ async fn sled_archive_and_blocklist_survive_reopen() {
         with: Some("a@y".into()),
         ..ArchiveQuery::default()
     };
-    let page = s.archive.query("u@x", &q).await.unwrap();
+    let page = s.archive.query(&j("u@x"), &q).await.unwrap();
     let got: Vec<_> = page
         .messages
         .iter()
@@ -1028,7 +1244,7 @@ async fn sled_archive_and_blocklist_survive_reopen() {
     // Positions keep increasing after the restart, even with an older clock.
     let next = s
         .archive
-        .append("u@x", msg("a@y", "late", 50))
+        .append(&j("u@x"), msg("a@y", "late", 50))
         .await
         .unwrap();
     assert!(next.pos > stamps[4].pos, "{next:?}");
@@ -1039,14 +1255,14 @@ async fn sled_offline_seq_increases_across_restarts_after_removal() {
     let dir = tempfile::tempdir().unwrap();
     let last = {
         let s = Storage::open_sled(dir.path()).unwrap();
-        s.offline.push("u@x", "<message/>", 10).await.unwrap();
-        let seq = s.offline.list("u@x").await.unwrap()[0].seq;
-        s.offline.remove_up_to("u@x", seq).await.unwrap();
+        s.offline.push(&j("u@x"), "<message/>", 10).await.unwrap();
+        let seq = s.offline.list(&j("u@x")).await.unwrap()[0].seq;
+        s.offline.remove_up_to(&j("u@x"), seq).await.unwrap();
         seq
     };
     let s = Storage::open_sled(dir.path()).unwrap();
-    s.offline.push("u@x", "<message/>", 10).await.unwrap();
-    assert!(s.offline.list("u@x").await.unwrap()[0].seq > last);
+    s.offline.push(&j("u@x"), "<message/>", 10).await.unwrap();
+    assert!(s.offline.list(&j("u@x")).await.unwrap()[0].seq > last);
 }
 
 #[tokio::test]

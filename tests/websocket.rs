@@ -235,7 +235,7 @@ async fn web_client_chats_with_a_tcp_client() {
     while !server
         .ctx()
         .sessions
-        .resources("alice@localhost")
+        .resources(&xmppd::addr::parse_bare("alice@localhost").unwrap())
         .is_empty()
     {
         assert!(std::time::Instant::now() < deadline, "session not ended");

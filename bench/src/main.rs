@@ -136,6 +136,31 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// N occupants in one chat room (XEP-0045), S of them sending with W messages in
+    /// flight each: fan-out deliveries/s, latency, server CPU per delivered copy.
+    Muc {
+        #[arg(long, default_value_t = 100)]
+        occupants: usize,
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        #[arg(long, default_value_t = 5)]
+        window: u64,
+        /// Body size in bytes (at least the `SEQ TIMESTAMP SENDER ` header).
+        #[arg(long, default_value_t = 100)]
+        body_bytes: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
+        #[arg(long, default_value_t = 5)]
+        drain: u64,
+        /// The room's bare JID (created by the first occupant if it does not exist).
+        #[arg(long, default_value = "bench@conference.localhost")]
+        room: String,
+        /// Server process: CPU time per delivered copy and RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Populate rosters over XMPP: mutual subscriptions with R neighbours each side.
     SetupRoster {
         #[arg(long)]
@@ -235,6 +260,7 @@ fn connections_needed(cmd: &Cmd, concurrency: usize) -> usize {
             *users
         }
         Cmd::Chat { pairs, .. } => pairs * 2,
+        Cmd::Muc { occupants, .. } => *occupants,
         Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => 0,
     }
 }
@@ -333,6 +359,36 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
                 pid: server_pid,
             };
             scenarios::chat(&run, &p).await?
+        }
+        Cmd::Muc {
+            occupants,
+            senders,
+            window,
+            body_bytes,
+            seconds,
+            warmup,
+            drain,
+            room,
+            server_pid,
+        } => {
+            if occupants == 0 || senders == 0 || senders > occupants || window == 0 {
+                return Err(
+                    "--occupants, --senders (at most --occupants) and --window must be at least 1"
+                        .into(),
+                );
+            }
+            let p = scenarios::MucParams {
+                occupants,
+                senders,
+                window,
+                body_bytes,
+                seconds,
+                warmup,
+                drain,
+                room,
+                pid: server_pid,
+            };
+            scenarios::muc(&run, &p).await?
         }
         Cmd::SetupRoster {
             users,

@@ -1238,6 +1238,381 @@ pub async fn setup_roster(run: &Run, users: usize, contacts_r: usize, wait: u64)
     Ok(Report { lines, json: j })
 }
 
+// ------------------------------------------------------------------------------ muc
+
+pub struct MucParams {
+    pub occupants: usize,
+    pub senders: usize,
+    pub window: u64,
+    pub body_bytes: usize,
+    pub seconds: u64,
+    pub warmup: u64,
+    pub drain: u64,
+    /// The room's bare JID.
+    pub room: String,
+    pub pid: Option<u32>,
+}
+
+struct MucShared {
+    /// Per sender: messages sent, and its own copies back from the room (flow control).
+    sent: Vec<AtomicU64>,
+    echoed: Vec<AtomicU64>,
+    /// Copies received by all occupants together.
+    delivered: AtomicU64,
+    hist: Histogram,
+    measuring: AtomicBool,
+    errors: AtomicU64,
+}
+
+impl MucShared {
+    fn sent_total(&self) -> u64 {
+        self.sent.iter().map(|s| s.load(Ordering::Acquire)).sum()
+    }
+}
+
+/// `SEQ TS SENDER` at the start of a groupchat body.
+fn parse_muc_body(el: &[u8]) -> Option<(u64, u64, usize)> {
+    let body = xml::child_text(el, b"body")?;
+    let mut it = body.split(|&c| c == b' ');
+    let num = |b: &[u8]| -> Option<u64> {
+        if b.is_empty() || b.len() > 19 {
+            return None;
+        }
+        b.iter().try_fold(0u64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+        })
+    };
+    let seq = num(it.next()?)?;
+    let ts = num(it.next()?)?;
+    let sender = usize::try_from(num(it.next()?)?).ok()?;
+    Some((seq, ts, sender))
+}
+
+/// Joins `room` as `nick` without history and waits for the subject that ends the join.
+/// Returns whether the room was created by this join (status 201).
+async fn muc_join(conn: &mut Conn, room: &str, nick: &str) -> Res<bool> {
+    conn.wbuf.extend_from_slice(b"<presence to='");
+    xml::escape_into(&mut conn.wbuf, &format!("{room}/{nick}"));
+    conn.wbuf.extend_from_slice(
+        b"'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>",
+    );
+    conn.flush().await?;
+    let mut created = false;
+    loop {
+        let r = conn.next_element().await?;
+        let el = conn.rd.bytes(r);
+        match xml::name(el) {
+            b"presence" if xml::attr(el, b"type") == Some(b"error") => {
+                return Err(format!("join refused: {}", String::from_utf8_lossy(el)).into());
+            }
+            b"presence" => {
+                if xml::each_tag(el, b"status").any(|s| xml::attr(s, b"code") == Some(b"201")) {
+                    created = true;
+                }
+            }
+            b"message" if xml::has_child(el, b"subject") => return Ok(created),
+            _ => {
+                auto_reply(el, &mut conn.wbuf);
+                if !conn.wbuf.is_empty() {
+                    conn.flush().await?;
+                }
+            }
+        }
+    }
+}
+
+/// Accepts the default configuration of a room just created (an instant room).
+async fn muc_configure(conn: &mut Conn, room: &str) -> Res<()> {
+    conn.wbuf
+        .extend_from_slice(b"<iq type='set' id='muccfg' to='");
+    xml::escape_into(&mut conn.wbuf, room);
+    conn.wbuf.extend_from_slice(
+        b"'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>",
+    );
+    conn.flush().await?;
+    conn.await_iq(b"muccfg", &mut ignore_other)
+        .await
+        .map(|_| ())
+}
+
+/// Every occupant counts the copies it receives; occupant `i < senders` also sends,
+/// keeping `window` of its own messages unechoed by the room.
+async fn muc_loop(
+    conn: &mut Conn,
+    i: usize,
+    p: (usize, u64, usize),
+    room: &str,
+    phase: &mut watch::Receiver<u8>,
+    sh: &MucShared,
+) -> Res<()> {
+    let (senders, window, body_bytes) = p;
+    let is_sender = i < senders;
+    let mut prefix = b"<message to='".to_vec();
+    xml::escape_into(&mut prefix, room);
+    prefix.extend_from_slice(b"' type='groupchat'><body>");
+    let pad = vec![b'x'; body_bytes];
+    let mut sent = 0u64;
+    loop {
+        let now = now_ns();
+        let measuring = sh.measuring.load(Ordering::Relaxed);
+        let mut got = 0u64;
+        while let Some(f) = conn.rd.next_frame()? {
+            match f {
+                Frame::Element(r) => {
+                    let el = conn.rd.bytes(r);
+                    if xml::name(el) != b"message" {
+                        auto_reply(el, &mut conn.wbuf);
+                    } else if xml::attr(el, b"type") == Some(b"error") {
+                        sh.errors.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some((_, ts, sender)) = parse_muc_body(el) {
+                        got += 1;
+                        if measuring {
+                            sh.hist.record(now.saturating_sub(ts));
+                        }
+                        if sender == i
+                            && let Some(e) = sh.echoed.get(i)
+                        {
+                            e.fetch_add(1, Ordering::Release);
+                        }
+                    }
+                }
+                Frame::Close => return Err("server closed the stream".into()),
+                Frame::Header(_) => {}
+            }
+        }
+        if got > 0 {
+            sh.delivered.fetch_add(got, Ordering::Release);
+        }
+        let ph = *phase.borrow_and_update();
+        if ph >= QUIT {
+            return Ok(());
+        }
+        if is_sender && ph == RUN {
+            let echoed = sh.echoed[i].load(Ordering::Acquire);
+            if sent.saturating_sub(echoed) < window {
+                let ts = now_ns();
+                while sent.saturating_sub(echoed) < window {
+                    sent += 1;
+                    conn.wbuf.extend_from_slice(&prefix);
+                    let before = conn.wbuf.len();
+                    let _ = write!(conn.wbuf, "{sent} {ts} {i} ");
+                    let used = conn.wbuf.len() - before;
+                    if used < body_bytes {
+                        conn.wbuf.extend_from_slice(&pad[..body_bytes - used]);
+                    }
+                    conn.wbuf.extend_from_slice(b"</body></message>");
+                }
+                sh.sent[i].store(sent, Ordering::Release);
+            }
+        }
+        if !conn.wbuf.is_empty() {
+            conn.flush().await?;
+        }
+        tokio::select! {
+            biased;
+            r = phase.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+            }
+            r = conn.read_more() => {
+                if r? == 0 {
+                    return Err("connection closed by the server".into());
+                }
+            }
+        }
+    }
+}
+
+pub async fn muc(run: &Run, p: &MucParams) -> Res<Report> {
+    let n = p.occupants;
+    let sh = Arc::new(MucShared {
+        sent: (0..p.senders).map(|_| AtomicU64::new(0)).collect(),
+        echoed: (0..p.senders).map(|_| AtomicU64::new(0)).collect(),
+        delivered: AtomicU64::new(0),
+        hist: Histogram::new(),
+        measuring: AtomicBool::new(false),
+        errors: AtomicU64::new(0),
+    });
+    let c = Arc::new(Counters::default());
+    let (tx, rx) = watch::channel(LOGIN);
+    let t_login = Instant::now();
+    // The first occupant creates and configures the room before anyone else joins.
+    let first = run.names.account(0);
+    let mut owner = conn::login(&run.ctx, 0, &first).await?;
+    owner.presence_sync(&mut ignore_other).await?;
+    if muc_join(&mut owner, &p.room, "u0").await? {
+        muc_configure(&mut owner, &p.room).await?;
+    }
+    c.ready.fetch_add(1, Ordering::Relaxed);
+    let sem = Arc::new(Semaphore::new(run.concurrency.max(1)));
+    let mut handles = Vec::with_capacity(n);
+    let mut owner = Some(owner);
+    for i in 0..n {
+        let (sem, c, ctx, sh) = (sem.clone(), c.clone(), run.ctx.clone(), sh.clone());
+        let mut phase = rx.clone();
+        let acct = run.names.account(i);
+        let room = p.room.clone();
+        let params = (p.senders, p.window, p.body_bytes);
+        let ready = owner.take();
+        handles.push(tokio::spawn(async move {
+            let mut conn = match ready {
+                Some(conn) => conn,
+                None => {
+                    let permit = sem.acquire_owned().await;
+                    if permit.is_err() {
+                        return;
+                    }
+                    let mut conn = match conn::login(&ctx, i, &acct).await {
+                        Ok(conn) => conn,
+                        Err(e) => return c.fail(&acct.bare(), &e),
+                    };
+                    if let Err(e) = conn.presence_sync(&mut ignore_other).await {
+                        return c.fail(&acct.bare(), &e);
+                    }
+                    if let Err(e) = muc_join(&mut conn, &room, &format!("u{i}")).await {
+                        return c.fail(&acct.bare(), &e);
+                    }
+                    c.ready.fetch_add(1, Ordering::Relaxed);
+                    conn
+                }
+            };
+            match muc_loop(&mut conn, i, params, &room, &mut phase, &sh).await {
+                Ok(()) => conn.close().await,
+                Err(e) => c.fail(&acct.bare(), &e),
+            }
+        }));
+    }
+    let ok = wait_for(
+        "muc join",
+        run.limit,
+        || c.ready() + c.failed() >= n,
+        || format!("{} joined, {} failed", c.ready(), c.failed()),
+    )
+    .await;
+    let login_s = t_login.elapsed().as_secs_f64();
+    if !ok || c.failed() > 0 {
+        let _ = tx.send(QUIT);
+        join_all(handles).await;
+        return Err(format!(
+            "{} of {n} occupants failed to join (first: {})",
+            c.failed(),
+            c.first_error().unwrap_or_default()
+        )
+        .into());
+    }
+    eprintln!(
+        "muc: {n} occupants in {} after {login_s:.1} s; {} senders; warm-up {} s, measuring {} s",
+        p.room, p.senders, p.warmup, p.seconds
+    );
+    let _ = tx.send(RUN);
+    tokio::time::sleep(Duration::from_secs(p.warmup)).await;
+
+    let d0 = sh.delivered.load(Ordering::Acquire);
+    let srv0 = p.pid.and_then(stats::proc_cpu);
+    let gen0 = stats::self_cpu();
+    let t0 = Instant::now();
+    sh.measuring.store(true, Ordering::Relaxed);
+    let end = t0 + Duration::from_secs(p.seconds);
+    wait_for(
+        "muc",
+        Duration::from_secs(p.seconds + 1),
+        || Instant::now() >= end || c.failed() > 0,
+        || {
+            let d = sh.delivered.load(Ordering::Acquire);
+            let rate = (d - d0) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            format!("{rate:.0} deliveries/s so far")
+        },
+    )
+    .await;
+    sh.measuring.store(false, Ordering::Relaxed);
+    let wall = t0.elapsed();
+    let d1 = sh.delivered.load(Ordering::Acquire);
+    let server = server_cpu(p.pid, srv0, wall, d1 - d0, "delivery");
+    let gen_cpu = stats::self_cpu() - gen0;
+
+    let _ = tx.send(DRAIN);
+    let expected = || sh.sent_total() * n as u64;
+    let drained = wait_for(
+        "muc drain",
+        Duration::from_secs(p.drain),
+        || sh.delivered.load(Ordering::Acquire) >= expected(),
+        || {
+            format!(
+                "{} copies in flight",
+                expected().saturating_sub(sh.delivered.load(Ordering::Acquire))
+            )
+        },
+    )
+    .await;
+    let sent = sh.sent_total();
+    let received = sh.delivered.load(Ordering::Acquire);
+    let _ = tx.send(QUIT);
+    join_all(handles).await;
+
+    let delivered = d1 - d0;
+    let rate = delivered as f64 / wall.as_secs_f64();
+    let lost = (sent * n as u64).saturating_sub(received);
+    let errors = sh.errors.load(Ordering::Relaxed);
+    let h = &sh.hist;
+    let mut j = json!({
+        "scenario": "muc",
+        "occupants": n,
+        "senders": p.senders,
+        "window": p.window,
+        "body_bytes": p.body_bytes,
+        "seconds": wall.as_secs_f64(),
+        "login_s": login_s,
+        "delivered": delivered,
+        "deliveries_per_s": rate,
+        "msgs_per_s": rate / n as f64,
+        "latency_p50_ms": ms(h.quantile(0.5)),
+        "latency_p99_ms": ms(h.quantile(0.99)),
+        "latency_max_ms": ms(h.max()),
+        "sent_total": sent,
+        "received_total": received,
+        "lost": lost,
+        "drained": drained,
+        "errors": errors,
+        "session_failures": c.failed(),
+        "first_error": c.first_error(),
+    });
+    merge(&mut j, gen_cpu_json(gen_cpu, wall));
+    let mut lines = vec![
+        format!(
+            "muc: {n} occupants, {} senders, window {}, body {} B, {:.1} s measured (after {} s warm-up)",
+            p.senders,
+            p.window,
+            p.body_bytes,
+            wall.as_secs_f64(),
+            p.warmup
+        ),
+        format!(
+            "  delivered       {delivered} copies ({rate:.0} deliveries/s, {:.0} messages/s)",
+            rate / n as f64
+        ),
+        format!(
+            "  latency ms      p50 {:.3}  p99 {:.3}  max {:.3}",
+            ms(h.quantile(0.5)),
+            ms(h.quantile(0.99)),
+            ms(h.max())
+        ),
+        format!(
+            "  lost            {lost} (sent {sent} x {n}, received {received}{}); errors {errors}",
+            if drained { "" } else { ", drain timed out" }
+        ),
+        format!(
+            "  generator CPU   {:.0}% of one core",
+            100.0 * gen_cpu.as_secs_f64() / wall.as_secs_f64()
+        ),
+    ];
+    if let Some((sj, line)) = server {
+        merge(&mut j, sj);
+        lines.push(line);
+    }
+    Ok(Report { lines, json: j })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -211,35 +211,35 @@ pub fn stanza(data: &[u8]) {
     );
 }
 
-/// JID parsing: normalization is idempotent and the string helpers agree with it.
+/// JID parsing: normalization is idempotent and the typed views agree with it.
 pub fn jid(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     let _ = xmppd::config::check_domain(text);
-    let Some(addr) = xmppd::addr::Addr::parse(text) else {
-        assert_eq!(xmppd::addr::normalize_bare(text), None);
+    let Some(jid) = xmppd::addr::parse(text) else {
+        assert_eq!(xmppd::addr::parse_bare(text), None);
+        assert_eq!(xmppd::addr::parse_full(text), None);
         return;
     };
-    let full = addr.full();
-    let bare = addr.bare();
     assert_eq!(
-        xmppd::addr::Addr::parse(&full).as_ref(),
-        Some(&addr),
-        "normalized JID {full:?} does not parse to itself"
+        xmppd::addr::parse(jid.as_str()).as_ref(),
+        Some(&jid),
+        "normalized JID {jid:?} does not parse to itself"
     );
-    assert_eq!(xmppd::addr::bare_of(&full), bare);
-    assert_eq!(xmppd::addr::domain_of(&full), addr.domain);
-    let normalized = xmppd::addr::normalize_bare(text);
-    if addr.resource.is_none() {
-        assert_eq!(normalized.as_deref(), Some(bare.as_str()));
-    } else {
-        assert_eq!(normalized, None);
+    let bare = jid.to_bare();
+    assert_eq!(xmppd::addr::parse_bare(bare.as_str()).as_ref(), Some(&bare));
+    assert_eq!(bare.domain(), jid.domain());
+    match jid.resource() {
+        None => assert_eq!(xmppd::addr::parse_bare(text).as_ref(), Some(&bare)),
+        Some(r) => {
+            assert_eq!(xmppd::addr::parse_bare(text), None);
+            assert_eq!(
+                xmppd::addr::parse_full(text).map(|f| f.resource().as_str().to_string()),
+                Some(r.as_str().to_string())
+            );
+        }
     }
-    assert_eq!(
-        xmppd::addr::normalize_bare(&bare).as_deref(),
-        Some(bare.as_str())
-    );
 }
 
 /// The WebSocket decoder, in pieces picked by the first byte; every message it delivers
@@ -501,13 +501,10 @@ impl C2sHarness {
         )
         .expect("credentials");
         let created = rt
-            .block_on(
-                server
-                    .ctx
-                    .storage
-                    .accounts
-                    .create("juliet@localhost", &creds),
-            )
+            .block_on(server.ctx.storage.accounts.create(
+                &xmppd::addr::parse_bare("juliet@localhost").expect("jid"),
+                &creds,
+            ))
             .expect("account");
         assert!(created);
         let addr = server

@@ -473,7 +473,13 @@ mod tests {
                 jid: "alice@example.test".into()
             }
         );
-        assert!(accounts.get("alice@example.test").await.unwrap().is_some());
+        assert!(
+            accounts
+                .get(&crate::addr::parse_bare("alice@example.test").unwrap())
+                .await
+                .unwrap()
+                .is_some()
+        );
         let e = request(&path, &add).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UserExists);
         assert_eq!(e.to_string(), "user alice@example.test already exists");

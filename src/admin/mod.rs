@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::addr::BareJid;
 use crate::config::{Config, StorageBackend};
 use crate::sasl::credentials::StoredCredentials;
 use crate::storage::{Storage, StorageError};
@@ -82,7 +83,7 @@ impl AdminError {
 }
 
 /// Normalizes an account JID (`user@domain`, no resource) whose domain is a configured vhost.
-pub fn account_jid(config: &Config, jid: &str) -> Result<String, AdminError> {
+pub fn account_jid(config: &Config, jid: &str) -> Result<BareJid, AdminError> {
     let bare = parse_account_jid(jid)?;
     let domain = bare.domain().as_str();
     if !config.vhosts.iter().any(|v| v.domain == domain) {
@@ -92,16 +93,19 @@ pub fn account_jid(config: &Config, jid: &str) -> Result<String, AdminError> {
             vhosts: vhosts.join(", "),
         });
     }
-    Ok(bare.to_string())
+    Ok(bare)
 }
 
 /// Normalizes `user@domain` without checking the domain.
-fn parse_account_jid(jid: &str) -> Result<jid::BareJid, AdminError> {
+fn parse_account_jid(jid: &str) -> Result<BareJid, AdminError> {
     let invalid = |reason: String| AdminError::InvalidJid {
         jid: jid.to_string(),
         reason,
     };
-    let bare = jid::BareJid::new(jid).map_err(|e| invalid(e.to_string()))?;
+    let bare = BareJid::new(jid).map_err(|e| invalid(e.to_string()))?;
+    if crate::addr::parse_bare(jid).as_ref() != Some(&bare) {
+        return Err(invalid("its normal form is not stable".into()));
+    }
     if bare.node().is_none() {
         return Err(invalid("no user part (expected user@domain)".into()));
     }
@@ -136,14 +140,14 @@ pub async fn add_user(
     let jid = account_jid(config, jid)?;
     // Cheap check first so an existing user does not cost a PBKDF2 run.
     if storage.accounts.get(&jid).await?.is_some() {
-        return Err(AdminError::UserExists(jid));
+        return Err(AdminError::UserExists(jid.into_inner()));
     }
     let creds = derive(password, config.c2s.scram_iterations).await?;
     if !storage.accounts.create(&jid, &creds).await? {
-        return Err(AdminError::UserExists(jid));
+        return Err(AdminError::UserExists(jid.into_inner()));
     }
     tracing::info!(%jid, "account created");
-    Ok(jid)
+    Ok(jid.into_inner())
 }
 
 /// Replaces an account's password; returns its normalized JID.
@@ -155,25 +159,25 @@ pub async fn set_password(
 ) -> Result<String, AdminError> {
     let jid = account_jid(config, jid)?;
     if storage.accounts.get(&jid).await?.is_none() {
-        return Err(AdminError::NoSuchUser(jid));
+        return Err(AdminError::NoSuchUser(jid.into_inner()));
     }
     let creds = derive(password, config.c2s.scram_iterations).await?;
     if !storage.accounts.set_credentials(&jid, &creds).await? {
-        return Err(AdminError::NoSuchUser(jid));
+        return Err(AdminError::NoSuchUser(jid.into_inner()));
     }
     tracing::info!(%jid, "account password changed");
-    Ok(jid)
+    Ok(jid.into_inner())
 }
 
 /// Removes an account with its roster and offline messages; returns its normalized JID.
 /// The domain need not be configured any more, so accounts of a dropped vhost can be removed.
 pub async fn remove_user(storage: &Storage, jid: &str) -> Result<String, AdminError> {
-    let jid = parse_account_jid(jid)?.to_string();
+    let jid = parse_account_jid(jid)?;
     if !storage.remove_account(&jid).await? {
-        return Err(AdminError::NoSuchUser(jid));
+        return Err(AdminError::NoSuchUser(jid.into_inner()));
     }
     tracing::info!(%jid, "account removed");
-    Ok(jid)
+    Ok(jid.into_inner())
 }
 
 /// All accounts, sorted; only those of `domain` when given.
@@ -182,15 +186,12 @@ pub async fn list_users(
     domain: Option<&str>,
 ) -> Result<Vec<String>, AdminError> {
     let all = storage.accounts.list().await?;
-    Ok(match domain {
-        None => all,
-        Some(d) => {
-            let d = d.to_ascii_lowercase();
-            all.into_iter()
-                .filter(|j| j.rsplit_once('@').is_some_and(|(_, dom)| dom == d))
-                .collect()
-        }
-    })
+    let d = domain.map(str::to_ascii_lowercase);
+    Ok(all
+        .into_iter()
+        .filter(|j| d.as_deref().is_none_or(|d| j.domain().as_str() == d))
+        .map(BareJid::into_inner)
+        .collect())
 }
 
 /// Opens the configured storage for use while the server is stopped.
@@ -246,7 +247,10 @@ mod tests {
         assert_eq!(jid, "alice@example.test");
         let stored = |jid: &'static str| {
             let accounts = storage.accounts.clone();
-            async move { accounts.get(jid).await.unwrap().unwrap() }
+            async move {
+                let jid = crate::addr::parse_bare(jid).unwrap();
+                accounts.get(&jid).await.unwrap().unwrap()
+            }
         };
         let first = stored("alice@example.test").await;
         assert_eq!(first.sha256.iterations, 4096);

@@ -9,7 +9,7 @@ use tracing::{debug, info};
 
 use super::session::SessionState;
 use super::{Connection, Ending, sm};
-use crate::addr::Addr;
+use crate::addr::{self, BareJid, FullJid};
 use crate::config::TlsMode;
 use crate::context::Context;
 use crate::net::io::MaybeTls;
@@ -30,9 +30,9 @@ pub(crate) enum Negotiated {
 
 /// A bound session, ready for stanzas.
 pub(crate) struct Bound {
-    pub bare: String,
+    pub bare: BareJid,
     pub resource: String,
-    pub full: String,
+    pub full: FullJid,
     pub domain: String,
     pub conn_id: u64,
     pub rx: tokio::sync::mpsc::Receiver<crate::router::SessionCommand>,
@@ -53,6 +53,8 @@ struct State {
     /// The client's address, under which failed authentications are also counted across
     /// connections (`Context::auth_throttle`); `None` if the socket could not tell.
     peer_ip: Option<IpAddr>,
+    /// The account SASL authenticated (the negotiator keeps it as the stream sees it).
+    account: Option<BareJid>,
 }
 
 pub(crate) async fn negotiate(
@@ -77,6 +79,7 @@ pub(crate) async fn negotiate(
             MaybeTls::Plain(tcp) => tcp.peer_addr().ok().map(|a| a.ip()),
             _ => None,
         },
+        account: None,
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
@@ -110,7 +113,8 @@ pub(crate) async fn negotiate(
                 Action::Auth(auth) => match authenticate(ctx, conn, &mut st, &auth).await? {
                     Some(jid) => {
                         conn.restart();
-                        st.neg.sasl_succeeded(jid);
+                        st.neg.sasl_succeeded(jid.to_string());
+                        st.account = Some(jid);
                     }
                     None => st.neg.sasl_failed(),
                 },
@@ -145,7 +149,7 @@ async fn authenticated_element(
     st: &State,
     el: Element,
 ) -> Result<Option<Negotiated>, Ending> {
-    let Some(bare) = st.neg.authenticated() else {
+    let Some(bare) = st.account.as_ref() else {
         return Err(StreamErrorCondition::NotAuthorized.into());
     };
     if el.ns == sm::NS {
@@ -310,7 +314,7 @@ async fn authenticate(
     conn: &mut Connection,
     st: &mut State,
     auth: &Element,
-) -> Result<Option<String>, Ending> {
+) -> Result<Option<BareJid>, Ending> {
     let offered = offered_mechanisms(ctx, st);
     let mechanism = auth
         .attr("mechanism")
@@ -383,20 +387,18 @@ async fn authenticate(
 }
 
 /// `Ok(Ok(Some((jid, success data))))` on success, `Ok(Ok(None))` when aborted.
-type SaslOutcome = Result<Option<(String, Option<Vec<u8>>)>, SaslError>;
+type SaslOutcome = Result<Option<(BareJid, Option<Vec<u8>>)>, SaslError>;
 
-fn account_jid(username: &str, domain: &str) -> Result<String, SaslError> {
-    let addr = Addr::parse(&format!("{username}@{domain}")).ok_or(SaslError::NotAuthorized)?;
-    if addr.resource.is_some() || addr.node.is_none() {
-        return Err(SaslError::NotAuthorized);
-    }
-    Ok(addr.bare())
+fn account_jid(username: &str, domain: &str) -> Result<BareJid, SaslError> {
+    addr::parse_bare(&format!("{username}@{domain}"))
+        .filter(|jid| jid.node().is_some())
+        .ok_or(SaslError::NotAuthorized)
 }
 
-fn check_authzid(authzid: Option<&str>, jid: &str) -> Result<(), SaslError> {
+fn check_authzid(authzid: Option<&str>, jid: &BareJid) -> Result<(), SaslError> {
     match authzid {
         None => Ok(()),
-        Some(a) if crate::addr::normalize_bare(a).as_deref() == Some(jid) => Ok(()),
+        Some(a) if addr::parse_bare(a).as_ref() == Some(jid) => Ok(()),
         Some(_) => Err(SaslError::InvalidAuthzid),
     }
 }
@@ -435,7 +437,10 @@ async fn run_mechanism(
         };
         // An unknown account costs the same PBKDF2 as a real one (no timing oracle), keyed
         // by the normalised name as SCRAM's fake salt is.
-        let account = jid.as_deref().unwrap_or(&creds.authcid).to_owned();
+        let account = match &jid {
+            Ok(j) => j.to_string(),
+            Err(_) => creds.authcid.clone(),
+        };
         let iterations = ctx.config.c2s.scram_iterations;
         let password = creds.password;
         // PBKDF2 is milliseconds of CPU: off the runtime's workers, which serve other streams.
@@ -474,7 +479,7 @@ async fn run_mechanism(
     let stored = match &jid {
         Ok(j) => {
             // An unknown name's fake salt must not depend on how the client spelled it.
-            scram.set_account_name(j);
+            scram.set_account_name(j.as_str());
             ctx.storage
                 .accounts
                 .get(j)
@@ -522,7 +527,7 @@ async fn bind(
     iq: &Element,
     conn_id: u64,
 ) -> Result<Option<Bound>, Ending> {
-    let Some(bare) = st.neg.authenticated().map(str::to_string) else {
+    let Some(bare) = st.account.clone() else {
         return Err(StreamErrorCondition::NotAuthorized.into());
     };
     let reply_error = |condition: &'static str, kind| {
@@ -539,11 +544,14 @@ async fn bind(
         .and_then(|b| b.child_text("resource", ns::BIND))
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
-    let resource = match requested {
-        None => random_id(),
-        Some(r) => match Addr::parse(&format!("{bare}/{r}")).and_then(|a| a.resource) {
-            Some(r) => r,
-            None => {
+    let full = match requested {
+        None => match bare.with_resource_str(&random_id()) {
+            Ok(full) => full,
+            Err(_) => return Err(StreamErrorCondition::InternalServerError.into()),
+        },
+        Some(r) => match bare.with_resource_str(&r) {
+            Ok(full) => full,
+            Err(_) => {
                 if let Some(err) = reply_error("bad-request", crate::stream::ErrorType::Modify) {
                     conn.send(&err).await?;
                 }
@@ -551,8 +559,11 @@ async fn bind(
             }
         },
     };
+    let resource = full.resource().as_str().to_string();
     let (tx, rx) = tokio::sync::mpsc::channel(ctx.config.limits.session_queue_len);
-    let control = Arc::new(SessionControl::default());
+    // Half the session's byte budget for its queue; SM's unacked stanzas and CSI's held
+    // ones share the other half.
+    let control = Arc::new(SessionControl::new(ctx.config.limits.session_max_bytes / 2));
     let info = SessionInfo {
         resource: resource.clone(),
         conn_id,
@@ -581,12 +592,11 @@ async fn bind(
             return Ok(None);
         }
     }
-    let full = format!("{bare}/{resource}");
     let mut result = Element::new("iq", ns::CLIENT)
         .with_attr("type", "result")
         .with_child(
             Element::new("bind", ns::BIND)
-                .with_child(Element::new("jid", ns::BIND).with_text(full.clone())),
+                .with_child(Element::new("jid", ns::BIND).with_text(full.as_str())),
         );
     if let Some(id) = iq.attr("id") {
         result.set_attr("id", id);
@@ -596,7 +606,7 @@ async fn bind(
         return Err(e);
     }
     Ok(Some(Bound {
-        domain: crate::addr::domain_of(&bare).to_string(),
+        domain: bare.domain().as_str().to_string(),
         bare,
         resource,
         full,

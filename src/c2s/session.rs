@@ -16,10 +16,10 @@ use tracing::debug;
 use super::negotiate::Bound;
 use super::sm::{self, StreamManagement, TakeoverRequest};
 use super::{Connection, Ending};
-use crate::addr::Addr;
+use crate::addr::{self, Jid};
 use crate::context::Context;
-use crate::registry::{Extensions, SessionCtx, SessionEvent};
-use crate::router::{SessionCommand, route, route_reply, serve_own_session};
+use crate::registry::{Extensions, Outgoing, SessionCtx, SessionEvent};
+use crate::router::{route_addressed, route_reply, serve_own_session};
 use crate::server::Shaper;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
@@ -283,8 +283,8 @@ pub(crate) async fn end_session(ctx: &Arc<Context>, mut state: Box<SessionState>
     // Nothing can reach the client any more.
     undelivered.extend(out);
     state.bound.rx.close();
-    while let Ok(SessionCommand::Stanza(el)) = state.bound.rx.try_recv() {
-        undelivered.push_back(*el);
+    while let Ok(cmd) = state.bound.rx.try_recv() {
+        undelivered.push_back(cmd.take(&state.bound.control));
     }
     sm::reroute_undelivered(ctx, &state.bound.bare, undelivered, pushed).await;
 }
@@ -327,6 +327,7 @@ async fn resume_stream(
     }
     debug!(
         unacked = state.sm.as_ref().map_or(0, StreamManagement::unacked_len),
+        unacked_bytes = state.sm.as_ref().map_or(0, StreamManagement::unacked_bytes),
         "session resumed"
     );
     // The `h` of `<resume/>` may have acknowledged tracked stanzas.
@@ -343,9 +344,8 @@ async fn serve_bound(
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
     let control = state.bound.control.clone();
-    let max_unacked = ctx.config.limits.sm_max_unacked;
-    let has_room =
-        |sm: &Option<StreamManagement>| sm.as_ref().is_none_or(|s| s.unacked_len() < max_unacked);
+    let limits = &ctx.config.limits;
+    let has_room = |sm: &Option<StreamManagement>| sm.as_ref().is_none_or(|s| s.has_room(limits));
     let own_limit = ctx.config.limits.session_backlog_len;
     let mut shaper = Shaper::new(ctx.config.limits.c2s_shaper(), std::time::Instant::now());
     // While the client is over its rate, its input is left unread (TCP pushes back).
@@ -382,17 +382,17 @@ async fn serve_bound(
                 }
             }
             cmd = state.bound.rx.recv(), if room => {
-                let Some(SessionCommand::Stanza(el)) = cmd else {
+                let Some(cmd) = cmd else {
                     return LoopEnd::Close(StreamErrorCondition::InternalServerError.into());
                 };
-                state.emit(ctx, Some(conn), *el);
+                state.emit(ctx, Some(conn), cmd.take(&control));
                 // Drain what else is queued so one TLS record and syscall carry many stanzas.
                 for _ in 1..WRITE_BATCH {
                     if !has_room(&state.sm) {
                         break;
                     }
                     match state.bound.rx.try_recv() {
-                        Ok(SessionCommand::Stanza(el)) => state.emit(ctx, Some(conn), *el),
+                        Ok(cmd) => state.emit(ctx, Some(conn), cmd.take(&control)),
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
@@ -605,27 +605,28 @@ async fn handle_stanza(
         return Err(StreamErrorCondition::UnsupportedStanzaType.into());
     }
     if let Some(from) = el.attr("from") {
-        let ok =
-            Addr::parse(from).is_some_and(|a| a.full() == bound.full || a.full() == bound.bare);
+        let ok = addr::parse(from).is_some_and(|a| a == bound.full || a == bound.bare);
         if !ok {
             return Err(StreamErrorCondition::InvalidFrom.into());
         }
     }
-    el.set_attr("from", bound.full.clone());
+    el.set_attr("from", bound.full.as_str());
     if let Some(lang) = &bound.lang
         && el.attr("xml:lang").is_none()
     {
         el.set_attr("xml:lang", lang.clone());
     }
-    if let Some(to) = el.attr("to") {
-        match Addr::parse(to) {
-            Some(addr) => el.set_attr("to", addr.full()),
-            None => {
-                route_reply(ctx, &el, StanzaError::jid_malformed()).await;
-                return Ok(());
-            }
+    let to = match el.attr("to").map(addr::parse) {
+        Some(Some(to)) => {
+            el.set_attr("to", to.as_str());
+            Some(to)
         }
-    }
+        Some(None) => {
+            route_reply(ctx, &el, StanzaError::jid_malformed()).await;
+            return Ok(());
+        }
+        None => None,
+    };
     match el.name.as_str() {
         "presence" => {
             ctx.registry
@@ -647,20 +648,27 @@ async fn handle_stanza(
                 }
                 return Ok(());
             }
-            if el.attr("to").is_none() {
-                // Addressed to the user's own account (RFC 6120 §10.3.3).
-                el.set_attr("to", bound.bare.clone());
-            }
-            route(ctx, el).await;
+            // Without 'to', addressed to the user's own account (RFC 6120 §10.3.3).
+            let to = to.unwrap_or_else(|| own_account(&mut el, bound));
+            route_addressed(ctx, Jid::from(bound.full.clone()), to, el).await;
         }
         _ => {
-            if el.attr("to").is_none() {
-                el.set_attr("to", bound.bare.clone());
-            }
-            if ctx.registry.outbound_message(ctx, &mut el).await {
-                route(ctx, el).await;
+            let to = to.unwrap_or_else(|| own_account(&mut el, bound));
+            let msg = Outgoing {
+                user: &bound.bare,
+                from: &bound.full,
+                to: &to,
+            };
+            if ctx.registry.outbound_message(ctx, &msg, &mut el).await {
+                route_addressed(ctx, Jid::from(bound.full.clone()), to, el).await;
             }
         }
     }
     Ok(())
+}
+
+/// Addresses `el` to the session's own account, for stanzas sent without 'to'.
+fn own_account(el: &mut Element, bound: &Bound) -> Jid {
+    el.set_attr("to", bound.bare.as_str());
+    Jid::from(bound.bare.clone())
 }

@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::session::{SessionState, end_session, module_view};
+use crate::addr::{BareJid, FullJid};
 use crate::context::Context;
 use crate::registry::SessionEvent;
-use crate::router::{SessionCommand, redeliver, route_reply};
+use crate::router::{redeliver, route_reply};
 use crate::stream::StanzaError;
 use crate::xml::{Element, ns};
 
@@ -86,6 +87,8 @@ pub(crate) struct StreamManagement {
     acked: u32,
     /// Stanzas sent (or queued while hibernated) and not yet acknowledged, oldest first.
     unacked: VecDeque<Element>,
+    /// Their `Element::approx_bytes`, summed.
+    unacked_bytes: usize,
     /// An `<r/>` is outstanding.
     requested: bool,
     /// Stanzas recorded since the last `<r/>`.
@@ -117,6 +120,7 @@ impl StreamManagement {
             handled: 0,
             acked: 0,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             requested: false,
             since_request: 0,
             receipts: VecDeque::new(),
@@ -144,12 +148,26 @@ impl StreamManagement {
         self.unacked.len()
     }
 
+    /// Whether more may be sent before the client acknowledges: fewer unacknowledged
+    /// stanzas than `limits.sm_max_unacked`, holding less than a quarter of
+    /// `limits.session_max_bytes`.
+    pub fn has_room(&self, limits: &crate::config::Limits) -> bool {
+        self.unacked.len() < limits.sm_max_unacked
+            && self.unacked_bytes < limits.session_max_bytes / 4
+    }
+
+    /// Memory the unacknowledged stanzas hold (`Element::approx_bytes`).
+    pub fn unacked_bytes(&self) -> usize {
+        self.unacked_bytes
+    }
+
     pub fn unacked(&self) -> impl DoubleEndedIterator<Item = &Element> {
         self.unacked.iter()
     }
 
     /// A stanza was written to the client (or queued for it while hibernated).
     pub fn record_sent(&mut self, el: Element) {
+        self.unacked_bytes = self.unacked_bytes.saturating_add(el.approx_bytes());
         self.unacked.push_back(el);
         self.since_request = self.since_request.saturating_add(1);
     }
@@ -176,7 +194,8 @@ impl StreamManagement {
     pub fn ack(&mut self, h: u32) -> Result<usize, HandledTooHigh> {
         let newly = h.wrapping_sub(self.acked) as usize;
         if newly <= self.unacked.len() {
-            self.unacked.drain(..newly);
+            let freed: usize = self.unacked.drain(..newly).map(|e| e.approx_bytes()).sum();
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(freed);
             // Sequence numbers wrap: a receipt is covered when its distance from the
             // previous ack is within what this one acknowledged.
             while let Some((seq, _)) = self.receipts.front()
@@ -215,6 +234,7 @@ impl StreamManagement {
     /// and rerouting would store them a second time.
     pub fn take_unacked(&mut self) -> VecDeque<Element> {
         let unacked = std::mem::take(&mut self.unacked);
+        self.unacked_bytes = 0;
         let receipts = std::mem::take(&mut self.receipts);
         if receipts.is_empty() {
             return unacked;
@@ -272,7 +292,7 @@ pub(crate) fn parse_bool(value: Option<&str>) -> bool {
 }
 
 struct Entry {
-    bare: String,
+    bare: BareJid,
     takeover: mpsc::Sender<TakeoverRequest>,
 }
 
@@ -280,7 +300,7 @@ struct Entry {
 struct Registered {
     by_id: HashMap<String, Entry>,
     /// Hibernated sessions: full JID → the binding's connection id.
-    hibernated: HashMap<String, u64>,
+    hibernated: HashMap<FullJid, u64>,
 }
 
 /// Resumable sessions by SM-ID, and which sessions are hibernated.
@@ -296,7 +316,7 @@ impl SmRegistry {
     }
 
     /// Registers a resumable session; returns its SM-ID and takeover receiver.
-    pub(crate) fn register(&self, bare: &str) -> (String, mpsc::Receiver<TakeoverRequest>) {
+    pub(crate) fn register(&self, bare: &BareJid) -> (String, mpsc::Receiver<TakeoverRequest>) {
         let (tx, rx) = mpsc::channel(4);
         let mut inner = self.lock();
         // 96 random bits; a collision is as good as impossible, but never reuse an id.
@@ -307,7 +327,7 @@ impl SmRegistry {
         inner.by_id.insert(
             id.clone(),
             Entry {
-                bare: bare.to_string(),
+                bare: bare.clone(),
                 takeover: tx,
             },
         );
@@ -319,34 +339,34 @@ impl SmRegistry {
     }
 
     /// The takeover channel of `id`, if it exists and belongs to `bare`.
-    fn lookup(&self, id: &str, bare: &str) -> Option<mpsc::Sender<TakeoverRequest>> {
+    fn lookup(&self, id: &str, bare: &BareJid) -> Option<mpsc::Sender<TakeoverRequest>> {
         self.lock()
             .by_id
             .get(id)
-            .filter(|e| e.bare == bare)
+            .filter(|e| e.bare == *bare)
             .map(|e| e.takeover.clone())
     }
 
-    pub(crate) fn set_hibernated(&self, full: &str, conn_id: u64, hibernated: bool) {
+    pub(crate) fn set_hibernated(&self, full: &FullJid, conn_id: u64, hibernated: bool) {
         let mut inner = self.lock();
         if hibernated {
-            inner.hibernated.insert(full.to_string(), conn_id);
+            inner.hibernated.insert(full.clone(), conn_id);
         } else if inner.hibernated.get(full) == Some(&conn_id) {
             inner.hibernated.remove(full);
         }
     }
 
     /// Whether the session bound as `full` by connection `conn_id` is hibernated.
-    pub fn is_hibernated(&self, full: &str, conn_id: u64) -> bool {
+    pub fn is_hibernated(&self, full: &FullJid, conn_id: u64) -> bool {
         self.lock().hibernated.get(full) == Some(&conn_id)
     }
 
     /// How many sessions of the account `bare` are hibernated now.
-    fn hibernated_of(&self, bare: &str) -> usize {
+    fn hibernated_of(&self, bare: &BareJid) -> usize {
         self.lock()
             .hibernated
             .keys()
-            .filter(|full| full.strip_prefix(bare).is_some_and(|r| r.starts_with('/')))
+            .filter(|full| full.node() == bare.node() && full.domain() == bare.domain())
             .count()
     }
 
@@ -365,7 +385,7 @@ impl SmRegistry {
 /// `Err` is the `<failed/>` to send; the client may then bind a new resource.
 pub(crate) async fn take_over(
     ctx: &Arc<Context>,
-    bare: &str,
+    bare: &BareJid,
     previd: &str,
 ) -> Result<Box<SessionState>, Element> {
     let not_found = || failed("item-not-found");
@@ -442,15 +462,12 @@ pub(crate) async fn hibernate(
         Box::pin(ctx.registry.session_event(ctx, view, &event)).await;
     }
     state.emit_all(ctx, None, out);
-    let max_unacked = ctx.config.limits.sm_max_unacked;
+    let limits = &ctx.config.limits;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let control = state.bound.control.clone();
     loop {
-        let room = state
-            .sm
-            .as_ref()
-            .is_some_and(|s| s.unacked_len() < max_unacked);
+        let room = state.sm.as_ref().is_some_and(|s| s.has_room(limits));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -471,11 +488,12 @@ pub(crate) async fn hibernate(
             // When the queue is full, stanzas wait in the router's session queue, which
             // closes the session once that is full too.
             cmd = state.bound.rx.recv(), if room => {
-                let Some(SessionCommand::Stanza(el)) = cmd else { break };
+                let Some(cmd) = cmd else { break };
+                let el = cmd.take(&state.bound.control);
                 let event = SessionEvent::QueuedWhileHibernated { stanza: &el };
                 // Boxed: a rare path should not enlarge every hibernated task.
                 Box::pin(state.event(ctx, None, &event)).await;
-                state.emit(ctx, None, *el);
+                state.emit(ctx, None, el);
             }
             _ = &mut deadline => {
                 info!(jid = %full, "hibernated session timed out");
@@ -494,7 +512,7 @@ pub(crate) async fn hibernate(
 /// `pushed`: the user was already notified of them (no second push notification).
 pub(crate) async fn reroute_undelivered(
     ctx: &Arc<Context>,
-    bare: &str,
+    bare: &BareJid,
     stanzas: VecDeque<Element>,
     pushed: bool,
 ) {
@@ -546,6 +564,26 @@ mod tests {
         assert_eq!(sm.ack(5), Ok(3));
         assert_eq!(sm.unacked_len(), 0);
         assert!(!sm.should_request());
+    }
+
+    #[test]
+    fn unacked_bytes_bound_what_is_sent() {
+        let mut limits = crate::config::Limits::default();
+        let big = Element::new("message", ns::CLIENT).with_text("x".repeat(1000));
+        let per = big.approx_bytes();
+        limits.session_max_bytes = 4 * 3 * per;
+        let mut sm = StreamManagement::new(None, Duration::from_secs(1), None);
+        for _ in 0..3 {
+            assert!(sm.has_room(&limits));
+            sm.record_sent(big.clone());
+        }
+        assert_eq!(sm.unacked_bytes(), 3 * per);
+        assert!(!sm.has_room(&limits), "a quarter of the budget is held");
+        assert_eq!(sm.ack(1), Ok(1));
+        assert_eq!(sm.unacked_bytes(), 2 * per);
+        assert!(sm.has_room(&limits));
+        sm.take_unacked();
+        assert_eq!(sm.unacked_bytes(), 0);
     }
 
     #[test]
@@ -612,35 +650,43 @@ mod tests {
         assert!(sm.should_request());
     }
 
+    fn b(s: &str) -> BareJid {
+        crate::addr::parse_bare(s).unwrap()
+    }
+
+    fn f(s: &str) -> FullJid {
+        crate::addr::parse_full(s).unwrap()
+    }
+
     #[test]
     fn registry_checks_the_owner_and_tracks_hibernation() {
         let reg = SmRegistry::default();
-        let (id, _rx) = reg.register("a@x");
-        let (id2, _rx2) = reg.register("a@x");
+        let (id, _rx) = reg.register(&b("a@x"));
+        let (id2, _rx2) = reg.register(&b("a@x"));
         assert_ne!(id, id2);
-        assert!(reg.lookup(&id, "a@x").is_some());
-        assert!(reg.lookup(&id, "b@x").is_none());
-        assert!(reg.lookup("nope", "a@x").is_none());
+        assert!(reg.lookup(&id, &b("a@x")).is_some());
+        assert!(reg.lookup(&id, &b("b@x")).is_none());
+        assert!(reg.lookup("nope", &b("a@x")).is_none());
         reg.remove(&id);
-        assert!(reg.lookup(&id, "a@x").is_none());
+        assert!(reg.lookup(&id, &b("a@x")).is_none());
         assert_eq!(reg.resumable_count(), 1);
 
-        reg.set_hibernated("a@x/r", 7, true);
-        assert!(reg.is_hibernated("a@x/r", 7));
-        assert!(!reg.is_hibernated("a@x/r", 8));
+        reg.set_hibernated(&f("a@x/r"), 7, true);
+        assert!(reg.is_hibernated(&f("a@x/r"), 7));
+        assert!(!reg.is_hibernated(&f("a@x/r"), 8));
         // A replaced session's cleanup must not clear its successor's state.
-        reg.set_hibernated("a@x/r", 8, false);
-        assert!(reg.is_hibernated("a@x/r", 7));
-        reg.set_hibernated("a@x/r", 7, false);
+        reg.set_hibernated(&f("a@x/r"), 8, false);
+        assert!(reg.is_hibernated(&f("a@x/r"), 7));
+        reg.set_hibernated(&f("a@x/r"), 7, false);
         assert_eq!(reg.hibernated_count(), 0);
     }
 
     fn test_state(bare: &str) -> Box<SessionState> {
         let (_tx, rx) = mpsc::channel(1);
         SessionState::new(super::super::negotiate::Bound {
-            bare: bare.into(),
+            bare: b(bare),
             resource: "r".into(),
-            full: format!("{bare}/r"),
+            full: f(&format!("{bare}/r")),
             domain: "x".into(),
             conn_id: 1,
             rx,
@@ -673,21 +719,21 @@ mod tests {
     #[tokio::test]
     async fn handover_moves_the_state_exactly_once() {
         let ctx = test_ctx();
-        let (id, rx) = ctx.sm.register("a@x");
+        let (id, rx) = ctx.sm.register(&b("a@x"));
         let kept = owner(rx, Duration::ZERO);
-        let state = take_over(&ctx, "a@x", &id).await.unwrap();
-        assert_eq!(state.bound.full, "a@x/r");
+        let state = take_over(&ctx, &b("a@x"), &id).await.unwrap();
+        assert_eq!(state.bound.full.as_str(), "a@x/r");
         assert!(!kept.await.unwrap(), "the owner must let go");
     }
 
     #[tokio::test]
     async fn a_cancelled_resumer_leaves_the_state_with_its_owner() {
         let ctx = test_ctx();
-        let (id, rx) = ctx.sm.register("a@x");
+        let (id, rx) = ctx.sm.register(&b("a@x"));
         let kept = owner(rx, Duration::from_millis(50));
         // The resuming connection gives up (handshake timeout) before the owner answers.
         let cancelled =
-            tokio::time::timeout(Duration::from_millis(10), take_over(&ctx, "a@x", &id)).await;
+            tokio::time::timeout(Duration::from_millis(10), take_over(&ctx, &b("a@x"), &id)).await;
         assert!(cancelled.is_err());
         assert!(kept.await.unwrap(), "the owner must get its state back");
     }
@@ -713,8 +759,8 @@ mod tests {
     #[tokio::test]
     async fn resume_needs_the_same_user() {
         let ctx = test_ctx();
-        let (id, _rx) = ctx.sm.register("a@x");
-        let failed = take_over(&ctx, "b@x", &id).await.err().unwrap();
+        let (id, _rx) = ctx.sm.register(&b("a@x"));
+        let failed = take_over(&ctx, &b("b@x"), &id).await.err().unwrap();
         assert!(failed.has_child("item-not-found", ns::STANZA_ERRORS));
     }
 

@@ -33,6 +33,7 @@ pub struct Config {
     pub websocket: WebsocketConfig,
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
+    pub muc: MucConfig,
     pub server: ServerConfig,
     pub pep: PepConfig,
     pub pubsub: PubsubConfig,
@@ -140,7 +141,7 @@ pub enum NodeCreation {
 #[serde(deny_unknown_fields, default)]
 pub struct PubsubConfig {
     /// Run the service, as `pubsub.<domain>` for every vhost (listed in the vhost's disco
-    /// items). For this server's accounts: federation does not carry service subdomains yet.
+    /// items). Remote users reach it if DNS points that name at this server.
     pub enabled: bool,
     /// `admins` (only the JIDs in `admins`) or `local` (any account of this server).
     pub node_creation: NodeCreation,
@@ -265,6 +266,11 @@ pub struct Limits {
     pub ip_auth_tracked_max: usize,
     /// Stanzas queued to one session before it is considered stuck and closed.
     pub session_queue_len: usize,
+    /// Memory one session may hold for its client, in bytes: half for its queue (beyond
+    /// it the session is closed as stuck), a quarter for stanzas sent and not acknowledged
+    /// (XEP-0198; sending pauses there), a quarter for stanzas held back while the client
+    /// is inactive (XEP-0352; flushed there). At least 4 × `max_stanza_bytes`.
+    pub session_max_bytes: usize,
     /// Offline messages kept per user (`resource-constraint` bounce beyond).
     pub offline_quota: usize,
     /// Stanzas a session's own work may send to itself while handling one stanza of its
@@ -418,6 +424,53 @@ impl Default for ArchiveConfig {
     }
 }
 
+/// Multi-user chat (XEP-0045): one service per vhost at `<subdomain>.<vhost>`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    /// Whether the chat room service runs.
+    pub enabled: bool,
+    /// The service's label before each vhost: `conference` serves `conference.<vhost>`.
+    pub subdomain: String,
+    /// Rooms one service holds at most (persistent and temporary); creating one more is
+    /// refused with `not-allowed`.
+    pub max_rooms: usize,
+    /// Rooms one user may own at most; creating one more is refused with `not-allowed`.
+    pub max_rooms_per_user: usize,
+    /// Occupants of one room at most: the default and the ceiling of a room's
+    /// `muc#roomconfig_maxusers`. A full room refuses newcomers with
+    /// `service-unavailable`.
+    pub max_occupants: usize,
+    /// Messages a new room keeps for the history sent on join.
+    pub history_length: usize,
+    /// The ceiling of a room's `muc#roomconfig_historylength`.
+    pub max_history_length: usize,
+    /// Messages per second one occupant may send to a room (sustained); beyond the
+    /// burst they are refused with `resource-constraint`.
+    pub messages_per_sec: u32,
+    /// Messages one occupant may send at once before `messages_per_sec` applies.
+    pub message_burst: u32,
+    /// Archive every room's messages for XEP-0313 queries at the room JID.
+    pub archive: bool,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            subdomain: "conference".into(),
+            max_rooms: 10_000,
+            max_rooms_per_user: 100,
+            max_occupants: 200,
+            history_length: 20,
+            max_history_length: 200,
+            messages_per_sec: 5,
+            message_burst: 20,
+            archive: true,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -458,6 +511,7 @@ impl Default for Config {
             websocket: WebsocketConfig::default(),
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
+            muc: MucConfig::default(),
             server: ServerConfig::default(),
             pep: PepConfig::default(),
             pubsub: PubsubConfig::default(),
@@ -498,6 +552,7 @@ impl Default for Limits {
             ip_auth_failure_window_secs: 900,
             ip_auth_tracked_max: 100_000,
             session_queue_len: 2048,
+            session_max_bytes: 8 * 1024 * 1024,
             offline_quota: 1000,
             session_backlog_len: 20_000,
             max_pending_subscriptions: 500,

@@ -301,7 +301,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     }
 
     for admin in &cfg.pubsub.admins {
-        if crate::addr::normalize_bare(admin).is_none_or(|b| !b.contains('@')) {
+        if crate::addr::parse_bare(admin).is_none_or(|b| b.node().is_none()) {
             errs.push(ConfigError::invalid(
                 "pubsub.admins",
                 admin.clone(),
@@ -350,6 +350,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
             ));
         }
     }
+    validate_muc(&cfg.muc, &mut errs);
 
     let shutdown = cfg.server.shutdown_timeout_secs;
     if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {
@@ -361,6 +362,44 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     }
 
     if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// The `[muc]` section: a service name that makes a domain under every vhost, and
+/// limits that leave rooms usable.
+fn validate_muc(m: &super::MucConfig, errs: &mut Vec<ConfigError>) {
+    let label_ok = !m.subdomain.is_empty()
+        && !m.subdomain.contains('.')
+        && check_domain(&format!("{}.example", m.subdomain)).is_ok();
+    if !label_ok {
+        errs.push(ConfigError::invalid(
+            "muc.subdomain",
+            quote(&m.subdomain),
+            "must be one lowercase DNS label (e.g. \"conference\")",
+        ));
+    }
+    let nonzero: [(&str, u64); 6] = [
+        ("muc.max_rooms", m.max_rooms as u64),
+        ("muc.max_rooms_per_user", m.max_rooms_per_user as u64),
+        ("muc.max_occupants", m.max_occupants as u64),
+        ("muc.max_history_length", m.max_history_length as u64),
+        ("muc.messages_per_sec", u64::from(m.messages_per_sec)),
+        ("muc.message_burst", u64::from(m.message_burst)),
+    ];
+    for (key, value) in nonzero {
+        if value == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+    if m.history_length > m.max_history_length {
+        errs.push(ConfigError::invalid(
+            "muc.history_length",
+            m.history_length.to_string(),
+            format!(
+                "must not exceed muc.max_history_length ({})",
+                m.max_history_length
+            ),
+        ));
+    }
 }
 
 /// 64 GiB: anything larger is a typo (the unit is MiB).
@@ -565,7 +604,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 23] = [
+    let nonzero: [(&str, u64); 24] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -574,6 +613,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.max_connections", l.max_connections as u64),
         ("limits.max_auth_attempts", u64::from(l.max_auth_attempts)),
         ("limits.session_queue_len", l.session_queue_len as u64),
+        ("limits.session_max_bytes", l.session_max_bytes as u64),
         ("limits.offline_quota", l.offline_quota as u64),
         ("limits.max_resources", l.max_resources as u64),
         ("limits.sm_max_unacked", l.sm_max_unacked as u64),
@@ -614,6 +654,16 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             format!(
                 "smaller than limits.max_stanza_bytes = {}: every large stanza would pause its stream",
                 l.max_stanza_bytes
+            ),
+        ));
+    }
+    if l.session_max_bytes / 4 < l.max_stanza_bytes {
+        errs.push(ConfigError::invalid(
+            "limits.session_max_bytes",
+            l.session_max_bytes.to_string(),
+            format!(
+                "less than 4 × limits.max_stanza_bytes = {}: one large stanza must fit each part of it",
+                l.max_stanza_bytes.saturating_mul(4)
             ),
         ));
     }

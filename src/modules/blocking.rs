@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use tracing::warn;
 
 use super::{IqHandler, IqTarget, internal, own_account};
-use crate::addr::{Addr, bare_of};
+use crate::addr::{self, BareJid, Jid};
 use crate::context::Context;
-use crate::registry::{Extensions, Flow, Module, OutboundMessageHook, Registrar, RouteFilter};
+use crate::registry::{
+    Extensions, Flow, Module, OutboundMessageHook, Outgoing, Registrar, RouteFilter,
+};
 use crate::router::{deliver_to_session, route, route_unfiltered};
 use crate::stream::{ErrorType, StanzaError, error_reply, random_id};
 use crate::xml::{Element, ns};
@@ -25,51 +27,28 @@ const MAX_ITEMS: usize = 1000;
 
 pub struct Blocking;
 
-/// The parts of a normalized JID string.
-struct Parts<'a> {
-    node: Option<&'a str>,
-    domain: &'a str,
-    resource: Option<&'a str>,
-}
-
-fn parts(jid: &str) -> Parts<'_> {
-    let (bare, resource) = match jid.split_once('/') {
-        Some((b, r)) => (b, Some(r)),
-        None => (jid, None),
-    };
-    let (node, domain) = match bare.split_once('@') {
-        Some((n, d)) => (Some(n), d),
-        None => (None, bare),
-    };
-    Parts {
-        node,
-        domain,
-        resource,
-    }
-}
-
 /// The block-list entries that match `jid` (§3, in XEP-0016 §2.1 order): the full JID, the
 /// bare JID, domain/resource, then the domain. A domain entry does not cover other domains
 /// under it: blocking `net` must not block every server there.
-pub fn candidates(jid: &str) -> Vec<String> {
-    let p = parts(jid);
+pub fn candidates(jid: &Jid) -> Vec<String> {
     let mut out = Vec::with_capacity(4);
-    if p.resource.is_some() && p.node.is_some() {
-        out.push(jid.to_string());
+    let domain = jid.domain().as_str();
+    if jid.node().is_some() {
+        if jid.is_full() {
+            out.push(jid.as_str().to_string());
+        }
+        out.push(jid.to_bare().into_inner());
     }
-    if p.node.is_some() {
-        out.push(bare_of(jid).to_string());
+    if let Some(r) = jid.resource() {
+        out.push(format!("{domain}/{r}"));
     }
-    if let Some(r) = p.resource {
-        out.push(format!("{}/{r}", p.domain));
-    }
-    out.push(p.domain.to_string());
+    out.push(domain.to_string());
     out
 }
 
-/// Whether `user` blocked `jid` (normalized). A storage failure lets the stanza through
-/// (logged): blocking is a filter, not an authorization check.
-pub async fn is_blocked(ctx: &Arc<Context>, user: &str, jid: &str) -> bool {
+/// Whether `user` blocked `jid`. A storage failure lets the stanza through (logged):
+/// blocking is a filter, not an authorization check.
+pub async fn is_blocked(ctx: &Arc<Context>, user: &BareJid, jid: &Jid) -> bool {
     if !ctx.storage.blocklist.may_block_anyone(user) {
         return false;
     }
@@ -85,9 +64,8 @@ pub async fn is_blocked(ctx: &Arc<Context>, user: &str, jid: &str) -> bool {
 }
 
 /// A local account, if `jid` is one (`node@vhost`, any resource).
-fn local_account<'a>(ctx: &Context, jid: &'a str) -> Option<&'a str> {
-    let p = parts(jid);
-    (p.node.is_some() && ctx.is_local_domain(p.domain)).then(|| bare_of(jid))
+fn local_account(ctx: &Context, jid: &Jid) -> Option<BareJid> {
+    (jid.node().is_some() && ctx.is_local_domain(jid.domain().as_str())).then(|| jid.to_bare())
 }
 
 fn blocked_error() -> StanzaError {
@@ -100,7 +78,7 @@ fn blocked_error() -> StanzaError {
 /// §3.3: what the user sends to a blocked JID is not routed. Messages and iq requests get
 /// `<not-acceptable/>` + `<blocked/>`, delivered straight to the sending session (routing
 /// it would meet the block itself); everything else is dropped.
-async fn refuse_outbound(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+async fn refuse_outbound(ctx: &Arc<Context>, from: &Jid, stanza: &Element) {
     let kind = stanza.attr("type").unwrap_or("");
     let answer = match stanza.name.as_str() {
         "message" => kind != "error",
@@ -110,15 +88,12 @@ async fn refuse_outbound(ctx: &Arc<Context>, user: &str, stanza: &Element) {
     if !answer {
         return;
     }
-    let Some(from) = stanza.attr("from") else {
-        return;
-    };
-    let Some(resource) = from.split_once('/').map(|(_, r)| r) else {
+    let Some(resource) = from.resource() else {
         return;
     };
     if let (Some(reply), Some((tx, control))) = (
         error_reply(stanza, &blocked_error()),
-        ctx.sessions.sender(user, resource),
+        ctx.sessions.sender(&from.to_bare(), resource.as_str()),
     ) {
         deliver_to_session(&tx, &control, reply);
     }
@@ -160,22 +135,23 @@ impl Module for Blocking {
 
 #[async_trait]
 impl OutboundMessageHook for Blocking {
-    fn concerns(&self, ctx: &Context, el: &Element) -> bool {
-        el.attr("from")
-            .is_some_and(|from| ctx.storage.blocklist.may_block_anyone(bare_of(from)))
+    fn concerns(&self, ctx: &Context, msg: &Outgoing<'_>, _: &Element) -> bool {
+        ctx.storage.blocklist.may_block_anyone(msg.user)
     }
 
     /// A message a local client sends to a JID it blocked is refused (the sender gets
     /// the error).
-    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, _: &mut Extensions) -> Flow {
-        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
-            return Flow::Continue;
-        };
-        let user = bare_of(from);
-        if own(user, to) || !is_blocked(ctx, user, to).await {
+    async fn outbound(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+        _: &mut Extensions,
+    ) -> Flow {
+        if own(msg.user, msg.to) || !is_blocked(ctx, msg.user, msg.to).await {
             return Flow::Continue;
         }
-        refuse_outbound(ctx, user, el).await;
+        refuse_outbound(ctx, &Jid::from(msg.from.clone()), el).await;
         Flow::Stop
     }
 }
@@ -183,84 +159,71 @@ impl OutboundMessageHook for Blocking {
 #[async_trait]
 impl RouteFilter for Blocking {
     /// Pushes to clients (forgery check), or someone with a block list on either end.
-    fn concerns(&self, ctx: &Context, to: &Addr, stanza: &Element) -> bool {
-        let Some(from) = stanza.attr("from") else {
-            return false;
-        };
-        if stanza.name == "iq" && to.resource.is_some() {
+    fn concerns(&self, ctx: &Context, from: &Jid, to: &Jid, stanza: &Element) -> bool {
+        if stanza.name == "iq" && to.is_full() {
             return true;
         }
         let lists = &ctx.storage.blocklist;
-        local_account(ctx, from).is_some_and(|user| lists.may_block_anyone(user))
-            || (to.node.is_some()
-                && ctx.is_local_domain(&to.domain)
-                && lists.may_block_anyone(&to.bare()))
+        local_account(ctx, from).is_some_and(|user| lists.may_block_anyone(&user))
+            || local_account(ctx, to).is_some_and(|user| lists.may_block_anyone(&user))
     }
 
-    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
-        may_route(ctx, to, stanza).await
+    async fn may_route(&self, ctx: &Arc<Context>, from: &Jid, to: &Jid, stanza: &Element) -> bool {
+        may_route(ctx, from, to, stanza).await
     }
 }
 
 /// The account itself and its own server: never blocked for it.
-fn own(user: &str, jid: &str) -> bool {
-    let bare = bare_of(jid);
-    bare == user || bare == crate::addr::domain_of(user)
+fn own(user: &BareJid, jid: &Jid) -> bool {
+    jid.domain() == user.domain() && (jid.node().is_none() || jid.node() == user.node())
 }
 
 /// The router's filter for every stanza with a `from`: `false` if a block list stops it
 /// (the refusal has been sent). Stanzas between an account and itself, and between an
 /// account and its own server, are never blocked.
-async fn may_route(ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
-    let Some(from) = stanza.attr("from") else {
-        return true;
-    };
+async fn may_route(ctx: &Arc<Context>, from: &Jid, to: &Jid, stanza: &Element) -> bool {
     if super::refuse_forged_push(ctx, to, stanza, NS).await {
         return false;
     }
     let blocklist = &ctx.storage.blocklist;
     if let Some(user) = local_account(ctx, from)
-        && blocklist.may_block_anyone(user)
+        && blocklist.may_block_anyone(&user)
+        && !own(&user, to)
+        && is_blocked(ctx, &user, to).await
     {
-        let to_full = to.full();
-        if !own(user, &to_full) && is_blocked(ctx, user, &to_full).await {
-            refuse_outbound(ctx, user, stanza).await;
-            return false;
-        }
+        refuse_outbound(ctx, from, stanza).await;
+        return false;
     }
-    if to.node.is_some() && ctx.is_local_domain(&to.domain) {
-        let to_bare = to.bare();
-        if blocklist.may_block_anyone(&to_bare)
-            && !own(&to_bare, from)
-            && is_blocked(ctx, &to_bare, from).await
-        {
-            refuse_inbound(ctx, stanza).await;
-            return false;
-        }
+    if let Some(to_bare) = local_account(ctx, to)
+        && blocklist.may_block_anyone(&to_bare)
+        && !own(&to_bare, from)
+        && is_blocked(ctx, &to_bare, from).await
+    {
+        refuse_inbound(ctx, stanza).await;
+        return false;
     }
     true
 }
 
-fn items(name: &str, jids: &[String]) -> Element {
+fn items(name: &str, jids: &[Jid]) -> Element {
     let mut el = Element::new(name, NS);
     for j in jids {
-        el.push_child(Element::new("item", NS).with_attr("jid", j.clone()));
+        el.push_child(Element::new("item", NS).with_attr("jid", j.as_str()));
     }
     el
 }
 
 /// The normalized `jid` of each `<item/>`.
-fn parse_items(payload: &Element) -> Result<Vec<String>, StanzaError> {
-    let mut out: Vec<String> = Vec::new();
+fn parse_items(payload: &Element) -> Result<Vec<Jid>, StanzaError> {
+    let mut out: Vec<Jid> = Vec::new();
     for item in payload.elements() {
         if !item.is("item", NS) {
             return Err(StanzaError::bad_request());
         }
         let jid = item
             .attr("jid")
-            .and_then(Addr::parse)
-            .ok_or_else(StanzaError::jid_malformed)?
-            .full();
+            .and_then(addr::parse)
+            .ok_or_else(StanzaError::jid_malformed)?;
         if !out.contains(&jid) {
             out.push(jid);
         }
@@ -272,7 +235,7 @@ fn parse_items(payload: &Element) -> Result<Vec<String>, StanzaError> {
 }
 
 /// Block/unblock pushes to the resources that asked for the block list (§3.3, §3.4).
-fn push(ctx: &Arc<Context>, user: &str, payload: &Element) {
+fn push(ctx: &Arc<Context>, user: &BareJid, payload: &Element) {
     let requested = ctx.registry.flag::<Requested>();
     for s in ctx.sessions.resources(user) {
         if s.flags.has(requested) {
@@ -288,7 +251,7 @@ fn push(ctx: &Arc<Context>, user: &str, payload: &Element) {
 
 /// The contacts entitled to the user's presence (subscription from/both) whom `entry`
 /// covers, as the addresses to send presence to.
-async fn subscribed_covered(ctx: &Arc<Context>, user: &str, entry: &str) -> Vec<String> {
+async fn subscribed_covered(ctx: &Arc<Context>, user: &BareJid, entry: &Jid) -> Vec<Jid> {
     let roster = match ctx.storage.roster.roster(user).await {
         Ok(r) => r,
         Err(e) => {
@@ -296,33 +259,28 @@ async fn subscribed_covered(ctx: &Arc<Context>, user: &str, entry: &str) -> Vec<
             return Vec::new();
         }
     };
-    let e = parts(entry);
     roster
         .items
         .iter()
         .filter(|i| i.subscription.has_from())
         .filter_map(|i| {
-            let c = parts(&i.jid);
-            let covers = match (e.node, e.resource) {
+            let covers = match (entry.node(), entry.resource()) {
                 // A bare or full entry for this contact; a full one only hides the
                 // presence sent to that resource.
-                (Some(_), _) => bare_of(entry) == i.jid,
-                (None, None) => c.domain == e.domain,
+                (Some(_), _) => entry.to_bare() == i.jid,
+                (None, None) => i.jid.domain() == entry.domain(),
                 (None, Some(_)) => false,
             };
-            covers.then(|| {
-                if e.node.is_some() && e.resource.is_some() {
-                    entry.to_string()
-                } else {
-                    i.jid.clone()
-                }
+            covers.then(|| match entry.node().is_some() && entry.is_full() {
+                true => entry.clone(),
+                false => Jid::from(i.jid.clone()),
             })
         })
         .collect()
 }
 
 /// §3.3: newly blocked contacts see the user go offline.
-async fn send_unavailable(ctx: &Arc<Context>, user: &str, entries: &[String]) {
+async fn send_unavailable(ctx: &Arc<Context>, user: &BareJid, entries: &[Jid]) {
     let available: Vec<String> = ctx
         .sessions
         .resources(user)
@@ -338,7 +296,7 @@ async fn send_unavailable(ctx: &Arc<Context>, user: &str, entries: &[String]) {
             for from in &available {
                 let p = Element::new("presence", ns::CLIENT)
                     .with_attr("from", from.clone())
-                    .with_attr("to", to.clone())
+                    .with_attr("to", to.as_str())
                     .with_attr("type", "unavailable");
                 // The filter would now stop it: this one is the block's own doing.
                 route_unfiltered(ctx, p).await;
@@ -348,7 +306,7 @@ async fn send_unavailable(ctx: &Arc<Context>, user: &str, entries: &[String]) {
 }
 
 /// §3.4: unblocked contacts get the user's current presence again.
-async fn send_current_presence(ctx: &Arc<Context>, user: &str, entries: &[String]) {
+async fn send_current_presence(ctx: &Arc<Context>, user: &BareJid, entries: &[Jid]) {
     for entry in entries {
         for to in subscribed_covered(ctx, user, entry).await {
             if is_blocked(ctx, user, &to).await {
@@ -356,7 +314,7 @@ async fn send_current_presence(ctx: &Arc<Context>, user: &str, entries: &[String
             }
             for s in ctx.sessions.resources(user) {
                 if let (true, Some(mut p)) = (s.available, s.presence) {
-                    p.set_attr("to", to.clone());
+                    p.set_attr("to", to.as_str());
                     route(ctx, p).await;
                 }
             }
@@ -385,10 +343,8 @@ impl IqHandler for Blocking {
         let store = &ctx.storage.blocklist;
         match (iq.attr("type"), payload.name.as_str()) {
             (Some("get"), "blocklist") => {
-                if let Some(resource) = iq
-                    .attr("from")
-                    .and_then(|f| f.split_once('/'))
-                    .map(|(_, r)| r)
+                if let Some(from) = iq.attr("from").and_then(addr::parse_full)
+                    && let resource = from.resource().as_str()
                     && let Some(s) = ctx.sessions.get(user, resource)
                 {
                     let flag = ctx.registry.flag::<Requested>();
@@ -435,6 +391,10 @@ impl IqHandler for Blocking {
 mod tests {
     use super::*;
 
+    fn candidates(jid: &str) -> Vec<String> {
+        super::candidates(&addr::parse(jid).unwrap())
+    }
+
     #[test]
     fn candidates_in_matching_order() {
         assert_eq!(
@@ -468,10 +428,12 @@ mod tests {
             "<block xmlns='urn:xmpp:blocking'><item jid='Romeo@Montague.NET'/><item jid='romeo@montague.net'/><item jid='evil.example/x'/></block>",
         )
         .unwrap();
-        assert_eq!(
-            parse_items(&el).unwrap(),
-            ["romeo@montague.net", "evil.example/x"]
-        );
+        let items: Vec<String> = parse_items(&el)
+            .unwrap()
+            .into_iter()
+            .map(Jid::into_inner)
+            .collect();
+        assert_eq!(items, ["romeo@montague.net", "evil.example/x"]);
         let bad =
             crate::xml::parse_stanza("<block xmlns='urn:xmpp:blocking'><item jid='@x'/></block>")
                 .unwrap();

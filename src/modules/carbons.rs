@@ -7,10 +7,11 @@ use async_trait::async_trait;
 
 use super::mam::{FORWARD, HINTS, add_stanza_id};
 use super::{IqHandler, IqTarget};
-use crate::addr::{bare_of, domain_of};
+use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Module, OutboundMessageHook, Registrar,
+    Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook, Outgoing,
+    Registrar,
 };
 use crate::router::deliver_to_session;
 use crate::storage::ArchiveStamp;
@@ -44,38 +45,37 @@ impl Module for Carbons {
 
 #[async_trait]
 impl OutboundMessageHook for Carbons {
-    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow {
-        if let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) {
-            sent(ctx, from, to, el, notes.get::<ArchiveStamp>());
-        }
+    async fn outbound(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+        notes: &mut Extensions,
+    ) -> Flow {
+        sent(ctx, msg, el, notes.get::<ArchiveStamp>());
         Flow::Continue
     }
 }
 
 #[async_trait]
 impl InboundMessageHook for Carbons {
-    async fn inbound(
-        &self,
-        ctx: &Arc<Context>,
-        user: &str,
-        resource: Option<&str>,
-        el: &mut Element,
-    ) {
+    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
         // Only the user's own account sends carbons (§11): a forged one could put words
         // in the user's mouth.
-        if el.attr("from") != Some(user) {
+        if msg.from != msg.user {
             el.remove_children("sent", NS);
             el.remove_children("received", NS);
         }
-        if el.attr("from").map(bare_of) != Some(user) {
-            received(ctx, user, resource, el);
+        if !same_account(msg.from, msg.user) {
+            received(ctx, msg.user, msg.resource, el);
         }
         strip_private(el);
     }
 }
 
-fn resource_of(jid: &str) -> Option<&str> {
-    jid.split_once('/').map(|(_, r)| r)
+/// Whether `jid` is `user` or one of its resources.
+fn same_account(jid: &Jid, user: &BareJid) -> bool {
+    jid.node() == user.node() && jid.domain() == user.domain()
 }
 
 #[async_trait]
@@ -92,15 +92,17 @@ impl IqHandler for Carbons {
         target: &IqTarget,
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError> {
-        let from = iq.attr("from").unwrap_or("");
-        let user = bare_of(from);
+        let Some(from) = iq.attr("from").and_then(addr::parse_full) else {
+            return Err(StanzaError::not_allowed());
+        };
+        let user = from.to_bare();
         // Clients send this without 'to' (their account) or to their server; only a local
         // session can switch its own carbons (§3.2: not-allowed otherwise).
         let own = match target {
-            IqTarget::Account(bare) => bare == user,
-            IqTarget::Server(domain) => user.contains('@') && domain_of(user) == domain,
+            IqTarget::Account(bare) => *bare == user,
+            IqTarget::Server(domain) => user.node().is_some() && user.domain() == &**domain,
         };
-        let session = resource_of(from).and_then(|r| ctx.sessions.get(user, r));
+        let session = ctx.sessions.get(&user, from.resource().as_str());
         let (true, Some(session)) = (own, session) else {
             return Err(StanzaError::not_allowed());
         };
@@ -115,7 +117,7 @@ impl IqHandler for Carbons {
         // Enabling twice is not an error (§8.1).
         let flag = ctx.registry.flag::<Enabled>();
         ctx.sessions
-            .update(user, &session.resource, session.conn_id, |s| {
+            .update(&user, &session.resource, session.conn_id, |s| {
                 s.flags.set(flag, enable)
             });
         Ok(None)
@@ -136,9 +138,9 @@ pub fn eligible(el: &Element) -> bool {
         && !el.has_child("no-copy", HINTS)
 }
 
-fn copy(user: &str, resource: &str, kind: &str, original: &Element) -> Element {
+fn copy(user: &BareJid, resource: &str, kind: &str, original: &Element) -> Element {
     let mut wrapper = Element::new("message", ns::CLIENT)
-        .with_attr("from", user)
+        .with_attr("from", user.as_str())
         .with_attr("to", format!("{user}/{resource}"));
     if let Some(t) = original.attr("type") {
         wrapper.set_attr("type", t);
@@ -153,7 +155,7 @@ fn copy(user: &str, resource: &str, kind: &str, original: &Element) -> Element {
 /// original is cloned only when there is one (most messages have no carbon target).
 fn send_copies(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     kind: &str,
     original: &Element,
     stamp: Option<&ArchiveStamp>,
@@ -181,19 +183,21 @@ fn send_copies(
     }
 }
 
-fn sent(ctx: &Arc<Context>, from: &str, to: &str, el: &Element, archived: Option<&ArchiveStamp>) {
+fn sent(ctx: &Arc<Context>, msg: &Outgoing<'_>, el: &Element, archived: Option<&ArchiveStamp>) {
     if !eligible(el) {
         return;
     }
-    let user = bare_of(from);
-    let sender = resource_of(from);
-    let target = (bare_of(to) == user).then(|| resource_of(to)).flatten();
-    send_copies(ctx, user, "sent", el, archived, |s| {
-        Some(s.resource.as_str()) == sender || Some(s.resource.as_str()) == target
+    let sender: &FullJid = msg.from;
+    let target = match msg.to.try_as_full() {
+        Ok(to) if same_account(msg.to, msg.user) => Some(to.resource().as_str()),
+        _ => None,
+    };
+    send_copies(ctx, msg.user, "sent", el, archived, |s| {
+        s.resource == sender.resource().as_str() || Some(s.resource.as_str()) == target
     });
 }
 
-fn received(ctx: &Arc<Context>, user: &str, resource: Option<&str>, el: &Element) {
+fn received(ctx: &Arc<Context>, user: &BareJid, resource: Option<&str>, el: &Element) {
     if !eligible(el) {
         return;
     }
@@ -250,7 +254,7 @@ mod tests {
     fn copy_wraps_the_original_from_the_bare_jid() {
         let original =
             parse("<message from='a@x/one' to='b@y' type='chat'><body>x</body></message>");
-        let c = copy("a@x", "two", "sent", &original);
+        let c = copy(&addr::parse_bare("a@x").unwrap(), "two", "sent", &original);
         assert_eq!(c.attr("from"), Some("a@x"));
         assert_eq!(c.attr("to"), Some("a@x/two"));
         assert_eq!(c.attr("type"), Some("chat"));

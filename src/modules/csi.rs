@@ -75,12 +75,12 @@ impl OutboundFilter for Csi {
                 return;
             }
             let state = ext.get_or_insert_with(CsiState::default);
-            state.filter(el, true, ctx.config.limits.session_queue_len, out);
+            state.filter(el, true, HoldLimit::of(&ctx.config.limits), out);
             return;
         };
         let hold = hold || state.is_inactive();
         // One held stanza per contact is expected; the queue length bounds the rest.
-        state.filter(el, hold, ctx.config.limits.session_queue_len, out);
+        state.filter(el, hold, HoldLimit::of(&ctx.config.limits), out);
     }
 
     fn passes_through(&self, ext: &Extensions) -> bool {
@@ -120,6 +120,25 @@ pub struct CsiState {
     /// Keys in the order they were first held.
     order: VecDeque<Key>,
     held: HashMap<Key, Element>,
+    /// `Element::approx_bytes` of what is held, summed.
+    held_bytes: usize,
+}
+
+/// How much one session may hold back: stanzas, and bytes (a quarter of the session's
+/// budget, `limits.session_max_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct HoldLimit {
+    pub stanzas: usize,
+    pub bytes: usize,
+}
+
+impl HoldLimit {
+    fn of(limits: &crate::config::Limits) -> Self {
+        HoldLimit {
+            stanzas: limits.session_queue_len,
+            bytes: limits.session_max_bytes / 4,
+        }
+    }
 }
 
 /// Whether a stanza can wait while the client is inactive, and under which key.
@@ -171,6 +190,7 @@ impl CsiState {
 
     /// Moves every held stanza to `out`, oldest first.
     pub fn flush(&mut self, out: &mut Vec<Element>) {
+        self.held_bytes = 0;
         for key in self.order.drain(..) {
             if let Some(el) = self.held.remove(&key) {
                 out.push(el);
@@ -181,16 +201,19 @@ impl CsiState {
     /// Passes one outbound stanza through the filter. With `hold` (the client is inactive
     /// or its session hibernated) unimportant stanzas are kept, replacing the previous one
     /// from the same sender; everything else is appended to `out` after whatever was held.
-    /// More than `cap` held stanzas are all flushed.
-    pub fn filter(&mut self, el: Element, hold: bool, cap: usize, out: &mut Vec<Element>) {
+    /// Beyond `limit` everything held is flushed.
+    pub fn filter(&mut self, el: Element, hold: bool, limit: HoldLimit, out: &mut Vec<Element>) {
         if hold && let Some(key) = holdable(&el) {
-            if let Some(slot) = self.held.get_mut(&key) {
-                *slot = el;
-                return;
-            }
-            if self.held.len() < cap {
-                self.order.push_back(key.clone());
-                self.held.insert(key, el);
+            let bytes = el.approx_bytes();
+            let replaced = self.held.get(&key).map_or(0, Element::approx_bytes);
+            let held_bytes = self.held_bytes - replaced + bytes;
+            let fits = held_bytes <= limit.bytes
+                && (self.held.contains_key(&key) || self.held.len() < limit.stanzas);
+            if fits {
+                if self.held.insert(key.clone(), el).is_none() {
+                    self.order.push_back(key);
+                }
+                self.held_bytes = held_bytes;
                 return;
             }
         }
@@ -202,6 +225,13 @@ impl CsiState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stanzas(n: usize) -> HoldLimit {
+        HoldLimit {
+            stanzas: n,
+            bytes: usize::MAX,
+        }
+    }
 
     fn presence(from: &str, show: Option<&str>) -> Element {
         let mut p = Element::new("presence", ns::CLIENT).with_attr("from", from);
@@ -244,8 +274,8 @@ mod tests {
     fn active_passes_everything() {
         let mut csi = CsiState::default();
         let mut out = Vec::new();
-        csi.filter(presence("a@x/1", None), false, 10, &mut out);
-        csi.filter(composing("a@x/1"), false, 10, &mut out);
+        csi.filter(presence("a@x/1", None), false, stanzas(10), &mut out);
+        csi.filter(composing("a@x/1"), false, stanzas(10), &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(csi.held_len(), 0);
     }
@@ -255,14 +285,14 @@ mod tests {
         let mut csi = CsiState::default();
         csi.set_inactive();
         let mut out = Vec::new();
-        csi.filter(presence("a@x/1", Some("away")), true, 10, &mut out);
-        csi.filter(presence("b@x/1", Some("dnd")), true, 10, &mut out);
-        csi.filter(presence("a@x/1", Some("xa")), true, 10, &mut out);
-        csi.filter(presence("a@x/2", None), true, 10, &mut out);
-        csi.filter(composing("b@x/1"), true, 10, &mut out);
+        csi.filter(presence("a@x/1", Some("away")), true, stanzas(10), &mut out);
+        csi.filter(presence("b@x/1", Some("dnd")), true, stanzas(10), &mut out);
+        csi.filter(presence("a@x/1", Some("xa")), true, stanzas(10), &mut out);
+        csi.filter(presence("a@x/2", None), true, stanzas(10), &mut out);
+        csi.filter(composing("b@x/1"), true, stanzas(10), &mut out);
         assert!(out.is_empty());
         assert_eq!(csi.held_len(), 4);
-        csi.filter(chat("c@x/1", "hi"), true, 10, &mut out);
+        csi.filter(chat("c@x/1", "hi"), true, stanzas(10), &mut out);
         assert_eq!(
             shows(&out),
             [
@@ -290,7 +320,7 @@ mod tests {
             .with_child(Element::new("active", ns::CHATSTATES));
         let no_from = Element::new("presence", ns::CLIENT);
         for el in [subscribe, iq, encrypted, no_from] {
-            csi.filter(el, true, 10, &mut out);
+            csi.filter(el, true, stanzas(10), &mut out);
         }
         assert_eq!(out.len(), 4);
         assert_eq!(csi.held_len(), 0);
@@ -302,18 +332,46 @@ mod tests {
         csi.set_inactive();
         let mut out = Vec::new();
         for i in 0..3 {
-            csi.filter(presence(&format!("u{i}@x/r"), None), true, 3, &mut out);
+            csi.filter(
+                presence(&format!("u{i}@x/r"), None),
+                true,
+                stanzas(3),
+                &mut out,
+            );
         }
         assert!(out.is_empty());
         // A fourth sender: over the cap, everything goes.
-        csi.filter(presence("u3@x/r", None), true, 3, &mut out);
+        csi.filter(presence("u3@x/r", None), true, stanzas(3), &mut out);
         assert_eq!(out.len(), 4);
         assert_eq!(csi.held_len(), 0);
         out.clear();
-        csi.filter(presence("u9@x/r", None), true, 3, &mut out);
+        csi.filter(presence("u9@x/r", None), true, stanzas(3), &mut out);
         assert!(csi.is_inactive());
         csi.set_active(&mut out);
         assert!(!csi.is_inactive());
         assert_eq!(shows(&out), ["presence u9@x/r "]);
+    }
+
+    #[test]
+    fn held_bytes_are_bounded_too() {
+        let mut csi = CsiState::default();
+        let mut out = Vec::new();
+        let big = |from: &str| {
+            presence(from, None)
+                .with_child(Element::new("status", ns::CLIENT).with_text("s".repeat(500)))
+        };
+        let w = big("u0@x/r").approx_bytes();
+        let limit = HoldLimit {
+            stanzas: 100,
+            bytes: 2 * w,
+        };
+        csi.filter(big("u0@x/r"), true, limit, &mut out);
+        csi.filter(big("u1@x/r"), true, limit, &mut out);
+        // The same sender again replaces its held presence: still within the bytes.
+        csi.filter(big("u1@x/r"), true, limit, &mut out);
+        assert!(out.is_empty());
+        csi.filter(big("u2@x/r"), true, limit, &mut out);
+        assert_eq!(out.len(), 3, "over the byte limit everything goes");
+        assert_eq!(csi.held_len(), 0);
     }
 }

@@ -58,14 +58,15 @@ impl IqHandler for Disco {
                 IqTarget::Server(_) => {
                     for jid in ctx.registry.server_items() {
                         items.push_child(
-                            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid),
+                            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.as_str()),
                         );
                     }
                 }
                 IqTarget::Account(user) => {
-                    let requester = super::requester_bare(iq).unwrap_or("");
-                    for item in ctx.registry.account_items(ctx, user, requester).await {
-                        items.push_child(item);
+                    if let Some(requester) = super::requester_bare(iq) {
+                        for item in ctx.registry.account_items(ctx, user, &requester).await {
+                            items.push_child(item);
+                        }
                     }
                 }
             }

@@ -94,9 +94,10 @@ impl IqHandler for ExtDisco {
         let IqTarget::Server(_) = target else {
             return Err(StanzaError::service_unavailable());
         };
-        let user = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
+        let requester = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
+        let user = requester.as_str();
         // Relays cost bandwidth: only this server's accounts get them.
-        if !user.contains('@') || !super::pubsub::is_local(ctx, user) {
+        if requester.node().is_none() || !super::pubsub::is_local(ctx, user) {
             return Err(StanzaError::forbidden());
         }
         let query = iq.first_element().ok_or_else(StanzaError::bad_request)?;

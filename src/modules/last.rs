@@ -86,11 +86,11 @@ impl IqHandler for LastActivity {
         };
         let requester = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
         // Only who may see the user's presence learns when it was last online (§4).
-        if requester != user {
+        if requester != *user {
             let item = ctx
                 .storage
                 .roster
-                .item(user, requester)
+                .item(user, &requester)
                 .await
                 .map_err(internal)?;
             if !item.is_some_and(|i| i.subscription.has_from()) {
@@ -103,7 +103,7 @@ impl IqHandler for LastActivity {
         match ctx
             .storage
             .profiles
-            .last_activity(user)
+            .last_activity(user.as_str())
             .await
             .map_err(internal)?
         {
@@ -115,7 +115,12 @@ impl IqHandler for LastActivity {
 
 #[async_trait]
 impl PresenceObserver for LastActivity {
-    async fn outbound_unavailable(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    async fn outbound_unavailable(
+        &self,
+        ctx: &Arc<Context>,
+        user: &crate::addr::BareJid,
+        stanza: &Element,
+    ) {
         let status: String = stanza
             .child_text("status", ns::CLIENT)
             .unwrap_or_default()
@@ -125,7 +130,7 @@ impl PresenceObserver for LastActivity {
         if let Err(e) = ctx
             .storage
             .profiles
-            .set_last_activity(user, now_secs(), &status)
+            .set_last_activity(user.as_str(), now_secs(), &status)
             .await
         {
             warn!(error = %e, "storing the last activity failed");

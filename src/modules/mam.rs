@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{IqHandler, IqTarget, internal, own_account};
-use crate::addr::{Addr, bare_of};
+use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Module, OutboundMessageHook, Registrar, RouteFilter,
+    Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook, Outgoing,
+    Registrar, RouteFilter,
 };
 use crate::router::deliver_to_session;
 use crate::storage::{
@@ -69,7 +70,7 @@ pub struct Mam {
 /// Outstanding queries by (client full JID, archive bare JID).
 #[derive(Default)]
 struct RemoteQueries {
-    map: std::sync::Mutex<HashMap<(String, String), Vec<SentQuery>>>,
+    map: std::sync::Mutex<HashMap<(FullJid, BareJid), Vec<SentQuery>>>,
 }
 
 struct SentQuery {
@@ -83,11 +84,11 @@ const QUERY_TTL: Duration = Duration::from_secs(300);
 const MAX_QUERIES: usize = 10_000;
 
 impl RemoteQueries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vec<SentQuery>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(FullJid, BareJid), Vec<SentQuery>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sent(&self, client: &str, archive: &str, queryid: &str, iq_id: &str) {
+    fn sent(&self, client: &FullJid, archive: &BareJid, queryid: &str, iq_id: &str) {
         let mut map = self.lock();
         if map.len() >= MAX_QUERIES {
             map.retain(|_, list| {
@@ -98,9 +99,7 @@ impl RemoteQueries {
         if map.len() >= MAX_QUERIES {
             return;
         }
-        let list = map
-            .entry((client.to_string(), archive.to_string()))
-            .or_default();
+        let list = map.entry((client.clone(), archive.clone())).or_default();
         if list.len() < 16 {
             list.push(SentQuery {
                 queryid: queryid.to_string(),
@@ -110,18 +109,18 @@ impl RemoteQueries {
         }
     }
 
-    fn expects(&self, client: &str, archive: &str, queryid: &str) -> bool {
+    fn expects(&self, client: &FullJid, archive: &BareJid, queryid: &str) -> bool {
         let map = self.lock();
-        map.get(&(client.to_string(), archive.to_string()))
+        map.get(&(client.clone(), archive.clone()))
             .is_some_and(|l| {
                 l.iter()
                     .any(|q| q.queryid == queryid && q.sent.elapsed() < QUERY_TTL)
             })
     }
 
-    fn answered(&self, client: &str, archive: &str, iq_id: &str) {
+    fn answered(&self, client: &FullJid, archive: &BareJid, iq_id: &str) {
         let mut map = self.lock();
-        let key = (client.to_string(), archive.to_string());
+        let key = (client.clone(), archive.clone());
         if let Some(list) = map.get_mut(&key) {
             list.retain(|q| q.iq_id != iq_id);
             if list.is_empty() {
@@ -131,7 +130,7 @@ impl RemoteQueries {
     }
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -168,31 +167,42 @@ pub fn archivable(el: &Element) -> bool {
         || ENCRYPTED.iter().any(|(name, ns)| el.has_child(name, ns))
 }
 
+/// The same rule for a chat room's archive, where groupchat messages are the
+/// conversation.
+pub fn archivable_groupchat(el: &Element) -> bool {
+    if el.has_child("no-store", HINTS) || el.has_child("no-permanent-store", HINTS) {
+        return false;
+    }
+    el.has_child("body", ns::CLIENT)
+        || el.has_child("store", HINTS)
+        || ENCRYPTED.iter().any(|(name, ns)| el.has_child(name, ns))
+}
+
 /// Removes `<stanza-id/>` elements claiming to come from `user`'s archive: only this
 /// server may set them (XEP-0359 §4).
-pub fn strip_own_stanza_ids(user: &str, el: &mut Element) {
+pub fn strip_own_stanza_ids(user: &BareJid, el: &mut Element) {
     el.children.retain(|n| match n {
         Node::Element(e) if e.is("stanza-id", SID) => {
-            let by = e.attr("by").and_then(Addr::parse).map(|a| a.full());
-            by.as_deref() != Some(user)
+            let by = e.attr("by").and_then(addr::parse);
+            by.is_none_or(|by| by != *user)
         }
         _ => true,
     });
 }
 
-pub fn stanza_id(user: &str, id: &str) -> Element {
+pub fn stanza_id(user: &BareJid, id: &str) -> Element {
     Element::new("stanza-id", SID)
-        .with_attr("by", user)
+        .with_attr("by", user.as_str())
         .with_attr("id", id)
 }
 
-fn has_stanza_id(el: &Element, user: &str) -> bool {
+fn has_stanza_id(el: &Element, user: &BareJid) -> bool {
     el.elements()
-        .any(|e| e.is("stanza-id", SID) && e.attr("by") == Some(user))
+        .any(|e| e.is("stanza-id", SID) && e.attr("by") == Some(user.as_str()))
 }
 
 /// Adds this archive's stanza-id unless the message already carries it.
-pub fn add_stanza_id(el: &mut Element, user: &str, id: &str) {
+pub fn add_stanza_id(el: &mut Element, user: &BareJid, id: &str) {
     if !has_stanza_id(el, user) {
         el.push_child(stanza_id(user, id));
     }
@@ -210,7 +220,7 @@ fn default_prefs(ctx: &Context) -> ArchivePrefs {
     }
 }
 
-async fn load_prefs(ctx: &Arc<Context>, user: &str) -> Result<ArchivePrefs, StorageError> {
+async fn load_prefs(ctx: &Arc<Context>, user: &BareJid) -> Result<ArchivePrefs, StorageError> {
     Ok(ctx
         .storage
         .archive
@@ -220,7 +230,7 @@ async fn load_prefs(ctx: &Arc<Context>, user: &str) -> Result<ArchivePrefs, Stor
 }
 
 /// XEP-0441: whether the user's preferences let a message with `with` be archived.
-async fn allowed(ctx: &Arc<Context>, user: &str, with: &str) -> bool {
+async fn allowed(ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
     let prefs = match load_prefs(ctx, user).await {
         Ok(p) => p,
         Err(e) => {
@@ -228,8 +238,11 @@ async fn allowed(ctx: &Arc<Context>, user: &str, with: &str) -> bool {
             default_prefs(ctx)
         }
     };
-    let bare = bare_of(with);
-    let listed = |list: &[String]| list.iter().any(|j| j == with || j == bare);
+    let bare = with.to_bare();
+    let listed = |list: &[String]| {
+        list.iter()
+            .any(|j| j == with.as_str() || j == bare.as_str())
+    };
     if listed(&prefs.never) {
         return false;
     }
@@ -239,7 +252,7 @@ async fn allowed(ctx: &Arc<Context>, user: &str, with: &str) -> bool {
     match prefs.default {
         ArchiveDefault::Always => true,
         ArchiveDefault::Never => false,
-        ArchiveDefault::Roster => matches!(ctx.storage.roster.item(user, bare).await, Ok(Some(_))),
+        ArchiveDefault::Roster => matches!(ctx.storage.roster.item(user, &bare).await, Ok(Some(_))),
     }
 }
 
@@ -255,13 +268,18 @@ fn retention_floor(ctx: &Context) -> ArchivePos {
     }
 }
 
-async fn archive(ctx: &Arc<Context>, user: &str, with: &str, el: &Element) -> Option<ArchiveStamp> {
+async fn archive(
+    ctx: &Arc<Context>,
+    user: &BareJid,
+    with: &Jid,
+    el: &Element,
+) -> Option<ArchiveStamp> {
     if !archivable(el) || !allowed(ctx, user, with).await {
         return None;
     }
     let stanza = el.to_stanza_string();
     let msg = NewArchived {
-        with,
+        with: with.as_str(),
         stanza: &stanza,
         micros: now_micros(),
     };
@@ -355,19 +373,20 @@ impl Module for Mam {
 impl OutboundMessageHook for Mam {
     /// Archives a message a local client sends, in the sender's archive with the
     /// recipient as `with`; the position goes into `notes` for carbons.
-    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow {
-        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
-            return Flow::Continue;
-        };
-        let user = bare_of(from).to_string();
-        let to = to.to_string();
+    async fn outbound(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+        notes: &mut Extensions,
+    ) -> Flow {
         // Only this server may say where a message sits in the user's archive.
-        strip_own_stanza_ids(&user, el);
-        if let Some(archived) = archive(ctx, &user, &to, el).await {
-            if bare_of(&to) == user {
+        strip_own_stanza_ids(msg.user, el);
+        if let Some(archived) = archive(ctx, msg.user, msg.to, el).await {
+            if of_account(msg.to, msg.user) {
                 // To another resource of the same account: archived once, and that
                 // resource may see where (the inbound side skips archiving for it).
-                add_stanza_id(el, &user, &archived.id);
+                add_stanza_id(el, msg.user, &archived.id);
             }
             notes.insert(archived);
         }
@@ -380,9 +399,9 @@ impl Mam {
     /// the sender's archive; the user's own archive answers straight to the session.
     fn strip_forged_results(
         &self,
-        user: &str,
+        user: &BareJid,
         resource: Option<&str>,
-        from: &str,
+        from: &Jid,
         el: &mut Element,
     ) {
         let results: Vec<String> = el
@@ -393,14 +412,15 @@ impl Mam {
         if results.is_empty() {
             return;
         }
-        let client = resource.map(|r| format!("{user}/{r}"));
+        let client = resource.and_then(|r| user.with_resource_str(r).ok());
+        let archive = from.to_bare();
         let expected = client.is_some_and(|client| {
             results
                 .iter()
-                .all(|q| self.queries.expects(&client, bare_of(from), q))
+                .all(|q| self.queries.expects(&client, &archive, q))
         });
         if !expected {
-            debug!(user, from, "unsolicited archive results removed");
+            debug!(%user, %from, "unsolicited archive results removed");
             el.remove_children("result", NS);
         }
     }
@@ -408,31 +428,33 @@ impl Mam {
 
 #[async_trait]
 impl RouteFilter for Mam {
-    fn concerns(&self, _: &Context, _: &Addr, stanza: &Element) -> bool {
+    fn concerns(&self, _: &Context, _: &Jid, _: &Jid, stanza: &Element) -> bool {
         stanza.name == "iq"
     }
     /// Notes queries local clients send to other archives, and their final answers.
-    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+    async fn may_route(&self, ctx: &Arc<Context>, from: &Jid, to: &Jid, stanza: &Element) -> bool {
         if stanza.name != "iq" {
             return true;
         }
-        let (Some(from), Some(id)) = (stanza.attr("from"), stanza.attr("id")) else {
+        let Some(id) = stanza.attr("id") else {
             return true;
         };
         match stanza.attr("type") {
             Some("set") => {
                 let query = stanza.first_element().filter(|q| q.is("query", NS));
                 if let Some(query) = query
-                    && from.contains('/')
-                    && ctx.is_local_domain(crate::addr::domain_of(from))
-                    && to.bare() != bare_of(from)
+                    && let Ok(client) = from.try_as_full()
+                    && ctx.is_local_domain(from.domain().as_str())
+                    && !of_account(to, &from.to_bare())
                 {
                     let queryid = query.attr("queryid").unwrap_or_default();
-                    self.queries.sent(from, &to.bare(), queryid, id);
+                    self.queries.sent(client, &to.to_bare(), queryid, id);
                 }
             }
-            Some("result" | "error") if to.resource.is_some() => {
-                self.queries.answered(&to.full(), bare_of(from), id);
+            Some("result" | "error") => {
+                if let Ok(client) = to.try_as_full() {
+                    self.queries.answered(client, &from.to_bare(), id);
+                }
             }
             _ => {}
         }
@@ -443,25 +465,22 @@ impl RouteFilter for Mam {
 #[async_trait]
 impl InboundMessageHook for Mam {
     /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
-    async fn inbound(
-        &self,
-        ctx: &Arc<Context>,
-        user: &str,
-        resource: Option<&str>,
-        el: &mut Element,
-    ) {
-        let Some(from) = el.attr("from").map(str::to_string) else {
-            return;
-        };
-        self.strip_forged_results(user, resource, &from, el);
-        if bare_of(&from) == user {
+    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
+        let (user, from) = (msg.user, msg.from);
+        self.strip_forged_results(user, msg.resource, from, el);
+        if of_account(from, user) {
             return;
         }
         strip_own_stanza_ids(user, el);
-        if let Some(stamp) = archive(ctx, user, &from, el).await {
+        if let Some(stamp) = archive(ctx, user, from, el).await {
             el.push_child(stanza_id(user, &stamp.id));
         }
     }
+}
+
+/// Whether `jid` is `user` or one of its resources.
+fn of_account(jid: &Jid, user: &BareJid) -> bool {
+    jid.node() == user.node() && jid.domain() == user.domain()
 }
 
 #[async_trait]
@@ -513,7 +532,7 @@ fn field(var: &str, kind: &str) -> Element {
 }
 
 /// XEP-0313 §4.1.5: the query form.
-fn form() -> Element {
+pub(crate) fn form() -> Element {
     let x = Element::new("x", DATA)
         .with_attr("type", "form")
         .with_child(
@@ -605,9 +624,9 @@ fn parse_form(x: &Element, req: &mut Request) -> Result<(), StanzaError> {
             "with" => {
                 req.with = match single() {
                     Some(j) => Some(
-                        Addr::parse(&j)
+                        addr::parse(&j)
                             .ok_or_else(StanzaError::jid_malformed)?
-                            .full(),
+                            .into_inner(),
                     ),
                     None => None,
                 }
@@ -671,7 +690,7 @@ fn parse_rsm(set: &Element, req: &mut Request) -> Result<(), StanzaError> {
     Ok(())
 }
 
-async fn position(ctx: &Arc<Context>, user: &str, id: &str) -> Result<ArchivePos, StanzaError> {
+async fn position(ctx: &Arc<Context>, user: &BareJid, id: &str) -> Result<ArchivePos, StanzaError> {
     ctx.storage
         .archive
         .position(user, id)
@@ -684,20 +703,35 @@ async fn position(ctx: &Arc<Context>, user: &str, id: &str) -> Result<ArchivePos
 
 async fn query(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     iq: &Element,
     payload: &Element,
 ) -> Result<Option<Element>, StanzaError> {
-    let req = parse_request(payload)?;
     // The results go to the querying resource, ahead of the iq result.
-    let Some(to) = iq.attr("from").filter(|f| f.contains('/')) else {
+    let Some(to) = iq.attr("from").and_then(addr::parse_full) else {
         return Err(StanzaError::bad_request());
     };
-    let resource = to.split_once('/').map_or("", |(_, r)| r);
-    let Some((tx, control)) = ctx.sessions.sender(user, resource) else {
+    let Some((tx, control)) = ctx.sessions.sender(user, to.resource().as_str()) else {
         return Err(StanzaError::service_unavailable());
     };
+    let (results, fin) = answer_query(ctx, user, &to, payload).await?;
+    for result in results {
+        if !deliver_to_session(&tx, &control, result) {
+            return Err(StanzaError::resource_constraint());
+        }
+    }
+    Ok(Some(fin))
+}
 
+/// Answers a query on the archive `user` (an account, or a chat room) for `to`: the
+/// result messages, in the order to send them, and the `<fin/>` for the iq result.
+pub(crate) async fn answer_query(
+    ctx: &Arc<Context>,
+    user: &BareJid,
+    to: &Jid,
+    payload: &Element,
+) -> Result<(Vec<Element>, Element), StanzaError> {
+    let req = parse_request(payload)?;
     let mut q = ArchiveQuery {
         with: req.with.clone(),
         from: retention_floor(ctx),
@@ -740,14 +774,10 @@ async fn query(
     if req.flip {
         sent.reverse();
     }
-    for m in sent {
-        let Some(result) = result_message(user, to, req.query_id.as_deref(), m) else {
-            continue;
-        };
-        if !deliver_to_session(&tx, &control, result) {
-            return Err(StanzaError::resource_constraint());
-        }
-    }
+    let results = sent
+        .into_iter()
+        .filter_map(|m| result_message(user, to.as_str(), req.query_id.as_deref(), m))
+        .collect();
 
     let mut set = Element::new("set", RSM);
     let count = if req.unfiltered() && ctx.config.archive.retention_days == 0 {
@@ -775,14 +805,14 @@ async fn query(
     if !page.more {
         fin.set_attr("complete", "true");
     }
-    Ok(Some(fin))
+    Ok((results, fin))
 }
 
 /// The `ids` field: those messages, if they also match the rest of the query, in archive
 /// order. Every id must exist (§4.1.3).
 async fn by_ids(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     ids: &[String],
     q: &ArchiveQuery,
 ) -> Result<ArchivePage, StanzaError> {
@@ -795,13 +825,10 @@ async fn by_ids(
             .await
             .map_err(internal)?
             .ok_or_else(StanzaError::item_not_found)?;
-        let with_ok = q.with.as_deref().is_none_or(|w| {
-            if w.contains('/') {
-                w == m.with
-            } else {
-                w == bare_of(&m.with)
-            }
-        });
+        let with_ok = q
+            .with
+            .as_deref()
+            .is_none_or(|w| crate::storage::with_matches(w, &m.with));
         if with_ok && m.pos >= q.from && m.pos <= q.to {
             found.push(m);
         }
@@ -822,7 +849,7 @@ async fn by_ids(
 
 /// `<message><result><forwarded><delay/><message/></forwarded></result></message>`.
 fn result_message(
-    user: &str,
+    user: &BareJid,
     to: &str,
     query_id: Option<&str>,
     m: &ArchivedMessage,
@@ -847,7 +874,7 @@ fn result_message(
     result.push_child(forwarded);
     Some(
         Element::new("message", ns::CLIENT)
-            .with_attr("from", user)
+            .with_attr("from", user.as_str())
             .with_attr("to", to)
             .with_attr("id", random_id())
             .with_child(result),
@@ -855,7 +882,7 @@ fn result_message(
 }
 
 /// Archive metadata (§5): first and last message.
-async fn metadata(ctx: &Arc<Context>, user: &str) -> Result<Element, StanzaError> {
+async fn metadata(ctx: &Arc<Context>, user: &BareJid) -> Result<Element, StanzaError> {
     let mut out = Element::new("metadata", NS);
     let mut q = ArchiveQuery {
         from: retention_floor(ctx),
@@ -921,9 +948,9 @@ fn parse_prefs(el: &Element, current: ArchivePrefs) -> Result<ArchivePrefs, Stan
         };
         let mut out = Vec::new();
         for j in l.elements().filter(|j| j.is("jid", NS)) {
-            let jid = Addr::parse(j.text().trim())
+            let jid = addr::parse(j.text().trim())
                 .ok_or_else(StanzaError::jid_malformed)?
-                .full();
+                .into_inner();
             if !out.contains(&jid) {
                 out.push(jid);
             }
@@ -979,15 +1006,26 @@ mod tests {
             "<message><stanza-id xmlns='urn:xmpp:sid:0' by='Alice@Localhost' id='f'/>\
              <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc.example' id='k'/><body>x</body></message>",
         );
-        strip_own_stanza_ids("alice@localhost", &mut el);
+        strip_own_stanza_ids(
+            &crate::addr::parse_bare("alice@localhost").unwrap(),
+            &mut el,
+        );
         let left: Vec<_> = el
             .elements()
             .filter(|e| e.is("stanza-id", SID))
             .map(|e| e.attr("id").unwrap().to_string())
             .collect();
         assert_eq!(left, ["k"]);
-        add_stanza_id(&mut el, "alice@localhost", "n");
-        add_stanza_id(&mut el, "alice@localhost", "n");
+        add_stanza_id(
+            &mut el,
+            &crate::addr::parse_bare("alice@localhost").unwrap(),
+            "n",
+        );
+        add_stanza_id(
+            &mut el,
+            &crate::addr::parse_bare("alice@localhost").unwrap(),
+            "n",
+        );
         assert_eq!(el.elements().filter(|e| e.is("stanza-id", SID)).count(), 2);
     }
 

@@ -11,6 +11,7 @@ pub mod extdisco;
 pub mod last;
 pub mod legacy_session;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -47,6 +48,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(blocking::Blocking),
         Box::new(push::Push::default()),
         Box::new(csi::Csi),
+        Box::new(muc::Muc),
         Box::new(pubsub::pep::Pep),
         Box::new(pubsub::service::PubsubService),
         Box::new(vcard::Vcard),
@@ -82,26 +84,34 @@ pub(crate) fn internal(e: crate::storage::StorageError) -> StanzaError {
 /// Returns whether the stanza was refused (and the sender told).
 pub(crate) async fn refuse_forged_push(
     ctx: &Arc<crate::context::Context>,
-    to: &crate::addr::Addr,
+    to: &crate::addr::Jid,
     stanza: &Element,
     ns: &str,
 ) -> bool {
     let is_push = stanza.name == "iq"
         && stanza.attr("type") == Some("set")
-        && to.resource.is_some()
-        && to.node.is_some()
+        && to.is_full()
+        && to.node().is_some()
         && stanza.first_element().is_some_and(|p| p.ns == ns);
-    if !is_push || !ctx.is_local_domain(&to.domain) || stanza.attr("from") == Some(&to.bare()) {
+    if !is_push
+        || !ctx.is_local_domain(to.domain().as_str())
+        || stanza
+            .attr("from")
+            .and_then(crate::addr::parse)
+            .is_some_and(|from| from == to.to_bare())
+    {
         return false;
     }
-    tracing::debug!(to = %to.full(), ns, "forged push refused");
+    tracing::debug!(to = %to, ns, "forged push refused");
     crate::router::route_reply(ctx, stanza, StanzaError::service_unavailable()).await;
     true
 }
 
 /// The requesting entity's bare JID (the c2s/s2s layers always stamp `from`).
-pub(crate) fn requester_bare(iq: &Element) -> Option<&str> {
-    iq.attr("from").map(crate::addr::bare_of)
+pub(crate) fn requester_bare(iq: &Element) -> Option<crate::addr::BareJid> {
+    iq.attr("from")
+        .and_then(crate::addr::parse)
+        .map(|j| j.into_bare())
 }
 
 /// The account an iq targets, when the request comes from that account itself: the
@@ -109,11 +119,14 @@ pub(crate) fn requester_bare(iq: &Element) -> Option<&str> {
 /// which only their owner may read or change. Server targets get service-unavailable.
 // Same error type as `IqHandler::handle`, which returns it as is.
 #[allow(clippy::result_large_err)]
-pub(crate) fn own_account<'a>(target: &'a IqTarget, iq: &Element) -> Result<&'a str, StanzaError> {
+pub(crate) fn own_account<'a>(
+    target: &'a IqTarget,
+    iq: &Element,
+) -> Result<&'a crate::addr::BareJid, StanzaError> {
     let IqTarget::Account(user) = target else {
         return Err(StanzaError::service_unavailable());
     };
-    if requester_bare(iq) != Some(user.as_str()) {
+    if requester_bare(iq).as_ref() != Some(user) {
         return Err(StanzaError::forbidden());
     }
     Ok(user)

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tracing::warn;
 
+use crate::addr::BareJid;
 use crate::context::Context;
 use crate::registry::{
     Module, OfflineHandler, Registrar, SessionCtx, SessionEvent, SessionEvents, request_receipt,
@@ -29,11 +30,11 @@ pub struct Offline {
     /// Users whose stored messages are on their way to a session (bare JID → that
     /// session's connection id, the last seq sent): no other session gets them meanwhile,
     /// so that two resources coming online together do not both receive them.
-    delivering: Mutex<HashMap<String, (u64, u64)>>,
+    delivering: Mutex<HashMap<BareJid, (u64, u64)>>,
 }
 
 impl Offline {
-    fn delivering(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+    fn delivering(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, (u64, u64)>> {
         // Each critical section is one map operation; a poisoned map is consistent.
         self.delivering.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -75,7 +76,7 @@ impl OfflineHandler for Offline {
     async fn store(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         stanza: Element,
         already_notified: bool,
     ) -> bool {
@@ -110,7 +111,7 @@ impl OfflineHandler for Offline {
     /// Refuses (bouncing `resource-constraint`) when the quota is full already. A message
     /// that fills the last place concurrently is still refused by `store`, after the
     /// hooks: the store's count is the exact check, this one keeps the common case clean.
-    async fn admits(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) -> bool {
+    async fn admits(&self, ctx: &Arc<Context>, user: &BareJid, stanza: &Element) -> bool {
         if !storable(stanza) {
             return true;
         }
@@ -175,9 +176,9 @@ impl Offline {
             if delivering.contains_key(session.bare) {
                 return;
             }
-            delivering.insert(session.bare.to_string(), (session.conn_id, last));
+            delivering.insert(session.bare.clone(), (session.conn_id, last));
         }
-        let domain = crate::addr::domain_of(session.bare).to_string();
+        let domain = session.bare.domain().as_str().to_string();
         let mut sent = Vec::with_capacity(messages.len());
         for m in messages {
             let mut stanza = match crate::xml::parse_stanza(&m.stanza) {
@@ -213,7 +214,13 @@ impl Offline {
     }
 
     /// Deletes the messages the client has now.
-    async fn delivered(&self, ctx: &Arc<Context>, bare: &str, conn_id: u64, receipts: &[String]) {
+    async fn delivered(
+        &self,
+        ctx: &Arc<Context>,
+        bare: &BareJid,
+        conn_id: u64,
+        receipts: &[String],
+    ) {
         let Some(up_to) = receipts
             .iter()
             .filter_map(|r| r.strip_prefix(RECEIPT_PREFIX)?.parse::<u64>().ok())

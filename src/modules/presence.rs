@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tracing::warn;
 
 use super::roster;
-use crate::addr::{Addr, bare_of};
+use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
 use crate::registry::{
     Module, PresenceHandler, Registrar, SessionCtx, SessionEvent, SessionEvents,
@@ -34,15 +34,15 @@ impl Module for Presence {
 }
 
 fn state<'a>(session: &'a mut SessionCtx<'_>) -> &'a mut PresenceState {
-    let (bare, resource, conn_id) = (session.bare, session.resource, session.conn_id);
+    let (full, conn_id) = (session.full, session.conn_id);
     session
         .ext
-        .get_or_insert_with(|| PresenceState::new(bare, resource, conn_id))
+        .get_or_insert_with(|| PresenceState::new(full, conn_id))
 }
 
 #[async_trait]
 impl PresenceHandler for Presence {
-    async fn inbound(&self, ctx: &Arc<Context>, user: &str, stanza: Element) {
+    async fn inbound(&self, ctx: &Arc<Context>, user: &BareJid, stanza: Element) {
         inbound(ctx, user, stanza).await;
     }
 
@@ -76,21 +76,21 @@ impl SessionEvents for Presence {
 /// Presence state a c2s session keeps for itself.
 #[derive(Debug)]
 pub struct PresenceState {
-    pub full: String,
-    pub bare: String,
+    pub full: FullJid,
+    pub bare: BareJid,
     pub resource: String,
     pub conn_id: u64,
     pub available: bool,
     /// JIDs that got directed presence and must get unavailable at logout (RFC 6121 §4.6).
-    pub directed: HashSet<String>,
+    pub directed: HashSet<Jid>,
 }
 
 impl PresenceState {
-    pub fn new(bare: &str, resource: &str, conn_id: u64) -> Self {
+    pub fn new(full: &FullJid, conn_id: u64) -> Self {
         PresenceState {
-            full: format!("{bare}/{resource}"),
-            bare: bare.to_string(),
-            resource: resource.to_string(),
+            full: full.clone(),
+            bare: full.to_bare(),
+            resource: full.resource().as_str().to_string(),
             conn_id,
             available: false,
             directed: HashSet::new(),
@@ -117,7 +117,7 @@ fn presence(from: &str, to: &str, kind: &str) -> Element {
 }
 
 /// The user's presence subscribers and subscriptions (none if storage fails).
-async fn presence_contacts(ctx: &Arc<Context>, user: &str) -> Arc<PresenceContacts> {
+async fn presence_contacts(ctx: &Arc<Context>, user: &BareJid) -> Arc<PresenceContacts> {
     match ctx.storage.roster.presence_contacts(user).await {
         Ok(c) => c,
         Err(e) => {
@@ -153,17 +153,16 @@ async fn outbound(
             }
         };
     };
-    let Some(target) = Addr::parse(&to) else {
+    let Some(target) = addr::parse(&to) else {
         route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
         return None;
     };
     match kind.as_str() {
         k if is_subscription(k) => {
-            outbound_subscription(ctx, &st.bare, &target.bare(), k, stanza).await
+            outbound_subscription(ctx, &st.bare, &target.to_bare(), k, stanza).await
         }
         "probe" => {}
         "available" => {
-            let target = target.full();
             // Each needs an unavailable at logout: bounded like the roster.
             let limit = ctx.config.limits.max_roster_items;
             if !st.directed.contains(&target) && st.directed.len() >= limit {
@@ -176,7 +175,7 @@ async fn outbound(
             route(ctx, stanza).await;
         }
         "unavailable" => {
-            st.directed.remove(&target.full());
+            st.directed.remove(&target);
             route(ctx, stanza).await;
         }
         _ => route(ctx, stanza).await,
@@ -199,7 +198,7 @@ async fn broadcast_available(
             }
         },
     };
-    stanza.set_attr("from", st.full.clone());
+    stanza.set_attr("from", st.full.as_str());
     stanza.remove_attr("to");
     ctx.registry
         .presence_outbound_available(ctx, &st.bare, &mut stanza)
@@ -217,14 +216,14 @@ async fn broadcast_available(
     let contacts = presence_contacts(ctx, &st.bare).await;
     for jid in &contacts.subscribers {
         let mut copy = stanza.clone();
-        copy.set_attr("to", jid.clone());
+        copy.set_attr("to", jid.as_str());
         route(ctx, copy).await;
     }
     to_own_resources(ctx, st, &stanza);
 
     if initial {
         for jid in &contacts.subscriptions {
-            route(ctx, presence(&st.full, jid, "probe")).await;
+            route(ctx, presence(st.full.as_str(), jid.as_str(), "probe")).await;
         }
         redeliver_pending(ctx, st).await;
     }
@@ -252,7 +251,7 @@ pub async fn broadcast_unavailable(
 ) {
     let mut stanza = stanza
         .unwrap_or_else(|| Element::new("presence", ns::CLIENT).with_attr("type", "unavailable"));
-    stanza.set_attr("from", st.full.clone());
+    stanza.set_attr("from", st.full.as_str());
     stanza.remove_attr("to");
     let was_available = st.available;
     st.available = false;
@@ -261,15 +260,15 @@ pub async fn broadcast_unavailable(
             s.available = false;
             s.presence = None;
         });
-    let mut sent: HashSet<String> = HashSet::new();
+    let mut sent: HashSet<Jid> = HashSet::new();
     if was_available {
         ctx.registry
             .presence_outbound_unavailable(ctx, &st.bare, &stanza)
             .await;
         for jid in &presence_contacts(ctx, &st.bare).await.subscribers {
             let mut copy = stanza.clone();
-            copy.set_attr("to", jid.clone());
-            sent.insert(jid.clone());
+            copy.set_attr("to", jid.as_str());
+            sent.insert(Jid::from(jid.clone()));
             route(ctx, copy).await;
         }
         to_own_resources(ctx, st, &stanza);
@@ -279,7 +278,7 @@ pub async fn broadcast_unavailable(
             continue;
         }
         let mut copy = stanza.clone();
-        copy.set_attr("to", target);
+        copy.set_attr("to", target.into_inner());
         route(ctx, copy).await;
     }
 }
@@ -302,24 +301,28 @@ async fn redeliver_pending(ctx: &Arc<Context>, st: &PresenceState) {
             .and_then(|s| crate::xml::parse_stanza(s).ok())
             .unwrap_or_else(|| Element::new("presence", ns::CLIENT));
         stanza.set_attr("type", "subscribe");
-        stanza.set_attr("from", p.from.clone());
-        stanza.set_attr("to", st.bare.clone());
+        stanza.set_attr("from", p.from.as_str());
+        stanza.set_attr("to", st.bare.as_str());
         deliver_to_session(&session.tx, &session.control, stanza);
     }
 }
 
 /// Sends a bare subscription-type presence from `user` to `contact`.
-pub async fn send_subscription(ctx: &Arc<Context>, user: &str, contact: &str, kind: &str) {
-    route(ctx, presence(user, contact, kind)).await;
+pub async fn send_subscription(ctx: &Arc<Context>, user: &BareJid, contact: &BareJid, kind: &str) {
+    route(ctx, presence(user.as_str(), contact.as_str(), kind)).await;
 }
 
 /// Sends unavailable from each of the user's available resources to `contact`.
-pub async fn send_unavailable_from_all(ctx: &Arc<Context>, user: &str, contact: &str) {
+pub async fn send_unavailable_from_all(ctx: &Arc<Context>, user: &BareJid, contact: &BareJid) {
     for s in ctx.sessions.resources(user) {
         if s.available {
             route(
                 ctx,
-                presence(&format!("{user}/{}", s.resource), contact, "unavailable"),
+                presence(
+                    &format!("{user}/{}", s.resource),
+                    contact.as_str(),
+                    "unavailable",
+                ),
             )
             .await;
         }
@@ -327,7 +330,7 @@ pub async fn send_unavailable_from_all(ctx: &Arc<Context>, user: &str, contact: 
 }
 
 /// Sends the current presence of each of the user's available resources to `to`.
-async fn send_current_presence(ctx: &Arc<Context>, user: &str, to: &str) {
+async fn send_current_presence(ctx: &Arc<Context>, user: &BareJid, to: &str) {
     for s in ctx.sessions.resources(user) {
         if let (true, Some(mut p)) = (s.available, s.presence) {
             p.set_attr("to", to);
@@ -336,7 +339,7 @@ async fn send_current_presence(ctx: &Arc<Context>, user: &str, to: &str) {
     }
 }
 
-async fn load_item(ctx: &Arc<Context>, user: &str, contact: &str) -> Option<RosterItem> {
+async fn load_item(ctx: &Arc<Context>, user: &BareJid, contact: &BareJid) -> Option<RosterItem> {
     match ctx.storage.roster.item(user, contact).await {
         Ok(i) => i,
         Err(e) => {
@@ -346,9 +349,9 @@ async fn load_item(ctx: &Arc<Context>, user: &str, contact: &str) -> Option<Rost
     }
 }
 
-async fn has_pending(ctx: &Arc<Context>, user: &str, contact: &str) -> bool {
+async fn has_pending(ctx: &Arc<Context>, user: &BareJid, contact: &BareJid) -> bool {
     match ctx.storage.roster.pending_in(user).await {
-        Ok(list) => list.iter().any(|p| p.from == contact),
+        Ok(list) => list.iter().any(|p| p.from == *contact),
         Err(e) => {
             log_err(e);
             false
@@ -356,13 +359,13 @@ async fn has_pending(ctx: &Arc<Context>, user: &str, contact: &str) -> bool {
     }
 }
 
-async fn save(ctx: &Arc<Context>, user: &str, item: &RosterItem) {
+async fn save(ctx: &Arc<Context>, user: &BareJid, item: &RosterItem) {
     if let Err(e) = roster::save_and_push(ctx, user, item).await {
         log_err(e);
     }
 }
 
-async fn clear_pending(ctx: &Arc<Context>, user: &str, contact: &str) {
+async fn clear_pending(ctx: &Arc<Context>, user: &BareJid, contact: &BareJid) {
     if let Err(e) = ctx.storage.roster.remove_pending_in(user, contact).await {
         log_err(e);
     }
@@ -371,8 +374,8 @@ async fn clear_pending(ctx: &Arc<Context>, user: &str, contact: &str) {
 /// RFC 6121 §3, the user's server handling the user's own subscription stanzas.
 async fn outbound_subscription(
     ctx: &Arc<Context>,
-    user: &str,
-    contact: &str,
+    user: &BareJid,
+    contact: &BareJid,
     kind: &str,
     mut stanza: Element,
 ) {
@@ -386,12 +389,11 @@ async fn outbound_subscription(
         return;
     }
     // Subscription stanzas travel between bare JIDs (RFC 6121 §3.1.2).
-    stanza.set_attr("from", user);
-    stanza.set_attr("to", contact);
-    let mut item = existing.clone().unwrap_or_else(|| RosterItem {
-        jid: contact.to_string(),
-        ..RosterItem::default()
-    });
+    stanza.set_attr("from", user.as_str());
+    stanza.set_attr("to", contact.as_str());
+    let mut item = existing
+        .clone()
+        .unwrap_or_else(|| RosterItem::new(contact.clone()));
     match kind {
         "subscribe" => {
             if !item.subscription.has_to() && (!item.ask || existing.is_none()) {
@@ -411,7 +413,7 @@ async fn outbound_subscription(
                 clear_pending(ctx, user, contact).await;
                 save(ctx, user, &item).await;
                 route(ctx, stanza).await;
-                send_current_presence(ctx, user, contact).await;
+                send_current_presence(ctx, user, contact.as_str()).await;
             } else if !item.approved {
                 // Pre-approval (RFC 6121 §3.4): remembered, not routed.
                 item.approved = true;
@@ -449,24 +451,24 @@ async fn outbound_subscription(
 
 /// Presence addressed to a local account (bare JID, or a full JID for subscriptions
 /// and probes).
-pub async fn inbound(ctx: &Arc<Context>, user: &str, stanza: Element) {
-    let Some(from) = stanza.attr("from").map(str::to_string) else {
+pub async fn inbound(ctx: &Arc<Context>, user: &BareJid, stanza: Element) {
+    let Some(from) = stanza.attr("from").and_then(addr::parse) else {
         return;
     };
     let kind = kind(&stanza).to_string();
     if is_subscription(&kind) {
-        inbound_subscription(ctx, user, bare_of(&from), &kind, stanza).await;
+        inbound_subscription(ctx, user, &from.to_bare(), &kind, stanza).await;
         return;
     }
     match kind.as_str() {
         "probe" => {
-            let contact = bare_of(&from);
-            let subscribed = contact == user
-                || load_item(ctx, user, contact)
+            let contact = from.to_bare();
+            let subscribed = contact == *user
+                || load_item(ctx, user, &contact)
                     .await
                     .is_some_and(|i| i.subscription.has_from());
             if subscribed {
-                send_current_presence(ctx, user, &from).await;
+                send_current_presence(ctx, user, from.as_str()).await;
             }
         }
         // Available, unavailable and errors go to every available resource.
@@ -479,7 +481,7 @@ pub async fn inbound(ctx: &Arc<Context>, user: &str, stanza: Element) {
     }
 }
 
-fn deliver_to_available(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+fn deliver_to_available(ctx: &Arc<Context>, user: &BareJid, stanza: &Element) {
     for (tx, control) in ctx.sessions.senders_where(user, |s| s.available) {
         deliver_to_session(&tx, &control, stanza.clone());
     }
@@ -487,7 +489,7 @@ fn deliver_to_available(ctx: &Arc<Context>, user: &str, stanza: &Element) {
 
 /// Subscription state changes go to resources that fetched the roster (RFC 6121 §3.1.6,
 /// §3.2.3, §3.3.3), and always before the roster push that records the change.
-fn deliver_to_interested(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+fn deliver_to_interested(ctx: &Arc<Context>, user: &BareJid, stanza: &Element) {
     let interested = ctx.registry.flag::<roster::Interested>();
     for (tx, control) in ctx
         .sessions
@@ -502,8 +504,8 @@ fn deliver_to_interested(ctx: &Arc<Context>, user: &str, stanza: &Element) {
 /// `resource-constraint` (any server can mint requesters without end).
 async fn room_for_request(
     ctx: &Arc<Context>,
-    user: &str,
-    contact: &str,
+    user: &BareJid,
+    contact: &BareJid,
     request: &Element,
 ) -> bool {
     let pending = match ctx.storage.roster.pending_in(user).await {
@@ -514,7 +516,7 @@ async fn room_for_request(
         }
     };
     if pending.len() < ctx.config.limits.max_pending_subscriptions
-        || pending.iter().any(|p| p.from == contact)
+        || pending.iter().any(|p| p.from == *contact)
     {
         return true;
     }
@@ -546,13 +548,13 @@ const NICK: &str = "http://jabber.org/protocol/nick";
 
 async fn inbound_subscription(
     ctx: &Arc<Context>,
-    user: &str,
-    contact: &str,
+    user: &BareJid,
+    contact: &BareJid,
     kind: &str,
     mut stanza: Element,
 ) {
-    stanza.set_attr("from", contact);
-    stanza.set_attr("to", user);
+    stanza.set_attr("from", contact.as_str());
+    stanza.set_attr("to", user.as_str());
     let existing = load_item(ctx, user, contact).await;
     match kind {
         "subscribe" => {
@@ -567,7 +569,7 @@ async fn inbound_subscription(
                     item.approved = false;
                     save(ctx, user, &item).await;
                     send_subscription(ctx, user, contact, "subscribed").await;
-                    send_current_presence(ctx, user, contact).await;
+                    send_current_presence(ctx, user, contact.as_str()).await;
                     return;
                 }
             }
@@ -584,7 +586,7 @@ async fn inbound_subscription(
                 }
             }
             let pending = PendingSubscription {
-                from: contact.to_string(),
+                from: contact.clone(),
                 stanza: Some(kept_request(&stanza).to_stanza_string()),
             };
             if let Err(e) = ctx.storage.roster.add_pending_in(user, &pending).await {

@@ -62,7 +62,7 @@ impl IqHandler for PrivateIq {
         target: &IqTarget,
         iq: &Element,
     ) -> Result<Option<Element>, StanzaError> {
-        let user = own_account(target, iq)?;
+        let user = own_account(target, iq)?.as_str();
         let query = iq.first_element().ok_or_else(StanzaError::bad_request)?;
         let mut children = query.elements();
         let (Some(el), None) = (children.next(), children.next()) else {
@@ -127,7 +127,7 @@ fn truthy(v: Option<&str>) -> bool {
 
 /// XEP-0048 `<conference/>` → XEP-0402 item (id, payload).
 fn to_pep(conf: &Element) -> Option<(String, Element)> {
-    let jid = conf.attr("jid").and_then(crate::addr::normalize_bare)?;
+    let jid = conf.attr("jid").and_then(super::pubsub::normalize_bare)?;
     let mut out = Element::new("conference", BOOKMARKS);
     if let Some(name) = conf.attr("name") {
         out.set_attr("name", name);

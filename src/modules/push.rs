@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use tracing::{debug, warn};
 
 use super::{IqHandler, IqTarget, internal, own_account};
-use crate::addr::Addr;
+use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
 use crate::registry::{
     Module, OfflineStoredHook, Registrar, ResponseHandler, SessionCtx, SessionEvent, SessionEvents,
@@ -42,7 +42,7 @@ const MAX_REGISTRATIONS: usize = 20;
 /// The module; it knows which sessions are hibernated from their session events.
 #[derive(Default)]
 pub struct Push {
-    hibernated: Mutex<HashSet<(String, u64)>>,
+    hibernated: Mutex<HashSet<(FullJid, u64)>>,
 }
 
 /// What a notification says about a message.
@@ -78,8 +78,8 @@ pub fn worth_notifying(el: &Element) -> bool {
 
 /// A publish awaiting the app server's answer.
 struct Pending {
-    user: String,
-    jid: String,
+    user: BareJid,
+    jid: Jid,
     node: String,
 }
 
@@ -100,7 +100,7 @@ impl Module for Push {
 
 #[async_trait]
 impl OfflineStoredHook for Push {
-    async fn stored(&self, ctx: &Arc<Context>, user: &str, el: &Element) {
+    async fn stored(&self, ctx: &Arc<Context>, user: &BareJid, el: &Element) {
         if let Some(notice) = Notice::of(el) {
             notify_offline(ctx, user, notice).await;
         }
@@ -186,7 +186,13 @@ fn field_value<'a>(form: &'a Element, var: &str) -> Option<&'a Element> {
 }
 
 /// The publish iq for one registration (XEP-0357 §7).
-fn publish(user: &str, reg: &PushRegistration, count: usize, notice: &Notice, id: &str) -> Element {
+fn publish(
+    user: &BareJid,
+    reg: &PushRegistration,
+    count: usize,
+    notice: &Notice,
+    id: &str,
+) -> Element {
     let mut form = Element::new("x", DATA)
         .with_attr("type", "submit")
         .with_child(field("FORM_TYPE", SUMMARY).with_attr("type", "hidden"))
@@ -217,12 +223,12 @@ fn publish(user: &str, reg: &PushRegistration, count: usize, notice: &Notice, id
     Element::new("iq", ns::CLIENT)
         .with_attr("type", "set")
         .with_attr("id", id)
-        .with_attr("from", user)
-        .with_attr("to", reg.jid.clone())
+        .with_attr("from", user.as_str())
+        .with_attr("to", reg.jid.as_str())
         .with_child(pubsub)
 }
 
-async fn registrations(ctx: &Arc<Context>, user: &str) -> Vec<PushRegistration> {
+async fn registrations(ctx: &Arc<Context>, user: &BareJid) -> Vec<PushRegistration> {
     match ctx.storage.push.list(user).await {
         Ok(r) => r,
         Err(e) => {
@@ -234,7 +240,7 @@ async fn registrations(ctx: &Arc<Context>, user: &str) -> Vec<PushRegistration> 
 
 async fn publish_all(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     regs: Vec<PushRegistration>,
     count: usize,
     notice: &Notice,
@@ -242,10 +248,10 @@ async fn publish_all(
     for reg in regs {
         let id = format!("push-{}", crate::stream::random_id());
         let iq = publish(user, &reg, count, notice, &id);
-        debug!(user, service = %reg.jid, node = %reg.node, count, "push notification");
+        debug!(%user, service = %reg.jid, node = %reg.node, count, "push notification");
         let to = reg.jid.clone();
         let pending = Pending {
-            user: user.to_string(),
+            user: user.clone(),
             jid: reg.jid,
             node: reg.node,
         };
@@ -256,7 +262,7 @@ async fn publish_all(
 }
 
 /// A message was stored offline for `user`.
-async fn notify_offline(ctx: &Arc<Context>, user: &str, notice: Notice) {
+async fn notify_offline(ctx: &Arc<Context>, user: &BareJid, notice: Notice) {
     let regs = registrations(ctx, user).await;
     if regs.is_empty() {
         return;
@@ -268,7 +274,7 @@ async fn notify_offline(ctx: &Arc<Context>, user: &str, notice: Notice) {
 impl Push {
     fn set_hibernated(&self, session: &SessionCtx<'_>, on: bool) {
         let mut set = self.hibernated.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (session.full.to_string(), session.conn_id);
+        let key = (session.full.clone(), session.conn_id);
         if on {
             set.insert(key);
         } else {
@@ -276,9 +282,9 @@ impl Push {
         }
     }
 
-    fn is_hibernated(&self, full: &str, conn_id: u64) -> bool {
+    fn is_hibernated(&self, full: FullJid, conn_id: u64) -> bool {
         let set = self.hibernated.lock().unwrap_or_else(|e| e.into_inner());
-        set.contains(&(full.to_string(), conn_id))
+        set.contains(&(full, conn_id))
     }
 
     /// A message reached (or waits in) the hibernated session `user/resource`; `count`
@@ -288,7 +294,7 @@ impl Push {
     async fn notify_hibernated(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         resource: &str,
         count: usize,
         message: &Element,
@@ -299,14 +305,17 @@ impl Push {
         let sessions = ctx.sessions.resources(user);
         if sessions
             .iter()
-            .any(|s| !self.is_hibernated(&format!("{user}/{}", s.resource), s.conn_id))
+            .any(|s| match user.with_resource_str(&s.resource) {
+                Ok(full) => !self.is_hibernated(full, s.conn_id),
+                Err(_) => true,
+            })
         {
             return;
         }
         let to_bare = message
             .attr("to")
-            .and_then(Addr::parse)
-            .is_none_or(|a| a.resource.is_none());
+            .and_then(addr::parse)
+            .is_none_or(|a| a.resource().is_none());
         if to_bare {
             // The copy to the first resource that received it speaks for all of them.
             let first = sessions
@@ -330,13 +339,11 @@ fn truthy(value: &str) -> bool {
 }
 
 /// `<enable jid node>` with an optional publish-options form (XEP-0357 §5).
-async fn enable(ctx: &Arc<Context>, user: &str, req: &Element) -> Result<(), StanzaError> {
+async fn enable(ctx: &Arc<Context>, user: &BareJid, req: &Element) -> Result<(), StanzaError> {
     let jid = req
         .attr("jid")
         .ok_or_else(|| StanzaError::bad_request().with_text("'jid' is required"))?;
-    let jid = Addr::parse(jid)
-        .ok_or_else(StanzaError::jid_malformed)?
-        .full();
+    let jid = addr::parse(jid).ok_or_else(StanzaError::jid_malformed)?;
     let node = req
         .attr("node")
         .filter(|n| !n.is_empty())
@@ -372,25 +379,23 @@ async fn enable(ctx: &Arc<Context>, user: &str, req: &Element) -> Result<(), Sta
         .enable(user, &reg)
         .await
         .map_err(internal)?;
-    debug!(user, service = %reg.jid, node = %reg.node, "push enabled");
+    debug!(%user, service = %reg.jid, node = %reg.node, "push enabled");
     Ok(())
 }
 
 /// `<disable jid [node]>` (XEP-0357 §6).
-async fn disable(ctx: &Arc<Context>, user: &str, req: &Element) -> Result<(), StanzaError> {
+async fn disable(ctx: &Arc<Context>, user: &BareJid, req: &Element) -> Result<(), StanzaError> {
     let jid = req
         .attr("jid")
         .ok_or_else(|| StanzaError::bad_request().with_text("'jid' is required"))?;
-    let jid = Addr::parse(jid)
-        .ok_or_else(StanzaError::jid_malformed)?
-        .full();
+    let jid = addr::parse(jid).ok_or_else(StanzaError::jid_malformed)?;
     let node = req.attr("node").filter(|n| !n.is_empty());
     ctx.storage
         .push
         .disable(user, &jid, node)
         .await
         .map_err(internal)?;
-    debug!(user, service = %jid, "push disabled");
+    debug!(%user, service = %jid, "push disabled");
     Ok(())
 }
 
@@ -429,6 +434,10 @@ impl IqHandler for Push {
 mod tests {
     use super::*;
 
+    fn j(s: &str) -> crate::addr::BareJid {
+        crate::addr::parse_bare(s).unwrap()
+    }
+
     fn message(kind: Option<&str>, child: Element) -> Element {
         let mut m = Element::new("message", ns::CLIENT)
             .with_attr("from", "a@x/r")
@@ -461,7 +470,7 @@ mod tests {
     #[test]
     fn publish_carries_summary_and_options_but_body_only_on_request() {
         let mut reg = PushRegistration {
-            jid: "push.example".into(),
+            jid: crate::addr::parse("push.example").unwrap(),
             node: "n1".into(),
             publish_options: Some(
                 "<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s3</value></field></x>"
@@ -473,7 +482,7 @@ mod tests {
             sender: "a@x/r".into(),
             body: Some("secret text".into()),
         };
-        let iq = publish("u@x", &reg, 2, &notice, "push-1");
+        let iq = publish(&j("u@x"), &reg, 2, &notice, "push-1");
         assert_eq!(iq.attr("to"), Some("push.example"));
         assert_eq!(iq.attr("from"), Some("u@x"));
         let pubsub = iq.child("pubsub", PUBSUB).unwrap();
@@ -500,7 +509,7 @@ mod tests {
 
         reg.include_body = true;
         reg.publish_options = None;
-        let iq = publish("u@x", &reg, 1, &notice, "push-2");
+        let iq = publish(&j("u@x"), &reg, 1, &notice, "push-2");
         assert!(!iq.to_stanza_string().contains("publish-options"));
         assert!(iq.to_stanza_string().contains("secret text"));
     }

@@ -6,8 +6,7 @@ use async_trait::async_trait;
 use tracing::warn;
 
 use super::{IqHandler, IqTarget, internal, own_account, presence};
-use crate::addr;
-use crate::addr::Addr;
+use crate::addr::{self, BareJid, Jid};
 use crate::context::Context;
 use crate::registry::{Module, Registrar, RouteFilter};
 use crate::router::deliver_to_session;
@@ -35,17 +34,17 @@ impl Module for Roster {
 
 #[async_trait]
 impl RouteFilter for Roster {
-    fn concerns(&self, _: &Context, to: &Addr, stanza: &Element) -> bool {
-        stanza.name == "iq" && to.resource.is_some()
+    fn concerns(&self, _: &Context, _: &Jid, to: &Jid, stanza: &Element) -> bool {
+        stanza.name == "iq" && to.is_full()
     }
-    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+    async fn may_route(&self, ctx: &Arc<Context>, _: &Jid, to: &Jid, stanza: &Element) -> bool {
         !super::refuse_forged_push(ctx, to, stanza, ns::ROSTER).await
     }
 }
 
 pub fn item_element(item: &RosterItem) -> Element {
     let mut el = Element::new("item", ns::ROSTER)
-        .with_attr("jid", item.jid.clone())
+        .with_attr("jid", item.jid.as_str())
         .with_attr("subscription", item.subscription.as_str());
     if let Some(name) = &item.name {
         el.set_attr("name", name.clone());
@@ -62,14 +61,14 @@ pub fn item_element(item: &RosterItem) -> Element {
     el
 }
 
-pub fn removed_element(contact: &str) -> Element {
+pub fn removed_element(contact: &BareJid) -> Element {
     Element::new("item", ns::ROSTER)
-        .with_attr("jid", contact)
+        .with_attr("jid", contact.as_str())
         .with_attr("subscription", "remove")
 }
 
 /// Sends a roster push (RFC 6121 §2.1.6) to every interested resource of `user`.
-pub fn push(ctx: &Arc<Context>, user: &str, item: Element, version: u64) {
+pub fn push(ctx: &Arc<Context>, user: &BareJid, item: Element, version: u64) {
     let query = Element::new("query", ns::ROSTER)
         .with_attr("ver", version.to_string())
         .with_child(item);
@@ -90,7 +89,7 @@ pub fn push(ctx: &Arc<Context>, user: &str, item: Element, version: u64) {
 /// Stores an item and pushes it; storage failures are logged and reported to the caller.
 pub async fn save_and_push(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     item: &RosterItem,
 ) -> Result<(), StorageError> {
     let before = match ctx.registry.has_roster_observers() {
@@ -138,7 +137,7 @@ impl IqHandler for Roster {
         let Some(item_el) = iq.first_element().and_then(|q| q.child("item", ns::ROSTER)) else {
             return;
         };
-        let Some(contact) = item_el.attr("jid").and_then(addr::normalize_bare) else {
+        let Some(contact) = item_el.attr("jid").and_then(addr::parse_bare) else {
             return;
         };
         // Push what is stored now: the item, or its removal.
@@ -159,15 +158,15 @@ impl IqHandler for Roster {
 
 async fn get(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     iq: &Element,
     query: &Element,
 ) -> Result<Option<Element>, StanzaError> {
     if query.elements().next().is_some() {
         return Err(StanzaError::bad_request());
     }
-    if let Some(from) = iq.attr("from")
-        && let Some((_, resource)) = from.split_once('/')
+    if let Some(from) = iq.attr("from").and_then(addr::parse_full)
+        && let resource = from.resource().as_str()
         && let Some(conn_id) = ctx.sessions.get(user, resource).map(|s| s.conn_id)
     {
         ctx.sessions.update(user, resource, conn_id, |s| {
@@ -189,7 +188,7 @@ async fn get(
 
 async fn set(
     ctx: &Arc<Context>,
-    user: &str,
+    user: &BareJid,
     query: &Element,
 ) -> Result<Option<Element>, StanzaError> {
     // RFC 6121 §2.3.3: exactly one item.
@@ -200,7 +199,7 @@ async fn set(
     if !item_el.is("item", ns::ROSTER) {
         return Err(StanzaError::bad_request());
     }
-    let Some(contact) = item_el.attr("jid").and_then(addr::normalize_bare) else {
+    let Some(contact) = item_el.attr("jid").and_then(addr::parse_bare) else {
         return Err(StanzaError::jid_malformed());
     };
     if item_el.attr("subscription") == Some("remove") {
@@ -228,10 +227,7 @@ async fn set(
         return Err(roster_full_error());
     }
     // Clients may change only the name and groups; subscription state is the server's.
-    let mut item = existing.unwrap_or_else(|| RosterItem {
-        jid: contact.clone(),
-        ..RosterItem::default()
-    });
+    let mut item = existing.unwrap_or_else(|| RosterItem::new(contact.clone()));
     item.name = item_el
         .attr("name")
         .filter(|n| !n.is_empty())
@@ -247,7 +243,7 @@ async fn set(
 }
 
 /// Whether `user`'s roster holds `limits.max_roster_items` contacts already.
-pub(crate) async fn roster_full(ctx: &Arc<Context>, user: &str) -> Result<bool, StorageError> {
+pub(crate) async fn roster_full(ctx: &Arc<Context>, user: &BareJid) -> Result<bool, StorageError> {
     let roster = ctx.storage.roster.roster(user).await?;
     Ok(roster.items.len() >= ctx.config.limits.max_roster_items)
 }
@@ -257,7 +253,7 @@ pub(crate) fn roster_full_error() -> StanzaError {
 }
 
 /// RFC 6121 §2.5: removing an item cancels subscriptions in both directions.
-async fn remove(ctx: &Arc<Context>, user: &str, contact: &str) -> Result<(), StanzaError> {
+async fn remove(ctx: &Arc<Context>, user: &BareJid, contact: &BareJid) -> Result<(), StanzaError> {
     let existing = ctx
         .storage
         .roster

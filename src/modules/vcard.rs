@@ -101,8 +101,13 @@ struct VcardPresence;
 
 #[async_trait]
 impl PresenceObserver for VcardPresence {
-    async fn outbound_available(&self, ctx: &Arc<Context>, user: &str, stanza: &mut Element) {
-        if let Some(hash) = photo_hash(ctx, user).await {
+    async fn outbound_available(
+        &self,
+        ctx: &Arc<Context>,
+        user: &crate::addr::BareJid,
+        stanza: &mut Element,
+    ) {
+        if let Some(hash) = photo_hash(ctx, user.as_str()).await {
             stamp(stanza, &hash);
         }
     }
@@ -111,17 +116,24 @@ impl PresenceObserver for VcardPresence {
 /// The photo changed: each available resource's presence goes out again with the new
 /// hash, to the contacts entitled to it and to the user's own resources.
 async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
+    let Some(bare) = super::pubsub::typed(user) else {
+        return;
+    };
     let resources: Vec<_> = ctx
         .sessions
-        .resources(user)
+        .resources(&bare)
         .into_iter()
         .filter(|s| s.available)
         .collect();
     if resources.is_empty() {
         return;
     }
-    let subscribers = match ctx.storage.roster.presence_contacts(user).await {
-        Ok(c) => c.subscribers.clone(),
+    let subscribers: Vec<String> = match ctx.storage.roster.presence_contacts(&bare).await {
+        Ok(c) => c
+            .subscribers
+            .iter()
+            .map(|j| j.as_str().to_string())
+            .collect(),
         Err(e) => {
             warn!(error = %e, "roster lookup for the photo hash failed");
             Vec::new()
@@ -138,7 +150,7 @@ async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
         stamp(&mut presence, hash);
         let snapshot = presence.clone();
         ctx.sessions
-            .update(user, &s.resource, s.conn_id, move |info| {
+            .update(&bare, &s.resource, s.conn_id, move |info| {
                 info.presence = Some(snapshot)
             });
         for to in subscribers.iter().chain(own.iter()) {
@@ -242,7 +254,8 @@ impl IqHandler for VcardIq {
         if payload.name != "vCard" {
             return Err(StanzaError::bad_request());
         }
-        let own = requester_bare(iq) == Some(user.as_str());
+        let own = requester_bare(iq).as_ref() == Some(user);
+        let user = user.as_str();
         match iq.attr("type") {
             Some("get") => match stored(ctx, user).await? {
                 Some(v) => Ok(Some(v)),

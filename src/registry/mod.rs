@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::addr::Addr;
+use crate::addr::{BareJid, DomainPart, FullJid, Jid};
 use crate::config::Config;
 use crate::context::Context;
 use crate::stream::{StanzaError, StreamErrorCondition};
@@ -33,9 +33,9 @@ use responses::Responses;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IqTarget {
     /// The server (a vhost domain).
-    Server(String),
+    Server(DomainPart),
     /// An account, answered by the server on the account's behalf (bare JID).
-    Account(String),
+    Account(BareJid),
 }
 
 /// Answers iq get/set requests for payload namespaces, addressed to the server and/or to
@@ -86,7 +86,7 @@ pub trait RosterObserver: Send + Sync {
     async fn roster_changed(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         before: Option<&crate::storage::RosterItem>,
         after: &crate::storage::RosterItem,
     );
@@ -96,7 +96,7 @@ pub trait RosterObserver: Send + Sync {
 #[async_trait]
 pub trait AccountItems: Send + Sync {
     /// `<item/>` elements (disco#items namespace) that `requester` (a bare JID) may see.
-    async fn items(&self, ctx: &Arc<Context>, user: &str, requester: &str) -> Vec<Element>;
+    async fn items(&self, ctx: &Arc<Context>, user: &BareJid, requester: &BareJid) -> Vec<Element>;
 }
 
 /// Sees presence as the presence module handles it: a local session's available
@@ -105,11 +105,25 @@ pub trait AccountItems: Send + Sync {
 /// contact's capabilities).
 #[async_trait]
 pub trait PresenceObserver: Send + Sync {
-    async fn outbound_available(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &mut Element) {}
+    async fn outbound_available(
+        &self,
+        _ctx: &Arc<Context>,
+        _user: &BareJid,
+        _stanza: &mut Element,
+    ) {
+    }
     /// A local session of `user` became unavailable (its presence, or one made at the
     /// end of the session).
-    async fn outbound_unavailable(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &Element) {}
-    async fn inbound(&self, _ctx: &Arc<Context>, _user: &str, _stanza: &Element) {}
+    async fn outbound_unavailable(&self, _ctx: &Arc<Context>, _user: &BareJid, _stanza: &Element) {}
+    async fn inbound(&self, _ctx: &Arc<Context>, _user: &BareJid, _stanza: &Element) {}
+}
+
+/// A local client's message on its way out: the sender's account and full JID (its
+/// `from`, stamped) and its parsed `to`.
+pub struct Outgoing<'a> {
+    pub user: &'a BareJid,
+    pub from: &'a FullJid,
+    pub to: &'a Jid,
 }
 
 /// Sees a local client's message before it is routed (`from` stamped, `to` set).
@@ -118,10 +132,24 @@ pub trait PresenceObserver: Send + Sync {
 #[async_trait]
 pub trait OutboundMessageHook: Send + Sync {
     /// A cheap check: `false` skips `outbound` for this message (saving its allocation).
-    fn concerns(&self, _ctx: &Context, _el: &Element) -> bool {
+    fn concerns(&self, _ctx: &Context, _msg: &Outgoing<'_>, _el: &Element) -> bool {
         true
     }
-    async fn outbound(&self, ctx: &Arc<Context>, el: &mut Element, notes: &mut Extensions) -> Flow;
+    async fn outbound(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+        notes: &mut Extensions,
+    ) -> Flow;
+}
+
+/// A message accepted for the local account `user`, from `from` (parsed once by the
+/// router), for its full JID (`resource`) or for the account.
+pub struct Incoming<'a> {
+    pub from: &'a Jid,
+    pub user: &'a BareJid,
+    pub resource: Option<&'a str>,
 }
 
 /// Sees a message accepted for delivery to the local account `user`: to its full JID
@@ -129,43 +157,38 @@ pub trait OutboundMessageHook: Send + Sync {
 #[async_trait]
 pub trait InboundMessageHook: Send + Sync {
     /// A cheap check: `false` skips `inbound` for this message (saving its allocation).
-    fn concerns(&self, _ctx: &Context, _user: &str, _el: &Element) -> bool {
+    fn concerns(&self, _ctx: &Context, _msg: &Incoming<'_>, _el: &Element) -> bool {
         true
     }
-    async fn inbound(
-        &self,
-        ctx: &Arc<Context>,
-        user: &str,
-        resource: Option<&str>,
-        el: &mut Element,
-    );
+    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element);
 }
 
 /// Told when a message was stored for an offline user (and the user was not notified of
 /// it already).
 #[async_trait]
 pub trait OfflineStoredHook: Send + Sync {
-    async fn stored(&self, ctx: &Arc<Context>, user: &str, el: &Element);
+    async fn stored(&self, ctx: &Arc<Context>, user: &BareJid, el: &Element);
 }
 
-/// Every routed stanza with a `from` passes route filters first. `false`: dropped (and
+/// Every routed stanza with a `from` passes route filters first, with both addresses
+/// parsed. `false`: dropped (and
 /// answered where the XEPs say so).
 #[async_trait]
 pub trait RouteFilter: Send + Sync {
     /// A cheap check on every routed stanza: `false` lets it pass without `may_route`
     /// (which costs an allocation per call).
-    fn concerns(&self, _ctx: &Context, _to: &Addr, _stanza: &Element) -> bool {
+    fn concerns(&self, _ctx: &Context, _from: &Jid, _to: &Jid, _stanza: &Element) -> bool {
         true
     }
-    async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool;
+    async fn may_route(&self, ctx: &Arc<Context>, from: &Jid, to: &Jid, stanza: &Element) -> bool;
 }
 
 /// A bound local session as modules see it: who it is, its extensions and stanzas to
 /// write to its own client once the call returns.
 pub struct SessionCtx<'a> {
-    pub bare: &'a str,
+    pub bare: &'a BareJid,
     pub resource: &'a str,
-    pub full: &'a str,
+    pub full: &'a FullJid,
     pub conn_id: u64,
     pub ext: &'a mut Extensions,
     /// For this session's client, written (through the outbound filters) after the call.
@@ -177,7 +200,7 @@ pub struct SessionCtx<'a> {
 pub trait PresenceHandler: Send + Sync {
     /// Presence addressed to the local account `user` (bare JID, or a full JID for
     /// subscriptions and probes).
-    async fn inbound(&self, ctx: &Arc<Context>, user: &str, stanza: Element);
+    async fn inbound(&self, ctx: &Arc<Context>, user: &BareJid, stanza: Element);
     /// Presence sent by a local session (`from` stamped with its full JID).
     async fn outbound(&self, ctx: &Arc<Context>, session: &mut SessionCtx<'_>, stanza: Element);
 }
@@ -190,7 +213,7 @@ pub trait OfflineHandler: Send + Sync {
     async fn store(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         el: Element,
         already_notified: bool,
     ) -> bool;
@@ -198,7 +221,7 @@ pub trait OfflineHandler: Send + Sync {
     /// bounce `store` would send). Asked before a message is accepted for an account with
     /// no available resource, so that a message bounced for the quota is not archived
     /// either.
-    async fn admits(&self, _ctx: &Arc<Context>, _user: &str, _el: &Element) -> bool {
+    async fn admits(&self, _ctx: &Arc<Context>, _user: &BareJid, _el: &Element) -> bool {
         true
     }
 }
@@ -363,13 +386,13 @@ impl Registrar<'_> {
         self.reg.account_identities.push(identity);
     }
 
-    pub fn presence_observer(&mut self, observer: Arc<dyn PresenceObserver>) {
-        self.reg.presence_observers.push(observer);
-    }
-
     /// Contributes to every account's disco#items.
     pub fn account_items(&mut self, provider: Arc<dyn AccountItems>) {
         self.reg.account_items.push(provider);
+    }
+
+    pub fn presence_observer(&mut self, observer: Arc<dyn PresenceObserver>) {
+        self.reg.presence_observers.push(observer);
     }
 
     /// Told of every saved roster item change of a local account.
@@ -378,13 +401,24 @@ impl Registrar<'_> {
     }
 
     /// A JID listed in the server's disco#items (its services).
-    pub fn server_item(&mut self, jid: String) {
-        self.reg.server_items.push(jid);
+    pub fn server_item(&mut self, jid: &str) {
+        match crate::addr::parse_bare(jid) {
+            Some(jid) => self.reg.server_items.push(jid),
+            None => self
+                .errors
+                .push(format!("{}: disco item {jid:?} is not a JID", self.module)),
+        }
     }
 
     /// Every stanza to `domain` (and JIDs under it) goes to `service`.
     pub fn service(&mut self, domain: &str, service: Arc<dyn Service>) {
-        let domain = domain.to_ascii_lowercase();
+        let Some(domain) = crate::addr::parse_domain(domain).map(DomainPart::into_inner) else {
+            self.errors.push(format!(
+                "{}: service domain {domain:?} is not a domain",
+                self.module
+            ));
+            return;
+        };
         if self.reg.services.insert(domain.clone(), service).is_some() {
             self.errors.push(format!(
                 "{}: service {domain} registered twice",
@@ -496,7 +530,7 @@ pub struct Registry {
     account_items: Vec<Arc<dyn AccountItems>>,
     roster_observers: Vec<Arc<dyn RosterObserver>>,
     presence_observers: Vec<Arc<dyn PresenceObserver>>,
-    server_items: Vec<String>,
+    server_items: Vec<BareJid>,
     tasks: std::sync::Mutex<Vec<Task>>,
     flags: FlagTable,
     shared: SharedState,
@@ -562,8 +596,8 @@ impl Registry {
     pub async fn account_items(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
-        requester: &str,
+        user: &BareJid,
+        requester: &BareJid,
     ) -> Vec<Element> {
         let mut out = Vec::new();
         for p in &self.account_items {
@@ -589,7 +623,7 @@ impl Registry {
     pub async fn roster_changed(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         before: Option<&crate::storage::RosterItem>,
         after: &crate::storage::RosterItem,
     ) {
@@ -603,7 +637,7 @@ impl Registry {
     pub async fn presence_outbound_available(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         stanza: &mut Element,
     ) {
         for o in &self.presence_observers {
@@ -614,7 +648,7 @@ impl Registry {
     pub async fn presence_outbound_unavailable(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         stanza: &Element,
     ) {
         for o in &self.presence_observers {
@@ -623,13 +657,18 @@ impl Registry {
     }
 
     /// Available or unavailable presence arrived for the local account `user`.
-    pub async fn presence_inbound_seen(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    pub async fn presence_inbound_seen(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        stanza: &Element,
+    ) {
         for o in &self.presence_observers {
             o.inbound(ctx, user, stanza).await;
         }
     }
 
-    pub fn server_items(&self) -> &[String] {
+    pub fn server_items(&self) -> &[BareJid] {
         &self.server_items
     }
 
@@ -665,46 +704,53 @@ impl Registry {
     }
 
     /// Runs the outbound hooks on a local client's message. `false`: not to be routed.
-    pub async fn outbound_message(&self, ctx: &Arc<Context>, el: &mut Element) -> bool {
+    pub async fn outbound_message(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+    ) -> bool {
         let mut notes = Extensions::default();
         for (_, hook) in &self.outbound_messages {
-            if hook.concerns(ctx, el) && hook.outbound(ctx, el, &mut notes).await == Flow::Stop {
+            if hook.concerns(ctx, msg, el)
+                && hook.outbound(ctx, msg, el, &mut notes).await == Flow::Stop
+            {
                 return false;
             }
         }
         true
     }
 
-    pub async fn inbound_message(
-        &self,
-        ctx: &Arc<Context>,
-        user: &str,
-        resource: Option<&str>,
-        el: &mut Element,
-    ) {
+    pub async fn inbound_message(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
         for (_, hook) in &self.inbound_messages {
-            if hook.concerns(ctx, user, el) {
-                hook.inbound(ctx, user, resource, el).await;
+            if hook.concerns(ctx, msg, el) {
+                hook.inbound(ctx, msg, el).await;
             }
         }
     }
 
-    pub async fn offline_stored(&self, ctx: &Arc<Context>, user: &str, el: &Element) {
+    pub async fn offline_stored(&self, ctx: &Arc<Context>, user: &BareJid, el: &Element) {
         for hook in &self.offline_stored {
             hook.stored(ctx, user, el).await;
         }
     }
 
-    pub async fn may_route(&self, ctx: &Arc<Context>, to: &Addr, stanza: &Element) -> bool {
+    pub async fn may_route(
+        &self,
+        ctx: &Arc<Context>,
+        from: &Jid,
+        to: &Jid,
+        stanza: &Element,
+    ) -> bool {
         for f in &self.route_filters {
-            if f.concerns(ctx, to, stanza) && !f.may_route(ctx, to, stanza).await {
+            if f.concerns(ctx, from, to, stanza) && !f.may_route(ctx, from, to, stanza).await {
                 return false;
             }
         }
         true
     }
 
-    pub async fn presence_inbound(&self, ctx: &Arc<Context>, user: &str, stanza: Element) {
+    pub async fn presence_inbound(&self, ctx: &Arc<Context>, user: &BareJid, stanza: Element) {
         if let Some(p) = &self.presence {
             p.inbound(ctx, user, stanza).await;
         }
@@ -726,7 +772,7 @@ impl Registry {
     pub async fn store_offline(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &BareJid,
         el: Element,
         already_notified: bool,
     ) -> bool {
@@ -741,7 +787,7 @@ impl Registry {
 
     /// See [`OfflineHandler::admits`]; without an offline module nothing is admitted
     /// (`service-unavailable`, as [`Registry::store_offline`] would answer).
-    pub async fn offline_admits(&self, ctx: &Arc<Context>, user: &str, el: &Element) -> bool {
+    pub async fn offline_admits(&self, ctx: &Arc<Context>, user: &BareJid, el: &Element) -> bool {
         match &self.offline {
             Some(o) => o.admits(ctx, user, el).await,
             None => {
@@ -812,7 +858,7 @@ impl Registry {
     pub fn expect_response(
         &self,
         id: String,
-        to: String,
+        to: Jid,
         handler: Arc<dyn ResponseHandler>,
         context: Box<dyn Any + Send>,
     ) {
@@ -822,10 +868,11 @@ impl Registry {
     /// An iq result or error addressed to the server or an account: handed to the module
     /// that sent the request, if one waits for it.
     pub async fn iq_response(&self, ctx: &Arc<Context>, iq: &Element) {
-        let (Some(id), Some(from)) = (iq.attr("id"), iq.attr("from")) else {
+        let (Some(id), Some(from)) = (iq.attr("id"), iq.attr("from").and_then(crate::addr::parse))
+        else {
             return;
         };
-        if let Some((handler, context)) = self.responses.take(id, from) {
+        if let Some((handler, context)) = self.responses.take(id, &from) {
             handler.response(ctx, iq, context).await;
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::addr::Jid;
 use crate::context::Context;
 use crate::xml::Element;
 
@@ -24,7 +25,7 @@ pub trait ResponseHandler: Send + Sync {
 }
 
 struct Pending {
-    to: String,
+    to: Jid,
     sent: Instant,
     handler: Arc<dyn ResponseHandler>,
     context: Box<dyn Any + Send>,
@@ -43,7 +44,7 @@ impl Responses {
     pub fn expect(
         &self,
         id: String,
-        to: String,
+        to: Jid,
         handler: Arc<dyn ResponseHandler>,
         context: Box<dyn Any + Send>,
     ) {
@@ -69,10 +70,10 @@ impl Responses {
     pub fn take(
         &self,
         id: &str,
-        from: &str,
+        from: &Jid,
     ) -> Option<(Arc<dyn ResponseHandler>, Box<dyn Any + Send>)> {
         let mut map = self.lock();
-        if map.get(id)?.to != from {
+        if map.get(id)?.to != *from {
             return None;
         }
         map.remove(id).map(|p| (p.handler, p.context))

@@ -7,9 +7,9 @@ use tracing::{debug, warn};
 
 use super::sessions::{OwnDelivery, keep_for_own_session};
 use super::{SessionCommand, SessionControl};
-use crate::addr::Addr;
+use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
-use crate::registry::IqTarget;
+use crate::registry::{Incoming, IqTarget};
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition, error_reply};
 use crate::xml::Element;
 
@@ -36,9 +36,22 @@ fn offer(
         OwnDelivery::Refused(stanza) => return Err(stanza),
         OwnDelivery::NotOwn(stanza) => stanza,
     };
-    match tx.try_send(SessionCommand::Stanza(Box::new(stanza))) {
+    let bytes = stanza.approx_bytes();
+    if !control.reserve(bytes) {
+        warn!(
+            queued_bytes = control.queued_bytes(),
+            "session queue over its byte budget; closing the session"
+        );
+        control.kick(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too much data queued for this session",
+        ));
+        return Err(stanza);
+    }
+    match tx.try_send(SessionCommand::Stanza(Box::new(stanza), bytes)) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Full(SessionCommand::Stanza(el))) => {
+        Err(TrySendError::Full(SessionCommand::Stanza(el, bytes))) => {
+            control.release(bytes);
             warn!("session queue full; closing the session");
             control.kick(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
@@ -46,7 +59,10 @@ fn offer(
             ));
             Err(*el)
         }
-        Err(TrySendError::Closed(SessionCommand::Stanza(el))) => Err(*el),
+        Err(TrySendError::Closed(SessionCommand::Stanza(el, bytes))) => {
+            control.release(bytes);
+            Err(*el)
+        }
     }
 }
 
@@ -62,52 +78,76 @@ pub async fn route_reply(ctx: &Arc<Context>, stanza: &Element, error: StanzaErro
 ///
 /// Boxed because routing recurses (replies, presence fan-out, module answers).
 pub fn route(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
-    Box::pin(route_inner(ctx, stanza, true))
+    Box::pin(parse_and_route(ctx, stanza, true))
 }
 
 /// Like [`route`], without the modules' filter: for the answers a filter itself sends
 /// (e.g. the error bounced to a blocked contact, which the block would otherwise stop).
 pub fn route_unfiltered(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
-    Box::pin(route_inner(ctx, stanza, false))
+    Box::pin(parse_and_route(ctx, stanza, false))
+}
+
+/// Like [`route`], for a stanza whose `from` and `to` attributes the caller has parsed
+/// already (c2s and s2s check them on arrival): they are not parsed a second time.
+pub fn route_addressed(ctx: &Arc<Context>, from: Jid, to: Jid, stanza: Element) -> BoxFuture<'_> {
+    Box::pin(route_inner(ctx, Some(from), to, stanza, true))
 }
 
 pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
-async fn route_inner(ctx: &Arc<Context>, stanza: Element, filter: bool) {
+async fn parse_and_route(ctx: &Arc<Context>, stanza: Element, filter: bool) {
     let Some(to) = stanza.attr("to") else {
         debug!(stanza = %stanza.name, "stanza without 'to' reached the router; dropped");
         return;
     };
-    let Some(addr) = Addr::parse(to) else {
+    let Some(to) = addr::parse(to) else {
         route_reply(ctx, &stanza, StanzaError::jid_malformed()).await;
         return;
     };
-    if filter && !ctx.registry.may_route(ctx, &addr, &stanza).await {
+    // Trusted (stamped by c2s, checked by s2s): parsed once here for the filters and hooks.
+    let from = stanza.attr("from").and_then(addr::parse);
+    route_inner(ctx, from, to, stanza, filter).await;
+}
+
+async fn route_inner(
+    ctx: &Arc<Context>,
+    from: Option<Jid>,
+    to: Jid,
+    stanza: Element,
+    filter: bool,
+) {
+    if filter
+        && let Some(from) = &from
+        && !ctx.registry.may_route(ctx, from, &to, &stanza).await
+    {
         return;
     }
-    if let Some(service) = ctx.registry.service(&addr.domain) {
+    if let Some(service) = ctx.registry.service(to.domain().as_str()) {
         service.handle(ctx, stanza).await;
         return;
     }
-    if !ctx.is_local_domain(&addr.domain) {
-        to_remote(ctx, addr, stanza).await;
+    if !ctx.is_local_domain(to.domain().as_str()) {
+        to_remote(ctx, &to, stanza).await;
         return;
     }
-    match (&addr.node, &addr.resource) {
-        (None, _) => to_server(ctx, &addr, stanza).await,
-        (Some(_), None) => to_bare(ctx, &addr.bare(), stanza).await,
-        (Some(_), Some(resource)) => to_full(ctx, &addr.bare(), resource, stanza).await,
+    if to.node().is_none() {
+        to_server(ctx, &to.to_bare(), stanza).await;
+        return;
+    }
+    match to.try_into_full() {
+        Ok(full) => to_full(ctx, from.as_ref(), &full, stanza).await,
+        Err(bare) => to_bare(ctx, from.as_ref(), &bare, stanza).await,
     }
 }
 
 /// Stanzas for domains this server does not host go to the s2s outbound streams; without
 /// federation (bare contexts) they bounce with `remote-server-not-found` (RFC 6120
 /// §8.3.3.15), never dropped.
-async fn to_remote(ctx: &Arc<Context>, to: Addr, stanza: Element) {
+async fn to_remote(ctx: &Arc<Context>, to: &Jid, stanza: Element) {
     match ctx.s2s.get() {
-        Some(s2s) => s2s.clone().send(ctx, &to.domain, stanza).await,
+        Some(s2s) => s2s.clone().send(ctx, to.domain().as_str(), stanza).await,
         None => {
-            debug!(domain = %to.domain, "no route to remote domain");
+            debug!(domain = %to.domain(), "no route to remote domain");
             route_reply(ctx, &stanza, StanzaError::remote_server_not_found()).await;
         }
     }
@@ -121,13 +161,13 @@ fn stanza_type(stanza: &Element) -> &str {
     })
 }
 
-async fn to_server(ctx: &Arc<Context>, addr: &Addr, stanza: Element) {
+async fn to_server(ctx: &Arc<Context>, domain: &BareJid, stanza: Element) {
     match stanza.name.as_str() {
-        "iq" => handle_iq(ctx, IqTarget::Server(addr.domain.clone()), stanza).await,
+        "iq" => handle_iq(ctx, IqTarget::Server(domain.domain().to_owned()), stanza).await,
         // Messages and presence to the server itself have no handler here; presence
         // (subscriptions, probes) to a server is ignored, as are messages (RFC 6121 §8.5.1
         // leaves this to the server).
-        _ => debug!(to = %addr.full(), kind = %stanza.name, "stanza to the server ignored"),
+        _ => debug!(to = %domain, kind = %stanza.name, "stanza to the server ignored"),
     }
 }
 
@@ -162,7 +202,7 @@ async fn handle_iq(ctx: &Arc<Context>, target: IqTarget, iq: Element) {
     }
 }
 
-async fn account_exists(ctx: &Arc<Context>, bare: &str) -> bool {
+async fn account_exists(ctx: &Arc<Context>, bare: &BareJid) -> bool {
     if ctx.sessions.is_online(bare) {
         return true;
     }
@@ -175,7 +215,7 @@ async fn account_exists(ctx: &Arc<Context>, bare: &str) -> bool {
     }
 }
 
-async fn to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
+async fn to_bare(ctx: &Arc<Context>, from: Option<&Jid>, bare: &BareJid, stanza: Element) {
     match stanza.name.as_str() {
         "presence" => ctx.registry.presence_inbound(ctx, bare, stanza).await,
         "iq" => {
@@ -183,15 +223,20 @@ async fn to_bare(ctx: &Arc<Context>, bare: &str, stanza: Element) {
                 route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
                 return;
             }
-            handle_iq(ctx, IqTarget::Account(bare.to_string()), stanza).await;
+            handle_iq(ctx, IqTarget::Account(bare.clone()), stanza).await;
         }
-        "message" => message_to_bare(ctx, bare, stanza).await,
+        "message" => message_to_bare(ctx, from, bare, stanza).await,
         _ => {}
     }
 }
 
 /// RFC 6121 §8.5.2: messages to a bare JID.
-async fn message_to_bare(ctx: &Arc<Context>, bare: &str, mut stanza: Element) {
+async fn message_to_bare(
+    ctx: &Arc<Context>,
+    from: Option<&Jid>,
+    bare: &BareJid,
+    mut stanza: Element,
+) {
     let kind = stanza_type(&stanza).to_string();
     match kind.as_str() {
         "groupchat" => {
@@ -219,9 +264,14 @@ async fn message_to_bare(ctx: &Arc<Context>, bare: &str, mut stanza: Element) {
         }
     }
     // Accepted for delivery from here on (archive, carbons).
-    ctx.registry
-        .inbound_message(ctx, bare, None, &mut stanza)
-        .await;
+    if let Some(from) = from {
+        let msg = Incoming {
+            from,
+            user: bare,
+            resource: None,
+        };
+        ctx.registry.inbound_message(ctx, &msg, &mut stanza).await;
+    }
     to_resources_or_offline(ctx, bare, targets, stanza, kind == "headline", false).await;
 }
 
@@ -229,7 +279,12 @@ async fn message_to_bare(ctx: &Arc<Context>, bare: &str, mut stanza: Element) {
 /// the session it was for: to the account's other available resources, else to offline
 /// storage (RFC 6121 §8.5.3.2.1, XEP-0198 §4). `already_notified`: the user's devices were
 /// told about it (no second push).
-pub async fn redeliver(ctx: &Arc<Context>, bare: &str, stanza: Element, already_notified: bool) {
+pub async fn redeliver(
+    ctx: &Arc<Context>,
+    bare: &BareJid,
+    stanza: Element,
+    already_notified: bool,
+) {
     let targets = ctx
         .sessions
         .senders_where(bare, |s| s.available && s.priority >= 0);
@@ -239,7 +294,7 @@ pub async fn redeliver(ctx: &Arc<Context>, bare: &str, stanza: Element, already_
 
 async fn to_resources_or_offline(
     ctx: &Arc<Context>,
-    bare: &str,
+    bare: &BareJid,
     targets: Vec<(
         tokio::sync::mpsc::Sender<SessionCommand>,
         Arc<SessionControl>,
@@ -269,7 +324,9 @@ async fn to_resources_or_offline(
 }
 
 /// RFC 6121 §8.5.3: stanzas to a full JID.
-async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, mut stanza: Element) {
+async fn to_full(ctx: &Arc<Context>, from: Option<&Jid>, full: &FullJid, mut stanza: Element) {
+    let bare = &full.to_bare();
+    let resource = full.resource().as_str();
     let kind = stanza_type(&stanza).to_string();
     if stanza.name == "presence"
         && matches!(
@@ -282,10 +339,15 @@ async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, mut stanza: Ele
         return;
     }
     if let Some((tx, control)) = ctx.sessions.sender(bare, resource) {
-        if stanza.name == "message" {
-            ctx.registry
-                .inbound_message(ctx, bare, Some(resource), &mut stanza)
-                .await;
+        if stanza.name == "message"
+            && let Some(from) = from
+        {
+            let msg = Incoming {
+                from,
+                user: bare,
+                resource: Some(resource),
+            };
+            ctx.registry.inbound_message(ctx, &msg, &mut stanza).await;
         }
         deliver_to_session(&tx, &control, stanza);
         return;
@@ -294,7 +356,7 @@ async fn to_full(ctx: &Arc<Context>, bare: &str, resource: &str, mut stanza: Ele
         "message" => match kind.as_str() {
             "groupchat" => route_reply(ctx, &stanza, StanzaError::service_unavailable()).await,
             "error" => {}
-            _ => message_to_bare(ctx, bare, stanza).await,
+            _ => message_to_bare(ctx, from, bare, stanza).await,
         },
         "iq" => {
             if matches!(kind.as_str(), "get" | "set") {

@@ -5,7 +5,9 @@
 mod deliver;
 mod sessions;
 
-pub use deliver::{deliver_to_session, redeliver, route, route_reply, route_unfiltered};
+pub use deliver::{
+    deliver_to_session, redeliver, route, route_addressed, route_reply, route_unfiltered,
+};
 pub use sessions::{
     BindOutcome, SessionCommand, SessionControl, SessionInfo, Sessions, serve_own_session,
 };

@@ -2,11 +2,13 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::addr::BareJid;
 use crate::registry::SessionFlags;
 use crate::stream::{StreamError, StreamErrorCondition};
 use crate::xml::Element;
@@ -15,18 +17,72 @@ use crate::xml::Element;
 #[derive(Debug)]
 pub enum SessionCommand {
     // Boxed: the channel preallocates slots, and an idle session should not pay
-    // for 32 inline elements.
-    Stanza(Box<Element>),
+    // for 32 inline elements. With its weight, released from the queue's byte count when
+    // taken out.
+    Stanza(Box<Element>, usize),
 }
 
-/// Lets the router stop a session from outside (conflict, stuck queue, shutdown).
-#[derive(Debug, Default)]
+impl SessionCommand {
+    /// The stanza, its bytes released from `control`'s queue count.
+    pub fn take(self, control: &SessionControl) -> Element {
+        let SessionCommand::Stanza(el, bytes) = self;
+        control.release(bytes);
+        *el
+    }
+}
+
+/// Lets the router stop a session from outside (conflict, stuck queue, shutdown), and
+/// counts the bytes waiting in its queue against the session's budget.
+#[derive(Debug)]
 pub struct SessionControl {
     token: CancellationToken,
     reason: Mutex<Option<StreamError>>,
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+}
+
+impl Default for SessionControl {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 impl SessionControl {
+    /// A session whose queue may hold at most `max_queued_bytes` (`Element::approx_bytes`).
+    pub fn new(max_queued_bytes: usize) -> Self {
+        SessionControl {
+            token: CancellationToken::new(),
+            reason: Mutex::new(None),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
+        }
+    }
+
+    /// Counts `bytes` more as queued; `false` (nothing counted) if that would exceed the
+    /// budget.
+    pub(crate) fn reserve(&self, bytes: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|&n| n <= self.max_queued_bytes)
+            })
+            .is_ok()
+    }
+
+    /// `bytes` left the queue.
+    pub(crate) fn release(&self, bytes: usize) {
+        let _ = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
+    /// Bytes waiting in the queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
     pub fn kick(&self, reason: StreamError) {
         if let Ok(mut slot) = self.reason.lock() {
             slot.get_or_insert(reason);
@@ -64,7 +120,7 @@ pub enum BindOutcome {
     TooManyResources,
 }
 
-type Shard = RwLock<HashMap<String, Vec<SessionInfo>>>;
+type Shard = RwLock<HashMap<BareJid, Vec<SessionInfo>>>;
 
 /// Shards of the session table: presence fan-out and delivery touch many accounts from
 /// many tasks at once, so one lock for all would be contended.
@@ -84,32 +140,32 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    fn shard(&self, bare: &str) -> &Shard {
+    fn shard(&self, bare: &BareJid) -> &Shard {
         // FNV-1a: the shard only spreads lock contention (each shard's map keeps its
         // own keyed hash against flooding), so a cheap hash will do.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in bare.bytes() {
+        for b in bare.as_str().bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         &self.shards[(h % self.shards.len() as u64) as usize]
     }
     fn read(
         &self,
-        bare: &str,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Vec<SessionInfo>>> {
+        bare: &BareJid,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<SessionInfo>>> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent
         // because every critical section is a single insert/remove/update.
         self.shard(bare).read().unwrap_or_else(|e| e.into_inner())
     }
     fn write(
         &self,
-        bare: &str,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Vec<SessionInfo>>> {
+        bare: &BareJid,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<SessionInfo>>> {
         self.shard(bare).write().unwrap_or_else(|e| e.into_inner())
     }
     fn read_all(
         &self,
-    ) -> impl Iterator<Item = std::sync::RwLockReadGuard<'_, HashMap<String, Vec<SessionInfo>>>>
+    ) -> impl Iterator<Item = std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<SessionInfo>>>>
     {
         self.shards
             .iter()
@@ -117,9 +173,9 @@ impl Sessions {
     }
 
     /// Binds `info.resource` for `bare`; newest wins on conflict.
-    pub fn bind(&self, bare: &str, info: SessionInfo, max_resources: usize) -> BindOutcome {
+    pub fn bind(&self, bare: &BareJid, info: SessionInfo, max_resources: usize) -> BindOutcome {
         let mut map = self.write(bare);
-        let list = map.entry(bare.to_string()).or_default();
+        let list = map.entry(bare.clone()).or_default();
         if let Some(pos) = list.iter().position(|s| s.resource == info.resource) {
             let old = std::mem::replace(&mut list[pos], info);
             return BindOutcome::Replaced(old.control);
@@ -133,7 +189,7 @@ impl Sessions {
 
     /// Removes the binding if it still belongs to `conn_id` (a replaced session must not
     /// remove its successor). Returns whether it was removed.
-    pub fn unbind(&self, bare: &str, resource: &str, conn_id: u64) -> bool {
+    pub fn unbind(&self, bare: &BareJid, resource: &str, conn_id: u64) -> bool {
         let mut map = self.write(bare);
         let Some(list) = map.get_mut(bare) else {
             return false;
@@ -150,7 +206,7 @@ impl Sessions {
     /// Applies `f` to the session if it is still this connection's.
     pub fn update<R>(
         &self,
-        bare: &str,
+        bare: &BareJid,
         resource: &str,
         conn_id: u64,
         f: impl FnOnce(&mut SessionInfo) -> R,
@@ -164,11 +220,11 @@ impl Sessions {
     }
 
     /// A snapshot of an account's sessions.
-    pub fn resources(&self, bare: &str) -> Vec<SessionInfo> {
+    pub fn resources(&self, bare: &BareJid) -> Vec<SessionInfo> {
         self.read(bare).get(bare).cloned().unwrap_or_default()
     }
 
-    pub fn get(&self, bare: &str, resource: &str) -> Option<SessionInfo> {
+    pub fn get(&self, bare: &BareJid, resource: &str) -> Option<SessionInfo> {
         self.read(bare)
             .get(bare)?
             .iter()
@@ -177,13 +233,13 @@ impl Sessions {
     }
 
     /// Whether the account has any bound resource.
-    pub fn is_online(&self, bare: &str) -> bool {
+    pub fn is_online(&self, bare: &BareJid) -> bool {
         self.read(bare).contains_key(bare)
     }
 
     /// What `pick` returns for each of an account's sessions, taken under the lock so that
     /// hot paths copy only the fields they need (not presence elements).
-    pub fn select<T>(&self, bare: &str, pick: impl FnMut(&SessionInfo) -> Option<T>) -> Vec<T> {
+    pub fn select<T>(&self, bare: &BareJid, pick: impl FnMut(&SessionInfo) -> Option<T>) -> Vec<T> {
         match self.read(bare).get(bare) {
             Some(list) => list.iter().filter_map(pick).collect(),
             None => Vec::new(),
@@ -193,7 +249,7 @@ impl Sessions {
     /// Senders of the resources matching `pred`.
     pub fn senders_where(
         &self,
-        bare: &str,
+        bare: &BareJid,
         pred: impl Fn(&SessionInfo) -> bool,
     ) -> Vec<(mpsc::Sender<SessionCommand>, Arc<SessionControl>)> {
         self.select(bare, |s| pred(s).then(|| (s.tx.clone(), s.control.clone())))
@@ -201,7 +257,7 @@ impl Sessions {
 
     pub fn sender(
         &self,
-        bare: &str,
+        bare: &BareJid,
         resource: &str,
     ) -> Option<(mpsc::Sender<SessionCommand>, Arc<SessionControl>)> {
         self.read(bare)

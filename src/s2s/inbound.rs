@@ -17,13 +17,12 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::outbound::Failure;
 use super::{Pair, S2s};
-use crate::addr::Addr;
 use crate::config::TlsMode;
 use crate::context::Context;
 use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
-use crate::router::route;
+use crate::router::route_addressed;
 use crate::stream::negotiate::{Action, Negotiator, Policy, Role, domain_only};
 use crate::stream::{Ending, StreamError, StreamErrorCondition, StreamKind};
 use crate::xml::ns::{DIALBACK, DIALBACK_FEATURE};
@@ -77,7 +76,7 @@ pub async fn serve(
             tls_required: s2s.config.s2s.require_encryption,
         };
         let mut st = State {
-            neg: Negotiator::new(policy, move |d| hosts.is_local_domain(d)),
+            neg: Negotiator::new(policy, move |d| hosts.is_hosted_domain(d)),
             sasl_done: false,
             authed: HashSet::new(),
             pending: 0,
@@ -256,7 +255,7 @@ fn features(ctx: &Context, s2s: &S2s, conn: &Conn, st: &State) -> Element {
         features.push_child(starttls);
     }
     if secure || !require_tls {
-        let foreign_from = st.neg.peer().filter(|f| !ctx.is_local_domain(f));
+        let foreign_from = st.neg.peer().filter(|f| !ctx.is_hosted_domain(f));
         if secure && !st.sasl_done && cert_valid_for(s2s, conn, foreign_from) {
             features.push_child(
                 Element::new("mechanisms", ns::SASL)
@@ -308,7 +307,7 @@ async fn sasl_external(
     ) else {
         return sasl_failure(conn, "not-authorized").await;
     };
-    if ctx.is_local_domain(&from) {
+    if ctx.is_hosted_domain(&from) {
         // A certificate that also covers our domain (a shared wildcard one) must not let
         // a peer speak for our users.
         info!(from, "SASL EXTERNAL for a domain we host refused");
@@ -375,7 +374,7 @@ async fn db_result(
             return Ok(());
         }
     }
-    if ctx.is_local_domain(&remote) {
+    if ctx.is_hosted_domain(&remote) {
         // Only we speak for our domains: no certificate or callback can prove otherwise.
         info!(remote, "dialback for a domain we host refused");
         conn.send(&db_error(&local, &remote, "cancel", "forbidden"))
@@ -462,7 +461,7 @@ async fn db_verify(
     let authoritative = el.attr("to").unwrap_or_default();
     let id = el.attr("id").unwrap_or_default();
     let key = el.text();
-    let valid = ctx.is_local_domain(authoritative)
+    let valid = ctx.is_hosted_domain(authoritative)
         && s2s.secret.check(receiving, authoritative, id, key.trim());
     debug!(receiving, authoritative, valid, "answering dialback verify");
     let reply = Element::new("verify", DIALBACK)
@@ -476,37 +475,37 @@ async fn db_verify(
 /// RFC 6120 §8.1.1.2, §13.9.3: `from` must be an authenticated domain and `to` one of our
 /// vhosts; then the stanza is routed like a local one.
 async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), Ending> {
-    let Some(to) = el.attr("to").and_then(Addr::parse) else {
+    let Some(to) = el.attr("to").and_then(crate::addr::parse) else {
         return Err(Ending::Error(StreamError::with_text(
             StreamErrorCondition::HostUnknown,
             "stanza without a valid 'to'",
         )));
     };
-    let Some(from) = el.attr("from").and_then(Addr::parse) else {
+    let Some(from) = el.attr("from").and_then(crate::addr::parse) else {
         return Err(Ending::Error(StreamError::with_text(
             StreamErrorCondition::InvalidFrom,
             "stanza without a valid 'from'",
         )));
     };
-    if !ctx.is_local_domain(&to.domain) {
+    if !ctx.is_hosted_domain(to.domain().as_str()) {
         return Err(StreamErrorCondition::HostUnknown.into());
     }
-    if ctx.is_local_domain(&from.domain) {
+    if ctx.is_hosted_domain(from.domain().as_str()) {
         // Our users' stanzas never arrive from another server; never route one that claims to.
-        warn!(from = %from.full(), "stanza from a local domain on an inbound s2s stream; dropped");
+        warn!(from = %from, "stanza from a local domain on an inbound s2s stream; dropped");
         return Ok(());
     }
-    if !st
-        .authed
-        .contains(&(from.domain.clone(), to.domain.clone()))
-    {
+    if !st.authed.contains(&(
+        from.domain().as_str().to_string(),
+        to.domain().as_str().to_string(),
+    )) {
         return Err(Ending::Error(StreamError::with_text(
             StreamErrorCondition::InvalidFrom,
-            format!("{} is not authenticated on this stream", from.domain),
+            format!("{} is not authenticated on this stream", from.domain()),
         )));
     }
-    el.set_attr("from", from.full());
-    el.set_attr("to", to.full());
-    route(ctx, el).await;
+    el.set_attr("from", from.as_str());
+    el.set_attr("to", to.as_str());
+    route_addressed(ctx, from, to, el).await;
     Ok(())
 }

@@ -164,9 +164,9 @@ impl S2s {
     pub async fn send(self: &Arc<Self>, ctx: &Arc<Context>, remote: &str, stanza: Element) {
         let local = stanza
             .attr("from")
-            .map(crate::addr::domain_of)
-            .filter(|d| ctx.is_local_domain(d))
-            .map(str::to_string);
+            .and_then(crate::addr::parse)
+            .map(|from| from.domain().as_str().to_string())
+            .filter(|d| ctx.is_hosted_domain(d));
         let Some(local) = local else {
             debug!(
                 remote,

@@ -190,6 +190,9 @@ pub async fn start_with_modules(
                 return;
             };
             if let Some(ctx) = hook_ctx.upgrade() {
+                let Some(jid) = crate::addr::parse_bare(&jid) else {
+                    return;
+                };
                 for s in ctx.sessions.resources(&jid) {
                     s.control
                         .kick(StreamError::new(StreamErrorCondition::NotAuthorized));

@@ -22,7 +22,7 @@ pub(crate) fn bare(jid: &str) -> &str {
 }
 
 /// XEP-0313 §4.1.1: a bare `with` matches any resource of it, a full one only itself.
-pub(crate) fn with_matches(wanted: &str, with: &str) -> bool {
+pub fn with_matches(wanted: &str, with: &str) -> bool {
     if wanted.contains('/') {
         wanted == with
     } else {

@@ -21,9 +21,10 @@ use super::archive::{collect_page, new_id};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
-    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, Roster,
-    RosterItem, RosterStore, StorageError,
+    OfflineStoreOutcome, PendingSubscription, PushRegistration, PushStore, Result, RoomStore,
+    Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
+use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod pubsub;
@@ -32,7 +33,7 @@ mod pubsub;
 struct UserRoster {
     version: u64,
     /// Keyed by contact JID, so iteration order is the same as the sled backend's.
-    items: BTreeMap<String, RosterItem>,
+    items: BTreeMap<BareJid, RosterItem>,
 }
 
 #[derive(Default)]
@@ -40,7 +41,7 @@ struct Offline {
     /// Last seq handed out, for all users.
     last_seq: u64,
     /// Per user: seq -> (stored_at, stanza).
-    queues: HashMap<String, BTreeMap<u64, (u64, String)>>,
+    queues: HashMap<BareJid, BTreeMap<u64, (u64, String)>>,
 }
 
 #[derive(Clone)]
@@ -60,23 +61,25 @@ struct UserArchive {
 struct Archives {
     /// Last archive seq handed out, for all users.
     last_seq: u64,
-    users: HashMap<String, UserArchive>,
-    prefs: HashMap<String, ArchivePrefs>,
+    users: HashMap<BareJid, UserArchive>,
+    prefs: HashMap<BareJid, ArchivePrefs>,
 }
 
 /// The in-memory store; one instance implements every storage trait.
 /// One user's push registrations by (jid, node).
-type UserPush = BTreeMap<(String, String), PushRegistration>;
+type UserPush = BTreeMap<(Jid, String), PushRegistration>;
 
 #[derive(Default)]
 pub struct MemoryStore {
-    accounts: Mutex<BTreeMap<String, StoredCredentials>>,
-    rosters: Mutex<HashMap<String, UserRoster>>,
-    pending: Mutex<HashMap<String, BTreeMap<String, PendingSubscription>>>,
+    accounts: Mutex<BTreeMap<BareJid, StoredCredentials>>,
+    rosters: Mutex<HashMap<BareJid, UserRoster>>,
+    pending: Mutex<HashMap<BareJid, BTreeMap<BareJid, PendingSubscription>>>,
     offline: Mutex<Offline>,
     archives: Mutex<Archives>,
-    blocklists: Mutex<HashMap<String, BTreeSet<String>>>,
-    push: Mutex<HashMap<String, UserPush>>,
+    blocklists: Mutex<HashMap<BareJid, BTreeSet<String>>>,
+    push: Mutex<HashMap<BareJid, UserPush>>,
+    /// Keyed by (service domain, room JID), so listing a service is a range.
+    rooms: Mutex<BTreeMap<(String, String), StoredRoom>>,
     pubsub: Mutex<pubsub::MemoryPubsub>,
     profiles: Mutex<pubsub::MemoryProfiles>,
 }
@@ -97,20 +100,20 @@ pub(crate) fn now_secs() -> u64 {
 
 #[async_trait]
 impl AccountStore for MemoryStore {
-    async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+    async fn create(&self, jid: &BareJid, creds: &StoredCredentials) -> Result<bool> {
         let mut accounts = lock(&self.accounts)?;
         if accounts.contains_key(jid) {
             return Ok(false);
         }
-        accounts.insert(jid.to_owned(), creds.clone());
+        accounts.insert(jid.clone(), creds.clone());
         Ok(true)
     }
 
-    async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
+    async fn get(&self, jid: &BareJid) -> Result<Option<StoredCredentials>> {
         Ok(lock(&self.accounts)?.get(jid).cloned())
     }
 
-    async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+    async fn set_credentials(&self, jid: &BareJid, creds: &StoredCredentials) -> Result<bool> {
         match lock(&self.accounts)?.get_mut(jid) {
             Some(slot) => {
                 *slot = creds.clone();
@@ -120,18 +123,18 @@ impl AccountStore for MemoryStore {
         }
     }
 
-    async fn remove(&self, jid: &str) -> Result<bool> {
+    async fn remove(&self, jid: &BareJid) -> Result<bool> {
         Ok(lock(&self.accounts)?.remove(jid).is_some())
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
+    async fn list(&self) -> Result<Vec<BareJid>> {
         Ok(lock(&self.accounts)?.keys().cloned().collect())
     }
 }
 
 #[async_trait]
 impl RosterStore for MemoryStore {
-    async fn roster(&self, user: &str) -> Result<Roster> {
+    async fn roster(&self, user: &BareJid) -> Result<Roster> {
         Ok(match lock(&self.rosters)?.get(user) {
             Some(r) => Roster {
                 version: r.version,
@@ -141,21 +144,21 @@ impl RosterStore for MemoryStore {
         })
     }
 
-    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>> {
+    async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
         Ok(lock(&self.rosters)?
             .get(user)
             .and_then(|r| r.items.get(contact).cloned()))
     }
 
-    async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64> {
+    async fn put_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64> {
         let mut rosters = lock(&self.rosters)?;
-        let r = rosters.entry(user.to_owned()).or_default();
+        let r = rosters.entry(user.clone()).or_default();
         r.items.insert(item.jid.clone(), item.clone());
         r.version += 1;
         Ok(r.version)
     }
 
-    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>> {
+    async fn remove_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<u64>> {
         let mut rosters = lock(&self.rosters)?;
         let Some(r) = rosters.get_mut(user) else {
             return Ok(None);
@@ -167,22 +170,22 @@ impl RosterStore for MemoryStore {
         Ok(Some(r.version))
     }
 
-    async fn pending_in(&self, user: &str) -> Result<Vec<PendingSubscription>> {
+    async fn pending_in(&self, user: &BareJid) -> Result<Vec<PendingSubscription>> {
         Ok(lock(&self.pending)?
             .get(user)
             .map(|p| p.values().cloned().collect())
             .unwrap_or_default())
     }
 
-    async fn add_pending_in(&self, user: &str, pending: &PendingSubscription) -> Result<()> {
+    async fn add_pending_in(&self, user: &BareJid, pending: &PendingSubscription) -> Result<()> {
         lock(&self.pending)?
-            .entry(user.to_owned())
+            .entry(user.clone())
             .or_default()
             .insert(pending.from.clone(), pending.clone());
         Ok(())
     }
 
-    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool> {
+    async fn remove_pending_in(&self, user: &BareJid, contact: &BareJid) -> Result<bool> {
         let mut pending = lock(&self.pending)?;
         let Some(p) = pending.get_mut(user) else {
             return Ok(false);
@@ -194,7 +197,7 @@ impl RosterStore for MemoryStore {
         Ok(removed)
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         if let Some(r) = lock(&self.rosters)?.get_mut(user) {
             // Keep (and bump) the version; see the module comment.
             r.items.clear();
@@ -207,7 +210,12 @@ impl RosterStore for MemoryStore {
 
 #[async_trait]
 impl OfflineStore for MemoryStore {
-    async fn push(&self, user: &str, stanza: &str, quota: usize) -> Result<OfflineStoreOutcome> {
+    async fn push(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
         let mut off = lock(&self.offline)?;
         let used = off.queues.get(user).map_or(0, |q| q.len());
         if used >= quota {
@@ -216,13 +224,13 @@ impl OfflineStore for MemoryStore {
         off.last_seq += 1;
         let seq = off.last_seq;
         off.queues
-            .entry(user.to_owned())
+            .entry(user.clone())
             .or_default()
             .insert(seq, (now_secs(), stanza.to_owned()));
         Ok(OfflineStoreOutcome::Stored)
     }
 
-    async fn list(&self, user: &str) -> Result<Vec<OfflineMessage>> {
+    async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>> {
         let off = lock(&self.offline)?;
         Ok(off
             .queues
@@ -239,7 +247,7 @@ impl OfflineStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()> {
+    async fn remove_up_to(&self, user: &BareJid, up_to: u64) -> Result<()> {
         let mut off = lock(&self.offline)?;
         if let Some(q) = off.queues.get_mut(user) {
             // split_off keeps seq > up_to.
@@ -253,11 +261,11 @@ impl OfflineStore for MemoryStore {
         Ok(())
     }
 
-    async fn count(&self, user: &str) -> Result<usize> {
+    async fn count(&self, user: &BareJid) -> Result<usize> {
         Ok(lock(&self.offline)?.queues.get(user).map_or(0, |q| q.len()))
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         lock(&self.offline)?.queues.remove(user);
         Ok(())
     }
@@ -273,10 +281,10 @@ fn archived(pos: ArchivePos, r: &ArchiveRecord) -> ArchivedMessage {
 }
 
 impl Archives {
-    fn append(&mut self, user: &str, msg: &NewArchived<'_>) -> ArchiveStamp {
+    fn append(&mut self, user: &BareJid, msg: &NewArchived<'_>) -> ArchiveStamp {
         self.last_seq += 1;
         let seq = self.last_seq;
-        let archive = self.users.entry(user.to_owned()).or_default();
+        let archive = self.users.entry(user.clone()).or_default();
         let newest = archive.messages.keys().next_back().map_or(0, |p| p.micros);
         let pos = ArchivePos {
             micros: msg.micros.max(newest),
@@ -301,23 +309,27 @@ impl Archives {
 
 #[async_trait]
 impl ArchiveStore for MemoryStore {
-    async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+    async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
         Ok(lock(&self.archives)?.append(user, &msg))
     }
 
-    async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
+    async fn append_many(
+        &self,
+        user: &BareJid,
+        msgs: &[NewArchived<'_>],
+    ) -> Result<Vec<ArchiveStamp>> {
         let mut archives = lock(&self.archives)?;
         Ok(msgs.iter().map(|m| archives.append(user, m)).collect())
     }
 
-    async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>> {
+    async fn position(&self, user: &BareJid, id: &str) -> Result<Option<ArchivePos>> {
         Ok(lock(&self.archives)?
             .users
             .get(user)
             .and_then(|a| a.ids.get(id).copied()))
     }
 
-    async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>> {
+    async fn get(&self, user: &BareJid, id: &str) -> Result<Option<ArchivedMessage>> {
         let archives = lock(&self.archives)?;
         Ok(archives.users.get(user).and_then(|a| {
             let pos = *a.ids.get(id)?;
@@ -325,7 +337,7 @@ impl ArchiveStore for MemoryStore {
         }))
     }
 
-    async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage> {
+    async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage> {
         let archives = lock(&self.archives)?;
         let Some(archive) = archives.users.get(user) else {
             return Ok(ArchivePage::default());
@@ -340,14 +352,31 @@ impl ArchiveStore for MemoryStore {
         collect_page(scan, q)
     }
 
-    async fn count(&self, user: &str) -> Result<u64> {
+    async fn count(&self, user: &BareJid) -> Result<u64> {
         Ok(lock(&self.archives)?
             .users
             .get(user)
             .map_or(0, |a| a.messages.len() as u64))
     }
 
-    async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
+    async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool> {
+        let mut archives = lock(&self.archives)?;
+        let Some(a) = archives.users.get_mut(user) else {
+            return Ok(false);
+        };
+        let Some(pos) = a.ids.get(id).copied() else {
+            return Ok(false);
+        };
+        match a.messages.get_mut(&pos) {
+            Some(r) => {
+                r.stanza = stanza.to_string();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
         let mut archives = lock(&self.archives)?;
         let Some(archive) = archives.users.get_mut(user) else {
             return Ok(0);
@@ -367,18 +396,18 @@ impl ArchiveStore for MemoryStore {
         Ok(old.len())
     }
 
-    async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>> {
+    async fn prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>> {
         Ok(lock(&self.archives)?.prefs.get(user).cloned())
     }
 
-    async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()> {
+    async fn set_prefs(&self, user: &BareJid, prefs: &ArchivePrefs) -> Result<()> {
         lock(&self.archives)?
             .prefs
-            .insert(user.to_owned(), prefs.clone());
+            .insert(user.clone(), prefs.clone());
         Ok(())
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         let mut archives = lock(&self.archives)?;
         archives.users.remove(user);
         archives.prefs.remove(user);
@@ -388,69 +417,73 @@ impl ArchiveStore for MemoryStore {
 
 #[async_trait]
 impl BlockListStore for MemoryStore {
-    async fn blocklist(&self, user: &str) -> Result<Vec<String>> {
+    async fn blocklist(&self, user: &BareJid) -> Result<Vec<Jid>> {
         Ok(lock(&self.blocklists)?
             .get(user)
-            .map(|l| l.iter().cloned().collect())
+            .map(|l| l.iter().filter_map(|j| crate::addr::parse(j)).collect())
             .unwrap_or_default())
     }
 
-    async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+    async fn block(&self, user: &BareJid, jids: &[Jid]) -> Result<Vec<Jid>> {
         let mut lists = lock(&self.blocklists)?;
-        let list = lists.entry(user.to_owned()).or_default();
+        let list = lists.entry(user.clone()).or_default();
         Ok(jids
             .iter()
-            .filter(|j| list.insert((*j).clone()))
+            .filter(|j| list.insert(j.to_string()))
             .cloned()
             .collect())
     }
 
-    async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+    async fn unblock(&self, user: &BareJid, jids: &[Jid]) -> Result<Vec<Jid>> {
         let mut lists = lock(&self.blocklists)?;
         let Some(list) = lists.get_mut(user) else {
             return Ok(Vec::new());
         };
-        let removed = jids.iter().filter(|j| list.remove(*j)).cloned().collect();
+        let removed = jids
+            .iter()
+            .filter(|j| list.remove(j.as_str()))
+            .cloned()
+            .collect();
         if list.is_empty() {
             lists.remove(user);
         }
         Ok(removed)
     }
 
-    async fn unblock_all(&self, user: &str) -> Result<Vec<String>> {
+    async fn unblock_all(&self, user: &BareJid) -> Result<Vec<Jid>> {
         Ok(lock(&self.blocklists)?
             .remove(user)
-            .map(|l| l.into_iter().collect())
+            .map(|l| l.iter().filter_map(|j| crate::addr::parse(j)).collect())
             .unwrap_or_default())
     }
 
-    async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool> {
+    async fn is_blocked(&self, user: &BareJid, jids: &[&str]) -> Result<bool> {
         Ok(lock(&self.blocklists)?
             .get(user)
             .is_some_and(|l| jids.iter().any(|j| l.contains(*j))))
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         lock(&self.blocklists)?.remove(user);
         Ok(())
     }
 
-    fn may_block_anyone(&self, user: &str) -> bool {
+    fn may_block_anyone(&self, user: &BareJid) -> bool {
         lock(&self.blocklists).map_or(true, |lists| lists.contains_key(user))
     }
 }
 
 #[async_trait]
 impl PushStore for MemoryStore {
-    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
+    async fn enable(&self, user: &BareJid, reg: &PushRegistration) -> Result<()> {
         lock(&self.push)?
-            .entry(user.to_owned())
+            .entry(user.clone())
             .or_default()
             .insert((reg.jid.clone(), reg.node.clone()), reg.clone());
         Ok(())
     }
 
-    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+    async fn disable(&self, user: &BareJid, jid: &Jid, node: Option<&str>) -> Result<usize> {
         let mut push = lock(&self.push)?;
         let Some(regs) = push.get_mut(user) else {
             return Ok(0);
@@ -464,16 +497,46 @@ impl PushStore for MemoryStore {
         Ok(removed)
     }
 
-    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>> {
+    async fn list(&self, user: &BareJid) -> Result<Vec<PushRegistration>> {
         Ok(lock(&self.push)?
             .get(user)
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default())
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         lock(&self.push)?.remove(user);
         Ok(())
+    }
+}
+
+/// The service domain of a room JID (`room@service`).
+fn room_key(jid: &BareJid) -> (String, String) {
+    (jid.domain().as_str().to_string(), jid.to_string())
+}
+
+#[async_trait]
+impl RoomStore for MemoryStore {
+    async fn put_room(&self, room: &StoredRoom) -> Result<()> {
+        lock(&self.rooms)?.insert(room_key(&room.jid), room.clone());
+        Ok(())
+    }
+
+    async fn room(&self, jid: &BareJid) -> Result<Option<StoredRoom>> {
+        Ok(lock(&self.rooms)?.get(&room_key(jid)).cloned())
+    }
+
+    async fn remove_room(&self, jid: &BareJid) -> Result<bool> {
+        Ok(lock(&self.rooms)?.remove(&room_key(jid)).is_some())
+    }
+
+    async fn rooms(&self, service: &DomainRef, limit: usize) -> Result<Vec<StoredRoom>> {
+        Ok(lock(&self.rooms)?
+            .range((service.to_string(), String::new())..)
+            .take_while(|((s, _), _)| s == service.as_str())
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 }
 
@@ -481,23 +544,27 @@ impl PushStore for MemoryStore {
 mod tests {
     use super::*;
 
+    fn j(s: &str) -> crate::addr::BareJid {
+        crate::addr::parse_bare(s).unwrap()
+    }
+
     #[tokio::test]
     async fn remove_up_to_keeps_later_messages() {
         let s = MemoryStore::default();
         for i in 0..3 {
-            s.push("u@x", &format!("m{i}"), 10).await.unwrap();
+            s.push(&j("u@x"), &format!("m{i}"), 10).await.unwrap();
         }
-        let seqs: Vec<u64> = OfflineStore::list(&s, "u@x")
+        let seqs: Vec<u64> = OfflineStore::list(&s, &j("u@x"))
             .await
             .unwrap()
             .iter()
             .map(|m| m.seq)
             .collect();
-        s.remove_up_to("u@x", seqs[1]).await.unwrap();
-        let left = OfflineStore::list(&s, "u@x").await.unwrap();
+        s.remove_up_to(&j("u@x"), seqs[1]).await.unwrap();
+        let left = OfflineStore::list(&s, &j("u@x")).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].seq, seqs[2]);
-        s.remove_up_to("u@x", u64::MAX).await.unwrap();
-        assert_eq!(OfflineStore::count(&s, "u@x").await.unwrap(), 0);
+        s.remove_up_to(&j("u@x"), u64::MAX).await.unwrap();
+        assert_eq!(OfflineStore::count(&s, &j("u@x")).await.unwrap(), 0);
     }
 }

@@ -6,9 +6,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
+
+/// XEP-0313 `with` matching on stored (normalized) JIDs, as the backends page with it.
+pub use archive::with_matches;
 pub mod memory;
 pub mod pubsub;
 pub mod sled;
@@ -25,18 +29,18 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
-/// Accounts are keyed by bare JID string (`user@domain`), normalized by the caller.
+/// Accounts are keyed by bare JID (`user@domain`).
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Creates the account; `Ok(false)` if it already exists (nothing changed).
-    async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool>;
-    async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>>;
+    async fn create(&self, jid: &BareJid, creds: &StoredCredentials) -> Result<bool>;
+    async fn get(&self, jid: &BareJid) -> Result<Option<StoredCredentials>>;
     /// Replaces credentials; `Ok(false)` if there is no such account.
-    async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool>;
+    async fn set_credentials(&self, jid: &BareJid, creds: &StoredCredentials) -> Result<bool>;
     /// Removes the account; `Ok(false)` if there was none.
-    async fn remove(&self, jid: &str) -> Result<bool>;
+    async fn remove(&self, jid: &BareJid) -> Result<bool>;
     /// All account JIDs, sorted.
-    async fn list(&self) -> Result<Vec<String>>;
+    async fn list(&self) -> Result<Vec<BareJid>>;
     /// Makes every write so far durable. Provided (no-op) so existing implementors are
     /// unaffected; durable backends override it.
     async fn flush(&self) -> Result<()> {
@@ -105,10 +109,10 @@ impl Subscription {
 }
 
 /// One roster entry (RFC 6121 §2.1.2).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RosterItem {
     /// Contact bare JID.
-    pub jid: String,
+    pub jid: BareJid,
     pub name: Option<String>,
     pub subscription: Subscription,
     /// Pending-out: the user sent a subscribe not yet answered (`ask='subscribe'`).
@@ -118,6 +122,21 @@ pub struct RosterItem {
     /// Subscription pre-approved by the user (RFC 6121 §3.4).
     pub approved: bool,
     pub groups: Vec<String>,
+}
+
+impl RosterItem {
+    /// A new item for `jid` with no subscription.
+    pub fn new(jid: BareJid) -> Self {
+        RosterItem {
+            jid,
+            name: None,
+            subscription: Subscription::None,
+            ask: false,
+            pending_in: false,
+            approved: false,
+            groups: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -131,7 +150,7 @@ pub struct Roster {
 /// can be re-delivered at login (RFC 6121 §3.1.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingSubscription {
-    pub from: String,
+    pub from: BareJid,
     /// The original `<presence type='subscribe'/>`, serialized, if kept.
     pub stanza: Option<String>,
 }
@@ -141,9 +160,9 @@ pub struct PendingSubscription {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PresenceContacts {
     /// Contacts entitled to the user's presence (subscription `from` or `both`).
-    pub subscribers: Vec<String>,
+    pub subscribers: Vec<BareJid>,
     /// Contacts whose presence the user has (subscription `to` or `both`): probed at login.
-    pub subscriptions: Vec<String>,
+    pub subscriptions: Vec<BareJid>,
 }
 
 impl PresenceContacts {
@@ -164,23 +183,23 @@ impl PresenceContacts {
 
 #[async_trait]
 pub trait RosterStore: Send + Sync {
-    async fn roster(&self, user: &str) -> Result<Roster>;
+    async fn roster(&self, user: &BareJid) -> Result<Roster>;
     /// The presence-relevant part of the roster (backends may keep it ready).
-    async fn presence_contacts(&self, user: &str) -> Result<std::sync::Arc<PresenceContacts>> {
+    async fn presence_contacts(&self, user: &BareJid) -> Result<std::sync::Arc<PresenceContacts>> {
         let roster = self.roster(user).await?;
         Ok(std::sync::Arc::new(PresenceContacts::of(&roster.items)))
     }
-    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>>;
+    async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>>;
     /// Inserts or replaces an item; returns the new roster version.
-    async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64>;
+    async fn put_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64>;
     /// Removes an item; returns the new version, or `None` if there was no such item.
-    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>>;
-    async fn pending_in(&self, user: &str) -> Result<Vec<PendingSubscription>>;
-    async fn add_pending_in(&self, user: &str, pending: &PendingSubscription) -> Result<()>;
+    async fn remove_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<u64>>;
+    async fn pending_in(&self, user: &BareJid) -> Result<Vec<PendingSubscription>>;
+    async fn add_pending_in(&self, user: &BareJid, pending: &PendingSubscription) -> Result<()>;
     /// `Ok(true)` if something was removed.
-    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool>;
+    async fn remove_pending_in(&self, user: &BareJid, contact: &BareJid) -> Result<bool>;
     /// Drops the whole roster and pending requests (account removal).
-    async fn remove_user(&self, user: &str) -> Result<()>;
+    async fn remove_user(&self, user: &BareJid) -> Result<()>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {
         Ok(())
@@ -207,13 +226,14 @@ pub enum OfflineStoreOutcome {
 #[async_trait]
 pub trait OfflineStore: Send + Sync {
     /// Appends a message, durably (flushed) before returning `Stored`.
-    async fn push(&self, user: &str, stanza: &str, quota: usize) -> Result<OfflineStoreOutcome>;
+    async fn push(&self, user: &BareJid, stanza: &str, quota: usize)
+    -> Result<OfflineStoreOutcome>;
     /// All stored messages in arrival order (not removed).
-    async fn list(&self, user: &str) -> Result<Vec<OfflineMessage>>;
+    async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>>;
     /// Removes messages with `seq <= up_to` (after they were delivered).
-    async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()>;
-    async fn count(&self, user: &str) -> Result<usize>;
-    async fn remove_user(&self, user: &str) -> Result<()>;
+    async fn remove_up_to(&self, user: &BareJid, up_to: u64) -> Result<()>;
+    async fn count(&self, user: &BareJid) -> Result<usize>;
+    async fn remove_user(&self, user: &BareJid) -> Result<()>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {
         Ok(())
@@ -365,24 +385,32 @@ pub struct ArchivePrefs {
 #[async_trait]
 pub trait ArchiveStore: Send + Sync {
     /// Stores a message and returns its UID and position. Durable before returning.
-    async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp>;
+    async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp>;
     /// Stores many messages at once with one flush (import, benchmarks); in order.
-    async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>>;
+    async fn append_many(
+        &self,
+        user: &BareJid,
+        msgs: &[NewArchived<'_>],
+    ) -> Result<Vec<ArchiveStamp>>;
     /// The position of a UID, if it is in the archive.
-    async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>>;
+    async fn position(&self, user: &BareJid, id: &str) -> Result<Option<ArchivePos>>;
     /// The message with this UID, if any.
-    async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>>;
+    async fn get(&self, user: &BareJid, id: &str) -> Result<Option<ArchivedMessage>>;
     /// One page of matching messages.
-    async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage>;
+    async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage>;
     /// Number of messages in the archive.
-    async fn count(&self, user: &str) -> Result<u64>;
+    async fn count(&self, user: &BareJid) -> Result<u64>;
+    /// Replaces the stanza stored under `id` (a retraction's tombstone, XEP-0424/0425),
+    /// keeping its UID, position and `with`. `Ok(false)`: no such message. Durable before
+    /// returning.
+    async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool>;
     /// Removes up to `limit` of the oldest messages stored before `micros` (retention);
     /// returns how many went. Oldest first, so the archive never gets holes.
-    async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize>;
-    async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>>;
-    async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()>;
+    async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize>;
+    async fn prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>>;
+    async fn set_prefs(&self, user: &BareJid, prefs: &ArchivePrefs) -> Result<()>;
     /// Drops the archive and preferences (account removal).
-    async fn remove_user(&self, user: &str) -> Result<()>;
+    async fn remove_user(&self, user: &BareJid) -> Result<()>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {
         Ok(())
@@ -394,22 +422,22 @@ pub trait ArchiveStore: Send + Sync {
 #[async_trait]
 pub trait BlockListStore: Send + Sync {
     /// The whole list, in byte order.
-    async fn blocklist(&self, user: &str) -> Result<Vec<String>>;
+    async fn blocklist(&self, user: &BareJid) -> Result<Vec<Jid>>;
     /// Adds entries; returns those that were not there before.
-    async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>>;
+    async fn block(&self, user: &BareJid, jids: &[Jid]) -> Result<Vec<Jid>>;
     /// Removes entries; returns those that were there.
-    async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>>;
+    async fn unblock(&self, user: &BareJid, jids: &[Jid]) -> Result<Vec<Jid>>;
     /// Empties the list; returns what was in it.
-    async fn unblock_all(&self, user: &str) -> Result<Vec<String>>;
+    async fn unblock_all(&self, user: &BareJid) -> Result<Vec<Jid>>;
     /// Whether any of `jids` is on the list (the caller expands one address into the
     /// entries that would match it). Cheap when the list is empty.
-    async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool>;
+    async fn is_blocked(&self, user: &BareJid, jids: &[&str]) -> Result<bool>;
     /// `false` only if the user's list is certainly empty: lets the per-stanza check skip
     /// building the candidate entries. Must not block (no disk access).
-    fn may_block_anyone(&self, _user: &str) -> bool {
+    fn may_block_anyone(&self, _user: &BareJid) -> bool {
         true
     }
-    async fn remove_user(&self, user: &str) -> Result<()>;
+    async fn remove_user(&self, user: &BareJid) -> Result<()>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {
         Ok(())
@@ -420,7 +448,7 @@ pub trait BlockListStore: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRegistration {
     /// The app server's XMPP Push Service.
-    pub jid: String,
+    pub jid: Jid,
     /// The node on that service (one per device/app installation).
     pub node: String,
     /// The client's `publish-options` data form, serialized, sent with every publish.
@@ -432,13 +460,105 @@ pub struct PushRegistration {
 #[async_trait]
 pub trait PushStore: Send + Sync {
     /// Adds a registration, replacing one with the same `jid` and `node`.
-    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()>;
+    async fn enable(&self, user: &BareJid, reg: &PushRegistration) -> Result<()>;
     /// Removes the user's registrations for `jid` (only the one with `node` if given);
     /// returns how many were removed.
-    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize>;
+    async fn disable(&self, user: &BareJid, jid: &Jid, node: Option<&str>) -> Result<usize>;
     /// The user's registrations, ordered by (`jid`, `node`).
-    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>>;
-    async fn remove_user(&self, user: &str) -> Result<()>;
+    async fn list(&self, user: &BareJid) -> Result<Vec<PushRegistration>>;
+    async fn remove_user(&self, user: &BareJid) -> Result<()>;
+    /// Makes every write so far durable (see [`AccountStore::flush`]).
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A room member's standing (XEP-0045 §5.2), kept by bare JID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+pub enum RoomAffiliation {
+    Outcast,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl RoomAffiliation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomAffiliation::Owner => "owner",
+            RoomAffiliation::Admin => "admin",
+            RoomAffiliation::Member => "member",
+            RoomAffiliation::Outcast => "outcast",
+        }
+    }
+}
+
+/// Who may send private messages through occupant JIDs (`muc#roomconfig_allowpm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum RoomPmPolicy {
+    #[default]
+    Anyone,
+    Participants,
+    Moderators,
+    Nobody,
+}
+
+/// A room's configuration (XEP-0045 §10.2, the `muc#roomconfig` form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomConfig {
+    pub name: String,
+    pub description: String,
+    pub persistent: bool,
+    pub public: bool,
+    pub members_only: bool,
+    pub moderated: bool,
+    /// The room secret; `None`: no password.
+    pub password: Option<String>,
+    pub max_users: u32,
+    /// Real JIDs are shown to everyone (non-anonymous), else to moderators only.
+    pub whois_anyone: bool,
+    pub allow_pm: RoomPmPolicy,
+    /// Participants may change the subject, not only moderators.
+    pub change_subject: bool,
+    /// Members may invite others to a members-only room, not only admins.
+    pub allow_invites: bool,
+    pub history_length: u32,
+}
+
+/// One affiliation on a room's lists, with the nickname registered with it (§7.10).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomAffiliationEntry {
+    /// Bare JID (or a domain, for whole servers).
+    pub jid: BareJid,
+    pub affiliation: RoomAffiliation,
+    pub nick: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What a persistent room keeps across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRoom {
+    /// The room's bare JID (`room@service`).
+    pub jid: BareJid,
+    pub config: RoomConfig,
+    /// Sorted by JID.
+    pub affiliations: Vec<RoomAffiliationEntry>,
+    /// The subject and the nickname that set it.
+    pub subject: Option<(String, String)>,
+    /// The room's key for XEP-0421 occupant ids: stable across restarts, unguessable.
+    pub occupant_id_key: Vec<u8>,
+}
+
+/// Persistent chat rooms (XEP-0045), keyed by room bare JID (`node@service`).
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Inserts or replaces the room; durable before returning.
+    async fn put_room(&self, room: &StoredRoom) -> Result<()>;
+    async fn room(&self, jid: &BareJid) -> Result<Option<StoredRoom>>;
+    /// `Ok(false)` if there was no such room.
+    async fn remove_room(&self, jid: &BareJid) -> Result<bool>;
+    /// The rooms of one service domain, ordered by JID, at most `limit`.
+    async fn rooms(&self, service: &DomainRef, limit: usize) -> Result<Vec<StoredRoom>>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {
         Ok(())
@@ -454,6 +574,7 @@ pub struct Storage {
     pub archive: Arc<dyn ArchiveStore>,
     pub blocklist: Arc<dyn BlockListStore>,
     pub push: Arc<dyn PushStore>,
+    pub rooms: Arc<dyn RoomStore>,
     pub pubsub: Arc<dyn PubsubStore>,
     pub profiles: Arc<dyn ProfileStore>,
 }
@@ -496,6 +617,7 @@ impl Storage {
             + ArchiveStore
             + BlockListStore
             + PushStore
+            + RoomStore
             + PubsubStore
             + ProfileStore
             + 'static,
@@ -507,6 +629,7 @@ impl Storage {
             archive: backend.clone(),
             blocklist: backend.clone(),
             push: backend.clone(),
+            rooms: backend.clone(),
             pubsub: backend.clone(),
             profiles: backend,
         }
@@ -521,12 +644,13 @@ impl Storage {
         self.archive.flush().await?;
         self.blocklist.flush().await?;
         self.push.flush().await?;
+        self.rooms.flush().await?;
         self.pubsub.flush().await?;
         self.profiles.flush().await
     }
 
     /// Removes an account and everything stored for it.
-    pub async fn remove_account(&self, jid: &str) -> Result<bool> {
+    pub async fn remove_account(&self, jid: &BareJid) -> Result<bool> {
         let existed = self.accounts.remove(jid).await?;
         self.roster.remove_user(jid).await?;
         self.offline.remove_user(jid).await?;
@@ -534,8 +658,8 @@ impl Storage {
         self.blocklist.remove_user(jid).await?;
         self.push.remove_user(jid).await?;
         // The account's PEP service is keyed by its bare JID.
-        self.pubsub.remove_service(jid).await?;
-        self.profiles.remove_user(jid).await?;
+        self.pubsub.remove_service(jid.as_str()).await?;
+        self.profiles.remove_user(jid.as_str()).await?;
         Ok(existed)
     }
 }

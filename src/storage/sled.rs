@@ -16,6 +16,7 @@
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
+//! | `muc_rooms`    | `<service>\0<room jid>`           | fmt byte + `StoredRoom`        |
 //! | `pubsub_*`, `vcards`, `private_xml` | see `sled/pubsub.rs` |                     |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
@@ -49,8 +50,9 @@ use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
     OfflineStoreOutcome, PendingSubscription, PresenceContacts, PushRegistration, PushStore,
-    Result, Roster, RosterItem, RosterStore, StorageError,
+    Result, RoomStore, Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
+use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod pubsub;
@@ -74,7 +76,7 @@ pub struct SledStore {
     /// First, so that dropping the store first lets the writer finish.
     writer: ArchiveWriter,
     /// Newest archive micros per user, so positions are assigned without a disk read.
-    newest: Mutex<HashMap<String, u64>>,
+    newest: Mutex<HashMap<BareJid, u64>>,
     db: Db,
     accounts: Tree,
     roster: Tree,
@@ -95,13 +97,14 @@ pub struct SledStore {
     /// Users whose block list is not empty.
     blocking: UsersWithEntries,
     push: Tree,
+    muc_rooms: Tree,
     /// Pubsub nodes and items, vCards, private XML.
     pubsub: pubsub::SledPubsub,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Presence contacts per user with the roster version they were read at: presence
     /// changes reuse them until the roster changes.
-    presence_contacts: Mutex<HashMap<String, (u64, Arc<PresenceContacts>)>>,
+    presence_contacts: Mutex<HashMap<BareJid, (u64, Arc<PresenceContacts>)>>,
 }
 
 /// Users whose presence contacts are kept ready at most (about the online users).
@@ -214,11 +217,11 @@ impl UsersWithEntries {
         Ok(Self(RwLock::new(users)))
     }
 
-    fn contains(&self, user: &str) -> bool {
+    fn contains(&self, user: &BareJid) -> bool {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(user)
+            .contains(user.as_str())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<Box<str>>> {
@@ -297,7 +300,8 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// `<user>\0`: the prefix of all of a user's keys in the per-user trees.
-fn user_prefix(user: &str) -> Result<Vec<u8>> {
+fn user_prefix(user: &BareJid) -> Result<Vec<u8>> {
+    let user = user.as_str();
     check_name(user)?;
     let mut key = Vec::with_capacity(user.len() + 9);
     key.extend_from_slice(user.as_bytes());
@@ -305,14 +309,14 @@ fn user_prefix(user: &str) -> Result<Vec<u8>> {
     Ok(key)
 }
 
-fn pair_key(user: &str, contact: &str) -> Result<Vec<u8>> {
-    check_name(contact)?;
+fn pair_key(user: &BareJid, other: &str) -> Result<Vec<u8>> {
+    check_name(other)?;
     let mut key = user_prefix(user)?;
-    key.extend_from_slice(contact.as_bytes());
+    key.extend_from_slice(other.as_bytes());
     Ok(key)
 }
 
-fn offline_key(user: &str, seq: u64) -> Result<Vec<u8>> {
+fn offline_key(user: &BareJid, seq: u64) -> Result<Vec<u8>> {
     let mut key = user_prefix(user)?;
     key.extend_from_slice(&seq.to_be_bytes());
     Ok(key)
@@ -446,6 +450,7 @@ impl SledStore {
             offline: tree("offline")?,
             offline_meta: tree("offline_meta")?,
             push: tree("push")?,
+            muc_rooms: tree("muc_rooms")?,
             pubsub: pubsub::SledPubsub::open(&db)?,
             archive: trees.archive,
             archive_ids: trees.ids,
@@ -473,7 +478,7 @@ impl SledStore {
     }
 
     /// Removes the given offline keys of `user` and keeps its count in step.
-    fn remove_offline_keys(&self, user: &str, keys: &[IVec]) -> Result<()> {
+    fn remove_offline_keys(&self, user: &BareJid, keys: &[IVec]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -485,12 +490,12 @@ impl SledStore {
                         removed += 1;
                     }
                 }
-                let count = tx_counter(meta, user.as_bytes(), "offline count")?;
+                let count = tx_counter(meta, user.as_str().as_bytes(), "offline count")?;
                 let left = count.saturating_sub(removed);
                 if left == 0 {
-                    meta.remove(user.as_bytes())?;
+                    meta.remove(user.as_str().as_bytes())?;
                 } else {
-                    meta.insert(user.as_bytes(), encode(&left).map_err(abort)?)?;
+                    meta.insert(user.as_str().as_bytes(), encode(&left).map_err(abort)?)?;
                 }
                 Ok(())
             })
@@ -565,13 +570,13 @@ enum WriterOp {
     /// they see every message archived before them.
     Barrier(oneshot::Sender<Result<()>>),
     RemoveBefore {
-        user: String,
+        user: BareJid,
         micros: u64,
         limit: usize,
         reply: oneshot::Sender<Result<usize>>,
     },
     RemoveUser {
-        user: String,
+        user: BareJid,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -624,7 +629,7 @@ impl ArchiveTrees {
         self.meta.apply_batch(meta).map_err(backend)
     }
 
-    fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
+    fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
         let prefix = user_prefix(user)?;
         let start = pos_key(&prefix, ArchivePos::MIN);
         let end = pos_key(&prefix, ArchivePos { micros, seq: 0 });
@@ -647,26 +652,26 @@ impl ArchiveTrees {
         self.archive.apply_batch(archive).map_err(backend)?;
         self.ids.apply_batch(ids).map_err(backend)?;
         self.with.apply_batch(with).map_err(backend)?;
-        let count: u64 = match self.meta.get(user).map_err(backend)? {
+        let count: u64 = match self.meta.get(user.as_str()).map_err(backend)? {
             Some(v) => decode("archive count", &v)?,
             None => 0,
         };
         match count.saturating_sub(removed) {
-            0 => self.meta.remove(user).map(drop),
-            left => self.meta.insert(user, encode(&left)?).map(drop),
+            0 => self.meta.remove(user.as_str()).map(drop),
+            left => self.meta.insert(user.as_str(), encode(&left)?).map(drop),
         }
         .map_err(backend)?;
         Ok(removed as usize)
     }
 
-    fn remove_user(&self, user: &str) -> Result<()> {
+    fn remove_user(&self, user: &BareJid) -> Result<()> {
         let prefix = user_prefix(user)?;
         // Large archives do not fit one batch in memory comfortably, but each tree is
         // cleared atomically on its own: records first, then indexes, the count last.
         clear_prefix(&self.archive, &prefix)?;
         clear_prefix(&self.ids, &prefix)?;
         clear_prefix(&self.with, &prefix)?;
-        self.meta.remove(user).map_err(backend)?;
+        self.meta.remove(user.as_str()).map_err(backend)?;
         Ok(())
     }
 
@@ -866,7 +871,7 @@ impl SledStore {
     /// sequence (sled's `generate_id`, monotonic across restarts) orders equal micros.
     fn positions(
         &self,
-        user: &str,
+        user: &BareJid,
         prefix: &[u8],
         msgs: &[NewArchived<'_>],
     ) -> Result<Vec<ArchivePos>> {
@@ -877,7 +882,7 @@ impl SledStore {
             // the user passes this map, so queued writes never make it stale.
             None => {
                 let stored = self.newest_micros(prefix)?;
-                newest.entry(user.to_string()).or_insert(stored)
+                newest.entry(user.clone()).or_insert(stored)
             }
         };
         msgs.iter()
@@ -893,7 +898,7 @@ impl SledStore {
     /// batch holding them is flushed to disk.
     async fn append_durably(
         &self,
-        user: &str,
+        user: &BareJid,
         msgs: &[NewArchived<'_>],
     ) -> Result<Vec<ArchiveStamp>> {
         let prefix = user_prefix(user)?;
@@ -942,8 +947,8 @@ fn clear_prefix(tree: &Tree, prefix: &[u8]) -> Result<()> {
 }
 
 /// `<user>\0<jid>\0`: the prefix of a user's registrations with one push service.
-fn push_prefix(user: &str, jid: &str) -> Result<Vec<u8>> {
-    let mut key = pair_key(user, jid)?;
+fn push_prefix(user: &BareJid, jid: &Jid) -> Result<Vec<u8>> {
+    let mut key = pair_key(user, jid.as_str())?;
     key.push(SEP);
     Ok(key)
 }
@@ -954,18 +959,22 @@ impl ArchiveStore for SledStore {
     // one fsync per batch: an append returns only once it is on disk, so the sender's
     // XEP-0198 ack (sent after its stanza was handled) never covers a message a crash
     // can take from the archive, yet concurrent senders share the cost of the fsync.
-    async fn append(&self, user: &str, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+    async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
         self.append_durably(user, std::slice::from_ref(&msg))
             .await?
             .pop()
             .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
     }
 
-    async fn append_many(&self, user: &str, msgs: &[NewArchived<'_>]) -> Result<Vec<ArchiveStamp>> {
+    async fn append_many(
+        &self,
+        user: &BareJid,
+        msgs: &[NewArchived<'_>],
+    ) -> Result<Vec<ArchiveStamp>> {
         self.append_durably(user, msgs).await
     }
 
-    async fn position(&self, user: &str, id: &str) -> Result<Option<ArchivePos>> {
+    async fn position(&self, user: &BareJid, id: &str) -> Result<Option<ArchivePos>> {
         let prefix = user_prefix(user)?;
         self.writer.barrier().await?;
         let pos = match self.id_cipher.pos(id) {
@@ -987,7 +996,7 @@ impl ArchiveStore for SledStore {
         Ok(present.then_some(pos))
     }
 
-    async fn get(&self, user: &str, id: &str) -> Result<Option<ArchivedMessage>> {
+    async fn get(&self, user: &BareJid, id: &str) -> Result<Option<ArchivedMessage>> {
         let Some(pos) = self.position(user, id).await? else {
             return Ok(None);
         };
@@ -998,7 +1007,33 @@ impl ArchiveStore for SledStore {
         }
     }
 
-    async fn query(&self, user: &str, q: &ArchiveQuery) -> Result<ArchivePage> {
+    async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool> {
+        let Some(pos) = self.position(user, id).await? else {
+            return Ok(false);
+        };
+        let key = pos_key(&user_prefix(user)?, pos);
+        let Some(raw) = self.archive.get(&key).map_err(backend)? else {
+            return Ok(false);
+        };
+        let old = decode_archived(&key, &raw)?;
+        let value = encode(&ArchiveRecordRef {
+            id: &old.id,
+            with: &old.with,
+            stanza,
+        })?;
+        // Only if the record is still the one read: a concurrent prune or removal wins.
+        let swapped = self
+            .archive
+            .compare_and_swap(&key, Some(&raw[..]), Some(value))
+            .map_err(backend)?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush_db().await?;
+        Ok(true)
+    }
+
+    async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage> {
         let prefix = user_prefix(user)?;
         if q.from > q.to {
             return Ok(ArchivePage::default());
@@ -1039,18 +1074,18 @@ impl ArchiveStore for SledStore {
         }
     }
 
-    async fn count(&self, user: &str) -> Result<u64> {
-        check_name(user)?;
+    async fn count(&self, user: &BareJid) -> Result<u64> {
+        check_name(user.as_str())?;
         self.writer.barrier().await?;
-        match self.archive_meta.get(user).map_err(backend)? {
+        match self.archive_meta.get(user.as_str()).map_err(backend)? {
             Some(v) => decode("archive count", &v),
             None => Ok(0),
         }
     }
 
-    async fn remove_before(&self, user: &str, micros: u64, limit: usize) -> Result<usize> {
-        check_name(user)?;
-        let user = user.to_string();
+    async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
+        check_name(user.as_str())?;
+        let user = user.clone();
         self.writer
             .call(|reply| WriterOp::RemoveBefore {
                 user,
@@ -1061,31 +1096,33 @@ impl ArchiveStore for SledStore {
             .await
     }
 
-    async fn prefs(&self, user: &str) -> Result<Option<ArchivePrefs>> {
-        check_name(user)?;
+    async fn prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>> {
+        check_name(user.as_str())?;
         if !self.with_prefs.contains(user) {
             return Ok(None);
         }
-        match self.archive_prefs.get(user).map_err(backend)? {
+        match self.archive_prefs.get(user.as_str()).map_err(backend)? {
             Some(v) => decode("archive prefs", &v).map(Some),
             None => Ok(None),
         }
     }
 
-    async fn set_prefs(&self, user: &str, prefs: &ArchivePrefs) -> Result<()> {
-        check_name(user)?;
+    async fn set_prefs(&self, user: &BareJid, prefs: &ArchivePrefs) -> Result<()> {
+        check_name(user.as_str())?;
         let value = encode(prefs)?;
         {
             let mut with_prefs = self.with_prefs.write();
-            self.archive_prefs.insert(user, value).map_err(backend)?;
-            with_prefs.insert(user.into());
+            self.archive_prefs
+                .insert(user.as_str(), value)
+                .map_err(backend)?;
+            with_prefs.insert(user.as_str().into());
         }
         self.flush_db().await
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
-        check_name(user)?;
-        let name = user.to_string();
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
+        check_name(user.as_str())?;
+        let name = user.clone();
         self.writer
             .call(|reply| WriterOp::RemoveUser { user: name, reply })
             .await?;
@@ -1094,8 +1131,8 @@ impl ArchiveStore for SledStore {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(user);
         let mut with_prefs = self.with_prefs.write();
-        self.archive_prefs.remove(user).map_err(backend)?;
-        with_prefs.remove(user);
+        self.archive_prefs.remove(user.as_str()).map_err(backend)?;
+        with_prefs.remove(user.as_str());
         Ok(())
     }
 
@@ -1107,28 +1144,30 @@ impl ArchiveStore for SledStore {
 
 #[async_trait]
 impl BlockListStore for SledStore {
-    async fn blocklist(&self, user: &str) -> Result<Vec<String>> {
+    async fn blocklist(&self, user: &BareJid) -> Result<Vec<Jid>> {
         let prefix = user_prefix(user)?;
         self.blocklist
             .scan_prefix(&prefix)
             .keys()
             .map(|k| {
                 let k = k.map_err(backend)?;
-                String::from_utf8(k[prefix.len()..].to_vec())
-                    .map_err(|_| StorageError::Corrupt("blocklist entry is not UTF-8".into()))
+                std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(crate::addr::parse)
+                    .ok_or_else(|| StorageError::Corrupt("blocklist entry is not a JID".into()))
             })
             .collect()
     }
 
-    async fn block(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+    async fn block(&self, user: &BareJid, jids: &[Jid]) -> Result<Vec<Jid>> {
         let mut added = Vec::new();
         {
             let mut blocking = self.blocking.write();
             // Listed before the first insert: a user listed with no entries only costs a
             // lookup.
-            blocking.insert(user.into());
+            blocking.insert(user.as_str().into());
             for jid in jids {
-                let key = pair_key(user, jid)?;
+                let key = pair_key(user, jid.as_str())?;
                 if self
                     .blocklist
                     .insert(key, &[][..])
@@ -1144,12 +1183,12 @@ impl BlockListStore for SledStore {
         Ok(added)
     }
 
-    async fn unblock(&self, user: &str, jids: &[String]) -> Result<Vec<String>> {
+    async fn unblock(&self, user: &BareJid, jids: &[Jid]) -> Result<Vec<Jid>> {
         let mut removed = Vec::new();
         {
             let mut blocking = self.blocking.write();
             for jid in jids {
-                let key = pair_key(user, jid)?;
+                let key = pair_key(user, jid.as_str())?;
                 if self.blocklist.remove(key).map_err(backend)?.is_some() {
                     removed.push(jid.clone());
                 }
@@ -1160,21 +1199,21 @@ impl BlockListStore for SledStore {
                 .next()
                 .is_none()
             {
-                blocking.remove(user);
+                blocking.remove(user.as_str());
             }
         }
         self.flush_db().await?;
         Ok(removed)
     }
 
-    async fn unblock_all(&self, user: &str) -> Result<Vec<String>> {
+    async fn unblock_all(&self, user: &BareJid) -> Result<Vec<Jid>> {
         let all = self.blocklist(user).await?;
         BlockListStore::remove_user(self, user).await?;
         self.flush_db().await?;
         Ok(all)
     }
 
-    async fn is_blocked(&self, user: &str, jids: &[&str]) -> Result<bool> {
+    async fn is_blocked(&self, user: &BareJid, jids: &[&str]) -> Result<bool> {
         // Most users block nobody.
         if !self.blocking.contains(user) {
             return Ok(false);
@@ -1195,14 +1234,14 @@ impl BlockListStore for SledStore {
         Ok(false)
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         let mut blocking = self.blocking.write();
         clear_prefix(&self.blocklist, &user_prefix(user)?)?;
-        blocking.remove(user);
+        blocking.remove(user.as_str());
         Ok(())
     }
 
-    fn may_block_anyone(&self, user: &str) -> bool {
+    fn may_block_anyone(&self, user: &BareJid) -> bool {
         self.blocking.contains(user)
     }
 
@@ -1213,11 +1252,11 @@ impl BlockListStore for SledStore {
 
 #[async_trait]
 impl AccountStore for SledStore {
-    async fn create(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+    async fn create(&self, jid: &BareJid, creds: &StoredCredentials) -> Result<bool> {
         let value = encode(creds)?;
         let swapped = self
             .accounts
-            .compare_and_swap(jid, None::<&[u8]>, Some(value))
+            .compare_and_swap(jid.as_str(), None::<&[u8]>, Some(value))
             .map_err(backend)?;
         if swapped.is_err() {
             return Ok(false);
@@ -1226,19 +1265,19 @@ impl AccountStore for SledStore {
         Ok(true)
     }
 
-    async fn get(&self, jid: &str) -> Result<Option<StoredCredentials>> {
-        match self.accounts.get(jid).map_err(backend)? {
+    async fn get(&self, jid: &BareJid) -> Result<Option<StoredCredentials>> {
+        match self.accounts.get(jid.as_str()).map_err(backend)? {
             Some(v) => decode("account", &v).map(Some),
             None => Ok(None),
         }
     }
 
-    async fn set_credentials(&self, jid: &str, creds: &StoredCredentials) -> Result<bool> {
+    async fn set_credentials(&self, jid: &BareJid, creds: &StoredCredentials) -> Result<bool> {
         let value = encode(creds)?;
         // Replaces only an existing value; an absent key stays absent.
         let previous = self
             .accounts
-            .fetch_and_update(jid, |old| old.map(|_| value.clone()))
+            .fetch_and_update(jid.as_str(), |old| old.map(|_| value.clone()))
             .map_err(backend)?;
         if previous.is_none() {
             return Ok(false);
@@ -1247,23 +1286,30 @@ impl AccountStore for SledStore {
         Ok(true)
     }
 
-    async fn remove(&self, jid: &str) -> Result<bool> {
-        if self.accounts.remove(jid).map_err(backend)?.is_none() {
+    async fn remove(&self, jid: &BareJid) -> Result<bool> {
+        if self
+            .accounts
+            .remove(jid.as_str())
+            .map_err(backend)?
+            .is_none()
+        {
             return Ok(false);
         }
         self.flush_db().await?;
         Ok(true)
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
+    async fn list(&self) -> Result<Vec<BareJid>> {
         // Keys iterate in byte order, which for UTF-8 is the order of `String`.
         self.accounts
             .iter()
             .keys()
             .map(|k| {
                 let k = k.map_err(backend)?;
-                String::from_utf8(k.to_vec())
-                    .map_err(|_| StorageError::Corrupt("account key is not UTF-8".into()))
+                std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(crate::addr::parse_bare)
+                    .ok_or_else(|| StorageError::Corrupt("account key is not a JID".into()))
             })
             .collect()
     }
@@ -1274,8 +1320,8 @@ impl AccountStore for SledStore {
 }
 
 impl SledStore {
-    fn roster_version(&self, user: &str) -> Result<u64> {
-        match self.roster_meta.get(user).map_err(backend)? {
+    fn roster_version(&self, user: &BareJid) -> Result<u64> {
+        match self.roster_meta.get(user.as_str()).map_err(backend)? {
             Some(v) => decode("roster version", &v),
             None => Ok(0),
         }
@@ -1284,7 +1330,7 @@ impl SledStore {
 
 #[async_trait]
 impl RosterStore for SledStore {
-    async fn presence_contacts(&self, user: &str) -> Result<Arc<PresenceContacts>> {
+    async fn presence_contacts(&self, user: &BareJid) -> Result<Arc<PresenceContacts>> {
         let version = self.roster_version(user)?;
         let lock = || {
             self.presence_contacts
@@ -1303,11 +1349,11 @@ impl RosterStore for SledStore {
         if cache.len() >= PRESENCE_CONTACTS_CACHED {
             cache.clear();
         }
-        cache.insert(user.to_string(), (roster.version, contacts.clone()));
+        cache.insert(user.clone(), (roster.version, contacts.clone()));
         Ok(contacts)
     }
 
-    async fn roster(&self, user: &str) -> Result<Roster> {
+    async fn roster(&self, user: &BareJid) -> Result<Roster> {
         let prefix = user_prefix(user)?;
         // Version first: a concurrent change may then show up in the items before the
         // version, which only makes the client see that change once more in a roster
@@ -1324,41 +1370,45 @@ impl RosterStore for SledStore {
         Ok(Roster { version, items })
     }
 
-    async fn item(&self, user: &str, contact: &str) -> Result<Option<RosterItem>> {
-        match self.roster.get(pair_key(user, contact)?).map_err(backend)? {
+    async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
+        match self
+            .roster
+            .get(pair_key(user, contact.as_str())?)
+            .map_err(backend)?
+        {
             Some(v) => decode("roster item", &v).map(Some),
             None => Ok(None),
         }
     }
 
-    async fn put_item(&self, user: &str, item: &RosterItem) -> Result<u64> {
-        let key = pair_key(user, &item.jid)?;
+    async fn put_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64> {
+        let key = pair_key(user, item.jid.as_str())?;
         let value = encode(item)?;
         (&self.roster, &self.roster_meta)
             .transaction(|(roster, meta)| {
-                let version = tx_counter(meta, user.as_bytes(), "roster version")? + 1;
+                let version = tx_counter(meta, user.as_str().as_bytes(), "roster version")? + 1;
                 roster.insert(key.as_slice(), value.as_slice())?;
-                meta.insert(user.as_bytes(), encode(&version).map_err(abort)?)?;
+                meta.insert(user.as_str().as_bytes(), encode(&version).map_err(abort)?)?;
                 Ok(version)
             })
             .map_err(tx_error)
     }
 
-    async fn remove_item(&self, user: &str, contact: &str) -> Result<Option<u64>> {
-        let key = pair_key(user, contact)?;
+    async fn remove_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<u64>> {
+        let key = pair_key(user, contact.as_str())?;
         (&self.roster, &self.roster_meta)
             .transaction(|(roster, meta)| {
                 if roster.remove(key.as_slice())?.is_none() {
                     return Ok(None);
                 }
-                let version = tx_counter(meta, user.as_bytes(), "roster version")? + 1;
-                meta.insert(user.as_bytes(), encode(&version).map_err(abort)?)?;
+                let version = tx_counter(meta, user.as_str().as_bytes(), "roster version")? + 1;
+                meta.insert(user.as_str().as_bytes(), encode(&version).map_err(abort)?)?;
                 Ok(Some(version))
             })
             .map_err(tx_error)
     }
 
-    async fn pending_in(&self, user: &str) -> Result<Vec<PendingSubscription>> {
+    async fn pending_in(&self, user: &BareJid) -> Result<Vec<PendingSubscription>> {
         self.pending
             .scan_prefix(user_prefix(user)?)
             .map(|r| {
@@ -1368,20 +1418,20 @@ impl RosterStore for SledStore {
             .collect()
     }
 
-    async fn add_pending_in(&self, user: &str, pending: &PendingSubscription) -> Result<()> {
-        let key = pair_key(user, &pending.from)?;
+    async fn add_pending_in(&self, user: &BareJid, pending: &PendingSubscription) -> Result<()> {
+        let key = pair_key(user, pending.from.as_str())?;
         self.pending
             .insert(key, encode(pending)?)
             .map_err(backend)?;
         Ok(())
     }
 
-    async fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool> {
-        let key = pair_key(user, contact)?;
+    async fn remove_pending_in(&self, user: &BareJid, contact: &BareJid) -> Result<bool> {
+        let key = pair_key(user, contact.as_str())?;
         Ok(self.pending.remove(key).map_err(backend)?.is_some())
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         // A new account of the same name starts at version 0 again.
         self.presence_contacts
             .lock()
@@ -1401,9 +1451,9 @@ impl RosterStore for SledStore {
                     pend.remove(key)?;
                 }
                 // Keep (and bump) the version so it never goes backwards for this JID.
-                if meta.get(user.as_bytes())?.is_some() {
-                    let version = tx_counter(meta, user.as_bytes(), "roster version")? + 1;
-                    meta.insert(user.as_bytes(), encode(&version).map_err(abort)?)?;
+                if meta.get(user.as_str().as_bytes())?.is_some() {
+                    let version = tx_counter(meta, user.as_str().as_bytes(), "roster version")? + 1;
+                    meta.insert(user.as_str().as_bytes(), encode(&version).map_err(abort)?)?;
                 }
                 Ok(())
             })
@@ -1417,7 +1467,12 @@ impl RosterStore for SledStore {
 
 #[async_trait]
 impl OfflineStore for SledStore {
-    async fn push(&self, user: &str, stanza: &str, quota: usize) -> Result<OfflineStoreOutcome> {
+    async fn push(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
         // generate_id is monotonic across restarts (sled persists it ahead of use), so seq
         // keeps increasing per user; +1 so that seqs start at 1 as in the memory store.
         let seq = self.db.generate_id().map_err(backend)?.saturating_add(1);
@@ -1431,12 +1486,15 @@ impl OfflineStore for SledStore {
         // concurrent pushes cannot overrun the quota and `count` needs no scan.
         let outcome = (&self.offline, &self.offline_meta)
             .transaction(|(off, meta)| {
-                let count = tx_counter(meta, user.as_bytes(), "offline count")?;
+                let count = tx_counter(meta, user.as_str().as_bytes(), "offline count")?;
                 if count >= quota {
                     return Ok(OfflineStoreOutcome::QuotaExceeded);
                 }
                 off.insert(key.as_slice(), value.as_slice())?;
-                meta.insert(user.as_bytes(), encode(&(count + 1)).map_err(abort)?)?;
+                meta.insert(
+                    user.as_str().as_bytes(),
+                    encode(&(count + 1)).map_err(abort)?,
+                )?;
                 Ok(OfflineStoreOutcome::Stored)
             })
             .map_err(tx_error)?;
@@ -1447,7 +1505,7 @@ impl OfflineStore for SledStore {
         Ok(outcome)
     }
 
-    async fn list(&self, user: &str) -> Result<Vec<OfflineMessage>> {
+    async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>> {
         let prefix = user_prefix(user)?;
         self.offline
             .scan_prefix(&prefix)
@@ -1466,7 +1524,7 @@ impl OfflineStore for SledStore {
             .collect()
     }
 
-    async fn remove_up_to(&self, user: &str, up_to: u64) -> Result<()> {
+    async fn remove_up_to(&self, user: &BareJid, up_to: u64) -> Result<()> {
         let start = user_prefix(user)?;
         let end = offline_key(user, up_to)?;
         let keys = self
@@ -1482,16 +1540,16 @@ impl OfflineStore for SledStore {
         self.writer.sync().await
     }
 
-    async fn count(&self, user: &str) -> Result<usize> {
-        check_name(user)?;
-        let count: u64 = match self.offline_meta.get(user).map_err(backend)? {
+    async fn count(&self, user: &BareJid) -> Result<usize> {
+        check_name(user.as_str())?;
+        let count: u64 = match self.offline_meta.get(user.as_str()).map_err(backend)? {
             Some(v) => decode("offline count", &v)?,
             None => 0,
         };
         usize::try_from(count).map_err(|_| StorageError::Corrupt("offline count".into()))
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         let keys = keys_with_prefix(&self.offline, &user_prefix(user)?)?;
         self.remove_offline_keys(user, &keys)
     }
@@ -1503,7 +1561,7 @@ impl OfflineStore for SledStore {
 
 #[async_trait]
 impl PushStore for SledStore {
-    async fn enable(&self, user: &str, reg: &PushRegistration) -> Result<()> {
+    async fn enable(&self, user: &BareJid, reg: &PushRegistration) -> Result<()> {
         check_name(&reg.node)?;
         let mut key = push_prefix(user, &reg.jid)?;
         key.extend_from_slice(reg.node.as_bytes());
@@ -1512,7 +1570,7 @@ impl PushStore for SledStore {
         self.flush_db().await
     }
 
-    async fn disable(&self, user: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+    async fn disable(&self, user: &BareJid, jid: &Jid, node: Option<&str>) -> Result<usize> {
         let mut key = push_prefix(user, jid)?;
         let keys = match node {
             Some(node) => {
@@ -1537,7 +1595,7 @@ impl PushStore for SledStore {
         Ok(keys.len())
     }
 
-    async fn list(&self, user: &str) -> Result<Vec<PushRegistration>> {
+    async fn list(&self, user: &BareJid) -> Result<Vec<PushRegistration>> {
         self.push
             .scan_prefix(user_prefix(user)?)
             .map(|r| {
@@ -1547,7 +1605,7 @@ impl PushStore for SledStore {
             .collect()
     }
 
-    async fn remove_user(&self, user: &str) -> Result<()> {
+    async fn remove_user(&self, user: &BareJid) -> Result<()> {
         let keys = keys_with_prefix(&self.push, &user_prefix(user)?)?;
         let mut batch = ::sled::Batch::default();
         for k in &keys {
@@ -1561,9 +1619,63 @@ impl PushStore for SledStore {
     }
 }
 
+/// `<service>\0<room jid>`: a service's rooms are one prefix.
+fn room_key(jid: &BareJid) -> Result<Vec<u8>> {
+    pair_key(&BareJid::from(jid.domain()), jid.as_str())
+}
+
+#[async_trait]
+impl RoomStore for SledStore {
+    async fn put_room(&self, room: &StoredRoom) -> Result<()> {
+        self.muc_rooms
+            .insert(room_key(&room.jid)?, encode(room)?)
+            .map_err(backend)?;
+        // Rare and small; a room configuration lost in a crash would reopen it to anyone.
+        self.flush_db().await
+    }
+
+    async fn room(&self, jid: &BareJid) -> Result<Option<StoredRoom>> {
+        match self.muc_rooms.get(room_key(jid)?).map_err(backend)? {
+            Some(v) => Ok(Some(decode("room", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn remove_room(&self, jid: &BareJid) -> Result<bool> {
+        let removed = self
+            .muc_rooms
+            .remove(room_key(jid)?)
+            .map_err(backend)?
+            .is_some();
+        if removed {
+            self.flush_db().await?;
+        }
+        Ok(removed)
+    }
+
+    async fn rooms(&self, service: &DomainRef, limit: usize) -> Result<Vec<StoredRoom>> {
+        self.muc_rooms
+            .scan_prefix(user_prefix(&BareJid::from(service))?)
+            .take(limit)
+            .map(|r| {
+                let (_, v) = r.map_err(backend)?;
+                decode("room", &v)
+            })
+            .collect()
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_db().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn j(s: &str) -> crate::addr::BareJid {
+        crate::addr::parse_bare(s).unwrap()
+    }
 
     #[test]
     fn decode_rejects_bad_values() {
@@ -1603,10 +1715,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
             let store = SledStore::open(dir.path()).unwrap();
-            let a = ArchiveStore::append(&store, "u@x", archived("c@y", "m1", 7))
+            let a = ArchiveStore::append(&store, &j("u@x"), archived("c@y", "m1", 7))
                 .await
                 .unwrap();
-            let b = ArchiveStore::append(&store, "u@x", archived("c@y", "m2", 7))
+            let b = ArchiveStore::append(&store, &j("u@x"), archived("c@y", "m2", 7))
                 .await
                 .unwrap();
             (a, b)
@@ -1626,8 +1738,8 @@ mod tests {
         assert!(common.count() < 8, "{a:?} {b:?}");
         // The key survives a restart, so old UIDs still resolve.
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.position("u@x", &a.id).await.unwrap(), Some(a.pos));
-        let got = ArchiveStore::get(&store, "u@x", &b.id)
+        assert_eq!(store.position(&j("u@x"), &a.id).await.unwrap(), Some(a.pos));
+        let got = ArchiveStore::get(&store, &j("u@x"), &b.id)
             .await
             .unwrap()
             .unwrap();
@@ -1636,34 +1748,37 @@ mod tests {
             (b.id.as_str(), "m2")
         );
         // Another user's UID, a made-up one, and other spellings are no message.
-        assert_eq!(store.position("v@x", &a.id).await.unwrap(), None);
-        assert_eq!(store.position("u@x", &"0".repeat(32)).await.unwrap(), None);
+        assert_eq!(store.position(&j("v@x"), &a.id).await.unwrap(), None);
+        assert_eq!(
+            store.position(&j("u@x"), &"0".repeat(32)).await.unwrap(),
+            None
+        );
         let upper = a.id.to_ascii_uppercase();
-        assert_eq!(store.position("u@x", &upper).await.unwrap(), None);
-        assert_eq!(store.position("u@x", &a.id[..31]).await.unwrap(), None);
+        assert_eq!(store.position(&j("u@x"), &upper).await.unwrap(), None);
+        assert_eq!(store.position(&j("u@x"), &a.id[..31]).await.unwrap(), None);
     }
 
     #[tokio::test]
     async fn older_random_uids_still_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let stamp = ArchiveStore::append(&store, "u@x", archived("c@y", "m1", 7))
+        let stamp = ArchiveStore::append(&store, &j("u@x"), archived("c@y", "m1", 7))
             .await
             .unwrap();
         // What a database from before encrypted UIDs holds for a message.
         let legacy = "0123456789abcdef01234567";
-        let prefix = user_prefix("u@x").unwrap();
+        let prefix = user_prefix(&j("u@x")).unwrap();
         store
             .archive_ids
             .insert(id_key(&prefix, legacy), &stamp.pos.to_bytes()[..])
             .unwrap();
         assert_eq!(
-            store.position("u@x", legacy).await.unwrap(),
+            store.position(&j("u@x"), legacy).await.unwrap(),
             Some(stamp.pos)
         );
         assert_eq!(
             store
-                .position("u@x", "0123456789abcdef0123456f")
+                .position(&j("u@x"), "0123456789abcdef0123456f")
                 .await
                 .unwrap(),
             None
@@ -1672,16 +1787,17 @@ mod tests {
 
     #[test]
     fn offline_keys_sort_by_seq() {
-        let a = offline_key("u@x", 255).unwrap();
-        let b = offline_key("u@x", 256).unwrap();
+        let a = offline_key(&j("u@x"), 255).unwrap();
+        let b = offline_key(&j("u@x"), 256).unwrap();
         assert!(a < b);
-        assert!(a.starts_with(&user_prefix("u@x").unwrap()));
+        assert!(a.starts_with(&user_prefix(&j("u@x")).unwrap()));
     }
 
     #[test]
     fn nul_in_names_is_rejected() {
-        assert!(user_prefix("a\0b").is_err());
-        assert!(pair_key("a", "b\0c").is_err());
+        // A JID cannot hold NUL (nodeprep); other names can.
+        assert!(crate::addr::parse_bare("a\0b@x").is_none());
+        assert!(pair_key(&j("a@x"), "b\0c").is_err());
     }
 
     #[tokio::test]
@@ -1691,11 +1807,11 @@ mod tests {
         store.roster.insert(b"u@x\0c@y", &[1u8, 0xff][..]).unwrap();
         store.accounts.insert(b"u@x", &[7u8][..]).unwrap();
         assert!(matches!(
-            store.roster("u@x").await,
+            store.roster(&j("u@x")).await,
             Err(StorageError::Corrupt(_))
         ));
         assert!(matches!(
-            AccountStore::get(&store, "u@x").await,
+            AccountStore::get(&store, &j("u@x")).await,
             Err(StorageError::Corrupt(_))
         ));
     }

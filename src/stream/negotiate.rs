@@ -7,7 +7,7 @@
 //! (namespaces, version, `to`/`from`, ids), the features round, restarts after TLS and
 //! SASL, what may come when, and the stream errors for everything else.
 
-use crate::addr::Addr;
+use crate::addr;
 use crate::stream::{Ending, StreamError, StreamErrorCondition, random_id};
 use crate::xml::{Element, StreamEvent, StreamHeader, ns};
 
@@ -263,7 +263,11 @@ impl Negotiator {
         let client = self.policy.role == Role::Client;
         // Clients may address a JID's domain; servers name bare domains.
         let to = match client {
-            true => h.to.as_deref().and_then(Addr::parse).map(|a| a.domain),
+            true => {
+                h.to.as_deref()
+                    .and_then(addr::parse)
+                    .map(|a| a.domain().as_str().to_string())
+            }
             false => h.to.as_deref().and_then(domain_only),
         };
         let from = h.from.as_deref().and_then(domain_only);
@@ -395,8 +399,7 @@ fn check_header(h: &StreamHeader, content_ns: &str) -> Result<(), StreamError> {
 
 /// A domain with neither node nor resource.
 pub fn domain_only(s: &str) -> Option<String> {
-    let a = Addr::parse(s)?;
-    (a.node.is_none() && a.resource.is_none()).then_some(a.domain)
+    addr::parse_domain(s).map(|d| d.into_inner())
 }
 
 /// A running SASL exchange takes a response or an abort, nothing else.

@@ -120,6 +120,24 @@ impl Element {
         self.elements().next()
     }
 
+    /// About how much memory the element holds, in bytes: its strings plus a fixed cost
+    /// per node and attribute. What sessions count against their byte budgets.
+    pub fn approx_bytes(&self) -> usize {
+        const NODE: usize = std::mem::size_of::<Element>();
+        const ATTR: usize = std::mem::size_of::<(String, String)>();
+        let mut total = NODE + self.name.len() + self.ns.len();
+        for (k, v) in &self.attrs {
+            total += ATTR + k.len() + v.len();
+        }
+        for n in &self.children {
+            total += match n {
+                Node::Element(e) => e.approx_bytes(),
+                Node::Text(t) => NODE + t.len(),
+            };
+        }
+        total
+    }
+
     /// Concatenated direct text content.
     pub fn text(&self) -> String {
         let mut out = String::new();

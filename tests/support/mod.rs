@@ -125,7 +125,7 @@ impl TestServer {
     pub async fn add_user(&self, node: &str, password: &str) {
         let creds =
             xmppd::sasl::credentials::StoredCredentials::from_password(password, 4096).unwrap();
-        let jid = format!("{node}@{}", self.domain());
+        let jid = xmppd::addr::parse_bare(&format!("{node}@{}", self.domain())).unwrap();
         assert!(
             self.handle()
                 .ctx

@@ -376,7 +376,34 @@ pub(crate) fn full_jid(bare: &str, resource: &str) -> String {
 
 /// Whether a (normalized) JID belongs to a domain this server hosts.
 pub(crate) fn is_local(ctx: &Context, jid: &str) -> bool {
-    ctx.is_local_domain(crate::addr::domain_of(jid))
+    ctx.is_local_domain(domain_str(jid))
+}
+
+/// The bare part of a normalized JID string.
+pub(crate) fn bare_str(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(b, _)| b)
+}
+
+/// The domain of a normalized JID string.
+pub(crate) fn domain_str(jid: &str) -> &str {
+    let bare = bare_str(jid);
+    bare.split_once('@').map_or(bare, |(_, d)| d)
+}
+
+/// The normalized bare JID, `None` if malformed or full.
+pub(crate) fn normalize_bare(s: &str) -> Option<String> {
+    crate::addr::parse_bare(s).map(|j| j.as_str().to_string())
+}
+
+/// The normalized JID (bare or full), `None` if malformed.
+pub(crate) fn normalize(s: &str) -> Option<String> {
+    crate::addr::parse(s).map(|j| j.as_str().to_string())
+}
+
+/// The typed bare JID of a normalized string (the session table and the roster are
+/// keyed by them).
+pub(crate) fn typed(jid: &str) -> Option<crate::addr::BareJid> {
+    crate::addr::parse_bare(bare_str(jid))
 }
 
 /// Whether a (normalized) JID carries a resource.
@@ -456,12 +483,15 @@ pub async fn check_access(
         AccessModel::Open => Ok(()),
         AccessModel::Whitelist => Err(error(ErrorType::Cancel, "not-allowed", "closed-node")),
         AccessModel::Presence | AccessModel::Roster => {
-            let item = ctx
-                .storage
-                .roster
-                .item(owner, requester)
-                .await
-                .map_err(super::internal)?;
+            let item = match (typed(owner), typed(requester)) {
+                (Some(owner), Some(requester)) => ctx
+                    .storage
+                    .roster
+                    .item(&owner, &requester)
+                    .await
+                    .map_err(super::internal)?,
+                _ => None,
+            };
             let item = item.filter(|i| i.subscription.has_from());
             match (cfg.access_model, item) {
                 (AccessModel::Presence, Some(_)) => Ok(()),

@@ -165,7 +165,7 @@ impl RemoteResources {
             return Vec::new();
         };
         map.iter()
-            .filter(|(full, _)| crate::addr::bare_of(full) == bare)
+            .filter(|(full, _)| super::bare_str(full) == bare)
             .map(|(f, c)| (f.clone(), c.clone()))
             .collect()
     }
@@ -395,13 +395,16 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
         }
     }
     use super::AccessModel::*;
+    let Some(owner_jid) = super::typed(owner) else {
+        return out;
+    };
     match node.cfg.access_model {
         Whitelist => {}
-        Open | Presence => match ctx.storage.roster.presence_contacts(owner).await {
-            Ok(c) => out.extend(c.subscribers.iter().cloned()),
+        Open | Presence => match ctx.storage.roster.presence_contacts(&owner_jid).await {
+            Ok(c) => out.extend(c.subscribers.iter().map(|j| j.as_str().to_string())),
             Err(e) => warn!(error = %e, "roster lookup for PEP notifications failed"),
         },
-        Roster => match ctx.storage.roster.roster(owner).await {
+        Roster => match ctx.storage.roster.roster(&owner_jid).await {
             Ok(r) => out.extend(
                 r.items
                     .iter()
@@ -411,7 +414,7 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
                             .iter()
                             .any(|g| node.cfg.roster_groups_allowed.contains(g))
                     })
-                    .map(|i| i.jid.clone()),
+                    .map(|i| i.jid.as_str().to_string()),
             ),
             Err(e) => warn!(error = %e, "roster lookup for PEP notifications failed"),
         },
@@ -430,7 +433,10 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
 /// The available resources of `bare` whose features include `NODE+notify`.
 fn interested_resources(ctx: &Context, caps: &CapsCache, bare: &str, node: &str) -> Vec<String> {
     let want = format!("{node}+notify");
-    ctx.sessions.select(bare, |s| {
+    let Some(bare_jid) = super::typed(bare) else {
+        return Vec::new();
+    };
+    ctx.sessions.select(&bare_jid, |s| {
         if !s.available {
             return None;
         }
@@ -528,20 +534,24 @@ async fn send_last_items(
 /// A resource's features became known (or changed): the last items of its own account's
 /// nodes and of every local contact it receives presence from.
 async fn resource_ready(ctx: &Arc<Context>, bare: &str, full: &str, features: &Features) {
+    let Some(bare_jid) = super::typed(bare) else {
+        return;
+    };
     if !ctx
         .sessions
-        .get(bare, resource_of(full))
+        .get(&bare_jid, resource_of(full))
         .is_some_and(|s| s.available)
     {
         return;
     }
     let mut owners = vec![bare.to_string()];
-    match ctx.storage.roster.presence_contacts(bare).await {
+    match ctx.storage.roster.presence_contacts(&bare_jid).await {
         Ok(c) => owners.extend(
             c.subscriptions
                 .iter()
+                .map(|j| j.as_str())
                 .filter(|j| super::is_local(ctx, j))
-                .cloned(),
+                .map(str::to_string),
         ),
         Err(e) => warn!(error = %e, "roster lookup for PEP last items failed"),
     }
@@ -575,9 +585,12 @@ async fn query_caps(ctx: &Arc<Context>, from: &str, full: &str, caps: Caps, owne
             Element::new("query", ns::DISCO_INFO)
                 .with_attr("node", format!("{}#{}", caps.node, caps.ver)),
         );
+    let Some(to) = crate::addr::parse(full) else {
+        return;
+    };
     ctx.registry.expect_response(
         id,
-        full.to_string(),
+        to,
         Arc::new(PepModule),
         Box::new(CapsQuery {
             caps,
@@ -602,7 +615,7 @@ impl ResponseHandler for PepModule {
             _ => &empty,
         };
         let features = cache.insert(&q.caps, &q.full, query);
-        let bare = crate::addr::bare_of(&q.full).to_string();
+        let bare = super::bare_str(&q.full).to_string();
         match &q.owner {
             Some(owner) => send_last_items(ctx, owner, &q.full, &bare, &features, true).await,
             None => resource_ready(ctx, &bare, &q.full, &features).await,
@@ -651,33 +664,36 @@ impl SessionEvents for PepModule {
 
 #[async_trait]
 impl PresenceObserver for PepModule {
-    /// A remote contact's resource announced itself to `user` (or left): remembered for
-    /// `user`'s notifications, and given `user`'s last items (XEP-0163 §4.3.2).
-    async fn inbound(&self, ctx: &Arc<Context>, user: &str, stanza: &Element) {
-        let Some(from) = stanza.attr("from") else {
-            return;
-        };
-        if !super::has_resource(from) || super::is_local(ctx, from) {
-            return;
-        }
-        let (Some(remote), Some(cache)) =
-            (ctx.registry.state::<RemoteResources>(), caps_cache(ctx))
-        else {
-            return;
-        };
-        let caps = match stanza.attr("type") {
-            Some("unavailable") => None,
-            _ => Caps::of_presence(stanza),
-        };
-        if !remote.set(user, from, caps.clone()) {
-            return;
-        }
-        let Some(caps) = caps else { return };
-        let bare = crate::addr::bare_of(from);
-        match cache.features(&caps, from) {
-            Some(features) => send_last_items(ctx, user, from, bare, &features, true).await,
-            None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
-        }
+    async fn inbound(&self, ctx: &Arc<Context>, user: &crate::addr::BareJid, stanza: &Element) {
+        remote_presence(ctx, user.as_str(), stanza).await;
+    }
+}
+
+/// A remote contact's resource announced itself to `user` (or left): remembered for
+/// `user`'s notifications, and given `user`'s last items (XEP-0163 §4.3.2).
+async fn remote_presence(ctx: &Arc<Context>, user: &str, stanza: &Element) {
+    let Some(from) = stanza.attr("from") else {
+        return;
+    };
+    if !super::has_resource(from) || super::is_local(ctx, from) {
+        return;
+    }
+    let (Some(remote), Some(cache)) = (ctx.registry.state::<RemoteResources>(), caps_cache(ctx))
+    else {
+        return;
+    };
+    let caps = match stanza.attr("type") {
+        Some("unavailable") => None,
+        _ => Caps::of_presence(stanza),
+    };
+    if !remote.set(user, from, caps.clone()) {
+        return;
+    }
+    let Some(caps) = caps else { return };
+    let bare = super::bare_str(from);
+    match cache.features(&caps, from) {
+        Some(features) => send_last_items(ctx, user, from, bare, &features, true).await,
+        None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
     }
 }
 
@@ -685,25 +701,30 @@ impl PresenceObserver for PepModule {
 impl RouteFilter for PepModule {
     /// Presence a remote contact sends to one of the owner's resources (answers to the
     /// owner's probes, directed presence) bypasses the presence module: it is seen here.
-    fn concerns(&self, ctx: &Context, to: &crate::addr::Addr, stanza: &Element) -> bool {
+    fn concerns(
+        &self,
+        ctx: &Context,
+        from: &crate::addr::Jid,
+        to: &crate::addr::Jid,
+        stanza: &Element,
+    ) -> bool {
         stanza.name == "presence"
-            && to.node.is_some()
-            && to.resource.is_some()
+            && to.node().is_some()
+            && to.is_full()
             && matches!(stanza.attr("type"), None | Some("unavailable"))
-            && ctx.is_local_domain(&to.domain)
-            && stanza
-                .attr("from")
-                .is_some_and(|f| !super::is_local(ctx, f))
+            && ctx.is_local_domain(to.domain().as_str())
+            && !ctx.is_local_domain(from.domain().as_str())
     }
 
     /// Never stops anything.
     async fn may_route(
         &self,
         ctx: &Arc<Context>,
-        to: &crate::addr::Addr,
+        _from: &crate::addr::Jid,
+        to: &crate::addr::Jid,
         stanza: &Element,
     ) -> bool {
-        PresenceObserver::inbound(self, ctx, &to.bare(), stanza).await;
+        remote_presence(ctx, to.to_bare().as_str(), stanza).await;
         true
     }
 }
@@ -711,7 +732,13 @@ impl RouteFilter for PepModule {
 #[async_trait]
 impl AccountItems for PepModule {
     /// The account's nodes that the requester may read (XEP-0060 §5.2).
-    async fn items(&self, ctx: &Arc<Context>, user: &str, requester: &str) -> Vec<Element> {
+    async fn items(
+        &self,
+        ctx: &Arc<Context>,
+        user: &crate::addr::BareJid,
+        requester: &crate::addr::BareJid,
+    ) -> Vec<Element> {
+        let (user, requester) = (user.as_str(), requester.as_str());
         let nodes = match ctx.storage.pubsub.nodes(user).await {
             Ok(n) => n,
             Err(e) => {
@@ -744,10 +771,11 @@ impl RosterObserver for PepModule {
     async fn roster_changed(
         &self,
         ctx: &Arc<Context>,
-        user: &str,
+        user: &crate::addr::BareJid,
         before: Option<&RosterItem>,
         after: &RosterItem,
     ) {
+        let user = user.as_str();
         let gained =
             after.subscription.has_from() && !before.is_some_and(|b| b.subscription.has_from());
         if !gained {
@@ -756,7 +784,7 @@ impl RosterObserver for PepModule {
         let Some(cache) = caps_cache(ctx) else { return };
         let contact = after.jid.as_str();
         let ready: Vec<(String, Features)> = if super::is_local(ctx, contact) {
-            ctx.sessions.select(contact, |s| {
+            ctx.sessions.select(&after.jid, |s| {
                 if !s.available {
                     return None;
                 }
@@ -1083,7 +1111,7 @@ async fn handle_owner(
             for a in action.elements().filter(|a| a.is("affiliation", NS_OWNER)) {
                 let jid = a
                     .attr("jid")
-                    .and_then(crate::addr::normalize_bare)
+                    .and_then(super::normalize_bare)
                     .ok_or_else(StanzaError::jid_malformed)?;
                 if jid == owner {
                     return Err(not_acceptable().with_text("the owner stays the owner"));
@@ -1129,6 +1157,8 @@ impl IqHandler for PepModule {
             return Err(StanzaError::service_unavailable());
         };
         let requester = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
+        // Storage keys and the engine work on the normalized strings.
+        let (owner, requester) = (owner.as_str(), requester.as_str());
         let pubsub = iq.first_element().ok_or_else(StanzaError::bad_request)?;
         if pubsub.name != "pubsub" {
             return Err(StanzaError::bad_request());

@@ -71,7 +71,7 @@ impl Module for PubsubService {
         let me = Arc::new(ServiceHandler);
         for d in domains {
             r.service(&d, me.clone());
-            r.server_item(d);
+            r.server_item(&d);
         }
     }
 }
@@ -114,7 +114,7 @@ impl Node {
         self.record
             .subscriptions
             .iter()
-            .any(|(j, _)| crate::addr::bare_of(j) == bare)
+            .any(|(j, _)| super::bare_str(j) == bare)
     }
 }
 
@@ -216,6 +216,7 @@ async fn handle_iq(
     after: &mut Vec<Element>,
 ) -> Result<Option<Element>, StanzaError> {
     let requester = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
+    let requester = requester.as_str();
     let payload = iq.first_element().ok_or_else(StanzaError::bad_request)?;
     let kind = iq.attr("type").unwrap_or("");
     match (payload.ns.as_str(), kind) {
@@ -294,7 +295,7 @@ fn may_create(ctx: &Context, requester: &str) -> bool {
         NodeCreation::Admins => cfg
             .admins
             .iter()
-            .any(|a| crate::addr::normalize_bare(a).as_deref() == Some(requester)),
+            .any(|a| super::normalize_bare(a).as_deref() == Some(requester)),
     }
 }
 
@@ -542,7 +543,7 @@ async fn user_op(
                     continue;
                 }
                 for (jid, state) in &record.subscriptions {
-                    if crate::addr::bare_of(jid) == requester {
+                    if super::bare_str(jid) == requester {
                         out.push_child(
                             Element::new("subscription", NS)
                                 .with_attr("node", name.clone())
@@ -579,9 +580,8 @@ async fn user_op(
 fn subscriber_jid(iq: &Element, requester: &str, action: &Element) -> Result<String, StanzaError> {
     let jid = action
         .attr("jid")
-        .and_then(crate::addr::Addr::parse)
-        .ok_or_else(|| error(ErrorType::Modify, "bad-request", "jid-required"))?
-        .full();
+        .and_then(super::normalize)
+        .ok_or_else(|| error(ErrorType::Modify, "bad-request", "jid-required"))?;
     let from = iq.attr("from").unwrap_or("");
     if jid != requester && jid != from {
         return Err(error(ErrorType::Modify, "bad-request", "invalid-jid"));
@@ -664,7 +664,7 @@ async fn owner_op(
             for a in action.elements().filter(|a| a.is("affiliation", NS_OWNER)) {
                 let jid = a
                     .attr("jid")
-                    .and_then(crate::addr::normalize_bare)
+                    .and_then(super::normalize_bare)
                     .ok_or_else(StanzaError::jid_malformed)?;
                 let aff = a.attr("affiliation").unwrap_or("");
                 if !matches!(aff, "owner" | "publisher" | "member" | "outcast" | "none") {
@@ -699,9 +699,8 @@ async fn owner_op(
             for s in action.elements().filter(|s| s.is("subscription", NS_OWNER)) {
                 let jid = s
                     .attr("jid")
-                    .and_then(crate::addr::Addr::parse)
-                    .ok_or_else(StanzaError::jid_malformed)?
-                    .full();
+                    .and_then(super::normalize)
+                    .ok_or_else(StanzaError::jid_malformed)?;
                 node.record.subscriptions.retain(|(j, _)| *j != jid);
                 match s.attr("subscription") {
                     Some("none") => {}

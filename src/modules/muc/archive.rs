@@ -1,0 +1,72 @@
+//! XEP-0313 on rooms: each room's messages in the archive store under the room's JID,
+//! queried at the room JID by those allowed in (XEP-0313 §5), with stanza-ids `by` the
+//! room. Queries share the accounts' parser and pager (`mam::answer_query`).
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::room::Room;
+use crate::addr::{BareJid, Jid};
+use crate::context::Context;
+use crate::modules::mam;
+use crate::storage::{NewArchived, RoomAffiliation};
+use crate::stream::StanzaError;
+use crate::xml::Element;
+
+/// Archives a message as the room broadcasts it; returns its stanza-id.
+pub async fn append(
+    ctx: &Arc<Context>,
+    room: &BareJid,
+    msg: &Element,
+    micros: u64,
+) -> Option<String> {
+    if !mam::archivable_groupchat(msg) {
+        return None;
+    }
+    let stanza = msg.to_stanza_string();
+    let with = msg.attr("from").unwrap_or(room.as_str());
+    let entry = NewArchived {
+        with,
+        stanza: &stanza,
+        micros,
+    };
+    match ctx.storage.archive.append(room, entry).await {
+        Ok(stamp) => Some(stamp.id),
+        Err(e) => {
+            warn!(error = %e, %room, "archiving a room message failed");
+            None
+        }
+    }
+}
+
+/// Who may read a room's archive: whoever may enter it.
+fn may_read(room: &Room, from: &Jid) -> Result<(), StanzaError> {
+    let aff = room.affiliation(from);
+    if aff == Some(RoomAffiliation::Outcast) {
+        return Err(StanzaError::forbidden());
+    }
+    if room.config.members_only && aff.is_none_or(|a| a < RoomAffiliation::Member) {
+        return Err(StanzaError::forbidden());
+    }
+    Ok(())
+}
+
+pub fn form(room: &Room, from: &Jid) -> Result<Option<Element>, StanzaError> {
+    may_read(room, from)?;
+    Ok(Some(mam::form()))
+}
+
+pub async fn query(
+    ctx: &Arc<Context>,
+    room: &Room,
+    from: &Jid,
+    _iq: &Element,
+    payload: &Element,
+    out: &mut Vec<Element>,
+) -> Result<Option<Element>, StanzaError> {
+    may_read(room, from)?;
+    let (results, fin) = mam::answer_query(ctx, &room.jid, from, payload).await?;
+    out.extend(results);
+    Ok(Some(fin))
+}
