@@ -195,6 +195,18 @@ async fn service_in_disco_with_public_rooms_and_room_info() {
             .any(|f| f.name == "feature" && f.attr("var") == Some(MUC))
     );
 
+    // §10.1.4: a unique room name.
+    let unique = a
+        .iq(&format!(
+            "<iq type='get' to='{SERVICE}'><unique xmlns='http://jabber.org/protocol/muc#unique'/></iq>"
+        ))
+        .await;
+    let name = unique
+        .child("unique", "http://jabber.org/protocol/muc#unique")
+        .map(Element::text)
+        .unwrap_or_default();
+    assert!(name.len() >= 16, "{unique:?}");
+
     let cave = room("cave");
     create_instant(a, &cave, "al").await;
     let r = configure(a, &cave, &[("muc#roomconfig_roomname", "The Cave")]).await;
@@ -395,6 +407,17 @@ async fn nick_change_taken_nick_and_messages_from_strangers() {
         .await;
     assert_eq!(condition(&e), "conflict");
 
+    // A presence the room would have to keep and repeat to everyone: too large.
+    let big = "x".repeat(20_000);
+    let e = try_join(
+        c,
+        &r,
+        "huge",
+        &format!("</x><status>{big}</status><x xmlns='{MUC}'>"),
+    )
+    .await;
+    assert_eq!(condition(&e), "not-acceptable");
+
     // A join without a nickname.
     c.send(&format!("<presence to='{r}'><x xmlns='{MUC}'/></presence>"))
         .await;
@@ -501,6 +524,50 @@ async fn moderated_room_refuses_visitors_until_voiced() {
     say(b, &r, "v2", "thanks").await;
     let m = recv_body(a, "v2").await;
     assert_eq!(m.child_text("body", CLIENT).as_deref(), Some("thanks"));
+
+    // Voice revoked, then asked for (§7.13) and granted by the moderator (§8.6).
+    let ok = admin_set(a, &r, "<item nick='bo' role='visitor'/>").await;
+    assert_eq!(ok.attr("type"), Some("result"));
+    b.recv_until(|e| {
+        is_from(e, "presence", &format!("{r}/bo")) && item(e).attr("role") == Some("visitor")
+    })
+    .await;
+    say(b, &r, "v3", "again?").await;
+    assert_eq!(condition(&recv_body(b, "v3").await), "forbidden");
+    let request = format!(
+        "<x xmlns='{DATA}' type='submit'>{}{}</x>",
+        field("FORM_TYPE", "http://jabber.org/protocol/muc#request"),
+        field("muc#role", "participant")
+    );
+    b.send(&format!("<message to='{r}'>{request}</message>"))
+        .await;
+    let form = a
+        .recv_until(|e| {
+            e.name == "message" && e.attr("from") == Some(r.as_str()) && e.has_child("x", DATA)
+        })
+        .await;
+    let x = form.child("x", DATA).unwrap();
+    let value = |var: &str| {
+        x.elements()
+            .find(|f| f.attr("var") == Some(var))
+            .and_then(|f| f.child_text("value", DATA))
+    };
+    assert_eq!(value("muc#roomnick").as_deref(), Some("bo"));
+    assert_eq!(value("muc#jid").as_deref(), Some("bob@localhost/r"));
+    let approval = format!(
+        "<x xmlns='{DATA}' type='submit'>{}{}{}</x>",
+        field("FORM_TYPE", "http://jabber.org/protocol/muc#request"),
+        field("muc#roomnick", "bo"),
+        field("muc#request_allow", "true")
+    );
+    a.send(&format!("<message to='{r}'>{approval}</message>"))
+        .await;
+    b.recv_until(|e| {
+        is_from(e, "presence", &format!("{r}/bo")) && item(e).attr("role") == Some("participant")
+    })
+    .await;
+    say(b, &r, "v4", "thanks again").await;
+    assert_eq!(recv_body(a, "v4").await.attr("type"), Some("groupchat"));
     server.stop().await;
 }
 
@@ -568,6 +635,25 @@ async fn reserved_room_members_only_and_password() {
     assert_eq!(condition(&e), "not-authorized");
     let p = try_join(b, &r, "bo", "<password>open sesame</password>").await;
     assert_eq!(item(&p).attr("affiliation"), Some("member"));
+    // Members of a members-only room see who belongs, not who is banned.
+    let owners = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{MUC_ADMIN}'><item affiliation='owner'/></query></iq>"
+        ))
+        .await;
+    let jids: Vec<_> = owners
+        .child("query", MUC_ADMIN)
+        .unwrap()
+        .elements()
+        .filter_map(|i| i.attr("jid"))
+        .collect();
+    assert_eq!(jids, ["alice@localhost"]);
+    let e = b
+        .iq(&format!(
+            "<iq type='get' to='{r}'><query xmlns='{MUC_ADMIN}'><item affiliation='outcast'/></query></iq>"
+        ))
+        .await;
+    assert_eq!(condition(&e), "forbidden");
     let e = try_join(c, &r, "ca", "<password>open sesame</password>").await;
     assert_eq!(condition(&e), "registration-required");
     // Removing bob's membership removes him (321).
@@ -892,6 +978,14 @@ async fn private_messages_self_ping_and_invites() {
     ))
     .await;
     assert_eq!(condition(&recv_body(b, "p5").await), "forbidden");
+
+    // The room itself answers pings.
+    let pong = c
+        .iq(&format!(
+            "<iq type='get' to='{r}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
 
     // XEP-0410: a self-ping is answered by the room while joined.
     let pong = b
@@ -1238,5 +1332,84 @@ async fn registration_reserves_a_nick_and_a_repeated_join_gets_the_room_again() 
     })
     .await;
     join(c, &r, "bobby").await;
+    server.stop().await;
+}
+
+/// An occupant whose session is gone without a word (a race with its departure): the
+/// router bounces the room's next message back to the room at once, while the room is
+/// still delivering; the room must take that error (dropping the occupant, 333) instead
+/// of waiting on itself.
+#[tokio::test]
+async fn a_vanished_occupant_is_dropped_on_the_bounce() {
+    let (server, mut cs) = users(&["alice"]).await;
+    let a = &mut cs[0];
+    let r = room("ghosts");
+    create_instant(a, &r, "al").await;
+    // A join from a session that does not exist, as if it ended right after joining.
+    let join = xmppd::xml::parse_stanza(&format!(
+        "<presence xmlns='jabber:client' from='ghost@localhost/gone' to='{r}/ghost'>\
+         <x xmlns='{MUC}'/></presence>"
+    ))
+    .unwrap();
+    xmppd::router::route(server.ctx(), join).await;
+    seen(a, &r, "ghost").await;
+    say(a, &r, "g1", "anyone there?").await;
+    recv_body(a, "g1").await;
+    let gone = a
+        .recv_until(|e| {
+            is_from(e, "presence", &format!("{r}/ghost")) && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert!(codes(&gone).contains(&333), "{gone:?}");
+    // The room still answers.
+    say(a, &r, "g2", "still here").await;
+    recv_body(a, "g2").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retention_prunes_persistent_room_archives() {
+    let (server, mut cs) = users_with(&["alice"], |c| {
+        c.archive.retention_days = 1;
+        c.archive.prune_interval_secs = 1;
+    })
+    .await;
+    let a = &mut cs[0];
+    let r = room("annals");
+    create_instant(a, &r, "al").await;
+    configure(a, &r, &[("muc#roomconfig_persistentroom", "1")]).await;
+    // Two days old: expired (stored first: an archive's positions never go back).
+    let archive = &server.ctx().storage.archive;
+    let room_jid = xmppd::addr::parse_bare(&r).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let old = now - 2 * 86_400 * 1_000_000;
+    let stanza = format!(
+        "<message xmlns='jabber:client' from='{r}/al' type='groupchat'><body>old</body></message>"
+    );
+    archive
+        .append(
+            &room_jid,
+            xmppd::storage::NewArchived {
+                with: &format!("{r}/al"),
+                stanza: &stanza,
+                micros: old,
+            },
+        )
+        .await
+        .unwrap();
+    say(a, &r, "new", "fresh").await;
+    recv_body(a, "new").await;
+    assert_eq!(archive.count(&room_jid).await.unwrap(), 2);
+    let deadline = tokio::time::Instant::now() + support::TIMEOUT;
+    while archive.count(&room_jid).await.unwrap() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old message was not pruned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     server.stop().await;
 }

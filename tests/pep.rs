@@ -5,11 +5,6 @@
 
 mod support;
 
-/// A bare JID for the storage API.
-fn bj(s: &str) -> xmppd::addr::BareJid {
-    xmppd::addr::parse_bare(s).unwrap()
-}
-
 use std::time::Duration;
 
 use support::{Client, TestServer};
@@ -103,11 +98,14 @@ async fn befriend(server: &TestServer, a: &str, b: &str) {
     for (user, contact) in [(a, b), (b, a)] {
         let item = RosterItem {
             subscription: Subscription::Both,
-            ..xmppd::storage::RosterItem::new(bj(&format!("{contact}@localhost")))
+            ..RosterItem::new(xmppd::addr::parse_bare(&format!("{contact}@localhost")).unwrap())
         };
         storage
             .roster
-            .put_item(&bj(&format!("{user}@localhost")), &item)
+            .put_item(
+                &xmppd::addr::parse_bare(&format!("{user}@localhost")).unwrap(),
+                &item,
+            )
             .await
             .unwrap();
     }
@@ -592,7 +590,7 @@ async fn bad_input_gets_the_xep_errors() {
         server
             .ctx()
             .storage
-            .remove_account(&bj("alice@localhost"))
+            .remove_account(&xmppd::addr::parse_bare("alice@localhost").unwrap())
             .await
             .unwrap()
     );
@@ -657,13 +655,13 @@ async fn whitelist_and_roster_access_models() {
     let item = RosterItem {
         subscription: Subscription::Both,
         groups: vec!["Family".into()],
-        ..xmppd::storage::RosterItem::new(bj("bob@localhost"))
+        ..RosterItem::new(xmppd::addr::parse_bare("bob@localhost").unwrap())
     };
     server
         .ctx()
         .storage
         .roster
-        .put_item(&bj("alice@localhost"), &item)
+        .put_item(&xmppd::addr::parse_bare("alice@localhost").unwrap(), &item)
         .await
         .unwrap();
     assert_eq!(

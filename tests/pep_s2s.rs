@@ -3,11 +3,6 @@
 
 mod support;
 
-/// A bare JID for the storage API.
-fn bj(s: &str) -> xmppd::addr::BareJid {
-    xmppd::addr::parse_bare(s).unwrap()
-}
-
 use support::ca::TestCa;
 use support::dns::TestDns;
 use support::{Client, TestServer, wait_until};
@@ -75,13 +70,13 @@ impl World {
 async fn contact(server: &TestServer, user: &str, contact: &str) {
     let item = RosterItem {
         subscription: Subscription::Both,
-        ..xmppd::storage::RosterItem::new(bj(contact))
+        ..RosterItem::new(xmppd::addr::parse_bare(contact).unwrap())
     };
     server
         .ctx()
         .storage
         .roster
-        .put_item(&bj(user), &item)
+        .put_item(&xmppd::addr::parse_bare(user).unwrap(), &item)
         .await
         .unwrap();
 }

@@ -4,11 +4,6 @@
 
 mod support;
 
-/// A bare JID for the storage API.
-fn bj(s: &str) -> xmppd::addr::BareJid {
-    xmppd::addr::parse_bare(s).unwrap()
-}
-
 use base64::Engine;
 use sha1::{Digest, Sha1};
 use support::{Client, TestServer};
@@ -136,7 +131,7 @@ async fn vcards_are_set_read_and_bounded() {
         server
             .ctx()
             .storage
-            .remove_account(&bj("alice@localhost"))
+            .remove_account(&xmppd::addr::parse_bare("alice@localhost").unwrap())
             .await
             .unwrap()
     );
@@ -351,11 +346,16 @@ async fn photo_hash_is_kept_right_in_presence() {
     for (user, contact) in [("alice", "bob"), ("bob", "alice")] {
         let item = xmppd::storage::RosterItem {
             subscription: xmppd::storage::Subscription::Both,
-            ..xmppd::storage::RosterItem::new(bj(&format!("{contact}@localhost")))
+            ..xmppd::storage::RosterItem::new(
+                xmppd::addr::parse_bare(&format!("{contact}@localhost")).unwrap(),
+            )
         };
         storage
             .roster
-            .put_item(&bj(&format!("{user}@localhost")), &item)
+            .put_item(
+                &xmppd::addr::parse_bare(&format!("{user}@localhost")).unwrap(),
+                &item,
+            )
             .await
             .unwrap();
     }

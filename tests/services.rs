@@ -3,11 +3,6 @@
 
 mod support;
 
-/// A bare JID for the storage API.
-fn bj(s: &str) -> xmppd::addr::BareJid {
-    xmppd::addr::parse_bare(s).unwrap()
-}
-
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -45,13 +40,16 @@ async fn last_activity_of_the_server_and_of_contacts() {
     for (user, contact) in [("alice", "bob"), ("bob", "alice")] {
         let item = RosterItem {
             subscription: Subscription::Both,
-            ..xmppd::storage::RosterItem::new(bj(&format!("{contact}@localhost")))
+            ..RosterItem::new(xmppd::addr::parse_bare(&format!("{contact}@localhost")).unwrap())
         };
         server
             .ctx()
             .storage
             .roster
-            .put_item(&bj(&format!("{user}@localhost")), &item)
+            .put_item(
+                &xmppd::addr::parse_bare(&format!("{user}@localhost")).unwrap(),
+                &item,
+            )
             .await
             .unwrap();
     }

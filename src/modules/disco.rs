@@ -63,10 +63,13 @@ impl IqHandler for Disco {
                     }
                 }
                 IqTarget::Account(user) => {
-                    if let Some(requester) = super::requester_bare(iq) {
-                        for item in ctx.registry.account_items(ctx, user, &requester).await {
-                            items.push_child(item);
-                        }
+                    let requester = super::requester_bare(iq);
+                    for item in ctx
+                        .registry
+                        .account_items(ctx, user, requester.as_ref())
+                        .await
+                    {
+                        items.push_child(item);
                     }
                 }
             }

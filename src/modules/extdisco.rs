@@ -94,10 +94,9 @@ impl IqHandler for ExtDisco {
         let IqTarget::Server(_) = target else {
             return Err(StanzaError::service_unavailable());
         };
-        let requester = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
-        let user = requester.as_str();
+        let user = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
         // Relays cost bandwidth: only this server's accounts get them.
-        if requester.node().is_none() || !super::pubsub::is_local(ctx, user) {
+        if user.node().is_none() || !ctx.is_local_domain(user.domain().as_str()) {
             return Err(StanzaError::forbidden());
         }
         let query = iq.first_element().ok_or_else(StanzaError::bad_request)?;
@@ -113,7 +112,7 @@ impl IqHandler for ExtDisco {
                 }
                 for svc in services {
                     if query.attr("type").is_none_or(|k| k == svc.kind) {
-                        out.push_child(service(svc, user));
+                        out.push_child(service(svc, user.as_str()));
                     }
                 }
                 Ok(Some(out))
@@ -130,7 +129,7 @@ impl IqHandler for ExtDisco {
                 });
                 let svc = found.ok_or_else(StanzaError::item_not_found)?;
                 Ok(Some(
-                    Element::new("credentials", NS).with_child(service(svc, user)),
+                    Element::new("credentials", NS).with_child(service(svc, user.as_str())),
                 ))
             }
             _ => Err(StanzaError::bad_request()),

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tracing::warn;
 
 use super::{IqHandler, IqTarget, internal, requester_bare};
+use crate::addr::BareJid;
 use crate::context::Context;
 use crate::registry::{Module, PresenceObserver, Registrar};
 use crate::stream::StanzaError;
@@ -115,12 +116,8 @@ impl IqHandler for LastActivity {
 
 #[async_trait]
 impl PresenceObserver for LastActivity {
-    async fn outbound_unavailable(
-        &self,
-        ctx: &Arc<Context>,
-        user: &crate::addr::BareJid,
-        stanza: &Element,
-    ) {
+    async fn outbound_unavailable(&self, ctx: &Arc<Context>, user: &BareJid, stanza: &Element) {
+        let user = user.as_str();
         let status: String = stanza
             .child_text("status", ns::CLIENT)
             .unwrap_or_default()
@@ -130,7 +127,7 @@ impl PresenceObserver for LastActivity {
         if let Err(e) = ctx
             .storage
             .profiles
-            .set_last_activity(user.as_str(), now_secs(), &status)
+            .set_last_activity(user, now_secs(), &status)
             .await
         {
             warn!(error = %e, "storing the last activity failed");

@@ -127,7 +127,10 @@ fn truthy(v: Option<&str>) -> bool {
 
 /// XEP-0048 `<conference/>` → XEP-0402 item (id, payload).
 fn to_pep(conf: &Element) -> Option<(String, Element)> {
-    let jid = conf.attr("jid").and_then(super::pubsub::normalize_bare)?;
+    let jid = conf
+        .attr("jid")
+        .and_then(crate::addr::parse_bare)
+        .map(crate::addr::BareJid::into_inner)?;
     let mut out = Element::new("conference", BOOKMARKS);
     if let Some(name) = conf.attr("name") {
         out.set_attr("name", name);

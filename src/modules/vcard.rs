@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::pubsub::pep;
 use super::{IqHandler, IqTarget, internal, requester_bare};
+use crate::addr::BareJid;
 use crate::context::Context;
 use crate::registry::{Module, PresenceObserver, Registrar};
 use crate::router::route;
@@ -101,12 +102,7 @@ struct VcardPresence;
 
 #[async_trait]
 impl PresenceObserver for VcardPresence {
-    async fn outbound_available(
-        &self,
-        ctx: &Arc<Context>,
-        user: &crate::addr::BareJid,
-        stanza: &mut Element,
-    ) {
+    async fn outbound_available(&self, ctx: &Arc<Context>, user: &BareJid, stanza: &mut Element) {
         if let Some(hash) = photo_hash(ctx, user.as_str()).await {
             stamp(stanza, &hash);
         }
@@ -116,24 +112,20 @@ impl PresenceObserver for VcardPresence {
 /// The photo changed: each available resource's presence goes out again with the new
 /// hash, to the contacts entitled to it and to the user's own resources.
 async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
-    let Some(bare) = super::pubsub::typed(user) else {
+    let Some(user) = super::pubsub::bare_jid(user) else {
         return;
     };
     let resources: Vec<_> = ctx
         .sessions
-        .resources(&bare)
+        .resources(&user)
         .into_iter()
         .filter(|s| s.available)
         .collect();
     if resources.is_empty() {
         return;
     }
-    let subscribers: Vec<String> = match ctx.storage.roster.presence_contacts(&bare).await {
-        Ok(c) => c
-            .subscribers
-            .iter()
-            .map(|j| j.as_str().to_string())
-            .collect(),
+    let subscribers: Vec<String> = match ctx.storage.roster.presence_contacts(&user).await {
+        Ok(c) => c.subscribers.iter().map(BareJid::to_string).collect(),
         Err(e) => {
             warn!(error = %e, "roster lookup for the photo hash failed");
             Vec::new()
@@ -141,7 +133,7 @@ async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
     };
     let own: Vec<String> = resources
         .iter()
-        .map(|s| super::pubsub::full_jid(user, &s.resource))
+        .map(|s| super::pubsub::full_jid(user.as_str(), &s.resource))
         .collect();
     for s in resources {
         let Some(mut presence) = s.presence else {
@@ -150,7 +142,7 @@ async fn rebroadcast(ctx: &Arc<Context>, user: &str, hash: &str) {
         stamp(&mut presence, hash);
         let snapshot = presence.clone();
         ctx.sessions
-            .update(&bare, &s.resource, s.conn_id, move |info| {
+            .update(&user, &s.resource, s.conn_id, move |info| {
                 info.presence = Some(snapshot)
             });
         for to in subscribers.iter().chain(own.iter()) {

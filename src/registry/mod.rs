@@ -79,6 +79,14 @@ pub enum Flow {
     Stop,
 }
 
+/// A local client's message on its way out: the sender's account and full JID (its
+/// `from`, stamped) and its parsed `to`.
+pub struct Outgoing<'a> {
+    pub user: &'a BareJid,
+    pub from: &'a FullJid,
+    pub to: &'a Jid,
+}
+
 /// Told after a local account's roster item was saved (a roster set, or a subscription
 /// state change), with the item as it was before, if any.
 #[async_trait]
@@ -95,8 +103,13 @@ pub trait RosterObserver: Send + Sync {
 /// Lists disco#items of an account (e.g. its PEP nodes) for a requester.
 #[async_trait]
 pub trait AccountItems: Send + Sync {
-    /// `<item/>` elements (disco#items namespace) that `requester` (a bare JID) may see.
-    async fn items(&self, ctx: &Arc<Context>, user: &BareJid, requester: &BareJid) -> Vec<Element>;
+    /// `<item/>` elements (disco#items namespace) that `requester` (a bare JID; none for an anonymous one) may see.
+    async fn items(
+        &self,
+        ctx: &Arc<Context>,
+        user: &BareJid,
+        requester: Option<&BareJid>,
+    ) -> Vec<Element>;
 }
 
 /// Sees presence as the presence module handles it: a local session's available
@@ -116,14 +129,6 @@ pub trait PresenceObserver: Send + Sync {
     /// end of the session).
     async fn outbound_unavailable(&self, _ctx: &Arc<Context>, _user: &BareJid, _stanza: &Element) {}
     async fn inbound(&self, _ctx: &Arc<Context>, _user: &BareJid, _stanza: &Element) {}
-}
-
-/// A local client's message on its way out: the sender's account and full JID (its
-/// `from`, stamped) and its parsed `to`.
-pub struct Outgoing<'a> {
-    pub user: &'a BareJid,
-    pub from: &'a FullJid,
-    pub to: &'a Jid,
 }
 
 /// Sees a local client's message before it is routed (`from` stamped, `to` set).
@@ -386,13 +391,13 @@ impl Registrar<'_> {
         self.reg.account_identities.push(identity);
     }
 
+    pub fn presence_observer(&mut self, observer: Arc<dyn PresenceObserver>) {
+        self.reg.presence_observers.push(observer);
+    }
+
     /// Contributes to every account's disco#items.
     pub fn account_items(&mut self, provider: Arc<dyn AccountItems>) {
         self.reg.account_items.push(provider);
-    }
-
-    pub fn presence_observer(&mut self, observer: Arc<dyn PresenceObserver>) {
-        self.reg.presence_observers.push(observer);
     }
 
     /// Told of every saved roster item change of a local account.
@@ -597,7 +602,7 @@ impl Registry {
         &self,
         ctx: &Arc<Context>,
         user: &BareJid,
-        requester: &BareJid,
+        requester: Option<&BareJid>,
     ) -> Vec<Element> {
         let mut out = Vec::new();
         for p in &self.account_items {

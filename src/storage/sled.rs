@@ -301,17 +301,26 @@ fn check_name(name: &str) -> Result<()> {
 
 /// `<user>\0`: the prefix of all of a user's keys in the per-user trees.
 fn user_prefix(user: &BareJid) -> Result<Vec<u8>> {
-    let user = user.as_str();
-    check_name(user)?;
-    let mut key = Vec::with_capacity(user.len() + 9);
-    key.extend_from_slice(user.as_bytes());
+    name_prefix(user.as_str())
+}
+
+/// `<name>\0`, for trees keyed by a name that is not (only) an account's JID, such as a
+/// pubsub service.
+fn name_prefix(name: &str) -> Result<Vec<u8>> {
+    check_name(name)?;
+    let mut key = Vec::with_capacity(name.len() + 9);
+    key.extend_from_slice(name.as_bytes());
     key.push(SEP);
     Ok(key)
 }
 
 fn pair_key(user: &BareJid, other: &str) -> Result<Vec<u8>> {
+    name_pair_key(user.as_str(), other)
+}
+
+fn name_pair_key(name: &str, other: &str) -> Result<Vec<u8>> {
     check_name(other)?;
-    let mut key = user_prefix(user)?;
+    let mut key = name_prefix(name)?;
     key.extend_from_slice(other.as_bytes());
     Ok(key)
 }

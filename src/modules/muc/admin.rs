@@ -67,11 +67,12 @@ pub(super) async fn admin(
             let Some(Some(wanted)) = parse_affiliation(a) else {
                 return Err(StanzaError::bad_request());
             };
-            // §9: admins and owners see the lists; members those of a members-only room.
+            // §9: admins and owners see the lists; in a members-only room members see who
+            // belongs (members, admins, owners: clients such as Conversations list them).
             let may = my_aff.is_some_and(|m| m >= RoomAffiliation::Admin)
                 || (room.config.members_only
                     && my_aff == Some(RoomAffiliation::Member)
-                    && wanted == RoomAffiliation::Member);
+                    && wanted != RoomAffiliation::Outcast);
             if !may {
                 return Err(StanzaError::forbidden());
             }

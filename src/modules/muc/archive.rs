@@ -3,8 +3,10 @@
 //! room. Queries share the accounts' parser and pager (`mam::answer_query`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tracing::warn;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use super::room::Room;
 use crate::addr::{BareJid, Jid};
@@ -69,4 +71,66 @@ pub async fn query(
     let (results, fin) = mam::answer_query(ctx, &room.jid, from, payload).await?;
     out.extend(results);
     Ok(Some(fin))
+}
+
+/// Messages deleted per storage call while pruning.
+const PRUNE_BATCH: usize = 256;
+
+/// With `[archive] retention_days`, deletes expired messages from the archives of the
+/// persistent rooms of `domains` every `archive.prune_interval_secs` (queries hide them
+/// at once; this gives the space back). Temporary rooms' archives go with the room.
+pub async fn run_pruner(
+    ctx: Arc<Context>,
+    domains: Vec<crate::addr::DomainPart>,
+    max_rooms: usize,
+    shutdown: CancellationToken,
+) {
+    let days = ctx.config.archive.retention_days;
+    if days == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(ctx.config.archive.prune_interval_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let floor = mam::now_micros().saturating_sub(u64::from(days) * 86_400 * 1_000_000);
+        let mut removed = 0;
+        for domain in &domains {
+            let rooms = match ctx.storage.rooms.rooms(domain, max_rooms).await {
+                Ok(rooms) => rooms,
+                Err(e) => {
+                    warn!(error = %e, %domain, "listing rooms for archive pruning failed");
+                    continue;
+                }
+            };
+            for room in rooms {
+                loop {
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    match ctx
+                        .storage
+                        .archive
+                        .remove_before(&room.jid, floor, PRUNE_BATCH)
+                        .await
+                    {
+                        Ok(n) => {
+                            removed += n;
+                            if n < PRUNE_BATCH {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, room = %room.jid, "pruning a room archive failed");
+                            break;
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        debug!(removed, "room archive pruning pass done");
+    }
 }

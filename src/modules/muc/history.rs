@@ -28,14 +28,22 @@ impl HistoryItem {
     }
 }
 
-/// Keeps the last `len` messages.
+/// What one room's history holds at most, in XML characters, whatever its length: rooms
+/// times history length times the largest stanza would be far too much memory.
+pub const MAX_HISTORY_CHARS: usize = 256 * 1024;
+
+/// Keeps the last `len` messages, within [`MAX_HISTORY_CHARS`] (the newest is always
+/// kept).
 pub fn push(history: &mut VecDeque<HistoryItem>, item: HistoryItem, len: usize) {
     if len == 0 {
         history.clear();
         return;
     }
-    while history.len() >= len {
-        history.pop_front();
+    let mut total: usize = history.iter().map(|h| h.chars).sum::<usize>() + item.chars;
+    while history.len() >= len || (total > MAX_HISTORY_CHARS && !history.is_empty()) {
+        if let Some(old) = history.pop_front() {
+            total -= old.chars;
+        }
     }
     history.push_back(item);
 }
@@ -180,6 +188,22 @@ mod tests {
             )),
             ["m6", "m7"]
         );
+    }
+
+    #[test]
+    fn history_is_bounded_in_size() {
+        let big = "x".repeat(MAX_HISTORY_CHARS / 3);
+        let mut h = VecDeque::new();
+        for i in 0..5u64 {
+            let m = parse_stanza(&format!(
+                "<message xmlns='jabber:client' type='groupchat'><body>{i}{big}</body></message>"
+            ))
+            .unwrap();
+            push(&mut h, HistoryItem::new(m, i), 100);
+        }
+        assert_eq!(h.len(), 2);
+        assert!(h.iter().map(|i| i.chars).sum::<usize>() <= MAX_HISTORY_CHARS);
+        assert_eq!(h.back().map(|i| i.micros), Some(4));
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub mod history;
 mod moderation;
 mod register;
 pub mod room;
+mod voice;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -45,11 +46,14 @@ pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 /// XEP-0410 §3.2: the service answers self-pings itself.
 pub const SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+pub const UNIQUE: &str = "http://jabber.org/protocol/muc#unique";
 pub const STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 /// XEP-0249 direct invitations (client to client; passed through like any message).
 pub const CONFERENCE: &str = "jabber:x:conference";
 pub const SID: &str = "urn:xmpp:sid:0";
 
+/// The largest available presence a room keeps for an occupant session.
+const MAX_PRESENCE_BYTES: usize = 16 * 1024;
 /// Sessions of one user under one nick (a remote server could claim any number).
 const MAX_SESSIONS: usize = 32;
 /// Invitations one message may carry.
@@ -73,19 +77,29 @@ impl Module for Muc {
             .iter()
             .map(|v| format!("{}.{}", cfg.subdomain, v.domain.to_ascii_lowercase()))
             .collect();
+        let (archive, max_rooms) = (cfg.archive, cfg.max_rooms);
         let service = Arc::new(MucService::new(cfg));
-        for d in domains {
-            r.service(&d, service.clone());
-            r.server_item(&d);
+        for d in &domains {
+            r.service(d, service.clone());
+            r.server_item(d);
         }
         r.shared(service);
+        if archive {
+            let domains: Vec<addr::DomainPart> = domains
+                .iter()
+                .filter_map(|d| addr::parse_domain(d))
+                .collect();
+            r.task(Box::new(move |ctx, shutdown| {
+                Box::pin(archive::run_pruner(ctx, domains, max_rooms, shutdown))
+            }));
+        }
     }
 }
 
 /// The rooms of every MUC domain of this server (room JIDs include the domain).
 pub struct MucService {
     cfg: MucConfig,
-    rooms: Mutex<HashMap<BareJid, Arc<tokio::sync::Mutex<Room>>>>,
+    rooms: Mutex<HashMap<BareJid, Arc<RoomSlot>>>,
     /// Rooms created per user in this run (the per-user limit).
     created: Mutex<HashMap<BareJid, usize>>,
 }
@@ -130,6 +144,29 @@ fn reply_error(out: &mut Vec<Element>, stanza: &Element, error: StanzaError) {
     }
 }
 
+/// A room behind its lock, and the errors that arrived for it while it was held.
+///
+/// The router answers a delivery to a vanished session at once, on the delivering task:
+/// the bounce comes back to the room while the room is still delivering under its lock.
+/// Errors therefore wait here for whoever holds the room instead of waiting for the lock
+/// (that is, for themselves).
+pub(crate) struct RoomSlot {
+    room: tokio::sync::Mutex<Room>,
+    pending: Mutex<VecDeque<Element>>,
+}
+
+impl RoomSlot {
+    fn new(room: Room) -> Arc<RoomSlot> {
+        Arc::new(RoomSlot {
+            room: tokio::sync::Mutex::new(room),
+            pending: Mutex::new(VecDeque::new()),
+        })
+    }
+}
+
+/// Errors queued for one room at most; more are dropped (they only report departures).
+const MAX_PENDING: usize = 1024;
+
 /// Where a stanza to the service goes.
 enum Target {
     Service,
@@ -155,7 +192,7 @@ impl MucService {
         &self,
         ctx: &Arc<Context>,
         jid: &BareJid,
-    ) -> Result<Option<Arc<tokio::sync::Mutex<Room>>>, StanzaError> {
+    ) -> Result<Option<Arc<RoomSlot>>, StanzaError> {
         if let Some(r) = lock(&self.rooms).get(jid) {
             return Ok(Some(r.clone()));
         }
@@ -172,7 +209,7 @@ impl MucService {
         // Another task may have loaded it meanwhile: keep that one.
         let room = rooms
             .entry(jid.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Room::from_stored(stored))))
+            .or_insert_with(|| RoomSlot::new(Room::from_stored(stored)))
             .clone();
         Ok(Some(room))
     }
@@ -183,7 +220,7 @@ impl MucService {
         jid: &BareJid,
         creator: &BareJid,
         locked: bool,
-    ) -> Result<Arc<tokio::sync::Mutex<Room>>, StanzaError> {
+    ) -> Result<Arc<RoomSlot>, StanzaError> {
         let mut rooms = lock(&self.rooms);
         if let Some(r) = rooms.get(jid) {
             return Ok(r.clone());
@@ -199,12 +236,7 @@ impl MucService {
             );
         }
         *count += 1;
-        let room = Arc::new(tokio::sync::Mutex::new(Room::new(
-            jid.clone(),
-            &self.cfg,
-            creator,
-            locked,
-        )));
+        let room = RoomSlot::new(Room::new(jid.clone(), &self.cfg, creator, locked));
         rooms.insert(jid.clone(), room.clone());
         Ok(room)
     }
@@ -300,23 +332,22 @@ impl MucService {
         let payload = stanza.first_element();
         let answer = match (stanza.attr("type"), payload) {
             (Some("get"), Some(q)) if q.is("query", ns::DISCO_INFO) && q.attr("node").is_none() => {
-                Ok(service_info())
+                Ok(Some(service_info()))
             }
             (Some("get"), Some(q))
                 if q.is("query", ns::DISCO_ITEMS) && q.attr("node").is_none() =>
             {
-                self.public_rooms(ctx, domain).await
+                self.public_rooms(ctx, domain).await.map(Some)
             }
-            (Some("get"), Some(q)) if q.is("ping", crate::xml::ns::PING) => {
-                Ok(Element::new("ping", ns::PING))
-            }
+            (Some("get"), Some(q)) if q.is("ping", ns::PING) => Ok(None),
+            // §10.1.4: a room name nobody uses (random, so never taken in practice).
+            (Some("get"), Some(q)) if q.is("unique", UNIQUE) => Ok(Some(
+                Element::new("unique", UNIQUE).with_text(crate::stream::random_id()),
+            )),
             _ => Err(StanzaError::service_unavailable()),
         };
         match answer {
-            Ok(payload) => {
-                let payload = (payload.name != "ping").then_some(payload);
-                out.push(iq_result(stanza, payload));
-            }
+            Ok(payload) => out.push(iq_result(stanza, payload)),
             Err(e) => reply_error(out, stanza, e),
         }
     }
@@ -328,13 +359,13 @@ impl MucService {
         domain: &DomainRef,
     ) -> Result<Element, StanzaError> {
         let mut found: std::collections::BTreeMap<BareJid, String> = Default::default();
-        let loaded: Vec<Arc<tokio::sync::Mutex<Room>>> = lock(&self.rooms)
+        let loaded: Vec<Arc<RoomSlot>> = lock(&self.rooms)
             .iter()
             .filter(|(jid, _)| jid.domain() == domain)
             .map(|(_, r)| r.clone())
             .collect();
         for r in loaded {
-            let r = r.lock().await;
+            let r = r.room.lock().await;
             if r.config.public && !r.locked && !r.gone {
                 found.insert(r.jid.clone(), r.config.name.clone());
             }
@@ -414,27 +445,95 @@ impl MucService {
                 }
             }
         };
-        let mut room = room.lock().await;
+        if stanza.attr("type") == Some("error") {
+            {
+                let mut pending = lock(&room.pending);
+                if pending.len() < MAX_PENDING {
+                    pending.push_back(stanza.clone());
+                }
+            }
+            self.drain(ctx, &room).await;
+            return Ok(());
+        }
+        let slot = room;
+        let mut room = slot.room.lock().await;
         if room.gone {
             return Err(Retry);
         }
+        self.dispatch(ctx, &mut room, nick, from, stanza, out).await;
+        // Routed while the room is held: occupants see one order of events.
+        send_all(ctx, std::mem::take(out)).await;
+        self.drain_locked(ctx, &slot, &mut room).await;
+        drop(room);
+        // An error queued after the last look, while the room was being let go.
+        self.drain(ctx, &slot).await;
+        Ok(())
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &Arc<Context>,
+        room: &mut Room,
+        nick: Option<&str>,
+        from: &Jid,
+        stanza: &Element,
+        out: &mut Vec<Element>,
+    ) {
         match (stanza.name.as_str(), nick) {
-            ("presence", Some(nick)) => {
-                self.presence(ctx, &mut room, nick, from, stanza, out).await
+            // A message from the room that could not be delivered (whatever occupant JID
+            // it came from): that session is gone (333).
+            ("message", _) if stanza.attr("type") == Some("error") => {
+                if let Some(idx) = room.by_session(from) {
+                    self.leave(ctx, room, idx, from, &[333], out).await;
+                }
             }
+            ("presence", Some(nick)) => self.presence(ctx, room, nick, from, stanza, out).await,
             // §7.2.1: a join needs a nickname.
             ("presence", None) if stanza.attr("type").is_none() => {
                 reply_error(out, stanza, StanzaError::jid_malformed());
             }
-            ("message", None) => self.room_message(ctx, &mut room, from, stanza, out).await,
-            ("message", Some(nick)) => private_message(&room, nick, from, stanza, out),
-            ("iq", None) => self.room_iq(ctx, &mut room, from, stanza, out).await,
-            ("iq", Some(nick)) => occupant_iq(&room, nick, from, stanza, out),
+            ("message", None) => self.room_message(ctx, room, from, stanza, out).await,
+            ("message", Some(nick)) => private_message(room, nick, from, stanza, out),
+            ("iq", None) => self.room_iq(ctx, room, from, stanza, out).await,
+            ("iq", Some(nick)) => occupant_iq(room, nick, from, stanza, out),
             _ => {}
         }
-        // Routed while the room is held: occupants see one order of events.
-        send_all(ctx, std::mem::take(out)).await;
-        Ok(())
+    }
+
+    /// Handles the queued errors if nobody holds the room; whoever holds it looks at the
+    /// queue before and after letting it go.
+    async fn drain(&self, ctx: &Arc<Context>, slot: &Arc<RoomSlot>) {
+        while !lock(&slot.pending).is_empty() {
+            let Ok(mut room) = slot.room.try_lock() else {
+                return;
+            };
+            self.drain_locked(ctx, slot, &mut room).await;
+        }
+    }
+
+    /// Handles the queued errors with the room held. It ends: an error is never
+    /// answered, so what these produce can only queue errors for other deliveries.
+    async fn drain_locked(&self, ctx: &Arc<Context>, slot: &RoomSlot, room: &mut Room) {
+        loop {
+            let next = lock(&slot.pending).pop_front();
+            let Some(stanza) = next else {
+                return;
+            };
+            if room.gone {
+                continue;
+            }
+            let (Some(from), Some(to)) = (
+                stanza.attr("from").and_then(addr::parse),
+                stanza.attr("to").and_then(addr::parse),
+            ) else {
+                continue;
+            };
+            let nick = to.resource().map(|r| r.as_str().to_string());
+            let mut out = Vec::new();
+            self.dispatch(ctx, room, nick.as_deref(), &from, &stanza, &mut out)
+                .await;
+            send_all(ctx, out).await;
+        }
     }
 
     /// Who may create rooms: users of this server's vhosts.
@@ -456,9 +555,17 @@ impl MucService {
         out: &mut Vec<Element>,
     ) {
         let existing = room.by_session(from);
+        if stanza.attr("type").is_none() && stanza.to_stanza_string().len() > MAX_PRESENCE_BYTES {
+            // The room keeps it and shows it to everyone, again to each newcomer.
+            return reply_error(
+                out,
+                stanza,
+                not_acceptable().with_text("presence too large for a room"),
+            );
+        }
         match stanza.attr("type") {
             None => match existing {
-                None => self.join(ctx, room, nick, from, stanza, out).await,
+                None => self.join(room, nick, from, stanza, out),
                 // A join from a session the room still counts in (its client reconnected
                 // with the same resource and never left): the whole join again, so the
                 // client gets what it waits for.
@@ -467,13 +574,13 @@ impl MucService {
                         self.rejoin(room, idx, from, stanza, out);
                     } else {
                         self.leave(ctx, room, idx, from, &[], out).await;
-                        self.join(ctx, room, nick, from, stanza, out).await;
+                        self.join(room, nick, from, stanza, out);
                     }
                 }
                 Some(idx) if room.occupants[idx].nick == nick => {
                     update_presence(room, idx, from, stanza, out)
                 }
-                Some(idx) => self.change_nick(ctx, room, idx, nick, from, stanza, out),
+                Some(idx) => self.change_nick(room, idx, nick, from, stanza, out),
             },
             Some("unavailable") => {
                 if let Some(idx) = existing {
@@ -491,9 +598,8 @@ impl MucService {
         }
     }
 
-    async fn join(
+    fn join(
         &self,
-        _ctx: &Arc<Context>,
         room: &mut Room,
         nick: &str,
         from: &Jid,
@@ -574,9 +680,6 @@ impl MucService {
         if created || fresh_instant {
             codes.push(201);
         }
-        if raw_nick(stanza).is_some_and(|raw| raw != nick) {
-            codes.push(210);
-        }
         debug!(room = %room.jid, nick, "occupant joined");
         // A second session of an occupant: the others know it already.
         send_join(room, idx, from, stanza, &codes, same_nick.is_none(), out);
@@ -616,7 +719,6 @@ impl MucService {
     #[allow(clippy::too_many_arguments)]
     fn change_nick(
         &self,
-        _ctx: &Arc<Context>,
         room: &mut Room,
         idx: usize,
         nick: &str,
@@ -639,12 +741,7 @@ impl MucService {
         if let Some(s) = o.sessions.iter_mut().find(|s| s.jid == *from) {
             s.presence = stanza.clone();
         }
-        let own: Vec<u16> = if raw_nick(stanza).is_some_and(|raw| raw != nick) {
-            vec![210]
-        } else {
-            vec![]
-        };
-        room.broadcast_presence(idx, false, &[], &own, None, out);
+        room.broadcast_presence(idx, false, &[], &[], None, out);
     }
 
     /// One session leaves; the occupant leaves with its last session.
@@ -680,16 +777,12 @@ impl MucService {
         out: &mut Vec<Element>,
     ) {
         let kind = stanza.attr("type").unwrap_or("normal");
-        if kind == "error" {
-            // A delivery error from an occupant's server: that session is gone.
-            if let Some(idx) = room.by_session(from) {
-                self.leave(ctx, room, idx, from, &[333], out).await;
-            }
-            return;
-        }
         if kind != "groupchat" {
             if let Some(x) = stanza.child("x", MUC_USER) {
                 return self.invites(ctx, room, from, stanza, x, out).await;
+            }
+            if let Some(form) = voice::request_form(stanza) {
+                return voice::handle(self, room, from, stanza, form, out);
             }
             return reply_error(out, stanza, not_acceptable());
         }
@@ -859,6 +952,7 @@ impl MucService {
             {
                 Ok(Some(register::reserved_nick(room, from)))
             }
+            ("get", "ping", ns::PING) => Ok(None),
             ("get", "query", register::REGISTER) => register::get(room, from),
             ("set", "query", register::REGISTER) => {
                 register::set(self, ctx, room, from, payload, out).await
@@ -908,6 +1002,8 @@ impl MucService {
             MUC,
             ns::DISCO_INFO,
             register::REGISTER,
+            voice::REQUEST,
+            ns::PING,
             SELF_PING,
             STABLE_ID,
             OCCUPANT_ID,
@@ -960,14 +1056,6 @@ impl MucService {
 
 /// The handler found the room gone after waiting for it.
 struct Retry;
-
-/// The nickname as the client wrote it (before normalization), for status 210.
-fn raw_nick(stanza: &Element) -> Option<&str> {
-    stanza
-        .attr("to")
-        .and_then(|t| t.split_once('/'))
-        .map(|(_, r)| r)
-}
 
 fn node_of(jid: &BareJid) -> &str {
     jid.node().map_or("", |n| n.as_str())
@@ -1112,6 +1200,7 @@ fn service_info() -> Element {
     );
     for f in [
         MUC,
+        UNIQUE,
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
         ns::PING,

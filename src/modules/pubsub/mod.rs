@@ -376,39 +376,44 @@ pub(crate) fn full_jid(bare: &str, resource: &str) -> String {
 
 /// Whether a (normalized) JID belongs to a domain this server hosts.
 pub(crate) fn is_local(ctx: &Context, jid: &str) -> bool {
-    ctx.is_local_domain(domain_str(jid))
-}
-
-/// The bare part of a normalized JID string.
-pub(crate) fn bare_str(jid: &str) -> &str {
-    jid.split_once('/').map_or(jid, |(b, _)| b)
-}
-
-/// The domain of a normalized JID string.
-pub(crate) fn domain_str(jid: &str) -> &str {
-    let bare = bare_str(jid);
-    bare.split_once('@').map_or(bare, |(_, d)| d)
-}
-
-/// The normalized bare JID, `None` if malformed or full.
-pub(crate) fn normalize_bare(s: &str) -> Option<String> {
-    crate::addr::parse_bare(s).map(|j| j.as_str().to_string())
-}
-
-/// The normalized JID (bare or full), `None` if malformed.
-pub(crate) fn normalize(s: &str) -> Option<String> {
-    crate::addr::parse(s).map(|j| j.as_str().to_string())
-}
-
-/// The typed bare JID of a normalized string (the session table and the roster are
-/// keyed by them).
-pub(crate) fn typed(jid: &str) -> Option<crate::addr::BareJid> {
-    crate::addr::parse_bare(bare_str(jid))
+    crate::addr::parse(jid).is_some_and(|j| ctx.is_local_domain(j.domain().as_str()))
 }
 
 /// Whether a (normalized) JID carries a resource.
 pub(crate) fn has_resource(jid: &str) -> bool {
-    jid.contains('/')
+    crate::addr::parse(jid).is_some_and(|j| j.is_full())
+}
+
+/// The typed bare JID of a (normalized) JID string.
+pub(crate) fn bare_jid(jid: &str) -> Option<crate::addr::BareJid> {
+    crate::addr::parse(jid).map(crate::addr::Jid::into_bare)
+}
+
+/// An account's presence subscribers and subscriptions, by its (normalized) JID string.
+pub(crate) async fn presence_contacts(
+    ctx: &Context,
+    user: &str,
+) -> Result<Arc<crate::storage::PresenceContacts>, crate::storage::StorageError> {
+    match bare_jid(user) {
+        Some(user) => ctx.storage.roster.presence_contacts(&user).await,
+        None => Ok(Arc::default()),
+    }
+}
+
+/// An account's roster, by its (normalized) JID string.
+pub(crate) async fn roster(
+    ctx: &Context,
+    user: &str,
+) -> Result<crate::storage::Roster, crate::storage::StorageError> {
+    match bare_jid(user) {
+        Some(user) => ctx.storage.roster.roster(&user).await,
+        None => Ok(crate::storage::Roster::default()),
+    }
+}
+
+/// The bare JID of a (normalized) JID string, as a string.
+pub(crate) fn bare_str(jid: &str) -> String {
+    bare_jid(jid).map_or_else(String::new, crate::addr::BareJid::into_inner)
 }
 
 /// A stanza error with a `pubsub#errors` application condition (XEP-0060 §7, §6).
@@ -483,7 +488,7 @@ pub async fn check_access(
         AccessModel::Open => Ok(()),
         AccessModel::Whitelist => Err(error(ErrorType::Cancel, "not-allowed", "closed-node")),
         AccessModel::Presence | AccessModel::Roster => {
-            let item = match (typed(owner), typed(requester)) {
+            let item = match (bare_jid(owner), bare_jid(requester)) {
                 (Some(owner), Some(requester)) => ctx
                     .storage
                     .roster

@@ -24,6 +24,7 @@ use super::{
     max_nodes_exceeded, nodeid_required, not_acceptable, payload_too_big, precondition_not_met,
     unsupported,
 };
+use crate::addr::BareJid;
 use crate::context::Context;
 use crate::modules::{internal, requester_bare};
 use crate::registry::{
@@ -395,16 +396,13 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
         }
     }
     use super::AccessModel::*;
-    let Some(owner_jid) = super::typed(owner) else {
-        return out;
-    };
     match node.cfg.access_model {
         Whitelist => {}
-        Open | Presence => match ctx.storage.roster.presence_contacts(&owner_jid).await {
-            Ok(c) => out.extend(c.subscribers.iter().map(|j| j.as_str().to_string())),
+        Open | Presence => match super::presence_contacts(ctx, owner).await {
+            Ok(c) => out.extend(c.subscribers.iter().map(BareJid::to_string)),
             Err(e) => warn!(error = %e, "roster lookup for PEP notifications failed"),
         },
-        Roster => match ctx.storage.roster.roster(&owner_jid).await {
+        Roster => match super::roster(ctx, owner).await {
             Ok(r) => out.extend(
                 r.items
                     .iter()
@@ -414,7 +412,7 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
                             .iter()
                             .any(|g| node.cfg.roster_groups_allowed.contains(g))
                     })
-                    .map(|i| i.jid.as_str().to_string()),
+                    .map(|i| i.jid.to_string()),
             ),
             Err(e) => warn!(error = %e, "roster lookup for PEP notifications failed"),
         },
@@ -433,7 +431,7 @@ async fn entitled(ctx: &Arc<Context>, owner: &str, node: &Node) -> Vec<String> {
 /// The available resources of `bare` whose features include `NODE+notify`.
 fn interested_resources(ctx: &Context, caps: &CapsCache, bare: &str, node: &str) -> Vec<String> {
     let want = format!("{node}+notify");
-    let Some(bare_jid) = super::typed(bare) else {
+    let Some(bare_jid) = super::bare_jid(bare) else {
         return Vec::new();
     };
     ctx.sessions.select(&bare_jid, |s| {
@@ -534,34 +532,27 @@ async fn send_last_items(
 /// A resource's features became known (or changed): the last items of its own account's
 /// nodes and of every local contact it receives presence from.
 async fn resource_ready(ctx: &Arc<Context>, bare: &str, full: &str, features: &Features) {
-    let Some(bare_jid) = super::typed(bare) else {
-        return;
-    };
-    if !ctx
-        .sessions
-        .get(&bare_jid, resource_of(full))
-        .is_some_and(|s| s.available)
-    {
+    let available = crate::addr::parse_full(full).is_some_and(|f| {
+        ctx.sessions
+            .get(&f.to_bare(), f.resource().as_str())
+            .is_some_and(|s| s.available)
+    });
+    if !available {
         return;
     }
     let mut owners = vec![bare.to_string()];
-    match ctx.storage.roster.presence_contacts(&bare_jid).await {
+    match super::presence_contacts(ctx, bare).await {
         Ok(c) => owners.extend(
             c.subscriptions
                 .iter()
-                .map(|j| j.as_str())
-                .filter(|j| super::is_local(ctx, j))
-                .map(str::to_string),
+                .filter(|j| ctx.is_local_domain(j.domain().as_str()))
+                .map(BareJid::to_string),
         ),
         Err(e) => warn!(error = %e, "roster lookup for PEP last items failed"),
     }
     for owner in owners {
         send_last_items(ctx, &owner, full, bare, features, true).await;
     }
-}
-
-fn resource_of(full: &str) -> &str {
-    full.split_once('/').map_or("", |(_, r)| r)
 }
 
 /// A disco#info query the server sent to learn a resource's capabilities.
@@ -615,7 +606,7 @@ impl ResponseHandler for PepModule {
             _ => &empty,
         };
         let features = cache.insert(&q.caps, &q.full, query);
-        let bare = super::bare_str(&q.full).to_string();
+        let bare = super::bare_str(&q.full);
         match &q.owner {
             Some(owner) => send_last_items(ctx, owner, &q.full, &bare, &features, true).await,
             None => resource_ready(ctx, &bare, &q.full, &features).await,
@@ -664,36 +655,34 @@ impl SessionEvents for PepModule {
 
 #[async_trait]
 impl PresenceObserver for PepModule {
-    async fn inbound(&self, ctx: &Arc<Context>, user: &crate::addr::BareJid, stanza: &Element) {
-        remote_presence(ctx, user.as_str(), stanza).await;
-    }
-}
-
-/// A remote contact's resource announced itself to `user` (or left): remembered for
-/// `user`'s notifications, and given `user`'s last items (XEP-0163 §4.3.2).
-async fn remote_presence(ctx: &Arc<Context>, user: &str, stanza: &Element) {
-    let Some(from) = stanza.attr("from") else {
-        return;
-    };
-    if !super::has_resource(from) || super::is_local(ctx, from) {
-        return;
-    }
-    let (Some(remote), Some(cache)) = (ctx.registry.state::<RemoteResources>(), caps_cache(ctx))
-    else {
-        return;
-    };
-    let caps = match stanza.attr("type") {
-        Some("unavailable") => None,
-        _ => Caps::of_presence(stanza),
-    };
-    if !remote.set(user, from, caps.clone()) {
-        return;
-    }
-    let Some(caps) = caps else { return };
-    let bare = super::bare_str(from);
-    match cache.features(&caps, from) {
-        Some(features) => send_last_items(ctx, user, from, bare, &features, true).await,
-        None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
+    /// A remote contact's resource announced itself to `user` (or left): remembered for
+    /// `user`'s notifications, and given `user`'s last items (XEP-0163 §4.3.2).
+    async fn inbound(&self, ctx: &Arc<Context>, user: &BareJid, stanza: &Element) {
+        let user = user.as_str();
+        let Some(from) = stanza.attr("from") else {
+            return;
+        };
+        if !super::has_resource(from) || super::is_local(ctx, from) {
+            return;
+        }
+        let (Some(remote), Some(cache)) =
+            (ctx.registry.state::<RemoteResources>(), caps_cache(ctx))
+        else {
+            return;
+        };
+        let caps = match stanza.attr("type") {
+            Some("unavailable") => None,
+            _ => Caps::of_presence(stanza),
+        };
+        if !remote.set(user, from, caps.clone()) {
+            return;
+        }
+        let Some(caps) = caps else { return };
+        let bare = super::bare_str(from);
+        match cache.features(&caps, from) {
+            Some(features) => send_last_items(ctx, user, from, &bare, &features, true).await,
+            None => query_caps(ctx, user, from, caps, Some(user.to_string())).await,
+        }
     }
 }
 
@@ -724,7 +713,7 @@ impl RouteFilter for PepModule {
         to: &crate::addr::Jid,
         stanza: &Element,
     ) -> bool {
-        remote_presence(ctx, to.to_bare().as_str(), stanza).await;
+        PresenceObserver::inbound(self, ctx, &to.to_bare(), stanza).await;
         true
     }
 }
@@ -735,10 +724,10 @@ impl AccountItems for PepModule {
     async fn items(
         &self,
         ctx: &Arc<Context>,
-        user: &crate::addr::BareJid,
-        requester: &crate::addr::BareJid,
+        user: &BareJid,
+        requester: Option<&BareJid>,
     ) -> Vec<Element> {
-        let (user, requester) = (user.as_str(), requester.as_str());
+        let (user, requester) = (user.as_str(), requester.map_or("", |r| r.as_str()));
         let nodes = match ctx.storage.pubsub.nodes(user).await {
             Ok(n) => n,
             Err(e) => {
@@ -771,7 +760,7 @@ impl RosterObserver for PepModule {
     async fn roster_changed(
         &self,
         ctx: &Arc<Context>,
-        user: &crate::addr::BareJid,
+        user: &BareJid,
         before: Option<&RosterItem>,
         after: &RosterItem,
     ) {
@@ -1111,7 +1100,8 @@ async fn handle_owner(
             for a in action.elements().filter(|a| a.is("affiliation", NS_OWNER)) {
                 let jid = a
                     .attr("jid")
-                    .and_then(super::normalize_bare)
+                    .and_then(crate::addr::parse_bare)
+                    .map(BareJid::into_inner)
                     .ok_or_else(StanzaError::jid_malformed)?;
                 if jid == owner {
                     return Err(not_acceptable().with_text("the owner stays the owner"));
@@ -1157,7 +1147,6 @@ impl IqHandler for PepModule {
             return Err(StanzaError::service_unavailable());
         };
         let requester = requester_bare(iq).ok_or_else(StanzaError::bad_request)?;
-        // Storage keys and the engine work on the normalized strings.
         let (owner, requester) = (owner.as_str(), requester.as_str());
         let pubsub = iq.first_element().ok_or_else(StanzaError::bad_request)?;
         if pubsub.name != "pubsub" {

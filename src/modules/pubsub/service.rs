@@ -295,7 +295,7 @@ fn may_create(ctx: &Context, requester: &str) -> bool {
         NodeCreation::Admins => cfg
             .admins
             .iter()
-            .any(|a| super::normalize_bare(a).as_deref() == Some(requester)),
+            .any(|a| crate::addr::parse_bare(a).is_some_and(|a| a.as_str() == requester)),
     }
 }
 
@@ -580,8 +580,9 @@ async fn user_op(
 fn subscriber_jid(iq: &Element, requester: &str, action: &Element) -> Result<String, StanzaError> {
     let jid = action
         .attr("jid")
-        .and_then(super::normalize)
-        .ok_or_else(|| error(ErrorType::Modify, "bad-request", "jid-required"))?;
+        .and_then(crate::addr::parse)
+        .ok_or_else(|| error(ErrorType::Modify, "bad-request", "jid-required"))?
+        .into_inner();
     let from = iq.attr("from").unwrap_or("");
     if jid != requester && jid != from {
         return Err(error(ErrorType::Modify, "bad-request", "invalid-jid"));
@@ -664,7 +665,8 @@ async fn owner_op(
             for a in action.elements().filter(|a| a.is("affiliation", NS_OWNER)) {
                 let jid = a
                     .attr("jid")
-                    .and_then(super::normalize_bare)
+                    .and_then(crate::addr::parse_bare)
+                    .map(crate::addr::BareJid::into_inner)
                     .ok_or_else(StanzaError::jid_malformed)?;
                 let aff = a.attr("affiliation").unwrap_or("");
                 if !matches!(aff, "owner" | "publisher" | "member" | "outcast" | "none") {
@@ -699,8 +701,9 @@ async fn owner_op(
             for s in action.elements().filter(|s| s.is("subscription", NS_OWNER)) {
                 let jid = s
                     .attr("jid")
-                    .and_then(super::normalize)
-                    .ok_or_else(StanzaError::jid_malformed)?;
+                    .and_then(crate::addr::parse)
+                    .ok_or_else(StanzaError::jid_malformed)?
+                    .into_inner();
                 node.record.subscriptions.retain(|(j, _)| *j != jid);
                 match s.attr("subscription") {
                     Some("none") => {}

@@ -18,26 +18,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use ::sled::{Db, Tree};
 use async_trait::async_trait;
 
-use super::{SEP, SledStore, backend, check_name, clear_prefix, decode, encode, keys_with_prefix};
+use super::{
+    SEP, SledStore, backend, check_name, clear_prefix, decode, encode, keys_with_prefix,
+    name_pair_key, name_prefix,
+};
 use crate::storage::pubsub::{CreateOutcome, NodeRecord, ProfileStore, PubsubStore, StoredItem};
 use crate::storage::{Result, StorageError};
-
-/// `<name>\0`: a service's (or user's) key prefix. Services are bare JIDs or domains,
-/// kept as strings: the same trees serve accounts' PEP and service domains.
-fn str_prefix(name: &str) -> Result<Vec<u8>> {
-    check_name(name)?;
-    let mut key = Vec::with_capacity(name.len() + 9);
-    key.extend_from_slice(name.as_bytes());
-    key.push(SEP);
-    Ok(key)
-}
-
-fn str_pair(name: &str, other: &str) -> Result<Vec<u8>> {
-    check_name(other)?;
-    let mut key = str_prefix(name)?;
-    key.extend_from_slice(other.as_bytes());
-    Ok(key)
-}
 
 pub(super) struct SledPubsub {
     nodes: Tree,
@@ -69,7 +55,7 @@ impl SledPubsub {
 
     /// `<service>\0<node>\0`: the prefix of a node's items and item ids.
     fn node_prefix(service: &str, node: &str) -> Result<Vec<u8>> {
-        let mut key = str_pair(service, node)?;
+        let mut key = name_pair_key(service, node)?;
         key.push(SEP);
         Ok(key)
     }
@@ -123,7 +109,7 @@ impl PubsubStore for SledStore {
         match self
             .pubsub
             .nodes
-            .get(str_pair(service, node)?)
+            .get(name_pair_key(service, node)?)
             .map_err(backend)?
         {
             Some(v) => Ok(Some(decode("pubsub node", &v)?)),
@@ -132,7 +118,7 @@ impl PubsubStore for SledStore {
     }
 
     async fn nodes(&self, service: &str) -> Result<Vec<(String, NodeRecord)>> {
-        let prefix = str_prefix(service)?;
+        let prefix = name_prefix(service)?;
         self.pubsub
             .nodes
             .scan_prefix(&prefix)
@@ -152,14 +138,14 @@ impl PubsubStore for SledStore {
         record: &NodeRecord,
         max_nodes: usize,
     ) -> Result<CreateOutcome> {
-        let key = str_pair(service, node)?;
+        let key = name_pair_key(service, node)?;
         {
             let ps = &self.pubsub;
             let _guard = ps.lock();
             if ps.nodes.contains_key(&key).map_err(backend)? {
                 return Ok(CreateOutcome::Exists);
             }
-            let count = ps.nodes.scan_prefix(str_prefix(service)?).count();
+            let count = ps.nodes.scan_prefix(name_prefix(service)?).count();
             if count >= max_nodes {
                 return Ok(CreateOutcome::TooManyNodes);
             }
@@ -170,7 +156,7 @@ impl PubsubStore for SledStore {
     }
 
     async fn set_node(&self, service: &str, node: &str, record: &NodeRecord) -> Result<bool> {
-        let key = str_pair(service, node)?;
+        let key = name_pair_key(service, node)?;
         {
             let ps = &self.pubsub;
             let _guard = ps.lock();
@@ -184,7 +170,7 @@ impl PubsubStore for SledStore {
     }
 
     async fn delete_node(&self, service: &str, node: &str) -> Result<bool> {
-        let key = str_pair(service, node)?;
+        let key = name_pair_key(service, node)?;
         let prefix = SledPubsub::node_prefix(service, node)?;
         let existed = {
             let ps = &self.pubsub;
@@ -311,7 +297,7 @@ impl PubsubStore for SledStore {
     }
 
     async fn remove_service(&self, service: &str) -> Result<()> {
-        let prefix = str_prefix(service)?;
+        let prefix = name_prefix(service)?;
         let ps = &self.pubsub;
         let _guard = ps.lock();
         // Items first: a crash in between leaves nodes without items, not the reverse.
@@ -349,7 +335,7 @@ impl ProfileStore for SledStore {
         match self
             .pubsub
             .private
-            .get(str_pair(user, key)?)
+            .get(name_pair_key(user, key)?)
             .map_err(backend)?
         {
             Some(v) => Ok(Some(decode("private xml", &v)?)),
@@ -364,14 +350,14 @@ impl ProfileStore for SledStore {
         xml: Option<&str>,
         max_entries: usize,
     ) -> Result<bool> {
-        let k = str_pair(user, key)?;
+        let k = name_pair_key(user, key)?;
         {
             let ps = &self.pubsub;
             let _guard = ps.lock();
             match xml {
                 Some(xml) => {
                     if !ps.private.contains_key(&k).map_err(backend)?
-                        && ps.private.scan_prefix(str_prefix(user)?).count() >= max_entries
+                        && ps.private.scan_prefix(name_prefix(user)?).count() >= max_entries
                     {
                         return Ok(false);
                     }
@@ -408,7 +394,7 @@ impl ProfileStore for SledStore {
         check_name(user)?;
         self.pubsub.last.remove(user).map_err(backend)?;
         self.pubsub.vcards.remove(user).map_err(backend)?;
-        clear_prefix(&self.pubsub.private, &str_prefix(user)?)
+        clear_prefix(&self.pubsub.private, &name_prefix(user)?)
     }
 
     async fn flush(&self) -> Result<()> {
