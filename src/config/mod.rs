@@ -141,7 +141,7 @@ pub enum NodeCreation {
 #[serde(deny_unknown_fields, default)]
 pub struct PubsubConfig {
     /// Run the service, as `pubsub.<domain>` for every vhost (listed in the vhost's disco
-    /// items). Remote users reach it only if DNS points that name at this server.
+    /// items). Remote users reach it if DNS points that name at this server.
     pub enabled: bool,
     /// `admins` (only the JIDs in `admins`) or `local` (any account of this server).
     pub node_creation: NodeCreation,
