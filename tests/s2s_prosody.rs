@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::ca::TestCa;
 use support::dns::TestDns;
-use support::{Client, LoginOptions, Mech, TestServer};
+use support::prosody::{PROSODY, Prosody, recv_presence};
+use support::{Client, TestServer};
 use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
 use xmppd::xml::Element;
 
@@ -22,161 +21,8 @@ fn j(s: &str) -> xmppd::addr::BareJid {
 
 const OURS: &str = "xmppd.example";
 const OUR_IP: &str = "127.0.0.9";
-const PROSODY: &str = "prosody.example";
 const PROSODY_IP: &str = "127.0.0.8";
 const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-
-fn free_port(ip: &str) -> u16 {
-    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-struct Prosody {
-    child: tokio::process::Child,
-    dir: PathBuf,
-    c2s: std::net::SocketAddr,
-}
-
-impl Prosody {
-    /// `trusted_ca`: the CA Prosody trusts for peer certificates.
-    async fn start(dir: &Path, ca: &TestCa, trusted_ca: &TestCa, dns: &TestDns) -> Prosody {
-        std::fs::create_dir_all(dir).unwrap();
-        let (crt, key) = ca.issue(PROSODY, dir);
-        let cafile = trusted_ca.write_ca(dir);
-        let c2s_port = free_port(PROSODY_IP);
-        let s2s_port = free_port(PROSODY_IP);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let d = dir.display();
-        let config = format!(
-            r#"
-run_as_root = true
-daemonize = false
-pidfile = "{d}/prosody.pid"
-data_path = "{d}/data"
-interfaces = {{ "{PROSODY_IP}" }}
-local_interfaces = {{ "{PROSODY_IP}" }}
-c2s_ports = {{ {c2s_port} }}
-c2s_direct_tls_ports = {{ }}
-s2s_ports = {{ {s2s_port} }}
-s2s_direct_tls_ports = {{ }}
-s2s_interfaces = {{ "{PROSODY_IP}" }}
-log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{d}/prosody.log" }} }}
-modules_enabled = {{
-  "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "time"; "version";
-}}
-modules_disabled = {{ "s2s_bidi" }}
-authentication = "internal_hashed"
-storage = "internal"
-allow_registration = false
-c2s_require_encryption = false
-s2s_require_encryption = true
-s2s_secure_auth = false
-ssl = {{ certificate = "{crt}"; key = "{key}"; cafile = "{cafile}"; }}
-unbound = {{ forward = {{ "{dns_ip}@{dns_port}" }}, resolvconf = false, hoststxt = false }}
-VirtualHost "{PROSODY}"
-Component "conference.{PROSODY}" "muc"
-"#,
-            crt = crt.display(),
-            key = key.display(),
-            cafile = cafile.display(),
-            dns_ip = dns.addr.ip(),
-            dns_port = dns.addr.port(),
-        );
-        let cfg = dir.join("prosody.cfg.lua");
-        std::fs::write(&cfg, config).unwrap();
-        for user in ["pam", "olga"] {
-            let out = tokio::process::Command::new("prosodyctl")
-                .arg("--config")
-                .arg(&cfg)
-                .args(["register", user, PROSODY, "password"])
-                .output()
-                .await
-                .expect("prosodyctl not found: install Debian's prosody (scripts/test.sh does)");
-            assert!(
-                out.status.success(),
-                "prosodyctl register failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let child = tokio::process::Command::new("prosody")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("-F")
-            .stdout(Stdio::from(
-                std::fs::File::create(dir.join("stdout")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("stderr")).unwrap(),
-            ))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prosody");
-        let c2s: std::net::SocketAddr = format!("{PROSODY_IP}:{c2s_port}").parse().unwrap();
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(c2s).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{PROSODY}"),
-            0,
-            0,
-            s2s_port,
-            "xmpp.prosody.example",
-        );
-        dns.add_addr("xmpp.prosody.example", PROSODY_IP);
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.conference.{PROSODY}"),
-            0,
-            0,
-            s2s_port,
-            "xmpp.prosody.example",
-        );
-        Prosody {
-            child,
-            dir: dir.to_path_buf(),
-            c2s,
-        }
-    }
-
-    async fn login(&self, node: &str) -> Client {
-        Client::login_opts(
-            self.c2s,
-            node,
-            LoginOptions {
-                mech: Mech::ScramSha1,
-                resource: Some("r".into()),
-                domain: Some(PROSODY.into()),
-                ..LoginOptions::default()
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prosody.log")).unwrap_or_default()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
-    }
-}
-
-async fn recv_presence(c: &mut Client, kind: &str, from_bare: &str) -> Element {
-    let from_bare = from_bare.to_string();
-    let kind = kind.to_string();
-    c.recv_until(move |e| {
-        e.name == "presence"
-            && e.attr("type") == Some(kind.as_str())
-            && e.attr("from")
-                .is_some_and(|f| f.split('/').next() == Some(from_bare.as_str()))
-    })
-    .await
-}
 
 /// The roster item for `jid` once its subscription is `both` (polled, 5 s at most), or
 /// the last one seen.
@@ -288,7 +134,16 @@ async fn federate(trusted: bool, muc: bool) -> (Vec<&'static str>, Vec<&'static 
         ours.s2s_addr(TlsMode::Starttls).port(),
         "xmpp.xmppd.example",
     );
-    let prosody = Prosody::start(&dir.path().join("prosody"), &ca, trusted_ca, &dns).await;
+    let prosody = Prosody::start(
+        &dir.path().join("prosody"),
+        PROSODY_IP,
+        &ca,
+        trusted_ca,
+        &dns,
+        &[],
+        &[("conference", "muc")],
+    )
+    .await;
     let run = async {
         if muc {
             muc_scenario(&ours, &prosody).await;

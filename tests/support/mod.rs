@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod dns;
+pub mod prosody;
 pub mod scram;
 
 use std::net::SocketAddr;
@@ -770,7 +771,6 @@ fn bindings(conn: &rustls::ClientConnection) -> (Option<Vec<u8>>, Option<Vec<u8>
 /// Runs a slixmpp scenario (`tests/interop/<script>`, Debian's python3-slixmpp) against
 /// `server`'s STARTTLS port with the accounts' password `password`; returns its output
 /// after checking that it succeeded.
-#[allow(dead_code)] // Not every test binary runs slixmpp.
 pub async fn run_slixmpp(server: &TestServer, script: &str) -> String {
     // Debian's python3-slixmpp belongs to /usr/bin/python3; the python3 first on PATH may
     // be another interpreter.
