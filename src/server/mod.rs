@@ -178,6 +178,7 @@ pub async fn start_with_modules(
             tracker.clone(),
         ));
     }
+    let _ = ctx.listeners.set(listeners.clone());
     if ctx.config.storage.backend == StorageBackend::Sled {
         let path = crate::admin::control_socket_path(&ctx.config);
         let control = crate::admin::control::ControlServer::bind(&path)
@@ -239,6 +240,8 @@ async fn accept(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // One router and TLS setup per HTTP listener, shared by its connections.
+    let web = (kind == ListenerKind::Http).then(|| crate::web::Web::new(&ctx, &tls));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -270,6 +273,11 @@ async fn accept(
                 tracker.spawn(crate::c2s::serve(
                     ctx, tls, tcp, peer, mode, websocket, conn_id, token, permit,
                 ));
+            }
+            ListenerKind::Http => {
+                if let Some(web) = &web {
+                    tracker.spawn(web.clone().serve(tcp, peer, mode, conn_id, token, permit));
+                }
             }
             ListenerKind::S2s => {
                 tracker.spawn(async move {
