@@ -497,3 +497,81 @@ async fn a_removed_account_loses_its_files() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_meta_lists_the_websocket_listeners() {
+    let server = server_with(|c| {
+        c.listeners.push(ListenerConfig {
+            kind: ListenerKind::Websocket,
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: TlsMode::DirectTls,
+        });
+    })
+    .await;
+    let ws = server
+        .handle()
+        .addr(ListenerKind::Websocket, TlsMode::DirectTls)
+        .unwrap();
+    let expected = format!("wss://localhost:{}/xmpp-websocket", ws.port());
+    let port = server
+        .handle()
+        .addr(ListenerKind::Http, TlsMode::None)
+        .unwrap()
+        .port();
+
+    let xrd = http(
+        &server,
+        "GET",
+        &format!("http://localhost:{port}/.well-known/host-meta"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(xrd.status, 200);
+    assert_eq!(xrd.header("content-type"), Some("application/xrd+xml"));
+    assert_eq!(xrd.header("access-control-allow-origin"), Some("*"));
+    let text = String::from_utf8(xrd.body).unwrap();
+    let doc_start = text.find("<XRD").expect("XRD");
+    let doc = &text[doc_start..];
+    assert!(
+        doc.contains("xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'"),
+        "{text}"
+    );
+    assert!(
+        doc.contains("rel='urn:xmpp:alt-connections:websocket'"),
+        "{text}"
+    );
+    assert!(doc.contains(&format!("href='{expected}'")), "{text}");
+
+    let json = http(
+        &server,
+        "GET",
+        &format!(
+            "https://localhost:{}/.well-known/host-meta.json",
+            server
+                .handle()
+                .addr(ListenerKind::Http, TlsMode::DirectTls)
+                .unwrap()
+                .port()
+        ),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(json.status, 200);
+    assert_eq!(json.header("access-control-allow-origin"), Some("*"));
+    let v: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+    assert_eq!(v["links"][0]["rel"], "urn:xmpp:alt-connections:websocket");
+    assert_eq!(v["links"][0]["href"], expected.as_str());
+
+    let missing = http(
+        &server,
+        "GET",
+        &format!("http://localhost:{port}/nothing"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    server.stop().await;
+}

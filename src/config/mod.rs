@@ -59,6 +59,10 @@ pub struct HttpConfig {
     pub body_timeout_secs: u64,
     /// Bytes of request headers accepted (HTTP/1.1 buffer and HTTP/2 header list).
     pub max_header_bytes: usize,
+    /// WebSocket URLs listed in `/.well-known/host-meta` (XEP-0156) when a reverse proxy
+    /// publishes them (e.g. `wss://example.org/xmpp-websocket`); empty: the `websocket`
+    /// listeners' own URLs.
+    pub websocket_urls: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -67,6 +71,7 @@ impl Default for HttpConfig {
             header_timeout_secs: 30,
             body_timeout_secs: 30,
             max_header_bytes: 65_536,
+            websocket_urls: Vec::new(),
         }
     }
 }

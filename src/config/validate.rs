@@ -246,6 +246,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     validate_s2s(cfg, &mut errs);
     validate_websocket(cfg, &mut errs);
     validate_upload(cfg, &mut errs);
+    validate_http(cfg, &mut errs);
 
     if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
         errs.push(ConfigError::invalid(
@@ -637,12 +638,25 @@ fn validate_upload(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 16 characters",
         ));
     }
+}
+
+fn validate_http(cfg: &Config, errs: &mut Vec<ConfigError>) {
     for (name, v) in [
         ("http.header_timeout_secs", cfg.http.header_timeout_secs),
         ("http.body_timeout_secs", cfg.http.body_timeout_secs),
     ] {
         if v == 0 {
             errs.push(ConfigError::invalid(name, "0", "must be at least 1"));
+        }
+    }
+    for (i, url) in cfg.http.websocket_urls.iter().enumerate() {
+        if !(url.starts_with("wss://") || url.starts_with("ws://")) || url.contains(['"', '<', ' '])
+        {
+            errs.push(ConfigError::invalid(
+                format!("http.websocket_urls[{i}]"),
+                quote(url),
+                "must be a ws:// or wss:// URL",
+            ));
         }
     }
     if cfg.http.max_header_bytes < 8192 {

@@ -1,11 +1,13 @@
 //! The embedded HTTP(S) server: listeners of kind `http`, serving what the modules put on
-//! the web (XEP-0363 file upload so far).
+//! the web: XEP-0363 file upload and XEP-0156 host-meta so far.
 //!
 //! Built on axum over hyper: axum is a thin, well-kept router on the tower ecosystem, and
 //! hyper gives HTTP/1.1 and HTTP/2 (ALPN `h2` on https://, prior knowledge on http://)
 //! without any parsing of our own. The accept loop in `crate::server` stays ours, so an
 //! HTTP connection takes a slot under the same per-IP and total connection limits as
 //! every other listener, and its TLS uses the vhost certificates chosen by SNI.
+
+pub mod hostmeta;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ pub struct Web {
 
 /// The routes every module contributes.
 pub fn router(ctx: &Arc<Context>) -> Router {
-    let mut router = Router::new();
+    let mut router = hostmeta::routes(ctx.clone());
     if let Some(upload) = ctx
         .registry
         .state::<crate::modules::upload::UploadService>()
