@@ -575,3 +575,64 @@ async fn host_meta_lists_the_websocket_listeners() {
     assert_eq!(missing.status, 404);
     server.stop().await;
 }
+
+/// A kept-alive HTTP/1.1 connection: one request, its response read by its length.
+async fn keep_alive_request(tcp: &mut TcpStream, path: &str) -> u16 {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(TIMEOUT, tcp.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let r = parse_response(&buf);
+            let len: usize = r.header("content-length").unwrap_or("0").parse().unwrap();
+            if buf.len() >= end + 4 + len {
+                return r.status;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_count_against_the_per_ip_limit_and_close_at_shutdown() {
+    let server = server_with(|c| c.limits.connections_per_ip = 1).await;
+    let addr = server
+        .handle()
+        .addr(ListenerKind::Http, TlsMode::None)
+        .unwrap();
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    // Answered, so the server holds this connection's slot.
+    assert_eq!(
+        keep_alive_request(&mut first, "/.well-known/host-meta").await,
+        200
+    );
+
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, second.read_to_end(&mut out))
+        .await
+        .expect("refusal in time")
+        .unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 503"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // The idle kept-alive connection ends with the server, and the server does not wait
+    // for it longer than its grace period.
+    let stopped = tokio::time::timeout(TIMEOUT, server.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown waited for an idle HTTP connection"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(TIMEOUT, first.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+}

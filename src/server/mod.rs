@@ -258,7 +258,15 @@ async fn accept(
         };
         let Some(permit) = limits.try_acquire(peer.ip()) else {
             warn!(%peer, "connection limit reached; refusing");
-            tracker.spawn(refuse(tcp));
+            if kind == ListenerKind::Http {
+                // An HTTP client gets a status it understands (on plain HTTP; a TLS
+                // client just sees the connection close).
+                if mode == TlsMode::None {
+                    tracker.spawn(crate::web::refuse(tcp));
+                }
+            } else {
+                tracker.spawn(refuse(tcp));
+            }
             continue;
         };
         let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);

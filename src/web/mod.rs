@@ -131,3 +131,12 @@ impl Web {
         }
     }
 }
+
+/// Tells a plain-HTTP client over the connection limit to come back later, without
+/// reading its request.
+pub async fn refuse(mut tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 21\r\n\
+        Connection: close\r\nRetry-After: 10\r\n\r\ntoo many connections\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(BODY)).await;
+}

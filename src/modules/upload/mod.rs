@@ -85,6 +85,8 @@ impl Module for Upload {
             r.service(d, service.clone());
             r.server_item(d);
         }
+        // The key is read (or made) now, not on the first request's task.
+        let _ = service.secret();
         r.shared(service.clone());
         r.task(Box::new(move |ctx, shutdown| {
             Box::pin(async move {
