@@ -636,3 +636,124 @@ async fn http_connections_count_against_the_per_ip_limit_and_close_at_shutdown()
     let closed = tokio::time::timeout(TIMEOUT, first.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_files_and_unused_slots_are_swept() {
+    let server = server_with(|c| c.upload.expiry_days = 1).await;
+    let mut alice = server.login("alice", "a").await;
+    let used = slot_of(&alice.iq(&request_xml("old.txt", 3, "text/plain")).await);
+    let put = http(
+        &server,
+        "PUT",
+        &used.put,
+        &[("Content-Length", "3"), ("Content-Type", "text/plain")],
+        b"abc",
+    )
+    .await;
+    assert_eq!(put.status, 201);
+    let unused = slot_of(&alice.iq(&request_xml("never.txt", 3, "text/plain")).await);
+    let fresh = slot_of(&alice.iq(&request_xml("new.txt", 3, "text/plain")).await);
+    let svc = service(&server);
+    // Nothing is old yet.
+    assert_eq!(
+        xmppd::modules::upload::sweep(server.ctx(), &svc)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Age two slots on disk: one uploaded two days ago, one handed out and never used.
+    let dir_of = |url: &str| {
+        let p = &url[url.find("/upload/").unwrap() + "/upload/".len()..];
+        let mut parts = p.split('/');
+        svc.root()
+            .join(parts.next().unwrap())
+            .join(parts.next().unwrap())
+    };
+    for (url, age) in [(&used.get, 2 * 86_400), (&unused.get, 3600)] {
+        let meta_path = dir_of(url).join("meta.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        let created = meta["created"].as_u64().unwrap();
+        meta["created"] = (created - age).into();
+        std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    }
+    assert_eq!(
+        xmppd::modules::upload::sweep(server.ctx(), &svc)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(!dir_of(&used.get).exists());
+    assert!(!dir_of(&unused.get).exists());
+    assert!(dir_of(&fresh.get).exists());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_and_slow_headers_time_out() {
+    let server = server_with(|c| {
+        c.http.body_timeout_secs = 1;
+        c.http.header_timeout_secs = 1;
+    })
+    .await;
+    let mut alice = server.login("alice", "a").await;
+    let slot = slot_of(&alice.iq(&request_xml("slow.txt", 10, "text/plain")).await);
+    let addr = server
+        .handle()
+        .addr(ListenerKind::Http, TlsMode::None)
+        .unwrap();
+    let path = &slot.put[slot.put.find("/upload/").unwrap()..];
+    let https_path = path.to_string();
+    // Half a body, then nothing.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT {https_path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\
+         Content-Type: text/plain\r\nConnection: close\r\n\r\n01234"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert_eq!(parse_response(&out).status, 408);
+    assert_eq!(stored_files(&server), vec!["meta.json".to_string()]);
+
+    // Half a request head, then nothing: the connection is closed.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: loc").await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut out)).await;
+    assert!(closed.is_ok(), "a slow request head kept its connection");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_offers_http2() {
+    let server = server_with(|_| {}).await;
+    let addr = server
+        .handle()
+        .addr(ListenerKind::Http, TlsMode::DirectTls)
+        .unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = support::tls_connector(Some(b"h2"))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The HTTP/2 preface and an empty SETTINGS frame; the server's first frame is its
+    // SETTINGS (type 4).
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(TIMEOUT, tls.read_exact(&mut frame))
+        .await
+        .expect("a frame in time")
+        .unwrap();
+    assert_eq!(frame[3], 4, "not a SETTINGS frame: {frame:?}");
+    drop(tls);
+    server.stop().await;
+}
