@@ -442,6 +442,16 @@ impl UploadService {
     }
 }
 
+/// Seconds since `path` was last modified; `None` if it is not there.
+async fn age_secs(path: &Path) -> Option<u64> {
+    let modified = tokio::fs::metadata(path).await.ok()?.modified().ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(modified)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
 pub(crate) async fn read_meta(slot_dir: &Path) -> Option<SlotMeta> {
     let bytes = tokio::fs::read(slot_dir.join("meta.json")).await.ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -475,9 +485,11 @@ pub async fn sweep(ctx: &Arc<Context>, service: &UploadService) -> std::io::Resu
         let mut left = 0usize;
         while let Some(slot) = slots.next_entry().await? {
             let path = slot.path();
+            let grace = service.cfg.put_ttl_secs + ctx.config.http.body_timeout_secs;
             let gone = match read_meta(&path).await {
-                // A directory without metadata is a slot that failed half-way.
-                None => true,
+                // A directory without metadata is a slot that failed half-way, unless
+                // it is one being made right now.
+                None => age_secs(&path).await.is_some_and(|age| age > grace),
                 Some(meta) => {
                     if account_gone.is_none() {
                         account_gone = Some(match addr::parse_bare(&meta.owner) {
@@ -488,15 +500,17 @@ pub async fn sweep(ctx: &Arc<Context>, service: &UploadService) -> std::io::Resu
                     let uploaded = tokio::fs::try_exists(path.join("data"))
                         .await
                         .unwrap_or(true);
+                    // An upload still receiving its body (it writes at least once per
+                    // body timeout) may outlast its PUT URL.
+                    let receiving = age_secs(&path.join("data.part"))
+                        .await
+                        .is_some_and(|age| age <= 2 * ctx.config.http.body_timeout_secs);
                     let get_expiry = service.get_expiry(meta.created);
                     account_gone == Some(true)
                         || (get_expiry != 0 && get_expiry <= now)
                         // A slot never uploaded: gone once its PUT URL expired (and any
                         // upload still running had its body timeout to finish).
-                        || (!uploaded
-                            && meta.created + service.cfg.put_ttl_secs
-                                + ctx.config.http.body_timeout_secs
-                                < now)
+                        || (!uploaded && !receiving && meta.created + grace < now)
                 }
             };
             if gone {
