@@ -569,7 +569,8 @@ impl Service for UploadService {
             Some(p) if p.is("request", NS) && kind == "get" => {
                 match local_requester(ctx, &stanza) {
                     Some(user) => self.slot(ctx, &domain, &user, p).await,
-                    None => Err(StanzaError::not_allowed()
+                    // XEP-0363 §4 (the "not allowed to upload" example).
+                    None => Err(StanzaError::forbidden()
                         .with_text("Only accounts of this server may upload")),
                 }
             }
