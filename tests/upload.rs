@@ -757,3 +757,22 @@ async fn https_offers_http2() {
     drop(tls);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_kept_alive_connections_are_closed() {
+    let server = server_with(|c| c.http.header_timeout_secs = 1).await;
+    let addr = server
+        .handle()
+        .addr(ListenerKind::Http, TlsMode::None)
+        .unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        keep_alive_request(&mut tcp, "/.well-known/host-meta").await,
+        200
+    );
+    // No next request: the server closes the connection (and frees its slot).
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle connection was kept");
+    server.stop().await;
+}
