@@ -4,28 +4,12 @@ mod support;
 
 use support::TestServer;
 
-/// Debian's python3-slixmpp belongs to /usr/bin/python3; the python3 first on PATH may be
-/// another interpreter.
-const PYTHON: &str = "/usr/bin/python3";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slixmpp_logs_in_subscribes_and_chats() {
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     server.add_user("bob", "password").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_chat.py");
-    let port = server.starttls_addr().port().to_string();
-    let output = tokio::process::Command::new(PYTHON)
-        .args([script, "127.0.0.1", &port, "localhost", "password"])
-        .output()
-        .await
-        .expect("run /usr/bin/python3 (install python3-slixmpp: see README)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "slixmpp scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = support::run_slixmpp(&server, "slixmpp_chat.py").await;
     assert!(stdout.contains("subscription: both"), "{stdout}");
     assert!(stdout.contains("messages exchanged"), "{stdout}");
     server.stop().await;
@@ -39,19 +23,7 @@ async fn slixmpp_muc_joins_chats_and_reads_history() {
     for user in ["alice", "bob", "carol"] {
         server.add_user(user, "password").await;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_muc.py");
-    let port = server.starttls_addr().port().to_string();
-    let output = tokio::process::Command::new(PYTHON)
-        .args([script, "127.0.0.1", &port, "localhost", "password"])
-        .output()
-        .await
-        .expect("run /usr/bin/python3 (install python3-slixmpp: see README)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "slixmpp MUC scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = support::run_slixmpp(&server, "slixmpp_muc.py").await;
     assert!(stdout.contains("messages exchanged"), "{stdout}");
     assert!(stdout.contains("history ['line 1', 'line 2']"), "{stdout}");
     server.stop().await;
@@ -64,19 +36,7 @@ async fn slixmpp_publishes_and_reads_pep_items_and_vcards() {
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     server.add_user("bob", "password").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_pep.py");
-    let port = server.starttls_addr().port().to_string();
-    let output = tokio::process::Command::new(PYTHON)
-        .args([script, "127.0.0.1", &port, "localhost", "password"])
-        .output()
-        .await
-        .expect("run /usr/bin/python3 (install python3-slixmpp: see README)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "slixmpp PEP scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = support::run_slixmpp(&server, "slixmpp_pep.py").await;
     for step in [
         "pep advertised",
         "nick notified",

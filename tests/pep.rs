@@ -555,6 +555,16 @@ async fn bad_input_gets_the_xep_errors() {
         conditions(&r),
         ("conflict".into(), Some("precondition-not-met".into()))
     );
+    // Instant nodes are not offered.
+    let r = alice
+        .iq(&format!(
+            "<iq type='set'><pubsub xmlns='{PUBSUB}'><create/></pubsub></iq>"
+        ))
+        .await;
+    assert_eq!(
+        conditions(&r),
+        ("not-acceptable".into(), Some("nodeid-required".into()))
+    );
     // The node limit.
     for n in ["n1", "n2"] {
         assert_result(&publish(&mut alice, n, "1", "<x xmlns='a'/>", "").await);

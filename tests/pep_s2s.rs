@@ -176,3 +176,57 @@ async fn remote_contact_with_notify_caps_gets_notifications() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Presence a remote contact sends to one of the owner's resources (directed presence,
+/// answers to probes) does not pass the presence module; it counts too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_directed_presence_with_caps_counts() {
+    let world = World::new().await;
+    let a = world.server(A, A_IP).await;
+    let b = world.server(B, B_IP).await;
+    a.add_user("alice", "password").await;
+    b.add_user("bob", "password").await;
+    contact(&a, "alice@a.example", "bob@b.example").await;
+    contact(&b, "bob@b.example", "alice@a.example").await;
+
+    let mut alice = a.login("alice", "phone").await;
+    alice.available().await;
+    let r = alice
+        .iq(&format!(
+            "<iq type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{DEVICELIST}'>\
+             <item id='current'><list xmlns='eu.siacs.conversations.axolotl'><device id='5'/></list></item>\
+             </publish></pubsub></iq>"
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+
+    // bob comes online without capabilities: nothing to send him.
+    let mut bob = b.login("bob", "phone").await;
+    bob.available().await;
+    alice
+        .recv_until(|e| e.name == "presence" && e.attr("from") == Some("bob@b.example/phone"))
+        .await;
+    // Then tells alice's resource alone that he wants device lists.
+    let query = Element::new("query", DISCO)
+        .with_child(
+            Element::new("identity", DISCO)
+                .with_attr("category", "client")
+                .with_attr("type", "phone"),
+        )
+        .with_child(
+            Element::new("feature", DISCO).with_attr("var", format!("{DEVICELIST}+notify")),
+        );
+    let ver = ver_string(&query);
+    bob.send(&format!(
+        "<presence to='alice@a.example/phone'><c xmlns='http://jabber.org/protocol/caps' \
+         hash='sha-1' node='https://xmppd.test/c' ver='{ver}'/></presence>"
+    ))
+    .await;
+    answer_caps_queries(&mut bob, &query, "alice@a.example").await;
+    let m = bob
+        .recv_until(|e| e.name == "message" && e.child("event", EVENT).is_some())
+        .await;
+    assert_eq!(m.attr("from"), Some("alice@a.example"));
+    a.stop().await;
+    b.stop().await;
+}

@@ -394,3 +394,26 @@ async fn photo_hash_is_kept_right_in_presence() {
     assert_eq!(photo_in(&p), Some(String::new()));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_bookmarks_move_to_pep_on_first_read() {
+    let (server, mut alice, _bob) = start().await;
+    // Stored before XEP-0402 existed here: only in private storage.
+    server
+        .ctx()
+        .storage
+        .profiles
+        .set_private(
+            "alice@localhost",
+            "storage:bookmarks\u{1f}storage",
+            Some("<storage xmlns='storage:bookmarks'><conference jid='old@conference.localhost' autojoin='true'/></storage>"),
+            10,
+        )
+        .await
+        .unwrap();
+    let pep = items(&mut alice, "alice@localhost", BOOKMARKS).await;
+    assert_eq!(pep.len(), 1, "{pep:?}");
+    assert_eq!(pep[0].0, "old@conference.localhost");
+    assert_eq!(pep[0].1.attr("autojoin"), Some("true"));
+    server.stop().await;
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::ca::TestCa;
 use support::dns::TestDns;
-use support::{Client, TestServer};
+use support::{Client, TestServer, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use xmppd::config::{Config, ListenerConfig, ListenerKind, TlsMode, VhostConfig};
@@ -893,4 +893,73 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// One inbound stream carries a whole remote domain: over its stanza rate it is read more
+/// slowly (the sending server's TCP is pushed back), nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_domain_over_its_rate_is_slowed_not_dropped() {
+    let w = World::new().await;
+    let a = w.server(A, A_IP, true, |_| {}).await;
+    let b = w
+        .server(B, B_IP, true, |c| {
+            c.limits.s2s_stanzas_per_sec = 20;
+            c.limits.s2s_burst_stanzas = 5;
+        })
+        .await;
+    let mut alice = online(&a, "alice").await;
+    let mut bob = online(&b, "bob").await;
+    chat(&mut alice, "bob@b.example", "hello").await;
+    expect_body(&mut bob, "hello").await;
+    let flood: String = (0..25)
+        .map(|i| format!("<message to='bob@b.example' type='chat'><body>f{i}</body></message>"))
+        .collect();
+    let started = Instant::now();
+    alice.send(&flood).await;
+    for i in 0..25 {
+        expect_body(&mut bob, &format!("f{i}")).await;
+    }
+    // 20 stanzas over the burst at 20 per second: about a second.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "all 25 arrived in {took:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A remote domain may hold a bounded number of inbound streams: one more authentication
+/// is refused with `policy-violation`, and a closed stream frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_streams_per_remote_domain_are_bounded() {
+    let w = World::new().await;
+    let b = w
+        .server(B, B_IP, true, |c| c.s2s.max_inbound_streams_per_domain = 2)
+        .await;
+    let (cert, key) = w.ca.issue("evil.example", w.dir.path());
+    let addr = b.s2s_addr(TlsMode::Starttls);
+    let mut first = RawPeer::connect(addr).await;
+    first.authenticate("evil.example", B, &cert, &key).await;
+    let mut second = RawPeer::connect(addr).await;
+    second.authenticate("evil.example", B, &cert, &key).await;
+    let mut third = RawPeer::connect(addr).await;
+    third.starttls("evil.example", B, &cert, &key).await;
+    third
+        .send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await
+        .unwrap();
+    assert_eq!(third.stream_error().await, "policy-violation");
+    drop(first);
+    let ctx = b.ctx().clone();
+    wait_until("the closed stream's slot is free", || {
+        ctx.s2s
+            .get()
+            .is_some_and(|s| s.inbound_streams("evil.example") == 1)
+    })
+    .await;
+    let mut fourth = RawPeer::connect(addr).await;
+    fourth.authenticate("evil.example", B, &cert, &key).await;
+    drop(second);
+    b.stop().await;
 }

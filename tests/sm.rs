@@ -219,6 +219,24 @@ async fn enable_before_bind_fails_and_unknown_resume_allows_bind() {
     server.stop().await;
 }
 
+/// Guessing session ids is bounded per connection: after `limits.sm_max_resume_failures`
+/// refusals the next failed attempt closes the stream.
+#[tokio::test]
+async fn repeated_failed_resumptions_close_the_stream() {
+    let server = TestServer::start_with(|c| c.limits.sm_max_resume_failures = 2).await;
+    server.add_user("bob", "password").await;
+    let mut c = Client::authenticated(server.starttls_addr(), "bob").await;
+    for i in 0..2 {
+        c.send(&format!("<resume xmlns='{SM}' previd='guess{i}' h='0'/>"))
+            .await;
+        assert_eq!(c.recv().await.name, "failed");
+    }
+    c.send(&format!("<resume xmlns='{SM}' previd='guess2' h='0'/>"))
+        .await;
+    assert_eq!(c.expect_stream_error().await, "policy-violation");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn dropped_connection_hibernates_and_resume_delivers_exactly_once() {
     let server = TestServer::start().await;

@@ -55,6 +55,8 @@ struct State {
     peer_ip: Option<IpAddr>,
     /// The account SASL authenticated (the negotiator keeps it as the stream sees it).
     account: Option<BareJid>,
+    /// XEP-0198 resumptions refused on this connection.
+    resume_failures: u32,
 }
 
 pub(crate) async fn negotiate(
@@ -80,6 +82,7 @@ pub(crate) async fn negotiate(
             _ => None,
         },
         account: None,
+        resume_failures: 0,
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
@@ -124,7 +127,7 @@ pub(crate) async fn negotiate(
                     }
                 }
                 Action::Element(el) => {
-                    if let Some(resumed) = authenticated_element(ctx, conn, &st, el).await? {
+                    if let Some(resumed) = authenticated_element(ctx, conn, &mut st, el).await? {
                         return Ok(resumed);
                     }
                 }
@@ -146,7 +149,7 @@ pub(crate) async fn negotiate(
 async fn authenticated_element(
     ctx: &Arc<Context>,
     conn: &mut Connection,
-    st: &State,
+    st: &mut State,
     el: Element,
 ) -> Result<Option<Negotiated>, Ending> {
     let Some(bare) = st.account.as_ref() else {
@@ -161,7 +164,16 @@ async fn authenticated_element(
                     // Returned at once: the state must not wait at an await point.
                     Ok(state) => return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el)))),
                     // The client may bind a new resource instead (XEP-0198 §5).
-                    Err(failed) => conn.send(&failed).await?,
+                    Err(failed) => {
+                        st.resume_failures += 1;
+                        if st.resume_failures > ctx.config.limits.sm_max_resume_failures {
+                            return Err(Ending::Error(StreamError::with_text(
+                                StreamErrorCondition::PolicyViolation,
+                                "too many failed resumption attempts",
+                            )));
+                        }
+                        conn.send(&failed).await?
+                    }
                 }
             }
             // Nothing to manage before a resource is bound (XEP-0198 §3).

@@ -216,7 +216,7 @@ pub enum NodeCreation {
 #[serde(deny_unknown_fields, default)]
 pub struct PubsubConfig {
     /// Run the service, as `pubsub.<domain>` for every vhost (listed in the vhost's disco
-    /// items). Remote users reach it only if DNS points that name at this server.
+    /// items). Remote users reach it if DNS points that name at this server.
     pub enabled: bool,
     /// `admins` (only the JIDs in `admins`) or `local` (any account of this server).
     pub node_creation: NodeCreation,
@@ -366,6 +366,12 @@ pub struct Limits {
     pub c2s_stanzas_per_sec: u64,
     /// Stanzas a client may send at once before its rate applies.
     pub c2s_burst_stanzas: u64,
+    /// The same for each inbound server-to-server stream, which carries all of one remote
+    /// domain's traffic to this server: above it the stream is read more slowly.
+    pub s2s_bytes_per_sec: u64,
+    pub s2s_burst_bytes: u64,
+    pub s2s_stanzas_per_sec: u64,
+    pub s2s_burst_stanzas: u64,
     /// Contacts in one roster, and JIDs one session sent directed presence to; more are
     /// refused with `resource-constraint`.
     pub max_roster_items: usize,
@@ -384,6 +390,9 @@ pub struct Limits {
     /// the client, including those queued while it is hibernated. At this length the
     /// server stops sending until the client acks (then the session queue fills up).
     pub sm_max_unacked: usize,
+    /// Failed XEP-0198 resumption attempts on one connection; one more closes the stream
+    /// with `policy-violation` (a client guessing session ids, or looping on a stale one).
+    pub sm_max_resume_failures: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -435,6 +444,9 @@ pub struct S2sConfig {
     /// Stanzas queued per remote domain while its stream connects (`resource-constraint`
     /// bounce beyond).
     pub queue_len: usize,
+    /// Inbound streams one remote domain may have authenticated at once; a further one is
+    /// closed with `policy-violation` (a server normally needs one).
+    pub max_inbound_streams_per_domain: usize,
 }
 
 /// Listeners of kind `websocket` (RFC 7395).
@@ -611,6 +623,15 @@ impl Limits {
             burst_stanzas: self.c2s_burst_stanzas,
         }
     }
+
+    pub fn s2s_shaper(&self) -> crate::server::ShaperConfig {
+        crate::server::ShaperConfig {
+            bytes_per_sec: self.s2s_bytes_per_sec,
+            burst_bytes: self.s2s_burst_bytes,
+            stanzas_per_sec: self.s2s_stanzas_per_sec,
+            burst_stanzas: self.s2s_burst_stanzas,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -640,11 +661,16 @@ impl Default for Limits {
             c2s_burst_bytes: 1024 * 1024,
             c2s_stanzas_per_sec: 5000,
             c2s_burst_stanzas: 10_000,
+            s2s_bytes_per_sec: 10 * 1024 * 1024,
+            s2s_burst_bytes: 10 * 1024 * 1024,
+            s2s_stanzas_per_sec: 20_000,
+            s2s_burst_stanzas: 40_000,
             max_roster_items: 5000,
             max_blocklist_items: 5000,
             max_hibernated_per_account: 8,
             max_resources: 32,
             sm_max_unacked: 500,
+            sm_max_resume_failures: 3,
         }
     }
 }
@@ -673,6 +699,7 @@ impl Default for S2sConfig {
             connect_timeout_secs: 10,
             idle_timeout_secs: 600,
             queue_len: 1000,
+            max_inbound_streams_per_domain: 10,
         }
     }
 }

@@ -685,7 +685,7 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
             "must be at least 3",
         ));
     }
-    let nonzero: [(&str, u64); 24] = [
+    let nonzero: [(&str, u64); 29] = [
         ("limits.max_attributes", l.max_attributes as u64),
         ("limits.handshake_timeout_secs", l.handshake_timeout_secs),
         ("limits.idle_timeout_secs", l.idle_timeout_secs),
@@ -698,11 +698,19 @@ fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("limits.offline_quota", l.offline_quota as u64),
         ("limits.max_resources", l.max_resources as u64),
         ("limits.sm_max_unacked", l.sm_max_unacked as u64),
+        (
+            "limits.sm_max_resume_failures",
+            u64::from(l.sm_max_resume_failures),
+        ),
         ("limits.session_backlog_len", l.session_backlog_len as u64),
         ("limits.c2s_bytes_per_sec", l.c2s_bytes_per_sec),
         ("limits.c2s_burst_bytes", l.c2s_burst_bytes),
         ("limits.c2s_stanzas_per_sec", l.c2s_stanzas_per_sec),
         ("limits.c2s_burst_stanzas", l.c2s_burst_stanzas),
+        ("limits.s2s_bytes_per_sec", l.s2s_bytes_per_sec),
+        ("limits.s2s_burst_bytes", l.s2s_burst_bytes),
+        ("limits.s2s_stanzas_per_sec", l.s2s_stanzas_per_sec),
+        ("limits.s2s_burst_stanzas", l.s2s_burst_stanzas),
         ("limits.max_roster_items", l.max_roster_items as u64),
         ("limits.max_blocklist_items", l.max_blocklist_items as u64),
         (
@@ -802,6 +810,10 @@ fn validate_s2s(cfg: &Config, errs: &mut Vec<ConfigError>) {
         ("s2s.connect_timeout_secs", s.connect_timeout_secs),
         ("s2s.idle_timeout_secs", s.idle_timeout_secs),
         ("s2s.queue_len", s.queue_len as u64),
+        (
+            "s2s.max_inbound_streams_per_domain",
+            s.max_inbound_streams_per_domain as u64,
+        ),
     ] {
         if v == 0 {
             errs.push(ConfigError::invalid(key, "0", "must be at least 1"));

@@ -257,6 +257,27 @@ async fn legacy_set(ctx: &Arc<Context>, user: &str, storage: &Element) {
     }
 }
 
+/// XEP-0402 §5.1: bookmarks stored only in private storage (by XEP-0048 clients, before
+/// the XEP-0402 node existed) are published to a new XEP-0402 node.
+pub async fn migrate_legacy(ctx: &Arc<Context>, user: &str) {
+    match ctx.storage.pubsub.node(user, BOOKMARKS).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return,
+        Err(e) => {
+            debug!(user, error = %e, "bookmarks node lookup failed");
+            return;
+        }
+    }
+    let legacy = Element::new("storage", BOOKMARKS_LEGACY);
+    let stored = match ctx.storage.profiles.private(user, &key(&legacy)).await {
+        Ok(Some(xml)) => crate::xml::parse_stanza(&xml).ok(),
+        _ => None,
+    };
+    if let Some(storage) = stored {
+        legacy_set(ctx, user, &storage).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

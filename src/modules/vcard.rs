@@ -65,16 +65,27 @@ impl PhotoHashes {
     }
 }
 
-/// The user's photo hash: `Some("")` for a vCard without a photo, `None` without a vCard.
+/// The user's photo hash: `Some("")` for a vCard without a photo, `None` without a vCard
+/// or with a photo given by URL.
 async fn photo_hash(ctx: &Arc<Context>, user: &str) -> Option<String> {
     let cache = ctx.registry.state::<PhotoHashes>()?;
     if let Some(known) = cache.get(user) {
         return known;
     }
     let vcard = stored(ctx, user).await.ok()?;
-    let hash = vcard.map(|v| photo(&v).map(|(_, b)| sha1_hex(&b)).unwrap_or_default());
+    let hash = vcard.and_then(|v| hash_of(&v));
     cache.set(user, hash.clone());
     hash
+}
+
+/// The XEP-0153 hash of a vCard's photo: `""` without a photo, `None` for a photo the
+/// server cannot hash (given by URL): presence is then left as the client sends it.
+fn hash_of(vcard: &Element) -> Option<String> {
+    match photo(vcard) {
+        Some((_, bytes)) => Some(sha1_hex(&bytes)),
+        None if vcard.has_child("PHOTO", NS) => None,
+        None => Some(String::new()),
+    }
 }
 
 /// Puts the hash into a presence, replacing what the client said (XEP-0398 §4).
@@ -174,11 +185,13 @@ async fn store(ctx: &Arc<Context>, user: &str, vcard: &Element) -> Result<(), St
         .set_vcard(user, Some(&xml))
         .await
         .map_err(internal)?;
-    let hash = photo(vcard).map(|(_, b)| sha1_hex(&b)).unwrap_or_default();
+    let hash = hash_of(vcard);
     if let Some(cache) = ctx.registry.state::<PhotoHashes>() {
-        cache.set(user, Some(hash.clone()));
+        cache.set(user, hash.clone());
     }
-    if before.as_deref() != Some(hash.as_str()) {
+    if let Some(hash) = hash
+        && before.as_deref() != Some(hash.as_str())
+    {
         rebroadcast(ctx, user, &hash).await;
     }
     Ok(())
@@ -292,6 +305,9 @@ async fn vcard_set(ctx: &Arc<Context>, user: &str, vcard: &Element) {
                 );
             }
         }
+        // A photo given by URL (EXTVAL) or unreadable: nothing to publish, and no
+        // reason to take the PEP avatar down.
+        None if vcard.has_child("PHOTO", NS) => {}
         None => {
             let current = pep::last_item(ctx, user, AVATAR_METADATA, None).await;
             let had = current

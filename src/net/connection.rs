@@ -83,11 +83,14 @@ impl Connection {
     }
 
     /// Reads once and feeds the parser. Cancel-safe.
-    pub async fn read_some(&mut self) -> Result<(), Ending> {
+    /// Reads what is available into the parser; returns how many bytes came.
+    pub async fn read_some(&mut self) -> Result<usize, Ending> {
         let (parser, framing) = (&mut self.parser, &mut self.framing);
-        let read = crate::net::io::read_with(&mut self.io, |bytes| framing.feed(parser, bytes));
+        let read = crate::net::io::read_with(&mut self.io, |bytes| {
+            (bytes.len(), framing.feed(parser, bytes))
+        });
         match read.await {
-            Ok(Some(fed)) => fed.map_err(xml_ending),
+            Ok(Some((n, fed))) => fed.map(|()| n).map_err(xml_ending),
             Ok(None) | Err(_) => Err(Ending::Gone),
         }
     }

@@ -23,6 +23,7 @@ use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::route_addressed;
+use crate::server::Shaper;
 use crate::stream::negotiate::{Action, Negotiator, Policy, Role, domain_only};
 use crate::stream::{Ending, StreamError, StreamErrorCondition, StreamKind};
 use crate::xml::ns::{DIALBACK, DIALBACK_FEATURE};
@@ -43,6 +44,8 @@ struct State {
     sasl_done: bool,
     /// (remote domain, local domain) pairs authenticated on this stream.
     authed: HashSet<Pair>,
+    /// Remote domains this stream counts against their limit of inbound streams.
+    counted: Vec<String>,
     pending: usize,
 }
 
@@ -79,6 +82,7 @@ pub async fn serve(
             neg: Negotiator::new(policy, move |d| hosts.is_hosted_domain(d)),
             sasl_done: false,
             authed: HashSet::new(),
+            counted: Vec::new(),
             pending: 0,
         };
         // Everything before the first authenticated domain, TLS handshakes included, must
@@ -93,6 +97,9 @@ pub async fn serve(
             }
         }
         let ending = run(&ctx, &s2s, &tls, &mut conn, &mut st, deadline, &shutdown).await;
+        for remote in &st.counted {
+            s2s.inbound_stream_closed(remote);
+        }
         let from = st
             .neg
             .domain()
@@ -140,6 +147,7 @@ async fn run(
     let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    let mut shaper = Shaper::new(ctx.config.limits.s2s_shaper(), std::time::Instant::now());
     loop {
         tokio::select! {
             biased;
@@ -153,16 +161,28 @@ async fn run(
                 }
             }
             read = conn.read_some() => {
-                if let Err(e) = read {
-                    return e;
-                }
+                let read_bytes = match read {
+                    Ok(n) => n,
+                    Err(e) => return e,
+                };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                // A remote domain over its rate is read more slowly (TCP pushes back):
+                // bytes are charged per read, stanzas one by one, pausing between them.
+                let mut wait = shaper.charge(read_bytes, 0, std::time::Instant::now());
                 loop {
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return StreamErrorCondition::SystemShutdown.into(),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
                     let ev = match conn.parser.next_event() {
                         Ok(Some(ev)) => ev,
                         Ok(None) => break,
                         Err(e) => return crate::stream::xml_ending(e),
                     };
+                    let stanzas = usize::from(matches!(ev, StreamEvent::Stanza(_)));
+                    wait = shaper.charge(0, stanzas, std::time::Instant::now());
                     let unauthenticated = st.authed.is_empty();
                     let handled = event(ctx, s2s, tls, conn, st, &vtx, ev);
                     match within(unauthenticated, deadline, handled).await {
@@ -330,6 +350,7 @@ async fn sasl_external(
     if !cert_valid_for(s2s, conn, Some(&from)) {
         return sasl_failure(conn, "not-authorized").await;
     }
+    admit(s2s, st, &from)?;
     conn.send(&Element::new("success", ns::SASL)).await?;
     s2s.record_inbound(&from, &to, "SASL EXTERNAL");
     st.authed.insert((from.clone(), to));
@@ -387,6 +408,7 @@ async fn db_result(
     }
     let pair = (remote.clone(), local.clone());
     if st.authed.contains(&pair) || cert_valid_for(s2s, conn, Some(&remote)) {
+        admit(s2s, st, &remote)?;
         // Already proven, or proven by the certificate (XEP-0344): no callback needed.
         conn.send(&super::dialback::result_element(&local, &remote).with_attr("type", "valid"))
             .await?;
@@ -429,9 +451,26 @@ async fn db_result(
     Ok(())
 }
 
+/// Counts this stream against `remote`'s limit of inbound streams, once per stream.
+fn admit(s2s: &S2s, st: &mut State, remote: &str) -> Result<(), Ending> {
+    if st.counted.iter().any(|r| r == remote) {
+        return Ok(());
+    }
+    if !s2s.inbound_stream_opened(remote) {
+        info!(remote, "too many inbound streams from this domain; closed");
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            format!("too many streams from {remote}"),
+        )));
+    }
+    st.counted.push(remote.to_string());
+    Ok(())
+}
+
 async fn verdict(s2s: &S2s, conn: &mut Conn, st: &mut State, v: Verdict) -> Result<(), Ending> {
     let reply = match &v.outcome {
         Ok(true) => {
+            admit(s2s, st, &v.remote)?;
             s2s.record_inbound(&v.remote, &v.local, "dialback");
             st.authed.insert((v.remote.clone(), v.local.clone()));
             st.neg.domain_authenticated(&v.remote);

@@ -97,6 +97,8 @@ pub struct S2s {
     client_configs: Mutex<HashMap<(String, bool), Arc<rustls::ClientConfig>>>,
     established: Mutex<Vec<Established>>,
     inbound_log: Mutex<Vec<InboundAuth>>,
+    /// Inbound streams that authenticated each remote domain, now.
+    inbound_streams: Mutex<HashMap<String, usize>>,
     next_id: AtomicU64,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -153,6 +155,7 @@ impl S2s {
             client_configs: Mutex::default(),
             established: Mutex::default(),
             inbound_log: Mutex::default(),
+            inbound_streams: Mutex::default(),
             next_id: AtomicU64::new(1),
             shutdown,
             tracker,
@@ -311,6 +314,36 @@ impl S2s {
             local: local.to_string(),
             method,
         });
+    }
+
+    /// Counts one more inbound stream for `remote`; `false` (nothing counted) when it has
+    /// `s2s.max_inbound_streams_per_domain` already.
+    pub(crate) fn inbound_stream_opened(&self, remote: &str) -> bool {
+        let mut streams = lock(&self.inbound_streams);
+        let n = streams.entry(remote.to_string()).or_default();
+        if *n >= self.config.s2s.max_inbound_streams_per_domain {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Inbound streams that authenticated `remote`, now.
+    pub fn inbound_streams(&self, remote: &str) -> usize {
+        lock(&self.inbound_streams)
+            .get(remote)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn inbound_stream_closed(&self, remote: &str) {
+        let mut streams = lock(&self.inbound_streams);
+        if let Some(n) = streams.get_mut(remote) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                streams.remove(remote);
+            }
+        }
     }
 
     /// Recent inbound authentications, oldest first (at most 64).

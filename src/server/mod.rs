@@ -132,16 +132,31 @@ pub async fn start_with_modules(
     config: Config,
     modules: Vec<Box<dyn crate::registry::Module>>,
 ) -> Result<ServerHandle, ServerError> {
-    let started = std::time::Instant::now();
-    if let Err(errors) = crate::config::validate(&config) {
+    validate(&config)?;
+    let storage = open_storage(&config)?;
+    start_with_storage(config, storage, modules).await
+}
+
+fn validate(config: &Config) -> Result<(), ServerError> {
+    crate::config::validate(config).map_err(|errors| {
         let text = errors
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(ServerError::Config(text));
-    }
-    let storage = open_storage(&config)?;
+        ServerError::Config(text)
+    })
+}
+
+/// Like [`start_with_modules`], on stores opened by the caller (e.g. a test's, failing
+/// on purpose) instead of those `config.storage` names.
+pub async fn start_with_storage(
+    config: Config,
+    storage: Storage,
+    modules: Vec<Box<dyn crate::registry::Module>>,
+) -> Result<ServerHandle, ServerError> {
+    let started = std::time::Instant::now();
+    validate(&config)?;
     let tls = TlsContext::load(&config).map_err(|e| ServerError::Tls(e.to_string()))?;
     let ctx =
         Arc::new(Context::with_modules(config, storage, modules).map_err(ServerError::Config)?);

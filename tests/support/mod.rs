@@ -766,3 +766,26 @@ fn bindings(conn: &rustls::ClientConnection) -> (Option<Vec<u8>>, Option<Vec<u8>
         .map(|c| sha2::Sha256::digest(c.as_ref()).to_vec());
     (exp, ep)
 }
+
+/// Runs a slixmpp scenario (`tests/interop/<script>`, Debian's python3-slixmpp) against
+/// `server`'s STARTTLS port with the accounts' password `password`; returns its output
+/// after checking that it succeeded.
+#[allow(dead_code)] // Not every test binary runs slixmpp.
+pub async fn run_slixmpp(server: &TestServer, script: &str) -> String {
+    // Debian's python3-slixmpp belongs to /usr/bin/python3; the python3 first on PATH may
+    // be another interpreter.
+    let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    let port = server.starttls_addr().port().to_string();
+    let output = tokio::process::Command::new("/usr/bin/python3")
+        .args([path.as_str(), "127.0.0.1", &port, "localhost", "password"])
+        .output()
+        .await
+        .expect("run /usr/bin/python3 (install python3-slixmpp: see README)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "slixmpp scenario {script} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}

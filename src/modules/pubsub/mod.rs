@@ -214,15 +214,28 @@ impl NodeConfig {
                 self.payload_type = bounded_text(one).ok_or_else(invalid)?;
                 Ok(())
             }
-            other => Err(ConfigRefusal::Unknown(other.to_string())),
+            other => match fixed(other) {
+                // Options whose behaviour here is fixed: their value must say so.
+                Some(accepted) => match accepted.contains(&one.trim()) {
+                    true => Ok(()),
+                    false => Err(invalid()),
+                },
+                None => Err(ConfigRefusal::Unknown(other.to_string())),
+            },
         }
     }
 
     /// Applies every field of a submitted form; nothing changes if one is refused.
-    pub fn apply(&mut self, form: &DataForm) -> Result<(), ConfigRefusal> {
+    /// `strict`: options this server does not know are refused (publish-options, whose
+    /// every option must hold), else ignored (a configuration form a client filled from
+    /// another server's template).
+    pub fn apply(&mut self, form: &DataForm, strict: bool) -> Result<(), ConfigRefusal> {
         let mut next = self.clone();
         for (var, values) in &form.fields {
-            next.set(var, values)?;
+            match next.set(var, values) {
+                Err(ConfigRefusal::Unknown(_)) if !strict => {}
+                other => other?,
+            }
         }
         *self = next;
         Ok(())
@@ -331,6 +344,21 @@ impl NodeConfig {
         }
         cfg
     }
+}
+
+/// Options not configurable here, with the values that describe what this server does
+/// (so a form or precondition stating them is met).
+fn fixed(var: &str) -> Option<&'static [&'static str]> {
+    Some(match var {
+        "pubsub#publish_model" => &["publishers"],
+        "pubsub#notification_type" => &["headline"],
+        "pubsub#presence_based_delivery" => &["1", "true"],
+        "pubsub#notify_config" | "pubsub#notify_sub" | "pubsub#purge_offline" => &["0", "false"],
+        "pubsub#subscribe" => &["1", "true"],
+        "pubsub#item_expire" => &["", "0"],
+        "pubsub#node_type" => &["leaf"],
+        _ => return None,
+    })
 }
 
 /// Free text options are short.
@@ -577,7 +605,7 @@ mod tests {
              <field var='pubsub#access_model'><value>whitelist</value></field>\
              <field var='pubsub#max_items'><value>max</value></field></x>",
         );
-        cfg.apply(&good).unwrap();
+        cfg.apply(&good, true).unwrap();
         assert_eq!(cfg.access_model, AccessModel::Whitelist);
         assert_eq!(cfg.max_items, MaxItems::Max);
         let bad = form(
@@ -586,10 +614,21 @@ mod tests {
              <field var='pubsub#max_items'><value>-3</value></field></x>",
         );
         assert_eq!(
-            cfg.apply(&bad),
+            cfg.apply(&bad, true),
             Err(ConfigRefusal::Invalid("pubsub#max_items".into()))
         );
         assert_eq!(cfg.access_model, AccessModel::Whitelist);
+        // Options of other servers' forms: ignored when configuring, refused as
+        // preconditions; fixed ones match what this server does.
+        let foreign = form(
+            "<x xmlns='jabber:x:data' type='submit'>\
+             <field var='pubsub#description'><value>x</value></field>\
+             <field var='pubsub#publish_model'><value>publishers</value></field></x>",
+        );
+        cfg.apply(&foreign, false).unwrap();
+        assert!(cfg.apply(&foreign, true).is_err());
+        assert!(cfg.satisfies("pubsub#publish_model", &["publishers".into()]));
+        assert!(!cfg.satisfies("pubsub#publish_model", &["open".into()]));
         assert_eq!(MaxItems::Max.effective(10), 10);
         assert_eq!(MaxItems::Count(100).effective(10), 10);
     }

@@ -29,7 +29,7 @@ use crate::context::Context;
 use crate::modules::{internal, requester_bare};
 use crate::registry::{
     AccountItems, IqHandler, IqTarget, Module, PresenceObserver, Registrar, ResponseHandler,
-    RosterObserver, SessionCtx, SessionEvent, SessionEvents,
+    RosterObserver, RouteFilter, SessionCtx, SessionEvent, SessionEvents,
 };
 use crate::router::route;
 use crate::storage::{CreateOutcome, NodeRecord, RosterItem, StoredItem};
@@ -88,6 +88,7 @@ impl Module for Pep {
         r.session_events(me.clone());
         r.presence_observer(me.clone());
         r.account_items(me.clone());
+        r.route_filter(me.clone());
         r.roster_observer(me);
     }
 }
@@ -275,7 +276,7 @@ pub async fn publish(
         None => {
             let mut cfg = NodeConfig::default();
             if let Some(form) = options
-                && cfg.apply(form).is_err()
+                && cfg.apply(form, true).is_err()
             {
                 return Err(precondition_not_met());
             }
@@ -686,6 +687,38 @@ impl PresenceObserver for PepModule {
 }
 
 #[async_trait]
+impl RouteFilter for PepModule {
+    /// Presence a remote contact sends to one of the owner's resources (answers to the
+    /// owner's probes, directed presence) bypasses the presence module: it is seen here.
+    fn concerns(
+        &self,
+        ctx: &Context,
+        from: &crate::addr::Jid,
+        to: &crate::addr::Jid,
+        stanza: &Element,
+    ) -> bool {
+        stanza.name == "presence"
+            && to.node().is_some()
+            && to.is_full()
+            && matches!(stanza.attr("type"), None | Some("unavailable"))
+            && ctx.is_local_domain(to.domain().as_str())
+            && !ctx.is_local_domain(from.domain().as_str())
+    }
+
+    /// Never stops anything.
+    async fn may_route(
+        &self,
+        ctx: &Arc<Context>,
+        _from: &crate::addr::Jid,
+        to: &crate::addr::Jid,
+        stanza: &Element,
+    ) -> bool {
+        PresenceObserver::inbound(self, ctx, &to.to_bare(), stanza).await;
+        true
+    }
+}
+
+#[async_trait]
 impl AccountItems for PepModule {
     /// The account's nodes that the requester may read (XEP-0060 §5.2).
     async fn items(
@@ -843,14 +876,31 @@ async fn handle_retract(
 ) -> Result<Option<Element>, StanzaError> {
     only_owner(owner, requester)?;
     let node = bounded_name(action.attr("node"))?;
-    let id = action
-        .child("item", NS)
-        .and_then(|i| i.attr("id"))
+    // Several items may go at once (XEP-0060 §7.2.1); each must exist.
+    let ids: Vec<&str> = action
+        .elements()
+        .filter(|i| i.is("item", NS))
+        .filter_map(|i| i.attr("id"))
         .filter(|id| !id.is_empty())
-        .ok_or_else(item_required)?;
+        .take(ctx.config.pep.max_items_per_node)
+        .collect();
+    if ids.is_empty() {
+        return Err(item_required());
+    }
+    for id in &ids {
+        let found = ctx
+            .storage
+            .pubsub
+            .item(owner, node, id)
+            .await
+            .map_err(internal)?;
+        if found.is_none() {
+            return Err(StanzaError::item_not_found());
+        }
+    }
     let notify = matches!(action.attr("notify"), Some("1" | "true"));
-    if !retract(ctx, owner, node, id, notify).await? {
-        return Err(StanzaError::item_not_found());
+    for id in ids {
+        retract(ctx, owner, node, id, notify).await?;
     }
     Ok(None)
 }
@@ -862,6 +912,10 @@ async fn handle_items(
     action: &Element,
 ) -> Result<Option<Element>, StanzaError> {
     let node = bounded_name(action.attr("node"))?;
+    if owner == requester && node == crate::modules::private::BOOKMARKS {
+        // Bookmarks kept only the XEP-0048 way so far move over on first read.
+        crate::modules::private::migrate_legacy(ctx, owner).await;
+    }
     let state = load_existing(ctx, owner, node).await?;
     check_access(ctx, owner, &state.cfg, &state.affiliations, requester).await?;
     let store = &ctx.storage.pubsub;
@@ -907,11 +961,11 @@ async fn handle_create(
     action: &Element,
 ) -> Result<Option<Element>, StanzaError> {
     only_owner(owner, requester)?;
-    // Instant nodes (no name) are not offered on PEP.
+    // Instant nodes (no name) are not offered (XEP-0060 §8.1.2 error).
     let node = action
         .attr("node")
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| unsupported("instant-nodes"))?;
+        .ok_or_else(|| super::error(ErrorType::Modify, "not-acceptable", "nodeid-required"))?;
     let node = bounded_name(Some(node))?;
     let mut cfg = NodeConfig::default();
     if let Some(x) = pubsub
@@ -919,7 +973,7 @@ async fn handle_create(
         .and_then(|c| c.child("x", super::form::NS))
     {
         let form = DataForm::parse(x).ok_or_else(StanzaError::bad_request)?;
-        cfg.apply(&form).map_err(|_| not_acceptable())?;
+        cfg.apply(&form, false).map_err(|_| not_acceptable())?;
     }
     let state = Node {
         cfg,
@@ -982,7 +1036,10 @@ async fn handle_owner(
             if form.form_type.as_deref().is_some_and(|t| t != NODE_CONFIG) {
                 return Err(StanzaError::bad_request().with_text("not a node_config form"));
             }
-            state.cfg.apply(&form).map_err(|_| not_acceptable())?;
+            state
+                .cfg
+                .apply(&form, false)
+                .map_err(|_| not_acceptable())?;
             store
                 .set_node(owner, node, &state.record())
                 .await

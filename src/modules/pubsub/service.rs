@@ -330,11 +330,13 @@ async fn user_op(
             let name = action
                 .attr("node")
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| unsupported("instant-nodes"))?;
+                .ok_or_else(|| {
+                    super::error(ErrorType::Modify, "not-acceptable", "nodeid-required")
+                })?;
             let name = bounded_name(Some(name))?;
             let mut cfg = default_config();
             if let Some(form) = form_of(pubsub.child("configure", NS))? {
-                cfg.apply(&form).map_err(|_| not_acceptable())?;
+                cfg.apply(&form, false).map_err(|_| not_acceptable())?;
             }
             let record = cfg.to_record(vec![(requester.to_string(), "owner".into())]);
             match store
@@ -622,7 +624,7 @@ async fn owner_op(
             if form.form_type.as_deref().is_some_and(|t| t != NODE_CONFIG) {
                 return Err(StanzaError::bad_request());
             }
-            node.cfg.apply(&form).map_err(|_| not_acceptable())?;
+            node.cfg.apply(&form, false).map_err(|_| not_acceptable())?;
             save(ctx, service, name, &node).await?;
             let keep = match node.cfg.persist_items {
                 true => node

@@ -90,6 +90,19 @@ impl SledPubsub {
     }
 }
 
+impl SledStore {
+    /// Pubsub and profile writes are durable before the client's result when
+    /// `storage.sync_writes` is on (OMEMO keys lost in a crash break encryption for
+    /// contacts until the client republishes); off, sled writes them within half a second.
+    async fn flush_pubsub(&self) -> Result<()> {
+        if self.sync_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            self.flush_db().await
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[async_trait]
 impl PubsubStore for SledStore {
     async fn node(&self, service: &str, node: &str) -> Result<Option<NodeRecord>> {
@@ -138,7 +151,7 @@ impl PubsubStore for SledStore {
             }
             ps.nodes.insert(key, encode(record)?).map_err(backend)?;
         }
-        self.flush_db().await?;
+        self.flush_pubsub().await?;
         Ok(CreateOutcome::Created)
     }
 
@@ -152,7 +165,7 @@ impl PubsubStore for SledStore {
             }
             ps.nodes.insert(key, encode(record)?).map_err(backend)?;
         }
-        self.flush_db().await?;
+        self.flush_pubsub().await?;
         Ok(true)
     }
 
@@ -166,7 +179,7 @@ impl PubsubStore for SledStore {
             ps.clear_node_items(&prefix)?;
             existed
         };
-        self.flush_db().await?;
+        self.flush_pubsub().await?;
         Ok(existed)
     }
 
@@ -205,7 +218,7 @@ impl PubsubStore for SledStore {
                 .map_err(backend)?;
             ps.trim_locked(&prefix, max_items)?
         };
-        self.flush_db().await?;
+        self.flush_pubsub().await?;
         Ok(dropped)
     }
 
@@ -257,7 +270,7 @@ impl PubsubStore for SledStore {
             }
         };
         if removed {
-            self.flush_db().await?;
+            self.flush_pubsub().await?;
         }
         Ok(removed)
     }
@@ -269,7 +282,7 @@ impl PubsubStore for SledStore {
             self.pubsub.trim_locked(&prefix, max_items)?
         };
         if !dropped.is_empty() {
-            self.flush_db().await?;
+            self.flush_pubsub().await?;
         }
         Ok(dropped)
     }
@@ -280,7 +293,7 @@ impl PubsubStore for SledStore {
             let _guard = self.pubsub.lock();
             self.pubsub.clear_node_items(&prefix)?;
         }
-        self.flush_db().await
+        self.flush_pubsub().await
     }
 
     async fn remove_service(&self, service: &str) -> Result<()> {
@@ -315,7 +328,7 @@ impl ProfileStore for SledStore {
             None => self.pubsub.vcards.remove(user).map(drop),
         }
         .map_err(backend)?;
-        self.flush_db().await
+        self.flush_pubsub().await
     }
 
     async fn private(&self, user: &str, key: &str) -> Result<Option<String>> {
@@ -355,7 +368,7 @@ impl ProfileStore for SledStore {
                 }
             }
         }
-        self.flush_db().await?;
+        self.flush_pubsub().await?;
         Ok(true)
     }
 
