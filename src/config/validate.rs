@@ -1145,6 +1145,33 @@ mod tests {
     }
 
     #[test]
+    fn http_listener_and_upload_rules() {
+        let mut cfg = Config::default();
+        let l = |kind, addr: &str, tls| ListenerConfig {
+            kind,
+            address: addr.parse().unwrap(),
+            tls,
+        };
+        cfg.listeners = vec![
+            l(ListenerKind::C2s, "127.0.0.1:5222", TlsMode::Starttls),
+            l(ListenerKind::Http, "0.0.0.0:5443", TlsMode::DirectTls),
+            l(ListenerKind::Http, "0.0.0.0:5444", TlsMode::None),
+            l(ListenerKind::Http, "127.0.0.1:5445", TlsMode::Starttls),
+        ];
+        cfg.upload.public_url = Some("ftp://x".into());
+        cfg.upload.secret = Some("short".into());
+        cfg.upload.max_file_size = 0;
+        cfg.http.websocket_urls = vec!["https://x/ws".into()];
+        let m = messages(&cfg);
+        assert_eq!(m.len(), 5, "{m:?}");
+        assert!(m[0].starts_with("listener[3].tls = starttls: HTTP has no STARTTLS"));
+        assert!(m[1].starts_with("upload.max_file_size = 0"), "{m:?}");
+        assert!(m[2].starts_with("upload.public_url = \"ftp://x\""), "{m:?}");
+        assert!(m[3].starts_with("upload.secret"), "{m:?}");
+        assert!(m[4].starts_with("http.websocket_urls[0]"), "{m:?}");
+    }
+
+    #[test]
     fn websocket_listener_tls_rules() {
         let mut cfg = Config::default();
         let l = |kind, addr: &str, tls| ListenerConfig {
