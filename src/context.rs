@@ -22,6 +22,15 @@ pub struct Context {
     pub sm: SmRegistry,
     /// Failed authentications per client address, over all connections.
     pub auth_throttle: AuthThrottle,
+    /// The listeners' bound addresses (known once the server has bound them; port 0 in
+    /// the config becomes the real port), for services that hand out URLs to themselves.
+    pub listeners: OnceLock<
+        Vec<(
+            crate::config::ListenerKind,
+            crate::config::TlsMode,
+            std::net::SocketAddr,
+        )>,
+    >,
     vhosts: HashSet<String>,
 }
 
@@ -51,6 +60,7 @@ impl Context {
             s2s: OnceLock::new(),
             sm: SmRegistry::default(),
             auth_throttle,
+            listeners: OnceLock::new(),
             vhosts,
         })
     }

@@ -16,4 +16,5 @@ pub mod sasl;
 pub mod server;
 pub mod storage;
 pub mod stream;
+pub mod web;
 pub mod xml;

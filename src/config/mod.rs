@@ -42,6 +42,81 @@ pub struct Config {
     /// XEP-0215 STUN/TURN servers offered to clients (audio/video calls).
     #[serde(rename = "external_service")]
     pub external_services: Vec<ExternalServiceConfig>,
+    /// The embedded HTTP server (listeners of kind `http`).
+    pub http: HttpConfig,
+    /// XEP-0363 HTTP file upload on `upload.<vhost>`.
+    pub upload: UploadConfig,
+}
+
+/// Limits of the embedded HTTP server (listeners of kind `http`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Seconds a client may take to send a request's headers (also the keep-alive wait
+    /// between requests on HTTP/1.1), so idle or slow connections do not hold a slot.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may make no progress before the request is dropped.
+    pub body_timeout_secs: u64,
+    /// Bytes of request headers accepted (HTTP/1.1 buffer and HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// WebSocket URLs listed in `/.well-known/host-meta` (XEP-0156) when a reverse proxy
+    /// publishes them (e.g. `wss://example.org/xmpp-websocket`); empty: the `websocket`
+    /// listeners' own URLs.
+    pub websocket_urls: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 30,
+            body_timeout_secs: 30,
+            max_header_bytes: 65_536,
+            websocket_urls: Vec::new(),
+        }
+    }
+}
+
+/// XEP-0363 HTTP file upload: a service at `<subdomain>.<vhost>` hands out upload slots;
+/// files are PUT and fetched over the `http` listeners and kept under `<data_dir>/upload`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Run the service (it runs only with an `http` listener or a `public_url`).
+    pub enabled: bool,
+    /// The service's label before each vhost: `upload` serves `upload.<vhost>`.
+    pub subdomain: String,
+    /// Largest file, in bytes (advertised in disco#info; larger requests get
+    /// `file-too-large`).
+    pub max_file_size: u64,
+    /// Bytes one account may keep at once (slots not yet uploaded count); beyond it a
+    /// request gets `resource-constraint`. 0: no quota.
+    pub quota_bytes: u64,
+    /// Days a file is kept (and its GET URL valid); 0 keeps files forever.
+    pub expiry_days: u32,
+    /// Seconds a slot's PUT URL stays valid.
+    pub put_ttl_secs: u64,
+    /// Base URL of the upload URLs (e.g. `https://upload.example.org`) when a reverse
+    /// proxy serves the `http` listener; unset: the first `http` listener (https first)
+    /// with the vhost's domain.
+    pub public_url: Option<String>,
+    /// Key of the URL signatures (HMAC-SHA256). Unset: a random key is generated once
+    /// into `<data_dir>/upload.secret` and reused.
+    pub secret: Option<String>,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            subdomain: "upload".into(),
+            max_file_size: 100 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+            expiry_days: 30,
+            put_ttl_secs: 300,
+            public_url: None,
+            secret: None,
+        }
+    }
 }
 
 /// Personal eventing (XEP-0163 PEP on every account), profiles (vCard) and private
@@ -202,6 +277,9 @@ pub enum ListenerKind {
     S2s,
     /// Clients over WebSocket (RFC 7395), for web clients; any URL path.
     Websocket,
+    /// The embedded HTTP(S) server (HTTP/1.1 and HTTP/2): XEP-0363 file upload.
+    /// `tls = "direct_tls"` (https://, vhost certificate by SNI) or `"none"` (http://).
+    Http,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -529,6 +607,8 @@ impl Default for Config {
             pubsub: PubsubConfig::default(),
             contact: ContactConfig::default(),
             external_services: Vec::new(),
+            http: HttpConfig::default(),
+            upload: UploadConfig::default(),
         }
     }
 }

@@ -245,6 +245,8 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     validate_limits(cfg, &mut errs);
     validate_s2s(cfg, &mut errs);
     validate_websocket(cfg, &mut errs);
+    validate_upload(cfg, &mut errs);
+    validate_http(cfg, &mut errs);
 
     if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
         errs.push(ConfigError::invalid(
@@ -539,7 +541,10 @@ fn validate_listeners(cfg: &Config, errs: &mut Vec<ConfigError>) {
                  clients would send passwords in the clear",
             ),
             (ListenerKind::C2s | ListenerKind::S2s, TlsMode::None) => {
-                Some("\"none\" is only for kind = \"websocket\"")
+                Some("\"none\" is only for kind = \"websocket\" or \"http\"")
+            }
+            (ListenerKind::Http, TlsMode::Starttls) => {
+                Some("HTTP has no STARTTLS: use \"direct_tls\" (https://) or \"none\"")
             }
             _ => None,
         };
@@ -585,6 +590,82 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         return true;
     }
     a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn validate_upload(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    let u = &cfg.upload;
+    if !u.enabled {
+        return;
+    }
+    if u.max_file_size == 0 {
+        errs.push(ConfigError::invalid(
+            "upload.max_file_size",
+            "0",
+            "must be at least 1",
+        ));
+    }
+    if u.put_ttl_secs == 0 {
+        errs.push(ConfigError::invalid(
+            "upload.put_ttl_secs",
+            "0",
+            "must be at least 1",
+        ));
+    }
+    let sub = &u.subdomain;
+    if sub.is_empty() || !sub.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        errs.push(ConfigError::invalid(
+            "upload.subdomain",
+            quote(sub),
+            "must be one DNS label (letters, digits, '-')",
+        ));
+    }
+    if let Some(url) = &u.public_url {
+        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+            && !url.contains(['?', '#', ' '])
+            && url.len() <= 512;
+        if !ok {
+            errs.push(ConfigError::invalid(
+                "upload.public_url",
+                quote(url),
+                "must be an http:// or https:// URL without query or fragment",
+            ));
+        }
+    }
+    if u.secret.as_ref().is_some_and(|s| s.len() < 16) {
+        errs.push(ConfigError::invalid(
+            "upload.secret",
+            "\"…\"",
+            "must be at least 16 characters",
+        ));
+    }
+}
+
+fn validate_http(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    for (name, v) in [
+        ("http.header_timeout_secs", cfg.http.header_timeout_secs),
+        ("http.body_timeout_secs", cfg.http.body_timeout_secs),
+    ] {
+        if v == 0 {
+            errs.push(ConfigError::invalid(name, "0", "must be at least 1"));
+        }
+    }
+    for (i, url) in cfg.http.websocket_urls.iter().enumerate() {
+        if !(url.starts_with("wss://") || url.starts_with("ws://")) || url.contains(['"', '<', ' '])
+        {
+            errs.push(ConfigError::invalid(
+                format!("http.websocket_urls[{i}]"),
+                quote(url),
+                "must be a ws:// or wss:// URL",
+            ));
+        }
+    }
+    if cfg.http.max_header_bytes < 8192 {
+        errs.push(ConfigError::invalid(
+            "http.max_header_bytes",
+            cfg.http.max_header_bytes.to_string(),
+            "must be at least 8192",
+        ));
+    }
 }
 
 fn validate_limits(cfg: &Config, errs: &mut Vec<ConfigError>) {
@@ -1061,6 +1142,33 @@ mod tests {
         ] {
             assert!(check_domain(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn http_listener_and_upload_rules() {
+        let mut cfg = Config::default();
+        let l = |kind, addr: &str, tls| ListenerConfig {
+            kind,
+            address: addr.parse().unwrap(),
+            tls,
+        };
+        cfg.listeners = vec![
+            l(ListenerKind::C2s, "127.0.0.1:5222", TlsMode::Starttls),
+            l(ListenerKind::Http, "0.0.0.0:5443", TlsMode::DirectTls),
+            l(ListenerKind::Http, "0.0.0.0:5444", TlsMode::None),
+            l(ListenerKind::Http, "127.0.0.1:5445", TlsMode::Starttls),
+        ];
+        cfg.upload.public_url = Some("ftp://x".into());
+        cfg.upload.secret = Some("short".into());
+        cfg.upload.max_file_size = 0;
+        cfg.http.websocket_urls = vec!["https://x/ws".into()];
+        let m = messages(&cfg);
+        assert_eq!(m.len(), 5, "{m:?}");
+        assert!(m[0].starts_with("listener[3].tls = starttls: HTTP has no STARTTLS"));
+        assert!(m[1].starts_with("upload.max_file_size = 0"), "{m:?}");
+        assert!(m[2].starts_with("upload.public_url = \"ftp://x\""), "{m:?}");
+        assert!(m[3].starts_with("upload.secret"), "{m:?}");
+        assert!(m[4].starts_with("http.websocket_urls[0]"), "{m:?}");
     }
 
     #[test]

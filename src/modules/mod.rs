@@ -20,6 +20,7 @@ pub mod pubsub;
 pub mod push;
 pub mod roster;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -56,6 +57,7 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(last::LastActivity::default()),
         Box::new(contact::ContactAddresses),
         Box::new(extdisco::ExternalServices),
+        Box::new(upload::Upload),
     ]
 }
 
@@ -74,6 +76,12 @@ impl<H: IqHandler + 'static> Module for IqOnly<H> {
 /// The stanza error for a storage failure behind a request (logged here, once).
 pub(crate) fn internal(e: crate::storage::StorageError) -> StanzaError {
     tracing::warn!(error = %e, "storage failed while answering a request");
+    StanzaError::internal_server_error()
+}
+
+/// The stanza error for a failed disk operation behind a request (logged here, once).
+pub(crate) fn internal_io(e: std::io::Error) -> StanzaError {
+    tracing::warn!(error = %e, "disk I/O failed while answering a request");
     StanzaError::internal_server_error()
 }
 

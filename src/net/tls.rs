@@ -207,6 +207,13 @@ impl TlsContext {
         tokio_rustls::TlsAcceptor::from(self.websocket.clone())
     }
 
+    /// Acceptor for https:// listeners: ALPN `h2` and `http/1.1`.
+    pub fn http_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let mut sc = (*self.websocket).clone();
+        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(sc))
+    }
+
     /// Acceptor for Direct TLS s2s (XEP-0368): ALPN `xmpp-server`, otherwise as c2s.
     pub fn direct_s2s_acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.direct_s2s.clone())

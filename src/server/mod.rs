@@ -193,6 +193,7 @@ pub async fn start_with_storage(
             tracker.clone(),
         ));
     }
+    let _ = ctx.listeners.set(listeners.clone());
     if ctx.config.storage.backend == StorageBackend::Sled {
         let path = crate::admin::control_socket_path(&ctx.config);
         let control = crate::admin::control::ControlServer::bind(&path)
@@ -254,6 +255,8 @@ async fn accept(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // One router and TLS setup per HTTP listener, shared by its connections.
+    let web = (kind == ListenerKind::Http).then(|| crate::web::Web::new(&ctx, &tls));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -270,7 +273,15 @@ async fn accept(
         };
         let Some(permit) = limits.try_acquire(peer.ip()) else {
             warn!(%peer, "connection limit reached; refusing");
-            tracker.spawn(refuse(tcp));
+            if kind == ListenerKind::Http {
+                // An HTTP client gets a status it understands (on plain HTTP; a TLS
+                // client just sees the connection close).
+                if mode == TlsMode::None {
+                    tracker.spawn(crate::web::refuse(tcp));
+                }
+            } else {
+                tracker.spawn(refuse(tcp));
+            }
             continue;
         };
         let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +296,11 @@ async fn accept(
                 tracker.spawn(crate::c2s::serve(
                     ctx, tls, tcp, peer, mode, websocket, conn_id, token, permit,
                 ));
+            }
+            ListenerKind::Http => {
+                if let Some(web) = &web {
+                    tracker.spawn(web.clone().serve(tcp, peer, mode, conn_id, token, permit));
+                }
             }
             ListenerKind::S2s => {
                 tracker.spawn(async move {
