@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use support::ca::TestCa;
 use support::dns::TestDns;
-use support::prosody::{Prosody, recv_presence};
+use support::prosody::{Prosody, recv_presence, start_xmppd};
 use support::{Client, TestServer};
-use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
 use xmppd::modules::pubsub::caps::ver_string;
 use xmppd::xml::Element;
 
-const OURS: &str = "xmppd.example";
 const OUR_IP: &str = "127.0.0.10";
 const PROSODY_IP: &str = "127.0.0.11";
 const DISCO: &str = "http://jabber.org/protocol/disco#info";
@@ -125,33 +123,7 @@ async fn device_lists_cross_to_and_from_prosody() {
     let dir = tempfile::tempdir().unwrap();
     let dns = TestDns::start("127.0.0.1").await;
     let ca = TestCa::new("xmppd interop CA");
-    let (crt, key) = ca.issue(OURS, dir.path());
-    std::fs::create_dir_all(dir.path().join("ours")).unwrap();
-    let cafile = ca.write_ca(&dir.path().join("ours"));
-    let dns_addr = dns.addr;
-    let ours = TestServer::start_with(|c| {
-        c.vhosts = vec![VhostConfig {
-            domain: OURS.into(),
-            certificate: Some(crt),
-            key: Some(key),
-        }];
-        c.listeners.push(ListenerConfig {
-            kind: ListenerKind::S2s,
-            address: format!("{OUR_IP}:0").parse().unwrap(),
-            tls: TlsMode::Starttls,
-        });
-        c.s2s.dns_servers = vec![dns_addr];
-        c.s2s.ca_file = Some(cafile);
-    })
-    .await;
-    dns.add_srv(
-        &format!("_xmpp-server._tcp.{OURS}"),
-        0,
-        0,
-        ours.s2s_addr(TlsMode::Starttls).port(),
-        "xmpp.xmppd.example",
-    );
-    dns.add_addr("xmpp.xmppd.example", OUR_IP);
+    let ours = start_xmppd(dir.path(), OUR_IP, &ca, &ca, &dns, &[]).await;
     let prosody = Prosody::start(
         &dir.path().join("prosody"),
         PROSODY_IP,

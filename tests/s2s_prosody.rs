@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use support::ca::TestCa;
 use support::dns::TestDns;
-use support::prosody::{PROSODY, Prosody, recv_presence};
+use support::prosody::{OURS, PROSODY, Prosody, recv_presence, start_xmppd};
 use support::{Client, TestServer};
-use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
 use xmppd::xml::Element;
 
 fn j(s: &str) -> xmppd::addr::BareJid {
     xmppd::addr::parse_bare(s).unwrap()
 }
 
-const OURS: &str = "xmppd.example";
 const OUR_IP: &str = "127.0.0.9";
 const PROSODY_IP: &str = "127.0.0.8";
 const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
@@ -100,40 +98,7 @@ async fn federate(trusted: bool, muc: bool) -> (Vec<&'static str>, Vec<&'static 
     let ca = TestCa::new("xmppd interop CA");
     let stranger = TestCa::new("unrelated CA");
     let trusted_ca = if trusted { &ca } else { &stranger };
-    let (crt, key) = ca.issue(OURS, dir.path());
-    std::fs::create_dir_all(dir.path().join("ours")).unwrap();
-    let cafile = trusted_ca.write_ca(&dir.path().join("ours"));
-    let dns_addr = dns.addr;
-    let ours = TestServer::start_with(|c| {
-        c.vhosts = vec![VhostConfig {
-            domain: OURS.into(),
-            certificate: Some(crt),
-            key: Some(key),
-        }];
-        c.listeners.push(ListenerConfig {
-            kind: ListenerKind::S2s,
-            address: format!("{OUR_IP}:0").parse().unwrap(),
-            tls: TlsMode::Starttls,
-        });
-        c.s2s.dns_servers = vec![dns_addr];
-        c.s2s.ca_file = Some(cafile);
-    })
-    .await;
-    dns.add_srv(
-        &format!("_xmpp-server._tcp.{OURS}"),
-        0,
-        0,
-        ours.s2s_addr(TlsMode::Starttls).port(),
-        "xmpp.xmppd.example",
-    );
-    dns.add_addr("xmpp.xmppd.example", OUR_IP);
-    dns.add_srv(
-        &format!("_xmpp-server._tcp.conference.{OURS}"),
-        0,
-        0,
-        ours.s2s_addr(TlsMode::Starttls).port(),
-        "xmpp.xmppd.example",
-    );
+    let ours = start_xmppd(dir.path(), OUR_IP, &ca, trusted_ca, &dns, &["conference"]).await;
     let prosody = Prosody::start(
         &dir.path().join("prosody"),
         PROSODY_IP,

@@ -9,10 +9,65 @@ use std::time::Duration;
 
 use super::ca::TestCa;
 use super::dns::TestDns;
-use super::{Client, LoginOptions, Mech};
+use super::{Client, LoginOptions, Mech, TestServer};
+use xmppd::config::{ListenerConfig, ListenerKind, TlsMode, VhostConfig};
 use xmppd::xml::Element;
 
 pub const PROSODY: &str = "prosody.example";
+/// The xmppd side of the pair.
+pub const OURS: &str = "xmppd.example";
+
+/// xmppd serving `OURS` with an s2s listener on `ip`, a certificate from `ca`, trusting
+/// `trusted_ca` for peers, resolving through `dns`, where its SRV records are published
+/// (for `OURS` and for each of `services`' subdomains, e.g. `conference`).
+pub async fn start_xmppd(
+    dir: &Path,
+    ip: &str,
+    ca: &TestCa,
+    trusted_ca: &TestCa,
+    dns: &TestDns,
+    services: &[&str],
+) -> TestServer {
+    let (crt, key) = ca.issue(OURS, dir);
+    std::fs::create_dir_all(dir.join("ours")).unwrap();
+    let cafile = trusted_ca.write_ca(&dir.join("ours"));
+    let dns_addr = dns.addr;
+    let address = format!("{ip}:0").parse().unwrap();
+    let ours = TestServer::start_with(|c| {
+        c.vhosts = vec![VhostConfig {
+            domain: OURS.into(),
+            certificate: Some(crt),
+            key: Some(key),
+        }];
+        c.listeners.push(ListenerConfig {
+            kind: ListenerKind::S2s,
+            address,
+            tls: TlsMode::Starttls,
+        });
+        c.s2s.dns_servers = vec![dns_addr];
+        c.s2s.ca_file = Some(cafile);
+    })
+    .await;
+    let port = ours.s2s_addr(TlsMode::Starttls).port();
+    dns.add_addr("xmpp.xmppd.example", ip);
+    dns.add_srv(
+        &format!("_xmpp-server._tcp.{OURS}"),
+        0,
+        0,
+        port,
+        "xmpp.xmppd.example",
+    );
+    for sub in services {
+        dns.add_srv(
+            &format!("_xmpp-server._tcp.{sub}.{OURS}"),
+            0,
+            0,
+            port,
+            "xmpp.xmppd.example",
+        );
+    }
+    ours
+}
 
 fn free_port(ip: &str) -> u16 {
     let l = std::net::TcpListener::bind((ip, 0)).unwrap();
