@@ -498,6 +498,39 @@ async fn a_removed_account_loses_its_files() {
     server.stop().await;
 }
 
+/// `xmppd user remove` on the running server deletes the account's files at once, not at
+/// the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_user_on_the_running_server_deletes_their_files_at_once() {
+    let server = server_with(|_| {}).await;
+    let mut alice = server.login("alice", "a").await;
+    let slot = slot_of(&alice.iq(&request_xml("f.txt", 3, "text/plain")).await);
+    let put = http(
+        &server,
+        "PUT",
+        &slot.put,
+        &[("Content-Length", "3"), ("Content-Type", "text/plain")],
+        b"abc",
+    )
+    .await;
+    assert_eq!(put.status, 201);
+    let jid = xmppd::addr::parse_bare("alice@localhost").unwrap();
+    let dir = service(&server).root().join(UploadService::owner_dir(&jid));
+    assert!(dir.exists());
+    let socket = xmppd::admin::control_socket_path(&server.config);
+    let removed = xmppd::admin::control::request(
+        &socket,
+        &xmppd::admin::control::Request::Remove {
+            jid: "alice@localhost".into(),
+        },
+    )
+    .await;
+    assert!(removed.is_ok(), "{removed:?}");
+    support::wait_until("the removed account's files are gone", || !dir.exists()).await;
+    assert_eq!(http(&server, "GET", &slot.get, &[], b"").await.status, 404);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_meta_lists_the_websocket_listeners() {
     let server = server_with(|c| {

@@ -318,6 +318,13 @@ pub trait NonzaHandler: Send + Sync {
     ) -> Result<(), StreamErrorCondition>;
 }
 
+/// Told when an account was removed while the server runs, after its stores were cleared:
+/// for what a module keeps outside the stores (files, caches).
+#[async_trait]
+pub trait AccountRemoved: Send + Sync {
+    async fn account_removed(&self, ctx: &Arc<Context>, user: &BareJid);
+}
+
 /// A long-running task started with the server (e.g. archive expiry).
 pub type Task = Box<
     dyn FnOnce(
@@ -485,6 +492,10 @@ impl Registrar<'_> {
         self.reg.bound_stream_features.push(feature);
     }
 
+    pub fn account_removed(&mut self, handler: Arc<dyn AccountRemoved>) {
+        self.reg.account_removed.push(handler);
+    }
+
     pub fn task(&mut self, task: Task) {
         self.reg
             .tasks
@@ -537,6 +548,7 @@ pub struct Registry {
     presence_observers: Vec<Arc<dyn PresenceObserver>>,
     server_items: Vec<BareJid>,
     tasks: std::sync::Mutex<Vec<Task>>,
+    account_removed: Vec<Arc<dyn AccountRemoved>>,
     flags: FlagTable,
     shared: SharedState,
     responses: Responses,
@@ -693,6 +705,13 @@ impl Registry {
     /// A module's shared state.
     pub fn state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.shared.get::<T>()
+    }
+
+    /// The account `user` was removed (its stores are cleared already).
+    pub async fn account_removed(&self, ctx: &Arc<Context>, user: &BareJid) {
+        for h in &self.account_removed {
+            h.account_removed(ctx, user).await;
+        }
     }
 
     /// Starts the registered background tasks (once; later calls start nothing).

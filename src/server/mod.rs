@@ -200,10 +200,13 @@ pub async fn start_with_storage(
             .map_err(|e| ServerError::Config(e.to_string()))?;
         let hook_ctx = Arc::downgrade(&ctx);
         let control = control.on_event(move |event| {
-            // A removed account or a changed password ends that account's sessions.
+            // A removed account or a changed password ends that account's sessions; the
+            // modules let go of what a removed account kept outside the stores.
             use crate::admin::control::AdminEvent;
-            let (AdminEvent::Removed(jid) | AdminEvent::PasswordChanged(jid)) = event else {
-                return;
+            let (removed, jid) = match event {
+                AdminEvent::Removed(jid) => (true, jid),
+                AdminEvent::PasswordChanged(jid) => (false, jid),
+                _ => return,
             };
             if let Some(ctx) = hook_ctx.upgrade() {
                 let Some(jid) = crate::addr::parse_bare(&jid) else {
@@ -212,6 +215,9 @@ pub async fn start_with_storage(
                 for s in ctx.sessions.resources(&jid) {
                     s.control
                         .kick(StreamError::new(StreamErrorCondition::NotAuthorized));
+                }
+                if removed {
+                    tokio::spawn(async move { ctx.registry.account_removed(&ctx, &jid).await });
                 }
             }
         });

@@ -88,6 +88,7 @@ impl Module for Upload {
         // The key is read (or made) now, not on the first request's task.
         let _ = service.secret();
         r.shared(service.clone());
+        r.account_removed(service.clone());
         r.task(Box::new(move |ctx, shutdown| {
             Box::pin(async move {
                 loop {
@@ -217,6 +218,14 @@ impl UploadService {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Deletes every file of `user` (account removal).
+    pub async fn remove_owner(&self, user: &BareJid) -> std::io::Result<()> {
+        match tokio::fs::remove_dir_all(self.root.join(Self::owner_dir(user))).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The owner directory name for an account.
@@ -589,6 +598,18 @@ fn local_requester(ctx: &Context, stanza: &Element) -> Option<BareJid> {
     from.node()?;
     ctx.is_local_domain(from.domain().as_str())
         .then(|| from.into_bare())
+}
+
+/// A removed account's files go at once (the sweep catches accounts removed while the
+/// server was stopped).
+#[async_trait::async_trait]
+impl crate::registry::AccountRemoved for UploadService {
+    async fn account_removed(&self, _ctx: &Arc<Context>, user: &BareJid) {
+        match self.remove_owner(user).await {
+            Ok(()) => info!(%user, "upload: files of the removed account deleted"),
+            Err(e) => warn!(error = %e, %user, "upload: deleting a removed account's files failed"),
+        }
+    }
 }
 
 #[cfg(test)]
