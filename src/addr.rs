@@ -42,6 +42,16 @@ pub fn domain_jid(domain: &DomainRef) -> BareJid {
     BareJid::from(domain)
 }
 
+/// The bare part of `jid` as a slice of its normalized form (no allocation, for hot-path
+/// lookups keyed by bare JID).
+pub fn bare_str(jid: &Jid) -> &str {
+    let s = jid.as_str();
+    match jid.resource() {
+        Some(r) => &s[..s.len() - r.as_str().len() - 1],
+        None => s,
+    }
+}
+
 /// Whether `jid` is an account's JID (has a node) or its full JID.
 pub fn is_account(jid: &Jid) -> bool {
     jid.node().is_some()
@@ -60,6 +70,13 @@ mod tests {
         assert!(parse_full("juliet@example.com").is_none());
         assert_eq!(parse_domain("Example.COM").unwrap().as_str(), "example.com");
         assert!(parse_domain("a@example.com").is_none());
+    }
+
+    #[test]
+    fn bare_str_is_the_bare_part_of_the_normal_form() {
+        assert_eq!(bare_str(&parse("A@B.example/r/x").unwrap()), "a@b.example");
+        assert_eq!(bare_str(&parse("a@b.example").unwrap()), "a@b.example");
+        assert_eq!(bare_str(&parse("b.example/r@x").unwrap()), "b.example");
     }
 
     #[test]

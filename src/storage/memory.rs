@@ -468,8 +468,8 @@ impl BlockListStore for MemoryStore {
         Ok(())
     }
 
-    fn may_block_anyone(&self, user: &BareJid) -> bool {
-        lock(&self.blocklists).map_or(true, |lists| lists.contains_key(user))
+    fn may_block_anyone(&self, user: &Jid) -> bool {
+        lock(&self.blocklists).map_or(true, |lists| lists.contains_key(&user.to_bare()))
     }
 }
 

@@ -432,9 +432,10 @@ pub trait BlockListStore: Send + Sync {
     /// Whether any of `jids` is on the list (the caller expands one address into the
     /// entries that would match it). Cheap when the list is empty.
     async fn is_blocked(&self, user: &BareJid, jids: &[&str]) -> Result<bool>;
-    /// `false` only if the user's list is certainly empty: lets the per-stanza check skip
-    /// building the candidate entries. Must not block (no disk access).
-    fn may_block_anyone(&self, _user: &BareJid) -> bool {
+    /// `false` only if the list of `user`'s account (`user` bare or full) is certainly
+    /// empty: lets the per-stanza check skip building the candidate entries. Must not block
+    /// (no disk access), and is cheap: it runs for every routed stanza.
+    fn may_block_anyone(&self, _user: &Jid) -> bool {
         true
     }
     async fn remove_user(&self, user: &BareJid) -> Result<()>;

@@ -218,10 +218,14 @@ impl UsersWithEntries {
     }
 
     fn contains(&self, user: &BareJid) -> bool {
+        self.contains_name(user.as_str())
+    }
+
+    fn contains_name(&self, user: &str) -> bool {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(user.as_str())
+            .contains(user)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<Box<str>>> {
@@ -1250,8 +1254,8 @@ impl BlockListStore for SledStore {
         Ok(())
     }
 
-    fn may_block_anyone(&self, user: &BareJid) -> bool {
-        self.blocking.contains(user)
+    fn may_block_anyone(&self, user: &Jid) -> bool {
+        self.blocking.contains_name(crate::addr::bare_str(user))
     }
 
     async fn flush(&self) -> Result<()> {

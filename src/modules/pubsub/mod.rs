@@ -172,6 +172,15 @@ pub enum ConfigRefusal {
 }
 
 impl NodeConfig {
+    /// How many items the node keeps, at most `cap`: without persistence only the last
+    /// one, for last-published delivery.
+    pub fn items_kept(&self, cap: usize) -> usize {
+        match self.persist_items {
+            true => self.max_items.effective(cap),
+            false => 1,
+        }
+    }
+
     /// Sets one option from its form field values.
     pub fn set(&mut self, var: &str, values: &[String]) -> Result<(), ConfigRefusal> {
         let one = values.first().map(String::as_str).unwrap_or("");

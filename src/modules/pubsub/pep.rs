@@ -303,11 +303,7 @@ pub async fn publish(
         payload: serialized,
         published_at: now_secs(),
     };
-    // Without persistence only the last item is kept, for last-published delivery.
-    let keep = match cfg.persist_items {
-        true => cfg.max_items.effective(limits.max_items_per_node),
-        false => 1,
-    };
+    let keep = cfg.items_kept(limits.max_items_per_node);
     store
         .publish(owner, node, &item, keep)
         .await
@@ -1044,13 +1040,7 @@ async fn handle_owner(
                 .set_node(owner, node, &state.record())
                 .await
                 .map_err(internal)?;
-            let keep = match state.cfg.persist_items {
-                true => state
-                    .cfg
-                    .max_items
-                    .effective(ctx.config.pep.max_items_per_node),
-                false => 1,
-            };
+            let keep = state.cfg.items_kept(ctx.config.pep.max_items_per_node);
             store.trim(owner, node, keep).await.map_err(internal)?;
             Ok(None)
         }

@@ -391,13 +391,7 @@ async fn user_op(
                 payload: serialized,
                 published_at: now_secs(),
             };
-            let keep = match node.cfg.persist_items {
-                true => node
-                    .cfg
-                    .max_items
-                    .effective(ctx.config.pep.max_items_per_node),
-                false => 1,
-            };
+            let keep = node.cfg.items_kept(ctx.config.pep.max_items_per_node);
             store
                 .publish(service, name, &stored, keep)
                 .await
@@ -626,13 +620,7 @@ async fn owner_op(
             }
             node.cfg.apply(&form, false).map_err(|_| not_acceptable())?;
             save(ctx, service, name, &node).await?;
-            let keep = match node.cfg.persist_items {
-                true => node
-                    .cfg
-                    .max_items
-                    .effective(ctx.config.pep.max_items_per_node),
-                false => 1,
-            };
+            let keep = node.cfg.items_kept(ctx.config.pep.max_items_per_node);
             store.trim(service, name, keep).await.map_err(internal)?;
             Ok(None)
         }
