@@ -27,6 +27,7 @@ use super::{
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
+mod invites;
 mod pubsub;
 
 #[derive(Default)]
@@ -82,6 +83,7 @@ pub struct MemoryStore {
     rooms: Mutex<BTreeMap<(String, String), StoredRoom>>,
     pubsub: Mutex<pubsub::MemoryPubsub>,
     profiles: Mutex<pubsub::MemoryProfiles>,
+    invites: Mutex<invites::MemoryInvites>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of

@@ -10,6 +10,7 @@ use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
+pub mod invites;
 
 /// XEP-0313 `with` matching on stored (normalized) JIDs, as the backends page with it.
 pub use archive::with_matches;
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod pubsub;
 pub mod sled;
 
+pub use invites::{Invite, InviteStore};
 pub use pubsub::{CreateOutcome, NodeRecord, ProfileStore, PubsubStore, StoredItem};
 
 #[derive(Debug, thiserror::Error)]
@@ -578,6 +580,7 @@ pub struct Storage {
     pub rooms: Arc<dyn RoomStore>,
     pub pubsub: Arc<dyn PubsubStore>,
     pub profiles: Arc<dyn ProfileStore>,
+    pub invites: Arc<dyn InviteStore>,
 }
 
 impl Storage {
@@ -621,6 +624,7 @@ impl Storage {
             + RoomStore
             + PubsubStore
             + ProfileStore
+            + InviteStore
             + 'static,
     {
         Storage {
@@ -632,7 +636,8 @@ impl Storage {
             push: backend.clone(),
             rooms: backend.clone(),
             pubsub: backend.clone(),
-            profiles: backend,
+            profiles: backend.clone(),
+            invites: backend,
         }
     }
 
@@ -647,6 +652,7 @@ impl Storage {
         self.push.flush().await?;
         self.rooms.flush().await?;
         self.pubsub.flush().await?;
+        self.invites.flush().await?;
         self.profiles.flush().await
     }
 
@@ -661,6 +667,7 @@ impl Storage {
         // The account's PEP service is keyed by its bare JID.
         self.pubsub.remove_service(jid.as_str()).await?;
         self.profiles.remove_user(jid.as_str()).await?;
+        self.invites.set_admin(jid, false).await?;
         Ok(existed)
     }
 }

@@ -18,6 +18,7 @@
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
 //! | `muc_rooms`    | `<service>\0<room jid>`           | fmt byte + `StoredRoom`        |
 //! | `pubsub_*`, `vcards`, `private_xml` | see `sled/pubsub.rs` |                     |
+//! | `invites`, `invite_admins` | see `sled/invites.rs` |                         |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -55,6 +56,7 @@ use super::{
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
+mod invites;
 mod pubsub;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
@@ -100,6 +102,8 @@ pub struct SledStore {
     muc_rooms: Tree,
     /// Pubsub nodes and items, vCards, private XML.
     pubsub: pubsub::SledPubsub,
+    /// Invitations and the admins they made.
+    invites: invites::SledInvites,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Presence contacts per user with the roster version they were read at: presence
@@ -465,6 +469,7 @@ impl SledStore {
             push: tree("push")?,
             muc_rooms: tree("muc_rooms")?,
             pubsub: pubsub::SledPubsub::open(&db)?,
+            invites: invites::SledInvites::open(&db)?,
             archive: trees.archive,
             archive_ids: trees.ids,
             id_cipher,
