@@ -42,6 +42,67 @@ pub enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Manage invitations (XEP-0401/XEP-0445 tokens that let someone register).
+    Invite {
+        #[command(subcommand)]
+        action: InviteCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Create an account invitation; prints its xmpp: URI and landing page URL.
+    Create {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The vhost (default: the first).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Reserve this account name for the invitee.
+        #[arg(long)]
+        username: Option<String>,
+        /// The account registered with it becomes a server admin.
+        #[arg(long)]
+        admin: bool,
+        /// Validity: seconds, or a number with s, m, h, d or w (default: invites.default_expiry_secs).
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<u64>,
+        /// How many accounts may be registered with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List valid invitations, one per line.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke an invitation by its token.
+    Revoke {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        token: String,
+    },
+}
+
+/// `3600`, `90s`, `30m`, `12h`, `7d`, `2w` → seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (s, m, h, d or w)")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("out of range: {s:?}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +150,7 @@ where
         Command::Serve { config } => run_serve(config.as_deref(), serve),
         Command::Check { config } => run_check(&config),
         Command::User { action } => run_user(action),
+        Command::Invite { action } => run_invite(action),
     }
 }
 
@@ -339,6 +401,85 @@ fn run_user(action: UserCommand) -> ExitCode {
     }
 }
 
+fn run_invite(action: InviteCommand) -> ExitCode {
+    let path = match &action {
+        InviteCommand::Create { config, .. }
+        | InviteCommand::List { config }
+        | InviteCommand::Revoke { config, .. } => config.clone(),
+    };
+    let Some(cfg) = load_config(path.as_deref()) else {
+        return ExitCode::FAILURE;
+    };
+    let request = match action {
+        InviteCommand::Create {
+            domain,
+            username,
+            admin,
+            expires,
+            uses,
+            ..
+        } => Request::InviteCreate {
+            domain,
+            username,
+            admin,
+            expires_secs: expires,
+            uses: Some(uses),
+        },
+        InviteCommand::List { .. } => Request::InviteList,
+        InviteCommand::Revoke { token, .. } => Request::InviteRevoke { token },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(user_request(&cfg, &request)) {
+        Ok(Response::Invite { invite }) => {
+            println!("{}", invite.uri);
+            if let Some(url) = &invite.landing_url {
+                println!("{url}");
+            }
+            println!("expires {}", invite.expires);
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Invites { invites }) => {
+            for i in invites {
+                println!(
+                    "{} expires={} uses_left={}{} {}",
+                    i.token,
+                    i.expires,
+                    i.uses_left,
+                    if i.admin { " admin" } else { "" },
+                    i.uri
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Revoked) => {
+            println!("invitation revoked");
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(format!("unexpected answer from the server: {other:?}")),
+        Err(e) => fail(e),
+    }
+}
+
+/// The listeners the configuration names (for landing pages while the server is stopped).
+fn configured_listeners(
+    cfg: &Config,
+) -> Vec<(
+    crate::config::ListenerKind,
+    crate::config::TlsMode,
+    std::net::SocketAddr,
+)> {
+    cfg.listeners
+        .iter()
+        .map(|l| (l.kind, l.tls, l.address))
+        .collect()
+}
+
 /// Through the running server's control socket if there is one, else on the storage itself.
 async fn user_request(cfg: &Config, req: &Request) -> Result<Response, AdminError> {
     match control::request(&admin::control_socket_path(cfg), req).await {
@@ -362,6 +503,39 @@ async fn user_request(cfg: &Config, req: &Request) -> Result<Response, AdminErro
             users: admin::list_users(&storage, domain.as_deref()).await?,
         },
         Request::Ping => Response::Pong,
+        Request::InviteCreate {
+            domain,
+            username,
+            admin,
+            expires_secs,
+            uses,
+        } => {
+            let spec = admin::invites::InviteSpec {
+                domain: domain.clone(),
+                username: username.clone(),
+                register: true,
+                admin: *admin,
+                expires_secs: *expires_secs,
+                uses: *uses,
+                privileged: true,
+                inviter: None,
+            };
+            let i = admin::invites::create(&storage, cfg, spec).await?;
+            Response::Invite {
+                invite: admin::invites::info(cfg, &configured_listeners(cfg), &i),
+            }
+        }
+        Request::InviteList => Response::Invites {
+            invites: admin::invites::list(&storage)
+                .await?
+                .iter()
+                .map(|i| admin::invites::info(cfg, &configured_listeners(cfg), i))
+                .collect(),
+        },
+        Request::InviteRevoke { token } => {
+            admin::invites::revoke(&storage, token).await?;
+            Response::Revoked
+        }
     })
 }
 
@@ -387,6 +561,23 @@ mod tests {
         // There is no way to pass a password on the command line.
         assert!(Cli::try_parse_from(["xmppd", "user", "add", "a@b", "secret"]).is_err());
         assert!(Cli::try_parse_from(["xmppd", "check"]).is_err());
+        let cli = Cli::try_parse_from(["xmppd", "invite", "create", "--admin", "--expires", "7d"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Invite {
+                action: InviteCommand::Create {
+                    admin: true,
+                    expires: Some(604_800),
+                    uses: 1,
+                    ..
+                }
+            }
+        ));
+        assert!(Cli::try_parse_from(["xmppd", "invite", "create", "--expires", "7y"]).is_err());
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert!(parse_duration("0d").is_err());
         let cli = Cli::try_parse_from(["xmppd", "serve"]).unwrap();
         assert!(matches!(cli.command, Command::Serve { config: None }));
     }

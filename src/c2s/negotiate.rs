@@ -57,6 +57,9 @@ struct State {
     account: Option<BareJid>,
     /// XEP-0198 resumptions refused on this connection.
     resume_failures: u32,
+    /// What pre-auth modules keep for this stream (registry::PreAuthStream); in a
+    /// mutex only so that `State` is `Sync` (it is never contended).
+    pre_auth: std::sync::Mutex<crate::registry::Extensions>,
 }
 
 pub(crate) async fn negotiate(
@@ -83,6 +86,7 @@ pub(crate) async fn negotiate(
         },
         account: None,
         resume_failures: 0,
+        pre_auth: Default::default(),
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
@@ -153,7 +157,7 @@ async fn authenticated_element(
     el: Element,
 ) -> Result<Option<Negotiated>, Ending> {
     let Some(bare) = st.account.as_ref() else {
-        return Err(StreamErrorCondition::NotAuthorized.into());
+        return pre_auth_iq(ctx, conn, st, el).await.map(|()| None);
     };
     if el.ns == sm::NS {
         match el.name.as_str() {
@@ -189,6 +193,30 @@ async fn authenticated_element(
     }
     // Anything else before a bound session is refused (RFC 6120 §7.1).
     Err(StreamErrorCondition::NotAuthorized.into())
+}
+
+/// An iq before authentication (the negotiator passes them on encrypted streams only):
+/// answered by the module registered for its payload, else the stream ends (RFC 6120 §7.1).
+async fn pre_auth_iq(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &mut State,
+    el: Element,
+) -> Result<(), Ending> {
+    let handler = el
+        .first_element()
+        .and_then(|payload| ctx.registry.pre_auth_handler(&payload.ns));
+    let (Some(handler), true) = (handler, el.name == "iq") else {
+        return Err(StreamErrorCondition::NotAuthorized.into());
+    };
+    let domain = st.neg.domain().unwrap_or_default().to_string();
+    let mut stream = crate::registry::PreAuthStream {
+        domain: &domain,
+        peer_ip: st.peer_ip,
+        ext: st.pre_auth.get_mut().unwrap_or_else(|e| e.into_inner()),
+    };
+    let reply = handler.handle(ctx, &mut stream, &el).await?;
+    conn.send(&reply).await
 }
 
 async fn upgrade(
@@ -268,6 +296,14 @@ fn features(ctx: &Context, st: &State) -> Element {
             cb.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", t.name()));
         }
         f.push_child(cb);
+    }
+    if st.neg.is_secure() {
+        for feature in ctx
+            .registry
+            .pre_auth_features(ctx, st.neg.domain().unwrap_or_default())
+        {
+            f.push_child(feature);
+        }
     }
     f
 }
@@ -585,6 +621,7 @@ async fn bind(
         available: false,
         presence: None,
         flags: Default::default(),
+        secure: st.neg.is_secure(),
     };
     match ctx
         .sessions

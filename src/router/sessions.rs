@@ -111,6 +111,9 @@ pub struct SessionInfo {
     /// Modules' per-session flags that routing reads (carbons enabled, roster
     /// requested, …), allocated by the registry.
     pub flags: SessionFlags,
+    /// The stream was encrypted (TLS, or a transport as private) when it was bound:
+    /// what modules ask before taking secrets such as a new password.
+    pub secure: bool,
 }
 
 pub enum BindOutcome {
