@@ -91,8 +91,8 @@ fn uri_escape(s: &str) -> String {
 /// contact invitation (XEP-0379, XEP-0401 §5.1), `xmpp:[name@]domain?register;preauth=T`
 /// for an account invitation (XEP-0445 §2).
 pub fn invite_uri(invite: &Invite) -> String {
-    match &invite.inviter {
-        Some(inviter) => {
+    match (&invite.inviter, &invite.username) {
+        (Some(inviter), None) => {
             let ibr = if invite.register { ";ibr=y" } else { "" };
             format!(
                 "xmpp:{}?roster;preauth={}{ibr}",
@@ -100,7 +100,7 @@ pub fn invite_uri(invite: &Invite) -> String {
                 invite.token
             )
         }
-        None => {
+        _ => {
             let who = match &invite.username {
                 Some(u) => format!("{u}@{}", invite.domain),
                 None => invite.domain.clone(),

@@ -337,6 +337,12 @@ pub struct ServerConfig {
     /// (add, delete, disable users, change passwords, announcements) and create account
     /// invitations.
     pub admins: Vec<String>,
+    /// XEP-0050 ad-hoc command sessions (multi-stage forms) kept at once, over all users.
+    pub adhoc_max_sessions: usize,
+    /// Seconds an unfinished ad-hoc command session is kept.
+    pub adhoc_session_timeout_secs: u64,
+    /// Most JIDs an ad-hoc command lists (e.g. online users).
+    pub adhoc_max_list_items: usize,
 }
 
 impl Default for ServerConfig {
@@ -344,6 +350,9 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_timeout_secs: 10,
             admins: Vec::new(),
+            adhoc_max_sessions: 1000,
+            adhoc_session_timeout_secs: 600,
+            adhoc_max_list_items: 1000,
         }
     }
 }

@@ -276,6 +276,20 @@ impl Sessions {
             .sum()
     }
 
+    /// Up to `limit` accounts with a bound resource (in no particular order).
+    pub fn online_users(&self, limit: usize) -> Vec<BareJid> {
+        let mut out = Vec::new();
+        for m in self.read_all() {
+            for bare in m.keys() {
+                if out.len() >= limit {
+                    return out;
+                }
+                out.push(bare.clone());
+            }
+        }
+        out
+    }
+
     /// Every session's control, for shutdown.
     pub fn all_controls(&self) -> Vec<Arc<SessionControl>> {
         let mut out = Vec::new();

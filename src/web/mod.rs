@@ -47,6 +47,9 @@ pub fn router(ctx: &Arc<Context>) -> Router {
     {
         router = router.merge(crate::modules::upload::http::routes(ctx.clone(), upload));
     }
+    if ctx.config.invites.enabled {
+        router = router.merge(crate::modules::invites::page::routes(ctx.clone()));
+    }
     router.fallback(|| async { StatusCode::NOT_FOUND })
 }
 
