@@ -73,7 +73,11 @@ async fn run(c: &mut Client, node: &str, fields: &[(&str, &[&str])]) -> Element 
 }
 
 fn completed(reply: &Element) {
-    assert_eq!(command(reply).attr("status"), Some("completed"), "{reply:?}");
+    assert_eq!(
+        command(reply).attr("status"),
+        Some("completed"),
+        "{reply:?}"
+    );
 }
 
 async fn command_nodes(c: &mut Client) -> Vec<String> {
@@ -108,7 +112,12 @@ async fn non_admins_are_refused() {
     // Bob sees only what he may run.
     let nodes = command_nodes(&mut bob).await;
     assert_eq!(nodes, ["urn:xmpp:invite#invite"], "{nodes:?}");
-    for cmd in ["add-user", "delete-user", "get-online-users-list", "announce"] {
+    for cmd in [
+        "add-user",
+        "delete-user",
+        "get-online-users-list",
+        "announce",
+    ] {
         let reply = execute(&mut bob, &format!("{ADMIN}{cmd}")).await;
         assert_eq!(condition(&reply), "forbidden", "{cmd}");
     }
@@ -123,7 +132,16 @@ async fn non_admins_are_refused() {
         .await;
     assert_eq!(condition(&reply), "bad-request");
     let bare = xmppd::addr::parse_bare("bob@localhost").unwrap();
-    assert!(server.ctx().storage.accounts.get(&bare).await.unwrap().is_some());
+    assert!(
+        server
+            .ctx()
+            .storage
+            .accounts
+            .get(&bare)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +149,12 @@ async fn admin_adds_changes_disables_and_deletes_users() {
     let server = server().await;
     let mut boss = login(&server, "boss", "password").await.unwrap();
     let nodes = command_nodes(&mut boss).await;
-    for cmd in ["add-user", "delete-user", "disable-user", "change-user-password"] {
+    for cmd in [
+        "add-user",
+        "delete-user",
+        "disable-user",
+        "change-user-password",
+    ] {
         assert!(nodes.contains(&format!("{ADMIN}{cmd}")), "{nodes:?}");
     }
 
@@ -161,7 +184,10 @@ async fn admin_adds_changes_disables_and_deletes_users() {
     let reply = run(
         &mut boss,
         &format!("{ADMIN}change-user-password"),
-        &[("accountjid", &["carol@localhost"]), ("password", &["new one"])],
+        &[
+            ("accountjid", &["carol@localhost"]),
+            ("password", &["new one"]),
+        ],
     )
     .await;
     completed(&reply);
@@ -180,7 +206,16 @@ async fn admin_adds_changes_disables_and_deletes_users() {
     assert_eq!(carol.expect_stream_error().await, "not-authorized");
     assert!(login(&server, "carol", "new one").await.is_err());
     let carol_jid = xmppd::addr::parse_bare("carol@localhost").unwrap();
-    assert!(server.ctx().storage.accounts.get(&carol_jid).await.unwrap().is_some());
+    assert!(
+        server
+            .ctx()
+            .storage
+            .accounts
+            .get(&carol_jid)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Delete: bob's session ends and his account is gone.
     let mut bob = login(&server, "bob", "password").await.unwrap();
@@ -193,8 +228,26 @@ async fn admin_adds_changes_disables_and_deletes_users() {
     completed(&reply);
     assert_eq!(bob.expect_stream_error().await, "not-authorized");
     let bob_jid = xmppd::addr::parse_bare("bob@localhost").unwrap();
-    assert!(server.ctx().storage.accounts.get(&bob_jid).await.unwrap().is_none());
-    assert!(server.ctx().storage.accounts.get(&carol_jid).await.unwrap().is_none());
+    assert!(
+        server
+            .ctx()
+            .storage
+            .accounts
+            .get(&bob_jid)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        server
+            .ctx()
+            .storage
+            .accounts
+            .get(&carol_jid)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(login(&server, "bob", "password").await.is_err());
 
     // A JID of another domain is not ours to manage.

@@ -60,11 +60,17 @@ async fn open_registration_is_off_by_default() {
     let (mut c, features) = tls_stream(&server).await;
     assert!(has_register_feature(&features), "{features:?}");
     assert!(features.has_child("register", "urn:xmpp:ibr-token:0"));
-    let form = c.iq(&format!("<iq type='get'><query xmlns='{REG}'/></iq>")).await;
+    let form = c
+        .iq(&format!("<iq type='get'><query xmlns='{REG}'/></iq>"))
+        .await;
     assert_eq!(form.attr("type"), Some("result"), "{form:?}");
     let reply = register(&mut c, "newbie", "long enough password").await;
     assert_eq!(condition(&reply), "not-allowed");
-    assert!(login(&server, "newbie", "long enough password").await.is_err());
+    assert!(
+        login(&server, "newbie", "long enough password")
+            .await
+            .is_err()
+    );
 
     // Without invitations nothing is offered, and registering is still not allowed.
     let server = TestServer::start_with(|c| c.invites.enabled = false).await;
@@ -77,8 +83,10 @@ async fn open_registration_is_off_by_default() {
     // Before TLS, an iq is no negotiation step at all.
     let mut c = Client::connect(server.starttls_addr()).await;
     c.open_stream().await;
-    c.send(&format!("<iq type='get' id='x'><query xmlns='{REG}'/></iq>"))
-        .await;
+    c.send(&format!(
+        "<iq type='get' id='x'><query xmlns='{REG}'/></iq>"
+    ))
+    .await;
     assert_eq!(c.expect_stream_error().await, "not-authorized");
 }
 
@@ -93,7 +101,9 @@ async fn open_registration_with_its_limits() {
     .await;
     let (mut c, features) = tls_stream(&server).await;
     assert!(has_register_feature(&features));
-    let form = c.iq(&format!("<iq type='get'><query xmlns='{REG}'/></iq>")).await;
+    let form = c
+        .iq(&format!("<iq type='get'><query xmlns='{REG}'/></iq>"))
+        .await;
     let q = form.child("query", REG).unwrap();
     assert!(q.has_child("username", REG) && q.has_child("password", REG));
 
@@ -107,7 +117,9 @@ async fn open_registration_with_its_limits() {
         "conflict"
     );
     let reply = c
-        .iq(&format!("<iq type='set'><query xmlns='{REG}'><username>x</username></query></iq>"))
+        .iq(&format!(
+            "<iq type='set'><query xmlns='{REG}'><username>x</username></query></iq>"
+        ))
         .await;
     assert_eq!(condition(&reply), "not-acceptable");
     drop(c);
@@ -146,7 +158,9 @@ async fn password_change_over_tls() {
     let server = TestServer::start().await;
     server.add_user("alice", "password").await;
     let mut c = login(&server, "alice", "password").await.unwrap();
-    let info = c.iq(&format!("<iq type='get'><query xmlns='{REG}'/></iq>")).await;
+    let info = c
+        .iq(&format!("<iq type='get'><query xmlns='{REG}'/></iq>"))
+        .await;
     let q = info.child("query", REG).unwrap();
     assert!(q.has_child("registered", REG), "{info:?}");
 
@@ -157,16 +171,24 @@ async fn password_change_over_tls() {
              <password>{pw}</password></query></iq>"
         )
     };
-    assert_eq!(condition(&c.iq(&set("alice", "short")).await), "not-acceptable");
+    assert_eq!(
+        condition(&c.iq(&set("alice", "short")).await),
+        "not-acceptable"
+    );
     assert_eq!(condition(&c.iq(&set("alice", "")).await), "bad-request");
-    assert_eq!(condition(&c.iq(&set("bob", "new password!")).await), "bad-request");
+    assert_eq!(
+        condition(&c.iq(&set("bob", "new password!")).await),
+        "bad-request"
+    );
 
     let ok = c.iq(&set("alice", "new password!")).await;
     assert_eq!(ok.attr("type"), Some("result"), "{ok:?}");
     assert!(login(&server, "alice", "password").await.is_err());
     login(&server, "alice", "new password!").await.unwrap();
     // The session that changed it goes on.
-    let ping = c.iq("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let ping = c
+        .iq("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     assert_eq!(ping.attr("type"), Some("result"));
 }
 
@@ -205,7 +227,15 @@ async fn account_removal_closes_sessions_and_deletes_data() {
     assert_eq!(set.attr("type"), Some("result"));
     let alice = xmppd::addr::parse_bare("alice@localhost").unwrap();
     assert_eq!(
-        server.ctx().storage.roster.roster(&alice).await.unwrap().items.len(),
+        server
+            .ctx()
+            .storage
+            .roster
+            .roster(&alice)
+            .await
+            .unwrap()
+            .items
+            .len(),
         1
     );
 
@@ -225,9 +255,26 @@ async fn account_removal_closes_sessions_and_deletes_data() {
     // Both sessions end with not-authorized (XEP-0077 §3.2).
     assert_eq!(phone.expect_stream_error().await, "not-authorized");
     assert_eq!(laptop.expect_stream_error().await, "not-authorized");
-    assert!(server.ctx().storage.accounts.get(&alice).await.unwrap().is_none());
     assert!(
-        server.ctx().storage.roster.roster(&alice).await.unwrap().items.is_empty()
+        server
+            .ctx()
+            .storage
+            .accounts
+            .get(&alice)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        server
+            .ctx()
+            .storage
+            .roster
+            .roster(&alice)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
     );
     assert!(login(&server, "alice", "password").await.is_err());
 }
