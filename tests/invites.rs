@@ -404,3 +404,30 @@ async fn ctx_invite_gone(server: &TestServer, token: &str) -> bool {
         .unwrap()
         .is_none()
 }
+
+/// A real client library (slixmpp): Alice makes an invitation with XEP-0050, a new client
+/// registers with its token (XEP-0077 plus XEP-0445), and both see each other in their
+/// rosters (tests/interop/slixmpp_invite.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_registers_with_an_invitation() {
+    let server = server().await;
+    server.add_user("alice", "password").await;
+    let stdout = support::run_slixmpp(&server, "slixmpp_invite.py").await;
+    assert!(
+        stdout.contains("registered with the invitation"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("subscription: both"), "{stdout}");
+    let newbie = xmppd::addr::parse_bare("newbie@localhost").unwrap();
+    assert!(
+        server
+            .ctx()
+            .storage
+            .accounts
+            .get(&newbie)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    server.stop().await;
+}
