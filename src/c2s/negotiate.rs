@@ -91,17 +91,14 @@ pub(crate) async fn negotiate(
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
     }
-    if conn.framing.is_websocket() {
-        let origins = &ctx.config.websocket.allowed_origins;
-        crate::net::websocket::accept_upgrade(&mut conn.io, origins, |d| ctx.is_local_domain(d))
-            .await
-            .map_err(|e| {
-                debug!(error = %e, "WebSocket upgrade failed");
-                Ending::Gone
-            })?;
-        // wss://, or a loopback-only listener (checked by the configuration): no STARTTLS
-        // exists over WebSocket, and the transport is as private as TLS.
-        st.neg.set_secure();
+    if let MaybeTls::Link(link) = &conn.io {
+        st.peer_ip = Some(link.peer);
+        st.bindings = link.bindings.clone();
+        // No STARTTLS exists over HTTP transports: https://, or a loopback listener behind
+        // a TLS-terminating proxy, is as private as TLS.
+        if link.secure {
+            st.neg.set_secure();
+        }
     }
     loop {
         let event = conn.next_event().await?;
@@ -225,9 +222,7 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if conn.framing.is_websocket() {
-        tls.websocket_acceptor()
-    } else if direct {
+    let acceptor = if direct {
         tls.direct_c2s_acceptor()
     } else {
         tls.starttls_acceptor()

@@ -415,18 +415,13 @@ async fn serve_bound(
                 }
                 paused_until = pause(wait);
             }
-            read = crate::net::io::read_with(
-                &mut conn.io,
-                |bytes| (bytes.len(), conn.framing.feed(&mut conn.parser, bytes)),
-            ), if paused_until.is_none() => {
-                let (read_bytes, fed) = match read {
-                    Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),
-                    Ok(Some(read)) => read,
+            read = conn.read_some(), if paused_until.is_none() => {
+                let read_bytes = match read {
+                    Ok(n) => n,
+                    Err(Ending::Gone) => return LoopEnd::Lost(Ending::Gone),
+                    Err(ending) => return LoopEnd::Close(ending),
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                if let Err(e) = fed {
-                    return LoopEnd::Close(super::xml_ending(e));
-                }
                 let by_bytes = shaper.charge(read_bytes, 0, std::time::Instant::now());
                 let handled = handle_input(ctx, conn, state, &control, own_limit, &mut shaper);
                 let by_stanzas = match handled.await {
