@@ -1127,6 +1127,15 @@ async fn invites(s: Storage) {
     s.accounts.create(&j("b@x"), &creds(1)).await.unwrap();
     s.remove_account(&j("b@x")).await.unwrap();
     assert!(!i.is_admin(&j("b@x")).await.unwrap());
+    // A removed account's invitations go with it; others' stay.
+    i.put_invite(&invite("ofa", 1, 500)).await.unwrap();
+    let mut other = invite("ofc", 1, 500);
+    other.inviter = Some(j("c@x"));
+    i.put_invite(&other).await.unwrap();
+    s.accounts.create(&j("a@x"), &creds(1)).await.unwrap();
+    s.remove_account(&j("a@x")).await.unwrap();
+    assert_eq!(i.invite("ofa").await.unwrap(), None);
+    assert!(i.invite("ofc").await.unwrap().is_some());
 }
 
 async fn concurrent_invite_uses(s: Storage) {

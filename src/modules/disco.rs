@@ -112,7 +112,7 @@ async fn node_query(
     query: &Element,
     node: &str,
 ) -> Result<Option<Element>, StanzaError> {
-    let (IqTarget::Server(_), Some(provider), Some(requester)) = (
+    let (IqTarget::Server(domain), Some(provider), Some(requester)) = (
         target,
         ctx.registry.server_node(node),
         iq.attr("from").and_then(crate::addr::parse),
@@ -120,8 +120,8 @@ async fn node_query(
         return Err(StanzaError::item_not_found());
     };
     let children = match query.ns == ns::DISCO_ITEMS {
-        true => provider.items(ctx, node, &requester).await,
-        false => provider.info(ctx, node, &requester).await,
+        true => provider.items(ctx, domain.as_str(), node, &requester).await,
+        false => provider.info(ctx, domain.as_str(), node, &requester).await,
     };
     let Some(children) = children else {
         return Err(StanzaError::item_not_found());

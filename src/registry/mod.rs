@@ -323,11 +323,24 @@ pub trait NonzaHandler: Send + Sync {
 #[async_trait]
 pub trait ServerNodes: Send + Sync {
     fn handles(&self, node: &str) -> bool;
-    /// The disco#info children (identities, features) of `node`; `None`: no such node
-    /// for this requester.
-    async fn info(&self, ctx: &Arc<Context>, node: &str, requester: &Jid) -> Option<Vec<Element>>;
-    /// The disco#items of `node`; `None`: no such node for this requester.
-    async fn items(&self, ctx: &Arc<Context>, node: &str, requester: &Jid) -> Option<Vec<Element>>;
+    /// The disco#info children (identities, features) of `node` of the vhost `domain`;
+    /// `None`: no such node for this requester.
+    async fn info(
+        &self,
+        ctx: &Arc<Context>,
+        domain: &str,
+        node: &str,
+        requester: &Jid,
+    ) -> Option<Vec<Element>>;
+    /// The disco#items of `node` of the vhost `domain`; `None`: no such node for this
+    /// requester.
+    async fn items(
+        &self,
+        ctx: &Arc<Context>,
+        domain: &str,
+        node: &str,
+        requester: &Jid,
+    ) -> Option<Vec<Element>>;
 }
 
 /// A client stream before authentication, as a [`PreAuthHandler`] sees it.

@@ -668,6 +668,12 @@ impl Storage {
         self.pubsub.remove_service(jid.as_str()).await?;
         self.profiles.remove_user(jid.as_str()).await?;
         self.invites.set_admin(jid, false).await?;
+        // Its invitations would make a removed account the contact of their invitees.
+        for invite in self.invites.invites().await? {
+            if invite.inviter.as_ref() == Some(jid) {
+                self.invites.remove_invite(&invite.token).await?;
+            }
+        }
         Ok(existed)
     }
 }

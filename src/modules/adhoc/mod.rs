@@ -361,7 +361,13 @@ impl ServerNodes for CommandNodes {
         node == NS || self.table.find(node).is_some()
     }
 
-    async fn info(&self, ctx: &Arc<Context>, node: &str, requester: &Jid) -> Option<Vec<Element>> {
+    async fn info(
+        &self,
+        ctx: &Arc<Context>,
+        _domain: &str,
+        node: &str,
+        requester: &Jid,
+    ) -> Option<Vec<Element>> {
         let identity = |kind: &str, name: &str| {
             Element::new("identity", ns::DISCO_INFO)
                 .with_attr("category", "automation")
@@ -384,19 +390,23 @@ impl ServerNodes for CommandNodes {
         ])
     }
 
-    async fn items(&self, ctx: &Arc<Context>, node: &str, requester: &Jid) -> Option<Vec<Element>> {
+    async fn items(
+        &self,
+        ctx: &Arc<Context>,
+        domain: &str,
+        node: &str,
+        requester: &Jid,
+    ) -> Option<Vec<Element>> {
         if node != NS {
             return None;
         }
-        // Items name the vhost the request was for: every command runs on any of them.
-        let domain = ctx.default_domain();
         Some(
             self.visible(ctx, requester)
                 .await
                 .into_iter()
                 .map(|c| {
                     Element::new("item", ns::DISCO_ITEMS)
-                        .with_attr("jid", domain.clone())
+                        .with_attr("jid", domain)
                         .with_attr("node", c.node())
                         .with_attr("name", c.name())
                 })

@@ -52,6 +52,12 @@ async fn sweep(ctx: Arc<Context>, shutdown: tokio_util::sync::CancellationToken)
 /// Makes `a` and `b` (local accounts) mutual contacts: both roster items `both`, pushed to
 /// their sessions, and each one's presence probed for the other.
 pub async fn make_mutual(ctx: &Arc<Context>, a: &BareJid, b: &BareJid) -> Result<(), StorageError> {
+    for user in [a, b] {
+        if super::roster::roster_full(ctx, user).await? {
+            tracing::info!(%user, "roster full: the invitation makes no contacts");
+            return Ok(());
+        }
+    }
     for (user, contact) in [(a, b), (b, a)] {
         let mut item = ctx
             .storage
