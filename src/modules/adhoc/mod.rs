@@ -490,3 +490,41 @@ pub mod form {
         value(x, var).is_some_and(|v| v == "1" || v == "true")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(owner: &str, timeout: Duration) -> Session {
+        Session {
+            node: "n",
+            owner: crate::addr::parse(owner).unwrap(),
+            expires: Instant::now() + timeout,
+            state: None,
+        }
+    }
+
+    #[test]
+    fn sessions_are_bounded_owned_and_expire() {
+        let s = Sessions {
+            max: 2,
+            timeout: Duration::from_secs(60),
+            map: Mutex::new(HashMap::new()),
+        };
+        let a = s.start(session("a@x/r", Duration::from_secs(60))).unwrap();
+        let b = s.start(session("a@x/r", Duration::ZERO)).unwrap();
+        // Full with a live one and an expired one: the expired one makes room.
+        let c = s.start(session("a@x/r", Duration::from_secs(60))).unwrap();
+        assert!(s.start(session("a@x/r", Duration::from_secs(60))).is_none());
+        let owner = crate::addr::parse("a@x/r").unwrap();
+        let other = crate::addr::parse("b@x/r").unwrap();
+        assert!(matches!(s.take(&a, "n", &other), Taken::Unknown));
+        assert!(matches!(s.take(&a, "other", &owner), Taken::Unknown));
+        assert!(matches!(s.take(&a, "n", &owner), Taken::Found(_)));
+        assert!(matches!(s.take(&a, "n", &owner), Taken::Unknown));
+        assert!(matches!(s.take(&b, "n", &owner), Taken::Unknown));
+        assert!(matches!(s.take(&c, "n", &owner), Taken::Found(_)));
+        let d = s.start(session("a@x/r", Duration::ZERO)).unwrap();
+        assert!(matches!(s.take(&d, "n", &owner), Taken::Expired));
+    }
+}
