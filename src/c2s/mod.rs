@@ -85,6 +85,11 @@ async fn serve_connection(
     _permit: impl Send,
 ) -> Option<Box<SessionState>> {
     let _ = tcp.set_nodelay(true);
+    let _counted = ctx.metrics.c2s_connection(if websocket {
+        crate::metrics::Transport::Websocket
+    } else {
+        crate::metrics::Transport::Tcp
+    });
     let mut conn = Connection::new(MaybeTls::Plain(tcp), StreamKind::Client, &ctx.config);
     if websocket {
         conn.framing = Framing::websocket(ctx.config.limits.max_stanza_bytes);

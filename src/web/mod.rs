@@ -13,13 +13,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tower_layer::Layer;
 use tracing::{Instrument, debug, info_span};
 
 use crate::config::{HttpConfig, TlsMode};
@@ -46,6 +48,9 @@ pub fn router(ctx: &Arc<Context>) -> Router {
         .state::<crate::modules::upload::UploadService>()
     {
         router = router.merge(crate::modules::upload::http::routes(ctx.clone(), upload));
+    }
+    if let Some(metrics) = crate::metrics::http::routes(ctx.clone()) {
+        router = router.merge(metrics);
     }
     router.fallback(|| async { StatusCode::NOT_FOUND })
 }
@@ -83,20 +88,20 @@ impl Web {
                         _ = shutdown.cancelled() => return,
                     };
                     match tls {
-                        Ok(Ok(tls)) => self.serve_io(tls, &shutdown).await,
+                        Ok(Ok(tls)) => self.serve_io(tls, peer, &shutdown).await,
                         Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                         Err(_) => debug!("TLS handshake timed out"),
                     }
                 }
                 // Validation refuses STARTTLS on HTTP listeners.
-                TlsMode::None | TlsMode::Starttls => self.serve_io(tcp, &shutdown).await,
+                TlsMode::None | TlsMode::Starttls => self.serve_io(tcp, peer, &shutdown).await,
             }
         }
         .instrument(span)
         .await;
     }
 
-    async fn serve_io<I>(&self, io: I, shutdown: &CancellationToken)
+    async fn serve_io<I>(&self, io: I, peer: SocketAddr, shutdown: &CancellationToken)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -113,7 +118,9 @@ impl Web {
             .max_concurrent_streams(64)
             .keep_alive_interval(Some(Duration::from_secs(60)))
             .keep_alive_timeout(Duration::from_secs(self.cfg.header_timeout_secs));
-        let service = TowerToHyperService::new(self.router.clone());
+        // Handlers that check who is asking (`/metrics`) read the TCP peer from here.
+        let router = Extension(ConnectInfo(peer)).layer(self.router.clone());
+        let service = TowerToHyperService::new(router);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
