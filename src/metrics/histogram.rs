@@ -58,19 +58,20 @@ impl TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        // Read once: concurrent observations may land between loads, which only makes
-        // this scrape a moment older for some buckets; counts stay cumulative.
-        let mut cumulative = 0u64;
+        // Per-bucket counts: the encoder makes them cumulative. Observations landing
+        // while this reads only make some buckets a moment older for this scrape.
+        let mut count = 0u64;
         let mut buckets = Vec::with_capacity(BOUNDS_MICROS.len() + 1);
         for (i, b) in self.inner.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
+            let n = b.load(Ordering::Relaxed);
+            count += n;
             let bound = BOUNDS_MICROS
                 .get(i)
                 .map_or(f64::INFINITY, |&m| m as f64 / 1e6);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, n));
         }
         let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
