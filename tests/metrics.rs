@@ -49,7 +49,8 @@ async fn get(addr: SocketAddr, from: Option<&str>, extra: &str) -> Response {
         None => TcpStream::connect(addr).await.unwrap(),
     };
     let mut tcp = tcp;
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
+    let req =
+        format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n");
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(TIMEOUT, tcp.read_to_end(&mut raw))
@@ -72,7 +73,10 @@ async fn get(addr: SocketAddr, from: Option<&str>, extra: &str) -> Response {
         })
         .unwrap_or_default();
     // Connection: close, so the body is what follows, possibly chunked.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -116,7 +120,9 @@ fn parse(text: &str) -> Vec<Sample> {
         let (series, value) = line.rsplit_once(' ').expect("series and value");
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series.to_string(), BTreeMap::new()),
@@ -204,11 +210,19 @@ async fn scraped_metrics_follow_the_traffic() {
     let before = parse(&r.body);
     assert_eq!(value(&before, "xmppd_sessions", &[]), 0.0);
     assert_eq!(
-        value(&before, "xmppd_auth_failures_total", &[("mechanism", "SCRAM-SHA-256")]),
+        value(
+            &before,
+            "xmppd_auth_failures_total",
+            &[("mechanism", "SCRAM-SHA-256")]
+        ),
         0.0
     );
     assert_eq!(
-        value(&before, "xmppd_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        value(
+            &before,
+            "xmppd_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
         1.0
     );
 
@@ -238,7 +252,9 @@ async fn scraped_metrics_follow_the_traffic() {
         .send("<message to='carol@localhost' type='chat' id='off'><body>later</body></message>")
         .await;
     // An iq round trip: when its answer is back, the message before it was handled.
-    let pong = alice.iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let pong = alice
+        .iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     assert_eq!(pong.attr("type"), Some("result"));
     drop(failed);
 
@@ -255,7 +271,11 @@ async fn scraped_metrics_follow_the_traffic() {
     };
     assert_eq!(value(&s, "xmppd_sessions", &[]), 2.0);
     assert_eq!(
-        value(&s, "xmppd_auth_failures_total", &[("mechanism", "SCRAM-SHA-256")]),
+        value(
+            &s,
+            "xmppd_auth_failures_total",
+            &[("mechanism", "SCRAM-SHA-256")]
+        ),
         1.0
     );
     assert_eq!(stanzas("c2s", "in", "message"), (MESSAGES + 1) as f64);
@@ -273,16 +293,13 @@ async fn scraped_metrics_follow_the_traffic() {
     // Each message to bob is archived for both; the offline one for alice (and carol).
     assert!(value(&s, "xmppd_archived_messages", &[]) >= (2 * MESSAGES + 1) as f64);
     // Storage latencies: one observation per timed call.
-    let count = |op| {
-        value(
-            &s,
-            "xmppd_storage_latency_seconds_count",
-            &[("op", op)],
-        )
-    };
+    let count = |op| value(&s, "xmppd_storage_latency_seconds_count", &[("op", op)]);
     assert!(count("archive_append") >= (2 * MESSAGES) as f64);
     assert_eq!(count("offline_store"), 1.0);
-    assert!(count("offline_fetch") >= 2.0, "fetched at each initial presence");
+    assert!(
+        count("offline_fetch") >= 2.0,
+        "fetched at each initial presence"
+    );
     let inf = value(
         &s,
         "xmppd_storage_latency_seconds_bucket",
