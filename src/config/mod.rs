@@ -47,6 +47,33 @@ pub struct Config {
     pub http: HttpConfig,
     /// XEP-0363 HTTP file upload on `upload.<vhost>`.
     pub upload: UploadConfig,
+    /// Prometheus metrics at `GET /metrics` on the HTTP listeners.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics at `GET /metrics` on the `http` listeners: off by default, and
+/// then only for the listed peer addresses, so they are never public by accident.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (otherwise it answers 404).
+    pub enabled: bool,
+    /// Peer addresses that may scrape: IP addresses or CIDR networks (`10.0.0.0/8`).
+    /// Others get 403. The TCP peer counts, never `X-Forwarded-For`.
+    pub allow: Vec<String>,
+    /// Seconds between two readings of the stored offline and archive totals (they sum
+    /// per-account counters, one read per account); scrapes in between reuse the last.
+    pub storage_sample_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            allow: vec!["127.0.0.1".into(), "::1".into()],
+            storage_sample_secs: 60,
+        }
+    }
 }
 
 /// Limits of the embedded HTTP server (listeners of kind `http`).
@@ -656,6 +683,7 @@ impl Default for Config {
             external_services: Vec::new(),
             http: HttpConfig::default(),
             upload: UploadConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
