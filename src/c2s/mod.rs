@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::config::TlsMode;
 use crate::context::Context;
+use crate::metrics::Transport;
 use crate::net::io::MaybeTls;
 use crate::net::link::Link;
 use crate::net::tls::TlsContext;
@@ -42,7 +43,11 @@ pub async fn serve(
     let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
     let _ = tcp.set_nodelay(true);
     let conn = Connection::new(MaybeTls::Plain(tcp), StreamKind::Client, &ctx.config);
-    serve_stream(ctx, tls, conn, mode, conn_id, shutdown, permit, span).await;
+    let transport = Transport::Tcp;
+    serve_stream(
+        ctx, tls, conn, mode, transport, conn_id, shutdown, permit, span,
+    )
+    .await;
 }
 
 /// Serves a client stream the HTTP server carries (WebSocket, BOSH) as [`serve`] does a
@@ -51,13 +56,19 @@ pub async fn serve_link(
     ctx: Arc<Context>,
     tls: TlsContext,
     link: Link,
-    transport: &'static str,
+    transport: Transport,
     conn_id: u64,
     shutdown: CancellationToken,
     permit: impl Send + 'static,
 ) {
     let peer = link.peer;
-    let span = info_span!("c2s", conn = conn_id, %peer, transport, jid = tracing::field::Empty);
+    let span = info_span!(
+        "c2s",
+        conn = conn_id,
+        %peer,
+        transport = transport.label(),
+        jid = tracing::field::Empty
+    );
     let conn = Connection::new(
         MaybeTls::Link(Box::new(link)),
         StreamKind::Client,
@@ -68,6 +79,7 @@ pub async fn serve_link(
         tls,
         conn,
         TlsMode::None,
+        transport,
         conn_id,
         shutdown,
         permit,
@@ -82,6 +94,7 @@ async fn serve_stream(
     tls: TlsContext,
     conn: Connection,
     mode: TlsMode,
+    transport: Transport,
     conn_id: u64,
     shutdown: CancellationToken,
     permit: impl Send + 'static,
@@ -89,7 +102,7 @@ async fn serve_stream(
 ) {
     // Boxed: a task's future is as large as its largest state, and a hibernated session
     // should not keep the space its connection needed (buffers, negotiation, closing).
-    let connection = serve_connection(&ctx, tls, conn, mode, conn_id, &shutdown, permit);
+    let connection = serve_connection(&ctx, tls, conn, mode, transport, conn_id, &shutdown, permit);
     let hibernating = Box::pin(connection).instrument(span.clone()).await;
     if let Some(state) = hibernating {
         Box::pin(sm::hibernate(&ctx, state, shutdown))
@@ -125,10 +138,12 @@ async fn serve_connection(
     tls: TlsContext,
     mut conn: Connection,
     mode: TlsMode,
+    transport: Transport,
     conn_id: u64,
     shutdown: &CancellationToken,
     _permit: impl Send,
 ) -> Option<Box<SessionState>> {
+    let _counted = ctx.metrics.c2s_connection(transport);
     let default_domain = ctx.default_domain();
     let negotiation = Box::pin(negotiate_in_time(
         ctx, &tls, &mut conn, mode, conn_id, shutdown,

@@ -390,6 +390,7 @@ async fn authenticate(
         }
         Err(e) => {
             st.failures += 1;
+            ctx.metrics.auth_failure(mechanism.map(|m| m.name()));
             let verdict = st
                 .peer_ip
                 .map(|ip| ctx.auth_throttle.failure(ip, tokio::time::Instant::now()));

@@ -51,6 +51,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// Invitations (XEP-0401, XEP-0379, XEP-0445): account and contact invites.
     pub invites: InvitesConfig,
+    /// Prometheus metrics at `GET /metrics` on the HTTP listeners.
+    pub metrics: MetricsConfig,
 }
 
 /// XEP-0077 open in-band registration. Password changes and account removal by the
@@ -130,6 +132,31 @@ impl Default for InvitesConfig {
             max_expiry_secs: 90 * 86_400,
             max_per_user: 20,
             base_url: None,
+        }
+    }
+}
+
+/// Prometheus metrics at `GET /metrics` on the `http` listeners: off by default, and
+/// then only for the listed peer addresses, so they are never public by accident.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (otherwise it answers 404).
+    pub enabled: bool,
+    /// Peer addresses that may scrape: IP addresses or CIDR networks (`10.0.0.0/8`).
+    /// Others get 403. The TCP peer counts, never `X-Forwarded-For`.
+    pub allow: Vec<String>,
+    /// Seconds between two readings of the stored offline and archive totals (they sum
+    /// per-account counters, one read per account); scrapes in between reuse the last.
+    pub storage_sample_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            allow: vec!["127.0.0.1".into(), "::1".into()],
+            storage_sample_secs: 60,
         }
     }
 }
@@ -757,6 +784,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             registration: RegistrationConfig::default(),
             invites: InvitesConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

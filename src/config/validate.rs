@@ -247,6 +247,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     validate_websocket(cfg, &mut errs);
     validate_upload(cfg, &mut errs);
     validate_http(cfg, &mut errs);
+    validate_metrics(cfg, &mut errs);
 
     if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
         errs.push(ConfigError::invalid(
@@ -747,6 +748,18 @@ fn validate_http(cfg: &Config, errs: &mut Vec<ConfigError>) {
             cfg.http.max_header_bytes.to_string(),
             "must be at least 8192",
         ));
+    }
+}
+
+fn validate_metrics(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    for (i, entry) in cfg.metrics.allow.iter().enumerate() {
+        if crate::metrics::http::parse_allowed(entry).is_none() {
+            errs.push(ConfigError::invalid(
+                format!("metrics.allow[{i}]"),
+                quote(entry),
+                "must be an IP address or a CIDR network (\"10.0.0.0/8\")",
+            ));
+        }
     }
 }
 

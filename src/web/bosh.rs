@@ -319,7 +319,7 @@ fn create(
         ctx.clone(),
         web.tls.clone(),
         link,
-        "bosh",
+        crate::metrics::Transport::Bosh,
         conn_id,
         web.bosh.shutdown.child_token(),
         (),

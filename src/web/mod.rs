@@ -110,6 +110,9 @@ pub fn router(ctx: &Arc<Context>, transports: Arc<Transports>) -> Router {
     if ctx.config.invites.enabled {
         router = router.merge(crate::modules::invites::page::routes(ctx.clone()));
     }
+    if let Some(metrics) = crate::metrics::http::routes(ctx.clone()) {
+        router = router.merge(metrics);
+    }
     router.fallback(|| async { StatusCode::NOT_FOUND })
 }
 

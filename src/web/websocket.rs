@@ -71,7 +71,7 @@ pub async fn upgrade(
             web.ctx.clone(),
             web.tls.clone(),
             link,
-            "websocket",
+            crate::metrics::Transport::Websocket,
             conn_id,
             conn.shutdown.clone(),
             conn.permit.clone(),
