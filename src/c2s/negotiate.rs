@@ -163,7 +163,13 @@ async fn authenticated_element(
                 let previd = el.attr("previd").unwrap_or_default();
                 match sm::take_over(ctx, bare, previd).await {
                     // Returned at once: the state must not wait at an await point.
-                    Ok(state) => return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el)))),
+                    Ok(state) => {
+                        // The session is now as private as the stream that took it over.
+                        let (b, secure) = (&state.bound, st.neg.is_secure());
+                        ctx.sessions
+                            .update(&b.bare, &b.resource, b.conn_id, |s| s.secure = secure);
+                        return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el))));
+                    }
                     // The client may bind a new resource instead (XEP-0198 §5).
                     Err(failed) => {
                         st.resume_failures += 1;
