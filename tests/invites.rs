@@ -431,3 +431,37 @@ async fn slixmpp_registers_with_an_invitation() {
     );
     server.stop().await;
 }
+
+/// With the server stopped, `xmppd invite create` writes to the storage itself; the
+/// server started later accepts the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_creates_invitations_while_the_server_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[[vhost]]\ndomain = \"localhost\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xmppd"))
+        .args(["invite", "create", "-c", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let token = token_of(stdout(&out).lines().next().unwrap());
+    let cfg = support::test_config(dir.path());
+    let handle = xmppd::server::start(cfg.clone()).await.unwrap();
+    let server = TestServer {
+        handle: Some(handle),
+        dir,
+        config: cfg,
+    };
+    let (pre, reg) = register_with(&server, &token, "later").await;
+    assert_eq!(pre.attr("type"), Some("result"), "{pre:?}");
+    assert_eq!(reg.unwrap().attr("type"), Some("result"));
+    login(&server, "later", "a good password").await.unwrap();
+    server.stop().await;
+}
