@@ -42,6 +42,45 @@ pub enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Import accounts and their data into the database (the server must be stopped).
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        source: ImportSource,
+        /// Largest file read whole (Prosody files, users file), in bytes.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_file_bytes)]
+        max_file_bytes: u64,
+        /// Largest XML element held while reading XEP-0227, in bytes.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_element_bytes)]
+        max_element_bytes: usize,
+    },
+    /// Export every account and its data as XEP-0227 (the server must be stopped).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only accounts of this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Output file (created with mode 0600); standard output without it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A XEP-0227 file (also what `ejabberdctl export_piefxis` writes).
+    Xep0227 { file: PathBuf },
+    /// A Prosody data dir (internal storage), e.g. /var/lib/prosody.
+    Prosody {
+        data_dir: PathBuf,
+        /// Only this host (repeatable); default: every host with accounts.
+        #[arg(long)]
+        host: Vec<String>,
+    },
+    /// A users file: `user@domain:password` per line (see docs/operations.md).
+    Users { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +128,65 @@ where
         Command::Serve { config } => run_serve(config.as_deref(), serve),
         Command::Check { config } => run_check(&config),
         Command::User { action } => run_user(action),
+        Command::Import {
+            config,
+            source,
+            max_file_bytes,
+            max_element_bytes,
+        } => {
+            let source = match source {
+                ImportSource::Xep0227 { file } => crate::migrate::Source::Xep0227(file),
+                ImportSource::Prosody { data_dir, host } => crate::migrate::Source::Prosody {
+                    data_dir,
+                    hosts: (!host.is_empty()).then_some(host),
+                },
+                ImportSource::Users { file } => crate::migrate::Source::Users(file),
+            };
+            let limits = crate::migrate::Limits {
+                max_file_bytes,
+                max_element_bytes,
+                ..Default::default()
+            };
+            run_offline(config.as_deref(), async |cfg| {
+                crate::migrate::run_import(cfg, &source, &limits)
+                    .await
+                    .map(|r| r.to_string())
+            })
+        }
+        Command::Export {
+            config,
+            domain,
+            output,
+        } => run_offline(config.as_deref(), async |cfg| {
+            crate::migrate::run_export(cfg, domain.as_deref(), output.as_deref())
+                .await
+                .map(|n| format!("exported {n} account(s)"))
+        }),
+    }
+}
+
+/// Runs a command on the stopped server's storage; its message goes to stderr (standard
+/// output may carry an export).
+fn run_offline(
+    path: Option<&Path>,
+    f: impl AsyncFnOnce(&Config) -> Result<String, String>,
+) -> ExitCode {
+    let Some(cfg) = load_config(path) else {
+        return ExitCode::FAILURE;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(f(&cfg)) {
+        Ok(msg) => {
+            eprintln!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dns;
+pub mod migrate;
 pub mod modules;
 pub mod net;
 pub mod registry;
