@@ -230,3 +230,429 @@ async fn prosody_data_dir_imports_with_old_passwords_working() {
     );
     server.stop().await;
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn bare(s: &str) -> xmppd::addr::BareJid {
+    xmppd::addr::parse_bare(s).unwrap()
+}
+
+const CAPULET: &str = "capulet.lit";
+
+fn capulet_ok(d: &str) -> bool {
+    d == CAPULET
+}
+
+async fn import_0227(
+    storage: &xmppd::storage::Storage,
+    path: &std::path::Path,
+    limits: &migrate::Limits,
+) -> Result<migrate::Report, migrate::MigrateError> {
+    migrate::xep0227::import(path, storage, limits, 4096, &capulet_ok).await
+}
+
+/// Everything stored for an account, comparable across databases (archive UIDs are not:
+/// each database makes its own).
+async fn snapshot(storage: &xmppd::storage::Storage, jid: &str) -> String {
+    let j = bare(jid);
+    let creds = storage.accounts.get(&j).await.unwrap();
+    let roster = storage.roster.roster(&j).await.unwrap().items;
+    let offline: Vec<String> = storage
+        .offline
+        .list(&j)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.stanza)
+        .collect();
+    let vcard = storage.profiles.vcard(jid).await.unwrap();
+    let private = storage.profiles.private_all(jid).await.unwrap();
+    let mut pep = Vec::new();
+    for (name, record) in storage.pubsub.nodes(jid).await.unwrap() {
+        let items: Vec<(String, String)> = storage
+            .pubsub
+            .items(jid, &name, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.id, i.payload))
+            .collect();
+        pep.push((name, record, items));
+    }
+    let archive: Vec<(u64, String, String)> = storage
+        .archive
+        .query(&j, &xmppd::storage::ArchiveQuery::default())
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| (m.pos.micros, m.with, m.stanza))
+        .collect();
+    format!("{creds:?}\n{roster:?}\n{offline:?}\n{vcard:?}\n{private:?}\n{pep:?}\n{archive:?}")
+}
+
+#[tokio::test]
+async fn ejabberd_piefxis_imports_and_passwords_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(dir.path(), CAPULET);
+    let report = migrate::run_import(
+        &cfg,
+        &migrate::Source::Xep0227(fixture("ejabberd_piefxis.xml")),
+        &migrate::Limits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.accounts, 2, "{report}");
+    assert_eq!(report.sha1_only, 0, "{report}");
+    assert_eq!(
+        (
+            report.roster_items,
+            report.offline,
+            report.vcards,
+            report.private
+        ),
+        (2, 1, 1, 1),
+        "{report}"
+    );
+    assert_eq!(
+        (report.pep_nodes, report.pep_items, report.archived),
+        (1, 1, 1),
+        "{report}"
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("urn:example:unknown")),
+        "{report}"
+    );
+
+    let server = start_on(dir.path(), CAPULET, |_| {}).await;
+    let addr = server.starttls_addr();
+    for mech in [Mech::ScramSha1, Mech::ScramSha256, Mech::Plain] {
+        let c = Client::login_opts(addr, "juliet", opts(mech, "pencil", CAPULET))
+            .await
+            .unwrap();
+        c.close().await;
+    }
+    let mut nurse = Client::login_opts(addr, "nurse", opts(Mech::ScramSha256, "s3crEt", CAPULET))
+        .await
+        .unwrap();
+    assert_eq!(roster_of(&mut nurse).await.elements().count(), 0);
+    nurse.close().await;
+    let mut juliet = Client::login_opts(addr, "juliet", opts(Mech::ScramSha1, "pencil", CAPULET))
+        .await
+        .unwrap();
+    let roster = roster_of(&mut juliet).await;
+    let romeo = roster
+        .elements()
+        .find(|i| i.attr("jid") == Some("romeo@montague.net"))
+        .unwrap();
+    assert_eq!(romeo.attr("subscription"), Some("both"));
+    assert_eq!(
+        romeo.child_text("group", "jabber:iq:roster").as_deref(),
+        Some("Friends")
+    );
+    let nurse_item = roster
+        .elements()
+        .find(|i| i.attr("jid") == Some("nurse@capulet.lit"))
+        .unwrap();
+    assert_eq!(nurse_item.attr("ask"), Some("subscribe"));
+    assert_eq!(
+        vcard_of(&mut juliet)
+            .await
+            .child_text("FN", "vcard-temp")
+            .as_deref(),
+        Some("Juliet Capulet")
+    );
+    let private = juliet
+        .iq("<iq type='get'><query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query></iq>")
+        .await;
+    assert!(
+        format!("{private:?}").contains("Juliet & co"),
+        "{private:?}"
+    );
+    juliet.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn xep0227_export_import_round_trip() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let sa = xmppd::storage::Storage::open_sled(&a.path().join("db")).unwrap();
+    import_0227(
+        &sa,
+        &fixture("ejabberd_piefxis.xml"),
+        &migrate::Limits::default(),
+    )
+    .await
+    .unwrap();
+    // A SHA-1-only account too.
+    let legacy = xmppd::sasl::StoredCredentials::sha1_only(
+        xmppd::sasl::StoredCredentials::from_password("old", 4096)
+            .unwrap()
+            .sha1,
+    );
+    sa.accounts
+        .create(&bare("tybalt@capulet.lit"), &legacy)
+        .await
+        .unwrap();
+    let export = a.path().join("export.xml");
+    let mut out = Vec::new();
+    let n = migrate::xep0227::export(&sa, None, &mut out).await.unwrap();
+    assert_eq!(n, 3);
+    std::fs::write(&export, &out).unwrap();
+    let sb = xmppd::storage::Storage::open_sled(&b.path().join("db")).unwrap();
+    let report = import_0227(&sb, &export, &migrate::Limits::default())
+        .await
+        .unwrap();
+    assert_eq!((report.accounts, report.sha1_only), (3, 1), "{report}");
+    assert_eq!(
+        (report.offline, report.archived, report.pep_items),
+        (1, 1, 1),
+        "{report}"
+    );
+    for jid in [
+        "juliet@capulet.lit",
+        "nurse@capulet.lit",
+        "tybalt@capulet.lit",
+    ] {
+        assert_eq!(snapshot(&sa, jid).await, snapshot(&sb, jid).await, "{jid}");
+    }
+    // And the second export is the first one again (except archive UIDs).
+    let mut again = Vec::new();
+    migrate::xep0227::export(&sb, None, &mut again)
+        .await
+        .unwrap();
+    let strip_ids = |s: &[u8]| {
+        let s = String::from_utf8_lossy(s).into_owned();
+        s.split("<result")
+            .map(|p| {
+                p.split_once("'>")
+                    .map_or(p.to_string(), |(_, r)| r.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    assert_eq!(strip_ids(&out), strip_ids(&again));
+}
+
+#[tokio::test]
+async fn users_file_creates_accounts_that_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(dir.path(), CAPULET);
+    let file = dir.path().join("users.txt");
+    std::fs::write(
+        &file,
+        "# bulk\nromeo@capulet.lit:wherefore: art thou\n\n\
+         benvolio@capulet.lit:{SCRAM-SHA-1}4096$QSXCR+Q6sek8bf92$6dlGYMOdZcOPutkcNY8U2g7vK9Y=$D+CSWLOshSulAsxiupA+qs2/fTE=\n",
+    )
+    .unwrap();
+    let report = migrate::run_import(
+        &cfg,
+        &migrate::Source::Users(file),
+        &migrate::Limits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.accounts, report.sha1_only), (2, 1), "{report}");
+    let server = start_on(dir.path(), CAPULET, |_| {}).await;
+    let addr = server.starttls_addr();
+    Client::login_opts(
+        addr,
+        "romeo",
+        opts(Mech::ScramSha256, "wherefore: art thou", CAPULET),
+    )
+    .await
+    .unwrap()
+    .close()
+    .await;
+    Client::login_opts(addr, "benvolio", opts(Mech::ScramSha1, "pencil", CAPULET))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    server.stop().await;
+}
+
+/// Accounts in a database (opened after the import closed it).
+async fn accounts_in(dir: &std::path::Path) -> usize {
+    let s = xmppd::storage::Storage::open_sled(&dir.join("db")).unwrap();
+    s.accounts.list().await.unwrap().len()
+}
+
+#[tokio::test]
+async fn hostile_import_files_give_clear_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_for(&dir.path().join("data"), CAPULET);
+    let limits = migrate::Limits {
+        max_file_bytes: 64 * 1024,
+        max_element_bytes: 32 * 1024,
+        max_depth: 16,
+    };
+    let good = std::fs::read_to_string(fixture("ejabberd_piefxis.xml")).unwrap();
+    let huge_text = format!(
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='capulet.lit'><user name='a' password='p'>\
+         <vCard xmlns='vcard-temp'><FN>{}</FN></vCard></user></host></server-data>",
+        "x".repeat(1 << 20)
+    );
+    let huge_tag = format!(
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='capulet.lit'><user name='a' password='p'>\
+         <vCard xmlns='vcard-temp' a='{}'/></user></host></server-data>",
+        "x".repeat(1 << 20)
+    );
+    let deep = format!(
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='capulet.lit'><user name='a' password='p'>\
+         <vCard xmlns='vcard-temp'>{}{}</vCard></user></host></server-data>",
+        "<a>".repeat(100),
+        "</a>".repeat(100)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() * 3 / 4].to_string(),
+            "truncated",
+        ),
+        ("cut in a tag", good[..good.len() - 8].to_string(), ""),
+        ("huge text", huge_text, "max-element-bytes"),
+        ("huge tag", huge_tag, "max-element-bytes"),
+        ("deep", deep, "deeply"),
+        ("mismatched", good.replace("</vCard>", "</vcard>"), ""),
+        (
+            "entity bomb",
+            "<!DOCTYPE x [<!ENTITY a 'aaaa'>]><server-data xmlns='urn:xmpp:pie:0'/>".into(),
+            "DOCTYPE",
+        ),
+        ("wrong root", "<html/>".into(), "server-data"),
+        (
+            "unknown host",
+            good.replace("capulet.lit", "verona.lit"),
+            "not configured",
+        ),
+        (
+            "bad scram",
+            good.replace(
+                "<iter-count>4096</iter-count>",
+                "<iter-count>-1</iter-count>",
+            ),
+            "iter-count",
+        ),
+        (
+            "xinclude",
+            "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>\
+             <xi:include href='/etc/passwd'/></server-data>"
+                .into(),
+            "XInclude",
+        ),
+    ];
+    for (what, content, expect) in cases {
+        let f = dir.path().join("in.xml");
+        std::fs::write(&f, content).unwrap();
+        let err = migrate::run_import(&cfg, &migrate::Source::Xep0227(f), &limits)
+            .await
+            .expect_err(what);
+        assert!(err.contains(expect), "{what}: {err}");
+        assert!(
+            err.contains("in.xml"),
+            "{what}: the error names the file: {err}"
+        );
+        assert_eq!(
+            accounts_in(&cfg.data_dir).await,
+            0,
+            "{what}: nothing stored"
+        );
+    }
+
+    // Prosody: a broken account file, a truncated roster, an oversized archive.
+    let pdir = dir.path().join("prosody");
+    let host = pdir.join("capulet%2elit");
+    std::fs::create_dir_all(host.join("accounts")).unwrap();
+    std::fs::create_dir_all(host.join("roster")).unwrap();
+    std::fs::create_dir_all(host.join("archive")).unwrap();
+    std::fs::write(host.join("accounts/a.dat"), "return { password = \"pw\" };").unwrap();
+    let source = migrate::Source::Prosody {
+        data_dir: pdir.clone(),
+        hosts: None,
+    };
+    let prosody_cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "truncated roster",
+            "roster/a.dat",
+            "return { [\"b@capulet.lit\"] = { subscription = \"both\"".into(),
+            "truncated",
+        ),
+        (
+            "code",
+            "roster/a.dat",
+            "return os.execute(\"rm -rf /\")".into(),
+            "unsupported",
+        ),
+        (
+            "huge archive",
+            "archive/a.list",
+            format!("item({{ \"{}\" }});", "x".repeat(100_000)),
+            "larger than",
+        ),
+        (
+            "bad escape",
+            "roster/a.dat",
+            "return { [\"\\400\"] = {} }".into(),
+            "escape",
+        ),
+    ];
+    for (what, file, content, expect) in prosody_cases {
+        let _ = std::fs::remove_file(host.join("roster/a.dat"));
+        let _ = std::fs::remove_file(host.join("archive/a.list"));
+        std::fs::write(host.join(file), content).unwrap();
+        let err = migrate::run_import(&cfg, &source, &limits)
+            .await
+            .expect_err(what);
+        assert!(err.contains(expect), "{what}: {err}");
+        assert!(
+            err.contains(file.split('/').next().unwrap()),
+            "{what}: names the file: {err}"
+        );
+        assert_eq!(
+            accounts_in(&cfg.data_dir).await,
+            0,
+            "{what}: nothing stored"
+        );
+    }
+
+    // A users file with one bad line stores none of the good ones.
+    let f = dir.path().join("users.txt");
+    std::fs::write(&f, "a@capulet.lit:pw\nnot a jid\n").unwrap();
+    let err = migrate::run_import(&cfg, &migrate::Source::Users(f.clone()), &limits)
+        .await
+        .unwrap_err();
+    assert!(err.contains("users.txt:2"), "{err}");
+    std::fs::write(&f, "a@capulet.lit:\u{7}\n").unwrap();
+    let err = migrate::run_import(&cfg, &migrate::Source::Users(f), &limits)
+        .await
+        .unwrap_err();
+    assert!(err.contains("SASLprep") && !err.contains('\u{7}'), "{err}");
+    assert_eq!(accounts_in(&cfg.data_dir).await, 0);
+}
+
+#[tokio::test]
+async fn import_refuses_a_database_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_on(dir.path(), CAPULET, |_| {}).await;
+    let cfg = config_for(dir.path(), CAPULET);
+    let err = migrate::run_import(
+        &cfg,
+        &migrate::Source::Xep0227(fixture("ejabberd_piefxis.xml")),
+        &migrate::Limits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("stop the server"), "{err}");
+    let err = migrate::run_export(&cfg, None, None).await.unwrap_err();
+    assert!(err.contains("stop the server"), "{err}");
+    server.stop().await;
+}

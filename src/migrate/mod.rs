@@ -314,7 +314,7 @@ pub fn open_storage(cfg: &crate::config::Config) -> Result<Storage, String> {
         .map_err(|e| format!("data_dir {}: {e}", cfg.data_dir.display()))?;
     crate::admin::open_storage_offline(cfg).map_err(|e| {
         let msg = e.to_string();
-        if msg.contains("lock") {
+        if msg.contains("lock") || msg.contains("in use") {
             format!(
                 "{msg}\nThe database is in use: stop the server first (import and export work \
                  on the database directly)"

@@ -234,7 +234,7 @@ fn read_list(path: &Path, limits: &Limits) -> Result<Vec<Value>, MigrateError> {
 }
 
 fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -109,9 +109,13 @@ where
     loop {
         buf.clear();
         used.set(0);
-        let event = reader
-            .read_event_into(&mut buf)
-            .map_err(|e| MigrateError::invalid(at(&reader), e.to_string()))?;
+        let event = reader.read_event_into(&mut buf).map_err(|e| {
+            let mut msg = e.to_string();
+            if msg.contains("end of input") {
+                msg.push_str(" (the file is truncated?)");
+            }
+            MigrateError::invalid(at(&reader), msg)
+        })?;
         let invalid = |msg: &str| MigrateError::invalid(at(&reader), msg.to_string());
         match event {
             Event::Start(ref s) | Event::Empty(ref s) => {
@@ -132,7 +136,7 @@ where
                         return Err(invalid("elements nested too deeply"));
                     }
                     if empty {
-                        finish_element(el, &mut tree, &mut user, &path_stack, iterations, limits)
+                        finish_element(el, &mut tree, &mut user, &path_stack)
                             .map_err(|m| invalid(&m))?;
                         if tree.is_empty() {
                             tree_bytes = 0;
@@ -174,6 +178,7 @@ where
                             sha1: None,
                             sha256: None,
                             data: None,
+                            warnings: Vec::new(),
                         });
                     }
                     // A container whose children are read one by one.
@@ -192,15 +197,16 @@ where
                 }
                 if !empty {
                     path_stack.push((el.name, el.ns));
-                } else if path_stack.len() == 2 && el.name == "user" {
-                    if let Some(u) = user.take() {
-                        sink(u.finish(iterations, report)?, report).await?;
-                    }
+                } else if path_stack.len() == 2
+                    && el.name == "user"
+                    && let Some(u) = user.take()
+                {
+                    sink(u.finish(iterations, report)?, report).await?;
                 }
             }
             Event::End(_) => {
                 if let Some(el) = tree.pop() {
-                    finish_element(el, &mut tree, &mut user, &path_stack, iterations, limits)
+                    finish_element(el, &mut tree, &mut user, &path_stack)
                         .map_err(|m| invalid(&m))?;
                     if tree.is_empty() {
                         tree_bytes = 0;
@@ -210,10 +216,11 @@ where
                 let Some((name, _)) = path_stack.pop() else {
                     return Err(invalid("unexpected end tag"));
                 };
-                if path_stack.len() == 2 && name == "user" {
-                    if let Some(u) = user.take() {
-                        sink(u.finish(iterations, report)?, report).await?;
-                    }
+                if path_stack.len() == 2
+                    && name == "user"
+                    && let Some(u) = user.take()
+                {
+                    sink(u.finish(iterations, report)?, report).await?;
                 }
             }
             Event::Text(t) => {
@@ -303,9 +310,13 @@ fn skip<R: std::io::BufRead>(
 }
 
 /// Whether an element starting under `stack` is data kept whole.
-fn collects(stack: &[(String, String)], _el: &Element) -> bool {
+fn collects(stack: &[(String, String)], el: &Element) -> bool {
     match stack.len() {
-        3 => true,
+        // Containers are read child by child, so their size is not bounded as one.
+        3 => {
+            !((el.name == "offline-messages" && is_pie(&el.ns))
+                || (el.name == "archive" && el.ns == NS_MAM_ARCHIVE))
+        }
         4 => matches!(stack[3].0.as_str(), "offline-messages" | "archive"),
         _ => false,
     }
@@ -317,10 +328,7 @@ fn finish_element(
     tree: &mut [Element],
     user: &mut Option<PendingUser>,
     stack: &[(String, String)],
-    iterations: u32,
-    limits: &Limits,
 ) -> Result<(), String> {
-    let _ = (iterations, limits);
     if let Some(parent) = tree.last_mut() {
         parent.children.push(Node::Element(el));
         return Ok(());
@@ -336,6 +344,7 @@ struct PendingUser {
     sha1: Option<ScramCredentials>,
     sha256: Option<ScramCredentials>,
     data: Option<UserData>,
+    warnings: Vec<String>,
 }
 
 impl PendingUser {
@@ -472,12 +481,16 @@ impl PendingUser {
                     }
                 }
             }
-            _ => {}
+            (name, ns) => self.warnings.push(format!(
+                "{}: <{name} xmlns='{ns}'/> not understood, skipped",
+                self.jid
+            )),
         }
         Ok(())
     }
 
     fn finish(mut self, iterations: u32, report: &mut Report) -> Result<UserData, MigrateError> {
+        report.warnings.append(&mut self.warnings);
         let jid = self.jid.to_string();
         let creds = match (self.sha1.take(), self.sha256.take(), self.password.take()) {
             (Some(sha1), Some(sha256), _) => StoredCredentials { sha1, sha256 },
@@ -733,11 +746,14 @@ async fn user_element(
         let mut o = Element::new("offline-messages", NS);
         for m in &offline {
             let mut msg = parsed(&m.stanza)?;
-            msg.push_child(
-                Element::new("delay", ns::DELAY)
-                    .with_attr("from", jid.domain().to_string())
-                    .with_attr("stamp", crate::modules::time::stamp_from_unix(m.stored_at)),
-            );
+            // One delay only: a message imported before keeps the first server's stamp.
+            if !msg.has_child("delay", ns::DELAY) {
+                msg.push_child(
+                    Element::new("delay", ns::DELAY)
+                        .with_attr("from", jid.domain().to_string())
+                        .with_attr("stamp", crate::modules::time::stamp_from_unix(m.stored_at)),
+                );
+            }
             o.push_child(msg);
         }
         user.push_child(o);
