@@ -14,7 +14,6 @@ use zeroize::Zeroizing;
 use crate::admin::control::{self, Password, Request, Response};
 use crate::admin::{self, AdminError};
 use crate::config::{self, Config, ConfigError};
-use crate::net::tls::{self, TlsError};
 
 #[derive(Debug, Parser)]
 #[command(name = "xmppd", version, about = "A federated XMPP server")]
@@ -31,11 +30,22 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file; print every problem found.
+    /// Check a configuration and the deployment around it (certificates, permissions,
+    /// DNS); print every problem found, each with its fix.
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Skip the DNS checks.
+        #[arg(long)]
+        offline: bool,
+        /// DNS server to ask (`IP:port`, repeatable); default: s2s.dns_servers, else the
+        /// system's.
+        #[arg(long)]
+        dns_server: Vec<std::net::SocketAddr>,
+        /// This machine's public address (repeatable), to check that DNS points here.
+        #[arg(long)]
+        public_ip: Vec<std::net::IpAddr>,
     },
     /// Manage accounts (through the running server, or directly when it is stopped).
     User {
@@ -126,7 +136,19 @@ where
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => run_serve(config.as_deref(), serve),
-        Command::Check { config } => run_check(&config),
+        Command::Check {
+            config,
+            offline,
+            dns_server,
+            public_ip,
+        } => run_check(
+            &config,
+            &crate::check::CheckOptions {
+                offline,
+                dns_servers: dns_server,
+                public_ips: public_ip,
+            },
+        ),
         Command::User { action } => run_user(action),
         Command::Import {
             config,
@@ -313,33 +335,23 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-fn run_check(path: &Path) -> ExitCode {
+fn run_check(path: &Path, opts: &crate::check::CheckOptions) -> ExitCode {
     let cfg = match config::load_file(path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut count = 0;
-    if let Err(errs) = config::validate(&cfg) {
-        print_config_errors(Some(path), &errs);
-        count += errs.len();
-    }
-    // Unreadable files were reported by validate; this adds bad PEM and key mismatches.
-    for e in tls::check_configured_certs(&cfg) {
-        if !matches!(e, TlsError::Io { .. }) {
-            eprintln!("{}: {e}", path.display());
-            count += 1;
-        }
-    }
-    if count > 0 {
-        eprintln!(
-            "{}: {count} error{}",
-            path.display(),
-            if count == 1 { "" } else { "s" }
-        );
-        ExitCode::FAILURE
-    } else {
-        println!("config OK");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let findings = rt.block_on(crate::check::run(&cfg, Some(path), opts));
+    if crate::check::print(&findings, path) {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod addr;
 pub mod admin;
 pub mod c2s;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod context;
