@@ -65,6 +65,12 @@ pub enum Command {
         #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_element_bytes)]
         max_element_bytes: usize,
     },
+    /// Ask the running server whether it answers (its control socket); exit 0 if it does
+    /// (container health checks).
+    Health {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Export every account and its data as XEP-0227 (the server must be stopped).
     Export {
         #[arg(long, short)]
@@ -175,6 +181,13 @@ where
                     .map(|r| r.to_string())
             })
         }
+        Command::Health { config } => run_offline(config.as_deref(), async |cfg| {
+            match control::request(&admin::control_socket_path(cfg), &Request::Ping).await {
+                Ok(Response::Pong) => Ok("ok".into()),
+                Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
         Command::Export {
             config,
             domain,
