@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-targets=(framer stanza c2s sasl jid websocket config negotiate_c2s negotiate_s2s)
+targets=(framer stanza c2s sasl jid bosh config negotiate_c2s negotiate_s2s)
 if [ $# -ne 2 ] || ! [[ $2 =~ ^[0-9]+$ ]]; then
   echo "usage: $0 {all|${targets[*]// /|}} SECONDS" >&2
   exit 2

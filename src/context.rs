@@ -22,6 +22,8 @@ pub struct Context {
     pub sm: SmRegistry,
     /// Failed authentications per client address, over all connections.
     pub auth_throttle: AuthThrottle,
+    /// Prometheus counters and gauges (served at `/metrics` when enabled).
+    pub metrics: crate::metrics::Metrics,
     /// The listeners' bound addresses (known once the server has bound them; port 0 in
     /// the config becomes the real port), for services that hand out URLs to themselves.
     pub listeners: OnceLock<
@@ -52,6 +54,13 @@ impl Context {
             .map(|v| v.domain.to_ascii_lowercase())
             .collect();
         let auth_throttle = AuthThrottle::new(ThrottleConfig::from_limits(&config.limits));
+        let metrics = crate::metrics::Metrics::new(&config);
+        // Timing wraps the hot stores in one more boxed future per call: only when asked.
+        let storage = if config.metrics.enabled {
+            metrics.storage.instrument(storage)
+        } else {
+            storage
+        };
         Ok(Context {
             config,
             storage,
@@ -60,6 +69,7 @@ impl Context {
             s2s: OnceLock::new(),
             sm: SmRegistry::default(),
             auth_throttle,
+            metrics,
             listeners: OnceLock::new(),
             vhosts,
         })

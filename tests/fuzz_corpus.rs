@@ -66,8 +66,8 @@ fn jid() {
 }
 
 #[test]
-fn websocket() {
-    replay("websocket");
+fn bosh() {
+    replay("bosh");
 }
 
 #[test]

@@ -36,7 +36,7 @@ async fn strophe_in_chromium_logs_in_and_chats_over_websocket() {
     );
     let server = TestServer::start_with(|c| {
         c.listeners.push(ListenerConfig {
-            kind: ListenerKind::Websocket,
+            kind: ListenerKind::Http,
             address: "127.0.0.1:0".parse().unwrap(),
             tls: TlsMode::None,
         });
@@ -62,7 +62,7 @@ async fn strophe_in_chromium_logs_in_and_chats_over_websocket() {
     std::fs::copy(&strophe, page_dir.path().join("strophe.umd.min.js")).unwrap();
     let ws = server
         .handle()
-        .addr(ListenerKind::Websocket, TlsMode::None)
+        .addr(ListenerKind::Http, TlsMode::None)
         .unwrap();
     let url = format!(
         "file://{}/strophe_chat.html?ws=ws://{ws}/xmpp-websocket&jid=web@localhost\

@@ -963,3 +963,38 @@ async fn inbound_streams_per_remote_domain_are_bounded() {
     drop(second);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_stanzas_and_streams_are_counted() {
+    use xmppd::metrics::{Direction, Stream};
+    let w = World::new().await;
+    let a = w.server(A, A_IP, false, |_| {}).await;
+    let b = w.server(B, B_IP, false, |_| {}).await;
+    let mut alice = online(&a, "alice").await;
+    let mut bob = online(&b, "bob").await;
+    for i in 0..3 {
+        chat(&mut alice, "bob@b.example/r", &format!("m{i}")).await;
+        expect_body(&mut bob, &format!("m{i}")).await;
+    }
+    let (am, bm) = (&a.ctx().metrics, &b.ctx().metrics);
+    // Counted as read before routing: bob has them, so b counted them.
+    assert_eq!(bm.stanzas(Stream::S2s, Direction::In, "message"), 3);
+    // Counted once the write is flushed, which may finish after bob reads.
+    wait_until("a's outbound messages counted", || {
+        am.stanzas(Stream::S2s, Direction::Out, "message") == 3
+    })
+    .await;
+    assert_eq!(am.stanzas(Stream::C2s, Direction::In, "message"), 3);
+    assert_eq!(bm.stanzas(Stream::C2s, Direction::Out, "message"), 3);
+    let text = am.render(a.ctx()).await;
+    assert!(
+        text.contains("xmppd_s2s_connections{direction=\"outbound\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("xmppd_s2s_queues 1\n"), "{text}");
+    let text = bm.render(b.ctx()).await;
+    assert!(
+        !text.contains("xmppd_s2s_connections{direction=\"inbound\"} 0\n"),
+        "{text}"
+    );
+}

@@ -1075,6 +1075,37 @@ fn sled() -> (Storage, Option<TempDir>) {
     (Storage::open_sled(dir.path()).unwrap(), Some(dir))
 }
 
+/// Totals over all users, for metrics.
+async fn totals(s: Storage) {
+    assert_eq!(s.offline.total().await.unwrap(), Some(0));
+    assert_eq!(s.archive.total().await.unwrap(), Some(0));
+    for (user, n) in [("u@x", 2), ("v@x", 3)] {
+        for i in 0..n {
+            s.offline
+                .push(&j(user), &format!("<message id='{i}'/>"), 10)
+                .await
+                .unwrap();
+            s.archive
+                .append(
+                    &j(user),
+                    msg("a@y", &format!("<message id='{i}'/>"), 1000 + i),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(s.offline.total().await.unwrap(), Some(5));
+    assert_eq!(s.archive.total().await.unwrap(), Some(5));
+    let delivered = s.offline.list(&j("v@x")).await.unwrap();
+    s.offline
+        .remove_up_to(&j("v@x"), delivered[1].seq)
+        .await
+        .unwrap();
+    s.archive.remove_user(&j("u@x")).await.unwrap();
+    assert_eq!(s.offline.total().await.unwrap(), Some(3));
+    assert_eq!(s.archive.total().await.unwrap(), Some(3));
+}
+
 /// Runs every suite function against one backend constructor.
 macro_rules! conformance {
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -1092,9 +1123,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {

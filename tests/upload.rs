@@ -532,10 +532,10 @@ async fn removing_a_user_on_the_running_server_deletes_their_files_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_meta_lists_the_websocket_listeners() {
+async fn host_meta_lists_the_bosh_and_websocket_urls() {
     let server = server_with(|c| {
         c.listeners.push(ListenerConfig {
-            kind: ListenerKind::Websocket,
+            kind: ListenerKind::Http,
             address: "127.0.0.1:0".parse().unwrap(),
             tls: TlsMode::DirectTls,
         });
@@ -543,7 +543,7 @@ async fn host_meta_lists_the_websocket_listeners() {
     .await;
     let ws = server
         .handle()
-        .addr(ListenerKind::Websocket, TlsMode::DirectTls)
+        .addr(ListenerKind::Http, TlsMode::DirectTls)
         .unwrap();
     let expected = format!("wss://localhost:{}/xmpp-websocket", ws.port());
     let port = server
@@ -594,8 +594,34 @@ async fn host_meta_lists_the_websocket_listeners() {
     assert_eq!(json.status, 200);
     assert_eq!(json.header("access-control-allow-origin"), Some("*"));
     let v: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
-    assert_eq!(v["links"][0]["rel"], "urn:xmpp:alt-connections:websocket");
-    assert_eq!(v["links"][0]["href"], expected.as_str());
+    let links: Vec<(String, String)> = v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["rel"].as_str().unwrap().to_string(),
+                l["href"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // BOSH and WebSocket on every HTTP listener, TLS first.
+    let bosh = format!("https://localhost:{}/http-bind", ws.port());
+    let plain_ws = format!("ws://localhost:{port}/xmpp-websocket");
+    let plain_bosh = format!("http://localhost:{port}/http-bind");
+    let rel = |r: &str| format!("urn:xmpp:alt-connections:{r}");
+    for link in [
+        (rel("xbosh"), bosh),
+        (rel("xbosh"), plain_bosh.clone()),
+        (rel("websocket"), expected.clone()),
+        (rel("websocket"), plain_ws.clone()),
+    ] {
+        assert!(links.contains(&link), "{link:?} missing: {v}");
+    }
+    assert_eq!(links.len(), 6, "{v}");
+    let at = |l: &(String, String)| links.iter().position(|x| x == l).unwrap();
+    assert!(at(&(rel("xbosh"), plain_bosh)) == 2, "TLS first: {v}");
+    assert!(at(&(rel("websocket"), plain_ws)) == 5, "TLS first: {v}");
 
     let missing = http(
         &server,

@@ -19,7 +19,7 @@ async fn start() -> TestServer {
     let server = TestServer::start_with(|c| {
         for tls in [TlsMode::None, TlsMode::DirectTls] {
             c.listeners.push(ListenerConfig {
-                kind: ListenerKind::Websocket,
+                kind: ListenerKind::Http,
                 address: "127.0.0.1:0".parse().unwrap(),
                 tls,
             });
@@ -32,7 +32,7 @@ async fn start() -> TestServer {
 }
 
 fn ws_addr(server: &TestServer, tls: TlsMode) -> SocketAddr {
-    server.handle().addr(ListenerKind::Websocket, tls).unwrap()
+    server.handle().addr(ListenerKind::Http, tls).unwrap()
 }
 
 trait WsIo:
@@ -371,7 +371,7 @@ async fn cross_site_pages_are_refused_with_403() {
     // A web client hosted elsewhere, allowed by configuration (exactly that origin).
     let server = TestServer::start_with(|c| {
         c.listeners.push(ListenerConfig {
-            kind: ListenerKind::Websocket,
+            kind: ListenerKind::Http,
             address: "127.0.0.1:0".parse().unwrap(),
             tls: TlsMode::None,
         });

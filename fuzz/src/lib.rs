@@ -25,7 +25,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("c2s", c2s),
     ("sasl", sasl),
     ("jid", jid),
-    ("websocket", websocket),
+    ("bosh", bosh),
     ("config", config),
     ("negotiate_c2s", negotiate_c2s),
     ("negotiate_s2s", negotiate_s2s),
@@ -242,41 +242,37 @@ pub fn jid(data: &[u8]) {
     }
 }
 
-/// The WebSocket decoder, in pieces picked by the first byte; every message it delivers
-/// goes on to a stream parser, as in a connection.
-pub fn websocket(data: &[u8]) {
-    use xmppd::net::websocket::{WsDecoder, WsError};
-    let (chunk, input) = chunk_size(data);
-    let max = LIMITS.max_stanza_bytes;
-    let mut decoder = WsDecoder::new(max);
-    let mut parser = StreamParser::new(LIMITS);
-    let mut delivered = 0usize;
-    for piece in input.chunks(chunk) {
-        let result = decoder.feed(piece, |message| {
-            delivered += message.len();
-            parser.feed(message)?;
-            while parser.next_event()?.is_some() {}
-            Ok::<(), XmlError>(())
-        });
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(WsError::Protocol(_) | WsError::TooBig) => return,
-            Err(WsError::Closed) => {
-                assert!(decoder.saw_close);
-                return;
-            }
+/// The web transports' own parsing: a BOSH request `<body/>` (its children then go to a
+/// stream parser, as in a session), and the same bytes as a WebSocket text message through
+/// RFC 7395's `<open/>`/`<close/>` translation.
+pub fn bosh(data: &[u8]) {
+    const HEADER: &[u8] =
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+    let drain = |bytes: &[u8]| {
+        let mut parser = StreamParser::new(LIMITS);
+        if parser.feed(HEADER).is_ok() && parser.feed(bytes).is_ok() {
+            while let Ok(Some(_)) = parser.next_event() {}
         }
-        // Pongs wait for the next write; the decoder bounds them (a ping flood is an
-        // error) to its limit plus one control frame.
-        assert!(decoder.replies.len() <= 16 * 1024 + 127, "replies pile up");
+    };
+    if let Ok(body) = xmppd::web::bosh::parse_body(data) {
+        // The payload is a slice of the request, never more.
+        assert!(
+            body.payload.len() <= data.len(),
+            "payload larger than the body"
+        );
+        drain(&body.payload);
     }
-    // Every byte delivered comes from a text payload, or is a translated <open/> (whose
-    // attributes are copied) or <close/>.
-    assert!(
-        delivered <= input.len() * 16 + 128,
-        "delivered {delivered} of {}",
-        input.len()
-    );
+    if let Ok(text) = std::str::from_utf8(data) {
+        let translated = xmppd::web::websocket::translate(text);
+        // Only <open/> grows (into a stream header with its attributes copied).
+        assert!(
+            translated.len() <= data.len() * 6 + 128,
+            "translated {} of {}",
+            translated.len(),
+            data.len()
+        );
+        drain(&translated);
+    }
 }
 
 /// TOML text to `Config`, then `validate`; what parses serializes and parses back equal.

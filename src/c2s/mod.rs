@@ -17,8 +17,9 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::config::TlsMode;
 use crate::context::Context;
-use crate::net::Framing;
+use crate::metrics::Transport;
 use crate::net::io::MaybeTls;
+use crate::net::link::Link;
 use crate::net::tls::TlsContext;
 pub(crate) use crate::net::{Connection, connection::Ending, connection::xml_ending};
 use crate::stream::{StreamErrorCondition, StreamKind};
@@ -35,15 +36,73 @@ pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     mode: TlsMode,
-    websocket: bool,
     conn_id: u64,
     shutdown: CancellationToken,
     permit: impl Send + 'static,
 ) {
     let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
+    let _ = tcp.set_nodelay(true);
+    let conn = Connection::new(MaybeTls::Plain(tcp), StreamKind::Client, &ctx.config);
+    let transport = Transport::Tcp;
+    serve_stream(
+        ctx, tls, conn, mode, transport, conn_id, shutdown, permit, span,
+    )
+    .await;
+}
+
+/// Serves a client stream the HTTP server carries (WebSocket, BOSH) as [`serve`] does a
+/// socket's: the same negotiation, session, XEP-0198 and CSI.
+pub async fn serve_link(
+    ctx: Arc<Context>,
+    tls: TlsContext,
+    link: Link,
+    transport: Transport,
+    conn_id: u64,
+    shutdown: CancellationToken,
+    permit: impl Send + 'static,
+) {
+    let peer = link.peer;
+    let span = info_span!(
+        "c2s",
+        conn = conn_id,
+        %peer,
+        transport = transport.label(),
+        jid = tracing::field::Empty
+    );
+    let conn = Connection::new(
+        MaybeTls::Link(Box::new(link)),
+        StreamKind::Client,
+        &ctx.config,
+    );
+    serve_stream(
+        ctx,
+        tls,
+        conn,
+        TlsMode::None,
+        transport,
+        conn_id,
+        shutdown,
+        permit,
+        span,
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_stream(
+    ctx: Arc<Context>,
+    tls: TlsContext,
+    conn: Connection,
+    mode: TlsMode,
+    transport: Transport,
+    conn_id: u64,
+    shutdown: CancellationToken,
+    permit: impl Send + 'static,
+    span: tracing::Span,
+) {
     // Boxed: a task's future is as large as its largest state, and a hibernated session
     // should not keep the space its connection needed (buffers, negotiation, closing).
-    let connection = serve_connection(&ctx, tls, tcp, mode, websocket, conn_id, &shutdown, permit);
+    let connection = serve_connection(&ctx, tls, conn, mode, transport, conn_id, &shutdown, permit);
     let hibernating = Box::pin(connection).instrument(span.clone()).await;
     if let Some(state) = hibernating {
         Box::pin(sm::hibernate(&ctx, state, shutdown))
@@ -77,18 +136,14 @@ async fn negotiate_in_time(
 async fn serve_connection(
     ctx: &Arc<Context>,
     tls: TlsContext,
-    tcp: TcpStream,
+    mut conn: Connection,
     mode: TlsMode,
-    websocket: bool,
+    transport: Transport,
     conn_id: u64,
     shutdown: &CancellationToken,
     _permit: impl Send,
 ) -> Option<Box<SessionState>> {
-    let _ = tcp.set_nodelay(true);
-    let mut conn = Connection::new(MaybeTls::Plain(tcp), StreamKind::Client, &ctx.config);
-    if websocket {
-        conn.framing = Framing::websocket(ctx.config.limits.max_stanza_bytes);
-    }
+    let _counted = ctx.metrics.c2s_connection(transport);
     let default_domain = ctx.default_domain();
     let negotiation = Box::pin(negotiate_in_time(
         ctx, &tls, &mut conn, mode, conn_id, shutdown,

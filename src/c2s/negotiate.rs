@@ -90,17 +90,14 @@ pub(crate) async fn negotiate(
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
     }
-    if conn.framing.is_websocket() {
-        let origins = &ctx.config.websocket.allowed_origins;
-        crate::net::websocket::accept_upgrade(&mut conn.io, origins, |d| ctx.is_local_domain(d))
-            .await
-            .map_err(|e| {
-                debug!(error = %e, "WebSocket upgrade failed");
-                Ending::Gone
-            })?;
-        // wss://, or a loopback-only listener (checked by the configuration): no STARTTLS
-        // exists over WebSocket, and the transport is as private as TLS.
-        st.neg.set_secure();
+    if let MaybeTls::Link(link) = &conn.io {
+        st.peer_ip = Some(link.peer);
+        st.bindings = link.bindings.clone();
+        // No STARTTLS exists over HTTP transports: https://, or a loopback listener behind
+        // a TLS-terminating proxy, is as private as TLS.
+        if link.secure {
+            st.neg.set_secure();
+        }
     }
     loop {
         let event = conn.next_event().await?;
@@ -200,9 +197,7 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if conn.framing.is_websocket() {
-        tls.websocket_acceptor()
-    } else if direct {
+    let acceptor = if direct {
         tls.direct_c2s_acceptor()
     } else {
         tls.starttls_acceptor()
@@ -369,6 +364,7 @@ async fn authenticate(
         }
         Err(e) => {
             st.failures += 1;
+            ctx.metrics.auth_failure(mechanism.map(|m| m.name()));
             let verdict = st
                 .peer_ip
                 .map(|ip| ctx.auth_throttle.failure(ip, tokio::time::Instant::now()));

@@ -18,6 +18,7 @@ use super::sm::{self, StreamManagement, TakeoverRequest};
 use super::{Connection, Ending};
 use crate::addr::{self, Jid};
 use crate::context::Context;
+use crate::metrics::{Direction, Stream};
 use crate::registry::{Extensions, Outgoing, SessionCtx, SessionEvent};
 use crate::router::{route_addressed, route_reply, serve_own_session};
 use crate::server::Shaper;
@@ -82,6 +83,7 @@ impl SessionState {
     pub fn emit(&mut self, ctx: &Context, conn: Option<&mut Connection>, el: Element) {
         let hibernated = conn.is_none();
         if !hibernated && ctx.registry.passes_through(&self.ext) {
+            ctx.metrics.stanza(Stream::C2s, Direction::Out, &el.name);
             self.write(conn, el);
             return;
         }
@@ -90,6 +92,9 @@ impl SessionState {
             .filter_outbound(ctx, &mut self.ext, el, hibernated, &mut out);
         let mut conn = conn;
         for el in out {
+            if !hibernated {
+                ctx.metrics.stanza(Stream::C2s, Direction::Out, &el.name);
+            }
             self.write(conn.as_deref_mut(), el);
         }
     }
@@ -415,18 +420,13 @@ async fn serve_bound(
                 }
                 paused_until = pause(wait);
             }
-            read = crate::net::io::read_with(
-                &mut conn.io,
-                |bytes| (bytes.len(), conn.framing.feed(&mut conn.parser, bytes)),
-            ), if paused_until.is_none() => {
-                let (read_bytes, fed) = match read {
-                    Ok(None) | Err(_) => return LoopEnd::Lost(Ending::Gone),
-                    Ok(Some(read)) => read,
+            read = conn.read_some(), if paused_until.is_none() => {
+                let read_bytes = match read {
+                    Ok(n) => n,
+                    Err(Ending::Gone) => return LoopEnd::Lost(Ending::Gone),
+                    Err(ending) => return LoopEnd::Close(ending),
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                if let Err(e) = fed {
-                    return LoopEnd::Close(super::xml_ending(e));
-                }
                 let by_bytes = shaper.charge(read_bytes, 0, std::time::Instant::now());
                 let handled = handle_input(ctx, conn, state, &control, own_limit, &mut shaper);
                 let by_stanzas = match handled.await {
@@ -604,6 +604,7 @@ async fn handle_stanza(
     if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
         return Err(StreamErrorCondition::UnsupportedStanzaType.into());
     }
+    ctx.metrics.stanza(Stream::C2s, Direction::In, &el.name);
     if let Some(from) = el.attr("from") {
         let ok = addr::parse(from).is_some_and(|a| a == bound.full || a == bound.bare);
         if !ok {

@@ -31,6 +31,7 @@ pub struct Config {
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
     pub websocket: WebsocketConfig,
+    pub bosh: BoshConfig,
     pub storage: StorageConfig,
     pub archive: ArchiveConfig,
     pub muc: MucConfig,
@@ -46,6 +47,33 @@ pub struct Config {
     pub http: HttpConfig,
     /// XEP-0363 HTTP file upload on `upload.<vhost>`.
     pub upload: UploadConfig,
+    /// Prometheus metrics at `GET /metrics` on the HTTP listeners.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics at `GET /metrics` on the `http` listeners: off by default, and
+/// then only for the listed peer addresses, so they are never public by accident.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (otherwise it answers 404).
+    pub enabled: bool,
+    /// Peer addresses that may scrape: IP addresses or CIDR networks (`10.0.0.0/8`).
+    /// Others get 403. The TCP peer counts, never `X-Forwarded-For`.
+    pub allow: Vec<String>,
+    /// Seconds between two readings of the stored offline and archive totals (they sum
+    /// per-account counters, one read per account); scrapes in between reuse the last.
+    pub storage_sample_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            allow: vec!["127.0.0.1".into(), "::1".into()],
+            storage_sample_secs: 60,
+        }
+    }
 }
 
 /// Limits of the embedded HTTP server (listeners of kind `http`).
@@ -60,9 +88,11 @@ pub struct HttpConfig {
     /// Bytes of request headers accepted (HTTP/1.1 buffer and HTTP/2 header list).
     pub max_header_bytes: usize,
     /// WebSocket URLs listed in `/.well-known/host-meta` (XEP-0156) when a reverse proxy
-    /// publishes them (e.g. `wss://example.org/xmpp-websocket`); empty: the `websocket`
+    /// publishes them (e.g. `wss://example.org/xmpp-websocket`); empty: the `http`
     /// listeners' own URLs.
     pub websocket_urls: Vec<String>,
+    /// BOSH URLs listed in host-meta, likewise (e.g. `https://example.org/http-bind`).
+    pub bosh_urls: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -72,6 +102,7 @@ impl Default for HttpConfig {
             body_timeout_secs: 30,
             max_header_bytes: 65_536,
             websocket_urls: Vec::new(),
+            bosh_urls: Vec::new(),
         }
     }
 }
@@ -275,10 +306,12 @@ pub struct VhostConfig {
 pub enum ListenerKind {
     C2s,
     S2s,
-    /// Clients over WebSocket (RFC 7395), for web clients; any URL path.
-    Websocket,
-    /// The embedded HTTP(S) server (HTTP/1.1 and HTTP/2): XEP-0363 file upload.
-    /// `tls = "direct_tls"` (https://, vhost certificate by SNI) or `"none"` (http://).
+    /// The embedded HTTP(S) server (HTTP/1.1 and HTTP/2): web clients over WebSocket
+    /// (RFC 7395, `/xmpp-websocket`) and BOSH (XEP-0206, `/http-bind`), XEP-0156 host-meta,
+    /// XEP-0363 file upload, metrics. `tls = "direct_tls"` (https://, vhost certificate by
+    /// SNI) or `"none"` (http://). `websocket`, the kind of the listeners that served
+    /// WebSocket alone before, is the same.
+    #[serde(alias = "websocket")]
     Http,
 }
 
@@ -454,15 +487,54 @@ pub struct S2sConfig {
     pub max_inbound_streams_per_domain: usize,
 }
 
-/// Listeners of kind `websocket` (RFC 7395).
+/// Clients over WebSocket (RFC 7395) at `/xmpp-websocket` on the `http` listeners.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebsocketConfig {
     /// Origins (`scheme://host[:port]`, or `null` for pages without one, such as `file://`
-    /// pages) whose pages may open a WebSocket, besides pages of the server's own host.
+    /// pages) whose pages may connect over WebSocket or BOSH, besides pages of the
+    /// server's own host; `*` allows pages of any site (a public web client elsewhere).
     /// Requests without an `Origin` header (non-browser clients) are always accepted;
     /// others get HTTP 403.
     pub allowed_origins: Vec<String>,
+}
+
+/// Clients over BOSH (XEP-0124, XEP-0206) at `/http-bind` on the `http` listeners.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoshConfig {
+    /// Serve BOSH at all.
+    pub enabled: bool,
+    /// Longest a request is held waiting for something to send, in seconds (the client
+    /// asks for its own `wait`, capped here).
+    pub max_wait_secs: u64,
+    /// Seconds without any request after which a session ends (its XEP-0198 state, if
+    /// any, then hibernates as for a lost TCP connection).
+    pub inactivity_secs: u64,
+    /// Shortest interval, in seconds, between two empty requests of a polling session
+    /// (`hold = 0`); a client polling faster is cut off.
+    pub polling_secs: u64,
+    /// Requests a client may have outstanding at once (XEP-0124 `requests`); `hold` is
+    /// one less.
+    pub max_requests: u32,
+    /// Bytes of one request body (its stanzas are also bounded by the stanza size limit).
+    pub max_body_bytes: usize,
+    /// BOSH sessions one IP address may have at once.
+    pub max_sessions_per_ip: usize,
+}
+
+impl Default for BoshConfig {
+    fn default() -> Self {
+        BoshConfig {
+            enabled: true,
+            max_wait_secs: 60,
+            inactivity_secs: 60,
+            polling_secs: 2,
+            max_requests: 2,
+            max_body_bytes: 1024 * 1024,
+            max_sessions_per_ip: 32,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -587,15 +659,16 @@ impl Default for Config {
                     address: SocketAddr::from(([127, 0, 0, 1], 5223)),
                     tls: TlsMode::DirectTls,
                 },
-                // Web clients: ws:// on loopback, wss:// with the vhost's certificate
-                // (the ports and `/xmpp-websocket` URLs web clients are usually set up with).
+                // Web clients and file upload: http:// on loopback, https:// with the
+                // vhost's certificate (the ports web clients are usually set up with, as
+                // Prosody's).
                 ListenerConfig {
-                    kind: ListenerKind::Websocket,
+                    kind: ListenerKind::Http,
                     address: SocketAddr::from(([127, 0, 0, 1], 5280)),
                     tls: TlsMode::None,
                 },
                 ListenerConfig {
-                    kind: ListenerKind::Websocket,
+                    kind: ListenerKind::Http,
                     address: SocketAddr::from(([127, 0, 0, 1], 5281)),
                     tls: TlsMode::DirectTls,
                 },
@@ -604,6 +677,7 @@ impl Default for Config {
             c2s: C2sConfig::default(),
             s2s: S2sConfig::default(),
             websocket: WebsocketConfig::default(),
+            bosh: BoshConfig::default(),
             storage: StorageConfig::default(),
             archive: ArchiveConfig::default(),
             muc: MucConfig::default(),
@@ -614,6 +688,7 @@ impl Default for Config {
             external_services: Vec::new(),
             http: HttpConfig::default(),
             upload: UploadConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

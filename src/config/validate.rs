@@ -247,6 +247,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
     validate_websocket(cfg, &mut errs);
     validate_upload(cfg, &mut errs);
     validate_http(cfg, &mut errs);
+    validate_metrics(cfg, &mut errs);
 
     if cfg.c2s.scram_iterations < MIN_SCRAM_ITERATIONS {
         errs.push(ConfigError::invalid(
@@ -533,15 +534,8 @@ fn validate_listeners(cfg: &Config, errs: &mut Vec<ConfigError>) {
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
         let tls_problem = match (l.kind, l.tls) {
-            (ListenerKind::Websocket, TlsMode::Starttls) => {
-                Some("WebSocket has no STARTTLS: use \"direct_tls\" (wss://) or \"none\"")
-            }
-            (ListenerKind::Websocket, TlsMode::None) if !l.address.ip().is_loopback() => Some(
-                "\"none\" only on a loopback address (e.g. behind a TLS-terminating proxy): \
-                 clients would send passwords in the clear",
-            ),
             (ListenerKind::C2s | ListenerKind::S2s, TlsMode::None) => {
-                Some("\"none\" is only for kind = \"websocket\" or \"http\"")
+                Some("\"none\" is only for kind = \"http\"")
             }
             (ListenerKind::Http, TlsMode::Starttls) => {
                 Some("HTTP has no STARTTLS: use \"direct_tls\" (https://) or \"none\"")
@@ -659,12 +653,53 @@ fn validate_http(cfg: &Config, errs: &mut Vec<ConfigError>) {
             ));
         }
     }
+    for (i, url) in cfg.http.bosh_urls.iter().enumerate() {
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(['"', '<', ' '])
+        {
+            errs.push(ConfigError::invalid(
+                format!("http.bosh_urls[{i}]"),
+                quote(url),
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    let bosh = &cfg.bosh;
+    for (name, v) in [
+        ("bosh.max_wait_secs", bosh.max_wait_secs),
+        ("bosh.inactivity_secs", bosh.inactivity_secs),
+        ("bosh.max_requests", u64::from(bosh.max_requests)),
+        ("bosh.max_sessions_per_ip", bosh.max_sessions_per_ip as u64),
+    ] {
+        if v == 0 {
+            errs.push(ConfigError::invalid(name, "0", "must be at least 1"));
+        }
+    }
+    if bosh.max_body_bytes < 1024 {
+        errs.push(ConfigError::invalid(
+            "bosh.max_body_bytes",
+            bosh.max_body_bytes.to_string(),
+            "must be at least 1024",
+        ));
+    }
     if cfg.http.max_header_bytes < 8192 {
         errs.push(ConfigError::invalid(
             "http.max_header_bytes",
             cfg.http.max_header_bytes.to_string(),
             "must be at least 8192",
         ));
+    }
+}
+
+fn validate_metrics(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    for (i, entry) in cfg.metrics.allow.iter().enumerate() {
+        if crate::metrics::http::parse_allowed(entry).is_none() {
+            errs.push(ConfigError::invalid(
+                format!("metrics.allow[{i}]"),
+                quote(entry),
+                "must be an IP address or a CIDR network (\"10.0.0.0/8\")",
+            ));
+        }
     }
 }
 
@@ -859,11 +894,8 @@ fn validate_websocket(cfg: &Config, errs: &mut Vec<ConfigError>) {
 /// An origin as browsers serialize it (RFC 6454 §6.2): `scheme://host[:port]` or `null`.
 /// Matching is exact, so anything a browser never sends is a mistake worth reporting.
 fn check_origin(origin: &str) -> Result<(), String> {
-    if origin == "null" {
+    if origin == "null" || origin == "*" {
         return Ok(());
-    }
-    if origin == "*" {
-        return Err("wildcards are not supported: list each origin".into());
     }
     let Some((scheme, authority)) = origin.split_once("://") else {
         return Err("expected scheme://host[:port], e.g. \"https://chat.example.org\"".into());
@@ -1126,10 +1158,10 @@ mod tests {
         .map(String::from)
         .to_vec();
         let m = messages(&cfg);
-        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(m.len(), 2, "{m:?}");
         assert!(m[0].starts_with("websocket.allowed_origins[4] = \"https://chat.example.org/\""));
-        assert!(m[1].contains("wildcards are not supported"), "{m:?}");
-        assert!(m[2].contains("expected scheme://host"), "{m:?}");
+        assert!(m[1].starts_with("websocket.allowed_origins[6]"), "{m:?}");
+        assert!(m[1].contains("expected scheme://host"), "{m:?}");
     }
 
     #[test]
@@ -1181,17 +1213,16 @@ mod tests {
         };
         cfg.listeners = vec![
             l(ListenerKind::C2s, "127.0.0.1:5222", TlsMode::Starttls),
-            l(ListenerKind::Websocket, "127.0.0.1:5280", TlsMode::None),
-            l(ListenerKind::Websocket, "0.0.0.0:5281", TlsMode::DirectTls),
-            l(ListenerKind::Websocket, "0.0.0.0:5282", TlsMode::None),
-            l(ListenerKind::Websocket, "127.0.0.1:5283", TlsMode::Starttls),
+            l(ListenerKind::Http, "127.0.0.1:5280", TlsMode::None),
+            l(ListenerKind::Http, "0.0.0.0:5281", TlsMode::DirectTls),
+            l(ListenerKind::Http, "0.0.0.0:5282", TlsMode::None),
+            l(ListenerKind::Http, "127.0.0.1:5283", TlsMode::Starttls),
             l(ListenerKind::C2s, "127.0.0.1:5284", TlsMode::None),
         ];
         let m = messages(&cfg);
-        assert_eq!(m.len(), 3, "{m:?}");
-        assert!(m[0].starts_with("listener[3].tls = none: \"none\" only on a loopback"));
-        assert!(m[1].starts_with("listener[4].tls = starttls: WebSocket has no STARTTLS"));
-        assert!(m[2].starts_with("listener[5].tls = none: \"none\" is only for kind"));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].starts_with("listener[4].tls = starttls: HTTP has no STARTTLS"));
+        assert!(m[1].starts_with("listener[5].tls = none: \"none\" is only for kind"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! One connection, whatever it carries (c2s, s2s inbound or outbound) and however it is
-//! framed (see [`Framing`]): socket, parser, output buffer, the write deadline and the
-//! bounded close.
+//! One connection, whatever it carries (c2s, s2s inbound or outbound) and whatever carries
+//! it (a socket, or the HTTP server's WebSocket and BOSH through a [`Link`]): transport,
+//! parser, output buffer, the write deadline and the bounded close.
 
 use std::time::Duration;
 
@@ -8,11 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::debug;
 
 use crate::config::Config;
-use crate::net::framing::Framing;
 use crate::net::io::MaybeTls;
+use crate::net::link::{Inbound, Outbound};
 pub use crate::stream::{Ending, xml_ending};
-use crate::stream::{StreamErrorCondition, StreamKind};
-use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser};
+use crate::stream::{StreamError, StreamErrorCondition, StreamKind};
+use crate::xml::{Element, ParserLimits, StreamEvent, StreamParser, ns};
 
 /// The parser limits of every stream, from the configuration.
 pub fn parser_limits(cfg: &Config) -> ParserLimits {
@@ -26,8 +26,6 @@ pub fn parser_limits(cfg: &Config) -> ParserLimits {
 pub struct Connection {
     pub io: MaybeTls,
     pub parser: StreamParser,
-    /// The wire format (plain stream syntax or WebSocket frames).
-    pub framing: Framing,
     kind: StreamKind,
     out: Vec<u8>,
     /// Our stream header has been sent for the current stream (errors need one first).
@@ -37,12 +35,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection with plain stream framing and the configured limits.
+    /// A connection with the configured limits.
     pub fn new(io: MaybeTls, kind: StreamKind, cfg: &Config) -> Self {
         Connection {
             io,
             parser: StreamParser::new(parser_limits(cfg)),
-            framing: Framing::Stream,
             kind,
             out: Vec::with_capacity(1024),
             header_sent: false,
@@ -59,7 +56,13 @@ impl Connection {
 
     /// Queues our stream header; `id` is `None` on the initiating side.
     pub fn queue_header(&mut self, from: &str, to: Option<&str>, id: Option<&str>) {
-        self.framing.header(self.kind, from, to, id, &mut self.out);
+        match &mut self.io {
+            MaybeTls::Link(link) => link.queue(Outbound::Header {
+                from: from.to_string(),
+                id: id.unwrap_or_default().to_string(),
+            }),
+            _ => self.out.extend_from_slice(&self.kind.header(from, to, id)),
+        }
         self.header_sent = true;
     }
 
@@ -82,13 +85,23 @@ impl Connection {
         }
     }
 
-    /// Reads once and feeds the parser. Cancel-safe.
-    /// Reads what is available into the parser; returns how many bytes came.
+    /// Reads what is available into the parser; returns how many bytes came. Cancel-safe.
     pub async fn read_some(&mut self) -> Result<usize, Ending> {
-        let (parser, framing) = (&mut self.parser, &mut self.framing);
-        let read = crate::net::io::read_with(&mut self.io, |bytes| {
-            (bytes.len(), framing.feed(parser, bytes))
-        });
+        let parser = &mut self.parser;
+        if let MaybeTls::Link(link) = &mut self.io {
+            return match link.recv().await {
+                Some(Inbound::Stream(bytes)) => parser
+                    .feed(&bytes)
+                    .map(|()| bytes.len())
+                    .map_err(xml_ending),
+                Some(Inbound::Fault(condition, why)) => {
+                    Err(Ending::Error(StreamError::with_text(condition, why)))
+                }
+                None => Err(Ending::Gone),
+            };
+        }
+        let read =
+            crate::net::io::read_with(&mut self.io, |bytes| (bytes.len(), parser.feed(bytes)));
         match read.await {
             Ok(Some((n, fed))) => fed.map(|()| n).map_err(xml_ending),
             Ok(None) | Err(_) => Err(Ending::Gone),
@@ -96,12 +109,33 @@ impl Connection {
     }
 
     pub fn queue(&mut self, el: &Element) {
-        self.framing.element(el, &mut self.out);
+        match &mut self.io {
+            // Every message is a complete element that declares its namespaces (RFC 7395
+            // §3.3.3, XEP-0206 §7).
+            MaybeTls::Link(link) => {
+                let mut xml = Vec::new();
+                el.write_standalone(&mut xml);
+                link.queue(Outbound::Element(
+                    String::from_utf8(xml).unwrap_or_default(),
+                ));
+            }
+            // Stanzas are kept in jabber:client internally; written with that as the
+            // parent namespace they inherit the stream's default (client or server).
+            _ => el.write_to(&mut self.out, ns::CLIENT),
+        }
     }
 
     /// Writes what is queued, within the write deadline.
     pub async fn flush(&mut self) -> Result<(), Ending> {
-        self.framing.before_write(&mut self.out);
+        if let MaybeTls::Link(link) = &mut self.io {
+            return match tokio::time::timeout(self.write_timeout, link.flush()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => {
+                    debug!("transport stopped taking output; connection lost");
+                    Err(Ending::Gone)
+                }
+            };
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -142,14 +176,26 @@ impl Connection {
             }
         };
         // Anything still queued (a stream header) goes first.
-        if let Some(error) = error {
-            if !self.header_sent {
-                self.queue_header(domain, None, Some(&crate::stream::random_id()));
+        if error.is_some() && !self.header_sent {
+            self.queue_header(domain, None, Some(&crate::stream::random_id()));
+        }
+        if let MaybeTls::Link(link) = &mut self.io {
+            if let Some(error) = error {
+                let mut xml = Vec::new();
+                error.write_standalone(&mut xml);
+                link.queue(Outbound::StreamError(
+                    String::from_utf8(xml).unwrap_or_default(),
+                ));
             }
-            self.queue(&error);
+            link.queue(Outbound::Close);
+            let _ = tokio::time::timeout(Duration::from_secs(5), link.flush()).await;
+            return;
+        }
+        if let Some(error) = &error {
+            self.queue(error);
         }
         let mut bytes = std::mem::take(&mut self.out);
-        self.framing.close(&mut bytes);
+        bytes.extend_from_slice(crate::stream::STREAM_CLOSE);
         let io = &mut self.io;
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             io.write_all(&bytes).await?;

@@ -14,6 +14,9 @@ pub enum MaybeTls {
     Tls(Box<TlsStream<TcpStream>>),
     /// TLS where this side is the client (outbound server-to-server).
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A client stream the HTTP server carries (WebSocket, BOSH): not bytes on a socket
+    /// but stream syntax in and elements out (see `Connection`).
+    Link(Box<super::link::Link>),
     /// Transient state while the TLS handshake owns the socket.
     Upgrading,
 }
@@ -56,7 +59,10 @@ impl MaybeTls {
 }
 
 fn upgrading() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection is being upgraded")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "no socket: the connection is being upgraded or is carried by HTTP",
+    )
 }
 
 impl AsyncRead for MaybeTls {
@@ -69,7 +75,7 @@ impl AsyncRead for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+            MaybeTls::Link(_) | MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
 }
@@ -84,7 +90,7 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+            MaybeTls::Link(_) | MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
 
@@ -93,7 +99,7 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
+            MaybeTls::Link(_) | MaybeTls::Upgrading => Poll::Ready(Err(upgrading())),
         }
     }
 
@@ -102,7 +108,7 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MaybeTls::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            MaybeTls::Upgrading => Poll::Ready(Ok(())),
+            MaybeTls::Link(_) | MaybeTls::Upgrading => Poll::Ready(Ok(())),
         }
     }
 }

@@ -2,12 +2,10 @@
 
 pub mod connection;
 pub mod devcert;
-pub mod framing;
 pub mod io;
+pub mod link;
 pub mod tls;
 pub mod verify;
-pub mod websocket;
 
 pub use connection::Connection;
-pub use framing::Framing;
 pub use tls::{TlsBindings, TlsContext, TlsError};

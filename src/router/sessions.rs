@@ -273,6 +273,19 @@ impl Sessions {
             .sum()
     }
 
+    /// Stanzas waiting in all session queues, and in the fullest one (metrics).
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let (mut total, mut fullest) = (0, 0);
+        for m in self.read_all() {
+            for s in m.values().flatten() {
+                let queued = s.tx.max_capacity().saturating_sub(s.tx.capacity());
+                total += queued;
+                fullest = fullest.max(queued);
+            }
+        }
+        (total, fullest)
+    }
+
     /// Every session's control, for shutdown.
     pub fn all_controls(&self) -> Vec<Arc<SessionControl>> {
         let mut out = Vec::new();

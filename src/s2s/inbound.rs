@@ -19,6 +19,7 @@ use super::outbound::Failure;
 use super::{Pair, S2s};
 use crate::config::TlsMode;
 use crate::context::Context;
+use crate::metrics::{Direction, Stream};
 use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
@@ -71,6 +72,7 @@ pub async fn serve(
             return;
         };
         let _ = tcp.set_nodelay(true);
+        let _counted = ctx.metrics.s2s_connection(false);
         let mut conn = Conn::new(MaybeTls::Plain(tcp), StreamKind::Server, &ctx.config);
         let hosts = ctx.clone();
         let policy = Policy {
@@ -514,6 +516,7 @@ async fn db_verify(
 /// RFC 6120 §8.1.1.2, §13.9.3: `from` must be an authenticated domain and `to` one of our
 /// vhosts; then the stanza is routed like a local one.
 async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), Ending> {
+    ctx.metrics.stanza(Stream::S2s, Direction::In, &el.name);
     let Some(to) = el.attr("to").and_then(crate::addr::parse) else {
         return Err(Ending::Error(StreamError::with_text(
             StreamErrorCondition::HostUnknown,

@@ -356,6 +356,16 @@ impl S2s {
         lock(&self.routes).contains_key(&(local.to_string(), remote.to_string()))
     }
 
+    /// Outbound queues (one per domain pair), and the stanzas waiting in them (metrics).
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let routes = lock(&self.routes);
+        let queued = routes
+            .values()
+            .map(|r| r.tx.max_capacity().saturating_sub(r.tx.capacity()))
+            .sum();
+        (routes.len(), queued)
+    }
+
     /// TLS client configuration presenting `local`'s certificate, cached.
     fn client_config(
         &self,

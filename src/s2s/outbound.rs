@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Pair, S2s, bounce};
 use crate::context::Context;
+use crate::metrics::{Direction, Stream};
 use crate::net::Connection as Conn;
 use crate::net::io::MaybeTls;
 use crate::stream::negotiate::{Action, Negotiator};
@@ -381,8 +382,10 @@ async fn run_inner(
         "outbound stream established"
     );
     s2s.record_success(&pair, method, setup);
+    let counted = ctx.metrics.s2s_connection(true);
     let mut unsent = Vec::new();
-    let ending = established(&s2s, &mut conn, &mut neg, &mut rx, &mut unsent).await;
+    let ending = established(&ctx, &s2s, &mut conn, &mut neg, &mut rx, &mut unsent).await;
+    drop(counted);
     debug!(?ending, "outbound stream ending");
     s2s.remove_route(&pair, id);
     rx.close();
@@ -404,6 +407,7 @@ async fn run_inner(
 }
 
 async fn established(
+    ctx: &Context,
     s2s: &Arc<S2s>,
     conn: &mut Conn,
     neg: &mut Negotiator,
@@ -434,6 +438,9 @@ async fn established(
                 if let Err(e) = conn.flush().await {
                     unsent.append(&mut batch);
                     return e;
+                }
+                for s in &batch {
+                    ctx.metrics.stanza(Stream::S2s, Direction::Out, &s.name);
                 }
                 batch.clear();
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);

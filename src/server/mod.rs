@@ -1,7 +1,7 @@
 //! Starting and stopping the server: storage, TLS, listeners and their accept loops,
 //! and one cancellation tree from the root to every connection.
 
-mod limits;
+pub(crate) mod limits;
 mod shaper;
 
 use std::net::SocketAddr;
@@ -170,6 +170,18 @@ pub async fn start_with_storage(
         ctx.config.limits.max_connections,
     ));
     let conn_ids = Arc::new(AtomicU64::new(1));
+    // Shared by every HTTP listener: a BOSH session's requests may come on any of them.
+    let transports = Arc::new(crate::web::Transports {
+        ctx: ctx.clone(),
+        tls: tls.clone(),
+        bosh: crate::web::bosh::Sessions::new(
+            &ctx.config.bosh,
+            ctx.config.limits.max_connections,
+            conn_ids.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ),
+    });
     let mut listeners = Vec::new();
     for l in &ctx.config.listeners {
         let listener = TcpListener::bind(l.address)
@@ -181,10 +193,13 @@ pub async fn start_with_storage(
         let addr = listener.local_addr()?;
         info!(%addr, kind = ?l.kind, tls = ?l.tls, "listening");
         listeners.push((l.kind, l.tls, addr));
+        let web = (l.kind == ListenerKind::Http)
+            .then(|| crate::web::Web::new(&ctx, &tls, transports.clone(), addr));
         tracker.spawn(accept(
             listener,
             l.kind,
             l.tls,
+            web,
             ctx.clone(),
             tls.clone(),
             limits.clone(),
@@ -254,6 +269,7 @@ async fn accept(
     listener: TcpListener,
     kind: ListenerKind,
     mode: TlsMode,
+    web: Option<crate::web::Web>,
     ctx: Arc<Context>,
     tls: TlsContext,
     limits: Arc<ConnectionLimits>,
@@ -261,8 +277,6 @@ async fn accept(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    // One router and TLS setup per HTTP listener, shared by its connections.
-    let web = (kind == ListenerKind::Http).then(|| crate::web::Web::new(&ctx, &tls));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -297,10 +311,9 @@ async fn accept(
         match kind {
             // The permit is released when the socket closes (a hibernated XEP-0198 session
             // keeps no connection).
-            ListenerKind::C2s | ListenerKind::Websocket => {
-                let websocket = kind == ListenerKind::Websocket;
+            ListenerKind::C2s => {
                 tracker.spawn(crate::c2s::serve(
-                    ctx, tls, tcp, peer, mode, websocket, conn_id, token, permit,
+                    ctx, tls, tcp, peer, mode, conn_id, token, permit,
                 ));
             }
             ListenerKind::Http => {

@@ -265,6 +265,11 @@ impl OfflineStore for MemoryStore {
         Ok(lock(&self.offline)?.queues.get(user).map_or(0, |q| q.len()))
     }
 
+    async fn total(&self) -> Result<Option<u64>> {
+        let offline = lock(&self.offline)?;
+        Ok(Some(offline.queues.values().map(|q| q.len() as u64).sum()))
+    }
+
     async fn remove_user(&self, user: &BareJid) -> Result<()> {
         lock(&self.offline)?.queues.remove(user);
         Ok(())
@@ -357,6 +362,17 @@ impl ArchiveStore for MemoryStore {
             .users
             .get(user)
             .map_or(0, |a| a.messages.len() as u64))
+    }
+
+    async fn total(&self) -> Result<Option<u64>> {
+        let archives = lock(&self.archives)?;
+        Ok(Some(
+            archives
+                .users
+                .values()
+                .map(|a| a.messages.len() as u64)
+                .sum(),
+        ))
     }
 
     async fn replace(&self, user: &BareJid, id: &str, stanza: &str) -> Result<bool> {

@@ -233,6 +233,11 @@ pub trait OfflineStore: Send + Sync {
     /// Removes messages with `seq <= up_to` (after they were delivered).
     async fn remove_up_to(&self, user: &BareJid, up_to: u64) -> Result<()>;
     async fn count(&self, user: &BareJid) -> Result<usize>;
+    /// Messages stored for all users (metrics), at a cost of at most one read per
+    /// account; `None` when the backend cannot tell that cheaply.
+    async fn total(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
     async fn remove_user(&self, user: &BareJid) -> Result<()>;
     /// Makes every write so far durable (see [`AccountStore::flush`]).
     async fn flush(&self) -> Result<()> {
@@ -400,6 +405,11 @@ pub trait ArchiveStore: Send + Sync {
     async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage>;
     /// Number of messages in the archive.
     async fn count(&self, user: &BareJid) -> Result<u64>;
+    /// Messages in all archives (metrics), at a cost of at most one read per archive;
+    /// `None` when the backend cannot tell that cheaply.
+    async fn total(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
     /// Replaces the stanza stored under `id` (a retraction's tombstone, XEP-0424/0425),
     /// keeping its UID, position and `with`. `Ok(false)`: no such message. Durable before
     /// returning.

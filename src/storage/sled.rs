@@ -951,6 +951,16 @@ impl SledStore {
 }
 
 /// Removes every key with `prefix` from `tree` in one atomic batch.
+/// The sum of a tree of per-user counters (`offline_meta`, `archive_meta`).
+fn sum_counts(tree: &Tree, what: &str) -> Result<u64> {
+    let mut total = 0u64;
+    for entry in tree.iter() {
+        let (_, v) = entry.map_err(backend)?;
+        total = total.saturating_add(decode::<u64>(what, &v)?);
+    }
+    Ok(total)
+}
+
 fn clear_prefix(tree: &Tree, prefix: &[u8]) -> Result<()> {
     let mut batch = ::sled::Batch::default();
     for key in keys_with_prefix(tree, prefix)? {
@@ -1094,6 +1104,11 @@ impl ArchiveStore for SledStore {
             Some(v) => decode("archive count", &v),
             None => Ok(0),
         }
+    }
+
+    async fn total(&self) -> Result<Option<u64>> {
+        // One counter per archive; no barrier: a total for metrics may lag the writer.
+        sum_counts(&self.archive_meta, "archive count").map(Some)
     }
 
     async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
@@ -1560,6 +1575,10 @@ impl OfflineStore for SledStore {
             None => 0,
         };
         usize::try_from(count).map_err(|_| StorageError::Corrupt("offline count".into()))
+    }
+
+    async fn total(&self) -> Result<Option<u64>> {
+        sum_counts(&self.offline_meta, "offline count").map(Some)
     }
 
     async fn remove_user(&self, user: &BareJid) -> Result<()> {

@@ -1,9 +1,9 @@
 //! XEP-0156: `/.well-known/host-meta` (XRD) and `/.well-known/host-meta.json`, so a web
-//! client given only a domain finds the WebSocket endpoint.
+//! client given only a domain finds the WebSocket and BOSH endpoints.
 //!
-//! The URLs are those of the WebSocket listeners this server has bound (wss:// first),
-//! named by the vhost the request's `Host` header asks for, or the configured
-//! `http.websocket_urls` when a reverse proxy publishes them elsewhere.
+//! The URLs are those of the HTTP listeners this server has bound (TLS first), named by
+//! the vhost the request's `Host` header asks for, or the configured `http.websocket_urls`
+//! and `http.bosh_urls` when a reverse proxy publishes them elsewhere.
 
 use std::sync::Arc;
 
@@ -19,8 +19,7 @@ use crate::xml::Element;
 
 const XRD: &str = "http://docs.oasis-open.org/ns/xri/xrd-1.0";
 const WEBSOCKET_REL: &str = "urn:xmpp:alt-connections:websocket";
-/// The path web clients are usually set up with (the listener accepts any path).
-const WEBSOCKET_PATH: &str = "/xmpp-websocket";
+const BOSH_REL: &str = "urn:xmpp:alt-connections:xbosh";
 
 pub fn routes(ctx: Arc<Context>) -> Router {
     Router::new()
@@ -53,22 +52,49 @@ pub fn websocket_urls(ctx: &Context, domain: &str) -> Vec<String> {
     if !ctx.config.http.websocket_urls.is_empty() {
         return ctx.config.http.websocket_urls.clone();
     }
+    listener_urls(ctx, domain, ["wss", "ws"], super::websocket::PATH)
+}
+
+/// The BOSH URLs served for `domain` (none when BOSH is off).
+pub fn bosh_urls(ctx: &Context, domain: &str) -> Vec<String> {
+    if !ctx.config.bosh.enabled {
+        return Vec::new();
+    }
+    if !ctx.config.http.bosh_urls.is_empty() {
+        return ctx.config.http.bosh_urls.clone();
+    }
+    listener_urls(ctx, domain, ["https", "http"], super::bosh::PATH)
+}
+
+/// `path` on every HTTP listener, TLS ones first (`schemes`: with TLS, without).
+fn listener_urls(ctx: &Context, domain: &str, schemes: [&str; 2], path: &str) -> Vec<String> {
     let Some(listeners) = ctx.listeners.get() else {
         return Vec::new();
     };
     let mut urls = Vec::new();
-    for (mode, scheme) in [(TlsMode::DirectTls, "wss"), (TlsMode::None, "ws")] {
+    for (mode, scheme) in [TlsMode::DirectTls, TlsMode::None].into_iter().zip(schemes) {
         for (_, _, addr) in listeners
             .iter()
-            .filter(|(k, t, _)| *k == ListenerKind::Websocket && *t == mode)
+            .filter(|(k, t, _)| *k == ListenerKind::Http && *t == mode)
         {
-            urls.push(format!(
-                "{scheme}://{domain}:{}{WEBSOCKET_PATH}",
-                addr.port()
-            ));
+            urls.push(format!("{scheme}://{domain}:{}{path}", addr.port()));
         }
     }
     urls
+}
+
+/// Every endpoint for `domain`, as (rel, href).
+fn links(ctx: &Context, domain: &str) -> Vec<(&'static str, String)> {
+    let mut links: Vec<_> = bosh_urls(ctx, domain)
+        .into_iter()
+        .map(|u| (BOSH_REL, u))
+        .collect();
+    links.extend(
+        websocket_urls(ctx, domain)
+            .into_iter()
+            .map(|u| (WEBSOCKET_REL, u)),
+    );
+    links
 }
 
 /// Browsers on any page may read where to connect (XEP-0156 §3.1).
@@ -86,10 +112,10 @@ fn with_cors(body: Vec<u8>, content_type: &'static str) -> Response {
 async fn xrd(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
     let domain = vhost(&ctx, &headers);
     let mut doc = Element::new("XRD", XRD);
-    for url in websocket_urls(&ctx, &domain) {
+    for (rel, url) in links(&ctx, &domain) {
         doc.push_child(
             Element::new("Link", XRD)
-                .with_attr("rel", WEBSOCKET_REL)
+                .with_attr("rel", rel)
                 .with_attr("href", url),
         );
     }
@@ -100,9 +126,9 @@ async fn xrd(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
 
 async fn json(State(ctx): State<Arc<Context>>, headers: HeaderMap) -> Response {
     let domain = vhost(&ctx, &headers);
-    let links: Vec<serde_json::Value> = websocket_urls(&ctx, &domain)
+    let links: Vec<serde_json::Value> = links(&ctx, &domain)
         .into_iter()
-        .map(|href| serde_json::json!({ "rel": WEBSOCKET_REL, "href": href }))
+        .map(|(rel, href)| serde_json::json!({ "rel": rel, "href": href }))
         .collect();
     let body = serde_json::json!({ "links": links })
         .to_string()
