@@ -376,6 +376,18 @@ async fn ejabberd_piefxis_imports_and_passwords_work() {
         format!("{private:?}").contains("Juliet & co"),
         "{private:?}"
     );
+    // The offline message keeps the time the old server stored it: one delay, that stamp.
+    juliet.send("<presence/>").await;
+    let msg = juliet
+        .recv_until(|e| e.name == "message" && e.child("body", "jabber:client").is_some())
+        .await;
+    let delays: Vec<&Element> = msg.elements().filter(|e| e.name == "delay").collect();
+    assert_eq!(delays.len(), 1, "{msg:?}");
+    assert_eq!(
+        delays[0].attr("stamp"),
+        Some("2009-07-21T00:32:29Z"),
+        "{msg:?}"
+    );
     juliet.close().await;
     server.stop().await;
 }
@@ -655,4 +667,54 @@ async fn import_refuses_a_database_in_use() {
     let err = migrate::run_export(&cfg, None, None).await.unwrap_err();
     assert!(err.contains("stop the server"), "{err}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn cli_imports_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let toml = dir.path().join("xmppd.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "data_dir = \"{}\"\n[[vhost]]\ndomain = \"{CAPULET}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xmppd"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let t = toml.to_str().unwrap();
+    let fx = fixture("ejabberd_piefxis.xml");
+    let out = run(&["import", "-c", t, "xep0227", fx.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("imported 2 account(s)"), "{stderr}");
+    let dump = dir.path().join("dump.xml");
+    let out = run(&["export", "-c", t, "-o", dump.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dump).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(text.contains("<user name='juliet'>"), "{text}");
+    assert!(text.contains("mechanism='SCRAM-SHA-256'"), "{text}");
+    assert!(!text.contains("pencil"));
+    // To standard output, one domain only.
+    let out = run(&["export", "-c", t, "--domain", "other.lit"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("<user"));
+    // A failing import exits non-zero with the reason.
+    let out = run(&["import", "-c", t, "users", "/nonexistent/users.txt"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/users.txt"));
 }

@@ -111,8 +111,8 @@ pub struct UserData {
     pub roster: Vec<RosterItem>,
     /// Contacts waiting for the user's answer to their subscription request.
     pub pending_in: Vec<BareJid>,
-    /// Message stanzas, serialized, oldest first.
-    pub offline: Vec<String>,
+    /// (stored at, seconds since the epoch; message stanza serialized), oldest first.
+    pub offline: Vec<(u64, String)>,
     pub vcard: Option<String>,
     /// (storage key `namespace\x1fname`, element XML).
     pub private: Vec<(String, String)>,
@@ -218,9 +218,12 @@ pub async fn write_user(
         };
         storage.roster.add_pending_in(jid, &pending).await?;
     }
-    for stanza in &user.offline {
+    for (stored_at, stanza) in &user.offline {
         // No quota: what the old server kept is kept.
-        storage.offline.push(jid, stanza, usize::MAX).await?;
+        storage
+            .offline
+            .push_at(jid, stanza, *stored_at, usize::MAX)
+            .await?;
         report.offline += 1;
     }
     if let Some(v) = &user.vcard {

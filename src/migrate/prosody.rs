@@ -146,7 +146,8 @@ fn read_host(
         if f.exists() {
             for item in read_list(&f, &opts.limits)? {
                 let el = stanza(&item, ns::CLIENT).map_err(|m| MigrateError::invalid(at(&f), m))?;
-                user.offline.push(el.to_stanza_string());
+                let when = item.as_table().map_or_else(super::now_secs, when_secs);
+                user.offline.push((when, el.to_stanza_string()));
             }
         }
         let f = userfile("vcard", "dat");

@@ -362,7 +362,9 @@ impl PendingUser {
                 if el.is("message", ns::CLIENT) || el.is("message", "jabber:server") {
                     let mut el = el;
                     el.ns = ns::CLIENT.into();
-                    self.data().offline.push(el.to_stanza_string());
+                    let host = self.jid.domain().to_string();
+                    let stored_at = take_offline_delay(&mut el, &host);
+                    self.data().offline.push((stored_at, el.to_stanza_string()));
                 }
                 return Ok(());
             }
@@ -519,6 +521,30 @@ impl PendingUser {
             .unwrap_or_else(|| UserData::new(self.jid.clone(), creds.clone()));
         data.creds = creds;
         Ok(data)
+    }
+}
+
+/// Removes the old server's offline-storage `<delay/>` (from the host, or without `from`)
+/// and returns its time: the message is stored as of then, and the offline module stamps it
+/// again at delivery. Without one: now.
+fn take_offline_delay(msg: &mut Element, host: &str) -> u64 {
+    let pos = msg.children.iter().position(|c| match c {
+        Node::Element(d) => d.is("delay", ns::DELAY) && d.attr("from").is_none_or(|f| f == host),
+        _ => false,
+    });
+    let Some(pos) = pos else {
+        return super::now_secs();
+    };
+    let stamp = match &msg.children[pos] {
+        Node::Element(d) => d.attr("stamp").and_then(crate::modules::mam::parse_stamp),
+        _ => None,
+    };
+    match stamp {
+        Some(micros) => {
+            msg.children.remove(pos);
+            micros / 1_000_000
+        }
+        None => super::now_secs(),
     }
 }
 
@@ -746,14 +772,13 @@ async fn user_element(
         let mut o = Element::new("offline-messages", NS);
         for m in &offline {
             let mut msg = parsed(&m.stanza)?;
-            // One delay only: a message imported before keeps the first server's stamp.
-            if !msg.has_child("delay", ns::DELAY) {
-                msg.push_child(
-                    Element::new("delay", ns::DELAY)
-                        .with_attr("from", jid.domain().to_string())
-                        .with_attr("stamp", crate::modules::time::stamp_from_unix(m.stored_at)),
-                );
-            }
+            // When this server stored it, as XEP-0227 shows it (and as the offline module
+            // stamps it at delivery).
+            msg.push_child(
+                Element::new("delay", ns::DELAY)
+                    .with_attr("from", jid.domain().to_string())
+                    .with_attr("stamp", crate::modules::time::stamp_from_unix(m.stored_at)),
+            );
             o.push_child(msg);
         }
         user.push_child(o);
