@@ -170,6 +170,15 @@ async fn prosody_data_dir_imports_with_old_passwords_working() {
         msg.child_text("body", "jabber:client").as_deref(),
         Some("while you were away")
     );
+    // Stamped with when Prosody stored it (this run), once.
+    let delays: Vec<&Element> = msg.elements().filter(|e| e.name == "delay").collect();
+    assert_eq!(delays.len(), 1, "{msg:?}");
+    let stamp = xmppd::modules::mam::parse_stamp(delays[0].attr("stamp").unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    assert!(now - stamp < 600_000_000, "{msg:?}");
     pam.close().await;
     // A wrong password still fails; SCRAM-SHA-256 is not offered (and would fail).
     assert!(
@@ -717,4 +726,44 @@ async fn cli_imports_and_exports() {
     let out = run(&["import", "-c", t, "users", "/nonexistent/users.txt"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/users.txt"));
+}
+
+#[test]
+fn prosody_offline_and_archive_times_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("capulet%2elit");
+    for d in ["accounts", "offline", "archive"] {
+        std::fs::create_dir_all(host.join(d)).unwrap();
+    }
+    std::fs::write(host.join("accounts/a.dat"), "return { password = \"pw\" };").unwrap();
+    let msg = "{ { \"hi\"; name = \"body\"; attr = {}; }; name = \"message\"; \
+               attr = { from = \"b@capulet.lit/r\"; to = \"a@capulet.lit\"; type = \"chat\"; \
+               stamp = \"2001-09-09T01:46:40Z\" };";
+    std::fs::write(
+        host.join("offline/a.list"),
+        format!("item({msg} [\"when\"] = 1000000000; [\"with\"] = \"\"; key = \"k1\"; }});\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        host.join("archive/a.list"),
+        format!("item({msg} when = 1000000000.5; with = \"b@capulet.lit\"; key = \"k2\"; }});\n"),
+    )
+    .unwrap();
+    let opts = migrate::prosody::ProsodyImport {
+        data_dir: dir.path(),
+        hosts: None,
+        iterations: 4096,
+        limits: migrate::Limits::default(),
+    };
+    let mut warnings = Vec::new();
+    let users = migrate::prosody::read(&opts, &mut warnings).unwrap();
+    assert_eq!(users.len(), 1);
+    let u = &users[0];
+    assert_eq!(u.offline.len(), 1);
+    assert_eq!(u.offline[0].0, 1_000_000_000);
+    // Prosody's own `stamp` attribute is not part of the stanza.
+    assert!(!u.offline[0].1.contains("stamp"), "{}", u.offline[0].1);
+    assert_eq!(u.archive[0].micros, 1_000_000_000_500_000);
+    assert_eq!(u.archive[0].with, "b@capulet.lit");
+    assert!(u.creds.verify_password("pw") && u.creds.has_sha256());
 }
