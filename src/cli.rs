@@ -64,6 +64,9 @@ pub enum Command {
         /// Largest XML element held while reading XEP-0227, in bytes.
         #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_element_bytes)]
         max_element_bytes: usize,
+        /// Most bytes of one account's data held while reading XEP-0227.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_user_bytes)]
+        max_user_bytes: usize,
     },
     /// Ask the running server whether it answers (its control socket); exit 0 if it does
     /// (container health checks).
@@ -161,6 +164,7 @@ where
             source,
             max_file_bytes,
             max_element_bytes,
+            max_user_bytes,
         } => {
             let source = match source {
                 ImportSource::Xep0227 { file } => crate::migrate::Source::Xep0227(file),
@@ -173,6 +177,7 @@ where
             let limits = crate::migrate::Limits {
                 max_file_bytes,
                 max_element_bytes,
+                max_user_bytes,
                 ..Default::default()
             };
             run_offline(config.as_deref(), async |cfg| {

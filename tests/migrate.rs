@@ -515,6 +515,7 @@ async fn hostile_import_files_give_clear_errors_and_store_nothing() {
         max_file_bytes: 64 * 1024,
         max_element_bytes: 32 * 1024,
         max_depth: 16,
+        max_user_bytes: 256 * 1024,
     };
     let good = std::fs::read_to_string(fixture("ejabberd_piefxis.xml")).unwrap();
     let huge_text = format!(
@@ -533,7 +534,15 @@ async fn hostile_import_files_give_clear_errors_and_store_nothing() {
         "<a>".repeat(100),
         "</a>".repeat(100)
     );
+    // Many small messages: each within bounds, together too much for one user.
+    let many = format!(
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='capulet.lit'><user name='a' password='p'>\
+         <offline-messages>{}</offline-messages></user></host></server-data>",
+        "<message xmlns='jabber:client'><body>0123456789012345678901234567890123456789</body></message>"
+            .repeat(20_000)
+    );
     let cases: Vec<(&str, String, &str)> = vec![
+        ("many messages", many, "max-user-bytes"),
         (
             "truncated",
             good[..good.len() * 3 / 4].to_string(),

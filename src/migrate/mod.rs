@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_element_bytes: usize,
     /// Deepest XML or Lua nesting.
     pub max_depth: usize,
+    /// Most bytes of one account's data held at once while reading XEP-0227 (its archive
+    /// included): one user is stored at a time.
+    pub max_user_bytes: usize,
 }
 
 impl Default for Limits {
@@ -37,6 +40,7 @@ impl Default for Limits {
             max_file_bytes: 256 << 20,
             max_element_bytes: 4 << 20,
             max_depth: 64,
+            max_user_bytes: 1 << 30,
         }
     }
 }

@@ -179,6 +179,8 @@ where
                             sha256: None,
                             data: None,
                             warnings: Vec::new(),
+                            bytes: 0,
+                            max_bytes: limits.max_user_bytes,
                         });
                     }
                     // A container whose children are read one by one.
@@ -345,6 +347,9 @@ struct PendingUser {
     sha256: Option<ScramCredentials>,
     data: Option<UserData>,
     warnings: Vec<String>,
+    /// Bytes of data held so far, against `Limits::max_user_bytes`.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl PendingUser {
@@ -357,6 +362,13 @@ impl PendingUser {
     }
 
     fn take(&mut self, el: Element, container: Option<&str>) -> Result<(), String> {
+        self.bytes += el.approx_bytes();
+        if self.bytes > self.max_bytes {
+            return Err(format!(
+                "the data of {} exceeds --max-user-bytes ({})",
+                self.jid, self.max_bytes
+            ));
+        }
         match container {
             Some("offline-messages") => {
                 if el.is("message", ns::CLIENT) || el.is("message", "jabber:server") {
