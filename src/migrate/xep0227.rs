@@ -12,10 +12,10 @@
 //! password, which xmppd does not have), roster, offline messages, vCard, private XML, PEP
 //! nodes and items, and the message archive.
 
-use std::cell::Cell;
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,20 +47,20 @@ const NS_DATA: &str = "jabber:x:data";
 /// error instead of a buffer that grows without limit.
 struct Budget<R> {
     inner: R,
-    used: Rc<Cell<usize>>,
+    used: Arc<AtomicUsize>,
     max: usize,
 }
 
 impl<R: Read> Read for Budget<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.used.get() > self.max {
+        if self.used.load(Ordering::Relaxed) > self.max {
             return Err(std::io::Error::other(format!(
                 "an XML element larger than {} bytes (raise --max-element-bytes)",
                 self.max
             )));
         }
         let n = self.inner.read(buf)?;
-        self.used.set(self.used.get() + n);
+        self.used.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -82,7 +82,7 @@ where
     F: AsyncFnMut(UserData, &mut Report) -> Result<(), MigrateError>,
 {
     let file = std::fs::File::open(path).map_err(|e| MigrateError::io(path, e))?;
-    let used = Rc::new(Cell::new(0));
+    let used = Arc::new(AtomicUsize::new(0));
     let budget = Budget {
         inner: file,
         used: used.clone(),
@@ -108,7 +108,7 @@ where
     let mut seen_root = false;
     loop {
         buf.clear();
-        used.set(0);
+        used.store(0, Ordering::Relaxed);
         let event = reader.read_event_into(&mut buf).map_err(|e| {
             let mut msg = e.to_string();
             if msg.contains("end of input") {
@@ -282,7 +282,7 @@ where
 fn skip<R: std::io::BufRead>(
     reader: &mut NsReader<R>,
     empty: bool,
-    used: &Rc<Cell<usize>>,
+    used: &AtomicUsize,
     at: &dyn Fn(&NsReader<R>) -> String,
 ) -> Result<(), MigrateError> {
     if empty {
@@ -292,7 +292,7 @@ fn skip<R: std::io::BufRead>(
     let mut buf = Vec::new();
     while depth > 0 {
         buf.clear();
-        used.set(0);
+        used.store(0, Ordering::Relaxed);
         match reader
             .read_event_into(&mut buf)
             .map_err(|e| MigrateError::invalid(at(reader), e.to_string()))?
