@@ -14,7 +14,6 @@ use zeroize::Zeroizing;
 use crate::admin::control::{self, Password, Request, Response};
 use crate::admin::{self, AdminError};
 use crate::config::{self, Config, ConfigError};
-use crate::net::tls::{self, TlsError};
 
 #[derive(Debug, Parser)]
 #[command(name = "xmppd", version, about = "A federated XMPP server")]
@@ -31,11 +30,22 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file; print every problem found.
+    /// Check a configuration and the deployment around it (certificates, permissions,
+    /// DNS); print every problem found, each with its fix.
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Skip the DNS checks.
+        #[arg(long)]
+        offline: bool,
+        /// DNS server to ask (`IP:port`, repeatable); default: s2s.dns_servers, else the
+        /// system's.
+        #[arg(long)]
+        dns_server: Vec<std::net::SocketAddr>,
+        /// This machine's public address (repeatable), to check that DNS points here.
+        #[arg(long)]
+        public_ip: Vec<std::net::IpAddr>,
     },
     /// Manage accounts (through the running server, or directly when it is stopped).
     User {
@@ -46,6 +56,39 @@ pub enum Command {
     Invite {
         #[command(subcommand)]
         action: InviteCommand,
+    },
+    /// Import accounts and their data into the database (the server must be stopped).
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        source: ImportSource,
+        /// Largest file read whole (Prosody files, users file), in bytes.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_file_bytes)]
+        max_file_bytes: u64,
+        /// Largest XML element held while reading XEP-0227, in bytes.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_element_bytes)]
+        max_element_bytes: usize,
+        /// Most bytes of one account's data held while reading XEP-0227.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_user_bytes)]
+        max_user_bytes: usize,
+    },
+    /// Ask the running server whether it answers (its control socket); exit 0 if it does
+    /// (container health checks).
+    Health {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Export every account and its data as XEP-0227 (the server must be stopped).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only accounts of this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Output file (created with mode 0600); standard output without it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -106,6 +149,21 @@ fn parse_duration(s: &str) -> Result<u64, String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A XEP-0227 file (also what `ejabberdctl export_piefxis` writes).
+    Xep0227 { file: PathBuf },
+    /// A Prosody data dir (internal storage), e.g. /var/lib/prosody.
+    Prosody {
+        data_dir: PathBuf,
+        /// Only this host (repeatable); default: every host with accounts.
+        #[arg(long)]
+        host: Vec<String>,
+    },
+    /// A users file: `user@domain:password` per line (see docs/operations.md).
+    Users { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create an account; the password is prompted for, or read as one line from stdin.
     Add {
@@ -148,9 +206,89 @@ where
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => run_serve(config.as_deref(), serve),
-        Command::Check { config } => run_check(&config),
+        Command::Check {
+            config,
+            offline,
+            dns_server,
+            public_ip,
+        } => run_check(
+            &config,
+            &crate::check::CheckOptions {
+                offline,
+                dns_servers: dns_server,
+                public_ips: public_ip,
+            },
+        ),
         Command::User { action } => run_user(action),
         Command::Invite { action } => run_invite(action),
+        Command::Import {
+            config,
+            source,
+            max_file_bytes,
+            max_element_bytes,
+            max_user_bytes,
+        } => {
+            let source = match source {
+                ImportSource::Xep0227 { file } => crate::migrate::Source::Xep0227(file),
+                ImportSource::Prosody { data_dir, host } => crate::migrate::Source::Prosody {
+                    data_dir,
+                    hosts: (!host.is_empty()).then_some(host),
+                },
+                ImportSource::Users { file } => crate::migrate::Source::Users(file),
+            };
+            let limits = crate::migrate::Limits {
+                max_file_bytes,
+                max_element_bytes,
+                max_user_bytes,
+                ..Default::default()
+            };
+            run_offline(config.as_deref(), async |cfg| {
+                crate::migrate::run_import(cfg, &source, &limits)
+                    .await
+                    .map(|r| r.to_string())
+            })
+        }
+        Command::Health { config } => run_offline(config.as_deref(), async |cfg| {
+            match control::request(&admin::control_socket_path(cfg), &Request::Ping).await {
+                Ok(Response::Pong) => Ok("ok".into()),
+                Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+        Command::Export {
+            config,
+            domain,
+            output,
+        } => run_offline(config.as_deref(), async |cfg| {
+            crate::migrate::run_export(cfg, domain.as_deref(), output.as_deref())
+                .await
+                .map(|n| format!("exported {n} account(s)"))
+        }),
+    }
+}
+
+/// Runs a command on the stopped server's storage; its message goes to stderr (standard
+/// output may carry an export).
+fn run_offline(
+    path: Option<&Path>,
+    f: impl AsyncFnOnce(&Config) -> Result<String, String>,
+) -> ExitCode {
+    let Some(cfg) = load_config(path) else {
+        return ExitCode::FAILURE;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(f(&cfg)) {
+        Ok(msg) => {
+            eprintln!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -277,33 +415,23 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-fn run_check(path: &Path) -> ExitCode {
+fn run_check(path: &Path, opts: &crate::check::CheckOptions) -> ExitCode {
     let cfg = match config::load_file(path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut count = 0;
-    if let Err(errs) = config::validate(&cfg) {
-        print_config_errors(Some(path), &errs);
-        count += errs.len();
-    }
-    // Unreadable files were reported by validate; this adds bad PEM and key mismatches.
-    for e in tls::check_configured_certs(&cfg) {
-        if !matches!(e, TlsError::Io { .. }) {
-            eprintln!("{}: {e}", path.display());
-            count += 1;
-        }
-    }
-    if count > 0 {
-        eprintln!(
-            "{}: {count} error{}",
-            path.display(),
-            if count == 1 { "" } else { "s" }
-        );
-        ExitCode::FAILURE
-    } else {
-        println!("config OK");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let findings = rt.block_on(crate::check::run(&cfg, Some(path), opts));
+    if crate::check::print(&findings, path) {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1051,6 +1051,13 @@ async fn profiles(s: Storage) {
     assert_eq!(p.private("u@xy", "a").await.unwrap(), None);
     assert!(p.set_private("u@x", "b", None, 2).await.unwrap());
     assert!(p.set_private("u@x", "c", Some("<c/>"), 2).await.unwrap());
+    assert!(p.set_private("u@xy", "z", Some("<z/>"), 2).await.unwrap());
+    // Every element of one user, by key (export).
+    assert_eq!(
+        p.private_all("u@x").await.unwrap(),
+        [("a".into(), "<a2/>".into()), ("c".into(), "<c/>".into())]
+    );
+    assert!(p.private_all("nobody@x").await.unwrap().is_empty());
     p.set_vcard("u@x", Some("<v/>")).await.unwrap();
     assert_eq!(p.last_activity("u@x").await.unwrap(), None);
     p.set_last_activity("u@x", 5, "gone").await.unwrap();
@@ -1063,6 +1070,8 @@ async fn profiles(s: Storage) {
     assert_eq!(p.last_activity("u@x").await.unwrap(), None);
     assert_eq!(p.vcard("u@x").await.unwrap(), None);
     assert_eq!(p.private("u@x", "a").await.unwrap(), None);
+    assert!(p.private_all("u@x").await.unwrap().is_empty());
+    assert_eq!(p.private_all("u@xy").await.unwrap().len(), 1);
     s.flush().await.unwrap();
 }
 
@@ -1154,6 +1163,24 @@ async fn concurrent_invite_uses(s: Storage) {
     assert_eq!(used, 3);
 }
 
+/// An import keeps when the old server stored an offline message.
+async fn offline_push_at(s: Storage) {
+    let o = &s.offline;
+    let out = o
+        .push_at(&j("u@x"), "<message id='old'/>", 1_000_000_000, 5)
+        .await
+        .unwrap();
+    assert_eq!(out, OfflineStoreOutcome::Stored);
+    o.push(&j("u@x"), "<message id='new'/>", 5).await.unwrap();
+    let list = o.list(&j("u@x")).await.unwrap();
+    assert_eq!(list[0].stored_at, 1_000_000_000);
+    assert!(list[1].stored_at > 1_000_000_000);
+    assert_eq!(
+        o.push_at(&j("u@x"), "<message/>", 5, 2).await.unwrap(),
+        OfflineStoreOutcome::QuotaExceeded
+    );
+}
+
 fn memory() -> (Storage, Option<TempDir>) {
     (Storage::memory(), None)
 }
@@ -1211,9 +1238,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {

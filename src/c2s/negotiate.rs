@@ -15,7 +15,10 @@ use crate::context::Context;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
-use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain, verify_plain};
+use crate::sasl::{
+    ChannelBindings, Mechanism, SaslError, ScramServer, StoredCredentials, parse_plain,
+    verify_plain,
+};
 use crate::stream::negotiate::{Action, Negotiator, Policy, Role};
 use crate::stream::{StreamError, StreamErrorCondition, random_id};
 use crate::xml::{Element, ns};
@@ -249,11 +252,18 @@ async fn upgrade(
 
 fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
     let mut out = Vec::new();
+    // The same list for every account (chosen before the username is known), so it tells
+    // nothing about which accounts exist or how their credentials are stored.
+    let sha256 = ctx.config.c2s.offer_scram_sha256;
     if !st.bindings.is_empty() {
-        out.push(Mechanism::ScramSha256Plus);
+        if sha256 {
+            out.push(Mechanism::ScramSha256Plus);
+        }
         out.push(Mechanism::ScramSha1Plus);
     }
-    out.push(Mechanism::ScramSha256);
+    if sha256 {
+        out.push(Mechanism::ScramSha256);
+    }
     out.push(Mechanism::ScramSha1);
     if st.neg.is_secure() && ctx.config.c2s.allow_plain {
         out.push(Mechanism::Plain);
@@ -494,8 +504,15 @@ async fn run_mechanism(
         let iterations = ctx.config.c2s.scram_iterations;
         let password = creds.password;
         // PBKDF2 is milliseconds of CPU: off the runtime's workers, which serve other streams.
-        let valid = tokio::task::spawn_blocking(move || {
-            verify_plain(stored.as_ref(), &account, &password, iterations)
+        let (valid, upgraded) = tokio::task::spawn_blocking(move || {
+            let valid = verify_plain(stored.as_ref(), &account, &password, iterations);
+            // An account imported with SCRAM-SHA-1 verifiers only gets the full set now
+            // that its password is seen in clear (SCRAM-SHA-256 works from then on).
+            let upgrade = valid && stored.as_ref().is_some_and(|s| !s.has_sha256());
+            let upgraded = upgrade
+                .then(|| StoredCredentials::from_password(&password, iterations).ok())
+                .flatten();
+            (valid, upgraded)
         })
         .await
         .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
@@ -504,6 +521,13 @@ async fn run_mechanism(
         };
         if let Err(e) = check_authzid(creds.authzid.as_deref(), &jid) {
             return Ok(Err(e));
+        }
+        if let Some(new) = upgraded {
+            match ctx.storage.accounts.set_credentials(&jid, &new).await {
+                Ok(_) => info!(jid = %jid, "SHA-1-only credentials upgraded to SHA-1 + SHA-256"),
+                // The login itself is fine; the upgrade is retried at the next PLAIN login.
+                Err(e) => debug!(jid = %jid, error = %e, "credential upgrade failed"),
+            }
         }
         return Ok(Ok(Some((jid, None))));
     }

@@ -545,6 +545,11 @@ pub struct C2sConfig {
     /// slixmpp 1.8 does on TLS 1.3 (it knows only `tls-unique`); a man in the middle who
     /// can also break the client's TLS could send such an attempt himself.
     pub strict_channel_binding: bool,
+    /// Offer SCRAM-SHA-256(-PLUS). Turn off after importing accounts that have SCRAM-SHA-1
+    /// verifiers only (from Prosody): clients pick the strongest mechanism offered, and
+    /// such accounts can log in with SCRAM-SHA-1 or PLAIN only, as on Prosody. A PLAIN login
+    /// upgrades an account to both hashes.
+    pub offer_scram_sha256: bool,
 }
 
 /// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368). Takes effect
@@ -859,6 +864,7 @@ impl Default for C2sConfig {
             scram_iterations: 10_000,
             sm_resume_timeout_secs: 300,
             strict_channel_binding: false,
+            offer_scram_sha256: true,
         }
     }
 }

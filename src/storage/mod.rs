@@ -230,6 +230,19 @@ pub trait OfflineStore: Send + Sync {
     /// Appends a message, durably (flushed) before returning `Stored`.
     async fn push(&self, user: &BareJid, stanza: &str, quota: usize)
     -> Result<OfflineStoreOutcome>;
+    /// Like `push`, stored as of `stored_at` (seconds since the epoch) rather than now: an
+    /// import keeps when the old server received the message (its XEP-0203 stamp). Both
+    /// backends keep the time; the provided fallback (for wrappers and test doubles) does not.
+    async fn push_at(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        stored_at: u64,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
+        let _ = stored_at;
+        self.push(user, stanza, quota).await
+    }
     /// All stored messages in arrival order (not removed).
     async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>>;
     /// Removes messages with `seq <= up_to` (after they were delivered).

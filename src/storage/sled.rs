@@ -1506,14 +1506,22 @@ impl OfflineStore for SledStore {
         stanza: &str,
         quota: usize,
     ) -> Result<OfflineStoreOutcome> {
+        self.push_at(user, stanza, super::memory::now_secs(), quota)
+            .await
+    }
+
+    async fn push_at(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        stored_at: u64,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
         // generate_id is monotonic across restarts (sled persists it ahead of use), so seq
         // keeps increasing per user; +1 so that seqs start at 1 as in the memory store.
         let seq = self.db.generate_id().map_err(backend)?.saturating_add(1);
         let key = offline_key(user, seq)?;
-        let value = encode(&OfflineRecordRef {
-            stored_at: super::memory::now_secs(),
-            stanza,
-        })?;
+        let value = encode(&OfflineRecordRef { stored_at, stanza })?;
         let quota = u64::try_from(quota).unwrap_or(u64::MAX);
         // The count lives beside the messages and changes in the same transaction, so
         // concurrent pushes cannot overrun the quota and `count` needs no scan.
