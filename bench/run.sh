@@ -9,6 +9,7 @@
 #   bench/run.sh chat  --pairs 100 --window 10 --body-bytes 100 --seconds 10
 #   bench/run.sh roster --users 1000 --contacts 5      (runs setup-roster first)
 #   bench/run.sh muc   --occupants 100 --senders 10 --seconds 10  (one chat room)
+#   bench/run.sh --server xmppd upload --bytes 10000000   (XEP-0363 PUT + GET, MB/s, RSS)
 #   bench/run.sh --server both chat --pairs 100        (then prints a ratio table)
 #
 # Settings (environment):
@@ -67,8 +68,8 @@ both) LIST=(prosody xmppd) ;;
 *) die "--server must be prosody, xmppd or both" ;;
 esac
 case "$SCENARIO" in
-login | idle | chat | roster | muc) ;;
-*) die "scenario must be login, idle, chat, roster or muc" ;;
+login | idle | chat | roster | muc | upload) ;;
+*) die "scenario must be login, idle, chat, roster, muc or upload" ;;
 esac
 
 # Value of option $1 in the scenario arguments, if present.
@@ -90,6 +91,8 @@ if [ -z "${USERS:-}" ]; then
 		USERS=$((2 * p))
 	elif o=$(arg_value --occupants); then
 		USERS=$o
+	elif [ "$SCENARIO" = upload ]; then
+		USERS=1
 	else
 		USERS=1000
 	fi
@@ -137,6 +140,12 @@ tls = "starttls"
 [[listener]]
 kind = "c2s"
 address = "127.0.0.1:$((XMPPD_PORT + 1))"
+tls = "direct_tls"
+
+# HTTPS for the upload scenario (XEP-0363 slots point here).
+[[listener]]
+kind = "http"
+address = "127.0.0.1:$((XMPPD_PORT + 2))"
 tls = "direct_tls"
 
 [limits]

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 /usr/bin/python3 -c 'import slixmpp' 2>/dev/null || missing+=(python3-slixmpp)
+# slixmpp's XEP-0363 upload uses aiohttp; tests/upload.rs also drives curl.
+/usr/bin/python3 -c 'import aiohttp' 2>/dev/null || missing+=(python3-aiohttp)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # tests/s2s_prosody.rs federates with a real Prosody; lua-unbound lets it use the test's
 # DNS server (a Recommends of prosody, which --no-install-recommends would skip).
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)

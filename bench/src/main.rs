@@ -8,6 +8,7 @@ mod conn;
 mod scenarios;
 mod scram;
 mod stats;
+mod upload;
 mod xml;
 
 use std::net::SocketAddr;
@@ -161,6 +162,16 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// One account uploads a file through a XEP-0363 slot and downloads it: MB/s each
+    /// way and server RSS while it passes (needs the server's `http` listener).
+    Upload {
+        /// File size in bytes.
+        #[arg(long, default_value_t = 10_000_000)]
+        bytes: usize,
+        /// Server process: RSS and CPU during the transfers.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Populate rosters over XMPP: mutual subscriptions with R neighbours each side.
     SetupRoster {
         #[arg(long)]
@@ -261,6 +272,7 @@ fn connections_needed(cmd: &Cmd, concurrency: usize) -> usize {
         }
         Cmd::Chat { pairs, .. } => pairs * 2,
         Cmd::Muc { occupants, .. } => *occupants,
+        Cmd::Upload { .. } => 1,
         Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => 0,
     }
 }
@@ -360,6 +372,7 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             };
             scenarios::chat(&run, &p).await?
         }
+        Cmd::Upload { bytes, server_pid } => upload::upload(&run, bytes, server_pid).await?,
         Cmd::Muc {
             occupants,
             senders,
