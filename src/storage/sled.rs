@@ -34,6 +34,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ::sled::transaction::{
@@ -102,6 +103,8 @@ pub struct SledStore {
     pubsub: pubsub::SledPubsub,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Deferred appends queued and made durable (`ArchiveStore::appended_durable`).
+    append_counts: Arc<AppendCounts>,
     /// Presence contacts per user with the roster version they were read at: presence
     /// changes reuse them until the roster changes.
     presence_contacts: Mutex<HashMap<BareJid, (u64, Arc<PresenceContacts>)>>,
@@ -445,6 +448,7 @@ impl SledStore {
             with: tree("archive_with")?,
             meta: tree("archive_meta")?,
             sync_writes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            counts: Arc::default(),
         };
         let id_cipher = ArchiveIdCipher::load_or_create(&meta)?;
         let archive_prefs = tree("archive_prefs")?;
@@ -453,6 +457,7 @@ impl SledStore {
         let blocking = UsersWithEntries::load(&blocklist)?;
         Ok(SledStore {
             sync_writes: trees.sync_writes.clone(),
+            append_counts: trees.counts.clone(),
             presence_contacts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
             newest: Mutex::new(HashMap::new()),
@@ -561,6 +566,19 @@ struct ArchiveTrees {
     /// otherwise they are answered once the batch is written into the database, which
     /// survives a crash of the process, and sled syncs in the background.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
+    counts: Arc<AppendCounts>,
+}
+
+/// How far deferred appends have got, so that waiting for them costs nothing when they
+/// are already on disk (most SM acks on a busy server come after the batch's flush).
+#[derive(Default)]
+struct AppendCounts {
+    /// Rows handed to the writer (counted before they are sent).
+    queued: AtomicU64,
+    /// Rows written and flushed (counted by the writer).
+    durable: AtomicU64,
+    /// A write failed: rows may be lost, so no later wait may report them durable.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// One message on its way to the writer, keys and value already encoded.
@@ -713,38 +731,57 @@ impl ArchiveTrees {
     }
 
     fn flush_pending(&self, batch: &mut PendingBatch, round: &mut Round) {
-        if let Err(e) = self.write(std::mem::take(batch)) {
-            // The appenders of this round get the error; the next barrier (read or
-            // flush) reports it too.
-            tracing::error!(error = %e, "writing archived messages failed");
-            let e = format!("archive write failed: {e}");
-            round.error.get_or_insert_with(|| e.clone());
-            round.failed = Some(e);
+        let rows = batch.len as u64;
+        match self.write(std::mem::take(batch)) {
+            Ok(()) => round.written += rows,
+            Err(e) => round.write_failed(&self.counts, e),
         }
     }
+}
 
-    /// Makes the round's writes durable with one fsync for all its waiters, and
-    /// answers them.
+impl Round {
+    fn write_failed(&mut self, counts: &AppendCounts, e: StorageError) {
+        counts.failed.store(true, Ordering::SeqCst);
+        // The appenders of this round get the error; the next barrier (read or
+        // flush) reports it too.
+        tracing::error!(error = %e, "writing archived messages failed");
+        let e = format!("archive write failed: {e}");
+        self.error.get_or_insert_with(|| e.clone());
+        self.failed = Some(e);
+    }
+}
+
+impl ArchiveTrees {
+    /// Makes the round's writes durable with one fsync for all its waiters (and for the
+    /// deferred appends in it, waited for or not: one flush per batch), and answers them.
     fn sync(&self, round: &mut Round) {
-        if round.waiters.is_empty() {
+        let written = std::mem::take(&mut round.written);
+        if round.waiters.is_empty() && written == 0 {
             return;
         }
         // sled flushes the whole database from any of its trees, so this also covers
         // the offline pushes whose `Sync` is in the round.
-        let sync = self.sync_writes.load(std::sync::atomic::Ordering::Relaxed);
-        let result = match round.error.take() {
-            Some(e) => Err(StorageError::Backend(e)),
-            None if sync => self.archive.flush().map(drop).map_err(backend),
-            None => Ok(()),
+        let flushed = match self.sync_writes.load(Ordering::Relaxed) {
+            true => self.archive.flush().map(drop).map_err(backend),
+            false => Ok(()),
         };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "flushing the database failed");
+        round.durable += written;
+        match &flushed {
+            // Everything written before the flush is covered, earlier rounds included.
+            Ok(()) => self.counts.durable.store(round.durable, Ordering::SeqCst),
+            Err(e) => tracing::error!(error = %e, "flushing the database failed"),
         }
+        if round.waiters.is_empty() {
+            // A write error is kept for the next waiters.
+            return;
+        }
+        let result = match (round.error.take(), flushed) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(())) => Ok(()),
+        };
         for waiter in round.waiters.drain(..) {
-            let _ = waiter.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StorageError::Backend(e.to_string())),
-            });
+            let _ = waiter.send(result.clone().map_err(StorageError::Backend));
         }
     }
 }
@@ -757,6 +794,10 @@ struct Round {
     error: Option<String>,
     /// Reported to the next barrier (reads see that earlier appends were lost).
     failed: Option<String>,
+    /// Rows written into the database since the last flush.
+    written: u64,
+    /// Rows written before the last flush (all rounds; the writer's running total).
+    durable: u64,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for
@@ -768,7 +809,7 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     // arrives during one fsync is the next batch (a 2 ms linger measured 5x the latency
     // of one append and half the throughput of 100 concurrent ones).
     while let Some(first) = rx.blocking_recv() {
-        if !trees.sync_writes.load(std::sync::atomic::Ordering::Relaxed) {
+        if !trees.sync_writes.load(Ordering::Relaxed) {
             // Nobody waits: let appends gather into one batch.
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
@@ -908,11 +949,12 @@ impl SledStore {
     }
 
     /// Stamps messages (UID, position), queues them for the writer and returns once the
-    /// batch holding them is flushed to disk.
-    async fn append_durably(
+    /// batch holding them is flushed to disk (`wait`), or at once.
+    async fn append_rows(
         &self,
         user: &BareJid,
         msgs: &[NewArchived<'_>],
+        wait: bool,
     ) -> Result<Vec<ArchiveStamp>> {
         let prefix = user_prefix(user)?;
         for m in msgs {
@@ -921,7 +963,7 @@ impl SledStore {
         let positions = self.positions(user, &prefix, msgs)?;
         let mut stamps = Vec::with_capacity(msgs.len());
         // Without sync_writes the append is queued, not awaited (the writer batches).
-        let sync = self.sync_writes.load(std::sync::atomic::Ordering::Relaxed);
+        let sync = wait && self.sync_writes.load(Ordering::Relaxed);
         let (reply, written) = oneshot::channel();
         let mut reply = sync.then_some(reply);
         let last = msgs.len().saturating_sub(1);
@@ -940,6 +982,8 @@ impl SledStore {
             };
             // The writer keeps the order, so the last row's flush covers all of them.
             let reply = if i == last { reply.take() } else { None };
+            // Counted before it is sent: see `appended_durable`.
+            self.append_counts.queued.fetch_add(1, Ordering::SeqCst);
             self.writer.send(WriterOp::Append(row, reply)).await?;
             stamps.push(ArchiveStamp { id, pos });
         }
@@ -983,10 +1027,44 @@ impl ArchiveStore for SledStore {
     // XEP-0198 ack (sent after its stanza was handled) never covers a message a crash
     // can take from the archive, yet concurrent senders share the cost of the fsync.
     async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
-        self.append_durably(user, std::slice::from_ref(&msg))
+        self.append_rows(user, std::slice::from_ref(&msg), true)
             .await?
             .pop()
             .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+    }
+
+    async fn append_deferred(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+        self.append_rows(user, std::slice::from_ref(&msg), false)
+            .await?
+            .pop()
+            .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+    }
+
+    async fn appended_durable(&self) -> Result<()> {
+        let counts = &self.append_counts;
+        // Once a write failed, an earlier append may be gone: never vouch for it.
+        if counts.failed.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend(
+                "an archive write failed earlier; appends are not known to be durable".into(),
+            ));
+        }
+        if !self.sync_writes.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // `queued` first: the writer takes rows in order and flushes whole batches, so
+        // while any row queued before this call is not durable, `durable` stays below
+        // this reading (every row flushed before it was counted in it, and this caller's
+        // rows are among those counted but not yet durable).
+        let queued = counts.queued.load(Ordering::SeqCst);
+        if counts.durable.load(Ordering::SeqCst) >= queued {
+            return Ok(());
+        }
+        // Behind every row queued so far: answered with the flush that covers them.
+        self.writer.sync().await?;
+        match counts.failed.load(Ordering::SeqCst) {
+            true => Err(StorageError::Backend("an archive write failed".into())),
+            false => Ok(()),
+        }
     }
 
     async fn append_many(
@@ -994,7 +1072,7 @@ impl ArchiveStore for SledStore {
         user: &BareJid,
         msgs: &[NewArchived<'_>],
     ) -> Result<Vec<ArchiveStamp>> {
-        self.append_durably(user, msgs).await
+        self.append_rows(user, msgs, true).await
     }
 
     async fn position(&self, user: &BareJid, id: &str) -> Result<Option<ArchivePos>> {
