@@ -616,6 +616,16 @@ enum WriterOp {
 const WRITER_QUEUE: usize = 1024;
 /// Most messages written in one batch.
 const WRITER_BATCH: usize = 4096;
+/// How long the writer lets deferred appends gather before writing and flushing them
+/// when nobody waits for them yet, and how long it sleeps between looks at the queue.
+/// A waiter arriving meanwhile waits at most one step longer.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+/// How often the per-user counts (`archive_meta`) are updated: a read-modify-write per
+/// user, which per batch cost as much as the messages with one message per user in a
+/// batch. Reads and removals get them exact (saved before each); a crash can leave a
+/// count short by what arrived since the last save.
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Messages collected for one write: one sled batch per tree.
 #[derive(Default)]
@@ -643,14 +653,25 @@ impl ArchiveTrees {
     /// Writes a batch: indexes first, records next, counts last. Trees are not updated
     /// together, so a crash in between can only leave index entries whose record is
     /// missing (readers skip them), or a count short by the last batch.
-    fn write(&self, batch: PendingBatch) -> Result<()> {
+    fn write(&self, batch: PendingBatch, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
         if batch.len == 0 {
             return Ok(());
         }
         self.with.apply_batch(batch.with).map_err(backend)?;
         self.archive.apply_batch(batch.archive).map_err(backend)?;
-        let mut meta = ::sled::Batch::default();
         for (user, n) in batch.counts {
+            *counts.entry(user).or_insert(0) += n;
+        }
+        Ok(())
+    }
+
+    /// Adds the counts of written messages to the stored per-user counts.
+    fn store_counts(&self, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut meta = ::sled::Batch::default();
+        for (user, n) in counts.drain() {
             let count: u64 = match self.meta.get(&user).map_err(backend)? {
                 Some(v) => decode("archive count", &v)?,
                 None => 0,
@@ -732,10 +753,18 @@ impl ArchiveTrees {
 
     fn flush_pending(&self, batch: &mut PendingBatch, round: &mut Round) {
         let rows = batch.len as u64;
-        match self.write(std::mem::take(batch)) {
+        match self.write(std::mem::take(batch), &mut round.counts) {
             Ok(()) => round.written += rows,
             Err(e) => round.write_failed(&self.counts, e),
         }
+    }
+
+    /// Stores the counts gathered since the last time (see `COUNTS_EVERY`).
+    fn save_counts(&self, round: &mut Round) {
+        if let Err(e) = self.store_counts(&mut round.counts) {
+            round.write_failed(&self.counts, e);
+        }
+        round.counts_saved = Some(std::time::Instant::now());
     }
 }
 
@@ -798,6 +827,9 @@ struct Round {
     written: u64,
     /// Rows written before the last flush (all rounds; the writer's running total).
     durable: u64,
+    /// New messages per user written but not yet in `archive_meta`.
+    counts: HashMap<Vec<u8>, u64>,
+    counts_saved: Option<std::time::Instant>,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for
@@ -805,39 +837,62 @@ struct Round {
 fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
     let mut round = Round::default();
-    // No lingering for appends to gather: appenders wait for the fsync now, so what
-    // arrives during one fsync is the next batch (a 2 ms linger measured 5x the latency
-    // of one append and half the throughput of 100 concurrent ones).
     while let Some(first) = rx.blocking_recv() {
         if !trees.sync_writes.load(Ordering::Relaxed) {
             // Nobody waits: let appends gather into one batch.
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        let started = std::time::Instant::now();
         let mut next = Some(first);
-        while let Some(op) = next {
-            match op {
-                WriterOp::Append(row, reply) => {
-                    batch.push(row);
-                    round.waiters.extend(reply);
-                    if batch.len >= WRITER_BATCH {
+        loop {
+            while let Some(op) = next {
+                match op {
+                    WriterOp::Append(row, reply) => {
+                        batch.push(row);
+                        round.waiters.extend(reply);
+                        if batch.len >= WRITER_BATCH {
+                            trees.flush_pending(&mut batch, &mut round);
+                        }
+                    }
+                    WriterOp::Sync(reply) => round.waiters.push(reply),
+                    other => {
                         trees.flush_pending(&mut batch, &mut round);
+                        // Removals and reads (after their barrier) see exact counts.
+                        trees.save_counts(&mut round);
+                        trees.handle(other, &mut round.failed);
                     }
                 }
-                WriterOp::Sync(reply) => round.waiters.push(reply),
-                other => {
-                    trees.flush_pending(&mut batch, &mut round);
-                    trees.handle(other, &mut round.failed);
-                }
+                // Bounded, so that a steady stream of work cannot postpone the fsync
+                // that the first waiters of this round wait for.
+                next = match round.waiters.len() < WRITER_BATCH {
+                    true => rx.try_recv().ok(),
+                    false => None,
+                };
             }
-            // Bounded, so that a steady stream of work cannot postpone the fsync that
-            // the first waiters of this round wait for.
-            next = match round.waiters.len() < WRITER_BATCH {
-                true => rx.try_recv().ok(),
-                false => None,
-            };
+            // Only deferred appends so far, which nobody waits for yet: let more
+            // gather, so that one write per tree and one flush cover many messages.
+            // A waiter (an SM ack, a durable append) ends the wait at once; while
+            // sleeping, the thread also costs the appenders no wake-up.
+            if round.waiters.is_empty() && batch.len > 0 && started.elapsed() < LINGER {
+                std::thread::sleep(LINGER_STEP);
+                next = rx.try_recv().ok();
+                continue;
+            }
+            break;
         }
         trees.flush_pending(&mut batch, &mut round);
+        if round
+            .counts_saved
+            .is_none_or(|t| t.elapsed() >= COUNTS_EVERY)
+        {
+            trees.save_counts(&mut round);
+        }
         trees.sync(&mut round);
+    }
+    // The queue closed (the store is dropped): the last counts, durable.
+    trees.save_counts(&mut round);
+    if let Err(e) = trees.archive.flush() {
+        tracing::error!(error = %e, "flushing the archive at shutdown failed");
     }
 }
 
