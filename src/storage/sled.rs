@@ -1240,7 +1240,8 @@ impl ArchiveStore for SledStore {
     }
 
     async fn total(&self) -> Result<Option<u64>> {
-        // One counter per archive; no barrier: a total for metrics may lag the writer.
+        // One counter per archive; the barrier stores the counts the writer holds.
+        self.writer.barrier().await?;
         sum_counts(&self.archive_meta, "archive count").map(Some)
     }
 
