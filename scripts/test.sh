@@ -21,12 +21,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Strophe.js (the XMPP library of many web clients) from the npm registry, pinned, into
-# target/ (not committed); tests/interop_browser.rs loads it into the browser.
+# Strophe.js (the XMPP library of many web clients) and Converse.js (a complete web
+# client) from the npm registry, pinned, into target/ (not committed);
+# tests/interop_browser.rs and tests/interop_converse.rs load them into the browser.
 strophe=target/interop/node_modules/strophe.js/dist/strophe.umd.min.js
-if [ ! -f "$strophe" ]; then
+converse=target/interop/node_modules/converse.js/dist/converse.min.js
+if [ ! -f "$strophe" ] || [ ! -f "$converse" ]; then
   mkdir -p target/interop
-  npm install --prefix target/interop --no-audit --no-fund --loglevel=error strophe.js@5.0.0
+  npm install --prefix target/interop --no-audit --no-fund --loglevel=error \
+    strophe.js@5.0.0 converse.js@14.0.0
 fi
 
 cargo fmt --all -- --check

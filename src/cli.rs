@@ -14,7 +14,6 @@ use zeroize::Zeroizing;
 use crate::admin::control::{self, Password, Request, Response};
 use crate::admin::{self, AdminError};
 use crate::config::{self, Config, ConfigError};
-use crate::net::tls::{self, TlsError};
 
 #[derive(Debug, Parser)]
 #[command(name = "xmppd", version, about = "A federated XMPP server")]
@@ -31,17 +30,137 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file; print every problem found.
+    /// Check a configuration and the deployment around it (certificates, permissions,
+    /// DNS); print every problem found, each with its fix.
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Skip the DNS checks.
+        #[arg(long)]
+        offline: bool,
+        /// DNS server to ask (`IP:port`, repeatable); default: s2s.dns_servers, else the
+        /// system's.
+        #[arg(long)]
+        dns_server: Vec<std::net::SocketAddr>,
+        /// This machine's public address (repeatable), to check that DNS points here.
+        #[arg(long)]
+        public_ip: Vec<std::net::IpAddr>,
     },
     /// Manage accounts (through the running server, or directly when it is stopped).
     User {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Manage invitations (XEP-0401/XEP-0445 tokens that let someone register).
+    Invite {
+        #[command(subcommand)]
+        action: InviteCommand,
+    },
+    /// Import accounts and their data into the database (the server must be stopped).
+    Import {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        source: ImportSource,
+        /// Largest file read whole (Prosody files, users file), in bytes.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_file_bytes)]
+        max_file_bytes: u64,
+        /// Largest XML element held while reading XEP-0227, in bytes.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_element_bytes)]
+        max_element_bytes: usize,
+        /// Most bytes of one account's data held while reading XEP-0227.
+        #[arg(long, global = true, default_value_t = crate::migrate::Limits::default().max_user_bytes)]
+        max_user_bytes: usize,
+    },
+    /// Ask the running server whether it answers (its control socket); exit 0 if it does
+    /// (container health checks).
+    Health {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Export every account and its data as XEP-0227 (the server must be stopped).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only accounts of this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Output file (created with mode 0600); standard output without it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Create an account invitation; prints its xmpp: URI and landing page URL.
+    Create {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The vhost (default: the first).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Reserve this account name for the invitee.
+        #[arg(long)]
+        username: Option<String>,
+        /// The account registered with it becomes a server admin.
+        #[arg(long)]
+        admin: bool,
+        /// Validity: seconds, or a number with s, m, h, d or w (default: invites.default_expiry_secs).
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<u64>,
+        /// How many accounts may be registered with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List valid invitations, one per line.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke an invitation by its token.
+    Revoke {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        token: String,
+    },
+}
+
+/// `3600`, `90s`, `30m`, `12h`, `7d`, `2w` → seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} (s, m, h, d or w)")),
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("out of range: {s:?}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// A XEP-0227 file (also what `ejabberdctl export_piefxis` writes).
+    Xep0227 { file: PathBuf },
+    /// A Prosody data dir (internal storage), e.g. /var/lib/prosody.
+    Prosody {
+        data_dir: PathBuf,
+        /// Only this host (repeatable); default: every host with accounts.
+        #[arg(long)]
+        host: Vec<String>,
+    },
+    /// A users file: `user@domain:password` per line (see docs/operations.md).
+    Users { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,8 +206,89 @@ where
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => run_serve(config.as_deref(), serve),
-        Command::Check { config } => run_check(&config),
+        Command::Check {
+            config,
+            offline,
+            dns_server,
+            public_ip,
+        } => run_check(
+            &config,
+            &crate::check::CheckOptions {
+                offline,
+                dns_servers: dns_server,
+                public_ips: public_ip,
+            },
+        ),
         Command::User { action } => run_user(action),
+        Command::Invite { action } => run_invite(action),
+        Command::Import {
+            config,
+            source,
+            max_file_bytes,
+            max_element_bytes,
+            max_user_bytes,
+        } => {
+            let source = match source {
+                ImportSource::Xep0227 { file } => crate::migrate::Source::Xep0227(file),
+                ImportSource::Prosody { data_dir, host } => crate::migrate::Source::Prosody {
+                    data_dir,
+                    hosts: (!host.is_empty()).then_some(host),
+                },
+                ImportSource::Users { file } => crate::migrate::Source::Users(file),
+            };
+            let limits = crate::migrate::Limits {
+                max_file_bytes,
+                max_element_bytes,
+                max_user_bytes,
+                ..Default::default()
+            };
+            run_offline(config.as_deref(), async |cfg| {
+                crate::migrate::run_import(cfg, &source, &limits)
+                    .await
+                    .map(|r| r.to_string())
+            })
+        }
+        Command::Health { config } => run_offline(config.as_deref(), async |cfg| {
+            match control::request(&admin::control_socket_path(cfg), &Request::Ping).await {
+                Ok(Response::Pong) => Ok("ok".into()),
+                Ok(other) => Err(format!("unexpected answer: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+        Command::Export {
+            config,
+            domain,
+            output,
+        } => run_offline(config.as_deref(), async |cfg| {
+            crate::migrate::run_export(cfg, domain.as_deref(), output.as_deref())
+                .await
+                .map(|n| format!("exported {n} account(s)"))
+        }),
+    }
+}
+
+/// Runs a command on the stopped server's storage; its message goes to stderr (standard
+/// output may carry an export).
+fn run_offline(
+    path: Option<&Path>,
+    f: impl AsyncFnOnce(&Config) -> Result<String, String>,
+) -> ExitCode {
+    let Some(cfg) = load_config(path) else {
+        return ExitCode::FAILURE;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(f(&cfg)) {
+        Ok(msg) => {
+            eprintln!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -215,33 +415,23 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-fn run_check(path: &Path) -> ExitCode {
+fn run_check(path: &Path, opts: &crate::check::CheckOptions) -> ExitCode {
     let cfg = match config::load_file(path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut count = 0;
-    if let Err(errs) = config::validate(&cfg) {
-        print_config_errors(Some(path), &errs);
-        count += errs.len();
-    }
-    // Unreadable files were reported by validate; this adds bad PEM and key mismatches.
-    for e in tls::check_configured_certs(&cfg) {
-        if !matches!(e, TlsError::Io { .. }) {
-            eprintln!("{}: {e}", path.display());
-            count += 1;
-        }
-    }
-    if count > 0 {
-        eprintln!(
-            "{}: {count} error{}",
-            path.display(),
-            if count == 1 { "" } else { "s" }
-        );
-        ExitCode::FAILURE
-    } else {
-        println!("config OK");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let findings = rt.block_on(crate::check::run(&cfg, Some(path), opts));
+    if crate::check::print(&findings, path) {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -339,6 +529,85 @@ fn run_user(action: UserCommand) -> ExitCode {
     }
 }
 
+fn run_invite(action: InviteCommand) -> ExitCode {
+    let path = match &action {
+        InviteCommand::Create { config, .. }
+        | InviteCommand::List { config }
+        | InviteCommand::Revoke { config, .. } => config.clone(),
+    };
+    let Some(cfg) = load_config(path.as_deref()) else {
+        return ExitCode::FAILURE;
+    };
+    let request = match action {
+        InviteCommand::Create {
+            domain,
+            username,
+            admin,
+            expires,
+            uses,
+            ..
+        } => Request::InviteCreate {
+            domain,
+            username,
+            admin,
+            expires_secs: expires,
+            uses: Some(uses),
+        },
+        InviteCommand::List { .. } => Request::InviteList,
+        InviteCommand::Revoke { token, .. } => Request::InviteRevoke { token },
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match rt.block_on(user_request(&cfg, &request)) {
+        Ok(Response::Invite { invite }) => {
+            println!("{}", invite.uri);
+            if let Some(url) = &invite.landing_url {
+                println!("{url}");
+            }
+            println!("expires {}", invite.expires);
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Invites { invites }) => {
+            for i in invites {
+                println!(
+                    "{} expires={} uses_left={}{} {}",
+                    i.token,
+                    i.expires,
+                    i.uses_left,
+                    if i.admin { " admin" } else { "" },
+                    i.uri
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Revoked) => {
+            println!("invitation revoked");
+            ExitCode::SUCCESS
+        }
+        Ok(other) => fail(format!("unexpected answer from the server: {other:?}")),
+        Err(e) => fail(e),
+    }
+}
+
+/// The listeners the configuration names (for landing pages while the server is stopped).
+fn configured_listeners(
+    cfg: &Config,
+) -> Vec<(
+    crate::config::ListenerKind,
+    crate::config::TlsMode,
+    std::net::SocketAddr,
+)> {
+    cfg.listeners
+        .iter()
+        .map(|l| (l.kind, l.tls, l.address))
+        .collect()
+}
+
 /// Through the running server's control socket if there is one, else on the storage itself.
 async fn user_request(cfg: &Config, req: &Request) -> Result<Response, AdminError> {
     match control::request(&admin::control_socket_path(cfg), req).await {
@@ -362,6 +631,39 @@ async fn user_request(cfg: &Config, req: &Request) -> Result<Response, AdminErro
             users: admin::list_users(&storage, domain.as_deref()).await?,
         },
         Request::Ping => Response::Pong,
+        Request::InviteCreate {
+            domain,
+            username,
+            admin,
+            expires_secs,
+            uses,
+        } => {
+            let spec = admin::invites::InviteSpec {
+                domain: domain.clone(),
+                username: username.clone(),
+                register: true,
+                admin: *admin,
+                expires_secs: *expires_secs,
+                uses: *uses,
+                privileged: true,
+                inviter: None,
+            };
+            let i = admin::invites::create(&storage, cfg, spec).await?;
+            Response::Invite {
+                invite: admin::invites::info(cfg, &configured_listeners(cfg), &i),
+            }
+        }
+        Request::InviteList => Response::Invites {
+            invites: admin::invites::list(&storage)
+                .await?
+                .iter()
+                .map(|i| admin::invites::info(cfg, &configured_listeners(cfg), i))
+                .collect(),
+        },
+        Request::InviteRevoke { token } => {
+            admin::invites::revoke(&storage, token).await?;
+            Response::Revoked
+        }
     })
 }
 
@@ -387,6 +689,23 @@ mod tests {
         // There is no way to pass a password on the command line.
         assert!(Cli::try_parse_from(["xmppd", "user", "add", "a@b", "secret"]).is_err());
         assert!(Cli::try_parse_from(["xmppd", "check"]).is_err());
+        let cli = Cli::try_parse_from(["xmppd", "invite", "create", "--admin", "--expires", "7d"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Invite {
+                action: InviteCommand::Create {
+                    admin: true,
+                    expires: Some(604_800),
+                    uses: 1,
+                    ..
+                }
+            }
+        ));
+        assert!(Cli::try_parse_from(["xmppd", "invite", "create", "--expires", "7y"]).is_err());
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert!(parse_duration("0d").is_err());
         let cli = Cli::try_parse_from(["xmppd", "serve"]).unwrap();
         assert!(matches!(cli.command, Command::Serve { config: None }));
     }

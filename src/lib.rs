@@ -3,11 +3,13 @@
 pub mod addr;
 pub mod admin;
 pub mod c2s;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dns;
 pub mod metrics;
+pub mod migrate;
 pub mod modules;
 pub mod net;
 pub mod registry;

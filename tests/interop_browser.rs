@@ -1,6 +1,7 @@
 //! A web client in a real browser: headless Chromium (Debian's `chromium`) runs Strophe.js
-//! (npm `strophe.js`, installed by scripts/test.sh) against xmppd's WebSocket listener and
-//! chats with a TCP client. Neither the browser nor the client library is ours.
+//! (npm `strophe.js`, installed by scripts/test.sh) against xmppd's HTTP listener, over
+//! WebSocket and over BOSH, and chats with a TCP client. Neither the browser nor the
+//! client library is ours.
 
 mod support;
 
@@ -28,6 +29,17 @@ fn chromium() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strophe_in_chromium_logs_in_and_chats_over_websocket() {
+    strophe_chat(|http| format!("ws://{http}/xmpp-websocket")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strophe_in_chromium_logs_in_and_chats_over_bosh() {
+    strophe_chat(|http| format!("http://{http}/http-bind")).await;
+}
+
+/// Strophe.js logs in at the URL `service` names for the HTTP listener's address (its
+/// transport picked by the scheme), says hello to bob, and answers what bob sends.
+async fn strophe_chat(service: impl Fn(std::net::SocketAddr) -> String) {
     let strophe = strophe_js();
     assert!(
         strophe.exists(),
@@ -60,14 +72,15 @@ async fn strophe_in_chromium_logs_in_and_chats_over_websocket() {
     )
     .unwrap();
     std::fs::copy(&strophe, page_dir.path().join("strophe.umd.min.js")).unwrap();
-    let ws = server
+    let http = server
         .handle()
         .addr(ListenerKind::Http, TlsMode::None)
         .unwrap();
     let url = format!(
-        "file://{}/strophe_chat.html?ws=ws://{ws}/xmpp-websocket&jid=web@localhost\
+        "file://{}/strophe_chat.html?service={}&jid=web@localhost\
          &password=password&peer=bob@localhost",
-        page_dir.path().display()
+        page_dir.path().display(),
+        service(http)
     );
     let profile = tempfile::tempdir().unwrap();
     let mut browser = tokio::process::Command::new(chromium())

@@ -41,6 +41,7 @@ fn fake_online(
         available: true,
         presence: Some(presence),
         flags: Default::default(),
+        secure: true,
     };
     let bound = server.ctx().sessions.bind(&j(bare), info, 10);
     assert!(matches!(bound, BindOutcome::Bound));

@@ -1051,6 +1051,13 @@ async fn profiles(s: Storage) {
     assert_eq!(p.private("u@xy", "a").await.unwrap(), None);
     assert!(p.set_private("u@x", "b", None, 2).await.unwrap());
     assert!(p.set_private("u@x", "c", Some("<c/>"), 2).await.unwrap());
+    assert!(p.set_private("u@xy", "z", Some("<z/>"), 2).await.unwrap());
+    // Every element of one user, by key (export).
+    assert_eq!(
+        p.private_all("u@x").await.unwrap(),
+        [("a".into(), "<a2/>".into()), ("c".into(), "<c/>".into())]
+    );
+    assert!(p.private_all("nobody@x").await.unwrap().is_empty());
     p.set_vcard("u@x", Some("<v/>")).await.unwrap();
     assert_eq!(p.last_activity("u@x").await.unwrap(), None);
     p.set_last_activity("u@x", 5, "gone").await.unwrap();
@@ -1063,7 +1070,115 @@ async fn profiles(s: Storage) {
     assert_eq!(p.last_activity("u@x").await.unwrap(), None);
     assert_eq!(p.vcard("u@x").await.unwrap(), None);
     assert_eq!(p.private("u@x", "a").await.unwrap(), None);
+    assert!(p.private_all("u@x").await.unwrap().is_empty());
+    assert_eq!(p.private_all("u@xy").await.unwrap().len(), 1);
     s.flush().await.unwrap();
+}
+
+fn invite(token: &str, uses: u32, expires: u64) -> xmppd::storage::Invite {
+    xmppd::storage::Invite {
+        token: token.into(),
+        domain: "x".into(),
+        inviter: Some(j("a@x")),
+        username: None,
+        register: true,
+        admin: false,
+        created: 10,
+        expires,
+        uses_left: uses,
+    }
+}
+
+async fn invites(s: Storage) {
+    let i = &s.invites;
+    assert!(i.invites().await.unwrap().is_empty());
+    i.put_invite(&invite("t1", 2, 100)).await.unwrap();
+    i.put_invite(&invite("t2", 1, 50)).await.unwrap();
+    assert_eq!(i.invite("t1").await.unwrap(), Some(invite("t1", 2, 100)));
+    assert_eq!(i.invite("nope").await.unwrap(), None);
+    let tokens: Vec<String> = i
+        .invites()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.token)
+        .collect();
+    assert_eq!(tokens, ["t1", "t2"]);
+
+    // Each use takes one; the last deletes the invitation.
+    assert_eq!(
+        i.use_invite("t1", 20).await.unwrap(),
+        Some(invite("t1", 2, 100))
+    );
+    assert_eq!(i.invite("t1").await.unwrap().unwrap().uses_left, 1);
+    assert_eq!(
+        i.use_invite("t1", 20).await.unwrap(),
+        Some(invite("t1", 1, 100))
+    );
+    assert_eq!(i.invite("t1").await.unwrap(), None);
+    assert_eq!(i.use_invite("t1", 20).await.unwrap(), None);
+    // Expired: not usable, and swept.
+    assert_eq!(i.use_invite("t2", 50).await.unwrap(), None);
+    assert!(i.invite("t2").await.unwrap().is_some());
+    i.put_invite(&invite("t3", 1, 500)).await.unwrap();
+    assert_eq!(i.remove_expired_invites(60).await.unwrap(), 1);
+    assert_eq!(i.invite("t2").await.unwrap(), None);
+    // Revocation.
+    assert!(i.remove_invite("t3").await.unwrap());
+    assert!(!i.remove_invite("t3").await.unwrap());
+    assert_eq!(i.use_invite("t3", 20).await.unwrap(), None);
+
+    // Admins made by invitations, forgotten with the account.
+    assert!(!i.is_admin(&j("b@x")).await.unwrap());
+    i.set_admin(&j("b@x"), true).await.unwrap();
+    assert!(i.is_admin(&j("b@x")).await.unwrap());
+    assert!(!i.is_admin(&j("c@x")).await.unwrap());
+    s.accounts.create(&j("b@x"), &creds(1)).await.unwrap();
+    s.remove_account(&j("b@x")).await.unwrap();
+    assert!(!i.is_admin(&j("b@x")).await.unwrap());
+    // A removed account's invitations go with it; others' stay.
+    i.put_invite(&invite("ofa", 1, 500)).await.unwrap();
+    let mut other = invite("ofc", 1, 500);
+    other.inviter = Some(j("c@x"));
+    i.put_invite(&other).await.unwrap();
+    s.accounts.create(&j("a@x"), &creds(1)).await.unwrap();
+    s.remove_account(&j("a@x")).await.unwrap();
+    assert_eq!(i.invite("ofa").await.unwrap(), None);
+    assert!(i.invite("ofc").await.unwrap().is_some());
+}
+
+async fn concurrent_invite_uses(s: Storage) {
+    s.invites.put_invite(&invite("t", 3, 100)).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let st = s.invites.clone();
+        tasks.push(tokio::spawn(
+            async move { st.use_invite("t", 1).await.unwrap() },
+        ));
+    }
+    let mut used = 0;
+    for t in tasks {
+        used += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(used, 3);
+}
+
+/// An import keeps when the old server stored an offline message.
+async fn offline_push_at(s: Storage) {
+    let o = &s.offline;
+    let out = o
+        .push_at(&j("u@x"), "<message id='old'/>", 1_000_000_000, 5)
+        .await
+        .unwrap();
+    assert_eq!(out, OfflineStoreOutcome::Stored);
+    o.push(&j("u@x"), "<message id='new'/>", 5).await.unwrap();
+    let list = o.list(&j("u@x")).await.unwrap();
+    assert_eq!(list[0].stored_at, 1_000_000_000);
+    assert!(list[1].stored_at > 1_000_000_000);
+    assert_eq!(
+        o.push_at(&j("u@x"), "<message/>", 5, 2).await.unwrap(),
+        OfflineStoreOutcome::QuotaExceeded
+    );
 }
 
 fn memory() -> (Storage, Option<TempDir>) {
@@ -1123,9 +1238,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
 conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {
@@ -1294,6 +1409,20 @@ async fn sled_offline_seq_increases_across_restarts_after_removal() {
     let s = Storage::open_sled(dir.path()).unwrap();
     s.offline.push(&j("u@x"), "<message/>", 10).await.unwrap();
     assert!(s.offline.list(&j("u@x")).await.unwrap()[0].seq > last);
+}
+
+#[tokio::test]
+async fn sled_invites_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Storage::open_sled(dir.path()).unwrap();
+        s.invites.put_invite(&invite("t", 2, 100)).await.unwrap();
+        s.invites.use_invite("t", 1).await.unwrap();
+        s.invites.set_admin(&j("b@x"), true).await.unwrap();
+    }
+    let s = Storage::open_sled(dir.path()).unwrap();
+    assert_eq!(s.invites.invite("t").await.unwrap().unwrap().uses_left, 1);
+    assert!(s.invites.is_admin(&j("b@x")).await.unwrap());
 }
 
 #[tokio::test]

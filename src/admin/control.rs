@@ -7,6 +7,10 @@
 //! {"op":"remove","jid":"alice@example.org"}                 -> {"result":"done","jid":"..."}
 //! {"op":"list"} or {"op":"list","domain":"example.org"}     -> {"result":"users","users":[..]}
 //! {"op":"ping"}                                              -> {"result":"pong"}
+//! {"op":"invite_create","admin":false,"expires_secs":604800,"uses":1}
+//!                                                            -> {"result":"invite","invite":{..}}
+//! {"op":"invite_list"}                                       -> {"result":"invites","invites":[..]}
+//! {"op":"invite_revoke","token":"..."}                      -> {"result":"revoked"}
 //! failures                      -> {"result":"error","kind":"no_such_user","message":"..."}
 //! ```
 
@@ -77,11 +81,35 @@ pub enum Request {
         domain: Option<String>,
     },
     Ping,
+    /// An account invitation (XEP-0445 token), optionally making the account an admin.
+    InviteCreate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default)]
+        admin: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uses: Option<u32>,
+    },
+    InviteList,
+    InviteRevoke {
+        token: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
+    Invite {
+        invite: super::invites::InviteInfo,
+    },
+    Invites {
+        invites: Vec<super::invites::InviteInfo>,
+    },
+    Revoked,
     /// The operation was carried out on this (normalized) account.
     Done {
         jid: String,
@@ -106,6 +134,13 @@ pub enum AdminEvent {
 }
 
 type EventHook = Arc<dyn Fn(AdminEvent) + Send + Sync>;
+type Listeners = Arc<
+    Vec<(
+        crate::config::ListenerKind,
+        crate::config::TlsMode,
+        std::net::SocketAddr,
+    )>,
+>;
 
 /// A bound control socket, not yet serving.
 pub struct ControlServer {
@@ -114,6 +149,8 @@ pub struct ControlServer {
     /// Our uid (the socket file's owner): only it and root may send requests.
     owner_uid: u32,
     hook: Option<EventHook>,
+    /// The server's bound listeners, for invitation landing-page URLs.
+    listeners: Listeners,
 }
 
 impl ControlServer {
@@ -156,12 +193,26 @@ impl ControlServer {
             path: path.to_path_buf(),
             owner_uid,
             hook: None,
+            listeners: Listeners::default(),
         })
     }
 
     /// Calls `hook` after each successful change (from the serving task; keep it quick).
     pub fn on_event(mut self, hook: impl Fn(AdminEvent) + Send + Sync + 'static) -> Self {
         self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The server's bound listeners (invitation landing pages are on its HTTPS one).
+    pub fn with_listeners(
+        mut self,
+        listeners: Vec<(
+            crate::config::ListenerKind,
+            crate::config::TlsMode,
+            std::net::SocketAddr,
+        )>,
+    ) -> Self {
+        self.listeners = Arc::new(listeners);
         self
     }
 
@@ -184,6 +235,7 @@ impl ControlServer {
                             config: config.clone(),
                             hook: self.hook.clone(),
                             owner_uid: self.owner_uid,
+                            listeners: self.listeners.clone(),
                         };
                         let shutdown = shutdown.clone();
                         tracker.spawn(async move { ctx.run(stream, shutdown).await });
@@ -247,6 +299,7 @@ struct Conn {
     config: Arc<Config>,
     hook: Option<EventHook>,
     owner_uid: u32,
+    listeners: Listeners,
 }
 
 impl Conn {
@@ -341,6 +394,38 @@ impl Conn {
                 .await
                 .map(|users| (Response::Users { users }, None)),
             Request::Ping => Ok((Response::Pong, None)),
+            Request::InviteCreate {
+                domain,
+                username,
+                admin,
+                expires_secs,
+                uses,
+            } => {
+                let spec = super::invites::InviteSpec {
+                    domain: domain.clone(),
+                    username: username.clone(),
+                    register: true,
+                    admin: *admin,
+                    expires_secs: *expires_secs,
+                    uses: *uses,
+                    privileged: true,
+                    inviter: None,
+                };
+                super::invites::create(storage, cfg, spec).await.map(|i| {
+                    let invite = super::invites::info(cfg, &self.listeners, &i);
+                    (Response::Invite { invite }, None)
+                })
+            }
+            Request::InviteList => super::invites::list(storage).await.map(|all| {
+                let invites = all
+                    .iter()
+                    .map(|i| super::invites::info(cfg, &self.listeners, i))
+                    .collect();
+                (Response::Invites { invites }, None)
+            }),
+            Request::InviteRevoke { token } => super::invites::revoke(storage, token)
+                .await
+                .map(|()| (Response::Revoked, None)),
         };
         match result {
             Ok((resp, event)) => {

@@ -5,6 +5,8 @@
 //! echoed or kept.
 
 pub mod control;
+pub mod invites;
+pub mod live;
 // TEMPORARY until merge with the `sasl` and `storage` branches; see the file.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ pub enum ErrorKind {
     UnknownDomain,
     UserExists,
     NoSuchUser,
+    NoSuchInvite,
     InvalidPassword,
     /// A malformed control request.
     BadRequest,
@@ -48,6 +51,8 @@ pub enum AdminError {
     UserExists(String),
     #[error("no such user: {0}")]
     NoSuchUser(String),
+    #[error("no such invitation (unknown, expired, used up or revoked)")]
+    NoSuchInvite,
     #[error("unacceptable password: {0}")]
     InvalidPassword(String),
     #[error("storage: {0}")]
@@ -72,6 +77,7 @@ impl AdminError {
             AdminError::UnknownDomain { .. } => ErrorKind::UnknownDomain,
             AdminError::UserExists(_) => ErrorKind::UserExists,
             AdminError::NoSuchUser(_) => ErrorKind::NoSuchUser,
+            AdminError::NoSuchInvite => ErrorKind::NoSuchInvite,
             AdminError::InvalidPassword(_) => ErrorKind::InvalidPassword,
             AdminError::Storage(_) | AdminError::Internal(_) => ErrorKind::Internal,
             AdminError::NotRunning { .. } => ErrorKind::NotRunning,

@@ -15,7 +15,10 @@ use crate::context::Context;
 use crate::net::io::MaybeTls;
 use crate::net::tls::TlsContext;
 use crate::router::{BindOutcome, SessionControl, SessionInfo};
-use crate::sasl::{ChannelBindings, Mechanism, SaslError, ScramServer, parse_plain, verify_plain};
+use crate::sasl::{
+    ChannelBindings, Mechanism, SaslError, ScramServer, StoredCredentials, parse_plain,
+    verify_plain,
+};
 use crate::stream::negotiate::{Action, Negotiator, Policy, Role};
 use crate::stream::{StreamError, StreamErrorCondition, random_id};
 use crate::xml::{Element, ns};
@@ -57,6 +60,9 @@ struct State {
     account: Option<BareJid>,
     /// XEP-0198 resumptions refused on this connection.
     resume_failures: u32,
+    /// What pre-auth modules keep for this stream (registry::PreAuthStream); in a
+    /// mutex only so that `State` is `Sync` (it is never contended).
+    pre_auth: std::sync::Mutex<crate::registry::Extensions>,
 }
 
 pub(crate) async fn negotiate(
@@ -83,6 +89,7 @@ pub(crate) async fn negotiate(
         },
         account: None,
         resume_failures: 0,
+        pre_auth: Default::default(),
     };
     if mode == TlsMode::DirectTls {
         upgrade(tls, conn, &mut st, true).await?;
@@ -150,7 +157,7 @@ async fn authenticated_element(
     el: Element,
 ) -> Result<Option<Negotiated>, Ending> {
     let Some(bare) = st.account.as_ref() else {
-        return Err(StreamErrorCondition::NotAuthorized.into());
+        return pre_auth_iq(ctx, conn, st, el).await.map(|()| None);
     };
     if el.ns == sm::NS {
         match el.name.as_str() {
@@ -159,7 +166,13 @@ async fn authenticated_element(
                 let previd = el.attr("previd").unwrap_or_default();
                 match sm::take_over(ctx, bare, previd).await {
                     // Returned at once: the state must not wait at an await point.
-                    Ok(state) => return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el)))),
+                    Ok(state) => {
+                        // The session is now as private as the stream that took it over.
+                        let (b, secure) = (&state.bound, st.neg.is_secure());
+                        ctx.sessions
+                            .update(&b.bare, &b.resource, b.conn_id, |s| s.secure = secure);
+                        return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el))));
+                    }
                     // The client may bind a new resource instead (XEP-0198 §5).
                     Err(failed) => {
                         st.resume_failures += 1;
@@ -186,6 +199,30 @@ async fn authenticated_element(
     }
     // Anything else before a bound session is refused (RFC 6120 §7.1).
     Err(StreamErrorCondition::NotAuthorized.into())
+}
+
+/// An iq before authentication (the negotiator passes them on encrypted streams only):
+/// answered by the module registered for its payload, else the stream ends (RFC 6120 §7.1).
+async fn pre_auth_iq(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &mut State,
+    el: Element,
+) -> Result<(), Ending> {
+    let handler = el
+        .first_element()
+        .and_then(|payload| ctx.registry.pre_auth_handler(&payload.ns));
+    let (Some(handler), true) = (handler, el.name == "iq") else {
+        return Err(StreamErrorCondition::NotAuthorized.into());
+    };
+    let domain = st.neg.domain().unwrap_or_default().to_string();
+    let mut stream = crate::registry::PreAuthStream {
+        domain: &domain,
+        peer_ip: st.peer_ip,
+        ext: st.pre_auth.get_mut().unwrap_or_else(|e| e.into_inner()),
+    };
+    let reply = handler.handle(ctx, &mut stream, &el).await?;
+    conn.send(&reply).await
 }
 
 async fn upgrade(
@@ -215,11 +252,18 @@ async fn upgrade(
 
 fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
     let mut out = Vec::new();
+    // The same list for every account (chosen before the username is known), so it tells
+    // nothing about which accounts exist or how their credentials are stored.
+    let sha256 = ctx.config.c2s.offer_scram_sha256;
     if !st.bindings.is_empty() {
-        out.push(Mechanism::ScramSha256Plus);
+        if sha256 {
+            out.push(Mechanism::ScramSha256Plus);
+        }
         out.push(Mechanism::ScramSha1Plus);
     }
-    out.push(Mechanism::ScramSha256);
+    if sha256 {
+        out.push(Mechanism::ScramSha256);
+    }
     out.push(Mechanism::ScramSha1);
     if st.neg.is_secure() && ctx.config.c2s.allow_plain {
         out.push(Mechanism::Plain);
@@ -263,6 +307,14 @@ fn features(ctx: &Context, st: &State) -> Element {
             cb.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", t.name()));
         }
         f.push_child(cb);
+    }
+    if st.neg.is_secure() {
+        for feature in ctx
+            .registry
+            .pre_auth_features(ctx, st.neg.domain().unwrap_or_default())
+        {
+            f.push_child(feature);
+        }
     }
     f
 }
@@ -452,8 +504,15 @@ async fn run_mechanism(
         let iterations = ctx.config.c2s.scram_iterations;
         let password = creds.password;
         // PBKDF2 is milliseconds of CPU: off the runtime's workers, which serve other streams.
-        let valid = tokio::task::spawn_blocking(move || {
-            verify_plain(stored.as_ref(), &account, &password, iterations)
+        let (valid, upgraded) = tokio::task::spawn_blocking(move || {
+            let valid = verify_plain(stored.as_ref(), &account, &password, iterations);
+            // An account imported with SCRAM-SHA-1 verifiers only gets the full set now
+            // that its password is seen in clear (SCRAM-SHA-256 works from then on).
+            let upgrade = valid && stored.as_ref().is_some_and(|s| !s.has_sha256());
+            let upgraded = upgrade
+                .then(|| StoredCredentials::from_password(&password, iterations).ok())
+                .flatten();
+            (valid, upgraded)
         })
         .await
         .map_err(|_| Ending::from(StreamErrorCondition::InternalServerError))?;
@@ -462,6 +521,13 @@ async fn run_mechanism(
         };
         if let Err(e) = check_authzid(creds.authzid.as_deref(), &jid) {
             return Ok(Err(e));
+        }
+        if let Some(new) = upgraded {
+            match ctx.storage.accounts.set_credentials(&jid, &new).await {
+                Ok(_) => info!(jid = %jid, "SHA-1-only credentials upgraded to SHA-1 + SHA-256"),
+                // The login itself is fine; the upgrade is retried at the next PLAIN login.
+                Err(e) => debug!(jid = %jid, error = %e, "credential upgrade failed"),
+            }
         }
         return Ok(Ok(Some((jid, None))));
     }
@@ -581,6 +647,7 @@ async fn bind(
         available: false,
         presence: None,
         flags: Default::default(),
+        secure: st.neg.is_secure(),
     };
     match ctx
         .sessions

@@ -47,8 +47,93 @@ pub struct Config {
     pub http: HttpConfig,
     /// XEP-0363 HTTP file upload on `upload.<vhost>`.
     pub upload: UploadConfig,
+    /// XEP-0077 in-band registration (account creation by anyone; off by default).
+    pub registration: RegistrationConfig,
+    /// Invitations (XEP-0401, XEP-0379, XEP-0445): account and contact invites.
+    pub invites: InvitesConfig,
     /// Prometheus metrics at `GET /metrics` on the HTTP listeners.
     pub metrics: MetricsConfig,
+}
+
+/// XEP-0077 open in-band registration. Password changes and account removal by the
+/// account's owner (over TLS) are always allowed; creating accounts with an invitation
+/// token is governed by `[invites]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Whether anyone may create an account in-band, without an invitation.
+    pub open: bool,
+    /// Characters a new password (registration or change) must have at least.
+    pub min_password_length: usize,
+    /// Account names nobody may register (compared after normalisation).
+    pub reserved_names: Vec<String>,
+    /// Accounts one client address may create in-band per `rate_window_secs`
+    /// (open and invited registrations alike).
+    pub max_per_ip: u32,
+    pub rate_window_secs: u64,
+    /// Client addresses remembered for the rate limit (the oldest are forgotten).
+    pub tracked_ips: usize,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            open: false,
+            min_password_length: 8,
+            reserved_names: [
+                "admin",
+                "administrator",
+                "root",
+                "postmaster",
+                "hostmaster",
+                "webmaster",
+                "abuse",
+                "security",
+                "support",
+                "xmpp",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_per_ip: 3,
+            rate_window_secs: 3600,
+            tracked_ips: 10_000,
+        }
+    }
+}
+
+/// Invitations: tokens that let someone create an account (and become a contact of the
+/// inviter), made by `xmppd invite create` or by users with ad-hoc commands.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvitesConfig {
+    /// Whether invitation tokens are accepted and can be created.
+    pub enabled: bool,
+    /// Whether every user may create contact invitations (XEP-0401 `invite` command)
+    /// that also let the invitee register here; admins always may.
+    pub users_may_invite: bool,
+    /// Seconds an invitation is valid unless its creator says otherwise.
+    pub default_expiry_secs: u64,
+    /// Longest validity a creator may ask for, in seconds.
+    pub max_expiry_secs: u64,
+    /// Invitations one user may have outstanding (admins and the CLI: unlimited).
+    pub max_per_user: usize,
+    /// The landing pages' base URL as the world sees it (e.g. behind a reverse proxy:
+    /// `https://example.org`); pages are at `<base>/invite/<token>`. Default: the first
+    /// `http` listener with TLS.
+    pub base_url: Option<String>,
+}
+
+impl Default for InvitesConfig {
+    fn default() -> Self {
+        InvitesConfig {
+            enabled: true,
+            users_may_invite: true,
+            default_expiry_secs: 7 * 86_400,
+            max_expiry_secs: 90 * 86_400,
+            max_per_user: 20,
+            base_url: None,
+        }
+    }
 }
 
 /// Prometheus metrics at `GET /metrics` on the `http` listeners: off by default, and
@@ -279,12 +364,26 @@ pub struct ServerConfig {
     /// hibernated sessions' queues moved to offline storage, queued s2s stanzas bounced,
     /// storage flushed) before the process exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// Server administrators (bare JIDs): they may run the XEP-0133 ad-hoc commands
+    /// (add, delete, disable users, change passwords, announcements) and create account
+    /// invitations.
+    pub admins: Vec<String>,
+    /// XEP-0050 ad-hoc command sessions (multi-stage forms) kept at once, over all users.
+    pub adhoc_max_sessions: usize,
+    /// Seconds an unfinished ad-hoc command session is kept.
+    pub adhoc_session_timeout_secs: u64,
+    /// Most JIDs an ad-hoc command lists (e.g. online users).
+    pub adhoc_max_list_items: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_timeout_secs: 10,
+            admins: Vec::new(),
+            adhoc_max_sessions: 1000,
+            adhoc_session_timeout_secs: 600,
+            adhoc_max_list_items: 1000,
         }
     }
 }
@@ -446,6 +545,11 @@ pub struct C2sConfig {
     /// slixmpp 1.8 does on TLS 1.3 (it knows only `tls-unique`); a man in the middle who
     /// can also break the client's TLS could send such an attempt himself.
     pub strict_channel_binding: bool,
+    /// Offer SCRAM-SHA-256(-PLUS). Turn off after importing accounts that have SCRAM-SHA-1
+    /// verifiers only (from Prosody): clients pick the strongest mechanism offered, and
+    /// such accounts can log in with SCRAM-SHA-1 or PLAIN only, as on Prosody. A PLAIN login
+    /// upgrades an account to both hashes.
+    pub offer_scram_sha256: bool,
 }
 
 /// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368). Takes effect
@@ -683,6 +787,8 @@ impl Default for Config {
             external_services: Vec::new(),
             http: HttpConfig::default(),
             upload: UploadConfig::default(),
+            registration: RegistrationConfig::default(),
+            invites: InvitesConfig::default(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -758,6 +864,7 @@ impl Default for C2sConfig {
             scram_iterations: 10_000,
             sm_resume_timeout_secs: 300,
             strict_channel_binding: false,
+            offer_scram_sha256: true,
         }
     }
 }

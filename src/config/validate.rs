@@ -304,6 +304,8 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         }
     }
 
+    validate_accounts(cfg, &mut errs);
+
     for admin in &cfg.pubsub.admins {
         if crate::addr::parse_bare(admin).is_none_or(|b| b.node().is_none()) {
             errs.push(ConfigError::invalid(
@@ -584,6 +586,64 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         return true;
     }
     a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// `[registration]`, `[invites]` and `server.admins`.
+fn validate_accounts(cfg: &Config, errs: &mut Vec<ConfigError>) {
+    for admin in &cfg.server.admins {
+        if crate::addr::parse_bare(admin).is_none_or(|b| b.node().is_none()) {
+            errs.push(ConfigError::invalid(
+                "server.admins",
+                admin.clone(),
+                "must be a bare JID (user@domain)",
+            ));
+        }
+    }
+    let r = &cfg.registration;
+    for (key, value) in [
+        ("registration.min_password_length", r.min_password_length),
+        ("registration.tracked_ips", r.tracked_ips),
+        ("registration.rate_window_secs", r.rate_window_secs as usize),
+        (
+            "invites.default_expiry_secs",
+            cfg.invites.default_expiry_secs as usize,
+        ),
+        (
+            "invites.max_expiry_secs",
+            cfg.invites.max_expiry_secs as usize,
+        ),
+    ] {
+        if value == 0 {
+            errs.push(ConfigError::invalid(key, "0", "must be at least 1"));
+        }
+    }
+    if r.min_password_length > 1024 {
+        errs.push(ConfigError::invalid(
+            "registration.min_password_length",
+            r.min_password_length.to_string(),
+            "must be at most 1024",
+        ));
+    }
+    let i = &cfg.invites;
+    if i.default_expiry_secs > i.max_expiry_secs {
+        errs.push(ConfigError::invalid(
+            "invites.default_expiry_secs",
+            i.default_expiry_secs.to_string(),
+            "must not exceed invites.max_expiry_secs",
+        ));
+    }
+    if let Some(url) = &i.base_url {
+        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+            && !url.contains(['?', '#', ' ', '<', '>', '"', '\'', '&'])
+            && url.len() <= 512;
+        if !ok {
+            errs.push(ConfigError::invalid(
+                "invites.base_url",
+                quote(url),
+                "must be an http(s) URL without query, fragment or spaces",
+            ));
+        }
+    }
 }
 
 fn validate_upload(cfg: &Config, errs: &mut Vec<ConfigError>) {

@@ -112,6 +112,16 @@ impl OfflineStore for TimedOffline {
     ) -> Result<OfflineStoreOutcome> {
         timed(&self.t.offline_store, self.inner.push(user, stanza, quota)).await
     }
+    async fn push_at(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        stored_at: u64,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
+        let push = self.inner.push_at(user, stanza, stored_at, quota);
+        timed(&self.t.offline_store, push).await
+    }
     async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>> {
         timed(&self.t.offline_fetch, self.inner.list(user)).await
     }

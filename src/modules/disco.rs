@@ -49,8 +49,8 @@ impl IqHandler for Disco {
         let Some(query) = iq.first_element() else {
             return Err(StanzaError::bad_request());
         };
-        if query.attr("node").is_some() {
-            return Err(StanzaError::item_not_found());
+        if let Some(node) = query.attr("node") {
+            return node_query(ctx, target, iq, query, node).await;
         }
         if query.ns == ns::DISCO_ITEMS {
             let mut items = Element::new("query", ns::DISCO_ITEMS);
@@ -102,4 +102,33 @@ impl IqHandler for Disco {
         }
         Ok(Some(out))
     }
+}
+
+/// A query for a node of the server (registered by modules, e.g. XEP-0050 commands).
+async fn node_query(
+    ctx: &Arc<Context>,
+    target: &IqTarget,
+    iq: &Element,
+    query: &Element,
+    node: &str,
+) -> Result<Option<Element>, StanzaError> {
+    let (IqTarget::Server(domain), Some(provider), Some(requester)) = (
+        target,
+        ctx.registry.server_node(node),
+        iq.attr("from").and_then(crate::addr::parse),
+    ) else {
+        return Err(StanzaError::item_not_found());
+    };
+    let children = match query.ns == ns::DISCO_ITEMS {
+        true => provider.items(ctx, domain.as_str(), node, &requester).await,
+        false => provider.info(ctx, domain.as_str(), node, &requester).await,
+    };
+    let Some(children) = children else {
+        return Err(StanzaError::item_not_found());
+    };
+    let mut out = Element::new("query", query.ns.clone()).with_attr("node", node);
+    for c in children {
+        out.push_child(c);
+    }
+    Ok(Some(out))
 }

@@ -2,12 +2,14 @@
 //! (`crate::registry`), which the router and the c2s/s2s layers call; adding a module
 //! means its own file and one line in [`standard`].
 
+pub mod adhoc;
 pub mod blocking;
 pub mod carbons;
 pub mod contact;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod invites;
 pub mod last;
 pub mod legacy_session;
 pub mod mam;
@@ -18,6 +20,7 @@ pub mod presence;
 pub mod private;
 pub mod pubsub;
 pub mod push;
+pub mod register;
 pub mod roster;
 pub mod time;
 pub mod upload;
@@ -58,6 +61,9 @@ pub fn standard() -> Vec<Box<dyn Module>> {
         Box::new(contact::ContactAddresses),
         Box::new(extdisco::ExternalServices),
         Box::new(upload::Upload),
+        Box::new(register::Register),
+        Box::new(invites::Invites),
+        Box::new(adhoc::AdHoc),
     ]
 }
 

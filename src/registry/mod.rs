@@ -318,6 +318,59 @@ pub trait NonzaHandler: Send + Sync {
     ) -> Result<(), StreamErrorCondition>;
 }
 
+/// Disco nodes of the server (XEP-0030 §3.3, §4.2), e.g. XEP-0050's command list: what
+/// `<query node='…'/>` to a vhost returns, for the requester.
+#[async_trait]
+pub trait ServerNodes: Send + Sync {
+    fn handles(&self, node: &str) -> bool;
+    /// The disco#info children (identities, features) of `node` of the vhost `domain`;
+    /// `None`: no such node for this requester.
+    async fn info(
+        &self,
+        ctx: &Arc<Context>,
+        domain: &str,
+        node: &str,
+        requester: &Jid,
+    ) -> Option<Vec<Element>>;
+    /// The disco#items of `node` of the vhost `domain`; `None`: no such node for this
+    /// requester.
+    async fn items(
+        &self,
+        ctx: &Arc<Context>,
+        domain: &str,
+        node: &str,
+        requester: &Jid,
+    ) -> Option<Vec<Element>>;
+}
+
+/// A client stream before authentication, as a [`PreAuthHandler`] sees it.
+pub struct PreAuthStream<'a> {
+    /// The vhost the stream is for.
+    pub domain: &'a str,
+    /// The client's address, if the transport tells.
+    pub peer_ip: Option<std::net::IpAddr>,
+    /// The stream's own state for the modules (e.g. an accepted invitation token).
+    pub ext: &'a mut Extensions,
+}
+
+/// Answers iq requests on a client stream before authentication (XEP-0077 in-band
+/// registration, XEP-0445 tokens), by payload namespace. Offered only on encrypted
+/// streams; an iq no handler takes ends the stream with `not-authorized` (RFC 6120 §7.1).
+#[async_trait]
+pub trait PreAuthHandler: Send + Sync {
+    fn namespaces(&self) -> &'static [&'static str];
+    /// Stream features to offer before authentication (with the SASL mechanisms).
+    fn stream_features(&self, ctx: &Context, domain: &str) -> Vec<Element>;
+    /// The reply to `iq` (a result or an error stanza), or a stream error that ends the
+    /// stream (e.g. too many attempts).
+    async fn handle(
+        &self,
+        ctx: &Arc<Context>,
+        stream: &mut PreAuthStream<'_>,
+        iq: &Element,
+    ) -> Result<Element, StreamErrorCondition>;
+}
+
 /// Told when an account was removed while the server runs, after its stores were cleared:
 /// for what a module keeps outside the stores (files, caches).
 #[async_trait]
@@ -492,6 +545,35 @@ impl Registrar<'_> {
         self.reg.bound_stream_features.push(feature);
     }
 
+    /// Disco nodes of every vhost.
+    pub fn server_nodes(&mut self, nodes: Arc<dyn ServerNodes>) {
+        self.reg.server_nodes.push(nodes);
+    }
+
+    /// Shared state registered so far (by this or an earlier module), e.g. a table other
+    /// modules add to while registering.
+    pub fn state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.reg.shared.get::<T>()
+    }
+
+    /// Answers iqs of the handler's namespaces before authentication.
+    pub fn pre_auth(&mut self, handler: Arc<dyn PreAuthHandler>) {
+        for ns in handler.namespaces() {
+            if self
+                .reg
+                .pre_auth
+                .iter()
+                .any(|h| h.namespaces().contains(ns))
+            {
+                self.errors.push(format!(
+                    "{}: pre-auth namespace {ns} registered twice",
+                    self.module
+                ));
+            }
+        }
+        self.reg.pre_auth.push(handler);
+    }
+
     pub fn account_removed(&mut self, handler: Arc<dyn AccountRemoved>) {
         self.reg.account_removed.push(handler);
     }
@@ -549,6 +631,8 @@ pub struct Registry {
     server_items: Vec<BareJid>,
     tasks: std::sync::Mutex<Vec<Task>>,
     account_removed: Vec<Arc<dyn AccountRemoved>>,
+    pre_auth: Vec<Arc<dyn PreAuthHandler>>,
+    server_nodes: Vec<Arc<dyn ServerNodes>>,
     flags: FlagTable,
     shared: SharedState,
     responses: Responses,
@@ -705,6 +789,25 @@ impl Registry {
     /// A module's shared state.
     pub fn state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.shared.get::<T>()
+    }
+
+    /// Stream features the pre-auth handlers offer on an encrypted client stream to
+    /// `domain` before authentication.
+    pub fn pre_auth_features(&self, ctx: &Context, domain: &str) -> Vec<Element> {
+        self.pre_auth
+            .iter()
+            .flat_map(|h| h.stream_features(ctx, domain))
+            .collect()
+    }
+
+    /// The provider of the server's disco node `node`.
+    pub fn server_node(&self, node: &str) -> Option<&Arc<dyn ServerNodes>> {
+        self.server_nodes.iter().find(|n| n.handles(node))
+    }
+
+    /// The pre-auth handler of payload namespace `ns`.
+    pub fn pre_auth_handler(&self, ns: &str) -> Option<&Arc<dyn PreAuthHandler>> {
+        self.pre_auth.iter().find(|h| h.namespaces().contains(&ns))
     }
 
     /// The account `user` was removed (its stores are cleared already).

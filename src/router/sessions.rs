@@ -111,6 +111,9 @@ pub struct SessionInfo {
     /// Modules' per-session flags that routing reads (carbons enabled, roster
     /// requested, …), allocated by the registry.
     pub flags: SessionFlags,
+    /// The stream was encrypted (TLS, or a transport as private) when it was bound:
+    /// what modules ask before taking secrets such as a new password.
+    pub secure: bool,
 }
 
 pub enum BindOutcome {
@@ -271,6 +274,20 @@ impl Sessions {
         self.read_all()
             .map(|m| m.values().map(Vec::len).sum::<usize>())
             .sum()
+    }
+
+    /// Up to `limit` accounts with a bound resource (in no particular order).
+    pub fn online_users(&self, limit: usize) -> Vec<BareJid> {
+        let mut out = Vec::new();
+        for m in self.read_all() {
+            for bare in m.keys() {
+                if out.len() >= limit {
+                    return out;
+                }
+                out.push(bare.clone());
+            }
+        }
+        out
     }
 
     /// Stanzas waiting in all session queues, and in the fullest one (metrics).

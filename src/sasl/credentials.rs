@@ -138,10 +138,37 @@ impl StoredCredentials {
         })
     }
 
-    /// For PLAIN: re-derives the SHA-256 verifiers with the stored salt/iterations and compares
-    /// them in constant time. False for a password failing SASLprep or for unusable stored data.
+    /// Credentials imported from a server that kept SCRAM-SHA-1 verifiers only (Prosody's
+    /// `internal_hashed`): the SHA-256 set is left unusable (no salt, 0 iterations), which
+    /// SCRAM treats exactly like an unknown account's, so SCRAM-SHA-256 fails for it as a
+    /// wrong password would, without telling anything more. SCRAM-SHA-1 and PLAIN work.
+    pub fn sha1_only(sha1: ScramCredentials) -> Self {
+        StoredCredentials {
+            sha1,
+            sha256: ScramCredentials {
+                salt: Vec::new(),
+                iterations: 0,
+                stored_key: Vec::new(),
+                server_key: Vec::new(),
+            },
+        }
+    }
+
+    /// Whether the SHA-256 verifiers are usable (false after a SHA-1-only import, until the
+    /// password is next seen in clear and the full set is derived).
+    pub fn has_sha256(&self) -> bool {
+        self.sha256.iterations > 0 && !self.sha256.salt.is_empty()
+    }
+
+    /// For PLAIN: re-derives the SHA-256 verifiers (SHA-1 for a SHA-1-only account) with the
+    /// stored salt/iterations and compares them in constant time. False for a password
+    /// failing SASLprep or for unusable stored data.
     pub fn verify_password(&self, password: &str) -> bool {
-        self.sha256.matches(ScramHash::Sha256, password)
+        if self.has_sha256() {
+            self.sha256.matches(ScramHash::Sha256, password)
+        } else {
+            self.sha1.matches(ScramHash::Sha1, password)
+        }
     }
 
     /// The verifiers for one hash.
@@ -244,12 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn sha1_only_credentials_verify_with_sha1() {
+        let full = StoredCredentials::from_password("old pw", 4096).unwrap();
+        let legacy = StoredCredentials::sha1_only(full.sha1.clone());
+        assert!(!legacy.has_sha256());
+        assert!(full.has_sha256());
+        assert!(legacy.verify_password("old pw"));
+        assert!(!legacy.verify_password("other"));
+    }
+
+    #[test]
     fn verify_password_with_corrupt_record_is_false() {
         let mut c = StoredCredentials::from_password("pw", 4096).unwrap();
         c.sha256.stored_key.truncate(5);
         assert!(!c.verify_password("pw"));
         let mut c = StoredCredentials::from_password("pw", 4096).unwrap();
         c.sha256.iterations = 0;
+        c.sha1.stored_key.truncate(5);
         assert!(!c.verify_password("pw"));
     }
 

@@ -214,28 +214,13 @@ pub async fn start_with_storage(
         let control = crate::admin::control::ControlServer::bind(&path)
             .map_err(|e| ServerError::Config(e.to_string()))?;
         let hook_ctx = Arc::downgrade(&ctx);
-        let control = control.on_event(move |event| {
-            // A removed account or a changed password ends that account's sessions; the
-            // modules let go of what a removed account kept outside the stores.
-            use crate::admin::control::AdminEvent;
-            let (removed, jid) = match event {
-                AdminEvent::Removed(jid) => (true, jid),
-                AdminEvent::PasswordChanged(jid) => (false, jid),
-                _ => return,
-            };
-            if let Some(ctx) = hook_ctx.upgrade() {
-                let Some(jid) = crate::addr::parse_bare(&jid) else {
-                    return;
-                };
-                for s in ctx.sessions.resources(&jid) {
-                    s.control
-                        .kick(StreamError::new(StreamErrorCondition::NotAuthorized));
+        let control = control
+            .on_event(move |event| {
+                if let Some(ctx) = hook_ctx.upgrade() {
+                    crate::admin::live::after_change(&ctx, &event);
                 }
-                if removed {
-                    tokio::spawn(async move { ctx.registry.account_removed(&ctx, &jid).await });
-                }
-            }
-        });
+            })
+            .with_listeners(listeners.clone());
         tracker.spawn(control.serve(
             ctx.storage.clone(),
             Arc::new(ctx.config.clone()),

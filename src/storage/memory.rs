@@ -27,6 +27,7 @@ use super::{
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
+mod invites;
 mod pubsub;
 
 #[derive(Default)]
@@ -82,6 +83,7 @@ pub struct MemoryStore {
     rooms: Mutex<BTreeMap<(String, String), StoredRoom>>,
     pubsub: Mutex<pubsub::MemoryPubsub>,
     profiles: Mutex<pubsub::MemoryProfiles>,
+    invites: Mutex<invites::MemoryInvites>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of
@@ -216,6 +218,16 @@ impl OfflineStore for MemoryStore {
         stanza: &str,
         quota: usize,
     ) -> Result<OfflineStoreOutcome> {
+        self.push_at(user, stanza, now_secs(), quota).await
+    }
+
+    async fn push_at(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        stored_at: u64,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
         let mut off = lock(&self.offline)?;
         let used = off.queues.get(user).map_or(0, |q| q.len());
         if used >= quota {
@@ -226,7 +238,7 @@ impl OfflineStore for MemoryStore {
         off.queues
             .entry(user.clone())
             .or_default()
-            .insert(seq, (now_secs(), stanza.to_owned()));
+            .insert(seq, (stored_at, stanza.to_owned()));
         Ok(OfflineStoreOutcome::Stored)
     }
 

@@ -10,6 +10,7 @@ use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
+pub mod invites;
 
 /// XEP-0313 `with` matching on stored (normalized) JIDs, as the backends page with it.
 pub use archive::with_matches;
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod pubsub;
 pub mod sled;
 
+pub use invites::{Invite, InviteStore};
 pub use pubsub::{CreateOutcome, NodeRecord, ProfileStore, PubsubStore, StoredItem};
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +230,19 @@ pub trait OfflineStore: Send + Sync {
     /// Appends a message, durably (flushed) before returning `Stored`.
     async fn push(&self, user: &BareJid, stanza: &str, quota: usize)
     -> Result<OfflineStoreOutcome>;
+    /// Like `push`, stored as of `stored_at` (seconds since the epoch) rather than now: an
+    /// import keeps when the old server received the message (its XEP-0203 stamp). Both
+    /// backends keep the time; the provided fallback (for wrappers and test doubles) does not.
+    async fn push_at(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        stored_at: u64,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
+        let _ = stored_at;
+        self.push(user, stanza, quota).await
+    }
     /// All stored messages in arrival order (not removed).
     async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>>;
     /// Removes messages with `seq <= up_to` (after they were delivered).
@@ -600,6 +615,7 @@ pub struct Storage {
     pub rooms: Arc<dyn RoomStore>,
     pub pubsub: Arc<dyn PubsubStore>,
     pub profiles: Arc<dyn ProfileStore>,
+    pub invites: Arc<dyn InviteStore>,
 }
 
 impl Storage {
@@ -643,6 +659,7 @@ impl Storage {
             + RoomStore
             + PubsubStore
             + ProfileStore
+            + InviteStore
             + 'static,
     {
         Storage {
@@ -654,7 +671,8 @@ impl Storage {
             push: backend.clone(),
             rooms: backend.clone(),
             pubsub: backend.clone(),
-            profiles: backend,
+            profiles: backend.clone(),
+            invites: backend,
         }
     }
 
@@ -669,6 +687,7 @@ impl Storage {
         self.push.flush().await?;
         self.rooms.flush().await?;
         self.pubsub.flush().await?;
+        self.invites.flush().await?;
         self.profiles.flush().await
     }
 
@@ -683,6 +702,13 @@ impl Storage {
         // The account's PEP service is keyed by its bare JID.
         self.pubsub.remove_service(jid.as_str()).await?;
         self.profiles.remove_user(jid.as_str()).await?;
+        self.invites.set_admin(jid, false).await?;
+        // Its invitations would make a removed account the contact of their invitees.
+        for invite in self.invites.invites().await? {
+            if invite.inviter.as_ref() == Some(jid) {
+                self.invites.remove_invite(&invite.token).await?;
+            }
+        }
         Ok(existed)
     }
 }

@@ -99,6 +99,8 @@ pub trait ProfileStore: Send + Sync {
     /// The private element stored under `key` (the module makes it from the element's
     /// name and namespace).
     async fn private(&self, user: &str, key: &str) -> Result<Option<String>>;
+    /// Every private element of the user as (key, XML), ordered by key (export).
+    async fn private_all(&self, user: &str) -> Result<Vec<(String, String)>>;
     /// Stores (or removes, with `None`) the element under `key`. A new key while the user
     /// has `max_entries` already is refused: `Ok(false)`, nothing changed.
     async fn set_private(

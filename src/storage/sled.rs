@@ -18,6 +18,7 @@
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
 //! | `muc_rooms`    | `<service>\0<room jid>`           | fmt byte + `StoredRoom`        |
 //! | `pubsub_*`, `vcards`, `private_xml` | see `sled/pubsub.rs` |                     |
+//! | `invites`, `invite_admins` | see `sled/invites.rs` |                         |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -56,6 +57,7 @@ use super::{
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
+mod invites;
 mod pubsub;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
@@ -101,6 +103,8 @@ pub struct SledStore {
     muc_rooms: Tree,
     /// Pubsub nodes and items, vCards, private XML.
     pubsub: pubsub::SledPubsub,
+    /// Invitations and the admins they made.
+    invites: invites::SledInvites,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Deferred appends queued and made durable (`ArchiveStore::appended_durable`).
@@ -470,6 +474,7 @@ impl SledStore {
             push: tree("push")?,
             muc_rooms: tree("muc_rooms")?,
             pubsub: pubsub::SledPubsub::open(&db)?,
+            invites: invites::SledInvites::open(&db)?,
             archive: trees.archive,
             archive_ids: trees.ids,
             id_cipher,
@@ -1635,14 +1640,22 @@ impl OfflineStore for SledStore {
         stanza: &str,
         quota: usize,
     ) -> Result<OfflineStoreOutcome> {
+        self.push_at(user, stanza, super::memory::now_secs(), quota)
+            .await
+    }
+
+    async fn push_at(
+        &self,
+        user: &BareJid,
+        stanza: &str,
+        stored_at: u64,
+        quota: usize,
+    ) -> Result<OfflineStoreOutcome> {
         // generate_id is monotonic across restarts (sled persists it ahead of use), so seq
         // keeps increasing per user; +1 so that seqs start at 1 as in the memory store.
         let seq = self.db.generate_id().map_err(backend)?.saturating_add(1);
         let key = offline_key(user, seq)?;
-        let value = encode(&OfflineRecordRef {
-            stored_at: super::memory::now_secs(),
-            stanza,
-        })?;
+        let value = encode(&OfflineRecordRef { stored_at, stanza })?;
         let quota = u64::try_from(quota).unwrap_or(u64::MAX);
         // The count lives beside the messages and changes in the same transaction, so
         // concurrent pushes cannot overrun the quota and `count` needs no scan.

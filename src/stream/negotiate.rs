@@ -348,6 +348,11 @@ impl Negotiator {
             }
             return vec![Action::Auth(el)];
         }
+        // An iq before authentication on an encrypted stream may be one a module answers
+        // there (XEP-0077 registration); the driver refuses the others.
+        if self.secure && el.name == "iq" && el.ns == ns::CLIENT {
+            return vec![Action::Element(el)];
+        }
         // Anything else before authentication is refused (RFC 6120 §6.4.1, §7.1).
         fail(StreamErrorCondition::NotAuthorized)
     }
@@ -703,6 +708,23 @@ mod tests {
 
         let mut n = server_in();
         n.handle(header(ns::SERVER, HOST));
+        let a = n.handle(el("message", ns::CLIENT));
+        assert_eq!(error(&a), Some(StreamErrorCondition::NotAuthorized));
+
+        // An iq before TLS is refused; after TLS it goes to the driver (pre-auth modules).
+        let mut n = client(false);
+        n.handle(header(ns::CLIENT, HOST));
+        let a = n.handle(el("iq", ns::CLIENT));
+        assert_eq!(error(&a), Some(StreamErrorCondition::NotAuthorized));
+        let mut n = client(false);
+        n.handle(header(ns::CLIENT, HOST));
+        n.handle(el("starttls", ns::TLS));
+        n.tls_established();
+        n.handle(header(ns::CLIENT, HOST));
+        assert!(matches!(
+            n.handle(el("iq", ns::CLIENT))[..],
+            [Action::Element(_)]
+        ));
         let a = n.handle(el("message", ns::CLIENT));
         assert_eq!(error(&a), Some(StreamErrorCondition::NotAuthorized));
     }

@@ -309,6 +309,7 @@ fn create(
         closing: false,
         last_request: Instant::now(),
         last_empty_poll: None,
+        shutdown: web.bosh.shutdown.clone(),
     };
     web.bosh
         .by_sid
@@ -379,6 +380,9 @@ struct Session {
     last_request: Instant,
     /// When an empty request of a polling client (hold 0) got an empty answer.
     last_empty_poll: Option<Instant>,
+    /// Cancelled when the server stops: then nobody waits for a client to pick up the
+    /// stream's last words.
+    shutdown: CancellationToken,
 }
 
 enum Step {
@@ -391,8 +395,12 @@ impl Session {
         // The stream header the client's `<body/>` stands for (XEP-0206 §4).
         self.to_c2s
             .push_back(Inbound::Stream(self.stream_header(None)));
+        let shutdown = self.shutdown.clone();
         loop {
             if self.closing && self.to_c2s.is_empty() {
+                return;
+            }
+            if self.stream_done && self.held.is_empty() && shutdown.is_cancelled() {
                 return;
             }
             let deadline = self.next_deadline();
@@ -418,6 +426,9 @@ impl Session {
                     Step::Continue
                 }
                 _ = tokio::time::sleep_until(deadline) => self.on_timer(),
+                // The stream ends by itself (its task sees the same token); this just
+                // wakes the loop to notice.
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => Step::Continue,
             };
             if let Step::End = step {
                 return;

@@ -107,6 +107,9 @@ pub fn router(ctx: &Arc<Context>, transports: Arc<Transports>) -> Router {
     {
         router = router.merge(crate::modules::upload::http::routes(ctx.clone(), upload));
     }
+    if ctx.config.invites.enabled {
+        router = router.merge(crate::modules::invites::page::routes(ctx.clone()));
+    }
     if let Some(metrics) = crate::metrics::http::routes(ctx.clone()) {
         router = router.merge(metrics);
     }

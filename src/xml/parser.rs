@@ -240,7 +240,7 @@ fn to_str(bytes: &[u8]) -> Result<&str, XmlError> {
 }
 
 /// XML 1.0 `Char` production.
-fn is_xml_char(c: char) -> bool {
+pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
@@ -433,7 +433,7 @@ fn too_many_attributes(limits: &ParserLimits) -> XmlError {
 }
 
 /// Builds the element for a start (or empty-element) tag.
-fn element_from_start(
+pub(crate) fn element_from_start(
     start: &BytesStart<'_>,
     resolver: &NamespaceResolver,
     limits: &ParserLimits,
@@ -481,7 +481,7 @@ fn element_from_start(
     Ok(element)
 }
 
-fn push_text(element: &mut Element, text: &str) {
+pub(crate) fn push_text(element: &mut Element, text: &str) {
     if text.is_empty() {
         return;
     }

@@ -49,4 +49,31 @@ impl TestCa {
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (crt, k)
     }
+
+    /// Issues a certificate for `names` valid from `not_before` to `not_after`, written to
+    /// `dir/<stem>.crt` and `.key`.
+    #[allow(dead_code)]
+    pub fn issue_names(
+        &self,
+        names: &[&str],
+        validity: (time::OffsetDateTime, time::OffsetDateTime),
+        stem: &str,
+        dir: &Path,
+    ) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = CertificateParams::new(names.clone()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, names[0].clone());
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.not_before = validity.0;
+        p.not_after = validity.1;
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let crt = dir.join(format!("{stem}.crt"));
+        let k = dir.join(format!("{stem}.key"));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (crt, k)
+    }
 }

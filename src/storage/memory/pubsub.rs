@@ -211,6 +211,14 @@ impl ProfileStore for MemoryStore {
             .cloned())
     }
 
+    async fn private_all(&self, user: &str) -> Result<Vec<(String, String)>> {
+        Ok(lock(&self.profiles)?
+            .private
+            .get(user)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
     async fn set_private(
         &self,
         user: &str,

@@ -343,6 +343,18 @@ impl ProfileStore for SledStore {
         }
     }
 
+    async fn private_all(&self, user: &str) -> Result<Vec<(String, String)>> {
+        let prefix = name_prefix(user)?;
+        let mut out = Vec::new();
+        for kv in self.pubsub.private.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(backend)?;
+            let key = String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|_| StorageError::Corrupt("private xml key is not UTF-8".into()))?;
+            out.push((key, decode("private xml", &v)?));
+        }
+        Ok(out)
+    }
+
     async fn set_private(
         &self,
         user: &str,
