@@ -188,8 +188,14 @@ async fn one_run(run: u32) {
     .expect("flood too slow")
     .expect("flood ended before the kill");
     // A random moment within the next windows' work, not a wait for anything: the kill
-    // should also land while stanzas are half handled.
-    tokio::time::sleep(std::time::Duration::from_millis(rand::random::<u64>() % 40)).await;
+    // should also land while stanzas are half handled. Or right after the ack: messages
+    // archived on the way are flushed in batches, so an ack sent before its batch's
+    // flush would be caught there.
+    let delay = match rand::random::<bool>() {
+        true => 0,
+        false => rand::random::<u64>() % 40,
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     server.kill9();
     flooding.await.unwrap();
     let _ = bob_reader.await;

@@ -124,6 +124,10 @@ enum Cmd {
         /// Body size in bytes (at least the `SEQ TIMESTAMP ` header).
         #[arg(long, default_value_t = 100)]
         body_bytes: usize,
+        /// Write a sender's whole window at once (one TLS record) instead of one stanza
+        /// per write as real clients do; understates the server's per-stanza cost.
+        #[arg(long)]
+        batched: bool,
         /// Measured seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -353,6 +357,7 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             pairs,
             window,
             body_bytes,
+            batched,
             seconds,
             warmup,
             drain,
@@ -365,6 +370,7 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
                 pairs,
                 window,
                 body_bytes,
+                batched,
                 seconds,
                 warmup,
                 drain,

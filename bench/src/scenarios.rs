@@ -477,6 +477,9 @@ pub struct ChatParams {
     pub pairs: usize,
     pub window: u64,
     pub body_bytes: usize,
+    /// All of a window in one write (one TLS record, one syscall); by default each
+    /// stanza is its own write, as real clients send them.
+    pub batched: bool,
     pub seconds: u64,
     pub warmup: u64,
     pub drain: u64,
@@ -502,11 +505,11 @@ async fn sender_loop(
     conn: &mut Conn,
     pair: &Pair,
     to: &str,
-    p: (u64, usize),
+    p: (u64, usize, bool),
     phase: &mut watch::Receiver<u8>,
     sh: &ChatShared,
 ) -> Res<()> {
-    let (window, body_bytes) = p;
+    let (window, body_bytes, batched) = p;
     let mut prefix = b"<message to='".to_vec();
     xml::escape_into(&mut prefix, to);
     prefix.extend_from_slice(b"' type='chat'><body>");
@@ -535,8 +538,9 @@ async fn sender_loop(
         if ph == RUN {
             let recv = pair.received.load(Ordering::Acquire);
             if sent.saturating_sub(recv) < window {
-                // One timestamp and one write per batch: all of it leaves together.
-                let ts = now_ns();
+                // Batched: one timestamp and one write per window, all of it leaves
+                // together. Otherwise one write (one TLS record) per stanza.
+                let mut ts = now_ns();
                 while sent.saturating_sub(recv) < window {
                     sent += 1;
                     conn.wbuf.extend_from_slice(&prefix);
@@ -547,8 +551,13 @@ async fn sender_loop(
                         conn.wbuf.extend_from_slice(&pad[..body_bytes - used]);
                     }
                     conn.wbuf.extend_from_slice(b"</body></message>");
+                    if !batched {
+                        // Published before the write so `received` can never overtake it.
+                        pair.sent.store(sent, Ordering::Release);
+                        conn.flush().await?;
+                        ts = now_ns();
+                    }
                 }
-                // Published before the write so `received` can never overtake it.
                 pair.sent.store(sent, Ordering::Release);
             }
         }
@@ -661,7 +670,7 @@ pub async fn chat(run: &Run, p: &ChatParams) -> Res<Report> {
         let k = i / 2;
         let is_sender = i % 2 == 0;
         let to = run.names.account(i + 1).bare();
-        let params = (p.window, p.body_bytes);
+        let params = (p.window, p.body_bytes, p.batched);
         handles.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
             if permit.is_err() {
@@ -770,6 +779,7 @@ pub async fn chat(run: &Run, p: &ChatParams) -> Res<Report> {
         "scenario": "chat",
         "pairs": p.pairs,
         "window": p.window,
+        "batched": p.batched,
         "body_bytes": p.body_bytes,
         "seconds": wall.as_secs_f64(),
         "login_s": login_s,
@@ -792,9 +802,14 @@ pub async fn chat(run: &Run, p: &ChatParams) -> Res<Report> {
     merge(&mut j, gen_cpu_json(gen_cpu, wall));
     let mut lines = vec![
         format!(
-            "chat: {} pairs, window {}, body {} B, {:.1} s measured (after {} s warm-up)",
+            "chat: {} pairs, window {}{}, body {} B, {:.1} s measured (after {} s warm-up)",
             p.pairs,
             p.window,
+            if p.batched {
+                " (batched writes)"
+            } else {
+                " (one stanza per write)"
+            },
             p.body_bytes,
             wall.as_secs_f64(),
             p.warmup

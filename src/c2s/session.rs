@@ -314,6 +314,7 @@ async fn resume_stream(
         return Err(LoopEnd::Close(Ending::Custom(sm::handled_too_high(&e))));
     }
     let previd = sm.id.clone().unwrap_or_default();
+    acked_durable(ctx).await?;
     conn.queue(
         &Element::new("resumed", sm::NS)
             .with_attr("previd", previd)
@@ -513,6 +514,9 @@ async fn handle_element(
     el: Element,
 ) -> Result<(), LoopEnd> {
     if el.ns == sm::NS {
+        if el.name == "r" && state.sm.is_some() {
+            acked_durable(ctx).await?;
+        }
         return handle_sm(ctx, conn, state, &el);
     }
     let mut out = Vec::new();
@@ -530,6 +534,16 @@ async fn handle_element(
         sm.count_handled();
     }
     Ok(())
+}
+
+/// Before an `h` goes out: messages archived on the way (deferred appends, one flush
+/// for many) must be on disk once the client may forget them. A failure ends the stream
+/// unacknowledged, so the client sends them again.
+async fn acked_durable(ctx: &Arc<Context>) -> Result<(), LoopEnd> {
+    ctx.storage.archive.appended_durable().await.map_err(|e| {
+        tracing::error!(error = %e, "archive not durable; stream ended without an ack");
+        LoopEnd::Close(StreamErrorCondition::InternalServerError.into())
+    })
 }
 
 /// XEP-0198 nonzas on a bound stream.

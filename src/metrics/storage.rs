@@ -152,6 +152,16 @@ impl ArchiveStore for TimedArchive {
     async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
         timed(&self.t.archive_append, self.inner.append(user, msg)).await
     }
+    async fn append_deferred(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+        timed(
+            &self.t.archive_append,
+            self.inner.append_deferred(user, msg),
+        )
+        .await
+    }
+    async fn appended_durable(&self) -> Result<()> {
+        self.inner.appended_durable().await
+    }
     async fn append_many(
         &self,
         user: &BareJid,

@@ -283,7 +283,9 @@ async fn archive(
         stanza: &stanza,
         micros: now_micros(),
     };
-    match ctx.storage.archive.append(user, msg).await {
+    // Durable by the sender's next XEP-0198 ack (the c2s session waits for it there),
+    // so one flush covers the messages of many sessions instead of one per hop.
+    match ctx.storage.archive.append_deferred(user, msg).await {
         Ok(s) => Some(s),
         Err(e) => {
             warn!(error = %e, "archiving a message failed");

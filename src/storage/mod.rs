@@ -406,6 +406,18 @@ pub struct ArchivePrefs {
 pub trait ArchiveStore: Send + Sync {
     /// Stores a message and returns its UID and position. Durable before returning.
     async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp>;
+    /// Like [`ArchiveStore::append`], but returns once the message is stamped and queued:
+    /// reads see it at once, and it is durable when a later
+    /// [`ArchiveStore::appended_durable`] returns. The message path uses it so that many
+    /// messages share one flush and the sender's XEP-0198 ack waits for it, not each hop.
+    async fn append_deferred(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+        self.append(user, msg).await
+    }
+    /// Returns once every append made before the call (deferred ones included) is
+    /// durable; an error if any of them may have been lost.
+    async fn appended_durable(&self) -> Result<()> {
+        Ok(())
+    }
     /// Stores many messages at once with one flush (import, benchmarks); in order.
     async fn append_many(
         &self,

@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ::sled::transaction::{
@@ -106,6 +107,8 @@ pub struct SledStore {
     invites: invites::SledInvites,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Deferred appends queued and made durable (`ArchiveStore::appended_durable`).
+    append_counts: Arc<AppendCounts>,
     /// Presence contacts per user with the roster version they were read at: presence
     /// changes reuse them until the roster changes.
     presence_contacts: Mutex<HashMap<BareJid, (u64, Arc<PresenceContacts>)>>,
@@ -449,6 +452,7 @@ impl SledStore {
             with: tree("archive_with")?,
             meta: tree("archive_meta")?,
             sync_writes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            counts: Arc::default(),
         };
         let id_cipher = ArchiveIdCipher::load_or_create(&meta)?;
         let archive_prefs = tree("archive_prefs")?;
@@ -457,6 +461,7 @@ impl SledStore {
         let blocking = UsersWithEntries::load(&blocklist)?;
         Ok(SledStore {
             sync_writes: trees.sync_writes.clone(),
+            append_counts: trees.counts.clone(),
             presence_contacts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
             newest: Mutex::new(HashMap::new()),
@@ -566,6 +571,19 @@ struct ArchiveTrees {
     /// otherwise they are answered once the batch is written into the database, which
     /// survives a crash of the process, and sled syncs in the background.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
+    counts: Arc<AppendCounts>,
+}
+
+/// How far deferred appends have got, so that waiting for them costs nothing when they
+/// are already on disk (most SM acks on a busy server come after the batch's flush).
+#[derive(Default)]
+struct AppendCounts {
+    /// Rows handed to the writer (counted before they are sent).
+    queued: AtomicU64,
+    /// Rows written and flushed (counted by the writer).
+    durable: AtomicU64,
+    /// A write failed: rows may be lost, so no later wait may report them durable.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// One message on its way to the writer, keys and value already encoded.
@@ -603,6 +621,16 @@ enum WriterOp {
 const WRITER_QUEUE: usize = 1024;
 /// Most messages written in one batch.
 const WRITER_BATCH: usize = 4096;
+/// How long the writer lets deferred appends gather before writing and flushing them
+/// when nobody waits for them yet, and how long it sleeps between looks at the queue.
+/// A waiter arriving meanwhile waits at most one step longer.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+/// How often the per-user counts (`archive_meta`) are updated: a read-modify-write per
+/// user, which per batch cost as much as the messages with one message per user in a
+/// batch. Reads and removals get them exact (saved before each); a crash can leave a
+/// count short by what arrived since the last save.
+const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Messages collected for one write: one sled batch per tree.
 #[derive(Default)]
@@ -630,14 +658,25 @@ impl ArchiveTrees {
     /// Writes a batch: indexes first, records next, counts last. Trees are not updated
     /// together, so a crash in between can only leave index entries whose record is
     /// missing (readers skip them), or a count short by the last batch.
-    fn write(&self, batch: PendingBatch) -> Result<()> {
+    fn write(&self, batch: PendingBatch, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
         if batch.len == 0 {
             return Ok(());
         }
         self.with.apply_batch(batch.with).map_err(backend)?;
         self.archive.apply_batch(batch.archive).map_err(backend)?;
-        let mut meta = ::sled::Batch::default();
         for (user, n) in batch.counts {
+            *counts.entry(user).or_insert(0) += n;
+        }
+        Ok(())
+    }
+
+    /// Adds the counts of written messages to the stored per-user counts.
+    fn store_counts(&self, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut meta = ::sled::Batch::default();
+        for (user, n) in counts.drain() {
             let count: u64 = match self.meta.get(&user).map_err(backend)? {
                 Some(v) => decode("archive count", &v)?,
                 None => 0,
@@ -718,38 +757,65 @@ impl ArchiveTrees {
     }
 
     fn flush_pending(&self, batch: &mut PendingBatch, round: &mut Round) {
-        if let Err(e) = self.write(std::mem::take(batch)) {
-            // The appenders of this round get the error; the next barrier (read or
-            // flush) reports it too.
-            tracing::error!(error = %e, "writing archived messages failed");
-            let e = format!("archive write failed: {e}");
-            round.error.get_or_insert_with(|| e.clone());
-            round.failed = Some(e);
+        let rows = batch.len as u64;
+        match self.write(std::mem::take(batch), &mut round.counts) {
+            Ok(()) => round.written += rows,
+            Err(e) => round.write_failed(&self.counts, e),
         }
     }
 
-    /// Makes the round's writes durable with one fsync for all its waiters, and
-    /// answers them.
+    /// Stores the counts gathered since the last time (see `COUNTS_EVERY`).
+    fn save_counts(&self, round: &mut Round) {
+        if let Err(e) = self.store_counts(&mut round.counts) {
+            round.write_failed(&self.counts, e);
+        }
+        round.counts_saved = Some(std::time::Instant::now());
+    }
+}
+
+impl Round {
+    fn write_failed(&mut self, counts: &AppendCounts, e: StorageError) {
+        counts.failed.store(true, Ordering::SeqCst);
+        // The appenders of this round get the error; the next barrier (read or
+        // flush) reports it too.
+        tracing::error!(error = %e, "writing archived messages failed");
+        let e = format!("archive write failed: {e}");
+        self.error.get_or_insert_with(|| e.clone());
+        self.failed = Some(e);
+    }
+}
+
+impl ArchiveTrees {
+    /// Makes the round's writes durable with one fsync for all its waiters (and for the
+    /// deferred appends in it, waited for or not: one flush per batch), and answers them.
     fn sync(&self, round: &mut Round) {
-        if round.waiters.is_empty() {
+        let written = std::mem::take(&mut round.written);
+        if round.waiters.is_empty() && written == 0 {
             return;
         }
         // sled flushes the whole database from any of its trees, so this also covers
         // the offline pushes whose `Sync` is in the round.
-        let sync = self.sync_writes.load(std::sync::atomic::Ordering::Relaxed);
-        let result = match round.error.take() {
-            Some(e) => Err(StorageError::Backend(e)),
-            None if sync => self.archive.flush().map(drop).map_err(backend),
-            None => Ok(()),
+        let flushed = match self.sync_writes.load(Ordering::Relaxed) {
+            true => self.archive.flush().map(drop).map_err(backend),
+            false => Ok(()),
         };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "flushing the database failed");
+        round.durable += written;
+        match &flushed {
+            // Everything written before the flush is covered, earlier rounds included.
+            Ok(()) => self.counts.durable.store(round.durable, Ordering::SeqCst),
+            Err(e) => tracing::error!(error = %e, "flushing the database failed"),
         }
+        if round.waiters.is_empty() {
+            // A write error is kept for the next waiters.
+            return;
+        }
+        let result = match (round.error.take(), flushed) {
+            (Some(e), _) => Err(e),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(())) => Ok(()),
+        };
         for waiter in round.waiters.drain(..) {
-            let _ = waiter.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StorageError::Backend(e.to_string())),
-            });
+            let _ = waiter.send(result.clone().map_err(StorageError::Backend));
         }
     }
 }
@@ -762,6 +828,13 @@ struct Round {
     error: Option<String>,
     /// Reported to the next barrier (reads see that earlier appends were lost).
     failed: Option<String>,
+    /// Rows written into the database since the last flush.
+    written: u64,
+    /// Rows written before the last flush (all rounds; the writer's running total).
+    durable: u64,
+    /// New messages per user written but not yet in `archive_meta`.
+    counts: HashMap<Vec<u8>, u64>,
+    counts_saved: Option<std::time::Instant>,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for
@@ -769,39 +842,62 @@ struct Round {
 fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
     let mut round = Round::default();
-    // No lingering for appends to gather: appenders wait for the fsync now, so what
-    // arrives during one fsync is the next batch (a 2 ms linger measured 5x the latency
-    // of one append and half the throughput of 100 concurrent ones).
     while let Some(first) = rx.blocking_recv() {
-        if !trees.sync_writes.load(std::sync::atomic::Ordering::Relaxed) {
+        if !trees.sync_writes.load(Ordering::Relaxed) {
             // Nobody waits: let appends gather into one batch.
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        let started = std::time::Instant::now();
         let mut next = Some(first);
-        while let Some(op) = next {
-            match op {
-                WriterOp::Append(row, reply) => {
-                    batch.push(row);
-                    round.waiters.extend(reply);
-                    if batch.len >= WRITER_BATCH {
+        loop {
+            while let Some(op) = next {
+                match op {
+                    WriterOp::Append(row, reply) => {
+                        batch.push(row);
+                        round.waiters.extend(reply);
+                        if batch.len >= WRITER_BATCH {
+                            trees.flush_pending(&mut batch, &mut round);
+                        }
+                    }
+                    WriterOp::Sync(reply) => round.waiters.push(reply),
+                    other => {
                         trees.flush_pending(&mut batch, &mut round);
+                        // Removals and reads (after their barrier) see exact counts.
+                        trees.save_counts(&mut round);
+                        trees.handle(other, &mut round.failed);
                     }
                 }
-                WriterOp::Sync(reply) => round.waiters.push(reply),
-                other => {
-                    trees.flush_pending(&mut batch, &mut round);
-                    trees.handle(other, &mut round.failed);
-                }
+                // Bounded, so that a steady stream of work cannot postpone the fsync
+                // that the first waiters of this round wait for.
+                next = match round.waiters.len() < WRITER_BATCH {
+                    true => rx.try_recv().ok(),
+                    false => None,
+                };
             }
-            // Bounded, so that a steady stream of work cannot postpone the fsync that
-            // the first waiters of this round wait for.
-            next = match round.waiters.len() < WRITER_BATCH {
-                true => rx.try_recv().ok(),
-                false => None,
-            };
+            // Only deferred appends so far, which nobody waits for yet: let more
+            // gather, so that one write per tree and one flush cover many messages.
+            // A waiter (an SM ack, a durable append) ends the wait at once; while
+            // sleeping, the thread also costs the appenders no wake-up.
+            if round.waiters.is_empty() && batch.len > 0 && started.elapsed() < LINGER {
+                std::thread::sleep(LINGER_STEP);
+                next = rx.try_recv().ok();
+                continue;
+            }
+            break;
         }
         trees.flush_pending(&mut batch, &mut round);
+        if round
+            .counts_saved
+            .is_none_or(|t| t.elapsed() >= COUNTS_EVERY)
+        {
+            trees.save_counts(&mut round);
+        }
         trees.sync(&mut round);
+    }
+    // The queue closed (the store is dropped): the last counts, durable.
+    trees.save_counts(&mut round);
+    if let Err(e) = trees.archive.flush() {
+        tracing::error!(error = %e, "flushing the archive at shutdown failed");
     }
 }
 
@@ -913,11 +1009,12 @@ impl SledStore {
     }
 
     /// Stamps messages (UID, position), queues them for the writer and returns once the
-    /// batch holding them is flushed to disk.
-    async fn append_durably(
+    /// batch holding them is flushed to disk (`wait`), or at once.
+    async fn append_rows(
         &self,
         user: &BareJid,
         msgs: &[NewArchived<'_>],
+        wait: bool,
     ) -> Result<Vec<ArchiveStamp>> {
         let prefix = user_prefix(user)?;
         for m in msgs {
@@ -926,7 +1023,7 @@ impl SledStore {
         let positions = self.positions(user, &prefix, msgs)?;
         let mut stamps = Vec::with_capacity(msgs.len());
         // Without sync_writes the append is queued, not awaited (the writer batches).
-        let sync = self.sync_writes.load(std::sync::atomic::Ordering::Relaxed);
+        let sync = wait && self.sync_writes.load(Ordering::Relaxed);
         let (reply, written) = oneshot::channel();
         let mut reply = sync.then_some(reply);
         let last = msgs.len().saturating_sub(1);
@@ -945,6 +1042,8 @@ impl SledStore {
             };
             // The writer keeps the order, so the last row's flush covers all of them.
             let reply = if i == last { reply.take() } else { None };
+            // Counted before it is sent: see `appended_durable`.
+            self.append_counts.queued.fetch_add(1, Ordering::SeqCst);
             self.writer.send(WriterOp::Append(row, reply)).await?;
             stamps.push(ArchiveStamp { id, pos });
         }
@@ -988,10 +1087,44 @@ impl ArchiveStore for SledStore {
     // XEP-0198 ack (sent after its stanza was handled) never covers a message a crash
     // can take from the archive, yet concurrent senders share the cost of the fsync.
     async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
-        self.append_durably(user, std::slice::from_ref(&msg))
+        self.append_rows(user, std::slice::from_ref(&msg), true)
             .await?
             .pop()
             .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+    }
+
+    async fn append_deferred(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
+        self.append_rows(user, std::slice::from_ref(&msg), false)
+            .await?
+            .pop()
+            .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+    }
+
+    async fn appended_durable(&self) -> Result<()> {
+        let counts = &self.append_counts;
+        // Once a write failed, an earlier append may be gone: never vouch for it.
+        if counts.failed.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend(
+                "an archive write failed earlier; appends are not known to be durable".into(),
+            ));
+        }
+        if !self.sync_writes.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // `queued` first: the writer takes rows in order and flushes whole batches, so
+        // while any row queued before this call is not durable, `durable` stays below
+        // this reading (every row flushed before it was counted in it, and this caller's
+        // rows are among those counted but not yet durable).
+        let queued = counts.queued.load(Ordering::SeqCst);
+        if counts.durable.load(Ordering::SeqCst) >= queued {
+            return Ok(());
+        }
+        // Behind every row queued so far: answered with the flush that covers them.
+        self.writer.sync().await?;
+        match counts.failed.load(Ordering::SeqCst) {
+            true => Err(StorageError::Backend("an archive write failed".into())),
+            false => Ok(()),
+        }
     }
 
     async fn append_many(
@@ -999,7 +1132,7 @@ impl ArchiveStore for SledStore {
         user: &BareJid,
         msgs: &[NewArchived<'_>],
     ) -> Result<Vec<ArchiveStamp>> {
-        self.append_durably(user, msgs).await
+        self.append_rows(user, msgs, true).await
     }
 
     async fn position(&self, user: &BareJid, id: &str) -> Result<Option<ArchivePos>> {
@@ -1112,7 +1245,8 @@ impl ArchiveStore for SledStore {
     }
 
     async fn total(&self) -> Result<Option<u64>> {
-        // One counter per archive; no barrier: a total for metrics may lag the writer.
+        // One counter per archive; the barrier stores the counts the writer holds.
+        self.writer.barrier().await?;
         sum_counts(&self.archive_meta, "archive count").map(Some)
     }
 
