@@ -96,9 +96,6 @@ impl Command for AddUser {
     fn name(&self) -> &'static str {
         "Add a user"
     }
-    fn allowed(&self, _: &Context, who: &Requester) -> bool {
-        who.admin
-    }
     async fn run(
         &self,
         ctx: &Arc<Context>,
@@ -140,9 +137,6 @@ impl Command for DeleteUser {
     fn name(&self) -> &'static str {
         "Delete users"
     }
-    fn allowed(&self, _: &Context, who: &Requester) -> bool {
-        who.admin
-    }
     async fn run(
         &self,
         ctx: &Arc<Context>,
@@ -171,9 +165,6 @@ impl Command for DisableUser {
     }
     fn name(&self) -> &'static str {
         "Disable users"
-    }
-    fn allowed(&self, _: &Context, who: &Requester) -> bool {
-        who.admin
     }
     async fn run(
         &self,
@@ -210,9 +201,6 @@ impl Command for ChangePassword {
     }
     fn name(&self) -> &'static str {
         "Change a user's password"
-    }
-    fn allowed(&self, _: &Context, who: &Requester) -> bool {
-        who.admin
     }
     async fn run(
         &self,
@@ -252,9 +240,6 @@ impl Command for OnlineUsers {
     }
     fn name(&self) -> &'static str {
         "List online users"
-    }
-    fn allowed(&self, _: &Context, who: &Requester) -> bool {
-        who.admin
     }
     async fn run(
         &self,
@@ -296,9 +281,6 @@ impl Command for Announce {
     }
     fn name(&self) -> &'static str {
         "Send an announcement to online users"
-    }
-    fn allowed(&self, _: &Context, who: &Requester) -> bool {
-        who.admin
     }
     async fn run(
         &self,
