@@ -506,3 +506,42 @@ async fn browsers_of_other_sites_get_no_cors_permission() {
     assert!(allowed.element().attr("sid").is_some());
     server.stop().await;
 }
+
+/// Plain http:// on a listener that is not loopback-only is not private, and no STARTTLS
+/// exists over BOSH: with `c2s.require_tls` the stream ends at once with a stream error
+/// that says why, instead of offering a STARTTLS that cannot happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unencrypted_bosh_off_loopback_is_refused_clearly() {
+    let server = TestServer::start_with(|c| {
+        c.listeners.push(ListenerConfig {
+            kind: ListenerKind::Http,
+            address: "0.0.0.0:0".parse().unwrap(),
+            tls: TlsMode::None,
+        });
+    })
+    .await;
+    let port = http_addr(&server).port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let reply = post(
+        addr,
+        &format!(
+            "<body rid='1' to='localhost' wait='5' hold='1' ver='1.6' xmpp:version='1.0' \
+             xmlns:xmpp='urn:xmpp:xbosh' xmlns='{HTTPBIND}'/>"
+        ),
+    )
+    .await;
+    let body = reply.element();
+    assert_eq!(body.attr("type"), Some("terminate"), "{}", reply.body);
+    assert_eq!(body.attr("condition"), Some("remote-stream-error"));
+    let error = body
+        .elements()
+        .find(|e| e.name == "error")
+        .expect("stream error");
+    assert!(
+        error.has_child("policy-violation", "urn:ietf:params:xml:ns:xmpp-streams"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("starttls"), "{}", reply.body);
+    server.stop().await;
+}

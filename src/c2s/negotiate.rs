@@ -63,6 +63,8 @@ struct State {
     /// What pre-auth modules keep for this stream (registry::PreAuthStream); in a
     /// mutex only so that `State` is `Sync` (it is never contended).
     pre_auth: std::sync::Mutex<crate::registry::Extensions>,
+    /// STARTTLS can happen here (a socket; not a stream the HTTP server carries).
+    starttls_possible: bool,
 }
 
 pub(crate) async fn negotiate(
@@ -89,6 +91,7 @@ pub(crate) async fn negotiate(
         },
         account: None,
         resume_failures: 0,
+        starttls_possible: !matches!(conn.io, MaybeTls::Link(_)),
         pre_auth: Default::default(),
     };
     if mode == TlsMode::DirectTls {
@@ -111,7 +114,13 @@ pub(crate) async fn negotiate(
                 Action::SendHeader(h) => {
                     conn.queue_header(&h.from, h.to.as_deref(), h.id.as_deref())
                 }
-                Action::SendFeatures => conn.send(&features(ctx, &st)).await?,
+                Action::SendFeatures => {
+                    if !st.starttls_possible && !st.neg.is_secure() && ctx.config.c2s.require_tls {
+                        return Err(unencrypted_transport());
+                    }
+                    conn.send(&features(ctx, &st)).await?
+                }
+                Action::StartTls if !st.starttls_possible => return Err(unencrypted_transport()),
                 Action::StartTls => {
                     conn.send(&Element::new("proceed", ns::TLS)).await?;
                     upgrade(tls, conn, &mut st, false).await?;
@@ -271,6 +280,15 @@ fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
     out
 }
 
+/// A web transport over plain http:// off loopback: no STARTTLS exists there, and
+/// `c2s.require_tls` forbids logging in without encryption.
+fn unencrypted_transport() -> Ending {
+    Ending::Error(StreamError::with_text(
+        StreamErrorCondition::PolicyViolation,
+        "this transport is not encrypted: connect over https:// or wss://",
+    ))
+}
+
 fn features(ctx: &Context, st: &State) -> Element {
     let mut f = Element::new("features", ns::STREAM);
     if st.neg.is_authenticated() {
@@ -286,7 +304,7 @@ fn features(ctx: &Context, st: &State) -> Element {
         }
         return f;
     }
-    if !st.neg.is_secure() {
+    if !st.neg.is_secure() && st.starttls_possible {
         let mut starttls = Element::new("starttls", ns::TLS);
         if ctx.config.c2s.require_tls {
             starttls.push_child(Element::new("required", ns::TLS));
