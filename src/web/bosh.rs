@@ -303,6 +303,7 @@ fn create(
         pending: Vec::new(),
         pending_bytes: 0,
         to_c2s: VecDeque::new(),
+        to_c2s_bytes: 0,
         authid: None,
         created: false,
         stream_done: false,
@@ -369,6 +370,10 @@ struct Session {
     pending_bytes: usize,
     /// Client payloads not yet taken by the c2s task.
     to_c2s: VecDeque<Inbound>,
+    /// Bytes in `to_c2s`: while the stream is not reading (its input shaper paused it),
+    /// no more requests are taken past `max_pending` (the client then gets
+    /// `policy-violation` when the request queue is full).
+    to_c2s_bytes: usize,
     /// The stream id (XEP-0206 `authid`), from the c2s task's stream header.
     authid: Option<String>,
     /// The session creation response was sent.
@@ -393,8 +398,7 @@ enum Step {
 impl Session {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, mut end: LinkEnd) {
         // The stream header the client's `<body/>` stands for (XEP-0206 §4).
-        self.to_c2s
-            .push_back(Inbound::Stream(self.stream_header(None)));
+        self.to_stream(Inbound::Stream(self.stream_header(None)));
         let shutdown = self.shutdown.clone();
         loop {
             if self.closing && self.to_c2s.is_empty() {
@@ -406,7 +410,7 @@ impl Session {
             let deadline = self.next_deadline();
             let take_output = !self.stream_done && self.pending_bytes < self.max_pending;
             let step = tokio::select! {
-                req = requests.recv(), if !self.closing => match req {
+                req = requests.recv(), if !self.closing && self.to_c2s_bytes <= self.max_pending => match req {
                     Some(req) => self.on_request(req),
                     None => Step::End,
                 },
@@ -419,9 +423,15 @@ impl Session {
                 }
                 permit = end.inbound.reserve(), if !self.to_c2s.is_empty() => {
                     match (permit, self.to_c2s.pop_front()) {
-                        (Ok(permit), Some(item)) => permit.send(item),
+                        (Ok(permit), Some(item)) => {
+                            self.to_c2s_bytes = self.to_c2s_bytes.saturating_sub(inbound_len(&item));
+                            permit.send(item)
+                        }
                         // The stream is gone; what the client sent has nowhere to go.
-                        _ => self.to_c2s.clear(),
+                        _ => {
+                            self.to_c2s.clear();
+                            self.to_c2s_bytes = 0;
+                        }
                     }
                     Step::Continue
                 }
@@ -434,6 +444,12 @@ impl Session {
                 return;
             }
         }
+    }
+
+    /// Queues client input for the stream.
+    fn to_stream(&mut self, item: Inbound) {
+        self.to_c2s_bytes += inbound_len(&item);
+        self.to_c2s.push_back(item);
     }
 
     /// When the oldest held request is due, or the session is idle for too long.
@@ -517,23 +533,21 @@ impl Session {
         let empty = body.payload.iter().all(u8::is_ascii_whitespace);
         if body.terminate {
             if !empty {
-                self.to_c2s.push_back(Inbound::Stream(body.payload));
+                self.to_stream(Inbound::Stream(body.payload));
             }
-            self.to_c2s
-                .push_back(Inbound::Stream(STREAM_CLOSE.to_vec()));
+            self.to_stream(Inbound::Stream(STREAM_CLOSE.to_vec()));
             let _ = reply.send(terminate_with(&[], None));
             self.end_held(None);
             self.closing = true;
             return Step::Continue;
         }
         if body.restart {
-            self.to_c2s
-                .push_back(Inbound::Stream(self.stream_header(body.lang.as_deref())));
+            self.to_stream(Inbound::Stream(self.stream_header(body.lang.as_deref())));
         } else if !empty {
-            self.to_c2s.push_back(Inbound::Stream(body.payload));
+            self.to_stream(Inbound::Stream(body.payload));
         } else {
             // Activity all the same: the stream's idle timer must not end a quiet client.
-            self.to_c2s.push_back(Inbound::Stream(Vec::new()));
+            self.to_stream(Inbound::Stream(Vec::new()));
             if self.hold == 0 && self.created && self.pending.is_empty() {
                 let now = Instant::now();
                 if self
@@ -706,6 +720,13 @@ impl Session {
         }
         out.push(b'>');
         out
+    }
+}
+
+fn inbound_len(item: &Inbound) -> usize {
+    match item {
+        Inbound::Stream(bytes) => bytes.len(),
+        Inbound::Fault(..) => 0,
     }
 }
 
