@@ -398,7 +398,7 @@ enum Step {
 impl Session {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, mut end: LinkEnd) {
         // The stream header the client's `<body/>` stands for (XEP-0206 §4).
-        self.to_stream(Inbound::Stream(self.stream_header(None)));
+        self.queue_input(Inbound::Stream(self.stream_header(None)));
         let shutdown = self.shutdown.clone();
         loop {
             if self.closing && self.to_c2s.is_empty() {
@@ -447,7 +447,7 @@ impl Session {
     }
 
     /// Queues client input for the stream.
-    fn to_stream(&mut self, item: Inbound) {
+    fn queue_input(&mut self, item: Inbound) {
         self.to_c2s_bytes += inbound_len(&item);
         self.to_c2s.push_back(item);
     }
@@ -533,21 +533,21 @@ impl Session {
         let empty = body.payload.iter().all(u8::is_ascii_whitespace);
         if body.terminate {
             if !empty {
-                self.to_stream(Inbound::Stream(body.payload));
+                self.queue_input(Inbound::Stream(body.payload));
             }
-            self.to_stream(Inbound::Stream(STREAM_CLOSE.to_vec()));
+            self.queue_input(Inbound::Stream(STREAM_CLOSE.to_vec()));
             let _ = reply.send(terminate_with(&[], None));
             self.end_held(None);
             self.closing = true;
             return Step::Continue;
         }
         if body.restart {
-            self.to_stream(Inbound::Stream(self.stream_header(body.lang.as_deref())));
+            self.queue_input(Inbound::Stream(self.stream_header(body.lang.as_deref())));
         } else if !empty {
-            self.to_stream(Inbound::Stream(body.payload));
+            self.queue_input(Inbound::Stream(body.payload));
         } else {
             // Activity all the same: the stream's idle timer must not end a quiet client.
-            self.to_stream(Inbound::Stream(Vec::new()));
+            self.queue_input(Inbound::Stream(Vec::new()));
             if self.hold == 0 && self.created && self.pending.is_empty() {
                 let now = Instant::now();
                 if self
