@@ -48,8 +48,11 @@ pub struct ConnInfo {
     pub shutdown: CancellationToken,
 }
 
-/// A connection's slot under the limits, shared by what uses the connection.
-pub struct Permit(#[allow(dead_code)] std::sync::Mutex<Box<dyn Send>>);
+/// A connection's slot under the limits, shared by what uses the connection; released
+/// when the last holder drops it. (In a mutex only so that it is `Sync`.)
+pub struct Permit {
+    _slot: std::sync::Mutex<Box<dyn Send>>,
+}
 
 /// What the client transports (WebSocket, BOSH) share: the server, and who may use them.
 pub struct Transports {
@@ -153,7 +156,9 @@ impl Web {
                 conn_id,
                 secure: self.loopback,
                 bindings: ChannelBindings::default(),
-                permit: Arc::new(Permit(std::sync::Mutex::new(Box::new(permit)))),
+                permit: Arc::new(Permit {
+                    _slot: std::sync::Mutex::new(Box::new(permit)),
+                }),
                 shutdown: shutdown.clone(),
             };
             match mode {
