@@ -112,13 +112,7 @@ impl Connection {
         match &mut self.io {
             // Every message is a complete element that declares its namespaces (RFC 7395
             // §3.3.3, XEP-0206 §7).
-            MaybeTls::Link(link) => {
-                let mut xml = Vec::new();
-                el.write_standalone(&mut xml);
-                link.queue(Outbound::Element(
-                    String::from_utf8(xml).unwrap_or_default(),
-                ));
-            }
+            MaybeTls::Link(link) => link.queue(Outbound::Element(standalone(el))),
             // Stanzas are kept in jabber:client internally; written with that as the
             // parent namespace they inherit the stream's default (client or server).
             _ => el.write_to(&mut self.out, ns::CLIENT),
@@ -181,11 +175,7 @@ impl Connection {
         }
         if let MaybeTls::Link(link) = &mut self.io {
             if let Some(error) = error {
-                let mut xml = Vec::new();
-                error.write_standalone(&mut xml);
-                link.queue(Outbound::StreamError(
-                    String::from_utf8(xml).unwrap_or_default(),
-                ));
+                link.queue(Outbound::StreamError(standalone(&error)));
             }
             link.queue(Outbound::Close);
             let _ = tokio::time::timeout(Duration::from_secs(5), link.flush()).await;
@@ -224,4 +214,12 @@ impl Connection {
         })
         .await;
     }
+}
+
+/// `el` as a complete document fragment that declares its namespaces (what each message
+/// of a web transport carries). Elements hold strings, so the bytes are UTF-8.
+fn standalone(el: &Element) -> String {
+    let mut xml = Vec::new();
+    el.write_standalone(&mut xml);
+    String::from_utf8(xml).unwrap_or_default()
 }
