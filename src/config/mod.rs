@@ -27,6 +27,8 @@ pub struct Config {
     /// Sockets to listen on.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// TLS settings shared by every listener.
+    pub tls: TlsConfig,
     pub limits: Limits,
     pub c2s: C2sConfig,
     pub s2s: S2sConfig,
@@ -132,6 +134,26 @@ impl Default for InvitesConfig {
             max_expiry_secs: 90 * 86_400,
             max_per_user: 20,
             base_url: None,
+        }
+    }
+}
+
+/// TLS settings of every listener (c2s, s2s and HTTPS alike).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Send TLS 1.3 session tickets, so that returning clients resume their session
+    /// without the certificate and its signature. The tickets are encrypted with keys held
+    /// only in memory, replaced every 6 hours (the previous key is still accepted), so the
+    /// server keeps no state per client; a restart makes every ticket invalid. No 0-RTT
+    /// data is accepted. Off: every connection makes a full handshake.
+    pub session_tickets: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            session_tickets: true,
         }
     }
 }
@@ -772,6 +794,7 @@ impl Default for Config {
                     tls: TlsMode::DirectTls,
                 },
             ],
+            tls: TlsConfig::default(),
             limits: Limits::default(),
             c2s: C2sConfig::default(),
             s2s: S2sConfig::default(),

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::crypto::aws_lc_rs::Ticketer;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
@@ -162,11 +163,22 @@ impl TlsContext {
             fallback,
         });
 
+        // Stateless tickets: the server keeps nothing per client, however many return.
+        // rustls's default (a 256-entry session cache per config) forgets a client after
+        // 128 others have connected. One ticketer per client-certificate policy: a c2s
+        // session (no client certificate asked) must not be resumable on an s2s listener,
+        // nor the other way round (rustls leaves that to us).
+        let (c2s_tickets, s2s_tickets) = if cfg.tls.session_tickets {
+            (Some(Ticketer::new()?), Some(Ticketer::new()?))
+        } else {
+            (None, None)
+        };
         let build = |alpn: Option<&[u8]>| -> Result<Arc<ServerConfig>, TlsError> {
             let builder = ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()?;
             // Server-to-server streams ask for the peer's certificate (SASL EXTERNAL).
-            let builder = if alpn == Some(ALPN_XMPP_SERVER) || alpn == Some(b"") {
+            let s2s = alpn == Some(ALPN_XMPP_SERVER) || alpn == Some(b"");
+            let builder = if s2s {
                 builder.with_client_cert_verifier(Arc::new(
                     super::verify::DeferredClientVerifier::new(),
                 ))
@@ -177,6 +189,21 @@ impl TlsContext {
             sc.ignore_client_order = true;
             if let Some(a) = alpn.filter(|a| !a.is_empty()) {
                 sc.alpn_protocols = vec![a.to_vec()];
+            }
+            // 0-RTT data can be replayed by anyone who saw it: never accepted.
+            sc.max_early_data_size = 0;
+            match if s2s { &s2s_tickets } else { &c2s_tickets } {
+                Some(ticketer) => {
+                    sc.ticketer = ticketer.clone();
+                    // Tickets are used once by clients; two let a client open a second
+                    // connection (e.g. STARTTLS and HTTPS) resumed too.
+                    sc.send_tls13_tickets = 2;
+                }
+                None => {
+                    // No resumption at all, TLS 1.2 session ids included.
+                    sc.send_tls13_tickets = 0;
+                    sc.session_storage = Arc::new(NoServerSessionStorage {});
+                }
             }
             Ok(Arc::new(sc))
         };
@@ -249,6 +276,9 @@ impl TlsContext {
             _ => None,
         };
         // The resolver is a pure function of SNI, so this is the certificate that was sent.
+        // A resumed session sends none, but rustls resumes only under the same SNI and
+        // the ticket keys belong to this context, so it is the one the first handshake
+        // sent: the certificate the client binds to (RFC 5929 §4.1).
         let cert = self.resolver.pick(conn.server_name());
         TlsBindings {
             tls_exporter,
@@ -402,7 +432,9 @@ mod tests {
     use crate::config::VhostConfig;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{ServerName, UnixTime};
-    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use rustls::{
+        ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn config(dir: &Path, domains: &[&str]) -> Config {
@@ -493,11 +525,15 @@ mod tests {
         let name = ServerName::try_from(name.to_string()).unwrap();
         let (sr, cr) = tokio::join!(acceptor.accept(s), connector.connect(name, c));
         let (mut s, mut c) = (sr?, cr?);
-        // Exchange application data so both sides have finished the handshake.
+        // Exchange application data both ways so both sides have finished the handshake
+        // and the client has taken in the server's session tickets.
         c.write_all(b"ping").await?;
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await?;
         assert_eq!(&buf, b"ping");
+        s.write_all(b"pong").await?;
+        c.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"pong");
         Ok((s, c))
     }
 
@@ -586,6 +622,110 @@ mod tests {
         let cb2 = ctx.channel_bindings(s2.get_ref().1);
         assert_ne!(cb2.tls_exporter, cb.tls_exporter);
         assert_eq!(cb2.tls_server_end_point, cb.tls_server_end_point);
+    }
+
+    fn kinds(p: &Pair) -> (Option<HandshakeKind>, Option<HandshakeKind>) {
+        (
+            p.0.get_ref().1.handshake_kind(),
+            p.1.get_ref().1.handshake_kind(),
+        )
+    }
+
+    #[tokio::test]
+    async fn returning_client_resumes_on_c2s_listeners_with_the_same_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = TlsContext::load(&config(dir.path(), &["a.test", "b.test"])).unwrap();
+        let b = dev_cert(dir.path(), "b.test");
+        // Clones share the client's session store: one returning device.
+        let device = client(std::slice::from_ref(&b), true);
+        let full = (Some(HandshakeKind::Full), Some(HandshakeKind::Full));
+        let resumed = (Some(HandshakeKind::Resumed), Some(HandshakeKind::Resumed));
+        let first = handshake(ctx.starttls_acceptor(), device.clone(), "b.test")
+            .await
+            .unwrap();
+        assert_eq!(kinds(&first), full);
+        let first_cb = ctx.channel_bindings(first.0.get_ref().1);
+
+        let mut direct = device.clone();
+        direct.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+        let mut https = device.clone();
+        https.alpn_protocols = vec![b"h2".to_vec()];
+        for (acceptor, cc) in [
+            (ctx.starttls_acceptor(), device.clone()),
+            (ctx.direct_c2s_acceptor(), direct),
+            (ctx.http_acceptor(), https),
+            (ctx.websocket_acceptor(), device.clone()),
+        ] {
+            let p = handshake(acceptor, cc, "b.test").await.unwrap();
+            assert_eq!(kinds(&p), resumed);
+            let (s, c) = (&p.0, &p.1);
+            // No certificate crossed the wire, yet both sides bind to the first one.
+            let cb = ctx.channel_bindings(s.get_ref().1);
+            let cc = c.get_ref().1;
+            let client_exporter = cc
+                .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
+                .unwrap();
+            assert_eq!(cb.tls_exporter.as_deref(), Some(&client_exporter[..]));
+            assert_ne!(cb.tls_exporter, first_cb.tls_exporter);
+            assert_eq!(cb.tls_server_end_point, first_cb.tls_server_end_point);
+            assert_eq!(
+                cb.tls_server_end_point.as_deref(),
+                Some(&Sha256::digest(cc.peer_certificates().unwrap()[0].as_ref())[..])
+            );
+        }
+
+        // A c2s ticket is not good on an s2s listener (another client-certificate policy).
+        let (s, _c) = handshake(ctx.s2s_starttls_acceptor(), device.clone(), "b.test")
+            .await
+            .unwrap();
+        assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+    }
+
+    #[tokio::test]
+    async fn s2s_listeners_resume_among_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = TlsContext::load(&config(dir.path(), &["a.test"])).unwrap();
+        let a = dev_cert(dir.path(), "a.test");
+        let peer = client(&[a], true);
+        let mut direct = peer.clone();
+        direct.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
+        let first = handshake(ctx.s2s_starttls_acceptor(), peer.clone(), "a.test")
+            .await
+            .unwrap();
+        assert_eq!(kinds(&first).0, Some(HandshakeKind::Full));
+        let again = handshake(ctx.direct_s2s_acceptor(), direct, "a.test")
+            .await
+            .unwrap();
+        assert_eq!(kinds(&again).0, Some(HandshakeKind::Resumed));
+        // And an s2s ticket is not good for c2s.
+        let c2s = handshake(ctx.starttls_acceptor(), peer, "a.test")
+            .await
+            .unwrap();
+        assert_eq!(kinds(&c2s).0, Some(HandshakeKind::Full));
+    }
+
+    #[tokio::test]
+    async fn session_tickets_off_means_full_handshakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), &["a.test"]);
+        cfg.tls.session_tickets = false;
+        let ctx = TlsContext::load(&cfg).unwrap();
+        let a = dev_cert(dir.path(), "a.test");
+        let device = client(&[a], true);
+        for _ in 0..2 {
+            let p = handshake(ctx.starttls_acceptor(), device.clone(), "a.test")
+                .await
+                .unwrap();
+            assert_eq!(kinds(&p).1, Some(HandshakeKind::Full));
+        }
+        // TLS 1.2 session ids are not remembered either.
+        let device12 = client(&[dev_cert(dir.path(), "a.test")], false);
+        for _ in 0..2 {
+            let p = handshake(ctx.starttls_acceptor(), device12.clone(), "a.test")
+                .await
+                .unwrap();
+            assert_eq!(kinds(&p).1, Some(HandshakeKind::Full));
+        }
     }
 
     #[tokio::test]
