@@ -260,14 +260,20 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-pub fn tls_connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
+/// A client TLS configuration that trusts any certificate. Its session store (rustls's
+/// in-memory default) is shared by its clones: connectors made from one are one device.
+pub fn tls_client_config() -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert))
-        .with_no_client_auth();
+        .with_no_client_auth()
+}
+
+pub fn tls_connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
+    let mut config = tls_client_config();
     if let Some(p) = alpn {
         config.alpn_protocols = vec![p.to_vec()];
     }
@@ -358,8 +364,16 @@ impl Client {
     }
 
     pub async fn connect_direct_tls(addr: SocketAddr) -> Client {
+        Client::connect_direct_tls_with(addr, &tls_connector(Some(b"xmpp-client"))).await
+    }
+
+    /// Direct TLS with the given connector (e.g. one that keeps session tickets).
+    pub async fn connect_direct_tls_with(
+        addr: SocketAddr,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = tls_connector(Some(b"xmpp-client"))
+        let tls = connector
             .connect(ServerName::try_from(DOMAIN).unwrap(), tcp)
             .await
             .unwrap();
@@ -527,6 +541,11 @@ impl Client {
     }
 
     pub async fn starttls(&mut self) {
+        self.starttls_with(&tls_connector(None)).await;
+    }
+
+    /// STARTTLS with the given connector (e.g. one that keeps session tickets).
+    pub async fn starttls_with(&mut self, connector: &tokio_rustls::TlsConnector) {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         let proceed = self.recv().await;
@@ -534,7 +553,7 @@ impl Client {
         let ClientIo::Plain(tcp) = std::mem::replace(&mut self.io, ClientIo::Taken) else {
             panic!("STARTTLS on a connection that is not plain TCP");
         };
-        let tls = tls_connector(None)
+        let tls = connector
             .connect(ServerName::try_from(DOMAIN).unwrap(), tcp)
             .await
             .unwrap();
@@ -543,6 +562,14 @@ impl Client {
         self.end_point = ep;
         self.io = ClientIo::Tls(Box::new(tls));
         self.parser.reset();
+    }
+
+    /// Whether the TLS handshake was full or resumed; `None` without TLS.
+    pub fn tls_handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        match &self.io {
+            ClientIo::Tls(tls) => tls.get_ref().1.handshake_kind(),
+            _ => None,
+        }
     }
 
     /// Runs SASL; `Ok(())` on success (stream restarted), `Err(condition)` on failure.
