@@ -24,6 +24,7 @@
 #   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
 #                false                                                        [true]
 #   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
+#   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption)            [true]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
@@ -150,6 +151,9 @@ tls = "direct_tls"
 kind = "http"
 address = "127.0.0.1:$((XMPPD_PORT + 2))"
 tls = "direct_tls"
+
+[tls]
+session_tickets = ${TLS_TICKETS:-true}
 
 [limits]
 # Every benchmark connection comes from loopback.

@@ -18,7 +18,7 @@ use rand::distr::Alphanumeric;
 use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -189,6 +189,17 @@ pub fn tls_connector(direct_tls: bool) -> Res<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
+/// A connector for one returning device: `base` with a session store of its own, so the
+/// device offers the tickets it got on its earlier connections (TLS 1.3 resumption). One
+/// store per device, as on real devices: rustls keys a store by server name and keeps at
+/// most 8 tickets per name, so devices sharing a store would mostly find none left (and
+/// use each other's).
+pub fn device_connector(base: &TlsConnector) -> TlsConnector {
+    let mut cfg = (**base.config()).clone();
+    cfg.resumption = Resumption::in_memory_sessions(8);
+    TlsConnector::from(Arc::new(cfg))
+}
+
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -246,6 +257,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Whether the TLS handshake resumed an earlier session.
+    pub fn tls_resumed(&self) -> bool {
+        match &self.io {
+            Stream::Tls(t) => t.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed),
+            Stream::Plain(_) => false,
+        }
+    }
+
     fn new(io: Stream, bare: String, domain: String) -> Self {
         Conn {
             io,
@@ -417,11 +436,10 @@ async fn tcp_connect(ctx: &Ctx, idx: usize) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-async fn tls_wrap(ctx: &Ctx, tcp: TcpStream, domain: &str) -> Res<Stream> {
+async fn tls_wrap(tls: &TlsConnector, tcp: TcpStream, domain: &str) -> Res<Stream> {
     let name = ServerName::try_from(domain.to_owned())
         .map_err(|e| format!("bad TLS server name {domain:?}: {e}"))?;
-    let tls = ctx
-        .tls
+    let tls = tls
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -577,20 +595,25 @@ async fn authenticate(ctx: &Ctx, conn: &mut Conn, acct: &Account, mech: Mech) ->
 
 /// Connects and logs in through resource binding. `idx` picks the source address.
 pub async fn login(ctx: &Ctx, idx: usize, acct: &Account) -> Res<Conn> {
-    match tokio::time::timeout(ctx.handshake_timeout, login_inner(ctx, idx, acct)).await {
+    login_with(ctx, idx, acct, &ctx.tls).await
+}
+
+/// [`login`] with another TLS connector (a returning device's).
+pub async fn login_with(ctx: &Ctx, idx: usize, acct: &Account, tls: &TlsConnector) -> Res<Conn> {
+    match tokio::time::timeout(ctx.handshake_timeout, login_inner(ctx, idx, acct, tls)).await {
         Ok(r) => r,
         Err(_) => Err("login timed out".into()),
     }
 }
 
-async fn login_inner(ctx: &Ctx, idx: usize, acct: &Account) -> Res<Conn> {
+async fn login_inner(ctx: &Ctx, idx: usize, acct: &Account, tls: &TlsConnector) -> Res<Conn> {
     let tcp = tcp_connect(ctx, idx)
         .await
         .map_err(|e| format!("connect {}: {e}", ctx.addr))?;
     let bare = acct.bare();
     let mut conn = if ctx.direct_tls {
         Conn::new(
-            tls_wrap(ctx, tcp, &acct.domain).await?,
+            tls_wrap(tls, tcp, &acct.domain).await?,
             bare,
             acct.domain.clone(),
         )
@@ -615,7 +638,7 @@ async fn login_inner(ctx: &Ctx, idx: usize, acct: &Account) -> Res<Conn> {
         let Stream::Plain(tcp) = io else {
             return Err("STARTTLS on an encrypted stream".into());
         };
-        conn = Conn::new(tls_wrap(ctx, tcp, &domain).await?, bare, domain);
+        conn = Conn::new(tls_wrap(tls, tcp, &domain).await?, bare, domain);
         features = open_stream(&mut conn).await?;
     }
     let mech = choose_mech(&features, ctx.mech)?;

@@ -101,6 +101,11 @@ enum Cmd {
         /// pass costs what a returning client costs and the generator is not the limit.
         #[arg(long)]
         warmup: bool,
+        /// Returning devices: each account gets a TLS session store of its own and logs
+        /// in once, unmeasured (as --warmup), keeping the server's TLS 1.3 session
+        /// tickets; the measured pass then resumes those sessions.
+        #[arg(long)]
+        resume: bool,
     },
     /// Hold N authenticated TLS sessions (with presence) for T seconds: server RSS.
     Idle {
@@ -340,12 +345,24 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             presence,
             server_pid,
             warmup,
+            resume,
         } => {
-            if warmup {
+            let devices = resume.then(|| {
+                Arc::new(
+                    (0..users)
+                        .map(|_| conn::device_connector(&run.ctx.tls))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            if warmup || resume {
                 eprintln!("login: warm-up pass (not measured)");
-                scenarios::login(&run, users, false, None).await?;
+                let w = scenarios::login(&run, users, false, None, devices.clone()).await?;
+                eprintln!(
+                    "login: warm-up pass: {} ok, {} failed",
+                    w.json["ok"], w.json["failed"]
+                );
             }
-            scenarios::login(&run, users, presence, server_pid).await?
+            scenarios::login(&run, users, presence, server_pid, devices).await?
         }
         Cmd::Idle {
             users,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 
 use crate::conn::{self, Conn, Ctx, Names, OnElement, Res, auto_reply, ignore_other};
 use crate::stats::{self, Histogram, ms, now_ns};
@@ -196,26 +197,40 @@ fn merge(a: &mut Value, b: Value) {
 
 // ---------------------------------------------------------------------------- login
 
-pub async fn login(run: &Run, users: usize, presence: bool, pid: Option<u32>) -> Res<Report> {
+/// `devices`: one TLS connector per account, kept across passes (returning devices that
+/// resume their TLS sessions); `None`: every connection is a new client.
+pub async fn login(
+    run: &Run,
+    users: usize,
+    presence: bool,
+    pid: Option<u32>,
+    devices: Option<Arc<Vec<TlsConnector>>>,
+) -> Res<Report> {
     let sem = Arc::new(Semaphore::new(run.concurrency.max(1)));
     let hist = Arc::new(Histogram::new());
     let c = Arc::new(Counters::default());
+    let resumed = Arc::new(AtomicUsize::new(0));
     let cpu0 = stats::self_cpu();
     let srv0 = pid.and_then(stats::proc_cpu);
     let t0 = Instant::now();
     let mut handles = Vec::with_capacity(users);
     for i in 0..users {
         let (sem, hist, c, ctx) = (sem.clone(), hist.clone(), c.clone(), run.ctx.clone());
+        let (resumed, devices) = (resumed.clone(), devices.clone());
         let acct = run.names.account(i);
         handles.push(tokio::spawn(async move {
             let Ok(_permit) = sem.acquire_owned().await else {
                 return;
             };
+            let tls = devices.as_ref().and_then(|d| d.get(i)).unwrap_or(&ctx.tls);
             let start = now_ns();
-            let mut conn = match conn::login(&ctx, i, &acct).await {
+            let mut conn = match conn::login_with(&ctx, i, &acct, tls).await {
                 Ok(conn) => conn,
                 Err(e) => return c.fail(&acct.bare(), &e),
             };
+            if conn.tls_resumed() {
+                resumed.fetch_add(1, Ordering::Relaxed);
+            }
             if presence && let Err(e) = conn.presence_sync(&mut ignore_other).await {
                 return c.fail(&acct.bare(), &e);
             }
@@ -241,13 +256,16 @@ pub async fn login(run: &Run, users: usize, presence: bool, pid: Option<u32>) ->
     join_all(handles).await;
     let ok = c.ready();
     let rate = ok as f64 / wall.as_secs_f64();
+    let resumed = resumed.load(Ordering::Relaxed);
     let mut j = json!({
         "scenario": "login",
         "users": users,
         "concurrency": run.concurrency,
         "presence": presence,
+        "returning_devices": devices.is_some(),
         "ok": ok,
         "failed": c.failed(),
+        "tls_resumed": resumed,
         "elapsed_s": wall.as_secs_f64(),
         "logins_per_s": rate,
         "latency_p50_ms": ms(hist.quantile(0.5)),
@@ -269,6 +287,14 @@ pub async fn login(run: &Run, users: usize, presence: bool, pid: Option<u32>) ->
             ms(hist.quantile(0.5)),
             ms(hist.quantile(0.99)),
             ms(hist.max())
+        ),
+        format!(
+            "  TLS resumed     {resumed} of {ok} logins{}",
+            if devices.is_some() {
+                " (returning devices)"
+            } else {
+                " (new clients)"
+            }
         ),
         format!(
             "  generator CPU   {:.2} s ({:.0}% of one core)",
