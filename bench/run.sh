@@ -24,13 +24,16 @@
 #   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
 #                false                                                        [true]
 #   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
+#   XMPPD        the xmppd binary to run, not built when given (compare two builds)
+#                                                      [target/release/xmppd, built]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 BENCH=$ROOT/target/release/xmppd-bench
-XMPPD=$ROOT/target/release/xmppd
+XMPPD_GIVEN=${XMPPD:+yes}
+XMPPD=${XMPPD:-$ROOT/target/release/xmppd}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 XMPPD_DIR=${XMPPD_DIR:-/tmp/xmppd-bench/xmppd}
@@ -106,7 +109,9 @@ mkdir -p "$RESULTS_DIR"
 log "building (release)"
 (cd "$ROOT" && cargo build --release -q -p xmppd-bench)
 for s in "${LIST[@]}"; do
-	if [ "$s" = xmppd ]; then (cd "$ROOT" && cargo build --release -q --bin xmppd); fi
+	if [ "$s" = xmppd ] && [ -z "$XMPPD_GIVEN" ]; then
+		(cd "$ROOT" && cargo build --release -q --bin xmppd)
+	fi
 done
 
 # ----------------------------------------------------------------------- xmppd
