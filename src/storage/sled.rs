@@ -545,9 +545,6 @@ fn open_archive(path: &Path, db: &Db, cache_mb: u64) -> Result<ArchiveTrees> {
         let opened = fjall::Database::builder(&dir)
             // Reads are mostly the last page of one archive: a small cache suffices.
             .cache_size((cache_mb / 4).max(4).saturating_mul(1024 * 1024))
-            // Flushing memtables and compacting is background work: one thread is
-            // enough for a store that already has a writer thread of its own.
-            .worker_threads(1)
             .open();
         match opened {
             Ok(archive_db) => break archive_db,
