@@ -25,13 +25,16 @@
 #                false                                                        [true]
 #   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
 #   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption)            [true]
+#   XMPPD        the xmppd binary to run, not built when given (compare two builds)
+#                                                      [target/release/xmppd, built]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 BENCH=$ROOT/target/release/xmppd-bench
-XMPPD=$ROOT/target/release/xmppd
+XMPPD_GIVEN=${XMPPD:+yes}
+XMPPD=${XMPPD:-$ROOT/target/release/xmppd}
 SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 XMPPD_DIR=${XMPPD_DIR:-/tmp/xmppd-bench/xmppd}
@@ -107,7 +110,9 @@ mkdir -p "$RESULTS_DIR"
 log "building (release)"
 (cd "$ROOT" && cargo build --release -q -p xmppd-bench)
 for s in "${LIST[@]}"; do
-	if [ "$s" = xmppd ]; then (cd "$ROOT" && cargo build --release -q --bin xmppd); fi
+	if [ "$s" = xmppd ] && [ -z "$XMPPD_GIVEN" ]; then
+		(cd "$ROOT" && cargo build --release -q --bin xmppd)
+	fi
 done
 
 # ----------------------------------------------------------------------- xmppd
@@ -182,14 +187,13 @@ archive = ${MUC_ARCHIVE:-true}
 EOF
 	# The configuration and certificate; DNS is not this loopback setup's.
 	"$XMPPD" check --offline --config "$cfg" >/dev/null
-	# One `xmppd user add` per account: correct but slow for thousands of accounts
-	# (each opens the database); a bulk account path in xmppd will replace this loop.
+	# All accounts in one `xmppd import users` (one database open, not one per account).
 	log "xmppd: creating $USERS accounts"
-	local i
+	local users_file=$XMPPD_DIR/users.txt i
 	for ((i = 1; i <= USERS; i++)); do
-		printf 'password\n' | "$XMPPD" user add --config "$cfg" "user$i@localhost" >/dev/null
-		if ((i % 500 == 0)); then log "xmppd: $i accounts"; fi
-	done
+		printf 'user%d@localhost:password\n' "$i"
+	done >"$users_file"
+	"$XMPPD" import --config "$cfg" users "$users_file" >/dev/null
 	taskset -c "$SERVER_CPU" "$XMPPD" serve --config "$cfg" >"$XMPPD_DIR/xmppd.log" 2>&1 &
 	XMPPD_PID=$!
 	local n=0

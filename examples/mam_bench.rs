@@ -1,12 +1,16 @@
-//! How long a XEP-0313 query for the newest 50 messages takes on a 100,000-message sled
-//! archive (the question is whether it is a range read or a scan).
+//! How long a XEP-0313 query for the newest 50 messages takes on a large archive (the
+//! question is whether it is a range read or a scan), and whether appending stays as fast
+//! as the store grows.
 //!
-//! Run: `cargo run --release --example mam_bench [-- MESSAGES]`
+//! Run: `cargo run --release --example mam_bench [-- MESSAGES [USERS]]`
+//! (defaults: 100,000 messages, 1 user; `-- 10000000 1000` is the 10-million-message store)
 //!
-//! It fills one user's archive in a temporary directory (10 contacts taking turns), then
-//! times, over many runs: the last page (RSM `<before/>`), the last page with one contact
-//! (`with`), a page after a known id (RSM `<after/>`), decoding a page into stanzas, one
-//! durable append, and the first query after reopening the database (cold).
+//! It fills USERS archives in a temporary directory, MESSAGES in all, in rounds of 1,000
+//! messages per user (10 contacts taking turns), printing the append rate of every tenth of
+//! the fill, then times on the first user's archive, over many runs: the last page (RSM
+//! `<before/>`), the last page with one contact (`with`), a page after a known id (RSM
+//! `<after/>`), decoding a page into stanzas, one durable append, and the first query
+//! after reopening the database (cold).
 
 use std::time::{Duration, Instant};
 
@@ -48,14 +52,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(n) => n.parse()?,
         None => 100_000,
     };
+    let users: usize = match std::env::args().nth(2) {
+        Some(n) => n.parse::<usize>()?.max(1),
+        None => 1,
+    };
     let dir = tempfile::tempdir()?;
-    let storage = Storage::open_sled(dir.path())?;
+    // MAM_BENCH_DIR keeps the store for a look afterwards (it must be empty or absent).
+    let kept = std::env::var_os("MAM_BENCH_DIR").map(std::path::PathBuf::from);
+    let path = kept.as_deref().unwrap_or(dir.path());
+    let storage = Storage::open_sled(path)?;
     let user = xmppd::addr::parse_bare(USER).ok_or("USER is not a JID")?;
+    let mut accounts = vec![user.clone()];
+    for i in 1..users {
+        let other = format!("user{i}@example.org");
+        accounts.push(xmppd::addr::parse_bare(&other).ok_or("not a JID")?);
+    }
+    let per_user = total / users;
 
     let contacts: Vec<String> = (0..10)
         .map(|i| format!("contact{i}@example.net/phone"))
         .collect();
-    let stanzas: Vec<String> = (0..total)
+    let stanzas: Vec<String> = (0..per_user)
         .map(|i| {
             format!(
                 "<message from='{}' to='{USER}/laptop' type='chat' id='msg-{i}'>\
@@ -67,25 +84,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let start_micros = 1_700_000_000_000_000u64;
     let t = Instant::now();
-    for (c, chunk) in stanzas.chunks(10_000).enumerate() {
+    let (mut written, mut tenth_started, mut tenth_written) = (0usize, Instant::now(), 0usize);
+    const ROUND: usize = 1_000;
+    for (c, chunk) in stanzas.chunks(ROUND).enumerate() {
         let msgs: Vec<NewArchived> = chunk
             .iter()
             .enumerate()
             .map(|(i, s)| NewArchived {
-                with: &contacts[(c * 10_000 + i) % contacts.len()],
+                with: &contacts[(c * ROUND + i) % contacts.len()],
                 stanza: s,
-                micros: start_micros + ((c * 10_000 + i) as u64) * 1_000_000,
+                micros: start_micros + ((c * ROUND + i) as u64) * 1_000_000,
             })
             .collect();
-        storage.archive.append_many(&user, &msgs).await?;
+        for account in &accounts {
+            storage.archive.append_many(account, &msgs).await?;
+            written += msgs.len();
+            if written - tenth_written >= (total / 10).max(1) {
+                println!(
+                    "  {written:>10} stored: {:.0} msg/s over the last {}",
+                    (written - tenth_written) as f64 / tenth_started.elapsed().as_secs_f64(),
+                    written - tenth_written
+                );
+                (tenth_started, tenth_written) = (Instant::now(), written);
+            }
+        }
     }
     let fill = t.elapsed();
     println!(
-        "filled {total} messages in {:.2} s ({:.0} msg/s, batched, one flush per 10,000)",
+        "filled {written} messages in {users} archives in {:.2} s ({:.0} msg/s, batched, one \
+         flush per {ROUND})",
         fill.as_secs_f64(),
-        total as f64 / fill.as_secs_f64()
+        written as f64 / fill.as_secs_f64()
     );
-    assert_eq!(storage.archive.count(&user).await?, total as u64);
+    assert_eq!(storage.archive.count(&user).await?, per_user as u64);
 
     let last_page = ArchiveQuery {
         max: PAGE,
@@ -116,7 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             &user,
             &ArchiveQuery {
                 from: ArchivePos {
-                    micros: start_micros + (total as u64 / 2) * 1_000_000,
+                    micros: start_micros + (per_user as u64 / 2) * 1_000_000,
                     seq: 0,
                 },
                 max: 1,
@@ -156,7 +187,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let msg = NewArchived {
             with: &contacts[i % contacts.len()],
             stanza: &stanza,
-            micros: start_micros + (total as u64 + i as u64) * 1_000_000,
+            micros: start_micros + (per_user as u64 + i as u64) * 1_000_000,
         };
         let t = Instant::now();
         a.append(&user, msg).await?;
@@ -164,10 +195,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     stats("append one message, flushed", samples);
 
-    drop(storage);
     let t = Instant::now();
-    let storage = Storage::open_sled(dir.path())?;
+    drop(storage);
+    let close = t.elapsed();
+    let t = Instant::now();
+    let storage = Storage::open_sled(path)?;
     let open = t.elapsed();
+    println!("close {:.1} ms", close.as_secs_f64() * 1e3);
     let t = Instant::now();
     let page = storage.archive.query(&user, &last_page).await?;
     let cold = t.elapsed();

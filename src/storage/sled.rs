@@ -9,10 +9,10 @@
 //! | `pending`      | `<user>\0<from>`                  | fmt byte + `PendingSubscription` |
 //! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
 //! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
-//! | `archive`      | `<user>\0` + pos (16 bytes)       | fmt byte + (id, with, stanza)  |
-//! | `archive_ids`  | `<user>\0<id>` (older UIDs only)  | pos (16 bytes)                 |
-//! | `archive_with` | `<user>\0<with bare>\0` + pos     | empty                          |
-//! | `archive_meta` | `<user>`                          | fmt byte + u64 message count   |
+//! | `archive`*     | `<user>\0` + pos (16 bytes)       | fmt byte + (id, with, stanza)  |
+//! | `archive_ids`* | `<user>\0<id>` (older UIDs only)  | pos (16 bytes)                 |
+//! | `archive_with`*| `<user>\0<with bare>\0` + pos     | empty                          |
+//! | `archive_meta`*| `<user>`                          | fmt byte + u64 message count   |
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
@@ -24,6 +24,15 @@
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
 //! messages are a reverse range scan of 50 keys, a time window is a range, and `with`
 //! queries scan the per-contact index range instead of the whole archive.
+//!
+//! \* The message archive is not in sled but in a fjall database (an LSM tree) in the
+//! `archive` directory inside the sled directory, in keyspaces of the same names and
+//! layout. Archiving writes four entries per chat message (record and `with` index, in
+//! both parties' archives), appended at the end of many per-user key ranges at once:
+//! sled rewrites and splits a B-tree leaf for each of them, which made archiving cost
+//! several times the rest of a message's delivery (bench/README.md, issue 16), while an
+//! LSM tree appends them to its journal and sorts them in memory. Archives written into
+//! sled by earlier versions are moved into fjall when the store opens.
 //!
 //! A message's UID is its position encrypted under the store's `archive_id_key` (in
 //! `meta`), so no index maps UIDs to positions; `archive_ids` only holds the random UIDs
@@ -44,6 +53,7 @@ use ::sled::transaction::{
 };
 use ::sled::{Db, IVec, Transactional, Tree};
 use async_trait::async_trait;
+use fjall::{Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
@@ -87,12 +97,12 @@ pub struct SledStore {
     pending: Tree,
     offline: Tree,
     offline_meta: Tree,
-    archive: Tree,
+    archive: Keyspace,
     /// UIDs written before UIDs were encrypted positions (read, never written).
-    archive_ids: Tree,
+    archive_ids: Keyspace,
     id_cipher: ArchiveIdCipher,
-    archive_with: Tree,
-    archive_meta: Tree,
+    archive_with: Keyspace,
+    archive_meta: Keyspace,
     archive_prefs: Tree,
     /// Users with stored archive preferences; everyone else has the defaults.
     with_prefs: UsersWithEntries,
@@ -268,6 +278,10 @@ struct OfflineRecord {
 
 fn backend(e: ::sled::Error) -> StorageError {
     StorageError::Backend(e.to_string())
+}
+
+fn archive_backend(e: fjall::Error) -> StorageError {
+    StorageError::Backend(format!("archive: {e}"))
 }
 
 fn tx_error(e: TransactionError<StorageError>) -> StorageError {
@@ -446,14 +460,7 @@ impl SledStore {
             }
         }
         let tree = |name: &str| db.open_tree(name).map_err(backend);
-        let trees = ArchiveTrees {
-            archive: tree("archive")?,
-            ids: tree("archive_ids")?,
-            with: tree("archive_with")?,
-            meta: tree("archive_meta")?,
-            sync_writes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            counts: Arc::default(),
-        };
+        let trees = open_archive(path, &db, cache_mb)?;
         let id_cipher = ArchiveIdCipher::load_or_create(&meta)?;
         let archive_prefs = tree("archive_prefs")?;
         let with_prefs = UsersWithEntries::load(&archive_prefs)?;
@@ -526,6 +533,106 @@ impl SledStore {
     }
 }
 
+/// The archive's keyspaces, in that order.
+const ARCHIVE_KEYSPACES: [&str; 4] = ["archive", "archive_ids", "archive_with", "archive_meta"];
+
+/// Opens the archive's fjall database in `<sled dir>/archive` and moves an archive that
+/// an earlier version kept in sled's trees of the same names into it.
+fn open_archive(path: &Path, db: &Db, cache_mb: u64) -> Result<ArchiveTrees> {
+    let dir = path.join("archive");
+    let mut attempts = 0;
+    let archive_db = loop {
+        let opened = fjall::Database::builder(&dir)
+            // Reads are mostly the last page of one archive: a small cache suffices.
+            .cache_size((cache_mb / 4).max(4).saturating_mul(1024 * 1024))
+            .open();
+        match opened {
+            Ok(archive_db) => break archive_db,
+            // As with sled: a store just dropped may still be releasing its lock.
+            Err(fjall::Error::Locked) if attempts < 150 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(fjall::Error::Locked) => {
+                return Err(StorageError::Backend(format!(
+                    "the archive {} is in use by another process (is another xmppd running \
+                     with this data_dir?)",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(archive_backend(e)),
+        }
+    };
+    let keyspace = |name: &str, memtable_mb: u64| {
+        archive_db
+            .keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable_mb << 20)
+            })
+            .map_err(archive_backend)
+    };
+    let trees = ArchiveTrees {
+        archive: keyspace(ARCHIVE_KEYSPACES[0], 8)?,
+        ids: keyspace(ARCHIVE_KEYSPACES[1], 1)?,
+        with: keyspace(ARCHIVE_KEYSPACES[2], 4)?,
+        meta: keyspace(ARCHIVE_KEYSPACES[3], 1)?,
+        db: archive_db,
+        sled: db.clone(),
+        sync_writes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        counts: Arc::default(),
+    };
+    move_sled_archive(db, &trees)?;
+    Ok(trees)
+}
+
+/// Copies the archive trees an earlier version kept in sled into fjall, makes the copy
+/// durable and only then drops the sled trees. Interrupted, it starts over on the next
+/// open: copying is idempotent, and the sled trees are dropped only once all are copied.
+fn move_sled_archive(db: &Db, trees: &ArchiveTrees) -> Result<()> {
+    let names = db.tree_names();
+    let legacy: Vec<&str> = ARCHIVE_KEYSPACES
+        .into_iter()
+        .filter(|name| names.iter().any(|n| &n[..] == name.as_bytes()))
+        .collect();
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    for name in &legacy {
+        let tree = db.open_tree(name).map_err(backend)?;
+        let target = match *name {
+            "archive" => &trees.archive,
+            "archive_ids" => &trees.ids,
+            "archive_with" => &trees.with,
+            _ => &trees.meta,
+        };
+        let mut batch = trees.db.batch();
+        for entry in tree.iter() {
+            let (k, v) = entry.map_err(backend)?;
+            batch.insert(target, &k[..], &v[..]);
+            moved += 1;
+            if batch.len() >= 10_000 {
+                std::mem::replace(&mut batch, trees.db.batch())
+                    .commit()
+                    .map_err(archive_backend)?;
+            }
+        }
+        batch.commit().map_err(archive_backend)?;
+    }
+    trees
+        .db
+        .persist(PersistMode::SyncAll)
+        .map_err(archive_backend)?;
+    for name in &legacy {
+        db.drop_tree(name).map_err(backend)?;
+    }
+    db.flush().map_err(backend)?;
+    tracing::info!(
+        entries = moved,
+        "moved the message archive from sled into fjall"
+    );
+    Ok(())
+}
+
 fn pos_key(prefix: &[u8], pos: ArchivePos) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 16);
     key.extend_from_slice(prefix);
@@ -559,17 +666,20 @@ fn key_pos(key: &[u8]) -> Result<ArchivePos> {
         .ok_or_else(|| StorageError::Corrupt("archive key length".into()))
 }
 
-/// The archive trees. Reads go to them directly; every archive write goes through the
-/// store's single writer thread, which is why counts need no transaction.
+/// The archive keyspaces. Reads go to them directly; every archive write goes through the
+/// store's single writer thread, which is why counts and replacements need no transaction.
 #[derive(Clone)]
 struct ArchiveTrees {
-    archive: Tree,
-    ids: Tree,
-    with: Tree,
-    meta: Tree,
+    archive: Keyspace,
+    ids: Keyspace,
+    with: Keyspace,
+    meta: Keyspace,
+    db: fjall::Database,
+    /// The rest of the store: a `Sync` waiter (an offline push) needs it flushed too.
+    sled: Db,
     /// fsync each writer batch before its waiters are answered (`storage.sync_writes`);
-    /// otherwise they are answered once the batch is written into the database, which
-    /// survives a crash of the process, and sled syncs in the background.
+    /// otherwise they are answered once the batch is written to the operating system,
+    /// which survives a crash of the process.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     counts: Arc<AppendCounts>,
 }
@@ -599,12 +709,21 @@ enum WriterOp {
     /// A message to write; the last row of an append carries the appender's reply,
     /// answered once the batch holding it is on disk.
     Append(ArchiveRow, Option<oneshot::Sender<Result<()>>>),
-    /// Answered once everything written to the database before it (by any tree, e.g. an
-    /// offline push) is on disk: rides on the flush of the current batch.
+    /// Answered once every archive row queued before it is on disk: rides on the flush
+    /// of the current batch.
+    SyncArchive(oneshot::Sender<Result<()>>),
+    /// Like `SyncArchive`, and everything written to the sled database before it (an
+    /// offline push) is on disk too.
     Sync(oneshot::Sender<Result<()>>),
     /// Answered once everything queued before it is written: reads send one first so
     /// they see every message archived before them.
     Barrier(oneshot::Sender<Result<()>>),
+    /// Replaces a stored record's stanza, if the record is there; durable when answered.
+    Replace {
+        key: Vec<u8>,
+        stanza: String,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     RemoveBefore {
         user: BareJid,
         micros: u64,
@@ -631,43 +750,35 @@ const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 /// batch. Reads and removals get them exact (saved before each); a crash can leave a
 /// count short by what arrived since the last save.
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Most entries removed in one write batch when a whole archive goes.
+const REMOVE_CHUNK: usize = 10_000;
 
-/// Messages collected for one write: one sled batch per tree.
+/// Messages collected for one write.
 #[derive(Default)]
 struct PendingBatch {
-    with: ::sled::Batch,
-    archive: ::sled::Batch,
-    /// New messages per user (`<user>` bytes).
-    counts: HashMap<Vec<u8>, u64>,
-    len: usize,
-}
-
-impl PendingBatch {
-    fn push(&mut self, row: ArchiveRow) {
-        *self
-            .counts
-            .entry(row.key[..row.user_len].to_vec())
-            .or_insert(0) += 1;
-        self.with.insert(row.with_key, IVec::default());
-        self.archive.insert(row.key, row.value);
-        self.len += 1;
-    }
+    rows: Vec<ArchiveRow>,
 }
 
 impl ArchiveTrees {
-    /// Writes a batch: indexes first, records next, counts last. Trees are not updated
-    /// together, so a crash in between can only leave index entries whose record is
-    /// missing (readers skip them), or a count short by the last batch.
+    /// Writes a batch: records and indexes in one atomic write.
     fn write(&self, batch: PendingBatch, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
-        if batch.len == 0 {
+        if batch.rows.is_empty() {
             return Ok(());
         }
-        self.with.apply_batch(batch.with).map_err(backend)?;
-        self.archive.apply_batch(batch.archive).map_err(backend)?;
-        for (user, n) in batch.counts {
-            *counts.entry(user).or_insert(0) += n;
+        let mut write = self.db.batch();
+        for row in batch.rows {
+            *counts.entry(row.key[..row.user_len].to_vec()).or_insert(0) += 1;
+            write.insert(&self.with, row.with_key, &[][..]);
+            write.insert(&self.archive, row.key, row.value);
         }
-        Ok(())
+        write.commit().map_err(archive_backend)
+    }
+
+    fn stored_count(&self, user: &[u8]) -> Result<u64> {
+        match self.meta.get(user).map_err(archive_backend)? {
+            Some(v) => decode("archive count", &v),
+            None => Ok(0),
+        }
     }
 
     /// Adds the counts of written messages to the stored per-user counts.
@@ -675,72 +786,99 @@ impl ArchiveTrees {
         if counts.is_empty() {
             return Ok(());
         }
-        let mut meta = ::sled::Batch::default();
+        let mut meta = self.db.batch();
         for (user, n) in counts.drain() {
-            let count: u64 = match self.meta.get(&user).map_err(backend)? {
-                Some(v) => decode("archive count", &v)?,
-                None => 0,
-            };
-            meta.insert(user, encode(&(count + n))?);
+            let count = self.stored_count(&user)?;
+            meta.insert(&self.meta, user, encode(&(count + n))?);
         }
-        self.meta.apply_batch(meta).map_err(backend)
+        meta.commit().map_err(archive_backend)
+    }
+
+    fn replace(&self, key: &[u8], stanza: &str) -> Result<bool> {
+        let Some(raw) = self.archive.get(key).map_err(archive_backend)? else {
+            return Ok(false);
+        };
+        let old = decode_archived(key, &raw)?;
+        let value = encode(&ArchiveRecordRef {
+            id: &old.id,
+            with: &old.with,
+            stanza,
+        })?;
+        self.archive.insert(key, value).map_err(archive_backend)?;
+        self.persist(PersistMode::SyncAll)?;
+        Ok(true)
+    }
+
+    fn persist(&self, mode: PersistMode) -> Result<()> {
+        self.db.persist(mode).map_err(archive_backend)
     }
 
     fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
         let prefix = user_prefix(user)?;
         let start = pos_key(&prefix, ArchivePos::MIN);
         let end = pos_key(&prefix, ArchivePos { micros, seq: 0 });
-        let mut archive = ::sled::Batch::default();
-        let mut ids = ::sled::Batch::default();
-        let mut with = ::sled::Batch::default();
+        let mut write = self.db.batch();
         let mut removed = 0u64;
         for r in self.archive.range(start..end).take(limit) {
-            let (k, v) = r.map_err(backend)?;
+            let (k, v) = r.into_inner().map_err(archive_backend)?;
             let m = decode_archived(&k, &v)?;
-            ids.remove(id_key(&prefix, &m.id));
-            with.remove(pos_key(&with_prefix(&prefix, &m.with)?, m.pos));
-            archive.remove(k);
+            write.remove(&self.ids, id_key(&prefix, &m.id));
+            write.remove(&self.with, pos_key(&with_prefix(&prefix, &m.with)?, m.pos));
+            write.remove(&self.archive, k);
             removed += 1;
         }
         if removed == 0 {
             return Ok(0);
         }
-        // Records first: a crash in between leaves only index entries readers skip.
-        self.archive.apply_batch(archive).map_err(backend)?;
-        self.ids.apply_batch(ids).map_err(backend)?;
-        self.with.apply_batch(with).map_err(backend)?;
-        let count: u64 = match self.meta.get(user.as_str()).map_err(backend)? {
-            Some(v) => decode("archive count", &v)?,
-            None => 0,
-        };
-        match count.saturating_sub(removed) {
-            0 => self.meta.remove(user.as_str()).map(drop),
-            left => self.meta.insert(user.as_str(), encode(&left)?).map(drop),
+        let key = user.as_str().as_bytes();
+        match self.stored_count(key)?.saturating_sub(removed) {
+            0 => write.remove(&self.meta, key),
+            left => write.insert(&self.meta, key, encode(&left)?),
         }
-        .map_err(backend)?;
+        write.commit().map_err(archive_backend)?;
+        self.persist(PersistMode::SyncAll)?;
         Ok(removed as usize)
     }
 
     fn remove_user(&self, user: &BareJid) -> Result<()> {
         let prefix = user_prefix(user)?;
-        // Large archives do not fit one batch in memory comfortably, but each tree is
-        // cleared atomically on its own: records first, then indexes, the count last.
-        clear_prefix(&self.archive, &prefix)?;
-        clear_prefix(&self.ids, &prefix)?;
-        clear_prefix(&self.with, &prefix)?;
-        self.meta.remove(user.as_str()).map_err(backend)?;
-        Ok(())
+        // Records first, then indexes (readers skip index entries without a record), the
+        // count last; in bounded batches, since an archive can be large.
+        for keyspace in [&self.archive, &self.ids, &self.with] {
+            loop {
+                let keys = keyspace
+                    .prefix(&prefix)
+                    .take(REMOVE_CHUNK)
+                    .map(|g| g.key().map_err(archive_backend))
+                    .collect::<Result<Vec<_>>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut write = self.db.batch();
+                for key in keys {
+                    write.remove(keyspace, key);
+                }
+                write.commit().map_err(archive_backend)?;
+            }
+        }
+        self.meta
+            .remove(user.as_str().as_bytes())
+            .map_err(archive_backend)?;
+        self.persist(PersistMode::SyncAll)
     }
 
     fn handle(&self, op: WriterOp, failed: &mut Option<String>) {
         // A receiver that went away (its task was cancelled) needs no answer.
         match op {
-            WriterOp::Append(..) | WriterOp::Sync(_) => {}
+            WriterOp::Append(..) | WriterOp::Sync(_) | WriterOp::SyncArchive(_) => {}
             WriterOp::Barrier(reply) => {
                 let _ = reply.send(match failed.take() {
                     Some(e) => Err(StorageError::Backend(e)),
                     None => Ok(()),
                 });
+            }
+            WriterOp::Replace { key, stanza, reply } => {
+                let _ = reply.send(self.replace(&key, &stanza));
             }
             WriterOp::RemoveBefore {
                 user,
@@ -757,7 +895,7 @@ impl ArchiveTrees {
     }
 
     fn flush_pending(&self, batch: &mut PendingBatch, round: &mut Round) {
-        let rows = batch.len as u64;
+        let rows = batch.rows.len() as u64;
         match self.write(std::mem::take(batch), &mut round.counts) {
             Ok(()) => round.written += rows,
             Err(e) => round.write_failed(&self.counts, e),
@@ -790,15 +928,18 @@ impl ArchiveTrees {
     /// deferred appends in it, waited for or not: one flush per batch), and answers them.
     fn sync(&self, round: &mut Round) {
         let written = std::mem::take(&mut round.written);
+        let sync_sled = std::mem::take(&mut round.sync_sled);
         if round.waiters.is_empty() && written == 0 {
             return;
         }
-        // sled flushes the whole database from any of its trees, so this also covers
-        // the offline pushes whose `Sync` is in the round.
-        let flushed = match self.sync_writes.load(Ordering::Relaxed) {
-            true => self.archive.flush().map(drop).map_err(backend),
-            false => Ok(()),
+        let mut flushed = match self.sync_writes.load(Ordering::Relaxed) {
+            true => self.persist(PersistMode::SyncData),
+            // Written to the operating system: survives a crash of the process.
+            false => self.persist(PersistMode::Buffer),
         };
+        if sync_sled && flushed.is_ok() && self.sync_writes.load(Ordering::Relaxed) {
+            flushed = self.sled.flush().map(drop).map_err(backend);
+        }
         round.durable += written;
         match &flushed {
             // Everything written before the flush is covered, earlier rounds included.
@@ -824,6 +965,8 @@ impl ArchiveTrees {
 #[derive(Default)]
 struct Round {
     waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// A waiter needs the sled database flushed too.
+    sync_sled: bool,
     /// A write of this round failed: its waiters get this instead of a flush.
     error: Option<String>,
     /// Reported to the next barrier (reads see that earlier appends were lost).
@@ -853,13 +996,17 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
             while let Some(op) = next {
                 match op {
                     WriterOp::Append(row, reply) => {
-                        batch.push(row);
+                        batch.rows.push(row);
                         round.waiters.extend(reply);
-                        if batch.len >= WRITER_BATCH {
+                        if batch.rows.len() >= WRITER_BATCH {
                             trees.flush_pending(&mut batch, &mut round);
                         }
                     }
-                    WriterOp::Sync(reply) => round.waiters.push(reply),
+                    WriterOp::SyncArchive(reply) => round.waiters.push(reply),
+                    WriterOp::Sync(reply) => {
+                        round.sync_sled = true;
+                        round.waiters.push(reply);
+                    }
                     other => {
                         trees.flush_pending(&mut batch, &mut round);
                         // Removals and reads (after their barrier) see exact counts.
@@ -875,10 +1022,10 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
                 };
             }
             // Only deferred appends so far, which nobody waits for yet: let more
-            // gather, so that one write per tree and one flush cover many messages.
-            // A waiter (an SM ack, a durable append) ends the wait at once; while
-            // sleeping, the thread also costs the appenders no wake-up.
-            if round.waiters.is_empty() && batch.len > 0 && started.elapsed() < LINGER {
+            // gather, so that one write and one flush cover many messages. A waiter (an
+            // SM ack, a durable append) ends the wait at once; while sleeping, the
+            // thread also costs the appenders no wake-up.
+            if round.waiters.is_empty() && !batch.rows.is_empty() && started.elapsed() < LINGER {
                 std::thread::sleep(LINGER_STEP);
                 next = rx.try_recv().ok();
                 continue;
@@ -896,7 +1043,7 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     }
     // The queue closed (the store is dropped): the last counts, durable.
     trees.save_counts(&mut round);
-    if let Err(e) = trees.archive.flush() {
+    if let Err(e) = trees.persist(PersistMode::SyncAll) {
         tracing::error!(error = %e, "flushing the archive at shutdown failed");
     }
 }
@@ -945,6 +1092,11 @@ impl ArchiveWriter {
     async fn sync(&self) -> Result<()> {
         self.call(WriterOp::Sync).await
     }
+
+    /// Waits until every archive row queued so far is durable.
+    async fn sync_archive(&self) -> Result<()> {
+        self.call(WriterOp::SyncArchive).await
+    }
 }
 
 impl Drop for ArchiveWriter {
@@ -974,7 +1126,7 @@ impl SledStore {
         let range = pos_key(prefix, ArchivePos::MIN)..=pos_key(prefix, ArchivePos::MAX);
         match self.archive.range(range).next_back() {
             Some(r) => {
-                let (k, _) = r.map_err(backend)?;
+                let k = r.key().map_err(archive_backend)?;
                 Ok(key_pos(&k)?.micros)
             }
             None => Ok(0),
@@ -1065,6 +1217,16 @@ fn sum_counts(tree: &Tree, what: &str) -> Result<u64> {
     Ok(total)
 }
 
+/// `sum_counts` for the archive's counters.
+fn sum_archive_counts(keyspace: &Keyspace) -> Result<u64> {
+    let mut total = 0u64;
+    for entry in keyspace.iter() {
+        let (_, v) = entry.into_inner().map_err(archive_backend)?;
+        total = total.saturating_add(decode::<u64>("archive count", &v)?);
+    }
+    Ok(total)
+}
+
 fn clear_prefix(tree: &Tree, prefix: &[u8]) -> Result<()> {
     let mut batch = ::sled::Batch::default();
     for key in keys_with_prefix(tree, prefix)? {
@@ -1120,7 +1282,7 @@ impl ArchiveStore for SledStore {
             return Ok(());
         }
         // Behind every row queued so far: answered with the flush that covers them.
-        self.writer.sync().await?;
+        self.writer.sync_archive().await?;
         match counts.failed.load(Ordering::SeqCst) {
             true => Err(StorageError::Backend("an archive write failed".into())),
             false => Ok(()),
@@ -1141,7 +1303,11 @@ impl ArchiveStore for SledStore {
         let pos = match self.id_cipher.pos(id) {
             Some(pos) => pos,
             None => {
-                let Some(v) = self.archive_ids.get(id_key(&prefix, id)).map_err(backend)? else {
+                let Some(v) = self
+                    .archive_ids
+                    .get(id_key(&prefix, id))
+                    .map_err(archive_backend)?
+                else {
                     return Ok(None);
                 };
                 ArchivePos::from_bytes(&v)
@@ -1153,7 +1319,7 @@ impl ArchiveStore for SledStore {
         let present = self
             .archive
             .contains_key(pos_key(&prefix, pos))
-            .map_err(backend)?;
+            .map_err(archive_backend)?;
         Ok(present.then_some(pos))
     }
 
@@ -1162,7 +1328,7 @@ impl ArchiveStore for SledStore {
             return Ok(None);
         };
         let key = pos_key(&user_prefix(user)?, pos);
-        match self.archive.get(&key).map_err(backend)? {
+        match self.archive.get(&key).map_err(archive_backend)? {
             Some(v) => decode_archived(&key, &v).map(Some),
             None => Ok(None),
         }
@@ -1173,25 +1339,11 @@ impl ArchiveStore for SledStore {
             return Ok(false);
         };
         let key = pos_key(&user_prefix(user)?, pos);
-        let Some(raw) = self.archive.get(&key).map_err(backend)? else {
-            return Ok(false);
-        };
-        let old = decode_archived(&key, &raw)?;
-        let value = encode(&ArchiveRecordRef {
-            id: &old.id,
-            with: &old.with,
-            stanza,
-        })?;
-        // Only if the record is still the one read: a concurrent prune or removal wins.
-        let swapped = self
-            .archive
-            .compare_and_swap(&key, Some(&raw[..]), Some(value))
-            .map_err(backend)?;
-        if swapped.is_err() {
-            return Ok(false);
-        }
-        self.flush_db().await?;
-        Ok(true)
+        // On the writer, so that a prune or removal in between wins.
+        let stanza = stanza.to_owned();
+        self.writer
+            .call(|reply| WriterOp::Replace { key, stanza, reply })
+            .await
     }
 
     async fn query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<ArchivePage> {
@@ -1210,10 +1362,10 @@ impl ArchiveStore for SledStore {
                     .range(pos_key(&wp, q.from)..=pos_key(&wp, q.to))
                     .filter_map(|r| {
                         let lookup = || {
-                            let (k, _) = r.map_err(backend)?;
+                            let k = r.key().map_err(archive_backend)?;
                             let key = pos_key(&prefix, key_pos(&k)?);
-                            // A missing record (crash between tree writes) is skipped.
-                            match self.archive.get(&key).map_err(backend)? {
+                            // A missing record (a removal in progress) is skipped.
+                            match self.archive.get(&key).map_err(archive_backend)? {
                                 Some(v) => decode_archived(&key, &v).map(Some),
                                 None => Ok(None),
                             }
@@ -1227,7 +1379,7 @@ impl ArchiveStore for SledStore {
                     .archive
                     .range(pos_key(&prefix, q.from)..=pos_key(&prefix, q.to))
                     .map(|r| {
-                        let (k, v) = r.map_err(backend)?;
+                        let (k, v) = r.into_inner().map_err(archive_backend)?;
                         decode_archived(&k, &v)
                     });
                 collect_page(scan, q)
@@ -1238,7 +1390,11 @@ impl ArchiveStore for SledStore {
     async fn count(&self, user: &BareJid) -> Result<u64> {
         check_name(user.as_str())?;
         self.writer.barrier().await?;
-        match self.archive_meta.get(user.as_str()).map_err(backend)? {
+        match self
+            .archive_meta
+            .get(user.as_str())
+            .map_err(archive_backend)?
+        {
             Some(v) => decode("archive count", &v),
             None => Ok(0),
         }
@@ -1247,7 +1403,7 @@ impl ArchiveStore for SledStore {
     async fn total(&self) -> Result<Option<u64>> {
         // One counter per archive; the barrier stores the counts the writer holds.
         self.writer.barrier().await?;
-        sum_counts(&self.archive_meta, "archive count").map(Some)
+        sum_archive_counts(&self.archive_meta).map(Some)
     }
 
     async fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
@@ -1962,6 +2118,57 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn an_archive_kept_in_sled_moves_into_fjall() {
+        let dir = tempfile::tempdir().unwrap();
+        let pos = ArchivePos {
+            micros: 1_000,
+            seq: 3,
+        };
+        {
+            // What an earlier version wrote: the archive trees inside sled.
+            let store = SledStore::open(dir.path()).unwrap();
+            let id = store.id_cipher.id(pos);
+            let prefix = user_prefix(&j("u@x")).unwrap();
+            let archive = store.db.open_tree("archive").unwrap();
+            let record = ArchiveRecordRef {
+                id: &id,
+                with: "c@y/r",
+                stanza: "<message/>",
+            };
+            archive
+                .insert(pos_key(&prefix, pos), encode(&record).unwrap())
+                .unwrap();
+            let with = store.db.open_tree("archive_with").unwrap();
+            let with_key = pos_key(&with_prefix(&prefix, "c@y/r").unwrap(), pos);
+            with.insert(with_key, &[][..]).unwrap();
+            let meta = store.db.open_tree("archive_meta").unwrap();
+            meta.insert("u@x", encode(&1u64).unwrap()).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let names = store.db.tree_names();
+        assert!(
+            ARCHIVE_KEYSPACES
+                .iter()
+                .all(|name| !names.iter().any(|n| &n[..] == name.as_bytes())),
+            "sled trees left: {names:?}"
+        );
+        assert_eq!(ArchiveStore::count(&store, &j("u@x")).await.unwrap(), 1);
+        let q = ArchiveQuery {
+            with: Some("c@y".into()),
+            ..ArchiveQuery::default()
+        };
+        let page = ArchiveStore::query(&store, &j("u@x"), &q).await.unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].pos, pos);
+        assert_eq!(page.messages[0].stanza, "<message/>");
+        // Still there after another restart, with nothing to move any more.
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(ArchiveStore::count(&store, &j("u@x")).await.unwrap(), 1);
     }
 
     #[test]
