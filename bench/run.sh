@@ -24,7 +24,9 @@
 #   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
 #                false                                                        [true]
 #   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
-#   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption)            [true]
+#   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption)   [unset: default, true]
+#   CERT_KEY     xmppd's certificate key: ec (ECDSA P-256, as Prosody's) or rsa (2048)
+#                                                                               [ec]
 #   XMPPD        the xmppd binary to run, not built when given (compare two builds)
 #                                                      [target/release/xmppd, built]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
@@ -117,16 +119,32 @@ done
 
 # ----------------------------------------------------------------------- xmppd
 
+# Only when asked for: builds before [tls] existed refuse the key (XMPPD=).
+tls_section() {
+	if [ -n "${TLS_TICKETS:-}" ]; then
+		printf '[tls]\nsession_tickets = %s\n' "$TLS_TICKETS"
+	fi
+}
+
 XMPPD_PID=
 xmppd_start() {
 	local cfg=$XMPPD_DIR/xmppd.toml
 	rm -rf "$XMPPD_DIR/data"
 	mkdir -p "$XMPPD_DIR/data" "$XMPPD_DIR/certs"
 	# Named for what it covers: the vhost and its services (xmppd check wants each named).
+	local kind=${CERT_KEY:-ec} newkey
+	case "$kind" in
+	# Same kind of certificate as the Prosody side (ECDSA P-256).
+	ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1) ;;
+	rsa) newkey=(-newkey rsa:2048) ;;
+	*) die "CERT_KEY must be ec or rsa" ;;
+	esac
 	local crt=$XMPPD_DIR/certs/localhost-services.crt key=$XMPPD_DIR/certs/localhost-services.key
+	if [ "$kind" = rsa ]; then
+		crt=$XMPPD_DIR/certs/localhost-services-rsa.crt key=$XMPPD_DIR/certs/localhost-services-rsa.key
+	fi
 	if [ ! -f "$crt" ]; then
-		# Same kind of certificate as the Prosody side (ECDSA P-256).
-		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+		openssl req -x509 "${newkey[@]}" -nodes -days 3650 \
 			-subj "/CN=localhost" \
 			-addext "subjectAltName=DNS:localhost,DNS:conference.localhost,DNS:upload.localhost,DNS:pubsub.localhost" \
 			-keyout "$key" -out "$crt" >/dev/null 2>&1
@@ -157,9 +175,7 @@ kind = "http"
 address = "127.0.0.1:$((XMPPD_PORT + 2))"
 tls = "direct_tls"
 
-[tls]
-session_tickets = ${TLS_TICKETS:-true}
-
+$(tls_section)
 [limits]
 # Every benchmark connection comes from loopback.
 connections_per_ip = 100000

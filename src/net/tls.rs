@@ -195,8 +195,8 @@ impl TlsContext {
             match if s2s { &s2s_tickets } else { &c2s_tickets } {
                 Some(ticketer) => {
                     sc.ticketer = ticketer.clone();
-                    // Tickets are used once by clients; two let a client open a second
-                    // connection (e.g. STARTTLS and HTTPS) resumed too.
+                    // Clients use a ticket once. Two leave a spare for when a connection
+                    // fails before its new tickets arrive (phones on flaky networks).
                     sc.send_tls13_tickets = 2;
                 }
                 None => {
