@@ -991,6 +991,7 @@ struct QueueRound {
     duplicates: u64,
     out_of_order: u64,
     others: u64,
+    rss_before_kib: Option<u64>,
     rss_peak_kib: Option<u64>,
     redelivered: u64,
 }
@@ -1074,7 +1075,8 @@ async fn queue_round(run: &Run, a: &OfflineQueueArgs, round: usize) -> Res<Queue
     let (mut received, mut distinct, mut duplicates, mut out_of_order, mut others) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut next = 0u64;
-    let mut rss_peak = a.server_pid.and_then(stats::rss_kib);
+    let rss_before = a.server_pid.and_then(stats::rss_kib);
+    let mut rss_peak = rss_before;
     let deadline = Instant::now() + wait;
     let c0 = cpu_sample(a.server_pid);
     let t0 = Instant::now();
@@ -1146,6 +1148,7 @@ async fn queue_round(run: &Run, a: &OfflineQueueArgs, round: usize) -> Res<Queue
         duplicates,
         out_of_order,
         others,
+        rss_before_kib: rss_before,
         rss_peak_kib: rss_peak,
         redelivered,
     })
@@ -1170,7 +1173,7 @@ pub async fn offline_queue(run: &Run, a: &OfflineQueueArgs) -> Res<Report> {
         let r = queue_round(run, a, k).await?;
         let per_msg = |c: Option<f64>| c.map_or(0.0, |c| c * 1e3 / n as f64);
         lines.push(format!(
-            "  round {}: queued in {:.2} s ({:.1} µs server CPU/msg, {} bounced); delivered {}/{n} ({} duplicates, {} out of order) in {:.0} ms from connect (login {:.1}, first {:.1}), server CPU {:.0} ms ({:.1} µs/msg; {:.0} ms with the deletions), left queued {}",
+            "  round {}: queued in {:.2} s ({:.1} µs server CPU/msg, {} bounced); delivered {}/{n} ({} duplicates, {} out of order) in {:.0} ms from connect (login {:.1}, first {:.1}), server CPU {:.0} ms ({:.1} µs/msg; {:.0} ms with the deletions), left queued {}, server RSS {} -> peak {} KiB",
             k + 1,
             r.store_s,
             per_msg(r.store_cpu_ms),
@@ -1185,6 +1188,8 @@ pub async fn offline_queue(run: &Run, a: &OfflineQueueArgs) -> Res<Report> {
             per_msg(r.cpu_ms),
             r.cpu_settled_ms.unwrap_or(0.0),
             r.redelivered,
+            r.rss_before_kib.unwrap_or(0),
+            r.rss_peak_kib.unwrap_or(0),
         ));
         rounds.push(r);
     }
@@ -1206,6 +1211,7 @@ pub async fn offline_queue(run: &Run, a: &OfflineQueueArgs) -> Res<Report> {
         "foreign_messages": rounds.iter().map(|r| r.others).sum::<u64>(),
         "received": rounds.iter().map(|r| r.received).sum::<u64>(),
         "complete": lost == 0 && duplicates == 0 && out_of_order == 0 && bounced == 0,
+        "server_rss_before_deliver_kib": rounds.first().and_then(|r| r.rss_before_kib),
         "server_rss_peak_kib": rounds.iter().filter_map(|r| r.rss_peak_kib).max(),
     });
     let figures: [(&str, &str, Vec<f64>); 7] = [
