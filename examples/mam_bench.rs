@@ -57,7 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 1,
     };
     let dir = tempfile::tempdir()?;
-    let storage = Storage::open_sled(dir.path())?;
+    // MAM_BENCH_DIR keeps the store for a look afterwards (it must be empty or absent).
+    let kept = std::env::var_os("MAM_BENCH_DIR").map(std::path::PathBuf::from);
+    let path = kept.as_deref().unwrap_or(dir.path());
+    let storage = Storage::open_sled(path)?;
     let user = xmppd::addr::parse_bare(USER).ok_or("USER is not a JID")?;
     let mut accounts = vec![user.clone()];
     for i in 1..users {
@@ -192,10 +195,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     stats("append one message, flushed", samples);
 
-    drop(storage);
     let t = Instant::now();
-    let storage = Storage::open_sled(dir.path())?;
+    drop(storage);
+    let close = t.elapsed();
+    let t = Instant::now();
+    let storage = Storage::open_sled(path)?;
     let open = t.elapsed();
+    println!("close {:.1} ms", close.as_secs_f64() * 1e3);
     let t = Instant::now();
     let page = storage.archive.query(&user, &last_page).await?;
     let cold = t.elapsed();

@@ -30,41 +30,73 @@ pub fn with_matches(wanted: &str, with: &str) -> bool {
     }
 }
 
+/// Collects one page of `q`'s matches offered in the order of the query's direction
+/// (newest first when `from_end`): at most `max`, and whether more match.
+pub(crate) struct PageBuilder<'q> {
+    q: &'q ArchiveQuery,
+    messages: Vec<ArchivedMessage>,
+    more: bool,
+}
+
+impl<'q> PageBuilder<'q> {
+    pub(crate) fn new(q: &'q ArchiveQuery) -> Self {
+        PageBuilder {
+            q,
+            messages: Vec::with_capacity(q.max.min(256) + 1),
+            more: false,
+        }
+    }
+
+    /// Takes a candidate; `false` once the page is complete (stop offering).
+    pub(crate) fn offer(&mut self, m: ArchivedMessage) -> bool {
+        if self
+            .q
+            .with
+            .as_deref()
+            .is_some_and(|w| !with_matches(w, &m.with))
+        {
+            return true;
+        }
+        if self.messages.len() == self.q.max {
+            self.more = true;
+            return false;
+        }
+        self.messages.push(m);
+        true
+    }
+
+    pub(crate) fn finish(mut self) -> ArchivePage {
+        if self.q.from_end {
+            self.messages.reverse();
+        }
+        ArchivePage {
+            messages: self.messages,
+            more: self.more,
+        }
+    }
+}
+
 /// Cuts one page out of `scan`, which yields the candidates of `q`'s range in archive
 /// order (possibly pre-filtered by the bare `with`). Reads at most `max + 1` matches.
 pub(crate) fn collect_page<I>(scan: I, q: &ArchiveQuery) -> Result<ArchivePage>
 where
     I: DoubleEndedIterator<Item = Result<ArchivedMessage>>,
 {
-    let mut messages = Vec::with_capacity(q.max.min(256) + 1);
-    let mut more = false;
-    let mut take = |item: Result<ArchivedMessage>| -> Result<bool> {
-        let m = item?;
-        if q.with.as_deref().is_some_and(|w| !with_matches(w, &m.with)) {
-            return Ok(true);
-        }
-        if messages.len() == q.max {
-            more = true;
-            return Ok(false);
-        }
-        messages.push(m);
-        Ok(true)
-    };
+    let mut page = PageBuilder::new(q);
     if q.from_end {
         for item in scan.rev() {
-            if !take(item)? {
+            if !page.offer(item?) {
                 break;
             }
         }
-        messages.reverse();
     } else {
         for item in scan {
-            if !take(item)? {
+            if !page.offer(item?) {
                 break;
             }
         }
     }
-    Ok(ArchivePage { messages, more })
+    Ok(page.finish())
 }
 
 #[cfg(test)]

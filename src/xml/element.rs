@@ -164,8 +164,10 @@ impl Element {
 
     /// Serializes as a top-level stanza into a `String` (storage keeps stanzas as text).
     pub fn to_stanza_string(&self) -> String {
-        // The writer only ever emits valid UTF-8: names and values are `String`s.
-        String::from_utf8_lossy(&self.to_stanza_bytes()).into_owned()
+        // The writer only ever emits valid UTF-8 (names and values are `String`s), so this
+        // takes the buffer as it is; the lossy path is never expected to run.
+        String::from_utf8(self.to_stanza_bytes())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// Serializes this element; `parent_ns` is the default namespace in scope.

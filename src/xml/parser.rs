@@ -246,18 +246,19 @@ pub(crate) fn is_xml_char(c: char) -> bool {
 
 /// A conservative check of XML (qualified) names: quick-xml only splits on delimiters,
 /// and a name carrying quotes or `=` would corrupt the XML we write back out.
+/// Both the prefix and the local part must be names of their own (`NCName`): the local
+/// part is written back without the prefix, so `x:0a` would come out as the invalid `0a`.
 fn check_name(name: &str) -> Result<(), XmlError> {
-    let bytes = name.as_bytes();
-    let ok = match bytes.first() {
+    let ncname = |part: &str| match part.as_bytes().first() {
         None => false,
-        Some(b) if b.is_ascii_digit() || matches!(b, b'-' | b'.' | b':') => false,
-        Some(_) => {
-            bytes.last() != Some(&b':')
-                && bytes.iter().filter(|&&b| b == b':').count() <= 1
-                && bytes.iter().all(|&b| {
-                    b >= 0x80 || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':')
-                })
-        }
+        Some(b) if b.is_ascii_digit() || matches!(b, b'-' | b'.') => false,
+        Some(_) => part
+            .bytes()
+            .all(|b| b >= 0x80 || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+    };
+    let ok = match name.split_once(':') {
+        None => ncname(name),
+        Some((prefix, local)) => ncname(prefix) && ncname(local),
     };
     if ok {
         Ok(())
@@ -718,6 +719,22 @@ mod tests {
             StreamEvent::Stanza(Element::new("presence", ns::CLIENT)),
             StreamEvent::Close,
         ]
+    }
+
+    #[test]
+    fn prefixed_names_need_a_valid_local_part() {
+        // Found by fuzzing: `x:0E` parsed, and was written back as the invalid `<0E`.
+        for bad in [
+            "<message xmlns:x='u'><x:0E/></message>",
+            "<message xmlns:x='u'><x:.a/></message>",
+            "<message xmlns:x='u'><x:-a/></message>",
+            "<message xmlns:x='u'><a x:1='v'/></message>",
+            "<message xmlns:x='u'><x:a:b/></message>",
+        ] {
+            assert!(crate::xml::parse_stanza(bad).is_err(), "{bad}");
+        }
+        let ok = crate::xml::parse_stanza("<message xmlns:x='u'><x:a0.-_ x:b1='v'/></message>");
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
