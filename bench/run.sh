@@ -11,6 +11,9 @@
 #   bench/run.sh muc   --occupants 100 --senders 10 --seconds 10  (one chat room)
 #   bench/run.sh --server xmppd upload --bytes 10000000   (XEP-0363 PUT + GET, MB/s, RSS)
 #   bench/run.sh --server both chat --pairs 100        (then prints a ratio table)
+#   bench/run.sh --server xmppd roster-login --contacts 1000 --online 500 --repeat 20
+#                                    (runs setup-star first: one hub, 1000 mutual contacts)
+#   bench/run.sh --server xmppd offline-queue --messages 10000   (raises the offline quota)
 #
 # Settings (environment):
 #   SERVER_CPU   core for the server   [0]        GEN_CPU  core for the generator [1]
@@ -29,6 +32,8 @@
 #                                                                               [ec]
 #   XMPPD        the xmppd binary to run, not built when given (compare two builds)
 #                                                      [target/release/xmppd, built]
+#   OFFLINE_QUOTA xmppd's [limits] offline_quota   [offline-queue: --messages (10000);
+#                                                   other scenarios: xmppd's default]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
@@ -74,8 +79,8 @@ both) LIST=(prosody xmppd) ;;
 *) die "--server must be prosody, xmppd or both" ;;
 esac
 case "$SCENARIO" in
-login | idle | chat | roster | muc | upload) ;;
-*) die "scenario must be login, idle, chat, roster, muc or upload" ;;
+login | idle | chat | roster | muc | upload | roster-login | offline-queue) ;;
+*) die "scenario must be login, idle, chat, roster, muc, upload, roster-login or offline-queue" ;;
 esac
 
 # Value of option $1 in the scenario arguments, if present.
@@ -99,11 +104,28 @@ if [ -z "${USERS:-}" ]; then
 		USERS=$o
 	elif [ "$SCENARIO" = upload ]; then
 		USERS=1
+	elif [ "$SCENARIO" = roster-login ]; then
+		# The hub and its contacts.
+		USERS=$(($(arg_value --contacts || echo 1000) + 1))
+	elif [ "$SCENARIO" = offline-queue ]; then
+		USERS=2
 	else
 		USERS=1000
 	fi
 fi
 export USERS
+
+# The offline queue must hold the scenario's messages; a session's own backlog at login
+# must hold the offline quota plus the pending subscriptions (500 by default).
+if [ "$SCENARIO" = offline-queue ] && [ -z "${OFFLINE_QUOTA:-}" ]; then
+	OFFLINE_QUOTA=$(arg_value --messages || echo 10000)
+fi
+LIMITS_EXTRA=
+if [ -n "${OFFLINE_QUOTA:-}" ]; then
+	backlog=$((OFFLINE_QUOTA + 500 > 20000 ? OFFLINE_QUOTA + 500 : 20000))
+	LIMITS_EXTRA="offline_quota = $OFFLINE_QUOTA
+session_backlog_len = $backlog"
+fi
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 RESULTS_DIR=${RESULTS_DIR:-/tmp/xmppd-bench/results/$STAMP-$SCENARIO}
@@ -181,6 +203,7 @@ $(tls_section)
 connections_per_ip = 100000
 max_connections = 100000
 handshake_timeout_secs = 120
+$LIMITS_EXTRA
 
 [c2s]
 require_tls = true
@@ -271,6 +294,10 @@ run_one() {
 		contacts=$(arg_value --contacts) || die "roster needs --contacts"
 		log "$server: setup-roster --users $USERS --contacts $contacts"
 		"${gen[@]}" setup-roster --users "$USERS" --contacts "$contacts" >"$RESULTS_DIR/$server-setup-roster.txt"
+		;;
+	roster-login)
+		log "$server: setup-star --contacts $((USERS - 1))"
+		"${gen[@]}" setup-star --contacts "$((USERS - 1))" >"$RESULTS_DIR/$server-setup-star.txt"
 		;;
 	esac
 	arg_value --server-pid >/dev/null || extra+=(--server-pid "$pid")

@@ -375,3 +375,50 @@ async fn bad_allow_entries_are_refused_at_start() {
     assert!(text.contains("metrics.allow[1]"), "{text}");
     assert!(!text.contains("metrics.allow[0]"), "{text}");
 }
+
+const CONTACTS: usize = 40;
+
+/// Adding a contact must not read the whole roster back: the limit check and the push
+/// after a roster set each did, so building a roster of N contacts read O(N²) items
+/// (issue 16, found with the bench's `setup-star`). `roster_get` counts whole-roster reads.
+#[tokio::test]
+async fn adding_contacts_does_not_reread_the_roster() {
+    let server = TestServer::start_with(with_metrics).await;
+    server.add_user("hub", "password").await;
+    let addr = http_addr(&server);
+    let mut hub = Client::login(server.starttls_addr(), "hub", "password", "h").await;
+    let get_roster = "<iq type='get'><query xmlns='jabber:iq:roster'/></iq>";
+    assert_eq!(hub.iq(get_roster).await.attr("type"), Some("result"));
+    let reads = |s: &[Sample]| {
+        value(
+            s,
+            "xmppd_storage_latency_seconds_count",
+            &[("op", "roster_get")],
+        )
+    };
+    let before = reads(&parse(&get(addr, None, "").await.body));
+    for i in 0..CONTACTS {
+        let set = hub
+            .iq(&format!(
+                "<iq type='set'><query xmlns='jabber:iq:roster'><item jid='c{i}@localhost' name='c{i}'/></query></iq>"
+            ))
+            .await;
+        assert_eq!(set.attr("type"), Some("result"));
+        hub.send(&format!("<presence type='subscribe' to='c{i}@localhost'/>"))
+            .await;
+    }
+    // Stanzas are handled in order: the last subscription request is handled too.
+    let pong = hub
+        .iq("<iq type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+    let added = reads(&parse(&get(addr, None, "").await.body)) - before;
+    assert!(
+        added <= 2.0,
+        "{added} whole-roster reads for {CONTACTS} new contacts"
+    );
+    let roster = hub.iq(get_roster).await;
+    let query = roster.first_element().expect("a roster query");
+    assert_eq!(query.elements().count(), CONTACTS);
+    assert!(query.elements().all(|i| i.attr("ask") == Some("subscribe")));
+}

@@ -767,6 +767,64 @@ async fn presence_contacts(s: Storage) {
     );
 }
 
+/// `item_count` and `version` agree with the whole roster through every kind of change
+/// (sled keeps counts per version in memory instead of scanning).
+async fn roster_counts(s: Storage) {
+    let r = s.roster.clone();
+    let u = j("u@x");
+    let agrees = |r: std::sync::Arc<dyn xmppd::storage::RosterStore>| async move {
+        let whole = r.roster(&j("u@x")).await.unwrap();
+        let count = r.item_count(&j("u@x")).await.unwrap();
+        assert_eq!(count, whole.items.len());
+        assert_eq!(r.version(&j("u@x")).await.unwrap(), whole.version);
+        count
+    };
+    assert_eq!(agrees(r.clone()).await, 0);
+    r.put_item(&u, &item("a@y", Subscription::None))
+        .await
+        .unwrap();
+    assert_eq!(agrees(r.clone()).await, 1);
+    // A replaced item is not a new one.
+    r.put_item(&u, &item("a@y", Subscription::Both))
+        .await
+        .unwrap();
+    assert_eq!(agrees(r.clone()).await, 1);
+    r.put_item(&u, &item("b@y", Subscription::To))
+        .await
+        .unwrap();
+    assert_eq!(agrees(r.clone()).await, 2);
+    assert_eq!(agrees(r.clone()).await, 2);
+    r.remove_item(&u, &j("a@y")).await.unwrap();
+    r.remove_item(&u, &j("missing@y")).await.unwrap();
+    assert_eq!(agrees(r.clone()).await, 1);
+    assert_eq!(r.item_count(&j("u@xx")).await.unwrap(), 0);
+    // Changes racing with counts.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let jid = format!("c{i}@y");
+            r.put_item(&j("u@x"), &item(&jid, Subscription::None))
+                .await
+                .unwrap();
+            r.item_count(&j("u@x")).await.unwrap();
+            if i % 4 == 0 {
+                r.remove_item(&j("u@x"), &j(&jid)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(agrees(r.clone()).await, 16);
+    s.remove_account(&u).await.unwrap();
+    assert_eq!(agrees(r.clone()).await, 0);
+    r.put_item(&u, &item("new@y", Subscription::From))
+        .await
+        .unwrap();
+    assert_eq!(agrees(r.clone()).await, 1);
+}
+
 fn stored_room(jid: &str, name: &str) -> StoredRoom {
     StoredRoom {
         jid: j(jid),
@@ -1237,9 +1295,9 @@ macro_rules! conformance {
     };
 }
 
-conformance!(memory: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
+conformance!(memory: accounts, roster, roster_counts, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
     archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
-conformance!(sled: accounts, roster, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
+conformance!(sled: accounts, roster, roster_counts, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
     archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
 
 #[tokio::test]

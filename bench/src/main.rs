@@ -5,6 +5,7 @@
 
 mod accounts;
 mod conn;
+mod growth;
 mod scenarios;
 mod scram;
 mod stats;
@@ -204,6 +205,12 @@ enum Cmd {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Mutual subscriptions between one hub account and the N accounts after it.
+    SetupStar(growth::SetupStarArgs),
+    /// The hub logs in with a large roster, M contacts online: CPU and time per login.
+    RosterLogin(growth::RosterLoginArgs),
+    /// N messages queued for an offline account, delivered at its login.
+    OfflineQueue(growth::OfflineQueueArgs),
     /// Write Prosody internal_hashed account files (no server contact).
     ProsodyAccounts {
         /// Prosody's data_path.
@@ -282,6 +289,9 @@ fn connections_needed(cmd: &Cmd, concurrency: usize) -> usize {
         Cmd::Chat { pairs, .. } => pairs * 2,
         Cmd::Muc { occupants, .. } => *occupants,
         Cmd::Upload { .. } => 1,
+        Cmd::SetupStar(a) => a.connections(),
+        Cmd::RosterLogin(a) => a.connections(),
+        Cmd::OfflineQueue(a) => a.connections(),
         Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => 0,
     }
 }
@@ -437,6 +447,9 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             wait,
             server_pid,
         } => scenarios::roster(&run, users, contacts, wait, server_pid).await?,
+        Cmd::SetupStar(a) => growth::setup_star(&run, &a).await?,
+        Cmd::RosterLogin(a) => growth::roster_login(&run, &a).await?,
+        Cmd::OfflineQueue(a) => growth::offline_queue(&run, &a).await?,
         Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => {
             return Err("not a network scenario".into());
         }

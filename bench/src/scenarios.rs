@@ -74,7 +74,7 @@ impl Counters {
 
 /// Polls `done` every 20 ms until it holds or `limit` passes, printing `status` to
 /// stderr once a second. Returns whether `done` held.
-async fn wait_for(
+pub(crate) async fn wait_for(
     what: &str,
     limit: Duration,
     mut done: impl FnMut() -> bool,
@@ -107,7 +107,7 @@ async fn wait_for(
 }
 
 /// Waits (bounded) for the tasks to finish after QUIT; stragglers are aborted.
-async fn join_all(handles: Vec<JoinHandle<()>>) {
+pub(crate) async fn join_all(handles: Vec<JoinHandle<()>>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     for h in handles {
         let abort = h.abort_handle();
@@ -189,7 +189,7 @@ fn server_cpu(
     Some((j, line))
 }
 
-fn merge(a: &mut Value, b: Value) {
+pub(crate) fn merge(a: &mut Value, b: Value) {
     if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
         a.extend(b);
     }

@@ -71,6 +71,12 @@ impl RosterStore for TimedRoster {
         )
         .await
     }
+    async fn item_count(&self, user: &BareJid) -> Result<usize> {
+        self.inner.item_count(user).await
+    }
+    async fn version(&self, user: &BareJid) -> Result<u64> {
+        self.inner.version(user).await
+    }
     async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
         self.inner.item(user, contact).await
     }

@@ -140,19 +140,25 @@ impl IqHandler for Roster {
         let Some(contact) = item_el.attr("jid").and_then(addr::parse_bare) else {
             return;
         };
-        // Push what is stored now: the item, or its removal.
-        let roster = match ctx.storage.roster.roster(user).await {
-            Ok(r) => r,
+        // Push what is stored now: the item, or its removal. One item, not the whole
+        // roster: a roster set must not cost more as the roster grows. The version is read
+        // first, as `RosterStore::roster` does: a change in between is pushed once more.
+        let stored = async {
+            let version = ctx.storage.roster.version(user).await?;
+            Ok::<_, StorageError>((version, ctx.storage.roster.item(user, &contact).await?))
+        };
+        let (version, item) = match stored.await {
+            Ok(v) => v,
             Err(e) => {
                 warn!(error = %e, "roster load for push failed");
                 return;
             }
         };
-        let element = match roster.items.iter().find(|i| i.jid == contact) {
-            Some(item) => item_element(item),
+        let element = match item {
+            Some(item) => item_element(&item),
             None => removed_element(&contact),
         };
-        push(ctx, user, element, roster.version);
+        push(ctx, user, element, version);
     }
 }
 
@@ -244,8 +250,8 @@ async fn set(
 
 /// Whether `user`'s roster holds `limits.max_roster_items` contacts already.
 pub(crate) async fn roster_full(ctx: &Arc<Context>, user: &BareJid) -> Result<bool, StorageError> {
-    let roster = ctx.storage.roster.roster(user).await?;
-    Ok(roster.items.len() >= ctx.config.limits.max_roster_items)
+    let items = ctx.storage.roster.item_count(user).await?;
+    Ok(items >= ctx.config.limits.max_roster_items)
 }
 
 pub(crate) fn roster_full_error() -> StanzaError {

@@ -146,6 +146,14 @@ impl RosterStore for MemoryStore {
         })
     }
 
+    async fn item_count(&self, user: &BareJid) -> Result<usize> {
+        Ok(lock(&self.rosters)?.get(user).map_or(0, |r| r.items.len()))
+    }
+
+    async fn version(&self, user: &BareJid) -> Result<u64> {
+        Ok(lock(&self.rosters)?.get(user).map_or(0, |r| r.version))
+    }
+
     async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
         Ok(lock(&self.rosters)?
             .get(user)

@@ -191,6 +191,16 @@ pub trait RosterStore: Send + Sync {
         let roster = self.roster(user).await?;
         Ok(std::sync::Arc::new(PresenceContacts::of(&roster.items)))
     }
+    /// How many items the roster holds: the limit check before every new contact, which
+    /// must not read the whole roster (building a roster of N contacts would read O(N²)
+    /// items).
+    async fn item_count(&self, user: &BareJid) -> Result<usize> {
+        Ok(self.roster(user).await?.items.len())
+    }
+    /// The roster version alone (XEP-0237), for a push of one item.
+    async fn version(&self, user: &BareJid) -> Result<u64> {
+        Ok(self.roster(user).await?.version)
+    }
     async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>>;
     /// Inserts or replaces an item; returns the new roster version.
     async fn put_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64>;

@@ -122,6 +122,9 @@ pub struct SledStore {
     /// Presence contacts per user with the roster version they were read at: presence
     /// changes reuse them until the roster changes.
     presence_contacts: Mutex<HashMap<BareJid, (u64, Arc<PresenceContacts>)>>,
+    /// Roster item counts per user with the roster version they are exact for: the limit
+    /// check on a new contact would otherwise scan the roster each time.
+    roster_counts: Mutex<HashMap<BareJid, (u64, usize)>>,
 }
 
 /// Users whose presence contacts are kept ready at most (about the online users).
@@ -470,6 +473,7 @@ impl SledStore {
             sync_writes: trees.sync_writes.clone(),
             append_counts: trees.counts.clone(),
             presence_contacts: Mutex::new(HashMap::new()),
+            roster_counts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
             newest: Mutex::new(HashMap::new()),
             accounts: tree("accounts")?,
@@ -1906,6 +1910,28 @@ impl SledStore {
             None => Ok(0),
         }
     }
+
+    fn roster_counts(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, (u64, usize)>> {
+        // Each critical section is one map operation; a poisoned map is consistent.
+        self.roster_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The change that made roster `version` added `added` items (-1, 0 or 1): a count
+    /// exact for the version before follows it; any other is dropped, as it may miss a
+    /// change.
+    fn roster_count_changed(&self, user: &BareJid, version: u64, added: isize) {
+        let mut counts = self.roster_counts();
+        if let Some((v, n)) = counts.get_mut(user) {
+            if *v + 1 == version {
+                *v = version;
+                *n = n.saturating_add_signed(added);
+            } else {
+                counts.remove(user);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -1950,6 +1976,33 @@ impl RosterStore for SledStore {
         Ok(Roster { version, items })
     }
 
+    async fn item_count(&self, user: &BareJid) -> Result<usize> {
+        let version = self.roster_version(user)?;
+        if let Some(&(v, n)) = self.roster_counts().get(user)
+            && v == version
+        {
+            return Ok(n);
+        }
+        let mut n = 0;
+        for key in self.roster.scan_prefix(user_prefix(user)?).keys() {
+            key.map_err(backend)?;
+            n += 1;
+        }
+        // Kept only when no change came in during the scan: exact for `version`.
+        if self.roster_version(user)? == version {
+            let mut counts = self.roster_counts();
+            if counts.len() >= PRESENCE_CONTACTS_CACHED {
+                counts.clear();
+            }
+            counts.insert(user.clone(), (version, n));
+        }
+        Ok(n)
+    }
+
+    async fn version(&self, user: &BareJid) -> Result<u64> {
+        self.roster_version(user)
+    }
+
     async fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
         match self
             .roster
@@ -1964,19 +2017,21 @@ impl RosterStore for SledStore {
     async fn put_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64> {
         let key = pair_key(user, item.jid.as_str())?;
         let value = encode(item)?;
-        (&self.roster, &self.roster_meta)
+        let (version, added) = (&self.roster, &self.roster_meta)
             .transaction(|(roster, meta)| {
                 let version = tx_counter(meta, user.as_str().as_bytes(), "roster version")? + 1;
-                roster.insert(key.as_slice(), value.as_slice())?;
+                let added = roster.insert(key.as_slice(), value.as_slice())?.is_none();
                 meta.insert(user.as_str().as_bytes(), encode(&version).map_err(abort)?)?;
-                Ok(version)
+                Ok((version, added))
             })
-            .map_err(tx_error)
+            .map_err(tx_error)?;
+        self.roster_count_changed(user, version, isize::from(added));
+        Ok(version)
     }
 
     async fn remove_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<u64>> {
         let key = pair_key(user, contact.as_str())?;
-        (&self.roster, &self.roster_meta)
+        let version = (&self.roster, &self.roster_meta)
             .transaction(|(roster, meta)| {
                 if roster.remove(key.as_slice())?.is_none() {
                     return Ok(None);
@@ -1985,7 +2040,11 @@ impl RosterStore for SledStore {
                 meta.insert(user.as_str().as_bytes(), encode(&version).map_err(abort)?)?;
                 Ok(Some(version))
             })
-            .map_err(tx_error)
+            .map_err(tx_error)?;
+        if let Some(version) = version {
+            self.roster_count_changed(user, version, -1);
+        }
+        Ok(version)
     }
 
     async fn pending_in(&self, user: &BareJid) -> Result<Vec<PendingSubscription>> {
@@ -2017,6 +2076,7 @@ impl RosterStore for SledStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(user);
+        self.roster_counts().remove(user);
         let prefix = user_prefix(user)?;
         // sled transactions cannot scan, so the keys are collected first; an item written
         // concurrently with an account removal may survive it.
