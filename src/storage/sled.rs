@@ -129,6 +129,8 @@ pub struct SledStore {
 
 /// Users whose presence contacts are kept ready at most (about the online users).
 const PRESENCE_CONTACTS_CACHED: usize = 100_000;
+/// Users whose roster item count is kept at most (about those adding contacts).
+const ROSTER_COUNTS_CACHED: usize = 100_000;
 
 /// Archive UIDs are the message's position encrypted with the store's AES-128 key (a
 /// keyed permutation of the 16 position bytes), in hex: unpredictable and revealing
@@ -1991,7 +1993,7 @@ impl RosterStore for SledStore {
         // Kept only when no change came in during the scan: exact for `version`.
         if self.roster_version(user)? == version {
             let mut counts = self.roster_counts();
-            if counts.len() >= PRESENCE_CONTACTS_CACHED {
+            if counts.len() >= ROSTER_COUNTS_CACHED {
                 counts.clear();
             }
             counts.insert(user.clone(), (version, n));
