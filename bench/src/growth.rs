@@ -11,8 +11,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::conn::{self, Account, Res, auto_reply};
-use crate::scenarios::{Report, Run, join_all, merge, wait_for};
+use crate::scenarios::{Counters, Report, Run, join_all, merge, wait_for};
 use crate::stats;
 use crate::xml::{self, Frame};
 
@@ -197,43 +197,6 @@ fn ms(d: Duration) -> f64 {
 
 // ------------------------------------------------------------- held connections
 
-/// Login bookkeeping of a scenario's connection tasks.
-#[derive(Default)]
-struct Tally {
-    ready: AtomicUsize,
-    failed: AtomicUsize,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Tally {
-    fn fail(&self, who: &str, e: &conn::Error) {
-        if self.failed.fetch_add(1, Ordering::Relaxed) < 5 {
-            eprintln!("{who}: {e}");
-        }
-        if let Ok(mut g) = self.first_error.lock()
-            && g.is_none()
-        {
-            *g = Some(format!("{who}: {e}"));
-        }
-    }
-
-    fn ready(&self) -> usize {
-        self.ready.load(Ordering::Relaxed)
-    }
-
-    fn failed(&self) -> usize {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    fn first_error(&self) -> String {
-        self.first_error
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .unwrap_or_default()
-    }
-}
-
 /// What a held connection does with what it receives, and when the controller tells it
 /// to act on contact `i` (through the channel given to [`spawn_peer`]).
 trait Peer: Send + 'static {
@@ -249,7 +212,7 @@ fn spawn_peer<H: Peer>(
     run: &Run,
     idx: usize,
     sem: &Arc<Semaphore>,
-    tally: &Arc<Tally>,
+    tally: &Arc<Counters>,
     mut quit: watch::Receiver<bool>,
     roster: bool,
     mut go: mpsc::UnboundedReceiver<usize>,
@@ -317,7 +280,7 @@ fn spawn_peer<H: Peer>(
 }
 
 /// Waits until `n` peers are online; an error when any failed.
-async fn all_online(run: &Run, what: &str, tally: &Tally, n: usize) -> Res<()> {
+async fn all_online(run: &Run, what: &str, tally: &Counters, n: usize) -> Res<()> {
     let ok = wait_for(
         what,
         run.limit,
@@ -329,7 +292,7 @@ async fn all_online(run: &Run, what: &str, tally: &Tally, n: usize) -> Res<()> {
         return Err(format!(
             "{what}: {} of {n} sessions failed to log in (first: {})",
             tally.failed(),
-            tally.first_error()
+            tally.first_error().unwrap_or_default()
         )
         .into());
     }
@@ -525,7 +488,7 @@ pub async fn setup_star(run: &Run, a: &SetupStarArgs) -> Res<Report> {
         .collect();
     let index = jids.iter().cloned().zip(0..).collect();
     let sem = Arc::new(Semaphore::new(run.concurrency.max(1)));
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Counters::default());
     let (quit_tx, quit) = watch::channel(false);
     let t0 = Instant::now();
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
@@ -612,7 +575,7 @@ pub async fn setup_star(run: &Run, a: &SetupStarArgs) -> Res<Report> {
         return Err(format!(
             "setup-star: not every contact reached a mutual subscription (failed sessions: {}, first: {})",
             tally.failed(),
-            tally.first_error()
+            tally.first_error().unwrap_or_default()
         )
         .into());
     }
@@ -801,7 +764,7 @@ pub async fn roster_login(run: &Run, a: &RosterLoginArgs) -> Res<Report> {
     let hub = run.names.account(0);
     let seen = Arc::new(Seen::default());
     let sem = Arc::new(Semaphore::new(run.concurrency.max(1)));
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Counters::default());
     let (quit_tx, quit) = watch::channel(false);
     let mut handles = Vec::with_capacity(a.online);
     for i in 1..=a.online {

@@ -39,15 +39,15 @@ pub struct Report {
 
 /// Login/failure bookkeeping shared by a scenario's tasks.
 #[derive(Default)]
-struct Counters {
-    ready: AtomicUsize,
+pub(crate) struct Counters {
+    pub(crate) ready: AtomicUsize,
     failed: AtomicUsize,
     done: AtomicUsize,
     first_error: Mutex<Option<String>>,
 }
 
 impl Counters {
-    fn fail(&self, what: &str, e: &conn::Error) {
+    pub(crate) fn fail(&self, what: &str, e: &conn::Error) {
         let n = self.failed.fetch_add(1, Ordering::Relaxed);
         if n < 5 {
             eprintln!("{what}: {e}");
@@ -59,15 +59,15 @@ impl Counters {
         }
     }
 
-    fn ready(&self) -> usize {
+    pub(crate) fn ready(&self) -> usize {
         self.ready.load(Ordering::Relaxed)
     }
 
-    fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.failed.load(Ordering::Relaxed)
     }
 
-    fn first_error(&self) -> Option<String> {
+    pub(crate) fn first_error(&self) -> Option<String> {
         self.first_error.lock().ok().and_then(|g| g.clone())
     }
 }
