@@ -1152,8 +1152,10 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
     let mut round = Round::default();
     while let Some(first) = rx.blocking_recv() {
-        if !trees.sync_writes.load(Ordering::Relaxed) {
-            // Nobody waits: let appends gather into one batch.
+        // Nobody waits for an append that carries no reply: let appends gather into one
+        // batch. Anything else (an offline push's `Sync`, a read's barrier) has a waiter.
+        if !trees.sync_writes.load(Ordering::Relaxed) && matches!(first, WriterOp::Append(_, None))
+        {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         let started = std::time::Instant::now();
