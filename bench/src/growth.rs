@@ -369,17 +369,31 @@ impl StarHub {
     }
 }
 
+/// Approves a subscription request whose sender `accept` knows; whether `el` was a
+/// subscription request at all.
+fn approve_subscribe(
+    el: &[u8],
+    out: &mut Vec<u8>,
+    sh: &StarShared,
+    accept: impl Fn(&[u8]) -> bool,
+) -> bool {
+    if xml::name(el) != b"presence" || xml::attr(el, b"type") != Some(b"subscribe") {
+        return false;
+    }
+    if let Some(from) = xml::attr(el, b"from").map(bare_of)
+        && accept(from)
+    {
+        out.extend_from_slice(b"<presence type='subscribed' to='");
+        out.extend_from_slice(from);
+        out.extend_from_slice(b"'/>");
+        sh.approvals.fetch_add(1, Ordering::Relaxed);
+    }
+    true
+}
+
 impl Peer for StarHub {
     fn on_element(&mut self, el: &[u8], out: &mut Vec<u8>) {
-        if xml::name(el) == b"presence" && xml::attr(el, b"type") == Some(b"subscribe") {
-            if let Some(from) = xml::attr(el, b"from").map(bare_of)
-                && self.index.contains_key(from)
-            {
-                out.extend_from_slice(b"<presence type='subscribed' to='");
-                out.extend_from_slice(from);
-                out.extend_from_slice(b"'/>");
-                self.sh.approvals.fetch_add(1, Ordering::Relaxed);
-            }
+        if approve_subscribe(el, out, &self.sh, |from| self.index.contains_key(from)) {
             return;
         }
         if is_roster_push(el) {
@@ -441,13 +455,7 @@ impl StarContact {
 
 impl Peer for StarContact {
     fn on_element(&mut self, el: &[u8], out: &mut Vec<u8>) {
-        if xml::name(el) == b"presence" && xml::attr(el, b"type") == Some(b"subscribe") {
-            if xml::attr(el, b"from").map(bare_of) == Some(self.hub.as_slice()) {
-                out.extend_from_slice(b"<presence type='subscribed' to='");
-                out.extend_from_slice(&self.hub);
-                out.extend_from_slice(b"'/>");
-                self.sh.approvals.fetch_add(1, Ordering::Relaxed);
-            }
+        if approve_subscribe(el, out, &self.sh, |from| from == self.hub.as_slice()) {
             return;
         }
         if is_roster_push(el) {
