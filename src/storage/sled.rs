@@ -1492,20 +1492,24 @@ impl SledStore {
 /// Removes every key with `prefix` from `tree` in one atomic batch.
 /// The sum of a tree of per-user counters (`offline_meta`, `archive_meta`).
 fn sum_counts(tree: &Tree, what: &str) -> Result<u64> {
-    let mut total = 0u64;
-    for entry in tree.iter() {
-        let (_, v) = entry.map_err(backend)?;
-        total = total.saturating_add(decode::<u64>(what, &v)?);
-    }
-    Ok(total)
+    add_counts(
+        tree.iter().map(|e| e.map(|(_, v)| v).map_err(backend)),
+        what,
+    )
 }
 
 /// `sum_counts` for the archive's counters.
 fn sum_archive_counts(keyspace: &Keyspace) -> Result<u64> {
+    let values = keyspace
+        .iter()
+        .map(|e| e.into_inner().map(|(_, v)| v).map_err(archive_backend));
+    add_counts(values, "archive count")
+}
+
+fn add_counts<V: AsRef<[u8]>>(values: impl Iterator<Item = Result<V>>, what: &str) -> Result<u64> {
     let mut total = 0u64;
-    for entry in keyspace.iter() {
-        let (_, v) = entry.into_inner().map_err(archive_backend)?;
-        total = total.saturating_add(decode::<u64>("archive count", &v)?);
+    for v in values {
+        total = total.saturating_add(decode::<u64>(what, v?.as_ref())?);
     }
     Ok(total)
 }
