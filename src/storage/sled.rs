@@ -815,6 +815,8 @@ const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 /// batch. Reads and removals get them exact (saved before each); a crash can leave a
 /// count short by what arrived since the last save.
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Open runs the writer keeps in memory at most (about the users archiving right now).
+const RUNS_KEPT: usize = 100_000;
 /// Most entries removed in one write batch when a whole archive goes.
 const REMOVE_CHUNK: usize = 10_000;
 
@@ -860,6 +862,10 @@ impl ArchiveTrees {
         let run = match runs.get_mut(user) {
             Some(run) => run,
             None => {
+                // Bounded: a dropped run is read back from the store when needed.
+                if runs.len() >= RUNS_KEPT {
+                    runs.clear();
+                }
                 let loaded = self.load_run(user)?;
                 runs.entry(user.to_vec()).or_insert(loaded)
             }
