@@ -69,6 +69,7 @@ use crate::sasl::credentials::StoredCredentials;
 
 mod invites;
 mod pubsub;
+mod record;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
 /// fails rather than risk misreading or damaging it.
@@ -260,13 +261,6 @@ struct ArchiveRecordRef<'a> {
     id: &'a str,
     with: &'a str,
     stanza: &'a str,
-}
-
-#[derive(Deserialize)]
-struct ArchiveRecord {
-    id: String,
-    with: String,
-    stanza: String,
 }
 
 #[derive(Serialize)]
@@ -728,7 +722,62 @@ struct ArchiveRow {
     pos: ArchivePos,
     /// `<user>\0<with bare>\0`: where the message's run is indexed.
     with_prefix: Vec<u8>,
+    /// A record (`record::record`), which the writer may make a reference or mark.
     value: Vec<u8>,
+    /// Where the stanza starts in `value`.
+    stanza_at: usize,
+}
+
+impl ArchiveRow {
+    fn stanza(&self) -> &[u8] {
+        &self.value[self.stanza_at..]
+    }
+}
+
+/// Stores a message between two local users once (see `record`): where a row's
+/// counterpart (the other party's copy: in the contact's archive, with this user as the
+/// contact, the same stanza) came earlier in the same batch, that row keeps the stanza
+/// and is marked with this row's key, and this row becomes a reference to it. Both go
+/// into the same atomic write, so a reference never exists without its record. Half the
+/// bytes of a local message, which the journal, memtable flushes and compactions all
+/// pay for.
+fn share_copies(rows: &mut [ArchiveRow]) {
+    let mut pairs = Vec::new();
+    {
+        // The newest row of each (user, contact) in the batch, by its `with` prefix.
+        let mut newest: HashMap<&[u8], usize> = HashMap::with_capacity(rows.len());
+        let mut taken = vec![false; rows.len()];
+        let mut counterpart = Vec::with_capacity(64);
+        for (i, row) in rows.iter().enumerate() {
+            let user = &row.key[..row.user_len];
+            let contact = &row.with_prefix[row.user_len + 1..row.with_prefix.len() - 1];
+            if contact != user {
+                counterpart.clear();
+                counterpart.extend_from_slice(contact);
+                counterpart.push(SEP);
+                counterpart.extend_from_slice(user);
+                counterpart.push(SEP);
+                if let Some(&j) = newest.get(&counterpart[..])
+                    && !taken[j]
+                    && rows[j].stanza() == row.stanza()
+                {
+                    taken[j] = true;
+                    taken[i] = true;
+                    pairs.push((j, i));
+                }
+            }
+            newest.insert(&row.with_prefix, i);
+        }
+    }
+    for (source, copy) in pairs {
+        let Ok(view) = record::parse(&rows[copy].value) else {
+            continue;
+        };
+        let value = record::reference(view.with, &rows[source].key);
+        let key = rows[copy].key.clone();
+        rows[copy].value = value;
+        rows[source].value.extend_from_slice(&key);
+    }
 }
 
 /// What an `archive_with` entry marks. The index holds one run of consecutive messages
@@ -832,8 +881,10 @@ impl ArchiveTrees {
         if batch.rows.is_empty() {
             return Ok(());
         }
+        let mut rows = batch.rows;
+        share_copies(&mut rows);
         let mut write = self.db.batch();
-        for row in batch.rows {
+        for row in rows {
             *round
                 .counts
                 .entry(row.key[..row.user_len].to_vec())
@@ -913,15 +964,15 @@ impl ArchiveTrees {
             return Ok(None);
         };
         let (k, v) = newest.into_inner().map_err(archive_backend)?;
-        let m = decode_archived(&k, &v)?;
-        let prefix = with_prefix(user, &m.with)?;
+        let pos = key_pos(&k)?;
+        let prefix = with_prefix(user, record::parse(&v)?.with)?;
         let stored = self
             .with
-            .get(pos_key(&prefix, m.pos))
+            .get(pos_key(&prefix, pos))
             .map_err(archive_backend)?;
         Ok(Some(OpenRun {
             with_prefix: prefix,
-            last: m.pos,
+            last: pos,
             last_mark: stored.map(|v| RunMark::decode(&v)),
         }))
     }
@@ -950,15 +1001,51 @@ impl ArchiveTrees {
         let Some(raw) = self.archive.get(key).map_err(archive_backend)? else {
             return Ok(false);
         };
-        let old = decode_archived(key, &raw)?;
-        let value = encode(&ArchiveRecordRef {
-            id: &old.id,
-            with: &old.with,
-            stanza,
-        })?;
-        self.archive.insert(key, value).map_err(archive_backend)?;
+        let old = record::parse(&raw)?;
+        let mut write = self.db.batch();
+        // The other party keeps the stanza it got.
+        self.materialize_copy(&mut write, key, &old)?;
+        let value = match old.stored_id {
+            // A UID of its own (format 1) must stay.
+            Some(id) => encode(&ArchiveRecordRef {
+                id,
+                with: old.with,
+                stanza,
+            })?,
+            None => record::record(old.with, stanza).0,
+        };
+        write.insert(&self.archive, key, value);
+        write.commit().map_err(archive_backend)?;
         self.persist(PersistMode::SyncAll)?;
         Ok(true)
+    }
+
+    /// Before the record at `key` (`view`) goes or changes: a reference to it in another
+    /// archive becomes a record of its own (in the same atomic write).
+    fn materialize_copy(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        key: &[u8],
+        view: &record::RecordView<'_>,
+    ) -> Result<()> {
+        let record::Body::Stanza {
+            stanza,
+            copy: Some(copy),
+        } = view.body
+        else {
+            return Ok(());
+        };
+        let Some(raw) = self.archive.get(copy).map_err(archive_backend)? else {
+            // The copy went already (removed or expired in that archive).
+            return Ok(());
+        };
+        let other = record::parse(&raw)?;
+        // Positions are never reused, so only this record's reference can point here;
+        // a copy made a record already (replaced) is left alone.
+        if other.body == record::Body::Reference(key) {
+            write.insert(&self.archive, copy, record::record(other.with, stanza).0);
+        }
+        Ok(())
     }
 
     fn persist(&self, mode: PersistMode) -> Result<()> {
@@ -974,11 +1061,15 @@ impl ArchiveTrees {
         let mut last_removed = None;
         for r in self.archive.range(start..end).take(limit) {
             let (k, v) = r.into_inner().map_err(archive_backend)?;
-            let m = decode_archived(&k, &v)?;
-            write.remove(&self.ids, id_key(&prefix, &m.id));
-            write.remove(&self.with, pos_key(&with_prefix(&prefix, &m.with)?, m.pos));
+            let m = record::parse(&v)?;
+            let pos = key_pos(&k)?;
+            if let Some(id) = m.stored_id {
+                write.remove(&self.ids, id_key(&prefix, id));
+            }
+            write.remove(&self.with, pos_key(&with_prefix(&prefix, m.with)?, pos));
+            self.materialize_copy(&mut write, &k, &m)?;
             write.remove(&self.archive, k);
-            last_removed = Some(m.pos);
+            last_removed = Some(pos);
             removed += 1;
         }
         let Some(last_removed) = last_removed else {
@@ -990,8 +1081,10 @@ impl ArchiveTrees {
         let newest = pos_key(&prefix, ArchivePos::MAX);
         if let Some(first) = self.archive.range(after..=newest).next() {
             let (k, v) = first.into_inner().map_err(archive_backend)?;
-            let m = decode_archived(&k, &v)?;
-            let key = pos_key(&with_prefix(&prefix, &m.with)?, m.pos);
+            let key = pos_key(
+                &with_prefix(&prefix, record::parse(&v)?.with)?,
+                key_pos(&k)?,
+            );
             let stored = self.with.get(&key).map_err(archive_backend)?;
             match stored.map(|v| RunMark::decode(&v)) {
                 None => write.insert(&self.with, key, RunMark::Start.encode()),
@@ -1015,16 +1108,19 @@ impl ArchiveTrees {
         // count last; in bounded batches, since an archive can be large.
         for keyspace in [&self.archive, &self.ids, &self.with] {
             loop {
-                let keys = keyspace
+                let entries = keyspace
                     .prefix(&prefix)
                     .take(REMOVE_CHUNK)
-                    .map(|g| g.key().map_err(archive_backend))
+                    .map(|g| g.into_inner().map_err(archive_backend))
                     .collect::<Result<Vec<_>>>()?;
-                if keys.is_empty() {
+                if entries.is_empty() {
                     break;
                 }
                 let mut write = self.db.batch();
-                for key in keys {
+                for (key, value) in entries {
+                    if std::ptr::eq(keyspace, &self.archive) {
+                        self.materialize_copy(&mut write, &key, &record::parse(&value)?)?;
+                    }
                     write.remove(keyspace, key);
                 }
                 write.commit().map_err(archive_backend)?;
@@ -1291,17 +1387,50 @@ impl Drop for ArchiveWriter {
     }
 }
 
-fn decode_archived(key: &[u8], value: &[u8]) -> Result<ArchivedMessage> {
-    let r: ArchiveRecord = decode("archived message", value)?;
-    Ok(ArchivedMessage {
-        id: r.id,
-        pos: key_pos(key)?,
-        with: r.with,
-        stanza: r.stanza,
-    })
-}
-
 impl SledStore {
+    /// The message stored at `key`: its UID (stored, or the encrypted position) and its
+    /// stanza (from the record a reference points at).
+    fn archived(&self, key: &[u8], view: record::RecordView<'_>) -> Result<ArchivedMessage> {
+        let pos = key_pos(key)?;
+        let id = match view.stored_id {
+            Some(id) => id.to_owned(),
+            None => self.id_cipher.id(pos),
+        };
+        let stanza = match view.body {
+            record::Body::Stanza { stanza, .. } => stanza.to_owned(),
+            record::Body::Reference(source) => self.referenced(key, source)?,
+        };
+        Ok(ArchivedMessage {
+            id,
+            pos,
+            with: view.with.to_owned(),
+            stanza,
+        })
+    }
+
+    fn decode_archived(&self, key: &[u8], value: &[u8]) -> Result<ArchivedMessage> {
+        self.archived(key, record::parse(value)?)
+    }
+
+    /// The stanza of the record at `source`, which the reference at `key` points at.
+    fn referenced(&self, key: &[u8], source: &[u8]) -> Result<String> {
+        if let Some(raw) = self.archive.get(source).map_err(archive_backend)?
+            && let record::Body::Stanza { stanza, .. } = record::parse(&raw)?.body
+        {
+            return Ok(stanza.to_owned());
+        }
+        // The writer removed the source after this read began, turning the reference
+        // into a record first (`materialize_copy`): read that.
+        if let Some(raw) = self.archive.get(key).map_err(archive_backend)?
+            && let record::Body::Stanza { stanza, .. } = record::parse(&raw)?.body
+        {
+            return Ok(stanza.to_owned());
+        }
+        Err(StorageError::Corrupt(
+            "archived message: reference to a missing record".into(),
+        ))
+    }
+
     /// One page of `q` (which has a `with`) from the runs `archive_with` lists for the
     /// contact (see `RunMark`): each run is a range of the archive, read in the query's
     /// direction until the page is full.
@@ -1324,8 +1453,11 @@ impl SledStore {
                 .range(pos_key(prefix, from)..=pos_key(prefix, to));
             let mut offer = |entry: fjall::Guard| -> Result<bool> {
                 let (k, v) = entry.into_inner().map_err(archive_backend)?;
-                let m = decode_archived(&k, &v)?;
-                Ok(bare(&m.with) != contact || page.offer(m))
+                let view = record::parse(&v)?;
+                if bare(view.with) != contact {
+                    return Ok(true);
+                }
+                Ok(page.offer(self.archived(&k, view)?))
             };
             if q.from_end {
                 for entry in range.rev() {
@@ -1470,16 +1602,14 @@ impl SledStore {
         for (i, (msg, pos)) in msgs.iter().zip(positions).enumerate() {
             // Positions are unique store-wide, so their encryptions are too.
             let id = self.id_cipher.id(pos);
+            let (value, stanza_at) = record::record(msg.with, msg.stanza);
             let row = ArchiveRow {
                 user_len: prefix.len() - 1,
                 key: pos_key(&prefix, pos),
                 pos,
                 with_prefix: with_prefix(&prefix, msg.with)?,
-                value: encode(&ArchiveRecordRef {
-                    id: &id,
-                    with: msg.with,
-                    stanza: msg.stanza,
-                })?,
+                value,
+                stanza_at,
             };
             // The writer keeps the order, so the last row's flush covers all of them.
             let reply = if i == last { reply.take() } else { None };
@@ -1622,7 +1752,7 @@ impl ArchiveStore for SledStore {
         };
         let key = pos_key(&user_prefix(user)?, pos);
         match self.archive.get(&key).map_err(archive_backend)? {
-            Some(v) => decode_archived(&key, &v).map(Some),
+            Some(v) => self.decode_archived(&key, &v).map(Some),
             None => Ok(None),
         }
     }
@@ -1655,7 +1785,7 @@ impl ArchiveStore for SledStore {
                     .range(pos_key(&prefix, q.from)..=pos_key(&prefix, q.to))
                     .map(|r| {
                         let (k, v) = r.into_inner().map_err(archive_backend)?;
-                        decode_archived(&k, &v)
+                        self.decode_archived(&k, &v)
                     });
                 collect_page(scan, q)
             }
@@ -2374,6 +2504,231 @@ mod tests {
             stanza,
             micros,
         }
+    }
+
+    fn row(user: &str, with: &str, stanza: &str, seq: u64) -> ArchiveRow {
+        let prefix = user_prefix(&j(user)).unwrap();
+        let pos = ArchivePos { micros: 1, seq };
+        let (value, stanza_at) = record::record(with, stanza);
+        ArchiveRow {
+            user_len: prefix.len() - 1,
+            key: pos_key(&prefix, pos),
+            pos,
+            with_prefix: with_prefix(&prefix, with).unwrap(),
+            value,
+            stanza_at,
+        }
+    }
+
+    fn is_reference(value: &[u8]) -> bool {
+        matches!(
+            record::parse(value).unwrap().body,
+            record::Body::Reference(_)
+        )
+    }
+
+    #[test]
+    fn only_the_counterpart_of_a_row_becomes_a_reference() {
+        let mut rows = vec![
+            row("s@x", "r@x", "<m>1</m>", 1),
+            row("s@x", "t@x", "<m>1</m>", 2),
+            // The recipient's copy of the first message: a reference to it.
+            row("r@x", "s@x/a", "<m>1</m>", 3),
+            // Another identical one: its counterpart is taken.
+            row("r@x", "s@x/a", "<m>1</m>", 4),
+            // A different stanza (hooks changed it): stored in full.
+            row("t@x", "s@x/a", "<m>2</m>", 5),
+            // In one archive with itself as the contact: never shared.
+            row("u@x", "u@x/a", "<m>1</m>", 6),
+            row("u@x", "u@x/b", "<m>1</m>", 7),
+        ];
+        share_copies(&mut rows);
+        let refs: Vec<bool> = rows.iter().map(|r| is_reference(&r.value)).collect();
+        assert_eq!(refs, [false, false, true, false, false, false, false]);
+        let source = record::parse(&rows[0].value).unwrap();
+        assert_eq!(
+            source.body,
+            record::Body::Stanza {
+                stanza: "<m>1</m>",
+                copy: Some(&rows[2].key[..])
+            }
+        );
+        assert_eq!(
+            record::parse(&rows[2].value).unwrap().body,
+            record::Body::Reference(&rows[0].key)
+        );
+    }
+
+    async fn read(store: &SledStore, user: BareJid) -> Vec<String> {
+        let all = ArchiveQuery {
+            max: 100,
+            ..ArchiveQuery::default()
+        };
+        let page = ArchiveStore::query(store, &user, &all).await.unwrap();
+        page.messages.into_iter().map(|m| m.stanza).collect()
+    }
+
+    /// Messages between two local users, as the MAM hooks archive them (the sender's
+    /// copy, then the recipient's, deferred): each archive reads the stanza whatever
+    /// happens to the other's copy (replaced, expired, the account removed, a restart).
+    #[tokio::test]
+    async fn a_message_stored_once_for_two_users_outlives_either_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SledStore::open(dir.path()).unwrap();
+        let (s, r) = (j("s@x"), j("r@x"));
+        let stanza = |i: u32| format!("<message to='r@x'><body>{i}</body></message>");
+        let mut sent = Vec::new();
+        for i in 0..20 {
+            let text = stanza(i);
+            let a = store
+                .append_deferred(&s, archived("r@x", &text, 10 + u64::from(i)))
+                .await
+                .unwrap();
+            let b = store
+                .append_deferred(&r, archived("s@x/1", &text, 10 + u64::from(i)))
+                .await
+                .unwrap();
+            sent.push((a, b));
+        }
+        store.appended_durable().await.unwrap();
+        let r_prefix = user_prefix(&r).unwrap();
+        let shared = sent
+            .iter()
+            .filter(|(_, b)| {
+                let raw = store
+                    .archive
+                    .get(pos_key(&r_prefix, b.pos))
+                    .unwrap()
+                    .unwrap();
+                is_reference(&raw)
+            })
+            .count();
+        assert!(shared > 0, "no message was stored once");
+        let texts = |page: ArchivePage| -> Vec<String> {
+            page.messages.into_iter().map(|m| m.stanza).collect()
+        };
+        let expected: Vec<String> = (0..20).map(stanza).collect();
+        assert_eq!(read(&store, r.clone()).await, expected);
+        assert_eq!(read(&store, s.clone()).await, expected);
+        let q = ArchiveQuery {
+            with: Some("s@x".into()),
+            max: 100,
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(
+            texts(ArchiveStore::query(&store, &r, &q).await.unwrap()),
+            expected
+        );
+        let got = ArchiveStore::get(&store, &r, &sent[0].1.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.id, got.stanza), (sent[0].1.id.clone(), stanza(0)));
+
+        // Either side's copy replaced: the other keeps what it had.
+        assert!(
+            ArchiveStore::replace(&store, &s, &sent[0].0.id, "<s/>")
+                .await
+                .unwrap()
+        );
+        assert!(
+            ArchiveStore::replace(&store, &r, &sent[1].1.id, "<r/>")
+                .await
+                .unwrap()
+        );
+        let mut s_now = expected.clone();
+        s_now[0] = "<s/>".into();
+        let mut r_now = expected.clone();
+        r_now[1] = "<r/>".into();
+        assert_eq!(read(&store, s.clone()).await, s_now);
+        assert_eq!(read(&store, r.clone()).await, r_now);
+
+        // The sender's oldest expire, then the account goes: the recipient keeps all.
+        let cut = sent[5].0.pos.micros;
+        assert_eq!(
+            ArchiveStore::remove_before(&store, &s, cut, 100)
+                .await
+                .unwrap(),
+            5
+        );
+        assert_eq!(read(&store, s.clone()).await, s_now[5..].to_vec());
+        assert_eq!(read(&store, r.clone()).await, r_now);
+        ArchiveStore::remove_user(&store, &s).await.unwrap();
+        assert!(read(&store, s.clone()).await.is_empty());
+        assert_eq!(read(&store, r.clone()).await, r_now);
+        drop(store);
+        store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(read(&store, r.clone()).await, r_now);
+        assert_eq!(ArchiveStore::count(&store, &r).await.unwrap(), 20);
+
+        // The recipient's copies going first leave the sender's records alone.
+        let t = j("t@x");
+        let text = stanza(99);
+        store
+            .append_deferred(&t, archived("r@x", &text, 100))
+            .await
+            .unwrap();
+        store
+            .append_deferred(&r, archived("t@x/1", &text, 100))
+            .await
+            .unwrap();
+        store.appended_durable().await.unwrap();
+        ArchiveStore::remove_user(&store, &r).await.unwrap();
+        assert_eq!(read(&store, t.clone()).await, vec![text]);
+        ArchiveStore::remove_user(&store, &t).await.unwrap();
+    }
+
+    /// Records written before format 2 (postcard, with their UID) read and change as before.
+    #[tokio::test]
+    async fn format_1_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let prefix = user_prefix(&j("u@x")).unwrap();
+        let pos = ArchivePos { micros: 5, seq: 1 };
+        let legacy = ArchiveRecordRef {
+            id: "0123456789abcdef01234567",
+            with: "c@y/r",
+            stanza: "<message/>",
+        };
+        store
+            .archive
+            .insert(pos_key(&prefix, pos), encode(&legacy).unwrap())
+            .unwrap();
+        store
+            .archive_ids
+            .insert(id_key(&prefix, legacy.id), &pos.to_bytes()[..])
+            .unwrap();
+        let page = ArchiveStore::query(&store, &j("u@x"), &ArchiveQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(
+            (page.messages[0].id.as_str(), page.messages[0].with.as_str()),
+            (legacy.id, legacy.with)
+        );
+        assert!(
+            ArchiveStore::replace(&store, &j("u@x"), legacy.id, "<m/>")
+                .await
+                .unwrap()
+        );
+        let m = ArchiveStore::get(&store, &j("u@x"), legacy.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.id.as_str(), m.stanza.as_str()), (legacy.id, "<m/>"));
+        assert_eq!(
+            ArchiveStore::remove_before(&store, &j("u@x"), 6, 10)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(
+            store
+                .archive_ids
+                .get(id_key(&prefix, legacy.id))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,198 @@
+//! The value formats of the `archive` keyspace.
+//!
+//! - `1` (read only): postcard `(id, with, stanza)`, as written before this format.
+//! - `2` (a record): varint length + `with`, varint length + stanza, then optionally the
+//!   key of a reference to this record in another archive (to the end of the value). The
+//!   UID is not stored: it is the encrypted position (the key).
+//! - `3` (a reference): varint length + `with`, then the key of the record in another
+//!   archive that holds the stanza (to the end). A message between two local users is
+//!   stored once: the sender's archive holds it, the recipient's a reference to it (when
+//!   both copies are byte for byte the same and reach the writer in one batch). Before a
+//!   record with a copy marker is removed or replaced, the reference is turned back into a
+//!   record (`materialized`), so a reference always points at a record.
+
+use super::{Result, StorageError, VALUE_FORMAT};
+
+const RECORD: u8 = 2;
+const REFERENCE: u8 = 3;
+
+/// One stored archive value, borrowed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct RecordView<'a> {
+    /// The UID as format 1 stored it; later formats derive it from the position.
+    pub stored_id: Option<&'a str>,
+    pub with: &'a str,
+    pub body: Body<'a>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Body<'a> {
+    /// The stanza, and the key of a reference to this record elsewhere (if one was made).
+    Stanza {
+        stanza: &'a str,
+        copy: Option<&'a [u8]>,
+    },
+    /// The key of the record that holds the stanza.
+    Reference(&'a [u8]),
+}
+
+#[derive(serde::Deserialize)]
+struct Legacy<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    #[serde(borrow)]
+    with: &'a str,
+    #[serde(borrow)]
+    stanza: &'a str,
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(format!("archived message: {what}"))
+}
+
+fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A LEB128 length (as postcard writes it), bounded by what is left of `bytes`.
+fn take_len<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8]> {
+    let mut n: usize = 0;
+    for shift in (0..35).step_by(7) {
+        let (&b, rest) = bytes.split_first().ok_or_else(|| corrupt("truncated"))?;
+        *bytes = rest;
+        n |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            if n > bytes.len() {
+                return Err(corrupt("length beyond the value"));
+            }
+            let (field, rest) = bytes.split_at(n);
+            *bytes = rest;
+            return Ok(field);
+        }
+    }
+    Err(corrupt("length too long"))
+}
+
+fn text(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))
+}
+
+/// A new record (format 2), without a copy marker: what the appender builds. Returns the
+/// value and where its stanza starts (the stanza runs to the end until a marker is added).
+pub(super) fn record(with: &str, stanza: &str) -> (Vec<u8>, usize) {
+    // Room for a copy marker (a key: user, NUL, 16 position bytes) without reallocating.
+    let mut value = Vec::with_capacity(with.len() + stanza.len() + 12 + 64);
+    value.push(RECORD);
+    push_varint(&mut value, with.len());
+    value.extend_from_slice(with.as_bytes());
+    push_varint(&mut value, stanza.len());
+    let at = value.len();
+    value.extend_from_slice(stanza.as_bytes());
+    (value, at)
+}
+
+/// A reference (format 3) to the record at `source`, for a message with `with`.
+pub(super) fn reference(with: &str, source: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(with.len() + source.len() + 6);
+    value.push(REFERENCE);
+    push_varint(&mut value, with.len());
+    value.extend_from_slice(with.as_bytes());
+    value.extend_from_slice(source);
+    value
+}
+
+pub(super) fn parse(value: &[u8]) -> Result<RecordView<'_>> {
+    let (&format, mut rest) = value.split_first().ok_or_else(|| corrupt("empty value"))?;
+    match format {
+        VALUE_FORMAT => {
+            let l: Legacy<'_> = match postcard::take_from_bytes(rest) {
+                Ok((l, [])) => l,
+                Ok(_) => return Err(corrupt("trailing bytes")),
+                Err(e) => return Err(corrupt(&e.to_string())),
+            };
+            Ok(RecordView {
+                stored_id: Some(l.id),
+                with: l.with,
+                body: Body::Stanza {
+                    stanza: l.stanza,
+                    copy: None,
+                },
+            })
+        }
+        RECORD => {
+            let with = text(take_len(&mut rest)?)?;
+            let stanza = text(take_len(&mut rest)?)?;
+            Ok(RecordView {
+                stored_id: None,
+                with,
+                body: Body::Stanza {
+                    stanza,
+                    copy: (!rest.is_empty()).then_some(rest),
+                },
+            })
+        }
+        REFERENCE => {
+            let with = text(take_len(&mut rest)?)?;
+            if rest.is_empty() {
+                return Err(corrupt("reference without a key"));
+            }
+            Ok(RecordView {
+                stored_id: None,
+                with,
+                body: Body::Reference(rest),
+            })
+        }
+        other => Err(corrupt(&format!("unknown value format {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_references_round_trip() {
+        let with = "w".repeat(200);
+        let (mut value, at) = record(&with, "<message/>");
+        assert_eq!(&value[at..], b"<message/>");
+        let view = parse(&value).unwrap();
+        assert_eq!(view.with, with);
+        assert_eq!(
+            view.body,
+            Body::Stanza {
+                stanza: "<message/>",
+                copy: None
+            }
+        );
+        value.extend_from_slice(b"r@x\0key");
+        assert_eq!(
+            parse(&value).unwrap().body,
+            Body::Stanza {
+                stanza: "<message/>",
+                copy: Some(b"r@x\0key")
+            }
+        );
+        let r = reference("s@x/1", b"s@x\0pos");
+        let view = parse(&r).unwrap();
+        assert_eq!(
+            (view.with, view.body),
+            ("s@x/1", Body::Reference(b"s@x\0pos"))
+        );
+    }
+
+    #[test]
+    fn damaged_values_are_errors() {
+        let (value, _) = record("a@b", "<m/>");
+        for cut in 0..value.len() - 4 {
+            assert!(parse(&value[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(parse(&[RECORD, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+        assert!(parse(&[REFERENCE, 1, b'a']).is_err());
+        assert!(parse(&[RECORD, 1, 0xff, 0]).is_err());
+        assert!(parse(&[9, 0]).is_err());
+    }
+}
