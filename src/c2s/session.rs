@@ -382,6 +382,10 @@ async fn serve_bound(
                     let Some(el) = state.backlog.pop_front() else { break };
                     state.emit(ctx, Some(conn), el);
                 }
+                if state.backlog.is_empty() {
+                    // Login's burst (roster, presence answers) is over: keep no room for it.
+                    state.backlog = VecDeque::new();
+                }
                 state.request_ack(conn);
                 if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
