@@ -537,7 +537,7 @@ mod tests {
     #[test]
     fn an_idle_framer_keeps_no_buffer() {
         let mut f = Framer::new(1 << 16, 64);
-        let mut drain = |f: &mut Framer| {
+        let drain = |f: &mut Framer| {
             let mut got = Vec::new();
             while let Some(fr) = f.next_frame().expect("well-formed") {
                 got.push(String::from_utf8_lossy(f.bytes(&fr)).into_owned());
