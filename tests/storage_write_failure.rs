@@ -34,12 +34,14 @@ impl OfflineStore for FullDisk {
     }
 }
 
-#[tokio::test]
-async fn a_failed_offline_write_is_a_stanza_error_to_the_sender() {
+/// A server (users alice and bob) whose offline store `make` builds from the memory one.
+async fn with_offline_store(
+    make: impl FnOnce(Arc<dyn OfflineStore>) -> Arc<dyn OfflineStore>,
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let config = support::test_config(dir.path());
     let mut storage = Storage::memory();
-    storage.offline = Arc::new(FullDisk);
+    storage.offline = make(storage.offline.clone());
     let handle =
         xmppd::server::start_with_storage(config.clone(), storage, xmppd::modules::standard())
             .await
@@ -51,6 +53,12 @@ async fn a_failed_offline_write_is_a_stanza_error_to_the_sender() {
     };
     server.add_user("alice", "password").await;
     server.add_user("bob", "password").await;
+    server
+}
+
+#[tokio::test]
+async fn a_failed_offline_write_is_a_stanza_error_to_the_sender() {
+    let server = with_offline_store(|_| Arc::new(FullDisk)).await;
     let mut alice = server.login("alice", "pc").await;
     alice
         .send("<message to='bob@localhost' type='chat' id='m1'><body>hi</body></message>")
@@ -121,26 +129,18 @@ impl OfflineStore for Deferred {
 async fn message_to_offline_then_ack_request(
     flush_fails: bool,
 ) -> (TestServer, Arc<Deferred>, support::Client) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::test_config(dir.path());
-    let mut storage = Storage::memory();
-    let offline = Arc::new(Deferred {
-        inner: storage.offline.clone(),
-        not_durable: Default::default(),
-        flush_fails,
-    });
-    storage.offline = offline.clone();
-    let handle =
-        xmppd::server::start_with_storage(config.clone(), storage, xmppd::modules::standard())
-            .await
-            .unwrap();
-    let server = TestServer {
-        handle: Some(handle),
-        dir,
-        config,
-    };
-    server.add_user("alice", "password").await;
-    server.add_user("bob", "password").await;
+    let mut deferred = None;
+    let server = with_offline_store(|memory| {
+        let offline = Arc::new(Deferred {
+            inner: memory,
+            not_durable: Default::default(),
+            flush_fails,
+        });
+        deferred = Some(offline.clone());
+        offline
+    })
+    .await;
+    let offline = deferred.expect("store made");
     let mut alice = server.login("alice", "pc").await;
     alice.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
     alice.recv_until(|e| e.name == "enabled").await;
