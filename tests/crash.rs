@@ -26,7 +26,8 @@ const FORWARD: &str = "urn:xmpp:forward:0";
 /// Messages sent between two `<r/>`.
 const WINDOW: u32 = 25;
 /// The flood goes to bob and to carol in turns of this many messages, so that a kill in
-/// bob's turn finds no offline push (which flushes the whole database) just before it.
+/// bob's turn finds no offline push (acked only after a flush of the whole database)
+/// just before it.
 const SEGMENT: u32 = 100;
 
 /// Whether message `i` of the flood is for bob (online, archived), else carol (offline).

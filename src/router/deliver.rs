@@ -48,20 +48,22 @@ fn offer(
         ));
         return Err(stanza);
     }
-    match tx.try_send(SessionCommand::Stanza(Box::new(stanza), bytes)) {
+    match tx.try_send(SessionCommand::Stanza(Box::new((stanza, bytes)))) {
         Ok(()) => Ok(()),
-        Err(TrySendError::Full(SessionCommand::Stanza(el, bytes))) => {
+        Err(TrySendError::Full(SessionCommand::Stanza(queued))) => {
+            let (el, bytes) = *queued;
             control.release(bytes);
             warn!("session queue full; closing the session");
             control.kick(StreamError::with_text(
                 StreamErrorCondition::PolicyViolation,
                 "too many stanzas queued for this session",
             ));
-            Err(*el)
+            Err(el)
         }
-        Err(TrySendError::Closed(SessionCommand::Stanza(el, bytes))) => {
+        Err(TrySendError::Closed(SessionCommand::Stanza(queued))) => {
+            let (el, bytes) = *queued;
             control.release(bytes);
-            Err(*el)
+            Err(el)
         }
     }
 }
