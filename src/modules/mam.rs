@@ -238,11 +238,9 @@ async fn allowed(ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
             default_prefs(ctx)
         }
     };
-    let bare = with.to_bare();
-    let listed = |list: &[String]| {
-        list.iter()
-            .any(|j| j == with.as_str() || j == bare.as_str())
-    };
+    // A slice, not `to_bare()`: this runs twice per archived message.
+    let bare = addr::bare_str(with);
+    let listed = |list: &[String]| list.iter().any(|j| j == with.as_str() || j == bare);
     if listed(&prefs.never) {
         return false;
     }
@@ -252,7 +250,10 @@ async fn allowed(ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
     match prefs.default {
         ArchiveDefault::Always => true,
         ArchiveDefault::Never => false,
-        ArchiveDefault::Roster => matches!(ctx.storage.roster.item(user, &bare).await, Ok(Some(_))),
+        ArchiveDefault::Roster => matches!(
+            ctx.storage.roster.item(user, &with.to_bare()).await,
+            Ok(Some(_))
+        ),
     }
 }
 
