@@ -1483,13 +1483,29 @@ async fn sled_invites_survive_reopen() {
     assert!(s.invites.is_admin(&j("b@x")).await.unwrap());
 }
 
+/// Opens the sled database directly once the dropped store's last handle on its lock
+/// is gone (sled's I/O threads may hold it a moment longer on a loaded machine).
+fn sled_once_released(path: &std::path::Path) -> ::sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match ::sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("sled not released yet: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled database still held: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn sled_refuses_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     drop(Storage::open_sled(dir.path()).unwrap());
     {
         // Write the marker the way a newer server would.
-        let db = ::sled::open(dir.path()).unwrap();
+        let db = sled_once_released(dir.path());
         let meta = db.open_tree("meta").unwrap();
         let newer = xmppd::storage::sled::SCHEMA_VERSION + 1;
         meta.insert(

@@ -88,8 +88,11 @@ pub async fn serve_link(
     .await;
 }
 
+/// Not an `async fn`: the connection is moved into its boxed future right away, so the
+/// task's own future (which lives as long as the connection) holds a pointer rather than
+/// a dead slot as large as the `Connection` and everything else passed in.
 #[allow(clippy::too_many_arguments)]
-async fn serve_stream(
+fn serve_stream(
     ctx: Arc<Context>,
     tls: TlsContext,
     conn: Connection,
@@ -99,15 +102,28 @@ async fn serve_stream(
     shutdown: CancellationToken,
     permit: impl Send + 'static,
     span: tracing::Span,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     // Boxed: a task's future is as large as its largest state, and a hibernated session
     // should not keep the space its connection needed (buffers, negotiation, closing).
-    let connection = serve_connection(&ctx, tls, conn, mode, transport, conn_id, &shutdown, permit);
-    let hibernating = Box::pin(connection).instrument(span.clone()).await;
-    if let Some(state) = hibernating {
-        Box::pin(sm::hibernate(&ctx, state, shutdown))
-            .instrument(span)
-            .await;
+    let connection = Box::pin(
+        serve_connection(
+            ctx.clone(),
+            tls,
+            conn,
+            mode,
+            transport,
+            conn_id,
+            shutdown.clone(),
+            permit,
+        )
+        .instrument(span.clone()),
+    );
+    async move {
+        if let Some(state) = connection.await {
+            Box::pin(sm::hibernate(&ctx, state, shutdown))
+                .instrument(span)
+                .await;
+        }
     }
 }
 
@@ -134,15 +150,16 @@ async fn negotiate_in_time(
 /// The connection's life; returns the session if it is to hibernate.
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection(
-    ctx: &Arc<Context>,
+    ctx: Arc<Context>,
     tls: TlsContext,
     mut conn: Connection,
     mode: TlsMode,
     transport: Transport,
     conn_id: u64,
-    shutdown: &CancellationToken,
+    shutdown: CancellationToken,
     _permit: impl Send,
 ) -> Option<Box<SessionState>> {
+    let (ctx, shutdown) = (&ctx, &shutdown);
     let _counted = ctx.metrics.c2s_connection(transport);
     let default_domain = ctx.default_domain();
     let negotiation = Box::pin(negotiate_in_time(

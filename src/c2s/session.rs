@@ -388,6 +388,10 @@ async fn serve_bound(
                     let Some(el) = state.backlog.pop_front() else { break };
                     state.emit(ctx, Some(conn), el);
                 }
+                if state.backlog.is_empty() {
+                    // Login's burst (roster, presence answers) is over: keep no room for it.
+                    state.backlog = VecDeque::new();
+                }
                 state.request_ack(conn);
                 if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
@@ -542,14 +546,25 @@ async fn handle_element(
     Ok(())
 }
 
-/// Before an `h` goes out: messages archived on the way (deferred appends, one flush
-/// for many) must be on disk once the client may forget them. A failure ends the stream
-/// unacknowledged, so the client sends them again.
+/// Before an `h` goes out: messages archived or stored offline on the way (deferred
+/// writes, one flush for many) must be on disk once the client may forget them. A failure
+/// ends the stream unacknowledged, so the client sends them again.
 async fn acked_durable(ctx: &Arc<Context>) -> Result<(), LoopEnd> {
-    ctx.storage.archive.appended_durable().await.map_err(|e| {
-        tracing::error!(error = %e, "archive not durable; stream ended without an ack");
+    let not_durable = |e: crate::storage::StorageError| {
+        tracing::error!(error = %e, "storage not durable; stream ended without an ack");
         LoopEnd::Close(StreamErrorCondition::InternalServerError.into())
-    })
+    };
+    // Offline first: its flush covers archive rows queued before it as well.
+    ctx.storage
+        .offline
+        .pushed_durable()
+        .await
+        .map_err(not_durable)?;
+    ctx.storage
+        .archive
+        .appended_durable()
+        .await
+        .map_err(not_durable)
 }
 
 /// XEP-0198 nonzas on a bound stream.

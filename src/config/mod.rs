@@ -19,7 +19,8 @@ pub struct Config {
     /// Directory for the sled database, generated development certificates and the
     /// admin control socket.
     pub data_dir: PathBuf,
-    /// Log filter (tracing EnvFilter syntax); `RUST_LOG` overrides it.
+    /// Log filter: `level`, `target` or `target=level`, comma-separated; `RUST_LOG`
+    /// (full EnvFilter syntax) overrides it.
     pub log_level: String,
     /// Virtual hosts served; at least one.
     #[serde(rename = "vhost")]

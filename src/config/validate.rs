@@ -232,7 +232,13 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
             "must not be empty",
         ));
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&cfg.log_level) {
+    if let Err(why) = simple_log_filter(&cfg.log_level) {
+        errs.push(ConfigError::invalid(
+            "log_level",
+            quote(&cfg.log_level),
+            why,
+        ));
+    } else if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&cfg.log_level) {
         errs.push(ConfigError::invalid(
             "log_level",
             quote(&cfg.log_level),
@@ -999,9 +1005,65 @@ fn quote_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
+/// `log_level` takes comma-separated `level`, `target` or `target=level` directives.
+/// Span and field filters (`target[span{field=value}]`) are refused: tracing compiles
+/// field values into automata whose construction can take minutes on a crafted value
+/// (found by fuzzing the config loader); `RUST_LOG` still accepts them.
+fn simple_log_filter(filter: &str) -> Result<(), String> {
+    const MAX_LEN: usize = 4096;
+    if filter.len() > MAX_LEN {
+        return Err(format!("longer than {MAX_LEN} bytes"));
+    }
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+    };
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (target.trim(), Some(level.trim())),
+            None => (directive, None),
+        };
+        let level_ok = level.is_none_or(|l| {
+            ["trace", "debug", "info", "warn", "error", "off"]
+                .iter()
+                .any(|known| l.eq_ignore_ascii_case(known))
+        });
+        if !is_name(target) || !level_ok {
+            return Err(format!(
+                "{directive:?} is not `level`, `target` or `target=level` \
+                 (span and field filters are only taken from RUST_LOG)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filters_are_levels_and_targets_only() {
+        for ok in [
+            "info",
+            "warn,xmppd::s2s=debug",
+            " xmppd = TRACE , sled=off ",
+            "",
+        ] {
+            assert_eq!(simple_log_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "xmppd[conn]=debug",
+            "xmppd[{jid=.*.*.*}]=trace",
+            "info,xmppd=loud",
+            "a b",
+            "=info",
+        ] {
+            assert!(simple_log_filter(bad).is_err(), "{bad}");
+        }
+        assert!(simple_log_filter(&"x,".repeat(3000)).is_err());
+    }
     use crate::config::{ListenerConfig, TlsMode, VhostConfig};
 
     fn messages(cfg: &Config) -> Vec<String> {

@@ -128,6 +128,9 @@ impl OfflineStore for TimedOffline {
         let push = self.inner.push_at(user, stanza, stored_at, quota);
         timed(&self.t.offline_store, push).await
     }
+    async fn pushed_durable(&self) -> Result<()> {
+        self.inner.pushed_durable().await
+    }
     async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>> {
         timed(&self.t.offline_fetch, self.inner.list(user)).await
     }

@@ -23,6 +23,15 @@ pub fn parser_limits(cfg: &Config) -> ParserLimits {
     }
 }
 
+/// The output buffer, given room for a typical stanza at once when it was released
+/// (rather than growing from nothing in many small steps).
+fn out_buffer(out: &mut Vec<u8>) -> &mut Vec<u8> {
+    if out.capacity() == 0 {
+        out.reserve(1024);
+    }
+    out
+}
+
 pub struct Connection {
     pub io: MaybeTls,
     pub parser: StreamParser,
@@ -41,7 +50,7 @@ impl Connection {
             io,
             parser: StreamParser::new(parser_limits(cfg)),
             kind,
-            out: Vec::with_capacity(1024),
+            out: Vec::new(),
             header_sent: false,
             write_timeout: Duration::from_secs(cfg.limits.write_timeout_secs),
         }
@@ -61,7 +70,7 @@ impl Connection {
                 from: from.to_string(),
                 id: id.unwrap_or_default().to_string(),
             }),
-            _ => self.out.extend_from_slice(&self.kind.header(from, to, id)),
+            _ => out_buffer(&mut self.out).extend_from_slice(&self.kind.header(from, to, id)),
         }
         self.header_sent = true;
     }
@@ -115,7 +124,7 @@ impl Connection {
             MaybeTls::Link(link) => link.queue(Outbound::Element(standalone(el))),
             // Stanzas are kept in jabber:client internally; written with that as the
             // parent namespace they inherit the stream's default (client or server).
-            _ => el.write_to(&mut self.out, ns::CLIENT),
+            _ => el.write_to(out_buffer(&mut self.out), ns::CLIENT),
         }
     }
 
@@ -135,11 +144,9 @@ impl Connection {
         }
         let res =
             crate::net::io::write_all_within(&mut self.io, &self.out, self.write_timeout).await;
-        self.out.clear();
-        // A burst (offline messages, a big roster) must not pin its buffer forever.
-        if self.out.capacity() > 64 * 1024 {
-            self.out.shrink_to(4096);
-        }
+        // Released, not cleared: most connections are idle most of the time, and a
+        // buffer per flush costs far less than the TLS record it fed.
+        self.out = Vec::new();
         res.map_err(|e| {
             debug!(error = %e, "write failed; connection lost");
             Ending::Gone

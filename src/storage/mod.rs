@@ -237,9 +237,14 @@ pub enum OfflineStoreOutcome {
 
 #[async_trait]
 pub trait OfflineStore: Send + Sync {
-    /// Appends a message, durably (flushed) before returning `Stored`.
+    /// Appends a message. It is durable once a later `pushed_durable` (or `flush`)
+    /// returns: a sender's XEP-0198 ack waits for that, so many pushes share one fsync.
     async fn push(&self, user: &BareJid, stanza: &str, quota: usize)
     -> Result<OfflineStoreOutcome>;
+    /// Waits until every push that returned `Stored` before this call is durable.
+    async fn pushed_durable(&self) -> Result<()> {
+        Ok(())
+    }
     /// Like `push`, stored as of `stored_at` (seconds since the epoch) rather than now: an
     /// import keeps when the old server received the message (its XEP-0203 stamp). Both
     /// backends keep the time; the provided fallback (for wrappers and test doubles) does not.

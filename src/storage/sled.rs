@@ -119,6 +119,8 @@ pub struct SledStore {
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Deferred appends queued and made durable (`ArchiveStore::appended_durable`).
     append_counts: Arc<AppendCounts>,
+    /// Offline pushes written but not yet known flushed (`OfflineStore::pushed_durable`).
+    offline_counts: OfflineCounts,
     /// Presence contacts per user with the roster version they were read at: presence
     /// changes reuse them until the roster changes.
     presence_contacts: Mutex<HashMap<BareJid, (u64, Arc<PresenceContacts>)>>,
@@ -474,6 +476,7 @@ impl SledStore {
         Ok(SledStore {
             sync_writes: trees.sync_writes.clone(),
             append_counts: trees.counts.clone(),
+            offline_counts: OfflineCounts::default(),
             presence_contacts: Mutex::new(HashMap::new()),
             roster_counts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
@@ -718,6 +721,15 @@ struct AppendCounts {
     durable: AtomicU64,
     /// A write failed: rows may be lost, so no later wait may report them durable.
     failed: std::sync::atomic::AtomicBool,
+}
+
+/// How far offline pushes have got: written (sled transaction done) and covered by a
+/// flush. A push is not flushed on its own: the sender's next SM ack waits for it, so a
+/// flood of messages to an offline user shares flushes as archive appends do.
+#[derive(Default)]
+struct OfflineCounts {
+    written: AtomicU64,
+    durable: AtomicU64,
 }
 
 /// One message on its way to the writer, keys and value already encoded.
@@ -2161,10 +2173,23 @@ impl OfflineStore for SledStore {
             })
             .map_err(tx_error)?;
         if outcome == OfflineStoreOutcome::Stored {
-            // Shares the fsync with the archive writer's current batch and other pushes.
-            self.writer.sync().await?;
+            self.offline_counts.written.fetch_add(1, Ordering::SeqCst);
         }
         Ok(outcome)
+    }
+
+    async fn pushed_durable(&self) -> Result<()> {
+        let counts = &self.offline_counts;
+        // Read before the flush is asked for: every push counted here had finished its
+        // transaction, so the flush that answers covers it.
+        let written = counts.written.load(Ordering::SeqCst);
+        if counts.durable.load(Ordering::SeqCst) >= written {
+            return Ok(());
+        }
+        // Shares the fsync with the archive writer's current batch and other waiters.
+        self.writer.sync().await?;
+        counts.durable.fetch_max(written, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn list(&self, user: &BareJid) -> Result<Vec<OfflineMessage>> {

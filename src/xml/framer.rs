@@ -487,6 +487,15 @@ impl Framer {
         if self.state != State::Closed && self.pos - self.frame_start > self.max_bytes {
             return Err(self.too_big());
         }
+        if self.start == len && len > 0 {
+            // Everything was handed out: an idle connection keeps no buffer (the next read
+            // allocates one, which costs far less than the stanza it carries).
+            self.buf = Vec::new();
+            self.start = 0;
+            self.pos = 0;
+            self.frame_start = 0;
+            self.markup_start = 0;
+        }
         Ok(None)
     }
 
@@ -523,6 +532,27 @@ mod tests {
             }
         }
         Ok(out)
+    }
+
+    #[test]
+    fn an_idle_framer_keeps_no_buffer() {
+        let mut f = Framer::new(1 << 16, 64);
+        let drain = |f: &mut Framer| {
+            let mut got = Vec::new();
+            while let Some(fr) = f.next_frame().expect("well-formed") {
+                got.push(String::from_utf8_lossy(f.bytes(&fr)).into_owned());
+            }
+            got
+        };
+        f.feed(b"<s:stream xmlns:s='x'><a>x</a> ").expect("fed");
+        assert_eq!(drain(&mut f), ["<s:stream xmlns:s='x'>", "<a>x</a>"]);
+        assert_eq!(f.buf.capacity(), 0, "all handed out: nothing kept");
+        f.feed(b"<b>par").expect("fed");
+        assert!(drain(&mut f).is_empty());
+        assert!(f.buf.capacity() > 0, "a partial stanza stays");
+        f.feed(b"t</b>").expect("fed");
+        assert_eq!(drain(&mut f), ["<b>part</b>"]);
+        assert_eq!(f.buf.capacity(), 0);
     }
 
     #[test]
