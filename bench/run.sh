@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Run one xmppd-bench scenario against Prosody and/or xmppd, server and generator
-# pinned to different cores.
+# Run one xmppd-bench scenario against Prosody, xmppd and/or the minimal relay (the floor,
+# `xmppd-bench relay`), server and generator pinned to different cores.
 #
-#   bench/run.sh [--server prosody|xmppd|both] SCENARIO [SCENARIO ARGS...]
+#   bench/run.sh [--server prosody|xmppd|relay|both|LIST] SCENARIO [SCENARIO ARGS...]
+#
+# LIST is servers separated by commas, run in that order, e.g. relay,xmppd (both =
+# prosody,xmppd); ROUNDS=N runs the whole list N times, interleaved (relay, xmppd, relay,
+# xmppd, ...). The relay supports login, idle and chat.
 #
 #   bench/run.sh login --users 1000 --concurrency 100
 #   bench/run.sh idle  --users 1000 --seconds 10
@@ -11,6 +15,8 @@
 #   bench/run.sh muc   --occupants 100 --senders 10 --seconds 10  (one chat room)
 #   bench/run.sh --server xmppd upload --bytes 10000000   (XEP-0363 PUT + GET, MB/s, RSS)
 #   bench/run.sh --server both chat --pairs 100        (then prints a ratio table)
+#   ROUNDS=3 ARCHIVE=never bench/run.sh --server relay,xmppd chat --pairs 100 --window 1
+#                                    (interleaved; a summary table, ratios to the first)
 #   bench/run.sh --server xmppd roster-login --contacts 1000 --online 500 --repeat 20
 #                                    (runs setup-star first: one hub, 1000 mutual contacts)
 #   bench/run.sh --server xmppd offline-queue --messages 10000   (raises the offline quota)
@@ -21,13 +27,16 @@
 #   RESULTS_DIR  where outputs go      [/tmp/xmppd-bench/results/<date>-<scenario>]
 #   XMPPD_DIR    xmppd state dir       [/tmp/xmppd-bench/xmppd]
 #   XMPPD_PORT   xmppd c2s port        [15232]    (Prosody: see prosody-setup.sh, 15222)
+#   RELAY_PORT   relay port            [15242]    (its certificate is xmppd's, CERT_KEY)
+#   ROUNDS       how many times to run the server list                         [1]
 #   GEN_ARGS     extra generator options placed before the scenario (e.g. "--mech PLAIN")
 #   ARCHIVE      xmppd's [archive] default_policy: always (xmppd's default, MAM on) or
 #                never (MAM off, like the Prosody configuration here)       [always]
 #   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
 #                false                                                        [true]
 #   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
-#   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption)   [unset: default, true]
+#   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption), and the relay's
+#                --tickets                                   [unset: default, true]
 #   CERT_KEY     xmppd's certificate key: ec (ECDSA P-256, as Prosody's) or rsa (2048)
 #                                                                               [ec]
 #   XMPPD        the xmppd binary to run, not built when given (compare two builds)
@@ -46,6 +55,8 @@ SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 XMPPD_DIR=${XMPPD_DIR:-/tmp/xmppd-bench/xmppd}
 XMPPD_PORT=${XMPPD_PORT:-15232}
+RELAY_PORT=${RELAY_PORT:-15242}
+ROUNDS=${ROUNDS:-1}
 export PROSODY_DIR=${PROSODY_DIR:-/tmp/xmppd-bench/prosody}
 export PROSODY_PORT=${PROSODY_PORT:-15222}
 
@@ -69,19 +80,36 @@ while [ $# -gt 0 ]; do
 	*) break ;;
 	esac
 done
-[ $# -ge 1 ] || die "usage: $0 [--server prosody|xmppd|both] SCENARIO [ARGS...]"
+[ $# -ge 1 ] || die "usage: $0 [--server prosody|xmppd|relay|both|LIST] SCENARIO [ARGS...]"
 SCENARIO=$1
 shift
 ARGS=("$@")
-case "$SERVERS" in
-prosody | xmppd) LIST=("$SERVERS") ;;
-both) LIST=(prosody xmppd) ;;
-*) die "--server must be prosody, xmppd or both" ;;
+[ "$SERVERS" = both ] && SERVERS=prosody,xmppd
+IFS=, read -r -a ONE_ROUND <<<"$SERVERS"
+[ ${#ONE_ROUND[@]} -ge 1 ] || die "--server needs at least one server"
+case "$ROUNDS" in
+'' | *[!0-9]* | 0) die "ROUNDS must be a positive number" ;;
 esac
 case "$SCENARIO" in
 login | idle | chat | roster | muc | upload | roster-login | offline-queue) ;;
 *) die "scenario must be login, idle, chat, roster, muc, upload, roster-login or offline-queue" ;;
 esac
+for s in "${ONE_ROUND[@]}"; do
+	case "$s" in
+	prosody | xmppd) ;;
+	relay)
+		case "$SCENARIO" in
+		login | idle | chat) ;;
+		*) die "the relay supports login, idle and chat only" ;;
+		esac
+		;;
+	*) die "servers are prosody, xmppd and relay (or both), not '$s'" ;;
+	esac
+done
+LIST=()
+for ((r = 0; r < ROUNDS; r++)); do
+	LIST+=("${ONE_ROUND[@]}")
+done
 
 # Value of option $1 in the scenario arguments, if present.
 arg_value() {
@@ -133,11 +161,11 @@ mkdir -p "$RESULTS_DIR"
 
 log "building (release)"
 (cd "$ROOT" && cargo build --release -q -p xmppd-bench)
-for s in "${LIST[@]}"; do
-	if [ "$s" = xmppd ] && [ -z "$XMPPD_GIVEN" ]; then
-		(cd "$ROOT" && cargo build --release -q --bin xmppd)
-	fi
-done
+case ",$SERVERS," in
+*,xmppd,*)
+	[ -n "$XMPPD_GIVEN" ] || (cd "$ROOT" && cargo build --release -q --bin xmppd)
+	;;
+esac
 
 # ----------------------------------------------------------------------- xmppd
 
@@ -148,11 +176,9 @@ tls_section() {
 	fi
 }
 
-XMPPD_PID=
-xmppd_start() {
-	local cfg=$XMPPD_DIR/xmppd.toml
-	rm -rf "$XMPPD_DIR/data"
-	mkdir -p "$XMPPD_DIR/data" "$XMPPD_DIR/certs"
+# The server certificate (xmppd's and the relay's): sets CRT and KEY, made once.
+make_cert() {
+	mkdir -p "$XMPPD_DIR/certs"
 	# Named for what it covers: the vhost and its services (xmppd check wants each named).
 	local kind=${CERT_KEY:-ec} newkey
 	case "$kind" in
@@ -161,16 +187,38 @@ xmppd_start() {
 	rsa) newkey=(-newkey rsa:2048) ;;
 	*) die "CERT_KEY must be ec or rsa" ;;
 	esac
-	local crt=$XMPPD_DIR/certs/localhost-services.crt key=$XMPPD_DIR/certs/localhost-services.key
+	CRT=$XMPPD_DIR/certs/localhost-services.crt KEY=$XMPPD_DIR/certs/localhost-services.key
 	if [ "$kind" = rsa ]; then
-		crt=$XMPPD_DIR/certs/localhost-services-rsa.crt key=$XMPPD_DIR/certs/localhost-services-rsa.key
+		CRT=$XMPPD_DIR/certs/localhost-services-rsa.crt KEY=$XMPPD_DIR/certs/localhost-services-rsa.key
 	fi
-	if [ ! -f "$crt" ]; then
+	if [ ! -f "$CRT" ]; then
 		openssl req -x509 "${newkey[@]}" -nodes -days 3650 \
 			-subj "/CN=localhost" \
 			-addext "subjectAltName=DNS:localhost,DNS:conference.localhost,DNS:upload.localhost,DNS:pubsub.localhost" \
-			-keyout "$key" -out "$crt" >/dev/null 2>&1
+			-keyout "$KEY" -out "$CRT" >/dev/null 2>&1
 	fi
+}
+
+# Waits until 127.0.0.1:$2 accepts connections from process $1 (name $3, log $4).
+wait_port() {
+	local pid=$1 port=$2 name=$3 logf=$4 n=0
+	until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+		n=$((n + 1))
+		if [ $n -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then
+			tail -n 20 "$logf" >&2 || true
+			die "$name failed to start; see $logf"
+		fi
+		sleep 0.1
+	done
+}
+
+XMPPD_PID=
+xmppd_start() {
+	local cfg=$XMPPD_DIR/xmppd.toml
+	rm -rf "$XMPPD_DIR/data"
+	mkdir -p "$XMPPD_DIR/data"
+	make_cert
+	local crt=$CRT key=$KEY
 	cat >"$cfg" <<EOF
 # Generated by bench/run.sh: xmppd as a c2s benchmark target.
 data_dir = "$XMPPD_DIR/data"
@@ -235,33 +283,48 @@ EOF
 	"$XMPPD" import --config "$cfg" users "$users_file" >/dev/null
 	taskset -c "$SERVER_CPU" "$XMPPD" serve --config "$cfg" >"$XMPPD_DIR/xmppd.log" 2>&1 &
 	XMPPD_PID=$!
-	local n=0
-	until (exec 3<>"/dev/tcp/127.0.0.1/$XMPPD_PORT") 2>/dev/null; do
-		n=$((n + 1))
-		if [ $n -gt 300 ] || ! kill -0 "$XMPPD_PID" 2>/dev/null; then
-			tail -n 20 "$XMPPD_DIR/xmppd.log" >&2 || true
-			die "xmppd failed to start; see $XMPPD_DIR/xmppd.log"
-		fi
-		sleep 0.1
-	done
+	wait_port "$XMPPD_PID" "$XMPPD_PORT" xmppd "$XMPPD_DIR/xmppd.log"
 	log "xmppd running: pid $XMPPD_PID, c2s 127.0.0.1:$XMPPD_PORT, core $SERVER_CPU"
 }
 
-xmppd_stop() {
-	if [ -n "$XMPPD_PID" ] && kill -0 "$XMPPD_PID" 2>/dev/null; then
-		kill "$XMPPD_PID"
+# Stops the process whose pid is in variable $1 (TERM, then KILL after 10 s).
+stop_pid() {
+	local pid=${!1}
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		kill "$pid"
 		local n=0
-		while kill -0 "$XMPPD_PID" 2>/dev/null; do
+		while kill -0 "$pid" 2>/dev/null; do
 			n=$((n + 1))
-			if [ $n -gt 100 ]; then kill -9 "$XMPPD_PID" 2>/dev/null || true; fi
+			if [ $n -gt 100 ]; then kill -9 "$pid" 2>/dev/null || true; fi
 			sleep 0.1
 		done
 	fi
-	XMPPD_PID=
+	printf -v "$1" '%s' ''
 }
+
+xmppd_stop() { stop_pid XMPPD_PID; }
+
+# ----------------------------------------------------------------------- relay
+
+# The floor: `xmppd-bench relay` with xmppd's certificate and ticket setting. Any
+# account with password `password` may log in, so it needs no accounts.
+RELAY_PID=
+relay_start() {
+	make_cert
+	local tickets=()
+	[ -z "${TLS_TICKETS:-}" ] || tickets=(--tickets "$TLS_TICKETS")
+	taskset -c "$SERVER_CPU" "$BENCH" --port "$RELAY_PORT" relay --cert "$CRT" --key "$KEY" \
+		"${tickets[@]}" >"$XMPPD_DIR/relay.log" 2>&1 &
+	RELAY_PID=$!
+	wait_port "$RELAY_PID" "$RELAY_PORT" relay "$XMPPD_DIR/relay.log"
+	log "relay running: pid $RELAY_PID, 127.0.0.1:$RELAY_PORT, core $SERVER_CPU"
+}
+
+relay_stop() { stop_pid RELAY_PID; }
 
 cleanup() {
 	xmppd_stop
+	relay_stop
 	"$HERE/prosody-setup.sh" stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -283,6 +346,11 @@ run_one() {
 		xmppd_start
 		port=$XMPPD_PORT pid=$XMPPD_PID
 		;;
+	relay)
+		mkdir -p "$XMPPD_DIR"
+		relay_start
+		port=$RELAY_PORT pid=$RELAY_PID
+		;;
 	esac
 	local gen=(taskset -c "$GEN_CPU" "$BENCH" --port "$port")
 	# shellcheck disable=SC2206
@@ -302,19 +370,35 @@ run_one() {
 	esac
 	arg_value --server-pid >/dev/null || extra+=(--server-pid "$pid")
 	log "$server: $SCENARIO ${ARGS[*]} ${extra[*]}"
-	"${gen[@]}" "$SCENARIO" "${ARGS[@]}" "${extra[@]}" | tee "$RESULTS_DIR/$server.txt"
+	# A failed run (exit 3: figures printed, but something was lost) still counts.
+	"${gen[@]}" "$SCENARIO" "${ARGS[@]}" "${extra[@]}" | tee "$RESULTS_DIR/$2.txt" || FAILED=yes
 	case "$server" in
 	prosody) "$HERE/prosody-setup.sh" stop ;;
 	xmppd) xmppd_stop ;;
+	relay) relay_stop ;;
 	esac
 }
 
+# Outputs are <server>.txt, or <server>-<round>.txt with ROUNDS > 1.
+OUTS=()
+FAILED=
+i=0
 for s in "${LIST[@]}"; do
-	run_one "$s"
+	name=$s
+	[ "$ROUNDS" -eq 1 ] || name=$s-$((i / ${#ONE_ROUND[@]} + 1))
+	run_one "$s" "$name"
+	OUTS+=("$RESULTS_DIR/$name.txt")
+	i=$((i + 1))
 done
 
-if [ ${#LIST[@]} -eq 2 ]; then
+if [ ${#ONE_ROUND[@]} -eq 2 ] && [ "$ROUNDS" -eq 1 ]; then
 	echo
-	"$BENCH" compare "$RESULTS_DIR/prosody.txt" "$RESULTS_DIR/xmppd.txt"
+	"$BENCH" compare --label-a "${ONE_ROUND[0]}" --label-b "${ONE_ROUND[1]}" "${OUTS[@]}" || true
 fi
+if [ ${#LIST[@]} -gt 1 ]; then
+	echo
+	"$BENCH" summary "${OUTS[@]}" || true
+fi
+[ -z "$FAILED" ] || log "some runs failed (see above)"
 log "outputs in $RESULTS_DIR"
+[ -z "$FAILED" ] || exit 3

@@ -6,6 +6,7 @@
 mod accounts;
 mod conn;
 mod growth;
+mod relay;
 mod scenarios;
 mod scram;
 mod stats;
@@ -211,6 +212,9 @@ enum Cmd {
     RosterLogin(growth::RosterLoginArgs),
     /// N messages queued for an offline account, delivered at its login.
     OfflineQueue(growth::OfflineQueueArgs),
+    /// Run the minimal TLS relay (the floor to compare servers with; a benchmark tool,
+    /// not a server) on --host/--port until killed.
+    Relay(relay::RelayArgs),
     /// Write Prosody internal_hashed account files (no server contact).
     ProsodyAccounts {
         /// Prosody's data_path.
@@ -230,6 +234,9 @@ enum Cmd {
         #[arg(long)]
         salt_per_user: bool,
     },
+    /// One row per output (its file name is the label, `server-round.txt`), then each
+    /// server's range and mean and the ratio of its mean to the first server's.
+    Summary { files: Vec<PathBuf> },
     /// Ratio table from two outputs containing `JSON ` lines (B relative to A).
     Compare {
         a: PathBuf,
@@ -292,7 +299,9 @@ fn connections_needed(cmd: &Cmd, concurrency: usize) -> usize {
         Cmd::SetupStar(a) => a.connections(),
         Cmd::RosterLogin(a) => a.connections(),
         Cmd::OfflineQueue(a) => a.connections(),
-        Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => 0,
+        Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } | Cmd::Summary { .. } | Cmd::Relay(_) => {
+            0
+        }
     }
 }
 
@@ -450,7 +459,7 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
         Cmd::SetupStar(a) => growth::setup_star(&run, &a).await?,
         Cmd::RosterLogin(a) => growth::roster_login(&run, &a).await?,
         Cmd::OfflineQueue(a) => growth::offline_queue(&run, &a).await?,
-        Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } => {
+        Cmd::ProsodyAccounts { .. } | Cmd::Compare { .. } | Cmd::Summary { .. } | Cmd::Relay(_) => {
             return Err("not a network scenario".into());
         }
     };
@@ -514,6 +523,139 @@ fn compare(a: &PathBuf, b: &PathBuf, la: &str, lb: &str) -> Res<Vec<String>> {
     Ok(lines)
 }
 
+/// Figures the summary shows, where a run has them: (JSON key, column title).
+const SUMMARY_KEYS: &[(&str, &str)] = &[
+    ("msgs_per_s", "msgs/s"),
+    ("logins_per_s", "logins/s"),
+    ("server_cpu_us_per_msg", "srv µs/msg"),
+    ("server_cpu_us_per_login", "srv µs/login"),
+    ("rss_per_session_bytes", "B/session"),
+    ("latency_p50_ms", "p50 ms"),
+    ("latency_p99_ms", "p99 ms"),
+    ("lost", "lost"),
+    ("failed", "failed"),
+    ("dropped", "dropped"),
+];
+
+/// The server a result file is for: its name without `.txt` and a `-<round>` suffix.
+fn server_label(path: &std::path::Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match stem.rsplit_once('-') {
+        Some((server, round)) if round.bytes().all(|b| b.is_ascii_digit()) => server.to_owned(),
+        _ => stem,
+    }
+}
+
+fn summary(files: &[PathBuf]) -> Res<Vec<String>> {
+    let mut runs = Vec::new();
+    for f in files {
+        match json_line(f) {
+            Ok(j) => runs.push((f, j)),
+            // A run that printed nothing (it failed) is skipped, not fatal.
+            Err(e) => eprintln!("xmppd-bench summary: skipping {}: {e}", f.display()),
+        }
+    }
+    let keys: Vec<(&str, &str)> = SUMMARY_KEYS
+        .iter()
+        .copied()
+        .filter(|(k, _)| {
+            runs.iter()
+                .any(|(_, j)| j.get(*k).is_some_and(Value::is_number))
+        })
+        .collect();
+    let row = |label: &str, cells: Vec<String>| {
+        let mut line = format!("{label:<14}");
+        for c in cells {
+            line.push_str(&format!(" {c:>13}"));
+        }
+        line
+    };
+    let mut lines = vec![row(
+        "run",
+        keys.iter().map(|(_, t)| (*t).to_owned()).collect(),
+    )];
+    let fig = |j: &Value, k: &str| j.get(k).and_then(Value::as_f64);
+    let fmt = |v: f64| {
+        if v.abs() >= 100.0 || v.fract() == 0.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
+    for (f, j) in &runs {
+        let label = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cells = keys
+            .iter()
+            .map(|(k, _)| fig(j, k).map(fmt).unwrap_or_else(|| "-".into()))
+            .collect();
+        lines.push(row(&label, cells));
+    }
+    // Per server, in order of first appearance.
+    let mut servers: Vec<String> = Vec::new();
+    for (f, _) in &runs {
+        let s = server_label(f);
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
+    let mut means: Vec<Vec<Option<f64>>> = Vec::new();
+    lines.push(String::new());
+    for s in &servers {
+        let mine: Vec<&Value> = runs
+            .iter()
+            .filter(|(f, _)| server_label(f) == *s)
+            .map(|(_, j)| j)
+            .collect();
+        let mut range = Vec::new();
+        let mut mean = Vec::new();
+        for (k, _) in &keys {
+            let vals: Vec<f64> = mine.iter().filter_map(|j| fig(j, k)).collect();
+            if vals.is_empty() {
+                range.push("-".into());
+                mean.push(None);
+                continue;
+            }
+            let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            range.push(if lo == hi {
+                fmt(lo)
+            } else {
+                format!("{}–{}", fmt(lo), fmt(hi))
+            });
+            mean.push(Some(m));
+        }
+        lines.push(row(&format!("{s} ({})", mine.len()), range));
+        lines.push(row(
+            &format!("{s} mean"),
+            mean.iter()
+                .map(|m| m.map(fmt).unwrap_or_else(|| "-".into()))
+                .collect(),
+        ));
+        means.push(mean);
+    }
+    if let Some(base) = means.first() {
+        for (s, mean) in servers.iter().zip(&means).skip(1) {
+            let cells = mean
+                .iter()
+                .zip(base)
+                .map(|(m, b)| match (m, b) {
+                    (Some(m), Some(b)) if *b != 0.0 => format!("{:.2}", m / b),
+                    _ => "-".into(),
+                })
+                .collect();
+            lines.push(row(&format!("{s}/{}", servers[0]), cells));
+        }
+    }
+    Ok(lines)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
@@ -567,6 +709,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             };
+        }
+        Cmd::Summary { files } => {
+            return match summary(files) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("xmppd-bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Cmd::Relay(args) => {
+            let c = &cli.common;
+            let common = relay::RelayCommon {
+                host: &c.host,
+                port: c.port,
+                direct_tls: c.direct_tls,
+                password: &c.password,
+                handshake_timeout: Duration::from_secs(c.handshake_timeout),
+            };
+            return relay::main(&common, args);
         }
         _ => {}
     }
@@ -651,6 +818,15 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[1].starts_with("msgs_per_s"));
         assert!(lines[1].ends_with("2.50"));
+        let lines = summary(&[a.clone(), b.clone(), dir.join("missing")]).unwrap();
+        assert!(lines[0].contains("msgs/s"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("b/a") && l.contains("2.50"))
+        );
+        assert_eq!(server_label(&PathBuf::from("/x/relay-12.txt")), "relay");
+        assert_eq!(server_label(&PathBuf::from("/x/xmppd.txt")), "xmppd");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(compare(&a, &dir.join("missing"), "p", "x").is_err());
     }

@@ -67,8 +67,14 @@ impl Default for Splitter {
 
 impl Splitter {
     pub fn new() -> Self {
+        Self::with_capacity(READ_CHUNK)
+    }
+
+    /// A splitter whose buffer starts at `cap` bytes and grows as [`push`](Self::push)
+    /// needs (the relay keeps idle connections small with a 0 here).
+    pub fn with_capacity(cap: usize) -> Self {
         Splitter {
-            buf: vec![0; READ_CHUNK],
+            buf: vec![0; cap],
             start: 0,
             end: 0,
             pos: 0,
@@ -98,13 +104,23 @@ impl Splitter {
         self.start < self.end
     }
 
-    #[cfg(test)]
     /// Appends raw bytes (used by tests and by callers that already hold data).
     pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
         self.make_room(data.len())?;
         self.buf[self.end..self.end + data.len()].copy_from_slice(data);
         self.end += data.len();
         Ok(())
+    }
+
+    /// Releases a buffer grown past `keep` bytes once nothing is pending in it, so a
+    /// burst does not pin memory on an idle connection.
+    pub fn shrink_idle(&mut self, keep: usize) {
+        if self.start == self.end && self.pos == self.end && self.buf.len() > keep {
+            self.start = 0;
+            self.end = 0;
+            self.pos = 0;
+            self.buf = vec![0; keep];
+        }
     }
 
     /// Reads once from `r` into the buffer; returns the byte count (0 = EOF).
