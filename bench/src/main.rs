@@ -656,6 +656,22 @@ fn summary(files: &[PathBuf]) -> Res<Vec<String>> {
     Ok(lines)
 }
 
+/// Prints a table-making command's lines, or its error.
+fn print_lines<E: std::fmt::Display>(lines: Result<Vec<String>, E>) -> ExitCode {
+    match lines {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xmppd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.cmd {
@@ -697,33 +713,9 @@ fn main() -> ExitCode {
             label_a,
             label_b,
         } => {
-            return match compare(a, b, label_a, label_b) {
-                Ok(lines) => {
-                    for l in lines {
-                        println!("{l}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("xmppd-bench: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+            return print_lines(compare(a, b, label_a, label_b));
         }
-        Cmd::Summary { files } => {
-            return match summary(files) {
-                Ok(lines) => {
-                    for l in lines {
-                        println!("{l}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("xmppd-bench: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Cmd::Summary { files } => return print_lines(summary(files)),
         Cmd::Relay(args) => {
             let c = &cli.common;
             let common = relay::RelayCommon {
