@@ -1118,7 +1118,12 @@ impl ArchiveTrees {
         let prefix = user_prefix(user)?;
         // Records first, then indexes (readers skip index entries without a record), the
         // count last; in bounded batches, since an archive can be large.
-        for keyspace in [&self.archive, &self.ids, &self.with] {
+        // Only records can be shared with another archive (see `materialize_copy`).
+        for (keyspace, records) in [
+            (&self.archive, true),
+            (&self.ids, false),
+            (&self.with, false),
+        ] {
             loop {
                 let entries = keyspace
                     .prefix(&prefix)
@@ -1130,7 +1135,7 @@ impl ArchiveTrees {
                 }
                 let mut write = self.db.batch();
                 for (key, value) in entries {
-                    if std::ptr::eq(keyspace, &self.archive) {
+                    if records {
                         self.materialize_copy(&mut write, &key, &record::parse(&value)?)?;
                     }
                     write.remove(keyspace, key);
