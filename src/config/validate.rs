@@ -1024,11 +1024,8 @@ fn simple_log_filter(filter: &str) -> Result<(), String> {
             Some((target, level)) => (target.trim(), Some(level.trim())),
             None => (directive, None),
         };
-        let level_ok = level.is_none_or(|l| {
-            ["trace", "debug", "info", "warn", "error", "off"]
-                .iter()
-                .any(|known| l.eq_ignore_ascii_case(known))
-        });
+        let level_ok =
+            level.is_none_or(|l| l.parse::<tracing::level_filters::LevelFilter>().is_ok());
         if !is_name(target) || !level_ok {
             return Err(format!(
                 "{directive:?} is not `level`, `target` or `target=level` \
