@@ -42,7 +42,7 @@
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
 //! Semantics match the memory backend (see its module comment).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -65,6 +65,7 @@ use super::{
     Result, RoomStore, Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
 use crate::addr::{BareJid, DomainRef, Jid};
+use crate::hashing::FastSet;
 use crate::sasl::credentials::StoredCredentials;
 
 mod invites;
@@ -220,13 +221,13 @@ fn hex_value(digit: u8) -> Option<u8> {
 /// and the set under the set's write lock, so no reader sees a user missing whose entries
 /// are already in the tree.
 #[derive(Default)]
-struct UsersWithEntries(RwLock<HashSet<Box<str>>>);
+struct UsersWithEntries(RwLock<FastSet<Box<str>>>);
 
 impl UsersWithEntries {
     /// The distinct users of a tree keyed `<user>` or `<user>\0...`, skipping each
     /// user's other keys with one seek.
     fn load(tree: &Tree) -> Result<Self> {
-        let mut users = HashSet::new();
+        let mut users = FastSet::default();
         let mut next = tree.iter();
         while let Some(entry) = next.next() {
             let (key, _) = entry.map_err(backend)?;
@@ -253,7 +254,7 @@ impl UsersWithEntries {
             .contains(user)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<Box<str>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, FastSet<Box<str>>> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
