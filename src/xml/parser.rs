@@ -1144,7 +1144,12 @@ mod tests {
             ),
             (ns::CLIENT, Some(ns::CLIENT))
         );
-        for leaked in ["<r><p:x/></r>", "<r><q:x/></r>", "<q:r/>"] {
+        for leaked in [
+            "<r><p:x/></r>",
+            "<r><q:x/></r>",
+            "<q:r/>",
+            "<r><a xmlns:s='urn:s'/><s:b/></r>",
+        ] {
             let input = format!(
                 "{HEADER}<message xmlns:p='urn:p'><p:x/></message><iq xmlns:q='urn:q'/>{leaked}"
             );
