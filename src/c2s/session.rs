@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -20,7 +19,7 @@ use crate::addr::{self, Jid};
 use crate::context::Context;
 use crate::metrics::{Direction, Stream};
 use crate::registry::{Extensions, Outgoing, SessionCtx, SessionEvent};
-use crate::router::{route_addressed, route_reply, serve_own_session};
+use crate::router::{TryRecvError, route_addressed, route_reply, serve_own_session};
 use crate::server::Shaper;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
