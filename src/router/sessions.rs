@@ -196,6 +196,9 @@ impl Sessions {
         if list.len() >= max_resources {
             return BindOutcome::TooManyResources;
         }
+        // Room for exactly one more: most accounts have one resource, and a first push
+        // would keep room for four entries in every account's list.
+        list.reserve_exact(1);
         list.push(info);
         BindOutcome::Bound
     }
