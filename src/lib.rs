@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dns;
+pub mod hashing;
 pub mod metrics;
 pub mod migrate;
 pub mod modules;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::addr::{BareJid, DomainPart, FullJid, Jid};
 use crate::config::Config;
 use crate::context::Context;
+use crate::hashing::FastMap;
 use crate::stream::{StanzaError, StreamErrorCondition};
 use crate::xml::Element;
 
@@ -608,7 +609,7 @@ impl Registrar<'_> {
 /// Everything the modules registered, read-only after start.
 #[derive(Default)]
 pub struct Registry {
-    iq: HashMap<&'static str, Arc<dyn IqHandler>>,
+    iq: FastMap<&'static str, Arc<dyn IqHandler>>,
     services: HashMap<String, Arc<dyn Service>>,
     outbound_messages: Vec<(i32, Arc<dyn OutboundMessageHook>)>,
     inbound_messages: Vec<(i32, Arc<dyn InboundMessageHook>)>,
@@ -618,7 +619,7 @@ pub struct Registry {
     offline: Option<Arc<dyn OfflineHandler>>,
     session_events: Vec<Arc<dyn SessionEvents>>,
     outbound_filters: Vec<Arc<dyn OutboundFilter>>,
-    nonzas: HashMap<&'static str, Arc<dyn NonzaHandler>>,
+    nonzas: FastMap<&'static str, Arc<dyn NonzaHandler>>,
     bound_stream_features: Vec<Element>,
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,

@@ -1,7 +1,7 @@
 //! Bound resources per account: who is online, with which priority and presence.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::queue;
 use crate::addr::BareJid;
+use crate::hashing::FastMap;
 use crate::registry::SessionFlags;
 use crate::stream::{StreamError, StreamErrorCondition};
 use crate::xml::Element;
@@ -133,7 +134,7 @@ pub enum BindOutcome {
     TooManyResources,
 }
 
-type Shard = RwLock<HashMap<BareJid, Vec<SessionInfo>>>;
+type Shard = RwLock<FastMap<BareJid, Vec<SessionInfo>>>;
 
 /// Shards of the session table: presence fan-out and delivery touch many accounts from
 /// many tasks at once, so one lock for all would be contended.
@@ -165,7 +166,7 @@ impl Sessions {
     fn read(
         &self,
         bare: &BareJid,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<SessionInfo>>> {
+    ) -> std::sync::RwLockReadGuard<'_, FastMap<BareJid, Vec<SessionInfo>>> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent
         // because every critical section is a single insert/remove/update.
         self.shard(bare).read().unwrap_or_else(|e| e.into_inner())
@@ -173,12 +174,12 @@ impl Sessions {
     fn write(
         &self,
         bare: &BareJid,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<BareJid, Vec<SessionInfo>>> {
+    ) -> std::sync::RwLockWriteGuard<'_, FastMap<BareJid, Vec<SessionInfo>>> {
         self.shard(bare).write().unwrap_or_else(|e| e.into_inner())
     }
     fn read_all(
         &self,
-    ) -> impl Iterator<Item = std::sync::RwLockReadGuard<'_, HashMap<BareJid, Vec<SessionInfo>>>>
+    ) -> impl Iterator<Item = std::sync::RwLockReadGuard<'_, FastMap<BareJid, Vec<SessionInfo>>>>
     {
         self.shards
             .iter()

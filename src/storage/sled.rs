@@ -42,7 +42,7 @@
 //! names may not contain NUL (JIDs cannot), which keeps `<user>\0` an exact prefix.
 //! Semantics match the memory backend (see its module comment).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -65,6 +65,7 @@ use super::{
     Result, RoomStore, Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
 use crate::addr::{BareJid, DomainRef, Jid};
+use crate::hashing::{FastMap, FastSet};
 use crate::sasl::credentials::StoredCredentials;
 
 mod invites;
@@ -90,7 +91,7 @@ pub struct SledStore {
     /// First, so that dropping the store first lets the writer finish.
     writer: ArchiveWriter,
     /// Newest archive micros per user, so positions are assigned without a disk read.
-    newest: Mutex<HashMap<BareJid, u64>>,
+    newest: Mutex<FastMap<BareJid, u64>>,
     db: Db,
     accounts: Tree,
     roster: Tree,
@@ -220,13 +221,13 @@ fn hex_value(digit: u8) -> Option<u8> {
 /// and the set under the set's write lock, so no reader sees a user missing whose entries
 /// are already in the tree.
 #[derive(Default)]
-struct UsersWithEntries(RwLock<HashSet<Box<str>>>);
+struct UsersWithEntries(RwLock<FastSet<Box<str>>>);
 
 impl UsersWithEntries {
     /// The distinct users of a tree keyed `<user>` or `<user>\0...`, skipping each
     /// user's other keys with one seek.
     fn load(tree: &Tree) -> Result<Self> {
-        let mut users = HashSet::new();
+        let mut users = FastSet::default();
         let mut next = tree.iter();
         while let Some(entry) = next.next() {
             let (key, _) = entry.map_err(backend)?;
@@ -253,7 +254,7 @@ impl UsersWithEntries {
             .contains(user)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<Box<str>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, FastSet<Box<str>>> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -474,7 +475,7 @@ impl SledStore {
             presence_contacts: Mutex::new(HashMap::new()),
             roster_counts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
-            newest: Mutex::new(HashMap::new()),
+            newest: Mutex::new(FastMap::default()),
             accounts: tree("accounts")?,
             roster: tree("roster")?,
             roster_meta: tree("roster_meta")?,
@@ -897,10 +898,14 @@ impl ArchiveTrees {
         share_copies(&mut rows);
         let mut write = self.db.batch();
         for row in rows {
-            *round
-                .counts
-                .entry(row.key[..row.user_len].to_vec())
-                .or_insert(0) += 1;
+            // Looked up by slice first: a key is copied once per user, not once per row.
+            let user = &row.key[..row.user_len];
+            match round.counts.get_mut(user) {
+                Some(count) => *count += 1,
+                None => {
+                    round.counts.insert(user.to_vec(), 1);
+                }
+            }
             if let Err(e) = self.index_run(&mut write, &mut round.runs, &row) {
                 round.runs.clear();
                 return Err(e);
@@ -918,7 +923,7 @@ impl ArchiveTrees {
     fn index_run(
         &self,
         write: &mut fjall::OwnedWriteBatch,
-        runs: &mut HashMap<Vec<u8>, Option<OpenRun>>,
+        runs: &mut FastMap<Vec<u8>, Option<OpenRun>>,
         row: &ArchiveRow,
     ) -> Result<()> {
         let user = &row.key[..=row.user_len];
@@ -997,7 +1002,7 @@ impl ArchiveTrees {
     }
 
     /// Adds the counts of written messages to the stored per-user counts.
-    fn store_counts(&self, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
+    fn store_counts(&self, counts: &mut FastMap<Vec<u8>, u64>) -> Result<()> {
         if counts.is_empty() {
             return Ok(());
         }
@@ -1258,11 +1263,11 @@ struct Round {
     /// Rows written before the last flush (all rounds; the writer's running total).
     durable: u64,
     /// New messages per user written but not yet in `archive_meta`.
-    counts: HashMap<Vec<u8>, u64>,
+    counts: FastMap<Vec<u8>, u64>,
     counts_saved: Option<std::time::Instant>,
     /// The open run of every archive written to since the start (or the last removal),
     /// keyed by `<user>\0`; loaded from the store on a user's first append.
-    runs: HashMap<Vec<u8>, Option<OpenRun>>,
+    runs: FastMap<Vec<u8>, Option<OpenRun>>,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for
