@@ -7,6 +7,7 @@
 //! so `stream:`/`db:` prefixes and the stanza default namespace resolve.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use quick_xml::XmlVersion;
 use quick_xml::escape::EscapeError;
@@ -120,30 +121,49 @@ struct StreamContext {
     default_ns: Option<String>,
     /// Every prefixed declaration of the header, the root's own prefix included.
     prefixes: Vec<(String, String)>,
-    /// The header's bindings, kept for every stanza of the stream: building a resolver
-    /// and declaring them again per stanza was a tenth of parsing a message.
+}
+
+/// A resolver seeded with the bindings of a stream header, as stanzas start from it.
+struct SeededResolver {
+    default_ns: Option<String>,
+    prefixes: Vec<(String, String)>,
     resolver: NamespaceResolver,
 }
 
-impl StreamContext {
-    /// Seeds the resolver with the header's declarations; stanzas may add
-    /// `STANZA_NS_BINDINGS` more.
-    fn seed_resolver(&mut self) -> Result<(), XmlError> {
-        let inherited = self.prefixes.len() + usize::from(self.default_ns.is_some());
-        let resolver = &mut self.resolver;
+impl SeededResolver {
+    fn new(context: &StreamContext) -> Result<Self, XmlError> {
+        let inherited = context.prefixes.len() + usize::from(context.default_ns.is_some());
+        let mut resolver = NamespaceResolver::default();
         resolver.set_max_namespace_bindings(inherited + STANZA_NS_BINDINGS);
-        if let Some(default_ns) = &self.default_ns {
+        if let Some(default_ns) = &context.default_ns {
             resolver
                 .add(PrefixDeclaration::Default, Namespace(default_ns))
                 .map_err(|e| ns_error(&e))?;
         }
-        for (prefix, uri) in &self.prefixes {
+        for (prefix, uri) in &context.prefixes {
             resolver
                 .add(PrefixDeclaration::Named(prefix), Namespace(uri))
                 .map_err(|e| ns_error(&e))?;
         }
-        Ok(())
+        Ok(SeededResolver {
+            default_ns: context.default_ns.clone(),
+            prefixes: context.prefixes.clone(),
+            resolver,
+        })
     }
+
+    fn serves(&self, context: &StreamContext) -> bool {
+        self.default_ns == context.default_ns && self.prefixes == context.prefixes
+    }
+}
+
+thread_local! {
+    /// The resolver the last stanza parsed on this thread started from. Building one per
+    /// stanza (three allocations, the header's bindings declared again) was a tenth of
+    /// parsing a message, and one per stream stayed with every idle connection; nearly
+    /// all streams of a server declare the same bindings (`jabber:client` and the
+    /// `stream` prefix), so one per thread is rarely seeded again.
+    static RESOLVER: RefCell<Option<SeededResolver>> = const { RefCell::new(None) };
 }
 
 /// Sans-I/O XMPP stream parser. See the module docs.
@@ -224,7 +244,7 @@ impl StreamParser {
             FrameKind::Stanza => {
                 let context = self
                     .context
-                    .as_mut()
+                    .as_ref()
                     .ok_or_else(|| not_well_formed("stanza before the stream header"))?;
                 let element = parse_stanza(bytes, context, &self.limits)?;
                 Ok(Some(StreamEvent::Stanza(element)))
@@ -446,7 +466,6 @@ fn header_from_start(
         };
         *slot = Some(value);
     }
-    context.seed_resolver()?;
     Ok((header, context))
 }
 
@@ -528,14 +547,26 @@ fn attach(stack: &mut [Element], done: &mut Option<Element>, element: Element) {
 
 fn parse_stanza(
     bytes: &[u8],
-    context: &mut StreamContext,
+    context: &StreamContext,
     limits: &ParserLimits,
 ) -> Result<Element, XmlError> {
     let text = to_str(bytes)?;
-    let result = parse_stanza_with(text, &mut context.resolver, limits);
-    // Back to the header's bindings whatever happened inside the stanza.
-    context.resolver.set_level(0);
-    result
+    RESOLVER.with(|cell| {
+        // Parsing never re-enters itself; should the cell be in use anyway, a resolver
+        // of its own does the same job.
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return parse_stanza_with(text, &mut SeededResolver::new(context)?.resolver, limits);
+        };
+        let seeded = match slot.take() {
+            Some(seeded) if seeded.serves(context) => seeded,
+            _ => SeededResolver::new(context)?,
+        };
+        let seeded = slot.insert(seeded);
+        let result = parse_stanza_with(text, &mut seeded.resolver, limits);
+        // Back to the header's bindings whatever happened inside the stanza.
+        seeded.resolver.set_level(0);
+        result
+    })
 }
 
 /// Parses one stanza with the stream's resolver, which it leaves at the stanza's
@@ -1125,7 +1156,7 @@ mod tests {
 
     #[test]
     fn declarations_end_with_their_stanza() {
-        // The resolver is kept for the whole stream: what one stanza declares must be
+        // The resolver is kept from stanza to stanza: what one stanza declares must be
         // gone for the next, whether the element was empty or had content.
         let input = format!(
             "{HEADER}<message xmlns:p='urn:p' xmlns='urn:d'><p:x/></message>\
@@ -1174,6 +1205,43 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn interleaved_streams_keep_their_own_header_bindings() {
+        // Stanzas of streams with different headers alternate on one thread, as
+        // sessions do on a worker: each must see its own header's bindings only.
+        let mut a = StreamParser::new(LIMITS);
+        let mut b = StreamParser::new(LIMITS);
+        let events = |p: &mut StreamParser, input: &str| {
+            p.feed(input.as_bytes())?;
+            let mut out = Vec::new();
+            while let Some(e) = p.next_event()? {
+                out.push(e);
+            }
+            Ok::<_, XmlError>(out)
+        };
+        events(&mut a, "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' xmlns:x='urn:x'>").unwrap();
+        events(&mut b, "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>").unwrap();
+        for _ in 0..3 {
+            let got = events(&mut a, "<message><x:y/></message>").unwrap();
+            let [StreamEvent::Stanza(m)] = &got[..] else {
+                panic!("{got:?}");
+            };
+            assert_eq!(m.elements().next().map(|y| y.ns.as_str()), Some("urn:x"));
+            let got = events(&mut b, "<db:verify id='1'/><message/>").unwrap();
+            let [StreamEvent::Stanza(v), StreamEvent::Stanza(m)] = &got[..] else {
+                panic!("{got:?}");
+            };
+            assert_eq!(
+                (v.ns.as_str(), m.ns.as_str()),
+                ("jabber:server:dialback", ns::CLIENT)
+            );
+        }
+        // `x` is a's, not b's.
+        let err = events(&mut b, "<message><x:y/></message>").unwrap_err();
+        assert!(matches!(err, XmlError::NotWellFormed(_)), "{err:?}");
+        assert!(events(&mut a, "<message><x:y/></message>").is_ok());
     }
 
     #[test]
