@@ -216,7 +216,11 @@ async fn time_queries(
     contact: &str,
     per_user: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    println!("{label} ({}, {} messages):", user.as_str(), a.count(user).await?);
+    println!(
+        "{label} ({}, {} messages):",
+        user.as_str(),
+        a.count(user).await?
+    );
     let last_page = ArchiveQuery {
         max: PAGE,
         from_end: true,
@@ -296,10 +300,7 @@ fn disk_size(path: &Path) -> std::io::Result<u64> {
 /// Counts the records and references in the archive's fjall keyspace (the store must be
 /// closed): the check that the fill produced what it meant to. Value format 3 is a
 /// reference (src/storage/sled/record.rs).
-fn count_references(
-    path: &Path,
-    users: &[&BareJid],
-) -> Result<(), Box<dyn std::error::Error>> {
+fn count_references(path: &Path, users: &[&BareJid]) -> Result<(), Box<dyn std::error::Error>> {
     let db = fjall::Database::builder(path.join("archive")).open()?;
     let archive = db.keyspace("archive", fjall::KeyspaceCreateOptions::default)?;
     let (mut rows, mut references) = (0u64, 0u64);
