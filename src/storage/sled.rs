@@ -66,7 +66,7 @@ use super::{
     Result, RoomStore, Roster, RosterItem, RosterStore, StorageError, StoredRoom,
 };
 use crate::addr::{BareJid, DomainRef, Jid};
-use crate::hashing::FastSet;
+use crate::hashing::{FastMap, FastSet};
 use crate::sasl::credentials::StoredCredentials;
 
 mod invites;
@@ -92,7 +92,7 @@ pub struct SledStore {
     /// First, so that dropping the store first lets the writer finish.
     writer: ArchiveWriter,
     /// Newest archive micros per user, so positions are assigned without a disk read.
-    newest: Mutex<HashMap<BareJid, u64>>,
+    newest: Mutex<FastMap<BareJid, u64>>,
     db: Db,
     accounts: Tree,
     roster: Tree,
@@ -476,7 +476,7 @@ impl SledStore {
             presence_contacts: Mutex::new(HashMap::new()),
             roster_counts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
-            newest: Mutex::new(HashMap::new()),
+            newest: Mutex::new(FastMap::default()),
             accounts: tree("accounts")?,
             roster: tree("roster")?,
             roster_meta: tree("roster_meta")?,
@@ -910,10 +910,14 @@ impl ArchiveTrees {
         share_copies(&mut rows);
         let mut write = self.db.batch();
         for row in rows {
-            *round
-                .counts
-                .entry(row.key[..row.user_len].to_vec())
-                .or_insert(0) += 1;
+            // Looked up by slice first: a key is copied once per user, not once per row.
+            let user = &row.key[..row.user_len];
+            match round.counts.get_mut(user) {
+                Some(count) => *count += 1,
+                None => {
+                    round.counts.insert(user.to_vec(), 1);
+                }
+            }
             if let Err(e) = self.index_run(&mut write, &mut round.runs, &row) {
                 round.runs.clear();
                 return Err(e);
@@ -931,7 +935,7 @@ impl ArchiveTrees {
     fn index_run(
         &self,
         write: &mut fjall::OwnedWriteBatch,
-        runs: &mut HashMap<Vec<u8>, Option<OpenRun>>,
+        runs: &mut FastMap<Vec<u8>, Option<OpenRun>>,
         row: &ArchiveRow,
     ) -> Result<()> {
         let user = &row.key[..=row.user_len];
@@ -1010,7 +1014,7 @@ impl ArchiveTrees {
     }
 
     /// Adds the counts of written messages to the stored per-user counts.
-    fn store_counts(&self, counts: &mut HashMap<Vec<u8>, u64>) -> Result<()> {
+    fn store_counts(&self, counts: &mut FastMap<Vec<u8>, u64>) -> Result<()> {
         if counts.is_empty() {
             return Ok(());
         }
@@ -1271,11 +1275,11 @@ struct Round {
     /// Rows written before the last flush (all rounds; the writer's running total).
     durable: u64,
     /// New messages per user written but not yet in `archive_meta`.
-    counts: HashMap<Vec<u8>, u64>,
+    counts: FastMap<Vec<u8>, u64>,
     counts_saved: Option<std::time::Instant>,
     /// The open run of every archive written to since the start (or the last removal),
     /// keyed by `<user>\0`; loaded from the store on a user's first append.
-    runs: HashMap<Vec<u8>, Option<OpenRun>>,
+    runs: FastMap<Vec<u8>, Option<OpenRun>>,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for

@@ -107,6 +107,38 @@ fn is_bad_control(b: u8) -> bool {
     b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
+/// The first position of `a`, `b` or a control character XML forbids. Text and
+/// attribute values are most of the bytes scanned, so eight are tested at once with word
+/// arithmetic (a word holding none of them is skipped whole) and only a word that may
+/// hold one is looked at byte by byte.
+fn find_stop(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether some byte of `w` is below `n` (exact for n <= 0x80).
+    let has_below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
+    let has_byte = |w: u64, x: u8| has_below(w ^ (ONES * u64::from(x)), 1);
+    let stops = |x: u8| x == a || x == b || is_bad_control(x);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_ne_bytes(word);
+        // Tab, LF and CR are below 0x20 too: such a word is checked byte by byte.
+        if (has_below(w, 0x20) || has_byte(w, a) || has_byte(w, b))
+            && let Some(i) = chunk.iter().position(|&x| stops(x))
+        {
+            return Some(offset + i);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&x| stops(x))
+        .map(|i| offset + i)
+}
+
 fn control_error() -> XmlError {
     XmlError::NotWellFormed("control character not allowed in XML".into())
 }
@@ -215,7 +247,7 @@ impl Framer {
                 State::Text if self.depth >= 2 => {
                     // Stanza content: the bulk of the traffic, so scan in one pass.
                     let rest = &self.buf[self.pos..];
-                    match rest.iter().position(|&b| b == b'<' || is_bad_control(b)) {
+                    match find_stop(rest, b'<', b'<') {
                         None => self.pos = len,
                         Some(i) => {
                             self.pos += i;
@@ -305,10 +337,7 @@ impl Framer {
                 }
                 State::AttrValue(quote) => {
                     let rest = &self.buf[self.pos..];
-                    match rest
-                        .iter()
-                        .position(|&b| b == quote || b == b'<' || is_bad_control(b))
-                    {
+                    match find_stop(rest, quote, b'<') {
                         None => self.pos = len,
                         Some(i) => {
                             self.pos += i;
@@ -532,6 +561,30 @@ mod tests {
             }
         }
         Ok(out)
+    }
+
+    #[test]
+    fn find_stop_agrees_with_a_plain_scan() {
+        let alphabet = b"ab<>'\"\t\n\r\x00\x01\x1f\x7f\x80\xff ";
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for len in 0..40 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        alphabet[(state % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                for (a, b) in [(b'<', b'<'), (b'\'', b'<'), (b'"', b'<')] {
+                    let plain = bytes
+                        .iter()
+                        .position(|&x| x == a || x == b || is_bad_control(x));
+                    assert_eq!(find_stop(&bytes, a, b), plain, "{bytes:?} {a} {b}");
+                }
+            }
+        }
     }
 
     #[test]
