@@ -7,8 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use support::TestServer;
-use tokio::sync::mpsc;
-use xmppd::router::{BindOutcome, SessionCommand, SessionControl, SessionInfo};
+use xmppd::router::{BindOutcome, SessionControl, SessionInfo, SessionReceiver, session_queue};
 use xmppd::storage::{PendingSubscription, RosterItem, Subscription};
 use xmppd::xml::{Element, ns};
 
@@ -22,13 +21,8 @@ const RESOURCES_PER_CONTACT: usize = 2;
 /// Binds an available session for `bare/resource` straight into the session table (a
 /// thousand real logins would dominate the test's time); its queue is returned so that
 /// what the server sends it is kept, not refused.
-fn fake_online(
-    server: &TestServer,
-    bare: &str,
-    resource: &str,
-    conn_id: u64,
-) -> mpsc::Receiver<SessionCommand> {
-    let (tx, rx) = mpsc::channel(64);
+fn fake_online(server: &TestServer, bare: &str, resource: &str, conn_id: u64) -> SessionReceiver {
+    let (tx, rx) = session_queue(64);
     let presence = Element::new("presence", ns::CLIENT)
         .with_attr("from", format!("{bare}/{resource}"))
         .with_child(Element::new("status", ns::CLIENT).with_text("here"));

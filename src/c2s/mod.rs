@@ -29,8 +29,11 @@ use session::{Outcome, SessionState};
 /// Serves one accepted client connection until it closes, then, for a session that
 /// hibernates (XEP-0198), until it is resumed elsewhere or ends. `permit` (the
 /// connection's slot under the connection limits) is dropped with the socket.
+///
+/// Not an `async fn`: that would be a future around [`serve_stream`]'s keeping its own
+/// arguments (socket, TLS context, permit) for the task's whole life.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve(
+pub fn serve(
     ctx: Arc<Context>,
     tls: TlsContext,
     tcp: TcpStream,
@@ -39,7 +42,7 @@ pub async fn serve(
     conn_id: u64,
     shutdown: CancellationToken,
     permit: impl Send + 'static,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let span = info_span!("c2s", conn = conn_id, %peer, jid = tracing::field::Empty);
     let _ = tcp.set_nodelay(true);
     let conn = Connection::new(MaybeTls::Plain(tcp), StreamKind::Client, &ctx.config);
@@ -47,12 +50,11 @@ pub async fn serve(
     serve_stream(
         ctx, tls, conn, mode, transport, conn_id, shutdown, permit, span,
     )
-    .await;
 }
 
 /// Serves a client stream the HTTP server carries (WebSocket, BOSH) as [`serve`] does a
 /// socket's: the same negotiation, session, XEP-0198 and CSI.
-pub async fn serve_link(
+pub fn serve_link(
     ctx: Arc<Context>,
     tls: TlsContext,
     link: Link,
@@ -60,7 +62,7 @@ pub async fn serve_link(
     conn_id: u64,
     shutdown: CancellationToken,
     permit: impl Send + 'static,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let peer = link.peer;
     let span = info_span!(
         "c2s",
@@ -85,7 +87,6 @@ pub async fn serve_link(
         permit,
         span,
     )
-    .await;
 }
 
 /// Not an `async fn`: the connection is moved into its boxed future right away, so the
@@ -148,8 +149,12 @@ async fn negotiate_in_time(
 }
 
 /// The connection's life; returns the session if it is to hibernate.
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection(
+///
+/// Not an `async fn`: an `async fn` keeps its arguments twice (as passed, and as the
+/// body's locals), and this future lives as long as the session; the block below uses
+/// what it captured in place.
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn serve_connection(
     ctx: Arc<Context>,
     tls: TlsContext,
     mut conn: Connection,
@@ -157,38 +162,49 @@ async fn serve_connection(
     transport: Transport,
     conn_id: u64,
     shutdown: CancellationToken,
-    _permit: impl Send,
-) -> Option<Box<SessionState>> {
-    let (ctx, shutdown) = (&ctx, &shutdown);
-    let _counted = ctx.metrics.c2s_connection(transport);
-    let default_domain = ctx.default_domain();
-    let negotiation = Box::pin(negotiate_in_time(
-        ctx, &tls, &mut conn, mode, conn_id, shutdown,
-    ));
-    let negotiated = negotiation.await;
-    let (state, resumed) = match negotiated {
-        Ok(Negotiated::Bound(bound)) => (SessionState::new(bound), None),
-        Ok(Negotiated::Resumed(state, h)) => (state, Some(h)),
+    permit: impl Send,
+) -> impl std::future::Future<Output = Option<Box<SessionState>>> + Send {
+    async move {
+        let _permit = permit;
+        let _counted = ctx.metrics.c2s_connection(transport);
+        // Negotiation (and its end) in a box of its own: the session does not keep it.
+        let negotiation = Box::pin(negotiated_or_closed(
+            &ctx, tls, &mut conn, mode, conn_id, &shutdown,
+        ));
+        let (state, resumed) = negotiation.await?;
+        tracing::Span::current().record("jid", state.bound.full.as_str());
+        debug!(resumed = resumed.is_some(), "session bound");
+        let session = Box::pin(session::run(&ctx, &mut conn, state, resumed, &shutdown));
+        let outcome = session.await;
+        debug!("connection closed");
+        let (ending, hibernate, domain) = match outcome {
+            Outcome::Closed(ending, domain) => (ending, None, domain),
+            Outcome::Hibernate(state, ending) => {
+                let domain = state.bound.domain.clone();
+                (ending, Some(state), domain)
+            }
+        };
+        Box::pin(conn.finish(ending, &domain)).await;
+        hibernate
+    }
+}
+
+/// Negotiation up to a bound or resumed session; a failed one is closed here.
+async fn negotiated_or_closed(
+    ctx: &Arc<Context>,
+    tls: TlsContext,
+    conn: &mut Connection,
+    mode: TlsMode,
+    conn_id: u64,
+    shutdown: &CancellationToken,
+) -> Option<(Box<SessionState>, Option<Option<u32>>)> {
+    match negotiate_in_time(ctx, &tls, conn, mode, conn_id, shutdown).await {
+        Ok(Negotiated::Bound(bound)) => Some((SessionState::new(bound), None)),
+        Ok(Negotiated::Resumed(state, h)) => Some((state, Some(h))),
         Err(ending) => {
-            Box::pin(conn.finish(ending, &default_domain)).await;
+            conn.finish(ending, &ctx.default_domain()).await;
             debug!("connection closed");
-            return None;
-        }
-    };
-    tracing::Span::current().record("jid", state.bound.full.as_str());
-    debug!(resumed = resumed.is_some(), "session bound");
-    let domain = state.bound.domain.clone();
-    let session = Box::pin(session::run(ctx, &mut conn, state, resumed, shutdown));
-    let outcome = session.await;
-    debug!("connection closed");
-    match outcome {
-        Outcome::Closed(ending) => {
-            Box::pin(conn.finish(ending, &domain)).await;
             None
-        }
-        Outcome::Hibernate(state, ending) => {
-            Box::pin(conn.finish(ending, &domain)).await;
-            Some(state)
         }
     }
 }

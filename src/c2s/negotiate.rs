@@ -38,7 +38,7 @@ pub(crate) struct Bound {
     pub full: FullJid,
     pub domain: String,
     pub conn_id: u64,
-    pub rx: tokio::sync::mpsc::Receiver<crate::router::SessionCommand>,
+    pub rx: crate::router::SessionReceiver,
     pub control: Arc<SessionControl>,
     /// The stream's `xml:lang`, stamped on the client's stanzas that carry none
     /// (RFC 6120 §4.7.4), so recipients know their language.
@@ -652,7 +652,7 @@ async fn bind(
         },
     };
     let resource = full.resource().as_str().to_string();
-    let (tx, rx) = tokio::sync::mpsc::channel(ctx.config.limits.session_queue_len);
+    let (tx, rx) = crate::router::session_queue(ctx.config.limits.session_queue_len);
     // Half the session's byte budget for its queue; SM's unacked stanzas and CSI's held
     // ones share the other half.
     let control = Arc::new(SessionControl::new(ctx.config.limits.session_max_bytes / 2));

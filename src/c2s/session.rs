@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -20,7 +19,7 @@ use crate::addr::{self, Jid};
 use crate::context::Context;
 use crate::metrics::{Direction, Stream};
 use crate::registry::{Extensions, Outgoing, SessionCtx, SessionEvent};
-use crate::router::{route_addressed, route_reply, serve_own_session};
+use crate::router::{TryRecvError, route_addressed, route_reply, serve_own_session};
 use crate::server::Shaper;
 use crate::stream::{StanzaError, StreamError, StreamErrorCondition};
 use crate::xml::{Element, StreamEvent, ns};
@@ -43,8 +42,8 @@ pub(crate) struct SessionState {
     written_receipts: Vec<String>,
     /// The last `to` the client wrote and what it parsed to: clients write to the same
     /// contact many times in a row, and preparing a JID (PRECIS) was about 2 % of the
-    /// instructions of routing a message.
-    last_to: Option<(Box<str>, Jid)>,
+    /// instructions of routing a message. Boxed: a pointer in sessions that never send.
+    last_to: Option<Box<(Box<str>, Jid)>>,
 }
 
 impl SessionState {
@@ -200,8 +199,9 @@ pub(crate) fn module_view<'a>(
 
 /// How a session's time on a connection ended.
 pub(crate) enum Outcome {
-    /// The session is over (or moved to another connection); close like this.
-    Closed(Ending),
+    /// The session is over (or moved to another connection); close like this, as our
+    /// domain.
+    Closed(Ending, String),
     /// The connection is lost but the session is resumable: close like this, then
     /// hibernate.
     Hibernate(Box<SessionState>, Ending),
@@ -231,36 +231,38 @@ pub(crate) async fn run(
         Box::pin(state.event(ctx, Some(conn), &SessionEvent::Bound)).await;
     }
     loop {
-        let end = match resumed.take() {
-            Some(h) => match Box::pin(resume_stream(ctx, conn, &mut state, h)).await {
-                Ok(()) => serve_bound(ctx, conn, &mut state, shutdown).await,
-                Err(end) => end,
-            },
-            None => serve_bound(ctx, conn, &mut state, shutdown).await,
-        };
+        let end = serve_bound(ctx, conn, &mut state, resumed.take(), shutdown).await;
         match end {
             LoopEnd::Close(ending) => {
+                let domain = state.bound.domain.clone();
                 Box::pin(end_session(ctx, state, false)).await;
-                return Outcome::Closed(ending);
+                return Outcome::Closed(ending, domain);
             }
             LoopEnd::Lost(ending) if state.resumable() => {
                 return Outcome::Hibernate(state, ending);
             }
             LoopEnd::Lost(ending) => {
+                let domain = state.bound.domain.clone();
                 Box::pin(end_session(ctx, state, false)).await;
-                return Outcome::Closed(ending);
+                return Outcome::Closed(ending, domain);
             }
-            LoopEnd::TakeOver(req) => match Box::pin(sm::hand_over(req, state)).await {
-                Ok(()) => {
-                    debug!("session taken over by a resuming connection");
-                    return Outcome::Closed(Ending::Error(StreamError::with_text(
-                        StreamErrorCondition::Conflict,
-                        "the session was resumed on another connection",
-                    )));
+            LoopEnd::TakeOver(req) => {
+                let domain = state.bound.domain.clone();
+                match Box::pin(sm::hand_over(req, state)).await {
+                    Ok(()) => {
+                        debug!("session taken over by a resuming connection");
+                        return Outcome::Closed(
+                            Ending::Error(StreamError::with_text(
+                                StreamErrorCondition::Conflict,
+                                "the session was resumed on another connection",
+                            )),
+                            domain,
+                        );
+                    }
+                    // The resuming connection is gone already; carry on here.
+                    Err(back) => state = back,
                 }
-                // The resuming connection is gone already; carry on here.
-                Err(back) => state = back,
-            },
+            }
         }
     }
 }
@@ -345,12 +347,20 @@ async fn resume_stream(
     state.flush(ctx, conn).await.map_err(LoopEnd::Lost)
 }
 
+/// The session on its connection until it ends there. `resumed`: first the steps of a
+/// connection that just resumed the session, with the client's `h`.
 async fn serve_bound(
     ctx: &Arc<Context>,
     conn: &mut Connection,
     state: &mut SessionState,
+    resumed: Option<Option<u32>>,
     shutdown: &CancellationToken,
 ) -> LoopEnd {
+    if let Some(h) = resumed
+        && let Err(end) = Box::pin(resume_stream(ctx, conn, state, h)).await
+    {
+        return end;
+    }
     let idle = Duration::from_secs(ctx.config.limits.idle_timeout_secs);
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
@@ -360,7 +370,7 @@ async fn serve_bound(
     let own_limit = ctx.config.limits.session_backlog_len;
     let mut shaper = Shaper::new(ctx.config.limits.c2s_shaper(), std::time::Instant::now());
     // While the client is over its rate, its input is left unread (TCP pushes back).
-    let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut paused: Option<Pause> = None;
     // Made once, not per pass of the loop: a new cancellation future registers with the
     // token's waiter list on its first poll and leaves it when dropped, a lock each way,
     // twice per token and pass (3 % of the instructions per chat message).
@@ -422,9 +432,7 @@ async fn serve_bound(
                     return LoopEnd::Lost(e);
                 }
             }
-            _ = tokio::time::sleep_until(
-                paused_until.unwrap_or_else(tokio::time::Instant::now)
-            ), if paused_until.is_some() => {
+            _ = paused_for(&mut paused), if paused.is_some() => {
                 // What was read before the pause is handled first.
                 let handled = handle_input(ctx, conn, state, &control, own_limit, &mut shaper);
                 let wait = match handled.await {
@@ -434,13 +442,15 @@ async fn serve_bound(
                 if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
-                paused_until = pause(wait);
+                paused = pause(wait);
             }
-            read = conn.read_some(), if paused_until.is_none() => {
+            read = read_some(conn), if paused.is_none() => {
                 let read_bytes = match read {
                     Ok(n) => n,
-                    Err(Ending::Gone) => return LoopEnd::Lost(Ending::Gone),
-                    Err(ending) => return LoopEnd::Close(ending),
+                    Err(ending) if matches!(*ending, Ending::Gone) => {
+                        return LoopEnd::Lost(Ending::Gone);
+                    }
+                    Err(ending) => return LoopEnd::Close(*ending),
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 let by_bytes = shaper.charge(read_bytes, 0, std::time::Instant::now());
@@ -453,7 +463,7 @@ async fn serve_bound(
                 if let Err(e) = state.flush(ctx, conn).await {
                     return LoopEnd::Lost(e);
                 }
-                paused_until = pause(by_bytes.max(by_stanzas));
+                paused = pause(by_bytes.max(by_stanzas));
             }
             _ = &mut idle_timer => {
                 debug!("idle timeout");
@@ -463,8 +473,26 @@ async fn serve_bound(
     }
 }
 
-/// When to read again after a shaper's `wait` (none: now).
-fn pause(wait: Duration) -> Option<tokio::time::Instant> {
+/// A client over its input rate waits this out. On the heap: only such a client has
+/// one, and a timer in every session's future would cost each idle session its size.
+type Pause = std::pin::Pin<Box<tokio::time::Sleep>>;
+
+/// Until the pause is over; never without one (its branch is disabled then).
+async fn paused_for(pause: &mut Option<Pause>) {
+    match pause {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// [`Connection::read_some`], its rare error boxed: the session loop keeps what a branch
+/// returned while that branch runs, and the loop lives as long as the session.
+async fn read_some(conn: &mut Connection) -> Result<usize, Box<Ending>> {
+    conn.read_some().await.map_err(Box::new)
+}
+
+/// The pause after a shaper's `wait` (none: read now).
+fn pause(wait: Duration) -> Option<Pause> {
     if wait.is_zero() {
         return None;
     }
@@ -472,7 +500,7 @@ fn pause(wait: Duration) -> Option<tokio::time::Instant> {
         wait_ms = wait.as_millis() as u64,
         "over the input rate; reading paused"
     );
-    Some(tokio::time::Instant::now() + wait)
+    Some(Box::pin(tokio::time::sleep(wait)))
 }
 
 /// Handles what the parser holds, element by element, until it is empty or the client is
@@ -487,36 +515,37 @@ async fn handle_input(
 ) -> Result<Duration, LoopEnd> {
     let read_at = std::time::Instant::now();
     loop {
-        match conn.parser.next_event() {
+        // The element is taken out of the parser's result before anything is awaited:
+        // the result (an event or an error) would otherwise be kept across the awaits.
+        let el = match conn.parser.next_event() {
             Ok(None) => return Ok(Duration::ZERO),
-            Ok(Some(StreamEvent::Stanza(el))) => {
-                // Boxed: the stanza pipeline's state would otherwise be part of every
-                // idle session's future. A message brings back at most an answer or two
-                // (it goes through the queue); presence and iq can bring back many
-                // (probe answers, archive pages), kept aside for this session.
-                if el.name == "message" {
-                    Box::pin(handle_element(ctx, conn, state, el)).await?;
-                } else {
-                    let handled = Box::pin(serve_own_session(
-                        control.clone(),
-                        own_limit,
-                        handle_element(ctx, conn, state, el),
-                    ));
-                    let (handled, mut kept) = handled.await;
-                    state.backlog.append(&mut kept);
-                    handled?;
-                }
-                // The read's time stands for the whole batch: no clock read per stanza.
-                let wait = shaper.charge(0, 1, read_at);
-                if !wait.is_zero() {
-                    return Ok(wait);
-                }
-            }
+            Ok(Some(StreamEvent::Stanza(el))) => el,
             Ok(Some(StreamEvent::Close)) => return Err(LoopEnd::Close(Ending::PeerClosed)),
             Ok(Some(StreamEvent::Open(_))) => {
                 return Err(LoopEnd::Close(StreamErrorCondition::NotWellFormed.into()));
             }
             Err(e) => return Err(LoopEnd::Close(super::xml_ending(e))),
+        };
+        // Boxed: the stanza pipeline's state would otherwise be part of every idle
+        // session's future. A message brings back at most an answer or two (it goes
+        // through the queue); presence and iq can bring back many (probe answers,
+        // archive pages), kept aside for this session.
+        if el.name == "message" {
+            Box::pin(handle_element(ctx, conn, state, el)).await?;
+        } else {
+            let handled = Box::pin(serve_own_session(
+                control.clone(),
+                own_limit,
+                handle_element(ctx, conn, state, el),
+            ));
+            let (handled, mut kept) = handled.await;
+            state.backlog.append(&mut kept);
+            handled?;
+        }
+        // The read's time stands for the whole batch: no clock read per stanza.
+        let wait = shaper.charge(0, 1, read_at);
+        if !wait.is_zero() {
+            return Ok(wait);
         }
     }
 }
@@ -634,14 +663,14 @@ fn handle_sm(
 }
 
 /// `raw` parsed as a JID, from `last` when it is the same string as the last time.
-fn parse_to(last: &mut Option<(Box<str>, Jid)>, raw: &str) -> Option<Jid> {
-    if let Some((last_raw, jid)) = last.as_ref()
+fn parse_to(last: &mut Option<Box<(Box<str>, Jid)>>, raw: &str) -> Option<Jid> {
+    if let Some((last_raw, jid)) = last.as_deref()
         && **last_raw == *raw
     {
         return Some(jid.clone());
     }
     let jid = addr::parse(raw)?;
-    *last = Some((raw.into(), jid.clone()));
+    *last = Some(Box::new((raw.into(), jid.clone())));
     Some(jid)
 }
 
@@ -749,7 +778,7 @@ mod tests {
         assert_eq!(parse_to(&mut last, "a@b@c"), None);
         assert_eq!(parse_to(&mut last, "a@b@c"), None);
         assert_eq!(
-            last.as_ref().map(|(raw, _)| &**raw),
+            last.as_deref().map(|(raw, _)| &**raw),
             Some("juliet@example.com/balcony")
         );
     }

@@ -682,7 +682,7 @@ mod tests {
     }
 
     fn test_state(bare: &str) -> Box<SessionState> {
-        let (_tx, rx) = mpsc::channel(1);
+        let (_tx, rx) = crate::router::session_queue(1);
         SessionState::new(super::super::negotiate::Bound {
             bare: b(bare),
             resource: "r".into(),

@@ -131,7 +131,9 @@ impl Connection {
     /// Writes what is queued, within the write deadline.
     pub async fn flush(&mut self) -> Result<(), Ending> {
         if let MaybeTls::Link(link) = &mut self.io {
-            return match tokio::time::timeout(self.write_timeout, link.flush()).await {
+            // Boxed, as a socket's slow path is (`write_all_within`).
+            let flushed = Box::pin(tokio::time::timeout(self.write_timeout, link.flush()));
+            return match flushed.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) | Err(_) => {
                     debug!("transport stopped taking output; connection lost");

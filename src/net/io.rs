@@ -159,6 +159,39 @@ pub async fn write_all_within(
     mut buf: &[u8],
     stall: std::time::Duration,
 ) -> io::Result<()> {
+    // Nearly every write completes at once. Only the rest, with its timers, is boxed:
+    // every connection's future holds this one's state while it writes, and many live
+    // as long as an idle session.
+    while !buf.is_empty() {
+        match poll_once(|cx| Pin::new(&mut *io).poll_write(cx, buf)).await {
+            Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => buf = &buf[n..],
+            Some(Err(e)) => return Err(e),
+            None => return Box::pin(write_all_slowly(io, buf, stall)).await,
+        }
+    }
+    match poll_once(|cx| Pin::new(&mut *io).poll_flush(cx)).await {
+        Some(flushed) => flushed,
+        None => Box::pin(write_all_slowly(io, buf, stall)).await,
+    }
+}
+
+/// `f` polled once: its output if it is ready, else `None`.
+fn poll_once<T>(
+    mut f: impl FnMut(&mut std::task::Context<'_>) -> Poll<T>,
+) -> impl std::future::Future<Output = Option<T>> {
+    std::future::poll_fn(move |cx| match f(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+}
+
+/// [`write_all_within`] once the peer did not take everything at once.
+async fn write_all_slowly(
+    io: &mut (impl AsyncWrite + Unpin),
+    mut buf: &[u8],
+    stall: std::time::Duration,
+) -> io::Result<()> {
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading");
     while !buf.is_empty() {
         // Nearly every write completes at once: no clock reading or timer for those.

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
+use super::queue::TrySendError;
 use super::sessions::{OwnDelivery, keep_for_own_session};
-use super::{SessionCommand, SessionControl};
+use super::{SessionCommand, SessionControl, SessionSender};
 use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
 use crate::registry::{Incoming, IqTarget};
@@ -18,7 +18,7 @@ use crate::xml::Element;
 /// session (offline messages, probe answers at login) is kept aside for it instead: the
 /// task cannot drain its queue while it is busy filling it.
 pub fn deliver_to_session(
-    tx: &tokio::sync::mpsc::Sender<SessionCommand>,
+    tx: &SessionSender,
     control: &Arc<SessionControl>,
     stanza: Element,
 ) -> bool {
@@ -27,7 +27,7 @@ pub fn deliver_to_session(
 
 /// Like [`deliver_to_session`]; a refused stanza comes back.
 fn offer(
-    tx: &tokio::sync::mpsc::Sender<SessionCommand>,
+    tx: &SessionSender,
     control: &Arc<SessionControl>,
     stanza: Element,
 ) -> Result<(), Element> {
@@ -297,10 +297,7 @@ pub async fn redeliver(
 async fn to_resources_or_offline(
     ctx: &Arc<Context>,
     bare: &BareJid,
-    targets: Vec<(
-        tokio::sync::mpsc::Sender<SessionCommand>,
-        Arc<SessionControl>,
-    )>,
+    targets: Vec<(SessionSender, Arc<SessionControl>)>,
     stanza: Element,
     headline: bool,
     already_notified: bool,

@@ -3,11 +3,15 @@
 //! registry's (`crate::registry`).
 
 mod deliver;
+mod queue;
 mod sessions;
+
+pub use queue::{TryRecvError, TrySendError};
 
 pub use deliver::{
     deliver_to_session, redeliver, route, route_addressed, route_reply, route_unfiltered,
 };
 pub use sessions::{
-    BindOutcome, SessionCommand, SessionControl, SessionInfo, Sessions, serve_own_session,
+    BindOutcome, SessionCommand, SessionControl, SessionInfo, SessionReceiver, SessionSender,
+    Sessions, serve_own_session, session_queue,
 };

@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::queue;
 use crate::addr::BareJid;
 use crate::hashing::FastMap;
 use crate::registry::SessionFlags;
@@ -30,6 +30,16 @@ impl SessionCommand {
         control.release(bytes);
         el
     }
+}
+
+/// The sending side of a session's queue (see [`queue`]).
+pub type SessionSender = queue::Sender<SessionCommand>;
+/// The session task's side of its queue.
+pub type SessionReceiver = queue::Receiver<SessionCommand>;
+
+/// A session's queue, holding at most `max_len` stanzas.
+pub fn session_queue(max_len: usize) -> (SessionSender, SessionReceiver) {
+    queue::bounded(max_len)
 }
 
 /// Lets the router stop a session from outside (conflict, stuck queue, shutdown), and
@@ -102,7 +112,7 @@ impl SessionControl {
 pub struct SessionInfo {
     pub resource: String,
     pub conn_id: u64,
-    pub tx: mpsc::Sender<SessionCommand>,
+    pub tx: SessionSender,
     pub control: Arc<SessionControl>,
     pub priority: i8,
     /// Initial presence was sent and no unavailable since.
@@ -187,6 +197,9 @@ impl Sessions {
         if list.len() >= max_resources {
             return BindOutcome::TooManyResources;
         }
+        // Room for exactly one more: most accounts have one resource, and a first push
+        // would keep room for four entries in every account's list.
+        list.reserve_exact(1);
         list.push(info);
         BindOutcome::Bound
     }
@@ -255,7 +268,7 @@ impl Sessions {
         &self,
         bare: &BareJid,
         pred: impl Fn(&SessionInfo) -> bool,
-    ) -> Vec<(mpsc::Sender<SessionCommand>, Arc<SessionControl>)> {
+    ) -> Vec<(SessionSender, Arc<SessionControl>)> {
         self.select(bare, |s| pred(s).then(|| (s.tx.clone(), s.control.clone())))
     }
 
@@ -263,7 +276,7 @@ impl Sessions {
         &self,
         bare: &BareJid,
         resource: &str,
-    ) -> Option<(mpsc::Sender<SessionCommand>, Arc<SessionControl>)> {
+    ) -> Option<(SessionSender, Arc<SessionControl>)> {
         self.read(bare)
             .get(bare)?
             .iter()
@@ -296,7 +309,7 @@ impl Sessions {
         let (mut total, mut fullest) = (0, 0);
         for m in self.read_all() {
             for s in m.values().flatten() {
-                let queued = s.tx.max_capacity().saturating_sub(s.tx.capacity());
+                let queued = s.tx.len();
                 total += queued;
                 fullest = fullest.max(queued);
             }

@@ -123,9 +123,6 @@ struct StreamContext {
     /// The header's bindings, kept for every stanza of the stream: building a resolver
     /// and declaring them again per stanza was a tenth of parsing a message.
     resolver: NamespaceResolver,
-    /// The open elements of the stanza being parsed; empty between stanzas (its room is
-    /// reused).
-    stack: Vec<Element>,
 }
 
 impl StreamContext {
@@ -535,10 +532,9 @@ fn parse_stanza(
     limits: &ParserLimits,
 ) -> Result<Element, XmlError> {
     let text = to_str(bytes)?;
-    let result = parse_stanza_with(text, &mut context.resolver, &mut context.stack, limits);
+    let result = parse_stanza_with(text, &mut context.resolver, limits);
     // Back to the header's bindings whatever happened inside the stanza.
     context.resolver.set_level(0);
-    context.stack.clear();
     result
 }
 
@@ -548,10 +544,12 @@ fn parse_stanza(
 fn parse_stanza_with(
     text: &str,
     resolver: &mut NamespaceResolver,
-    stack: &mut Vec<Element>,
     limits: &ParserLimits,
 ) -> Result<Element, XmlError> {
     let mut reader = Reader::from_str(text);
+    // Not kept between stanzas: its room (four elements) would stay with every idle
+    // connection.
+    let mut stack: Vec<Element> = Vec::new();
     let mut done: Option<Element> = None;
     loop {
         let event = reader.read_event()?;
@@ -570,7 +568,7 @@ fn parse_stanza_with(
                 resolver.push(&start).map_err(|e| ns_error(&e))?;
                 let element = element_from_start(&start, resolver, limits)?;
                 resolver.pop();
-                attach(stack, &mut done, element);
+                attach(&mut stack, &mut done, element);
             }
             Event::End(_) => {
                 // quick-xml checks that end tags match their start tags.
@@ -578,7 +576,7 @@ fn parse_stanza_with(
                     .pop()
                     .ok_or_else(|| not_well_formed("unexpected end tag"))?;
                 resolver.pop();
-                attach(stack, &mut done, element);
+                attach(&mut stack, &mut done, element);
             }
             Event::Text(t) => {
                 let parent = stack
