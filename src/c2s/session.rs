@@ -233,15 +233,10 @@ pub(crate) async fn run(
     loop {
         let end = serve_bound(ctx, conn, &mut state, resumed.take(), shutdown).await;
         match end {
-            LoopEnd::Close(ending) => {
-                let domain = state.bound.domain.clone();
-                Box::pin(end_session(ctx, state, false)).await;
-                return Outcome::Closed(ending, domain);
-            }
             LoopEnd::Lost(ending) if state.resumable() => {
                 return Outcome::Hibernate(state, ending);
             }
-            LoopEnd::Lost(ending) => {
+            LoopEnd::Close(ending) | LoopEnd::Lost(ending) => {
                 let domain = state.bound.domain.clone();
                 Box::pin(end_session(ctx, state, false)).await;
                 return Outcome::Closed(ending, domain);

@@ -163,27 +163,17 @@ pub async fn write_all_within(
     // every connection's future holds this one's state while it writes, and many live
     // as long as an idle session.
     while !buf.is_empty() {
-        match poll_once(|cx| Pin::new(&mut *io).poll_write(cx, buf)).await {
+        match ready_now(io.write(buf)).await {
             Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
             Some(Ok(n)) => buf = &buf[n..],
             Some(Err(e)) => return Err(e),
             None => return Box::pin(write_all_slowly(io, buf, stall)).await,
         }
     }
-    match poll_once(|cx| Pin::new(&mut *io).poll_flush(cx)).await {
+    match ready_now(io.flush()).await {
         Some(flushed) => flushed,
         None => Box::pin(write_all_slowly(io, buf, stall)).await,
     }
-}
-
-/// `f` polled once: its output if it is ready, else `None`.
-fn poll_once<T>(
-    mut f: impl FnMut(&mut std::task::Context<'_>) -> Poll<T>,
-) -> impl std::future::Future<Output = Option<T>> {
-    std::future::poll_fn(move |cx| match f(cx) {
-        Poll::Ready(output) => Poll::Ready(Some(output)),
-        Poll::Pending => Poll::Ready(None),
-    })
 }
 
 /// [`write_all_within`] once the peer did not take everything at once.
