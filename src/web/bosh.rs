@@ -249,9 +249,16 @@ async fn request(
         },
     };
     let (reply, answer) = oneshot::channel();
-    // A full queue means more requests at once than any client needs.
-    if session.try_send(Request { body, reply }).is_err() {
-        return respond(cors, terminate("policy-violation"));
+    match session.try_send(Request { body, reply }) {
+        Ok(()) => {}
+        // A full queue means more requests at once than any client needs.
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return respond(cors, terminate("policy-violation"));
+        }
+        // The session ended and is about to leave the table: as if it had (§14.2).
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return respond(cors, terminate("item-not-found"));
+        }
     }
     match answer.await {
         Ok(xml) => respond(cors, xml),
