@@ -19,7 +19,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use crate::router::queue;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -80,7 +82,7 @@ pub(crate) struct StreamManagement {
     /// How long the session may stay hibernated.
     pub resume_timeout: Duration,
     /// Takeover requests from resuming connections (resumable sessions only).
-    pub takeover: Option<mpsc::Receiver<TakeoverRequest>>,
+    pub takeover: Option<queue::Receiver<TakeoverRequest>>,
     /// Stanzas received from the client and handled (mod 2^32): our `h`.
     handled: u32,
     /// The client's last `h`: how many of our stanzas it has handled (mod 2^32).
@@ -111,7 +113,7 @@ impl StreamManagement {
     pub fn new(
         id: Option<String>,
         resume_timeout: Duration,
-        takeover: Option<mpsc::Receiver<TakeoverRequest>>,
+        takeover: Option<queue::Receiver<TakeoverRequest>>,
     ) -> Self {
         StreamManagement {
             id,
@@ -293,7 +295,7 @@ pub(crate) fn parse_bool(value: Option<&str>) -> bool {
 
 struct Entry {
     bare: BareJid,
-    takeover: mpsc::Sender<TakeoverRequest>,
+    takeover: queue::Sender<TakeoverRequest>,
 }
 
 #[derive(Default)]
@@ -316,8 +318,10 @@ impl SmRegistry {
     }
 
     /// Registers a resumable session; returns its SM-ID and takeover receiver.
-    pub(crate) fn register(&self, bare: &BareJid) -> (String, mpsc::Receiver<TakeoverRequest>) {
-        let (tx, rx) = mpsc::channel(4);
+    pub(crate) fn register(&self, bare: &BareJid) -> (String, queue::Receiver<TakeoverRequest>) {
+        // Our own queue, not tokio's mpsc: it holds nothing until a request comes, and a
+        // resumable session keeps it all its life.
+        let (tx, rx) = queue::bounded(4);
         let mut inner = self.lock();
         // 96 random bits; a collision is as good as impossible, but never reuse an id.
         let mut id = crate::stream::random_id();
@@ -339,7 +343,7 @@ impl SmRegistry {
     }
 
     /// The takeover channel of `id`, if it exists and belongs to `bare`.
-    fn lookup(&self, id: &str, bare: &BareJid) -> Option<mpsc::Sender<TakeoverRequest>> {
+    fn lookup(&self, id: &str, bare: &BareJid) -> Option<queue::Sender<TakeoverRequest>> {
         self.lock()
             .by_id
             .get(id)
@@ -706,7 +710,7 @@ mod tests {
     /// An owner task like a session's: answers takeover requests with `hand_over`,
     /// after `delay`; reports whether it still has the state afterwards.
     fn owner(
-        mut rx: mpsc::Receiver<TakeoverRequest>,
+        mut rx: queue::Receiver<TakeoverRequest>,
         delay: Duration,
     ) -> tokio::task::JoinHandle<bool> {
         tokio::spawn(async move {
@@ -740,15 +744,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_resumer_that_never_takes_leaves_the_state_with_its_owner() {
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = queue::bounded(1);
         let kept = owner(rx, Duration::ZERO);
         let (ready, ready_rx) = oneshot::channel();
         let slot = Slot::default();
-        tx.send(TakeoverRequest {
+        tx.try_send(TakeoverRequest {
             slot: slot.clone(),
             ready,
         })
-        .await
         .unwrap();
         // Told the state is there, the resumer drops the confirm channel untouched.
         drop(ready_rx.await.unwrap());

@@ -3,7 +3,7 @@
 //! registry's (`crate::registry`).
 
 mod deliver;
-mod queue;
+pub(crate) mod queue;
 mod sessions;
 
 pub use queue::{TryRecvError, TrySendError};
