@@ -22,9 +22,10 @@ use super::{IqHandler, IqTarget, internal, own_account};
 use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
+use crate::hashing::FastMap;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook, Outgoing,
-    Registrar, RouteFilter,
+    AccountRemoved, Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook,
+    Outgoing, Registrar, RouteFilter,
 };
 use crate::router::deliver_to_session;
 use crate::storage::{
@@ -65,6 +66,64 @@ const ENCRYPTED: &[(&str, &str)] = &[
 #[derive(Default)]
 pub struct Mam {
     queries: RemoteQueries,
+    prefs: PrefsCache,
+}
+
+/// The archive preferences of the users messages were lately accepted for: each message
+/// asks for those of both ends, archive on or off, and the store's answer cost two boxed
+/// futures and a tree lookup each time. Only this module writes preferences, and it hears
+/// of account removal (which drops them), so it keeps the cache right itself.
+#[derive(Default)]
+struct PrefsCache {
+    inner: std::sync::Mutex<CachedPrefs>,
+}
+
+#[derive(Default)]
+struct CachedPrefs {
+    /// `None`: the user has set none (the configured default applies).
+    map: FastMap<BareJid, Option<Arc<ArchivePrefs>>>,
+    /// Bumped by every change, so that a load which raced with one is not kept.
+    epoch: u64,
+}
+
+/// Users whose preferences are kept; past this the cache starts again empty.
+const MAX_CACHED_PREFS: usize = 10_000;
+
+impl PrefsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedPrefs> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored preferences of `user` (`None`: none set), from the store on a miss.
+    async fn get(
+        &self,
+        ctx: &Context,
+        user: &BareJid,
+    ) -> Result<Option<Arc<ArchivePrefs>>, StorageError> {
+        let epoch = {
+            let cache = self.lock();
+            if let Some(prefs) = cache.map.get(user) {
+                return Ok(prefs.clone());
+            }
+            cache.epoch
+        };
+        let prefs = ctx.storage.archive.prefs(user).await?.map(Arc::new);
+        let mut cache = self.lock();
+        if cache.epoch == epoch {
+            if cache.map.len() >= MAX_CACHED_PREFS {
+                cache.map.clear();
+            }
+            cache.map.insert(user.clone(), prefs.clone());
+        }
+        Ok(prefs)
+    }
+
+    /// Forgets `user`'s preferences after they changed in the store (or may have).
+    fn changed(&self, user: &BareJid) {
+        let mut cache = self.lock();
+        cache.epoch += 1;
+        cache.map.remove(user);
+    }
 }
 
 /// Outstanding queries by (client full JID, archive bare JID).
@@ -220,6 +279,7 @@ fn default_prefs(ctx: &Context) -> ArchivePrefs {
     }
 }
 
+/// The preferences in force for `user`, read from the store (requests of the user).
 async fn load_prefs(ctx: &Arc<Context>, user: &BareJid) -> Result<ArchivePrefs, StorageError> {
     Ok(ctx
         .storage
@@ -230,12 +290,20 @@ async fn load_prefs(ctx: &Arc<Context>, user: &BareJid) -> Result<ArchivePrefs, 
 }
 
 /// XEP-0441: whether the user's preferences let a message with `with` be archived.
-async fn allowed(ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
-    let prefs = match load_prefs(ctx, user).await {
+async fn allowed(cache: &PrefsCache, ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
+    let stored = match cache.get(ctx, user).await {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "loading archive preferences failed");
-            default_prefs(ctx)
+            None
+        }
+    };
+    let default;
+    let prefs = match &stored {
+        Some(p) => &**p,
+        None => {
+            default = default_prefs(ctx);
+            &default
         }
     };
     // Most users list nobody: building the bare JID (a formatted string) for them was a
@@ -276,12 +344,13 @@ fn retention_floor(ctx: &Context) -> ArchivePos {
 }
 
 async fn archive(
+    cache: &PrefsCache,
     ctx: &Arc<Context>,
     user: &BareJid,
     with: &Jid,
     el: &Element,
 ) -> Option<ArchiveStamp> {
-    if !archivable(el) || !allowed(ctx, user, with).await {
+    if !archivable(el) || !allowed(cache, ctx, user, with).await {
         return None;
     }
     let stanza = el.to_stanza_string();
@@ -371,6 +440,7 @@ impl Module for Mam {
         r.iq(me.clone());
         r.outbound_message(HOOK_ORDER, me.clone());
         r.inbound_message(HOOK_ORDER, me.clone());
+        r.account_removed(me.clone());
         r.route_filter(me);
         r.task(Box::new(|ctx, shutdown| {
             Box::pin(run_pruner(ctx, shutdown))
@@ -391,7 +461,7 @@ impl OutboundMessageHook for Mam {
     ) -> Flow {
         // Only this server may say where a message sits in the user's archive.
         strip_own_stanza_ids(msg.user, el);
-        if let Some(archived) = archive(ctx, msg.user, msg.to, el).await {
+        if let Some(archived) = archive(&self.prefs, ctx, msg.user, msg.to, el).await {
             if of_account(msg.to, msg.user) {
                 // To another resource of the same account: archived once, and that
                 // resource may see where (the inbound side skips archiving for it).
@@ -472,6 +542,14 @@ impl RouteFilter for Mam {
 }
 
 #[async_trait]
+impl AccountRemoved for Mam {
+    /// The store dropped the account's preferences; so does the cache.
+    async fn account_removed(&self, _ctx: &Arc<Context>, user: &BareJid) {
+        self.prefs.changed(user);
+    }
+}
+
+#[async_trait]
 impl InboundMessageHook for Mam {
     /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
     async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
@@ -481,7 +559,7 @@ impl InboundMessageHook for Mam {
             return;
         }
         strip_own_stanza_ids(user, el);
-        if let Some(stamp) = archive(ctx, user, from, el).await {
+        if let Some(stamp) = archive(&self.prefs, ctx, user, from, el).await {
             el.push_child(stanza_id(user, &stamp.id));
         }
     }
@@ -521,11 +599,10 @@ impl IqHandler for Mam {
             }
             (Some("set"), "prefs") => {
                 let prefs = parse_prefs(payload, load_prefs(ctx, user).await.map_err(internal)?)?;
-                ctx.storage
-                    .archive
-                    .set_prefs(user, &prefs)
-                    .await
-                    .map_err(internal)?;
+                let stored = ctx.storage.archive.set_prefs(user, &prefs).await;
+                // Failed too: the store may hold either version.
+                self.prefs.changed(user);
+                stored.map_err(internal)?;
                 Ok(Some(prefs_element(&prefs)))
             }
             (Some("get"), "metadata") => metadata(ctx, user).await.map(Some),
