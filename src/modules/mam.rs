@@ -24,8 +24,8 @@ use crate::config::ArchivePolicy;
 use crate::context::Context;
 use crate::hashing::FastMap;
 use crate::registry::{
-    AccountRemoved, Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook,
-    Outgoing, Registrar, RouteFilter,
+    AccountRemoved, Extensions, Flow, InboundMessageHook, Incoming, Module, Now,
+    OutboundMessageHook, Outgoing, Registrar, RouteFilter,
 };
 use crate::router::deliver_to_session;
 use crate::storage::{
@@ -116,6 +116,14 @@ impl PrefsCache {
             cache.map.insert(user.clone(), prefs.clone());
         }
         Ok(prefs)
+    }
+
+    /// What `user`'s cached preferences say about a message with `with`; `None` when they
+    /// are not cached or the answer depends on the roster.
+    fn decide_cached(&self, ctx: &Context, user: &BareJid, with: &Jid) -> Option<bool> {
+        let cache = self.lock();
+        let stored = cache.map.get(user)?;
+        decide(ctx, stored.as_deref(), with)
     }
 
     /// Forgets `user`'s preferences after they changed in the store (or may have).
@@ -298,9 +306,21 @@ async fn allowed(cache: &PrefsCache, ctx: &Arc<Context>, user: &BareJid, with: &
             None
         }
     };
+    match decide(ctx, stored.as_deref(), with) {
+        Some(allowed) => allowed,
+        None => {
+            let bare = with.to_bare();
+            matches!(ctx.storage.roster.item(user, &bare).await, Ok(Some(_)))
+        }
+    }
+}
+
+/// What `stored` preferences (`None`: the configured default) say about archiving a
+/// message with `with`; `None` when that depends on the user's roster.
+fn decide(ctx: &Context, stored: Option<&ArchivePrefs>, with: &Jid) -> Option<bool> {
     let default;
-    let prefs = match &stored {
-        Some(p) => &**p,
+    let prefs = match stored {
+        Some(p) => p,
         None => {
             default = default_prefs(ctx);
             &default
@@ -315,19 +335,16 @@ async fn allowed(cache: &PrefsCache, ctx: &Arc<Context>, user: &BareJid, with: &
                 .any(|j| j == with.as_str() || j == bare.as_str())
         };
         if listed(&prefs.never) {
-            return false;
+            return Some(false);
         }
         if listed(&prefs.always) {
-            return true;
+            return Some(true);
         }
     }
     match prefs.default {
-        ArchiveDefault::Always => true,
-        ArchiveDefault::Never => false,
-        ArchiveDefault::Roster => {
-            let bare = with.to_bare();
-            matches!(ctx.storage.roster.item(user, &bare).await, Ok(Some(_)))
-        }
+        ArchiveDefault::Always => Some(true),
+        ArchiveDefault::Never => Some(false),
+        ArchiveDefault::Roster => None,
     }
 }
 
@@ -350,7 +367,8 @@ async fn archive(
     with: &Jid,
     el: &Element,
 ) -> Option<ArchiveStamp> {
-    if !archivable(el) || !allowed(cache, ctx, user, with).await {
+    // `archivable` was checked by the hooks' synchronous parts.
+    if !allowed(cache, ctx, user, with).await {
         return None;
     }
     let stanza = el.to_stanza_string();
@@ -450,6 +468,23 @@ impl Module for Mam {
 
 #[async_trait]
 impl OutboundMessageHook for Mam {
+    /// Only this server may say where a message sits in the user's archive. Messages that
+    /// are certainly not archived end here.
+    fn outbound_now(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+        _: &mut Extensions,
+    ) -> Now<Flow> {
+        strip_own_stanza_ids(msg.user, el);
+        if self.may_archive(ctx, msg.user, msg.to, el) {
+            Now::Later
+        } else {
+            Now::Done(Flow::Continue)
+        }
+    }
+
     /// Archives a message a local client sends, in the sender's archive with the
     /// recipient as `with`; the position goes into `notes` for carbons.
     async fn outbound(
@@ -459,8 +494,6 @@ impl OutboundMessageHook for Mam {
         el: &mut Element,
         notes: &mut Extensions,
     ) -> Flow {
-        // Only this server may say where a message sits in the user's archive.
-        strip_own_stanza_ids(msg.user, el);
         if let Some(archived) = archive(&self.prefs, ctx, msg.user, msg.to, el).await {
             if of_account(msg.to, msg.user) {
                 // To another resource of the same account: archived once, and that
@@ -474,6 +507,12 @@ impl OutboundMessageHook for Mam {
 }
 
 impl Mam {
+    /// `false` when `el` is certainly not archived for `user`, as far as can be told
+    /// without waiting (preferences not cached, or a roster to look at: maybe).
+    fn may_archive(&self, ctx: &Context, user: &BareJid, with: &Jid, el: &Element) -> bool {
+        archivable(el) && self.prefs.decide_cached(ctx, user, with) != Some(false)
+    }
+
     /// Keeps `<result/>` wrappers only in answers to a query the addressed client sent to
     /// the sender's archive; the user's own archive answers straight to the session.
     fn strip_forged_results(
@@ -551,14 +590,24 @@ impl AccountRemoved for Mam {
 
 #[async_trait]
 impl InboundMessageHook for Mam {
-    /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
-    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
+    /// Drops what only this server may say; messages certainly not archived end here.
+    fn inbound_now(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) -> Now<()> {
         let (user, from) = (msg.user, msg.from);
         self.strip_forged_results(user, msg.resource, from, el);
         if of_account(from, user) {
-            return;
+            return Now::Done(());
         }
         strip_own_stanza_ids(user, el);
+        if self.may_archive(ctx, user, from, el) {
+            Now::Later
+        } else {
+            Now::Done(())
+        }
+    }
+
+    /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
+    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
+        let (user, from) = (msg.user, msg.from);
         if let Some(stamp) = archive(&self.prefs, ctx, user, from, el).await {
             el.push_child(stanza_id(user, &stamp.id));
         }
