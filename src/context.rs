@@ -1,7 +1,7 @@
 //! What modules and connection tasks share: configuration, storage, the session table and
 //! the module registry. Handed around as `Arc<Context>`.
 
-use std::collections::HashSet;
+use crate::hashing::FastSet;
 use std::sync::{Arc, OnceLock};
 
 use crate::c2s::SmRegistry;
@@ -33,7 +33,7 @@ pub struct Context {
             std::net::SocketAddr,
         )>,
     >,
-    vhosts: HashSet<String>,
+    vhosts: FastSet<String>,
 }
 
 impl Context {

@@ -1,5 +1,5 @@
 //! Hash maps on the per-stanza path (the session table, the registry's handler tables,
-//! the sets of users with blocklist or archive entries).
+//! the sets of users with blocklist or archive entries, the local domains).
 //!
 //! std's SipHash was about 4 % of the server's instructions per routed message. foldhash
 //! is several times cheaper for keys this short and is still seeded at random per map,

@@ -727,12 +727,7 @@ async fn external_rejected_falls_back_to_dialback_on_the_same_stream() {
         p.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await
             .unwrap();
-        let MaybeTls::Plain(tcp) = std::mem::replace(&mut p.io, MaybeTls::Upgrading) else {
-            panic!()
-        };
-        p.io = MaybeTls::Tls(Box::new(
-            tls.s2s_starttls_acceptor().accept(tcp).await.unwrap(),
-        ));
+        p.io.accept_tls(tls.s2s_starttls_config()).await.unwrap();
         p.parser.reset();
         assert!(matches!(p.next().await, Some(StreamEvent::Open(_))));
         p.send(&format!(

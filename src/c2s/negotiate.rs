@@ -240,12 +240,12 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if direct {
-        tls.direct_c2s_acceptor()
+    let config = if direct {
+        tls.direct_c2s_config()
     } else {
-        tls.starttls_acceptor()
+        tls.starttls_config()
     };
-    let session = conn.io.accept_tls(acceptor).await.map_err(|e| {
+    let session = conn.io.accept_tls(config).await.map_err(|e| {
         debug!(error = %e, "TLS handshake failed");
         Ending::Gone
     })?;

@@ -372,22 +372,34 @@ async fn serve_bound(
     let shutting_down = shutdown.cancelled();
     let kicked = control.token().cancelled();
     tokio::pin!(shutting_down, kicked);
+    let kicked_end = || {
+        LoopEnd::Close(match control.take_reason() {
+            Some(reason) => Ending::Error(reason),
+            None => Ending::from(StreamErrorCondition::PolicyViolation),
+        })
+    };
+    // Checked at every pass rather than by polling the cancellation futures first in the
+    // select below (which cost about as much again): they come last there, only to wake
+    // a session that has nothing else to do.
+    let stopped = || {
+        if shutdown.is_cancelled() {
+            Some(LoopEnd::Close(StreamErrorCondition::SystemShutdown.into()))
+        } else if control.is_kicked() {
+            Some(kicked_end())
+        } else {
+            None
+        }
+    };
     loop {
+        if let Some(end) = stopped() {
+            return end;
+        }
         // Stream management flow control: with too much unacknowledged, stop sending until
         // the client acks; stanzas wait in the router's bounded session queue meanwhile.
         let room = has_room(&state.sm);
         let backlog = room && !state.backlog.is_empty();
         tokio::select! {
             biased;
-            _ = &mut shutting_down => {
-                return LoopEnd::Close(StreamErrorCondition::SystemShutdown.into());
-            }
-            _ = &mut kicked => {
-                return LoopEnd::Close(match control.take_reason() {
-                    Some(reason) => Ending::Error(reason),
-                    None => Ending::from(StreamErrorCondition::PolicyViolation),
-                });
-            }
             req = sm::next_takeover(&mut state.sm) => return LoopEnd::TakeOver(req),
             // What the session's own work produced goes first, a batch at a time.
             _ = std::future::ready(()), if backlog => {
@@ -409,7 +421,11 @@ async fn serve_bound(
             }
             cmd = state.bound.rx.recv(), if room => {
                 let Some(cmd) = cmd else {
-                    return LoopEnd::Close(StreamErrorCondition::InternalServerError.into());
+                    // A kicked session's queue closes as it is replaced: the kick's reason
+                    // is what the client must hear.
+                    return stopped().unwrap_or_else(|| {
+                        LoopEnd::Close(StreamErrorCondition::InternalServerError.into())
+                    });
                 };
                 state.emit(ctx, Some(conn), cmd.take(&control));
                 // Drain what else is queued so one TLS record and syscall carry many stanzas.
@@ -464,6 +480,10 @@ async fn serve_bound(
                 debug!("idle timeout");
                 return LoopEnd::Lost(StreamErrorCondition::ConnectionTimeout.into());
             }
+            _ = &mut shutting_down => {
+                return LoopEnd::Close(StreamErrorCondition::SystemShutdown.into());
+            }
+            _ = &mut kicked => return kicked_end(),
         }
     }
 }

@@ -7,11 +7,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+
+use super::server_tls::ServerTls;
 
 pub enum MaybeTls {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<ServerTls<TcpStream>>),
     /// TLS where this side is the client (outbound server-to-server).
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// A client stream the HTTP server carries (WebSocket, BOSH): not bytes on a socket
@@ -26,17 +27,17 @@ impl MaybeTls {
     /// TLS) and returns the established session. Any failure leaves the connection unusable.
     pub async fn accept_tls(
         &mut self,
-        acceptor: tokio_rustls::TlsAcceptor,
-    ) -> io::Result<&rustls::ServerConnection> {
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> io::Result<&ServerTls<TcpStream>> {
         let MaybeTls::Plain(tcp) = std::mem::replace(self, MaybeTls::Upgrading) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "TLS is only started on a plain connection",
             ));
         };
-        *self = MaybeTls::Tls(Box::new(acceptor.accept(tcp).await?));
+        *self = MaybeTls::Tls(Box::new(ServerTls::accept(tcp, config).await?));
         match self {
-            MaybeTls::Tls(s) => Ok(s.get_ref().1),
+            MaybeTls::Tls(s) => Ok(s),
             _ => Err(upgrading()),
         }
     }
@@ -48,7 +49,7 @@ impl MaybeTls {
     /// The certificate chain the peer presented over TLS (leaf first), if any.
     pub fn peer_certificates(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
         let certs = match self {
-            MaybeTls::Tls(s) => s.get_ref().1.peer_certificates(),
+            MaybeTls::Tls(s) => s.state().peer_certificates(),
             MaybeTls::ClientTls(s) => s.get_ref().1.peer_certificates(),
             _ => None,
         };

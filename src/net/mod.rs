@@ -4,6 +4,7 @@ pub mod connection;
 pub mod devcert;
 pub mod io;
 pub mod link;
+pub mod server_tls;
 pub mod tls;
 pub mod verify;
 

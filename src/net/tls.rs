@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::crypto::aws_lc_rs::Ticketer;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ProtocolVersion, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -17,13 +17,12 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use crate::config::{Config, VhostConfig};
 
 use super::devcert;
+use super::server_tls::ServerTls;
 
 /// ALPN protocol id for Direct TLS client connections (XEP-0368).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 /// ALPN protocol id for Direct TLS server-to-server connections (XEP-0368).
 pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
-/// RFC 9266 §2.
-const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -58,8 +57,8 @@ pub struct TlsContext {
     resolver: Arc<SniResolver>,
     starttls: Arc<ServerConfig>,
     direct_c2s: Arc<ServerConfig>,
-    /// wss:// (RFC 7395): browsers negotiate HTTP/1.1 by ALPN before the upgrade.
-    websocket: Arc<ServerConfig>,
+    /// https:// listeners (WebSocket, BOSH, upload): ALPN `h2` and `http/1.1`.
+    http: Arc<ServerConfig>,
     direct_s2s: Arc<ServerConfig>,
     /// STARTTLS for s2s: like `starttls` but asks for a client certificate (XEP-0178).
     s2s_starttls: Arc<ServerConfig>,
@@ -99,6 +98,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        super::server_tls::note_sni(hello.server_name());
         Some(self.pick(hello.server_name()).key.clone())
     }
 }
@@ -187,6 +187,8 @@ impl TlsContext {
             };
             let mut sc = builder.with_cert_resolver(resolver.clone());
             sc.ignore_client_order = true;
+            // The exporter secret, for the `tls-exporter` binding (see `server_tls`).
+            sc.key_log = Arc::new(super::server_tls::ExporterSecretLog);
             if let Some(a) = alpn.filter(|a| !a.is_empty()) {
                 sc.alpn_protocols = vec![a.to_vec()];
             }
@@ -210,7 +212,11 @@ impl TlsContext {
         Ok(TlsContext {
             starttls: build(None)?,
             direct_c2s: build(Some(ALPN_XMPP_CLIENT))?,
-            websocket: build(Some(b"http/1.1"))?,
+            http: {
+                let mut sc = (*build(Some(b"http/1.1"))?).clone();
+                sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Arc::new(sc)
+            },
             direct_s2s: build(Some(ALPN_XMPP_SERVER))?,
             // Empty ALPN marks "s2s, no ALPN" for `build`.
             s2s_starttls: build(Some(b""))?,
@@ -218,37 +224,30 @@ impl TlsContext {
         })
     }
 
-    /// Acceptor for STARTTLS upgrades (no ALPN).
-    pub fn starttls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.starttls.clone())
+    /// For STARTTLS upgrades (no ALPN).
+    pub fn starttls_config(&self) -> Arc<ServerConfig> {
+        self.starttls.clone()
     }
 
-    /// Acceptor for Direct TLS c2s (XEP-0368): ALPN `xmpp-client` offered; clients that send
-    /// no ALPN are accepted, clients offering only other protocols are refused (RFC 7301).
-    pub fn direct_c2s_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.direct_c2s.clone())
+    /// For Direct TLS c2s (XEP-0368): ALPN `xmpp-client` offered; clients that send no ALPN
+    /// are accepted, clients offering only other protocols are refused (RFC 7301).
+    pub fn direct_c2s_config(&self) -> Arc<ServerConfig> {
+        self.direct_c2s.clone()
     }
 
-    /// Acceptor for wss:// listeners.
-    pub fn websocket_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.websocket.clone())
+    /// For https:// listeners (WebSocket, BOSH, upload): ALPN `h2` and `http/1.1`.
+    pub fn http_config(&self) -> Arc<ServerConfig> {
+        self.http.clone()
     }
 
-    /// Acceptor for https:// listeners: ALPN `h2` and `http/1.1`.
-    pub fn http_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let mut sc = (*self.websocket).clone();
-        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(sc))
+    /// For Direct TLS s2s (XEP-0368): ALPN `xmpp-server`, otherwise as c2s.
+    pub fn direct_s2s_config(&self) -> Arc<ServerConfig> {
+        self.direct_s2s.clone()
     }
 
-    /// Acceptor for Direct TLS s2s (XEP-0368): ALPN `xmpp-server`, otherwise as c2s.
-    pub fn direct_s2s_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.direct_s2s.clone())
-    }
-
-    /// Acceptor for s2s STARTTLS upgrades: asks for (without requiring) a client certificate.
-    pub fn s2s_starttls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.s2s_starttls.clone())
+    /// For s2s STARTTLS upgrades: asks for (without requiring) a client certificate.
+    pub fn s2s_starttls_config(&self) -> Arc<ServerConfig> {
+        self.s2s_starttls.clone()
     }
 
     /// The certificate and key served for `domain` (a vhost), for use as a TLS client
@@ -264,17 +263,14 @@ impl TlsContext {
     ///
     /// `tls-exporter` is only given for TLS 1.3: for TLS 1.2 it is safe only with extended
     /// master secret, which rustls does not let us confirm for a given connection.
-    pub fn channel_bindings(&self, conn: &ServerConnection) -> TlsBindings {
-        if conn.is_handshaking() {
+    pub fn channel_bindings<IO>(&self, conn: &ServerTls<IO>) -> TlsBindings
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        if conn.state().is_handshaking() {
             return TlsBindings::default();
         }
-        let tls_exporter = match conn.protocol_version() {
-            Some(ProtocolVersion::TLSv1_3) => conn
-                .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
-                .ok()
-                .map(|k| k.to_vec()),
-            _ => None,
-        };
+        let tls_exporter = conn.tls_exporter();
         // The resolver is a pure function of SNI, so this is the certificate that was sent.
         // A resumed session sends none, but rustls resumes only under the same SNI and
         // the ticket keys belong to this context, so it is the one the first handshake
@@ -430,10 +426,12 @@ fn der_expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 mod tests {
     use super::*;
     use crate::config::VhostConfig;
+    use crate::net::server_tls::EXPORTER_LABEL;
     use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{ServerName, UnixTime};
     use rustls::{
-        ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme,
+        ClientConfig, DigitallySignedStruct, HandshakeKind, ProtocolVersion, RootCertStore,
+        SignatureScheme,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -511,19 +509,19 @@ mod tests {
     }
 
     type Pair = (
-        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+        ServerTls<tokio::io::DuplexStream>,
         tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
     );
 
     async fn handshake(
-        acceptor: tokio_rustls::TlsAcceptor,
+        server: Arc<ServerConfig>,
         client: ClientConfig,
         name: &str,
     ) -> Result<Pair, std::io::Error> {
         let (c, s) = tokio::io::duplex(64 * 1024);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let name = ServerName::try_from(name.to_string()).unwrap();
-        let (sr, cr) = tokio::join!(acceptor.accept(s), connector.connect(name, c));
+        let (sr, cr) = tokio::join!(ServerTls::accept(s, server), connector.connect(name, c));
         let (mut s, mut c) = (sr?, cr?);
         // Exchange application data both ways so both sides have finished the handshake
         // and the client has taken in the server's session tickets.
@@ -560,7 +558,7 @@ mod tests {
         let roots = [a.clone(), b.clone()];
         for (name, want) in [("b.test", &b), ("a.test", &a), ("B.Test", &b)] {
             // Real verification: the generated certificate is valid for its domain.
-            let (_, c) = handshake(ctx.starttls_acceptor(), client(&roots, true), name)
+            let (_, c) = handshake(ctx.starttls_config(), client(&roots, true), name)
                 .await
                 .unwrap();
             assert_eq!(
@@ -572,7 +570,7 @@ mod tests {
         // Only trusting b: asking for a must fail (a's certificate is served).
         assert!(
             handshake(
-                ctx.starttls_acceptor(),
+                ctx.starttls_config(),
                 client(std::slice::from_ref(&b), true),
                 "a.test"
             )
@@ -583,7 +581,7 @@ mod tests {
         for name in ["127.0.0.1", "c.test"] {
             let mut cc = client(&[], true);
             cc.dangerous().set_certificate_verifier(Arc::new(AcceptAll));
-            let (_, c) = handshake(ctx.starttls_acceptor(), cc, name).await.unwrap();
+            let (_, c) = handshake(ctx.starttls_config(), cc, name).await.unwrap();
             assert_eq!(c.get_ref().1.peer_certificates().unwrap()[0], a, "{name}");
         }
     }
@@ -594,13 +592,13 @@ mod tests {
         let ctx = TlsContext::load(&config(dir.path(), &["a.test", "b.test"])).unwrap();
         let b = dev_cert(dir.path(), "b.test");
         let (s, c) = handshake(
-            ctx.direct_c2s_acceptor(),
+            ctx.direct_c2s_config(),
             client(std::slice::from_ref(&b), true),
             "b.test",
         )
         .await
         .unwrap();
-        let cb = ctx.channel_bindings(s.get_ref().1);
+        let cb = ctx.channel_bindings(&s);
         let client_conn = c.get_ref().1;
         assert_eq!(
             client_conn.protocol_version(),
@@ -616,17 +614,17 @@ mod tests {
             Some(&Sha256::digest(peer.as_ref())[..])
         );
         // A second connection has a different exporter value.
-        let (s2, _c2) = handshake(ctx.starttls_acceptor(), client(&[b], true), "b.test")
+        let (s2, _c2) = handshake(ctx.starttls_config(), client(&[b], true), "b.test")
             .await
             .unwrap();
-        let cb2 = ctx.channel_bindings(s2.get_ref().1);
+        let cb2 = ctx.channel_bindings(&s2);
         assert_ne!(cb2.tls_exporter, cb.tls_exporter);
         assert_eq!(cb2.tls_server_end_point, cb.tls_server_end_point);
     }
 
     fn kinds(p: &Pair) -> (Option<HandshakeKind>, Option<HandshakeKind>) {
         (
-            p.0.get_ref().1.handshake_kind(),
+            p.0.state().handshake_kind(),
             p.1.get_ref().1.handshake_kind(),
         )
     }
@@ -640,27 +638,27 @@ mod tests {
         let device = client(std::slice::from_ref(&b), true);
         let full = (Some(HandshakeKind::Full), Some(HandshakeKind::Full));
         let resumed = (Some(HandshakeKind::Resumed), Some(HandshakeKind::Resumed));
-        let first = handshake(ctx.starttls_acceptor(), device.clone(), "b.test")
+        let first = handshake(ctx.starttls_config(), device.clone(), "b.test")
             .await
             .unwrap();
         assert_eq!(kinds(&first), full);
-        let first_cb = ctx.channel_bindings(first.0.get_ref().1);
+        let first_cb = ctx.channel_bindings(&first.0);
 
         let mut direct = device.clone();
         direct.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
         let mut https = device.clone();
         https.alpn_protocols = vec![b"h2".to_vec()];
-        for (acceptor, cc) in [
-            (ctx.starttls_acceptor(), device.clone()),
-            (ctx.direct_c2s_acceptor(), direct),
-            (ctx.http_acceptor(), https),
-            (ctx.websocket_acceptor(), device.clone()),
+        for (server, cc) in [
+            (ctx.starttls_config(), device.clone()),
+            (ctx.direct_c2s_config(), direct),
+            (ctx.http_config(), https),
+            (ctx.http_config(), device.clone()),
         ] {
-            let p = handshake(acceptor, cc, "b.test").await.unwrap();
+            let p = handshake(server, cc, "b.test").await.unwrap();
             assert_eq!(kinds(&p), resumed);
             let (s, c) = (&p.0, &p.1);
             // No certificate crossed the wire, yet both sides bind to the first one.
-            let cb = ctx.channel_bindings(s.get_ref().1);
+            let cb = ctx.channel_bindings(s);
             let cc = c.get_ref().1;
             let client_exporter = cc
                 .export_keying_material([0u8; 32], EXPORTER_LABEL, None)
@@ -675,10 +673,10 @@ mod tests {
         }
 
         // A c2s ticket is not good on an s2s listener (another client-certificate policy).
-        let (s, _c) = handshake(ctx.s2s_starttls_acceptor(), device.clone(), "b.test")
+        let (s, _c) = handshake(ctx.s2s_starttls_config(), device.clone(), "b.test")
             .await
             .unwrap();
-        assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+        assert_eq!(s.state().handshake_kind(), Some(HandshakeKind::Full));
     }
 
     #[tokio::test]
@@ -689,16 +687,16 @@ mod tests {
         let peer = client(&[a], true);
         let mut direct = peer.clone();
         direct.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
-        let first = handshake(ctx.s2s_starttls_acceptor(), peer.clone(), "a.test")
+        let first = handshake(ctx.s2s_starttls_config(), peer.clone(), "a.test")
             .await
             .unwrap();
         assert_eq!(kinds(&first).0, Some(HandshakeKind::Full));
-        let again = handshake(ctx.direct_s2s_acceptor(), direct, "a.test")
+        let again = handshake(ctx.direct_s2s_config(), direct, "a.test")
             .await
             .unwrap();
         assert_eq!(kinds(&again).0, Some(HandshakeKind::Resumed));
         // And an s2s ticket is not good for c2s.
-        let c2s = handshake(ctx.starttls_acceptor(), peer, "a.test")
+        let c2s = handshake(ctx.starttls_config(), peer, "a.test")
             .await
             .unwrap();
         assert_eq!(kinds(&c2s).0, Some(HandshakeKind::Full));
@@ -713,7 +711,7 @@ mod tests {
         let a = dev_cert(dir.path(), "a.test");
         let device = client(&[a], true);
         for _ in 0..2 {
-            let p = handshake(ctx.starttls_acceptor(), device.clone(), "a.test")
+            let p = handshake(ctx.starttls_config(), device.clone(), "a.test")
                 .await
                 .unwrap();
             assert_eq!(kinds(&p).1, Some(HandshakeKind::Full));
@@ -721,7 +719,7 @@ mod tests {
         // TLS 1.2 session ids are not remembered either.
         let device12 = client(&[dev_cert(dir.path(), "a.test")], false);
         for _ in 0..2 {
-            let p = handshake(ctx.starttls_acceptor(), device12.clone(), "a.test")
+            let p = handshake(ctx.starttls_config(), device12.clone(), "a.test")
                 .await
                 .unwrap();
             assert_eq!(kinds(&p).1, Some(HandshakeKind::Full));
@@ -733,14 +731,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ctx = TlsContext::load(&config(dir.path(), &["a.test"])).unwrap();
         let a = dev_cert(dir.path(), "a.test");
-        let (s, _c) = handshake(ctx.starttls_acceptor(), client(&[a], false), "a.test")
+        let (s, _c) = handshake(ctx.starttls_config(), client(&[a], false), "a.test")
             .await
             .unwrap();
-        assert_eq!(
-            s.get_ref().1.protocol_version(),
-            Some(ProtocolVersion::TLSv1_2)
-        );
-        let cb = ctx.channel_bindings(s.get_ref().1);
+        assert_eq!(s.state().protocol_version(), Some(ProtocolVersion::TLSv1_2));
+        let cb = ctx.channel_bindings(&s);
         assert_eq!(cb.tls_exporter, None);
         assert_eq!(cb.tls_server_end_point.map(|h| h.len()), Some(32));
     }
@@ -752,24 +747,24 @@ mod tests {
         let a = dev_cert(dir.path(), "a.test");
         let mut cc = client(std::slice::from_ref(&a), true);
         cc.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
-        let (s, _) = handshake(ctx.direct_c2s_acceptor(), cc, "a.test")
+        let (s, _) = handshake(ctx.direct_c2s_config(), cc, "a.test")
             .await
             .unwrap();
-        assert_eq!(s.get_ref().1.alpn_protocol(), Some(ALPN_XMPP_CLIENT));
+        assert_eq!(s.state().alpn_protocol(), Some(ALPN_XMPP_CLIENT));
         // Without ALPN: accepted.
         let (s, _) = handshake(
-            ctx.direct_c2s_acceptor(),
+            ctx.direct_c2s_config(),
             client(std::slice::from_ref(&a), true),
             "a.test",
         )
         .await
         .unwrap();
-        assert_eq!(s.get_ref().1.alpn_protocol(), None);
+        assert_eq!(s.state().alpn_protocol(), None);
         // Offering only another protocol: refused.
         let mut cc = client(&[a], true);
         cc.alpn_protocols = vec![b"h2".to_vec()];
         assert!(
-            handshake(ctx.direct_c2s_acceptor(), cc, "a.test")
+            handshake(ctx.direct_c2s_config(), cc, "a.test")
                 .await
                 .is_err()
         );

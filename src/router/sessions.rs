@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,8 @@ pub fn session_queue(max_len: usize) -> (SessionSender, SessionReceiver) {
 #[derive(Debug)]
 pub struct SessionControl {
     token: CancellationToken,
+    /// Set with `token`: a check as cheap as a load, for every pass of the session loop.
+    kicked: AtomicBool,
     reason: Mutex<Option<StreamError>>,
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
@@ -63,6 +65,7 @@ impl SessionControl {
     pub fn new(max_queued_bytes: usize) -> Self {
         SessionControl {
             token: CancellationToken::new(),
+            kicked: AtomicBool::new(false),
             reason: Mutex::new(None),
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
@@ -98,7 +101,12 @@ impl SessionControl {
         if let Ok(mut slot) = self.reason.lock() {
             slot.get_or_insert(reason);
         }
+        self.kicked.store(true, Ordering::Release);
         self.token.cancel();
+    }
+    /// Whether [`Self::kick`] was called.
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
     }
     pub fn token(&self) -> &CancellationToken {
         &self.token

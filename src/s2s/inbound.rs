@@ -120,12 +120,12 @@ async fn upgrade(
     st: &mut State,
     direct: bool,
 ) -> Result<(), Ending> {
-    let acceptor = if direct {
-        tls.direct_s2s_acceptor()
+    let config = if direct {
+        tls.direct_s2s_config()
     } else {
-        tls.s2s_starttls_acceptor()
+        tls.s2s_starttls_config()
     };
-    conn.io.accept_tls(acceptor).await.map_err(|e| {
+    conn.io.accept_tls(config).await.map_err(|e| {
         debug!(error = %e, "TLS handshake failed");
         Ending::Gone
     })?;

@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::config::{HttpConfig, TlsMode};
 use crate::context::Context;
+use crate::net::server_tls::ServerTls;
 use crate::net::tls::TlsContext;
 use crate::sasl::ChannelBindings;
 
@@ -88,7 +89,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Web {
     router: Router,
     tls: TlsContext,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     cfg: Arc<HttpConfig>,
     handshake: Duration,
     /// A loopback listener: reachable only from this machine (a proxy in front of it).
@@ -130,7 +131,7 @@ impl Web {
         Web {
             router: router(ctx, transports),
             tls: tls.clone(),
-            acceptor: tls.http_acceptor(),
+            tls_config: tls.http_config(),
             cfg: Arc::new(ctx.config.http.clone()),
             handshake: Duration::from_secs(ctx.config.limits.handshake_timeout_secs),
             loopback: listener.ip().is_loopback(),
@@ -163,14 +164,14 @@ impl Web {
             };
             match mode {
                 TlsMode::DirectTls => {
-                    let accept = self.acceptor.accept(tcp);
+                    let accept = ServerTls::accept(tcp, self.tls_config.clone());
                     let tls = tokio::select! {
                         r = tokio::time::timeout(self.handshake, accept) => r,
                         _ = shutdown.cancelled() => return,
                     };
                     match tls {
                         Ok(Ok(tls)) => {
-                            let b = self.tls.channel_bindings(tls.get_ref().1);
+                            let b = self.tls.channel_bindings(&tls);
                             info.secure = true;
                             info.bindings = ChannelBindings {
                                 tls_exporter: b.tls_exporter,
