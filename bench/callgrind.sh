@@ -17,7 +17,7 @@ LABEL=${1:?usage: bench/callgrind.sh LABEL}
 OUT=${OUT:-/tmp/xmppd-callgrind}
 BIN=${XMPPD:-$ROOT/target/release/xmppd}
 mkdir -p "$OUT"
-rm -f "$OUT"/callgrind.out.*
+rm -f "$OUT"/callgrind.out.* "$OUT/serve.pid"
 [ -n "${XMPPD:-}" ] || (cd "$ROOT" && cargo build --release -q --bin xmppd)
 
 # run.sh starts `$XMPPD serve ...` and other subcommands: only `serve` runs under valgrind.
@@ -25,6 +25,7 @@ wrapper=$OUT/xmppd-under-callgrind
 cat >"$wrapper" <<WRAP
 #!/usr/bin/env bash
 if [ "\$1" = serve ]; then
+	echo \$\$ >$OUT/serve.pid
 	exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$OUT/callgrind.out.%p "$BIN" "\$@"
 fi
 exec "$BIN" "\$@"
@@ -40,7 +41,8 @@ until grep -q "sessions online" "$log" 2>/dev/null; do
 	kill -0 "$runner" 2>/dev/null || break
 	sleep 0.2
 done
-callgrind_control -i on >/dev/null 2>&1 || true
+# By pid: other callgrind runs on the machine must not be switched on (or this one by them).
+callgrind_control -i on "$(cat "$OUT/serve.pid")" >/dev/null 2>&1 || true
 wait "$runner" || { tail -20 "$log" >&2; exit 1; }
 profile=$(ls -t "$OUT"/callgrind.out.* | head -1)
 mv "$profile" "$OUT/$LABEL.callgrind"

@@ -18,7 +18,7 @@ use std::task::{Context, Poll, ready};
 use rustls::crypto::tls13::{HkdfExpander, OkmBlock};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, ReadTraffic, UnbufferedStatus,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
 };
 use rustls::{CommonState, KeyLog, ProtocolVersion, ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -123,32 +123,19 @@ impl Session {
                 self.sni = noted.sni.or(self.sni.take());
                 self.exporter_secret = noted.exporter_secret.or(self.exporter_secret.take());
             }
-            let done = match state.map_err(tls_error)? {
-                ConnectionState::ReadTraffic(mut records) => {
-                    discard += read_records(&mut records, &mut out, &mut self.plaintext)?;
-                    false
-                }
-                ConnectionState::EncodeTlsData(mut data) => {
-                    encode(&mut data, &mut self.outgoing)?;
-                    false
-                }
-                // Sent with the next flush, which everyone who gets here does.
-                ConnectionState::TransmitTlsData(data) => {
-                    data.done();
-                    false
-                }
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
+            let done = match step(
+                state.map_err(tls_error)?,
+                &mut out,
+                &mut self.plaintext,
+                &mut self.outgoing,
+                &mut discard,
+            )? {
+                Next::Continue => false,
+                Next::PeerClosed | Next::Closed => {
                     self.read_closed = true;
                     true
                 }
-                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => true,
-                // Early data is never accepted (max_early_data_size is 0).
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unexpected TLS state",
-                    ));
-                }
+                Next::NeedData | Next::Write(_) => true,
             };
             consumed += discard;
             if done {
@@ -167,37 +154,31 @@ impl Session {
     ) -> io::Result<usize> {
         loop {
             let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(incoming);
-            let encrypted = match state.map_err(tls_error)? {
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    Some(match traffic.encrypt(plaintext, scratch) {
-                        Ok(n) => Ok(n),
-                        Err(EncryptError::InsufficientSize(e)) => {
-                            scratch.resize(e.required_size, 0);
-                            traffic
-                                .encrypt(plaintext, scratch)
-                                .map_err(io::Error::other)
-                        }
-                        Err(e) => Err(io::Error::other(e)),
-                    })
-                }
-                ConnectionState::EncodeTlsData(mut data) => {
-                    encode(&mut data, &mut self.outgoing)?;
-                    None
-                }
-                ConnectionState::TransmitTlsData(data) => {
-                    data.done();
-                    None
-                }
-                ConnectionState::ReadTraffic(mut records) => {
-                    discard += read_records(&mut records, &mut None, &mut self.plaintext)?;
-                    None
-                }
-                ConnectionState::PeerClosed => {
+            let next = step(
+                state.map_err(tls_error)?,
+                &mut None,
+                &mut self.plaintext,
+                &mut self.outgoing,
+                &mut discard,
+            )?;
+            let encrypted = match next {
+                Next::Write(mut traffic) => Some(match traffic.encrypt(plaintext, scratch) {
+                    Ok(n) => Ok(n),
+                    Err(EncryptError::InsufficientSize(e)) => {
+                        scratch.resize(e.required_size, 0);
+                        traffic
+                            .encrypt(plaintext, scratch)
+                            .map_err(io::Error::other)
+                    }
+                    Err(e) => Err(io::Error::other(e)),
+                }),
+                Next::Continue => None,
+                Next::PeerClosed => {
                     self.read_closed = true;
                     None
                 }
-                ConnectionState::Closed => Some(Err(io::ErrorKind::BrokenPipe.into())),
-                _ => Some(Err(io::Error::new(
+                Next::Closed => Some(Err(io::ErrorKind::BrokenPipe.into())),
+                Next::NeedData => Some(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "TLS not established",
                 ))),
@@ -208,6 +189,61 @@ impl Session {
             }
         }
     }
+}
+
+/// What a state of rustls's machine leaves to the caller once [`step`] handled it.
+enum Next<'c> {
+    /// Handled (records read or queued): ask rustls again.
+    Continue,
+    /// rustls needs more bytes from the peer.
+    NeedData,
+    /// Application data may be encrypted (nothing left to process).
+    Write(WriteTraffic<'c, ServerConnectionData>),
+    /// The peer sent close_notify.
+    PeerClosed,
+    /// Both sides closed.
+    Closed,
+}
+
+/// Handles what every caller handles alike: decrypted records go to `out` (the rest to
+/// `plaintext`), records to send to `outgoing`, extra bytes to discard to `discard`.
+fn step<'c>(
+    state: ConnectionState<'c, '_, ServerConnectionData>,
+    out: &mut Option<&mut ReadBuf<'_>>,
+    plaintext: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+    discard: &mut usize,
+) -> io::Result<Next<'c>> {
+    Ok(match state {
+        ConnectionState::ReadTraffic(mut records) => {
+            while let Some(record) = records.next_record() {
+                let record = record.map_err(tls_error)?;
+                *discard += record.discard;
+                deliver(record.payload, out, plaintext);
+            }
+            Next::Continue
+        }
+        ConnectionState::EncodeTlsData(mut data) => {
+            encode(&mut data, outgoing)?;
+            Next::Continue
+        }
+        // Sent with the next flush, which everyone who gets here does.
+        ConnectionState::TransmitTlsData(data) => {
+            data.done();
+            Next::Continue
+        }
+        ConnectionState::WriteTraffic(traffic) => Next::Write(traffic),
+        ConnectionState::BlockedHandshake => Next::NeedData,
+        ConnectionState::PeerClosed => Next::PeerClosed,
+        ConnectionState::Closed => Next::Closed,
+        // Early data is never accepted (max_early_data_size is 0).
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected TLS state",
+            ));
+        }
+    })
 }
 
 /// Writes a handshake or alert record rustls produced at the end of `out`.
@@ -224,22 +260,6 @@ fn encode(data: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>)
     };
     out.truncate(start + written);
     Ok(())
-}
-
-/// Hands the decrypted records to `out`, what does not fit to `rest`; returns the extra
-/// bytes to discard.
-fn read_records(
-    records: &mut ReadTraffic<'_, '_, ServerConnectionData>,
-    out: &mut Option<&mut ReadBuf<'_>>,
-    rest: &mut Vec<u8>,
-) -> io::Result<usize> {
-    let mut discard = 0;
-    while let Some(record) = records.next_record() {
-        let record = record.map_err(tls_error)?;
-        discard += record.discard;
-        deliver(record.payload, out, rest);
-    }
-    Ok(discard)
 }
 
 fn deliver(payload: &[u8], out: &mut Option<&mut ReadBuf<'_>>, rest: &mut Vec<u8>) {
@@ -537,11 +557,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
 }
 
 /// Queues close_notify in `s.outgoing`.
-fn close_notify(s: &mut Session, incoming: &mut [u8]) -> io::Result<()> {
+fn close_notify(s: &mut Session, incoming: &mut Vec<u8>) -> io::Result<()> {
     loop {
-        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(incoming);
-        match state.map_err(tls_error)? {
-            ConnectionState::WriteTraffic(mut traffic) => {
+        let UnbufferedStatus { mut discard, state } = s.conn.process_tls_records(incoming);
+        let next = step(
+            state.map_err(tls_error)?,
+            &mut None,
+            &mut s.plaintext,
+            &mut s.outgoing,
+            &mut discard,
+        )?;
+        match next {
+            Next::Write(mut traffic) => {
                 let mut alert = [0u8; 64];
                 let n = traffic
                     .queue_close_notify(&mut alert)
@@ -549,13 +576,10 @@ fn close_notify(s: &mut Session, incoming: &mut [u8]) -> io::Result<()> {
                 s.outgoing.extend_from_slice(&alert[..n]);
                 return Ok(());
             }
-            ConnectionState::TransmitTlsData(data) => data.done(),
-            ConnectionState::EncodeTlsData(_) | ConnectionState::ReadTraffic(_) => {
-                // Nothing of these is due at close; give up rather than loop.
-                return Ok(());
-            }
-            _ => return Ok(()),
+            Next::Continue => {}
+            Next::NeedData | Next::PeerClosed | Next::Closed => return Ok(()),
         }
+        incoming.drain(..discard);
     }
 }
 
@@ -602,52 +626,46 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn large_transfers_both_ways_through_a_narrow_pipe() {
-        let (s, mut c) = pair(1000).await;
-        let up = pattern(300_000, 1);
-        let down = pattern(200_000, 2);
-        let (up2, down2) = (up.clone(), down.clone());
-        let server = tokio::spawn(async move {
-            let s = s;
-            let (mut got, mut chunk) = (Vec::new(), [0u8; 777]);
-            // Read and write at once: neither side may wait for the other to finish.
-            let (mut sr, mut sw) = tokio::io::split(s);
-            let reader = async {
-                while got.len() < up2.len() {
-                    let n = sr.read(&mut chunk).await.unwrap();
-                    assert!(n > 0);
-                    got.extend_from_slice(&chunk[..n]);
-                }
-            };
-            let writer = async {
-                sw.write_all(&down2).await.unwrap();
-                sw.flush().await.unwrap();
-            };
-            tokio::join!(reader, writer);
-            assert_eq!(got, up2);
-            let mut s = sr.unsplit(sw);
-            // The client closes: end of stream after all data.
-            assert_eq!(s.read(&mut chunk).await.unwrap(), 0);
-            s.shutdown().await.unwrap();
-        });
-        let (mut cr, mut cw) = tokio::io::split(c);
+    /// Writes `send` and reads `want` bytes at once (neither side may wait for the other
+    /// to finish); returns what was read.
+    async fn exchange<T: AsyncRead + AsyncWrite + Unpin>(
+        io: T,
+        send: &[u8],
+        want: usize,
+    ) -> (Vec<u8>, T) {
+        let (mut r, mut w) = tokio::io::split(io);
         let mut got = Vec::new();
         let reader = async {
-            let mut chunk = [0u8; 4096];
-            while got.len() < down.len() {
-                let n = cr.read(&mut chunk).await.unwrap();
+            let mut chunk = [0u8; 777];
+            while got.len() < want {
+                let n = r.read(&mut chunk).await.unwrap();
                 assert!(n > 0);
                 got.extend_from_slice(&chunk[..n]);
             }
         };
         let writer = async {
-            cw.write_all(&up).await.unwrap();
-            cw.flush().await.unwrap();
+            w.write_all(send).await.unwrap();
+            w.flush().await.unwrap();
         };
         tokio::join!(reader, writer);
+        (got, r.unsplit(w))
+    }
+
+    #[tokio::test]
+    async fn large_transfers_both_ways_through_a_narrow_pipe() {
+        let (s, c) = pair(1000).await;
+        let up = pattern(300_000, 1);
+        let down = pattern(200_000, 2);
+        let (up2, down2) = (up.clone(), down.clone());
+        let server = tokio::spawn(async move {
+            let (got, mut s) = exchange(s, &down2, up2.len()).await;
+            assert_eq!(got, up2);
+            // The client closes: end of stream after all data.
+            assert_eq!(s.read(&mut [0u8; 16]).await.unwrap(), 0);
+            s.shutdown().await.unwrap();
+        });
+        let (got, mut c) = exchange(c, &up, down.len()).await;
         assert_eq!(got, down);
-        c = cr.unsplit(cw);
         c.shutdown().await.unwrap();
         server.await.unwrap();
         // The server's close_notify arrived: a clean end of stream.
