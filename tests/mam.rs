@@ -636,6 +636,65 @@ async fn preferences_decide_what_is_archived_and_persist() {
     server.stop().await;
 }
 
+/// The module keeps the preferences of the users it archived for lately: a change, or the
+/// account's removal, must take effect on the next message all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preference_changes_apply_to_the_next_message() {
+    let server = TestServer::start().await;
+    users(&server).await;
+    let mut alice = server.login("alice", "a").await;
+    alice.available().await;
+    let mut bob = server.login("bob", "b").await;
+    let mut exchange = async |alice: &mut Client, id: &str| {
+        bob.send(&format!(
+            "<message to='alice@localhost' type='chat' id='{id}'><body>x</body></message>"
+        ))
+        .await;
+        alice.recv_until(|e| e.attr("id") == Some(id)).await;
+    };
+    // Archived under the default ('always'), which puts alice's preferences in the cache.
+    exchange(&mut alice, "p1").await;
+    alice
+        .iq("<iq type='set'><prefs xmlns='urn:xmpp:mam:2' default='never'/></iq>")
+        .await;
+    exchange(&mut alice, "p2").await;
+    alice
+        .iq(
+            "<iq type='set'><prefs xmlns='urn:xmpp:mam:2' default='always'>\
+             <never><jid>bob@localhost</jid></never></prefs></iq>",
+        )
+        .await;
+    exchange(&mut alice, "p3").await;
+    alice
+        .iq("<iq type='set'><prefs xmlns='urn:xmpp:mam:2' default='always'><never/></prefs></iq>")
+        .await;
+    exchange(&mut alice, "p4").await;
+    assert_eq!(query(&mut alice, None, "").await.ids(), ["p1", "p4"]);
+
+    // Removed with its 'never' and made again: the new account archives by default.
+    alice
+        .iq("<iq type='set'><prefs xmlns='urn:xmpp:mam:2' default='never'/></iq>")
+        .await;
+    exchange(&mut alice, "p5").await;
+    drop(alice);
+    let ctx = server.ctx().clone();
+    assert!(
+        ctx.storage
+            .remove_account(&j("alice@localhost"))
+            .await
+            .unwrap()
+    );
+    ctx.registry
+        .account_removed(&ctx, &j("alice@localhost"))
+        .await;
+    server.add_user("alice", "password").await;
+    let mut alice = server.login("alice", "a").await;
+    alice.available().await;
+    exchange(&mut alice, "p6").await;
+    assert_eq!(query(&mut alice, None, "").await.ids(), ["p6"]);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_hides_and_prunes_old_messages() {
     let server = TestServer::start_with(|c| {

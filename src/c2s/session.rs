@@ -677,16 +677,17 @@ fn handle_sm(
     Ok(())
 }
 
-/// `raw` parsed as a JID, from `last` when it is the same string as the last time.
-fn parse_to(last: &mut Option<Box<(Box<str>, Jid)>>, raw: &str) -> Option<Jid> {
-    if let Some((last_raw, jid)) = last.as_deref()
-        && **last_raw == *raw
+/// `raw` parsed as a JID, from `last` when it is the same string as the last time. Lent
+/// from `last`: routing borrows it.
+fn parse_to<'a>(last: &'a mut Option<Box<(Box<str>, Jid)>>, raw: &str) -> Option<&'a Jid> {
+    if last
+        .as_deref()
+        .is_none_or(|(last_raw, _)| **last_raw != *raw)
     {
-        return Some(jid.clone());
+        let jid = addr::parse(raw)?;
+        *last = Some(Box::new((raw.into(), jid)));
     }
-    let jid = addr::parse(raw)?;
-    *last = Some(Box::new((raw.into(), jid.clone())));
-    Some(jid)
+    last.as_deref().map(|(_, jid)| jid)
 }
 
 /// Validates addressing, stamps `from` and hands the stanza on (RFC 6120 §8.1).
@@ -749,17 +750,17 @@ async fn handle_stanza(
             }
             // Without 'to', addressed to the user's own account (RFC 6120 §10.3.3).
             let to = to.unwrap_or_else(|| own_account(&mut el, bound));
-            route_addressed(ctx, Jid::from(bound.full.clone()), to, el).await;
+            route_addressed(ctx, &bound.full, to, el).await;
         }
         _ => {
             let to = to.unwrap_or_else(|| own_account(&mut el, bound));
             let msg = Outgoing {
                 user: &bound.bare,
                 from: &bound.full,
-                to: &to,
+                to,
             };
             if ctx.registry.outbound_message(ctx, &msg, &mut el).await {
-                route_addressed(ctx, Jid::from(bound.full.clone()), to, el).await;
+                route_addressed(ctx, &bound.full, to, el).await;
             }
         }
     }
@@ -767,9 +768,9 @@ async fn handle_stanza(
 }
 
 /// Addresses `el` to the session's own account, for stanzas sent without 'to'.
-fn own_account(el: &mut Element, bound: &Bound) -> Jid {
+fn own_account<'a>(el: &mut Element, bound: &'a Bound) -> &'a Jid {
     el.set_attr("to", bound.bare.as_str());
-    Jid::from(bound.bare.clone())
+    &bound.bare
 }
 
 #[cfg(test)]
@@ -779,12 +780,14 @@ mod tests {
     #[test]
     fn the_last_to_is_parsed_once_and_only_for_the_same_string() {
         let mut last = None;
-        let first = parse_to(&mut last, "Juliet@Example.COM/Balcony").unwrap();
+        let first = parse_to(&mut last, "Juliet@Example.COM/Balcony")
+            .unwrap()
+            .clone();
         assert_eq!(first.as_str(), "juliet@example.com/Balcony");
         // The same string again: the cached value, still normalized.
         assert_eq!(
             parse_to(&mut last, "Juliet@Example.COM/Balcony"),
-            Some(first)
+            Some(&first)
         );
         // A string that only normalizes to the same JID is parsed on its own.
         let other = parse_to(&mut last, "juliet@example.com/balcony").unwrap();

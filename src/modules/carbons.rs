@@ -10,7 +10,7 @@ use super::{IqHandler, IqTarget};
 use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook, Outgoing,
+    Extensions, Flow, InboundMessageHook, Incoming, Module, Now, OutboundMessageHook, Outgoing,
     Registrar,
 };
 use crate::router::deliver_to_session;
@@ -43,23 +43,22 @@ impl Module for Carbons {
     }
 }
 
-#[async_trait]
+/// Copies are queued, never awaited: all of it is done in the synchronous parts.
 impl OutboundMessageHook for Carbons {
-    async fn outbound(
+    fn outbound_now(
         &self,
         ctx: &Arc<Context>,
         msg: &Outgoing<'_>,
         el: &mut Element,
         notes: &mut Extensions,
-    ) -> Flow {
+    ) -> Now<Flow> {
         sent(ctx, msg, el, notes.get::<ArchiveStamp>());
-        Flow::Continue
+        Now::Done(Flow::Continue)
     }
 }
 
-#[async_trait]
 impl InboundMessageHook for Carbons {
-    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
+    fn inbound_now(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) -> Now<()> {
         // Only the user's own account sends carbons (§11): a forged one could put words
         // in the user's mouth.
         if msg.from != msg.user {
@@ -70,6 +69,7 @@ impl InboundMessageHook for Carbons {
             received(ctx, msg.user, msg.resource, el);
         }
         strip_private(el);
+        Now::Done(())
     }
 }
 

@@ -22,9 +22,10 @@ use super::{IqHandler, IqTarget, internal, own_account};
 use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::config::ArchivePolicy;
 use crate::context::Context;
+use crate::hashing::FastMap;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Incoming, Module, OutboundMessageHook, Outgoing,
-    Registrar, RouteFilter,
+    AccountRemoved, Extensions, Flow, InboundMessageHook, Incoming, Module, Now,
+    OutboundMessageHook, Outgoing, Registrar, RouteFilter,
 };
 use crate::router::deliver_to_session;
 use crate::storage::{
@@ -65,6 +66,72 @@ const ENCRYPTED: &[(&str, &str)] = &[
 #[derive(Default)]
 pub struct Mam {
     queries: RemoteQueries,
+    prefs: PrefsCache,
+}
+
+/// The archive preferences of the users messages were lately accepted for: each message
+/// asks for those of both ends, archive on or off, and the store's answer cost two boxed
+/// futures and a tree lookup each time. Only this module writes preferences, and it hears
+/// of account removal (which drops them), so it keeps the cache right itself.
+#[derive(Default)]
+struct PrefsCache {
+    inner: std::sync::Mutex<CachedPrefs>,
+}
+
+#[derive(Default)]
+struct CachedPrefs {
+    /// `None`: the user has set none (the configured default applies).
+    map: FastMap<BareJid, Option<Arc<ArchivePrefs>>>,
+    /// Bumped by every change, so that a load which raced with one is not kept.
+    epoch: u64,
+}
+
+/// Users whose preferences are kept; past this the cache starts again empty.
+const MAX_CACHED_PREFS: usize = 10_000;
+
+impl PrefsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedPrefs> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored preferences of `user` (`None`: none set), from the store on a miss.
+    async fn get(
+        &self,
+        ctx: &Context,
+        user: &BareJid,
+    ) -> Result<Option<Arc<ArchivePrefs>>, StorageError> {
+        let epoch = {
+            let cache = self.lock();
+            if let Some(prefs) = cache.map.get(user) {
+                return Ok(prefs.clone());
+            }
+            cache.epoch
+        };
+        let prefs = ctx.storage.archive.prefs(user).await?.map(Arc::new);
+        let mut cache = self.lock();
+        if cache.epoch == epoch {
+            if cache.map.len() >= MAX_CACHED_PREFS {
+                cache.map.clear();
+            }
+            cache.map.insert(user.clone(), prefs.clone());
+        }
+        Ok(prefs)
+    }
+
+    /// What `user`'s cached preferences say about a message with `with`; `None` when they
+    /// are not cached or the answer depends on the roster.
+    fn decide_cached(&self, ctx: &Context, user: &BareJid, with: &Jid) -> Option<bool> {
+        let cache = self.lock();
+        let stored = cache.map.get(user)?;
+        decide(ctx, stored.as_deref(), with)
+    }
+
+    /// Forgets `user`'s preferences after they changed in the store (or may have).
+    fn changed(&self, user: &BareJid) {
+        let mut cache = self.lock();
+        cache.epoch += 1;
+        cache.map.remove(user);
+    }
 }
 
 /// Outstanding queries by (client full JID, archive bare JID).
@@ -220,6 +287,7 @@ fn default_prefs(ctx: &Context) -> ArchivePrefs {
     }
 }
 
+/// The preferences in force for `user`, read from the store (requests of the user).
 async fn load_prefs(ctx: &Arc<Context>, user: &BareJid) -> Result<ArchivePrefs, StorageError> {
     Ok(ctx
         .storage
@@ -230,12 +298,32 @@ async fn load_prefs(ctx: &Arc<Context>, user: &BareJid) -> Result<ArchivePrefs, 
 }
 
 /// XEP-0441: whether the user's preferences let a message with `with` be archived.
-async fn allowed(ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
-    let prefs = match load_prefs(ctx, user).await {
+async fn allowed(cache: &PrefsCache, ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
+    let stored = match cache.get(ctx, user).await {
         Ok(p) => p,
         Err(e) => {
             warn!(error = %e, "loading archive preferences failed");
-            default_prefs(ctx)
+            None
+        }
+    };
+    match decide(ctx, stored.as_deref(), with) {
+        Some(allowed) => allowed,
+        None => {
+            let bare = with.to_bare();
+            matches!(ctx.storage.roster.item(user, &bare).await, Ok(Some(_)))
+        }
+    }
+}
+
+/// What `stored` preferences (`None`: the configured default) say about archiving a
+/// message with `with`; `None` when that depends on the user's roster.
+fn decide(ctx: &Context, stored: Option<&ArchivePrefs>, with: &Jid) -> Option<bool> {
+    let default;
+    let prefs = match stored {
+        Some(p) => p,
+        None => {
+            default = default_prefs(ctx);
+            &default
         }
     };
     // Most users list nobody: building the bare JID (a formatted string) for them was a
@@ -247,19 +335,16 @@ async fn allowed(ctx: &Arc<Context>, user: &BareJid, with: &Jid) -> bool {
                 .any(|j| j == with.as_str() || j == bare.as_str())
         };
         if listed(&prefs.never) {
-            return false;
+            return Some(false);
         }
         if listed(&prefs.always) {
-            return true;
+            return Some(true);
         }
     }
     match prefs.default {
-        ArchiveDefault::Always => true,
-        ArchiveDefault::Never => false,
-        ArchiveDefault::Roster => {
-            let bare = with.to_bare();
-            matches!(ctx.storage.roster.item(user, &bare).await, Ok(Some(_)))
-        }
+        ArchiveDefault::Always => Some(true),
+        ArchiveDefault::Never => Some(false),
+        ArchiveDefault::Roster => None,
     }
 }
 
@@ -276,12 +361,14 @@ fn retention_floor(ctx: &Context) -> ArchivePos {
 }
 
 async fn archive(
+    cache: &PrefsCache,
     ctx: &Arc<Context>,
     user: &BareJid,
     with: &Jid,
     el: &Element,
 ) -> Option<ArchiveStamp> {
-    if !archivable(el) || !allowed(ctx, user, with).await {
+    // `archivable` was checked by the hooks' synchronous parts.
+    if !allowed(cache, ctx, user, with).await {
         return None;
     }
     let stanza = el.to_stanza_string();
@@ -371,6 +458,7 @@ impl Module for Mam {
         r.iq(me.clone());
         r.outbound_message(HOOK_ORDER, me.clone());
         r.inbound_message(HOOK_ORDER, me.clone());
+        r.account_removed(me.clone());
         r.route_filter(me);
         r.task(Box::new(|ctx, shutdown| {
             Box::pin(run_pruner(ctx, shutdown))
@@ -380,6 +468,23 @@ impl Module for Mam {
 
 #[async_trait]
 impl OutboundMessageHook for Mam {
+    /// Only this server may say where a message sits in the user's archive. Messages that
+    /// are certainly not archived end here.
+    fn outbound_now(
+        &self,
+        ctx: &Arc<Context>,
+        msg: &Outgoing<'_>,
+        el: &mut Element,
+        _: &mut Extensions,
+    ) -> Now<Flow> {
+        strip_own_stanza_ids(msg.user, el);
+        if self.may_archive(ctx, msg.user, msg.to, el) {
+            Now::Later
+        } else {
+            Now::Done(Flow::Continue)
+        }
+    }
+
     /// Archives a message a local client sends, in the sender's archive with the
     /// recipient as `with`; the position goes into `notes` for carbons.
     async fn outbound(
@@ -389,9 +494,7 @@ impl OutboundMessageHook for Mam {
         el: &mut Element,
         notes: &mut Extensions,
     ) -> Flow {
-        // Only this server may say where a message sits in the user's archive.
-        strip_own_stanza_ids(msg.user, el);
-        if let Some(archived) = archive(ctx, msg.user, msg.to, el).await {
+        if let Some(archived) = archive(&self.prefs, ctx, msg.user, msg.to, el).await {
             if of_account(msg.to, msg.user) {
                 // To another resource of the same account: archived once, and that
                 // resource may see where (the inbound side skips archiving for it).
@@ -404,6 +507,12 @@ impl OutboundMessageHook for Mam {
 }
 
 impl Mam {
+    /// `false` when `el` is certainly not archived for `user`, as far as can be told
+    /// without waiting (preferences not cached, or a roster to look at: maybe).
+    fn may_archive(&self, ctx: &Context, user: &BareJid, with: &Jid, el: &Element) -> bool {
+        archivable(el) && self.prefs.decide_cached(ctx, user, with) != Some(false)
+    }
+
     /// Keeps `<result/>` wrappers only in answers to a query the addressed client sent to
     /// the sender's archive; the user's own archive answers straight to the session.
     fn strip_forged_results(
@@ -472,16 +581,34 @@ impl RouteFilter for Mam {
 }
 
 #[async_trait]
+impl AccountRemoved for Mam {
+    /// The store dropped the account's preferences; so does the cache.
+    async fn account_removed(&self, _ctx: &Arc<Context>, user: &BareJid) {
+        self.prefs.changed(user);
+    }
+}
+
+#[async_trait]
 impl InboundMessageHook for Mam {
-    /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
-    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
+    /// Drops what only this server may say; messages certainly not archived end here.
+    fn inbound_now(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) -> Now<()> {
         let (user, from) = (msg.user, msg.from);
         self.strip_forged_results(user, msg.resource, from, el);
         if of_account(from, user) {
-            return;
+            return Now::Done(());
         }
         strip_own_stanza_ids(user, el);
-        if let Some(stamp) = archive(ctx, user, from, el).await {
+        if self.may_archive(ctx, user, from, el) {
+            Now::Later
+        } else {
+            Now::Done(())
+        }
+    }
+
+    /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
+    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
+        let (user, from) = (msg.user, msg.from);
+        if let Some(stamp) = archive(&self.prefs, ctx, user, from, el).await {
             el.push_child(stanza_id(user, &stamp.id));
         }
     }
@@ -521,11 +648,10 @@ impl IqHandler for Mam {
             }
             (Some("set"), "prefs") => {
                 let prefs = parse_prefs(payload, load_prefs(ctx, user).await.map_err(internal)?)?;
-                ctx.storage
-                    .archive
-                    .set_prefs(user, &prefs)
-                    .await
-                    .map_err(internal)?;
+                let stored = ctx.storage.archive.set_prefs(user, &prefs).await;
+                // Failed too: the store may hold either version.
+                self.prefs.changed(user);
+                stored.map_err(internal)?;
                 Ok(Some(prefs_element(&prefs)))
             }
             (Some("get"), "metadata") => metadata(ctx, user).await.map(Some),

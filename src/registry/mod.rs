@@ -137,17 +137,36 @@ pub trait PresenceObserver: Send + Sync {
 /// position for carbons).
 #[async_trait]
 pub trait OutboundMessageHook: Send + Sync {
-    /// A cheap check: `false` skips `outbound` for this message (saving its allocation).
-    fn concerns(&self, _ctx: &Context, _msg: &Outgoing<'_>, _el: &Element) -> bool {
-        true
+    /// The part that needs no waiting, run first: `Now::Done` when it did the whole job
+    /// (or there is none), saving the boxed future `outbound` costs per call.
+    fn outbound_now(
+        &self,
+        _ctx: &Arc<Context>,
+        _msg: &Outgoing<'_>,
+        _el: &mut Element,
+        _notes: &mut Extensions,
+    ) -> Now<Flow> {
+        Now::Later
     }
+    /// The rest, after `outbound_now` said `Now::Later`.
     async fn outbound(
         &self,
-        ctx: &Arc<Context>,
-        msg: &Outgoing<'_>,
-        el: &mut Element,
-        notes: &mut Extensions,
-    ) -> Flow;
+        _ctx: &Arc<Context>,
+        _msg: &Outgoing<'_>,
+        _el: &mut Element,
+        _notes: &mut Extensions,
+    ) -> Flow {
+        Flow::Continue
+    }
+}
+
+/// What the synchronous part of a message hook left to its async part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Now<T> {
+    /// Done: the async part is not called.
+    Done(T),
+    /// The async part goes on.
+    Later,
 }
 
 /// A message accepted for the local account `user`, from `from` (parsed once by the
@@ -162,11 +181,12 @@ pub struct Incoming<'a> {
 /// (`resource`), to its available resources, or to offline storage.
 #[async_trait]
 pub trait InboundMessageHook: Send + Sync {
-    /// A cheap check: `false` skips `inbound` for this message (saving its allocation).
-    fn concerns(&self, _ctx: &Context, _msg: &Incoming<'_>, _el: &Element) -> bool {
-        true
+    /// As [`OutboundMessageHook::outbound_now`].
+    fn inbound_now(&self, _ctx: &Arc<Context>, _msg: &Incoming<'_>, _el: &mut Element) -> Now<()> {
+        Now::Later
     }
-    async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element);
+    /// The rest, after `inbound_now` said `Now::Later`.
+    async fn inbound(&self, _ctx: &Arc<Context>, _msg: &Incoming<'_>, _el: &mut Element) {}
 }
 
 /// Told when a message was stored for an offline user (and the user was not notified of
@@ -840,9 +860,11 @@ impl Registry {
     ) -> bool {
         let mut notes = Extensions::default();
         for (_, hook) in &self.outbound_messages {
-            if hook.concerns(ctx, msg, el)
-                && hook.outbound(ctx, msg, el, &mut notes).await == Flow::Stop
-            {
+            let flow = match hook.outbound_now(ctx, msg, el, &mut notes) {
+                Now::Done(flow) => flow,
+                Now::Later => hook.outbound(ctx, msg, el, &mut notes).await,
+            };
+            if flow == Flow::Stop {
                 return false;
             }
         }
@@ -851,7 +873,7 @@ impl Registry {
 
     pub async fn inbound_message(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
         for (_, hook) in &self.inbound_messages {
-            if hook.concerns(ctx, msg, el) {
+            if hook.inbound_now(ctx, msg, el) == Now::Later {
                 hook.inbound(ctx, msg, el).await;
             }
         }

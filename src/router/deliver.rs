@@ -90,8 +90,14 @@ pub fn route_unfiltered(ctx: &Arc<Context>, stanza: Element) -> BoxFuture<'_> {
 }
 
 /// Like [`route`], for a stanza whose `from` and `to` attributes the caller has parsed
-/// already (c2s and s2s check them on arrival): they are not parsed a second time.
-pub fn route_addressed(ctx: &Arc<Context>, from: Jid, to: Jid, stanza: Element) -> BoxFuture<'_> {
+/// already (c2s and s2s check them on arrival): they are not parsed a second time. Lent,
+/// not given: c2s keeps the session's JID and the last `to` it parsed.
+pub fn route_addressed<'a>(
+    ctx: &'a Arc<Context>,
+    from: &'a Jid,
+    to: &'a Jid,
+    stanza: Element,
+) -> BoxFuture<'a> {
     Box::pin(route_inner(ctx, Some(from), to, stanza, true))
 }
 
@@ -108,19 +114,19 @@ async fn parse_and_route(ctx: &Arc<Context>, stanza: Element, filter: bool) {
     };
     // Trusted (stamped by c2s, checked by s2s): parsed once here for the filters and hooks.
     let from = stanza.attr("from").and_then(addr::parse);
-    route_inner(ctx, from, to, stanza, filter).await;
+    route_inner(ctx, from.as_ref(), &to, stanza, filter).await;
 }
 
 async fn route_inner(
     ctx: &Arc<Context>,
-    from: Option<Jid>,
-    to: Jid,
+    from: Option<&Jid>,
+    to: &Jid,
     stanza: Element,
     filter: bool,
 ) {
     if filter
-        && let Some(from) = &from
-        && !ctx.registry.may_route(ctx, from, &to, &stanza).await
+        && let Some(from) = from
+        && !ctx.registry.may_route(ctx, from, to, &stanza).await
     {
         return;
     }
@@ -129,16 +135,16 @@ async fn route_inner(
         return;
     }
     if !ctx.is_local_domain(to.domain().as_str()) {
-        to_remote(ctx, &to, stanza).await;
+        to_remote(ctx, to, stanza).await;
         return;
     }
     if to.node().is_none() {
         to_server(ctx, &to.to_bare(), stanza).await;
         return;
     }
-    match to.try_into_full() {
-        Ok(full) => to_full(ctx, from.as_ref(), &full, stanza).await,
-        Err(bare) => to_bare(ctx, from.as_ref(), &bare, stanza).await,
+    match to.try_as_full() {
+        Ok(full) => to_full(ctx, from, full, stanza).await,
+        Err(bare) => to_bare(ctx, from, bare, stanza).await,
     }
 }
 
@@ -239,20 +245,19 @@ async fn message_to_bare(
     bare: &BareJid,
     mut stanza: Element,
 ) {
-    let kind = stanza_type(&stanza).to_string();
-    match kind.as_str() {
+    let headline = match stanza_type(&stanza) {
         "groupchat" => {
             route_reply(ctx, &stanza, StanzaError::service_unavailable()).await;
             return;
         }
         "error" => return,
-        _ => {}
-    }
+        kind => kind == "headline",
+    };
     let targets = ctx
         .sessions
         .senders_where(bare, |s| s.available && s.priority >= 0);
     if targets.is_empty() {
-        if kind == "headline" {
+        if headline {
             return;
         }
         if !account_exists(ctx, bare).await {
@@ -274,7 +279,7 @@ async fn message_to_bare(
         };
         ctx.registry.inbound_message(ctx, &msg, &mut stanza).await;
     }
-    to_resources_or_offline(ctx, bare, targets, stanza, kind == "headline", false).await;
+    to_resources_or_offline(ctx, bare, targets, stanza, headline, false).await;
 }
 
 /// A message accepted for the local account `bare` (its hooks ran) that never reached

@@ -548,6 +548,6 @@ async fn stanza(ctx: &Arc<Context>, st: &State, mut el: Element) -> Result<(), E
     }
     el.set_attr("from", from.as_str());
     el.set_attr("to", to.as_str());
-    route_addressed(ctx, from, to, el).await;
+    route_addressed(ctx, &from, &to, el).await;
     Ok(())
 }
