@@ -303,10 +303,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
             },
         };
         loop {
-            if let Err(e) = tls.process_incoming() {
-                tls.send_alert().await;
-                return Err(e);
-            }
             std::future::poll_fn(|cx| tls.poll_send_outgoing(cx)).await?;
             if !tls.session.conn.is_handshaking() {
                 break;
@@ -314,9 +310,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
             if tls.session.read_closed {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            let read = std::future::poll_fn(|cx| tls.poll_read_ciphertext(cx)).await?;
-            if read == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            // Handshake records go through the same per-thread buffer as the rest;
+            // application data the client sent right after its Finished is kept.
+            if let Err(e) = std::future::poll_fn(|cx| tls.poll_read_records(cx, None)).await {
+                tls.send_alert().await;
+                return Err(e);
             }
         }
         Ok(tls)
@@ -360,13 +358,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         Some(exporter)
     }
 
-    /// Processes the held ciphertext (during the handshake).
-    fn process_incoming(&mut self) -> io::Result<()> {
-        let consumed = self.session.process(&mut self.incoming, None)?;
-        self.incoming.drain(..consumed);
-        Ok(())
-    }
-
     /// A failed handshake: rustls has queued an alert; try to send it, once, not waiting.
     async fn send_alert(&mut self) {
         let _ = self.session.process(&mut [], None);
@@ -375,24 +366,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
             Poll::Ready(())
         })
         .await;
-    }
-
-    /// Reads once into the held ciphertext, during the handshake; `Ok(0)` at end of stream.
-    fn poll_read_ciphertext(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.incoming.len() >= MAX_INCOMING {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "TLS message too large",
-            )));
-        }
-        let start = self.incoming.len();
-        self.incoming.resize(start + READ_BYTES, 0);
-        let mut buf = ReadBuf::new(&mut self.incoming[start..]);
-        let polled = Pin::new(&mut self.io).poll_read(cx, &mut buf);
-        let n = buf.filled().len();
-        self.incoming.truncate(start + n);
-        ready!(polled)?;
-        Poll::Ready(Ok(n))
     }
 
     /// Writes queued ciphertext until the socket takes no more; ready when all is out.
@@ -412,11 +385,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
     }
 
     /// Reads ciphertext into the per-thread buffer (after what this connection held) and
-    /// processes it into `out`. Ready with nothing added at end of stream.
+    /// processes it: plaintext into `out` (or kept), records to send queued. Ready with
+    /// `read_closed` set at end of stream.
     fn poll_read_records(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
+        out: Option<&mut ReadBuf<'_>>,
     ) -> Poll<io::Result<()>> {
         let held = self.incoming.len();
         if held >= MAX_INCOMING {
@@ -436,7 +410,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
                 return Poll::Ready(Ok(()));
             }
             let filled = &mut scratch[..held + n];
-            let consumed = self.session.process(filled, Some(out))?;
+            let consumed = self.session.process(filled, out)?;
             self.incoming.clear();
             self.incoming.extend_from_slice(&filled[consumed..]);
             if self.incoming.is_empty() {
@@ -492,7 +466,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
                 return Poll::Ready(Err(e));
             }
             let before = out.filled().len();
-            ready!(this.poll_read_records(cx, out))?;
+            ready!(this.poll_read_records(cx, Some(out)))?;
             if out.filled().len() > before {
                 return Poll::Ready(Ok(()));
             }
