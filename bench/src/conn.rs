@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -448,10 +448,20 @@ async fn tls_wrap(tls: &TlsConnector, tcp: TcpStream, domain: &str) -> Res<Strea
 
 /// Sends a stream header and returns the `<stream:features/>` that follows.
 async fn open_stream(conn: &mut Conn) -> Res<Vec<u8>> {
+    open_stream_from(conn, None).await
+}
+
+/// [`open_stream`] with a `from` (the bare JID: XEP-0388 wants it on the encrypted
+/// stream before SASL2).
+async fn open_stream_from(conn: &mut Conn, from: Option<&str>) -> Res<Vec<u8>> {
     conn.rd.reset();
     conn.wbuf
         .extend_from_slice(b"<?xml version='1.0'?><stream:stream to='");
     xml::escape_into(&mut conn.wbuf, &conn.domain);
+    if let Some(from) = from {
+        conn.wbuf.extend_from_slice(b"' from='");
+        xml::escape_into(&mut conn.wbuf, from);
+    }
     conn.wbuf.extend_from_slice(
         b"' version='1.0' xml:lang='en' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
     );
@@ -475,9 +485,11 @@ fn tag_text(tag: &[u8]) -> &[u8] {
 }
 
 fn choose_mech(features: &[u8], want: Mech) -> Res<Mech> {
-    let offered: Vec<&[u8]> = xml::each_tag(features, b"mechanism")
-        .map(tag_text)
-        .collect();
+    // The legacy list only: SASL2's `<authentication>` lists mechanisms too.
+    let legacy = xml::find_tag(features, b"mechanisms", 1)
+        .and_then(|at| xml::element_at(features, at))
+        .unwrap_or(features);
+    let offered: Vec<&[u8]> = xml::each_tag(legacy, b"mechanism").map(tag_text).collect();
     let has = |m: &[u8]| offered.contains(&m);
     let pick = match want {
         Mech::Auto => {
@@ -600,47 +612,90 @@ pub async fn login(ctx: &Ctx, idx: usize, acct: &Account) -> Res<Conn> {
 
 /// [`login`] with another TLS connector (a returning device's).
 pub async fn login_with(ctx: &Ctx, idx: usize, acct: &Account, tls: &TlsConnector) -> Res<Conn> {
-    match tokio::time::timeout(ctx.handshake_timeout, login_inner(ctx, idx, acct, tls)).await {
+    login_auth(ctx, idx, acct, tls, &Auth::Legacy)
+        .await
+        .map(|(conn, _)| conn)
+}
+
+/// Connects and logs in as `auth` says. Returns the connection, ready for stanzas, and
+/// the FAST token the server issued, if it issued one.
+pub async fn login_auth(
+    ctx: &Ctx,
+    idx: usize,
+    acct: &Account,
+    tls: &TlsConnector,
+    auth: &Auth<'_>,
+) -> Res<(Conn, Option<String>)> {
+    match tokio::time::timeout(
+        ctx.handshake_timeout,
+        login_inner(ctx, idx, acct, tls, auth),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err("login timed out".into()),
     }
 }
 
-async fn login_inner(ctx: &Ctx, idx: usize, acct: &Account, tls: &TlsConnector) -> Res<Conn> {
+/// TCP, then STARTTLS or direct TLS; returns the connection and the features of the
+/// encrypted stream, opened with `from` when given.
+async fn connect_tls(
+    ctx: &Ctx,
+    idx: usize,
+    acct: &Account,
+    tls: &TlsConnector,
+    from: Option<&str>,
+) -> Res<(Conn, Vec<u8>)> {
     let tcp = tcp_connect(ctx, idx)
         .await
         .map_err(|e| format!("connect {}: {e}", ctx.addr))?;
     let bare = acct.bare();
-    let mut conn = if ctx.direct_tls {
-        Conn::new(
+    if ctx.direct_tls {
+        let mut conn = Conn::new(
             tls_wrap(tls, tcp, &acct.domain).await?,
             bare,
             acct.domain.clone(),
-        )
-    } else {
-        Conn::new(Stream::Plain(tcp), bare, acct.domain.clone())
-    };
-    let mut features = open_stream(&mut conn).await?;
-    if !ctx.direct_tls {
-        if !xml::has_child(&features, b"starttls") {
-            return Err("server offers no STARTTLS".into());
-        }
-        conn.wbuf
-            .extend_from_slice(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        conn.flush().await?;
-        let r = conn.next_element().await?;
-        if xml::local_name(conn.rd.bytes(r)) != b"proceed" {
-            return Err("STARTTLS refused".into());
-        }
-        let Conn {
-            io, bare, domain, ..
-        } = conn;
-        let Stream::Plain(tcp) = io else {
-            return Err("STARTTLS on an encrypted stream".into());
-        };
-        conn = Conn::new(tls_wrap(tls, tcp, &domain).await?, bare, domain);
-        features = open_stream(&mut conn).await?;
+        );
+        let features = open_stream_from(&mut conn, from).await?;
+        return Ok((conn, features));
     }
+    let mut conn = Conn::new(Stream::Plain(tcp), bare, acct.domain.clone());
+    let features = open_stream(&mut conn).await?;
+    if !xml::has_child(&features, b"starttls") {
+        return Err("server offers no STARTTLS".into());
+    }
+    conn.wbuf
+        .extend_from_slice(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    conn.flush().await?;
+    let r = conn.next_element().await?;
+    if xml::local_name(conn.rd.bytes(r)) != b"proceed" {
+        return Err("STARTTLS refused".into());
+    }
+    let Conn {
+        io, bare, domain, ..
+    } = conn;
+    let Stream::Plain(tcp) = io else {
+        return Err("STARTTLS on an encrypted stream".into());
+    };
+    let mut conn = Conn::new(tls_wrap(tls, tcp, &domain).await?, bare, domain);
+    let features = open_stream_from(&mut conn, from).await?;
+    Ok((conn, features))
+}
+
+async fn login_inner(
+    ctx: &Ctx,
+    idx: usize,
+    acct: &Account,
+    tls: &TlsConnector,
+    auth: &Auth<'_>,
+) -> Res<(Conn, Option<String>)> {
+    if !matches!(auth, Auth::Legacy) {
+        let bare = acct.bare();
+        let (mut conn, features) = connect_tls(ctx, idx, acct, tls, Some(&bare)).await?;
+        let token = sasl2_login(ctx, &mut conn, acct, &features, auth).await?;
+        return Ok((conn, token));
+    }
+    let (mut conn, features) = connect_tls(ctx, idx, acct, tls, None).await?;
     let mech = choose_mech(&features, ctx.mech)?;
     authenticate(ctx, &mut conn, acct, mech).await?;
     let features = open_stream(&mut conn).await?;
@@ -665,7 +720,403 @@ async fn login_inner(ctx: &Ctx, idx: usize, acct: &Account, tls: &TlsConnector) 
         conn.flush().await?;
         conn.await_iq(b"sess", &mut ignore_other).await?;
     }
-    Ok(conn)
+    Ok((conn, None))
+}
+
+// ------------------------------------------------------------ SASL2, Bind2, FAST
+
+const SASL2_NS: &[u8] = b"urn:xmpp:sasl:2";
+const BIND2_NS: &[u8] = b"urn:xmpp:bind:0";
+const FAST_NS: &[u8] = b"urn:xmpp:fast:0";
+
+/// How a login authenticates.
+#[derive(Debug, Clone, Copy)]
+pub enum Auth<'a> {
+    /// RFC 6120 SASL, stream restart, resource binding (an IQ), as every client can.
+    Legacy,
+    /// SASL2 (XEP-0388) with SCRAM and the password, Bind2 (XEP-0386) inline, and a
+    /// FAST token (XEP-0484) requested: a device's first login.
+    Sasl2Password {
+        /// The `<user-agent id>`: the same on every login of a device.
+        user_agent: &'a str,
+    },
+    /// SASL2 with HT-SHA-256-NONE and a FAST token, Bind2 inline: one round trip after
+    /// TLS and no stream restart (a returning device).
+    Fast { user_agent: &'a str, token: &'a str },
+}
+
+/// A returning device for FAST logins: its stable user-agent id and the token the
+/// server last gave it.
+#[derive(Debug)]
+pub struct FastDevice {
+    pub user_agent: String,
+    token: Mutex<Option<String>>,
+}
+
+impl FastDevice {
+    pub fn new(acct: &Account) -> Self {
+        FastDevice {
+            user_agent: user_agent_id(&acct.bare()),
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.token.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub fn set_token(&self, token: String) {
+        if let Ok(mut g) = self.token.lock() {
+            *g = Some(token);
+        }
+    }
+}
+
+/// A UUID-shaped id derived from the account, the same on every run (a real client
+/// makes one at install time and keeps it).
+pub fn user_agent_id(bare: &str) -> String {
+    let h = scram::hash(
+        HashKind::Sha256,
+        format!("xmppd-bench device {bare}").as_bytes(),
+    );
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    // Version 4 and the RFC 4122 variant, so it looks like what clients send.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x: String = b.iter().map(|v| format!("{v:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
+}
+
+/// What an `<authentication xmlns='urn:xmpp:sasl:2'>` feature offers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sasl2Offer {
+    /// SASL mechanisms for a password login.
+    pub mechanisms: Vec<String>,
+    /// Bind2 may be requested inline.
+    pub bind2: bool,
+    /// FAST mechanisms (empty: no FAST).
+    pub fast: Vec<String>,
+}
+
+fn texts(el: &[u8], tag: &[u8]) -> Vec<String> {
+    xml::each_tag(el, tag)
+        .map(|t| String::from_utf8_lossy(xml::unescape(tag_text(t)).trim_ascii()).into_owned())
+        .collect()
+}
+
+/// The first `<tag>` below the root of `el` whose xmlns is `ns`, whole.
+fn child_ns<'a>(el: &'a [u8], tag: &[u8], ns: &[u8]) -> Option<&'a [u8]> {
+    let mut from = 1;
+    while let Some(at) = xml::find_tag(el, tag, from) {
+        if xml::attr(&el[at..], b"xmlns") == Some(ns) {
+            return xml::element_at(el, at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// The SASL2 offer in stream features; `None` when there is none.
+pub fn sasl2_offer(features: &[u8]) -> Option<Sasl2Offer> {
+    let auth = child_ns(features, b"authentication", SASL2_NS)?;
+    let mut offer = Sasl2Offer::default();
+    // The password mechanisms are the <mechanism> children outside <inline>.
+    let (outside, inline) = match xml::find_tag(auth, b"inline", 1)
+        .and_then(|at| Some((at, xml::element_at(auth, at)?)))
+    {
+        Some((at, inl)) => ([&auth[..at], &auth[at + inl.len()..]].concat(), inl),
+        None => (auth.to_vec(), &b""[..]),
+    };
+    offer.mechanisms = texts(&outside, b"mechanism");
+    if !inline.is_empty() {
+        offer.bind2 = child_ns(inline, b"bind", BIND2_NS).is_some();
+        if let Some(fast) = child_ns(inline, b"fast", FAST_NS) {
+            offer.fast = texts(fast, b"mechanism");
+        }
+    }
+    Some(offer)
+}
+
+/// The `<authenticate>` element. `mech` and `tag` are trusted text (mechanism names and
+/// the configured resource); `initial` is raw bytes, base64-encoded here.
+fn sasl2_authenticate(
+    mech: &str,
+    initial: &[u8],
+    user_agent: &str,
+    fast: bool,
+    tag: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='");
+    xml::escape_into(&mut out, mech);
+    out.extend_from_slice(b"'><initial-response>");
+    out.extend_from_slice(B64.encode(initial).as_bytes());
+    out.extend_from_slice(b"</initial-response><user-agent id='");
+    xml::escape_into(&mut out, user_agent);
+    out.extend_from_slice(b"'><software>xmppd-bench</software>");
+    if !fast {
+        out.extend_from_slice(b"<device>bench</device>");
+    }
+    out.extend_from_slice(b"</user-agent><bind xmlns='urn:xmpp:bind:0'><tag>");
+    xml::escape_into(&mut out, tag);
+    out.extend_from_slice(b"</tag></bind>");
+    if fast {
+        out.extend_from_slice(b"<fast xmlns='urn:xmpp:fast:0'/>");
+    } else {
+        out.extend_from_slice(b"<request-token xmlns='urn:xmpp:fast:0' mechanism='");
+        out.extend_from_slice(scram::HT_SHA256_NONE.as_bytes());
+        out.extend_from_slice(b"'/>");
+    }
+    out.extend_from_slice(b"</authenticate>");
+    out
+}
+
+/// What a SASL2 `<success>` carried.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sasl2Success {
+    /// Decoded `<additional-data>` (SCRAM's server-final, FAST's HMAC).
+    pub additional_data: Option<Vec<u8>>,
+    /// `<authorization-identifier>`: the full JID once Bind2 bound a resource.
+    pub authzid: Option<String>,
+    /// `<bound xmlns='urn:xmpp:bind:0'>` was there.
+    pub bound: bool,
+    /// A FAST `<token>`: requested, or rotated.
+    pub token: Option<String>,
+}
+
+/// Base64 element content (whitespace ignored, `=` is empty).
+fn b64_text(raw: &[u8]) -> Res<Vec<u8>> {
+    let text: Vec<u8> = raw
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    if text.is_empty() || text == b"=" {
+        return Ok(Vec::new());
+    }
+    B64.decode(&text)
+        .map_err(|e| Error(format!("SASL2 payload base64: {e}")))
+}
+
+/// Parses `<success xmlns='urn:xmpp:sasl:2'>`; its children may come in any order.
+pub fn parse_success(el: &[u8]) -> Res<Sasl2Success> {
+    let additional_data = match xml::child_text(el, b"additional-data") {
+        Some(t) => Some(b64_text(t)?),
+        None => None,
+    };
+    let authzid = xml::child_text(el, b"authorization-identifier")
+        .map(|t| String::from_utf8_lossy(&xml::unescape(t)).trim().to_owned());
+    let bound = xml::each_tag(el, b"bound").any(|t| xml::attr(t, b"xmlns") == Some(BIND2_NS));
+    let token = xml::each_tag(el, b"token")
+        .find(|t| xml::attr(t, b"xmlns") == Some(FAST_NS))
+        .and_then(|t| xml::attr(t, b"token"))
+        .map(|v| String::from_utf8_lossy(&xml::unescape(v)).into_owned())
+        .filter(|v| !v.is_empty());
+    Ok(Sasl2Success {
+        additional_data,
+        authzid,
+        bound,
+        token,
+    })
+}
+
+/// A SASL2 `<failure>` as one line: its condition (the first child) and its text.
+fn failure_text(el: &[u8]) -> String {
+    let condition = el
+        .iter()
+        .position(|&c| c == b'>')
+        .filter(|&gt| gt > 0 && el[gt - 1] != b'/')
+        .and_then(|gt| {
+            let rest = &el[gt + 1..];
+            let lt = rest.iter().position(|&c| c == b'<')?;
+            let n = xml::name(&rest[lt..]);
+            (!n.is_empty() && !n.starts_with(b"/")).then_some(n)
+        })
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .unwrap_or_else(|| "no condition".into());
+    match xml::child_text(el, b"text") {
+        Some(t) => format!(
+            "{condition} ({})",
+            String::from_utf8_lossy(&xml::unescape(t))
+        ),
+        None => condition,
+    }
+}
+
+/// The next SASL2 element from the server: (local name, whole element).
+async fn sasl2_next(conn: &mut Conn) -> Res<(Vec<u8>, Vec<u8>)> {
+    let r = conn.next_element().await?;
+    let el = conn.rd.bytes(r);
+    if xml::attr(el, b"xmlns") != Some(SASL2_NS) {
+        return Err(format!(
+            "expected a SASL2 element, got {}",
+            String::from_utf8_lossy(el)
+        )
+        .into());
+    }
+    let name = xml::local_name(el).to_vec();
+    if name == b"failure" {
+        return Err(format!("SASL2 failure: {}", failure_text(el)).into());
+    }
+    Ok((name, el.to_vec()))
+}
+
+/// SASL2 on an encrypted stream whose `features` were just read: password (SCRAM) or
+/// FAST token, Bind2 inline. On return the server's post-authentication features have
+/// arrived (no stream restart) and the session is bound. Returns the token the server
+/// issued, if any.
+async fn sasl2_login(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    acct: &Account,
+    features: &[u8],
+    auth: &Auth<'_>,
+) -> Res<Option<String>> {
+    let offer = sasl2_offer(features).ok_or(
+        "server does not offer FAST (no <authentication xmlns='urn:xmpp:sasl:2'> in its stream features)",
+    )?;
+    if !offer.fast.iter().any(|m| m == scram::HT_SHA256_NONE) {
+        return Err(format!(
+            "server does not offer FAST ({} not among its FAST mechanisms {:?})",
+            scram::HT_SHA256_NONE,
+            offer.fast
+        )
+        .into());
+    }
+    if !offer.bind2 {
+        return Err("server does not offer Bind2 inline in SASL2".into());
+    }
+    let tag = ctx.resource.as_str();
+    let (success, token_used) = match *auth {
+        Auth::Legacy => return Err("not a SASL2 login".into()),
+        Auth::Fast { user_agent, token } => {
+            let initial = scram::ht_initiator(&acct.local, token);
+            conn.wbuf.extend_from_slice(&sasl2_authenticate(
+                scram::HT_SHA256_NONE,
+                &initial,
+                user_agent,
+                true,
+                tag,
+            ));
+            conn.flush().await?;
+            let (name, el) = sasl2_next(conn).await?;
+            if name != b"success" {
+                return Err(format!(
+                    "FAST: expected <success>, got {}",
+                    String::from_utf8_lossy(&el)
+                )
+                .into());
+            }
+            let s = parse_success(&el)?;
+            match &s.additional_data {
+                Some(d) if *d == scram::ht_responder(token) => {}
+                Some(_) => return Err("FAST: server's HMAC (Responder) does not match".into()),
+                None => {
+                    return Err(
+                        "FAST: success without <additional-data> (server not verified)".into(),
+                    );
+                }
+            }
+            (s, true)
+        }
+        Auth::Sasl2Password { user_agent } => {
+            let kind = match ctx.mech {
+                Mech::Auto | Mech::ScramSha256 => HashKind::Sha256,
+                Mech::ScramSha1 => HashKind::Sha1,
+                Mech::Plain => return Err("--fast logs in with SCRAM, not PLAIN".into()),
+            };
+            if !offer.mechanisms.iter().any(|m| m == kind.mechanism()) {
+                return Err(format!(
+                    "server does not offer {} over SASL2 (offers {:?})",
+                    kind.mechanism(),
+                    offer.mechanisms
+                )
+                .into());
+            }
+            let nonce: String = rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(24)
+                .map(char::from)
+                .collect();
+            let mut scram = ScramClient::new(kind, &acct.local, &nonce);
+            conn.wbuf.extend_from_slice(&sasl2_authenticate(
+                kind.mechanism(),
+                scram.client_first().as_bytes(),
+                user_agent,
+                false,
+                tag,
+            ));
+            conn.flush().await?;
+            let (name, el) = sasl2_next(conn).await?;
+            if name != b"challenge" {
+                return Err(format!(
+                    "SASL2 SCRAM: expected <challenge>, got {}",
+                    String::from_utf8_lossy(&el)
+                )
+                .into());
+            }
+            let server_first = String::from_utf8(b64_text(tag_text(&el))?)
+                .map_err(|_| "SCRAM server-first not UTF-8")?;
+            let fin = scram.client_final(&server_first, &acct.password, &ctx.salt_cache)?;
+            conn.wbuf
+                .extend_from_slice(b"<response xmlns='urn:xmpp:sasl:2'>");
+            conn.wbuf.extend_from_slice(B64.encode(fin).as_bytes());
+            conn.wbuf.extend_from_slice(b"</response>");
+            conn.flush().await?;
+            let (name, el) = sasl2_next(conn).await?;
+            if name != b"success" {
+                return Err(format!(
+                    "SASL2 SCRAM: expected <success>, got {}",
+                    String::from_utf8_lossy(&el)
+                )
+                .into());
+            }
+            let s = parse_success(&el)?;
+            let Some(data) = &s.additional_data else {
+                return Err(
+                    "SASL2 SCRAM: success without <additional-data> (no server signature)".into(),
+                );
+            };
+            let server_final =
+                std::str::from_utf8(data).map_err(|_| "SCRAM server-final not UTF-8")?;
+            scram.verify_server_final(server_final)?;
+            if s.token.is_none() {
+                return Err("server issued no FAST token (asked with <request-token>)".into());
+            }
+            (s, false)
+        }
+    };
+    if !success.bound {
+        return Err(
+            "SASL2 success without <bound xmlns='urn:xmpp:bind:0'/> (Bind2 not done)".into(),
+        );
+    }
+    match &success.authzid {
+        Some(j) if j.contains('/') => {}
+        other => {
+            return Err(format!(
+                "SASL2 success: authorization-identifier {other:?} is not a full JID{}",
+                if token_used { " (FAST)" } else { "" }
+            )
+            .into());
+        }
+    }
+    // No stream restart: the features follow <success> on the same stream.
+    loop {
+        let r = conn.next_element().await?;
+        if xml::name(conn.rd.bytes(r)) == b"stream:features" {
+            break;
+        }
+    }
+    Ok(success.token)
 }
 
 /// True when the features list a `<session/>` without `<optional/>` (RFC 3921 servers).
@@ -735,6 +1186,336 @@ mod tests {
         assert!(!auto_reply(b"<iq type='result' id='x'/>", &mut out));
         assert!(!auto_reply(b"<message><body>x</body></message>", &mut out));
         assert!(out.is_empty());
+    }
+
+    /// The stream features of the wire protocol xmppd implements (issue 16).
+    const FEATURES: &[u8] = b"<stream:features>\
+        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+        <authentication xmlns='urn:xmpp:sasl:2'>\
+          <mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>\
+          <inline>\
+            <bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:sm:3'/><feature var='urn:xmpp:carbons:2'/></inline></bind>\
+            <fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>\
+          </inline>\
+        </authentication></stream:features>";
+
+    #[test]
+    fn sasl2_features() {
+        let o = sasl2_offer(FEATURES).unwrap();
+        assert_eq!(
+            o.mechanisms,
+            ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1"]
+        );
+        assert!(o.bind2);
+        assert_eq!(o.fast, ["HT-SHA-256-EXPR", "HT-SHA-256-NONE"]);
+        // The legacy choice looks at <mechanisms> only.
+        assert_eq!(choose_mech(FEATURES, Mech::Auto).unwrap(), Mech::ScramSha1);
+        // SASL2 without FAST or Bind2; no SASL2 at all; another namespace.
+        let o = sasl2_offer(
+            b"<stream:features><authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism></authentication></stream:features>",
+        )
+        .unwrap();
+        assert_eq!((o.mechanisms.len(), o.bind2, o.fast.len()), (1, false, 0));
+        assert!(sasl2_offer(b"<stream:features><mechanisms/></stream:features>").is_none());
+        assert!(
+            sasl2_offer(b"<stream:features><authentication xmlns='x'/></stream:features>")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn authenticate_elements() {
+        let a = sasl2_authenticate("SCRAM-SHA-256", b"n,,n=u,r=x", "ID-1", false, "bench");
+        assert_eq!(
+            String::from_utf8(a).unwrap(),
+            format!(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='SCRAM-SHA-256'>\
+                 <initial-response>{}</initial-response>\
+                 <user-agent id='ID-1'><software>xmppd-bench</software><device>bench</device></user-agent>\
+                 <bind xmlns='urn:xmpp:bind:0'><tag>bench</tag></bind>\
+                 <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>\
+                 </authenticate>",
+                B64.encode("n,,n=u,r=x")
+            )
+        );
+        let init = scram::ht_initiator("u", "t");
+        let f = sasl2_authenticate("HT-SHA-256-NONE", &init, "ID-1", true, "a<b");
+        assert_eq!(
+            String::from_utf8(f).unwrap(),
+            format!(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'>\
+                 <initial-response>{}</initial-response>\
+                 <user-agent id='ID-1'><software>xmppd-bench</software></user-agent>\
+                 <bind xmlns='urn:xmpp:bind:0'><tag>a&lt;b</tag></bind>\
+                 <fast xmlns='urn:xmpp:fast:0'/>\
+                 </authenticate>",
+                B64.encode(&init)
+            )
+        );
+    }
+
+    #[test]
+    fn success_parsing() {
+        let el = b"<success xmlns='urn:xmpp:sasl:2'>\
+            <token xmlns='urn:xmpp:fast:0' token='a&amp;b' expiry='2026-12-21T00:00:00Z'/>\
+            <bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3'/></bound>\
+            <authorization-identifier>u@d/bench/X1</authorization-identifier>\
+            <additional-data>dj1hYmM=</additional-data></success>";
+        let s = parse_success(el).unwrap();
+        assert_eq!(s.additional_data.as_deref(), Some(&b"v=abc"[..]));
+        assert_eq!(s.authzid.as_deref(), Some("u@d/bench/X1"));
+        assert!(s.bound);
+        assert_eq!(s.token.as_deref(), Some("a&b"));
+        let s = parse_success(
+            b"<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>u@d</authorization-identifier></success>",
+        )
+        .unwrap();
+        assert_eq!(s.additional_data, None);
+        assert!(!s.bound);
+        assert_eq!(s.token, None);
+        assert!(
+            parse_success(b"<success><additional-data>!!</additional-data></success>").is_err()
+        );
+    }
+
+    #[test]
+    fn failures_and_agents() {
+        assert_eq!(
+            failure_text(
+                b"<failure xmlns='urn:xmpp:sasl:2'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/><text>bad token</text></failure>"
+            ),
+            "not-authorized (bad token)"
+        );
+        assert_eq!(failure_text(b"<failure xmlns='x'/>"), "no condition");
+        let id = user_agent_id("user1@localhost");
+        assert_eq!(id, user_agent_id("user1@localhost"));
+        assert_ne!(id, user_agent_id("user2@localhost"));
+        let parts: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12]);
+        assert_eq!(&id[14..15], "4");
+    }
+
+    /// A scripted SASL2 server on loopback (plain TCP: the exchange is what is tested).
+    /// `answer` gets everything the client sent so far and returns the reply to send,
+    /// or `None` to read more.
+    async fn mock_server(
+        mut answer: impl FnMut(&str) -> Option<String> + Send + 'static,
+    ) -> (Conn, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = String::new();
+            let mut buf = [0u8; 4096];
+            // The stream the client already opened (the splitter wants its header).
+            s.write_all(
+                b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+            )
+            .await
+            .unwrap();
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return seen;
+                }
+                seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+                if let Some(reply) = answer(&seen) {
+                    s.write_all(reply.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        (
+            Conn::new(Stream::Plain(tcp), "u1@d".into(), "d".into()),
+            server,
+        )
+    }
+
+    fn test_ctx() -> Ctx {
+        Ctx {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source_addrs: 0,
+            direct_tls: false,
+            mech: Mech::Auto,
+            tls: tls_connector(false).unwrap(),
+            handshake_timeout: Duration::from_secs(5),
+            resource: "bench".into(),
+            salt_cache: SaltCache::default(),
+        }
+    }
+
+    fn test_account() -> Account {
+        Account {
+            local: "u1".into(),
+            domain: "d".into(),
+            password: "pencil".into(),
+        }
+    }
+
+    fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {
+        let i = s.find(a).unwrap() + a.len();
+        &s[i..i + s[i..].find(b).unwrap()]
+    }
+
+    const AFTER: &str = "<stream:features><sm xmlns='urn:xmpp:sm:3'/></stream:features>";
+
+    #[tokio::test]
+    async fn sasl2_scram_with_token_request() {
+        let (salt, iters) = (b"NaCl-salt".to_vec(), 4096);
+        let salted = scram::salted_password(HashKind::Sha256, b"pencil", &salt, iters);
+        let (stored, server_key) = scram::verifiers(HashKind::Sha256, &salted);
+        let mut step = 0;
+        let mut first_bare = String::new();
+        let mut server_first = String::new();
+        let (mut conn, server) = mock_server(move |seen| match step {
+            0 if seen.contains("</authenticate>") => {
+                step = 1;
+                let init = B64
+                    .decode(between(seen, "<initial-response>", "<"))
+                    .unwrap();
+                let init = String::from_utf8(init).unwrap();
+                first_bare = init.strip_prefix("n,,").unwrap().to_owned();
+                let nonce = first_bare.split_once(",r=").unwrap().1;
+                server_first = format!("r={nonce}SRV,s={},i={iters}", B64.encode(&salt));
+                Some(format!(
+                    "<challenge xmlns='urn:xmpp:sasl:2'>{}</challenge>",
+                    B64.encode(&server_first)
+                ))
+            }
+            1 if seen.contains("</response>") => {
+                step = 2;
+                let fin = B64
+                    .decode(between(seen, "<response xmlns='urn:xmpp:sasl:2'>", "<"))
+                    .unwrap();
+                let fin = String::from_utf8(fin).unwrap();
+                let (without_proof, proof) = fin.split_once(",p=").unwrap();
+                let am = format!("{first_bare},{server_first},{without_proof}");
+                let sig = scram::hmac(HashKind::Sha256, &stored, am.as_bytes());
+                let key: Vec<u8> = B64
+                    .decode(proof)
+                    .unwrap()
+                    .iter()
+                    .zip(&sig)
+                    .map(|(a, b)| a ^ b)
+                    .collect();
+                assert_eq!(scram::hash(HashKind::Sha256, &key), stored);
+                let v = scram::hmac(HashKind::Sha256, &server_key, am.as_bytes());
+                Some(format!(
+                    "<success xmlns='urn:xmpp:sasl:2'><bound xmlns='urn:xmpp:bind:0'/>\
+                     <token xmlns='urn:xmpp:fast:0' token='T-1' expiry='2026-12-21T00:00:00Z'/>\
+                     <authorization-identifier>u1@d/bench/Z</authorization-identifier>\
+                     <additional-data>{}</additional-data></success>{AFTER}",
+                    B64.encode(format!("v={}", B64.encode(v)))
+                ))
+            }
+            _ => None,
+        })
+        .await;
+        let ctx = test_ctx();
+        let auth = Auth::Sasl2Password { user_agent: "UA-1" };
+        let token = sasl2_login(&ctx, &mut conn, &test_account(), FEATURES, &auth)
+            .await
+            .unwrap();
+        assert_eq!(token.as_deref(), Some("T-1"));
+        drop(conn);
+        let seen = server.await.unwrap();
+        assert!(seen.starts_with(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='SCRAM-SHA-256'><initial-response>"
+        ));
+        assert!(seen.contains("<user-agent id='UA-1'><software>xmppd-bench</software><device>bench</device></user-agent>"));
+        assert!(
+            seen.contains("<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>")
+        );
+    }
+
+    async fn fast_against(reply: String) -> (Res<Option<String>>, String) {
+        let mut sent = false;
+        let (mut conn, server) = mock_server(move |seen| {
+            (!sent && seen.contains("</authenticate>")).then(|| {
+                sent = true;
+                reply.clone()
+            })
+        })
+        .await;
+        let ctx = test_ctx();
+        let auth = Auth::Fast {
+            user_agent: "UA-1",
+            token: "T-1",
+        };
+        let r = sasl2_login(&ctx, &mut conn, &test_account(), FEATURES, &auth).await;
+        drop(conn);
+        (r, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn fast_login() {
+        let good = B64.encode(scram::ht_responder("T-1"));
+        let (r, seen) = fast_against(format!(
+            "<success xmlns='urn:xmpp:sasl:2'><additional-data>{good}</additional-data>\
+             <authorization-identifier>u1@d/bench/Z</authorization-identifier>\
+             <bound xmlns='urn:xmpp:bind:0'/>\
+             <token xmlns='urn:xmpp:fast:0' token='T-2' expiry='2026-12-21T00:00:00Z'/></success>{AFTER}"
+        ))
+        .await;
+        assert_eq!(r.unwrap().as_deref(), Some("T-2"));
+        assert_eq!(
+            B64.decode(between(&seen, "<initial-response>", "<"))
+                .unwrap(),
+            scram::ht_initiator("u1", "T-1")
+        );
+        assert!(seen.contains("mechanism='HT-SHA-256-NONE'"));
+        assert!(seen.contains("<fast xmlns='urn:xmpp:fast:0'/>"));
+        assert!(!seen.contains("<device>"));
+        assert!(!seen.contains("request-token"));
+
+        // No rotation.
+        let (r, _) = fast_against(format!(
+            "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>u1@d/bench/Z</authorization-identifier>\
+             <bound xmlns='urn:xmpp:bind:0'/><additional-data>{good}</additional-data></success>{AFTER}"
+        ))
+        .await;
+        assert_eq!(r.unwrap(), None);
+
+        // A server that does not know the token.
+        let bad = B64.encode(scram::ht_responder("T-0"));
+        let (r, _) = fast_against(format!(
+            "<success xmlns='urn:xmpp:sasl:2'><additional-data>{bad}</additional-data>\
+             <authorization-identifier>u1@d/bench/Z</authorization-identifier><bound xmlns='urn:xmpp:bind:0'/></success>{AFTER}"
+        ))
+        .await;
+        assert!(r.unwrap_err().0.contains("does not match"));
+
+        // Bound but not said so.
+        let (r, _) = fast_against(format!(
+            "<success xmlns='urn:xmpp:sasl:2'><additional-data>{good}</additional-data>\
+             <authorization-identifier>u1@d</authorization-identifier></success>{AFTER}"
+        ))
+        .await;
+        assert!(r.unwrap_err().0.contains("Bind2"));
+
+        let (r, _) = fast_against(
+            "<failure xmlns='urn:xmpp:sasl:2'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>".into(),
+        )
+        .await;
+        assert!(r.unwrap_err().0.contains("SASL2 failure: not-authorized"));
+    }
+
+    #[tokio::test]
+    async fn no_fast_offered() {
+        let (mut conn, _server) = mock_server(|_| None).await;
+        let ctx = test_ctx();
+        let auth = Auth::Sasl2Password { user_agent: "UA" };
+        let plain = b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>";
+        let e = sasl2_login(&ctx, &mut conn, &test_account(), plain, &auth)
+            .await
+            .unwrap_err();
+        assert!(e.0.starts_with("server does not offer FAST"), "{e}");
+        let no_fast = b"<stream:features><authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256</mechanism><inline><bind xmlns='urn:xmpp:bind:0'/></inline></authentication></stream:features>";
+        let e = sasl2_login(&ctx, &mut conn, &test_account(), no_fast, &auth)
+            .await
+            .unwrap_err();
+        assert!(e.0.starts_with("server does not offer FAST"), "{e}");
     }
 
     #[test]

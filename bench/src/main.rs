@@ -23,7 +23,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use conn::{Ctx, Mech, Names, Res};
-use scenarios::{ChatParams, Report, Run};
+use scenarios::{ChatParams, LoginMode, Report, Run};
 use scram::{HashKind, SaltCache};
 
 /// Each source address has ~28k ephemeral ports; stay well below.
@@ -108,6 +108,12 @@ enum Cmd {
         /// tickets; the measured pass then resumes those sessions.
         #[arg(long)]
         resume: bool,
+        /// Returning devices with FAST (XEP-0484): the unmeasured pass logs every account
+        /// in with SASL2 (XEP-0388) + SCRAM + Bind2 (XEP-0386) and asks for a FAST token;
+        /// the measured pass logs in with that token (HT-SHA-256-NONE) and Bind2: one round
+        /// trip after TLS, no stream restart. With --resume, TLS sessions resume as well.
+        #[arg(long)]
+        fast: bool,
     },
     /// Hold N authenticated TLS sessions (with presence) for T seconds: server RSS.
     Idle {
@@ -365,6 +371,7 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             server_pid,
             warmup,
             resume,
+            fast,
         } => {
             let devices = resume.then(|| {
                 Arc::new(
@@ -373,15 +380,48 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
                         .collect::<Vec<_>>(),
                 )
             });
-            if warmup || resume {
-                eprintln!("login: warm-up pass (not measured)");
-                let w = scenarios::login(&run, users, false, None, devices.clone()).await?;
+            let fast_devices = fast.then(|| {
+                Arc::new(
+                    (0..users)
+                        .map(|i| conn::FastDevice::new(&run.names.account(i)))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            if warmup || resume || fast {
+                let mode = match &fast_devices {
+                    Some(d) => LoginMode::FastEnroll(d.clone()),
+                    None => LoginMode::Legacy,
+                };
+                eprintln!(
+                    "login: warm-up pass (not measured){}",
+                    if fast {
+                        ", SASL2 + SCRAM + Bind2, asking for FAST tokens"
+                    } else {
+                        ""
+                    }
+                );
+                let w = scenarios::login(&run, users, false, None, devices.clone(), mode).await?;
                 eprintln!(
                     "login: warm-up pass: {} ok, {} failed",
                     w.json["ok"], w.json["failed"]
                 );
+                // Without a single token there is nothing to measure: say why.
+                if fast && w.json["ok"].as_u64() == Some(0) {
+                    let why = w.json["first_error"]
+                        .as_str()
+                        .unwrap_or("no login succeeded");
+                    return Err(format!("login --fast: {why}").into());
+                }
             }
-            scenarios::login(&run, users, presence, server_pid, devices).await?
+            let mode = match fast_devices {
+                Some(d) => LoginMode::Fast(d),
+                None => LoginMode::Legacy,
+            };
+            let mut r = scenarios::login(&run, users, presence, server_pid, devices, mode).await?;
+            if let Some(o) = r.json.as_object_mut() {
+                o.insert("fast".into(), fast.into());
+            }
+            r
         }
         Cmd::Idle {
             users,

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
-use crate::conn::{self, Conn, Ctx, Names, OnElement, Res, auto_reply, ignore_other};
+use crate::conn::{self, Conn, Ctx, FastDevice, Names, OnElement, Res, auto_reply, ignore_other};
 use crate::stats::{self, Histogram, ms, now_ns};
 use crate::xml::{self, Frame};
 
@@ -197,19 +197,90 @@ pub(crate) fn merge(a: &mut Value, b: Value) {
 
 // ---------------------------------------------------------------------------- login
 
+/// How the login scenario authenticates.
+#[derive(Clone)]
+pub enum LoginMode {
+    /// SASL, stream restart, bind IQ.
+    Legacy,
+    /// SASL2 + SCRAM + Bind2, asking for a FAST token, kept in the account's device.
+    FastEnroll(Arc<Vec<FastDevice>>),
+    /// SASL2 with the device's FAST token + Bind2 (a rotated token is kept).
+    Fast(Arc<Vec<FastDevice>>),
+}
+
+impl LoginMode {
+    fn name(&self) -> &'static str {
+        match self {
+            LoginMode::Legacy => "legacy",
+            LoginMode::FastEnroll(_) => "sasl2-password",
+            LoginMode::Fast(_) => "sasl2-fast",
+        }
+    }
+}
+
+/// One login as `mode` says; returns the connection and whether FAST was used.
+async fn login_as(
+    ctx: &Ctx,
+    i: usize,
+    acct: &conn::Account,
+    tls: &TlsConnector,
+    mode: &LoginMode,
+    rotated: &AtomicUsize,
+) -> Res<(Conn, bool)> {
+    let (devices, fast) = match mode {
+        LoginMode::Legacy => {
+            return conn::login_with(ctx, i, acct, tls)
+                .await
+                .map(|c| (c, false));
+        }
+        LoginMode::FastEnroll(d) => (d, false),
+        LoginMode::Fast(d) => (d, true),
+    };
+    let dev = devices.get(i).ok_or("no FAST device for this account")?;
+    let token = if fast {
+        Some(
+            dev.token()
+                .ok_or("no FAST token (the warm-up login did not get one)")?,
+        )
+    } else {
+        None
+    };
+    let auth = match &token {
+        Some(token) => conn::Auth::Fast {
+            user_agent: &dev.user_agent,
+            token,
+        },
+        None => conn::Auth::Sasl2Password {
+            user_agent: &dev.user_agent,
+        },
+    };
+    let (conn, issued) = conn::login_auth(ctx, i, acct, tls, &auth).await?;
+    if let Some(new) = issued {
+        if token.as_ref().is_some_and(|t| *t != new) {
+            rotated.fetch_add(1, Ordering::Relaxed);
+        }
+        dev.set_token(new);
+    }
+    Ok((conn, fast))
+}
+
 /// `devices`: one TLS connector per account, kept across passes (returning devices that
-/// resume their TLS sessions); `None`: every connection is a new client.
+/// resume their TLS sessions); `None`: every connection is a new client. `mode`: legacy
+/// SASL + bind, or SASL2 with a password (asking for a FAST token) or a FAST token.
 pub async fn login(
     run: &Run,
     users: usize,
     presence: bool,
     pid: Option<u32>,
     devices: Option<Arc<Vec<TlsConnector>>>,
+    mode: LoginMode,
 ) -> Res<Report> {
     let sem = Arc::new(Semaphore::new(run.concurrency.max(1)));
     let hist = Arc::new(Histogram::new());
     let c = Arc::new(Counters::default());
     let resumed = Arc::new(AtomicUsize::new(0));
+    let fast_used = Arc::new(AtomicUsize::new(0));
+    let rotated = Arc::new(AtomicUsize::new(0));
     let cpu0 = stats::self_cpu();
     let srv0 = pid.and_then(stats::proc_cpu);
     let t0 = Instant::now();
@@ -217,6 +288,7 @@ pub async fn login(
     for i in 0..users {
         let (sem, hist, c, ctx) = (sem.clone(), hist.clone(), c.clone(), run.ctx.clone());
         let (resumed, devices) = (resumed.clone(), devices.clone());
+        let (fast_used, rotated, mode) = (fast_used.clone(), rotated.clone(), mode.clone());
         let acct = run.names.account(i);
         handles.push(tokio::spawn(async move {
             let Ok(_permit) = sem.acquire_owned().await else {
@@ -224,8 +296,8 @@ pub async fn login(
             };
             let tls = devices.as_ref().and_then(|d| d.get(i)).unwrap_or(&ctx.tls);
             let start = now_ns();
-            let mut conn = match conn::login_with(&ctx, i, &acct, tls).await {
-                Ok(conn) => conn,
+            let (mut conn, fast) = match login_as(&ctx, i, &acct, tls, &mode, &rotated).await {
+                Ok(r) => r,
                 Err(e) => return c.fail(&acct.bare(), &e),
             };
             if conn.tls_resumed() {
@@ -235,6 +307,9 @@ pub async fn login(
                 return c.fail(&acct.bare(), &e);
             }
             hist.record(now_ns() - start);
+            if fast {
+                fast_used.fetch_add(1, Ordering::Relaxed);
+            }
             c.ready.fetch_add(1, Ordering::Relaxed);
             conn.close().await;
             c.done.fetch_add(1, Ordering::Relaxed);
@@ -257,15 +332,22 @@ pub async fn login(
     let ok = c.ready();
     let rate = ok as f64 / wall.as_secs_f64();
     let resumed = resumed.load(Ordering::Relaxed);
+    let (fast_used, rotated) = (
+        fast_used.load(Ordering::Relaxed),
+        rotated.load(Ordering::Relaxed),
+    );
     let mut j = json!({
         "scenario": "login",
         "users": users,
         "concurrency": run.concurrency,
         "presence": presence,
         "returning_devices": devices.is_some(),
+        "auth": mode.name(),
         "ok": ok,
         "failed": c.failed(),
         "tls_resumed": resumed,
+        "fast_logins": fast_used,
+        "fast_tokens_rotated": rotated,
         "elapsed_s": wall.as_secs_f64(),
         "logins_per_s": rate,
         "latency_p50_ms": ms(hist.quantile(0.5)),
@@ -302,6 +384,20 @@ pub async fn login(
             100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
         ),
     ];
+    match mode {
+        LoginMode::Legacy => {}
+        LoginMode::FastEnroll(_) => lines.insert(
+            4,
+            format!("  SASL2           {ok} password logins (SCRAM, Bind2), FAST token each"),
+        ),
+        LoginMode::Fast(_) => lines.insert(
+            4,
+            format!(
+                "  FAST            {fast_used} of {ok} logins (SASL2 {}, Bind2), {rotated} tokens rotated",
+                crate::scram::HT_SHA256_NONE
+            ),
+        ),
+    }
     if let Some((sj, line)) = srv {
         merge(&mut j, sj);
         lines.push(line);

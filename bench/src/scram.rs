@@ -205,6 +205,28 @@ impl ScramClient {
     }
 }
 
+/// The FAST mechanism the bench uses (XEP-0484): HMAC-SHA-256 over the token, no
+/// channel binding.
+pub const HT_SHA256_NONE: &str = "HT-SHA-256-NONE";
+
+/// The initial response of HT-SHA-256-NONE (XEP-0484), not yet base64-encoded:
+/// `username || 0x00 || HMAC-SHA-256(key = token, "Initiator")` (the channel binding
+/// data that would follow "Initiator" is empty for -NONE).
+pub fn ht_initiator(user: &str, token: &str) -> Vec<u8> {
+    let mac = hmac(HashKind::Sha256, token.as_bytes(), b"Initiator");
+    let mut out = Vec::with_capacity(user.len() + 1 + mac.len());
+    out.extend_from_slice(user.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&mac);
+    out
+}
+
+/// What the server must answer to an HT-SHA-256-NONE login, proving it holds the token:
+/// `HMAC-SHA-256(key = token, "Responder")`.
+pub fn ht_responder(token: &str) -> Vec<u8> {
+    hmac(HashKind::Sha256, token.as_bytes(), b"Responder")
+}
+
 /// The PLAIN initial response (RFC 4616), base64-encoded.
 pub fn plain_response(user: &str, password: &str) -> String {
     let mut raw = Vec::with_capacity(user.len() + password.len() + 2);
@@ -294,6 +316,34 @@ mod tests {
         let (stored, server) = verifiers(HashKind::Sha1, &salted);
         assert_eq!(hex(&stored), "5f5b37c381cf16b45c8fc727755de89cdfffd7d3");
         assert_eq!(hex(&server), "7a3a6530829b61827d4fee64bba81b9e7a63ce85");
+    }
+
+    // RFC 4231 test case 2 (the HMAC-SHA-256 FAST uses), then the HT layout on top.
+    #[test]
+    fn ht_sha256_none() {
+        assert_eq!(
+            hex(&hmac(
+                HashKind::Sha256,
+                b"Jefe",
+                b"what do ya want for nothing?"
+            )),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let init = ht_initiator("user7", "s3cr\u{e9}t");
+        let (user, mac) = init.split_at(6);
+        assert_eq!(user, b"user7\0");
+        assert_eq!(mac.len(), 32);
+        let mut m = Hmac::<Sha256>::new_from_slice("s3cr\u{e9}t".as_bytes()).unwrap();
+        m.update(b"Initiator");
+        assert_eq!(mac, m.finalize().into_bytes().as_slice());
+        let mut m = Hmac::<Sha256>::new_from_slice(b"tok").unwrap();
+        m.update(b"Responder");
+        assert_eq!(ht_responder("tok"), m.finalize().into_bytes().to_vec());
+        assert_ne!(ht_responder("tok"), ht_responder("tok2"));
+        assert_ne!(
+            &ht_initiator("u", "tok")[2..],
+            ht_responder("tok").as_slice()
+        );
     }
 
     #[test]

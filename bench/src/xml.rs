@@ -488,6 +488,40 @@ pub fn each_tag<'a>(el: &'a [u8], tag: &'a [u8]) -> impl Iterator<Item = &'a [u8
     })
 }
 
+/// The whole element whose start tag begins at `at`, through its end tag (nested
+/// elements of the same name are counted); `None` when it is not complete.
+pub fn element_at(el: &[u8], at: usize) -> Option<&[u8]> {
+    let tag = name(el.get(at..)?);
+    if tag.is_empty() {
+        return None;
+    }
+    let boundary =
+        |c: Option<&u8>| matches!(c, Some(&c) if c == b'>' || c == b'/' || c.is_ascii_whitespace());
+    let mut depth = 0usize;
+    let mut i = at;
+    loop {
+        let lt = i + memchr_lt(&el[i..])?;
+        let rest = &el[lt + 1..];
+        let gt = lt + el[lt..].iter().position(|&c| c == b'>')?;
+        if let Some(r) = rest.strip_prefix(b"/")
+            && r.starts_with(tag)
+            && boundary(r.get(tag.len()))
+        {
+            depth = depth.checked_sub(1)?;
+            if depth == 0 {
+                return Some(&el[at..=gt]);
+            }
+        } else if rest.starts_with(tag) && boundary(rest.get(tag.len())) {
+            if el[gt - 1] != b'/' {
+                depth += 1;
+            } else if depth == 0 {
+                return Some(&el[at..=gt]);
+            }
+        }
+        i = gt + 1;
+    }
+}
+
 /// Undoes the five predefined entities (enough for JIDs and SASL data).
 pub fn unescape(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
@@ -535,6 +569,28 @@ pub fn escape_into(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_elements() {
+        let f =
+            b"<f><a x='1'><inline><b><inline><c/></inline></b></inline><m>1</m></a><a/><e/></f>";
+        let at = find_tag(f, b"a", 1).unwrap();
+        assert_eq!(
+            element_at(f, at).unwrap(),
+            b"<a x='1'><inline><b><inline><c/></inline></b></inline><m>1</m></a>"
+        );
+        let a = element_at(f, at).unwrap();
+        let inl = find_tag(a, b"inline", 1).unwrap();
+        assert_eq!(
+            element_at(a, inl).unwrap(),
+            b"<inline><b><inline><c/></inline></b></inline>"
+        );
+        let e = find_tag(f, b"e", 1).unwrap();
+        assert_eq!(element_at(f, e).unwrap(), b"<e/>");
+        // Cut short: no end tag.
+        assert!(element_at(b"<a><b></b>", 0).is_none());
+        assert!(element_at(b"<a><b></b>", 99).is_none());
+    }
 
     const STREAM: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
         xmlns:stream='http://etherx.jabber.org/streams' id='a>b' version='1.0'>\
