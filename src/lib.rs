@@ -7,6 +7,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod datetime;
 pub mod dns;
 pub mod hashing;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! SASL, resource binding), then the bound session, one task per connection.
 
 mod negotiate;
+mod sasl2;
 mod session;
 mod sm;
 

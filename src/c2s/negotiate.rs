@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tracing::{debug, info};
 
 use super::session::SessionState;
-use super::{Connection, Ending, sm};
+use super::{Connection, Ending, sasl2, sm};
 use crate::addr::{self, BareJid, FullJid};
 use crate::config::TlsMode;
 use crate::context::Context;
@@ -43,28 +43,31 @@ pub(crate) struct Bound {
     /// The stream's `xml:lang`, stamped on the client's stanzas that carry none
     /// (RFC 6120 §4.7.4), so recipients know their language.
     pub lang: Option<String>,
+    /// Bound through SASL2 and Bind 2: the `<success/>` still to be sent once the session
+    /// has switched on what the bind request asked for.
+    pub sasl2: Option<Box<sasl2::PendingSuccess>>,
 }
 
-struct State {
+pub(super) struct State {
     /// The stream-level rules; this driver performs its actions.
-    neg: Negotiator,
-    bindings: ChannelBindings,
-    failures: u32,
+    pub(super) neg: Negotiator,
+    pub(super) bindings: ChannelBindings,
+    pub(super) failures: u32,
     /// The client tried a -PLUS mechanism with a channel-binding type we do not offer
     /// (e.g. `tls-unique`, undefined for TLS 1.3); see `c2s.strict_channel_binding`.
-    client_lacks_cb_types: bool,
+    pub(super) client_lacks_cb_types: bool,
     /// The client's address, under which failed authentications are also counted across
     /// connections (`Context::auth_throttle`); `None` if the socket could not tell.
-    peer_ip: Option<IpAddr>,
+    pub(super) peer_ip: Option<IpAddr>,
     /// The account SASL authenticated (the negotiator keeps it as the stream sees it).
-    account: Option<BareJid>,
+    pub(super) account: Option<BareJid>,
     /// XEP-0198 resumptions refused on this connection.
-    resume_failures: u32,
+    pub(super) resume_failures: u32,
     /// What pre-auth modules keep for this stream (registry::PreAuthStream); in a
     /// mutex only so that `State` is `Sync` (it is never contended).
-    pre_auth: std::sync::Mutex<crate::registry::Extensions>,
+    pub(super) pre_auth: std::sync::Mutex<crate::registry::Extensions>,
     /// STARTTLS can happen here (a socket; not a stream the HTTP server carries).
-    starttls_possible: bool,
+    pub(super) starttls_possible: bool,
 }
 
 pub(crate) async fn negotiate(
@@ -125,7 +128,16 @@ pub(crate) async fn negotiate(
                     conn.send(&Element::new("proceed", ns::TLS)).await?;
                     upgrade(tls, conn, &mut st, false).await?;
                 }
-                Action::SaslFailure(condition) => sasl_failure(conn, condition).await?,
+                Action::SaslFailure(condition) => {
+                    sasl_failure(conn, st.neg.is_sasl2(), condition, None).await?
+                }
+                Action::Auth(auth) if st.neg.is_sasl2() => {
+                    if let Some(bound) =
+                        sasl2::authenticate(ctx, conn, &mut st, &auth, conn_id).await?
+                    {
+                        return Ok(Negotiated::Bound(bound));
+                    }
+                }
                 Action::Auth(auth) => match authenticate(ctx, conn, &mut st, &auth).await? {
                     Some(jid) => {
                         conn.restart();
@@ -259,7 +271,7 @@ async fn upgrade(
     Ok(())
 }
 
-fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
+pub(super) fn offered_mechanisms(ctx: &Context, st: &State) -> Vec<Mechanism> {
     let mut out = Vec::new();
     // The same list for every account (chosen before the username is known), so it tells
     // nothing about which accounts exist or how their credentials are stored.
@@ -289,21 +301,17 @@ fn unencrypted_transport() -> Ending {
     ))
 }
 
-fn features(ctx: &Context, st: &State) -> Element {
-    let mut f = Element::new("features", ns::STREAM);
+pub(super) fn features(ctx: &Context, st: &State) -> Element {
     if st.neg.is_authenticated() {
+        let mut f = Element::new("features", ns::STREAM);
         f.push_child(Element::new("bind", ns::BIND));
         f.push_child(
             Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
         );
-        f.push_child(Element::new("ver", ns::ROSTER_VER));
-        f.push_child(Element::new("sub", ns::PRE_APPROVAL));
-        f.push_child(Element::new("sm", sm::NS));
-        for feature in ctx.registry.bound_stream_features() {
-            f.push_child(feature.clone());
-        }
+        push_bound_features(ctx, &mut f);
         return f;
     }
+    let mut f = Element::new("features", ns::STREAM);
     if !st.neg.is_secure() && st.starttls_possible {
         let mut starttls = Element::new("starttls", ns::TLS);
         if ctx.config.c2s.require_tls {
@@ -318,6 +326,9 @@ fn features(ctx: &Context, st: &State) -> Element {
         mechs.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
     }
     f.push_child(mechs);
+    if let Some(authentication) = sasl2::feature(ctx, st) {
+        f.push_child(authentication);
+    }
     if !st.bindings.is_empty() {
         // XEP-0440: which channel-binding types a -PLUS client may use.
         let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
@@ -337,9 +348,36 @@ fn features(ctx: &Context, st: &State) -> Element {
     f
 }
 
-async fn sasl_failure(conn: &mut Connection, condition: &str) -> Result<(), Ending> {
-    conn.send(&Element::new("failure", ns::SASL).with_child(Element::new(condition, ns::SASL)))
-        .await
+/// The features of a stream with a bound resource (after Bind 2, no resource binding).
+pub(super) fn bound_features(ctx: &Context) -> Element {
+    let mut f = Element::new("features", ns::STREAM);
+    push_bound_features(ctx, &mut f);
+    f
+}
+
+fn push_bound_features(ctx: &Context, f: &mut Element) {
+    f.push_child(Element::new("ver", ns::ROSTER_VER));
+    f.push_child(Element::new("sub", ns::PRE_APPROVAL));
+    f.push_child(Element::new("sm", sm::NS));
+    for feature in ctx.registry.bound_stream_features() {
+        f.push_child(feature.clone());
+    }
+}
+
+/// A SASL `<failure/>` in the exchange's profile; SASL2 may say why in `<text/>`.
+async fn sasl_failure(
+    conn: &mut Connection,
+    sasl2: bool,
+    condition: &str,
+    text: Option<&str>,
+) -> Result<(), Ending> {
+    let profile = if sasl2 { ns::SASL2 } else { ns::SASL };
+    let mut failure =
+        Element::new("failure", profile).with_child(Element::new(condition, ns::SASL));
+    if let (true, Some(text)) = (sasl2, text) {
+        failure.push_child(Element::new("text", ns::SASL2).with_text(text));
+    }
+    conn.send(&failure).await
 }
 
 /// Decodes SASL element text: empty means "no data", "=" means empty data (RFC 6120 §6.4.2).
@@ -360,23 +398,32 @@ enum Step {
     Aborted,
 }
 
-/// Sends a challenge and waits for the client's response.
+/// Decodes SASL2 element text: no "=" special case, empty is empty (XEP-0388 §2.2).
+pub(super) fn decode_sasl2(text: &str) -> Result<Vec<u8>, SaslError> {
+    let text: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    B64.decode(text).map_err(|_| SaslError::IncorrectEncoding)
+}
+
+/// Sends a challenge (in the exchange's profile) and waits for the client's response.
 async fn challenge(
     conn: &mut Connection,
     neg: &mut Negotiator,
     data: &[u8],
 ) -> Result<Result<Step, SaslError>, Ending> {
-    let text = if data.is_empty() {
+    let sasl2 = neg.is_sasl2();
+    let text = if data.is_empty() && !sasl2 {
         "=".to_string()
     } else {
         B64.encode(data)
     };
-    conn.send(&Element::new("challenge", ns::SASL).with_text(text))
+    let profile = if sasl2 { ns::SASL2 } else { ns::SASL };
+    conn.send(&Element::new("challenge", profile).with_text(text))
         .await?;
     let event = conn.next_event().await?;
     // The negotiator allows a response or an abort here, and ends the stream otherwise.
     match neg.handle(event).into_iter().next() {
         Some(Action::SaslAbort) => Ok(Ok(Step::Aborted)),
+        Some(Action::SaslResponse(el)) if sasl2 => Ok(decode_sasl2(&el.text()).map(Step::Data)),
         Some(Action::SaslResponse(el)) => {
             Ok(decode_sasl(&el.text()).map(|d| Step::Data(d.unwrap_or_default())))
         }
@@ -392,82 +439,103 @@ async fn authenticate(
     st: &mut State,
     auth: &Element,
 ) -> Result<Option<BareJid>, Ending> {
-    let offered = offered_mechanisms(ctx, st);
-    let mechanism = auth
-        .attr("mechanism")
-        .and_then(Mechanism::from_name)
-        .filter(|m| offered.contains(m));
-    let outcome = match mechanism {
-        None => Err(SaslError::InvalidMechanism),
-        Some(m) => match decode_sasl(&auth.text()) {
-            Err(e) => Err(e),
-            Ok(initial) => run_mechanism(ctx, conn, &mut *st, m, initial, &offered).await?,
-        },
+    let mechanism = auth.attr("mechanism").unwrap_or_default();
+    let outcome = match decode_sasl(&auth.text()) {
+        Err(e) => Err(e),
+        Ok(initial) => run_exchange(ctx, conn, st, mechanism, initial).await?,
     };
     match outcome {
         Ok(Some((jid, success_data))) => {
-            let text = match success_data {
-                Some(d) => B64.encode(d),
-                None => String::new(),
-            };
             let mut success = Element::new("success", ns::SASL);
-            if !text.is_empty() {
-                success = success.with_text(text);
+            if let Some(d) = success_data.filter(|d| !d.is_empty()) {
+                success = success.with_text(B64.encode(d));
             }
             conn.send(&success).await?;
-            info!(jid = %jid, mechanism = mechanism.map(|m| m.name()).unwrap_or(""), "authenticated");
+            info!(jid = %jid, mechanism, "authenticated");
             Ok(Some(jid))
         }
         Ok(None) => {
-            sasl_failure(conn, "aborted").await?;
+            sasl_failure(conn, false, "aborted", None).await?;
             Ok(None)
         }
         Err(e) => {
-            st.failures += 1;
-            ctx.metrics.auth_failure(mechanism.map(|m| m.name()));
-            let verdict = st
-                .peer_ip
-                .map(|ip| ctx.auth_throttle.failure(ip, tokio::time::Instant::now()));
-            debug!(
-                condition = e.condition(),
-                failures = st.failures,
-                address_failures = verdict.map(|v| v.failures),
-                "SASL failure"
-            );
-            if let Some(v) = verdict
-                && !v.delay.is_zero()
-            {
-                // Slows down guessing from this address, over all its connections.
-                tokio::time::sleep(v.delay).await;
-            }
-            sasl_failure(conn, e.condition()).await?;
-            if let Some(v) = verdict
-                && v.close
-            {
-                info!(
-                    failures = v.failures,
-                    "too many failed authentication attempts from this address; closing"
-                );
-                return Err(Ending::Error(StreamError::with_text(
-                    StreamErrorCondition::PolicyViolation,
-                    "too many failed authentication attempts from this address",
-                )));
-            }
-            if st.failures >= ctx.config.limits.max_auth_attempts {
-                return Err(Ending::Error(StreamError::with_text(
-                    StreamErrorCondition::PolicyViolation,
-                    "too many failed authentication attempts",
-                )));
-            }
+            auth_failed(ctx, conn, st, mechanism, e).await?;
             Ok(None)
         }
     }
 }
 
+/// Runs the offered mechanism `name` (the same for SASL and SASL2; the negotiator knows
+/// which profile frames the challenges).
+pub(super) async fn run_exchange(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &mut State,
+    name: &str,
+    initial: Option<Vec<u8>>,
+) -> Result<SaslOutcome, Ending> {
+    let offered = offered_mechanisms(ctx, st);
+    match Mechanism::from_name(name).filter(|m| offered.contains(m)) {
+        None => Ok(Err(SaslError::InvalidMechanism)),
+        Some(m) => run_mechanism(ctx, conn, st, m, initial, &offered).await,
+    }
+}
+
+/// A failed authentication: counted (per stream and per address, slowing down guessing),
+/// answered, and the stream ended after too many.
+pub(super) async fn auth_failed(
+    ctx: &Arc<Context>,
+    conn: &mut Connection,
+    st: &mut State,
+    mechanism: &str,
+    e: SaslError,
+) -> Result<(), Ending> {
+    st.failures += 1;
+    let known = Mechanism::from_name(mechanism)
+        .map(Mechanism::name)
+        .or_else(|| crate::sasl::HtMechanism::from_name(mechanism).map(|m| m.name()));
+    ctx.metrics.auth_failure(known);
+    let verdict = st
+        .peer_ip
+        .map(|ip| ctx.auth_throttle.failure(ip, tokio::time::Instant::now()));
+    debug!(
+        condition = e.condition(),
+        failures = st.failures,
+        address_failures = verdict.map(|v| v.failures),
+        "SASL failure"
+    );
+    if let Some(v) = verdict
+        && !v.delay.is_zero()
+    {
+        // Slows down guessing from this address, over all its connections.
+        tokio::time::sleep(v.delay).await;
+    }
+    sasl_failure(conn, st.neg.is_sasl2(), e.condition(), None).await?;
+    if let Some(v) = verdict
+        && v.close
+    {
+        info!(
+            failures = v.failures,
+            "too many failed authentication attempts from this address; closing"
+        );
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many failed authentication attempts from this address",
+        )));
+    }
+    if st.failures >= ctx.config.limits.max_auth_attempts {
+        return Err(Ending::Error(StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many failed authentication attempts",
+        )));
+    }
+    Ok(())
+}
+
 /// `Ok(Ok(Some((jid, success data))))` on success, `Ok(Ok(None))` when aborted.
 type SaslOutcome = Result<Option<(BareJid, Option<Vec<u8>>)>, SaslError>;
 
-fn account_jid(username: &str, domain: &str) -> Result<BareJid, SaslError> {
+pub(super) fn account_jid(username: &str, domain: &str) -> Result<BareJid, SaslError> {
     addr::parse_bare(&format!("{username}@{domain}"))
         .filter(|jid| jid.node().is_some())
         .ok_or(SaslError::NotAuthorized)
@@ -619,7 +687,7 @@ async fn bind(
     iq: &Element,
     conn_id: u64,
 ) -> Result<Option<Bound>, Ending> {
-    let Some(bare) = st.account.clone() else {
+    let Some(bare) = &st.account else {
         return Err(StreamErrorCondition::NotAuthorized.into());
     };
     let reply_error = |condition: &'static str, kind| {
@@ -651,6 +719,40 @@ async fn bind(
             }
         },
     };
+    let bound = match bind_resource(ctx, st, full, conn_id) {
+        Ok(bound) => bound,
+        Err(condition) => {
+            if let Some(err) = reply_error(condition, crate::stream::ErrorType::Wait) {
+                conn.send(&err).await?;
+            }
+            return Ok(None);
+        }
+    };
+    let mut result = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_child(
+            Element::new("bind", ns::BIND)
+                .with_child(Element::new("jid", ns::BIND).with_text(bound.full.as_str())),
+        );
+    if let Some(id) = iq.attr("id") {
+        result.set_attr("id", id);
+    }
+    if let Err(e) = conn.send(&result).await {
+        ctx.sessions.unbind(&bound.bare, &bound.resource, conn_id);
+        return Err(e);
+    }
+    Ok(Some(bound))
+}
+
+/// Binds `full` (of the authenticated account) to this connection; the newest session
+/// wins a conflict. `Err`: the stanza error condition why not.
+pub(super) fn bind_resource(
+    ctx: &Arc<Context>,
+    st: &State,
+    full: FullJid,
+    conn_id: u64,
+) -> Result<Bound, &'static str> {
+    let bare = full.to_bare();
     let resource = full.resource().as_str().to_string();
     let (tx, rx) = crate::router::session_queue(ctx.config.limits.session_queue_len);
     // Half the session's byte budget for its queue; SM's unacked stanzas and CSI's held
@@ -678,27 +780,9 @@ async fn bind(
                 "replaced by a new session with the same resource",
             ));
         }
-        BindOutcome::TooManyResources => {
-            if let Some(err) = reply_error("resource-constraint", crate::stream::ErrorType::Wait) {
-                conn.send(&err).await?;
-            }
-            return Ok(None);
-        }
+        BindOutcome::TooManyResources => return Err("resource-constraint"),
     }
-    let mut result = Element::new("iq", ns::CLIENT)
-        .with_attr("type", "result")
-        .with_child(
-            Element::new("bind", ns::BIND)
-                .with_child(Element::new("jid", ns::BIND).with_text(full.as_str())),
-        );
-    if let Some(id) = iq.attr("id") {
-        result.set_attr("id", id);
-    }
-    if let Err(e) = conn.send(&result).await {
-        ctx.sessions.unbind(&bare, &resource, conn_id);
-        return Err(e);
-    }
-    Ok(Some(Bound {
+    Ok(Bound {
         domain: bare.domain().as_str().to_string(),
         bare,
         resource,
@@ -707,5 +791,6 @@ async fn bind(
         rx,
         control,
         lang: st.neg.lang().map(str::to_string),
-    }))
+        sasl2: None,
+    })
 }

@@ -228,7 +228,13 @@ pub(crate) async fn run(
     // The rarely-live steps (resumption, hand-over, the end) are boxed: a future is as
     // large as its largest state, and this one lives as long as the session.
     if resumed.is_none() {
+        let sasl2 = super::sasl2::finish(ctx, conn, &mut state);
         Box::pin(state.event(ctx, Some(conn), &SessionEvent::Bound)).await;
+        // The client waits for its `<success/>`; a failed write shows again at the
+        // first read below, which ends the session as a lost connection.
+        if sasl2 {
+            let _ = conn.flush().await;
+        }
     }
     loop {
         let end = serve_bound(ctx, conn, &mut state, resumed.take(), shutdown).await;
@@ -616,6 +622,33 @@ async fn acked_durable(ctx: &Arc<Context>) -> Result<(), LoopEnd> {
         .map_err(not_durable)
 }
 
+/// Enables XEP-0198 on the session as `<enable/>` asks; the `<enabled/>` answer.
+pub(super) fn enable_sm(ctx: &Context, state: &mut SessionState, el: &Element) -> Element {
+    let mut timeout = ctx.config.c2s.sm_resume_timeout_secs;
+    // The client may prefer a shorter resumption time (XEP-0198 §3).
+    if let Some(max) = el.attr("max").and_then(|m| m.trim().parse::<u64>().ok())
+        && max > 0
+    {
+        timeout = timeout.min(max);
+    }
+    let mut enabled = Element::new("enabled", sm::NS);
+    let (id, takeover) = if sm::parse_bool(el.attr("resume")) {
+        let (id, rx) = ctx.sm.register(&state.bound.bare);
+        enabled.set_attr("id", id.clone());
+        enabled.set_attr("resume", "true");
+        enabled.set_attr("max", timeout.to_string());
+        (Some(id), Some(rx))
+    } else {
+        (None, None)
+    };
+    state.sm = Some(StreamManagement::new(
+        id,
+        Duration::from_secs(timeout),
+        takeover,
+    ));
+    enabled
+}
+
 /// XEP-0198 nonzas on a bound stream.
 fn handle_sm(
     ctx: &Arc<Context>,
@@ -625,29 +658,8 @@ fn handle_sm(
 ) -> Result<(), LoopEnd> {
     match el.name.as_str() {
         "enable" if state.sm.is_none() => {
-            let mut timeout = ctx.config.c2s.sm_resume_timeout_secs;
-            // The client may prefer a shorter resumption time (XEP-0198 §3).
-            if let Some(max) = el.attr("max").and_then(|m| m.trim().parse::<u64>().ok())
-                && max > 0
-            {
-                timeout = timeout.min(max);
-            }
-            let mut enabled = Element::new("enabled", sm::NS);
-            let (id, takeover) = if sm::parse_bool(el.attr("resume")) {
-                let (id, rx) = ctx.sm.register(&state.bound.bare);
-                enabled.set_attr("id", id.clone());
-                enabled.set_attr("resume", "true");
-                enabled.set_attr("max", timeout.to_string());
-                (Some(id), Some(rx))
-            } else {
-                (None, None)
-            };
+            let enabled = enable_sm(ctx, state, el);
             conn.queue(&enabled);
-            state.sm = Some(StreamManagement::new(
-                id,
-                Duration::from_secs(timeout),
-                takeover,
-            ));
         }
         // Enabled twice, or a resumption on a bound stream.
         "enable" | "resume" => conn.queue(&sm::failed("unexpected-request")),

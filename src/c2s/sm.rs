@@ -696,6 +696,7 @@ mod tests {
             rx,
             control: Default::default(),
             lang: None,
+            sasl2: None,
         })
     }
 

@@ -573,6 +573,19 @@ pub struct C2sConfig {
     /// such accounts can log in with SCRAM-SHA-1 or PLAIN only, as on Prosody. A PLAIN login
     /// upgrades an account to both hashes.
     pub offer_scram_sha256: bool,
+    /// Offer SASL2 (XEP-0388) with Bind 2 (XEP-0386) beside RFC 6120 SASL: a client
+    /// authenticates, binds and switches on carbons, stream management and CSI in one
+    /// round trip, without a stream restart.
+    pub sasl2: bool,
+    /// Issue XEP-0484 (FAST) tokens through SASL2: a returning client logs in with one
+    /// HMAC instead of a password exchange. Needs `sasl2`.
+    pub fast: bool,
+    /// Seconds a FAST token stays valid. A client that logs in with a token past half its
+    /// life gets a new one, so a device in use never sees its token expire.
+    pub fast_token_lifetime_secs: u64,
+    /// Clients (SASL2 user agents) per account that may hold FAST tokens; a new one
+    /// beyond this takes the place of the one whose tokens expire first.
+    pub fast_max_clients: usize,
 }
 
 /// Server-to-server federation (RFC 6120, XEP-0178, XEP-0220, XEP-0368). Takes effect
@@ -889,6 +902,10 @@ impl Default for C2sConfig {
             sm_resume_timeout_secs: 300,
             strict_channel_binding: false,
             offer_scram_sha256: true,
+            sasl2: true,
+            fast: true,
+            fast_token_lifetime_secs: 30 * 86_400,
+            fast_max_clients: 32,
         }
     }
 }

@@ -290,6 +290,32 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    let lifetime = cfg.c2s.fast_token_lifetime_secs;
+    if !(MIN_FAST_TOKEN_LIFETIME_SECS..=MAX_FAST_TOKEN_LIFETIME_SECS).contains(&lifetime) {
+        errs.push(ConfigError::invalid(
+            "c2s.fast_token_lifetime_secs",
+            lifetime.to_string(),
+            format!(
+                "must be between {MIN_FAST_TOKEN_LIFETIME_SECS} (an hour) and \
+                 {MAX_FAST_TOKEN_LIFETIME_SECS} (a year)"
+            ),
+        ));
+    }
+    if !(1..=1000).contains(&cfg.c2s.fast_max_clients) {
+        errs.push(ConfigError::invalid(
+            "c2s.fast_max_clients",
+            cfg.c2s.fast_max_clients.to_string(),
+            "must be between 1 and 1000".to_string(),
+        ));
+    }
+    if cfg.c2s.fast && !cfg.c2s.sasl2 {
+        errs.push(ConfigError::invalid(
+            "c2s.fast",
+            "true".to_string(),
+            "FAST tokens are issued and used through SASL2: set c2s.sasl2 = true too".to_string(),
+        ));
+    }
+
     validate_muc(&cfg.muc, &mut errs);
     for (key, value) in [
         ("pep.max_nodes_per_account", cfg.pep.max_nodes_per_account),
@@ -420,6 +446,8 @@ const MAX_PRUNE_INTERVAL_SECS: u64 = 7 * 86_400;
 
 /// A hibernated session holds memory and keeps its presence online; a day is plenty.
 const MAX_RESUME_TIMEOUT_SECS: u64 = 86_400;
+const MIN_FAST_TOKEN_LIFETIME_SECS: u64 = 3_600;
+const MAX_FAST_TOKEN_LIFETIME_SECS: u64 = 365 * 86_400;
 /// Longest graceful shutdown: beyond that an operator's supervisor gives up anyway.
 const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
 

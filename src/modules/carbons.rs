@@ -10,8 +10,8 @@ use super::{IqHandler, IqTarget};
 use crate::addr::{self, BareJid, FullJid, Jid};
 use crate::context::Context;
 use crate::registry::{
-    Extensions, Flow, InboundMessageHook, Incoming, Module, Now, OutboundMessageHook, Outgoing,
-    Registrar,
+    BindInline, Extensions, Flow, InboundMessageHook, Incoming, Module, Now, OutboundMessageHook,
+    Outgoing, Registrar, SessionCtx,
 };
 use crate::router::deliver_to_session;
 use crate::storage::ArchiveStamp;
@@ -38,6 +38,7 @@ impl Module for Carbons {
         r.session_flag::<Enabled>();
         let me = Arc::new(*self);
         r.iq(me.clone());
+        r.bind_inline(NS, me.clone());
         r.outbound_message(HOOK_ORDER, me.clone());
         r.inbound_message(HOOK_ORDER, me);
     }
@@ -71,6 +72,27 @@ impl InboundMessageHook for Carbons {
         strip_private(el);
         Now::Done(())
     }
+}
+
+/// XEP-0386: `<enable/>` in the bind request; enabling cannot fail, so nothing is answered.
+impl BindInline for Carbons {
+    fn enable(
+        &self,
+        ctx: &Context,
+        session: &mut SessionCtx<'_>,
+        request: &Element,
+    ) -> Option<Element> {
+        if request.name == "enable" {
+            set_enabled(ctx, session.bare, session.resource, session.conn_id, true);
+        }
+        None
+    }
+}
+
+fn set_enabled(ctx: &Context, user: &BareJid, resource: &str, conn_id: u64, enable: bool) {
+    let flag = ctx.registry.flag::<Enabled>();
+    ctx.sessions
+        .update(user, resource, conn_id, |s| s.flags.set(flag, enable));
 }
 
 /// Whether `jid` is `user` or one of its resources.
@@ -115,11 +137,7 @@ impl IqHandler for Carbons {
             _ => return Err(StanzaError::bad_request()),
         };
         // Enabling twice is not an error (§8.1).
-        let flag = ctx.registry.flag::<Enabled>();
-        ctx.sessions
-            .update(&user, &session.resource, session.conn_id, |s| {
-                s.flags.set(flag, enable)
-            });
+        set_enabled(ctx, &user, &session.resource, session.conn_id, enable);
         Ok(None)
     }
 }

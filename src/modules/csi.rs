@@ -17,8 +17,8 @@ use async_trait::async_trait;
 
 use crate::context::Context;
 use crate::registry::{
-    Extensions, Module, NonzaHandler, OutboundFilter, Registrar, SessionCtx, SessionEvent,
-    SessionEvents,
+    BindInline, Extensions, Module, NonzaHandler, OutboundFilter, Registrar, SessionCtx,
+    SessionEvent, SessionEvents,
 };
 use crate::stream::StreamErrorCondition;
 use crate::xml::{Element, ns};
@@ -36,6 +36,7 @@ impl Module for Csi {
         let me = Arc::new(*self);
         r.bound_stream_feature(Element::new("csi", NS));
         r.nonza(NS, me.clone());
+        r.bind_inline(NS, me.clone());
         r.outbound_filter(me.clone());
         r.session_events(me);
     }
@@ -56,6 +57,22 @@ impl NonzaHandler for Csi {
             _ => return Err(StreamErrorCondition::UnsupportedStanzaType),
         }
         Ok(())
+    }
+}
+
+/// XEP-0386: the session starts in the state the bind request names (XEP-0352 §5 has no
+/// answer to either).
+impl BindInline for Csi {
+    fn enable(
+        &self,
+        ctx: &Context,
+        session: &mut SessionCtx<'_>,
+        request: &Element,
+    ) -> Option<Element> {
+        // Nothing is held yet, so nothing can be flushed.
+        let mut nothing = Vec::new();
+        let _ = NonzaHandler::handle(self, ctx, session.ext, request, &mut nothing);
+        None
     }
 }
 

@@ -263,7 +263,8 @@ pub fn stanza_id(user: &BareJid, id: &str) -> Element {
         .with_attr("id", id)
 }
 
-fn has_stanza_id(el: &Element, user: &BareJid) -> bool {
+/// Whether `el` carries the stanza-id of `user`'s archive (it was archived for them).
+pub fn has_stanza_id(el: &Element, user: &BareJid) -> bool {
     el.elements()
         .any(|e| e.is("stanza-id", SID) && e.attr("by") == Some(user.as_str()))
 }

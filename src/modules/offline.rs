@@ -10,7 +10,8 @@ use tracing::warn;
 use crate::addr::BareJid;
 use crate::context::Context;
 use crate::registry::{
-    Module, OfflineHandler, Registrar, SessionCtx, SessionEvent, SessionEvents, request_receipt,
+    BoundByBind2, Module, OfflineHandler, Registrar, SessionCtx, SessionEvent, SessionEvents,
+    request_receipt,
 };
 use crate::router::route_reply;
 use crate::storage::OfflineStoreOutcome;
@@ -179,6 +180,9 @@ impl Offline {
             delivering.insert(session.bare.clone(), (session.conn_id, last));
         }
         let domain = session.bare.domain().as_str().to_string();
+        // XEP-0386: a client bound with Bind 2 catches up from the archive, so what the
+        // archive holds is deleted here unsent; what it does not hold is still delivered.
+        let from_archive = session.ext.get::<BoundByBind2>().is_some();
         let mut sent = Vec::with_capacity(messages.len());
         for m in messages {
             let mut stanza = match crate::xml::parse_stanza(&m.stanza) {
@@ -188,6 +192,9 @@ impl Offline {
                     continue;
                 }
             };
+            if from_archive && super::mam::has_stanza_id(&stanza, session.bare) {
+                continue;
+            }
             stanza.push_child(
                 Element::new("delay", ns::DELAY)
                     .with_attr("from", domain.clone())
@@ -196,7 +203,7 @@ impl Offline {
             sent.push((m.seq, stanza));
         }
         if sent.is_empty() {
-            // Nothing readable: nothing to wait for.
+            // Nothing readable (or all of it archived): nothing to wait for.
             self.delivering().remove(session.bare);
             if let Err(e) = ctx.storage.offline.remove_up_to(session.bare, last).await {
                 warn!(error = %e, "deleting unreadable offline messages failed");

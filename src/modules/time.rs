@@ -13,21 +13,10 @@ pub struct EntityTime;
 
 /// XEP-0082 DateTime of now, UTC, whole seconds.
 pub fn now_stamp() -> String {
-    stamp_from_unix(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
+    stamp_from_unix(crate::datetime::now_secs())
 }
 
-/// XEP-0082 DateTime for seconds since the epoch.
-pub fn stamp_from_unix(secs: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs.min(i64::MAX as u64) as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    t.format(&format).unwrap_or_default()
-}
+pub use crate::datetime::stamp_from_unix;
 
 #[async_trait]
 impl IqHandler for EntityTime {

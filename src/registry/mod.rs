@@ -339,6 +339,24 @@ pub trait NonzaHandler: Send + Sync {
     ) -> Result<(), StreamErrorCondition>;
 }
 
+/// A session feature a client may switch on inside its XEP-0386 bind request (e.g.
+/// `<enable xmlns='urn:xmpp:carbons:2'/>`), by the request's namespace, which is listed
+/// in the bind feature's `<inline/>`.
+pub trait BindInline: Send + Sync {
+    /// Applies `request` to the new session before anything is written to its client;
+    /// what to put into `<bound/>` in answer, if anything.
+    fn enable(
+        &self,
+        ctx: &Context,
+        session: &mut SessionCtx<'_>,
+        request: &Element,
+    ) -> Option<Element>;
+}
+
+/// In a session's extensions when it was bound with XEP-0386 Bind 2: its client catches
+/// up from the archive (XEP-0313), so what is archived is not delivered to it again.
+pub struct BoundByBind2;
+
 /// Disco nodes of the server (XEP-0030 §3.3, §4.2), e.g. XEP-0050's command list: what
 /// `<query node='…'/>` to a vhost returns, for the requester.
 #[async_trait]
@@ -561,6 +579,16 @@ impl Registrar<'_> {
         }
     }
 
+    /// A session feature clients may switch on in a XEP-0386 bind request.
+    pub fn bind_inline(&mut self, ns: &'static str, handler: Arc<dyn BindInline>) {
+        if self.reg.bind_inline.insert(ns, handler).is_some() {
+            self.errors.push(format!(
+                "{}: bind inline namespace {ns} registered twice",
+                self.module
+            ));
+        }
+    }
+
     /// A stream feature offered to clients once they are authenticated.
     pub fn bound_stream_feature(&mut self, feature: Element) {
         self.reg.bound_stream_features.push(feature);
@@ -640,6 +668,7 @@ pub struct Registry {
     session_events: Vec<Arc<dyn SessionEvents>>,
     outbound_filters: Vec<Arc<dyn OutboundFilter>>,
     nonzas: FastMap<&'static str, Arc<dyn NonzaHandler>>,
+    bind_inline: FastMap<&'static str, Arc<dyn BindInline>>,
     bound_stream_features: Vec<Element>,
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
@@ -796,6 +825,17 @@ impl Registry {
 
     pub fn bound_stream_features(&self) -> &[Element] {
         &self.bound_stream_features
+    }
+
+    /// The namespaces a XEP-0386 bind request may switch on, sorted.
+    pub fn bind_inline_features(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.bind_inline.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn bind_inline(&self, ns: &str) -> Option<&Arc<dyn BindInline>> {
+        self.bind_inline.get(ns)
     }
 
     pub fn has_nonza(&self, ns: &str) -> bool {

@@ -22,6 +22,9 @@ pub enum SaslError {
     /// "invalid-mechanism"
     #[error("invalid mechanism")]
     InvalidMechanism,
+    /// "credentials-expired": an expired XEP-0484 token.
+    #[error("credentials expired")]
+    CredentialsExpired,
 }
 
 impl SaslError {
@@ -33,6 +36,7 @@ impl SaslError {
             SaslError::InvalidAuthzid => "invalid-authzid",
             SaslError::IncorrectEncoding => "incorrect-encoding",
             SaslError::InvalidMechanism => "invalid-mechanism",
+            SaslError::CredentialsExpired => "credentials-expired",
         }
     }
 }

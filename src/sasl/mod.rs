@@ -1,4 +1,5 @@
-//! Sans-I/O SASL: SCRAM-SHA-1/256 (+ -PLUS channel binding), PLAIN, and stored credentials.
+//! Sans-I/O SASL: SCRAM-SHA-1/256 (+ -PLUS channel binding), PLAIN, the hashed-token
+//! mechanisms of XEP-0484, and stored credentials.
 //!
 //! `throttle` is the one piece of shared state: failed attempts per client address.
 //!
@@ -7,12 +8,14 @@
 
 pub mod credentials;
 pub mod error;
+pub mod ht;
 pub mod plain;
 pub mod scram;
 pub mod throttle;
 
 pub use credentials::{ScramCredentials, StoredCredentials, verify_plain};
 pub use error::SaslError;
+pub use ht::HtMechanism;
 pub use plain::{PlainCredentials, parse_plain};
 pub use scram::{
     ChannelBindingType, ChannelBindings, ClientFirst, Mechanism, ScramHash, ScramServer,

@@ -199,7 +199,7 @@ impl ChannelBindings {
         self.tls_exporter.is_none() && self.tls_server_end_point.is_none()
     }
 
-    fn get(&self, ty: ChannelBindingType) -> Option<&[u8]> {
+    pub(crate) fn get(&self, ty: ChannelBindingType) -> Option<&[u8]> {
         match ty {
             ChannelBindingType::TlsExporter => self.tls_exporter.as_deref(),
             ChannelBindingType::TlsServerEndPoint => self.tls_server_end_point.as_deref(),

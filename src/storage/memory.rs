@@ -27,6 +27,7 @@ use super::{
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
+mod fast;
 mod invites;
 mod pubsub;
 
@@ -84,6 +85,7 @@ pub struct MemoryStore {
     pubsub: Mutex<pubsub::MemoryPubsub>,
     profiles: Mutex<pubsub::MemoryProfiles>,
     invites: Mutex<invites::MemoryInvites>,
+    fast: Mutex<fast::MemoryFast>,
 }
 
 /// A poisoned lock means a panic happened while holding it; report it instead of

@@ -10,6 +10,7 @@ use crate::addr::{BareJid, DomainRef, Jid};
 use crate::sasl::credentials::StoredCredentials;
 
 mod archive;
+pub mod fast;
 pub mod invites;
 
 /// XEP-0313 `with` matching on stored (normalized) JIDs, as the backends page with it.
@@ -18,6 +19,7 @@ pub mod memory;
 pub mod pubsub;
 pub mod sled;
 
+pub use fast::{FastToken, FastTokenStore, FastTokens};
 pub use invites::{Invite, InviteStore};
 pub use pubsub::{CreateOutcome, NodeRecord, ProfileStore, PubsubStore, StoredItem};
 
@@ -631,6 +633,7 @@ pub struct Storage {
     pub pubsub: Arc<dyn PubsubStore>,
     pub profiles: Arc<dyn ProfileStore>,
     pub invites: Arc<dyn InviteStore>,
+    pub fast: Arc<dyn FastTokenStore>,
 }
 
 impl Storage {
@@ -675,6 +678,7 @@ impl Storage {
             + PubsubStore
             + ProfileStore
             + InviteStore
+            + FastTokenStore
             + 'static,
     {
         Storage {
@@ -687,7 +691,8 @@ impl Storage {
             rooms: backend.clone(),
             pubsub: backend.clone(),
             profiles: backend.clone(),
-            invites: backend,
+            invites: backend.clone(),
+            fast: backend,
         }
     }
 
@@ -714,6 +719,7 @@ impl Storage {
         self.archive.remove_user(jid).await?;
         self.blocklist.remove_user(jid).await?;
         self.push.remove_user(jid).await?;
+        self.fast.remove_fast_tokens(jid).await?;
         // The account's PEP service is keyed by its bare JID.
         self.pubsub.remove_service(jid.as_str()).await?;
         self.profiles.remove_user(jid.as_str()).await?;

@@ -19,6 +19,7 @@
 //! | `muc_rooms`    | `<service>\0<room jid>`           | fmt byte + `StoredRoom`        |
 //! | `pubsub_*`, `vcards`, `private_xml` | see `sled/pubsub.rs` |                     |
 //! | `invites`, `invite_admins` | see `sled/invites.rs` |                         |
+//! | `fast_tokens`  | see `sled/fast.rs`                |                                |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
 //! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
@@ -69,6 +70,7 @@ use crate::addr::{BareJid, DomainRef, Jid};
 use crate::hashing::{FastMap, FastSet};
 use crate::sasl::credentials::StoredCredentials;
 
+mod fast;
 mod invites;
 mod pubsub;
 mod record;
@@ -118,6 +120,8 @@ pub struct SledStore {
     pubsub: pubsub::SledPubsub,
     /// Invitations and the admins they made.
     invites: invites::SledInvites,
+    /// XEP-0484 tokens.
+    fast: Tree,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Deferred appends queued and made durable (`ArchiveStore::appended_durable`).
@@ -487,6 +491,7 @@ impl SledStore {
             muc_rooms: tree("muc_rooms")?,
             pubsub: pubsub::SledPubsub::open(&db)?,
             invites: invites::SledInvites::open(&db)?,
+            fast: fast::open(&db)?,
             archive: trees.archive,
             archive_ids: trees.ids,
             id_cipher,

@@ -105,6 +105,9 @@ pub struct Negotiator {
     stream_id: String,
     /// `xml:lang` of the peer's current header, if usable.
     lang: Option<String>,
+    /// The running (or last) SASL exchange is SASL2 (XEP-0388): its responses and aborts
+    /// are in that namespace, and success restarts no stream.
+    sasl2: bool,
 }
 
 impl Negotiator {
@@ -121,6 +124,7 @@ impl Negotiator {
             peer: None,
             stream_id: String::new(),
             lang: None,
+            sasl2: false,
         }
     }
 
@@ -193,6 +197,19 @@ impl Negotiator {
         self.restart()
     }
 
+    /// Whether the running (or last) SASL exchange is SASL2: its elements are in that
+    /// namespace.
+    pub fn is_sasl2(&self) -> bool {
+        self.sasl2
+    }
+
+    /// SASL2 succeeded for the bare JID `identity`: the stream goes on, authenticated
+    /// (XEP-0388 has no restart).
+    pub fn sasl2_succeeded(&mut self, identity: String) {
+        self.authenticated = Some(identity);
+        self.phase = Phase::Open;
+    }
+
     /// The SASL exchange failed or was aborted; the stream goes on.
     pub fn sasl_failed(&mut self) {
         if self.phase == Phase::Sasl {
@@ -237,7 +254,7 @@ impl Negotiator {
                 fail(StreamErrorCondition::NotWellFormed)
             }
             (Phase::Features, StreamEvent::Stanza(el)) => their_features(el),
-            (Phase::Sasl, StreamEvent::Stanza(el)) => sasl_step(el),
+            (Phase::Sasl, StreamEvent::Stanza(el)) => sasl_step(el, self.sasl2),
             (Phase::Open, StreamEvent::Stanza(el)) => match self.policy.role {
                 Role::Client => self.client_element(el),
                 Role::ServerIn => self.server_element(el),
@@ -342,7 +359,8 @@ impl Negotiator {
         if el.is("starttls", ns::TLS) && !self.secure {
             return vec![Action::StartTls];
         }
-        if el.is("auth", ns::SASL) {
+        if el.is("auth", ns::SASL) || el.is("authenticate", ns::SASL2) {
+            self.sasl2 = el.ns == ns::SASL2;
             if !self.secure && self.policy.tls_required {
                 return vec![Action::SaslFailure("encryption-required")];
             }
@@ -407,12 +425,14 @@ pub fn domain_only(s: &str) -> Option<String> {
     addr::parse_domain(s).map(|d| d.into_inner())
 }
 
-/// A running SASL exchange takes a response or an abort, nothing else.
-fn sasl_step(el: Element) -> Vec<Action> {
-    if el.is("abort", ns::SASL) {
+/// A running SASL exchange takes a response or an abort of its own profile, nothing
+/// else (XEP-0388 §2.4: anything else ends the stream).
+fn sasl_step(el: Element, sasl2: bool) -> Vec<Action> {
+    let profile = if sasl2 { ns::SASL2 } else { ns::SASL };
+    if el.is("abort", profile) {
         return vec![Action::SaslAbort];
     }
-    if el.is("response", ns::SASL) {
+    if el.is("response", profile) {
         return vec![Action::SaslResponse(el)];
     }
     fail(StreamErrorCondition::NotAuthorized)

@@ -20,6 +20,12 @@ pub const TIME: &str = "urn:xmpp:time";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+/// XEP-0388 Extensible SASL Profile.
+pub const SASL2: &str = "urn:xmpp:sasl:2";
+/// XEP-0386 Bind 2.
+pub const BIND2: &str = "urn:xmpp:bind:0";
+/// XEP-0484 Fast Authentication Streamlining Tokens.
+pub const FAST: &str = "urn:xmpp:fast:0";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 pub const DIALBACK: &str = "jabber:server:dialback";
 pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";

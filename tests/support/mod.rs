@@ -657,7 +657,7 @@ impl Client {
         Ok(())
     }
 
-    fn cb(&self, t: CbType) -> (&'static str, Vec<u8>) {
+    pub fn cb(&self, t: CbType) -> (&'static str, Vec<u8>) {
         match t {
             CbType::TlsExporter => ("tls-exporter", self.tls_exporter.clone().unwrap()),
             CbType::TlsServerEndPoint => ("tls-server-end-point", self.end_point.clone().unwrap()),
