@@ -114,6 +114,12 @@ enum Cmd {
         /// trip after TLS, no stream restart. With --resume, TLS sessions resume as well.
         #[arg(long)]
         fast: bool,
+        /// With --fast: log in with the token once more, unmeasured, before the measured
+        /// pass, so that it measures a device's later logins rather than the first use of
+        /// its token (which a server may have to record: XEP-0484's "new" and "current"
+        /// tokens).
+        #[arg(long, requires = "fast")]
+        fast_again: bool,
     },
     /// Hold N authenticated TLS sessions (with presence) for T seconds: server RSS.
     Idle {
@@ -372,6 +378,7 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             warmup,
             resume,
             fast,
+            fast_again,
         } => {
             let devices = resume.then(|| {
                 Arc::new(
@@ -417,9 +424,19 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
                 Some(d) => LoginMode::Fast(d),
                 None => LoginMode::Legacy,
             };
+            if fast_again {
+                eprintln!("login: FAST pass (not measured), first use of the tokens");
+                let w = scenarios::login(&run, users, false, None, devices.clone(), mode.clone())
+                    .await?;
+                eprintln!(
+                    "login: FAST pass: {} ok, {} failed, {} tokens rotated",
+                    w.json["ok"], w.json["failed"], w.json["fast_tokens_rotated"]
+                );
+            }
             let mut r = scenarios::login(&run, users, presence, server_pid, devices, mode).await?;
             if let Some(o) = r.json.as_object_mut() {
                 o.insert("fast".into(), fast.into());
+                o.insert("fast_again".into(), fast_again.into());
             }
             r
         }
