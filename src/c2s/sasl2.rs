@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::negotiate::{
-    self, Bound, State, account_jid, auth_failed, bind_resource, decode_sasl2, offered_mechanisms,
-    run_exchange,
+    self, Negotiated, State, account_jid, auth_failed, bind_resource, decode_sasl2,
+    offered_mechanisms, run_exchange,
 };
 use super::session::SessionState;
 use super::{Connection, Ending, sm};
@@ -56,6 +56,8 @@ pub(super) fn feature(ctx: &Context, st: &State) -> Option<Element> {
         bind_inline.push_child(Element::new("feature", ns::BIND2).with_attr("var", var));
     }
     inline.push_child(Element::new("bind", ns::BIND2).with_child(bind_inline));
+    // XEP-0198 resumption inside `<authenticate/>`.
+    inline.push_child(Element::new("sm", sm::NS));
     let fast = offered_fast(ctx, st);
     if !fast.is_empty() {
         let mut f = Element::new("fast", ns::FAST);
@@ -77,15 +79,16 @@ fn offered_fast(ctx: &Context, st: &State) -> Vec<HtMechanism> {
     HtMechanism::available(&st.bindings)
 }
 
-/// Runs one SASL2 `<authenticate/>`. `Some`: a resource was bound (Bind 2) and the
-/// session starts; `None`: the stream goes on (authenticated or not).
+/// Runs one SASL2 `<authenticate/>`. `Some`: a session was resumed (XEP-0198) or a
+/// resource bound (Bind 2), and the session starts; `None`: the stream goes on
+/// (authenticated or not).
 pub(super) async fn authenticate(
     ctx: &Arc<Context>,
     conn: &mut Connection,
     st: &mut State,
     auth: &Element,
     conn_id: u64,
-) -> Result<Option<Bound>, Ending> {
+) -> Result<Option<Negotiated>, Ending> {
     let mechanism = auth.attr("mechanism").unwrap_or_default();
     let initial = auth
         .child("initial-response", ns::SASL2)
@@ -120,6 +123,29 @@ pub(super) async fn authenticate(
             return Ok(None);
         }
     };
+    let token = tokens_after_login(ctx, st, auth, agent, &login).await;
+    // Resumption first; if it fails, the client binds a new session instead (XEP-0386
+    // §3.2), told why in the success.
+    let mut resume_failed = None;
+    if let Some(request) = auth.child("resume", sm::NS) {
+        match negotiate::resume(ctx, st, &login.jid, request).await {
+            Ok(mut state) => {
+                let mut success = success_element(&login, state.bound.full.as_str());
+                if let Some(token) = token {
+                    success.push_child(token);
+                }
+                info!(jid = %login.jid, mechanism, "authenticated (SASL2), session resumed");
+                st.neg.sasl2_succeeded(login.jid.to_string());
+                // The `<resumed/>` goes into the success once the session is back.
+                state.bound.sasl2 = Some(Box::new(PendingSuccess {
+                    success,
+                    inline: Vec::new(),
+                }));
+                return Ok(Some(Negotiated::Resumed(state, sm::parse_h(request))));
+            }
+            Err(failed) => resume_failed = Some(failed),
+        }
+    }
     // Bind 2 before the success, which names the full JID (XEP-0386 §3.2).
     let bind_request = auth.child("bind", ns::BIND2);
     let bound = match bind_request {
@@ -136,17 +162,13 @@ pub(super) async fn authenticate(
             }
         }
     };
-    let mut success = Element::new("success", ns::SASL2);
-    if let Some(data) = &login.additional {
-        success.push_child(Element::new("additional-data", ns::SASL2).with_text(B64.encode(data)));
-    }
     let identity = match &bound {
-        Some(b) => b.full.as_str().to_string(),
-        None => login.jid.as_str().to_string(),
+        Some(b) => b.full.as_str(),
+        None => login.jid.as_str(),
     };
-    success.push_child(Element::new("authorization-identifier", ns::SASL2).with_text(identity));
-    if let Some(token) = tokens_after_login(ctx, st, auth, agent, &login).await {
-        success.push_child(token);
+    let mut success = success_element(&login, identity);
+    for child in [token, resume_failed].into_iter().flatten() {
+        success.push_child(child);
     }
     info!(jid = %login.jid, mechanism, bind2 = bound.is_some(), "authenticated (SASL2)");
     st.neg.sasl2_succeeded(login.jid.to_string());
@@ -161,7 +183,7 @@ pub(super) async fn authenticate(
                     .cloned()
                     .collect(),
             }));
-            Ok(Some(bound))
+            Ok(Some(Negotiated::Bound(bound)))
         }
         _ => {
             // XEP-0388 §2.6.1: the features of the authenticated stream follow at once.
@@ -170,6 +192,14 @@ pub(super) async fn authenticate(
             Ok(None)
         }
     }
+}
+
+fn success_element(login: &Login, identity: &str) -> Element {
+    let mut success = Element::new("success", ns::SASL2);
+    if let Some(data) = &login.additional {
+        success.push_child(Element::new("additional-data", ns::SASL2).with_text(B64.encode(data)));
+    }
+    success.with_child(Element::new("authorization-identifier", ns::SASL2).with_text(identity))
 }
 
 async fn fail(conn: &mut Connection, condition: &str, text: Option<&str>) -> Result<(), Ending> {
@@ -447,6 +477,25 @@ async fn make_room(ctx: &Arc<Context>, jid: &BareJid, agent: &str) {
     }
 }
 
+/// Completes a SASL2 login that resumed a session: `<resumed/>` goes into `<success/>`,
+/// and the features of the stream follow.
+pub(super) fn resumed(
+    ctx: &Context,
+    conn: &mut Connection,
+    state: &mut SessionState,
+    resumed: Element,
+) {
+    match state.bound.sasl2.take() {
+        Some(pending) => {
+            let mut success = pending.success;
+            success.push_child(resumed);
+            conn.queue(&success);
+            conn.queue(&negotiate::bound_features(ctx, false));
+        }
+        None => conn.queue(&resumed),
+    }
+}
+
 /// Completes a Bind 2 login on the new session, before anything else is written to it:
 /// switches on what the bind request asked for, then sends `<success/>` with `<bound/>`
 /// and the session's stream features (XEP-0386 §3.2, XEP-0388 §2.6.1). Whether there
@@ -478,7 +527,7 @@ pub(super) fn finish(ctx: &Arc<Context>, conn: &mut Connection, state: &mut Sess
     }
     success.push_child(bound);
     conn.queue(&success);
-    conn.queue(&negotiate::bound_features(ctx));
+    conn.queue(&negotiate::bound_features(ctx, state.sm.is_none()));
     state.emit_all(ctx, Some(conn), out);
     true
 }
