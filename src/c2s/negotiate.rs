@@ -379,7 +379,7 @@ fn push_bound_features(ctx: &Context, f: &mut Element, offer_sm: bool) {
 }
 
 /// A SASL `<failure/>` in the exchange's profile; SASL2 may say why in `<text/>`.
-async fn sasl_failure(
+pub(super) async fn sasl_failure(
     conn: &mut Connection,
     sasl2: bool,
     condition: &str,

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::negotiate::{
     self, Negotiated, State, account_jid, auth_failed, bind_resource, decode_sasl2,
-    offered_mechanisms, run_exchange,
+    offered_mechanisms, run_exchange, sasl_failure,
 };
 use super::session::SessionState;
 use super::{Connection, Ending, sm};
@@ -110,7 +110,9 @@ pub(super) async fn authenticate(
             }),
             Ok(None) => {
                 st.neg.sasl_failed();
-                return fail(conn, "aborted", None).await.map(|()| None);
+                return sasl_failure(conn, true, "aborted", None)
+                    .await
+                    .map(|()| None);
             }
             Err(e) => Err(e),
         },
@@ -123,11 +125,13 @@ pub(super) async fn authenticate(
             return Ok(None);
         }
     };
-    let token = tokens_after_login(ctx, st, auth, agent, &login).await;
     // Resumption first; if it fails, the client binds a new session instead (XEP-0386
     // §3.2), told why in the success.
     let mut resume_failed = None;
+    let mut token = None;
     if let Some(request) = auth.child("resume", sm::NS) {
+        // Before the takeover: a taken-over session must not wait at an await point.
+        token = tokens_after_login(ctx, st, auth, agent, &login).await;
         match negotiate::resume(ctx, st, &login.jid, request).await {
             Ok(mut state) => {
                 let mut success = success_element(&login, state.bound.full.as_str());
@@ -157,11 +161,18 @@ pub(super) async fn authenticate(
                     // Authenticated, but no session can start: nothing of it took effect.
                     st.neg.sasl_failed();
                     let text = format!("no resource can be bound ({condition}): too many sessions");
-                    return fail(conn, "aborted", Some(&text)).await.map(|()| None);
+                    return sasl_failure(conn, true, "aborted", Some(&text))
+                        .await
+                        .map(|()| None);
                 }
             }
         }
     };
+    // Tokens only once nothing can fail any more: a token the client never receives
+    // would take the place of one it holds.
+    if auth.child("resume", sm::NS).is_none() {
+        token = tokens_after_login(ctx, st, auth, agent, &login).await;
+    }
     let identity = match &bound {
         Some(b) => b.full.as_str(),
         None => login.jid.as_str(),
@@ -200,15 +211,6 @@ fn success_element(login: &Login, identity: &str) -> Element {
         success.push_child(Element::new("additional-data", ns::SASL2).with_text(B64.encode(data)));
     }
     success.with_child(Element::new("authorization-identifier", ns::SASL2).with_text(identity))
-}
-
-async fn fail(conn: &mut Connection, condition: &str, text: Option<&str>) -> Result<(), Ending> {
-    let mut failure =
-        Element::new("failure", ns::SASL2).with_child(Element::new(condition, ns::SASL));
-    if let Some(text) = text {
-        failure.push_child(Element::new("text", ns::SASL2).with_text(text));
-    }
-    conn.send(&failure).await
 }
 
 /// A successful authentication.
