@@ -418,7 +418,7 @@ async fn an_ageing_token_is_rotated_and_the_old_one_works_until_the_new_one_is_u
     let t = tokens.new.as_mut().unwrap();
     t.issued -= 20 * 86_400;
     store
-        .set_fast_tokens(&jid, AGENT, Some(&tokens))
+        .set_fast_tokens(&jid, AGENT, Some(&tokens), true)
         .await
         .unwrap();
 

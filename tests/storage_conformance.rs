@@ -1257,15 +1257,15 @@ async fn fast(s: Storage) {
     let (alice, bob) = (j("alice@x"), j("bob@x"));
     assert_eq!(s.fast.fast_tokens(&alice, "phone").await.unwrap(), None);
     s.fast
-        .set_fast_tokens(&alice, "phone", Some(&fast_tokens("a", 10)))
+        .set_fast_tokens(&alice, "phone", Some(&fast_tokens("a", 10)), true)
         .await
         .unwrap();
     s.fast
-        .set_fast_tokens(&alice, "laptop", Some(&fast_tokens("b", 20)))
+        .set_fast_tokens(&alice, "laptop", Some(&fast_tokens("b", 20)), true)
         .await
         .unwrap();
     s.fast
-        .set_fast_tokens(&bob, "phone", Some(&fast_tokens("c", 30)))
+        .set_fast_tokens(&bob, "phone", Some(&fast_tokens("c", 30)), true)
         .await
         .unwrap();
     assert_eq!(
@@ -1283,14 +1283,17 @@ async fn fast(s: Storage) {
     );
     // Replaced, then removed, per client.
     s.fast
-        .set_fast_tokens(&alice, "phone", Some(&fast_tokens("d", 40)))
+        .set_fast_tokens(&alice, "phone", Some(&fast_tokens("d", 40)), true)
         .await
         .unwrap();
     assert_eq!(
         s.fast.fast_tokens(&alice, "phone").await.unwrap(),
         Some(fast_tokens("d", 40))
     );
-    s.fast.set_fast_tokens(&alice, "phone", None).await.unwrap();
+    s.fast
+        .set_fast_tokens(&alice, "phone", None, true)
+        .await
+        .unwrap();
     assert_eq!(s.fast.fast_tokens(&alice, "phone").await.unwrap(), None);
     // An account's removal takes its tokens, and only its own.
     s.accounts.create(&alice, &creds(1)).await.unwrap();
@@ -1549,7 +1552,7 @@ async fn sled_fast_tokens_survive_reopen() {
     {
         let s = Storage::open_sled(dir.path()).unwrap();
         s.fast
-            .set_fast_tokens(&j("a@x"), "phone", Some(&fast_tokens("t", 9)))
+            .set_fast_tokens(&j("a@x"), "phone", Some(&fast_tokens("t", 9)), true)
             .await
             .unwrap();
     }

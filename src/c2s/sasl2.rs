@@ -427,11 +427,14 @@ async fn tokens_after_login(
     if !changed {
         return None;
     }
+    // What the client must be able to rely on is durable at once: a token it is given,
+    // a token it revoked.
+    let durable = new.is_some() || invalidate;
     let empty = tokens.new.is_none() && tokens.current.is_none();
     let stored = ctx
         .storage
         .fast
-        .set_fast_tokens(&login.jid, agent, (!empty).then_some(&tokens))
+        .set_fast_tokens(&login.jid, agent, (!empty).then_some(&tokens), durable)
         .await;
     match (stored, new) {
         (Ok(()), Some(new)) => Some(
@@ -473,7 +476,7 @@ async fn make_room(ctx: &Arc<Context>, jid: &BareJid, agent: &str) {
     let mut by_expiry: Vec<_> = clients.iter().map(|(a, t)| (expiry(t), a)).collect();
     by_expiry.sort_unstable();
     for (_, old) in by_expiry.into_iter().take(excess) {
-        if let Err(e) = ctx.storage.fast.set_fast_tokens(jid, old, None).await {
+        if let Err(e) = ctx.storage.fast.set_fast_tokens(jid, old, None, true).await {
             warn!(error = %e, "removing a FAST client failed");
         }
     }
