@@ -204,7 +204,7 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
         "password",
         &format!(
             "{}<bind xmlns='{BIND2}'><tag>Phone</tag>\
-             <enable xmlns='{SM}' resume='true'/>\
+             <enable xmlns='{SM}' resume='true'/><enable xmlns='{SM}' resume='true'/>\
              <enable xmlns='urn:xmpp:carbons:2'/></bind>",
             user_agent(AGENT)
         ),
@@ -220,6 +220,9 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
     );
     let bound = success.child("bound", BIND2).expect("bound");
     let enabled = bound.child("enabled", SM).expect("SM enabled inline");
+    // Enabled once, however often the request asks.
+    assert_eq!(bound.elements().filter(|e| e.ns == SM).count(), 1, "{bound:?}");
+    assert_eq!(server.ctx().sm.resumable_count(), 1);
     assert_eq!(enabled.attr("resume"), Some("true"));
     assert!(enabled.attr("id").is_some());
     // No token unless asked for.

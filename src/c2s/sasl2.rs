@@ -518,7 +518,8 @@ pub(super) fn finish(ctx: &Arc<Context>, conn: &mut Connection, state: &mut Sess
     let mut out = Vec::new();
     for request in &inline {
         if request.ns == sm::NS {
-            if request.name == "enable" {
+            // Once: a second `<enable/>` must not register a second resumption id.
+            if request.name == "enable" && state.sm.is_none() {
                 bound.push_child(super::session::enable_sm(ctx, state, request));
             }
             continue;
