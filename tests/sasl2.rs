@@ -221,7 +221,11 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
     let bound = success.child("bound", BIND2).expect("bound");
     let enabled = bound.child("enabled", SM).expect("SM enabled inline");
     // Enabled once, however often the request asks.
-    assert_eq!(bound.elements().filter(|e| e.ns == SM).count(), 1, "{bound:?}");
+    assert_eq!(
+        bound.elements().filter(|e| e.ns == SM).count(),
+        1,
+        "{bound:?}"
+    );
     assert_eq!(server.ctx().sm.resumable_count(), 1);
     assert_eq!(enabled.attr("resume"), Some("true"));
     assert!(enabled.attr("id").is_some());

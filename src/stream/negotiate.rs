@@ -754,6 +754,35 @@ mod tests {
     }
 
     #[test]
+    fn a_sasl2_exchange_takes_its_own_namespace_and_succeeds_without_a_restart() {
+        let mut n = client(false);
+        n.handle(header(ns::CLIENT, HOST));
+        assert!(matches!(
+            n.handle(el("authenticate", ns::SASL2))[..],
+            [Action::Auth(_)]
+        ));
+        assert!(n.is_sasl2());
+        assert!(matches!(
+            n.handle(el("response", ns::SASL2))[..],
+            [Action::SaslResponse(_)]
+        ));
+        n.sasl2_succeeded(format!("juliet@{HOST}"));
+        assert!(n.is_authenticated());
+        // No new header: the stream goes on, and a bind request is one.
+        let bind = Element::new("iq", ns::CLIENT).with_child(Element::new("bind", ns::BIND));
+        assert!(matches!(
+            n.handle(StreamEvent::Stanza(bind))[..],
+            [Action::Bind(_)]
+        ));
+        // A classic response inside a SASL2 exchange ends the stream.
+        let mut n = client(false);
+        n.handle(header(ns::CLIENT, HOST));
+        n.handle(el("authenticate", ns::SASL2));
+        let a = n.handle(el("response", ns::SASL));
+        assert_eq!(error(&a), Some(StreamErrorCondition::NotAuthorized));
+    }
+
+    #[test]
     fn a_sasl_exchange_takes_only_responses_and_aborts() {
         let mut n = client(false);
         n.handle(header(ns::CLIENT, HOST));
