@@ -27,12 +27,15 @@ fi
 # Strophe.js (the XMPP library of many web clients) and Converse.js (a complete web
 # client) from the npm registry, pinned, into target/ (not committed);
 # tests/interop_browser.rs and tests/interop_converse.rs load them into the browser.
+# xmpp.js (@xmpp/client) speaks SASL2, Bind 2 and FAST: tests/interop_xmppjs.rs runs it
+# in Node.js.
 strophe=target/interop/node_modules/strophe.js/dist/strophe.umd.min.js
 converse=target/interop/node_modules/converse.js/dist/converse.min.js
-if [ ! -f "$strophe" ] || [ ! -f "$converse" ]; then
+xmppjs=target/interop/node_modules/@xmpp/client/package.json
+if [ ! -f "$strophe" ] || [ ! -f "$converse" ] || [ ! -f "$xmppjs" ]; then
   mkdir -p target/interop
   npm install --prefix target/interop --no-audit --no-fund --loglevel=error \
-    strophe.js@5.0.0 converse.js@14.0.0
+    strophe.js@5.0.0 converse.js@14.0.0 @xmpp/client@0.14.0
 fi
 
 cargo fmt --all -- --check

@@ -204,7 +204,7 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
         "password",
         &format!(
             "{}<bind xmlns='{BIND2}'><tag>Phone</tag>\
-             <enable xmlns='{SM}' resume='true'/>\
+             <enable xmlns='{SM}' resume='true'/><enable xmlns='{SM}' resume='true'/>\
              <enable xmlns='urn:xmpp:carbons:2'/></bind>",
             user_agent(AGENT)
         ),
@@ -220,6 +220,13 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
     );
     let bound = success.child("bound", BIND2).expect("bound");
     let enabled = bound.child("enabled", SM).expect("SM enabled inline");
+    // Enabled once, however often the request asks.
+    assert_eq!(
+        bound.elements().filter(|e| e.ns == SM).count(),
+        1,
+        "{bound:?}"
+    );
+    assert_eq!(server.ctx().sm.resumable_count(), 1);
     assert_eq!(enabled.attr("resume"), Some("true"));
     assert!(enabled.attr("id").is_some());
     // No token unless asked for.
@@ -418,7 +425,7 @@ async fn an_ageing_token_is_rotated_and_the_old_one_works_until_the_new_one_is_u
     let t = tokens.new.as_mut().unwrap();
     t.issued -= 20 * 86_400;
     store
-        .set_fast_tokens(&jid, AGENT, Some(&tokens))
+        .set_fast_tokens(&jid, AGENT, Some(&tokens), true)
         .await
         .unwrap();
 
@@ -623,4 +630,95 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(empty, "offline storage released the archived message");
+}
+
+#[tokio::test]
+async fn a_session_is_resumed_inside_authenticate_and_a_stale_one_falls_back_to_binding() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let (mut first, token) = {
+        let mut c = secure_stream(&server).await;
+        let success = scram_login(
+            &mut c,
+            "alice",
+            "password",
+            &format!(
+                "{}<bind xmlns='{BIND2}'><tag>Phone</tag><enable xmlns='{SM}' resume='true'/></bind>\
+                 <request-token xmlns='{FAST}' mechanism='HT-SHA-256-NONE'/>",
+                user_agent(AGENT)
+            ),
+        )
+        .await;
+        c.jid = success
+            .child_text("authorization-identifier", SASL2)
+            .unwrap();
+        c.recv().await; // features
+        (c, (token_of(&success).unwrap(), success))
+    };
+    let (token, success) = token;
+    let previd = success
+        .child("bound", BIND2)
+        .and_then(|b| b.child("enabled", SM))
+        .and_then(|e| e.attr("id"))
+        .unwrap()
+        .to_string();
+    let full = first.jid.clone();
+    first.available().await;
+    let mut bob = server.login("bob", "pc").await;
+    bob.send(&format!(
+        "<message to='{full}' type='chat' id='lost'><body>are you there?</body></message>"
+    ))
+    .await;
+    first.recv_until(|e| e.attr("id") == Some("lost")).await;
+    // The phone loses its network before acknowledging anything.
+    first.drop_connection();
+    let ctx = server.ctx().clone();
+    support::wait_until("hibernation", || ctx.sm.hibernated_count() == 1).await;
+
+    let mut back = secure_stream(&server).await;
+    let resume = format!(
+        "{}<resume xmlns='{SM}' previd='{previd}' h='0'/><bind xmlns='{BIND2}'><tag>Phone</tag></bind><fast xmlns='{FAST}'/>",
+        user_agent(AGENT)
+    );
+    let success = fast_login(&mut back, "alice", "HT-SHA-256-NONE", &token, &[], &resume).await;
+    assert!(success.is("success", SASL2), "{success:?}");
+    assert_eq!(
+        success
+            .child_text("authorization-identifier", SASL2)
+            .as_deref(),
+        Some(full.as_str())
+    );
+    let resumed = success
+        .child("resumed", SM)
+        .expect("resumed inside the success");
+    assert_eq!(resumed.attr("previd"), Some(previd.as_str()));
+    assert!(
+        success.child("bound", BIND2).is_none(),
+        "the bind request is ignored"
+    );
+    let features = back.recv().await;
+    assert_eq!(features.name, "features");
+    assert!(features.child("sm", SM).is_none());
+    // What the client never acknowledged comes again.
+    let again = back.recv_until(|e| e.attr("id") == Some("lost")).await;
+    assert_eq!(
+        again.child_text("body", "jabber:client").as_deref(),
+        Some("are you there?")
+    );
+
+    // A stale id: the success says so, and a new session is bound instead.
+    let mut late = secure_stream(&server).await;
+    let resume = format!(
+        "{}<resume xmlns='{SM}' previd='no-such-session' h='0'/><bind xmlns='{BIND2}'><tag>Tablet</tag></bind>",
+        user_agent("tablet-agent")
+    );
+    let success = scram_login(&mut late, "alice", "password", &resume).await;
+    assert!(success.is("success", SASL2), "{success:?}");
+    assert!(success.child("failed", SM).is_some(), "{success:?}");
+    assert!(success.child("bound", BIND2).is_some(), "{success:?}");
+    let jid = success
+        .child_text("authorization-identifier", SASL2)
+        .unwrap();
+    assert!(jid.starts_with(&format!("alice@{DOMAIN}/Tablet/")), "{jid}");
 }

@@ -1239,6 +1239,69 @@ async fn offline_push_at(s: Storage) {
     );
 }
 
+fn fast_tokens(secret: &str, expiry: u64) -> xmppd::storage::FastTokens {
+    xmppd::storage::FastTokens {
+        current: None,
+        new: Some(xmppd::storage::FastToken {
+            secret: secret.into(),
+            mechanism: "HT-SHA-256-NONE".into(),
+            issued: 1,
+            expiry,
+        }),
+        credentials: vec![1, 2, 3],
+    }
+}
+
+/// XEP-0484 tokens per account and client.
+async fn fast(s: Storage) {
+    let (alice, bob) = (j("alice@x"), j("bob@x"));
+    assert_eq!(s.fast.fast_tokens(&alice, "phone").await.unwrap(), None);
+    s.fast
+        .set_fast_tokens(&alice, "phone", Some(&fast_tokens("a", 10)), true)
+        .await
+        .unwrap();
+    s.fast
+        .set_fast_tokens(&alice, "laptop", Some(&fast_tokens("b", 20)), true)
+        .await
+        .unwrap();
+    s.fast
+        .set_fast_tokens(&bob, "phone", Some(&fast_tokens("c", 30)), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.fast.fast_tokens(&alice, "phone").await.unwrap(),
+        Some(fast_tokens("a", 10))
+    );
+    let mut clients = s.fast.fast_clients(&alice).await.unwrap();
+    clients.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        clients,
+        vec![
+            ("laptop".to_string(), fast_tokens("b", 20)),
+            ("phone".to_string(), fast_tokens("a", 10))
+        ]
+    );
+    // Replaced, then removed, per client.
+    s.fast
+        .set_fast_tokens(&alice, "phone", Some(&fast_tokens("d", 40)), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.fast.fast_tokens(&alice, "phone").await.unwrap(),
+        Some(fast_tokens("d", 40))
+    );
+    s.fast
+        .set_fast_tokens(&alice, "phone", None, true)
+        .await
+        .unwrap();
+    assert_eq!(s.fast.fast_tokens(&alice, "phone").await.unwrap(), None);
+    // An account's removal takes its tokens, and only its own.
+    s.accounts.create(&alice, &creds(1)).await.unwrap();
+    assert!(s.remove_account(&alice).await.unwrap());
+    assert!(s.fast.fast_clients(&alice).await.unwrap().is_empty());
+    assert_eq!(s.fast.fast_clients(&bob).await.unwrap().len(), 1);
+}
+
 fn memory() -> (Storage, Option<TempDir>) {
     (Storage::memory(), None)
 }
@@ -1296,9 +1359,9 @@ macro_rules! conformance {
 }
 
 conformance!(memory: accounts, roster, roster_counts, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at, fast);
 conformance!(sled: accounts, roster, roster_counts, presence_contacts, offline, push, remove_account, concurrent_pushes_respect_quota,
-    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at);
+    archive, archive_large_page_from_end, blocklist, rooms, archive_replace, pubsub, profiles, totals, invites, concurrent_invite_uses, offline_push_at, fast);
 
 #[tokio::test]
 async fn sled_data_survives_reopen() {
@@ -1481,6 +1544,23 @@ async fn sled_invites_survive_reopen() {
     let s = Storage::open_sled(dir.path()).unwrap();
     assert_eq!(s.invites.invite("t").await.unwrap().unwrap().uses_left, 1);
     assert!(s.invites.is_admin(&j("b@x")).await.unwrap());
+}
+
+#[tokio::test]
+async fn sled_fast_tokens_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Storage::open_sled(dir.path()).unwrap();
+        s.fast
+            .set_fast_tokens(&j("a@x"), "phone", Some(&fast_tokens("t", 9)), true)
+            .await
+            .unwrap();
+    }
+    let s = Storage::open_sled(dir.path()).unwrap();
+    assert_eq!(
+        s.fast.fast_tokens(&j("a@x"), "phone").await.unwrap(),
+        Some(fast_tokens("t", 9))
+    );
 }
 
 /// Opens the sled database directly once the dropped store's last handle on its lock

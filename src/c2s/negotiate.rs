@@ -132,10 +132,10 @@ pub(crate) async fn negotiate(
                     sasl_failure(conn, st.neg.is_sasl2(), condition, None).await?
                 }
                 Action::Auth(auth) if st.neg.is_sasl2() => {
-                    if let Some(bound) =
+                    if let Some(done) =
                         sasl2::authenticate(ctx, conn, &mut st, &auth, conn_id).await?
                     {
-                        return Ok(Negotiated::Bound(bound));
+                        return Ok(done);
                     }
                 }
                 Action::Auth(auth) => match authenticate(ctx, conn, &mut st, &auth).await? {
@@ -184,16 +184,9 @@ async fn authenticated_element(
         match el.name.as_str() {
             // XEP-0198 §5: instead of binding, take over a previous session.
             "resume" => {
-                let previd = el.attr("previd").unwrap_or_default();
-                match sm::take_over(ctx, bare, previd).await {
+                match resume(ctx, st, bare, &el).await {
                     // Returned at once: the state must not wait at an await point.
-                    Ok(state) => {
-                        // The session is now as private as the stream that took it over.
-                        let (b, secure) = (&state.bound, st.neg.is_secure());
-                        ctx.sessions
-                            .update(&b.bare, &b.resource, b.conn_id, |s| s.secure = secure);
-                        return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el))));
-                    }
+                    Ok(state) => return Ok(Some(Negotiated::Resumed(state, sm::parse_h(&el)))),
                     // The client may bind a new resource instead (XEP-0198 §5).
                     Err(failed) => {
                         st.resume_failures += 1;
@@ -220,6 +213,23 @@ async fn authenticated_element(
     }
     // Anything else before a bound session is refused (RFC 6120 §7.1).
     Err(StreamErrorCondition::NotAuthorized.into())
+}
+
+/// Takes over the hibernated session `<resume/>` names (XEP-0198 §5); `Err`: the
+/// `<failed/>` to answer.
+pub(super) async fn resume(
+    ctx: &Arc<Context>,
+    st: &State,
+    bare: &BareJid,
+    request: &Element,
+) -> Result<Box<SessionState>, Element> {
+    let previd = request.attr("previd").unwrap_or_default();
+    let state = sm::take_over(ctx, bare, previd).await?;
+    // The session is now as private as the stream that took it over.
+    let (b, secure) = (&state.bound, st.neg.is_secure());
+    ctx.sessions
+        .update(&b.bare, &b.resource, b.conn_id, |s| s.secure = secure);
+    Ok(state)
 }
 
 /// An iq before authentication (the negotiator passes them on encrypted streams only):
@@ -308,7 +318,7 @@ pub(super) fn features(ctx: &Context, st: &State) -> Element {
         f.push_child(
             Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)),
         );
-        push_bound_features(ctx, &mut f);
+        push_bound_features(ctx, &mut f, true);
         return f;
     }
     let mut f = Element::new("features", ns::STREAM);
@@ -348,24 +358,28 @@ pub(super) fn features(ctx: &Context, st: &State) -> Element {
     f
 }
 
-/// The features of a stream with a bound resource (after Bind 2, no resource binding).
-pub(super) fn bound_features(ctx: &Context) -> Element {
+/// The features of a stream with a bound resource (after Bind 2, no resource binding);
+/// XEP-0198 only while it can still be enabled (clients take an `<sm/>` feature as the
+/// cue to resume or enable it).
+pub(super) fn bound_features(ctx: &Context, offer_sm: bool) -> Element {
     let mut f = Element::new("features", ns::STREAM);
-    push_bound_features(ctx, &mut f);
+    push_bound_features(ctx, &mut f, offer_sm);
     f
 }
 
-fn push_bound_features(ctx: &Context, f: &mut Element) {
+fn push_bound_features(ctx: &Context, f: &mut Element, offer_sm: bool) {
     f.push_child(Element::new("ver", ns::ROSTER_VER));
     f.push_child(Element::new("sub", ns::PRE_APPROVAL));
-    f.push_child(Element::new("sm", sm::NS));
+    if offer_sm {
+        f.push_child(Element::new("sm", sm::NS));
+    }
     for feature in ctx.registry.bound_stream_features() {
         f.push_child(feature.clone());
     }
 }
 
 /// A SASL `<failure/>` in the exchange's profile; SASL2 may say why in `<text/>`.
-async fn sasl_failure(
+pub(super) async fn sasl_failure(
     conn: &mut Connection,
     sasl2: bool,
     condition: &str,

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::negotiate::{
-    self, Bound, State, account_jid, auth_failed, bind_resource, decode_sasl2, offered_mechanisms,
-    run_exchange,
+    self, Negotiated, State, account_jid, auth_failed, bind_resource, decode_sasl2,
+    offered_mechanisms, run_exchange, sasl_failure,
 };
 use super::session::SessionState;
 use super::{Connection, Ending, sm};
@@ -56,6 +56,8 @@ pub(super) fn feature(ctx: &Context, st: &State) -> Option<Element> {
         bind_inline.push_child(Element::new("feature", ns::BIND2).with_attr("var", var));
     }
     inline.push_child(Element::new("bind", ns::BIND2).with_child(bind_inline));
+    // XEP-0198 resumption inside `<authenticate/>`.
+    inline.push_child(Element::new("sm", sm::NS));
     let fast = offered_fast(ctx, st);
     if !fast.is_empty() {
         let mut f = Element::new("fast", ns::FAST);
@@ -77,15 +79,16 @@ fn offered_fast(ctx: &Context, st: &State) -> Vec<HtMechanism> {
     HtMechanism::available(&st.bindings)
 }
 
-/// Runs one SASL2 `<authenticate/>`. `Some`: a resource was bound (Bind 2) and the
-/// session starts; `None`: the stream goes on (authenticated or not).
+/// Runs one SASL2 `<authenticate/>`. `Some`: a session was resumed (XEP-0198) or a
+/// resource bound (Bind 2), and the session starts; `None`: the stream goes on
+/// (authenticated or not).
 pub(super) async fn authenticate(
     ctx: &Arc<Context>,
     conn: &mut Connection,
     st: &mut State,
     auth: &Element,
     conn_id: u64,
-) -> Result<Option<Bound>, Ending> {
+) -> Result<Option<Negotiated>, Ending> {
     let mechanism = auth.attr("mechanism").unwrap_or_default();
     let initial = auth
         .child("initial-response", ns::SASL2)
@@ -107,7 +110,9 @@ pub(super) async fn authenticate(
             }),
             Ok(None) => {
                 st.neg.sasl_failed();
-                return fail(conn, "aborted", None).await.map(|()| None);
+                return sasl_failure(conn, true, "aborted", None)
+                    .await
+                    .map(|()| None);
             }
             Err(e) => Err(e),
         },
@@ -120,6 +125,31 @@ pub(super) async fn authenticate(
             return Ok(None);
         }
     };
+    // Resumption first; if it fails, the client binds a new session instead (XEP-0386
+    // §3.2), told why in the success.
+    let mut resume_failed = None;
+    let mut token = None;
+    if let Some(request) = auth.child("resume", sm::NS) {
+        // Before the takeover: a taken-over session must not wait at an await point.
+        token = tokens_after_login(ctx, st, auth, agent, &login).await;
+        match negotiate::resume(ctx, st, &login.jid, request).await {
+            Ok(mut state) => {
+                let mut success = success_element(&login, state.bound.full.as_str());
+                if let Some(token) = token {
+                    success.push_child(token);
+                }
+                info!(jid = %login.jid, mechanism, "authenticated (SASL2), session resumed");
+                st.neg.sasl2_succeeded(login.jid.to_string());
+                // The `<resumed/>` goes into the success once the session is back.
+                state.bound.sasl2 = Some(Box::new(PendingSuccess {
+                    success,
+                    inline: Vec::new(),
+                }));
+                return Ok(Some(Negotiated::Resumed(state, sm::parse_h(request))));
+            }
+            Err(failed) => resume_failed = Some(failed),
+        }
+    }
     // Bind 2 before the success, which names the full JID (XEP-0386 §3.2).
     let bind_request = auth.child("bind", ns::BIND2);
     let bound = match bind_request {
@@ -131,22 +161,25 @@ pub(super) async fn authenticate(
                     // Authenticated, but no session can start: nothing of it took effect.
                     st.neg.sasl_failed();
                     let text = format!("no resource can be bound ({condition}): too many sessions");
-                    return fail(conn, "aborted", Some(&text)).await.map(|()| None);
+                    return sasl_failure(conn, true, "aborted", Some(&text))
+                        .await
+                        .map(|()| None);
                 }
             }
         }
     };
-    let mut success = Element::new("success", ns::SASL2);
-    if let Some(data) = &login.additional {
-        success.push_child(Element::new("additional-data", ns::SASL2).with_text(B64.encode(data)));
+    // Tokens only once nothing can fail any more: a token the client never receives
+    // would take the place of one it holds.
+    if auth.child("resume", sm::NS).is_none() {
+        token = tokens_after_login(ctx, st, auth, agent, &login).await;
     }
     let identity = match &bound {
-        Some(b) => b.full.as_str().to_string(),
-        None => login.jid.as_str().to_string(),
+        Some(b) => b.full.as_str(),
+        None => login.jid.as_str(),
     };
-    success.push_child(Element::new("authorization-identifier", ns::SASL2).with_text(identity));
-    if let Some(token) = tokens_after_login(ctx, st, auth, agent, &login).await {
-        success.push_child(token);
+    let mut success = success_element(&login, identity);
+    for child in [token, resume_failed].into_iter().flatten() {
+        success.push_child(child);
     }
     info!(jid = %login.jid, mechanism, bind2 = bound.is_some(), "authenticated (SASL2)");
     st.neg.sasl2_succeeded(login.jid.to_string());
@@ -161,7 +194,7 @@ pub(super) async fn authenticate(
                     .cloned()
                     .collect(),
             }));
-            Ok(Some(bound))
+            Ok(Some(Negotiated::Bound(bound)))
         }
         _ => {
             // XEP-0388 §2.6.1: the features of the authenticated stream follow at once.
@@ -172,13 +205,12 @@ pub(super) async fn authenticate(
     }
 }
 
-async fn fail(conn: &mut Connection, condition: &str, text: Option<&str>) -> Result<(), Ending> {
-    let mut failure =
-        Element::new("failure", ns::SASL2).with_child(Element::new(condition, ns::SASL));
-    if let Some(text) = text {
-        failure.push_child(Element::new("text", ns::SASL2).with_text(text));
+fn success_element(login: &Login, identity: &str) -> Element {
+    let mut success = Element::new("success", ns::SASL2);
+    if let Some(data) = &login.additional {
+        success.push_child(Element::new("additional-data", ns::SASL2).with_text(B64.encode(data)));
     }
-    conn.send(&failure).await
+    success.with_child(Element::new("authorization-identifier", ns::SASL2).with_text(identity))
 }
 
 /// A successful authentication.
@@ -395,11 +427,14 @@ async fn tokens_after_login(
     if !changed {
         return None;
     }
+    // What the client must be able to rely on is durable at once: a token it is given,
+    // a token it revoked.
+    let durable = new.is_some() || invalidate;
     let empty = tokens.new.is_none() && tokens.current.is_none();
     let stored = ctx
         .storage
         .fast
-        .set_fast_tokens(&login.jid, agent, (!empty).then_some(&tokens))
+        .set_fast_tokens(&login.jid, agent, (!empty).then_some(&tokens), durable)
         .await;
     match (stored, new) {
         (Ok(()), Some(new)) => Some(
@@ -441,9 +476,28 @@ async fn make_room(ctx: &Arc<Context>, jid: &BareJid, agent: &str) {
     let mut by_expiry: Vec<_> = clients.iter().map(|(a, t)| (expiry(t), a)).collect();
     by_expiry.sort_unstable();
     for (_, old) in by_expiry.into_iter().take(excess) {
-        if let Err(e) = ctx.storage.fast.set_fast_tokens(jid, old, None).await {
+        if let Err(e) = ctx.storage.fast.set_fast_tokens(jid, old, None, true).await {
             warn!(error = %e, "removing a FAST client failed");
         }
+    }
+}
+
+/// Completes a SASL2 login that resumed a session: `<resumed/>` goes into `<success/>`,
+/// and the features of the stream follow.
+pub(super) fn resumed(
+    ctx: &Context,
+    conn: &mut Connection,
+    state: &mut SessionState,
+    resumed: Element,
+) {
+    match state.bound.sasl2.take() {
+        Some(pending) => {
+            let mut success = pending.success;
+            success.push_child(resumed);
+            conn.queue(&success);
+            conn.queue(&negotiate::bound_features(ctx, false));
+        }
+        None => conn.queue(&resumed),
     }
 }
 
@@ -464,7 +518,8 @@ pub(super) fn finish(ctx: &Arc<Context>, conn: &mut Connection, state: &mut Sess
     let mut out = Vec::new();
     for request in &inline {
         if request.ns == sm::NS {
-            if request.name == "enable" {
+            // Once: a second `<enable/>` must not register a second resumption id.
+            if request.name == "enable" && state.sm.is_none() {
                 bound.push_child(super::session::enable_sm(ctx, state, request));
             }
             continue;
@@ -478,7 +533,7 @@ pub(super) fn finish(ctx: &Arc<Context>, conn: &mut Connection, state: &mut Sess
     }
     success.push_child(bound);
     conn.queue(&success);
-    conn.queue(&negotiate::bound_features(ctx));
+    conn.queue(&negotiate::bound_features(ctx, state.sm.is_none()));
     state.emit_all(ctx, Some(conn), out);
     true
 }

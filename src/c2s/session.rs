@@ -323,11 +323,15 @@ async fn resume_stream(
     }
     let previd = sm.id.clone().unwrap_or_default();
     acked_durable(ctx).await?;
-    conn.queue(
-        &Element::new("resumed", sm::NS)
-            .with_attr("previd", previd)
-            .with_attr("h", sm.handled().to_string()),
-    );
+    let resumed = Element::new("resumed", sm::NS)
+        .with_attr("previd", previd)
+        .with_attr("h", sm.handled().to_string());
+    super::sasl2::resumed(ctx, conn, state, resumed);
+    let Some(sm) = state.sm.as_mut() else {
+        return Err(LoopEnd::Close(
+            StreamErrorCondition::InternalServerError.into(),
+        ));
+    };
     for el in sm.unacked() {
         conn.queue(el);
     }

@@ -36,13 +36,15 @@ pub struct FastTokens {
 pub trait FastTokenStore: Send + Sync {
     /// The tokens of the client `agent` of `user`.
     async fn fast_tokens(&self, user: &BareJid, agent: &str) -> Result<Option<FastTokens>>;
-    /// Stores (or with `None` removes) the client's tokens; durable before returning, so
-    /// that a token handed out survives a crash.
+    /// Stores (or with `None` removes) the client's tokens. `durable`: on disk before
+    /// returning, as a token handed out must survive a crash; a change that only retires
+    /// an older token (its first use moving it to "current") may wait for the next flush.
     async fn set_fast_tokens(
         &self,
         user: &BareJid,
         agent: &str,
         tokens: Option<&FastTokens>,
+        durable: bool,
     ) -> Result<()>;
     /// The clients of `user` holding tokens, with them (to bound how many there are).
     async fn fast_clients(&self, user: &BareJid) -> Result<Vec<(String, FastTokens)>>;

@@ -518,6 +518,10 @@ fn fuzz(role: Role, bytes: &[u8]) {
                         parser.reset();
                         let _ = neg.tls_established();
                     }
+                    // SASL2 succeeds without a restart.
+                    Action::Auth(el) if el.ns == ns::SASL2 && el.attrs.len() % 2 == 1 => {
+                        neg.sasl2_succeeded("user@example.org".into())
+                    }
                     Action::Auth(el) if el.text().len() % 2 == 0 => {
                         parser.reset();
                         let _ = neg.sasl_succeeded("user@example.org".into());
@@ -746,6 +750,35 @@ mod tests {
             [Action::Element(_)]
         ));
         let a = n.handle(el("message", ns::CLIENT));
+        assert_eq!(error(&a), Some(StreamErrorCondition::NotAuthorized));
+    }
+
+    #[test]
+    fn a_sasl2_exchange_takes_its_own_namespace_and_succeeds_without_a_restart() {
+        let mut n = client(false);
+        n.handle(header(ns::CLIENT, HOST));
+        assert!(matches!(
+            n.handle(el("authenticate", ns::SASL2))[..],
+            [Action::Auth(_)]
+        ));
+        assert!(n.is_sasl2());
+        assert!(matches!(
+            n.handle(el("response", ns::SASL2))[..],
+            [Action::SaslResponse(_)]
+        ));
+        n.sasl2_succeeded(format!("juliet@{HOST}"));
+        assert!(n.is_authenticated());
+        // No new header: the stream goes on, and a bind request is one.
+        let bind = Element::new("iq", ns::CLIENT).with_child(Element::new("bind", ns::BIND));
+        assert!(matches!(
+            n.handle(StreamEvent::Stanza(bind))[..],
+            [Action::Bind(_)]
+        ));
+        // A classic response inside a SASL2 exchange ends the stream.
+        let mut n = client(false);
+        n.handle(header(ns::CLIENT, HOST));
+        n.handle(el("authenticate", ns::SASL2));
+        let a = n.handle(el("response", ns::SASL));
         assert_eq!(error(&a), Some(StreamErrorCondition::NotAuthorized));
     }
 

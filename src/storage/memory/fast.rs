@@ -25,6 +25,7 @@ impl FastTokenStore for MemoryStore {
         user: &BareJid,
         agent: &str,
         tokens: Option<&FastTokens>,
+        _durable: bool,
     ) -> Result<()> {
         let mut fast = lock(&self.fast)?;
         match tokens {

@@ -5,7 +5,9 @@
 //! | `fast_tokens` | `<jid>\0<agent id>`   | fmt byte + `FastTokens` |
 //!
 //! Written at logins that issue or rotate a token, and flushed each time: a token the
-//! client was given must still work after a crash.
+//! client was given must still work after a crash. A token's first use only retires the
+//! one before it; that write is left to sled's periodic flush (lost in a crash, the older
+//! token merely stays valid a little longer).
 
 use ::sled::{Db, Tree};
 use async_trait::async_trait;
@@ -40,6 +42,7 @@ impl FastTokenStore for SledStore {
         user: &BareJid,
         agent: &str,
         tokens: Option<&FastTokens>,
+        durable: bool,
     ) -> Result<()> {
         let key = key(user, agent)?;
         match tokens {
@@ -47,6 +50,9 @@ impl FastTokenStore for SledStore {
             None => self.fast.remove(key).map(drop),
         }
         .map_err(backend)?;
+        if !durable {
+            return Ok(());
+        }
         self.flush_db().await
     }
 
