@@ -254,6 +254,10 @@ pub struct Conn {
     pub wbuf: Vec<u8>,
     pub bare: String,
     pub domain: String,
+    /// The stream features after authentication offered XEP-0198 stream management.
+    pub sm_offered: bool,
+    /// XEP-0198 state once the server answered `<enable/>` with `<enabled/>`.
+    pub sm: Option<StreamMgmt>,
 }
 
 impl Conn {
@@ -272,6 +276,8 @@ impl Conn {
             wbuf: Vec::with_capacity(4096),
             bare,
             domain,
+            sm_offered: false,
+            sm: None,
         }
     }
 
@@ -300,7 +306,9 @@ impl Conn {
         }
     }
 
-    /// The next top-level element; a stream end or stream error is an error here.
+    /// The next top-level element; a stream end or stream error is an error here. With
+    /// stream management enabled, stanzas are counted and the server's `<r/>` answered
+    /// here (SM nonzas are not returned).
     pub async fn next_element(&mut self) -> Res<Range<usize>> {
         loop {
             match self.next_frame().await? {
@@ -308,6 +316,14 @@ impl Conn {
                     let el = self.rd.bytes(r.clone());
                     if xml::name(el) == b"stream:error" {
                         return Err(format!("stream error: {}", String::from_utf8_lossy(el)).into());
+                    }
+                    if let Some(sm) = self.sm.as_mut()
+                        && sm.observe(el, &mut self.wbuf)
+                    {
+                        if !self.wbuf.is_empty() {
+                            self.flush().await?;
+                        }
+                        continue;
                     }
                     return Ok(r);
                 }
@@ -349,6 +365,55 @@ impl Conn {
         self.await_iq(b"sync", other).await.map(|_| ())
     }
 
+    /// Enables XEP-0198 as mobile clients do after binding (`<enable resume='true'/>`)
+    /// and waits, at most `limit`, for `<enabled/>`; `<failed/>` is an error. From then on
+    /// [`Conn::next_element`] (and the scenarios' loops, through [`StreamMgmt::observe`])
+    /// count the stanzas received and answer the server's `<r/>`.
+    pub async fn enable_sm(&mut self, limit: Duration) -> Res<()> {
+        if !self.sm_offered {
+            return Err(
+                "server does not offer XEP-0198 (no <sm xmlns='urn:xmpp:sm:3'/> in the stream features)"
+                    .into(),
+            );
+        }
+        self.wbuf
+            .extend_from_slice(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+        self.flush().await?;
+        let wait = async {
+            loop {
+                let r = self.next_element().await?;
+                let el = self.rd.bytes(r);
+                let sm_ns = xml::attr(el, b"xmlns") == Some(SM_NS);
+                match xml::local_name(el) {
+                    b"enabled" if sm_ns => {
+                        let resume = matches!(xml::attr(el, b"resume"), Some(b"true" | b"1"));
+                        self.sm = Some(StreamMgmt {
+                            resumable: resume
+                                && xml::attr(el, b"id").is_some_and(|v| !v.is_empty()),
+                            ..StreamMgmt::default()
+                        });
+                        return Ok(());
+                    }
+                    b"failed" if sm_ns => {
+                        return Err(
+                            format!("<enable/> refused: {}", String::from_utf8_lossy(el)).into(),
+                        );
+                    }
+                    _ => {
+                        auto_reply(el, &mut self.wbuf);
+                        if !self.wbuf.is_empty() {
+                            self.flush().await?;
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(limit, wait).await {
+            Ok(r) => r,
+            Err(_) => Err("no <enabled/> or <failed/> in answer to <enable/>".into()),
+        }
+    }
+
     /// Fetches the roster; returns the result element.
     pub async fn roster_get(&mut self, other: &mut OnElement<'_>) -> Res<Vec<u8>> {
         self.wbuf.extend_from_slice(
@@ -374,6 +439,45 @@ impl Conn {
         })
         .await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+}
+
+/// The XEP-0198 namespace (version 3).
+pub const SM_NS: &[u8] = b"urn:xmpp:sm:3";
+
+/// The client's side of XEP-0198 once enabled: the stanzas it received (its `h`) and
+/// the acks it sent.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamMgmt {
+    /// Stanzas (message, presence, iq) received since `<enabled/>`, mod 2^32.
+    pub handled: u32,
+    /// `<a/>` sent, one per `<r/>` of the server.
+    pub answered: u64,
+    /// `<enabled/>` said `resume='true'` and gave an id.
+    pub resumable: bool,
+}
+
+impl StreamMgmt {
+    /// Accounts for one top-level element from the server: a stanza is counted; an `<r/>`
+    /// is answered in `out` with `<a h='…'/>`. Returns true for a stream management
+    /// nonza (handled here, nothing for the caller), false for anything else.
+    pub fn observe(&mut self, el: &[u8], out: &mut Vec<u8>) -> bool {
+        match xml::name(el) {
+            b"message" | b"presence" | b"iq" => {
+                self.handled = self.handled.wrapping_add(1);
+                false
+            }
+            _ if xml::attr(el, b"xmlns") == Some(SM_NS) => {
+                if xml::local_name(el) == b"r" {
+                    out.extend_from_slice(b"<a xmlns='urn:xmpp:sm:3' h='");
+                    out.extend_from_slice(self.handled.to_string().as_bytes());
+                    out.extend_from_slice(b"'/>");
+                    self.answered += 1;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -702,6 +806,7 @@ async fn login_inner(
     if !xml::has_child(&features, b"bind") {
         return Err("no resource binding offered".into());
     }
+    conn.sm_offered = child_ns(&features, b"sm", SM_NS).is_some();
     conn.wbuf.extend_from_slice(
         b"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>",
     );
@@ -1112,7 +1217,9 @@ async fn sasl2_login(
     // No stream restart: the features follow <success> on the same stream.
     loop {
         let r = conn.next_element().await?;
-        if xml::name(conn.rd.bytes(r)) == b"stream:features" {
+        let el = conn.rd.bytes(r);
+        if xml::name(el) == b"stream:features" {
+            conn.sm_offered = child_ns(el, b"sm", SM_NS).is_some();
             break;
         }
     }
@@ -1516,6 +1623,87 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.0.starts_with("server does not offer FAST"), "{e}");
+    }
+
+    #[test]
+    fn sm_counts_stanzas_and_answers_requests() {
+        let mut sm = StreamMgmt::default();
+        let mut out = Vec::new();
+        assert!(!sm.observe(b"<presence from='u1@d/bench'/>", &mut out));
+        assert!(!sm.observe(b"<iq type='result' id='sync'/>", &mut out));
+        assert!(!sm.observe(b"<message><body>x</body></message>", &mut out));
+        // Neither stanzas nor SM nonzas: not counted, left to the caller.
+        assert!(!sm.observe(b"<stream:features/>", &mut out));
+        assert!(!sm.observe(b"<r xmlns='urn:example'/>", &mut out));
+        assert!(out.is_empty());
+        assert!(sm.observe(b"<r xmlns='urn:xmpp:sm:3'/>", &mut out));
+        assert_eq!(out, b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
+        // An <a/> from the server is SM, answered with nothing.
+        assert!(sm.observe(b"<a xmlns='urn:xmpp:sm:3' h='0'/>", &mut out));
+        assert_eq!(sm.answered, 1);
+        // h counts mod 2^32.
+        sm.handled = u32::MAX;
+        out.clear();
+        sm.observe(b"<message/>", &mut out);
+        sm.observe(b"<r xmlns='urn:xmpp:sm:3'/>", &mut out);
+        assert_eq!(out, b"<a xmlns='urn:xmpp:sm:3' h='0'/>");
+    }
+
+    #[tokio::test]
+    async fn sm_enable_then_acks() {
+        let mut step = 0;
+        let (mut conn, server) = mock_server(move |seen| {
+            if step == 0 && seen.contains("<enable xmlns='urn:xmpp:sm:3' resume='true'/>") {
+                step = 1;
+                return Some(
+                    "<enabled xmlns='urn:xmpp:sm:3' id='abc' resume='true' max='300'/>\
+                     <presence from='u1@d/bench'/><iq type='result' id='sync'/>\
+                     <r xmlns='urn:xmpp:sm:3'/>"
+                        .into(),
+                );
+            }
+            if step == 1 && seen.contains("<a xmlns='urn:xmpp:sm:3' h='2'/>") {
+                step = 2;
+                return Some("<message from='x@d'/><r xmlns='urn:xmpp:sm:3'/>".into());
+            }
+            None
+        })
+        .await;
+        conn.sm_offered = true;
+        conn.enable_sm(Duration::from_secs(5)).await.unwrap();
+        assert!(conn.sm.as_ref().unwrap().resumable);
+        for want in [&b"presence"[..], b"iq", b"message"] {
+            let r = conn.next_element().await.unwrap();
+            assert_eq!(xml::name(conn.rd.bytes(r)), want);
+        }
+        // The second <r/> is answered when it is read.
+        let mut out = Vec::new();
+        while let Some(Frame::Element(r)) = conn.rd.next_frame().unwrap() {
+            let sm = conn.sm.as_mut().unwrap();
+            assert!(sm.observe(conn.rd.bytes(r), &mut out));
+        }
+        assert_eq!(out, b"<a xmlns='urn:xmpp:sm:3' h='3'/>");
+        assert_eq!(conn.sm.as_ref().unwrap().answered, 2);
+        drop(conn);
+        let seen = server.await.unwrap();
+        assert!(seen.contains("<a xmlns='urn:xmpp:sm:3' h='2'/>"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn sm_failed_or_not_offered() {
+        let (mut conn, _server) = mock_server(|seen| {
+            seen.contains("<enable").then(|| {
+                "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+                    .to_string()
+            })
+        })
+        .await;
+        let e = conn.enable_sm(Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.0.starts_with("server does not offer XEP-0198"), "{e}");
+        conn.sm_offered = true;
+        let e = conn.enable_sm(Duration::from_secs(5)).await.unwrap_err();
+        assert!(e.0.starts_with("<enable/> refused: <failed"), "{e}");
+        assert!(conn.sm.is_none());
     }
 
     #[test]

@@ -133,6 +133,11 @@ enum Cmd {
         /// Seconds to wait after the last login before reading RSS.
         #[arg(long, default_value_t = 2)]
         settle: u64,
+        /// XEP-0198 stream management, as mobile clients use it: `<enable
+        /// resume='true'/>` right after binding (before presence), then every `<r/>` of
+        /// the server answered with `<a h='…'/>` (stanzas received since `<enabled/>`).
+        #[arg(long)]
+        sm: bool,
     },
     /// P sender/receiver pairs, W messages in flight per pair: msgs/s, latency, loss.
     Chat {
@@ -445,7 +450,8 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             seconds,
             server_pid,
             settle,
-        } => scenarios::idle(&run, users, seconds, server_pid, settle).await?,
+            sm,
+        } => scenarios::idle(&run, users, seconds, server_pid, settle, sm).await?,
         Cmd::Chat {
             pairs,
             window,

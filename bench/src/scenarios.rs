@@ -44,6 +44,13 @@ pub(crate) struct Counters {
     failed: AtomicUsize,
     done: AtomicUsize,
     first_error: Mutex<Option<String>>,
+    /// XEP-0198: sessions the server answered `<enable/>` with `<enabled/>`, and of
+    /// those, resumable ones (an id and `resume='true'`).
+    sm_enabled: AtomicUsize,
+    sm_resumable: AtomicUsize,
+    /// XEP-0198, summed over sessions at their end: `<a/>` sent, stanzas counted.
+    sm_answered: AtomicU64,
+    sm_handled: AtomicU64,
 }
 
 impl Counters {
@@ -129,7 +136,16 @@ async fn hold(
     loop {
         while let Some(f) = conn.rd.next_frame()? {
             match f {
-                Frame::Element(r) => on(conn.rd.bytes(r), &mut conn.wbuf),
+                Frame::Element(r) => {
+                    let el = conn.rd.bytes(r);
+                    // Stream management counts stanzas and answers `<r/>` first.
+                    if let Some(sm) = conn.sm.as_mut()
+                        && sm.observe(el, &mut conn.wbuf)
+                    {
+                        continue;
+                    }
+                    on(el, &mut conn.wbuf)
+                }
                 Frame::Close => return Err("server closed the stream".into()),
                 Frame::Header(_) => {}
             }
@@ -407,6 +423,16 @@ pub async fn login(
 
 // --------------------------------------------------------------- sessions held open
 
+/// What a held session does after binding, before it is counted as ready.
+#[derive(Clone, Copy, Default)]
+struct Setup {
+    /// XEP-0198 (`<enable resume='true'/>`, waiting for `<enabled/>`) right after
+    /// binding, before anything else, as mobile clients do.
+    sm: bool,
+    /// Fetch the roster (before initial presence).
+    roster_get: bool,
+}
+
 /// Logs `users` accounts in (initial presence + sync) and keeps them open until QUIT.
 /// `on_el` makes the per-connection element handler from the account index.
 fn spawn_sessions<F, H>(
@@ -414,7 +440,7 @@ fn spawn_sessions<F, H>(
     users: usize,
     c: &Arc<Counters>,
     phase: &watch::Receiver<u8>,
-    roster_get: bool,
+    setup: Setup,
     mut make_handler: F,
 ) -> Vec<JoinHandle<()>>
 where
@@ -437,7 +463,16 @@ where
                 Ok(conn) => conn,
                 Err(e) => return c.fail(&acct.bare(), &e),
             };
-            if roster_get {
+            if setup.sm {
+                if let Err(e) = conn.enable_sm(ctx.handshake_timeout).await {
+                    return c.fail(&acct.bare(), &e);
+                }
+                c.sm_enabled.fetch_add(1, Ordering::Relaxed);
+                if conn.sm.as_ref().is_some_and(|s| s.resumable) {
+                    c.sm_resumable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if setup.roster_get {
                 match conn.roster_get(&mut |el, out| h.on_element(el, out)).await {
                     Ok(r) => h.on_roster(&r),
                     Err(e) => return c.fail(&acct.bare(), &e),
@@ -471,6 +506,11 @@ where
                 return c.fail(&acct.bare(), &e);
             }
             h.on_quit();
+            if let Some(sm) = &conn.sm {
+                c.sm_answered.fetch_add(sm.answered, Ordering::Relaxed);
+                c.sm_handled
+                    .fetch_add(u64::from(sm.handled), Ordering::Relaxed);
+            }
             conn.close().await;
         }));
     }
@@ -496,12 +536,24 @@ impl SessionHandler for Quiet {
 
 // ----------------------------------------------------------------------------- idle
 
-pub async fn idle(run: &Run, users: usize, seconds: u64, pid: u32, settle: u64) -> Res<Report> {
+/// Idle sessions: `sm` enables XEP-0198 on each (after binding, before presence).
+pub async fn idle(
+    run: &Run,
+    users: usize,
+    seconds: u64,
+    pid: u32,
+    settle: u64,
+    sm: bool,
+) -> Res<Report> {
     let rss0 = stats::rss_kib(pid).ok_or_else(|| format!("cannot read /proc/{pid}/status"))?;
     let c = Arc::new(Counters::default());
     let (tx, rx) = watch::channel(LOGIN);
     let t0 = Instant::now();
-    let handles = spawn_sessions(run, users, &c, &rx, false, |_| Quiet);
+    let setup = Setup {
+        sm,
+        roster_get: false,
+    };
+    let handles = spawn_sessions(run, users, &c, &rx, setup, |_| Quiet);
     let ok = wait_for(
         "idle login",
         run.limit,
@@ -544,11 +596,20 @@ pub async fn idle(run: &Run, users: usize, seconds: u64, pid: u32, settle: u64) 
     let _ = tx.send(QUIT);
     join_all(handles).await;
     let per_session = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / users.max(1) as f64;
+    let sm_enabled = c.sm_enabled.load(Ordering::Relaxed);
+    let sm_resumable = c.sm_resumable.load(Ordering::Relaxed);
+    let sm_answered = c.sm_answered.load(Ordering::Relaxed);
+    let sm_handled = c.sm_handled.load(Ordering::Relaxed);
     let j = json!({
         "scenario": "idle",
         "users": users,
         "seconds": seconds,
         "login_s": login_s,
+        "sm": sm,
+        "sm_enabled": sm_enabled,
+        "sm_resumable": sm_resumable,
+        "sm_acks_sent": sm_answered,
+        "sm_stanzas_received": sm_handled,
         "rss_before_kib": rss0,
         "rss_after_login_kib": rss1,
         "rss_end_kib": rss2,
@@ -556,8 +617,11 @@ pub async fn idle(run: &Run, users: usize, seconds: u64, pid: u32, settle: u64) 
         "dropped": dropped,
         "first_error": c.first_error(),
     });
-    let lines = vec![
-        format!("idle: {users} TLS sessions with presence held {seconds} s ({dropped} dropped)"),
+    let mut lines = vec![
+        format!(
+            "idle: {users} TLS sessions with presence{} held {seconds} s ({dropped} dropped)",
+            if sm { " and XEP-0198" } else { "" }
+        ),
         format!("  server RSS KiB  before {rss0}  after login {rss1}  end {rss2}"),
         format!(
             "  per session     {:.1} KiB ({per_session:.0} bytes)",
@@ -565,6 +629,17 @@ pub async fn idle(run: &Run, users: usize, seconds: u64, pid: u32, settle: u64) 
         ),
         format!("  login phase     {login_s:.2} s"),
     ];
+    lines.insert(
+        1,
+        if sm {
+            format!(
+                "  XEP-0198        on: {sm_enabled} of {users} enabled ({sm_resumable} resumable), \
+                 {sm_answered} <a/> sent for the server's <r/>, {sm_handled} stanzas counted"
+            )
+        } else {
+            "  XEP-0198        off".to_string()
+        },
+    );
     Ok(Report { lines, json: j })
 }
 
@@ -1093,13 +1168,23 @@ pub async fn roster(
     let gen0 = stats::self_cpu();
     let start_ns = now_ns();
     let t0 = Instant::now();
-    let handles = spawn_sessions(run, users, &c, &rx, true, |i| PresenceCounter {
-        me: run.names.account(i).bare().into_bytes(),
-        expected: contacts(i, users, contacts_r).len(),
-        seen: HashSet::new(),
-        complete: contacts(i, users, contacts_r).is_empty(),
-        sh: sh.clone(),
-    });
+    let handles = spawn_sessions(
+        run,
+        users,
+        &c,
+        &rx,
+        Setup {
+            roster_get: true,
+            ..Setup::default()
+        },
+        |i| PresenceCounter {
+            me: run.names.account(i).bare().into_bytes(),
+            expected: contacts(i, users, contacts_r).len(),
+            seen: HashSet::new(),
+            complete: contacts(i, users, contacts_r).is_empty(),
+            sh: sh.clone(),
+        },
+    );
     // Users without contacts count as complete from the start.
     let trivially = (0..users)
         .filter(|&i| contacts(i, users, contacts_r).is_empty())
@@ -1298,7 +1383,11 @@ pub async fn setup_roster(run: &Run, users: usize, contacts_r: usize, wait: u64)
     let c = Arc::new(Counters::default());
     let (tx, rx) = watch::channel(LOGIN);
     let t0 = Instant::now();
-    let handles = spawn_sessions(run, users, &c, &rx, true, |i| {
+    let roster = Setup {
+        roster_get: true,
+        ..Setup::default()
+    };
+    let handles = spawn_sessions(run, users, &c, &rx, roster, |i| {
         let mut contacts: Vec<String> = contacts(i, users, contacts_r)
             .into_iter()
             .map(|j| {
