@@ -138,6 +138,10 @@ enum Cmd {
         /// the server answered with `<a h='…'/>` (stanzas received since `<enabled/>`).
         #[arg(long)]
         sm: bool,
+        /// With --sm: enable it after initial presence instead, so that the server has
+        /// sent nothing since `<enabled/>` (no stanza waits for an ack, no `<r/>`).
+        #[arg(long, requires = "sm")]
+        sm_after_presence: bool,
     },
     /// P sender/receiver pairs, W messages in flight per pair: msgs/s, latency, loss.
     Chat {
@@ -451,7 +455,11 @@ async fn run(cli: Cli, nofile: u64) -> Res<Report> {
             server_pid,
             settle,
             sm,
-        } => scenarios::idle(&run, users, seconds, server_pid, settle, sm).await?,
+            sm_after_presence,
+        } => {
+            let sm = (sm, sm_after_presence);
+            scenarios::idle(&run, users, seconds, server_pid, settle, sm).await?
+        }
         Cmd::Chat {
             pairs,
             window,

@@ -429,6 +429,9 @@ struct Setup {
     /// XEP-0198 (`<enable resume='true'/>`, waiting for `<enabled/>`) right after
     /// binding, before anything else, as mobile clients do.
     sm: bool,
+    /// With `sm`: enable it after initial presence instead (nothing the server sent
+    /// before is then counted or kept for an ack).
+    sm_after_presence: bool,
     /// Fetch the roster (before initial presence).
     roster_get: bool,
 }
@@ -463,14 +466,11 @@ where
                 Ok(conn) => conn,
                 Err(e) => return c.fail(&acct.bare(), &e),
             };
-            if setup.sm {
-                if let Err(e) = conn.enable_sm(ctx.handshake_timeout).await {
-                    return c.fail(&acct.bare(), &e);
-                }
-                c.sm_enabled.fetch_add(1, Ordering::Relaxed);
-                if conn.sm.as_ref().is_some_and(|s| s.resumable) {
-                    c.sm_resumable.fetch_add(1, Ordering::Relaxed);
-                }
+            if setup.sm
+                && !setup.sm_after_presence
+                && let Err(e) = enable_sm(&mut conn, &ctx, &c).await
+            {
+                return c.fail(&acct.bare(), &e);
             }
             if setup.roster_get {
                 match conn.roster_get(&mut |el, out| h.on_element(el, out)).await {
@@ -481,6 +481,12 @@ where
             if let Err(e) = conn
                 .presence_sync(&mut |el, out| h.on_element(el, out))
                 .await
+            {
+                return c.fail(&acct.bare(), &e);
+            }
+            if setup.sm
+                && setup.sm_after_presence
+                && let Err(e) = enable_sm(&mut conn, &ctx, &c).await
             {
                 return c.fail(&acct.bare(), &e);
             }
@@ -517,6 +523,16 @@ where
     handles
 }
 
+/// XEP-0198 on a held session, counted in `c`.
+async fn enable_sm(conn: &mut Conn, ctx: &Ctx, c: &Counters) -> Res<()> {
+    conn.enable_sm(ctx.handshake_timeout).await?;
+    c.sm_enabled.fetch_add(1, Ordering::Relaxed);
+    if conn.sm.as_ref().is_some_and(|s| s.resumable) {
+        c.sm_resumable.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Per-connection behaviour of a held session.
 trait SessionHandler: Send + 'static {
     fn on_element(&mut self, el: &[u8], out: &mut Vec<u8>);
@@ -536,14 +552,15 @@ impl SessionHandler for Quiet {
 
 // ----------------------------------------------------------------------------- idle
 
-/// Idle sessions: `sm` enables XEP-0198 on each (after binding, before presence).
+/// Idle sessions: `sm` enables XEP-0198 on each (after binding, before presence, or
+/// after presence with `sm_after_presence`).
 pub async fn idle(
     run: &Run,
     users: usize,
     seconds: u64,
     pid: u32,
     settle: u64,
-    sm: bool,
+    (sm, sm_after_presence): (bool, bool),
 ) -> Res<Report> {
     let rss0 = stats::rss_kib(pid).ok_or_else(|| format!("cannot read /proc/{pid}/status"))?;
     let c = Arc::new(Counters::default());
@@ -551,6 +568,7 @@ pub async fn idle(
     let t0 = Instant::now();
     let setup = Setup {
         sm,
+        sm_after_presence,
         roster_get: false,
     };
     let handles = spawn_sessions(run, users, &c, &rx, setup, |_| Quiet);
@@ -606,6 +624,7 @@ pub async fn idle(
         "seconds": seconds,
         "login_s": login_s,
         "sm": sm,
+        "sm_after_presence": sm && sm_after_presence,
         "sm_enabled": sm_enabled,
         "sm_resumable": sm_resumable,
         "sm_acks_sent": sm_answered,
@@ -633,8 +652,13 @@ pub async fn idle(
         1,
         if sm {
             format!(
-                "  XEP-0198        on: {sm_enabled} of {users} enabled ({sm_resumable} resumable), \
-                 {sm_answered} <a/> sent for the server's <r/>, {sm_handled} stanzas counted"
+                "  XEP-0198        on ({}): {sm_enabled} of {users} enabled ({sm_resumable} resumable), \
+                 {sm_answered} <a/> sent for the server's <r/>, {sm_handled} stanzas counted",
+                if sm_after_presence {
+                    "enabled after presence"
+                } else {
+                    "enabled before presence"
+                }
             )
         } else {
             "  XEP-0198        off".to_string()
