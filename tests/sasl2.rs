@@ -229,6 +229,11 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
     assert_eq!(server.ctx().sm.resumable_count(), 1);
     assert_eq!(enabled.attr("resume"), Some("true"));
     assert!(enabled.attr("id").is_some());
+    // The archive's state at binding (empty here: no start or end).
+    let metadata = bound
+        .child("metadata", "urn:xmpp:mam:2")
+        .expect("archive metadata");
+    assert!(metadata.first_element().is_none(), "{metadata:?}");
     // No token unless asked for.
     assert!(token_of(&success).is_none());
     // The features of the bound stream follow; no resource binding is offered again.
@@ -596,6 +601,14 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
     alice.jid = success
         .child_text("authorization-identifier", SASL2)
         .unwrap();
+    // Where the archive ends, so the client knows it has something to catch up on.
+    let end = success
+        .child("bound", BIND2)
+        .and_then(|b| b.child("metadata", "urn:xmpp:mam:2"))
+        .and_then(|m| m.child("end", "urn:xmpp:mam:2"))
+        .and_then(|e| e.attr("id"))
+        .expect("the archive's last message")
+        .to_string();
     alice.recv().await; // features
     alice.available().await;
     // The message is in the archive, where a Bind 2 client catches up: it is not sent
@@ -614,10 +627,9 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
         if el.name != "message" {
             continue;
         }
-        assert!(
-            el.child("result", "urn:xmpp:mam:2").is_some(),
-            "delivered from offline storage: {el:?}"
-        );
+        let result = el.child("result", "urn:xmpp:mam:2");
+        assert!(result.is_some(), "delivered from offline storage: {el:?}");
+        assert_eq!(result.and_then(|r| r.attr("id")), Some(end.as_str()));
         from_archive += 1;
     }
     assert_eq!(from_archive, 1);
