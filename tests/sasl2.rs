@@ -115,6 +115,14 @@ fn failure_condition(el: &Element) -> String {
         .unwrap_or_default()
 }
 
+/// The failure condition of a FAST login as alice with `token` (HT-SHA-256-NONE) on a
+/// new stream.
+async fn refused(server: &TestServer, token: &str, extra: &str) -> String {
+    let mut c = secure_stream(server).await;
+    let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", token, &[], extra).await;
+    failure_condition(&f)
+}
+
 /// Password login with Bind 2 and a token request; returns the client and the token.
 async fn login_for_token(server: &TestServer, node: &str, agent: &str) -> (Client, String) {
     let mut c = secure_stream(server).await;
@@ -403,18 +411,14 @@ async fn invalidated_tokens_and_tokens_from_before_a_password_change_stop_workin
     let ok = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &token, &[], &invalidate).await;
     assert!(ok.is("success", SASL2), "{ok:?}");
     assert!(token_of(&ok).is_none(), "no new token after invalidation");
-    let mut c = secure_stream(&server).await;
-    let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &token, &[], &fast).await;
-    assert_eq!(failure_condition(&f), "not-authorized");
+    assert_eq!(refused(&server, &token, &fast).await, "not-authorized");
 
     let (_c, token) = login_for_token(&server, "alice", AGENT).await;
     let ctx = server.ctx();
     xmppd::admin::set_password(&ctx.storage, &ctx.config, &format!("alice@{DOMAIN}"), "new")
         .await
         .unwrap();
-    let mut c = secure_stream(&server).await;
-    let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &token, &[], &fast).await;
-    assert_eq!(failure_condition(&f), "not-authorized");
+    assert_eq!(refused(&server, &token, &fast).await, "not-authorized");
 }
 
 #[tokio::test]
@@ -449,9 +453,7 @@ async fn an_ageing_token_is_rotated_and_the_old_one_works_until_the_new_one_is_u
     assert!(ok.is("success", SASL2), "{ok:?}");
     assert!(token_of(&ok).is_none());
     for stale in [old, new] {
-        let mut c = secure_stream(&server).await;
-        let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &stale, &[], &fast).await;
-        assert_eq!(failure_condition(&f), "not-authorized");
+        assert_eq!(refused(&server, &stale, &fast).await, "not-authorized");
     }
 }
 
@@ -580,15 +582,7 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
     .await;
     let jid = xmppd::addr::parse_bare(&format!("alice@{DOMAIN}")).unwrap();
     let offline = server.ctx().storage.offline.clone();
-    let mut stored = false;
-    for _ in 0..500 {
-        if !offline.list(&jid).await.unwrap().is_empty() {
-            stored = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(stored, "the message was stored offline");
+    wait_for_offline(&offline, &jid, "the message stored offline", |n| n > 0).await;
 
     let mut alice = secure_stream(&server).await;
     let success = scram_login(
@@ -633,15 +627,24 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
         from_archive += 1;
     }
     assert_eq!(from_archive, 1);
-    let mut empty = false;
+    wait_for_offline(&offline, &jid, "offline storage to let it go", |n| n == 0).await;
+}
+
+/// Polls `user`'s offline messages until their number satisfies `done` (the store
+/// announces nothing); panics after 5 s.
+async fn wait_for_offline(
+    offline: &std::sync::Arc<dyn xmppd::storage::OfflineStore>,
+    user: &xmppd::addr::BareJid,
+    what: &str,
+    done: impl Fn(usize) -> bool,
+) {
     for _ in 0..500 {
-        if offline.list(&jid).await.unwrap().is_empty() {
-            empty = true;
-            break;
+        if done(offline.list(user).await.unwrap().len()) {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(empty, "offline storage released the archived message");
+    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
