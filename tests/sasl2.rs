@@ -184,13 +184,9 @@ async fn sasl2_is_offered_with_bind2_inline_features_and_fast() {
     // Classic SASL is still there for clients without SASL2.
     assert!(features.child("mechanisms", SASL).is_some());
 
-    // Off in the configuration: not offered.
-    let off = TestServer::start_with(|c| {
-        c.c2s.sasl2 = false;
-        c.c2s.fast = false;
-    })
-    .await;
-    let c = secure_stream(&off).await;
+    // Off in the configuration: not offered, and not taken either.
+    let off = TestServer::start_with(|c| c.c2s.sasl2 = false).await;
+    let mut c = secure_stream(&off).await;
     assert!(
         c.features
             .clone()
@@ -198,6 +194,12 @@ async fn sasl2_is_offered_with_bind2_inline_features_and_fast() {
             .child("authentication", SASL2)
             .is_none()
     );
+    c.send(&format!(
+        "<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{}</initial-response></authenticate>",
+        B64.encode("\0alice\0password")
+    ))
+    .await;
+    assert_eq!(c.expect_stream_error().await, "not-authorized");
 }
 
 #[tokio::test]

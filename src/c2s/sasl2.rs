@@ -75,7 +75,7 @@ pub(super) fn feature(ctx: &Context, st: &State) -> Option<Element> {
 /// FAST mechanisms this stream may use: only on an encrypted stream (XEP-0484 §7: a
 /// token sent in the clear could be replayed).
 fn offered_fast(ctx: &Context, st: &State) -> Vec<HtMechanism> {
-    if !ctx.config.c2s.fast || !st.neg.is_secure() {
+    if !ctx.config.c2s.fast || !ctx.config.c2s.sasl2 || !st.neg.is_secure() {
         return Vec::new();
     }
     HtMechanism::available(&st.bindings)
