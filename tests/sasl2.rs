@@ -115,6 +115,14 @@ fn failure_condition(el: &Element) -> String {
         .unwrap_or_default()
 }
 
+/// The failure condition of a FAST login as alice with `token` (HT-SHA-256-NONE) on a
+/// new stream.
+async fn refused(server: &TestServer, token: &str, extra: &str) -> String {
+    let mut c = secure_stream(server).await;
+    let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", token, &[], extra).await;
+    failure_condition(&f)
+}
+
 /// Password login with Bind 2 and a token request; returns the client and the token.
 async fn login_for_token(server: &TestServer, node: &str, agent: &str) -> (Client, String) {
     let mut c = secure_stream(server).await;
@@ -176,13 +184,9 @@ async fn sasl2_is_offered_with_bind2_inline_features_and_fast() {
     // Classic SASL is still there for clients without SASL2.
     assert!(features.child("mechanisms", SASL).is_some());
 
-    // Off in the configuration: not offered.
-    let off = TestServer::start_with(|c| {
-        c.c2s.sasl2 = false;
-        c.c2s.fast = false;
-    })
-    .await;
-    let c = secure_stream(&off).await;
+    // Off in the configuration: not offered, and not taken either.
+    let off = TestServer::start_with(|c| c.c2s.sasl2 = false).await;
+    let mut c = secure_stream(&off).await;
     assert!(
         c.features
             .clone()
@@ -190,6 +194,12 @@ async fn sasl2_is_offered_with_bind2_inline_features_and_fast() {
             .child("authentication", SASL2)
             .is_none()
     );
+    c.send(&format!(
+        "<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{}</initial-response></authenticate>",
+        B64.encode("\0alice\0password")
+    ))
+    .await;
+    assert_eq!(c.expect_stream_error().await, "not-authorized");
 }
 
 #[tokio::test]
@@ -229,6 +239,11 @@ async fn one_exchange_authenticates_binds_and_enables_sm_and_carbons() {
     assert_eq!(server.ctx().sm.resumable_count(), 1);
     assert_eq!(enabled.attr("resume"), Some("true"));
     assert!(enabled.attr("id").is_some());
+    // The archive's state at binding (empty here: no start or end).
+    let metadata = bound
+        .child("metadata", "urn:xmpp:mam:2")
+        .expect("archive metadata");
+    assert!(metadata.first_element().is_none(), "{metadata:?}");
     // No token unless asked for.
     assert!(token_of(&success).is_none());
     // The features of the bound stream follow; no resource binding is offered again.
@@ -398,18 +413,14 @@ async fn invalidated_tokens_and_tokens_from_before_a_password_change_stop_workin
     let ok = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &token, &[], &invalidate).await;
     assert!(ok.is("success", SASL2), "{ok:?}");
     assert!(token_of(&ok).is_none(), "no new token after invalidation");
-    let mut c = secure_stream(&server).await;
-    let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &token, &[], &fast).await;
-    assert_eq!(failure_condition(&f), "not-authorized");
+    assert_eq!(refused(&server, &token, &fast).await, "not-authorized");
 
     let (_c, token) = login_for_token(&server, "alice", AGENT).await;
     let ctx = server.ctx();
     xmppd::admin::set_password(&ctx.storage, &ctx.config, &format!("alice@{DOMAIN}"), "new")
         .await
         .unwrap();
-    let mut c = secure_stream(&server).await;
-    let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &token, &[], &fast).await;
-    assert_eq!(failure_condition(&f), "not-authorized");
+    assert_eq!(refused(&server, &token, &fast).await, "not-authorized");
 }
 
 #[tokio::test]
@@ -444,9 +455,7 @@ async fn an_ageing_token_is_rotated_and_the_old_one_works_until_the_new_one_is_u
     assert!(ok.is("success", SASL2), "{ok:?}");
     assert!(token_of(&ok).is_none());
     for stale in [old, new] {
-        let mut c = secure_stream(&server).await;
-        let f = fast_login(&mut c, "alice", "HT-SHA-256-NONE", &stale, &[], &fast).await;
-        assert_eq!(failure_condition(&f), "not-authorized");
+        assert_eq!(refused(&server, &stale, &fast).await, "not-authorized");
     }
 }
 
@@ -575,15 +584,7 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
     .await;
     let jid = xmppd::addr::parse_bare(&format!("alice@{DOMAIN}")).unwrap();
     let offline = server.ctx().storage.offline.clone();
-    let mut stored = false;
-    for _ in 0..500 {
-        if !offline.list(&jid).await.unwrap().is_empty() {
-            stored = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(stored, "the message was stored offline");
+    wait_for_offline(&offline, &jid, "the message stored offline", |n| n > 0).await;
 
     let mut alice = secure_stream(&server).await;
     let success = scram_login(
@@ -596,6 +597,14 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
     alice.jid = success
         .child_text("authorization-identifier", SASL2)
         .unwrap();
+    // Where the archive ends, so the client knows it has something to catch up on.
+    let end = success
+        .child("bound", BIND2)
+        .and_then(|b| b.child("metadata", "urn:xmpp:mam:2"))
+        .and_then(|m| m.child("end", "urn:xmpp:mam:2"))
+        .and_then(|e| e.attr("id"))
+        .expect("the archive's last message")
+        .to_string();
     alice.recv().await; // features
     alice.available().await;
     // The message is in the archive, where a Bind 2 client catches up: it is not sent
@@ -614,22 +623,30 @@ async fn bind2_clients_get_what_the_archive_lacks_from_offline_storage_only() {
         if el.name != "message" {
             continue;
         }
-        assert!(
-            el.child("result", "urn:xmpp:mam:2").is_some(),
-            "delivered from offline storage: {el:?}"
-        );
+        let result = el.child("result", "urn:xmpp:mam:2");
+        assert!(result.is_some(), "delivered from offline storage: {el:?}");
+        assert_eq!(result.and_then(|r| r.attr("id")), Some(end.as_str()));
         from_archive += 1;
     }
     assert_eq!(from_archive, 1);
-    let mut empty = false;
+    wait_for_offline(&offline, &jid, "offline storage to let it go", |n| n == 0).await;
+}
+
+/// Polls `user`'s offline messages until their number satisfies `done` (the store
+/// announces nothing); panics after 5 s.
+async fn wait_for_offline(
+    offline: &std::sync::Arc<dyn xmppd::storage::OfflineStore>,
+    user: &xmppd::addr::BareJid,
+    what: &str,
+    done: impl Fn(usize) -> bool,
+) {
     for _ in 0..500 {
-        if offline.list(&jid).await.unwrap().is_empty() {
-            empty = true;
-            break;
+        if done(offline.list(user).await.unwrap().len()) {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(empty, "offline storage released the archived message");
+    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

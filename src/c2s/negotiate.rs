@@ -131,6 +131,10 @@ pub(crate) async fn negotiate(
                 Action::SaslFailure(condition) => {
                     sasl_failure(conn, st.neg.is_sasl2(), condition, None).await?
                 }
+                // Not offered: an element this stream does not know (RFC 6120 §6.4.1).
+                Action::Auth(_) if st.neg.is_sasl2() && !ctx.config.c2s.sasl2 => {
+                    return Err(StreamErrorCondition::NotAuthorized.into());
+                }
                 Action::Auth(auth) if st.neg.is_sasl2() => {
                     if let Some(done) =
                         sasl2::authenticate(ctx, conn, &mut st, &auth, conn_id).await?

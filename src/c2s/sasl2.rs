@@ -39,6 +39,8 @@ const MAX_TAG: usize = 64;
 pub(crate) struct PendingSuccess {
     success: Element,
     inline: Vec<Element>,
+    /// What the modules say about the account in `<bound/>` (the archive's metadata).
+    info: Vec<Element>,
 }
 
 /// The `<authentication/>` stream feature, if SASL2 is on.
@@ -73,7 +75,7 @@ pub(super) fn feature(ctx: &Context, st: &State) -> Option<Element> {
 /// FAST mechanisms this stream may use: only on an encrypted stream (XEP-0484 §7: a
 /// token sent in the clear could be replayed).
 fn offered_fast(ctx: &Context, st: &State) -> Vec<HtMechanism> {
-    if !ctx.config.c2s.fast || !st.neg.is_secure() {
+    if !ctx.config.c2s.fast || !ctx.config.c2s.sasl2 || !st.neg.is_secure() {
         return Vec::new();
     }
     HtMechanism::available(&st.bindings)
@@ -144,6 +146,7 @@ pub(super) async fn authenticate(
                 state.bound.sasl2 = Some(Box::new(PendingSuccess {
                     success,
                     inline: Vec::new(),
+                    info: Vec::new(),
                 }));
                 return Ok(Some(Negotiated::Resumed(state, sm::parse_h(request))));
             }
@@ -186,8 +189,10 @@ pub(super) async fn authenticate(
     st.account = Some(login.jid);
     match (bound, bind_request) {
         (Some(mut bound), Some(request)) => {
+            let info = ctx.registry.bound_info(ctx, &bound.bare).await;
             bound.sasl2 = Some(Box::new(PendingSuccess {
                 success,
+                info,
                 inline: request
                     .elements()
                     .filter(|e| e.ns != ns::BIND2)
@@ -512,9 +517,13 @@ pub(super) fn finish(ctx: &Arc<Context>, conn: &mut Connection, state: &mut Sess
     let PendingSuccess {
         mut success,
         inline,
+        info,
     } = *pending;
     state.ext.insert(BoundByBind2);
     let mut bound = Element::new("bound", ns::BIND2);
+    for el in info {
+        bound.push_child(el);
+    }
     let mut out = Vec::new();
     for request in &inline {
         if request.ns == sm::NS {

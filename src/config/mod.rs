@@ -578,7 +578,7 @@ pub struct C2sConfig {
     /// round trip, without a stream restart.
     pub sasl2: bool,
     /// Issue XEP-0484 (FAST) tokens through SASL2: a returning client logs in with one
-    /// HMAC instead of a password exchange. Needs `sasl2`.
+    /// HMAC instead of a password exchange. Only with `sasl2` (FAST has no other way in).
     pub fast: bool,
     /// Seconds a FAST token stays valid. A client that logs in with a token past half its
     /// life gets a new one, so a device in use never sees its token expire.

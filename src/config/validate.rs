@@ -308,13 +308,6 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
             "must be between 1 and 1000".to_string(),
         ));
     }
-    if cfg.c2s.fast && !cfg.c2s.sasl2 {
-        errs.push(ConfigError::invalid(
-            "c2s.fast",
-            "true".to_string(),
-            "FAST tokens are issued and used through SASL2: set c2s.sasl2 = true too".to_string(),
-        ));
-    }
 
     validate_muc(&cfg.muc, &mut errs);
     for (key, value) in [

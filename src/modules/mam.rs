@@ -24,7 +24,7 @@ use crate::config::ArchivePolicy;
 use crate::context::Context;
 use crate::hashing::FastMap;
 use crate::registry::{
-    AccountRemoved, Extensions, Flow, InboundMessageHook, Incoming, Module, Now,
+    AccountRemoved, BoundInfo, Extensions, Flow, InboundMessageHook, Incoming, Module, Now,
     OutboundMessageHook, Outgoing, Registrar, RouteFilter,
 };
 use crate::router::deliver_to_session;
@@ -460,6 +460,7 @@ impl Module for Mam {
         r.outbound_message(HOOK_ORDER, me.clone());
         r.inbound_message(HOOK_ORDER, me.clone());
         r.account_removed(me.clone());
+        r.bound_info(me.clone());
         r.route_filter(me);
         r.task(Box::new(|ctx, shutdown| {
             Box::pin(run_pruner(ctx, shutdown))
@@ -612,6 +613,14 @@ impl InboundMessageHook for Mam {
         if let Some(stamp) = archive(&self.prefs, ctx, user, from, el).await {
             el.push_child(stanza_id(user, &stamp.id));
         }
+    }
+}
+
+/// XEP-0386 §3.2: the archive's state at binding, so a client knows where to catch up.
+#[async_trait]
+impl BoundInfo for Mam {
+    async fn bound_info(&self, ctx: &Arc<Context>, user: &BareJid) -> Option<Element> {
+        metadata(ctx, user).await.ok()
     }
 }
 

@@ -353,6 +353,13 @@ pub trait BindInline: Send + Sync {
     ) -> Option<Element>;
 }
 
+/// What a module says about the account in XEP-0386's `<bound/>` when a Bind 2 login
+/// binds a resource (XEP-0313: the archive's first and last message).
+#[async_trait]
+pub trait BoundInfo: Send + Sync {
+    async fn bound_info(&self, ctx: &Arc<Context>, user: &BareJid) -> Option<Element>;
+}
+
 /// In a session's extensions when it was bound with XEP-0386 Bind 2: its client catches
 /// up from the archive (XEP-0313), so what is archived is not delivered to it again.
 pub struct BoundByBind2;
@@ -589,6 +596,11 @@ impl Registrar<'_> {
         }
     }
 
+    /// Adds to XEP-0386's `<bound/>`.
+    pub fn bound_info(&mut self, handler: Arc<dyn BoundInfo>) {
+        self.reg.bound_info.push(handler);
+    }
+
     /// A stream feature offered to clients once they are authenticated.
     pub fn bound_stream_feature(&mut self, feature: Element) {
         self.reg.bound_stream_features.push(feature);
@@ -669,6 +681,7 @@ pub struct Registry {
     outbound_filters: Vec<Arc<dyn OutboundFilter>>,
     nonzas: FastMap<&'static str, Arc<dyn NonzaHandler>>,
     bind_inline: FastMap<&'static str, Arc<dyn BindInline>>,
+    bound_info: Vec<Arc<dyn BoundInfo>>,
     bound_stream_features: Vec<Element>,
     server_features: Vec<&'static str>,
     account_features: Vec<&'static str>,
@@ -836,6 +849,15 @@ impl Registry {
 
     pub fn bind_inline(&self, ns: &str) -> Option<&Arc<dyn BindInline>> {
         self.bind_inline.get(ns)
+    }
+
+    /// What the modules put into XEP-0386's `<bound/>` for `user`.
+    pub async fn bound_info(&self, ctx: &Arc<Context>, user: &BareJid) -> Vec<Element> {
+        let mut out = Vec::new();
+        for h in &self.bound_info {
+            out.extend(h.bound_info(ctx, user).await);
+        }
+        out
     }
 
     pub fn has_nonza(&self, ns: &str) -> bool {

@@ -2454,12 +2454,7 @@ impl PushStore for SledStore {
     }
 
     async fn remove_user(&self, user: &BareJid) -> Result<()> {
-        let keys = keys_with_prefix(&self.push, &user_prefix(user)?)?;
-        let mut batch = ::sled::Batch::default();
-        for k in &keys {
-            batch.remove(k);
-        }
-        self.push.apply_batch(batch).map_err(backend)
+        clear_prefix(&self.push, &user_prefix(user)?)
     }
 
     async fn flush(&self) -> Result<()> {

@@ -231,11 +231,13 @@ pub fn xml_ending(e: crate::xml::XmlError) -> Ending {
 /// A random identifier for stream ids, generated resources and stanza ids.
 pub fn random_id() -> String {
     use rand::Rng;
-    let mut rng = rand::rng();
-    let bytes: [u8; 12] = rng.random();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes: [u8; 12] = rand::rng().random();
+    // Per nibble, not `format!` per byte: ids are made several times per login.
     let mut s = String::with_capacity(24);
     for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s
 }
@@ -382,4 +384,20 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
         reply.push_child(p);
     }
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_ids_are_24_lowercase_hex_digits_and_differ() {
+        let a = super::random_id();
+        let b = super::random_id();
+        assert_eq!(a.len(), 24);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
+        );
+        assert_ne!(a, b);
+    }
 }

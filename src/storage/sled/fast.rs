@@ -12,7 +12,7 @@
 use ::sled::{Db, Tree};
 use async_trait::async_trait;
 
-use super::{SledStore, backend, check_name, decode, encode, keys_with_prefix, user_prefix};
+use super::{SledStore, backend, check_name, clear_prefix, decode, encode, user_prefix};
 use crate::addr::BareJid;
 use crate::storage::Result;
 use crate::storage::fast::{FastTokenStore, FastTokens};
@@ -69,12 +69,7 @@ impl FastTokenStore for SledStore {
     }
 
     async fn remove_fast_tokens(&self, user: &BareJid) -> Result<()> {
-        let keys = keys_with_prefix(&self.fast, &user_prefix(user)?)?;
-        let mut batch = ::sled::Batch::default();
-        for k in &keys {
-            batch.remove(k);
-        }
-        self.fast.apply_batch(batch).map_err(backend)?;
+        clear_prefix(&self.fast, &user_prefix(user)?)?;
         self.flush_db().await
     }
 }
