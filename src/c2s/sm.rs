@@ -198,6 +198,11 @@ impl StreamManagement {
         if newly <= self.unacked.len() {
             let freed: usize = self.unacked.drain(..newly).map(|e| e.approx_bytes()).sum();
             self.unacked_bytes = self.unacked_bytes.saturating_sub(freed);
+            if self.unacked.is_empty() {
+                // All acknowledged: an idle session keeps no room for the last burst
+                // (384 bytes for the first four stanzas), as the router's queue does.
+                self.unacked = VecDeque::new();
+            }
             // Sequence numbers wrap: a receipt is covered when its distance from the
             // previous ack is within what this one acknowledged.
             while let Some((seq, _)) = self.receipts.front()
@@ -568,6 +573,8 @@ mod tests {
         assert_eq!(sm.ack(5), Ok(3));
         assert_eq!(sm.unacked_len(), 0);
         assert!(!sm.should_request());
+        // Emptied, the queue gives its room back.
+        assert_eq!(sm.unacked.capacity(), 0);
     }
 
     #[test]
