@@ -3,17 +3,18 @@
 // token alone (the password given the second time is wrong, so only FAST can succeed).
 // Prints one JSON line per step; the Rust test (tests/interop_xmppjs.rs) checks them.
 //
-// usage: node xmppjs_fast.mjs <port> <user> <password>
+// usage: node xmppjs_fast.mjs <service> <user> <password>
+//   service: xmpp://127.0.0.1:PORT (STARTTLS) or ws://127.0.0.1:PORT/xmpp-websocket
 import { client, xml } from "@xmpp/client";
 
-const [port, username, password] = process.argv.slice(2);
+const [service, username, password] = process.argv.slice(2);
 const userAgent = xml("user-agent", { id: "9a1b8c2e-0d3f-4e5a-8b6c-7d8e9f0a1b2c" }, [
   xml("software", {}, "xmpp.js interop"),
 ]);
 
 function connect(pass, token) {
   const xmpp = client({
-    service: `xmpp://127.0.0.1:${port}`,
+    service,
     domain: "localhost",
     username,
     password: pass,
