@@ -51,12 +51,7 @@ pub struct InviteInfo {
     pub landing_url: Option<String>,
 }
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::datetime::now_secs;
 
 /// A fresh token: 24 alphanumeric characters (about 143 bits), as XEP-0401 suggests.
 fn new_token() -> String {

@@ -297,12 +297,7 @@ pub(crate) fn private_key(ns: &str, name: &str) -> String {
 }
 
 /// Seconds since the epoch, now.
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use crate::datetime::now_secs;
 
 /// What `xmppd import` reads.
 #[derive(Debug, Clone)]

@@ -34,12 +34,7 @@ impl Module for ExternalServices {
 
 struct ExtDisco;
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::datetime::now_secs;
 
 /// coturn's REST API credentials for `user`, valid until `expiry`.
 pub fn turn_credentials(secret: &str, user: &str, expiry: u64) -> (String, String) {

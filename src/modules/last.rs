@@ -43,12 +43,7 @@ impl Module for LastActivity {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::datetime::now_secs;
 
 fn answer(seconds: u64, status: &str) -> Element {
     let q = Element::new("query", NS).with_attr("seconds", seconds.to_string());

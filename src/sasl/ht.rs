@@ -5,10 +5,9 @@
 //! `HMAC(token, "Responder" || cb-data)`. Only SHA-256 is offered: it is what every FAST
 //! client implements.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
-use super::{ChannelBindingType, ChannelBindings, SaslError};
+use super::{ChannelBindingType, ChannelBindings, SaslError, ScramHash};
 
 /// The HT-SHA-256 family, by channel binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,9 +86,9 @@ pub fn parse_response(data: &[u8]) -> Result<HtResponse, SaslError> {
     })
 }
 
-fn hmac(token: &str) -> Hmac<Sha256> {
-    // HMAC takes keys of any length (long ones are hashed), so new_from_slice cannot fail.
-    Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("HMAC accepts any key length")
+/// HMAC-SHA-256 keyed with the token over `label || cb-data`.
+fn hmac(token: &str, label: &[u8], cb: &[u8]) -> Vec<u8> {
+    ScramHash::Sha256.hmac(token.as_bytes(), &[label, cb].concat())
 }
 
 impl HtResponse {
@@ -101,10 +100,8 @@ impl HtResponse {
         bindings: &ChannelBindings,
         token: &str,
     ) -> Result<bool, SaslError> {
-        let mut mac = hmac(token);
-        mac.update(b"Initiator");
-        mac.update(mechanism.cb_data(bindings)?);
-        Ok(mac.verify_slice(&self.proof).is_ok())
+        let expected = hmac(token, b"Initiator", mechanism.cb_data(bindings)?);
+        Ok(expected.ct_eq(&self.proof).into())
     }
 }
 
@@ -114,18 +111,17 @@ pub fn responder(
     bindings: &ChannelBindings,
     token: &str,
 ) -> Result<Vec<u8>, SaslError> {
-    let mut mac = hmac(token);
-    mac.update(b"Responder");
-    mac.update(mechanism.cb_data(bindings)?);
-    Ok(mac.finalize().into_bytes().to_vec())
+    Ok(hmac(token, b"Responder", mechanism.cb_data(bindings)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Made as a client would, with the hmac crate directly.
     fn client_proof(token: &str, cb: &[u8]) -> Vec<u8> {
-        let mut mac = hmac(token);
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).unwrap();
         mac.update(b"Initiator");
         mac.update(cb);
         mac.finalize().into_bytes().to_vec()

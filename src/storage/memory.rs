@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
@@ -95,12 +94,7 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
         .map_err(|_| StorageError::Backend("memory store lock poisoned".into()))
 }
 
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use crate::datetime::now_secs;
 
 #[async_trait]
 impl AccountStore for MemoryStore {

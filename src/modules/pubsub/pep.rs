@@ -172,12 +172,7 @@ impl RemoteResources {
     }
 }
 
-pub(super) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(super) use crate::datetime::now_secs;
 
 pub(super) fn bounded_name(s: Option<&str>) -> Result<&str, StanzaError> {
     match s {

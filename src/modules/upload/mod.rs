@@ -18,7 +18,7 @@ pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
@@ -126,11 +126,7 @@ pub struct UploadService {
     quota_lock: tokio::sync::Mutex<()>,
 }
 
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use crate::datetime::now_secs;
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
