@@ -220,3 +220,43 @@ async fn disabling_stops_copies_and_others_cannot_switch_them() {
     );
     server.stop().await;
 }
+
+/// Routing skips the carbons lookup while no session on the server has carbons on; it
+/// must notice when one enables them again after every enabled session left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_start_again_after_every_enabled_session_left() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "password").await;
+    server.add_user("bob", "password").await;
+    let mut first = server.login("alice", "first").await;
+    enable(&mut first).await;
+    first.close().await;
+    let alice = xmppd::addr::parse_bare("alice@localhost").unwrap();
+    support::wait_until("alice/first is unbound", || {
+        server.ctx().sessions.get(&alice, "first").is_none()
+    })
+    .await;
+
+    let mut one = server.login("alice", "one").await;
+    let mut two = server.login("alice", "two").await;
+    let mut bob = server.login("bob", "b").await;
+    one.send("<message to='bob@localhost/b' type='chat' id='n1'><body>x</body></message>")
+        .await;
+    bob.recv_until(is_message).await;
+    no_message(&mut two).await;
+
+    enable(&mut two).await;
+    one.send("<message to='bob@localhost/b' type='chat' id='n2'><body>y</body></message>")
+        .await;
+    assert_eq!(
+        carbon(&two.recv_until(is_message).await, "sent").attr("id"),
+        Some("n2")
+    );
+    bob.send("<message to='alice@localhost/one' type='chat' id='n3'><body>z</body></message>")
+        .await;
+    assert_eq!(
+        carbon(&two.recv_until(is_message).await, "received").attr("id"),
+        Some("n3")
+    );
+    server.stop().await;
+}

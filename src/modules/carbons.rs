@@ -180,6 +180,10 @@ fn send_copies(
     skip: impl Fn(&crate::router::SessionInfo) -> bool,
 ) {
     let enabled = ctx.registry.flag::<Enabled>();
+    if !ctx.sessions.any_flagged(enabled) {
+        // Nobody on the server has carbons on: no account to look at.
+        return;
+    }
     let targets = ctx.sessions.select(user, |s| {
         (s.flags.has(enabled) && !skip(s))
             .then(|| (s.resource.clone(), s.tx.clone(), s.control.clone()))

@@ -92,11 +92,16 @@ impl SharedState {
 /// roster requested, …): allocated by the registry for a module's marker type and kept
 /// in the session table beside the session's sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionFlag(u32);
+pub struct SessionFlag(pub(crate) u32);
 
 impl SessionFlag {
     /// No bit: never set (the flag of a module that is not loaded).
     pub const NONE: SessionFlag = SessionFlag(0);
+
+    /// The position of its bit; `None` for `NONE`.
+    pub fn index(self) -> Option<usize> {
+        (self.0 != 0).then(|| self.0.trailing_zeros() as usize)
+    }
 }
 
 /// The flags set on one session.
@@ -113,6 +118,13 @@ impl SessionFlags {
         } else {
             self.0 &= !flag.0;
         }
+    }
+    /// Whether bit `bit` (0..32) is set: for tables counted per flag.
+    pub fn bit(self, bit: usize) -> bool {
+        u32::try_from(bit)
+            .ok()
+            .and_then(|b| 1u32.checked_shl(b))
+            .is_some_and(|mask| self.0 & mask != 0)
     }
 }
 

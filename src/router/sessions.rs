@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue;
 use crate::addr::BareJid;
 use crate::hashing::FastMap;
-use crate::registry::SessionFlags;
+use crate::registry::{SessionFlag, SessionFlags};
 use crate::stream::{StreamError, StreamErrorCondition};
 use crate::xml::Element;
 
@@ -151,12 +151,37 @@ const SHARDS: usize = 64;
 /// bare JID → that account's bound resources, sharded by bare JID.
 pub struct Sessions {
     shards: Box<[Shard]>,
+    /// How many bound sessions have each flag bit set, kept under the shard locks that
+    /// change flags: routing asks `any_flagged` before looking an account up for a flag
+    /// that few sessions have (carbons), which most messages then skip.
+    flagged: FlagCounts,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            flagged: FlagCounts::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct FlagCounts([AtomicUsize; 32]);
+
+impl FlagCounts {
+    fn add(&self, flags: SessionFlags) {
+        for (bit, count) in self.0.iter().enumerate() {
+            if flags.bit(bit) {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    fn sub(&self, flags: SessionFlags) {
+        for (bit, count) in self.0.iter().enumerate() {
+            if flags.bit(bit) {
+                count.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -199,12 +224,15 @@ impl Sessions {
         let mut map = self.write(bare);
         let list = map.entry(bare.clone()).or_default();
         if let Some(pos) = list.iter().position(|s| s.resource == info.resource) {
+            self.flagged.add(info.flags);
             let old = std::mem::replace(&mut list[pos], info);
+            self.flagged.sub(old.flags);
             return BindOutcome::Replaced(old.control);
         }
         if list.len() >= max_resources {
             return BindOutcome::TooManyResources;
         }
+        self.flagged.add(info.flags);
         // Room for exactly one more: most accounts have one resource, and a first push
         // would keep room for four entries in every account's list.
         list.reserve_exact(1);
@@ -220,7 +248,13 @@ impl Sessions {
             return false;
         };
         let before = list.len();
-        list.retain(|s| !(s.resource == resource && s.conn_id == conn_id));
+        list.retain(|s| {
+            let gone = s.resource == resource && s.conn_id == conn_id;
+            if gone {
+                self.flagged.sub(s.flags);
+            }
+            !gone
+        });
         let removed = list.len() != before;
         if list.is_empty() {
             map.remove(bare);
@@ -241,7 +275,21 @@ impl Sessions {
             .get_mut(bare)?
             .iter_mut()
             .find(|s| s.resource == resource && s.conn_id == conn_id)?;
-        Some(f(s))
+        let before = s.flags;
+        let result = f(s);
+        if s.flags != before {
+            self.flagged.sub(before);
+            self.flagged.add(s.flags);
+        }
+        Some(result)
+    }
+
+    /// Whether any bound session has `flag` set. Without a lock: a flag set while a
+    /// stanza is being routed may or may not be seen, as if the stanza came just before.
+    pub fn any_flagged(&self, flag: SessionFlag) -> bool {
+        flag.index()
+            .and_then(|bit| self.flagged.0.get(bit))
+            .is_some_and(|count| count.load(Ordering::SeqCst) > 0)
     }
 
     /// A snapshot of an account's sessions.
@@ -405,5 +453,72 @@ pub(super) fn keep_for_own_session(control: &Arc<SessionControl>, stanza: Elemen
     match slot {
         None => OwnDelivery::Kept,
         Some(stanza) => OwnDelivery::Refused(stanza),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(resource: &str, conn_id: u64, flags: SessionFlags) -> SessionInfo {
+        let (tx, _rx) = session_queue(4);
+        SessionInfo {
+            resource: resource.to_string(),
+            conn_id,
+            tx,
+            control: Arc::new(SessionControl::default()),
+            priority: 0,
+            available: true,
+            presence: None,
+            flags,
+            secure: true,
+        }
+    }
+
+    /// `any_flagged` follows every way a flag comes and goes: set and cleared, carried by
+    /// a session that is bound, replaced or unbound.
+    #[test]
+    fn flag_counts_follow_bind_update_replace_and_unbind() {
+        let sessions = Sessions::default();
+        let (carbons, other) = (SessionFlag(1 << 3), SessionFlag(1 << 5));
+        let alice = crate::addr::parse_bare("alice@example.com").unwrap();
+        let bob = crate::addr::parse_bare("bob@example.com").unwrap();
+        let mut set = SessionFlags::default();
+        set.set(carbons, true);
+
+        assert!(matches!(
+            sessions.bind(&alice, info("a", 1, SessionFlags::default()), 9),
+            BindOutcome::Bound
+        ));
+        assert!(!sessions.any_flagged(carbons));
+        sessions.update(&alice, "a", 1, |s| s.flags.set(carbons, true));
+        assert!(sessions.any_flagged(carbons) && !sessions.any_flagged(other));
+        assert!(!sessions.any_flagged(SessionFlag::NONE));
+
+        // A second session with the flag, then the first clears it: still one left.
+        sessions.bind(&bob, info("b", 2, set), 9);
+        sessions.update(&alice, "a", 1, |s| s.flags.set(carbons, false));
+        assert!(sessions.any_flagged(carbons));
+        // Setting it twice counts once.
+        sessions.update(&alice, "a", 1, |s| s.flags.set(carbons, true));
+        sessions.update(&alice, "a", 1, |s| s.flags.set(carbons, true));
+        // An update for another connection changes nothing.
+        assert!(
+            sessions
+                .update(&alice, "a", 7, |s| s.flags.set(carbons, false))
+                .is_none()
+        );
+
+        // Replaced by a session without the flag; a stale unbind removes nothing.
+        assert!(matches!(
+            sessions.bind(&alice, info("a", 3, SessionFlags::default()), 9),
+            BindOutcome::Replaced(_)
+        ));
+        assert!(!sessions.unbind(&alice, "a", 1));
+        assert!(sessions.any_flagged(carbons), "bob's session still has it");
+        assert!(sessions.unbind(&bob, "b", 2));
+        assert!(!sessions.any_flagged(carbons));
+        assert!(sessions.unbind(&alice, "a", 3));
+        assert!(!sessions.any_flagged(carbons));
     }
 }

@@ -4,7 +4,7 @@
 /// normalized to LF by the reader); in attribute values also the quotes and the
 /// whitespace that parsers normalize, so that values come out exact.
 #[inline(always)]
-fn is_special<const ATTR: bool>(b: u8) -> bool {
+const fn is_special<const ATTR: bool>(b: u8) -> bool {
     let text = matches!(b, b'<' | b'>' | b'&' | b'\r');
     text || (ATTR && matches!(b, b'\'' | b'"' | b'\n' | b'\t'))
 }
@@ -49,10 +49,29 @@ pub fn escape_text(s: &str, out: &mut Vec<u8>) {
 }
 
 pub fn escape_attr(s: &str, out: &mut Vec<u8>) {
-    // Attribute values are short (ids, JIDs, types): a plain scan is as fast as any.
+    // Attribute values are short (ids, JIDs, types) and rarely hold anything special:
+    // one table lookup a byte finds out, and the value is then copied whole.
     let bytes = s.as_bytes();
-    escape_at(bytes, special_positions::<true>(bytes), out);
+    match bytes.iter().position(|b| ATTR_SPECIAL[usize::from(*b)]) {
+        None => out.extend_from_slice(bytes),
+        Some(first) => {
+            out.extend_from_slice(&bytes[..first]);
+            let rest = &bytes[first..];
+            escape_at(rest, special_positions::<true>(rest), out);
+        }
+    }
 }
+
+/// `is_special::<true>` as a table.
+const ATTR_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_special::<true>(b as u8);
+        b += 1;
+    }
+    table
+};
 
 fn special_positions<const ATTR: bool>(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
     bytes

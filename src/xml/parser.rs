@@ -128,6 +128,10 @@ struct SeededResolver {
     default_ns: Option<String>,
     prefixes: Vec<(String, String)>,
     resolver: NamespaceResolver,
+    /// The open elements of the stanza being parsed; empty between stanzas. Kept for
+    /// its room, per thread as the resolver is: not per connection, where it would stay
+    /// with every idle one.
+    stack: Vec<Element>,
 }
 
 impl SeededResolver {
@@ -149,6 +153,7 @@ impl SeededResolver {
             default_ns: context.default_ns.clone(),
             prefixes: context.prefixes.clone(),
             resolver,
+            stack: Vec::new(),
         })
     }
 
@@ -291,24 +296,58 @@ pub(crate) fn is_xml_char(c: char) -> bool {
 /// and a name carrying quotes or `=` would corrupt the XML we write back out.
 /// Both the prefix and the local part must be names of their own (`NCName`): the local
 /// part is written back without the prefix, so `x:0a` would come out as the invalid `0a`.
+/// One pass over a byte table: every element and attribute name of every stanza comes
+/// through here.
 fn check_name(name: &str) -> Result<(), XmlError> {
-    let ncname = |part: &str| match part.as_bytes().first() {
-        None => false,
-        Some(b) if b.is_ascii_digit() || matches!(b, b'-' | b'.') => false,
-        Some(_) => part
-            .bytes()
-            .all(|b| b >= 0x80 || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
-    };
-    let ok = match name.split_once(':') {
-        None => ncname(name),
-        Some((prefix, local)) => ncname(prefix) && ncname(local),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(not_well_formed(format!("invalid name '{name}'")))
+    let mut part_empty = true;
+    let mut colons = 0;
+    for &b in name.as_bytes() {
+        match NAME_BYTE[usize::from(b)] {
+            NameByte::Start => part_empty = false,
+            NameByte::Follow if !part_empty => {}
+            NameByte::Colon if !part_empty && colons == 0 => {
+                colons += 1;
+                part_empty = true;
+            }
+            _ => return Err(not_well_formed(format!("invalid name '{name}'"))),
+        }
     }
+    if part_empty {
+        // Empty, or empty after its prefix.
+        return Err(not_well_formed(format!("invalid name '{name}'")));
+    }
+    Ok(())
 }
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NameByte {
+    /// May start a name part: ASCII letters, `_`, and every byte of a non-ASCII character.
+    Start,
+    /// Only after the first: digits, `-` and `.`.
+    Follow,
+    /// Between prefix and local part.
+    Colon,
+    Invalid,
+}
+
+const NAME_BYTE: [NameByte; 256] = {
+    let mut table = [NameByte::Invalid; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c >= 0x80 || c.is_ascii_alphabetic() || c == b'_' {
+            NameByte::Start
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            NameByte::Follow
+        } else if c == b':' {
+            NameByte::Colon
+        } else {
+            NameByte::Invalid
+        };
+        b += 1;
+    }
+    table
+};
 
 /// The normalized, unescaped value of an attribute.
 fn attr_value<'a>(attr: &Attribute<'a>) -> Result<Cow<'a, str>, XmlError> {
@@ -555,16 +594,18 @@ fn parse_stanza(
         // Parsing never re-enters itself; should the cell be in use anyway, a resolver
         // of its own does the same job.
         let Ok(mut slot) = cell.try_borrow_mut() else {
-            return parse_stanza_with(text, &mut SeededResolver::new(context)?.resolver, limits);
+            let mut seeded = SeededResolver::new(context)?;
+            return parse_stanza_with(text, &mut seeded.resolver, &mut seeded.stack, limits);
         };
         let seeded = match slot.take() {
             Some(seeded) if seeded.serves(context) => seeded,
             _ => SeededResolver::new(context)?,
         };
         let seeded = slot.insert(seeded);
-        let result = parse_stanza_with(text, &mut seeded.resolver, limits);
+        let result = parse_stanza_with(text, &mut seeded.resolver, &mut seeded.stack, limits);
         // Back to the header's bindings whatever happened inside the stanza.
         seeded.resolver.set_level(0);
+        seeded.stack.clear();
         result
     })
 }
@@ -575,12 +616,10 @@ fn parse_stanza(
 fn parse_stanza_with(
     text: &str,
     resolver: &mut NamespaceResolver,
+    stack: &mut Vec<Element>,
     limits: &ParserLimits,
 ) -> Result<Element, XmlError> {
     let mut reader = Reader::from_str(text);
-    // Not kept between stanzas: its room (four elements) would stay with every idle
-    // connection.
-    let mut stack: Vec<Element> = Vec::new();
     let mut done: Option<Element> = None;
     loop {
         let event = reader.read_event()?;
@@ -599,7 +638,7 @@ fn parse_stanza_with(
                 resolver.push(&start).map_err(|e| ns_error(&e))?;
                 let element = element_from_start(&start, resolver, limits)?;
                 resolver.pop();
-                attach(&mut stack, &mut done, element);
+                attach(stack, &mut done, element);
             }
             Event::End(_) => {
                 // quick-xml checks that end tags match their start tags.
@@ -607,7 +646,7 @@ fn parse_stanza_with(
                     .pop()
                     .ok_or_else(|| not_well_formed("unexpected end tag"))?;
                 resolver.pop();
-                attach(&mut stack, &mut done, element);
+                attach(stack, &mut done, element);
             }
             Event::Text(t) => {
                 let parent = stack
@@ -795,6 +834,38 @@ mod tests {
         }
         let ok = crate::xml::parse_stanza("<message xmlns:x='u'><x:a0.-_ x:b1='v'/></message>");
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    /// The byte table agrees with the NCName rule written out plainly, on every name
+    /// made of a small alphabet up to four bytes long.
+    #[test]
+    fn check_name_agrees_with_the_ncname_rule() {
+        fn ncname(part: &str) -> bool {
+            match part.as_bytes().first() {
+                None => false,
+                Some(b) if b.is_ascii_digit() || matches!(b, b'-' | b'.') => false,
+                Some(_) => part.bytes().all(|b| {
+                    b >= 0x80 || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+                }),
+            }
+        }
+        let reference = |name: &str| match name.split_once(':') {
+            None => ncname(name),
+            Some((prefix, local)) => ncname(prefix) && ncname(local),
+        };
+        let alphabet = ["a", "Z", "_", "0", "-", ".", ":", "é", "'", "=", " ", ">"];
+        let mut names = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = names
+                .iter()
+                .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            for name in &longer {
+                assert_eq!(check_name(name).is_ok(), reference(name), "{name:?}");
+            }
+            names = longer;
+        }
+        assert!(check_name("").is_err());
     }
 
     #[test]
