@@ -181,12 +181,14 @@ impl ArchiveIdCipher {
         use aes::cipher::BlockEncrypt;
         let mut block = aes::Block::from(pos.to_bytes());
         self.0.encrypt_block(&mut block);
-        let mut id = String::with_capacity(32);
-        for b in block {
-            id.push(hex_digit(b >> 4));
-            id.push(hex_digit(b & 0xf));
+        // Bytes first: pushing chars one by one cost as much as the encryption.
+        let mut hex = [0u8; 32];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(block) {
+            pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+            pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
         }
-        id
+        // Always ASCII, so never the empty fallback.
+        String::from_utf8(hex.to_vec()).unwrap_or_default()
     }
 
     /// The position a UID of this scheme stands for; `None` for anything else (older
@@ -207,9 +209,7 @@ impl ArchiveIdCipher {
     }
 }
 
-fn hex_digit(nibble: u8) -> char {
-    char::from(b"0123456789abcdef"[usize::from(nibble & 0xf)])
-}
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lowercase only: UIDs are compared as strings, so each has one spelling.
 fn hex_value(digit: u8) -> Option<u8> {
@@ -744,23 +744,72 @@ struct OfflineCounts {
     durable: AtomicU64,
 }
 
-/// One message on its way to the writer, keys and value already encoded.
+/// One message on its way to the writer, key and value already encoded. Three
+/// allocations per message (key, value, the caller's UID): the `with` index prefix
+/// and the contact are slices of these, built only where a run starts.
 struct ArchiveRow {
     /// Length of `<user>` at the start of `key` (the per-user count's key).
     user_len: usize,
     key: Vec<u8>,
     pos: ArchivePos,
-    /// `<user>\0<with bare>\0`: where the message's run is indexed.
-    with_prefix: Vec<u8>,
     /// A record (`record::record`), which the writer may make a reference or mark.
     value: Vec<u8>,
+    /// Where `with` starts in `value` (the same in a record and in its reference).
+    with_at: usize,
+    /// Length of the bare JID at the start of `with`: the contact.
+    bare_len: usize,
     /// Where the stanza starts in `value`.
     stanza_at: usize,
 }
 
 impl ArchiveRow {
+    /// `with` is checked by the caller (no NUL).
+    fn new(user: &str, with: &str, stanza: &str, pos: ArchivePos) -> ArchiveRow {
+        let mut key = Vec::with_capacity(user.len() + 17);
+        key.extend_from_slice(user.as_bytes());
+        key.push(SEP);
+        key.extend_from_slice(&pos.to_bytes());
+        let (value, stanza_at) = record::record(with, stanza);
+        ArchiveRow {
+            user_len: user.len(),
+            key,
+            pos,
+            value,
+            with_at: record::with_at(with.len()),
+            bare_len: bare(with).len(),
+            stanza_at,
+        }
+    }
+
     fn stanza(&self) -> &[u8] {
         &self.value[self.stanza_at..]
+    }
+
+    fn user(&self) -> &[u8] {
+        &self.key[..self.user_len]
+    }
+
+    /// The bare JID of `with`.
+    fn contact(&self) -> &[u8] {
+        &self.value[self.with_at..self.with_at + self.bare_len]
+    }
+
+    /// `<user>\0<with bare>\0`: where the message's run is indexed.
+    fn with_prefix(&self) -> Vec<u8> {
+        let mut prefix = Vec::with_capacity(self.user_len + self.bare_len + 18);
+        prefix.extend_from_slice(&self.key[..=self.user_len]);
+        prefix.extend_from_slice(self.contact());
+        prefix.push(SEP);
+        prefix
+    }
+
+    /// Whether `prefix` is this row's `with_prefix`, without building it.
+    fn has_with_prefix(&self, prefix: &[u8]) -> bool {
+        let user = &self.key[..=self.user_len];
+        prefix.len() == user.len() + self.bare_len + 1
+            && prefix.starts_with(user)
+            && &prefix[user.len()..prefix.len() - 1] == self.contact()
+            && prefix.last() == Some(&SEP)
     }
 }
 
@@ -774,39 +823,33 @@ impl ArchiveRow {
 fn share_copies(rows: &mut [ArchiveRow]) {
     let mut pairs = Vec::new();
     {
-        // The newest row of each (user, contact) in the batch, by its `with` prefix.
-        let mut newest: HashMap<&[u8], usize> = HashMap::with_capacity(rows.len());
+        // The newest row of each (user, contact) in the batch.
+        let mut newest: FastMap<(&[u8], &[u8]), usize> =
+            FastMap::with_capacity_and_hasher(rows.len(), Default::default());
         let mut taken = vec![false; rows.len()];
-        let mut counterpart = Vec::with_capacity(64);
         for (i, row) in rows.iter().enumerate() {
-            let user = &row.key[..row.user_len];
-            let contact = &row.with_prefix[row.user_len + 1..row.with_prefix.len() - 1];
-            if contact != user {
-                counterpart.clear();
-                counterpart.extend_from_slice(contact);
-                counterpart.push(SEP);
-                counterpart.extend_from_slice(user);
-                counterpart.push(SEP);
-                if let Some(&j) = newest.get(&counterpart[..])
-                    && !taken[j]
-                    && rows[j].stanza() == row.stanza()
-                {
-                    taken[j] = true;
-                    taken[i] = true;
-                    pairs.push((j, i));
-                }
+            let (user, contact) = (row.user(), row.contact());
+            if contact != user
+                && let Some(&j) = newest.get(&(contact, user))
+                && !taken[j]
+                && rows[j].stanza() == row.stanza()
+            {
+                taken[j] = true;
+                taken[i] = true;
+                pairs.push((j, i));
             }
-            newest.insert(&row.with_prefix, i);
+            newest.insert((user, contact), i);
         }
     }
     for (source, copy) in pairs {
-        let Ok(view) = record::parse(&rows[copy].value) else {
+        let Ok(with) = record::record_with(&rows[copy].value) else {
             continue;
         };
-        let value = record::reference(view.with, &rows[source].key);
-        let key = rows[copy].key.clone();
+        let value = record::reference(with, &rows[source].key);
         rows[copy].value = value;
-        rows[source].value.extend_from_slice(&key);
+        if let Ok([source, copy]) = rows.get_disjoint_mut([source, copy]) {
+            source.value.extend_from_slice(&copy.key);
+        }
     }
 }
 
@@ -906,15 +949,15 @@ struct PendingBatch {
 }
 
 impl ArchiveTrees {
-    /// Writes a batch: records and indexes in one atomic write.
-    fn write(&self, batch: PendingBatch, round: &mut Round) -> Result<()> {
-        if batch.rows.is_empty() {
+    /// Writes a batch: records and indexes in one atomic write. Empties `rows`, keeping
+    /// its room for the next batch.
+    fn write(&self, rows: &mut Vec<ArchiveRow>, round: &mut Round) -> Result<()> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let mut rows = batch.rows;
-        share_copies(&mut rows);
+        share_copies(rows);
         let mut write = self.db.batch();
-        for row in rows {
+        for row in rows.drain(..) {
             // Looked up by slice first: a key is copied once per user, not once per row.
             let user = &row.key[..row.user_len];
             match round.counts.get_mut(user) {
@@ -961,8 +1004,8 @@ impl ArchiveTrees {
         match run {
             // Behind the newest message (two appends for one user raced to the writer):
             // indexed on its own, which any scan of a run around it skips.
-            Some(open) if row.pos <= open.last => mark(&row.with_prefix, row.pos, RunMark::Both),
-            Some(open) if open.with_prefix == row.with_prefix => {
+            Some(open) if row.pos <= open.last => mark(&row.with_prefix(), row.pos, RunMark::Both),
+            Some(open) if row.has_with_prefix(&open.with_prefix) => {
                 match open.last_mark {
                     Some(RunMark::Both) => mark(&open.with_prefix, open.last, RunMark::Start),
                     Some(RunMark::End) => {
@@ -981,9 +1024,10 @@ impl ArchiveTrees {
                         Some(RunMark::End | RunMark::Both) => {}
                     }
                 }
-                mark(&row.with_prefix, row.pos, RunMark::Start);
+                let with_prefix = row.with_prefix();
+                mark(&with_prefix, row.pos, RunMark::Start);
                 *run = Some(OpenRun {
-                    with_prefix: row.with_prefix.clone(),
+                    with_prefix,
                     last: row.pos,
                     last_mark: Some(RunMark::Start),
                 });
@@ -1018,15 +1062,31 @@ impl ArchiveTrees {
         }
     }
 
-    /// Adds the counts of written messages to the stored per-user counts.
-    fn store_counts(&self, counts: &mut FastMap<Vec<u8>, u64>) -> Result<()> {
+    /// Adds the counts of written messages to the stored per-user counts. `stored`
+    /// remembers what this writer last stored (only it writes counts), so a user's count
+    /// is read from disk once, not at every save.
+    fn store_counts(
+        &self,
+        counts: &mut FastMap<Vec<u8>, u64>,
+        stored: &mut FastMap<Vec<u8>, u64>,
+    ) -> Result<()> {
         if counts.is_empty() {
             return Ok(());
         }
+        if stored.len() >= RUNS_KEPT {
+            stored.clear();
+        }
         let mut meta = self.db.batch();
         for (user, n) in counts.drain() {
-            let count = self.stored_count(&user)?;
-            meta.insert(&self.meta, user, encode(&(count + n))?);
+            let count = match stored.get_mut(&user) {
+                Some(count) => count,
+                None => {
+                    let count = self.stored_count(&user)?;
+                    stored.entry(user.clone()).or_insert(count)
+                }
+            };
+            *count += n;
+            meta.insert(&self.meta, user, encode(&*count)?);
         }
         meta.commit().map_err(archive_backend)
     }
@@ -1200,7 +1260,7 @@ impl ArchiveTrees {
 
     fn flush_pending(&self, batch: &mut PendingBatch, round: &mut Round) {
         let rows = batch.rows.len() as u64;
-        match self.write(std::mem::take(batch), round) {
+        match self.write(&mut batch.rows, round) {
             Ok(()) => round.written += rows,
             Err(e) => round.write_failed(&self.counts, e),
         }
@@ -1208,7 +1268,9 @@ impl ArchiveTrees {
 
     /// Stores the counts gathered since the last time (see `COUNTS_EVERY`).
     fn save_counts(&self, round: &mut Round) {
-        if let Err(e) = self.store_counts(&mut round.counts) {
+        if let Err(e) = self.store_counts(&mut round.counts, &mut round.stored_counts) {
+            // What is on disk is unknown now: read it again.
+            round.stored_counts.clear();
             round.write_failed(&self.counts, e);
         }
         round.counts_saved = Some(std::time::Instant::now());
@@ -1281,6 +1343,8 @@ struct Round {
     durable: u64,
     /// New messages per user written but not yet in `archive_meta`.
     counts: FastMap<Vec<u8>, u64>,
+    /// The counts in `archive_meta` as this writer last stored or read them.
+    stored_counts: FastMap<Vec<u8>, u64>,
     counts_saved: Option<std::time::Instant>,
     /// The open run of every archive written to since the start (or the last removal),
     /// keyed by `<user>\0`; loaded from the store on a user's first append.
@@ -1324,8 +1388,10 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
                             other,
                             WriterOp::RemoveBefore { .. } | WriterOp::RemoveUser { .. }
                         ) {
-                            // Removals change where runs end: read them again.
+                            // Removals change where runs end, and the counts: read
+                            // them again.
                             round.runs.clear();
+                            round.stored_counts.clear();
                         }
                         trees.handle(other, &mut round.failed);
                     }
@@ -1592,75 +1658,81 @@ impl SledStore {
         }
     }
 
-    /// Assigns positions in memory: each user's archive never goes back in time, and the
-    /// sequence (sled's `generate_id`, monotonic across restarts) orders equal micros.
-    fn positions(
-        &self,
-        user: &BareJid,
-        prefix: &[u8],
-        msgs: &[NewArchived<'_>],
-    ) -> Result<Vec<ArchivePos>> {
+    /// Assigns a position in memory: each user's archive never goes back in time, and
+    /// the sequence (sled's `generate_id`, monotonic across restarts) orders equal micros.
+    fn next_position(&self, user: &BareJid, micros: u64) -> Result<ArchivePos> {
         let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
         let last = match newest.get_mut(user) {
             Some(last) => last,
             // Only here is the user's newest read from disk: afterwards every append of
             // the user passes this map, so queued writes never make it stale.
             None => {
-                let stored = self.newest_micros(prefix)?;
+                let stored = self.newest_micros(&user_prefix(user)?)?;
                 newest.entry(user.clone()).or_insert(stored)
             }
         };
-        msgs.iter()
-            .map(|m| {
-                *last = (*last).max(m.micros);
-                let seq = self.db.generate_id().map_err(backend)?;
-                Ok(ArchivePos { micros: *last, seq })
-            })
-            .collect()
+        *last = (*last).max(micros);
+        let seq = self.db.generate_id().map_err(backend)?;
+        Ok(ArchivePos { micros: *last, seq })
     }
 
     /// Stamps messages (UID, position), queues them for the writer and returns once the
-    /// batch holding them is flushed to disk (`wait`), or at once.
+    /// batch holding them is flushed to disk (`wait`), or at once. `stamped` gets each
+    /// message's stamp, in order (no vector for the single message of most appends).
     async fn append_rows(
         &self,
         user: &BareJid,
         msgs: &[NewArchived<'_>],
         wait: bool,
-    ) -> Result<Vec<ArchiveStamp>> {
-        let prefix = user_prefix(user)?;
+        mut stamped: impl FnMut(ArchiveStamp) + Send,
+    ) -> Result<()> {
+        check_name(user.as_str())?;
         for m in msgs {
             check_name(m.with)?;
         }
-        let positions = self.positions(user, &prefix, msgs)?;
-        let mut stamps = Vec::with_capacity(msgs.len());
         // Without sync_writes the append is queued, not awaited (the writer batches).
         let sync = wait && self.sync_writes.load(Ordering::Relaxed);
-        let (reply, written) = oneshot::channel();
-        let mut reply = sync.then_some(reply);
+        let (mut reply, written) = match sync {
+            true => {
+                let (reply, written) = oneshot::channel();
+                (Some(reply), Some(written))
+            }
+            false => (None, None),
+        };
         let last = msgs.len().saturating_sub(1);
-        for (i, (msg, pos)) in msgs.iter().zip(positions).enumerate() {
-            // Positions are unique store-wide, so their encryptions are too.
-            let id = self.id_cipher.id(pos);
-            let (value, stanza_at) = record::record(msg.with, msg.stanza);
-            let row = ArchiveRow {
-                user_len: prefix.len() - 1,
-                key: pos_key(&prefix, pos),
-                pos,
-                with_prefix: with_prefix(&prefix, msg.with)?,
-                value,
-                stanza_at,
-            };
+        for (i, msg) in msgs.iter().enumerate() {
+            let pos = self.next_position(user, msg.micros)?;
+            let row = ArchiveRow::new(user.as_str(), msg.with, msg.stanza, pos);
             // The writer keeps the order, so the last row's flush covers all of them.
             let reply = if i == last { reply.take() } else { None };
             // Counted before it is sent: see `appended_durable`.
             self.append_counts.queued.fetch_add(1, Ordering::SeqCst);
             self.writer.send(WriterOp::Append(row, reply)).await?;
-            stamps.push(ArchiveStamp { id, pos });
+            // Positions are unique store-wide, so their encryptions are too.
+            stamped(ArchiveStamp {
+                id: self.id_cipher.id(pos),
+                pos,
+            });
         }
-        if sync && reply.is_none() {
+        if let Some(written) = written
+            && reply.is_none()
+        {
             written.await.map_err(|_| writer_stopped())??;
         }
-        Ok(stamps)
+        Ok(())
+    }
+
+    /// `append_rows` for one message.
+    async fn append_one(
+        &self,
+        user: &BareJid,
+        msg: NewArchived<'_>,
+        wait: bool,
+    ) -> Result<ArchiveStamp> {
+        let mut stamp = None;
+        self.append_rows(user, std::slice::from_ref(&msg), wait, |s| stamp = Some(s))
+            .await?;
+        stamp.ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
     }
 }
 
@@ -1711,17 +1783,11 @@ impl ArchiveStore for SledStore {
     // XEP-0198 ack (sent after its stanza was handled) never covers a message a crash
     // can take from the archive, yet concurrent senders share the cost of the fsync.
     async fn append(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
-        self.append_rows(user, std::slice::from_ref(&msg), true)
-            .await?
-            .pop()
-            .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+        self.append_one(user, msg, true).await
     }
 
     async fn append_deferred(&self, user: &BareJid, msg: NewArchived<'_>) -> Result<ArchiveStamp> {
-        self.append_rows(user, std::slice::from_ref(&msg), false)
-            .await?
-            .pop()
-            .ok_or_else(|| StorageError::Backend("archive append wrote nothing".into()))
+        self.append_one(user, msg, false).await
     }
 
     async fn appended_durable(&self) -> Result<()> {
@@ -1756,7 +1822,10 @@ impl ArchiveStore for SledStore {
         user: &BareJid,
         msgs: &[NewArchived<'_>],
     ) -> Result<Vec<ArchiveStamp>> {
-        self.append_rows(user, msgs, true).await
+        let mut stamps = Vec::with_capacity(msgs.len());
+        self.append_rows(user, msgs, true, |s| stamps.push(s))
+            .await?;
+        Ok(stamps)
     }
 
     async fn position(&self, user: &BareJid, id: &str) -> Result<Option<ArchivePos>> {
@@ -2554,17 +2623,14 @@ mod tests {
     }
 
     fn row(user: &str, with: &str, stanza: &str, seq: u64) -> ArchiveRow {
-        let prefix = user_prefix(&j(user)).unwrap();
         let pos = ArchivePos { micros: 1, seq };
-        let (value, stanza_at) = record::record(with, stanza);
-        ArchiveRow {
-            user_len: prefix.len() - 1,
-            key: pos_key(&prefix, pos),
-            pos,
-            with_prefix: with_prefix(&prefix, with).unwrap(),
-            value,
-            stanza_at,
-        }
+        let row = ArchiveRow::new(j(user).as_str(), with, stanza, pos);
+        let prefix = user_prefix(&j(user)).unwrap();
+        assert_eq!(row.key, pos_key(&prefix, pos));
+        assert_eq!(row.with_prefix(), with_prefix(&prefix, with).unwrap());
+        assert!(row.has_with_prefix(&with_prefix(&prefix, with).unwrap()));
+        assert!(!row.has_with_prefix(&with_prefix(&prefix, "other@x").unwrap()));
+        row
     }
 
     fn is_reference(value: &[u8]) -> bool {

@@ -95,14 +95,36 @@ pub(super) fn record(with: &str, stanza: &str) -> (Vec<u8>, usize) {
     (value, at)
 }
 
-/// A reference (format 3) to the record at `source`, for a message with `with`.
-pub(super) fn reference(with: &str, source: &[u8]) -> Vec<u8> {
+/// Where a `with` of `len` bytes starts in a record or a reference: after the format
+/// byte and its length.
+pub(super) fn with_at(len: usize) -> usize {
+    let mut at = 2;
+    let mut n = len >> 7;
+    while n > 0 {
+        at += 1;
+        n >>= 7;
+    }
+    at
+}
+
+/// A reference (format 3) to the record at `source`, for a message with `with` (as
+/// [`record_with`] gives it).
+pub(super) fn reference(with: &[u8], source: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(with.len() + source.len() + 6);
     value.push(REFERENCE);
     push_varint(&mut value, with.len());
-    value.extend_from_slice(with.as_bytes());
+    value.extend_from_slice(with);
     value.extend_from_slice(source);
     value
+}
+
+/// The `with` bytes of a record (format 2) that [`record`] built, without checking the
+/// rest: the writer's shortcut, where `parse` would validate the whole stanza as UTF-8.
+pub(super) fn record_with(value: &[u8]) -> Result<&[u8]> {
+    match value.split_first() {
+        Some((&RECORD, mut rest)) => take_len(&mut rest),
+        _ => Err(corrupt("not a record")),
+    }
 }
 
 pub(super) fn parse(value: &[u8]) -> Result<RecordView<'_>> {
@@ -176,7 +198,11 @@ mod tests {
                 copy: Some(b"r@x\0key")
             }
         );
-        let r = reference("s@x/1", b"s@x\0pos");
+        assert_eq!(record_with(&value).unwrap(), with.as_bytes());
+        let at = with_at(with.len());
+        assert_eq!(&value[at..at + with.len()], with.as_bytes());
+        assert_eq!(with_at(3), 2);
+        let r = reference(b"s@x/1", b"s@x\0pos");
         let view = parse(&r).unwrap();
         assert_eq!(
             (view.with, view.body),
