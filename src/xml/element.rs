@@ -157,7 +157,9 @@ impl Element {
     /// Serializes as a top-level stanza of a stream whose default namespace is the
     /// stanza namespace (`jabber:client` or `jabber:server`).
     pub fn to_stanza_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
+        // Room for a chat message with full JIDs and a short body, which 256 bytes
+        // often was not (a reallocation and copy for most archived messages).
+        let mut out = Vec::with_capacity(512);
         self.write_to(&mut out, ns::CLIENT);
         out
     }
