@@ -202,6 +202,14 @@ mod tests {
         let at = with_at(with.len());
         assert_eq!(&value[at..at + with.len()], with.as_bytes());
         assert_eq!(with_at(3), 2);
+        // Lengths whose varint takes one, two and three bytes (a JID may be 3,071).
+        for len in [0, 1, 127, 128, 3071, 16_383, 16_384] {
+            let long = "a".repeat(len);
+            let (value, _) = record(&long, "<message/>");
+            let at = with_at(len);
+            assert_eq!(&value[at..at + len], long.as_bytes(), "{len}");
+            assert_eq!(record_with(&value).unwrap(), long.as_bytes(), "{len}");
+        }
         let r = reference(b"s@x/1", b"s@x\0pos");
         let view = parse(&r).unwrap();
         assert_eq!(
