@@ -619,6 +619,8 @@ fn parse_stanza_with(
     stack: &mut Vec<Element>,
     limits: &ParserLimits,
 ) -> Result<Element, XmlError> {
+    // Empty unless an earlier parse on this thread unwound midway.
+    stack.clear();
     let mut reader = Reader::from_str(text);
     let mut done: Option<Element> = None;
     loop {
