@@ -121,10 +121,7 @@ impl SessionFlags {
     }
     /// Whether bit `bit` (0..32) is set: for tables counted per flag.
     pub fn bit(self, bit: usize) -> bool {
-        u32::try_from(bit)
-            .ok()
-            .and_then(|b| 1u32.checked_shl(b))
-            .is_some_and(|mask| self.0 & mask != 0)
+        bit < 32 && (self.0 >> bit) & 1 == 1
     }
 }
 

@@ -683,11 +683,16 @@ fn pos_key(prefix: &[u8], pos: ArchivePos) -> Vec<u8> {
 fn with_prefix(prefix: &[u8], with: &str) -> Result<Vec<u8>> {
     let with = bare(with);
     check_name(with)?;
-    let mut key = Vec::with_capacity(prefix.len() + with.len() + 17);
+    Ok(contact_prefix(prefix, with.as_bytes()))
+}
+
+/// `with_prefix` for a contact's bare JID already checked.
+fn contact_prefix(prefix: &[u8], contact: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + contact.len() + 17);
     key.extend_from_slice(prefix);
-    key.extend_from_slice(with.as_bytes());
+    key.extend_from_slice(contact);
     key.push(SEP);
-    Ok(key)
+    key
 }
 
 fn id_key(prefix: &[u8], id: &str) -> Vec<u8> {
@@ -796,20 +801,15 @@ impl ArchiveRow {
 
     /// `<user>\0<with bare>\0`: where the message's run is indexed.
     fn with_prefix(&self) -> Vec<u8> {
-        let mut prefix = Vec::with_capacity(self.user_len + self.bare_len + 18);
-        prefix.extend_from_slice(&self.key[..=self.user_len]);
-        prefix.extend_from_slice(self.contact());
-        prefix.push(SEP);
-        prefix
+        contact_prefix(&self.key[..=self.user_len], self.contact())
     }
 
     /// Whether `prefix` is this row's `with_prefix`, without building it.
     fn has_with_prefix(&self, prefix: &[u8]) -> bool {
-        let user = &self.key[..=self.user_len];
-        prefix.len() == user.len() + self.bare_len + 1
-            && prefix.starts_with(user)
-            && &prefix[user.len()..prefix.len() - 1] == self.contact()
-            && prefix.last() == Some(&SEP)
+        prefix
+            .strip_prefix(&self.key[..=self.user_len])
+            .and_then(|rest| rest.strip_suffix(&[SEP]))
+            == Some(self.contact())
     }
 }
 

@@ -602,16 +602,16 @@ fn parse_stanza(
             _ => SeededResolver::new(context)?,
         };
         let seeded = slot.insert(seeded);
-        let result = parse_stanza_with(text, &mut seeded.resolver, &mut seeded.stack, limits);
-        // Back to the header's bindings whatever happened inside the stanza.
+        // Back to the header's bindings and an empty stack, whatever happened inside the
+        // last stanza (an error, or a parse that unwound midway).
         seeded.resolver.set_level(0);
         seeded.stack.clear();
-        result
+        parse_stanza_with(text, &mut seeded.resolver, &mut seeded.stack, limits)
     })
 }
 
 /// Parses one stanza with the stream's resolver, which it leaves at the stanza's
-/// nesting level (the caller resets it). Namespace scopes are pushed and popped here
+/// nesting level, and an empty `stack` (the caller resets both before the next). Namespace scopes are pushed and popped here
 /// exactly as quick-xml's `NsReader` does, without a resolver of its own per stanza.
 fn parse_stanza_with(
     text: &str,
@@ -619,8 +619,6 @@ fn parse_stanza_with(
     stack: &mut Vec<Element>,
     limits: &ParserLimits,
 ) -> Result<Element, XmlError> {
-    // Empty unless an earlier parse on this thread unwound midway.
-    stack.clear();
     let mut reader = Reader::from_str(text);
     let mut done: Option<Element> = None;
     loop {
