@@ -299,15 +299,17 @@ fn disk_size(path: &Path) -> std::io::Result<u64> {
 
 /// Counts the records and references in the archive's fjall keyspace (the store must be
 /// closed): the check that the fill produced what it meant to. Value format 3 is a
-/// reference (src/storage/sled/record.rs).
+/// reference (src/storage/sled/record.rs); format 4 a chunk of several messages
+/// (src/storage/sled/chunk.rs), counted here by their own formats.
 fn count_references(path: &Path, users: &[&BareJid]) -> Result<(), Box<dyn std::error::Error>> {
     let db = fjall::Database::builder(path.join("archive")).open()?;
     let archive = db.keyspace("archive", fjall::KeyspaceCreateOptions::default)?;
     let (mut rows, mut references) = (0u64, 0u64);
     for entry in archive.iter() {
         let (_, v) = entry.into_inner()?;
-        rows += 1;
-        references += u64::from(v.first() == Some(&3));
+        let (n, r) = formats(&v)?;
+        rows += n;
+        references += r;
     }
     println!(
         "archive rows: {rows}, references: {references} ({:.1} %)",
@@ -319,12 +321,42 @@ fn count_references(path: &Path, users: &[&BareJid]) -> Result<(), Box<dyn std::
         let (mut rows, mut references) = (0u64, 0u64);
         for entry in archive.prefix(&prefix) {
             let (_, v) = entry.into_inner()?;
-            rows += 1;
-            references += u64::from(v.first() == Some(&3));
+            let (n, r) = formats(&v)?;
+            rows += n;
+            references += r;
         }
         println!("  {}: {rows} rows, {references} references", user.as_str());
     }
     Ok(())
+}
+
+/// Messages in one archive value, and how many of them are references.
+fn formats(value: &[u8]) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+    fn varint(value: &[u8], at: &mut usize) -> Result<usize, Box<dyn std::error::Error>> {
+        let mut n = 0usize;
+        for shift in (0..35).step_by(7) {
+            let b = *value.get(*at).ok_or("truncated chunk")?;
+            *at += 1;
+            n |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err("bad varint".into())
+    }
+    if value.first() != Some(&4) {
+        return Ok((1, u64::from(value.first() == Some(&3))));
+    }
+    let mut at = 1;
+    let n = varint(value, &mut at)?;
+    let mut references = 0;
+    for _ in 0..n {
+        at += 16;
+        let len = varint(value, &mut at)?;
+        references += u64::from(value.get(at) == Some(&3));
+        at += len;
+    }
+    Ok((n as u64, references))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 //! | `pending`      | `<user>\0<from>`                  | fmt byte + `PendingSubscription` |
 //! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
 //! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
-//! | `archive`*     | `<user>\0` + pos (16 bytes)       | fmt byte + (id, with, stanza)  |
+//! | `archive`*     | `<user>\0` + pos (16 bytes)       | record, reference or chunk     |
 //! | `archive_ids`* | `<user>\0<id>` (older UIDs only)  | pos (16 bytes)                 |
 //! | `archive_with`*| `<user>\0<with bare>\0` + pos     | empty                          |
 //! | `archive_meta`*| `<user>`                          | fmt byte + u64 message count   |
@@ -59,7 +59,7 @@ use fjall::{Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 
-use super::archive::{PageBuilder, bare, collect_page};
+use super::archive::{PageBuilder, bare};
 use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
@@ -70,6 +70,7 @@ use crate::addr::{BareJid, DomainRef, Jid};
 use crate::hashing::{FastMap, FastSet};
 use crate::sasl::credentials::StoredCredentials;
 
+mod chunk;
 mod fast;
 mod invites;
 mod pubsub;
@@ -77,7 +78,7 @@ mod record;
 
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
 /// fails rather than risk misreading or damaging it.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Key of the schema marker in the `meta` tree. Its value is a plain big-endian u32, not
 /// the versioned value encoding, so the marker stays readable whatever that becomes.
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
@@ -95,6 +96,9 @@ pub struct SledStore {
     writer: ArchiveWriter,
     /// Newest archive micros per user, so positions are assigned without a disk read.
     newest: Mutex<FastMap<BareJid, u64>>,
+    /// The writer's view, for tests that write batches directly.
+    #[cfg(test)]
+    trees: ArchiveTrees,
     db: Db,
     accounts: Tree,
     roster: Tree,
@@ -458,11 +462,21 @@ impl SledStore {
                          ({SCHEMA_VERSION}); refusing to open"
                     )));
                 }
-                // Versions before 1 never existed; later ones will be migrated here.
-                if found < SCHEMA_VERSION {
-                    return Err(StorageError::Corrupt(format!(
-                        "unknown schema version {found}"
-                    )));
+                match found {
+                    // Version 2 adds archive chunks (value format 4): nothing to convert,
+                    // but a version that cannot read them must not open the store.
+                    1 => {
+                        meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+                            .map_err(backend)?;
+                        db.flush().map_err(backend)?;
+                    }
+                    SCHEMA_VERSION => {}
+                    // Versions before 1 never existed.
+                    _ => {
+                        return Err(StorageError::Corrupt(format!(
+                            "unknown schema version {found}"
+                        )));
+                    }
                 }
             }
         }
@@ -480,6 +494,8 @@ impl SledStore {
             presence_contacts: Mutex::new(HashMap::new()),
             roster_counts: Mutex::new(HashMap::new()),
             writer: ArchiveWriter::start(trees.clone())?,
+            #[cfg(test)]
+            trees: trees.clone(),
             newest: Mutex::new(FastMap::default()),
             accounts: tree("accounts")?,
             roster: tree("roster")?,
@@ -790,6 +806,12 @@ impl ArchiveRow {
         &self.value[self.stanza_at..]
     }
 
+    fn set_pos(&mut self, pos: ArchivePos) {
+        let at = self.key.len() - 16;
+        self.key[at..].copy_from_slice(&pos.to_bytes());
+        self.pos = pos;
+    }
+
     fn user(&self) -> &[u8] {
         &self.key[..self.user_len]
     }
@@ -939,8 +961,10 @@ const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 const COUNTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Open runs the writer keeps in memory at most (about the users archiving right now).
 const RUNS_KEPT: usize = 100_000;
-/// Most entries removed in one write batch when a whole archive goes.
+/// Most entries, and about the most bytes, removed in one write batch when a whole
+/// archive goes.
 const REMOVE_CHUNK: usize = 10_000;
+const REMOVE_BYTES: usize = 16 << 20;
 
 /// Messages collected for one write.
 #[derive(Default)]
@@ -956,7 +980,11 @@ impl ArchiveTrees {
             return Ok(());
         }
         share_copies(rows);
+        // Each archive's messages together and oldest first: one entry per archive.
+        rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let mut write = self.db.batch();
+        let mut edits = chunk::Edits::default();
+        let mut group: Vec<ArchiveRow> = Vec::new();
         for row in rows.drain(..) {
             // Looked up by slice first: a key is copied once per user, not once per row.
             let user = &row.key[..row.user_len];
@@ -966,11 +994,34 @@ impl ArchiveTrees {
                     round.counts.insert(user.to_vec(), 1);
                 }
             }
-            if let Err(e) = self.index_run(&mut write, &mut round.runs, &row) {
-                round.runs.clear();
-                return Err(e);
+            let behind = match self.index_run(&mut write, &mut round.runs, &row) {
+                Ok(behind) => behind,
+                Err(e) => {
+                    round.runs.clear();
+                    return Err(e);
+                }
+            };
+            if behind {
+                // Older than what the archive holds (positions reach the writer in
+                // order, so this is a safeguard): into the entry covering it.
+                if let Err(e) = edits.set(&self.archive, &row.key, row.value) {
+                    round.runs.clear();
+                    return Err(e);
+                }
+                continue;
             }
-            write.insert(&self.archive, row.key, row.value);
+            if group
+                .first()
+                .is_some_and(|first| first.user() != row.user())
+            {
+                self.put_group(&mut write, &mut group);
+            }
+            group.push(row);
+        }
+        self.put_group(&mut write, &mut group);
+        if let Err(e) = edits.apply(&mut write, &self.archive) {
+            round.runs.clear();
+            return Err(e);
         }
         write.commit().map_err(|e| {
             // The runs in memory describe writes that did not happen.
@@ -979,13 +1030,33 @@ impl ArchiveTrees {
         })
     }
 
-    /// Adds the `archive_with` entries a new message needs (see `RunMark`).
+    /// One archive's new messages of a batch, oldest first and newer than all it holds:
+    /// one entry (a chunk when there are several, see `chunk`). Empties `group`.
+    fn put_group(&self, write: &mut fjall::OwnedWriteBatch, group: &mut Vec<ArchiveRow>) {
+        match group.len() {
+            0 => {}
+            1 => {
+                if let Some(row) = group.pop() {
+                    write.insert(&self.archive, row.key, row.value);
+                }
+            }
+            _ => {
+                let value = chunk::encode(group.iter().map(|r| (r.pos, r.value.as_slice())));
+                let key = std::mem::take(&mut group[0].key);
+                write.insert(&self.archive, key, value);
+                group.clear();
+            }
+        }
+    }
+
+    /// Adds the `archive_with` entries a new message needs (see `RunMark`); `true` when
+    /// the message is behind the archive's newest.
     fn index_run(
         &self,
         write: &mut fjall::OwnedWriteBatch,
         runs: &mut FastMap<Vec<u8>, Option<OpenRun>>,
         row: &ArchiveRow,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let user = &row.key[..=row.user_len];
         let run = match runs.get_mut(user) {
             Some(run) => run,
@@ -1002,9 +1073,12 @@ impl ArchiveTrees {
             write.insert(&self.with, pos_key(prefix, pos), mark.encode());
         };
         match run {
-            // Behind the newest message (two appends for one user raced to the writer):
-            // indexed on its own, which any scan of a run around it skips.
-            Some(open) if row.pos <= open.last => mark(&row.with_prefix(), row.pos, RunMark::Both),
+            // Behind the newest message: indexed on its own, which any scan of a run
+            // around it skips.
+            Some(open) if row.pos <= open.last => {
+                mark(&row.with_prefix(), row.pos, RunMark::Both);
+                return Ok(true);
+            }
             Some(open) if row.has_with_prefix(&open.with_prefix) => {
                 match open.last_mark {
                     Some(RunMark::Both) => mark(&open.with_prefix, open.last, RunMark::Start),
@@ -1033,17 +1107,16 @@ impl ArchiveTrees {
                 });
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The newest run of an archive as stored (`None`: the archive is empty).
     fn load_run(&self, user: &[u8]) -> Result<Option<OpenRun>> {
-        let Some(newest) = self.archive.prefix(user).next_back() else {
+        let Some(newest) = chunk::newest(&self.archive, user)? else {
             return Ok(None);
         };
-        let (k, v) = newest.into_inner().map_err(archive_backend)?;
-        let pos = key_pos(&k)?;
-        let prefix = with_prefix(user, record::parse(&v)?.with)?;
+        let pos = newest.pos;
+        let prefix = with_prefix(user, record::parse(newest.value())?.with)?;
         let stored = self
             .with
             .get(pos_key(&prefix, pos))
@@ -1092,13 +1165,13 @@ impl ArchiveTrees {
     }
 
     fn replace(&self, key: &[u8], stanza: &str) -> Result<bool> {
-        let Some(raw) = self.archive.get(key).map_err(archive_backend)? else {
+        let mut edits = chunk::Edits::default();
+        let Some(raw) = edits.value(&self.archive, key)? else {
             return Ok(false);
         };
         let old = record::parse(&raw)?;
-        let mut write = self.db.batch();
         // The other party keeps the stanza it got.
-        self.materialize_copy(&mut write, key, &old)?;
+        self.materialize_copy(&mut edits, key, &old)?;
         let value = match old.stored_id {
             // A UID of its own (format 1) must stay.
             Some(id) => encode(&ArchiveRecordRef {
@@ -1108,7 +1181,9 @@ impl ArchiveTrees {
             })?,
             None => record::record(old.with, stanza).0,
         };
-        write.insert(&self.archive, key, value);
+        edits.set(&self.archive, key, value)?;
+        let mut write = self.db.batch();
+        edits.apply(&mut write, &self.archive)?;
         write.commit().map_err(archive_backend)?;
         self.persist(PersistMode::SyncAll)?;
         Ok(true)
@@ -1118,7 +1193,7 @@ impl ArchiveTrees {
     /// archive becomes a record of its own (in the same atomic write).
     fn materialize_copy(
         &self,
-        write: &mut fjall::OwnedWriteBatch,
+        edits: &mut chunk::Edits,
         key: &[u8],
         view: &record::RecordView<'_>,
     ) -> Result<()> {
@@ -1129,7 +1204,7 @@ impl ArchiveTrees {
         else {
             return Ok(());
         };
-        let Some(raw) = self.archive.get(copy).map_err(archive_backend)? else {
+        let Some(raw) = edits.value(&self.archive, copy)? else {
             // The copy went already (removed or expired in that archive).
             return Ok(());
         };
@@ -1137,7 +1212,8 @@ impl ArchiveTrees {
         // Positions are never reused, so only this record's reference can point here;
         // a copy made a record already (replaced) is left alone.
         if other.body == record::Body::Reference(key) {
-            write.insert(&self.archive, copy, record::record(other.with, stanza).0);
+            let value = record::record(other.with, stanza).0;
+            edits.set(&self.archive, copy, value)?;
         }
         Ok(())
     }
@@ -1148,22 +1224,28 @@ impl ArchiveTrees {
 
     fn remove_before(&self, user: &BareJid, micros: u64, limit: usize) -> Result<usize> {
         let prefix = user_prefix(user)?;
-        let start = pos_key(&prefix, ArchivePos::MIN);
-        let end = pos_key(&prefix, ArchivePos { micros, seq: 0 });
         let mut write = self.db.batch();
+        let mut edits = chunk::Edits::default();
         let mut removed = 0u64;
         let mut last_removed = None;
-        for r in self.archive.range(start..end).take(limit) {
-            let (k, v) = r.into_inner().map_err(archive_backend)?;
-            let m = record::parse(&v)?;
-            let pos = key_pos(&k)?;
+        let before = match micros {
+            0 => None,
+            micros => Some(ArchivePos { micros, seq: 0 }.prev()),
+        };
+        let rows = match before {
+            Some(to) => chunk::Rows::new(&self.archive, &prefix, ArchivePos::MIN, to, false)?,
+            None => return Ok(0),
+        };
+        for row in rows.take(limit) {
+            let row = row?;
+            let m = record::parse(row.value())?;
             if let Some(id) = m.stored_id {
                 write.remove(&self.ids, id_key(&prefix, id));
             }
-            write.remove(&self.with, pos_key(&with_prefix(&prefix, m.with)?, pos));
-            self.materialize_copy(&mut write, &k, &m)?;
-            write.remove(&self.archive, k);
-            last_removed = Some(pos);
+            write.remove(&self.with, pos_key(&with_prefix(&prefix, m.with)?, row.pos));
+            self.materialize_copy(&mut edits, &row.key, &m)?;
+            edits.remove(&self.archive, &row.key)?;
+            last_removed = Some(row.pos);
             removed += 1;
         }
         let Some(last_removed) = last_removed else {
@@ -1171,13 +1253,17 @@ impl ArchiveTrees {
         };
         // The oldest message left may be in the middle of a run whose start went: it
         // becomes the run's start.
-        let after = pos_key(&prefix, last_removed.next());
-        let newest = pos_key(&prefix, ArchivePos::MAX);
-        if let Some(first) = self.archive.range(after..=newest).next() {
-            let (k, v) = first.into_inner().map_err(archive_backend)?;
+        let mut left = chunk::Rows::new(
+            &self.archive,
+            &prefix,
+            last_removed.next(),
+            ArchivePos::MAX,
+            false,
+        )?;
+        if let Some(first) = left.next().transpose()? {
             let key = pos_key(
-                &with_prefix(&prefix, record::parse(&v)?.with)?,
-                key_pos(&k)?,
+                &with_prefix(&prefix, record::parse(first.value())?.with)?,
+                first.pos,
             );
             let stored = self.with.get(&key).map_err(archive_backend)?;
             match stored.map(|v| RunMark::decode(&v)) {
@@ -1191,6 +1277,7 @@ impl ArchiveTrees {
             0 => write.remove(&self.meta, key),
             left => write.insert(&self.meta, key, encode(&left)?),
         }
+        edits.apply(&mut write, &self.archive)?;
         write.commit().map_err(archive_backend)?;
         self.persist(PersistMode::SyncAll)?;
         Ok(removed as usize)
@@ -1207,21 +1294,34 @@ impl ArchiveTrees {
             (&self.with, false),
         ] {
             loop {
-                let entries = keyspace
-                    .prefix(&prefix)
-                    .take(REMOVE_CHUNK)
-                    .map(|g| g.into_inner().map_err(archive_backend))
-                    .collect::<Result<Vec<_>>>()?;
+                // Bounded in bytes too: an archive entry may hold many messages.
+                let mut entries = Vec::new();
+                let mut bytes = 0;
+                for g in keyspace.prefix(&prefix) {
+                    let (key, value) = g.into_inner().map_err(archive_backend)?;
+                    bytes += key.len() + value.len();
+                    entries.push((key, value));
+                    if entries.len() >= REMOVE_CHUNK || bytes >= REMOVE_BYTES {
+                        break;
+                    }
+                }
                 if entries.is_empty() {
                     break;
                 }
                 let mut write = self.db.batch();
+                let mut edits = chunk::Edits::default();
                 for (key, value) in entries {
                     if records {
-                        self.materialize_copy(&mut write, &key, &record::parse(&value)?)?;
+                        for (pos, at) in chunk::rows(&key, &value)? {
+                            let row_key = pos_key(&prefix, pos);
+                            let view = record::parse(&value[at])?;
+                            self.materialize_copy(&mut edits, &row_key, &view)?;
+                        }
                     }
                     write.remove(keyspace, key);
                 }
+                // Only other archives' entries: this one's go whole.
+                edits.apply(&mut write, &self.archive)?;
                 write.commit().map_err(archive_backend)?;
             }
         }
@@ -1458,6 +1558,12 @@ impl ArchiveWriter {
         tx.send(op).await.map_err(|_| writer_stopped())
     }
 
+    /// Room for one operation in the queue, taken before what goes in it is decided.
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, WriterOp>> {
+        let tx = self.tx.as_ref().ok_or_else(writer_stopped)?;
+        tx.reserve().await.map_err(|_| writer_stopped())
+    }
+
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterOp) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.send(op(reply)).await?;
@@ -1519,15 +1625,15 @@ impl SledStore {
 
     /// The stanza of the record at `source`, which the reference at `key` points at.
     fn referenced(&self, key: &[u8], source: &[u8]) -> Result<String> {
-        if let Some(raw) = self.archive.get(source).map_err(archive_backend)?
-            && let record::Body::Stanza { stanza, .. } = record::parse(&raw)?.body
+        if let Some(row) = chunk::row_at(&self.archive, source)?
+            && let record::Body::Stanza { stanza, .. } = record::parse(row.value())?.body
         {
             return Ok(stanza.to_owned());
         }
         // The writer removed the source after this read began, turning the reference
         // into a record first (`materialize_copy`): read that.
-        if let Some(raw) = self.archive.get(key).map_err(archive_backend)?
-            && let record::Body::Stanza { stanza, .. } = record::parse(&raw)?.body
+        if let Some(row) = chunk::row_at(&self.archive, key)?
+            && let record::Body::Stanza { stanza, .. } = record::parse(row.value())?.body
         {
             return Ok(stanza.to_owned());
         }
@@ -1553,28 +1659,14 @@ impl SledStore {
             if from > to {
                 return Ok(true);
             }
-            let range = self
-                .archive
-                .range(pos_key(prefix, from)..=pos_key(prefix, to));
-            let mut offer = |entry: fjall::Guard| -> Result<bool> {
-                let (k, v) = entry.into_inner().map_err(archive_backend)?;
-                let view = record::parse(&v)?;
+            for row in chunk::Rows::new(&self.archive, prefix, from, to, q.from_end)? {
+                let row = row?;
+                let view = record::parse(row.value())?;
                 if bare(view.with) != contact {
-                    return Ok(true);
+                    continue;
                 }
-                Ok(page.offer(self.archived(&k, view)?))
-            };
-            if q.from_end {
-                for entry in range.rev() {
-                    if !offer(entry)? {
-                        return Ok(false);
-                    }
-                }
-            } else {
-                for entry in range {
-                    if !offer(entry)? {
-                        return Ok(false);
-                    }
+                if !page.offer(self.archived(&row.key, view)?) {
+                    return Ok(false);
                 }
             }
             Ok(true)
@@ -1648,19 +1740,19 @@ impl SledStore {
 
     /// The newest micros stored for a user (0 if none): new entries never go below it.
     fn newest_micros(&self, prefix: &[u8]) -> Result<u64> {
-        let range = pos_key(prefix, ArchivePos::MIN)..=pos_key(prefix, ArchivePos::MAX);
-        match self.archive.range(range).next_back() {
-            Some(r) => {
-                let k = r.key().map_err(archive_backend)?;
-                Ok(key_pos(&k)?.micros)
-            }
-            None => Ok(0),
-        }
+        Ok(chunk::newest(&self.archive, prefix)?.map_or(0, |row| row.pos.micros))
     }
 
     /// Assigns a position in memory: each user's archive never goes back in time, and
     /// the sequence (sled's `generate_id`, monotonic across restarts) orders equal micros.
-    fn next_position(&self, user: &BareJid, micros: u64) -> Result<ArchivePos> {
+    /// `queue` gets it under the same lock, so that positions reach the writer in the
+    /// order they are given (what chunking relies on, see `chunk`).
+    fn next_position(
+        &self,
+        user: &BareJid,
+        micros: u64,
+        queue: impl FnOnce(ArchivePos),
+    ) -> Result<ArchivePos> {
         let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
         let last = match newest.get_mut(user) {
             Some(last) => last,
@@ -1673,7 +1765,9 @@ impl SledStore {
         };
         *last = (*last).max(micros);
         let seq = self.db.generate_id().map_err(backend)?;
-        Ok(ArchivePos { micros: *last, seq })
+        let pos = ArchivePos { micros: *last, seq };
+        queue(pos);
+        Ok(pos)
     }
 
     /// Stamps messages (UID, position), queues them for the writer and returns once the
@@ -1701,13 +1795,16 @@ impl SledStore {
         };
         let last = msgs.len().saturating_sub(1);
         for (i, msg) in msgs.iter().enumerate() {
-            let pos = self.next_position(user, msg.micros)?;
-            let row = ArchiveRow::new(user.as_str(), msg.with, msg.stanza, pos);
+            let mut row = ArchiveRow::new(user.as_str(), msg.with, msg.stanza, ArchivePos::MIN);
             // The writer keeps the order, so the last row's flush covers all of them.
             let reply = if i == last { reply.take() } else { None };
-            // Counted before it is sent: see `appended_durable`.
-            self.append_counts.queued.fetch_add(1, Ordering::SeqCst);
-            self.writer.send(WriterOp::Append(row, reply)).await?;
+            let permit = self.writer.reserve().await?;
+            let pos = self.next_position(user, msg.micros, |pos| {
+                row.set_pos(pos);
+                // Counted before it is sent: see `appended_durable`.
+                self.append_counts.queued.fetch_add(1, Ordering::SeqCst);
+                permit.send(WriterOp::Append(row, reply));
+            })?;
             // Positions are unique store-wide, so their encryptions are too.
             stamped(ArchiveStamp {
                 id: self.id_cipher.id(pos),
@@ -1847,10 +1944,7 @@ impl ArchiveStore for SledStore {
         };
         // A UID decrypts to some position whatever it is, and an index entry may have
         // lost its record in a crash: only a stored record makes it a message.
-        let present = self
-            .archive
-            .contains_key(pos_key(&prefix, pos))
-            .map_err(archive_backend)?;
+        let present = chunk::row_at(&self.archive, &pos_key(&prefix, pos))?.is_some();
         Ok(present.then_some(pos))
     }
 
@@ -1859,8 +1953,8 @@ impl ArchiveStore for SledStore {
             return Ok(None);
         };
         let key = pos_key(&user_prefix(user)?, pos);
-        match self.archive.get(&key).map_err(archive_backend)? {
-            Some(v) => self.decode_archived(&key, &v).map(Some),
+        match chunk::row_at(&self.archive, &key)? {
+            Some(row) => self.decode_archived(&row.key, row.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -1888,14 +1982,14 @@ impl ArchiveStore for SledStore {
             // range read, so a `with` page costs O(page + runs), not O(archive).
             Some(with) => self.with_page(&prefix, with, q),
             None => {
-                let scan = self
-                    .archive
-                    .range(pos_key(&prefix, q.from)..=pos_key(&prefix, q.to))
-                    .map(|r| {
-                        let (k, v) = r.into_inner().map_err(archive_backend)?;
-                        self.decode_archived(&k, &v)
-                    });
-                collect_page(scan, q)
+                let mut page = PageBuilder::new(q);
+                for row in chunk::Rows::new(&self.archive, &prefix, q.from, q.to, q.from_end)? {
+                    let row = row?;
+                    if !page.offer(self.decode_archived(&row.key, row.value())?) {
+                        break;
+                    }
+                }
+                Ok(page.finish())
             }
         }
     }
@@ -2672,6 +2766,262 @@ mod tests {
         );
     }
 
+    fn at(micros: u64, seq: u64) -> ArchivePos {
+        ArchivePos { micros, seq }
+    }
+
+    fn chat(user: &str, with: &str, stanza: &str, pos: ArchivePos) -> ArchiveRow {
+        ArchiveRow::new(j(user).as_str(), with, stanza, pos)
+    }
+
+    /// Writes rows as one writer batch does.
+    fn write_batch(store: &SledStore, round: &mut Round, mut rows: Vec<ArchiveRow>) {
+        store.trees.write(&mut rows, round).unwrap();
+        store.trees.save_counts(round);
+    }
+
+    fn entries(store: &SledStore, user: &str) -> Vec<Vec<u8>> {
+        store
+            .archive
+            .prefix(user_prefix(&j(user)).unwrap())
+            .map(|g| g.into_inner().unwrap().1.to_vec())
+            .collect()
+    }
+
+    async fn page(store: &SledStore, user: &str, q: ArchiveQuery) -> (Vec<String>, bool) {
+        let page = ArchiveStore::query(store, &j(user), &q).await.unwrap();
+        let texts = page.messages.into_iter().map(|m| m.stanza).collect();
+        (texts, page.more)
+    }
+
+    fn texts(range: std::ops::RangeInclusive<u64>) -> Vec<String> {
+        range.map(|i| format!("<m>{i}</m>")).collect()
+    }
+
+    /// A batch's messages for one archive are one entry (a chunk), read message by
+    /// message: pages from either end, ranges starting and ending inside chunks, across
+    /// chunks, by contact and by UID.
+    #[tokio::test]
+    async fn a_batch_is_one_entry_per_archive_read_message_by_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut round = Round::default();
+        let with = |i: u64| if i % 2 == 1 { "a@x/r" } else { "b@x/r" };
+        let mut rows: Vec<ArchiveRow> = (1..=7)
+            .map(|i| chat("u@x", with(i), &format!("<m>{i}</m>"), at(10, i)))
+            .collect();
+        rows.push(chat("v@x", "a@x/r", "<m>v</m>", at(10, 8)));
+        write_batch(&store, &mut round, rows);
+        let stored = entries(&store, "u@x");
+        assert_eq!(stored.len(), 1);
+        assert!(chunk::is_chunk(&stored[0]));
+        // One message for an archive: a plain record, as before chunks.
+        assert!(!chunk::is_chunk(&entries(&store, "v@x")[0]));
+        // The next batch: a second chunk.
+        let rows = (8..=9)
+            .map(|i| chat("u@x", with(i), &format!("<m>{i}</m>"), at(10, i)))
+            .collect();
+        write_batch(&store, &mut round, rows);
+        assert_eq!(entries(&store, "u@x").len(), 2);
+
+        let q = |from: u64, to: u64, max: usize, from_end: bool| ArchiveQuery {
+            from: at(10, from),
+            to: at(10, to),
+            max,
+            from_end,
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(
+            page(&store, "u@x", q(0, 99, 3, false)).await,
+            (texts(1..=3), true)
+        );
+        assert_eq!(
+            page(&store, "u@x", q(0, 99, 3, true)).await,
+            (texts(7..=9), true)
+        );
+        assert_eq!(
+            page(&store, "u@x", q(0, 99, 20, false)).await,
+            (texts(1..=9), false)
+        );
+        // Inside the first chunk, and across the two, both ways.
+        assert_eq!(
+            page(&store, "u@x", q(3, 5, 20, false)).await,
+            (texts(3..=5), false)
+        );
+        assert_eq!(
+            page(&store, "u@x", q(3, 5, 20, true)).await,
+            (texts(3..=5), false)
+        );
+        assert_eq!(
+            page(&store, "u@x", q(6, 8, 20, false)).await,
+            (texts(6..=8), false)
+        );
+        assert_eq!(
+            page(&store, "u@x", q(6, 8, 2, true)).await,
+            (texts(7..=8), true)
+        );
+        let by_contact = ArchiveQuery {
+            with: Some("a@x".into()),
+            max: 20,
+            ..ArchiveQuery::default()
+        };
+        let odd: Vec<String> = [1, 3, 5, 7, 9]
+            .iter()
+            .map(|i| format!("<m>{i}</m>"))
+            .collect();
+        assert_eq!(
+            page(&store, "u@x", by_contact.clone()).await,
+            (odd.clone(), false)
+        );
+        let newest_two = ArchiveQuery {
+            max: 2,
+            from_end: true,
+            ..by_contact
+        };
+        assert_eq!(
+            page(&store, "u@x", newest_two).await,
+            (odd[3..].to_vec(), true)
+        );
+        let id = store.id_cipher.id(at(10, 4));
+        let got = ArchiveStore::get(&store, &j("u@x"), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.id, got.stanza), (id, "<m>4</m>".to_string()));
+        let missing = store.id_cipher.id(at(10, 10));
+        assert!(
+            ArchiveStore::get(&store, &j("u@x"), &missing)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Replacing and expiring messages inside chunks, and a message that reaches the
+    /// writer behind the archive's newest: each changes only its own message.
+    #[tokio::test]
+    async fn messages_inside_chunks_change_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut round = Round::default();
+        let rows = (1..=6)
+            .filter(|i| *i != 4)
+            .map(|i| chat("u@x", "a@x/r", &format!("<m>{i}</m>"), at(i, i)))
+            .collect();
+        write_batch(&store, &mut round, rows);
+        // Behind the newest: merged into the chunk that covers it.
+        write_batch(
+            &store,
+            &mut round,
+            vec![chat("u@x", "a@x/r", "<m>4</m>", at(4, 4))],
+        );
+        assert_eq!(entries(&store, "u@x").len(), 1);
+        let all = ArchiveQuery {
+            max: 20,
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(page(&store, "u@x", all.clone()).await.0, texts(1..=6));
+
+        let id = store.id_cipher.id(at(3, 3));
+        assert!(
+            ArchiveStore::replace(&store, &j("u@x"), &id, "<m>x</m>")
+                .await
+                .unwrap()
+        );
+        let mut expected = texts(1..=6);
+        expected[2] = "<m>x</m>".into();
+        assert_eq!(page(&store, "u@x", all.clone()).await.0, expected);
+
+        // Expiry takes the oldest two (the chunk's key message among them)...
+        assert_eq!(
+            ArchiveStore::remove_before(&store, &j("u@x"), 3, 100)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            page(&store, "u@x", all.clone()).await.0,
+            expected[2..].to_vec()
+        );
+        assert_eq!(ArchiveStore::count(&store, &j("u@x")).await.unwrap(), 4);
+        // ...and, with a limit, no more than it.
+        assert_eq!(
+            ArchiveStore::remove_before(&store, &j("u@x"), 100, 1)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            page(&store, "u@x", all.clone()).await.0,
+            expected[3..].to_vec()
+        );
+        let newest = ArchiveQuery {
+            max: 1,
+            from_end: true,
+            ..all.clone()
+        };
+        assert_eq!(page(&store, "u@x", newest).await, (texts(6..=6), true));
+        assert_eq!(
+            ArchiveStore::remove_before(&store, &j("u@x"), 100, 100)
+                .await
+                .unwrap(),
+            3
+        );
+        assert!(page(&store, "u@x", all).await.0.is_empty());
+        assert!(entries(&store, "u@x").is_empty());
+    }
+
+    /// A store marked with schema 1 (before chunks) opens and is marked 2, so that a
+    /// build that cannot read chunks refuses it from then on.
+    #[test]
+    fn a_schema_1_store_is_marked_2_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let meta = store.db.open_tree("meta").unwrap();
+            meta.insert(SCHEMA_VERSION_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let meta = store.db.open_tree("meta").unwrap();
+        let marked = meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap();
+        assert_eq!(marked.as_ref(), &2u32.to_be_bytes());
+    }
+
+    /// References into chunks resolve, and survive their records' archive going: the
+    /// references of one chunk all become records in the same write.
+    #[tokio::test]
+    async fn references_into_chunks_outlive_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut round = Round::default();
+        let mut rows = Vec::new();
+        for i in 1..=4 {
+            let stanza = format!("<m>{i}</m>");
+            rows.push(chat("s@x", "r@x/a", &stanza, at(i, 2 * i)));
+            rows.push(chat("r@x", "s@x/a", &stanza, at(i, 2 * i + 1)));
+        }
+        write_batch(&store, &mut round, rows);
+        let stored = entries(&store, "r@x");
+        assert_eq!(stored.len(), 1);
+        let prefix = user_prefix(&j("r@x")).unwrap();
+        let references = chunk::rows(&pos_key(&prefix, at(1, 3)), &stored[0])
+            .unwrap()
+            .into_iter()
+            .filter(|(_, range)| is_reference(&stored[0][range.clone()]))
+            .count();
+        assert_eq!(references, 4);
+        let all = ArchiveQuery {
+            max: 20,
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(page(&store, "r@x", all.clone()).await.0, texts(1..=4));
+        ArchiveStore::remove_user(&store, &j("s@x")).await.unwrap();
+        assert!(entries(&store, "s@x").is_empty());
+        assert_eq!(page(&store, "r@x", all).await.0, texts(1..=4));
+    }
+
     async fn read(store: &SledStore, user: BareJid) -> Vec<String> {
         let all = ArchiveQuery {
             max: 100,
@@ -2708,12 +3058,10 @@ mod tests {
         let shared = sent
             .iter()
             .filter(|(_, b)| {
-                let raw = store
-                    .archive
-                    .get(pos_key(&r_prefix, b.pos))
+                let row = chunk::row_at(&store.archive, &pos_key(&r_prefix, b.pos))
                     .unwrap()
                     .unwrap();
-                is_reference(&raw)
+                is_reference(row.value())
             })
             .count();
         assert!(shared > 0, "no message was stored once");
