@@ -14,7 +14,9 @@
 //!   archive (with = the recipient's full JID) and then to the recipient's (with = the
 //!   sender's full JID, the same stanza), so the recipient's copy becomes a reference to
 //!   the sender's record (half the rows). A round is one message from every sender,
-//!   followed by `appended_durable` (an SM ack: one flush per round).
+//!   followed by `appended_durable` (an SM ack: one flush per round). `MAM_BENCH_ROUND=N`
+//!   waits only after every N rounds, so that the writer's batches carry several
+//!   messages per archive, stored as chunks (src/storage/sled/chunk.rs), as under load.
 //! - `single`: every archive on its own (contacts outside the server), filled in rounds of
 //!   1,000 messages per user with `append_many` (one flush each); the fill of the figures
 //!   measured before messages were shared.
@@ -175,6 +177,11 @@ async fn fill_shared(
     per_user: usize,
     progress: &mut Progress,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let per_round: usize = match std::env::var("MAM_BENCH_ROUND") {
+        Ok(n) => n.parse().map_err(|_| format!("MAM_BENCH_ROUND={n}: a number"))?,
+        Err(_) => 1,
+    };
+    let per_round = per_round.max(1);
     let pairs = Pairs::new(recipients.len());
     let sender_full: Vec<String> = senders
         .iter()
@@ -202,7 +209,9 @@ async fn fill_shared(
             };
             a.append_deferred(&recipients[r], inbound).await?;
         }
-        a.appended_durable().await?;
+        if (j + 1) % per_round == 0 || j + 1 == per_user {
+            a.appended_durable().await?;
+        }
         progress.add(2 * senders.len());
     }
     Ok(())
