@@ -951,8 +951,10 @@ const WRITER_QUEUE: usize = 1024;
 const WRITER_BATCH: usize = 4096;
 /// How long the writer lets deferred appends gather before writing and flushing them
 /// when nobody waits for them yet, and how long it sleeps between looks at the queue.
-/// A waiter arriving meanwhile waits at most one step longer.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(4);
+/// A waiter arriving meanwhile waits at most one step longer. The longer the batch, the
+/// more messages per archive share one fjall entry (`chunk`): 12 ms instead of 4 took
+/// a tenth to a sixth off archiving's CPU per message (bench/README.md, issue 16).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(12);
 const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 /// How often the per-user counts (`archive_meta`) are updated: a read-modify-write per
 /// user, which per batch cost as much as the messages with one message per user in a
