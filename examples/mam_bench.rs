@@ -178,7 +178,9 @@ async fn fill_shared(
     progress: &mut Progress,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let per_round: usize = match std::env::var("MAM_BENCH_ROUND") {
-        Ok(n) => n.parse().map_err(|_| format!("MAM_BENCH_ROUND={n}: a number"))?,
+        Ok(n) => n
+            .parse()
+            .map_err(|_| format!("MAM_BENCH_ROUND={n}: a number"))?,
         Err(_) => 1,
     };
     let per_round = per_round.max(1);

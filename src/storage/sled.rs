@@ -875,6 +875,33 @@ fn share_copies(rows: &mut [ArchiveRow]) {
     }
 }
 
+/// A reference made in this batch names the entry its record goes into (`entries`, by
+/// row, rows sorted by key) when that is a chunk keyed by another message: a reader then
+/// finds the record with a point read of that key (see `record`).
+fn name_entries_in_references(rows: &mut [ArchiveRow], entries: &[Option<usize>]) {
+    let mut renamed = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let Some(target) = record::reference_target(&row.value) else {
+            continue;
+        };
+        let Ok(source) = rows.binary_search_by(|r| r.key.as_slice().cmp(target)) else {
+            continue;
+        };
+        if let Some(Some(entry)) = entries.get(source)
+            && *entry != source
+        {
+            let keep = row.value.len() - target.len();
+            let mut value = Vec::with_capacity(keep + rows[*entry].key.len());
+            value.extend_from_slice(&row.value[..keep]);
+            value.extend_from_slice(&rows[*entry].key);
+            renamed.push((i, value));
+        }
+    }
+    for (i, value) in renamed {
+        rows[i].value = value;
+    }
+}
+
 /// What an `archive_with` entry marks. The index holds one run of consecutive messages
 /// with the same contact as a `START` entry at its first message and an `END` entry at
 /// its last (`BOTH` for a run of one), not an entry per message: a conversation costs no
@@ -985,9 +1012,11 @@ impl ArchiveTrees {
         // Each archive's messages together and oldest first: one entry per archive.
         rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let mut write = self.db.batch();
-        let mut edits = chunk::Edits::default();
-        let mut group: Vec<ArchiveRow> = Vec::new();
-        for row in rows.drain(..) {
+        // The entry each row goes into: the first new row of its archive in the batch
+        // (`None`: behind the archive's newest).
+        let mut entries: Vec<Option<usize>> = Vec::with_capacity(rows.len());
+        let mut first: Option<usize> = None;
+        for (i, row) in rows.iter().enumerate() {
             // Looked up by slice first: a key is copied once per user, not once per row.
             let user = &row.key[..row.user_len];
             match round.counts.get_mut(user) {
@@ -996,7 +1025,7 @@ impl ArchiveTrees {
                     round.counts.insert(user.to_vec(), 1);
                 }
             }
-            let behind = match self.index_run(&mut write, &mut round.runs, &row) {
+            let behind = match self.index_run(&mut write, &mut round.runs, row) {
                 Ok(behind) => behind,
                 Err(e) => {
                     round.runs.clear();
@@ -1004,6 +1033,19 @@ impl ArchiveTrees {
                 }
             };
             if behind {
+                entries.push(None);
+                continue;
+            }
+            if first.is_none_or(|f| rows[f].user() != row.user()) {
+                first = Some(i);
+            }
+            entries.push(first);
+        }
+        name_entries_in_references(rows, &entries);
+        let mut edits = chunk::Edits::default();
+        let mut group: Vec<ArchiveRow> = Vec::new();
+        for (row, entry) in rows.drain(..).zip(entries) {
+            if entry.is_none() {
                 // Older than what the archive holds (positions reach the writer in
                 // order, so this is a safeguard): into the entry covering it.
                 if let Err(e) = edits.set(&self.archive, &row.key, row.value) {
@@ -1212,8 +1254,15 @@ impl ArchiveTrees {
         };
         let other = record::parse(&raw)?;
         // Positions are never reused, so only this record's reference can point here;
-        // a copy made a record already (replaced) is left alone.
-        if other.body == record::Body::Reference(key) {
+        // a copy made a record already (replaced) is left alone. A reference names the
+        // record or the chunk holding it.
+        let names_this = match other.body {
+            record::Body::Reference(target) => {
+                target == key || edits.entry_of(&self.archive, key)?.as_deref() == Some(target)
+            }
+            record::Body::Stanza { .. } => false,
+        };
+        if names_this {
             let value = record::record(other.with, stanza).0;
             edits.set(&self.archive, copy, value)?;
         }
@@ -1627,10 +1676,8 @@ impl SledStore {
 
     /// The stanza of the record at `source`, which the reference at `key` points at.
     fn referenced(&self, key: &[u8], source: &[u8]) -> Result<String> {
-        if let Some(row) = chunk::row_at(&self.archive, source)?
-            && let record::Body::Stanza { stanza, .. } = record::parse(row.value())?.body
-        {
-            return Ok(stanza.to_owned());
+        if let Some(stanza) = self.source_stanza(key, source)? {
+            return Ok(stanza);
         }
         // The writer removed the source after this read began, turning the reference
         // into a record first (`materialize_copy`): read that.
@@ -1642,6 +1689,47 @@ impl SledStore {
         Err(StorageError::Corrupt(
             "archived message: reference to a missing record".into(),
         ))
+    }
+
+    /// The stanza of the record that the reference at `key` names by `target`: the
+    /// record's own key, or the key of the chunk holding it, where it is the record whose
+    /// copy marker is `key`.
+    fn source_stanza(&self, key: &[u8], target: &[u8]) -> Result<Option<String>> {
+        let stanza = |value: &[u8]| -> Result<Option<String>> {
+            Ok(match record::parse(value)?.body {
+                record::Body::Stanza { stanza, .. } => Some(stanza.to_owned()),
+                record::Body::Reference(_) => None,
+            })
+        };
+        let Some(value) = self.archive.get(target).map_err(archive_backend)? else {
+            // A record inside a chunk, named by its own key.
+            return match chunk::row_at(&self.archive, target)? {
+                Some(row) => stanza(row.value()),
+                None => Ok(None),
+            };
+        };
+        if !chunk::is_chunk(&value) {
+            return stanza(&value);
+        }
+        let rows = chunk::rows(target, &value)?;
+        // The marker ends the record: compare that before parsing anything.
+        for (_, at) in &rows {
+            let row = &value[at.clone()];
+            if row.ends_with(key)
+                && let record::Body::Stanza {
+                    stanza,
+                    copy: Some(copy),
+                } = record::parse(row)?.body
+                && copy == key
+            {
+                return Ok(Some(stanza.to_owned()));
+            }
+        }
+        let pos = key_pos(target)?;
+        match rows.into_iter().find(|(p, _)| *p == pos) {
+            Some((_, at)) => stanza(&value[at]),
+            None => Ok(None),
+        }
     }
 
     /// One page of `q` (which has a `with`) from the runs `archive_with` lists for the
@@ -3014,10 +3102,27 @@ mod tests {
             .filter(|(_, range)| is_reference(&stored[0][range.clone()]))
             .count();
         assert_eq!(references, 4);
+        // Each names the sender's chunk, which a point read finds.
+        let chunk_key = pos_key(&user_prefix(&j("s@x")).unwrap(), at(1, 2));
+        for (_, range) in chunk::rows(&pos_key(&prefix, at(1, 3)), &stored[0]).unwrap() {
+            let target = record::reference_target(&stored[0][range]).unwrap();
+            assert_eq!(target, chunk_key.as_slice());
+        }
         let all = ArchiveQuery {
             max: 20,
             ..ArchiveQuery::default()
         };
+        assert_eq!(page(&store, "r@x", all.clone()).await.0, texts(1..=4));
+        // A correction in the sender's archive: the recipient keeps what it got.
+        let id = store.id_cipher.id(at(3, 6));
+        assert!(
+            ArchiveStore::replace(&store, &j("s@x"), &id, "<m>x</m>")
+                .await
+                .unwrap()
+        );
+        let mut corrected = texts(1..=4);
+        corrected[2] = "<m>x</m>".into();
+        assert_eq!(page(&store, "s@x", all.clone()).await.0, corrected);
         assert_eq!(page(&store, "r@x", all.clone()).await.0, texts(1..=4));
         ArchiveStore::remove_user(&store, &j("s@x")).await.unwrap();
         assert!(entries(&store, "s@x").is_empty());

@@ -319,6 +319,11 @@ impl Edits {
         Ok(Some(entry_key))
     }
 
+    /// The key of the entry holding the message at `key` (or that would hold it).
+    pub(super) fn entry_of(&mut self, archive: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.load(archive, key)
+    }
+
     /// The value of the message at `key`, with the edits so far.
     pub(super) fn value(&mut self, archive: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let pos = key_pos(key)?;

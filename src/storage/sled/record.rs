@@ -5,7 +5,8 @@
 //!   key of a reference to this record in another archive (to the end of the value). The
 //!   UID is not stored: it is the encrypted position (the key).
 //! - `3` (a reference): varint length + `with`, then the key of the record in another
-//!   archive that holds the stanza (to the end). A message between two local users is
+//!   archive that holds the stanza (to the end), or of the chunk that holds it (the
+//!   record in it whose copy marker is the reference's own key, see `chunk`). A message between two local users is
 //!   stored once: the sender's archive holds it, the recipient's a reference to it (when
 //!   both copies are byte for byte the same and reach the writer in one batch). Before a
 //!   record with a copy marker is removed or replaced, the reference is turned back into a
@@ -116,6 +117,18 @@ pub(super) fn reference(with: &[u8], source: &[u8]) -> Vec<u8> {
     value.extend_from_slice(with);
     value.extend_from_slice(source);
     value
+}
+
+/// The key a reference (format 3) names, without checking the rest; `None` for any
+/// other value.
+pub(super) fn reference_target(value: &[u8]) -> Option<&[u8]> {
+    match value.split_first() {
+        Some((&REFERENCE, mut rest)) => {
+            take_len(&mut rest).ok()?;
+            Some(rest)
+        }
+        _ => None,
+    }
 }
 
 /// The `with` bytes of a record (format 2) that [`record`] built, without checking the
