@@ -177,8 +177,9 @@ pub(super) struct Rows {
     from: ArchivePos,
     to: ArchivePos,
     newest_first: bool,
-    /// The range read; then, oldest first, the chunk before `from` that reaches into
-    /// the range, which comes first (`head`), or newest first, last.
+    /// The entries read. Oldest first, the chunk keyed before `from` that reaches into
+    /// the range comes first (`head`, read on its own); newest first, the read runs
+    /// back to the first entry keyed before `from`.
     entries: Option<Box<dyn Iterator<Item = fjall::Guard>>>,
     head: Option<(Slice, Slice)>,
     head_done: bool,
@@ -195,6 +196,21 @@ impl Rows {
         to: ArchivePos,
         newest_first: bool,
     ) -> Result<Rows> {
+        if newest_first {
+            // One read backwards from `to`, which ends with the first entry keyed before
+            // `from` (a chunk may hold messages from `from` on): no second seek.
+            let range = archive.range(pos_key(prefix, ArchivePos::MIN)..=pos_key(prefix, to));
+            return Ok(Rows {
+                prefix: prefix.to_vec(),
+                from,
+                to,
+                newest_first,
+                entries: Some(Box::new(range.rev())),
+                head: None,
+                head_done: true,
+                current: None,
+            });
+        }
         // A chunk keyed before `from` may hold messages from `from` on.
         let head = match from > ArchivePos::MIN {
             true => archive
@@ -206,16 +222,12 @@ impl Rows {
             false => None,
         };
         let range = archive.range(pos_key(prefix, from)..=pos_key(prefix, to));
-        let entries: Box<dyn Iterator<Item = fjall::Guard>> = match newest_first {
-            true => Box::new(range.rev()),
-            false => Box::new(range),
-        };
         Ok(Rows {
             prefix: prefix.to_vec(),
             from,
             to,
             newest_first,
-            entries: Some(entries),
+            entries: Some(Box::new(range)),
             head,
             head_done: false,
             current: None,
@@ -243,15 +255,15 @@ impl Rows {
             match entries.next() {
                 Some(entry) => {
                     let (k, v) = entry.into_inner().map_err(archive_backend)?;
+                    // Newest first, the first entry keyed before `from` is the last one
+                    // that can hold messages of the range.
+                    if self.newest_first && key_pos(&k)? < self.from {
+                        self.entries = None;
+                    }
                     return self.expand(&k, v).map(Some);
                 }
                 None => self.entries = None,
             }
-        }
-        if self.newest_first
-            && let Some((k, v)) = self.head.take()
-        {
-            return self.expand(&k, v).map(Some);
         }
         Ok(None)
     }
