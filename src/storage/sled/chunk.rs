@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
-use super::{ArchivePos, Result, StorageError, archive_backend, key_pos, pos_key};
+use super::{ArchivePos, Result, StorageError, archive_backend, key_pos, pos_key, record};
 use crate::hashing::FastMap;
 
 const CHUNK: u8 = 4;
@@ -28,25 +28,12 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("archive chunk: {what}"))
 }
 
-fn push_varint(out: &mut Vec<u8>, mut n: usize) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn take_varint(bytes: &[u8], at: &mut usize) -> Result<usize> {
-    let mut n: usize = 0;
-    for shift in (0..35).step_by(7) {
-        let b = *bytes.get(*at).ok_or_else(|| corrupt("truncated"))?;
-        *at += 1;
-        n |= usize::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(n);
-        }
-    }
-    Err(corrupt("length too long"))
+/// The varint at `at` in `value`; moves `at` past it.
+fn take_varint(value: &[u8], at: &mut usize) -> Result<usize> {
+    let mut rest = value.get(*at..).ok_or_else(|| corrupt("truncated"))?;
+    let n = record::take_varint(&mut rest)?;
+    *at = value.len() - rest.len();
+    Ok(n)
 }
 
 pub(super) fn is_chunk(value: &[u8]) -> bool {
@@ -57,10 +44,10 @@ pub(super) fn is_chunk(value: &[u8]) -> bool {
 pub(super) fn encode<'a>(rows: impl ExactSizeIterator<Item = (ArchivePos, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
     out.push(CHUNK);
-    push_varint(&mut out, rows.len());
+    record::push_varint(&mut out, rows.len());
     for (pos, value) in rows {
         out.extend_from_slice(&pos.to_bytes());
-        push_varint(&mut out, value.len());
+        record::push_varint(&mut out, value.len());
         out.extend_from_slice(value);
     }
     out

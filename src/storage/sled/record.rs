@@ -51,7 +51,7 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("archived message: {what}"))
 }
 
-fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+pub(super) fn push_varint(out: &mut Vec<u8>, mut n: usize) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -59,23 +59,29 @@ fn push_varint(out: &mut Vec<u8>, mut n: usize) {
     out.push(n as u8);
 }
 
-/// A LEB128 length (as postcard writes it), bounded by what is left of `bytes`.
-fn take_len<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8]> {
+/// A LEB128 number (as postcard writes lengths).
+pub(super) fn take_varint(bytes: &mut &[u8]) -> Result<usize> {
     let mut n: usize = 0;
     for shift in (0..35).step_by(7) {
         let (&b, rest) = bytes.split_first().ok_or_else(|| corrupt("truncated"))?;
         *bytes = rest;
         n |= usize::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
-            if n > bytes.len() {
-                return Err(corrupt("length beyond the value"));
-            }
-            let (field, rest) = bytes.split_at(n);
-            *bytes = rest;
-            return Ok(field);
+            return Ok(n);
         }
     }
     Err(corrupt("length too long"))
+}
+
+/// A LEB128 length and that many bytes, bounded by what is left of `bytes`.
+fn take_len<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8]> {
+    let n = take_varint(bytes)?;
+    if n > bytes.len() {
+        return Err(corrupt("length beyond the value"));
+    }
+    let (field, rest) = bytes.split_at(n);
+    *bytes = rest;
+    Ok(field)
 }
 
 fn text(bytes: &[u8]) -> Result<&str> {
