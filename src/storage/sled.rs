@@ -1028,7 +1028,9 @@ impl ArchiveTrees {
             let behind = match self.index_run(&mut write, &mut round.runs, row) {
                 Ok(behind) => behind,
                 Err(e) => {
+                    // As with a failed commit: the batch is dropped, not retried.
                     round.runs.clear();
+                    rows.clear();
                     return Err(e);
                 }
             };
