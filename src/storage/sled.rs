@@ -1373,7 +1373,9 @@ impl ArchiveTrees {
                     }
                     write.remove(keyspace, key);
                 }
-                // Only other archives' entries: this one's go whole.
+                // Only other archives' entries: this one's go whole (matching a reference
+                // to its chunk loads that chunk into the edits too).
+                edits.discard(&prefix);
                 edits.apply(&mut write, &self.archive)?;
                 write.commit().map_err(archive_backend)?;
             }

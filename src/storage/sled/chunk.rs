@@ -370,6 +370,11 @@ impl Edits {
         }
     }
 
+    /// Forgets the entries of the archive `prefix` (`<user>\0`): not to be written.
+    pub(super) fn discard(&mut self, prefix: &[u8]) {
+        self.entries.retain(|key, _| !key.starts_with(prefix));
+    }
+
     /// Writes every edited entry: gone when empty, a plain value when it holds only the
     /// message it is keyed by, a chunk otherwise.
     pub(super) fn apply(self, write: &mut OwnedWriteBatch, archive: &Keyspace) -> Result<()> {
