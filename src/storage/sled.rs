@@ -1260,7 +1260,7 @@ impl ArchiveTrees {
         // record or the chunk holding it.
         let names_this = match other.body {
             record::Body::Reference(target) => {
-                target == key || edits.entry_of(&self.archive, key)?.as_deref() == Some(target)
+                target == key || chunk::entry_key(&self.archive, key)?.as_deref() == Some(target)
             }
             record::Body::Stanza { .. } => false,
         };
@@ -1373,9 +1373,7 @@ impl ArchiveTrees {
                     }
                     write.remove(keyspace, key);
                 }
-                // Only other archives' entries: this one's go whole (matching a reference
-                // to its chunk loads that chunk into the edits too).
-                edits.discard(&prefix);
+                // Only other archives' entries: this one's go whole.
                 edits.apply(&mut write, &self.archive)?;
                 write.commit().map_err(archive_backend)?;
             }
@@ -1707,7 +1705,7 @@ impl SledStore {
         };
         let Some(value) = self.archive.get(target).map_err(archive_backend)? else {
             // A record inside a chunk, named by its own key.
-            return match chunk::row_at(&self.archive, target)? {
+            return match chunk::row_within(&self.archive, target)? {
                 Some(row) => stanza(row.value()),
                 None => Ok(None),
             };

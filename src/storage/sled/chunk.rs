@@ -121,29 +121,40 @@ fn covering(archive: &Keyspace, key: &[u8]) -> Result<Option<(Slice, Slice)>> {
     }
 }
 
+/// The key of the entry that holds (or would hold) the message at `key`.
+pub(super) fn entry_key(archive: &Keyspace, key: &[u8]) -> Result<Option<Slice>> {
+    Ok(covering(archive, key)?.map(|(entry_key, _)| entry_key))
+}
+
 /// The message at `key`, wherever it is stored.
 pub(super) fn row_at(archive: &Keyspace, key: &[u8]) -> Result<Option<Row>> {
-    let pos = key_pos(key)?;
     // Most lookups hit an entry of their own (its filter answers without a read).
-    let entry = match archive.get(key).map_err(archive_backend)? {
-        Some(value) if !is_chunk(&value) => {
-            return Ok(Some(Row {
-                key: key.to_vec(),
-                pos,
-                at: 0..value.len(),
-                entry: value,
-            }));
-        }
-        Some(value) => Some((Slice::from(key), value)),
-        None => covering(archive, key)?,
-    };
-    let Some((entry_key, value)) = entry else {
-        return Ok(None);
-    };
-    if !is_chunk(&value) {
-        return Ok(None);
+    match archive.get(key).map_err(archive_backend)? {
+        Some(value) => find_row(key, key, value),
+        None => row_within(archive, key),
     }
-    Ok(rows(&entry_key, &value)?
+}
+
+/// The message at `key` where no entry is keyed by it: inside the chunk before it.
+pub(super) fn row_within(archive: &Keyspace, key: &[u8]) -> Result<Option<Row>> {
+    match covering(archive, key)? {
+        Some((entry_key, value)) => find_row(key, &entry_key, value),
+        None => Ok(None),
+    }
+}
+
+/// The message at `key` in the entry `entry_key` = `value`.
+fn find_row(key: &[u8], entry_key: &[u8], value: Slice) -> Result<Option<Row>> {
+    let pos = key_pos(key)?;
+    if !is_chunk(&value) {
+        return Ok((entry_key == key).then(|| Row {
+            key: key.to_vec(),
+            pos,
+            at: 0..value.len(),
+            entry: value,
+        }));
+    }
+    Ok(rows(entry_key, &value)?
         .into_iter()
         .find(|(p, _)| *p == pos)
         .map(|(_, at)| Row {
@@ -318,11 +329,6 @@ impl Edits {
         Ok(Some(entry_key))
     }
 
-    /// The key of the entry holding the message at `key` (or that would hold it).
-    pub(super) fn entry_of(&mut self, archive: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.load(archive, key)
-    }
-
     /// The value of the message at `key`, with the edits so far.
     pub(super) fn value(&mut self, archive: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let pos = key_pos(key)?;
@@ -368,11 +374,6 @@ impl Edits {
             }
             Err(_) => Ok(false),
         }
-    }
-
-    /// Forgets the entries of the archive `prefix` (`<user>\0`): not to be written.
-    pub(super) fn discard(&mut self, prefix: &[u8]) {
-        self.entries.retain(|key, _| !key.starts_with(prefix));
     }
 
     /// Writes every edited entry: gone when empty, a plain value when it holds only the
