@@ -37,7 +37,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use xmppd::addr::BareJid;
-use xmppd::storage::{ArchivePos, ArchiveQuery, ArchiveStore, NewArchived, Storage};
+use xmppd::storage::{ArchivePos, ArchiveQuery, ArchiveStore, NewArchived, SharedStanza, Storage};
 
 const USER: &str = "alice@example.org";
 const PAGE: usize = 50;
@@ -125,7 +125,7 @@ async fn fill_single(
             .enumerate()
             .map(|(i, s)| NewArchived {
                 with: &contacts[(c * ROUND + i) % CONTACTS],
-                stanza: s,
+                stanza: s.as_str().into(),
                 micros: START_MICROS + ((c * ROUND + i) as u64) * 1_000_000,
             })
             .collect();
@@ -197,16 +197,17 @@ async fn fill_shared(
         let micros = START_MICROS + (j as u64) * 1_000_000;
         for (i, sender) in senders.iter().enumerate() {
             let r = pairs.recipient(i, j);
-            let s = stanza(&sender_full[i], &recipient_full[r], j);
+            // One buffer for both copies, as the MAM hooks share it: stored once.
+            let s = SharedStanza::from(stanza(&sender_full[i], &recipient_full[r], j));
             let out = NewArchived {
                 with: &recipient_full[r],
-                stanza: &s,
+                stanza: s.clone(),
                 micros,
             };
             a.append_deferred(sender, out).await?;
             let inbound = NewArchived {
                 with: &sender_full[i],
-                stanza: &s,
+                stanza: s,
                 micros,
             };
             a.append_deferred(&recipients[r], inbound).await?;
@@ -459,7 +460,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let stanza = format!("<message type='chat' id='live-{i}'><body>live</body></message>");
         let msg = NewArchived {
             with: &timed[0].2,
-            stanza: &stanza,
+            stanza: stanza.into(),
             micros: START_MICROS + (per_user as u64 + i as u64) * 1_000_000,
         };
         let t = Instant::now();

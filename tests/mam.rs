@@ -148,7 +148,7 @@ async fn prefill(server: &TestServer) {
         .enumerate()
         .map(|(i, (with, xml))| NewArchived {
             with,
-            stanza: xml,
+            stanza: xml.as_str().into(),
             micros: BASE + i as u64 * 1_000_000,
         })
         .collect();
@@ -552,6 +552,85 @@ async fn live_messages_are_archived_on_both_sides_and_survive_a_restart() {
     server.stop().await;
 }
 
+/// The format byte of each message stored in `user`'s archive, read from the archive's
+/// fjall keyspace of a stopped server (docs/storage.md: 2 a record, 3 a reference to the
+/// record in another archive, 4 a chunk of several messages).
+fn stored_formats(data_dir: &std::path::Path, user: &str) -> Vec<u8> {
+    let db = fjall::Database::builder(data_dir.join("db").join("archive"))
+        .open()
+        .unwrap();
+    let archive = db
+        .keyspace("archive", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    let prefix = format!("{user}\0");
+    let mut formats = Vec::new();
+    for entry in archive.prefix(prefix.as_bytes()) {
+        let value = entry.into_inner().unwrap().1;
+        if value[0] != 4 {
+            formats.push(value[0]);
+            continue;
+        }
+        // A chunk: a count, then per message its 16-byte position, length and value.
+        let mut at = 1;
+        for _ in 0..varint(&value, &mut at) {
+            at += 16;
+            let len = varint(&value, &mut at);
+            formats.push(value[at]);
+            at += len;
+        }
+    }
+    formats
+}
+
+fn varint(bytes: &[u8], at: &mut usize) -> usize {
+    let mut n = 0;
+    for shift in (0..35).step_by(7) {
+        let b = bytes[*at];
+        *at += 1;
+        n |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    n
+}
+
+/// A message between two local users is stored once: the recipient's archive holds a
+/// reference to the sender's record, when the recipient's copy is the same stanza. When
+/// the hooks changed it (a stanza-id only this server may add, stripped on the way in),
+/// each archive keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_between_local_users_is_stored_once_unless_the_copies_differ() {
+    let mut server = TestServer::start().await;
+    users(&server).await;
+    let mut alice = server.login("alice", "a").await;
+    let mut bob = server.login("bob", "b").await;
+    bob.available().await;
+    alice
+        .send("<message to='bob@localhost' type='chat' id='same'><body>hi</body></message>")
+        .await;
+    bob.recv_until(|e| e.name == "message").await;
+    alice
+        .send(
+            "<message to='bob@localhost' type='chat' id='forged'><body>hi</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='x'/></message>",
+        )
+        .await;
+    let m = bob.recv_until(|e| e.name == "message").await;
+    assert_eq!(m.attr("id"), Some("forged"));
+    let theirs = query(&mut bob, None, "").await;
+    assert_eq!(theirs.ids(), ["same", "forged"]);
+    assert!(
+        theirs.uids().iter().all(|id| id != "x"),
+        "the forged stanza-id is not bob's"
+    );
+    assert_eq!(query(&mut alice, None, "").await.ids(), ["same", "forged"]);
+    drop((alice, bob));
+    server.handle.take().unwrap().shutdown().await;
+    assert_eq!(stored_formats(server.dir.path(), "alice@localhost"), [2, 2]);
+    assert_eq!(stored_formats(server.dir.path(), "bob@localhost"), [3, 2]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_between_own_resources_are_archived_once() {
     let server = TestServer::start().await;
@@ -715,12 +794,12 @@ async fn retention_hides_and_prunes_old_messages() {
             &[
                 NewArchived {
                     with: "bob@localhost",
-                    stanza: "<message id='old'><body>old</body></message>",
+                    stanza: "<message id='old'><body>old</body></message>".into(),
                     micros: now - 3 * 86_400_000_000,
                 },
                 NewArchived {
                     with: "bob@localhost",
-                    stanza: "<message id='new'><body>new</body></message>",
+                    stanza: "<message id='new'><body>new</body></message>".into(),
                     micros: now - 3_600_000_000,
                 },
             ],

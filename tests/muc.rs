@@ -1394,7 +1394,7 @@ async fn retention_prunes_persistent_room_archives() {
             &room_jid,
             xmppd::storage::NewArchived {
                 with: &format!("{r}/al"),
-                stanza: &stanza,
+                stanza: stanza.into(),
                 micros: old,
             },
         )

@@ -404,10 +404,10 @@ async fn concurrent_pushes_respect_quota(s: Storage) {
     assert_eq!(s.offline.list(&j("u@x")).await.unwrap().len(), 7);
 }
 
-fn msg<'a>(with: &'a str, stanza: &'a str, micros: u64) -> NewArchived<'a> {
+fn msg<'a>(with: &'a str, stanza: &str, micros: u64) -> NewArchived<'a> {
     NewArchived {
         with,
-        stanza,
+        stanza: stanza.into(),
         micros,
     }
 }

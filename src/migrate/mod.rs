@@ -266,7 +266,7 @@ pub async fn write_user(
             .iter()
             .map(|e| NewArchived {
                 with: &e.with,
-                stanza: &e.stanza,
+                stanza: e.stanza.as_str().into(),
                 micros: e.micros,
             })
             .collect();

@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::registry::{
 use crate::router::deliver_to_session;
 use crate::storage::{
     ArchiveDefault, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp,
-    ArchivedMessage, NewArchived, StorageError,
+    ArchivedMessage, NewArchived, SharedStanza, StorageError,
 };
 use crate::stream::{StanzaError, random_id};
 use crate::xml::{Element, Node, ns};
@@ -67,6 +68,63 @@ const ENCRYPTED: &[(&str, &str)] = &[
 pub struct Mam {
     queries: RemoteQueries,
     prefs: PrefsCache,
+    sent: SentStanzas,
+}
+
+/// The stanzas that local clients' messages to local accounts were last archived as, by
+/// sender, so that the recipient's copy shares the sender's buffer when it serializes to
+/// the same bytes: the store then keeps the message once (see `SharedStanza`). The
+/// recipient's hook runs right after the sender's, in the same task, so a few slots
+/// suffice; one another sender took meanwhile only costs the sharing, never correctness
+/// (the bytes are compared).
+struct SentStanzas {
+    slots: Box<[SentSlot]>,
+    hasher: foldhash::quality::RandomState,
+}
+
+/// The hash of the sender's full JID, and the stanza.
+type SentSlot = std::sync::Mutex<Option<(u64, SharedStanza)>>;
+
+const SENT_SLOTS: usize = 64;
+/// Larger stanzas are not kept for sharing: bounds what the slots hold to 512 KB.
+const SENT_MAX_BYTES: usize = 8 * 1024;
+
+impl Default for SentStanzas {
+    fn default() -> Self {
+        SentStanzas {
+            slots: (0..SENT_SLOTS).map(|_| Default::default()).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl SentStanzas {
+    fn slot(&self, hash: u64) -> std::sync::MutexGuard<'_, Option<(u64, SharedStanza)>> {
+        let slot = &self.slots[(hash % SENT_SLOTS as u64) as usize];
+        slot.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sent(&self, from: &FullJid, stanza: &SharedStanza) {
+        if stanza.as_str().len() <= SENT_MAX_BYTES {
+            let hash = self.hasher.hash_one(from.as_str());
+            *self.slot(hash) = Some((hash, stanza.clone()));
+        }
+    }
+
+    /// `serialized` as the recipient's copy of a message from `from`: the sender's
+    /// stanza when it is the same text.
+    fn received(&self, from: &Jid, serialized: String) -> SharedStanza {
+        let hash = self.hasher.hash_one(from.as_str());
+        let mut slot = self.slot(hash);
+        if slot.as_ref().is_some_and(|(h, _)| *h == hash)
+            && let Some((_, sent)) = slot.take()
+            && sent.as_str() == serialized
+        {
+            return sent;
+        }
+        serialized.into()
+    }
 }
 
 /// The archive preferences of the users messages were lately accepted for: each message
@@ -362,20 +420,14 @@ fn retention_floor(ctx: &Context) -> ArchivePos {
 }
 
 async fn archive(
-    cache: &PrefsCache,
     ctx: &Arc<Context>,
     user: &BareJid,
     with: &Jid,
-    el: &Element,
+    stanza: SharedStanza,
 ) -> Option<ArchiveStamp> {
-    // `archivable` was checked by the hooks' synchronous parts.
-    if !allowed(cache, ctx, user, with).await {
-        return None;
-    }
-    let stanza = el.to_stanza_string();
     let msg = NewArchived {
         with: with.as_str(),
-        stanza: &stanza,
+        stanza,
         micros: now_micros(),
     };
     // Durable by the sender's next XEP-0198 ack (the c2s session waits for it there),
@@ -496,11 +548,18 @@ impl OutboundMessageHook for Mam {
         el: &mut Element,
         notes: &mut Extensions,
     ) -> Flow {
-        if let Some(archived) = archive(&self.prefs, ctx, msg.user, msg.to, el).await {
+        // `archivable` was checked by the synchronous part.
+        if !allowed(&self.prefs, ctx, msg.user, msg.to).await {
+            return Flow::Continue;
+        }
+        let stanza = SharedStanza::from(el.to_stanza_string());
+        if let Some(archived) = archive(ctx, msg.user, msg.to, stanza.clone()).await {
             if of_account(msg.to, msg.user) {
                 // To another resource of the same account: archived once, and that
                 // resource may see where (the inbound side skips archiving for it).
                 add_stanza_id(el, msg.user, &archived.id);
+            } else if ctx.is_local_domain(msg.to.domain().as_str()) {
+                self.sent.sent(msg.from, &stanza);
             }
             notes.insert(archived);
         }
@@ -610,7 +669,12 @@ impl InboundMessageHook for Mam {
     /// Archives a message accepted for delivery to `user` and stamps its stanza-id.
     async fn inbound(&self, ctx: &Arc<Context>, msg: &Incoming<'_>, el: &mut Element) {
         let (user, from) = (msg.user, msg.from);
-        if let Some(stamp) = archive(&self.prefs, ctx, user, from, el).await {
+        // `archivable` was checked by the synchronous part.
+        if !allowed(&self.prefs, ctx, user, from).await {
+            return;
+        }
+        let stanza = self.sent.received(from, el.to_stanza_string());
+        if let Some(stamp) = archive(ctx, user, from, stanza).await {
             el.push_child(stanza_id(user, &stamp.id));
         }
     }
@@ -1172,6 +1236,36 @@ mod tests {
             "n",
         );
         assert_eq!(el.elements().filter(|e| e.is("stanza-id", SID)).count(), 2);
+    }
+
+    #[test]
+    fn the_recipients_copy_shares_the_senders_stanza_only_when_it_is_the_same_text() {
+        let sent = SentStanzas::default();
+        let alice = addr::parse("alice@x/a").unwrap();
+        let carol = addr::parse("carol@x/c").unwrap();
+        let alice_full = alice.try_as_full().unwrap();
+        let text = "<message to='bob@x'><body>hi</body></message>";
+        let stanza = SharedStanza::from(text);
+        sent.sent(alice_full, &stanza);
+        // Another sender's message with the same text: not this one.
+        assert!(!sent.received(&carol, text.into()).is_shared_with(&stanza));
+        let copy = sent.received(&alice, text.into());
+        assert!(copy.is_shared_with(&stanza));
+        // Taken: a second copy (another message) is its own.
+        assert!(!sent.received(&alice, text.into()).is_shared_with(&stanza));
+        // Changed on the way (here: one byte), never shared.
+        sent.sent(alice_full, &stanza);
+        let changed = sent.received(&alice, text.replace("hi", "ho"));
+        assert!(!changed.is_shared_with(&stanza));
+        assert_eq!(changed.as_str(), text.replace("hi", "ho"));
+        // Too large to keep.
+        let large = SharedStanza::from("x".repeat(SENT_MAX_BYTES + 1));
+        sent.sent(alice_full, &large);
+        assert!(
+            !sent
+                .received(&alice, large.as_str().into())
+                .is_shared_with(&large)
+        );
     }
 
     #[test]

@@ -321,7 +321,7 @@ impl Archives {
             ArchiveRecord {
                 id: id.clone(),
                 with: msg.with.to_owned(),
-                stanza: msg.stanza.to_owned(),
+                stanza: msg.stanza.as_str().to_owned(),
             },
         );
         ArchiveStamp { id, pos }

@@ -333,14 +333,43 @@ impl ArchivePos {
     }
 }
 
+/// A serialized stanza on its way into one or more archives. Clones share the text: a
+/// message between two local users is one buffer for the sender's and the recipient's
+/// archive, and a store may keep it once when both rows share it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedStanza(Arc<String>);
+
+impl SharedStanza {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `other` is a clone of this very stanza, not only the same text.
+    pub fn is_shared_with(&self, other: &SharedStanza) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl From<String> for SharedStanza {
+    fn from(stanza: String) -> Self {
+        SharedStanza(Arc::new(stanza))
+    }
+}
+
+impl From<&str> for SharedStanza {
+    fn from(stanza: &str) -> Self {
+        SharedStanza(Arc::new(stanza.to_owned()))
+    }
+}
+
 /// A message to store in a user's archive (XEP-0313).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct NewArchived<'a> {
     /// The other party: `to` of an outgoing message, `from` of an incoming one (a
     /// normalized JID, usually full). Must not contain NUL.
     pub with: &'a str,
     /// The message stanza, serialized.
-    pub stanza: &'a str,
+    pub stanza: SharedStanza,
     /// When it was sent or received, µs since the epoch. The store never lets a user's
     /// archive go backwards in time: an earlier value (a clock step back) is raised to the
     /// newest stored one.

@@ -64,7 +64,7 @@ use super::{
     AccountStore, ArchivePage, ArchivePos, ArchivePrefs, ArchiveQuery, ArchiveStamp, ArchiveStore,
     ArchivedMessage, BlockListStore, NewArchived, OfflineMessage, OfflineStore,
     OfflineStoreOutcome, PendingSubscription, PresenceContacts, PushRegistration, PushStore,
-    Result, RoomStore, Roster, RosterItem, RosterStore, StorageError, StoredRoom,
+    Result, RoomStore, Roster, RosterItem, RosterStore, SharedStanza, StorageError, StoredRoom,
 };
 use crate::addr::{BareJid, DomainRef, Jid};
 use crate::hashing::{FastMap, FastSet};
@@ -765,45 +765,83 @@ struct OfflineCounts {
     durable: AtomicU64,
 }
 
-/// One message on its way to the writer, key and value already encoded. Three
-/// allocations per message (key, value, the caller's UID): the `with` index prefix
-/// and the contact are slices of these, built only where a run starts.
+/// One message on its way to the writer, key and value already encoded but for the
+/// stanza, which rows share (`SharedStanza`) rather than copy. Three allocations per
+/// message (key, head, the caller's UID): the `with` index prefix and the contact are
+/// slices of these, built only where a run starts.
 struct ArchiveRow {
     /// Length of `<user>` at the start of `key` (the per-user count's key).
     user_len: usize,
     key: Vec<u8>,
     pos: ArchivePos,
-    /// A record (`record::record`), which the writer may make a reference or mark.
-    value: Vec<u8>,
-    /// Where `with` starts in `value` (the same in a record and in its reference).
+    /// The value but for the stanza: a record's head (`record::record_head`) and, after
+    /// `stanza_at`, the copy marker the writer may add; or a whole reference, which the
+    /// writer may make it (`stanza` is then `None`).
+    head: Vec<u8>,
+    /// Where the stanza goes in a record's value.
+    stanza_at: usize,
+    stanza: Option<SharedStanza>,
+    /// Where `with` starts in the value (the same in a record and in its reference).
     with_at: usize,
     /// Length of the bare JID at the start of `with`: the contact.
     bare_len: usize,
-    /// Where the stanza starts in `value`.
-    stanza_at: usize,
 }
 
 impl ArchiveRow {
     /// `with` is checked by the caller (no NUL).
-    fn new(user: &str, with: &str, stanza: &str, pos: ArchivePos) -> ArchiveRow {
+    fn new(user: &str, with: &str, stanza: &SharedStanza, pos: ArchivePos) -> ArchiveRow {
         let mut key = Vec::with_capacity(user.len() + 17);
         key.extend_from_slice(user.as_bytes());
         key.push(SEP);
         key.extend_from_slice(&pos.to_bytes());
-        let (value, stanza_at) = record::record(with, stanza);
+        let head = record::record_head(with, stanza.as_str().len(), 0);
         ArchiveRow {
             user_len: user.len(),
             key,
             pos,
-            value,
+            stanza_at: head.len(),
+            head,
+            stanza: Some(stanza.clone()),
             with_at: record::with_at(with.len()),
             bare_len: bare(with).len(),
-            stanza_at,
         }
     }
 
-    fn stanza(&self) -> &[u8] {
-        &self.value[self.stanza_at..]
+    /// The value as stored, in the parts it is made of.
+    fn value_parts(&self) -> [&[u8]; 3] {
+        match &self.stanza {
+            Some(stanza) => [
+                &self.head[..self.stanza_at],
+                stanza.as_str().as_bytes(),
+                &self.head[self.stanza_at..],
+            ],
+            None => [&self.head, &[], &[]],
+        }
+    }
+
+    fn value(&self) -> Vec<u8> {
+        let parts = self.value_parts();
+        let mut value = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            value.extend_from_slice(part);
+        }
+        value
+    }
+
+    /// Whether both rows are records of one shared stanza (see `share_copies`).
+    fn shares_stanza_with(&self, other: &ArchiveRow) -> bool {
+        match (&self.stanza, &other.stanza) {
+            (Some(a), Some(b)) => a.is_shared_with(b),
+            _ => false,
+        }
+    }
+
+    /// The reference this row is, or `None` for a record.
+    fn reference_target(&self) -> Option<&[u8]> {
+        match self.stanza {
+            Some(_) => None,
+            None => record::reference_target(&self.head),
+        }
     }
 
     fn set_pos(&mut self, pos: ArchivePos) {
@@ -818,7 +856,7 @@ impl ArchiveRow {
 
     /// The bare JID of `with`.
     fn contact(&self) -> &[u8] {
-        &self.value[self.with_at..self.with_at + self.bare_len]
+        &self.head[self.with_at..self.with_at + self.bare_len]
     }
 
     /// `<user>\0<with bare>\0`: where the message's run is indexed.
@@ -837,11 +875,12 @@ impl ArchiveRow {
 
 /// Stores a message between two local users once (see `record`): where a row's
 /// counterpart (the other party's copy: in the contact's archive, with this user as the
-/// contact, the same stanza) came earlier in the same batch, that row keeps the stanza
-/// and is marked with this row's key, and this row becomes a reference to it. Both go
-/// into the same atomic write, so a reference never exists without its record. Half the
-/// bytes of a local message, which the journal, memtable flushes and compactions all
-/// pay for.
+/// contact, sharing its stanza, see `SharedStanza`) came earlier in the same batch, that
+/// row keeps the stanza and is marked with this row's key, and this row becomes a
+/// reference to it. Both go into the same atomic write, so a reference never exists
+/// without its record. Half the bytes of a local message, which the journal, memtable
+/// flushes and compactions all pay for. Shared, not compared: the stanza bytes have not
+/// been touched since the appender wrote them (out of the cache by now).
 fn share_copies(rows: &mut [ArchiveRow]) {
     let mut pairs = Vec::new();
     {
@@ -854,7 +893,7 @@ fn share_copies(rows: &mut [ArchiveRow]) {
             if contact != user
                 && let Some(&j) = newest.get(&(contact, user))
                 && !taken[j]
-                && rows[j].stanza() == row.stanza()
+                && rows[j].shares_stanza_with(row)
             {
                 taken[j] = true;
                 taken[i] = true;
@@ -864,13 +903,11 @@ fn share_copies(rows: &mut [ArchiveRow]) {
         }
     }
     for (source, copy) in pairs {
-        let Ok(with) = record::record_with(&rows[copy].value) else {
-            continue;
-        };
-        let value = record::reference(with, &rows[source].key);
-        rows[copy].value = value;
-        if let Ok([source, copy]) = rows.get_disjoint_mut([source, copy]) {
-            source.value.extend_from_slice(&copy.key);
+        if let Ok([source, copy]) = rows.get_disjoint_mut([source, copy])
+            && record::head_into_reference(&mut copy.head, &source.key).is_ok()
+        {
+            copy.stanza = None;
+            source.head.extend_from_slice(&copy.key);
         }
     }
 }
@@ -881,7 +918,7 @@ fn share_copies(rows: &mut [ArchiveRow]) {
 fn name_entries_in_references(rows: &mut [ArchiveRow], entries: &[Option<usize>]) {
     let mut renamed = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let Some(target) = record::reference_target(&row.value) else {
+        let Some(target) = row.reference_target() else {
             continue;
         };
         let Ok(source) = rows.binary_search_by(|r| r.key.as_slice().cmp(target)) else {
@@ -890,15 +927,14 @@ fn name_entries_in_references(rows: &mut [ArchiveRow], entries: &[Option<usize>]
         if let Some(Some(entry)) = entries.get(source)
             && *entry != source
         {
-            let keep = row.value.len() - target.len();
-            let mut value = Vec::with_capacity(keep + rows[*entry].key.len());
-            value.extend_from_slice(&row.value[..keep]);
-            value.extend_from_slice(&rows[*entry].key);
-            renamed.push((i, value));
+            renamed.push((i, row.head.len() - target.len(), *entry));
         }
     }
-    for (i, value) in renamed {
-        rows[i].value = value;
+    for (i, keep, entry) in renamed {
+        if let Ok([row, entry]) = rows.get_disjoint_mut([i, entry]) {
+            row.head.truncate(keep);
+            row.head.extend_from_slice(&entry.key);
+        }
     }
 }
 
@@ -1046,11 +1082,12 @@ impl ArchiveTrees {
         name_entries_in_references(rows, &entries);
         let mut edits = chunk::Edits::default();
         let mut group: Vec<ArchiveRow> = Vec::new();
+        let mut value = Vec::new();
         for (row, entry) in rows.drain(..).zip(entries) {
             if entry.is_none() {
                 // Older than what the archive holds (positions reach the writer in
                 // order, so this is a safeguard): into the entry covering it.
-                if let Err(e) = edits.set(&self.archive, &row.key, row.value) {
+                if let Err(e) = edits.set(&self.archive, &row.key, row.value()) {
                     round.runs.clear();
                     return Err(e);
                 }
@@ -1060,11 +1097,11 @@ impl ArchiveTrees {
                 .first()
                 .is_some_and(|first| first.user() != row.user())
             {
-                self.put_group(&mut write, &mut group);
+                self.put_group(&mut write, &mut group, &mut value);
             }
             group.push(row);
         }
-        self.put_group(&mut write, &mut group);
+        self.put_group(&mut write, &mut group, &mut value);
         if let Err(e) = edits.apply(&mut write, &self.archive) {
             round.runs.clear();
             return Err(e);
@@ -1078,18 +1115,28 @@ impl ArchiveTrees {
 
     /// One archive's new messages of a batch, oldest first and newer than all it holds:
     /// one entry (a chunk when there are several, see `chunk`). Empties `group`.
-    fn put_group(&self, write: &mut fjall::OwnedWriteBatch, group: &mut Vec<ArchiveRow>) {
+    /// `value` is scratch space (the batch copies what it is given).
+    fn put_group(
+        &self,
+        write: &mut fjall::OwnedWriteBatch,
+        group: &mut Vec<ArchiveRow>,
+        value: &mut Vec<u8>,
+    ) {
+        value.clear();
         match group.len() {
             0 => {}
             1 => {
                 if let Some(row) = group.pop() {
-                    write.insert(&self.archive, row.key, row.value);
+                    for part in row.value_parts() {
+                        value.extend_from_slice(part);
+                    }
+                    write.insert(&self.archive, row.key, value.as_slice());
                 }
             }
             _ => {
-                let value = chunk::encode(group.iter().map(|r| (r.pos, r.value.as_slice())));
+                chunk::encode_into(value, group.iter().map(|r| (r.pos, r.value_parts())));
                 let key = std::mem::take(&mut group[0].key);
-                write.insert(&self.archive, key, value);
+                write.insert(&self.archive, key, value.as_slice());
                 group.clear();
             }
         }
@@ -1887,7 +1934,7 @@ impl SledStore {
         };
         let last = msgs.len().saturating_sub(1);
         for (i, msg) in msgs.iter().enumerate() {
-            let mut row = ArchiveRow::new(user.as_str(), msg.with, msg.stanza, ArchivePos::MIN);
+            let mut row = ArchiveRow::new(user.as_str(), msg.with, &msg.stanza, ArchivePos::MIN);
             // The writer keeps the order, so the last row's flush covers all of them.
             let reply = if i == last { reply.take() } else { None };
             let permit = self.writer.reserve().await?;
@@ -2800,17 +2847,32 @@ mod tests {
         ));
     }
 
-    fn archived<'a>(with: &'a str, stanza: &'a str, micros: u64) -> NewArchived<'a> {
+    thread_local! {
+        static SHARED: std::cell::RefCell<HashMap<String, SharedStanza>> = Default::default();
+    }
+
+    /// One buffer per text, as the MAM hooks share a message's stanza between the
+    /// sender's and the recipient's archive when both serialize to the same text.
+    fn shared(stanza: &str) -> SharedStanza {
+        SHARED.with_borrow_mut(|texts| {
+            texts
+                .entry(stanza.to_owned())
+                .or_insert_with(|| stanza.into())
+                .clone()
+        })
+    }
+
+    fn archived<'a>(with: &'a str, stanza: &str, micros: u64) -> NewArchived<'a> {
         NewArchived {
             with,
-            stanza,
+            stanza: shared(stanza),
             micros,
         }
     }
 
     fn row(user: &str, with: &str, stanza: &str, seq: u64) -> ArchiveRow {
         let pos = ArchivePos { micros: 1, seq };
-        let row = ArchiveRow::new(j(user).as_str(), with, stanza, pos);
+        let row = ArchiveRow::new(j(user).as_str(), with, &shared(stanza), pos);
         let prefix = user_prefix(&j(user)).unwrap();
         assert_eq!(row.key, pos_key(&prefix, pos));
         assert_eq!(row.with_prefix(), with_prefix(&prefix, with).unwrap());
@@ -2840,11 +2902,20 @@ mod tests {
             // In one archive with itself as the contact: never shared.
             row("u@x", "u@x/a", "<m>1</m>", 6),
             row("u@x", "u@x/b", "<m>1</m>", 7),
+            // The counterpart of a message to t@x with the same text, but not the same
+            // stanza (not shared by the hooks): stored in full, never compared.
+            row("t@x", "s@x/a", "<m>3</m>", 8),
+            row("s@x", "t@x", "<m>3</m>", 9),
         ];
+        rows[8].stanza = Some("<m>3</m>".into());
         share_copies(&mut rows);
-        let refs: Vec<bool> = rows.iter().map(|r| is_reference(&r.value)).collect();
-        assert_eq!(refs, [false, false, true, false, false, false, false]);
-        let source = record::parse(&rows[0].value).unwrap();
+        let refs: Vec<bool> = rows.iter().map(|r| is_reference(&r.value())).collect();
+        assert_eq!(
+            refs,
+            [false, false, true, false, false, false, false, false, false]
+        );
+        let source_value = rows[0].value();
+        let source = record::parse(&source_value).unwrap();
         assert_eq!(
             source.body,
             record::Body::Stanza {
@@ -2853,7 +2924,7 @@ mod tests {
             }
         );
         assert_eq!(
-            record::parse(&rows[2].value).unwrap().body,
+            record::parse(&rows[2].value()).unwrap().body,
             record::Body::Reference(&rows[0].key)
         );
     }
@@ -2863,7 +2934,7 @@ mod tests {
     }
 
     fn chat(user: &str, with: &str, stanza: &str, pos: ArchivePos) -> ArchiveRow {
-        ArchiveRow::new(j(user).as_str(), with, stanza, pos)
+        ArchiveRow::new(j(user).as_str(), with, &shared(stanza), pos)
     }
 
     /// Writes rows as one writer batch does.

@@ -26,11 +26,10 @@ pub async fn append(
     if !mam::archivable_groupchat(msg) {
         return None;
     }
-    let stanza = msg.to_stanza_string();
     let with = msg.attr("from").unwrap_or(room.as_str());
     let entry = NewArchived {
         with,
-        stanza: &stanza,
+        stanza: msg.to_stanza_string().into(),
         micros,
     };
     match ctx.storage.archive.append(room, entry).await {

@@ -43,14 +43,25 @@ pub(super) fn is_chunk(value: &[u8]) -> bool {
 /// A chunk of `rows` (positions ascending, values in format 2 or 3).
 pub(super) fn encode<'a>(rows: impl ExactSizeIterator<Item = (ArchivePos, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
-    out.push(CHUNK);
-    record::push_varint(&mut out, rows.len());
-    for (pos, value) in rows {
-        out.extend_from_slice(&pos.to_bytes());
-        record::push_varint(&mut out, value.len());
-        out.extend_from_slice(value);
-    }
+    encode_into(&mut out, rows.map(|(pos, value)| (pos, [value])));
     out
+}
+
+/// `encode` onto `out`, each value given in parts (a record's head, its stanza, its
+/// copy marker) that are written one after the other.
+pub(super) fn encode_into<'a, const N: usize>(
+    out: &mut Vec<u8>,
+    rows: impl ExactSizeIterator<Item = (ArchivePos, [&'a [u8]; N])>,
+) {
+    out.push(CHUNK);
+    record::push_varint(out, rows.len());
+    for (pos, parts) in rows {
+        out.extend_from_slice(&pos.to_bytes());
+        record::push_varint(out, parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+    }
 }
 
 /// The messages of the entry `key` = `value`: position and where its value is.

@@ -8,7 +8,8 @@
 //!   archive that holds the stanza (to the end), or of the chunk that holds it (the
 //!   record in it whose copy marker is the reference's own key, see `chunk`). A message between two local users is
 //!   stored once: the sender's archive holds it, the recipient's a reference to it (when
-//!   both copies are byte for byte the same and reach the writer in one batch). Before a
+//!   both rows share one stanza, see `SharedStanza`, and reach the writer in one batch).
+//!   Before a
 //!   record with a copy marker is removed or replaced, the reference is turned back into a
 //!   record (`materialized`), so a reference always points at a record.
 
@@ -91,15 +92,37 @@ fn text(bytes: &[u8]) -> Result<&str> {
 /// A new record (format 2), without a copy marker: what the appender builds. Returns the
 /// value and where its stanza starts (the stanza runs to the end until a marker is added).
 pub(super) fn record(with: &str, stanza: &str) -> (Vec<u8>, usize) {
-    // Room for a copy marker (a key: user, NUL, 16 position bytes) without reallocating.
-    let mut value = Vec::with_capacity(with.len() + stanza.len() + 12 + 64);
-    value.push(RECORD);
-    push_varint(&mut value, with.len());
-    value.extend_from_slice(with.as_bytes());
-    push_varint(&mut value, stanza.len());
+    let mut value = record_head(with, stanza.len(), stanza.len());
     let at = value.len();
     value.extend_from_slice(stanza.as_bytes());
     (value, at)
+}
+
+/// What a record (format 2) holds before a stanza of `stanza_len` bytes, with room for
+/// `room` more bytes and then a copy marker or a reference's target (a key: user, NUL,
+/// 16 position bytes) without reallocating.
+pub(super) fn record_head(with: &str, stanza_len: usize, room: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(with.len() + room + 12 + 64);
+    head.push(RECORD);
+    push_varint(&mut head, with.len());
+    head.extend_from_slice(with.as_bytes());
+    push_varint(&mut head, stanza_len);
+    head
+}
+
+/// Turns a record's head (`record_head`) into a reference (format 3) to the record at
+/// `source`, in place.
+pub(super) fn head_into_reference(head: &mut Vec<u8>, source: &[u8]) -> Result<()> {
+    let mut rest = match head.split_first() {
+        Some((&RECORD, rest)) => rest,
+        _ => return Err(corrupt("not a record")),
+    };
+    take_len(&mut rest)?;
+    let with_end = head.len() - rest.len();
+    head[0] = REFERENCE;
+    head.truncate(with_end);
+    head.extend_from_slice(source);
+    Ok(())
 }
 
 /// Where a `with` of `len` bytes starts in a record or a reference: after the format
@@ -114,17 +137,6 @@ pub(super) fn with_at(len: usize) -> usize {
     at
 }
 
-/// A reference (format 3) to the record at `source`, for a message with `with` (as
-/// [`record_with`] gives it).
-pub(super) fn reference(with: &[u8], source: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(with.len() + source.len() + 6);
-    value.push(REFERENCE);
-    push_varint(&mut value, with.len());
-    value.extend_from_slice(with);
-    value.extend_from_slice(source);
-    value
-}
-
 /// The key a reference (format 3) names, without checking the rest; `None` for any
 /// other value.
 pub(super) fn reference_target(value: &[u8]) -> Option<&[u8]> {
@@ -134,15 +146,6 @@ pub(super) fn reference_target(value: &[u8]) -> Option<&[u8]> {
             Some(rest)
         }
         _ => None,
-    }
-}
-
-/// The `with` bytes of a record (format 2) that [`record`] built, without checking the
-/// rest: the writer's shortcut, where `parse` would validate the whole stanza as UTF-8.
-pub(super) fn record_with(value: &[u8]) -> Result<&[u8]> {
-    match value.split_first() {
-        Some((&RECORD, mut rest)) => take_len(&mut rest),
-        _ => Err(corrupt("not a record")),
     }
 }
 
@@ -217,7 +220,6 @@ mod tests {
                 copy: Some(b"r@x\0key")
             }
         );
-        assert_eq!(record_with(&value).unwrap(), with.as_bytes());
         let at = with_at(with.len());
         assert_eq!(&value[at..at + with.len()], with.as_bytes());
         assert_eq!(with_at(3), 2);
@@ -227,13 +229,20 @@ mod tests {
             let (value, _) = record(&long, "<message/>");
             let at = with_at(len);
             assert_eq!(&value[at..at + len], long.as_bytes(), "{len}");
-            assert_eq!(record_with(&value).unwrap(), long.as_bytes(), "{len}");
+            let mut head = record_head(&long, 10, 0);
+            head_into_reference(&mut head, b"s@x\0pos").unwrap();
+            let view = parse(&head).unwrap();
+            assert_eq!(
+                (view.with, view.body),
+                (long.as_str(), Body::Reference(b"s@x\0pos")),
+                "{len}"
+            );
         }
-        let r = reference(b"s@x/1", b"s@x\0pos");
-        let view = parse(&r).unwrap();
-        assert_eq!(
-            (view.with, view.body),
-            ("s@x/1", Body::Reference(b"s@x\0pos"))
+        let (mut value, _) = record("s@x/1", "<m/>");
+        assert!(head_into_reference(&mut value, b"k").is_ok());
+        assert!(
+            head_into_reference(&mut value, b"k").is_err(),
+            "already a reference"
         );
     }
 
