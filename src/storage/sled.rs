@@ -44,6 +44,7 @@
 //! Semantics match the memory backend (see its module comment).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -785,6 +786,9 @@ struct ArchiveRow {
     with_at: usize,
     /// Length of the bare JID at the start of `with`: the contact.
     bare_len: usize,
+    /// Set by the writer: where the row came in its batch, and a hash of its user.
+    batch_index: usize,
+    user_hash: u64,
 }
 
 impl ArchiveRow {
@@ -804,6 +808,8 @@ impl ArchiveRow {
             stanza: Some(stanza.clone()),
             with_at: record::with_at(with.len()),
             bare_len: bare(with).len(),
+            batch_index: 0,
+            user_hash: 0,
         }
     }
 
@@ -881,7 +887,8 @@ impl ArchiveRow {
 /// without its record. Half the bytes of a local message, which the journal, memtable
 /// flushes and compactions all pay for. Shared, not compared: the stanza bytes have not
 /// been touched since the appender wrote them (out of the cache by now).
-fn share_copies(rows: &mut [ArchiveRow]) {
+/// Returns the pairs made, as (record, reference) indexes into `rows`.
+fn share_copies(rows: &mut [ArchiveRow]) -> Vec<(usize, usize)> {
     let mut pairs = Vec::new();
     {
         // The newest row of each (user, contact) in the batch.
@@ -902,38 +909,41 @@ fn share_copies(rows: &mut [ArchiveRow]) {
             newest.insert((user, contact), i);
         }
     }
-    for (source, copy) in pairs {
+    pairs.retain(|&(source, copy)| {
         if let Ok([source, copy]) = rows.get_disjoint_mut([source, copy])
             && record::head_into_reference(&mut copy.head, &source.key).is_ok()
         {
             copy.stanza = None;
             source.head.extend_from_slice(&copy.key);
+            return true;
         }
-    }
+        false
+    });
+    pairs
 }
 
-/// A reference made in this batch names the entry its record goes into (`entries`, by
-/// row, rows sorted by key) when that is a chunk keyed by another message: a reader then
-/// finds the record with a point read of that key (see `record`).
-fn name_entries_in_references(rows: &mut [ArchiveRow], entries: &[Option<usize>]) {
-    let mut renamed = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        let Some(target) = row.reference_target() else {
-            continue;
-        };
-        let Ok(source) = rows.binary_search_by(|r| r.key.as_slice().cmp(target)) else {
+/// A reference made in this batch (`pairs` of `share_copies`, by index before the rows
+/// were sorted, `sorted_at` maps them) names the entry its record goes into (`entries`,
+/// by row) when that is a chunk keyed by another message: a reader then finds the record
+/// with a point read of that key (see `record`).
+fn name_entries_in_references(
+    rows: &mut [ArchiveRow],
+    entries: &[Option<usize>],
+    pairs: &[(usize, usize)],
+    sorted_at: &[usize],
+) {
+    for &(source, copy) in pairs {
+        let (Some(&source), Some(&copy)) = (sorted_at.get(source), sorted_at.get(copy)) else {
             continue;
         };
         if let Some(Some(entry)) = entries.get(source)
             && *entry != source
+            && let Ok([source, copy, entry]) = rows.get_disjoint_mut([source, copy, *entry])
+            && copy.reference_target() == Some(source.key.as_slice())
         {
-            renamed.push((i, row.head.len() - target.len(), *entry));
-        }
-    }
-    for (i, keep, entry) in renamed {
-        if let Ok([row, entry]) = rows.get_disjoint_mut([i, entry]) {
-            row.head.truncate(keep);
-            row.head.extend_from_slice(&entry.key);
+            let keep = copy.head.len() - source.key.len();
+            copy.head.truncate(keep);
+            copy.head.extend_from_slice(&entry.key);
         }
     }
 }
@@ -1041,12 +1051,33 @@ impl ArchiveTrees {
     /// Writes a batch: records and indexes in one atomic write. Empties `rows`, keeping
     /// its room for the next batch.
     fn write(&self, rows: &mut Vec<ArchiveRow>, round: &mut Round) -> Result<()> {
+        self.write_hashed(rows, round, &foldhash::fast::RandomState::default())
+    }
+
+    /// `write`, with the users' hashes from `hasher`.
+    fn write_hashed(
+        &self,
+        rows: &mut Vec<ArchiveRow>,
+        round: &mut Round,
+        hasher: &impl BuildHasher,
+    ) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        share_copies(rows);
+        let pairs = share_copies(rows);
         // Each archive's messages together and oldest first: one entry per archive.
-        rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        // Sorted by numbers held in the rows, not by their keys: comparing keys reads
+        // memory the appenders wrote long ago, n log n times. A hash shared by two
+        // users only splits their entries (see `first` below).
+        for (i, row) in rows.iter_mut().enumerate() {
+            row.batch_index = i;
+            row.user_hash = hasher.hash_one(row.user());
+        }
+        rows.sort_unstable_by_key(|r| (r.user_hash, r.pos));
+        let mut sorted_at = vec![0; rows.len()];
+        for (i, row) in rows.iter().enumerate() {
+            sorted_at[row.batch_index] = i;
+        }
         let mut write = self.db.batch();
         // The entry each row goes into: the first new row of its archive in the batch
         // (`None`: behind the archive's newest).
@@ -1079,7 +1110,7 @@ impl ArchiveTrees {
             }
             entries.push(first);
         }
-        name_entries_in_references(rows, &entries);
+        name_entries_in_references(rows, &entries, &pairs, &sorted_at);
         let mut edits = chunk::Edits::default();
         let mut group: Vec<ArchiveRow> = Vec::new();
         let mut value = Vec::new();
@@ -3058,6 +3089,53 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Every user's hash the same (as if they collided): the batch still writes each
+    /// archive's messages in order, references included; only more entries.
+    #[tokio::test]
+    async fn users_whose_hashes_collide_get_their_own_entries() {
+        #[derive(Default)]
+        struct Same;
+        impl std::hash::Hasher for Same {
+            fn finish(&self) -> u64 {
+                7
+            }
+            fn write(&mut self, _: &[u8]) {}
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut round = Round::default();
+        // Interleaved by position: u, v, u, v, ... with v's the recipient's copies.
+        let mut rows = Vec::new();
+        for i in 1..=4 {
+            let text = format!("<m>{i}</m>");
+            rows.push(chat("u@x", "v@x/r", &text, at(10, 2 * i - 1)));
+            rows.push(chat("v@x", "u@x/r", &text, at(10, 2 * i)));
+        }
+        rows.reverse();
+        let same = std::hash::BuildHasherDefault::<Same>::default();
+        store
+            .trees
+            .write_hashed(&mut rows, &mut round, &same)
+            .unwrap();
+        store.trees.save_counts(&mut round);
+        let all = ArchiveQuery {
+            max: 20,
+            ..ArchiveQuery::default()
+        };
+        for user in ["u@x", "v@x"] {
+            assert_eq!(page(&store, user, all.clone()).await, (texts(1..=4), false));
+        }
+        // Reversed, u's copies came second: u's archive holds the references.
+        let mut references = 0;
+        for entry in store.archive.prefix(user_prefix(&j("u@x")).unwrap()) {
+            let (key, value) = entry.into_inner().unwrap();
+            for (_, range) in chunk::rows(&key, &value).unwrap() {
+                references += usize::from(is_reference(&value[range]));
+            }
+        }
+        assert_eq!(references, 4);
     }
 
     /// Replacing and expiring messages inside chunks, and a message that reaches the
