@@ -43,6 +43,9 @@
 #                                                      [target/release/xmppd, built]
 #   OFFLINE_QUOTA xmppd's [limits] offline_quota   [offline-queue: --messages (10000);
 #                                                   other scenarios: xmppd's default]
+#   XMPPD_SEED_DB a store to start xmppd from, copied as its database before each run
+#                (for example a MAM_BENCH_DIR that examples/mam_bench filled with 10 M
+#                archived messages: the chat scenario against a large archive)  [unset]
 # Every scenario gets --server-pid (server CPU and RSS figures) automatically.
 set -euo pipefail
 
@@ -217,6 +220,12 @@ xmppd_start() {
 	local cfg=$XMPPD_DIR/xmppd.toml
 	rm -rf "$XMPPD_DIR/data"
 	mkdir -p "$XMPPD_DIR/data"
+	if [ -n "${XMPPD_SEED_DB:-}" ]; then
+		log "xmppd: starting from a copy of $XMPPD_SEED_DB"
+		cp -a "$XMPPD_SEED_DB" "$XMPPD_DIR/data/db"
+		# The copy's writeback is not the server's work.
+		sync
+	fi
 	make_cert
 	local crt=$CRT key=$KEY
 	cat >"$cfg" <<EOF
