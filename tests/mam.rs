@@ -473,13 +473,19 @@ fn stanza_id<'a>(m: &'a Element, by: &str) -> Option<&'a str> {
         .and_then(|e| e.attr("id"))
 }
 
+/// alice (resource `a`) and bob (resource `b`, available), logged in.
+async fn alice_to_available_bob(server: &TestServer) -> (Client, Client) {
+    let alice = server.login("alice", "a").await;
+    let mut bob = server.login("bob", "b").await;
+    bob.available().await;
+    (alice, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_messages_are_archived_on_both_sides_and_survive_a_restart() {
     let mut server = TestServer::start().await;
     users(&server).await;
-    let mut alice = server.login("alice", "a").await;
-    let mut bob = server.login("bob", "b").await;
-    bob.available().await;
+    let (mut alice, mut bob) = alice_to_available_bob(&server).await;
 
     // A forged stanza-id claiming bob's archive is replaced by the real one.
     alice
@@ -603,9 +609,7 @@ fn varint(bytes: &[u8], at: &mut usize) -> usize {
 async fn a_message_between_local_users_is_stored_once_unless_the_copies_differ() {
     let mut server = TestServer::start().await;
     users(&server).await;
-    let mut alice = server.login("alice", "a").await;
-    let mut bob = server.login("bob", "b").await;
-    bob.available().await;
+    let (mut alice, mut bob) = alice_to_available_bob(&server).await;
     alice
         .send("<message to='bob@localhost' type='chat' id='same'><body>hi</body></message>")
         .await;
