@@ -825,12 +825,16 @@ impl ArchiveRow {
         }
     }
 
-    fn value(&self) -> Vec<u8> {
-        let parts = self.value_parts();
-        let mut value = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            value.extend_from_slice(part);
+    /// Appends the value as stored to `out`.
+    fn write_value(&self, out: &mut Vec<u8>) {
+        for part in self.value_parts() {
+            out.extend_from_slice(part);
         }
+    }
+
+    fn value(&self) -> Vec<u8> {
+        let mut value = Vec::new();
+        self.write_value(&mut value);
         value
     }
 
@@ -1158,9 +1162,7 @@ impl ArchiveTrees {
             0 => {}
             1 => {
                 if let Some(row) = group.pop() {
-                    for part in row.value_parts() {
-                        value.extend_from_slice(part);
-                    }
+                    row.write_value(value);
                     write.insert(&self.archive, row.key, value.as_slice());
                 }
             }
