@@ -203,9 +203,12 @@ pub async fn list_users(
 /// Opens the configured storage for use while the server is stopped.
 pub fn open_storage_offline(config: &Config) -> Result<Storage, AdminError> {
     match config.storage.backend {
-        StorageBackend::Sled => Ok(Storage::open_sled_with_cache(
+        StorageBackend::Sled => Ok(Storage::open_sled_configured(
             &config.data_dir.join("db"),
             config.storage.cache_mb,
+            // Offline work (an import) is acknowledged to nobody but must not be lost.
+            true,
+            config.storage.archive_partition_mb,
         )?),
         StorageBackend::Memory => Err(AdminError::Config(
             "storage.backend = \"memory\": accounts exist only inside a running server, \

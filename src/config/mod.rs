@@ -692,6 +692,11 @@ pub struct StorageConfig {
     /// the database's memory, written and synced by sled within half a second, so up to
     /// that much can be lost by a kill -9 or a crash; about 3× the archive throughput.
     pub sync_writes: bool,
+    /// Size on disk in MiB at which the message archive starts a new partition (1 to
+    /// 65536). Compaction only ever merges messages of the newest partition, so archiving
+    /// costs the same however large the archive grows; each partition is a set of files,
+    /// and reading an archive looks into each partition its user has messages in.
+    pub archive_partition_mb: u64,
 }
 
 /// Which messages are archived for a user who never set XEP-0441 preferences.
@@ -933,6 +938,7 @@ impl Default for StorageConfig {
             backend: StorageBackend::Sled,
             cache_mb: 64,
             sync_writes: true,
+            archive_partition_mb: crate::storage::sled::DEFAULT_PARTITION_MB,
         }
     }
 }

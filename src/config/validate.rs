@@ -272,6 +272,15 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
+    let partition = cfg.storage.archive_partition_mb;
+    if !(1..=MAX_CACHE_MB).contains(&partition) {
+        errs.push(ConfigError::invalid(
+            "storage.archive_partition_mb",
+            partition.to_string(),
+            format!("must be between 1 and {MAX_CACHE_MB}"),
+        ));
+    }
+
     let prune = cfg.archive.prune_interval_secs;
     if !(1..=MAX_PRUNE_INTERVAL_SECS).contains(&prune) {
         errs.push(ConfigError::invalid(

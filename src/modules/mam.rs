@@ -255,11 +255,7 @@ impl RemoteQueries {
     }
 }
 
-pub(crate) fn now_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+pub(crate) use crate::datetime::now_micros;
 
 /// XEP-0082 DateTime with microseconds, UTC.
 pub fn stamp(micros: u64) -> String {

@@ -115,8 +115,13 @@ fn open_storage(config: &Config) -> Result<Storage, ServerError> {
             })?;
             let path = config.data_dir.join("db");
             let storage = &config.storage;
-            Storage::open_sled_configured(&path, storage.cache_mb, storage.sync_writes)
-                .map_err(|source| ServerError::OpenDatabase { path, source })
+            Storage::open_sled_configured(
+                &path,
+                storage.cache_mb,
+                storage.sync_writes,
+                storage.archive_partition_mb,
+            )
+            .map_err(|source| ServerError::OpenDatabase { path, source })
         }
     }
 }

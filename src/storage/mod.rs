@@ -680,17 +680,20 @@ impl Storage {
 
     /// Opens the sled database with a page cache of `cache_mb` MiB (`storage.cache_mb`).
     pub fn open_sled_with_cache(path: &std::path::Path, cache_mb: u64) -> Result<Self> {
-        Self::open_sled_configured(path, cache_mb, true)
+        Self::open_sled_configured(path, cache_mb, true, self::sled::DEFAULT_PARTITION_MB)
     }
 
-    /// Like [`Storage::open_sled_with_cache`]; `sync_writes` is `storage.sync_writes`.
+    /// Like [`Storage::open_sled_with_cache`]; `sync_writes` is `storage.sync_writes`,
+    /// `archive_partition_mb` is `storage.archive_partition_mb`.
     pub fn open_sled_configured(
         path: &std::path::Path,
         cache_mb: u64,
         sync_writes: bool,
+        archive_partition_mb: u64,
     ) -> Result<Self> {
         let store = self::sled::SledStore::open_with_cache(path, cache_mb)?;
         store.set_sync_writes(sync_writes);
+        store.set_archive_partition_mb(archive_partition_mb);
         Ok(Self::from_backend(Arc::new(store)))
     }
 

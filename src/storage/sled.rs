@@ -74,12 +74,15 @@ use crate::sasl::credentials::StoredCredentials;
 mod chunk;
 mod fast;
 mod invites;
+mod partition;
 mod pubsub;
 mod record;
 
+use partition::Partitions;
+
 /// On-disk schema this code reads and writes. Opening a database marked with a newer one
 /// fails rather than risk misreading or damaging it.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// Key of the schema marker in the `meta` tree. Its value is a plain big-endian u32, not
 /// the versioned value encoding, so the marker stays readable whatever that becomes.
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
@@ -107,7 +110,7 @@ pub struct SledStore {
     pending: Tree,
     offline: Tree,
     offline_meta: Tree,
-    archive: Keyspace,
+    archive: Arc<Partitions>,
     /// UIDs written before UIDs were encrypted positions (read, never written).
     archive_ids: Keyspace,
     id_cipher: ArchiveIdCipher,
@@ -129,6 +132,8 @@ pub struct SledStore {
     fast: Tree,
     /// See `ArchiveTrees::sync_writes`.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// See `ArchiveTrees::partition_bytes`.
+    partition_bytes: Arc<AtomicU64>,
     /// Deferred appends queued and made durable (`ArchiveStore::appended_durable`).
     append_counts: Arc<AppendCounts>,
     /// Offline pushes written but not yet known flushed (`OfflineStore::pushed_durable`).
@@ -387,6 +392,12 @@ fn keys_with_prefix(tree: &Tree, prefix: &[u8]) -> Result<Vec<IVec>> {
 }
 
 impl SledStore {
+    /// Size on disk at which the archive starts a new partition (see `partition`).
+    pub fn set_archive_partition_mb(&self, mb: u64) {
+        self.partition_bytes
+            .store(mb.saturating_mul(1 << 20), Ordering::Relaxed);
+    }
+
     /// Whether archive appends and offline pushes wait for an fsync (on by default).
     pub fn set_sync_writes(&self, on: bool) {
         self.sync_writes
@@ -464,9 +475,10 @@ impl SledStore {
                     )));
                 }
                 match found {
-                    // Version 2 adds archive chunks (value format 4): nothing to convert,
-                    // but a version that cannot read them must not open the store.
-                    1 => {
+                    // Version 2 adds archive chunks (value format 4), version 3 archive
+                    // partitions (`partition`): nothing to convert, but a version that
+                    // cannot read them must not open the store.
+                    1 | 2 => {
                         meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
                             .map_err(backend)?;
                         db.flush().map_err(backend)?;
@@ -490,6 +502,7 @@ impl SledStore {
         let blocking = UsersWithEntries::load(&blocklist)?;
         Ok(SledStore {
             sync_writes: trees.sync_writes.clone(),
+            partition_bytes: trees.partition_bytes.clone(),
             append_counts: trees.counts.clone(),
             offline_counts: OfflineCounts::default(),
             presence_contacts: Mutex::new(HashMap::new()),
@@ -590,37 +603,65 @@ fn open_archive(path: &Path, db: &Db, cache_mb: u64) -> Result<ArchiveTrees> {
             Err(e) => return Err(archive_backend(e)),
         }
     };
-    let keyspace = |name: &str, memtable_mb: u64| {
-        archive_db
-            .keyspace(name, || {
-                // Two-level index and filter blocks in every table, not only in the
-                // deepest levels (fjall's default): a table's full index (~800 KB for a
-                // 70 MB table) is otherwise read from its file and checksummed by every
-                // point read or range start that the small block cache cannot hold it for.
-                // A reference (a recipient's copy of a local message) is a point read into
-                // the sender's archive: 50 of them in older tables took 20-45 ms per page
-                // at 10 M messages. Partitions are 4 KB blocks, which the cache holds.
-                // Stored with the keyspace by fjall: applies to keyspaces created from now.
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(memtable_mb << 20)
-                    .index_block_partitioning_policy(PinningPolicy::all(true))
-                    .filter_block_partitioning_policy(PinningPolicy::all(true))
-            })
-            .map_err(archive_backend)
+    let keyspace = |name: &str, options: fn() -> KeyspaceCreateOptions| {
+        archive_db.keyspace(name, options).map_err(archive_backend)
     };
+    let partitions = Partitions::open(
+        &archive_db,
+        keyspace(ARCHIVE_KEYSPACES[0], messages_options)?,
+        keyspace("archive_parts", small_options)?,
+        messages_options,
+    )?;
     let trees = ArchiveTrees {
-        archive: keyspace(ARCHIVE_KEYSPACES[0], 8)?,
-        ids: keyspace(ARCHIVE_KEYSPACES[1], 1)?,
-        with: keyspace(ARCHIVE_KEYSPACES[2], 4)?,
-        meta: keyspace(ARCHIVE_KEYSPACES[3], 1)?,
+        archive: Arc::new(partitions),
+        ids: keyspace(ARCHIVE_KEYSPACES[1], small_options)?,
+        with: keyspace(ARCHIVE_KEYSPACES[2], index_options)?,
+        meta: keyspace(ARCHIVE_KEYSPACES[3], small_options)?,
         db: archive_db,
         sled: db.clone(),
         sync_writes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        partition_bytes: Arc::new(AtomicU64::new(DEFAULT_PARTITION_MB << 20)),
         counts: Arc::default(),
     };
     move_sled_archive(db, &trees)?;
     Ok(trees)
 }
+
+/// How the archive's keyspaces are made: `memtable_mb` MiB memtables, and two-level
+/// index and filter blocks in every table, not only in the deepest levels (fjall's
+/// default): a table's full index (~800 KB for a 70 MB table) is otherwise read from its
+/// file and checksummed by every point read or range start that the small block cache
+/// cannot hold it for. A reference (a recipient's copy of a local message) is a point read
+/// into the sender's archive: 50 of them in older tables took 20-45 ms per page at 10 M
+/// messages. Partitions are 4 KB blocks, which the cache holds. Stored with the keyspace
+/// by fjall: applies to keyspaces created from now.
+fn keyspace_options(memtable_mb: u64) -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(memtable_mb << 20)
+        .index_block_partitioning_policy(PinningPolicy::all(true))
+        .filter_block_partitioning_policy(PinningPolicy::all(true))
+}
+
+/// The messages' partitions (`archive`, `archive.<n>`).
+fn messages_options() -> KeyspaceCreateOptions {
+    keyspace_options(8)
+}
+
+/// The `with` index.
+fn index_options() -> KeyspaceCreateOptions {
+    keyspace_options(4)
+}
+
+/// Old UIDs, counts, partitions.
+fn small_options() -> KeyspaceCreateOptions {
+    keyspace_options(1)
+}
+
+/// Size on disk at which the writer starts a new archive partition when none is
+/// configured (`storage.archive_partition_mb`, see `partition`).
+pub const DEFAULT_PARTITION_MB: u64 = 64;
+/// How often the writer looks at the size of the newest partition.
+const PARTITION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Copies the archive trees an earlier version kept in sled into fjall, makes the copy
 /// durable and only then drops the sled trees. Interrupted, it starts over on the next
@@ -635,10 +676,11 @@ fn move_sled_archive(db: &Db, trees: &ArchiveTrees) -> Result<()> {
         return Ok(());
     }
     let mut moved = 0u64;
+    let first = trees.archive.first();
     for name in &legacy {
         let tree = db.open_tree(name).map_err(backend)?;
         let target = match *name {
-            "archive" => &trees.archive,
+            "archive" => &first,
             "archive_ids" => &trees.ids,
             "archive_with" => &trees.with,
             _ => &trees.meta,
@@ -731,7 +773,7 @@ fn key_pos(key: &[u8]) -> Result<ArchivePos> {
 /// store's single writer thread, which is why counts and replacements need no transaction.
 #[derive(Clone)]
 struct ArchiveTrees {
-    archive: Keyspace,
+    archive: Arc<Partitions>,
     ids: Keyspace,
     with: Keyspace,
     meta: Keyspace,
@@ -742,6 +784,8 @@ struct ArchiveTrees {
     /// otherwise they are answered once the batch is written to the operating system,
     /// which survives a crash of the process.
     sync_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Size of the newest partition at which the writer starts the next.
+    partition_bytes: Arc<AtomicU64>,
     counts: Arc<AppendCounts>,
 }
 
@@ -786,9 +830,11 @@ struct ArchiveRow {
     with_at: usize,
     /// Length of the bare JID at the start of `with`: the contact.
     bare_len: usize,
-    /// Set by the writer: where the row came in its batch, and a hash of its user.
+    /// Set by the writer: where the row came in its batch, a hash of its user, and the
+    /// index of its partition.
     batch_index: usize,
     user_hash: u64,
+    partition: usize,
 }
 
 impl ArchiveRow {
@@ -810,6 +856,7 @@ impl ArchiveRow {
             bare_len: bare(with).len(),
             batch_index: 0,
             user_hash: 0,
+            partition: 0,
         }
     }
 
@@ -1069,13 +1116,17 @@ impl ArchiveTrees {
             return Ok(());
         }
         let pairs = share_copies(rows);
-        // Each archive's messages together and oldest first: one entry per archive.
-        // Sorted by numbers held in the rows, not by their keys: comparing keys reads
-        // memory the appenders wrote long ago, n log n times. A hash shared by two
-        // users only splits their entries (see `first` below).
+        // Each archive's messages together and oldest first: one entry per archive and
+        // partition. Sorted by numbers held in the rows, not by their keys: comparing
+        // keys reads memory the appenders wrote long ago, n log n times. A hash shared
+        // by two users only splits their entries (see `first` below).
+        let partitions = self.archive.list();
+        let mut high = round.high;
         for (i, row) in rows.iter_mut().enumerate() {
             row.batch_index = i;
             row.user_hash = hasher.hash_one(row.user());
+            row.partition = partition::index_of(&partitions, row.pos);
+            high = high.max(row.pos);
         }
         rows.sort_unstable_by_key(|r| (r.user_hash, r.pos));
         let mut sorted_at = vec![0; rows.len()];
@@ -1083,8 +1134,13 @@ impl ArchiveTrees {
             sorted_at[row.batch_index] = i;
         }
         let mut write = self.db.batch();
-        // The entry each row goes into: the first new row of its archive in the batch
-        // (`None`: behind the archive's newest).
+        if high > round.high {
+            // With the messages: a new partition must start after all of them.
+            self.archive.record_high(&mut write, high);
+            round.high = high;
+        }
+        // The entry each row goes into: the first new row of its archive and partition
+        // in the batch (`None`: behind the archive's newest).
         let mut entries: Vec<Option<usize>> = Vec::with_capacity(rows.len());
         let mut first: Option<usize> = None;
         for (i, row) in rows.iter().enumerate() {
@@ -1096,7 +1152,7 @@ impl ArchiveTrees {
                     round.counts.insert(user.to_vec(), 1);
                 }
             }
-            let behind = match self.index_run(&mut write, &mut round.runs, row) {
+            let behind = match self.index_run(&mut write, &mut round.runs, row, &partitions) {
                 Ok(behind) => behind,
                 Err(e) => {
                     // As with a failed commit: the batch is dropped, not retried.
@@ -1109,7 +1165,9 @@ impl ArchiveTrees {
                 entries.push(None);
                 continue;
             }
-            if first.is_none_or(|f| rows[f].user() != row.user()) {
+            if first
+                .is_none_or(|f| rows[f].user() != row.user() || rows[f].partition != row.partition)
+            {
                 first = Some(i);
             }
             entries.push(first);
@@ -1117,6 +1175,7 @@ impl ArchiveTrees {
         name_entries_in_references(rows, &entries, &pairs, &sorted_at);
         let mut edits = chunk::Edits::default();
         let mut group: Vec<ArchiveRow> = Vec::new();
+        let mut group_entry = None;
         let mut value = Vec::new();
         for (row, entry) in rows.drain(..).zip(entries) {
             if entry.is_none() {
@@ -1128,15 +1187,13 @@ impl ArchiveTrees {
                 }
                 continue;
             }
-            if group
-                .first()
-                .is_some_and(|first| first.user() != row.user())
-            {
-                self.put_group(&mut write, &mut group, &mut value);
+            if group_entry != entry {
+                self.put_group(&mut write, &mut group, &mut value, &partitions);
+                group_entry = entry;
             }
             group.push(row);
         }
-        self.put_group(&mut write, &mut group, &mut value);
+        self.put_group(&mut write, &mut group, &mut value, &partitions);
         if let Err(e) = edits.apply(&mut write, &self.archive) {
             round.runs.clear();
             return Err(e);
@@ -1148,40 +1205,42 @@ impl ArchiveTrees {
         })
     }
 
-    /// One archive's new messages of a batch, oldest first and newer than all it holds:
-    /// one entry (a chunk when there are several, see `chunk`). Empties `group`.
-    /// `value` is scratch space (the batch copies what it is given).
+    /// One archive's new messages of a batch in one partition, oldest first and newer
+    /// than all it holds: one entry (a chunk when there are several, see `chunk`).
+    /// Empties `group`. `value` is scratch space (the batch copies what it is given).
     fn put_group(
         &self,
         write: &mut fjall::OwnedWriteBatch,
         group: &mut Vec<ArchiveRow>,
         value: &mut Vec<u8>,
+        partitions: &[partition::Partition],
     ) {
+        let Some(archive) = group.first().map(|row| &partitions[row.partition].keyspace) else {
+            return;
+        };
         value.clear();
-        match group.len() {
-            0 => {}
-            1 => {
-                if let Some(row) = group.pop() {
-                    row.write_value(value);
-                    write.insert(&self.archive, row.key, value.as_slice());
-                }
+        if group.len() == 1 {
+            if let Some(row) = group.pop() {
+                row.write_value(value);
+                write.insert(archive, row.key, value.as_slice());
             }
-            _ => {
-                chunk::encode_into(value, group.iter().map(|r| (r.pos, r.value_parts())));
-                let key = std::mem::take(&mut group[0].key);
-                write.insert(&self.archive, key, value.as_slice());
-                group.clear();
-            }
+            return;
         }
+        chunk::encode_into(value, group.iter().map(|r| (r.pos, r.value_parts())));
+        let key = std::mem::take(&mut group[0].key);
+        write.insert(archive, key, value.as_slice());
+        group.clear();
     }
 
-    /// Adds the `archive_with` entries a new message needs (see `RunMark`); `true` when
-    /// the message is behind the archive's newest.
+    /// Adds the `archive_with` entries a new message needs (see `RunMark`), and records
+    /// its partition for the user where that is new; `true` when the message is behind
+    /// the archive's newest.
     fn index_run(
         &self,
         write: &mut fjall::OwnedWriteBatch,
         runs: &mut FastMap<Vec<u8>, Option<OpenRun>>,
         row: &ArchiveRow,
+        partitions: &[partition::Partition],
     ) -> Result<bool> {
         let user = &row.key[..=row.user_len];
         let run = match runs.get_mut(user) {
@@ -1195,6 +1254,19 @@ impl ArchiveTrees {
                 runs.entry(user.to_vec()).or_insert(loaded)
             }
         };
+        // The partition of the archive's newest message is recorded (by the write that
+        // put it there), and that of any message since: only a change needs a write.
+        let newest_partition = run
+            .as_ref()
+            .map(|open| partition::index_of(partitions, open.last));
+        if row.partition > 0 && newest_partition != Some(row.partition) {
+            let number = partitions[row.partition].number;
+            write.insert(
+                self.archive.parts(),
+                partition::user_key(user, number),
+                [0u8; 0],
+            );
+        }
         let mut mark = |prefix: &[u8], pos: ArchivePos, mark: RunMark| {
             write.insert(&self.with, pos_key(prefix, pos), mark.encode());
         };
@@ -1418,14 +1490,22 @@ impl ArchiveTrees {
 
     fn remove_user(&self, user: &BareJid) -> Result<()> {
         let prefix = user_prefix(user)?;
-        // Records first, then indexes (readers skip index entries without a record), the
-        // count last; in bounded batches, since an archive can be large.
-        // Only records can be shared with another archive (see `materialize_copy`).
-        for (keyspace, records) in [
-            (&self.archive, true),
-            (&self.ids, false),
-            (&self.with, false),
-        ] {
+        // Records first, then indexes (readers skip index entries without a record), then
+        // where the records were, the count last; in bounded batches, since an archive
+        // can be large. Only records can be shared with another archive (see
+        // `materialize_copy`).
+        let mut keyspaces: Vec<(Keyspace, bool)> = self
+            .archive
+            .of_user(&prefix)?
+            .overlapping(ArchivePos::MIN, ArchivePos::MAX)
+            .map(|records| (records.keyspace.clone(), true))
+            .collect();
+        keyspaces.extend([
+            (self.ids.clone(), false),
+            (self.with.clone(), false),
+            (self.archive.parts().clone(), false),
+        ]);
+        for (keyspace, records) in &keyspaces {
             loop {
                 // Bounded in bytes too: an archive entry may hold many messages.
                 let mut entries = Vec::new();
@@ -1444,7 +1524,7 @@ impl ArchiveTrees {
                 let mut write = self.db.batch();
                 let mut edits = chunk::Edits::default();
                 for (key, value) in entries {
-                    if records {
+                    if *records {
                         for (pos, at) in chunk::rows(&key, &value)? {
                             let row_key = pos_key(&prefix, pos);
                             let view = record::parse(&value[at])?;
@@ -1507,6 +1587,45 @@ impl ArchiveTrees {
             round.write_failed(&self.counts, e);
         }
         round.counts_saved = Some(std::time::Instant::now());
+    }
+}
+
+impl ArchiveTrees {
+    /// The highest position written, for a new partition to start after. A store from
+    /// before partitions (or a new one) has not recorded it: its positions were given
+    /// out by the clock, so now is past them.
+    fn initial_high(&self) -> ArchivePos {
+        match self.archive.stored_high() {
+            Ok(Some(high)) => high,
+            Ok(None) => ArchivePos {
+                micros: crate::datetime::now_micros(),
+                seq: 0,
+            },
+            Err(e) => {
+                // Only delays the next partition (see `close_full_partition`).
+                tracing::error!(error = %e, "reading the archive's highest position failed");
+                ArchivePos::MAX
+            }
+        }
+    }
+
+    /// Starts a new partition once the newest has grown to `partition_bytes` on disk.
+    fn close_full_partition(&self, round: &mut Round) {
+        round.partition_checked = Some(std::time::Instant::now());
+        let current = self.archive.current();
+        let limit = self.partition_bytes.load(Ordering::Relaxed);
+        if current.keyspace.disk_space() < limit || round.high == ArchivePos::MAX {
+            return;
+        }
+        match self.archive.start_next(round.high.next()) {
+            Ok(next) => tracing::info!(
+                partition = next.number,
+                closed_bytes = current.keyspace.disk_space(),
+                "started a new archive partition"
+            ),
+            // Messages keep going into the current one.
+            Err(e) => tracing::error!(error = %e, "starting a new archive partition failed"),
+        }
     }
 }
 
@@ -1582,13 +1701,19 @@ struct Round {
     /// The open run of every archive written to since the start (or the last removal),
     /// keyed by `<user>\0`; loaded from the store on a user's first append.
     runs: FastMap<Vec<u8>, Option<OpenRun>>,
+    /// The highest position written (see `partition`).
+    high: ArchivePos,
+    partition_checked: Option<std::time::Instant>,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for
 /// everyone waiting on it (group commit), repeats.
 fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
-    let mut round = Round::default();
+    let mut round = Round {
+        high: trees.initial_high(),
+        ..Round::default()
+    };
     while let Some(first) = rx.blocking_recv() {
         // Nobody waits for an append that carries no reply: let appends gather into one
         // batch. Anything else (an offline push's `Sync`, a read's barrier) has a waiter.
@@ -1655,6 +1780,12 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
             trees.save_counts(&mut round);
         }
         trees.sync(&mut round);
+        if round
+            .partition_checked
+            .is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY)
+        {
+            trees.close_full_partition(&mut round);
+        }
     }
     // The queue closed (the store is dropped): the last counts, durable.
     trees.save_counts(&mut round);
@@ -1783,7 +1914,12 @@ impl SledStore {
                 record::Body::Reference(_) => None,
             })
         };
-        let Some(value) = self.archive.get(target).map_err(archive_backend)? else {
+        let Some(value) = self
+            .archive
+            .of_key(target)?
+            .get(target)
+            .map_err(archive_backend)?
+        else {
             // A record inside a chunk, named by its own key.
             return match chunk::row_within(&self.archive, target)? {
                 Some(row) => stanza(row.value()),
@@ -1825,13 +1961,14 @@ impl SledStore {
             Ok((key_pos(&k)?, RunMark::decode(&v)))
         };
         let mut page = PageBuilder::new(q);
+        let partitions = self.archive.of_user(prefix)?;
         // Offers the contact's messages in `from..=to` in the query's direction; `false`
         // once the page is full. Others (a message that raced into a run) are skipped.
         let mut scan = |from: ArchivePos, to: ArchivePos| -> Result<bool> {
             if from > to {
                 return Ok(true);
             }
-            for row in chunk::Rows::new(&self.archive, prefix, from, to, q.from_end)? {
+            for row in chunk::Rows::over(&partitions, prefix, from, to, q.from_end) {
                 let row = row?;
                 let view = record::parse(row.value())?;
                 if bare(view.with) != contact {
@@ -2976,10 +3113,13 @@ mod tests {
         store.trees.save_counts(round);
     }
 
+    /// The values of a user's entries, oldest first, in every partition.
     fn entries(store: &SledStore, user: &str) -> Vec<Vec<u8>> {
-        store
-            .archive
-            .prefix(user_prefix(&j(user)).unwrap())
+        let prefix = user_prefix(&j(user)).unwrap();
+        let partitions = store.archive.of_user(&prefix).unwrap();
+        partitions
+            .overlapping(ArchivePos::MIN, ArchivePos::MAX)
+            .flat_map(|p| p.keyspace.prefix(&prefix))
             .map(|g| g.into_inner().unwrap().1.to_vec())
             .collect()
     }
@@ -3093,6 +3233,210 @@ mod tests {
         );
     }
 
+    /// Messages on both sides of partition starts read as one archive: pages both ways
+    /// and across the starts, by contact and by UID; a batch split between partitions;
+    /// a reference from one partition into another; edits and removals in a closed
+    /// partition; and all of it again after reopening.
+    #[tokio::test]
+    async fn an_archive_reads_the_same_across_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = j("u@x");
+        let with = |i: u64| if i % 2 == 1 { "a@x/r" } else { "b@x/r" };
+        let batch = |range: std::ops::RangeInclusive<u64>| -> Vec<ArchiveRow> {
+            range
+                .map(|i| chat("u@x", with(i), &format!("<m>{i}</m>"), at(i, 0)))
+                .collect()
+        };
+        let q = |from: u64, to: u64, max: usize, from_end: bool| ArchiveQuery {
+            from: at(from, 0),
+            to: at(to, 0),
+            max,
+            from_end,
+            ..ArchiveQuery::default()
+        };
+        let by_contact = ArchiveQuery {
+            with: Some("a@x".into()),
+            max: 20,
+            ..ArchiveQuery::default()
+        };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut round = Round::default();
+            write_batch(&store, &mut round, batch(1..=4));
+            store.archive.start_next(at(5, 0)).unwrap();
+            store.archive.start_next(at(8, 0)).unwrap();
+            // One batch across the start of partition 2, with a message from v to w
+            // whose record (v's) is in partition 1 and reference (w's) in 2.
+            let mut rows = batch(5..=10);
+            rows.push(chat("v@x", "w@x/r", "<m>vw</m>", at(7, 1)));
+            rows.push(chat("w@x", "v@x/r", "<m>vw</m>", at(8, 1)));
+            write_batch(&store, &mut round, rows);
+            write_batch(&store, &mut round, batch(11..=12));
+            let parts = |user: &str| {
+                let prefix = user_prefix(&j(user)).unwrap();
+                store
+                    .archive
+                    .of_user(&prefix)
+                    .unwrap()
+                    .overlapping(ArchivePos::MIN, ArchivePos::MAX)
+                    .map(|p| p.keyspace.name().to_string())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(parts("u@x"), ["archive", "archive.1", "archive.2"]);
+            assert_eq!(parts("v@x"), ["archive", "archive.1"]);
+            assert_eq!(parts("w@x"), ["archive", "archive.2"]);
+            // u: 1-4 in partition 0, 5-7 in 1, 8-12 in 2, two entries in 2.
+            assert_eq!(entries(&store, "u@x").len(), 4);
+            assert!(is_reference(&entries(&store, "w@x")[0]));
+            assert_eq!(store.archive.stored_high().unwrap(), Some(at(12, 0)));
+            // Partitions start after each other only.
+            assert!(store.archive.start_next(at(8, 0)).is_err());
+
+            // Edited in a closed partition: read back from there.
+            let id = store.id_cipher.id(at(6, 0));
+            assert!(
+                ArchiveStore::replace(&store, &u, &id, "<m>six</m>")
+                    .await
+                    .unwrap()
+            );
+            let got = ArchiveStore::get(&store, &u, &id).await.unwrap().unwrap();
+            assert_eq!(got.stanza, "<m>six</m>");
+            assert!(
+                ArchiveStore::replace(&store, &u, &id, "<m>6</m>")
+                    .await
+                    .unwrap()
+            );
+            // w's copy outlives v's archive.
+            ArchiveStore::remove_user(&store, &j("v@x")).await.unwrap();
+            assert_eq!(parts("v@x"), ["archive"]);
+            assert_eq!(
+                page(&store, "w@x", ArchiveQuery::default()).await,
+                (vec!["<m>vw</m>".to_string()], false)
+            );
+        }
+        for reopened in [false, true] {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(store.archive.list().len(), 3);
+            let all = (texts(1..=12), false);
+            assert_eq!(page(&store, "u@x", q(0, 99, 20, false)).await, all);
+            let mut newest_first = page(&store, "u@x", q(0, 99, 20, true)).await;
+            newest_first.0.sort_by_key(|t| t.len());
+            assert_eq!(newest_first, all, "reopened: {reopened}");
+            assert_eq!(
+                page(&store, "u@x", q(0, 99, 3, true)).await,
+                (texts(10..=12), true)
+            );
+            for from_end in [false, true] {
+                assert_eq!(
+                    page(&store, "u@x", q(3, 9, 20, from_end)).await,
+                    (texts(3..=9), false)
+                );
+            }
+            // Pages that end or start at a partition's start.
+            assert_eq!(
+                page(&store, "u@x", q(0, 8, 2, true)).await,
+                (texts(7..=8), true)
+            );
+            assert_eq!(
+                page(&store, "u@x", q(5, 99, 2, false)).await,
+                (texts(5..=6), true)
+            );
+            let odd: Vec<String> = (1..=12)
+                .filter(|i| i % 2 == 1)
+                .map(|i| format!("<m>{i}</m>"))
+                .collect();
+            assert_eq!(page(&store, "u@x", by_contact.clone()).await, (odd, false));
+            for i in [2, 6, 9] {
+                let id = store.id_cipher.id(at(i, 0));
+                let got = ArchiveStore::get(&store, &u, &id).await.unwrap().unwrap();
+                assert_eq!(got.stanza, format!("<m>{i}</m>"));
+            }
+            assert_eq!(
+                page(&store, "w@x", ArchiveQuery::default()).await,
+                (vec!["<m>vw</m>".to_string()], false)
+            );
+            assert_eq!(ArchiveStore::count(&store, &u).await.unwrap(), 12);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        // Across partitions 0 and 1.
+        assert_eq!(
+            ArchiveStore::remove_before(&store, &u, 6, 100)
+                .await
+                .unwrap(),
+            5
+        );
+        assert_eq!(
+            page(&store, "u@x", q(0, 99, 20, false)).await,
+            (texts(6..=12), false)
+        );
+        ArchiveStore::remove_user(&store, &u).await.unwrap();
+        assert!(entries(&store, "u@x").is_empty());
+        let prefix = user_prefix(&u).unwrap();
+        assert_eq!(store.archive.parts().prefix(&prefix).count(), 0);
+    }
+
+    /// The writer starts a partition once the newest one has grown to the configured
+    /// size, after every position written; new messages go there, and the archive reads
+    /// as one before and after reopening.
+    #[tokio::test]
+    async fn the_writer_starts_a_partition_when_the_newest_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = j("u@x");
+        let mut appended = 0;
+        async fn append(store: &SledStore, user: &BareJid, i: u64) -> ArchivePos {
+            let stanza = format!("<m>{i}</m>");
+            let micros = crate::datetime::now_micros();
+            let msg = archived("a@x/r", &stanza, micros);
+            ArchiveStore::append(store, user, msg).await.unwrap().pos
+        }
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for _ in 0..3 {
+                appended += 1;
+                append(&store, &u, appended).await;
+            }
+            assert_eq!(store.archive.list().len(), 1);
+            let first = store.archive.current().keyspace;
+            first.rotate_memtable_and_wait().unwrap();
+            assert!(first.disk_space() > 0);
+            store.partition_bytes.store(1, Ordering::Relaxed);
+            // The writer looks after a round, once a second: append until it has.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while store.archive.list().len() < 2 {
+                assert!(std::time::Instant::now() < deadline, "no new partition");
+                appended += 1;
+                append(&store, &u, appended).await;
+            }
+            // The next starts only when this one is full, which it never is here.
+            store.set_archive_partition_mb(1024);
+            let started = store.archive.current();
+            assert_eq!(started.number, 1);
+            appended += 1;
+            let pos = append(&store, &u, appended).await;
+            assert!(pos >= started.start);
+            // Every message is in the partition of its position.
+            let prefix = user_prefix(&u).unwrap();
+            let mut stored = 0;
+            for (keyspace, is_new) in [(&first, false), (&started.keyspace, true)] {
+                for entry in keyspace.prefix(&prefix) {
+                    let (key, value) = entry.into_inner().unwrap();
+                    for (pos, _) in chunk::rows(&key, &value).unwrap() {
+                        assert_eq!(pos >= started.start, is_new);
+                        stored += 1;
+                    }
+                }
+            }
+            assert_eq!(stored, appended);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.archive.list().len(), 2);
+        let all = ArchiveQuery {
+            max: 10_000,
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(page(&store, "u@x", all).await, (texts(1..=appended), false));
+    }
+
     /// Every user's hash the same (as if they collided): the batch still writes each
     /// archive's messages in order, references included; only more entries.
     #[tokio::test]
@@ -3131,7 +3475,11 @@ mod tests {
         }
         // Reversed, u's copies came second: u's archive holds the references.
         let mut references = 0;
-        for entry in store.archive.prefix(user_prefix(&j("u@x")).unwrap()) {
+        for entry in store
+            .archive
+            .first()
+            .prefix(user_prefix(&j("u@x")).unwrap())
+        {
             let (key, value) = entry.into_inner().unwrap();
             for (_, range) in chunk::rows(&key, &value).unwrap() {
                 references += usize::from(is_reference(&value[range]));
@@ -3214,22 +3562,24 @@ mod tests {
         assert!(entries(&store, "u@x").is_empty());
     }
 
-    /// A store marked with schema 1 (before chunks) opens and is marked 2, so that a
-    /// build that cannot read chunks refuses it from then on.
+    /// A store marked with schema 1 (before chunks) or 2 (before partitions) opens and
+    /// is marked 3, so that a build that cannot read them refuses it from then on.
     #[test]
-    fn a_schema_1_store_is_marked_2_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
+    fn older_schemas_are_marked_3_on_open() {
+        for older in [1u32, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = SledStore::open(dir.path()).unwrap();
+                let meta = store.db.open_tree("meta").unwrap();
+                meta.insert(SCHEMA_VERSION_KEY, &older.to_be_bytes())
+                    .unwrap();
+                store.db.flush().unwrap();
+            }
             let store = SledStore::open(dir.path()).unwrap();
             let meta = store.db.open_tree("meta").unwrap();
-            meta.insert(SCHEMA_VERSION_KEY, &1u32.to_be_bytes())
-                .unwrap();
-            store.db.flush().unwrap();
+            let marked = meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap();
+            assert_eq!(marked.as_ref(), &3u32.to_be_bytes(), "from {older}");
         }
-        let store = SledStore::open(dir.path()).unwrap();
-        let meta = store.db.open_tree("meta").unwrap();
-        let marked = meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap();
-        assert_eq!(marked.as_ref(), &2u32.to_be_bytes());
     }
 
     /// References into chunks resolve, and survive their records' archive going: the
@@ -3413,6 +3763,7 @@ mod tests {
         };
         store
             .archive
+            .first()
             .insert(pos_key(&prefix, pos), encode(&legacy).unwrap())
             .unwrap();
         store

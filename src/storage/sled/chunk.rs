@@ -13,12 +13,15 @@
 //! is at `k` or after it and before the next entry's key. The writer keeps it by chunking
 //! only messages newer than everything stored (positions reach it in order), and by
 //! merging any other message into the entry that covers its position. A chunk keeps its
-//! key when its first message is removed.
+//! key when its first message is removed. Entries are in the partition of their key's
+//! position (`partition`), and a chunk never spans two partitions, so the entry covering
+//! a message is looked for in the message's partition only.
 
 use std::ops::Range;
 
 use fjall::{Keyspace, OwnedWriteBatch, Slice};
 
+use super::partition::{Partition, Partitions, UserPartitions};
 use super::{ArchivePos, Result, StorageError, archive_backend, key_pos, pos_key, record};
 use crate::hashing::FastMap;
 
@@ -133,21 +136,27 @@ fn covering(archive: &Keyspace, key: &[u8]) -> Result<Option<(Slice, Slice)>> {
 }
 
 /// The key of the entry that holds (or would hold) the message at `key`.
-pub(super) fn entry_key(archive: &Keyspace, key: &[u8]) -> Result<Option<Slice>> {
-    Ok(covering(archive, key)?.map(|(entry_key, _)| entry_key))
+pub(super) fn entry_key(parts: &Partitions, key: &[u8]) -> Result<Option<Slice>> {
+    Ok(covering(&parts.of_key(key)?, key)?.map(|(entry_key, _)| entry_key))
 }
 
 /// The message at `key`, wherever it is stored.
-pub(super) fn row_at(archive: &Keyspace, key: &[u8]) -> Result<Option<Row>> {
+pub(super) fn row_at(parts: &Partitions, key: &[u8]) -> Result<Option<Row>> {
+    let archive = parts.of_key(key)?;
     // Most lookups hit an entry of their own (its filter answers without a read).
     match archive.get(key).map_err(archive_backend)? {
         Some(value) => find_row(key, key, value),
-        None => row_within(archive, key),
+        None => within(&archive, key),
     }
 }
 
 /// The message at `key` where no entry is keyed by it: inside the chunk before it.
-pub(super) fn row_within(archive: &Keyspace, key: &[u8]) -> Result<Option<Row>> {
+pub(super) fn row_within(parts: &Partitions, key: &[u8]) -> Result<Option<Row>> {
+    within(&parts.of_key(key)?, key)
+}
+
+/// `row_within` in the partition `archive`.
+fn within(archive: &Keyspace, key: &[u8]) -> Result<Option<Row>> {
     match covering(archive, key)? {
         Some((entry_key, value)) => find_row(key, &entry_key, value),
         None => Ok(None),
@@ -180,8 +189,92 @@ fn find_row(key: &[u8], entry_key: &[u8], value: Slice) -> Result<Option<Row>> {
 type EntryRows = (Slice, std::vec::IntoIter<(ArchivePos, Range<usize>)>);
 
 /// The messages of one archive (`prefix` = `<user>\0`) from `from` to `to` inclusive,
-/// oldest first or (`newest_first`) newest first, read lazily entry by entry.
+/// oldest first or (`newest_first`) newest first, read lazily partition by partition
+/// and entry by entry.
 pub(super) struct Rows {
+    /// The partitions still to read after `current`, in the iteration's order.
+    next: std::vec::IntoIter<Partition>,
+    current: Option<PartRows>,
+    prefix: Vec<u8>,
+    from: ArchivePos,
+    to: ArchivePos,
+    newest_first: bool,
+}
+
+impl Rows {
+    pub(super) fn new(
+        parts: &Partitions,
+        prefix: &[u8],
+        from: ArchivePos,
+        to: ArchivePos,
+        newest_first: bool,
+    ) -> Result<Rows> {
+        Ok(Rows::over(
+            &parts.of_user(prefix)?,
+            prefix,
+            from,
+            to,
+            newest_first,
+        ))
+    }
+
+    /// `new` in the partitions of the archive already looked up.
+    pub(super) fn over(
+        partitions: &UserPartitions,
+        prefix: &[u8],
+        from: ArchivePos,
+        to: ArchivePos,
+        newest_first: bool,
+    ) -> Rows {
+        let overlapping = partitions.overlapping(from, to).cloned();
+        let found: Vec<Partition> = match newest_first {
+            true => overlapping.rev().collect(),
+            false => overlapping.collect(),
+        };
+        Rows {
+            next: found.into_iter(),
+            current: None,
+            prefix: prefix.to_vec(),
+            from,
+            to,
+            newest_first,
+        }
+    }
+}
+
+impl Iterator for Rows {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Result<Row>> {
+        loop {
+            if let Some(row) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(row);
+            }
+            let partition = self.next.next()?;
+            // Only the partition holding `from` can have a chunk keyed before it.
+            let head = self.from > partition.start;
+            match PartRows::new(
+                &partition.keyspace,
+                &self.prefix,
+                self.from,
+                self.to,
+                self.newest_first,
+                head,
+            ) {
+                Ok(rows) => self.current = Some(rows),
+                Err(e) => {
+                    // Nothing after an error: a caller that goes on gets `None`.
+                    self.next = Vec::new().into_iter();
+                    self.current = None;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// `Rows` within one partition.
+struct PartRows {
     prefix: Vec<u8>,
     from: ArchivePos,
     to: ArchivePos,
@@ -197,19 +290,20 @@ pub(super) struct Rows {
     current: Option<EntryRows>,
 }
 
-impl Rows {
-    pub(super) fn new(
+impl PartRows {
+    fn new(
         archive: &Keyspace,
         prefix: &[u8],
         from: ArchivePos,
         to: ArchivePos,
         newest_first: bool,
-    ) -> Result<Rows> {
+        head: bool,
+    ) -> Result<PartRows> {
         if newest_first {
             // One read backwards from `to`, which ends with the first entry keyed before
             // `from` (a chunk may hold messages from `from` on): no second seek.
             let range = archive.range(pos_key(prefix, ArchivePos::MIN)..=pos_key(prefix, to));
-            return Ok(Rows {
+            return Ok(PartRows {
                 prefix: prefix.to_vec(),
                 from,
                 to,
@@ -221,7 +315,7 @@ impl Rows {
             });
         }
         // A chunk keyed before `from` may hold messages from `from` on.
-        let head = match from > ArchivePos::MIN {
+        let head = match head {
             true => archive
                 .range(pos_key(prefix, ArchivePos::MIN)..pos_key(prefix, from))
                 .next_back()
@@ -231,7 +325,7 @@ impl Rows {
             false => None,
         };
         let range = archive.range(pos_key(prefix, from)..=pos_key(prefix, to));
-        Ok(Rows {
+        Ok(PartRows {
             prefix: prefix.to_vec(),
             from,
             to,
@@ -278,7 +372,7 @@ impl Rows {
     }
 }
 
-impl Iterator for Rows {
+impl Iterator for PartRows {
     type Item = Result<Row>;
 
     fn next(&mut self) -> Option<Result<Row>> {
@@ -309,8 +403,8 @@ impl Iterator for Rows {
 }
 
 /// The newest message of an archive.
-pub(super) fn newest(archive: &Keyspace, prefix: &[u8]) -> Result<Option<Row>> {
-    Rows::new(archive, prefix, ArchivePos::MIN, ArchivePos::MAX, true)?
+pub(super) fn newest(parts: &Partitions, prefix: &[u8]) -> Result<Option<Row>> {
+    Rows::new(parts, prefix, ArchivePos::MIN, ArchivePos::MAX, true)?
         .next()
         .transpose()
 }
@@ -325,8 +419,8 @@ pub(super) struct Edits {
 
 impl Edits {
     /// The key of the entry covering `key` (loaded into the edits), if any.
-    fn load(&mut self, archive: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some((entry_key, value)) = covering(archive, key)? else {
+    fn load(&mut self, parts: &Partitions, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some((entry_key, value)) = covering(&parts.of_key(key)?, key)? else {
             return Ok(None);
         };
         let entry_key = entry_key.to_vec();
@@ -341,9 +435,9 @@ impl Edits {
     }
 
     /// The value of the message at `key`, with the edits so far.
-    pub(super) fn value(&mut self, archive: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub(super) fn value(&mut self, parts: &Partitions, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let pos = key_pos(key)?;
-        let Some(entry) = self.load(archive, key)? else {
+        let Some(entry) = self.load(parts, key)? else {
             return Ok(None);
         };
         Ok(self
@@ -353,9 +447,9 @@ impl Edits {
     }
 
     /// Sets the value of the message at `key`, adding it where it is not stored yet.
-    pub(super) fn set(&mut self, archive: &Keyspace, key: &[u8], value: Vec<u8>) -> Result<()> {
+    pub(super) fn set(&mut self, parts: &Partitions, key: &[u8], value: Vec<u8>) -> Result<()> {
         let pos = key_pos(key)?;
-        let entry = match self.load(archive, key)? {
+        let entry = match self.load(parts, key)? {
             Some(entry) => entry,
             None => {
                 // Before every entry of the archive: an entry of its own.
@@ -372,9 +466,9 @@ impl Edits {
     }
 
     /// Removes the message at `key`; `false` if it is not stored.
-    pub(super) fn remove(&mut self, archive: &Keyspace, key: &[u8]) -> Result<bool> {
+    pub(super) fn remove(&mut self, parts: &Partitions, key: &[u8]) -> Result<bool> {
         let pos = key_pos(key)?;
-        let Some(entry) = self.load(archive, key)? else {
+        let Some(entry) = self.load(parts, key)? else {
             return Ok(false);
         };
         let rows = self.entries.entry(entry).or_default();
@@ -389,8 +483,9 @@ impl Edits {
 
     /// Writes every edited entry: gone when empty, a plain value when it holds only the
     /// message it is keyed by, a chunk otherwise.
-    pub(super) fn apply(self, write: &mut OwnedWriteBatch, archive: &Keyspace) -> Result<()> {
+    pub(super) fn apply(self, write: &mut OwnedWriteBatch, parts: &Partitions) -> Result<()> {
         for (key, rows) in self.entries {
+            let archive = &parts.of_key(&key)?;
             match rows.as_slice() {
                 [] => write.remove(archive, key),
                 [(pos, value)] if *pos == key_pos(&key)? => {
