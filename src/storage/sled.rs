@@ -445,6 +445,7 @@ impl SledStore {
             }
         };
         let meta = db.open_tree("meta").map_err(backend)?;
+        let mut older_schema = false;
         match meta.get(SCHEMA_VERSION_KEY).map_err(backend)? {
             // sled recovers a damaged log by dropping what it cannot read, which for a
             // badly damaged file is everything: starting afresh on it would silently lose
@@ -477,12 +478,8 @@ impl SledStore {
                 match found {
                     // Version 2 adds archive chunks (value format 4), version 3 archive
                     // partitions (`partition`): nothing to convert, but a version that
-                    // cannot read them must not open the store.
-                    1 | 2 => {
-                        meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
-                            .map_err(backend)?;
-                        db.flush().map_err(backend)?;
-                    }
+                    // cannot read them must not open the store (marked below).
+                    1 | 2 => older_schema = true,
                     SCHEMA_VERSION => {}
                     // Versions before 1 never existed.
                     _ => {
@@ -495,6 +492,19 @@ impl SledStore {
         }
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let trees = open_archive(path, &db, cache_mb)?;
+        if older_schema {
+            // Its positions were given out by the clock, and it never recorded the
+            // highest: now is past them, which is what a new partition needs (before the
+            // marker, so that a store marked 3 has it).
+            let now = ArchivePos {
+                micros: crate::datetime::now_micros(),
+                seq: 0,
+            };
+            trees.archive.record_high_if_missing(now)?;
+            meta.insert(SCHEMA_VERSION_KEY, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(backend)?;
+            db.flush().map_err(backend)?;
+        }
         let id_cipher = ArchiveIdCipher::load_or_create(&meta)?;
         let archive_prefs = tree("archive_prefs")?;
         let with_prefs = UsersWithEntries::load(&archive_prefs)?;
@@ -1591,16 +1601,12 @@ impl ArchiveTrees {
 }
 
 impl ArchiveTrees {
-    /// The highest position written, for a new partition to start after. A store from
-    /// before partitions (or a new one) has not recorded it: its positions were given
-    /// out by the clock, so now is past them.
+    /// The highest position written, for a new partition to start after: none yet in a
+    /// new store (a store from before partitions is given one when it opens).
     fn initial_high(&self) -> ArchivePos {
         match self.archive.stored_high() {
             Ok(Some(high)) => high,
-            Ok(None) => ArchivePos {
-                micros: crate::datetime::now_micros(),
-                seq: 0,
-            },
+            Ok(None) => ArchivePos::MIN,
             Err(e) => {
                 // Only delays the next partition (see `close_full_partition`).
                 tracing::error!(error = %e, "reading the archive's highest position failed");
@@ -3563,13 +3569,17 @@ mod tests {
     }
 
     /// A store marked with schema 1 (before chunks) or 2 (before partitions) opens and
-    /// is marked 3, so that a build that cannot read them refuses it from then on.
+    /// is marked 3, so that a build that cannot read them refuses it from then on, with
+    /// the highest position recorded for the next partition to start after.
     #[test]
     fn older_schemas_are_marked_3_on_open() {
         for older in [1u32, 2] {
             let dir = tempfile::tempdir().unwrap();
+            let before = crate::datetime::now_micros();
             {
                 let store = SledStore::open(dir.path()).unwrap();
+                // A new store has written nothing, so partitions may start anywhere.
+                assert_eq!(store.archive.stored_high().unwrap(), None);
                 let meta = store.db.open_tree("meta").unwrap();
                 meta.insert(SCHEMA_VERSION_KEY, &older.to_be_bytes())
                     .unwrap();
@@ -3579,6 +3589,9 @@ mod tests {
             let meta = store.db.open_tree("meta").unwrap();
             let marked = meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap();
             assert_eq!(marked.as_ref(), &3u32.to_be_bytes(), "from {older}");
+            // Its messages' positions came from the clock: partitions start after now.
+            let high = store.archive.stored_high().unwrap().unwrap();
+            assert!(high.micros >= before, "from {older}");
         }
     }
 

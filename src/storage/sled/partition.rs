@@ -219,6 +219,20 @@ impl Partitions {
         }
     }
 
+    /// Records `high` as the highest position written where none is recorded (a store
+    /// from before partitions), durably.
+    pub(super) fn record_high_if_missing(&self, high: ArchivePos) -> Result<()> {
+        if self.stored_high()?.is_some() {
+            return Ok(());
+        }
+        self.parts
+            .insert(HIGH_KEY, high.to_bytes())
+            .map_err(archive_backend)?;
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(archive_backend)
+    }
+
     /// Records the highest position written, in the batch that writes it.
     pub(super) fn record_high(&self, write: &mut fjall::OwnedWriteBatch, high: ArchivePos) {
         write.insert(&self.parts, HIGH_KEY, high.to_bytes());
