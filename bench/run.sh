@@ -35,6 +35,7 @@
 #   SYNC_WRITES  xmppd's [storage] sync_writes: true (default: fsync before the ack) or
 #                false                                                        [true]
 #   MUC_ARCHIVE  xmppd's [muc] archive (room messages archived for MAM)        [true]
+#   ARCHIVE_PARTITION_MB xmppd's [storage] archive_partition_mb              [32]
 #   TLS_TICKETS  xmppd's [tls] session_tickets (TLS 1.3 resumption), and the relay's
 #                --tickets                                   [unset: default, true]
 #   CERT_KEY     xmppd's certificate key: ec (ECDSA P-256, as Prosody's) or rsa (2048)
@@ -270,6 +271,7 @@ scram_iterations = 10000
 [storage]
 backend = "sled"
 sync_writes = ${SYNC_WRITES:-true}
+archive_partition_mb = ${ARCHIVE_PARTITION_MB:-32}
 
 [archive]
 default_policy = "${ARCHIVE:-always}"

@@ -26,7 +26,8 @@
 //! page (RSM `<before/>`), the last page with one contact (`with`), a page after a known id
 //! (RSM `<after/>`), decoding a page into stanzas; then one durable append, closing, the
 //! size on disk, reopening and the first query after it (cold), and finally counts the
-//! references actually stored (by reading the archive's fjall keyspace).
+//! references actually stored (by reading the archive's fjall keyspaces, one per
+//! partition).
 //!
 //! The store is in a temporary directory (`TMPDIR`), removed at the end;
 //! `MAM_BENCH_DIR` keeps it instead (it must be empty or absent). `MAM_BENCH_REUSE=1` with
@@ -309,34 +310,42 @@ fn disk_size(path: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// Counts the records and references in the archive's fjall keyspace (the store must be
-/// closed): the check that the fill produced what it meant to. Value format 3 is a
-/// reference (src/storage/sled/record.rs); format 4 a chunk of several messages
-/// (src/storage/sled/chunk.rs), counted here by their own formats.
+/// Counts the records and references in the archive's fjall keyspaces (`archive` and its
+/// partitions `archive.<n>`; the store must be closed): the check that the fill produced
+/// what it meant to. Value format 3 is a reference (src/storage/sled/record.rs); format 4
+/// a chunk of several messages (src/storage/sled/chunk.rs), counted here by their own
+/// formats.
 fn count_references(path: &Path, users: &[&BareJid]) -> Result<(), Box<dyn std::error::Error>> {
     let db = fjall::Database::builder(path.join("archive")).open()?;
-    let archive = db.keyspace("archive", fjall::KeyspaceCreateOptions::default)?;
-    let (mut rows, mut references) = (0u64, 0u64);
-    for entry in archive.iter() {
-        let (_, v) = entry.into_inner()?;
-        let (n, r) = formats(&v)?;
-        rows += n;
-        references += r;
+    let mut partitions = Vec::new();
+    for name in db.list_keyspace_names() {
+        let name: &str = name.as_ref();
+        if name == "archive" || name.starts_with("archive.") {
+            partitions.push(db.keyspace(name, fjall::KeyspaceCreateOptions::default)?);
+        }
     }
+    let count = |prefix: &[u8]| -> Result<(u64, u64), Box<dyn std::error::Error>> {
+        let (mut rows, mut references) = (0u64, 0u64);
+        for archive in &partitions {
+            for entry in archive.prefix(prefix) {
+                let (_, v) = entry.into_inner()?;
+                let (n, r) = formats(&v)?;
+                rows += n;
+                references += r;
+            }
+        }
+        Ok((rows, references))
+    };
+    let (rows, references) = count(b"")?;
     println!(
-        "archive rows: {rows}, references: {references} ({:.1} %)",
-        100.0 * references as f64 / rows.max(1) as f64
+        "archive rows: {rows}, references: {references} ({:.1} %) in {} partitions",
+        100.0 * references as f64 / rows.max(1) as f64,
+        partitions.len()
     );
     for user in users {
         let mut prefix = user.as_str().as_bytes().to_vec();
         prefix.push(0);
-        let (mut rows, mut references) = (0u64, 0u64);
-        for entry in archive.prefix(&prefix) {
-            let (_, v) = entry.into_inner()?;
-            let (n, r) = formats(&v)?;
-            rows += n;
-            references += r;
-        }
+        let (rows, references) = count(&prefix)?;
         println!("  {}: {rows} rows, {references} references", user.as_str());
     }
     Ok(())
