@@ -9,10 +9,11 @@
 //! | `pending`      | `<user>\0<from>`                  | fmt byte + `PendingSubscription` |
 //! | `offline`      | `<user>\0` + seq (u64 big-endian) | fmt byte + (stored_at, stanza) |
 //! | `offline_meta` | `<user>`                          | fmt byte + u64 message count   |
-//! | `archive`*     | `<user>\0` + pos (16 bytes)       | record, reference or chunk     |
+//! | `archive`*, `archive.<n>`* | `<user>\0` + pos (16 bytes) | record, reference or chunk |
 //! | `archive_ids`* | `<user>\0<id>` (older UIDs only)  | pos (16 bytes)                 |
 //! | `archive_with`*| `<user>\0<with bare>\0` + pos     | empty                          |
 //! | `archive_meta`*| `<user>`                          | fmt byte + u64 message count   |
+//! | `archive_parts`* | see `sled/partition.rs`         |                                |
 //! | `archive_prefs`| `<user>`                          | fmt byte + `ArchivePrefs`      |
 //! | `blocklist`    | `<user>\0<jid>`                   | empty                          |
 //! | `push`         | `<user>\0<jid>\0<node>`           | fmt byte + `PushRegistration`  |
@@ -22,7 +23,8 @@
 //! | `fast_tokens`  | see `sled/fast.rs`                |                                |
 //!
 //! An archive position is µs since the epoch then a store-wide sequence number, both
-//! big-endian, so a user's archive is one contiguous, time-ordered key range: the last 50
+//! big-endian, so a user's archive is one contiguous, time-ordered key range (in each
+//! partition, see below): the last 50
 //! messages are a reverse range scan of 50 keys, a time window is a range, and `with`
 //! queries scan the per-contact index range instead of the whole archive.
 //!
@@ -33,7 +35,8 @@
 //! sled rewrites and splits a B-tree leaf for each of them, which made archiving cost
 //! several times the rest of a message's delivery (bench/README.md, issue 16), while an
 //! LSM tree appends them to its journal and sorts them in memory. Archives written into
-//! sled by earlier versions are moved into fjall when the store opens.
+//! sled by earlier versions are moved into fjall when the store opens. The messages are
+//! in partitions by position (`partition`), so that compaction only merges recent ones.
 //!
 //! A message's UID is its position encrypted under the store's `archive_id_key` (in
 //! `meta`), so no index maps UIDs to positions; `archive_ids` only holds the random UIDs
