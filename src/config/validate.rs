@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use super::{Config, Limits, ListenerKind, TlsMode};
@@ -263,53 +264,53 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
-    let cache = cfg.storage.cache_mb;
-    if !(1..=MAX_CACHE_MB).contains(&cache) {
-        errs.push(ConfigError::invalid(
-            "storage.cache_mb",
-            cache.to_string(),
-            format!("must be between 1 and {MAX_CACHE_MB}"),
-        ));
-    }
-
-    let partition = cfg.storage.archive_partition_mb;
-    if !(1..=MAX_CACHE_MB).contains(&partition) {
-        errs.push(ConfigError::invalid(
-            "storage.archive_partition_mb",
-            partition.to_string(),
-            format!("must be between 1 and {MAX_CACHE_MB}"),
-        ));
-    }
-
-    let prune = cfg.archive.prune_interval_secs;
-    if !(1..=MAX_PRUNE_INTERVAL_SECS).contains(&prune) {
-        errs.push(ConfigError::invalid(
-            "archive.prune_interval_secs",
-            prune.to_string(),
-            format!("must be between 1 and {MAX_PRUNE_INTERVAL_SECS} (a week)"),
-        ));
-    }
-
-    let resume = cfg.c2s.sm_resume_timeout_secs;
-    if !(1..=MAX_RESUME_TIMEOUT_SECS).contains(&resume) {
-        errs.push(ConfigError::invalid(
-            "c2s.sm_resume_timeout_secs",
-            resume.to_string(),
-            format!("must be between 1 and {MAX_RESUME_TIMEOUT_SECS} (one day)"),
-        ));
-    }
-
-    let lifetime = cfg.c2s.fast_token_lifetime_secs;
-    if !(MIN_FAST_TOKEN_LIFETIME_SECS..=MAX_FAST_TOKEN_LIFETIME_SECS).contains(&lifetime) {
-        errs.push(ConfigError::invalid(
-            "c2s.fast_token_lifetime_secs",
-            lifetime.to_string(),
-            format!(
-                "must be between {MIN_FAST_TOKEN_LIFETIME_SECS} (an hour) and \
-                 {MAX_FAST_TOKEN_LIFETIME_SECS} (a year)"
-            ),
-        ));
-    }
+    let mut check_range = |key: &str, value: u64, range: RangeInclusive<u64>, bounds: String| {
+        if !range.contains(&value) {
+            errs.push(ConfigError::invalid(
+                key,
+                value.to_string(),
+                format!("must be between {bounds}"),
+            ));
+        }
+    };
+    check_range(
+        "storage.cache_mb",
+        cfg.storage.cache_mb,
+        1..=MAX_CACHE_MB,
+        format!("1 and {MAX_CACHE_MB}"),
+    );
+    check_range(
+        "storage.archive_partition_mb",
+        cfg.storage.archive_partition_mb,
+        1..=MAX_CACHE_MB,
+        format!("1 and {MAX_CACHE_MB}"),
+    );
+    check_range(
+        "archive.prune_interval_secs",
+        cfg.archive.prune_interval_secs,
+        1..=MAX_PRUNE_INTERVAL_SECS,
+        format!("1 and {MAX_PRUNE_INTERVAL_SECS} (a week)"),
+    );
+    check_range(
+        "c2s.sm_resume_timeout_secs",
+        cfg.c2s.sm_resume_timeout_secs,
+        1..=MAX_RESUME_TIMEOUT_SECS,
+        format!("1 and {MAX_RESUME_TIMEOUT_SECS} (one day)"),
+    );
+    check_range(
+        "c2s.fast_token_lifetime_secs",
+        cfg.c2s.fast_token_lifetime_secs,
+        MIN_FAST_TOKEN_LIFETIME_SECS..=MAX_FAST_TOKEN_LIFETIME_SECS,
+        format!(
+            "{MIN_FAST_TOKEN_LIFETIME_SECS} (an hour) and {MAX_FAST_TOKEN_LIFETIME_SECS} (a year)"
+        ),
+    );
+    check_range(
+        "server.shutdown_timeout_secs",
+        cfg.server.shutdown_timeout_secs,
+        1..=MAX_SHUTDOWN_TIMEOUT_SECS,
+        format!("1 and {MAX_SHUTDOWN_TIMEOUT_SECS} (an hour)"),
+    );
     if !(1..=1000).contains(&cfg.c2s.fast_max_clients) {
         errs.push(ConfigError::invalid(
             "c2s.fast_max_clients",
@@ -389,15 +390,6 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
                 "must be at least 1",
             ));
         }
-    }
-
-    let shutdown = cfg.server.shutdown_timeout_secs;
-    if !(1..=MAX_SHUTDOWN_TIMEOUT_SECS).contains(&shutdown) {
-        errs.push(ConfigError::invalid(
-            "server.shutdown_timeout_secs",
-            shutdown.to_string(),
-            format!("must be between 1 and {MAX_SHUTDOWN_TIMEOUT_SECS} (an hour)"),
-        ));
     }
 
     if errs.is_empty() { Ok(()) } else { Err(errs) }
