@@ -264,7 +264,47 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         ));
     }
 
-    let mut check_range = |key: &str, value: u64, range: RangeInclusive<u64>, bounds: String| {
+    let ranges: [(&str, u64, RangeInclusive<u64>, String); 6] = [
+        (
+            "storage.cache_mb",
+            cfg.storage.cache_mb,
+            1..=MAX_CACHE_MB,
+            format!("1 and {MAX_CACHE_MB}"),
+        ),
+        (
+            "storage.archive_partition_mb",
+            cfg.storage.archive_partition_mb,
+            1..=MAX_CACHE_MB,
+            format!("1 and {MAX_CACHE_MB}"),
+        ),
+        (
+            "archive.prune_interval_secs",
+            cfg.archive.prune_interval_secs,
+            1..=MAX_PRUNE_INTERVAL_SECS,
+            format!("1 and {MAX_PRUNE_INTERVAL_SECS} (a week)"),
+        ),
+        (
+            "c2s.sm_resume_timeout_secs",
+            cfg.c2s.sm_resume_timeout_secs,
+            1..=MAX_RESUME_TIMEOUT_SECS,
+            format!("1 and {MAX_RESUME_TIMEOUT_SECS} (one day)"),
+        ),
+        (
+            "c2s.fast_token_lifetime_secs",
+            cfg.c2s.fast_token_lifetime_secs,
+            MIN_FAST_TOKEN_LIFETIME_SECS..=MAX_FAST_TOKEN_LIFETIME_SECS,
+            format!(
+                "{MIN_FAST_TOKEN_LIFETIME_SECS} (an hour) and {MAX_FAST_TOKEN_LIFETIME_SECS} (a year)"
+            ),
+        ),
+        (
+            "server.shutdown_timeout_secs",
+            cfg.server.shutdown_timeout_secs,
+            1..=MAX_SHUTDOWN_TIMEOUT_SECS,
+            format!("1 and {MAX_SHUTDOWN_TIMEOUT_SECS} (an hour)"),
+        ),
+    ];
+    for (key, value, range, bounds) in ranges {
         if !range.contains(&value) {
             errs.push(ConfigError::invalid(
                 key,
@@ -272,45 +312,7 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
                 format!("must be between {bounds}"),
             ));
         }
-    };
-    check_range(
-        "storage.cache_mb",
-        cfg.storage.cache_mb,
-        1..=MAX_CACHE_MB,
-        format!("1 and {MAX_CACHE_MB}"),
-    );
-    check_range(
-        "storage.archive_partition_mb",
-        cfg.storage.archive_partition_mb,
-        1..=MAX_CACHE_MB,
-        format!("1 and {MAX_CACHE_MB}"),
-    );
-    check_range(
-        "archive.prune_interval_secs",
-        cfg.archive.prune_interval_secs,
-        1..=MAX_PRUNE_INTERVAL_SECS,
-        format!("1 and {MAX_PRUNE_INTERVAL_SECS} (a week)"),
-    );
-    check_range(
-        "c2s.sm_resume_timeout_secs",
-        cfg.c2s.sm_resume_timeout_secs,
-        1..=MAX_RESUME_TIMEOUT_SECS,
-        format!("1 and {MAX_RESUME_TIMEOUT_SECS} (one day)"),
-    );
-    check_range(
-        "c2s.fast_token_lifetime_secs",
-        cfg.c2s.fast_token_lifetime_secs,
-        MIN_FAST_TOKEN_LIFETIME_SECS..=MAX_FAST_TOKEN_LIFETIME_SECS,
-        format!(
-            "{MIN_FAST_TOKEN_LIFETIME_SECS} (an hour) and {MAX_FAST_TOKEN_LIFETIME_SECS} (a year)"
-        ),
-    );
-    check_range(
-        "server.shutdown_timeout_secs",
-        cfg.server.shutdown_timeout_secs,
-        1..=MAX_SHUTDOWN_TIMEOUT_SECS,
-        format!("1 and {MAX_SHUTDOWN_TIMEOUT_SECS} (an hour)"),
-    );
+    }
     if !(1..=1000).contains(&cfg.c2s.fast_max_clients) {
         errs.push(ConfigError::invalid(
             "c2s.fast_max_clients",
