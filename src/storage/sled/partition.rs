@@ -50,6 +50,14 @@ pub(super) fn user_key(prefix: &[u8], number: u32) -> Vec<u8> {
     key
 }
 
+/// The partition number that ends a key of `archive_parts`, from `at`.
+fn number_at(key: &[u8], at: usize) -> Result<u32> {
+    key.get(at..)
+        .and_then(|n| <[u8; 4]>::try_from(n).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| corrupt("key"))
+}
+
 fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("archive partitions: {what}"))
 }
@@ -118,11 +126,7 @@ impl Partitions {
             if key.as_ref() == HIGH_KEY {
                 continue;
             }
-            let number = key
-                .get(1..)
-                .and_then(|n| <[u8; 4]>::try_from(n).ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| corrupt("key"))?;
+            let number = number_at(&key, 1)?;
             let start = ArchivePos::from_bytes(&value).ok_or_else(|| corrupt("start"))?;
             let previous = list.last().map_or(ArchivePos::MIN, |p| p.start);
             if number as usize != list.len() || start <= previous {
@@ -195,11 +199,7 @@ impl Partitions {
         }
         for entry in self.parts.prefix(prefix) {
             let key = entry.key().map_err(archive_backend)?;
-            let number = key
-                .get(prefix.len()..)
-                .and_then(|n| <[u8; 4]>::try_from(n).ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| corrupt("user key"))? as usize;
+            let number = number_at(&key, prefix.len())? as usize;
             // A partition recorded but not yet published (being started) has no
             // messages yet.
             if number > 0 && number < list.len() {
