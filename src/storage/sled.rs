@@ -834,6 +834,9 @@ struct OfflineCounts {
     durable: AtomicU64,
 }
 
+/// A row's key (`<user>\0<position>`), inline for usual JIDs, as `record::Head` is.
+type RowKey = smallvec::SmallVec<[u8; 48]>;
+
 /// One message on its way to the writer, key and value already encoded but for the
 /// stanza, which rows share (`SharedStanza`) rather than copy. Three allocations per
 /// message (key, head, the caller's UID): the `with` index prefix and the contact are
@@ -841,12 +844,12 @@ struct OfflineCounts {
 struct ArchiveRow {
     /// Length of `<user>` at the start of `key` (the per-user count's key).
     user_len: usize,
-    key: Vec<u8>,
+    key: RowKey,
     pos: ArchivePos,
     /// The value but for the stanza: a record's head (`record::record_head`) and, after
     /// `stanza_at`, the copy marker the writer may add; or a whole reference, which the
     /// writer may make it (`stanza` is then `None`).
-    head: Vec<u8>,
+    head: record::Head,
     /// Where the stanza goes in a record's value.
     stanza_at: usize,
     stanza: Option<SharedStanza>,
@@ -864,11 +867,11 @@ struct ArchiveRow {
 impl ArchiveRow {
     /// `with` is checked by the caller (no NUL).
     fn new(user: &str, with: &str, stanza: &SharedStanza, pos: ArchivePos) -> ArchiveRow {
-        let mut key = Vec::with_capacity(user.len() + 17);
+        let mut key = RowKey::new();
         key.extend_from_slice(user.as_bytes());
         key.push(SEP);
         key.extend_from_slice(&pos.to_bytes());
-        let head = record::record_head(with, stanza.as_str().len(), 0);
+        let head = record::record_head(with, stanza.as_str().len());
         ArchiveRow {
             user_len: user.len(),
             key,
@@ -1246,13 +1249,12 @@ impl ArchiveTrees {
         if group.len() == 1 {
             if let Some(row) = group.pop() {
                 row.write_value(value);
-                write.insert(archive, row.key, value.as_slice());
+                write.insert(archive, &row.key[..], value.as_slice());
             }
             return;
         }
         chunk::encode_into(value, group.iter().map(|r| (r.pos, r.value_parts())));
-        let key = std::mem::take(&mut group[0].key);
-        write.insert(archive, key, value.as_slice());
+        write.insert(archive, &group[0].key[..], value.as_slice());
         group.clear();
     }
 
@@ -3064,7 +3066,7 @@ mod tests {
         let pos = ArchivePos { micros: 1, seq };
         let row = ArchiveRow::new(j(user).as_str(), with, &shared(stanza), pos);
         let prefix = user_prefix(&j(user)).unwrap();
-        assert_eq!(row.key, pos_key(&prefix, pos));
+        assert_eq!(row.key[..], pos_key(&prefix, pos)[..]);
         assert_eq!(row.with_prefix(), with_prefix(&prefix, with).unwrap());
         assert!(row.has_with_prefix(&with_prefix(&prefix, with).unwrap()));
         assert!(!row.has_with_prefix(&with_prefix(&prefix, "other@x").unwrap()));

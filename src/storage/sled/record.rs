@@ -52,12 +52,22 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("archived message: {what}"))
 }
 
-pub(super) fn push_varint(out: &mut Vec<u8>, mut n: usize) {
+pub(super) fn push_varint(out: &mut Vec<u8>, n: usize) {
+    let (bytes, len) = varint(n);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// `n` as LEB128: the bytes, and how many of them.
+fn varint(mut n: usize) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
     while n >= 0x80 {
-        out.push((n as u8) | 0x80);
+        bytes[len] = (n as u8) | 0x80;
         n >>= 7;
+        len += 1;
     }
-    out.push(n as u8);
+    bytes[len] = n as u8;
+    (bytes, len + 1)
 }
 
 /// A LEB128 number (as postcard writes lengths).
@@ -92,27 +102,34 @@ fn text(bytes: &[u8]) -> Result<&str> {
 /// A new record (format 2), without a copy marker: what the appender builds. Returns the
 /// value and where its stanza starts (the stanza runs to the end until a marker is added).
 pub(super) fn record(with: &str, stanza: &str) -> (Vec<u8>, usize) {
-    let mut value = record_head(with, stanza.len(), stanza.len());
-    let at = value.len();
+    let head = record_head(with, stanza.len());
+    let mut value = Vec::with_capacity(head.len() + stanza.len());
+    value.extend_from_slice(&head);
     value.extend_from_slice(stanza.as_bytes());
-    (value, at)
+    (value, head.len())
 }
 
-/// What a record (format 2) holds before a stanza of `stanza_len` bytes, with room for
-/// `room` more bytes and then a copy marker or a reference's target (a key: user, NUL,
-/// 16 position bytes) without reallocating.
-pub(super) fn record_head(with: &str, stanza_len: usize, room: usize) -> Vec<u8> {
-    let mut head = Vec::with_capacity(with.len() + room + 12 + 64);
+/// A record's head, and later its copy marker or a reference's target (a key: user, NUL,
+/// 16 position bytes). Inline for usual JIDs: the appenders build heads and the writer
+/// thread frees them, and a heap buffer freed on another thread cost the appender's
+/// allocator more than copying the bytes (bench/README.md, issue 16).
+pub(super) type Head = smallvec::SmallVec<[u8; 96]>;
+
+/// What a record (format 2) holds before a stanza of `stanza_len` bytes.
+pub(super) fn record_head(with: &str, stanza_len: usize) -> Head {
+    let mut head = Head::new();
     head.push(RECORD);
-    push_varint(&mut head, with.len());
+    let (len, n) = varint(with.len());
+    head.extend_from_slice(&len[..n]);
     head.extend_from_slice(with.as_bytes());
-    push_varint(&mut head, stanza_len);
+    let (len, n) = varint(stanza_len);
+    head.extend_from_slice(&len[..n]);
     head
 }
 
 /// Turns a record's head (`record_head`) into a reference (format 3) to the record at
 /// `source`, in place.
-pub(super) fn head_into_reference(head: &mut Vec<u8>, source: &[u8]) -> Result<()> {
+pub(super) fn head_into_reference(head: &mut Head, source: &[u8]) -> Result<()> {
     let mut rest = match head.split_first() {
         Some((&RECORD, rest)) => rest,
         _ => return Err(corrupt("not a record")),
@@ -229,7 +246,7 @@ mod tests {
             let (value, _) = record(&long, "<message/>");
             let at = with_at(len);
             assert_eq!(&value[at..at + len], long.as_bytes(), "{len}");
-            let mut head = record_head(&long, 10, 0);
+            let mut head = record_head(&long, 10);
             head_into_reference(&mut head, b"s@x\0pos").unwrap();
             let view = parse(&head).unwrap();
             assert_eq!(
@@ -238,7 +255,7 @@ mod tests {
                 "{len}"
             );
         }
-        let (mut value, _) = record("s@x/1", "<m/>");
+        let mut value = Head::from_slice(&record("s@x/1", "<m/>").0);
         assert!(head_into_reference(&mut value, b"k").is_ok());
         assert!(
             head_into_reference(&mut value, b"k").is_err(),
