@@ -337,11 +337,16 @@ impl ArchivePos {
 /// message between two local users is one buffer for the sender's and the recipient's
 /// archive, and a store may keep it once when both rows share it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedStanza(Arc<String>);
+pub struct SharedStanza(Arc<str>);
 
 impl SharedStanza {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// `el` serialized as a top-level stanza, in one allocation of its size.
+    pub fn of(el: &crate::xml::Element) -> SharedStanza {
+        el.with_stanza_text(|text| SharedStanza(text.into()))
     }
 
     /// Whether `other` is a clone of this very stanza, not only the same text.
@@ -352,13 +357,13 @@ impl SharedStanza {
 
 impl From<String> for SharedStanza {
     fn from(stanza: String) -> Self {
-        SharedStanza(Arc::new(stanza))
+        SharedStanza(stanza.into())
     }
 }
 
 impl From<&str> for SharedStanza {
     fn from(stanza: &str) -> Self {
-        SharedStanza(Arc::new(stanza.to_owned()))
+        SharedStanza(stanza.into())
     }
 }
 

@@ -9,6 +9,14 @@
 use super::escape::{escape_attr, escape_text};
 use super::ns;
 
+/// Larger buffers are not kept after `with_stanza_text` used them.
+const STANZA_SCRATCH_KEPT: usize = 16 * 1024;
+
+thread_local! {
+    static STANZA_SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(STANZA_SCRATCH_KEPT));
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     Element(Element),
@@ -162,6 +170,35 @@ impl Element {
         let mut out = Vec::with_capacity(512);
         self.write_to(&mut out, ns::CLIENT);
         out
+    }
+
+    /// Serializes as a top-level stanza into a per-thread buffer and hands `f` the text:
+    /// for callers that keep only a copy, or only compare (archiving every message made
+    /// and dropped a buffer of its own).
+    pub fn with_stanza_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        STANZA_SCRATCH.with(|cell| {
+            let mut fallback;
+            let mut guard = cell.try_borrow_mut();
+            let out: &mut Vec<u8> = match guard.as_mut() {
+                Ok(out) => out,
+                // Only through reentrancy from `f`: stay correct with a buffer of its own.
+                Err(_) => {
+                    fallback = Vec::new();
+                    &mut fallback
+                }
+            };
+            out.clear();
+            self.write_to(out, ns::CLIENT);
+            // Valid UTF-8 (names and values are `String`s); the lossy path never runs.
+            let result = match std::str::from_utf8(out) {
+                Ok(text) => f(text),
+                Err(_) => f(&String::from_utf8_lossy(out)),
+            };
+            if out.capacity() > STANZA_SCRATCH_KEPT {
+                *out = Vec::with_capacity(STANZA_SCRATCH_KEPT);
+            }
+            result
+        })
     }
 
     /// Serializes as a top-level stanza into a `String` (storage keeps stanzas as text).

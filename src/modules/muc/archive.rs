@@ -29,7 +29,7 @@ pub async fn append(
     let with = msg.attr("from").unwrap_or(room.as_str());
     let entry = NewArchived {
         with,
-        stanza: msg.to_stanza_string().into(),
+        stanza: crate::storage::SharedStanza::of(msg),
         micros,
     };
     match ctx.storage.archive.append(room, entry).await {
