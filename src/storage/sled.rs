@@ -1065,6 +1065,9 @@ struct OpenRun {
     last_mark: Option<RunMark>,
 }
 
+// Nearly every operation is an `Append`, whose row is large because it keeps its bytes
+// inline (see `RowKey`); boxing it would bring back an allocation freed on another thread.
+#[allow(clippy::large_enum_variant)]
 enum WriterOp {
     /// A message to write; the last row of an append carries the appender's reply,
     /// answered once the batch holding it is on disk.
