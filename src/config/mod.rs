@@ -692,10 +692,11 @@ pub struct StorageConfig {
     /// the database's memory, written and synced by sled within half a second, so up to
     /// that much can be lost by a kill -9 or a crash; about 3× the archive throughput.
     pub sync_writes: bool,
-    /// Size on disk in MiB at which the message archive starts a new partition (1 to
-    /// 65536). Compaction only ever merges messages of the newest partition, so archiving
-    /// costs the same however large the archive grows; each partition is a set of files,
-    /// and reading an archive looks into each partition its user has messages in.
+    /// MiB of messages after which the message archive starts a new partition (1 to
+    /// 1024). The newest partition's messages are held in memory (about this much) and
+    /// then written out once, as one table never rewritten, so archiving costs the same
+    /// however large the archive grows; reading an archive looks into each partition its
+    /// user has messages in.
     pub archive_partition_mb: u64,
 }
 

@@ -274,8 +274,8 @@ pub fn validate(cfg: &Config) -> Result<(), Vec<ConfigError>> {
         (
             "storage.archive_partition_mb",
             cfg.storage.archive_partition_mb,
-            1..=MAX_CACHE_MB,
-            format!("1 and {MAX_CACHE_MB}"),
+            1..=MAX_PARTITION_MB,
+            format!("1 and {MAX_PARTITION_MB}"),
         ),
         (
             "archive.prune_interval_secs",
@@ -437,6 +437,8 @@ fn validate_muc(m: &super::MucConfig, errs: &mut Vec<ConfigError>) {
 
 /// 64 GiB: anything larger is a typo (the unit is MiB).
 const MAX_CACHE_MB: u64 = 65_536;
+/// The newest archive partition is held in memory (see `storage.archive_partition_mb`).
+const MAX_PARTITION_MB: u64 = 1024;
 /// A week: expired messages are hidden at once anyway; this only bounds disk growth.
 const MAX_PRUNE_INTERVAL_SECS: u64 = 7 * 86_400;
 

@@ -621,7 +621,9 @@ fn open_archive(path: &Path, db: &Db, cache_mb: u64) -> Result<ArchiveTrees> {
     };
     let partitions = Partitions::open(
         &archive_db,
-        keyspace(ARCHIVE_KEYSPACES[0], messages_options)?,
+        keyspace(ARCHIVE_KEYSPACES[0], || {
+            messages_options(DEFAULT_PARTITION_MB << 20)
+        })?,
         keyspace("archive_parts", small_options)?,
         messages_options,
     )?;
@@ -648,44 +650,38 @@ fn open_archive(path: &Path, db: &Db, cache_mb: u64) -> Result<ArchiveTrees> {
 /// into the sender's archive: 50 of them in older tables took 20-45 ms per page at 10 M
 /// messages. Partitions are 4 KB blocks, which the cache holds. Stored with the keyspace
 /// by fjall: applies to keyspaces created from now.
-fn keyspace_options(memtable_mb: u64) -> KeyspaceCreateOptions {
+fn keyspace_options(memtable_bytes: u64) -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
-        .max_memtable_size(memtable_mb << 20)
+        .max_memtable_size(memtable_bytes)
         .index_block_partitioning_policy(PinningPolicy::all(true))
         .filter_block_partitioning_policy(PinningPolicy::all(true))
 }
 
-/// The messages' partitions (`archive`, `archive.<n>`), compressed from level 1 on: a
-/// partition's messages settle in level 1, which fjall leaves uncompressed by default
-/// (meant for tables soon merged into deeper ones), and took twice the disk. Memtable
-/// flushes (level 0, merged into level 1 soon) stay uncompressed: compressing them too
-/// cost more CPU for no lasting gain.
-fn messages_options() -> KeyspaceCreateOptions {
-    keyspace_options(8).data_block_compression_policy(CompressionPolicy::new([
-        CompressionType::None,
-        CompressionType::Lz4,
-    ]))
+/// The messages' partitions (`archive`, `archive.<n>`) of `bytes` each: a partition's
+/// messages stay in its memtable until the writer closes it (see `partition`), with room
+/// for twice that so that fjall does not flush it first; they are then written once, as
+/// one table, compressed at every level (the first is where they stay). When leveled
+/// compaction merged 8 MB memtable flushes within a partition instead, it cost about a
+/// microsecond per message (bench/README.md, issue 16).
+fn messages_options(bytes: u64) -> KeyspaceCreateOptions {
+    keyspace_options(bytes.saturating_mul(2))
+        .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
 }
 
 /// The `with` index.
 fn index_options() -> KeyspaceCreateOptions {
-    keyspace_options(4)
+    keyspace_options(4 << 20)
 }
 
 /// Old UIDs, counts, partitions.
 fn small_options() -> KeyspaceCreateOptions {
-    keyspace_options(1)
+    keyspace_options(1 << 20)
 }
 
-/// Size on disk at which the writer starts a new archive partition when none is
-/// configured (`storage.archive_partition_mb`, see `partition`). Smaller partitions cost
-/// less to archive into: every memtable flush spans all users' keys, so each merge from
-/// level 0 rewrites the whole of level 1 (chat at window 10: 7.8-8.2 µs per message with
-/// 16 or 32 MB, 9.2-10.1 with 64, 10.4-10.7 with 128; bench/README.md, issue 16). 32 keeps
-/// half as many keyspaces as 16.
+/// Bytes of messages (keys and values as written) after which the writer starts a new
+/// archive partition when none is configured (`storage.archive_partition_mb`, see
+/// `partition`): also about the memory the newest partition's messages take until then.
 pub const DEFAULT_PARTITION_MB: u64 = 32;
-/// How often the writer looks at the size of the newest partition.
-const PARTITION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Copies the archive trees an earlier version kept in sled into fjall, makes the copy
 /// durable and only then drops the sled trees. Interrupted, it starts over on the next
@@ -897,6 +893,12 @@ impl ArchiveRow {
             ],
             None => [&self.head, &[], &[]],
         }
+    }
+
+    /// Bytes of the key and the value as stored.
+    fn stored_len(&self) -> u64 {
+        let value: usize = self.value_parts().iter().map(|part| part.len()).sum();
+        (self.key.len() + value) as u64
     }
 
     /// Appends the value as stored to `out`.
@@ -1152,10 +1154,14 @@ impl ArchiveTrees {
         // by two users only splits their entries (see `first` below).
         let partitions = self.archive.list();
         let mut high = round.high;
+        let newest = partitions.len() - 1;
         for (i, row) in rows.iter_mut().enumerate() {
             row.batch_index = i;
             row.user_hash = hasher.hash_one(row.user());
             row.partition = partition::index_of(&partitions, row.pos);
+            if row.partition == newest {
+                round.newest_bytes += row.stored_len();
+            }
             high = high.max(row.pos);
         }
         rows.sort_unstable_by_key(|r| (r.user_hash, r.pos));
@@ -1634,21 +1640,21 @@ impl ArchiveTrees {
         }
     }
 
-    /// Starts a new partition once the newest has grown to `partition_bytes` on disk.
+    /// Starts a new partition once `partition_bytes` of messages went into the newest.
     fn close_full_partition(&self, round: &mut Round) {
-        round.partition_checked = Some(std::time::Instant::now());
-        let current = self.archive.current();
         let limit = self.partition_bytes.load(Ordering::Relaxed);
-        if current.keyspace.disk_space() < limit || round.high == ArchivePos::MAX {
+        if round.newest_bytes < limit || round.high == ArchivePos::MAX {
             return;
         }
-        match self.archive.start_next(round.high.next()) {
+        let written = std::mem::take(&mut round.newest_bytes);
+        match self.archive.start_next(round.high.next(), limit) {
             Ok(next) => tracing::info!(
                 partition = next.number,
-                closed_bytes = current.keyspace.disk_space(),
+                closed_bytes = written,
                 "started a new archive partition"
             ),
-            // Messages keep going into the current one.
+            // Messages keep going into the current one, and the next try is as many
+            // bytes later.
             Err(e) => tracing::error!(error = %e, "starting a new archive partition failed"),
         }
     }
@@ -1728,7 +1734,9 @@ struct Round {
     runs: FastMap<Vec<u8>, Option<OpenRun>>,
     /// The highest position written (see `partition`).
     high: ArchivePos,
-    partition_checked: Option<std::time::Instant>,
+    /// Bytes of messages written into the newest partition (those on disk when the
+    /// writer started, and since).
+    newest_bytes: u64,
 }
 
 /// The writer thread: takes whatever is queued, writes it as one batch, flushes once for
@@ -1737,6 +1745,7 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
     let mut batch = PendingBatch::default();
     let mut round = Round {
         high: trees.initial_high(),
+        newest_bytes: trees.archive.current().keyspace.disk_space(),
         ..Round::default()
     };
     while let Some(first) = rx.blocking_recv() {
@@ -1805,12 +1814,7 @@ fn run_writer(trees: &ArchiveTrees, mut rx: mpsc::Receiver<WriterOp>) {
             trees.save_counts(&mut round);
         }
         trees.sync(&mut round);
-        if round
-            .partition_checked
-            .is_none_or(|t| t.elapsed() >= PARTITION_CHECK_EVERY)
-        {
-            trees.close_full_partition(&mut round);
-        }
+        trees.close_full_partition(&mut round);
     }
     // The queue closed (the store is dropped): the last counts, durable.
     trees.save_counts(&mut round);
@@ -3288,8 +3292,8 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             let mut round = Round::default();
             write_batch(&store, &mut round, batch(1..=4));
-            store.archive.start_next(at(5, 0)).unwrap();
-            store.archive.start_next(at(8, 0)).unwrap();
+            store.archive.start_next(at(5, 0), 1 << 20).unwrap();
+            store.archive.start_next(at(8, 0), 1 << 20).unwrap();
             // One batch across the start of partition 2, with a message from v to w
             // whose record (v's) is in partition 1 and reference (w's) in 2.
             let mut rows = batch(5..=10);
@@ -3315,7 +3319,7 @@ mod tests {
             assert!(is_reference(&entries(&store, "w@x")[0]));
             assert_eq!(store.archive.stored_high().unwrap(), Some(at(12, 0)));
             // Partitions start after each other only.
-            assert!(store.archive.start_next(at(8, 0)).is_err());
+            assert!(store.archive.start_next(at(8, 0), 1 << 20).is_err());
 
             // Edited in a closed partition: read back from there.
             let id = store.id_cipher.id(at(6, 0));
@@ -3413,7 +3417,7 @@ mod tests {
             let msg = archived("a@x/r", &stanza, micros);
             ArchiveStore::append(store, user, msg).await.unwrap().pos
         }
-        {
+        let partitions = {
             let store = SledStore::open(dir.path()).unwrap();
             for _ in 0..3 {
                 appended += 1;
@@ -3421,39 +3425,55 @@ mod tests {
             }
             assert_eq!(store.archive.list().len(), 1);
             let first = store.archive.current().keyspace;
-            first.rotate_memtable_and_wait().unwrap();
-            assert!(first.disk_space() > 0);
+            // Nothing on disk yet: the partition's messages are in its memtable.
+            assert_eq!(first.table_count(), 0);
             store.partition_bytes.store(1, Ordering::Relaxed);
-            // The writer looks after a round, once a second: append until it has.
+            // The writer looks after a round (after answering it): append until it has.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while store.archive.list().len() < 2 {
                 assert!(std::time::Instant::now() < deadline, "no new partition");
                 appended += 1;
                 append(&store, &u, appended).await;
             }
-            // The next starts only when this one is full, which it never is here.
+            // Settled: the writer checks the size after each round, and a barrier is a
+            // round of its own after those of the appends.
             store.set_archive_partition_mb(1024);
+            store.writer.barrier().await.unwrap();
+            let parts = store.archive.list();
             let started = store.archive.current();
-            assert_eq!(started.number, 1);
+            // The closed partition is written out as one table.
+            while first.table_count() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "partition 0 not written"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(first.table_count(), 1);
+            // The next starts only when this one is full, which it never is here.
             appended += 1;
             let pos = append(&store, &u, appended).await;
             assert!(pos >= started.start);
+            store.writer.barrier().await.unwrap();
+            assert_eq!(store.archive.list().len(), parts.len());
             // Every message is in the partition of its position.
             let prefix = user_prefix(&u).unwrap();
             let mut stored = 0;
-            for (keyspace, is_new) in [(&first, false), (&started.keyspace, true)] {
-                for entry in keyspace.prefix(&prefix) {
+            for (n, part) in parts.iter().enumerate() {
+                let end = parts.get(n + 1).map_or(ArchivePos::MAX, |next| next.start);
+                for entry in part.keyspace.prefix(&prefix) {
                     let (key, value) = entry.into_inner().unwrap();
                     for (pos, _) in chunk::rows(&key, &value).unwrap() {
-                        assert_eq!(pos >= started.start, is_new);
+                        assert!(part.start <= pos && pos < end, "{pos:?} in {n}");
                         stored += 1;
                     }
                 }
             }
             assert_eq!(stored, appended);
-        }
+            parts.len()
+        };
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.archive.list().len(), 2);
+        assert_eq!(store.archive.list().len(), partitions);
         let all = ArchiveQuery {
             max: 10_000,
             ..ArchiveQuery::default()

@@ -5,9 +5,11 @@
 //! ranges, so leveled compaction merged new messages into tables of old ones over and
 //! over, and archiving a message cost more the larger the archive was (+28 % at 10 M
 //! messages, bench/README.md, issue 16). New messages only go into the newest partition,
-//! which the writer closes once it passes a size (`storage.archive_partition_mb`):
-//! compaction then only ever merges recent messages, and closed partitions are settled
-//! once and left alone.
+//! which the writer closes once it has written a size into it
+//! (`storage.archive_partition_mb`). Until then the partition's messages stay in its
+//! memtable (room for twice the size, so fjall does not flush it first); closing it
+//! writes them out once, as one compressed table, which nothing merges again: a message
+//! is written to the journal and to its table, and never rewritten by compaction.
 //!
 //! Keys stay `<user>\0<pos>`; a key's partition follows from its position. Partition n
 //! holds the positions from its start up to the next partition's start, and a chunk
@@ -76,7 +78,8 @@ pub(super) struct Partitions {
     list: RwLock<Arc<[Partition]>>,
     parts: Keyspace,
     db: fjall::Database,
-    options: fn() -> KeyspaceCreateOptions,
+    /// Creates a partition's keyspace, for partitions of the given size in bytes.
+    options: fn(u64) -> KeyspaceCreateOptions,
 }
 
 /// The index of the partition holding `pos` in `list` (ascending by start, the first
@@ -109,12 +112,12 @@ impl UserPartitions {
 
 impl Partitions {
     /// The partitions recorded in `parts`; `first` is partition 0. `options` creates the
-    /// keyspace of a partition.
+    /// keyspace of a partition (fjall keeps the options a keyspace was created with).
     pub(super) fn open(
         db: &fjall::Database,
         first: Keyspace,
         parts: Keyspace,
-        options: fn() -> KeyspaceCreateOptions,
+        options: fn(u64) -> KeyspaceCreateOptions,
     ) -> Result<Partitions> {
         let mut list = vec![Partition {
             number: 0,
@@ -132,8 +135,11 @@ impl Partitions {
             if number as usize != list.len() || start <= previous {
                 return Err(corrupt("partitions out of order"));
             }
+            // The options apply only if the keyspace were missing (it is created first).
             let keyspace = db
-                .keyspace(&format!("archive.{number}"), options)
+                .keyspace(&format!("archive.{number}"), || {
+                    options(super::DEFAULT_PARTITION_MB << 20)
+                })
                 .map_err(archive_backend)?;
             list.push(Partition {
                 number,
@@ -238,10 +244,10 @@ impl Partitions {
         write.insert(&self.parts, HIGH_KEY, high.to_bytes());
     }
 
-    /// Starts partition n+1 at `start` (after every position written): its keyspace is
-    /// created and its start made durable before any message can go into it. The closed
-    /// partition's memtable is flushed, so that its journal can go.
-    pub(super) fn start_next(&self, start: ArchivePos) -> Result<Partition> {
+    /// Starts partition n+1 at `start` (after every position written), for `bytes` of
+    /// messages: its keyspace is created and its start made durable before any message
+    /// can go into it. The closed partition's memtable is flushed (into its one table).
+    pub(super) fn start_next(&self, start: ArchivePos, bytes: u64) -> Result<Partition> {
         let list = self.list();
         let current = &list[list.len() - 1];
         if start <= current.start {
@@ -250,7 +256,7 @@ impl Partitions {
         let number = u32::try_from(list.len()).map_err(|_| corrupt("too many"))?;
         let keyspace = self
             .db
-            .keyspace(&format!("archive.{number}"), self.options)
+            .keyspace(&format!("archive.{number}"), || (self.options)(bytes))
             .map_err(archive_backend)?;
         self.parts
             .insert(start_key(number), start.to_bytes())
