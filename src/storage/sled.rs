@@ -621,6 +621,8 @@ fn open_archive(path: &Path, db: &Db, cache_mb: u64) -> Result<ArchiveTrees> {
     };
     let partitions = Partitions::open(
         &archive_db,
+        // A new store's first partition is made before the configured size is known;
+        // a larger one only lets fjall flush (and merge) partition 0 on its own.
         keyspace(ARCHIVE_KEYSPACES[0], || {
             messages_options(DEFAULT_PARTITION_MB << 20)
         })?,
@@ -834,9 +836,9 @@ struct OfflineCounts {
 type RowKey = smallvec::SmallVec<[u8; 48]>;
 
 /// One message on its way to the writer, key and value already encoded but for the
-/// stanza, which rows share (`SharedStanza`) rather than copy. Three allocations per
-/// message (key, head, the caller's UID): the `with` index prefix and the contact are
-/// slices of these, built only where a run starts.
+/// stanza, which rows share (`SharedStanza`) rather than copy. Key and head are inline
+/// (no allocation for usual JIDs); the `with` index prefix and the contact are slices of
+/// them, built only where a run starts.
 struct ArchiveRow {
     /// Length of `<user>` at the start of `key` (the per-user count's key).
     user_len: usize,
