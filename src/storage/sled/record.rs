@@ -52,22 +52,13 @@ fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(format!("archived message: {what}"))
 }
 
-pub(super) fn push_varint(out: &mut Vec<u8>, n: usize) {
-    let (bytes, len) = varint(n);
-    out.extend_from_slice(&bytes[..len]);
-}
-
-/// `n` as LEB128: the bytes, and how many of them.
-fn varint(mut n: usize) -> ([u8; 10], usize) {
-    let mut bytes = [0u8; 10];
-    let mut len = 0;
+/// Appends `n` as LEB128 to a value or a `Head`.
+pub(super) fn push_varint(out: &mut impl Extend<u8>, mut n: usize) {
     while n >= 0x80 {
-        bytes[len] = (n as u8) | 0x80;
+        out.extend([(n as u8) | 0x80]);
         n >>= 7;
-        len += 1;
     }
-    bytes[len] = n as u8;
-    (bytes, len + 1)
+    out.extend([n as u8]);
 }
 
 /// A LEB128 number (as postcard writes lengths).
@@ -119,11 +110,9 @@ pub(super) type Head = smallvec::SmallVec<[u8; 96]>;
 pub(super) fn record_head(with: &str, stanza_len: usize) -> Head {
     let mut head = Head::new();
     head.push(RECORD);
-    let (len, n) = varint(with.len());
-    head.extend_from_slice(&len[..n]);
+    push_varint(&mut head, with.len());
     head.extend_from_slice(with.as_bytes());
-    let (len, n) = varint(stanza_len);
-    head.extend_from_slice(&len[..n]);
+    push_varint(&mut head, stanza_len);
     head
 }
 
